@@ -1,0 +1,174 @@
+//! The agent's config (contract.md "Agent config").
+
+use crate::cluster::{Dialect, TlsFiles};
+use crate::error::{Diagnostics, Sink};
+use crate::path::AbsPath;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use toml::Spanned;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentConfig {
+    pub listen: SocketAddr,
+    /// Replicas live here; the agent writes nothing outside `root`, `statelite_roots`,
+    /// its state directory and `exports_file`.
+    pub root: AbsPath,
+    pub statelite_roots: Vec<AbsPath>,
+    pub state_dir: AbsPath,
+    pub dialect: Dialect,
+    /// Linux: a whole file in /etc/exports.d; AIX: /etc/exports, of which only a marked block is ours.
+    pub exports_file: AbsPath,
+    pub reload: Vec<String>,
+    pub nfs3: Option<SocketAddr>,
+    pub tls: Option<TlsFiles>,
+    /// Accept plain TCP (only honoured when `listen` is loopback).
+    pub plaintext_loopback: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    listen: Option<Spanned<String>>,
+    root: Option<Spanned<String>>,
+    #[serde(default)]
+    statelite_roots: Vec<Spanned<String>>,
+    state_dir: Option<Spanned<String>>,
+    dialect: Option<Spanned<String>>,
+    exports_file: Option<Spanned<String>>,
+    reload: Option<Vec<String>>,
+    nfs3: Option<Spanned<String>>,
+    tls: Option<RawTls>,
+    #[serde(default)]
+    plaintext_loopback: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    ca: String,
+    cert: String,
+    key: String,
+}
+
+impl AgentConfig {
+    pub fn from_toml(file: &str, text: &str) -> Result<AgentConfig, Diagnostics> {
+        let mut sink = Sink::new(file, text);
+        let raw: Raw = match toml::from_str(text) {
+            Ok(r) => r,
+            Err(e) => {
+                sink.toml(text, &e);
+                return Err(Diagnostics(sink.out));
+            }
+        };
+        let mut sock =
+            |v: &Option<Spanned<String>>, field: &str, default: Option<&str>| -> Option<Option<SocketAddr>> {
+                match v {
+                    Some(s) => match s.get_ref().parse::<SocketAddr>() {
+                        Ok(a) => Some(Some(a)),
+                        Err(_) => {
+                            sink.at(s.span(), field, format!("`{}` is not an ip:port socket address", s.get_ref()));
+                            None
+                        }
+                    },
+                    None => Some(default.and_then(|d| d.parse().ok())),
+                }
+            };
+        let listen = sock(&raw.listen, "listen", Some("0.0.0.0:7468")).flatten();
+        let nfs3 = sock(&raw.nfs3, "nfs3", None);
+        fn abs(sink: &mut Sink<'_>, v: &Option<Spanned<String>>, field: &str, default: &str) -> Option<AbsPath> {
+            match v {
+                Some(s) => AbsPath::parse(s.get_ref()).map_err(|m| sink.at(s.span(), field, m)).ok(),
+                None => AbsPath::parse(default).ok(),
+            }
+        }
+        let root = abs(&mut sink, &raw.root, "root", "/install");
+        let state_dir = abs(&mut sink, &raw.state_dir, "state_dir", "/var/lib/hanfs-agent");
+        let dialect = match &raw.dialect {
+            Some(d) if d.get_ref() == "linux" => Some(Dialect::Linux),
+            Some(d) if d.get_ref() == "aix" => Some(Dialect::Aix),
+            Some(d) => {
+                sink.at(
+                    d.span(),
+                    "dialect",
+                    format!("unknown dialect `{}`; expected \"linux\" or \"aix\"", d.get_ref()),
+                );
+                None
+            }
+            None => Some(Dialect::Linux),
+        };
+        let default_exports = match dialect {
+            Some(Dialect::Aix) => "/etc/exports",
+            _ => "/etc/exports.d/hanfs.exports",
+        };
+        let exports_file = abs(&mut sink, &raw.exports_file, "exports_file", default_exports);
+        let mut statelite_roots = Vec::new();
+        for (i, s) in raw.statelite_roots.iter().enumerate() {
+            match AbsPath::parse(s.get_ref()) {
+                Ok(p) if p.is_root() => {
+                    sink.at(s.span(), format!("statelite_roots[{i}]"), "a statelite root cannot be `/`")
+                }
+                Ok(p) => statelite_roots.push(p),
+                Err(m) => sink.at(s.span(), format!("statelite_roots[{i}]"), m),
+            }
+        }
+        if let Some(r) = &root {
+            if r.is_root() {
+                sink.nowhere("root", "the replica root cannot be `/`");
+            }
+        }
+        let reload = raw.reload.unwrap_or_else(|| match dialect {
+            Some(Dialect::Aix) => vec!["exportfs".into(), "-a".into()],
+            _ => vec!["exportfs".into(), "-ra".into()],
+        });
+        let tls = raw.tls.map(|t| TlsFiles { ca: t.ca, cert: t.cert, key: t.key });
+        if let Some(l) = listen {
+            if tls.is_none() && !(l.ip().is_loopback() && raw.plaintext_loopback) {
+                sink.nowhere(
+                    "tls",
+                    "a [tls] section is required unless listen is a loopback address and plaintext_loopback = true",
+                );
+            }
+        }
+        sink.finish()?;
+        match (listen, root, state_dir, dialect, exports_file, nfs3) {
+            (Some(listen), Some(root), Some(state_dir), Some(dialect), Some(exports_file), Some(nfs3)) => {
+                Ok(AgentConfig {
+                    listen,
+                    root,
+                    statelite_roots,
+                    state_dir,
+                    dialect,
+                    exports_file,
+                    reload,
+                    nfs3,
+                    tls,
+                    plaintext_loopback: raw.plaintext_loopback,
+                })
+            }
+            _ => Err(Diagnostics(Vec::new())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_errors() {
+        let a = AgentConfig::from_toml(
+            "a.toml",
+            "listen = \"127.0.0.1:7001\"\nplaintext_loopback = true\nroot = \"/srv/r\"\n",
+        )
+        .unwrap();
+        assert_eq!(a.exports_file.as_str(), "/etc/exports.d/hanfs.exports");
+        assert_eq!(a.reload, vec!["exportfs", "-ra"]);
+        let e = AgentConfig::from_toml("a.toml", "listen = \"0.0.0.0:7468\"\n").unwrap_err();
+        assert!(e.to_string().contains("[tls]"));
+        let e = AgentConfig::from_toml("a.toml", "listen = \"nope\"\n").unwrap_err();
+        assert!(e.to_string().starts_with("a.toml:1:"), "{e}");
+        let e = AgentConfig::from_toml("a.toml", "plaintext_loopback = true\nlisten = \"127.0.0.1:1\"\nroot = \"/\"\n")
+            .unwrap_err();
+        assert!(e.to_string().contains("cannot be `/`"));
+    }
+}

@@ -1,0 +1,849 @@
+//! The controller's cluster config (contract.md "Cluster config"): parsed with serde/toml, then
+//! validated into a [`Cluster`] in which every name resolves, every address is well formed and every
+//! path stays under its root.
+
+use crate::addr::{Address, Endpoint};
+use crate::error::{Diagnostics, Sink};
+use crate::path::{AbsPath, RelPath};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use toml::Spanned;
+
+/// Default TCP port of `hanfs agent`.
+pub const DEFAULT_AGENT_PORT: u16 = 7468;
+
+/// Which NFS server flavour an SN runs, and so which exports dialect it gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Dialect {
+    Linux,
+    Aix,
+}
+
+impl Dialect {
+    fn parse(s: &str) -> Result<Self, String> {
+        match s {
+            "linux" => Ok(Dialect::Linux),
+            "aix" => Ok(Dialect::Aix),
+            _ => Err(format!("unknown dialect `{s}`; expected \"linux\" or \"aix\"")),
+        }
+    }
+}
+
+/// How SNs that name no backups get them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackupPolicy {
+    /// Each SN is backed by the next one in file order; the last by the first.
+    Ring,
+    /// sn1<->sn2, sn3<->sn4, ...; with an odd count the last SN is backed by the first.
+    Pairs,
+    /// No automatic backups.
+    None,
+}
+
+impl BackupPolicy {
+    fn parse(s: &str) -> Result<Self, String> {
+        match s {
+            "ring" => Ok(BackupPolicy::Ring),
+            "pairs" => Ok(BackupPolicy::Pairs),
+            "none" => Ok(BackupPolicy::None),
+            _ => Err(format!("unknown backup policy `{s}`; expected \"ring\", \"pairs\" or \"none\"")),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TlsFiles {
+    pub ca: String,
+    pub cert: String,
+    pub key: String,
+}
+
+/// A service node: serves compute nodes, holds replicas, runs `hanfs agent`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceNode {
+    pub name: String,
+    /// What clients use: goes into `replicas=`/`refer=`.
+    pub address: Address,
+    pub agent: Endpoint,
+    pub dialect: Dialect,
+    /// Names of SNs or external servers that hold copies of this SN's data, in preference order.
+    pub backups: Vec<String>,
+    /// Where replicas live on this SN.
+    pub root: AbsPath,
+}
+
+/// A member of an external HA-NFS domain: a backup server that is not an SN (design arch. 2).
+/// hanfs lists it in fs_locations; it is kept in sync by its own means or by an agent if `agent` is set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExternalServer {
+    pub name: String,
+    pub address: Address,
+    pub agent: Option<Endpoint>,
+    pub root: AbsPath,
+}
+
+/// A read-only image tree replicated to SNs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Image {
+    pub name: String,
+    /// Relative to `source_root` on the MN and to each SN's `root`.
+    pub path: RelPath,
+    /// exports(5) client specifications, e.g. `*` or `10.1.0.0/16`.
+    pub clients: Vec<String>,
+    pub exclude: Vec<String>,
+    /// The SNs that hold and export it, in file order.
+    pub sns: Vec<String>,
+}
+
+/// A writable statelite area: `<path>/<node>` per node, exported rw by the node's serving SN.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Statelite {
+    pub name: String,
+    pub path: AbsPath,
+    pub clients: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Node {
+    pub name: String,
+    /// Primary first, as xCAT's `noderes.servicenode`.
+    pub sns: Vec<String>,
+    /// The SN that serves this node's statelite data now: `sns[0]` unless the node was migrated.
+    pub served_by: String,
+}
+
+impl Node {
+    /// Whether the node's data was moved away from its home (primary) SN.
+    pub fn is_migrated(&self) -> bool {
+        self.sns.first() != Some(&self.served_by)
+    }
+}
+
+/// A validated cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cluster {
+    pub source_root: AbsPath,
+    pub state_dir: AbsPath,
+    pub backup_policy: BackupPolicy,
+    pub domain: Option<String>,
+    pub tls: Option<TlsFiles>,
+    /// Plain TCP to agents; accepted only when every agent endpoint is loopback.
+    pub plaintext_loopback: bool,
+    /// Command run by `hanfs failover` to fence a dead SN; `{sn}` and `{address}` are substituted.
+    pub fence: Vec<String>,
+    pub sns: Vec<ServiceNode>,
+    pub externals: Vec<ExternalServer>,
+    pub images: Vec<Image>,
+    pub statelite: Vec<Statelite>,
+    pub nodes: Vec<Node>,
+}
+
+/// Any server that may appear in a location list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Server<'a> {
+    pub name: &'a str,
+    pub address: &'a Address,
+    pub root: &'a AbsPath,
+    pub is_sn: bool,
+}
+
+impl Cluster {
+    /// Parse and validate a config. `file` is only used in diagnostics.
+    pub fn from_toml(file: &str, text: &str) -> Result<Cluster, Diagnostics> {
+        let mut sink = Sink::new(file, text);
+        let raw: RawFile = match toml::from_str(text) {
+            Ok(r) => r,
+            Err(e) => {
+                sink.toml(text, &e);
+                return Err(Diagnostics(sink.out));
+            }
+        };
+        let cluster = validate(raw, &mut sink);
+        sink.finish()?;
+        cluster.ok_or_else(|| Diagnostics(Vec::new()))
+    }
+
+    pub fn sn(&self, name: &str) -> Option<&ServiceNode> {
+        self.sns.iter().find(|s| s.name == name)
+    }
+
+    pub fn server(&self, name: &str) -> Option<Server<'_>> {
+        if let Some(s) = self.sn(name) {
+            return Some(Server { name: &s.name, address: &s.address, root: &s.root, is_sn: true });
+        }
+        self.externals.iter().find(|e| e.name == name).map(|e| Server {
+            name: &e.name,
+            address: &e.address,
+            root: &e.root,
+            is_sn: false,
+        })
+    }
+
+    /// The SN itself, then its backups, in order: the locations of its `replicas=` list.
+    pub fn replica_set(&self, sn: &ServiceNode) -> Vec<Server<'_>> {
+        std::iter::once(sn.name.as_str())
+            .chain(sn.backups.iter().map(String::as_str))
+            .filter_map(|n| self.server(n))
+            .collect()
+    }
+
+    /// Images an SN holds.
+    pub fn images_on<'a>(&'a self, sn: &'a str) -> impl Iterator<Item = &'a Image> + 'a {
+        self.images.iter().filter(move |i| i.sns.iter().any(|s| s == sn))
+    }
+
+    /// The MN-side path of an image.
+    pub fn image_source(&self, image: &Image) -> AbsPath {
+        self.source_root.join(&image.path)
+    }
+
+    pub fn image(&self, name: &str) -> Option<&Image> {
+        self.images.iter().find(|i| i.name == name)
+    }
+
+    pub fn node(&self, name: &str) -> Option<&Node> {
+        self.nodes.iter().find(|n| n.name == name)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw, span-carrying form, as written.
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    cluster: RawCluster,
+    tls: Option<RawTls>,
+    #[serde(default)]
+    sn: Vec<RawSn>,
+    #[serde(default)]
+    external: Vec<RawExternal>,
+    #[serde(default)]
+    image: Vec<RawImage>,
+    #[serde(default)]
+    statelite: Vec<RawStatelite>,
+    #[serde(default)]
+    node: Vec<RawNode>,
+}
+
+type S = Spanned<String>;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCluster {
+    source_root: S,
+    state_dir: Option<S>,
+    backups: Option<S>,
+    domain: Option<S>,
+    #[serde(default)]
+    plaintext_loopback: bool,
+    #[serde(default)]
+    fence: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    ca: String,
+    cert: String,
+    key: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSn {
+    name: S,
+    address: S,
+    agent: Option<S>,
+    dialect: Option<S>,
+    backups: Option<Spanned<Vec<S>>>,
+    root: Option<S>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawExternal {
+    name: S,
+    address: S,
+    agent: Option<S>,
+    root: Option<S>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawImage {
+    name: S,
+    path: S,
+    clients: Option<Spanned<Clients>>,
+    #[serde(default)]
+    exclude: Vec<String>,
+    sns: Option<Vec<S>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStatelite {
+    name: S,
+    path: S,
+    clients: Option<Spanned<Clients>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNode {
+    name: S,
+    sns: Spanned<Vec<S>>,
+    served_by: Option<S>,
+}
+
+/// `clients = "*"` or `clients = ["10.1.0.0/16", "@compute"]`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Clients {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Clients {
+    fn into_vec(self) -> Vec<String> {
+        match self {
+            Clients::One(s) => s.split_whitespace().map(str::to_string).collect(),
+            Clients::Many(v) => v,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Validation.
+
+fn validate(raw: RawFile, sink: &mut Sink<'_>) -> Option<Cluster> {
+    let c = &raw.cluster;
+    let source_root = abs(sink, &c.source_root, "cluster.source_root");
+    let state_dir = match &c.state_dir {
+        Some(s) => abs(sink, s, "cluster.state_dir"),
+        None => AbsPath::parse("/var/lib/hanfs").ok(),
+    };
+    let backup_policy = match &c.backups {
+        Some(b) => BackupPolicy::parse(b.get_ref()).map_err(|m| sink.at(b.span(), "cluster.backups", m)).ok(),
+        None => Some(BackupPolicy::Ring),
+    };
+    let domain = c.domain.as_ref().and_then(|d| {
+        let v = d.get_ref();
+        if crate::addr::is_hostname(v) {
+            Some(v.clone())
+        } else {
+            sink.at(d.span(), "cluster.domain", format!("`{v}` is not a valid NFSv4 domain name"));
+            None
+        }
+    });
+
+    // Names are shared by SNs and external servers: a backup list may name either.
+    let mut names: BTreeMap<String, std::ops::Range<usize>> = BTreeMap::new();
+    let mut claim = |sink: &mut Sink<'_>, n: &S, field: String| {
+        let v = n.get_ref();
+        if !crate::addr::is_hostname(v) {
+            sink.at(n.span(), field, format!("`{v}` is not a valid name (letters, digits, `-`, `.`)"));
+        } else if let Some(prev) = names.get(v) {
+            let (line, _) = sink.index.locate(prev.start);
+            sink.at(n.span(), field, format!("duplicate server name `{v}` (first defined on line {line})"));
+        } else {
+            names.insert(v.clone(), n.span());
+        }
+    };
+    for (i, s) in raw.sn.iter().enumerate() {
+        claim(sink, &s.name, format!("sn[{i}].name"));
+    }
+    for (i, e) in raw.external.iter().enumerate() {
+        claim(sink, &e.name, format!("external[{i}].name"));
+    }
+    if raw.sn.is_empty() {
+        sink.nowhere("sn", "the cluster defines no service node ([[sn]])");
+    }
+
+    let default_root = source_root.clone();
+    let sn_names: Vec<String> = raw.sn.iter().map(|s| s.name.get_ref().clone()).collect();
+    let mut sns = Vec::new();
+    for (i, s) in raw.sn.iter().enumerate() {
+        let f = |k: &str| format!("sn[{i}].{k}");
+        let address = Address::parse(s.address.get_ref()).map_err(|m| sink.at(s.address.span(), f("address"), m)).ok();
+        let agent = match &s.agent {
+            Some(a) => Endpoint::parse(a.get_ref()).map_err(|m| sink.at(a.span(), f("agent"), m)).ok(),
+            None => address.clone().map(|host| Endpoint { host, port: DEFAULT_AGENT_PORT }),
+        };
+        let dialect = match &s.dialect {
+            Some(d) => Dialect::parse(d.get_ref()).map_err(|m| sink.at(d.span(), f("dialect"), m)).ok(),
+            None => Some(Dialect::Linux),
+        };
+        let root = match &s.root {
+            Some(r) => abs(sink, r, &f("root")),
+            None => default_root.clone(),
+        };
+        let backups = match &s.backups {
+            Some(list) => {
+                let mut out = Vec::new();
+                for (j, b) in list.get_ref().iter().enumerate() {
+                    let v = b.get_ref();
+                    let field = format!("sn[{i}].backups[{j}]");
+                    if v == s.name.get_ref() {
+                        sink.at(b.span(), field, format!("SN `{v}` cannot back itself up"));
+                    } else if !names.contains_key(v) {
+                        sink.at(b.span(), field, format!("unknown server `{v}`: not an [[sn]] or [[external]] name"));
+                    } else if out.contains(v) {
+                        sink.at(b.span(), field, format!("`{v}` is listed twice"));
+                    } else {
+                        out.push(v.clone());
+                    }
+                }
+                out
+            }
+            None => policy_backups(backup_policy.unwrap_or(BackupPolicy::None), &sn_names, i),
+        };
+        if let (Some(address), Some(agent), Some(dialect), Some(root)) = (address, agent, dialect, root) {
+            sns.push(ServiceNode { name: s.name.get_ref().clone(), address, agent, dialect, backups, root });
+        }
+    }
+
+    let mut externals = Vec::new();
+    for (i, e) in raw.external.iter().enumerate() {
+        let f = |k: &str| format!("external[{i}].{k}");
+        let address = Address::parse(e.address.get_ref()).map_err(|m| sink.at(e.address.span(), f("address"), m)).ok();
+        let agent = match &e.agent {
+            Some(a) => Endpoint::parse(a.get_ref()).map_err(|m| sink.at(a.span(), f("agent"), m)).map(Some).ok(),
+            None => Some(None),
+        };
+        let root = match &e.root {
+            Some(r) => abs(sink, r, &f("root")),
+            None => default_root.clone(),
+        };
+        if let (Some(address), Some(agent), Some(root)) = (address, agent, root) {
+            externals.push(ExternalServer { name: e.name.get_ref().clone(), address, agent, root });
+        }
+    }
+
+    // AIX: replica lists must be IP literals, and replicas need an NFSv4 domain.
+    for (i, s) in raw.sn.iter().enumerate() {
+        let Some(sn) = sns.iter().find(|x| &x.name == s.name.get_ref()) else { continue };
+        if sn.dialect != Dialect::Aix {
+            continue;
+        }
+        if !sn.address.is_ip() {
+            sink.at(
+                s.address.span(),
+                format!("sn[{i}].address"),
+                format!(
+                    "AIX SN `{}` needs an IP address, not the host name `{}` (AIX replica lists take IPs)",
+                    sn.name, sn.address
+                ),
+            );
+        }
+        for b in &sn.backups {
+            let addr = sns
+                .iter()
+                .find(|x| &x.name == b)
+                .map(|x| &x.address)
+                .or_else(|| externals.iter().find(|x| &x.name == b).map(|x| &x.address));
+            if let Some(a) = addr.filter(|a| !a.is_ip()) {
+                let span = s.backups.as_ref().map(|l| l.span()).unwrap_or(s.name.span());
+                sink.at(
+                    span,
+                    format!("sn[{i}].backups"),
+                    format!(
+                        "backup `{b}` of AIX SN `{}` has host name `{a}`; AIX replica lists take IP addresses",
+                        sn.name
+                    ),
+                );
+            }
+        }
+        if domain.is_none() && c.domain.is_none() {
+            sink.at(
+                s.dialect.as_ref().map(|d| d.span()).unwrap_or(s.name.span()),
+                format!("sn[{i}].dialect"),
+                "AIX replicas need an NFSv4 domain: set cluster.domain (see chnfsdom)",
+            );
+        }
+    }
+
+    let mut images = Vec::new();
+    let mut image_names = BTreeSet::new();
+    let mut image_paths: BTreeMap<String, String> = BTreeMap::new();
+    for (i, im) in raw.image.iter().enumerate() {
+        let f = |k: &str| format!("image[{i}].{k}");
+        let name = im.name.get_ref();
+        if !image_names.insert(name.clone()) {
+            sink.at(im.name.span(), f("name"), format!("duplicate image name `{name}`"));
+        }
+        let path = image_path(sink, &im.path, &f("path"), source_root.as_ref());
+        if let Some(p) = &path {
+            if let Some(other) = image_paths.insert(p.as_str().to_string(), name.clone()) {
+                sink.at(im.path.span(), f("path"), format!("path `{p}` is already image `{other}`'s"));
+            }
+        }
+        let clients = clients(sink, im.clients.as_ref(), &f("clients"), "*");
+        let isns = match &im.sns {
+            Some(list) => list
+                .iter()
+                .enumerate()
+                .filter_map(|(j, s)| {
+                    if sn_names.contains(s.get_ref()) {
+                        Some(s.get_ref().clone())
+                    } else {
+                        sink.at(s.span(), format!("image[{i}].sns[{j}]"), format!("unknown SN `{}`", s.get_ref()));
+                        None
+                    }
+                })
+                .collect(),
+            None => sn_names.clone(),
+        };
+        if let Some(path) = path {
+            images.push(Image { name: name.clone(), path, clients, exclude: im.exclude.clone(), sns: isns });
+        }
+    }
+    // Images nest only by accident: a nested image would be replicated twice and exported inside another.
+    for a in &images {
+        for b in &images {
+            if a.name != b.name && b.path.as_str().starts_with(&format!("{}/", a.path)) {
+                sink.nowhere(
+                    format!("image `{}`", b.name),
+                    format!("path `{}` lies inside image `{}` (`{}`)", b.path, a.name, a.path),
+                );
+            }
+        }
+    }
+
+    let mut statelite = Vec::new();
+    for (i, st) in raw.statelite.iter().enumerate() {
+        let f = |k: &str| format!("statelite[{i}].{k}");
+        let path = abs(sink, &st.path, &f("path"));
+        if let Some(p) = &path {
+            if p.is_root() {
+                sink.at(st.path.span(), f("path"), "a statelite path cannot be `/`");
+            }
+        }
+        let clients = clients(sink, st.clients.as_ref(), &f("clients"), "*");
+        if let Some(path) = path.filter(|p| !p.is_root()) {
+            statelite.push(Statelite { name: st.name.get_ref().clone(), path, clients });
+        }
+    }
+
+    let mut nodes = Vec::new();
+    let mut node_names = BTreeSet::new();
+    for (i, n) in raw.node.iter().enumerate() {
+        let name = n.name.get_ref();
+        if !crate::addr::is_hostname(name) {
+            sink.at(n.name.span(), format!("node[{i}].name"), format!("`{name}` is not a valid node name"));
+        }
+        if !node_names.insert(name.clone()) {
+            sink.at(n.name.span(), format!("node[{i}].name"), format!("duplicate node `{name}`"));
+        }
+        if n.sns.get_ref().is_empty() {
+            sink.at(n.sns.span(), format!("node[{i}].sns"), format!("node `{name}` has no service node"));
+            continue;
+        }
+        let mut ok = true;
+        let mut list = Vec::new();
+        for (j, s) in n.sns.get_ref().iter().enumerate() {
+            if !sn_names.contains(s.get_ref()) {
+                sink.at(s.span(), format!("node[{i}].sns[{j}]"), format!("unknown SN `{}`", s.get_ref()));
+                ok = false;
+            } else if list.contains(s.get_ref()) {
+                sink.at(s.span(), format!("node[{i}].sns[{j}]"), format!("SN `{}` listed twice", s.get_ref()));
+                ok = false;
+            } else {
+                list.push(s.get_ref().clone());
+            }
+        }
+        let served_by = match &n.served_by {
+            Some(s) if !sn_names.contains(s.get_ref()) => {
+                sink.at(s.span(), format!("node[{i}].served_by"), format!("unknown SN `{}`", s.get_ref()));
+                ok = false;
+                String::new()
+            }
+            Some(s) => s.get_ref().clone(),
+            None => list.first().cloned().unwrap_or_default(),
+        };
+        if ok {
+            nodes.push(Node { name: name.clone(), sns: list, served_by });
+        }
+    }
+
+    let tls = raw.tls.map(|t| TlsFiles { ca: t.ca, cert: t.cert, key: t.key });
+    if tls.is_none() {
+        let remote: Vec<&str> = sns.iter().filter(|s| !s.agent.is_loopback()).map(|s| s.name.as_str()).collect();
+        if !remote.is_empty() {
+            sink.nowhere(
+                "tls",
+                format!(
+                    "a [tls] section is required: agents of {} are not on loopback (make one with `hanfs ca init`)",
+                    remote.join(", ")
+                ),
+            );
+        } else if !c.plaintext_loopback {
+            sink.nowhere(
+                "cluster.plaintext_loopback",
+                "no [tls] section: set plaintext_loopback = true to talk plain TCP to loopback agents",
+            );
+        }
+    }
+
+    Some(Cluster {
+        source_root: source_root?,
+        state_dir: state_dir?,
+        backup_policy: backup_policy?,
+        domain,
+        tls,
+        plaintext_loopback: c.plaintext_loopback,
+        fence: c.fence.clone(),
+        sns,
+        externals,
+        images,
+        statelite,
+        nodes,
+    })
+}
+
+fn policy_backups(policy: BackupPolicy, sns: &[String], i: usize) -> Vec<String> {
+    let n = sns.len();
+    if n < 2 {
+        return Vec::new();
+    }
+    let j = match policy {
+        BackupPolicy::None => return Vec::new(),
+        BackupPolicy::Ring => (i + 1) % n,
+        BackupPolicy::Pairs => {
+            if i % 2 == 0 {
+                if i + 1 < n {
+                    i + 1
+                } else {
+                    0
+                }
+            } else {
+                i - 1
+            }
+        }
+    };
+    vec![sns[j].clone()]
+}
+
+fn abs(sink: &mut Sink<'_>, s: &S, field: &str) -> Option<AbsPath> {
+    AbsPath::parse(s.get_ref()).map_err(|m| sink.at(s.span(), field, m)).ok()
+}
+
+/// Paths xCAT keeps per SN or never wants copied (design §1).
+const NEVER_REPLICATED: &[(&str, &str)] = &[
+    ("autoinst", "/install/autoinst holds per-node install files"),
+    (".client_data", "NIM `.client_data` is per SN"),
+    ("nim/paging", "NIM paging spaces are per node"),
+    ("nim/dump", "NIM dump resources are per node"),
+];
+
+fn image_path(sink: &mut Sink<'_>, s: &S, field: &str, source_root: Option<&AbsPath>) -> Option<RelPath> {
+    let v = s.get_ref();
+    let rel = match RelPath::parse(v) {
+        Ok(r) => r,
+        Err(m) => {
+            let hint = match source_root {
+                Some(root) if v.starts_with('/') && v.starts_with(&format!("{root}/")) => {
+                    format!("; write it as `{}`", &v[root.as_str().len() + 1..])
+                }
+                _ => String::new(),
+            };
+            sink.at(s.span(), field, format!("image path must stay under cluster.source_root: {m}{hint}"));
+            return None;
+        }
+    };
+    for (bad, why) in NEVER_REPLICATED {
+        let hit = rel.as_str() == *bad
+            || rel.as_str().starts_with(&format!("{bad}/"))
+            || (bad.starts_with('.') && rel.components().any(|c| c == *bad));
+        if hit {
+            sink.at(s.span(), field, format!("`{v}` must not be replicated: {why}"));
+            return None;
+        }
+    }
+    Some(rel)
+}
+
+fn clients(sink: &mut Sink<'_>, c: Option<&Spanned<Clients>>, field: &str, default: &str) -> Vec<String> {
+    let Some(c) = c else { return vec![default.to_string()] };
+    let span = c.span();
+    let list = match c.get_ref() {
+        Clients::One(s) => Clients::One(s.clone()),
+        Clients::Many(v) => Clients::Many(v.clone()),
+    }
+    .into_vec();
+    if list.is_empty() {
+        sink.at(span.clone(), field, "no clients given (use \"*\" for everyone)");
+    }
+    for cl in &list {
+        if cl.is_empty() || cl.chars().any(|ch| ch.is_whitespace() || matches!(ch, '(' | ')' | ',' | '"' | '#')) {
+            sink.at(
+                span.clone(),
+                field,
+                format!("client `{cl}` contains a character exports cannot carry (space, `(`, `)`, `,`, `\"`, `#`)"),
+            );
+        }
+    }
+    list
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OK: &str = r#"
+[cluster]
+source_root = "/install"
+backups = "ring"
+domain = "cluster.example"
+plaintext_loopback = true
+
+[[sn]]
+name = "sn1"
+address = "127.0.0.1"
+agent = "127.0.0.1:7001"
+
+[[sn]]
+name = "sn2"
+address = "127.0.0.2"
+agent = "127.0.0.1:7002"
+
+[[sn]]
+name = "sn3"
+address = "127.0.0.3"
+agent = "127.0.0.1:7003"
+backups = ["sn1", "sn2"]
+
+[[image]]
+name = "rh8"
+path = "netboot/rh8/x86_64/compute/rootimg"
+
+[[statelite]]
+name = "nodedata"
+path = "/nodedata"
+clients = "10.1.0.0/16"
+
+[[node]]
+name = "cn001"
+sns = ["sn1", "sn2"]
+
+[[node]]
+name = "cn002"
+sns = ["sn2", "sn1"]
+served_by = "sn1"
+"#;
+
+    fn errs(text: &str) -> Vec<String> {
+        match Cluster::from_toml("c.toml", text) {
+            Ok(_) => vec![],
+            Err(d) => d.0.iter().map(|d| d.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn parses_and_resolves_backups() {
+        let c = Cluster::from_toml("c.toml", OK).unwrap();
+        assert_eq!(c.sns[0].backups, vec!["sn2"]);
+        assert_eq!(c.sns[1].backups, vec!["sn3"]);
+        assert_eq!(c.sns[2].backups, vec!["sn1", "sn2"]);
+        assert_eq!(c.images[0].sns, vec!["sn1", "sn2", "sn3"]);
+        assert_eq!(c.sns[0].agent.port, 7001);
+        assert!(c.node("cn002").unwrap().is_migrated());
+        assert!(!c.node("cn001").unwrap().is_migrated());
+        let rs: Vec<_> = c.replica_set(&c.sns[2]).iter().map(|s| s.name).collect();
+        assert_eq!(rs, vec!["sn3", "sn1", "sn2"]);
+    }
+
+    #[test]
+    fn pairs_policy() {
+        let names: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
+        assert_eq!(policy_backups(BackupPolicy::Pairs, &names, 0), vec!["b"]);
+        assert_eq!(policy_backups(BackupPolicy::Pairs, &names, 1), vec!["a"]);
+        assert_eq!(policy_backups(BackupPolicy::Pairs, &names, 2), vec!["a"]);
+        assert!(policy_backups(BackupPolicy::None, &names, 0).is_empty());
+        assert!(policy_backups(BackupPolicy::Ring, &names[..1], 0).is_empty());
+    }
+
+    #[test]
+    fn wrong_type_names_line_and_field() {
+        let text = OK.replace("agent = \"127.0.0.1:7002\"", "agent = 7002");
+        let e = errs(&text);
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(e[0].starts_with("c.toml:16:"), "{}", e[0]);
+        assert!(e[0].contains("sn[1].agent"), "{}", e[0]);
+    }
+
+    #[test]
+    fn unknown_backup() {
+        let text = OK.replace("backups = [\"sn1\", \"sn2\"]", "backups = [\"sn1\", \"sn9\"]");
+        let e = errs(&text);
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(e[0].starts_with("c.toml:22:"), "{}", e[0]);
+        assert!(e[0].contains("sn[2].backups[1]: unknown server `sn9`"), "{}", e[0]);
+    }
+
+    #[test]
+    fn self_backup() {
+        let text = OK.replace("backups = [\"sn1\", \"sn2\"]", "backups = [\"sn3\"]");
+        assert!(errs(&text)[0].contains("cannot back itself up"));
+    }
+
+    #[test]
+    fn aix_hostname() {
+        let text = OK.replace("address = \"127.0.0.1\"", "address = \"sn1.cluster\"\ndialect = \"aix\"");
+        let e = errs(&text);
+        assert!(
+            e.iter().any(|e| e.starts_with("c.toml:10:") && e.contains("sn[0].address") && e.contains("needs an IP")),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn aix_needs_domain() {
+        let text = OK
+            .replace("domain = \"cluster.example\"\n", "")
+            .replace("agent = \"127.0.0.1:7001\"", "agent = \"127.0.0.1:7001\"\ndialect = \"aix\"");
+        assert!(errs(&text).iter().any(|e| e.contains("NFSv4 domain")));
+    }
+
+    #[test]
+    fn escaping_image_path() {
+        for bad in ["../etc", "/etc/passwd", "netboot/../../etc", "autoinst/x", "nim/spot/.client_data"] {
+            let text = OK.replace("netboot/rh8/x86_64/compute/rootimg", bad);
+            let e = errs(&text);
+            assert!(e.iter().any(|e| e.contains("image[0].path")), "{bad}: {e:?}");
+        }
+        let text = OK.replace("\"netboot/rh8/x86_64/compute/rootimg\"", "\"/install/netboot/x\"");
+        assert!(errs(&text)[0].contains("write it as `netboot/x`"));
+    }
+
+    #[test]
+    fn node_without_sn_and_unknown_sn() {
+        let text = OK.replace("sns = [\"sn1\", \"sn2\"]", "sns = []");
+        assert!(errs(&text)[0].contains("has no service node"));
+        let text = OK.replace("sns = [\"sn1\", \"sn2\"]", "sns = [\"snX\"]");
+        assert!(errs(&text)[0].contains("node[0].sns[0]: unknown SN `snX`"));
+    }
+
+    #[test]
+    fn duplicates_and_unknown_fields() {
+        let text = OK.replace("name = \"sn2\"", "name = \"sn1\"");
+        assert!(errs(&text).iter().any(|e| e.contains("duplicate server name `sn1`")));
+        let text = OK.replace("backups = \"ring\"", "backups = \"ring\"\nbakcups = 1");
+        let e = errs(&text);
+        assert!(e[0].contains("bakcups"), "{e:?}");
+    }
+
+    #[test]
+    fn bad_addresses() {
+        let text = OK.replace("address = \"127.0.0.2\"", "address = \"10.0.0.256\"");
+        assert!(errs(&text)[0].contains("sn[1].address"));
+    }
+
+    #[test]
+    fn tls_required_off_loopback() {
+        let text = OK.replace("agent = \"127.0.0.1:7001\"", "agent = \"10.0.0.1:7001\"");
+        assert!(errs(&text)[0].contains("[tls] section is required"));
+    }
+}

@@ -1,0 +1,19 @@
+//! The hanfs model: what a cluster is (service nodes, backups, images, statelite areas, nodes) and
+//! what an agent is configured with. Pure: parsing and validation only, no I/O. Everything above
+//! (rendering, sync, agent) works from a validated [`Cluster`], so invariants checked here hold
+//! everywhere: names resolve, addresses are well formed, paths stay under their roots.
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod addr;
+pub mod agent;
+pub mod cluster;
+pub mod error;
+pub mod path;
+
+pub use addr::{Address, Endpoint};
+pub use agent::AgentConfig;
+pub use cluster::{
+    BackupPolicy, Cluster, Dialect, ExternalServer, Image, Node, Server, ServiceNode, Statelite, TlsFiles,
+};
+pub use error::{Diagnostic, Diagnostics};
+pub use path::{AbsPath, RelPath};
