@@ -612,7 +612,7 @@ fn policy_backups(policy: BackupPolicy, sns: &[String], i: usize) -> Vec<String>
         BackupPolicy::None => return Vec::new(),
         BackupPolicy::Ring => (i + 1) % n,
         BackupPolicy::Pairs => {
-            if i % 2 == 0 {
+            if i.is_multiple_of(2) {
                 if i + 1 < n {
                     i + 1
                 } else {
