@@ -1,0 +1,56 @@
+//! One module per command family; each owns its output (human and `--json`).
+
+use crate::cli::{Cli, Command, Global};
+use crate::exit::{bad_input, Status};
+use anyhow::{Context, Result};
+
+mod agent;
+mod ca;
+mod daemon;
+mod delta;
+mod demo;
+mod exports;
+mod redirect;
+mod sync;
+mod xcat;
+
+pub fn run(cli: Cli) -> Result<Status> {
+    let g = &cli.global;
+    match cli.command {
+        Command::Plan(a) => sync::plan(g, a),
+        Command::Sync(a) => sync::sync(g, a),
+        Command::Daemon(a) => daemon::run(g, a),
+        Command::Status => sync::status(g),
+        Command::Verify(a) => sync::verify(g, a),
+        Command::Exports(a) => exports::run(g, a),
+        Command::Migrate(a) => redirect::migrate(g, a),
+        Command::Failover(a) => redirect::failover(g, a),
+        Command::Xcat(c) => xcat::run(g, c),
+        Command::Ca(c) => ca::run(g, c),
+        Command::Agent(a) => agent::run(g, a),
+        Command::Delta(c) => delta::run(g, c),
+        Command::Demo(a) => demo::run(g, a),
+    }
+}
+
+/// Read and validate the cluster config named by `--config`. Any problem is bad input (exit 2) and
+/// names the file, line and field.
+pub fn load_cluster(g: &Global) -> Result<model::Cluster> {
+    let path = &g.config;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| bad_input(format!("{}: cannot read the cluster config: {e}", path.display())))?;
+    model::Cluster::from_toml(&path.display().to_string(), &text)
+        .map_err(anyhow::Error::new)
+        .context("invalid cluster config")
+}
+
+/// Print a value as pretty JSON on stdout.
+pub fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+/// For commands whose engine has not landed yet: a clear failure, never a fake success.
+pub fn not_yet(what: &str) -> Result<Status> {
+    Err(anyhow::anyhow!("`hanfs {what}` is not available in this build yet"))
+}

@@ -1,0 +1,38 @@
+//! `hanfs`: the one binary. Parses the command line, sets up logging, dispatches to `cmd::*`, and
+//! maps every outcome to the contract's exit status (0 ok, 1 failed on some SN, 2 bad usage/input).
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
+mod cli;
+mod cmd;
+mod exit;
+
+use clap::Parser;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    init_logging(cli.global.verbose, cli.global.quiet);
+    match cmd::run(cli) {
+        Ok(code) => code.into(),
+        Err(e) => {
+            let code = exit::classify(&e);
+            // The chain gives the admin the file, line and field when the error came from config.
+            eprintln!("hanfs: {e:#}");
+            code.into()
+        }
+    }
+}
+
+/// Logs go to stderr so `--json` output on stdout stays machine-readable.
+fn init_logging(verbose: u8, quiet: bool) {
+    use tracing_subscriber::EnvFilter;
+    let default = match (quiet, verbose) {
+        (true, _) => "error",
+        (false, 0) => "warn",
+        (false, 1) => "info",
+        (false, 2) => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_env("HANFS_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+}
