@@ -1,0 +1,1 @@
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
