@@ -1,0 +1,50 @@
+# hanfs: `make demo` runs the whole job locally; `make test` installs what the tests need and runs them all.
+SHELL := /bin/bash
+CARGO ?= cargo
+# Debian packages the tests drive for real: rdiff (librsync), exportfs (nfs-utils), the UML kernel
+# rig, libnfs' nfs-cat, PostgreSQL and MariaDB for the xCAT import, rsync for the benchmarks.
+DEB_PACKAGES := rdiff nfs-kernel-server user-mode-linux busybox-static kmod cpio iproute2 dash \
+	libnfs-utils postgresql mariadb-server rsync attr acl util-linux
+HANFS := target/debug/hanfs
+
+.PHONY: all build deps test unit lint integration demo bench clean
+
+all: build
+
+build:
+	$(CARGO) build --workspace --all-targets --locked
+
+# Installs only what is missing, so a warm machine pays nothing.
+deps:
+	@missing=$$(for p in $(DEB_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing:" $$missing; \
+		if [ "$$(id -u)" != 0 ]; then echo "make deps: need root for apt-get" >&2; exit 1; fi; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+	@command -v cargo-nextest >/dev/null || $(CARGO) install --locked cargo-nextest
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+
+# One build, then every test in parallel (nextest), then the real-kernel rig.
+test: deps lint
+	$(CARGO) nextest run --workspace --locked --no-fail-fast
+	HANFS=$(HANFS) integration/run.sh
+
+unit:
+	$(CARGO) nextest run --workspace --locked
+
+integration: build
+	HANFS=$(HANFS) integration/run.sh
+
+demo: build
+	$(HANFS) demo
+
+bench:
+	$(CARGO) bench --workspace --locked
+
+clean:
+	$(CARGO) clean
