@@ -111,9 +111,21 @@ pub fn default_block_len(old_size: u64) -> u32 {
     if old_size <= 256 * 256 {
         256
     } else {
-        let r = old_size.isqrt() & !127;
-        u32::try_from(r).unwrap_or(u32::MAX & !127)
+        let r = isqrt(old_size) & !127;
+        u32::try_from(r).unwrap_or(0xffff_ff80)
     }
+}
+
+/// Floor of the square root (`u64::isqrt` needs Rust 1.84; the workspace MSRV is 1.80).
+fn isqrt(n: u64) -> u64 {
+    let mut x = (n as f64).sqrt() as u64;
+    while x.saturating_mul(x) > n {
+        x -= 1;
+    }
+    while (x + 1).saturating_mul(x + 1) <= n {
+        x += 1;
+    }
+    x
 }
 
 /// Computes the MD4 signature of `old` with `block_len` (None: [`default_block_len`]) and strong
