@@ -1,0 +1,274 @@
+//! The hanfs wire protocol between the controller (MN) and an agent (SN). Pure: message types, frame
+//! encoding and validation, no I/O, so both ends and the hostile-input tests share one definition.
+//!
+//! A frame is a big-endian `u32` payload length followed by one postcard-encoded message. Payloads over
+//! [`MAX_FRAME`] are refused before anything is allocated, so a peer cannot make the other end buffer
+//! more than that. Bulk data (manifests, file contents, deltas) travels as a sequence of chunks of at
+//! most [`CHUNK`] bytes; the receiver writes each chunk out before reading the next frame, so TCP flow
+//! control is the backpressure and memory stays bounded on both ends whatever the image size.
+//!
+//! Session: the controller sends [`ToAgent::Hello`], the agent answers [`FromAgent::Hello`] with the
+//! protocol version and its identity. A version mismatch ends the session. Then requests and replies
+//! alternate; an update of one image is `Begin` (manifest follows in chunks) → `Need` (what the agent lacks,
+//! by content hash, minus what it has staged already: this is the resume) → blobs → `Commit` → `Committed`.
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+/// Protocol version; both ends must speak the same one.
+pub const VERSION: u16 = 1;
+/// Largest frame payload either end accepts.
+pub const MAX_FRAME: usize = 4 << 20;
+/// Largest bulk chunk inside a frame (leaves room for the envelope below [`MAX_FRAME`]).
+pub const CHUNK: usize = 1 << 20;
+/// Length of the frame header.
+pub const HEADER: usize = 4;
+
+/// A BLAKE3 content hash.
+pub type Hash = [u8; 32];
+
+/// Hex of a hash, for logs and JSON.
+pub fn hex(h: &Hash) -> String {
+    hex::encode(h)
+}
+
+/// Parses a hex hash.
+pub fn parse_hex(s: &str) -> Option<Hash> {
+    let v = hex::decode(s).ok()?;
+    v.try_into().ok()
+}
+
+/// Where one image stands on an agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageState {
+    pub name: String,
+    pub generation: u64,
+    /// Contract digest of the replica's manifest.
+    pub digest: Hash,
+}
+
+/// Start of an image update.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Begin {
+    /// Image name (cluster config).
+    pub image: String,
+    /// Image path relative to the agent's root; validated with [`check_rel_path`].
+    pub path: String,
+    /// Generation the deltas were computed against (what a replica in step holds).
+    pub base: Option<ImageState>,
+    /// Generation and digest the replica must end at.
+    pub target: ImageState,
+    /// Size of the serialized manifest that follows in `ManifestChunk`s.
+    pub manifest_len: u64,
+}
+
+/// How a blob's bytes are to be turned into the file content with hash `hash`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Encoding {
+    /// The bytes are the content.
+    Literal,
+    /// The bytes are a librsync delta against the content with this hash, which the agent holds.
+    Delta { base: Hash },
+}
+
+/// Controller → agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ToAgent {
+    Hello {
+        version: u16,
+        controller: String,
+    },
+    Ping,
+    Status,
+    Begin(Begin),
+    ManifestChunk(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// Start of one blob of `len` bytes, sent in `BlobChunk`s, closed by `BlobEnd`.
+    BlobStart {
+        hash: Hash,
+        encoding: Encoding,
+        len: u64,
+    },
+    BlobChunk(#[serde(with = "serde_bytes")] Vec<u8>),
+    BlobEnd,
+    /// Apply the staged update atomically.
+    Commit,
+    /// Drop the update in progress (staged blobs are kept for a resume).
+    Abort,
+    /// Rescan the replica of `image` and report its digest.
+    Verify {
+        image: String,
+    },
+    /// Write the exports (Linux: whole file; AIX: the managed block) and run the reload command.
+    Exports {
+        text: String,
+    },
+    Bye,
+}
+
+/// Agent → controller.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FromAgent {
+    Hello {
+        version: u16,
+        agent: String,
+    },
+    Pong,
+    Status {
+        images: Vec<ImageState>,
+    },
+    /// After the manifest: the content hashes the agent lacks (already-staged ones left out), and
+    /// where it stands now (`None`: it has no replica of the image).
+    Need {
+        have: Option<ImageState>,
+        hashes: Vec<Hash>,
+    },
+    /// One blob staged and checked against its hash.
+    Staged {
+        hash: Hash,
+    },
+    Committed {
+        state: ImageState,
+    },
+    /// `recorded`: what the agent last committed; `actual`: the digest of a fresh scan.
+    Verified {
+        recorded: Option<ImageState>,
+        actual: Option<Hash>,
+    },
+    ExportsDone {
+        reloaded: bool,
+        output: String,
+    },
+    /// The request failed; the session stays usable unless the agent closes it.
+    Error {
+        reason: String,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("frame of {0} bytes exceeds the limit of {MAX_FRAME}")]
+    TooLarge(usize),
+    #[error("malformed frame: {0}")]
+    Malformed(String),
+    #[error("protocol version {theirs} not supported (this end speaks {VERSION})")]
+    Version { theirs: u16 },
+    #[error("path `{path}` refused: {why}")]
+    BadPath { path: String, why: &'static str },
+    #[error("name `{0}` refused: names are 1-128 characters of [A-Za-z0-9._-], not starting with `.`")]
+    BadName(String),
+}
+
+/// Encodes one message as a whole frame (header + payload).
+pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, Error> {
+    let mut out = vec![0u8; HEADER];
+    let mut out = postcard::to_extend(msg, std::mem::take(&mut out)).map_err(|e| Error::Malformed(e.to_string()))?;
+    let n = out.len() - HEADER;
+    if n > MAX_FRAME {
+        return Err(Error::TooLarge(n));
+    }
+    out[..HEADER].copy_from_slice(&(n as u32).to_be_bytes());
+    Ok(out)
+}
+
+/// Reads the payload length from a header, refusing oversized frames before any allocation.
+pub fn frame_len(header: [u8; HEADER]) -> Result<usize, Error> {
+    let n = u32::from_be_bytes(header) as usize;
+    if n > MAX_FRAME {
+        return Err(Error::TooLarge(n));
+    }
+    Ok(n)
+}
+
+/// Decodes one payload; trailing bytes make it malformed (a frame carries exactly one message).
+pub fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<T, Error> {
+    let (v, rest) = postcard::take_from_bytes(payload).map_err(|e| Error::Malformed(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(Error::Malformed(format!("{} bytes after the message", rest.len())));
+    }
+    Ok(v)
+}
+
+/// A path relative to a root that cannot leave it: no empty string, no leading `/`, no `.`/`..`/empty
+/// component, no NUL, under 4096 bytes.
+pub fn check_rel_path(p: &str) -> Result<(), Error> {
+    let bad = |why| Err(Error::BadPath { path: p.chars().take(200).collect(), why });
+    if p.is_empty() {
+        return bad("empty");
+    }
+    if p.len() >= 4096 {
+        return bad("too long");
+    }
+    if p.starts_with('/') {
+        return bad("absolute");
+    }
+    if p.contains('\0') {
+        return bad("contains NUL");
+    }
+    for c in p.split('/') {
+        match c {
+            "" => return bad("empty component"),
+            "." | ".." => return bad("`.` or `..` component"),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Image names become file names in state directories, so they are kept to a safe alphabet.
+pub fn check_name(n: &str) -> Result<(), Error> {
+    let ok = !n.is_empty()
+        && n.len() <= 128
+        && !n.starts_with('.')
+        && n.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::BadName(n.chars().take(200).collect()))
+    }
+}
+
+impl Begin {
+    /// Everything in a `Begin` that names a place on the agent, checked before the agent acts on it.
+    pub fn validate(&self) -> Result<(), Error> {
+        check_name(&self.image)?;
+        check_rel_path(&self.path)?;
+        if self.target.name != self.image {
+            return Err(Error::Malformed("target names another image".into()));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roundtrip_and_limits() {
+        let m = ToAgent::BlobChunk(vec![7; CHUNK]);
+        let f = encode(&m).unwrap();
+        let n = frame_len(f[..4].try_into().unwrap()).unwrap();
+        assert_eq!(n, f.len() - 4);
+        assert_eq!(decode::<ToAgent>(&f[4..]).unwrap(), m);
+        assert!(matches!(encode(&ToAgent::BlobChunk(vec![0; MAX_FRAME])), Err(Error::TooLarge(_))));
+        assert!(matches!(frame_len(((MAX_FRAME + 1) as u32).to_be_bytes()), Err(Error::TooLarge(_))));
+        assert!(matches!(decode::<ToAgent>(&[0xff, 0xff]), Err(Error::Malformed(_))));
+        let mut f = encode(&ToAgent::Ping).unwrap();
+        f.push(0);
+        assert!(matches!(decode::<ToAgent>(&f[4..]), Err(Error::Malformed(_))));
+    }
+
+    #[test]
+    fn paths_and_names() {
+        for ok in ["a", "netboot/rh8/x86_64/compute/rootimg", "a/..b/c.."] {
+            check_rel_path(ok).unwrap();
+        }
+        for bad in ["", "/etc", "a/../b", "..", "a//b", "a/", "./a", "a\0b"] {
+            assert!(check_rel_path(bad).is_err(), "{bad:?}");
+        }
+        check_name("rh8-compute_1.2").unwrap();
+        for bad in ["", "../x", "a/b", ".hidden", "a b"] {
+            assert!(check_name(bad).is_err(), "{bad:?}");
+        }
+    }
+}
