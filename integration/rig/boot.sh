@@ -1,0 +1,42 @@
+#!/bin/bash
+# Boot the rig's guest under user-mode-linux and stream its console to stdout.
+#
+#   integration/rig/boot.sh INITRAMFS SHAREDIR
+#
+# SHAREDIR is the host directory the guest mounts at /share (hostfs): the scenarios go in,
+# the exit status comes back as SHAREDIR/rc.  No root, KVM or network setup is needed:
+# UML is a Linux kernel that runs as an ordinary process.
+#
+# env: HANFS_RIG_DIR (/tmp/hanfs-rig)  HANFS_RIG_MEM (MiB, 256)  HANFS_RIG_DEBUG=1 (guest logs)
+#      HANFS_RIG_PCAP=1 (guest captures NFS traffic to SHAREDIR/nfs.pcap; needs tcpdump in the initramfs)
+set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+DIR=${HANFS_RIG_DIR:-/tmp/hanfs-rig}
+MEM=${HANFS_RIG_MEM:-256}
+INITRD=$1 SHARE=$(cd "$2" && pwd)
+
+# UML 6.1 and hosts with a large XSAVE area (AVX-512, AMX) need the shim (see its comments).
+# It changes nothing where it is not needed, so it is always used when a C compiler exists.
+PRELOAD=
+SRC=$HERE/uml-xstate-shim.c
+SHIM=$DIR/uml-xstate-shim-$(sha256sum "$SRC" | cut -c1-12).so
+if [ ! -e "$SHIM" ] && command -v cc > /dev/null; then
+    cc -O2 -Wall -shared -fPIC -o "$SHIM.$$" "$SRC" -ldl && mv "$SHIM.$$" "$SHIM"
+fi
+[ -e "$SHIM" ] && PRELOAD=$SHIM
+
+# UML backs guest RAM with an (unlinked) file in TMPDIR: tmpfs (/dev/shm) is fastest
+TMPDIR=$DIR
+if [ -w /dev/shm ] && [ "$(df -Pk /dev/shm | awk 'NR == 2 { print $4 }')" -gt $((MEM * 1024 * 2)) ]; then
+    TMPDIR=/dev/shm
+fi
+export TMPDIR
+mkdir -p "$DIR/uml"
+
+# rootfstype=tmpfs: with UML's default root=98:0 the initramfs would be a ramfs, and nfsd
+#   cannot export a ramfs; the NFSv4 pseudo-root "/" has to be exportable.
+# con0=fd:1: the guest console is our stdout; quiet/loglevel=4 keep kernel chatter out of it.
+# rig_*=...: not kernel parameters, so the kernel hands them to /init as environment variables.
+LD_PRELOAD=$PRELOAD exec linux.uml mem="${MEM}M" initrd="$INITRD" rdinit=/init rootfstype=tmpfs \
+    umid="hanfs-rig-$$" uml_dir="$DIR/uml" con0=null,fd:1 con=null ssl=null quiet loglevel=4 panic=-1 \
+    rig_share="$SHARE" RIG_DEBUG="${HANFS_RIG_DEBUG:-0}" RIG_PCAP="${HANFS_RIG_PCAP:-0}" < /dev/null

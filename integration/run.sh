@@ -1,0 +1,129 @@
+#!/bin/bash
+# hanfs integration tests on real Linux kernels: `integration/run.sh`.
+#
+# One user-mode-linux guest boots an initramfs made from this host's Debian binaries and runs,
+# for every scenario in integration/scenarios/, one kernel nfsd per SN (each in its own network
+# namespace, at the SN's address) and the kernel NFSv4 client.  The exports come from hanfs:
+#
+#   - $HANFS, or else the newer of target/release/hanfs and target/debug/hanfs, run as
+#       hanfs exports --config scenarios/<name>/cluster.toml --sn <sn>
+#     (it must print that SN's Linux exports file on stdout and exit 0);
+#   - when no binary is found, the committed scenarios/<name>/<sn>.exports files.
+#
+# Prints PASS:/FAIL: lines and ends with "N passed, N failed" (", N skipped"); exit 0 only if
+# nothing failed.  Where user-mode-linux cannot run at all it prints "SKIP: <reason>" instead.
+# Installs the Debian packages it needs with apt-get when they are missing.
+#
+# env: HANFS=path/to/hanfs  HANFS_RIG_DIR=/tmp/hanfs-rig (cache + run directories)
+#      HANFS_RIG_TIMEOUT=180 (s)  HANFS_RIG_DEBUG=1 (daemon logs)  HANFS_RIG_PCAP=1 (nfs.pcap)
+set -uo pipefail
+T0=$(date +%s.%N)
+INT=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(dirname "$INT")
+export HANFS_RIG_DIR=${HANFS_RIG_DIR:-/tmp/hanfs-rig}
+PY=/usr/bin/python3   # Debian's: tomllib (3.11) and the same stdlib the guest gets
+PASSED=0 FAILED=0 SKIPPED=0
+
+ok()   { echo "PASS: $*"; PASSED=$((PASSED + 1)); }
+bad()  { echo "FAIL: $*"; FAILED=$((FAILED + 1)); }
+since() { awk -v s="$1" -v e="$(date +%s.%N)" 'BEGIN { printf "%.1f", e - s }'; }
+finish() {
+    echo "rig: wall time $(since "$T0") s${BOOT_S:+ (of which UML boot + scenarios $BOOT_S s)}"
+    line="$PASSED passed, $FAILED failed"
+    [ "$SKIPPED" -gt 0 ] && line="$line, $SKIPPED skipped"
+    echo "$line"
+    [ "$FAILED" -eq 0 ]; exit
+}
+skip() { echo "SKIP: $*"; SKIPPED=$((SKIPPED + 1)); finish; }
+
+# --- 1. Debian packages ------------------------------------------------------------------------
+PKGS="user-mode-linux nfs-kernel-server busybox-static kmod cpio iproute2 python3 dash util-linux"
+[ "${HANFS_RIG_PCAP:-0}" = 1 ] && PKGS="$PKGS tcpdump"
+# the XSAVE shim for UML is C (rig/uml-xstate-shim.c)
+command -v cc > /dev/null || PKGS="$PKGS gcc libc6-dev"
+missing() {
+    for p in $PKGS; do
+        dpkg-query -W -f '${Status}\n' "$p" 2>/dev/null | grep -q '^install ok installed$' || echo "$p"
+    done
+}
+MISSING=$(missing | xargs)
+if [ -n "$MISSING" ]; then
+    echo "rig: installing $MISSING"
+    if [ "$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi
+    { $SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q \
+          --no-install-recommends $MISSING; } > "$HANFS_RIG_DIR.apt.log" 2>&1 ||
+        echo "rig: apt-get failed, see $HANFS_RIG_DIR.apt.log"
+    MISSING=$(missing | xargs)
+fi
+command -v linux.uml > /dev/null || skip "user-mode-linux is not installed and apt-get could not install it"
+[ -z "$MISSING" ] || { bad "Debian packages missing after apt-get: $MISSING"; finish; }
+
+# --- 2. exports for every scenario: hanfs's, or the committed files -------------------------------
+HANFS_BIN=
+if [ -n "${HANFS:-}" ]; then
+    HANFS_BIN=$HANFS
+    [ -x "$HANFS_BIN" ] || { bad "HANFS=$HANFS is not an executable"; finish; }
+else
+    for b in "$ROOT/target/release/hanfs" "$ROOT/target/debug/hanfs"; do
+        [ -x "$b" ] && { [ -z "$HANFS_BIN" ] || [ "$b" -nt "$HANFS_BIN" ]; } && HANFS_BIN=$b
+    done
+fi
+if [ -n "$HANFS_BIN" ]; then echo "rig: exports rendered by $HANFS_BIN exports --config ... --sn ..."
+else echo "rig: exports from the committed scenarios/*/<sn>.exports (no hanfs binary: build it or set HANFS)"; fi
+
+mkdir -p "$HANFS_RIG_DIR"
+SHARE=$(mktemp -d "$HANFS_RIG_DIR/run.XXXXXX")
+ln -sfn "$SHARE" "$HANFS_RIG_DIR/last"
+ls -dt "$HANFS_RIG_DIR"/run.* | tail -n +6 | xargs -r rm -rf   # keep the last five runs
+
+for sdir in "$INT"/scenarios/*/; do
+    name=$(basename "$sdir") out=$SHARE/scenarios/$(basename "$sdir")
+    mkdir -p "$out/exports"
+    cp "$sdir/cluster.toml" "$out/"
+    sns=$($PY -c 'import sys, tomllib; print(*(s["name"] for s in tomllib.load(open(sys.argv[1], "rb")).get("sn", [])))' \
+          "$sdir/cluster.toml" 2>&1) || { bad "$name: cluster.toml: $sns"; rm -rf "$out"; continue; }
+    for sn in $sns; do
+        committed=$sdir/$sn.exports
+        if [ -z "$HANFS_BIN" ]; then
+            cp "$committed" "$out/exports/$sn.exports" || bad "$name: no $committed"
+        elif "$HANFS_BIN" exports --config "$sdir/cluster.toml" --sn "$sn" > "$out/exports/$sn.exports" 2> "$out/exports/$sn.err"; then
+            cmp -s "$committed" "$out/exports/$sn.exports" ||
+                echo "  note: $name/$sn: hanfs's output differs from the committed $sn.exports (the checks use hanfs's)"
+        else
+            bad "$name: hanfs exports --sn $sn exited $?: $(head -c 300 "$out/exports/$sn.err")"
+            rm -rf "$out"; continue 2
+        fi
+    done
+done
+ls "$SHARE/scenarios" 2>/dev/null | grep -q . || { bad "no scenario to run"; finish; }
+if ! err=$($PY "$INT/rig/plan.py" "$SHARE" 2>&1); then bad "$err"; finish; fi
+
+# --- 3. initramfs (cached) and one UML boot for all scenarios ------------------------------------
+t=$(date +%s.%N)
+INITRD=$("$INT/rig/build-initramfs.sh") || { bad "building the initramfs failed"; finish; }
+echo "rig: initramfs $INITRD ($(since "$t") s)"
+
+t=$(date +%s.%N)
+timeout -k 5 "${HANFS_RIG_TIMEOUT:-180}" "$INT/rig/boot.sh" "$INITRD" "$SHARE" > "$SHARE/console.log" 2>&1
+UML_RC=$?
+BOOT_S=$(since "$t")
+
+# --- 4. results ----------------------------------------------------------------------------------
+MARK="hanfs-rig: guest userspace up"
+if ! grep -q "^$MARK" "$SHARE/console.log"; then
+    # the guest's /init never ran: UML itself cannot run here (or was killed); say why
+    why=$(grep -E 'ptrace|panic|failed|error|not found|cannot|Killed' "$SHARE/console.log" | head -2 | tr '\n' ' ')
+    skip "user-mode-linux did not reach guest userspace (exit $UML_RC): ${why:-$(tail -1 "$SHARE/console.log")} [console: $SHARE/console.log]"
+fi
+# the guest's own output (everything after the marker)
+sed -n "/^$MARK/,\$p" "$SHARE/console.log"
+n=$(grep -c '^PASS: ' "$SHARE/console.log"); PASSED=$((PASSED + n))
+n=$(grep -c '^FAIL: ' "$SHARE/console.log"); FAILED=$((FAILED + n))
+if [ ! -s "$SHARE/rc" ]; then
+    [ "$UML_RC" = 124 ] && bad "the guest timed out after ${HANFS_RIG_TIMEOUT:-180} s" ||
+        bad "the guest stopped before finishing (linux.uml exit $UML_RC); console: $SHARE/console.log"
+elif [ "$(cat "$SHARE/rc")" != 0 ] && [ "$n" = 0 ]; then
+    bad "the guest's checks exited $(cat "$SHARE/rc") without a FAIL line"
+fi
+[ "$PASSED" -gt 0 ] || [ "$FAILED" -gt 0 ] || bad "the guest ran no check"
+finish
