@@ -1,1 +1,108 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+//! hanfs tree engine: scan a tree to a [`Manifest`], digest it, [`diff`] two generations into a
+//! [`Plan`], compute each changed file's librsync delta once from the last generation's
+//! signatures ([`SigStore`]), and apply the plan to a replica atomically ([`Replica`]). No
+//! network: the `agent` crate drives it.
+//!
+//! # Controller (MN) side
+//! - [`Scanner::new`]`(root, &ScanOptions{excludes, state_dir})` then [`Scanner::scan`] -> [`Manifest`]
+//!   (parallel BLAKE3; a rescan with nothing changed costs `lstat`s only, cache in `state_dir`).
+//! - [`Manifest::digest`] -> hex BLAKE3 Merkle digest (definition at [`manifest::digest`]).
+//! - [`diff`]`(&old, &new)` -> [`Plan`] (set `plan.generation`), [`Plan::to_bytes`] for postcard.
+//! - [`SigStore::open`]`(dir)`; [`SigStore::payload`]`(source_root, content)` -> [`Payload`]
+//!   (delta or whole file) for each [`Plan::to_send`] content, computed once for every replica;
+//!   after a successful sync [`SigStore::update`]`(source_root, &new)`.
+//!
+//! # Replica (SN) side
+//! - [`Replica::open`]`(root, state_dir, ReplicaOptions{allow_devices})`, then [`Replica::recover`].
+//! - [`Replica::current`] -> (generation, digest); [`Replica::adopt`] takes an existing copy as a base;
+//!   [`Replica::scan`] re-reads the tree for verification.
+//! - [`Replica::begin`]`(plan)` -> [`Staging`]: [`Staging::needed`], [`Staging::write_file`]`(path, reader)`,
+//!   [`Staging::add_delta`]`(path, reader)`, [`Staging::commit`] -> (generation, digest), or [`Staging::abort`].
+//!
+//! # rdiff-compatible files (`hanfs delta ...`)
+//! [`rdiff::signature_file`], [`rdiff::delta_file`], [`rdiff::patch_file`].
+//!
+//! # Safety of apply
+//! Every replica path is opened beneath the root with `openat2(RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS)`;
+//! manifests with absolute paths, `..`, paths under `.hanfs`, parents that are not directories,
+//! or (unless [`ReplicaOptions::allow_devices`]) device nodes are refused before anything is
+//! written; deltas that copy out of bounds or grow past the manifest size are refused; every
+//! staged file is checked against its BLAKE3 before the commit record is written.
+
+pub mod fault;
+pub mod fsops;
+pub mod manifest;
+pub mod plan;
+pub mod rdiff;
+pub mod replica;
+pub mod scan;
+pub mod sigstore;
+
+pub use manifest::{digest, Entry, Kind, Manifest, RelPath};
+pub use plan::{diff, Content, Plan, Source, Summary};
+pub use replica::{Needed, Recovery, Replica, ReplicaOptions, Staging};
+pub use scan::{scan, ScanOptions, Scanner};
+pub use sigstore::{Payload, SigStore};
+
+/// Errors of the tree engine.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// I/O on a path.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path (relative to the root for replica paths).
+        path: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// Input that would write outside the root or is otherwise unsafe; nothing was written.
+    #[error("refused: {0}")]
+    Hostile(String),
+    /// A delta could not be applied or made.
+    #[error("delta for {path}: {source}")]
+    Delta {
+        /// The file.
+        path: String,
+        /// Why.
+        source: delta::Error,
+    },
+    /// Staged content did not hash to the manifest.
+    #[error("{path}: content after {how} does not match its BLAKE3 in the manifest")]
+    Mismatch {
+        /// The file.
+        path: String,
+        /// The step.
+        how: &'static str,
+    },
+    /// The replica is not at the plan's starting generation.
+    #[error("replica is at digest {have}, but the plan starts from {want}")]
+    WrongBase {
+        /// Replica digest.
+        have: String,
+        /// Plan's from_digest.
+        want: String,
+    },
+    /// The replica has no recorded generation yet.
+    #[error("replica has no recorded generation: adopt() its current tree first")]
+    NoBase,
+    /// A commit was asked for before every file was sent, or a plan lacks a content record.
+    #[error("incomplete: {0}")]
+    Incomplete(String),
+    /// Bad settings (exclude globs, root).
+    #[error("{0}")]
+    Config(String),
+    /// A file changed while it was scanned.
+    #[error("{0} changed while it was being scanned")]
+    Changed(String),
+    /// Corrupt serialized data.
+    #[error("corrupt data: {0}")]
+    Format(String),
+}
+
+/// Result alias.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+pub(crate) fn io_err(path: &std::path::Path, e: std::io::Error) -> Error {
+    Error::Io { path: path.display().to_string(), source: e }
+}

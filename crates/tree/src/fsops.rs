@@ -1,0 +1,363 @@
+//! File-system operations confined beneath a root: every path is opened relative to the root's
+//! directory fd with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS)`, and
+//! the last component is acted on with `*at` calls that do not follow it.
+
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags, Stat, Timespec, Timestamps};
+use rustix::io::Errno;
+
+use crate::manifest::{show, split, Entry, Kind};
+use crate::scan::xattr_wanted;
+use crate::{Error, Result};
+
+const RESOLVE: ResolveFlags = ResolveFlags::BENEATH
+    .union(ResolveFlags::NO_SYMLINKS)
+    .union(ResolveFlags::NO_MAGICLINKS);
+
+fn err(what: &str, p: &[u8], e: Errno) -> Error {
+    if e == Errno::LOOP || e == Errno::XDEV {
+        Error::Hostile(format!("{what} {:?}: the path goes through a symlink or leaves the root", show(p)))
+    } else {
+        Error::Io { path: show(p), source: e.into() }
+    }
+}
+
+/// A directory opened as a confinement root.
+pub struct Root {
+    fd: OwnedFd,
+    path: PathBuf,
+}
+
+/// What is at a path, as `lstat` saw it.
+pub type StatInfo = Stat;
+
+/// File type of a stat.
+pub fn ftype(st: &Stat) -> FileType {
+    FileType::from_raw_mode(st.st_mode)
+}
+
+impl Root {
+    /// Opens `path` (which must be a directory) as a root.
+    pub fn open(path: &Path) -> Result<Root> {
+        let fd = rustix::fs::open(path, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+            .map_err(|e| Error::Io { path: path.display().to_string(), source: e.into() })?;
+        Ok(Root { fd, path: path.to_path_buf() })
+    }
+
+    /// The root's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The root's directory fd.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// Opens directory `rel` beneath the root.
+    pub fn dir(&self, rel: &[u8]) -> Result<OwnedFd> {
+        let p: &[u8] = if rel.is_empty() { b"." } else { rel };
+        rustix::fs::openat2(
+            &self.fd,
+            OsStr::from_bytes(p),
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+            Mode::empty(),
+            RESOLVE,
+        )
+        .map_err(|e| err("opening directory", rel, e))
+    }
+
+    /// Opens the parent of `rel` and returns it with the last component.
+    pub fn parent<'a>(&self, rel: &'a [u8]) -> Result<(OwnedFd, &'a [u8])> {
+        let (parent, name) = split(rel).ok_or_else(|| Error::Hostile("operation on the root itself".into()))?;
+        Ok((self.dir(parent)?, name))
+    }
+
+    /// `lstat` of `rel` (None if absent).
+    pub fn lstat(&self, rel: &[u8]) -> Result<Option<Stat>> {
+        if rel.is_empty() {
+            return rustix::fs::fstat(&self.fd).map(Some).map_err(|e| err("stat", rel, e));
+        }
+        let (d, name) = match self.parent(rel) {
+            Ok(x) => x,
+            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        lstat_at(d.as_fd(), name).map_err(|e| err("stat", rel, e))
+    }
+
+    /// Opens regular file `rel` read-only, refusing symlinks anywhere on the path.
+    pub fn open_file(&self, rel: &[u8]) -> Result<File> {
+        let fd = rustix::fs::openat2(
+            &self.fd,
+            OsStr::from_bytes(rel),
+            OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW | OFlags::NONBLOCK,
+            Mode::empty(),
+            RESOLVE,
+        )
+        .map_err(|e| err("opening", rel, e))?;
+        let st = rustix::fs::fstat(&fd).map_err(|e| err("stat", rel, e))?;
+        if ftype(&st) != FileType::RegularFile {
+            return Err(Error::Hostile(format!("{:?} is not a regular file", show(rel))));
+        }
+        Ok(File::from(fd))
+    }
+
+    /// Removes `rel` and, if it is a directory, everything in it; absent is fine.
+    pub fn remove_all(&self, rel: &[u8]) -> Result<()> {
+        let (d, name) = match self.parent(rel) {
+            Ok(x) => x,
+            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        remove_at(d.as_fd(), name).map_err(|e| err("removing", rel, e))
+    }
+
+    /// Makes directory `rel` exist: an existing non-directory there is removed first.
+    pub fn ensure_dir(&self, rel: &[u8]) -> Result<()> {
+        if rel.is_empty() {
+            return Ok(());
+        }
+        let (d, name) = self.parent(rel)?;
+        match lstat_at(d.as_fd(), name).map_err(|e| err("stat", rel, e))? {
+            Some(st) if ftype(&st) == FileType::Directory => return Ok(()),
+            Some(_) => rustix::fs::unlinkat(&d, OsStr::from_bytes(name), AtFlags::empty())
+                .map_err(|e| err("unlinking", rel, e))?,
+            None => {}
+        }
+        rustix::fs::mkdirat(&d, OsStr::from_bytes(name), Mode::from_raw_mode(0o700))
+            .map_err(|e| err("mkdir", rel, e))
+    }
+
+    /// Sets an entry's owner, xattrs, mode and (for non-directories when `mtime`) mtime, in the
+    /// order that keeps setuid bits and file capabilities (chown clears both).
+    pub fn set_meta(&self, rel: &[u8], e: &Entry, mtime: bool) -> Result<()> {
+        let (d, name) = if rel.is_empty() {
+            (self.dir(b"")?, &b"."[..])
+        } else {
+            self.parent(rel)?
+        };
+        let n = OsStr::from_bytes(name);
+        let fl = AtFlags::SYMLINK_NOFOLLOW;
+        let st = lstat_at(d.as_fd(), name)
+            .map_err(|e2| err("stat", rel, e2))?
+            .ok_or_else(|| Error::Io { path: show(rel), source: std::io::ErrorKind::NotFound.into() })?;
+        if ftype(&st) == FileType::Symlink && !matches!(e.kind, Kind::Symlink { .. }) {
+            return Err(Error::Hostile(format!("{:?} is a symlink on the replica", show(rel))));
+        }
+        rustix::fs::chownat(
+            &d,
+            n,
+            Some(rustix::fs::Uid::from_raw(e.uid)),
+            Some(rustix::fs::Gid::from_raw(e.gid)),
+            fl,
+        )
+        .map_err(|e2| err("chown", rel, e2))?;
+        set_xattrs(d.as_fd(), name, &e.xattrs).map_err(|e2| err("setting xattrs on", rel, e2))?;
+        if !matches!(e.kind, Kind::Symlink { .. }) {
+            rustix::fs::chmodat(&d, n, Mode::from_raw_mode(e.mode), AtFlags::empty())
+                .map_err(|e2| err("chmod", rel, e2))?;
+        }
+        if mtime {
+            set_mtime(d.as_fd(), name, e.mtime_ns).map_err(|e2| err("setting mtime of", rel, e2))?;
+        }
+        Ok(())
+    }
+
+    /// Sets the mtime of `rel` only (directories, last).
+    pub fn set_mtime(&self, rel: &[u8], mtime_ns: i64) -> Result<()> {
+        let (d, name) = if rel.is_empty() { (self.dir(b"")?, &b"."[..]) } else { self.parent(rel)? };
+        set_mtime(d.as_fd(), name, mtime_ns).map_err(|e| err("setting mtime of", rel, e))
+    }
+}
+
+/// `lstat` relative to a directory fd (None if absent).
+pub fn lstat_at(d: BorrowedFd<'_>, name: &[u8]) -> std::result::Result<Option<Stat>, Errno> {
+    match rustix::fs::statat(d, OsStr::from_bytes(name), AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(s) => Ok(Some(s)),
+        Err(Errno::NOENT) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Recursively removes `name` in `d` without following symlinks; absent is fine.
+pub fn remove_at(d: BorrowedFd<'_>, name: &[u8]) -> std::result::Result<(), Errno> {
+    let n = OsStr::from_bytes(name);
+    let Some(st) = lstat_at(d, name)? else { return Ok(()) };
+    if ftype(&st) != FileType::Directory {
+        return match rustix::fs::unlinkat(d, n, AtFlags::empty()) {
+            Ok(()) | Err(Errno::NOENT) => Ok(()),
+            Err(e) => Err(e),
+        };
+    }
+    let sub = rustix::fs::openat(d, n, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())?;
+    let mut names = Vec::new();
+    {
+        let mut dir = rustix::fs::Dir::read_from(&sub)?;
+        while let Some(ent) = dir.next() {
+            let ent = ent?;
+            let b = ent.file_name().to_bytes();
+            if b != b"." && b != b".." {
+                names.push(b.to_vec());
+            }
+        }
+    }
+    for c in names {
+        remove_at(sub.as_fd(), &c)?;
+    }
+    match rustix::fs::unlinkat(d, n, AtFlags::REMOVEDIR) {
+        Ok(()) | Err(Errno::NOENT) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+fn proc_path(d: BorrowedFd<'_>, name: &[u8]) -> OsString {
+    // The dir fd was opened safely; /proc/self/fd/N resolves to it and the final name is not
+    // followed by the l*xattr calls, so this is as confined as the fd itself.
+    let mut v = format!("/proc/self/fd/{}/", d.as_raw_fd()).into_bytes();
+    v.extend_from_slice(name);
+    OsString::from_vec(v)
+}
+
+/// Makes the replicated xattrs of `name` exactly `want` (others in those namespaces removed).
+pub fn set_xattrs(d: BorrowedFd<'_>, name: &[u8], want: &[(Vec<u8>, Vec<u8>)]) -> std::result::Result<(), Errno> {
+    let p = proc_path(d, name);
+    let mut buf = vec![0u8; 65536];
+    let have: Vec<Vec<u8>> = match rustix::fs::llistxattr(&p, &mut buf[..]) {
+        Ok(k) => buf[..k].split(|&b| b == 0).filter(|s| !s.is_empty()).map(<[u8]>::to_vec).collect(),
+        Err(Errno::NOTSUP) if want.is_empty() => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for h in have.iter().filter(|h| xattr_wanted(h)) {
+        if !want.iter().any(|(k, _)| k == h) {
+            match rustix::fs::lremovexattr(&p, OsStr::from_bytes(h)) {
+                Ok(()) | Err(Errno::NODATA) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    let mut cur = vec![0u8; 65536];
+    for (k, v) in want {
+        let kn = OsStr::from_bytes(k);
+        if have.contains(k) {
+            if let Ok(n) = rustix::fs::lgetxattr(&p, kn, &mut cur[..]) {
+                if &cur[..n] == v.as_slice() {
+                    continue;
+                }
+            }
+        }
+        rustix::fs::lsetxattr(&p, kn, v, rustix::fs::XattrFlags::empty())?;
+    }
+    Ok(())
+}
+
+/// Sets mtime (atime left alone) without following a final symlink.
+pub fn set_mtime(d: BorrowedFd<'_>, name: &[u8], mtime_ns: i64) -> std::result::Result<(), Errno> {
+    let ts = Timestamps {
+        last_access: Timespec { tv_sec: 0, tv_nsec: rustix::fs::UTIME_OMIT },
+        last_modification: Timespec {
+            tv_sec: mtime_ns.div_euclid(1_000_000_000),
+            tv_nsec: mtime_ns.rem_euclid(1_000_000_000) as _,
+        },
+    };
+    rustix::fs::utimensat(d, OsStr::from_bytes(name), &ts, AtFlags::SYMLINK_NOFOLLOW)
+}
+
+/// Writes `bytes` to `path` atomically and durably (temp file, fsync, rename, fsync of the dir).
+/// Used for state files in the (trusted) state directory.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    {
+        let mut f = File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    File::open(dir)?.sync_all()
+}
+
+/// A writer for staged files: hashes what it is given, keeps holes as holes when the target is
+/// sparse (all-zero 64 KiB pieces are skipped, the size set at the end), and buffers in 1 MiB.
+pub struct StageWriter {
+    file: File,
+    hasher: blake3::Hasher,
+    sparse: bool,
+    pos: u64,
+    buf: Vec<u8>,
+    limit: u64,
+}
+
+const PIECE: usize = 64 << 10;
+
+impl StageWriter {
+    /// Wraps a freshly created file; writing past `limit` bytes fails.
+    pub fn new(file: File, sparse: bool, limit: u64) -> StageWriter {
+        StageWriter { file, hasher: blake3::Hasher::new(), sparse, pos: 0, buf: Vec::with_capacity(1 << 20), limit }
+    }
+
+    fn flush_buf(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        if self.sparse {
+            let mut off = self.pos;
+            for piece in self.buf.chunks(PIECE) {
+                if piece.iter().any(|&b| b != 0) {
+                    self.file.write_all_at(piece, off)?;
+                }
+                off += piece.len() as u64;
+            }
+        } else {
+            self.file.write_all_at(&self.buf, self.pos)?;
+        }
+        self.pos += self.buf.len() as u64;
+        self.buf.clear();
+        Ok(())
+    }
+
+    /// Flushes, sets the length, fsyncs; returns (bytes, BLAKE3) and the file.
+    pub fn finish(mut self) -> std::io::Result<(u64, [u8; 32], File)> {
+        self.flush_buf()?;
+        self.file.set_len(self.pos)?;
+        self.file.sync_all()?;
+        Ok((self.pos, *self.hasher.finalize().as_bytes(), self.file))
+    }
+}
+
+impl Write for StageWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let total = self.pos + self.buf.len() as u64 + data.len() as u64;
+        if total > self.limit {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::FileTooLarge,
+                format!("content grows past its manifest size {}", self.limit),
+            ));
+        }
+        self.hasher.update(data);
+        if self.buf.len() + data.len() > self.buf.capacity() {
+            self.flush_buf()?;
+        }
+        if data.len() >= self.buf.capacity() {
+            // Large COPYs from a mapped base go straight through.
+            self.buf.extend_from_slice(data);
+            self.flush_buf()?;
+        } else {
+            self.buf.extend_from_slice(data);
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}

@@ -1,0 +1,331 @@
+//! The manifest: what a tree holds, its validation and its digest.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+/// A path relative to the tree root: `/`-separated bytes, no leading `/`; the root itself is empty.
+pub type RelPath = Vec<u8>;
+
+/// The name of the control directory at a replica root; never scanned, never replicated.
+pub const CONTROL_DIR: &[u8] = b".hanfs";
+
+/// One tree: every entry by relative path (the root is `""`), in byte order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Manifest {
+    /// Entries by path; parents sort before their children.
+    pub entries: BTreeMap<RelPath, Entry>,
+    /// Sockets met while scanning (not replicated).
+    pub skipped_sockets: u64,
+}
+
+/// One entry's kind, metadata and extended attributes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// What it is.
+    pub kind: Kind,
+    /// Permission bits with setuid/setgid/sticky (`st_mode & 0o7777`).
+    pub mode: u32,
+    /// Numeric owner.
+    pub uid: u32,
+    /// Numeric group.
+    pub gid: u32,
+    /// Modification time, nanoseconds since the epoch.
+    pub mtime_ns: i64,
+    /// Extended attributes in the replicated namespaces, sorted by name.
+    pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+/// Entry kinds. A hard-link group is one leader (the smallest path, any non-directory kind) and
+/// `HardLink` members naming it; members carry the leader's metadata.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Kind {
+    /// A directory.
+    Dir,
+    /// A regular file.
+    File {
+        /// Size in bytes.
+        size: u64,
+        /// BLAKE3 of the content.
+        hash: [u8; 32],
+        /// Data extents `(offset, len)` when the file is sparse; recreated as holes. Not part of
+        /// the digest: hole layout differs between filesystems.
+        sparse: Option<Vec<(u64, u64)>>,
+    },
+    /// A symbolic link and its target bytes.
+    Symlink {
+        /// Target.
+        target: Vec<u8>,
+    },
+    /// Another name of the leader's inode.
+    HardLink {
+        /// The group leader's path.
+        leader: RelPath,
+    },
+    /// A character device.
+    Char {
+        /// Major number.
+        major: u32,
+        /// Minor number.
+        minor: u32,
+    },
+    /// A block device.
+    Block {
+        /// Major number.
+        major: u32,
+        /// Minor number.
+        minor: u32,
+    },
+    /// A named pipe.
+    Fifo,
+}
+
+impl Kind {
+    fn tag(&self) -> u8 {
+        match self {
+            Kind::Dir => 1,
+            Kind::File { .. } => 2,
+            Kind::Symlink { .. } => 3,
+            Kind::HardLink { .. } => 4,
+            Kind::Char { .. } => 5,
+            Kind::Block { .. } => 6,
+            Kind::Fifo => 7,
+        }
+    }
+
+    /// True for character and block devices.
+    pub fn is_device(&self) -> bool {
+        matches!(self, Kind::Char { .. } | Kind::Block { .. })
+    }
+}
+
+/// Counts of a manifest, for reports.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counts {
+    /// Directories.
+    pub dirs: u64,
+    /// Regular files (leaders).
+    pub files: u64,
+    /// Bytes in regular files.
+    pub bytes: u64,
+    /// Other entries (symlinks, hard links, devices, fifos).
+    pub other: u64,
+}
+
+/// Splits a path into (parent, name); the root has no parent.
+pub fn split(p: &[u8]) -> Option<(&[u8], &[u8])> {
+    if p.is_empty() {
+        return None;
+    }
+    match p.iter().rposition(|&b| b == b'/') {
+        Some(i) => Some((&p[..i], &p[i + 1..])),
+        None => Some((&[], p)),
+    }
+}
+
+/// Shows a path for messages.
+pub fn show(p: &[u8]) -> String {
+    if p.is_empty() {
+        "/".into()
+    } else {
+        String::from_utf8_lossy(p).into_owned()
+    }
+}
+
+/// Checks one path's shape: relative, no empty, `.` or `..` components, no NUL, not under the
+/// control directory.
+pub fn check_path(p: &[u8]) -> Result<()> {
+    if p.is_empty() {
+        return Ok(());
+    }
+    let bad = |why: &str| Err(Error::Hostile(format!("path {:?}: {why}", show(p))));
+    if p[0] == b'/' {
+        return bad("absolute path");
+    }
+    if p.contains(&0) {
+        return bad("NUL byte");
+    }
+    for (i, c) in p.split(|&b| b == b'/').enumerate() {
+        match c {
+            b"" => return bad("empty component"),
+            b"." | b".." => return bad("`.` or `..` component"),
+            _ if i == 0 && c == CONTROL_DIR => return bad("inside the control directory .hanfs"),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+impl Manifest {
+    /// Checks the manifest is a tree hanfs may write: paths well formed, the root a directory,
+    /// every parent a directory, hard links naming a non-directory leader, devices only when
+    /// `allow_devices`.
+    pub fn validate(&self, allow_devices: bool) -> Result<()> {
+        match self.entries.get(&b""[..]) {
+            Some(e) if e.kind == Kind::Dir => {}
+            _ => return Err(Error::Hostile("manifest has no root directory".into())),
+        }
+        for (p, e) in &self.entries {
+            check_path(p)?;
+            if let Some((parent, _)) = split(p) {
+                match self.entries.get(parent) {
+                    Some(pe) if pe.kind == Kind::Dir => {}
+                    Some(_) => {
+                        return Err(Error::Hostile(format!(
+                            "path {:?} goes through {:?}, which is not a directory (a symlink or file)",
+                            show(p),
+                            show(parent)
+                        )))
+                    }
+                    None => {
+                        return Err(Error::Hostile(format!(
+                            "path {:?} has no parent directory entry",
+                            show(p)
+                        )))
+                    }
+                }
+            }
+            if e.mode > 0o7777 {
+                return Err(Error::Hostile(format!("path {:?}: mode {:o}", show(p), e.mode)));
+            }
+            match &e.kind {
+                Kind::HardLink { leader } => match self.entries.get(leader) {
+                    Some(l) if !matches!(l.kind, Kind::Dir | Kind::HardLink { .. }) => {}
+                    _ => {
+                        return Err(Error::Hostile(format!(
+                            "hard link {:?} names {:?}, which is not a non-directory leader",
+                            show(p),
+                            show(leader)
+                        )))
+                    }
+                },
+                k if k.is_device() && !allow_devices => {
+                    return Err(Error::Hostile(format!(
+                        "device node {:?} outside an image (this replica does not allow devices)",
+                        show(p)
+                    )))
+                }
+                Kind::Symlink { target } if target.is_empty() || target.contains(&0) => {
+                    return Err(Error::Hostile(format!("symlink {:?} has an empty or NUL target", show(p))))
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Counts entries and bytes.
+    pub fn counts(&self) -> Counts {
+        let mut c = Counts::default();
+        for e in self.entries.values() {
+            match e.kind {
+                Kind::Dir => c.dirs += 1,
+                Kind::File { size, .. } => {
+                    c.files += 1;
+                    c.bytes += size;
+                }
+                _ => c.other += 1,
+            }
+        }
+        c
+    }
+
+    /// The hex BLAKE3 Merkle digest (see [`digest`]).
+    pub fn digest(&self) -> String {
+        digest(self)
+    }
+
+    /// Serialises with postcard (what the agent sends).
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        postcard::to_stdvec(self).map_err(|e| Error::Format(e.to_string()))
+    }
+
+    /// Reads a postcard manifest.
+    pub fn from_bytes(b: &[u8]) -> Result<Manifest> {
+        postcard::from_bytes(b).map_err(|e| Error::Format(e.to_string()))
+    }
+}
+
+fn put_bytes(h: &mut blake3::Hasher, b: &[u8]) {
+    h.update(&(b.len() as u64).to_le_bytes());
+    h.update(b);
+}
+
+/// Hash of one entry's own record (kind, metadata, xattrs), without children.
+fn entry_hash(e: &Entry) -> blake3::Hash {
+    let mut h = blake3::Hasher::new();
+    h.update(b"hanfs-entry-v1");
+    h.update(&[e.kind.tag()]);
+    h.update(&e.mode.to_le_bytes());
+    h.update(&e.uid.to_le_bytes());
+    h.update(&e.gid.to_le_bytes());
+    h.update(&e.mtime_ns.to_le_bytes());
+    match &e.kind {
+        Kind::Dir | Kind::Fifo => {}
+        Kind::File { size, hash, .. } => {
+            h.update(&size.to_le_bytes());
+            h.update(hash);
+        }
+        Kind::Symlink { target } => put_bytes(&mut h, target),
+        Kind::HardLink { leader } => put_bytes(&mut h, leader),
+        Kind::Char { major, minor } | Kind::Block { major, minor } => {
+            h.update(&major.to_le_bytes());
+            h.update(&minor.to_le_bytes());
+        }
+    }
+    h.update(&(e.xattrs.len() as u64).to_le_bytes());
+    for (k, v) in &e.xattrs {
+        put_bytes(&mut h, k);
+        put_bytes(&mut h, v);
+    }
+    h.finalize()
+}
+
+/// The tree digest, as the contract defines it: a BLAKE3 Merkle tree over the canonical manifest.
+///
+/// Leaf: `BLAKE3("hanfs-entry-v1" ‖ kind tag u8 ‖ mode u32 ‖ uid u32 ‖ gid u32 ‖ mtime_ns i64 ‖
+/// kind data ‖ xattr count u64 ‖ (len‖name‖len‖value)*)`, all little-endian, lengths u64; kind data
+/// is size u64 ‖ BLAKE3 content for files, len‖target for symlinks, len‖leader path for hard links,
+/// major u32 ‖ minor u32 for devices. Directory node: `BLAKE3("hanfs-dir-v1" ‖ own leaf ‖
+/// (len‖name‖child node)*)` with children in byte order of their names. The digest is the root
+/// node's hex. Sparse extents, atime, ctime, inode numbers and nlink are not included, so the same
+/// tree gives the same digest on any machine.
+pub fn digest(m: &Manifest) -> String {
+    let mut children: HashMap<&[u8], Vec<(&[u8], &[u8])>> = HashMap::new();
+    for p in m.entries.keys() {
+        if let Some((parent, name)) = split(p) {
+            children.entry(parent).or_default().push((name, p.as_slice()));
+        }
+    }
+    fn node(
+        m: &Manifest,
+        children: &HashMap<&[u8], Vec<(&[u8], &[u8])>>,
+        p: &[u8],
+        e: &Entry,
+    ) -> blake3::Hash {
+        let leaf = entry_hash(e);
+        if e.kind != Kind::Dir {
+            return leaf;
+        }
+        let mut h = blake3::Hasher::new();
+        h.update(b"hanfs-dir-v1");
+        h.update(leaf.as_bytes());
+        if let Some(kids) = children.get(p) {
+            let mut kids = kids.clone();
+            kids.sort_unstable();
+            for (name, cp) in kids {
+                if let Some(ce) = m.entries.get(cp) {
+                    put_bytes(&mut h, name);
+                    h.update(node(m, children, cp, ce).as_bytes());
+                }
+            }
+        }
+        h.finalize()
+    }
+    match m.entries.get(&b""[..]) {
+        Some(root) => node(m, &children, b"", root).to_hex().to_string(),
+        None => blake3::hash(b"hanfs-empty-v1").to_hex().to_string(),
+    }
+}

@@ -1,0 +1,574 @@
+//! Applying a plan to a replica: stage, journal, commit, recover.
+//!
+//! Layout: staged entries live in `<root>/.hanfs/stage/<generation>/` (same filesystem, so
+//! installing is a rename); state lives in `state_dir`: `current` (generation, digest, manifest)
+//! and `journal` (the commit record). The commit point is the durable rename of `journal`.
+//! Before it, the visible tree is untouched (staging only links or reads old files, which changes
+//! ctime/nlink, not the digest), and recovery discards the stage. After it, every step of the
+//! commit is idempotent and derived from (old, new) alone, so recovery replays it to the end:
+//! the tree digest is always the old or the new generation's once recovery has run.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+use serde::{Deserialize, Serialize};
+
+use crate::fault::point;
+use crate::fsops::{ftype, lstat_at, remove_at, write_atomic, Root, StageWriter};
+use crate::manifest::{show, Kind, Manifest, RelPath};
+use crate::plan::{layout, Content, Plan, Source};
+use crate::scan::{ScanOptions, Scanner};
+use crate::{io_err, Error, Result};
+
+/// Replica settings.
+#[derive(Debug, Clone, Default)]
+pub struct ReplicaOptions {
+    /// Allow character and block devices in manifests. Image roots (Linux `rootimg`, AIX SPOTs)
+    /// hold `/dev` nodes and need this; other replicated trees should refuse them, since a device
+    /// node in an NFS export is a way to the server's hardware.
+    pub allow_devices: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct State {
+    generation: u64,
+    digest: String,
+    manifest: Manifest,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Journal {
+    generation: u64,
+    digest: String,
+    old: Manifest,
+    new: Manifest,
+}
+
+/// What [`Replica::recover`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recovery {
+    /// Nothing was pending.
+    Clean,
+    /// A committed generation was rolled forward to the end.
+    RolledForward(u64),
+    /// An uncommitted stage was discarded; the replica is at its previous generation.
+    Discarded,
+}
+
+/// A replica tree with its state directory.
+pub struct Replica {
+    root: Root,
+    state_dir: PathBuf,
+    opts: ReplicaOptions,
+    state: Option<State>,
+}
+
+const STAGE: &[u8] = b".hanfs/stage";
+
+fn stage_rel(generation: u64) -> Vec<u8> {
+    format!(".hanfs/stage/{generation}").into_bytes()
+}
+
+fn sname(prefix: char, idx: usize) -> Vec<u8> {
+    format!("{prefix}{idx}").into_bytes()
+}
+
+fn read_state<T: for<'de> Deserialize<'de>>(p: &Path) -> Result<Option<T>> {
+    match std::fs::read(p) {
+        Ok(b) => postcard::from_bytes(&b)
+            .map(Some)
+            .map_err(|e| Error::Format(format!("{}: {e}", p.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_err(p, e)),
+    }
+}
+
+impl Replica {
+    /// Opens a replica root (created if missing) and its state directory. Creates the control
+    /// directory `.hanfs` and puts the root's mtime back, so opening does not change the digest.
+    /// Does not recover: call [`Replica::recover`] next (or [`Replica::begin`] does it).
+    pub fn open(root: &Path, state_dir: &Path, opts: ReplicaOptions) -> Result<Replica> {
+        std::fs::create_dir_all(root).map_err(|e| io_err(root, e))?;
+        std::fs::create_dir_all(state_dir).map_err(|e| io_err(state_dir, e))?;
+        let r = Root::open(root)?;
+        if r.lstat(b".hanfs")?.is_none() {
+            let st = r.lstat(b"")?.ok_or_else(|| Error::Config("root vanished".into()))?;
+            let mt = st.st_mtime.saturating_mul(1_000_000_000).saturating_add(st.st_mtime_nsec as i64);
+            r.ensure_dir(b".hanfs")?;
+            r.set_mtime(b"", mt)?;
+        }
+        r.ensure_dir(STAGE)?;
+        let state = read_state(&state_dir.join("current"))?;
+        Ok(Replica { root: r, state_dir: state_dir.to_path_buf(), opts, state })
+    }
+
+    /// Generation and digest the replica holds, if it has one.
+    pub fn current(&self) -> Option<(u64, String)> {
+        self.state.as_ref().map(|s| (s.generation, s.digest.clone()))
+    }
+
+    /// The manifest of the current generation.
+    pub fn manifest(&self) -> Option<&Manifest> {
+        self.state.as_ref().map(|s| &s.manifest)
+    }
+
+    /// The replica root.
+    pub fn root(&self) -> &Path {
+        self.root.path()
+    }
+
+    /// Scans the replica as it is on disk (for `verify`), with a hash cache in the state dir.
+    pub fn scan(&self) -> Result<Manifest> {
+        Scanner::new(
+            self.root.path(),
+            &ScanOptions { excludes: Vec::new(), state_dir: Some(self.state_dir.clone()) },
+        )?
+        .scan()
+    }
+
+    /// Takes the tree as it is (for example a copy made by xCAT's prsync) as generation
+    /// `generation`, so the first sync can send deltas against it.
+    pub fn adopt(&mut self, generation: u64) -> Result<(u64, String)> {
+        self.recover()?;
+        let m = self.scan()?;
+        let st = State { generation, digest: m.digest(), manifest: m };
+        self.save_state(&st)?;
+        self.state = Some(st);
+        Ok((generation, self.current().map(|c| c.1).unwrap_or_default()))
+    }
+
+    fn save_state(&self, st: &State) -> Result<()> {
+        let b = postcard::to_stdvec(st).map_err(|e| Error::Format(e.to_string()))?;
+        let p = self.state_dir.join("current");
+        write_atomic(&p, &b).map_err(|e| io_err(&p, e))
+    }
+
+    /// Finishes whatever a crash left: rolls a committed journal forward to the end, or discards
+    /// an uncommitted stage. Safe to call at any time, and again after a crash inside it.
+    pub fn recover(&mut self) -> Result<Recovery> {
+        let jp = self.state_dir.join("journal");
+        let _ = std::fs::remove_file(self.state_dir.join("journal.tmp"));
+        if let Some(j) = read_state::<Journal>(&jp)? {
+            let g = j.generation;
+            self.replay(&j)?;
+            return Ok(Recovery::RolledForward(g));
+        }
+        let sd = self.root.dir(STAGE)?;
+        let mut names = Vec::new();
+        let mut dir = rustix::fs::Dir::read_from(&sd).map_err(|e| io_err(Path::new(".hanfs/stage"), e.into()))?;
+        while let Some(ent) = dir.next() {
+            let ent = ent.map_err(|e| io_err(Path::new(".hanfs/stage"), e.into()))?;
+            let b = ent.file_name().to_bytes();
+            if b != b"." && b != b".." {
+                names.push(b.to_vec());
+            }
+        }
+        for n in &names {
+            point("recover-discard");
+            remove_at(sd.as_fd(), n).map_err(|e| io_err(Path::new(".hanfs/stage"), e.into()))?;
+        }
+        Ok(if names.is_empty() { Recovery::Clean } else { Recovery::Discarded })
+    }
+
+    /// Starts applying `plan`: checks it (the replica must be at its `from_digest`; the new
+    /// manifest must be well formed and hash to `to_digest`) and opens a fresh stage.
+    pub fn begin(&mut self, plan: Plan) -> Result<Staging<'_>> {
+        self.recover()?;
+        let st = self.state.as_ref().ok_or(Error::NoBase)?;
+        if st.digest != plan.from_digest {
+            return Err(Error::WrongBase { have: st.digest.clone(), want: plan.from_digest.clone() });
+        }
+        if plan.generation <= st.generation {
+            return Err(Error::Hostile(format!(
+                "plan generation {} is not after the replica's {}",
+                plan.generation, st.generation
+            )));
+        }
+        plan.manifest.validate(self.opts.allow_devices)?;
+        let d = plan.manifest.digest();
+        if d != plan.to_digest {
+            return Err(Error::Hostile(format!("plan's manifest hashes to {d}, not its to_digest {}", plan.to_digest)));
+        }
+        let old = &st.manifest;
+        let lay = layout(old, &plan.manifest);
+        let index: HashMap<RelPath, usize> =
+            plan.manifest.entries.keys().enumerate().map(|(i, p)| (p.clone(), i)).collect();
+        let by_path: HashMap<&[u8], &Content> = plan.contents.iter().map(|c| (c.path.as_slice(), c)).collect();
+        let mut contents = Vec::new();
+        for p in &lay.staged {
+            let Some(e) = plan.manifest.entries.get(*p) else { continue };
+            let Kind::File { size, hash, sparse } = &e.kind else { continue };
+            let c = by_path
+                .get(p)
+                .ok_or_else(|| Error::Incomplete(format!("plan has no content source for {:?}", show(p))))?;
+            if c.size != *size || c.hash != *hash {
+                return Err(Error::Hostile(format!("content record of {:?} disagrees with the manifest", show(p))));
+            }
+            // Local sources must be files of the old tree with that content.
+            let check_old = |q: &[u8], want: Option<&[u8; 32]>| -> Result<()> {
+                match old.entries.get(q).map(|o| &o.kind) {
+                    Some(Kind::File { hash: h, .. }) if want.map_or(true, |w| w == h) => Ok(()),
+                    _ => Err(Error::Hostile(format!(
+                        "content of {:?} comes from {:?}, which is not that file in the old tree",
+                        show(p),
+                        show(q)
+                    ))),
+                }
+            };
+            let source = match &c.source {
+                Source::Send { base: Some((b, bh)) } => {
+                    check_old(b, Some(bh))?;
+                    c.source.clone()
+                }
+                Source::Send { base: None } => c.source.clone(),
+                Source::Copy { from } => {
+                    check_old(from, Some(hash))?;
+                    c.source.clone()
+                }
+                Source::Move { from } => {
+                    check_old(from, Some(hash))?;
+                    // A move needs the old name to disappear and the inode to be unshared.
+                    let unshared = !plan.manifest.entries.contains_key(from)
+                        && !old.entries.values().any(|o| matches!(&o.kind, Kind::HardLink { leader } if leader == from))
+                        && !contents.iter().any(|x: &Staged| matches!(&x.source, Source::Move { from: f } if f == from));
+                    if unshared {
+                        c.source.clone()
+                    } else {
+                        Source::Copy { from: from.clone() }
+                    }
+                }
+            };
+            let idx = index.get(*p).copied().unwrap_or_default();
+            contents.push(Staged {
+                path: p.to_vec(),
+                idx,
+                size: *size,
+                hash: *hash,
+                sparse: sparse.is_some(),
+                source,
+                done: false,
+            });
+        }
+        let generation = plan.generation;
+        let srel = stage_rel(generation);
+        self.root.remove_all(&srel)?;
+        let sd = self.root.dir(STAGE)?;
+        rustix::fs::mkdirat(&sd, OsStr::from_bytes(generation.to_string().as_bytes()), Mode::from_raw_mode(0o700))
+            .map_err(|e| io_err(Path::new(".hanfs/stage"), e.into()))?;
+        let stage = self.root.dir(&srel)?;
+        Ok(Staging { replica: self, plan, stage, contents })
+    }
+
+    /// Replays a committed journal to the end (idempotent).
+    fn replay(&mut self, j: &Journal) -> Result<()> {
+        let root = &self.root;
+        let (old, new) = (&j.old, &j.new);
+        let done = self.state.as_ref().is_some_and(|s| s.generation == j.generation && s.digest == j.digest);
+        if !done {
+            let lay = layout(old, new);
+            let srel = stage_rel(j.generation);
+            let stage = root.dir(&srel)?;
+            let index: HashMap<&[u8], usize> =
+                new.entries.keys().enumerate().map(|(i, p)| (p.as_slice(), i)).collect();
+            // 1. Removals, deepest first (children sort after their parents).
+            for p in lay.removed.iter().rev() {
+                point("commit-remove");
+                root.remove_all(p)?;
+            }
+            // 2. Directories, parents first.
+            for (p, e) in &new.entries {
+                if e.kind == Kind::Dir && !p.is_empty() {
+                    point("commit-mkdir");
+                    root.ensure_dir(p)?;
+                }
+            }
+            // 3. Staged entries renamed into place (a stage name that is gone was installed).
+            for p in &lay.staged {
+                let name = sname('f', index.get(p).copied().unwrap_or_default());
+                if lstat_at(stage.as_fd(), &name).map_err(|e| io_err(Path::new(".hanfs/stage"), e.into()))?.is_none() {
+                    continue;
+                }
+                point("commit-install");
+                if root.lstat(p)?.is_some_and(|st| ftype(&st) == FileType::Directory) {
+                    root.remove_all(p)?;
+                }
+                let (d, n) = root.parent(p)?;
+                rustix::fs::renameat(&stage, OsStr::from_bytes(&name), &d, OsStr::from_bytes(n))
+                    .map_err(|e| io_err(Path::new(&show(p)), e.into()))?;
+            }
+            // 4. Hard-link members: link the leader to a stage name, rename over the member.
+            for p in &lay.links {
+                let Some(Kind::HardLink { leader }) = new.entries.get(*p).map(|e| &e.kind) else { continue };
+                let lst = root
+                    .lstat(leader)?
+                    .ok_or_else(|| Error::Io { path: show(leader), source: std::io::ErrorKind::NotFound.into() })?;
+                let mst = root.lstat(p)?;
+                if mst.is_some_and(|m| m.st_dev == lst.st_dev && m.st_ino == lst.st_ino) {
+                    continue;
+                }
+                point("commit-link");
+                let tmp = sname('l', index.get(p).copied().unwrap_or_default());
+                let _ = rustix::fs::unlinkat(&stage, OsStr::from_bytes(&tmp), AtFlags::empty());
+                let (ld, ln) = root.parent(leader)?;
+                rustix::fs::linkat(&ld, OsStr::from_bytes(ln), &stage, OsStr::from_bytes(&tmp), AtFlags::empty())
+                    .map_err(|e| io_err(Path::new(&show(p)), e.into()))?;
+                if mst.is_some_and(|m| ftype(&m) == FileType::Directory) {
+                    root.remove_all(p)?;
+                }
+                let (d, n) = root.parent(p)?;
+                rustix::fs::renameat(&stage, OsStr::from_bytes(&tmp), &d, OsStr::from_bytes(n))
+                    .map_err(|e| io_err(Path::new(&show(p)), e.into()))?;
+            }
+            // 5. Metadata (owner, xattrs, mode; mtime of non-directories).
+            for p in &lay.touched {
+                if let Some(e) = new.entries.get(*p) {
+                    point("commit-meta");
+                    root.set_meta(p, e, e.kind != Kind::Dir)?;
+                }
+            }
+            // 6. Directory mtimes last, deepest first: every rename above touched some.
+            for (p, e) in new.entries.iter().rev() {
+                if e.kind == Kind::Dir {
+                    point("commit-dir-mtime");
+                    root.set_mtime(p, e.mtime_ns)?;
+                }
+            }
+            point("commit-syncfs");
+            rustix::fs::syncfs(root.fd()).map_err(|e| io_err(root.path(), e.into()))?;
+            let st = State { generation: j.generation, digest: j.digest.clone(), manifest: new.clone() };
+            point("commit-state");
+            self.save_state(&st)?;
+            self.state = Some(st);
+        }
+        point("commit-cleanup");
+        self.root.remove_all(&stage_rel(j.generation))?;
+        point("commit-unjournal");
+        let jp = self.state_dir.join("journal");
+        match std::fs::remove_file(&jp) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(&jp, e)),
+        }
+        File::open(&self.state_dir).and_then(|f| f.sync_all()).map_err(|e| io_err(&self.state_dir, e))?;
+        Ok(())
+    }
+}
+
+#[derive(Debug)]
+struct Staged {
+    path: RelPath,
+    idx: usize,
+    size: u64,
+    hash: [u8; 32],
+    sparse: bool,
+    source: Source,
+    done: bool,
+}
+
+/// A file the controller still has to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Needed {
+    /// New-tree path.
+    pub path: RelPath,
+    /// Size.
+    pub size: u64,
+    /// Old file the delta must be computed against (by its content hash), if any.
+    pub base: Option<(RelPath, [u8; 32])>,
+}
+
+/// An open stage for one plan. Feed it the files it [`needs`](Staging::needed) with
+/// [`write_file`](Staging::write_file) or [`add_delta`](Staging::add_delta) (any order, streamed),
+/// then [`commit`](Staging::commit). Dropping it without commit leaves a stage that the next
+/// `recover`/`begin` discards.
+pub struct Staging<'a> {
+    replica: &'a mut Replica,
+    plan: Plan,
+    stage: OwnedFd,
+    contents: Vec<Staged>,
+}
+
+impl Staging<'_> {
+    /// Files still to be sent, with the delta base the replica holds for each.
+    pub fn needed(&self) -> Vec<Needed> {
+        self.contents
+            .iter()
+            .filter(|c| !c.done)
+            .filter_map(|c| match &c.source {
+                Source::Send { base } => Some(Needed { path: c.path.clone(), size: c.size, base: base.clone() }),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The plan being applied.
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    fn slot(&mut self, path: &[u8]) -> Result<usize> {
+        self.contents
+            .iter()
+            .position(|c| c.path == path && matches!(c.source, Source::Send { .. }))
+            .ok_or_else(|| Error::Hostile(format!("{:?} is not a file this plan expects to be sent", show(path))))
+    }
+
+    fn create(&self, i: usize) -> Result<StageWriter> {
+        let c = &self.contents[i];
+        let name = sname('f', c.idx);
+        let n = OsStr::from_bytes(&name);
+        let _ = rustix::fs::unlinkat(&self.stage, n, AtFlags::empty());
+        let fd = rustix::fs::openat(
+            &self.stage,
+            n,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )
+        .map_err(|e| io_err(Path::new(&show(&c.path)), e.into()))?;
+        Ok(StageWriter::new(File::from(fd), c.sparse, c.size))
+    }
+
+    fn seal(&mut self, i: usize, w: StageWriter, how: &'static str) -> Result<()> {
+        let (n, h, _) = w.finish().map_err(|e| io_err(Path::new(&show(&self.contents[i].path)), e))?;
+        let c = &mut self.contents[i];
+        if n != c.size || h != c.hash {
+            let name = sname('f', c.idx);
+            let _ = rustix::fs::unlinkat(&self.stage, OsStr::from_bytes(&name), AtFlags::empty());
+            return Err(Error::Mismatch { path: show(&c.path), how });
+        }
+        c.done = true;
+        point("stage-file");
+        Ok(())
+    }
+
+    /// Stages the whole new content of `path`, read from `data`; checked against its BLAKE3.
+    pub fn write_file(&mut self, path: &[u8], mut data: impl Read) -> Result<()> {
+        let i = self.slot(path)?;
+        let mut w = self.create(i)?;
+        std::io::copy(&mut data, &mut w).map_err(|e| io_err(Path::new(&show(path)), e))?;
+        self.seal(i, w, "writing")
+    }
+
+    /// Stages `path` by applying a librsync delta (read from `delta`) to its base in the old
+    /// tree; refuses out-of-bounds copies and output past the manifest size, and checks BLAKE3.
+    pub fn add_delta(&mut self, path: &[u8], delta: impl Read) -> Result<()> {
+        let i = self.slot(path)?;
+        let Source::Send { base: Some((base, _)) } = self.contents[i].source.clone() else {
+            return Err(Error::Hostile(format!("{:?} has no delta base in this plan", show(path))));
+        };
+        let bf = self.replica.root.open_file(&base)?;
+        let len = bf.metadata().map_err(|e| io_err(Path::new(&show(&base)), e))?.len();
+        // SAFETY of the map: the replica tree is written only by this engine, which is applying
+        // this plan; nothing truncates the base while it is mapped.
+        let map = if len == 0 {
+            None
+        } else {
+            #[allow(unsafe_code)]
+            Some(unsafe { memmap2::Mmap::map(&bf) }.map_err(|e| io_err(Path::new(&show(&base)), e))?)
+        };
+        let b: &[u8] = map.as_deref().unwrap_or_default();
+        let mut w = self.create(i)?;
+        let limit = self.contents[i].size;
+        delta::patch(b, std::io::BufReader::new(delta), &mut w, limit)
+            .map_err(|e| Error::Delta { path: show(path), source: e })?;
+        w.flush().map_err(|e| io_err(Path::new(&show(path)), e))?;
+        self.seal(i, w, "patching")
+    }
+
+    /// Stages local copies and moves and the special files, makes the stage durable, writes
+    /// the commit record, and commits. Returns the new (generation, digest).
+    pub fn commit(mut self) -> Result<(u64, String)> {
+        let missing: Vec<String> = self.needed().iter().map(|n| show(&n.path)).collect();
+        if !missing.is_empty() {
+            return Err(Error::Incomplete(format!("{} files not sent: {}", missing.len(), missing.join(", "))));
+        }
+        for i in 0..self.contents.len() {
+            let c = &self.contents[i];
+            if c.done {
+                continue;
+            }
+            match c.source.clone() {
+                Source::Copy { from } => {
+                    let mut src = self.replica.root.open_file(&from)?;
+                    let mut w = self.create(i)?;
+                    std::io::copy(&mut src, &mut w).map_err(|e| io_err(Path::new(&show(&from)), e))?;
+                    self.seal(i, w, "copying")?;
+                }
+                Source::Move { from } => {
+                    let name = sname('f', c.idx);
+                    let n = OsStr::from_bytes(&name);
+                    let _ = rustix::fs::unlinkat(&self.stage, n, AtFlags::empty());
+                    let (d, fname) = self.replica.root.parent(&from)?;
+                    rustix::fs::linkat(&d, OsStr::from_bytes(fname), &self.stage, n, AtFlags::empty())
+                        .map_err(|e| io_err(Path::new(&show(&from)), e.into()))?;
+                    let f = rustix::fs::openat(&self.stage, n, OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
+                        .map_err(|e| io_err(Path::new(&show(&from)), e.into()))?;
+                    let mut h = blake3::Hasher::new();
+                    h.update_reader(File::from(f)).map_err(|e| io_err(Path::new(&show(&from)), e))?;
+                    if *h.finalize().as_bytes() != c.hash {
+                        return Err(Error::Mismatch { path: show(&c.path), how: "moving" });
+                    }
+                    self.contents[i].done = true;
+                    point("stage-move");
+                }
+                Source::Send { .. } => {}
+            }
+        }
+        // Special files (symlinks, devices, fifos) are staged too, so installing is a rename.
+        let old = self.replica.state.as_ref().map(|s| s.manifest.clone()).unwrap_or_default();
+        let new = &self.plan.manifest;
+        let lay = layout(&old, new);
+        let index: HashMap<&[u8], usize> = new.entries.keys().enumerate().map(|(i, p)| (p.as_slice(), i)).collect();
+        for p in &lay.staged {
+            let Some(e) = new.entries.get(*p) else { continue };
+            let name = sname('f', index.get(p).copied().unwrap_or_default());
+            let n = OsStr::from_bytes(&name);
+            let mk = |ft: FileType, dev: u64| {
+                let _ = rustix::fs::unlinkat(&self.stage, n, AtFlags::empty());
+                rustix::fs::mknodat(&self.stage, n, ft, Mode::from_raw_mode(0o600), dev)
+            };
+            let r = match &e.kind {
+                Kind::Symlink { target } => {
+                    let _ = rustix::fs::unlinkat(&self.stage, n, AtFlags::empty());
+                    rustix::fs::symlinkat(OsStr::from_bytes(target), &self.stage, n)
+                }
+                Kind::Char { major, minor } => mk(FileType::CharacterDevice, rustix::fs::makedev(*major, *minor)),
+                Kind::Block { major, minor } => mk(FileType::BlockDevice, rustix::fs::makedev(*major, *minor)),
+                Kind::Fifo => mk(FileType::Fifo, 0),
+                _ => continue,
+            };
+            r.map_err(|e2| io_err(Path::new(&show(p)), e2.into()))?;
+            point("stage-special");
+        }
+        rustix::fs::fsync(&self.stage).map_err(|e| io_err(Path::new(".hanfs/stage"), e.into()))?;
+        point("stage-synced");
+        let j = Journal {
+            generation: self.plan.generation,
+            digest: self.plan.to_digest.clone(),
+            old,
+            new: self.plan.manifest.clone(),
+        };
+        let b = postcard::to_stdvec(&j).map_err(|e| Error::Format(e.to_string()))?;
+        let jp = self.replica.state_dir.join("journal");
+        write_atomic(&jp, &b).map_err(|e| io_err(&jp, e))?;
+        point("committed");
+        self.replica.replay(&j)?;
+        Ok((j.generation, j.digest))
+    }
+
+    /// Gives up: removes the stage; the replica stays at its generation.
+    pub fn abort(self) -> Result<()> {
+        self.replica.root.remove_all(&stage_rel(self.plan.generation))
+    }
+}
+
+impl std::fmt::Debug for Replica {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replica").field("root", &self.root.path()).field("current", &self.current()).finish()
+    }
+}
