@@ -1,0 +1,176 @@
+//! From the cluster model to the exports one SN serves.
+
+use crate::error::ExportError;
+use crate::types::{Entry, Exports, FsLocation, LocKind, Locations};
+use model::{Cluster, Dialect, Image, ServiceNode};
+use std::net::IpAddr;
+
+/// Linux options of an image export (before `fsid=` and `replicas=`).
+const LINUX_IMAGE: &[&str] = &["ro", "no_root_squash", "no_subtree_check"];
+/// Linux options of a statelite export, rw or refer (before `fsid=` and `refer=`).
+const LINUX_STATELITE: &[&str] = &["rw", "no_root_squash", "sync", "no_subtree_check"];
+
+/// The exports SN `sn` serves, in render order, checked against every limit of its dialect.
+///
+/// Images (sorted by export path): `<sn.root>/<image.path>`, read-only, one entry per client spec on
+/// Linux; `replicas=` = the SN then its backups that hold the image (none if it is alone). Statelite
+/// (areas in config order, nodes by name): `<area>/<node>` read-write where `served_by` is this SN;
+/// `refer=` to the serving SN where this SN is a migrated node's home (`sns[0]`).
+pub fn build(cluster: &Cluster, sn: &str) -> Result<Exports, ExportError> {
+    let sn = cluster.sn(sn).ok_or_else(|| ExportError::UnknownSn(sn.to_string()))?;
+    let mut entries = Vec::new();
+
+    let mut images: Vec<&Image> = cluster.images_on(&sn.name).collect();
+    images.sort_by(|a, b| sn.root.join(&a.path).cmp(&sn.root.join(&b.path)));
+    for image in images {
+        let path = sn.root.join(&image.path).to_string();
+        let list: Vec<FsLocation> = cluster
+            .replica_set(sn)
+            .into_iter()
+            .filter(|s| !s.is_sn || image.sns.iter().any(|n| n == s.name))
+            .map(|s| FsLocation { path: s.root.join(&image.path).to_string(), host: s.address.fsloc() })
+            .collect();
+        let locations = (list.len() > 1).then_some(Locations { kind: LocKind::Replicas, list });
+        match sn.dialect {
+            Dialect::Linux => {
+                for client in dedup(&image.clients) {
+                    entries.push(Entry {
+                        path: path.clone(),
+                        client: Some(client.clone()),
+                        options: strings(LINUX_IMAGE),
+                        locations: locations.clone(),
+                    });
+                }
+            }
+            Dialect::Aix => {
+                let access = aix_clients(&path, &image.clients)?;
+                let mut options = strings(&["vers=4", "ro"]);
+                if let Some(a) = &access {
+                    options.push(format!("access={a}"));
+                }
+                options.push(format!("root={}", access.as_deref().unwrap_or("*")));
+                entries.push(Entry { path, client: None, options, locations });
+            }
+        }
+    }
+
+    for area in &cluster.statelite {
+        let mut nodes: Vec<_> = cluster.nodes.iter().collect();
+        nodes.sort_by(|a, b| a.name.cmp(&b.name));
+        for node in nodes {
+            let path = format!("{}/{}", area.path, node.name);
+            let locations = if node.served_by == sn.name {
+                None
+            } else if node.is_migrated() && node.sns.first() == Some(&sn.name) {
+                let to = cluster.sn(&node.served_by).ok_or_else(|| ExportError::UnknownSn(node.served_by.clone()))?;
+                Some(Locations {
+                    kind: LocKind::Refer,
+                    list: vec![FsLocation { path: path.clone(), host: to.address.fsloc() }],
+                })
+            } else {
+                continue;
+            };
+            statelite_entries(sn, &path, &area.clients, locations, &mut entries)?;
+        }
+    }
+
+    if sn.dialect == Dialect::Linux {
+        let ids = crate::fsid::assign(entries.iter().map(|e| e.path.as_str()));
+        for e in &mut entries {
+            e.options.push(format!("fsid={}", ids[&e.path]));
+        }
+    }
+    let ex = Exports { dialect: sn.dialect, entries };
+    crate::limits::check(&ex)?;
+    Ok(ex)
+}
+
+fn statelite_entries(
+    sn: &ServiceNode,
+    path: &str,
+    clients: &[String],
+    locations: Option<Locations>,
+    out: &mut Vec<Entry>,
+) -> Result<(), ExportError> {
+    match sn.dialect {
+        Dialect::Linux => {
+            for client in dedup(clients) {
+                out.push(Entry {
+                    path: path.to_string(),
+                    client: Some(client.clone()),
+                    options: strings(LINUX_STATELITE),
+                    locations: locations.clone(),
+                });
+            }
+        }
+        Dialect::Aix => {
+            let access = aix_clients(path, clients)?;
+            let mut options = strings(&["vers=4", "rw"]);
+            if let Some(a) = &access {
+                options.push(format!("access={a}"));
+            }
+            // A referral object serves no data: only who is sent on matters.
+            if locations.is_none() {
+                options.push(format!("root={}", access.as_deref().unwrap_or("*")));
+            }
+            out.push(Entry { path: path.to_string(), client: None, options, locations });
+        }
+    }
+    Ok(())
+}
+
+fn strings(s: &[&str]) -> Vec<String> {
+    s.iter().map(|s| s.to_string()).collect()
+}
+
+fn dedup(v: &[String]) -> Vec<&String> {
+    let mut out: Vec<&String> = Vec::new();
+    for c in v {
+        if !out.contains(&c) {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// exports(5) client specs as an AIX `access=`/`root=` list (`:`-separated), or `None` for every
+/// host. `10.1.0.0/16` becomes the subnet designator `@10.1.0.0/16`; a Linux `@netgroup` becomes
+/// the bare netgroup name AIX expects; hosts and IPv4 addresses pass as they are.
+fn aix_clients(export: &str, clients: &[String]) -> Result<Option<String>, ExportError> {
+    let mut out = Vec::new();
+    for c in dedup(clients) {
+        let bad = |why: &str| ExportError::Unrepresentable {
+            export: export.to_string(),
+            why: format!("client `{c}` {why} on AIX"),
+        };
+        if c == "*" {
+            return Ok(None);
+        }
+        if c.contains(':') {
+            return Err(bad("cannot be written (`:` separates AIX list items; use IPv4 or a name)"));
+        }
+        if c.contains('*') || c.contains('?') || c.contains('[') {
+            return Err(bad("uses a wildcard, which AIX access lists do not take"));
+        }
+        let mapped = if let Some((net, bits)) = c.split_once('/') {
+            if net.parse::<IpAddr>().is_err() || bits.parse::<u8>().is_err() {
+                return Err(bad("is not an address/prefix subnet"));
+            }
+            format!("@{c}")
+        } else if let Some(ng) = c.strip_prefix('@') {
+            ng.to_string()
+        } else {
+            c.clone()
+        };
+        if !out.contains(&mapped) {
+            out.push(mapped);
+        }
+    }
+    Ok(Some(out.join(":")))
+}
+
+/// [`build`] and [`crate::render`] for one SN: the text for its exports file (Linux) or its managed
+/// block (AIX).
+pub fn render_sn(cluster: &Cluster, sn: &str) -> Result<String, ExportError> {
+    Ok(crate::render(&build(cluster, sn)?))
+}
