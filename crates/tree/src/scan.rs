@@ -120,6 +120,8 @@ pub fn hash_file(path: &Path) -> Result<([u8; 32], u64, Option<Vec<(u64, u64)>>)
         .map_err(|e| io_err(path, e))?;
     let md = f.metadata().map_err(|e| io_err(path, e))?;
     let sparse = sparse_extents(&f, md.len(), md.blocks());
+    // SEEK_DATA/SEEK_HOLE moved the file offset.
+    std::io::Seek::rewind(&mut f).map_err(|e| io_err(path, e))?;
     let mut h = blake3::Hasher::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut n = 0u64;
@@ -262,7 +264,7 @@ impl Scanner {
                         let (hash, sparse) = if ft.is_file() {
                             let (h, n, s) = hash_file(&path)?;
                             if n != md.len() {
-                                return Err(Error::Changed(path.display().to_string()));
+                                return Err(Error::Changed(format!("{} ({n} bytes read, {} expected)", path.display(), md.len())));
                             }
                             (Some(h), s)
                         } else {

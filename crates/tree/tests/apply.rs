@@ -1,0 +1,68 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! Property test: random pairs of trees with every entry kind; apply old -> new on a copy of
+//! old; the digest and an independent walk equal the new tree.
+
+mod common;
+
+use common::*;
+use proptest::prelude::*;
+
+fn run(seed: u64) {
+    let mut r = TRng::new(seed);
+    let pool = pool(&mut r);
+    let old = random_spec(&mut r, &pool, true);
+    let new = mutate(&mut r, &old, &pool, true);
+    let t = tempfile::tempdir().unwrap();
+    let (od, nd) = (t.path().join("old"), t.path().join("new"));
+    build(&od, &old);
+    build(&nd, &new);
+    let src = Source::new(&od, &nd, &t.path().join("mn"));
+    let rep = t.path().join("replica");
+    let mut replica = replica_copy(&od, &rep, &t.path().join("sn"));
+    assert_eq!(replica.current().unwrap().1, src.old.digest(), "cp -a copy must digest as the old tree");
+    let plan = src.plan(2);
+    let (g, d) = apply(&src, &mut replica, plan).unwrap();
+    assert_eq!(g, 2);
+    assert_eq!(d, src.new.digest());
+    assert_eq!(replica.scan().unwrap().digest(), src.new.digest(), "replica digest after apply");
+    let (want, got) = (walk(&nd), walk(&rep));
+    for (p, w) in &want {
+        assert_eq!(got.get(p), Some(w), "entry {p:?} differs (seed {seed})");
+    }
+    assert_eq!(got.len(), want.len(), "extra entries on the replica (seed {seed})");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+    #[test]
+    fn random_tree_pairs_apply_exactly(seed in any::<u64>()) {
+        run(seed);
+    }
+}
+
+#[test]
+fn second_sync_and_noop() {
+    // Chains two generations and an empty plan through the same replica.
+    let mut r = TRng::new(42);
+    let pool = pool(&mut r);
+    let s1 = random_spec(&mut r, &pool, true);
+    let s2 = mutate(&mut r, &s1, &pool, true);
+    let s3 = mutate(&mut r, &s2, &pool, true);
+    let t = tempfile::tempdir().unwrap();
+    let dirs: Vec<_> = ["g1", "g2", "g3"].iter().map(|n| t.path().join(n)).collect();
+    build(&dirs[0], &s1);
+    build(&dirs[1], &s2);
+    build(&dirs[2], &s3);
+    let rep = t.path().join("replica");
+    let mut replica = replica_copy(&dirs[0], &rep, &t.path().join("sn"));
+    for (i, w) in dirs.windows(2).enumerate() {
+        let src = Source::new(&w[0], &w[1], &t.path().join("mn"));
+        let (_, d) = apply(&src, &mut replica, src.plan(i as u64 + 2)).unwrap();
+        assert_eq!(d, src.new.digest());
+    }
+    let src = Source::new(&dirs[2], &dirs[2], &t.path().join("mn"));
+    let plan = src.plan(9);
+    assert!(plan.is_empty() && plan.contents.is_empty());
+    apply(&src, &mut replica, plan).unwrap();
+    assert_eq!(walk(&rep), walk(&dirs[2]));
+}
