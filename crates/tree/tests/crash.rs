@@ -1,0 +1,136 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! Crash test: the applying process is SIGKILLed at every fault point (compiled in with the
+//! `fault-injection` feature, which this crate's dev-dependency on itself turns on) across
+//! stage, commit and recovery; after recovery the replica's digest is the old or the new
+//! generation's every time, and the new one whenever the commit record was durable.
+
+mod common;
+
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::*;
+use tree::{Replica, ReplicaOptions};
+
+const DIR_ENV: &str = "HANFS_CRASH_DIR";
+
+fn paths(base: &Path, work: &Path) -> (PathBuf, PathBuf, PathBuf, PathBuf, PathBuf) {
+    (base.join("old"), base.join("new"), base.join("mn"), work.join("replica"), work.join("sn"))
+}
+
+/// Runs in a child process only (the parent sets HANFS_CRASH_DIR); a no-op otherwise.
+#[test]
+fn crash_child() {
+    let Ok(dir) = std::env::var(DIR_ENV) else { return };
+    let work = PathBuf::from(dir);
+    let base = PathBuf::from(std::env::var("HANFS_CRASH_BASE").unwrap());
+    let (od, nd, mn, rep, sn) = paths(&base, &work);
+    let mut replica = Replica::open(&rep, &sn, ReplicaOptions { allow_devices: true }).unwrap();
+    replica.recover().unwrap();
+    if std::env::var("HANFS_CRASH_MODE").as_deref() == Ok("apply") {
+        let src = Source::new(&od, &nd, &mn);
+        apply(&src, &mut replica, src.plan(2)).unwrap();
+    }
+    println!("HITS={}", tree::fault::hits());
+}
+
+static NAMES: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+fn child(base: &Path, work: &Path, mode: &str, fault_at: Option<u64>) -> (Option<i32>, u64) {
+    let mut c = Command::new(std::env::current_exe().unwrap());
+    c.args(["crash_child", "--exact", "--nocapture", "--test-threads=1"])
+        .env(DIR_ENV, work)
+        .env("HANFS_CRASH_BASE", base)
+        .env("HANFS_CRASH_MODE", mode);
+    if let Some(k) = fault_at {
+        c.env("HANFS_FAULT_AT", k.to_string());
+    }
+    let out = c.output().unwrap();
+    if std::env::var("HANFS_CRASH_DEBUG").is_ok() { eprintln!("child out: {}\nerr: {}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)); }
+    let s = String::from_utf8_lossy(&out.stdout);
+    let hits = s.split("HITS=").nth(1).and_then(|l| l.split_whitespace().next()).and_then(|h| h.trim().parse().ok()).unwrap_or(0);
+    let err = String::from_utf8_lossy(&out.stderr);
+    if let Some(n) = err.split("SIGKILL at point ").nth(1).and_then(|l| l.split(['(', ')']).nth(1)) {
+        NAMES.lock().unwrap().push(format!("{mode}:{n}"));
+    }
+    if out.status.signal().is_none() && !out.status.success() {
+        panic!("child failed: {}\n{}", s, String::from_utf8_lossy(&out.stderr));
+    }
+    (out.status.signal(), hits)
+}
+
+fn scenario(seed: u64, t: &Path) -> usize {
+    let mut r = TRng::new(seed);
+    let pool = pool(&mut r);
+    let old = random_spec(&mut r, &pool, true);
+    let new = mutate(&mut r, &old, &pool, true);
+    let base = t.join(format!("base{seed}"));
+    build(&base.join("old"), &old);
+    build(&base.join("new"), &new);
+    let old_d = tree::scan(&base.join("old"), &[]).unwrap().digest();
+    let new_d = tree::scan(&base.join("new"), &[]).unwrap().digest();
+    // Template replica: a copy of old, adopted.
+    let tpl = t.join(format!("tpl{seed}"));
+    std::fs::create_dir_all(&tpl).unwrap();
+    let _ = replica_copy(&base.join("old"), &tpl.join("replica"), &tpl.join("sn"));
+    let fresh = |name: String| {
+        let w = t.join(name);
+        let _ = std::fs::remove_dir_all(&w);
+        copy_tree(&tpl, &w);
+        w
+    };
+    let w0 = fresh(format!("w{seed}-count"));
+    let (sig, total) = child(&base, &w0, "apply", None);
+    assert!(sig.is_none());
+    assert!(total > 0, "fault points not compiled in");
+    let check = |w: &Path, k: u64| {
+        let committed = w.join("sn/journal").exists();
+        let mut rp = Replica::open(&w.join("replica"), &w.join("sn"), ReplicaOptions { allow_devices: true }).unwrap();
+        rp.recover().unwrap();
+        let d = rp.scan().unwrap().digest();
+        assert!(d == old_d || d == new_d, "seed {seed} point {k}: digest is neither old nor new");
+        if committed {
+            assert_eq!(d, new_d, "seed {seed} point {k}: committed but not rolled forward");
+        }
+        assert_eq!(rp.current().unwrap().1, d, "recorded state disagrees with the tree");
+        let want = if d == new_d { base.join("new") } else { base.join("old") };
+        assert_eq!(walk(&w.join("replica")), walk(&want), "seed {seed} point {k}");
+        let _ = std::fs::remove_dir_all(w);
+    };
+    let mut points = 0;
+    for k in 1..=total {
+        let w = fresh(format!("w{seed}-{k}"));
+        let (sig, _) = child(&base, &w, "apply", Some(k));
+        assert_eq!(sig, Some(9), "seed {seed}: expected SIGKILL at point {k}");
+        points += 1;
+        if k % 2 == 0 {
+            // Crash the recovery too, at its first or second point.
+            let (rsig, _) = child(&base, &w, "recover", Some(1 + k % 4 / 2));
+            if rsig == Some(9) {
+                points += 1;
+            }
+        }
+        check(&w, k);
+    }
+    points
+}
+
+#[test]
+fn crash_at_every_point_ends_old_or_new() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipping crash test: needs root for device nodes and chown");
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let mut points = 0;
+    for seed in [11u64, 12, 13] {
+        points += scenario(seed, t.path());
+    }
+    let mut tally = std::collections::BTreeMap::new();
+    for n in NAMES.lock().unwrap().iter() {
+        *tally.entry(n.clone()).or_insert(0) += 1;
+    }
+    eprintln!("crash points exercised: {points}: {tally:?}");
+    assert!(points >= 50, "only {points} crash points");
+}
