@@ -3,6 +3,7 @@
 use crate::error::ExportError;
 use crate::types::{Entry, Exports, FsLocation, LocKind, Locations};
 use model::{Cluster, Dialect, Image, ServiceNode};
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 /// Linux options of an image export (before `fsid=` and `replicas=`).
@@ -75,9 +76,31 @@ pub fn build(cluster: &Cluster, sn: &str) -> Result<Exports, ExportError> {
     }
 
     if sn.dialect == Dialect::Linux {
-        let ids = crate::fsid::assign(entries.iter().map(|e| e.path.as_str()));
+        // An image's fsid comes from its path on the MN, so every replica of it has the same fsid
+        // whatever the SN's root; other exports' from their own path.
+        let mut keys: BTreeMap<&str, String> = BTreeMap::new();
+        for e in &entries {
+            let key = cluster
+                .images_on(&sn.name)
+                .find(|i| sn.root.join(&i.path).as_str() == e.path)
+                .map(|i| cluster.image_source(i).to_string())
+                .unwrap_or_else(|| e.path.clone());
+            keys.insert(e.path.as_str(), key);
+        }
+        // Two exports with one key (a statelite path equal to an image's MN path): keep them apart.
+        let mut owners: BTreeMap<String, &str> = BTreeMap::new();
+        for (path, key) in keys.iter_mut() {
+            if let Some(owner) = owners.get(key.as_str()) {
+                if owner != path {
+                    *key = path.to_string();
+                }
+            }
+            owners.entry(key.clone()).or_insert(path);
+        }
+        let ids = crate::fsid::assign(keys.values().map(String::as_str));
+        let fsids: BTreeMap<String, u32> = keys.iter().map(|(p, k)| (p.to_string(), ids[k])).collect();
         for e in &mut entries {
-            e.options.push(format!("fsid={}", ids[&e.path]));
+            e.options.push(format!("fsid={}", fsids[&e.path]));
         }
     }
     let ex = Exports { dialect: sn.dialect, entries };

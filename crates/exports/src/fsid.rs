@@ -2,11 +2,12 @@
 //!
 //! nfsd identifies an export in its file handles by fsid. Without `fsid=` it derives one from the
 //! device or file system UUID, which differs between SNs and changes when a replica is rebuilt, so
-//! clients would see stale handles after a failover. hanfs derives the fsid from the export path
-//! alone: FNV-1a (32 bit, fixed forever so numbers never change between hanfs versions) of the path,
-//! never 0 (`fsid=0` is the NFSv4 pseudo-root). Paths on one SN are taken in sorted order; a path
-//! whose number is taken (or 0) is re-hashed with a counter (`path\0` + `1`, `2`, ...) until free. The
-//! result depends only on the set of paths, and in practice (collisions are ~n²/2³³) only on the path.
+//! clients would see stale handles after a failover. hanfs derives the fsid from a path (for an
+//! image its path on the MN, see `build`): FNV-1a (32 bit, fixed forever so numbers never change
+//! between hanfs versions), never 0 (`fsid=0` is the NFSv4 pseudo-root). Paths on one SN are taken in
+//! sorted order; a path whose number is taken (or 0) is re-hashed with a counter (`path\0` + `1`,
+//! `2`, ...) until free. The result depends only on the set of paths, and in practice (collisions
+//! are ~n²/2³³) only on the path.
 
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -19,10 +19,11 @@
 //! do honour the order, and one order everywhere means one thing to check. A backup SN that does not
 //! hold the image is left out (it has nothing to serve); an SN without backups gets no `replicas=`.
 //!
-//! **fsid.** Linux exports carry `fsid=N` derived from the export path alone ([`fsid`]): stable across
-//! runs and hosts (the same replica has the same fsid on every SN, as NFSv4 expects of one file system
-//! offered at several locations), never 0 (the v4 root), collisions on one SN resolved by a
-//! deterministic re-hash in path order.
+//! **fsid.** Linux exports carry `fsid=N` hashed from a path ([`fsid`]): for an image its path on the
+//! MN (`source_root/<image path>`), so every replica of an image has the same fsid on every SN whatever
+//! the SN's root, as NFSv4 expects of one file system offered at several locations; for statelite
+//! directories the export path. Stable across runs, never 0 (the v4 root), unique per SN: collisions
+//! are resolved by a deterministic re-hash in sorted order.
 //!
 //! **refer= exports.** A migrated node's directory on its home SN is exported with exactly the options
 //! of the read-write export it replaces (`rw,no_root_squash,sync,no_subtree_check,fsid=N`) plus

@@ -1,8 +1,83 @@
-use super::not_yet;
-use crate::cli::{ExportsArgs, Global};
-use crate::exit::Status;
-use anyhow::Result;
+//! `hanfs exports [--sn NAME] [--commands]`: the exports each SN must serve, in its dialect.
 
-pub fn run(_g: &Global, _a: ExportsArgs) -> Result<Status> {
-    not_yet("exports")
+use super::{load_cluster, print_json};
+use crate::cli::{ExportsArgs, Global};
+use crate::exit::{bad_input, Status};
+use anyhow::Result;
+use model::{Cluster, Dialect, ServiceNode};
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+#[derive(Serialize)]
+struct SnExports {
+    dialect: &'static str,
+    text: String,
+}
+
+#[derive(Serialize)]
+struct Output {
+    sns: BTreeMap<String, SnExports>,
+}
+
+pub fn run(g: &Global, a: ExportsArgs) -> Result<Status> {
+    let cluster = load_cluster(g)?;
+    let sns: Vec<&ServiceNode> = match &a.sn {
+        Some(name) => vec![cluster.sn(name).ok_or_else(|| {
+            let known: Vec<&str> = cluster.sns.iter().map(|s| s.name.as_str()).collect();
+            bad_input(format!(
+                "{}: unknown SN `{name}` (the cluster has: {})",
+                g.config.display(),
+                known.join(", ")
+            ))
+        })?],
+        None => cluster.sns.iter().collect(),
+    };
+    let mut texts = Vec::new();
+    for sn in &sns {
+        texts.push((*sn, text_for(g, &cluster, sn, a.commands)?));
+    }
+    if g.json {
+        let sns = texts
+            .into_iter()
+            .map(|(sn, text)| (sn.name.clone(), SnExports { dialect: dialect_name(sn.dialect), text }))
+            .collect();
+        print_json(&Output { sns })?;
+    } else if a.sn.is_some() {
+        // Exactly the file's bytes, so `hanfs exports --sn X > file` reproduces it.
+        for (_, text) in texts {
+            print!("{text}");
+        }
+    } else {
+        for (i, (sn, text)) in texts.into_iter().enumerate() {
+            if i > 0 {
+                println!();
+            }
+            println!("# sn: {} ({}, {})", sn.name, dialect_name(sn.dialect), exports::target_file(sn.dialect));
+            print!("{text}");
+        }
+    }
+    Ok(Status::Ok)
+}
+
+fn text_for(g: &Global, cluster: &Cluster, sn: &ServiceNode, commands: bool) -> Result<String> {
+    let ex = exports::build(cluster, &sn.name)
+        .map_err(|e| bad_input(format!("{}: SN `{}`: {e}", g.config.display(), sn.name)))?;
+    let rendered = exports::render(&ex);
+    Ok(match (commands, sn.dialect) {
+        (false, _) => rendered,
+        (true, Dialect::Aix) => exports::aix_commands(&ex, &sn.name, cluster.domain.as_deref()),
+        (true, Dialect::Linux) => format!(
+            "# hanfs: commands for Linux service node {0}; run them as root on {0}.\n\
+             cat > {1} <<'HANFS_EOF'\n{rendered}HANFS_EOF\nexportfs -ra\n",
+            sn.name,
+            exports::target_file(Dialect::Linux)
+        ),
+    })
+}
+
+fn dialect_name(d: Dialect) -> &'static str {
+    match d {
+        Dialect::Linux => "linux",
+        Dialect::Aix => "aix",
+    }
 }
