@@ -198,7 +198,9 @@ pub fn aix_commands(ex: &Exports, sn: &str, domain: Option<&str>) -> String {
         );
     }
     match domain {
-        Some(d) => out.push_str(&format!("# Every replica server and client must share one NFSv4 domain:\nchnfsdom {d}\n")),
+        Some(d) => {
+            out.push_str(&format!("# Every replica server and client must share one NFSv4 domain:\nchnfsdom {d}\n"))
+        }
         None if replicas => out.push_str("# Set the NFSv4 domain first: chnfsdom <domain>\n"),
         None => {}
     }
@@ -297,7 +299,10 @@ mod tests {
         let replaced = splice_aix(&with_tail, &new_block).unwrap();
         assert_eq!(replaced, format!("{admin}{new_block}/tail -ro\n"));
         assert_eq!(splice_aix(&replaced, &new_block).unwrap(), replaced, "idempotent");
-        assert_eq!(block_body(&replaced).unwrap(), Some(&new_block[BEGIN_MARKER.len() + 1..new_block.len() - END_MARKER.len() - 1]));
+        assert_eq!(
+            block_body(&replaced).unwrap(),
+            Some(&new_block[BEGIN_MARKER.len() + 1..new_block.len() - END_MARKER.len() - 1])
+        );
     }
 
     #[test]
@@ -322,7 +327,10 @@ mod tests {
         assert!(c.contains(
             "mknfsexp -d /install/nim/spot/s1 -v 4 -t ro -r '*' -g /install/nim/spot/s1@10.0.0.1:/install/nim/spot/s1@10.0.0.2 -I\n"
         ), "{c}");
-        assert!(c.contains("mknfsexp -d /nodedata/cn002 -v 4 -t rw -c @10.1.0.0/16 -G /nodedata/cn002@10.0.0.2 -I\n"), "{c}");
+        assert!(
+            c.contains("mknfsexp -d /nodedata/cn002 -v 4 -t rw -c @10.1.0.0/16 -G /nodedata/cn002@10.0.0.2 -I\n"),
+            "{c}"
+        );
         assert!(c.ends_with("exportfs -va\n"));
     }
 }

@@ -22,7 +22,7 @@ pub fn build(cluster: &Cluster, sn: &str) -> Result<Exports, ExportError> {
     let mut entries = Vec::new();
 
     let mut images: Vec<&Image> = cluster.images_on(&sn.name).collect();
-    images.sort_by(|a, b| sn.root.join(&a.path).cmp(&sn.root.join(&b.path)));
+    images.sort_by_key(|i| sn.root.join(&i.path));
     for image in images {
         let path = sn.root.join(&image.path).to_string();
         let list: Vec<FsLocation> = cluster

@@ -24,7 +24,7 @@ pub enum ExportError {
     TokenTooLong { export: String, len: usize, max: usize },
     #[error("export `{export}`: `{value}` contains a comma, which would split the export's options")]
     Comma { export: String, value: String },
-    #[error("export `{export}`: location path `{value}` contains `{ch}`, which separates fs locations")]
+    #[error("export `{export}`: location path `{value}` contains `{ch}`, which a refer=/replicas= value cannot carry")]
     FslocSyntax { export: String, value: String, ch: char },
     #[error("export `{export}`: server `{host}` is an IPv6 address and must be written in brackets")]
     UnbracketedIpv6 { export: String, host: String },

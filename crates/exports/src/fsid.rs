@@ -4,7 +4,7 @@
 //! device or file system UUID, which differs between SNs and changes when a replica is rebuilt, so
 //! clients would see stale handles after a failover. hanfs derives the fsid from a path (for an
 //! image its path on the MN, see `build`): FNV-1a (32 bit, fixed forever so numbers never change
-//! between hanfs versions), never 0 (`fsid=0` is the NFSv4 pseudo-root). Paths on one SN are taken in
+//! between hanfs versions) kept to 31 bits, never 0 (`fsid=0` is the NFSv4 pseudo-root). Paths on one SN are taken in
 //! sorted order; a path whose number is taken (or 0) is re-hashed with a counter (`path\0` + `1`,
 //! `2`, ...) until free. The result depends only on the set of paths, and in practice (collisions
 //! are ~n²/2³³) only on the path.
@@ -26,12 +26,13 @@ pub fn fsid_of(path: &str) -> u32 {
     candidate(fnv1a32, path, 0)
 }
 
+/// fsids are kept to 31 bits: nfs-utils stores `fsid=` in a C `int` and shows larger values as
+/// negative numbers (`exportfs -s` printed `fsid=-1701936838` for 2593030458).
+pub const FSID_MASK: u32 = 0x7fff_ffff;
+
 fn candidate(hash: fn(&[u8]) -> u32, path: &str, k: u32) -> u32 {
-    if k == 0 {
-        hash(path.as_bytes())
-    } else {
-        hash(format!("{path}\0{k}").as_bytes())
-    }
+    let h = if k == 0 { hash(path.as_bytes()) } else { hash(format!("{path}\0{k}").as_bytes()) };
+    h & FSID_MASK
 }
 
 /// Unique, non-zero fsids for a set of export paths.
@@ -67,7 +68,10 @@ mod tests {
         assert_eq!(fnv1a32(b""), 0x811c_9dc5);
         assert_eq!(fnv1a32(b"a"), 0xe40c_292c);
         assert_eq!(fnv1a32(b"foobar"), 0xbf9c_f968);
-        assert_eq!(fsid_of("/install/netboot/rh8/x86_64/compute/rootimg"), fsid_of("/install/netboot/rh8/x86_64/compute/rootimg"));
+        assert_eq!(
+            fsid_of("/install/netboot/rh8/x86_64/compute/rootimg"),
+            fsid_of("/install/netboot/rh8/x86_64/compute/rootimg")
+        );
     }
 
     #[test]
@@ -79,6 +83,7 @@ mod tests {
         let ids: BTreeSet<u32> = a.values().copied().collect();
         assert_eq!(ids.len(), paths.len());
         assert!(!ids.contains(&0));
+        assert!(ids.iter().all(|&i| i <= FSID_MASK), "fits a C int: {ids:?}");
         for p in paths {
             assert_eq!(a[p], fsid_of(p));
         }

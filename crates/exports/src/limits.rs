@@ -91,7 +91,9 @@ pub fn check_entry(dialect: Dialect, e: &Entry) -> Result<(), ExportError> {
             if l.path.contains(',') {
                 return Err(ExportError::Comma { export, value: l.path.clone() });
             }
-            if let Some(ch) = l.path.chars().find(|c| matches!(c, ':' | '@')) {
+            // `:` separates locations, `@` path and server; exportfs decodes `\050`/`\051` before it
+            // splits the option list, so parentheses end it early ("bad option list", rc=1).
+            if let Some(ch) = l.path.chars().find(|c| matches!(c, ':' | '@' | '(' | ')')) {
                 return Err(ExportError::FslocSyntax { export, value: l.path.clone(), ch });
             }
             if dialect == Dialect::Aix && l.path.chars().any(char::is_whitespace) {

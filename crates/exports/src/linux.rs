@@ -144,9 +144,9 @@ mod tests {
         };
         let ex = Exports { dialect: Dialect::Linux, entries: vec![e] };
         let text = render(&ex);
-        assert!(text.ends_with(
-            "/install/a\\040b *(ro,fsid=7,replicas=/install/a\\040b@10.0.0.1:/srv/a\\040b@[fd00::2])\n"
-        ));
+        assert!(
+            text.ends_with("/install/a\\040b *(ro,fsid=7,replicas=/install/a\\040b@10.0.0.1:/srv/a\\040b@[fd00::2])\n")
+        );
         assert_eq!(parse(&text).unwrap(), ex);
     }
 

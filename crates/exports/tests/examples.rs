@@ -42,9 +42,16 @@ fn examples_render_byte_for_byte() {
         let cluster = Cluster::from_toml(&cfg.display().to_string(), &text).unwrap_or_else(|e| panic!("{e}"));
         let mut expected_files = BTreeSet::from(["cluster.toml".to_string()]);
         for sn in &cluster.sns {
-            let ex = exports::build(&cluster, &sn.name).unwrap_or_else(|e| panic!("{}: {}: {e}", dir.display(), sn.name));
+            let ex =
+                exports::build(&cluster, &sn.name).unwrap_or_else(|e| panic!("{}: {}: {e}", dir.display(), sn.name));
             let rendered = exports::render(&ex);
-            assert_eq!(exports::parse(sn.dialect, &rendered).unwrap(), ex, "{}: {} does not read back", dir.display(), sn.name);
+            assert_eq!(
+                exports::parse(sn.dialect, &rendered).unwrap(),
+                ex,
+                "{}: {} does not read back",
+                dir.display(),
+                sn.name
+            );
             let name = file_name(&sn.name, sn.dialect);
             let path = dir.join(&name);
             expected_files.insert(name);
@@ -54,7 +61,9 @@ fn examples_render_byte_for_byte() {
             }
             match std::fs::read_to_string(&path) {
                 Ok(committed) if committed == rendered => {}
-                Ok(_) => failures.push(format!("{} differs from the rendering (HANFS_BLESS=1 to update)", path.display())),
+                Ok(_) => {
+                    failures.push(format!("{} differs from the rendering (HANFS_BLESS=1 to update)", path.display()))
+                }
                 Err(e) => failures.push(format!("{}: {e}", path.display())),
             }
         }

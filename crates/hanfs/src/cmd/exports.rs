@@ -24,11 +24,7 @@ pub fn run(g: &Global, a: ExportsArgs) -> Result<Status> {
     let sns: Vec<&ServiceNode> = match &a.sn {
         Some(name) => vec![cluster.sn(name).ok_or_else(|| {
             let known: Vec<&str> = cluster.sns.iter().map(|s| s.name.as_str()).collect();
-            bad_input(format!(
-                "{}: unknown SN `{name}` (the cluster has: {})",
-                g.config.display(),
-                known.join(", ")
-            ))
+            bad_input(format!("{}: unknown SN `{name}` (the cluster has: {})", g.config.display(), known.join(", ")))
         })?],
         None => cluster.sns.iter().collect(),
     };
