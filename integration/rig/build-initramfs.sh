@@ -23,10 +23,10 @@ mkdir -p "$DIR"
 KV=$(ls /usr/lib/uml/modules | sort -V | tail -1)
 KBASE=$DIR/uml-modules
 mkdir -p "$KBASE/lib/modules"; ln -sfn "/usr/lib/uml/modules/$KV" "$KBASE/lib/modules/$KV"
-MODULES="nfsd nfsv4 veth bridge"
+MODULES="nfsd nfsv4 veth"
 
-PROGS="/usr/bin/dash /usr/bin/busybox /usr/bin/kmod /usr/sbin/ip /usr/bin/mount /usr/bin/umount
-       /usr/bin/unshare /usr/bin/nsenter /usr/sbin/rpc.nfsd /usr/sbin/rpc.mountd /usr/sbin/exportfs
+# (mount, umount, nsenter and the small tools come from busybox: static, so quick to start)
+PROGS="/usr/bin/dash /usr/bin/busybox /usr/bin/kmod /usr/sbin/ip /usr/sbin/rpc.nfsd /usr/sbin/rpc.mountd /usr/sbin/exportfs
        /usr/sbin/nfsdcld /usr/sbin/mount.nfs /usr/bin/python3"
 [ "$PCAP" = 1 ] && [ -x /usr/bin/tcpdump ] && PROGS="$PROGS /usr/bin/tcpdump"
 ETC="/etc/netconfig /etc/protocols /etc/services"
@@ -73,10 +73,12 @@ if [ -s "$OUT" ]; then echo "$OUT"; exit 0; fi
 start=$(date +%s.%N)
 R=$(mktemp -d "$DIR/stage.XXXXXX")
 trap 'rm -rf "$R"' EXIT
-mkdir -p "$R"/{usr/bin,usr/sbin,usr/lib,usr/lib64,etc/exports.d,proc,sys,dev,run,tmp,mnt,share,rig,var/lib/nfs}
+mkdir -p "$R"/{usr/bin,usr/sbin,usr/lib,usr/lib64,etc,proc,sys,dev,run,tmp,mnt,share,rig,var/lib,self}
 # merged-/usr layout as on the host, so library paths and #! lines resolve as they do there
 ln -s usr/bin "$R/bin"; ln -s usr/sbin "$R/sbin"; ln -s usr/lib "$R/lib"; ln -s usr/lib64 "$R/lib64"
 ln -s /run "$R/var/run"
+# each SN bind-mounts its own state directory on /self (guest/sn-init.sh)
+ln -s /self/exports.d "$R/etc/exports.d"; ln -s /self/nfs "$R/var/lib/nfs"
 
 # copy each file to its real path, and keep the name we asked for as a symlink to it;
 # -p keeps mtimes, which python checks before trusting a .pyc
@@ -87,9 +89,12 @@ echo "$LIST" | while read -r f; do
         mkdir -p "$R$(dirname "$f")"; ln -s "$real" "$R$f"
     fi
 done
-# module tree as the UML kernel expects it, /lib/modules/<its version>, with its own modules.dep
+# module tree as the UML kernel expects it, /lib/modules/<its version>, with its own modules.dep;
+# Debian ships UML modules with debug info: without it they are a quarter of the size
 for rel in $MODLIST; do
-    mkdir -p "$R/lib/modules/$KV/$(dirname "$rel")"; cp "/usr/lib/uml/modules/$KV/$rel" "$R/lib/modules/$KV/$rel"
+    mkdir -p "$R/lib/modules/$KV/$(dirname "$rel")"
+    strip --strip-debug -o "$R/lib/modules/$KV/$rel" "/usr/lib/uml/modules/$KV/$rel" 2>/dev/null ||
+        cp "/usr/lib/uml/modules/$KV/$rel" "$R/lib/modules/$KV/$rel"
 done
 cp /usr/lib/uml/modules/"$KV"/modules.{order,builtin,builtin.modinfo} "$R/lib/modules/$KV/"
 depmod -b "$R" "$KV"

@@ -2,66 +2,90 @@
 #
 # One guest kernel, one network namespace per SN, each running its own kernel nfsd:
 #
-#   root netns: the NFS client, 10.0.0.254 on bridge br0
-#     ├── veth ── netns sn1: nfsd + mountd + nfsdcld, 10.0.0.1, own mounts (/install, ...)
-#     ├── veth ── netns sn2: ... 10.0.0.2
+#   root netns: the NFS client, 10.0.0.254
+#     ├── veth1 ── netns sn1: nfsd + mountd + nfsdcld at 10.0.0.1, own /install, /nodedata, ...
+#     ├── veth2 ── netns sn2: ... 10.0.0.2
 #     └── ...
 #
-# Seen from the root namespace, SN NAME's disk is /run/sn/NAME/root (a tmpfs: its /install
-# is /run/sn/NAME/root/install) and its logs are /run/sn/NAME/*.log.  The host (plan.py)
-# writes /share/sns, /share/tops and one steps.sh per scenario, made of the functions below.
+# No bridge: each veth carries 10.0.0.254/32 and a /32 route to its SN (the bridge module
+# would pull in ipv6.ko, the biggest module, for nothing).  Seen from the root namespace,
+# SN NAME's disk is /run/sn/NAME/root (tmpfs; its /install is /run/sn/NAME/root/install) and
+# its logs are /run/sn/NAME/*.log.  The host (plan.py) writes /share/sns, /share/tops and one
+# steps.sh per scenario, which calls the functions below.
+#
+# Process creation is slow under UML (each exec is a new host process set up via ptrace),
+# so these helpers use shell builtins where they can and batch what they cannot.
 
-rig_log() { echo "[rig $(cut -d' ' -f1 /proc/uptime)s] $*"; }
+CLIENT=10.0.0.254
+rig_log() { read -r up rest < /proc/uptime; echo "[rig ${up}s] $*"; }
 pass() { echo "PASS: $SCEN $*"; }
 fail() { echo "FAIL: $SCEN $*"; RIG_RC=1; }
 note() { echo "  note: $*"; }
 
-net_up() {
+# start every SN in /share/sns ("name ip" lines) at once; return when all nfsds run
+sns_start() {
+    tops=$(cat /share/tops) dirs= batch= i=0
+    while read -r name ip; do
+        i=$((i + 1))
+        dirs="$dirs /run/sn/$name/root"
+        batch="$batch
+netns add $name
+link add veth$i type veth peer name eth0 netns $name
+address add $CLIENT/32 dev veth$i
+link set veth$i up
+route add $ip/32 dev veth$i src $CLIENT"
+    done < /share/sns
+    mkdir -p /mnt/rig $dirs $(for t in $tops; do echo "/$t"; done)
     ip link set lo up
-    ip link add br0 type bridge
-    ip addr add 10.0.0.254/24 dev br0
-    ip link set br0 up
-}
-
-# sn_start NAME IP INDEX: netns NAME on br0 with nfsd; returns once rpc.nfsd has returned
-sn_start() {
-    name=$1 ip=$2 d=/run/sn/$1
-    mkdir -p "$d/root" "$d/exports.d"
-    mount -t tmpfs -o size=64m "sn-$name" "$d/root"
-    ip netns add "$name"
-    ip link add "veth$3" type veth peer name eth0 netns "$name"
-    ip link set "veth$3" master br0 up
-    ip -n "$name" link set lo up
-    ip -n "$name" addr add "$ip/24" dev eth0
-    ip -n "$name" link set eth0 up
-    nsenter --net="/run/netns/$name" unshare --mount --propagation private \
-        sh /rig/sn-init.sh "$d" < /dev/null > "$d/init.log" 2>&1 &
-    i=0
-    while [ ! -e "$d/ready" ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i + 1)); done
-    if [ ! -e "$d/ready" ]; then
-        fail "SN $name did not start: $(cat "$d/init.log" "$d/nfsd.log" 2>/dev/null | tail -3)"
-        return 1
-    fi
-    # dmesg names the network namespace by its inode number, in hex
-    net=$(printf %x "$(stat -L -c %i "/run/netns/$name")")
-    if dmesg | grep -q "skipping NFSv4 grace period (net $net)"; then grace="grace period skipped"
-    else grace="WARNING: in the 10 s grace period, OPEN waits"; fi
-    rig_log "$name up at $ip ($grace)"
+    echo "$batch" | ip -batch - || fail "network setup"
+    while read -r name ip; do
+        d=/run/sn/$name
+        mount -t tmpfs -o size=64m "sn-$name" "$d/root"
+        mkdir -p "$d/exports.d" "$d/nfs/rpc_pipefs" "$d/nfs/nfsdcld" $(for t in $tops; do echo "$d/root/$t"; done)
+        : > "$d/nfs/etab"; : > "$d/nfs/rmtab"
+        ip netns exec "$name" sh /rig/sn-init.sh "$d" "$ip" < /dev/null > "$d/init.log" 2>&1 &
+    done < /share/sns
+    i=0 waiting=x
+    while [ -n "$waiting" ] && [ $i -lt 300 ]; do
+        waiting=
+        while read -r name ip; do [ -e "/run/sn/$name/ready" ] || waiting="$waiting $name"; done < /share/sns
+        [ -z "$waiting" ] || sleep 0.1
+        i=$((i + 1))
+    done
+    for name in $waiting; do
+        fail "SN $name did not start: $(cat "/run/sn/$name/init.log" "/run/sn/$name/nfsd.log" 2>/dev/null | tail -3)"
+    done
+    n=$(dmesg | grep -c 'skipping NFSv4 grace period')
+    total=$(grep -c . /share/sns)
+    if [ "$n" = "$total" ]; then rig_log "$total SNs up (every nfsd skipped its grace period)"
+    else rig_log "$total SNs up; WARNING: only $n of them skipped the grace period (OPEN waits up to 10 s)"; fi
 }
 
 # sn NAME CMD...: run CMD in SN NAME's network and mount namespaces
-sn() { n=$1; shift; nsenter -t "$(cat "/run/sn/$n/pid")" -n -m -- "$@"; }
+sn() { read -r pid < "/run/sn/$1/pid"; shift; nsenter -t "$pid" -n -m -- "$@"; }
 
 # --- steps (written by plan.py) ----------------------------------------------------------------
-scenario_begin() { SCEN=$1; MNT=0; rig_log "scenario $SCEN"; }
+# scenario_begin NAME MOUNTS: the scenario's client mount points, /mnt/rig/NAME.1 ...
+scenario_begin() {
+    SCEN=$1 MNT=0 i=1 dirs=
+    while [ $i -le "$2" ]; do dirs="$dirs /mnt/rig/$SCEN.$i"; i=$((i + 1)); done
+    [ -z "$dirs" ] || mkdir -p $dirs
+    rig_log "scenario $SCEN"
+}
 
-# sn_exports SN FILE: install FILE as the SN's /etc/exports.d/hanfs.exports
+# sn_exports SN FILE: FILE becomes the SN's /etc/exports.d/hanfs.exports
 sn_exports() { cp "$2" "/run/sn/$1/exports.d/hanfs.exports"; }
 
-# sn_dir SN PATH: create PATH on the SN with a marker file naming the SN and the path
-sn_dir() { mkdir -p "/run/sn/$1/root$2" && echo "$1:$2" > "/run/sn/$1/root$2/rig-marker"; }
+# sn_dirs SN PATH...: create the paths on the SN, each with a marker file "SN:PATH"
+sn_dirs() {
+    s=$1; shift
+    root=/run/sn/$s/root
+    mkdir -p $(for p in "$@"; do echo "$root$p"; done)
+    for p in "$@"; do echo "$s:$p" > "$root$p/rig-marker"; done
+}
 
-# sn_mountpoint SN PATH: mount --bind PATH PATH, inside the SN
+# sn_mountpoint SN PATH: mount --bind PATH PATH inside the SN (nfsd switches exports only
+# at mountpoints; this is what a deployment does for a refer= directory)
 sn_mountpoint() { sn "$1" mount --bind "$2" "$2" || fail "mount --bind $2 $2 on $1"; }
 
 sn_reload() {
@@ -69,18 +93,22 @@ sn_reload() {
     [ -z "$out" ] || note "exportfs -ra on $1: $out"
 }
 
-# nfs_mount SERVER:PATH: mount it on a new directory $M (not in $(...): M must stay set)
+# nfs_mount SERVER:PATH: mount it on the next /mnt/rig/SCEN.N, set $M, $DEV (what
+# /proc/mounts shows there) and $MARKER (the rig-marker file read through the mount).
+# retry=0: fail at once instead of mount.nfs's 2 minutes of retries; soft: no I/O hangs.
 nfs_mount() {
-    MNT=$((MNT + 1)); M=/mnt/rig/$SCEN.$MNT; mkdir -p "$M"
-    out=$(timeout 30 mount.nfs4 "$1" "$M" -o vers=4.2,soft,timeo=50,retrans=2 2>&1)
+    MNT=$((MNT + 1)) M=/mnt/rig/$SCEN.$MNT DEV= MARKER=
+    out=$(mount.nfs4 "$1" "$M" -o vers=4.2,soft,timeo=50,retrans=2,retry=0 2>&1) || return 1
+    while read -r dev mp rest; do [ "$mp" = "$M" ] && DEV=$dev; done < /proc/mounts
+    read -r MARKER < "$M/rig-marker" 2> /dev/null
+    return 0
 }
-mounted() { awk -v m="$1" '$2 == m { dev = $1 } END { print dev }' /proc/mounts; }
 
-# check_writable SN PATH ON_SN ON_PATH: a file written via the mount $M shows up on ON_SN
+# check_writable SN PATH ON_SN ON_PATH: a file written through $M shows up on ON_SN's disk
 check_writable() {
-    msg="written via $1:$2"
-    echo "$msg" > "$M/rig-written" 2>/dev/null
-    got=$(cat "/run/sn/$3/root$4/rig-written" 2>/dev/null)
+    msg="written via $1:$2" got=
+    echo "$msg" > "$M/rig-written"
+    read -r got < "/run/sn/$3/root$4/rig-written" 2> /dev/null
     if [ "$got" = "$msg" ]; then pass "(e) rw: a file written via $1:$2 lands in $3:$4"
     else fail "(e) rw: a file written via $1:$2 is not in $3:$4 (found '$got')"; fi
 }
@@ -89,11 +117,10 @@ check_writable() {
 check_refer() {
     what="(a) referral $1:$3 -> $5:$6"
     if ! nfs_mount "$2:$3"; then fail "$what: mount failed: $out"; return; fi
-    dev=$(mounted "$M"); got=$(timeout 10 cat "$M/rig-marker" 2>&1)
-    if [ "$dev" = "$5:$6" ] && [ "$got" = "$4:$6" ]; then
-        pass "$what: /proc/mounts shows $dev, read '$got'"
+    if [ "$DEV" = "$5:$6" ] && [ "$MARKER" = "$4:$6" ]; then
+        pass "$what: /proc/mounts shows $DEV, read '$MARKER'"
     else
-        fail "$what: /proc/mounts shows '$dev', read '$got'"
+        fail "$what: /proc/mounts shows '$DEV', read '$MARKER'"
     fi
     [ "$7" = rw ] && check_writable "$1" "$3" "$4" "$6"
 }
@@ -102,17 +129,15 @@ check_refer() {
 check_local() {
     what="(d) replicas export $1:$3 served locally"
     if ! nfs_mount "$2:$3"; then fail "$what: mount failed: $out"; return; fi
-    dev=$(mounted "$M"); got=$(timeout 10 cat "$M/rig-marker" 2>&1)
-    if [ "$dev" = "$2:$3" ] && [ "$got" = "$1:$3" ]; then pass "$what: read '$got'"
-    else fail "$what: /proc/mounts shows '$dev', read '$got'"; fi
+    if [ "$DEV" = "$2:$3" ] && [ "$MARKER" = "$1:$3" ]; then pass "$what: read '$MARKER'"
+    else fail "$what: /proc/mounts shows '$DEV', read '$MARKER'"; fi
 }
 
 # check_plain SN IP PATH rw|ro: a plain export mounts (and takes writes when rw)
 check_plain() {
     what="(e) export $1:$3 mounts"
     if ! nfs_mount "$2:$3"; then fail "$what: mount failed: $out"; return; fi
-    got=$(timeout 10 cat "$M/rig-marker" 2>&1)
-    if [ "$got" = "$1:$3" ]; then pass "$what: read '$got'"; else fail "$what: read '$got'"; fi
+    if [ "$MARKER" = "$1:$3" ]; then pass "$what: read '$MARKER'"; else fail "$what: read '$MARKER'"; fi
     [ "$4" = rw ] && check_writable "$1" "$3" "$1" "$3"
 }
 
@@ -120,25 +145,29 @@ check_plain() {
 check_fsloc() { python3 -S -B /rig/fsloc.py --check "$1" || RIG_RC=1; }
 
 scenario_end() {
-    for m in $(awk '$2 ~ "^/mnt/rig/" { print $2 }' /proc/mounts | sort -r); do umount -l "$m"; done
+    umount -l $(while read -r dev mp rest; do case $mp in /mnt/rig/*) echo "$mp" ;; esac; done < /proc/mounts) 2> /dev/null
     rig_log "scenario $SCEN done"
 }
 
 rig_main() {
     RIG_RC=0
     rig_log "guest ready"
-    net_up
-    i=0
-    while read -r name ip; do
-        i=$((i + 1)); sn_start "$name" "$ip" "$i" &
-    done < /share/sns
-    wait
-    # sn_start ran in the background: its fail() could not set RIG_RC here
-    while read -r name ip; do [ -e "/run/sn/$name/ready" ] || RIG_RC=1; done < /share/sns
-    for s in /share/scenarios/*/steps.sh; do . "$s"; done
+    if [ "${RIG_PCAP:-0}" = 1 ] && command -v tcpdump > /dev/null; then
+        tcpdump -Z root -i any -s 0 -U -w /share/nfs.pcap 'port 2049' > /run/tcpdump.log 2>&1 &
+        pcap=$!
+    fi
+    sns_start
+    for s in /share/scenarios/*/steps.sh; do
+        if [ "${RIG_DEBUG:-0}" = 1 ]; then  # trace each step with the time it starts
+            while read -r step; do rig_log "+ $step"; eval "$step"; done < "$s"
+        else
+            . "$s"
+        fi
+    done
     if [ "${RIG_DEBUG:-0}" = 1 ] || [ $RIG_RC != 0 ]; then
         for f in /run/sn/*/*.log; do [ -s "$f" ] && sed "s|^|  $f: |" "$f" | tail -15; done
         dmesg | grep -iE 'nfs|rpc|grace' | tail -15 | sed 's/^/  dmesg: /'
     fi
+    [ -z "${pcap:-}" ] || { sleep 0.5; kill "$pcap"; }
     return $RIG_RC
 }
