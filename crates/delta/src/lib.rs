@@ -23,7 +23,7 @@
 //! BLAKE3).
 //!
 //! Entry points: [`default_block_len`], [`signature`], [`Signature::parse`], [`diff`], [`encode`],
-//! [`patch`].
+//! [`patch`], [`patch_into`].
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
@@ -167,6 +167,14 @@ pub struct Signature {
     weak: Vec<u32>,
     strong: Vec<u8>,
     index: HashMap<u32, Vec<u32>>,
+    /// 2^20-bit filter of weak sums: most rolling misses stop here instead of in the map.
+    filter: Vec<u64>,
+}
+
+const FILTER_BITS: u32 = 20;
+
+fn filter_slot(w: u32) -> usize {
+    (w.wrapping_mul(0x9e37_79b1) >> (32 - FILTER_BITS)) as usize
 }
 
 fn be32(b: &[u8], at: usize) -> Option<u32> {
@@ -209,7 +217,12 @@ impl Signature {
             strong.extend_from_slice(&r[4..]);
             index.entry(w).or_default().push(i as u32);
         }
-        Ok(Signature { block_len, strong_len, weak, strong, index })
+        let mut filter = vec![0u64; 1 << (FILTER_BITS - 6)];
+        for &w in &weak {
+            let b = filter_slot(w);
+            filter[b >> 6] |= 1 << (b & 63);
+        }
+        Ok(Signature { block_len, strong_len, weak, strong, index, filter })
     }
 
     /// Block length.
@@ -318,7 +331,8 @@ fn scan(sig: &Signature, data: &[u8], start: usize, stop: usize) -> (Vec<Op>, us
                 hit = Some(nx);
             }
         }
-        if hit.is_none() {
+        let slot = filter_slot(w);
+        if hit.is_none() && sig.filter[slot >> 6] & (1 << (slot & 63)) != 0 {
             if let Some(c) = sig.index.get(&w) {
                 hit = c.iter().copied().find(|&i| strong_ok(i, win, &mut md));
             }
@@ -332,6 +346,41 @@ fn scan(sig: &Signature, data: &[u8], start: usize, stop: usize) -> (Vec<Op>, us
             lit = here;
             prev = Some(i);
             roll = None;
+            // Unchanged runs: sign the next blocks in one SIMD batch (fast_rsync's multi-lane
+            // MD4) and take the prefix that continues the run, doubling the batch while it holds.
+            let mut batch = 4usize;
+            while let Some(p) = prev {
+                let first = p as usize + 1;
+                let avail = batch
+                    .min(sig.weak.len().saturating_sub(first))
+                    .min((data.len() - here) / bl)
+                    .min(stop.saturating_sub(here).div_ceil(bl));
+                if avail == 0 {
+                    break;
+                }
+                let opts = fast_rsync::SignatureOptions { block_size: sig.block_len, crypto_hash_size: sig.strong_len };
+                let got = fast_rsync::Signature::calculate(&data[here..here + avail * bl], opts);
+                let rec = 4 + sig.strong_len as usize;
+                let body = got.serialized().get(12..).unwrap_or_default();
+                let matched = body
+                    .chunks_exact(rec)
+                    .enumerate()
+                    .take_while(|(j, r)| {
+                        let b = (first + j) as u32;
+                        be32(r, 0) == Some(sig.weak[b as usize]) && &r[4..] == sig.strong_of(b)
+                    })
+                    .count();
+                if matched > 0 {
+                    push_op(&mut ops, Op::Copy { at: here, off: first as u64 * bl as u64, len: matched * bl });
+                    here += matched * bl;
+                    lit = here;
+                    prev = Some((first + matched - 1) as u32);
+                }
+                if matched < avail {
+                    break;
+                }
+                batch = (batch * 2).min(256);
+            }
             continue;
         }
         prev = None;
@@ -527,10 +576,38 @@ impl<R: Read> Counted<R> {
     }
 }
 
+/// Where a delta's output goes: literal bytes, and copies of base ranges (already checked to be
+/// inside the base). Lets a file-to-file patcher copy base ranges in the kernel.
+pub trait Sink {
+    /// Appends literal bytes.
+    fn literal(&mut self, data: &[u8]) -> io::Result<()>;
+    /// Appends `len` bytes of the base starting at `offset`.
+    fn copy(&mut self, offset: u64, len: u64) -> io::Result<()>;
+}
+
+struct SliceSink<'a, W> {
+    base: &'a [u8],
+    out: W,
+}
+
+impl<W: Write> Sink for SliceSink<'_, W> {
+    fn literal(&mut self, data: &[u8]) -> io::Result<()> {
+        self.out.write_all(data)
+    }
+    fn copy(&mut self, offset: u64, len: u64) -> io::Result<()> {
+        self.out.write_all(&self.base[offset as usize..(offset + len) as usize])
+    }
+}
+
 /// Applies a librsync delta read from `delta` to `base`, streaming the result to `out`.
 /// Refuses COPYs outside `base` and output beyond `limit` bytes; returns the bytes written.
 /// Memory stays bounded (a 64 KiB buffer) whatever the delta says.
-pub fn patch(base: &[u8], delta: impl Read, mut out: impl Write, limit: u64) -> Result<u64> {
+pub fn patch(base: &[u8], delta: impl Read, out: impl Write, limit: u64) -> Result<u64> {
+    patch_into(base.len() as u64, delta, &mut SliceSink { base, out }, limit)
+}
+
+/// As [`patch`], for a base of `base_len` bytes that the [`Sink`] reads itself.
+pub fn patch_into(base_len: u64, delta: impl Read, sink: &mut impl Sink, limit: u64) -> Result<u64> {
     let mut r = Counted { r: delta };
     let mut m = [0u8; 4];
     r.exact(&mut m)?;
@@ -555,7 +632,7 @@ pub fn patch(base: &[u8], delta: impl Read, mut out: impl Write, limit: u64) -> 
                 while left > 0 {
                     let k = left.min(buf.len() as u64) as usize;
                     r.exact(&mut buf[..k])?;
-                    out.write_all(&buf[..k])?;
+                    sink.literal(&buf[..k])?;
                     left -= k as u64;
                 }
                 written += len;
@@ -565,13 +642,13 @@ pub fn patch(base: &[u8], delta: impl Read, mut out: impl Write, limit: u64) -> 
                 let off = r.int(1 << (x / 4))?;
                 let len = r.int(1 << (x % 4))?;
                 let end = off.saturating_add(len);
-                if end > base.len() as u64 {
-                    return Err(Error::CopyOutOfBounds { offset: off, end, base_len: base.len() as u64 });
+                if end > base_len {
+                    return Err(Error::CopyOutOfBounds { offset: off, end, base_len });
                 }
                 if written.saturating_add(len) > limit {
                     return Err(Error::OutputLimit { limit });
                 }
-                out.write_all(&base[off as usize..end as usize])?;
+                sink.copy(off, len)?;
                 written += len;
             }
             other => return Err(Error::BadCommand(other)),

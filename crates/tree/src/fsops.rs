@@ -17,9 +17,7 @@ use crate::manifest::{show, split, Entry, Kind};
 use crate::scan::xattr_wanted;
 use crate::{Error, Result};
 
-const RESOLVE: ResolveFlags = ResolveFlags::BENEATH
-    .union(ResolveFlags::NO_SYMLINKS)
-    .union(ResolveFlags::NO_MAGICLINKS);
+const RESOLVE: ResolveFlags = ResolveFlags::BENEATH.union(ResolveFlags::NO_SYMLINKS).union(ResolveFlags::NO_MAGICLINKS);
 
 fn err(what: &str, p: &[u8], e: Errno) -> Error {
     if e == Errno::LOOP || e == Errno::XDEV {
@@ -132,18 +130,13 @@ impl Root {
                 .map_err(|e| err("unlinking", rel, e))?,
             None => {}
         }
-        rustix::fs::mkdirat(&d, OsStr::from_bytes(name), Mode::from_raw_mode(0o700))
-            .map_err(|e| err("mkdir", rel, e))
+        rustix::fs::mkdirat(&d, OsStr::from_bytes(name), Mode::from_raw_mode(0o700)).map_err(|e| err("mkdir", rel, e))
     }
 
     /// Sets an entry's owner, xattrs, mode and (for non-directories when `mtime`) mtime, in the
     /// order that keeps setuid bits and file capabilities (chown clears both).
     pub fn set_meta(&self, rel: &[u8], e: &Entry, mtime: bool) -> Result<()> {
-        let (d, name) = if rel.is_empty() {
-            (self.dir(b"")?, &b"."[..])
-        } else {
-            self.parent(rel)?
-        };
+        let (d, name) = if rel.is_empty() { (self.dir(b"")?, &b"."[..]) } else { self.parent(rel)? };
         let n = OsStr::from_bytes(name);
         let fl = AtFlags::SYMLINK_NOFOLLOW;
         let st = lstat_at(d.as_fd(), name)
@@ -152,14 +145,8 @@ impl Root {
         if ftype(&st) == FileType::Symlink && !matches!(e.kind, Kind::Symlink { .. }) {
             return Err(Error::Hostile(format!("{:?} is a symlink on the replica", show(rel))));
         }
-        rustix::fs::chownat(
-            &d,
-            n,
-            Some(rustix::fs::Uid::from_raw(e.uid)),
-            Some(rustix::fs::Gid::from_raw(e.gid)),
-            fl,
-        )
-        .map_err(|e2| err("chown", rel, e2))?;
+        rustix::fs::chownat(&d, n, Some(rustix::fs::Uid::from_raw(e.uid)), Some(rustix::fs::Gid::from_raw(e.gid)), fl)
+            .map_err(|e2| err("chown", rel, e2))?;
         set_xattrs(d.as_fd(), name, &e.xattrs).map_err(|e2| err("setting xattrs on", rel, e2))?;
         if !matches!(e.kind, Kind::Symlink { .. }) {
             rustix::fs::chmodat(&d, n, Mode::from_raw_mode(e.mode), AtFlags::empty())
@@ -197,11 +184,16 @@ pub fn remove_at(d: BorrowedFd<'_>, name: &[u8]) -> std::result::Result<(), Errn
             Err(e) => Err(e),
         };
     }
-    let sub = rustix::fs::openat(d, n, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())?;
+    let sub = rustix::fs::openat(
+        d,
+        n,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
     let mut names = Vec::new();
     {
         let mut dir = rustix::fs::Dir::read_from(&sub)?;
-        while let Some(ent) = dir.next() {
+        for ent in dir.by_ref() {
             let ent = ent?;
             let b = ent.file_name().to_bytes();
             if b != b"." && b != b".." {
@@ -339,7 +331,7 @@ impl Write for StageWriter {
         let total = self.pos + self.buf.len() as u64 + data.len() as u64;
         if total > self.limit {
             return Err(std::io::Error::new(
-                std::io::ErrorKind::FileTooLarge,
+                std::io::ErrorKind::InvalidData,
                 format!("content grows past its manifest size {}", self.limit),
             ));
         }

@@ -179,12 +179,7 @@ impl Manifest {
                             show(parent)
                         )))
                     }
-                    None => {
-                        return Err(Error::Hostile(format!(
-                            "path {:?} has no parent directory entry",
-                            show(p)
-                        )))
-                    }
+                    None => return Err(Error::Hostile(format!("path {:?} has no parent directory entry", show(p)))),
                 }
             }
             if e.mode > 0o7777 {
@@ -283,6 +278,9 @@ fn entry_hash(e: &Entry) -> blake3::Hash {
     h.finalize()
 }
 
+/// Directory path -> its children as (name, full path).
+type Children<'a> = HashMap<&'a [u8], Vec<(&'a [u8], &'a [u8])>>;
+
 /// The tree digest, as the contract defines it: a BLAKE3 Merkle tree over the canonical manifest.
 ///
 /// Leaf: `BLAKE3("hanfs-entry-v1" ‖ kind tag u8 ‖ mode u32 ‖ uid u32 ‖ gid u32 ‖ mtime_ns i64 ‖
@@ -293,18 +291,13 @@ fn entry_hash(e: &Entry) -> blake3::Hash {
 /// node's hex. Sparse extents, atime, ctime, inode numbers and nlink are not included, so the same
 /// tree gives the same digest on any machine.
 pub fn digest(m: &Manifest) -> String {
-    let mut children: HashMap<&[u8], Vec<(&[u8], &[u8])>> = HashMap::new();
+    let mut children: Children<'_> = HashMap::new();
     for p in m.entries.keys() {
         if let Some((parent, name)) = split(p) {
             children.entry(parent).or_default().push((name, p.as_slice()));
         }
     }
-    fn node(
-        m: &Manifest,
-        children: &HashMap<&[u8], Vec<(&[u8], &[u8])>>,
-        p: &[u8],
-        e: &Entry,
-    ) -> blake3::Hash {
+    fn node(m: &Manifest, children: &Children<'_>, p: &[u8], e: &Entry) -> blake3::Hash {
         let leaf = entry_hash(e);
         if e.kind != Kind::Dir {
             return leaf;

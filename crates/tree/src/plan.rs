@@ -150,10 +150,9 @@ pub(crate) fn layout<'a>(old: &'a Manifest, new: &'a Manifest) -> Layout<'a> {
         let keep = match (&e.kind, o.map(|o| &o.kind)) {
             (Kind::Dir, Some(Kind::Dir)) => true,
             (Kind::HardLink { .. }, _) | (Kind::Dir, _) => false,
-            (
-                Kind::File { size, hash, .. },
-                Some(Kind::File { size: s2, hash: h2, .. }),
-            ) => size == s2 && hash == h2 && same_group,
+            (Kind::File { size, hash, .. }, Some(Kind::File { size: s2, hash: h2, .. })) => {
+                size == s2 && hash == h2 && same_group
+            }
             (k, Some(ok)) => k == ok && same_group,
             (_, None) => false,
         };
@@ -180,12 +179,7 @@ pub(crate) fn layout<'a>(old: &'a Manifest, new: &'a Manifest) -> Layout<'a> {
             touched.push(p.as_slice());
         }
     }
-    let removed = old
-        .entries
-        .keys()
-        .filter(|p| !new.entries.contains_key(*p))
-        .map(Vec::as_slice)
-        .collect();
+    let removed = old.entries.keys().filter(|p| !new.entries.contains_key(*p)).map(Vec::as_slice).collect();
     Layout { kept, staged, links, touched, removed }
 }
 

@@ -81,9 +81,7 @@ fn sname(prefix: char, idx: usize) -> Vec<u8> {
 
 fn read_state<T: for<'de> Deserialize<'de>>(p: &Path) -> Result<Option<T>> {
     match std::fs::read(p) {
-        Ok(b) => postcard::from_bytes(&b)
-            .map(Some)
-            .map_err(|e| Error::Format(format!("{}: {e}", p.display()))),
+        Ok(b) => postcard::from_bytes(&b).map(Some).map_err(|e| Error::Format(format!("{}: {e}", p.display()))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(io_err(p, e)),
     }
@@ -125,11 +123,8 @@ impl Replica {
 
     /// Scans the replica as it is on disk (for `verify`), with a hash cache in the state dir.
     pub fn scan(&self) -> Result<Manifest> {
-        Scanner::new(
-            self.root.path(),
-            &ScanOptions { excludes: Vec::new(), state_dir: Some(self.state_dir.clone()) },
-        )?
-        .scan()
+        Scanner::new(self.root.path(), &ScanOptions { excludes: Vec::new(), state_dir: Some(self.state_dir.clone()) })?
+            .scan()
     }
 
     /// Takes the tree as it is (for example a copy made by xCAT's prsync) as generation
@@ -162,7 +157,7 @@ impl Replica {
         let sd = self.root.dir(STAGE)?;
         let mut names = Vec::new();
         let mut dir = rustix::fs::Dir::read_from(&sd).map_err(|e| io_err(Path::new(".hanfs/stage"), e.into()))?;
-        while let Some(ent) = dir.next() {
+        for ent in dir.by_ref() {
             let ent = ent.map_err(|e| io_err(Path::new(".hanfs/stage"), e.into()))?;
             let b = ent.file_name().to_bytes();
             if b != b"." && b != b".." {
@@ -235,8 +230,13 @@ impl Replica {
                     check_old(from, Some(hash))?;
                     // A move needs the old name to disappear and the inode to be unshared.
                     let unshared = !plan.manifest.entries.contains_key(from)
-                        && !old.entries.values().any(|o| matches!(&o.kind, Kind::HardLink { leader } if leader == from))
-                        && !contents.iter().any(|x: &Staged| matches!(&x.source, Source::Move { from: f } if f == from));
+                        && !old
+                            .entries
+                            .values()
+                            .any(|o| matches!(&o.kind, Kind::HardLink { leader } if leader == from))
+                        && !contents
+                            .iter()
+                            .any(|x: &Staged| matches!(&x.source, Source::Move { from: f } if f == from));
                     if unshared {
                         c.source.clone()
                     } else {
@@ -274,8 +274,7 @@ impl Replica {
             let lay = layout(old, new);
             let srel = stage_rel(j.generation);
             let stage = root.dir(&srel)?;
-            let index: HashMap<&[u8], usize> =
-                new.entries.keys().enumerate().map(|(i, p)| (p.as_slice(), i)).collect();
+            let index: HashMap<&[u8], usize> = new.entries.keys().enumerate().map(|(i, p)| (p.as_slice(), i)).collect();
             // 1. Removals, deepest first (children sort after their parents).
             for p in lay.removed.iter().rev() {
                 point("commit-remove");
@@ -506,8 +505,13 @@ impl Staging<'_> {
                     let (d, fname) = self.replica.root.parent(&from)?;
                     rustix::fs::linkat(&d, OsStr::from_bytes(fname), &self.stage, n, AtFlags::empty())
                         .map_err(|e| io_err(Path::new(&show(&from)), e.into()))?;
-                    let f = rustix::fs::openat(&self.stage, n, OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
-                        .map_err(|e| io_err(Path::new(&show(&from)), e.into()))?;
+                    let f = rustix::fs::openat(
+                        &self.stage,
+                        n,
+                        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                        Mode::empty(),
+                    )
+                    .map_err(|e| io_err(Path::new(&show(&from)), e.into()))?;
                     let mut h = blake3::Hasher::new();
                     h.update_reader(File::from(f)).map_err(|e| io_err(Path::new(&show(&from)), e))?;
                     if *h.finalize().as_bytes() != c.hash {

@@ -110,14 +110,17 @@ pub fn sparse_extents(f: &File, size: u64, blocks: u64) -> Option<Vec<(u64, u64)
     (data < size).then_some(out)
 }
 
+/// Data extents of a sparse file, None when it has no holes.
+pub type Extents = Option<Vec<(u64, u64)>>;
+
+/// What the parallel pass yields per entry: path, entry, inode key, a fresh cache record,
+/// nlink, is-directory.
+type Scanned = (RelPath, Entry, (u64, u64), Option<Cached>, u64, bool);
+
 /// BLAKE3 of a file's content read with a bounded buffer (no mmap: a file truncated under us
 /// must give an error, not SIGBUS), plus its sparse extents.
-pub fn hash_file(path: &Path) -> Result<([u8; 32], u64, Option<Vec<(u64, u64)>>)> {
-    let mut f = File::options()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)
-        .map_err(|e| io_err(path, e))?;
+pub fn hash_file(path: &Path) -> Result<([u8; 32], u64, Extents)> {
+    let mut f = File::options().read(true).custom_flags(libc::O_NOFOLLOW).open(path).map_err(|e| io_err(path, e))?;
     let md = f.metadata().map_err(|e| io_err(path, e))?;
     let sparse = sparse_extents(&f, md.len(), md.blocks());
     // SEEK_DATA/SEEK_HOLE moved the file offset.
@@ -211,10 +214,8 @@ impl Scanner {
             }
             out.push(Raw { rel: crel, md });
         }
-        let nested: Vec<Vec<Raw>> = subdirs
-            .par_iter()
-            .map(|r| self.walk(&join(&self.root, r), r, sockets))
-            .collect::<Result<_>>()?;
+        let nested: Vec<Vec<Raw>> =
+            subdirs.par_iter().map(|r| self.walk(&join(&self.root, r), r, sockets)).collect::<Result<_>>()?;
         out.extend(nested.into_iter().flatten());
         Ok(out)
     }
@@ -241,30 +242,38 @@ impl Scanner {
         raws.push(Raw { rel: Vec::new(), md: root_md });
         let cache = self.load_cache();
         let root = &self.root;
-        let results: Vec<(RelPath, Entry, (u64, u64), Option<Cached>, u64, bool)> = raws
+        let results: Vec<Scanned> = raws
             .into_par_iter()
             .map(|r| -> Result<_> {
                 let md = &r.md;
                 let key = (md.dev(), md.ino());
                 let ft = md.file_type();
                 let (mt, ct) = (mtime_ns(md), ctime_ns(md));
-                let hit = cache
-                    .get(&key)
-                    .filter(|c| c.size == md.len() && c.mtime_ns == mt && c.ctime_ns == ct);
+                let hit = cache.get(&key).filter(|c| c.size == md.len() && c.mtime_ns == mt && c.ctime_ns == ct);
                 let path = join(root, &r.rel);
                 let c = match hit {
                     Some(c) if !ft.is_file() || c.hash.is_some() => c.clone(),
                     _ => {
                         let xattrs = read_xattrs(&path)?;
                         let target = if ft.is_symlink() {
-                            Some(std::fs::read_link(&path).map_err(|e| io_err(&path, e))?.as_os_str().as_bytes().to_vec())
+                            Some(
+                                std::fs::read_link(&path)
+                                    .map_err(|e| io_err(&path, e))?
+                                    .as_os_str()
+                                    .as_bytes()
+                                    .to_vec(),
+                            )
                         } else {
                             None
                         };
                         let (hash, sparse) = if ft.is_file() {
                             let (h, n, s) = hash_file(&path)?;
                             if n != md.len() {
-                                return Err(Error::Changed(format!("{} ({n} bytes read, {} expected)", path.display(), md.len())));
+                                return Err(Error::Changed(format!(
+                                    "{} ({n} bytes read, {} expected)",
+                                    path.display(),
+                                    md.len()
+                                )));
                             }
                             (Some(h), s)
                         } else {

@@ -47,9 +47,16 @@ fn child(base: &Path, work: &Path, mode: &str, fault_at: Option<u64>) -> (Option
         c.env("HANFS_FAULT_AT", k.to_string());
     }
     let out = c.output().unwrap();
-    if std::env::var("HANFS_CRASH_DEBUG").is_ok() { eprintln!("child out: {}\nerr: {}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)); }
+    if std::env::var("HANFS_CRASH_DEBUG").is_ok() {
+        eprintln!("child out: {}\nerr: {}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    }
     let s = String::from_utf8_lossy(&out.stdout);
-    let hits = s.split("HITS=").nth(1).and_then(|l| l.split_whitespace().next()).and_then(|h| h.trim().parse().ok()).unwrap_or(0);
+    let hits = s
+        .split("HITS=")
+        .nth(1)
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|h| h.trim().parse().ok())
+        .unwrap_or(0);
     let err = String::from_utf8_lossy(&out.stderr);
     if let Some(n) = err.split("SIGKILL at point ").nth(1).and_then(|l| l.split(['(', ')']).nth(1)) {
         NAMES.lock().unwrap().push(format!("{mode}:{n}"));

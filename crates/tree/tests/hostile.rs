@@ -106,7 +106,11 @@ fn control_dir_path() {
 #[test]
 fn path_through_a_symlink_in_the_manifest() {
     let e = env();
-    let mut p = with_entry(e.source().plan(2), b"link", entry(Kind::Symlink { target: e.outside.as_os_str().as_encoded_bytes().to_vec() }));
+    let mut p = with_entry(
+        e.source().plan(2),
+        b"link",
+        entry(Kind::Symlink { target: e.outside.as_os_str().as_encoded_bytes().to_vec() }),
+    );
     p = with_entry(p, b"link/x", entry(Kind::Fifo));
     refused(begin(&e, p, false), "not a directory");
     e.untouched();

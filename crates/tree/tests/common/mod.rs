@@ -74,7 +74,9 @@ const NAMES: &[&str] = &["x", "y", "z", "w", "v", "u.conf", "t"];
 /// A valid POSIX ACL with a named user (so the kernel keeps it as an xattr).
 pub fn acl(uid: u32) -> Vec<u8> {
     let mut v = 2u32.to_le_bytes().to_vec();
-    for (tag, perm, id) in [(1u16, 6u16, u32::MAX), (2, 4, uid), (4, 4, u32::MAX), (0x10, 4, u32::MAX), (0x20, 4, u32::MAX)] {
+    for (tag, perm, id) in
+        [(1u16, 6u16, u32::MAX), (2, 4, uid), (4, 4, u32::MAX), (0x10, 4, u32::MAX), (0x20, 4, u32::MAX)]
+    {
         v.extend_from_slice(&tag.to_le_bytes());
         v.extend_from_slice(&perm.to_le_bytes());
         v.extend_from_slice(&id.to_le_bytes());
@@ -89,13 +91,19 @@ fn meta(r: &mut TRng, dir: bool) -> Meta {
     }
     let mut xattrs = Vec::new();
     if r.chance(30) {
-        xattrs.push(("user.tag".to_string(), { let n = r.below(12) as usize + 1; r.bytes(n) }));
+        xattrs.push(("user.tag".to_string(), {
+            let n = r.below(12) as usize + 1;
+            r.bytes(n)
+        }));
     }
     if r.chance(15) {
         xattrs.push(("trusted.t".to_string(), b"v".to_vec()));
     }
     if r.chance(15) {
-        xattrs.push(("security.capability".to_string(), vec![1, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]));
+        xattrs.push((
+            "security.capability".to_string(),
+            vec![1, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        ));
     }
     if !dir && r.chance(10) {
         xattrs.push(("system.posix_acl_access".to_string(), acl(1000 + r.below(3) as u32)));
@@ -111,14 +119,23 @@ fn meta(r: &mut TRng, dir: bool) -> Meta {
 
 fn content(r: &mut TRng, pool: &[Vec<u8>]) -> Vec<u8> {
     match r.below(4) {
-        0 => { let n = r.below(300) as usize; r.bytes(n) },
-        1 => { let n = r.below(40_000) as usize; r.bytes(n) },
+        0 => {
+            let n = r.below(300) as usize;
+            r.bytes(n)
+        }
+        1 => {
+            let n = r.below(40_000) as usize;
+            r.bytes(n)
+        }
         _ => {
             let mut v = r.pick(pool).clone();
             if r.chance(50) && !v.is_empty() {
                 let i = r.below(v.len() as u64) as usize;
                 v[i] ^= 0x5a;
-                let b = { let n = r.below(50) as usize; r.bytes(n) };
+                let b = {
+                    let n = r.below(50) as usize;
+                    r.bytes(n)
+                };
                 v.splice(i..i, b);
             }
             v
@@ -128,7 +145,12 @@ fn content(r: &mut TRng, pool: &[Vec<u8>]) -> Vec<u8> {
 
 /// Shared contents, so that copies, moves and deltas happen between trees.
 pub fn pool(r: &mut TRng) -> Vec<Vec<u8>> {
-    (0..4).map(|_| { let n = 3000 + r.below(60_000) as usize; r.bytes(n) }).collect()
+    (0..4)
+        .map(|_| {
+            let n = 3000 + r.below(60_000) as usize;
+            r.bytes(n)
+        })
+        .collect()
 }
 
 fn kind(r: &mut TRng, pool: &[Vec<u8>], files: &[String], devices: bool) -> K {
@@ -199,9 +221,7 @@ pub fn mutate(r: &mut TRng, old: &Spec, pool: &[Vec<u8>], devices: bool) -> Spec
                 // Move: the same content under a new name.
                 let e = s.entries.remove(k).unwrap();
                 let to = format!("{k}.moved");
-                if !s.entries.contains_key(&to) {
-                    s.entries.insert(to, e);
-                }
+                s.entries.entry(to).or_insert(e);
             }
             5 if !matches!(kind, K::Dir) => {
                 s.entries.remove(k);
@@ -259,7 +279,9 @@ fn set_meta(p: &Path, m: &Meta, symlink: bool) {
     for (k, v) in &m.xattrs {
         // The kernel allows user.* only on files and directories, capabilities and
         // access ACLs only on regular files.
-        if (k.starts_with("user.") && !(reg || dir)) || ((k.starts_with("security.capability") || k.starts_with("system.")) && !reg) {
+        if (k.starts_with("user.") && !(reg || dir))
+            || ((k.starts_with("security.capability") || k.starts_with("system.")) && !reg)
+        {
             continue;
         }
         rustix::fs::lsetxattr(p, k.as_str(), v, rustix::fs::XattrFlags::empty())
