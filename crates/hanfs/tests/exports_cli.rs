@@ -1,0 +1,164 @@
+//! `hanfs exports`: reproduces the committed example files, speaks JSON, and rejects bad configs and
+//! exports past a limit with exit 2 and a message naming the file, line and field (or the export).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use assert_cmd::Command;
+use predicates::str::contains;
+use std::path::{Path, PathBuf};
+
+fn examples() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../exports")
+}
+
+fn hanfs() -> Command {
+    let mut c = Command::cargo_bin("hanfs").unwrap();
+    c.env_remove("HANFS_CONFIG");
+    c
+}
+
+#[test]
+fn reproduces_every_committed_example_file() {
+    let mut n = 0;
+    for dir in std::fs::read_dir(examples()).unwrap() {
+        let dir = dir.unwrap().path();
+        let cfg = dir.join("cluster.toml");
+        if !cfg.is_file() {
+            continue;
+        }
+        for f in std::fs::read_dir(&dir).unwrap() {
+            let f = f.unwrap().path();
+            let name = f.file_name().unwrap().to_string_lossy().into_owned();
+            let Some(sn) = name.strip_suffix(".exports").or_else(|| name.strip_suffix(".aix-exports")) else {
+                continue;
+            };
+            let want = std::fs::read(&f).unwrap();
+            let out = hanfs().args(["exports", "--config"]).arg(&cfg).args(["--sn", sn]).output().unwrap();
+            assert!(out.status.success(), "{}: {}", f.display(), String::from_utf8_lossy(&out.stderr));
+            assert_eq!(out.stdout, want, "{} differs", f.display());
+            n += 1;
+        }
+    }
+    assert!(n >= 9, "only {n} example files");
+}
+
+#[test]
+fn all_sns_under_headings_and_json() {
+    let cfg = examples().join("linux-ring/cluster.toml");
+    hanfs()
+        .args(["exports", "--config"])
+        .arg(&cfg)
+        .assert()
+        .success()
+        .stdout(contains("# sn: sn1 (linux, /etc/exports.d/hanfs.exports)\n# /etc/exports.d/hanfs.exports"))
+        .stdout(contains("\n# sn: sn4 (linux"));
+    let out =
+        hanfs().args(["--json", "exports", "--config"]).arg(examples().join("aix-pair/cluster.toml")).output().unwrap();
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let sn = &v["sns"]["aixsn1"];
+    assert_eq!(sn["dialect"], "aix");
+    let want = std::fs::read_to_string(examples().join("aix-pair/aixsn1.aix-exports")).unwrap();
+    assert_eq!(sn["text"], want.as_str());
+    assert_eq!(v["sns"].as_object().unwrap().len(), 2);
+}
+
+#[test]
+fn commands() {
+    hanfs()
+        .args(["exports", "--commands", "--sn", "aixsn2", "--config"])
+        .arg(examples().join("aix-pair/cluster.toml"))
+        .assert()
+        .success()
+        .stdout(contains("exportfs -ua\nchnfs -R on\n"))
+        .stdout(contains("chnfsdom cluster.example\n"))
+        .stdout(contains(
+            "mknfsexp -d /install/nim/spot/71Bspot -v 4 -t ro -r '*' -g /install/nim/spot/71Bspot@10.2.0.2:",
+        ));
+    hanfs()
+        .args(["exports", "--commands", "--sn", "sn1", "--config"])
+        .arg(examples().join("mixed/cluster.toml"))
+        .assert()
+        .success()
+        .stdout(contains("cat > /etc/exports.d/hanfs.exports <<'HANFS_EOF'\n"))
+        .stdout(contains("HANFS_EOF\nexportfs -ra\n"));
+}
+
+#[test]
+fn unknown_sn_is_bad_input() {
+    hanfs()
+        .args(["exports", "--sn", "sn9", "--config"])
+        .arg(examples().join("linux-ring/cluster.toml"))
+        .assert()
+        .code(2)
+        .stderr(contains("unknown SN `sn9` (the cluster has: sn1, sn2, sn3, sn4)"));
+}
+
+const BASE: &str = r#"[cluster]
+source_root = "/install"
+domain = "cluster.example"
+plaintext_loopback = true
+
+[[sn]]
+name = "sn1"
+address = "127.0.0.1"
+agent = "127.0.0.1:7001"
+
+[[sn]]
+name = "sn2"
+address = "127.0.0.2"
+agent = "127.0.0.1:7002"
+backups = ["sn1"]
+
+[[image]]
+name = "rh8"
+path = "netboot/rh8/x86_64/compute/rootimg"
+"#;
+
+fn run_with(text: &str) -> (tempfile::TempDir, PathBuf, assert_cmd::assert::Assert) {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("cluster.toml");
+    std::fs::write(&cfg, text).unwrap();
+    let a = hanfs().args(["exports", "--config"]).arg(&cfg).assert();
+    (dir, cfg, a)
+}
+
+#[test]
+fn base_config_is_fine() {
+    let (_d, _c, a) = run_with(BASE);
+    a.success().stdout(contains("replicas=/install/netboot/rh8/x86_64/compute/rootimg@127.0.0.2:"));
+}
+
+#[test]
+fn wrong_type_names_file_line_field() {
+    let (_d, cfg, a) = run_with(&BASE.replace("agent = \"127.0.0.1:7002\"", "agent = 7002"));
+    a.code(2).stderr(contains(format!("{}:14:", cfg.display()))).stderr(contains("sn[1].agent"));
+}
+
+#[test]
+fn unknown_sn_in_backups_names_file_line_field() {
+    let (_d, cfg, a) = run_with(&BASE.replace("backups = [\"sn1\"]", "backups = [\"sn7\"]"));
+    a.code(2)
+        .stderr(contains(format!("{}:15:", cfg.display())))
+        .stderr(contains("sn[1].backups[0]: unknown server `sn7`"));
+}
+
+#[test]
+fn host_name_on_aix_names_file_line_field() {
+    let text = BASE.replace("address = \"127.0.0.1\"", "address = \"sn1.cluster.example\"\ndialect = \"aix\"");
+    let (_d, cfg, a) = run_with(&text);
+    a.code(2)
+        .stderr(contains(format!("{}:8:", cfg.display())))
+        .stderr(contains("sn[0].address"))
+        .stderr(contains("IP"));
+}
+
+#[test]
+fn limit_violation_names_the_export() {
+    let (_d, cfg, a) = run_with(&BASE.replace("compute/rootimg", "compute,v2/rootimg"));
+    a.code(2)
+        .stderr(contains(format!(
+            "{}: SN `sn1`: export `/install/netboot/rh8/x86_64/compute,v2/rootimg *`",
+            cfg.display()
+        )))
+        .stderr(contains("comma"));
+}
