@@ -20,6 +20,9 @@ pub struct SigStore {
     dir: PathBuf,
 }
 
+/// Deltas bigger than this are spilled to a file next to the store instead of held in memory.
+pub const SPILL_AT: usize = 64 << 20;
+
 /// What to send for one file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Payload {
@@ -27,6 +30,79 @@ pub enum Payload {
     Literal(PathBuf),
     /// Send this delta (into `Staging::add_delta`).
     Delta(Vec<u8>),
+    /// Send the delta in this file (into `Staging::add_delta`); a large delta kept out of
+    /// memory. The caller removes the file once every replica has it.
+    DeltaFile(PathBuf),
+}
+
+impl Payload {
+    /// True for the two delta forms (feed them to `Staging::add_delta`).
+    pub fn is_delta(&self) -> bool {
+        !matches!(self, Payload::Literal(_))
+    }
+
+    /// A reader over what to send.
+    pub fn reader(&self) -> Result<Box<dyn std::io::Read + Send + '_>> {
+        Ok(match self {
+            Payload::Literal(p) | Payload::DeltaFile(p) => {
+                Box::new(std::io::BufReader::new(File::open(p).map_err(|e| io_err(p, e))?))
+            }
+            Payload::Delta(d) => Box::new(&d[..]),
+        })
+    }
+
+    /// Bytes to send.
+    pub fn len(&self) -> Result<u64> {
+        match self {
+            Payload::Literal(p) | Payload::DeltaFile(p) => Ok(std::fs::metadata(p).map_err(|e| io_err(p, e))?.len()),
+            Payload::Delta(d) => Ok(d.len() as u64),
+        }
+    }
+
+    /// True when there is nothing to send (an empty file).
+    pub fn is_empty(&self) -> Result<bool> {
+        self.len().map(|n| n == 0)
+    }
+}
+
+/// Collects a delta in memory up to [`SPILL_AT`], then in a file; fails once it reaches `max`
+/// bytes (the delta would not be smaller than the file).
+struct Spill {
+    mem: Vec<u8>,
+    file: Option<(PathBuf, std::io::BufWriter<File>)>,
+    dir: PathBuf,
+    n: u64,
+    max: u64,
+}
+
+impl std::io::Write for Spill {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.n += b.len() as u64;
+        if self.n >= self.max {
+            return Err(std::io::Error::other("delta not smaller than the file"));
+        }
+        if self.file.is_none() && self.mem.len() + b.len() > SPILL_AT {
+            static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let k = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let p = self.dir.join(format!("spill-{}-{k}.delta", std::process::id()));
+            let mut w = std::io::BufWriter::new(File::create(&p)?);
+            w.write_all(&self.mem)?;
+            self.mem = Vec::new();
+            self.file = Some((p, w));
+        }
+        match &mut self.file {
+            Some((_, w)) => w.write_all(b)?,
+            None => self.mem.extend_from_slice(b),
+        }
+        Ok(b.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match &mut self.file {
+            Some((_, w)) => w.flush(),
+            None => Ok(()),
+        }
+    }
 }
 
 fn map(f: &File, p: &Path) -> Result<Option<memmap2::Mmap>> {
@@ -94,6 +170,7 @@ impl SigStore {
                 let name = de.file_name();
                 let keep = name
                     .to_str()
+                    .filter(|n| !n.starts_with("spill-"))
                     .and_then(|n| n.strip_suffix(".sig"))
                     .and_then(|h| hex::decode(h).ok())
                     .and_then(|h| <[u8; 32]>::try_from(h).ok())
@@ -117,9 +194,18 @@ impl SigStore {
         let f = File::open(&path).map_err(|e| io_err(&path, e))?;
         let m = map(&f, &path)?;
         let data: &[u8] = m.as_deref().unwrap_or_default();
-        match delta::encode(Some(&sig), data).map_err(|e| Error::Delta { path: show(&content.path), source: e })? {
-            delta::Encoded::Literal => Ok(Some(Payload::Literal(path))),
-            delta::Encoded::Delta(d) => Ok(Some(Payload::Delta(d))),
+        let mut spill = Spill { mem: Vec::new(), file: None, dir: self.dir.clone(), n: 0, max: data.len() as u64 };
+        let r = delta::diff(&sig, data, &mut spill).and_then(|_| std::io::Write::flush(&mut spill).map_err(Into::into));
+        match (r, spill.file) {
+            (Ok(_), None) => Ok(Some(Payload::Delta(spill.mem))),
+            (Ok(_), Some((p, _))) => Ok(Some(Payload::DeltaFile(p))),
+            (Err(_), f) => {
+                // Not smaller than the file (or the spill failed): send it whole.
+                if let Some((p, _)) = f {
+                    let _ = std::fs::remove_file(p);
+                }
+                Ok(Some(Payload::Literal(path)))
+            }
         }
     }
 }

@@ -484,9 +484,14 @@ pub fn apply(src: &Source, replica: &mut Replica, plan: Plan) -> tree::Result<(u
     let contents: Vec<_> = plan.to_send().cloned().collect();
     let mut st = replica.begin(plan)?;
     for c in contents {
-        match src.store.payload(&src.new_dir, &c)?.unwrap() {
-            Payload::Literal(p) => st.write_file(&c.path, File::open(p).unwrap())?,
-            Payload::Delta(d) => st.add_delta(&c.path, &d[..])?,
+        let p = src.store.payload(&src.new_dir, &c)?.unwrap();
+        if p.is_delta() {
+            st.add_delta(&c.path, p.reader()?)?;
+        } else {
+            st.write_file(&c.path, p.reader()?)?;
+        }
+        if let Payload::DeltaFile(f) = p {
+            std::fs::remove_file(f).unwrap();
         }
     }
     st.commit()
