@@ -100,6 +100,13 @@ pub fn plan_text(dialect: Dialect, deployed: Option<&str>, wanted: &str) -> Stri
     out
 }
 
+/// [`plan_text`] for one SN of a cluster: what writing its exports would change. `deployed` is the
+/// SN's current `/etc/exports.d/hanfs.exports` (Linux) or whole `/etc/exports` (AIX), `None` if absent.
+pub fn plan_for(cluster: &model::Cluster, sn: &str, deployed: Option<&str>) -> Result<String, crate::ExportError> {
+    let dialect = cluster.sn(sn).ok_or_else(|| crate::ExportError::UnknownSn(sn.to_string()))?.dialect;
+    Ok(plan_text(dialect, deployed, &crate::render_sn(cluster, sn)?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -125,6 +132,24 @@ mod tests {
         assert!(none.contains("(absent)") && none.contains("3 added"), "{none}");
         let bad = plan_text(Dialect::Linux, Some("/x *(ro\n"), wanted);
         assert!(bad.contains("unreadable") && bad.contains("3 added"), "{bad}");
+    }
+
+    #[test]
+    fn plan_for_a_cluster_sn() {
+        let text =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../exports/mixed/cluster.toml")).unwrap();
+        let c = model::Cluster::from_toml("mixed", &text).unwrap();
+        let wanted = crate::render_sn(&c, "sn1").unwrap();
+        assert!(plan_for(&c, "sn1", Some(&wanted)).unwrap().contains("(no change: 4 exports as deployed)"));
+        // Before the migration sn1 exported cn001 read-write: the plan shows the one new option.
+        let before = wanted.replace(",refer=/nodedata/cn001@[fd00:10::2]", "");
+        let plan = plan_for(&c, "sn1", Some(&before)).unwrap();
+        assert!(
+            plan.contains("\n-/nodedata/cn001 fd00:20::/64(rw,no_root_squash,sync,no_subtree_check,fsid="),
+            "{plan}"
+        );
+        assert!(plan.contains(",refer=/nodedata/cn001@[fd00:10::2])\n  0 added, 1 changed, 0 removed\n"), "{plan}");
+        assert!(matches!(plan_for(&c, "x", None), Err(crate::ExportError::UnknownSn(_))));
     }
 
     #[test]

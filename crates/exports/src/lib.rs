@@ -46,7 +46,7 @@ mod types;
 
 pub use aix::{aix_commands, splice_aix, BEGIN_MARKER, END_MARKER};
 pub use build::{build, render_sn};
-pub use diff::{diff, plan_text, render_changes, Change};
+pub use diff::{diff, plan_for, plan_text, render_changes, Change};
 pub use error::{ExportError, ParseError, SpliceError};
 pub use model::Dialect;
 pub use types::{escape_path, unescape_path, Entry, Exports, FsLocation, LocKind, Locations};
