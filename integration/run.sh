@@ -97,6 +97,7 @@ for sdir in "$INT"/scenarios/*/; do
 done
 ls "$SHARE/scenarios" 2>/dev/null | grep -q . || { bad "no scenario to run"; finish; }
 if ! err=$($PY "$INT/rig/plan.py" "$SHARE" 2>&1); then bad "$err"; finish; fi
+while read -r line; do bad "$line"; done < "$SHARE/plan-failures"
 
 # --- 3. initramfs (cached) and one UML boot for all scenarios ------------------------------------
 t=$(date +%s.%N)
@@ -104,7 +105,8 @@ INITRD=$("$INT/rig/build-initramfs.sh") || { bad "building the initramfs failed"
 echo "rig: initramfs $INITRD ($(since "$t") s)"
 
 t=$(date +%s.%N)
-timeout -k 5 "${HANFS_RIG_TIMEOUT:-180}" "$INT/rig/boot.sh" "$INITRD" "$SHARE" > "$SHARE/console.log" 2>&1
+# (in a subshell: bash would report a crashed linux.uml as "Aborted" on our stderr)
+( timeout -k 5 "${HANFS_RIG_TIMEOUT:-180}" "$INT/rig/boot.sh" "$INITRD" "$SHARE" > "$SHARE/console.log" 2>&1; exit $? ) 2> /dev/null
 UML_RC=$?
 BOOT_S=$(since "$t")
 
@@ -112,7 +114,10 @@ BOOT_S=$(since "$t")
 MARK="hanfs-rig: guest userspace up"
 if ! grep -q "^$MARK" "$SHARE/console.log"; then
     # the guest's /init never ran: UML itself cannot run here (or was killed); say why
-    why=$(grep -E 'ptrace|panic|failed|error|not found|cannot|Killed' "$SHARE/console.log" | head -2 | tr '\n' ' ')
+    why=$(grep -E 'ptrace|panic|failed|error|not found|cannot|Killed' "$SHARE/console.log" |
+          grep -vE 'find_iomem|ubd device' | head -2 | tr '\n' ' ')
+    grep -q 'ptrace set fp regs failed' "$SHARE/console.log" &&
+        why="$why(the host's XSAVE area is larger than UML 6.1 handles; rig/uml-xstate-shim.c fixes that and needs a C compiler) "
     skip "user-mode-linux did not reach guest userspace (exit $UML_RC): ${why:-$(tail -1 "$SHARE/console.log")} [console: $SHARE/console.log]"
 fi
 # the guest's own output (everything after the marker)

@@ -8,7 +8,7 @@
 # UML is a Linux kernel that runs as an ordinary process.
 #
 # env: HANFS_RIG_DIR (/tmp/hanfs-rig)  HANFS_RIG_MEM (MiB, 256)  HANFS_RIG_DEBUG=1 (guest logs)
-#      HANFS_RIG_PCAP=1 (guest captures NFS traffic to SHAREDIR/nfs.pcap; needs tcpdump in the initramfs)
+#      HANFS_RIG_SHIM=0 (no XSAVE shim)  HANFS_RIG_PCAP=1 (guest captures NFS traffic to SHAREDIR/nfs.pcap; needs tcpdump in the initramfs)
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 DIR=${HANFS_RIG_DIR:-/tmp/hanfs-rig}
@@ -16,14 +16,15 @@ MEM=${HANFS_RIG_MEM:-256}
 INITRD=$1 SHARE=$(cd "$2" && pwd)
 
 # UML 6.1 and hosts with a large XSAVE area (AVX-512, AMX) need the shim (see its comments).
-# It changes nothing where it is not needed, so it is always used when a C compiler exists.
+# It changes nothing where it is not needed, so it is always used when a C compiler exists
+# (HANFS_RIG_SHIM=0 leaves it out, to see how UML fares without it).
 PRELOAD=
 SRC=$HERE/uml-xstate-shim.c
 SHIM=$DIR/uml-xstate-shim-$(sha256sum "$SRC" | cut -c1-12).so
 if [ ! -e "$SHIM" ] && command -v cc > /dev/null; then
     cc -O2 -Wall -shared -fPIC -o "$SHIM.$$" "$SRC" -ldl && mv "$SHIM.$$" "$SHIM"
 fi
-[ -e "$SHIM" ] && PRELOAD=$SHIM
+[ -e "$SHIM" ] && [ "${HANFS_RIG_SHIM:-1}" != 0 ] && PRELOAD=$SHIM
 
 # UML backs guest RAM with an (unlinked) file in TMPDIR: tmpfs (/dev/shm) is fastest
 TMPDIR=$DIR

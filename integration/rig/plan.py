@@ -11,6 +11,7 @@ committed files; run.sh puts them there).  This writes, for the guest:
   SHARE/scenarios/<name>/steps.sh     shell steps the guest sources (functions from guest/rig.sh)
   SHARE/scenarios/<name>/expect.json  the fs_locations and mountd parses each refer=/replicas=
                                       export must produce, for guest/fsloc.py --check
+  SHARE/plan-failures                 refer=/replicas= values that cannot mean what was meant
 
 Every expectation is derived here from the exports files, never written by hand: which
 directories exist on which SN, where a referral must land, and the exact, ordered location
@@ -89,7 +90,25 @@ def fsloc_of(options):
     return found
 
 
-def plan_scenario(name, sdir, sns_all):
+def malformed(locs):
+    """Why a refer=/replicas= location list cannot mean what its writer meant, or None.
+
+    nfs-utils accepts these silently (a '+' where ':' was meant turns two locations into one
+    location with a server named "/path@host"), so the rig reports them instead of checking
+    that the server repeats the mistake.
+    """
+    if not locs:
+        return "no location"
+    for path, hosts in locs:
+        if not path.startswith("/") or path == "/" or "@" in path:
+            return "location path %r" % path
+        for h in hosts.split("+"):
+            if not h or "/" in h or "@" in h or (":" in h and not h.startswith("[")):
+                return "server %r in location %s@%s" % (h, path, hosts)
+    return None
+
+
+def plan_scenario(name, sdir, sns_all, failures):
     with open(os.path.join(sdir, "cluster.toml"), "rb") as f:
         cluster = tomllib.load(f)
     sns = {}
@@ -137,12 +156,17 @@ def plan_scenario(name, sdir, sns_all):
                 continue
             kind, value = fl
             locs = split_locations(value)
+            why = malformed(locs)
+            if why:
+                failures.append("%s: %s:%s %s=%s: %s" % (name, sname, path, kind, value, why))
+                continue
             expect.append({
                 "sn": sname, "server": ip, "path": path, "kind": kind, "value": value,
                 "fs_root": path,
                 "locations": [{"servers": [h.strip("[]") for h in hosts.split("+")], "rootpath": p}
                               for p, hosts in locs],
-                "mountd": ["%s:%s" % (hosts, p) for p, hosts in locs],
+                # mountd logs a location's servers joined by ':' (as it hands them to the kernel)
+                "mountd": ["%s:%s" % (hosts.replace("+", ":"), p) for p, hosts in locs],
             })
             if kind == "refer":
                 # nfsd switches exports only at a mountpoint: deployments bind-mount D on D
@@ -176,10 +200,13 @@ def plan_scenario(name, sdir, sns_all):
 
 
 def main(share):
-    sns_all, tops = {}, set()
+    sns_all, tops, failures = {}, set(), []
     sdirs = sorted(os.listdir(os.path.join(share, "scenarios")))
     for name in sdirs:
-        tops |= plan_scenario(name, os.path.join(share, "scenarios", name), sns_all)
+        tops |= plan_scenario(name, os.path.join(share, "scenarios", name), sns_all, failures)
+    # run.sh prints these as FAIL lines; the guest still runs everything else
+    with open(os.path.join(share, "plan-failures"), "w") as f:
+        f.writelines(line + "\n" for line in failures)
     with open(os.path.join(share, "sns"), "w") as f:
         f.writelines("%s %s\n" % kv for kv in sns_all.items())
     with open(os.path.join(share, "tops"), "w") as f:
