@@ -27,6 +27,12 @@ fn err(what: &str, p: &[u8], e: Errno) -> Error {
     }
 }
 
+/// True when opening a parent failed because the path cannot exist: a component is missing
+/// or is not a directory (a replayed commit may already have replaced a directory by a file).
+fn absent(e: &Error) -> bool {
+    matches!(e, Error::Io { source, .. } if matches!(source.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR)))
+}
+
 /// A directory opened as a confinement root.
 pub struct Root {
     fd: OwnedFd,
@@ -85,7 +91,7 @@ impl Root {
         }
         let (d, name) = match self.parent(rel) {
             Ok(x) => x,
-            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) if absent(&e) => return Ok(None),
             Err(e) => return Err(e),
         };
         lstat_at(d.as_fd(), name).map_err(|e| err("stat", rel, e))
@@ -112,7 +118,8 @@ impl Root {
     pub fn remove_all(&self, rel: &[u8]) -> Result<()> {
         let (d, name) = match self.parent(rel) {
             Ok(x) => x,
-            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            // A parent that is missing, not a directory, or a symlink holds nothing of ours.
+            Err(e) if absent(&e) || matches!(e, Error::Hostile(_)) => return Ok(()),
             Err(e) => return Err(e),
         };
         remove_at(d.as_fd(), name).map_err(|e| err("removing", rel, e))

@@ -67,14 +67,57 @@ fn child(base: &Path, work: &Path, mode: &str, fault_at: Option<u64>) -> (Option
     (out.status.signal(), hits)
 }
 
-fn scenario(seed: u64, t: &Path) -> usize {
+fn random_scenario(seed: u64, t: &Path) -> usize {
     let mut r = TRng::new(seed);
     let pool = pool(&mut r);
     let old = random_spec(&mut r, &pool, true);
     let new = mutate(&mut r, &old, &pool, true);
+    scenario(seed, &old, &new, t)
+}
+
+/// Moves, hard links, a delta, a kind change and removals, so that every kind of point shows up.
+fn crafted_scenario(t: &Path) -> usize {
+    let mut r = TRng::new(99);
+    let m = |mode: u32| Meta { mode, uid: 0, gid: 0, mtime: 1_650_000_000_000_000_000, xattrs: vec![] };
+    let big = r.bytes(50_000);
+    let mut old = Spec { root: m(0o755), entries: Default::default() };
+    let e = &mut old.entries;
+    e.insert("a".into(), (K::File(big.clone()), m(0o644)));
+    e.insert("b".into(), (K::File(r.bytes(30_000)), m(0o600)));
+    e.insert("c".into(), (K::File(b"shared".to_vec()), m(0o644)));
+    e.insert("d".into(), (K::Dir, m(0o755)));
+    e.insert("d/e".into(), (K::File(b"gone".to_vec()), m(0o644)));
+    e.insert("d/s".into(), (K::Symlink(b"../a".to_vec()), m(0o777)));
+    e.insert("k".into(), (K::Dir, m(0o755)));
+    e.insert("k/x".into(), (K::File(b"x".to_vec()), m(0o644)));
+    e.insert("m".into(), (K::Dir, m(0o755)));
+    e.insert("m/y".into(), (K::File(b"y".to_vec()), m(0o644)));
+    let mut new = old.clone();
+    let e = &mut new.entries;
+    let a = e.remove("a").unwrap();
+    e.insert("d/a2".into(), a);
+    if let Some((K::File(b), _)) = e.get_mut("b") {
+        b[10_000] ^= 1;
+        b.extend_from_slice(b"tail");
+    }
+    e.insert("c2".into(), (K::Hard("c".into()), m(0o644)));
+    e.remove("d/e");
+    e.insert("d/s".into(), (K::Symlink(b"a2".to_vec()), m(0o777)));
+    e.remove("k/x");
+    e.insert("k".into(), (K::File(b"now a file".to_vec()), m(0o644)));
+    e.remove("m/y");
+    e.insert("m".into(), (K::Symlink(b"d".to_vec()), m(0o777)));
+    e.insert("d/p".into(), (K::Fifo, m(0o600)));
+    e.insert("d/null".into(), (K::Chr(1, 3), m(0o666)));
+    e.insert("n".into(), (K::Dir, m(0o700)));
+    e.insert("n/f".into(), (K::File(big), m(0o4755)));
+    scenario(0, &old, &new, t)
+}
+
+fn scenario(seed: u64, old: &Spec, new: &Spec, t: &Path) -> usize {
     let base = t.join(format!("base{seed}"));
-    build(&base.join("old"), &old);
-    build(&base.join("new"), &new);
+    build(&base.join("old"), old);
+    build(&base.join("new"), new);
     let old_d = tree::scan(&base.join("old"), &[]).unwrap().digest();
     let new_d = tree::scan(&base.join("new"), &[]).unwrap().digest();
     // Template replica: a copy of old, adopted.
@@ -112,8 +155,9 @@ fn scenario(seed: u64, t: &Path) -> usize {
         assert_eq!(sig, Some(9), "seed {seed}: expected SIGKILL at point {k}");
         points += 1;
         if k % 2 == 0 {
-            // Crash the recovery too, at its first or second point.
-            let (rsig, _) = child(&base, &w, "recover", Some(1 + k % 4 / 2));
+            // Crash the recovery too, at one of its first dozen points.
+            let j = if k % 4 == 0 { 1 } else { 1 + (k * 5) % 13 };
+            let (rsig, _) = child(&base, &w, "recover", Some(j));
             if rsig == Some(9) {
                 points += 1;
             }
@@ -131,8 +175,9 @@ fn crash_at_every_point_ends_old_or_new() {
     }
     let t = tempfile::tempdir().unwrap();
     let mut points = 0;
+    points += crafted_scenario(t.path());
     for seed in [11u64, 12, 13] {
-        points += scenario(seed, t.path());
+        points += random_scenario(seed, t.path());
     }
     let mut tally = std::collections::BTreeMap::new();
     for n in NAMES.lock().unwrap().iter() {
