@@ -5,7 +5,7 @@
 # for every scenario in integration/scenarios/, one kernel nfsd per SN (each in its own network
 # namespace, at the SN's address) and the kernel NFSv4 client.  The exports come from hanfs:
 #
-#   - $HANFS, or else the newer of target/release/hanfs and target/debug/hanfs, run as
+#   - $HANFS, or else the newest of target/{release,debug}/hanfs (and $CARGO_TARGET_DIR/...), run as
 #       hanfs exports --config scenarios/<name>/cluster.toml --sn <sn>
 #     (it must print that SN's Linux exports file on stdout and exit 0);
 #   - when no binary is found, the committed scenarios/<name>/<sn>.exports files.
@@ -64,7 +64,8 @@ if [ -n "${HANFS:-}" ]; then
     HANFS_BIN=$HANFS
     [ -x "$HANFS_BIN" ] || { bad "HANFS=$HANFS is not an executable"; finish; }
 else
-    for b in "$ROOT/target/release/hanfs" "$ROOT/target/debug/hanfs"; do
+    for b in "$ROOT/target/release/hanfs" "$ROOT/target/debug/hanfs" \
+             ${CARGO_TARGET_DIR:+"$CARGO_TARGET_DIR/release/hanfs" "$CARGO_TARGET_DIR/debug/hanfs"}; do
         [ -x "$b" ] && { [ -z "$HANFS_BIN" ] || [ "$b" -nt "$HANFS_BIN" ]; } && HANFS_BIN=$b
     done
 fi
@@ -87,8 +88,8 @@ for sdir in "$INT"/scenarios/*/; do
         if [ -z "$HANFS_BIN" ]; then
             cp "$committed" "$out/exports/$sn.exports" || bad "$name: no $committed"
         elif "$HANFS_BIN" exports --config "$sdir/cluster.toml" --sn "$sn" > "$out/exports/$sn.exports" 2> "$out/exports/$sn.err"; then
-            cmp -s "$committed" "$out/exports/$sn.exports" ||
-                echo "  note: $name/$sn: hanfs's output differs from the committed $sn.exports (the checks use hanfs's)"
+            diff -u "$committed" "$out/exports/$sn.exports" > "$out/exports/$sn.diff" ||
+                echo "  note: $name/$sn: hanfs's output differs from the committed $sn.exports (the checks use hanfs's; diff in $out/exports/$sn.diff)"
         else
             bad "$name: hanfs exports --sn $sn exited $?: $(head -c 300 "$out/exports/$sn.err")"
             rm -rf "$out"; continue 2
