@@ -66,3 +66,28 @@ fn second_sync_and_noop() {
     apply(&src, &mut replica, plan).unwrap();
     assert_eq!(walk(&rep), walk(&dirs[2]));
 }
+
+#[test]
+fn first_sync_into_an_empty_replica() {
+    // A new service node: an empty root adopted as generation 0, then everything sent whole.
+    let mut r = TRng::new(7);
+    let pool = pool(&mut r);
+    let spec = random_spec(&mut r, &pool, true);
+    let t = tempfile::tempdir().unwrap();
+    let nd = t.path().join("new");
+    build(&nd, &spec);
+    let rep = t.path().join("replica");
+    let mut replica =
+        tree::Replica::open(&rep, &t.path().join("sn"), tree::ReplicaOptions { allow_devices: true }).unwrap();
+    replica.recover().unwrap();
+    assert!(replica.current().is_none());
+    replica.adopt(0).unwrap();
+    let empty_dir = t.path().join("empty");
+    std::fs::create_dir(&empty_dir).unwrap();
+    let mut src = Source::new(&empty_dir, &nd, &t.path().join("mn"));
+    // The controller diffs against what the replica reports, not its own idea of it.
+    src.old = replica.manifest().unwrap().clone();
+    let (_, d) = apply(&src, &mut replica, src.plan(1)).unwrap();
+    assert_eq!(d, src.new.digest());
+    assert_eq!(walk(&rep), walk(&nd));
+}

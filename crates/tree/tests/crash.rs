@@ -176,7 +176,15 @@ fn crash_at_every_point_ends_old_or_new() {
     let t = tempfile::tempdir().unwrap();
     let mut points = 0;
     points += crafted_scenario(t.path());
-    for seed in [11u64, 12, 13] {
+    // HANFS_CRASH_SEEDS=a-b runs more random scenarios (a soak); the default keeps it quick.
+    let seeds: Vec<u64> = match std::env::var("HANFS_CRASH_SEEDS").ok().and_then(|v| {
+        let (a, b) = v.split_once('-')?;
+        Some((a.parse().ok()?, b.parse().ok()?))
+    }) {
+        Some((a, b)) => (a..=b).collect(),
+        None => vec![11, 12, 13],
+    };
+    for seed in seeds {
         points += random_scenario(seed, t.path());
     }
     let mut tally = std::collections::BTreeMap::new();

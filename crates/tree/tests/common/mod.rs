@@ -226,6 +226,14 @@ pub fn mutate(r: &mut TRng, old: &Spec, pool: &[Vec<u8>], devices: bool) -> Spec
             5 if !matches!(kind, K::Dir) => {
                 s.entries.remove(k);
             }
+            // Kind changes: a directory becomes a file (its children go), a file a symlink.
+            6 if matches!(kind, K::Dir) && r.chance(30) => *kind = K::File(b"was a dir".to_vec()),
+            7 if !matches!(kind, K::Dir) => *kind = K::Symlink(b"elsewhere".to_vec()),
+            8 if matches!(kind, K::File(_)) && r.chance(50) => {
+                // A new hard link to an existing file.
+                let e = (K::Hard(k.clone()), m.clone());
+                s.entries.entry(format!("{k}.link")).or_insert(e);
+            }
             _ => {}
         }
     }
@@ -241,19 +249,21 @@ pub fn mutate(r: &mut TRng, old: &Spec, pool: &[Vec<u8>], devices: bool) -> Spec
             s.entries.insert(p, e);
         }
     }
-    // Hard links must point at regular files that exist.
-    let snapshot = s.entries.clone();
-    s.entries.retain(|_, (k, _)| match k {
-        K::Hard(t) => matches!(snapshot.get(t), Some((K::File(_), _))),
-        _ => true,
-    });
-    // Drop entries whose parent is not a directory.
+    // Until nothing changes: drop entries whose parent is not a directory, and hard links
+    // whose target is not a regular file that exists.
     loop {
         let snap = s.entries.clone();
         let before = s.entries.len();
-        s.entries.retain(|p, _| match p.rfind('/') {
-            Some(i) => matches!(snap.get(&p[..i]), Some((K::Dir, _))),
-            None => true,
+        s.entries.retain(|p, (k, _)| {
+            let parent_ok = match p.rfind('/') {
+                Some(i) => matches!(snap.get(&p[..i]), Some((K::Dir, _))),
+                None => true,
+            };
+            let link_ok = match k {
+                K::Hard(t) => matches!(snap.get(t), Some((K::File(_), _))),
+                _ => true,
+            };
+            parent_ok && link_ok
         });
         if s.entries.len() == before {
             break;
