@@ -324,11 +324,12 @@ impl StageWriter {
         Ok(())
     }
 
-    /// Flushes, sets the length, fsyncs; returns (bytes, BLAKE3) and the file.
+    /// Flushes and sets the length; returns (bytes, BLAKE3) and the file. Not fsynced here:
+    /// the commit makes the whole stage durable with one `syncfs` before its commit record
+    /// (one fsync per file would dominate a sync of many small files).
     pub fn finish(mut self) -> std::io::Result<(u64, [u8; 32], File)> {
         self.flush_buf()?;
         self.file.set_len(self.pos)?;
-        self.file.sync_all()?;
         Ok((self.pos, *self.hasher.finalize().as_bytes(), self.file))
     }
 }

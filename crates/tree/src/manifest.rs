@@ -187,7 +187,18 @@ impl Manifest {
             }
             match &e.kind {
                 Kind::HardLink { leader } => match self.entries.get(leader) {
-                    Some(l) if !matches!(l.kind, Kind::Dir | Kind::HardLink { .. }) => {}
+                    Some(l) if !matches!(l.kind, Kind::Dir | Kind::HardLink { .. }) => {
+                        // One inode, one set of metadata.
+                        if (l.mode, l.uid, l.gid, l.mtime_ns, &l.xattrs)
+                            != (e.mode, e.uid, e.gid, e.mtime_ns, &e.xattrs)
+                        {
+                            return Err(Error::Hostile(format!(
+                                "hard link {:?} has metadata different from its leader {:?}",
+                                show(p),
+                                show(leader)
+                            )));
+                        }
+                    }
                     _ => {
                         return Err(Error::Hostile(format!(
                             "hard link {:?} names {:?}, which is not a non-directory leader",

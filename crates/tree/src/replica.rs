@@ -195,6 +195,8 @@ impl Replica {
         let index: HashMap<RelPath, usize> =
             plan.manifest.entries.keys().enumerate().map(|(i, p)| (p.clone(), i)).collect();
         let by_path: HashMap<&[u8], &Content> = plan.contents.iter().map(|c| (c.path.as_slice(), c)).collect();
+        let old_groups = crate::plan::link_groups(old);
+        let mut moved = std::collections::HashSet::new();
         let mut contents = Vec::new();
         for p in &lay.staged {
             let Some(e) = plan.manifest.entries.get(*p) else { continue };
@@ -230,13 +232,8 @@ impl Replica {
                     check_old(from, Some(hash))?;
                     // A move needs the old name to disappear and the inode to be unshared.
                     let unshared = !plan.manifest.entries.contains_key(from)
-                        && !old
-                            .entries
-                            .values()
-                            .any(|o| matches!(&o.kind, Kind::HardLink { leader } if leader == from))
-                        && !contents
-                            .iter()
-                            .any(|x: &Staged| matches!(&x.source, Source::Move { from: f } if f == from));
+                        && !old_groups.contains_key(from.as_slice())
+                        && moved.insert(from.clone());
                     if unshared {
                         c.source.clone()
                     } else {
@@ -262,7 +259,13 @@ impl Replica {
         rustix::fs::mkdirat(&sd, OsStr::from_bytes(generation.to_string().as_bytes()), Mode::from_raw_mode(0o700))
             .map_err(|e| io_err(Path::new(".hanfs/stage"), e.into()))?;
         let stage = self.root.dir(&srel)?;
-        Ok(Staging { replica: self, plan, stage, contents })
+        let sent = contents
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| matches!(c.source, Source::Send { .. }))
+            .map(|(i, c)| (c.path.clone(), i))
+            .collect();
+        Ok(Staging { replica: self, plan, stage, contents, sent })
     }
 
     /// Replays a committed journal to the end (idempotent).
@@ -390,6 +393,8 @@ pub struct Staging<'a> {
     plan: Plan,
     stage: OwnedFd,
     contents: Vec<Staged>,
+    /// Path -> position in `contents`, for files the controller sends.
+    sent: HashMap<RelPath, usize>,
 }
 
 impl Staging<'_> {
@@ -411,9 +416,9 @@ impl Staging<'_> {
     }
 
     fn slot(&mut self, path: &[u8]) -> Result<usize> {
-        self.contents
-            .iter()
-            .position(|c| c.path == path && matches!(c.source, Source::Send { .. }))
+        self.sent
+            .get(path)
+            .copied()
             .ok_or_else(|| Error::Hostile(format!("{:?} is not a file this plan expects to be sent", show(path))))
     }
 
@@ -549,7 +554,9 @@ impl Staging<'_> {
             r.map_err(|e2| io_err(Path::new(&show(p)), e2.into()))?;
             point("stage-special");
         }
-        rustix::fs::fsync(&self.stage).map_err(|e| io_err(Path::new(".hanfs/stage"), e.into()))?;
+        // Everything staged (file data, links, special files, the stage directory) durable at
+        // once, before the commit record.
+        rustix::fs::syncfs(&self.stage).map_err(|e| io_err(Path::new(".hanfs/stage"), e.into()))?;
         point("stage-synced");
         let j = Journal {
             generation: self.plan.generation,
