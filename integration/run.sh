@@ -23,8 +23,8 @@ ROOT=$(dirname "$INT")
 export HANFS_RIG_DIR=${HANFS_RIG_DIR:-/tmp/hanfs-rig}
 PY=/usr/bin/python3   # Debian's: tomllib (3.11) and the same stdlib the guest gets
 PASSED=0 FAILED=0 SKIPPED=0
+mkdir -p "$HANFS_RIG_DIR"
 
-ok()   { echo "PASS: $*"; PASSED=$((PASSED + 1)); }
 bad()  { echo "FAIL: $*"; FAILED=$((FAILED + 1)); }
 since() { awk -v s="$1" -v e="$(date +%s.%N)" 'BEGIN { printf "%.1f", e - s }'; }
 finish() {
@@ -51,8 +51,8 @@ if [ -n "$MISSING" ]; then
     echo "rig: installing $MISSING"
     if [ "$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi
     { $SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q \
-          --no-install-recommends $MISSING; } > "$HANFS_RIG_DIR.apt.log" 2>&1 ||
-        echo "rig: apt-get failed, see $HANFS_RIG_DIR.apt.log"
+          --no-install-recommends $MISSING; } > "$HANFS_RIG_DIR/apt.log" 2>&1 ||
+        echo "rig: apt-get failed, see $HANFS_RIG_DIR/apt.log"
     MISSING=$(missing | xargs)
 fi
 command -v linux.uml > /dev/null || skip "user-mode-linux is not installed and apt-get could not install it"
@@ -72,7 +72,6 @@ fi
 if [ -n "$HANFS_BIN" ]; then echo "rig: exports rendered by $HANFS_BIN exports --config ... --sn ..."
 else echo "rig: exports from the committed scenarios/*/<sn>.exports (no hanfs binary: build it or set HANFS)"; fi
 
-mkdir -p "$HANFS_RIG_DIR"
 SHARE=$(mktemp -d "$HANFS_RIG_DIR/run.XXXXXX")
 ln -sfn "$SHARE" "$HANFS_RIG_DIR/last"
 ls -dt "$HANFS_RIG_DIR"/run.* | tail -n +6 | xargs -r rm -rf   # keep the last five runs
