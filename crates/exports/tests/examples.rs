@@ -92,3 +92,19 @@ fn aix_example_splices_into_an_existing_file() {
     let parsed = exports::parse(Dialect::Aix, &spliced).unwrap();
     assert_eq!(parsed, exports::parse(Dialect::Aix, &block).unwrap());
 }
+
+#[test]
+fn rendering_is_deterministic_and_independent_of_config_order() {
+    for dir in example_dirs() {
+        let cfg = dir.join("cluster.toml");
+        let cluster = Cluster::from_toml("c", &std::fs::read_to_string(&cfg).unwrap()).unwrap();
+        let mut shuffled = cluster.clone();
+        shuffled.nodes.reverse();
+        shuffled.images.reverse();
+        for sn in &cluster.sns {
+            let a = exports::render_sn(&cluster, &sn.name).unwrap();
+            assert_eq!(a, exports::render_sn(&cluster, &sn.name).unwrap());
+            assert_eq!(a, exports::render_sn(&shuffled, &sn.name).unwrap(), "{}: {}", dir.display(), sn.name);
+        }
+    }
+}
