@@ -1,0 +1,418 @@
+//! Redirect write-back: the xCAT commands that repoint nodes moved to another SN, through xCAT's own
+//! commands (`chdef`, `chtab`), never SQL. What changes follows `snmove`
+//! (xCAT-server/lib/xcat/plugins/snmove.pm):
+//! - `servicenode`: the new SN first, the others kept in order;
+//! - `xcatmaster`: the new SN's address as the node sees it;
+//! - `tftpserver`, `nfsserver`: set to the new address where they named the old xcatmaster (by name or
+//!   IP) — hanfs also repoints them where they named the old SN by name;
+//! - `monserver` (`sn,xcatmaster`): repointed when its first value is the old SN;
+//! - `statelite.statemnt` with a literal server that is the old SN: a node row with the new address
+//!   and the same directory (`chtab node=N statelite.statemnt=ADDR:/dir`, as snmove's
+//!   `setAttribs({node => N})`); a `$noderes.xcatmaster` value follows the chdef by itself;
+//! - AIX bakes the server IP into `statelite.table` inside the image: it must be regenerated (snmove
+//!   runs dolitesetup); Linux bakes statemnt into the boot config: `nodeset` (snmove runs it).
+//!
+//! Not covered: `nodehm.conserver` (console server; not a table hanfs reads) and snmove's postscripts.
+//!
+//! [`plan`] is pure; [`execute`] runs or prints; [`redirect`] is the one call for `hanfs migrate` and
+//! `hanfs failover`.
+
+use crate::db::Db;
+use crate::map;
+use crate::rules;
+use crate::source::{SourceError, SourceSpec};
+use crate::table::Tables;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// A node to repoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeMove {
+    pub node: String,
+    /// The SN that serves it from now on.
+    pub to: String,
+    /// The new SN's address as the node sees it (the new xcatmaster). `None`: the address the
+    /// import maps for that SN (the xcatmaster its own nodes use).
+    pub address: Option<String>,
+}
+
+/// Command templates. `{node}` (a comma-separated node list for chdef), `{statemnt}`, `{sn}` and
+/// `{old_sn}` are substituted in each argument; an argument that is exactly `{attrs}` becomes one
+/// `attr=value` argument per changed attribute.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Templates {
+    pub chdef: Vec<String>,
+    pub chtab: Vec<String>,
+}
+
+impl Default for Templates {
+    fn default() -> Self {
+        Templates {
+            chdef: ["chdef", "-t", "node", "-o", "{node}", "{attrs}"].map(String::from).to_vec(),
+            chtab: ["chtab", "node={node}", "statelite.statemnt={statemnt}"].map(String::from).to_vec(),
+        }
+    }
+}
+
+impl Templates {
+    /// Read templates from a TOML file (`chdef = [...]`, `chtab = [...]`; either may be left out).
+    pub fn from_toml(file: &str, text: &str) -> Result<Templates, String> {
+        let t: Templates = toml::from_str(text).map_err(|e| format!("{file}: {e}"))?;
+        if t.chdef.is_empty() || t.chtab.is_empty() {
+            return Err(format!("{file}: a command template is empty"));
+        }
+        Ok(t)
+    }
+}
+
+/// One attribute a node gets.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Change {
+    pub table: String,
+    pub attr: String,
+    pub old: Option<String>,
+    pub new: String,
+}
+
+/// What changes for one node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NodePlan {
+    pub node: String,
+    pub old_sn: String,
+    pub new_sn: String,
+    /// chdef attributes (noderes), in a fixed order.
+    pub chdef: Vec<Change>,
+    /// The new statelite.statemnt, when its server was the old SN written literally.
+    pub statemnt: Option<Change>,
+    /// What the admin must know or do that no command here does.
+    pub notes: Vec<String>,
+}
+
+/// The plan for a set of moves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Plan {
+    pub nodes: Vec<NodePlan>,
+}
+
+/// A command to run, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Command {
+    pub argv: Vec<String>,
+    pub why: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RedirectError {
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error("{0}")]
+    Input(String),
+    #[error("{log}: cannot record what ran: {message}")]
+    Log { log: String, message: String },
+    #[error("`{}` failed ({status}){}; commands before it ran, later ones did not (log: {log})", argv.join(" "), if stderr.is_empty() { String::new() } else { format!(": {stderr}") })]
+    Failed { argv: Vec<String>, status: String, stderr: String, log: String },
+}
+
+/// Work out what changes, from the tables as xCAT reads them. Pure.
+pub fn plan(tables: &Tables, moves: &[NodeMove]) -> Result<Plan, RedirectError> {
+    let db = Db::new(tables);
+    let imported = map::import(tables);
+    let attr = |table: &str, node: &str, col: &str| -> Result<Option<String>, RedirectError> {
+        db.attr(table, node, col).map_err(|e| {
+            RedirectError::Input(format!("{table}.{col} of {node} ({}): {}", e.found.location, e.error))
+        })
+    };
+    let hosts_ip = |name: &str| -> Option<String> {
+        let v = if db.is_node(name) {
+            db.attr("hosts", name, "ip").ok().flatten()
+        } else {
+            let t = db.table("hosts")?;
+            t.get(db.row("hosts", name)?, "ip").and_then(|v| rules::trans_regex(name, v).ok().flatten())
+        };
+        v.filter(|ip| ip.parse::<std::net::IpAddr>().is_ok())
+    };
+    let aix_images: Vec<String> = tables
+        .get("osimage")
+        .map(|t| {
+            t.enabled_rows()
+                .filter(|r| {
+                    t.get(r, "osname").is_some_and(|o| o.eq_ignore_ascii_case("aix"))
+                        || t.get(r, "imagetype").is_some_and(|o| o.eq_ignore_ascii_case("nim"))
+                })
+                .filter_map(|r| t.get(r, "imagename").map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut out = Vec::new();
+    for mv in moves {
+        let node = mv.node.as_str();
+        if !db.is_node(node) {
+            return Err(RedirectError::Input(format!("node `{node}` is not in nodelist (or its row is disabled)")));
+        }
+        let list: Vec<String> = attr("noderes", node, "servicenode")?
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect();
+        let Some(old_sn) = list.first().cloned() else {
+            return Err(RedirectError::Input(format!("node `{node}` has no noderes.servicenode: nothing to repoint")));
+        };
+        let sn_cfg = imported.config.sn.iter().find(|s| s.name == mv.to);
+        let new_xm = match (&mv.address, sn_cfg) {
+            (Some(a), _) => a.clone(),
+            (None, Some(s)) => s.address.clone(),
+            (None, None) => {
+                return Err(RedirectError::Input(format!(
+                    "`{}` is not a service node in xCAT's tables; give its address explicitly",
+                    mv.to
+                )))
+            }
+        };
+        let mut chdef: Vec<Change> = Vec::new();
+        let mut notes: Vec<String> = Vec::new();
+        let mut statemnt: Option<Change> = None;
+        let mut change = |attr: &str, old: Option<String>, new: String| {
+            if old.as_deref() != Some(new.as_str()) {
+                chdef.push(Change { table: "noderes".into(), attr: attr.into(), old, new });
+            }
+        };
+        // servicenode: the new SN first, the rest in order (snmove: grep out, unshift).
+        let mut new_list = vec![mv.to.clone()];
+        new_list.extend(list.iter().filter(|s| **s != mv.to).cloned());
+        change("servicenode", Some(list.join(",")), new_list.join(","));
+        let old_xm = attr("noderes", node, "xcatmaster")?;
+        change("xcatmaster", old_xm.clone(), new_xm.clone());
+        // What counts as "the old SN": the old xcatmaster and its IP (snmove), its name and address.
+        let mut old_names: Vec<String> = vec![old_sn.clone()];
+        if let Some(x) = &old_xm {
+            old_names.push(x.clone());
+            if let Some(ip) = hosts_ip(x) {
+                old_names.push(ip);
+            }
+        }
+        if let Some(s) = imported.config.sn.iter().find(|s| s.name == old_sn) {
+            old_names.push(s.address.clone());
+        }
+        if let Some(ip) = hosts_ip(&old_sn) {
+            old_names.push(ip);
+        }
+        let names_old = |v: &str| old_names.iter().any(|o| o == v);
+        for a in ["tftpserver", "nfsserver"] {
+            if let Some(v) = attr("noderes", node, a)? {
+                if names_old(&v) {
+                    change(a, Some(v), new_xm.clone());
+                } else {
+                    notes.push(format!("{a} `{v}` does not name the old SN {old_sn}: left as is"));
+                }
+            }
+        }
+        if let Some(mon) = attr("noderes", node, "monserver")? {
+            let parts: Vec<&str> = mon.split(',').collect();
+            if parts.len() >= 2 && parts[0] == old_sn {
+                change("monserver", Some(mon.clone()), format!("{},{new_xm}", mv.to));
+            }
+        }
+        // statelite
+        let is_aix = ["current_osimage", "next_osimage"]
+            .iter()
+            .filter_map(|c| attr("noderes", node, c).ok().flatten())
+            .find(|i| aix_images.contains(i));
+        if let Some(f) = db.raw("statelite", node, "statemnt") {
+            let value = rules::trans_regex(node, &f.raw)
+                .map_err(|e| RedirectError::Input(format!("statelite.statemnt of {node} ({}): {e}", f.location)))?;
+            if let Some(value) = value {
+                let (server, dir) = rules::split_server_dir(&value);
+                if value.contains('$') {
+                    let follows = server.contains("$noderes.xcatmaster") || server.contains("$noderes.servicenode");
+                    notes.push(if follows {
+                        format!("statemnt `{value}` ({}) follows xcatmaster: no table change", f.location)
+                    } else {
+                        format!("statemnt `{value}` ({}) uses variables that do not name the SN: check it", f.location)
+                    });
+                } else if names_old(&server) {
+                    statemnt = Some(Change {
+                        table: "statelite".into(),
+                        attr: "statemnt".into(),
+                        old: Some(value.clone()),
+                        new: format!("{new_xm}:{dir}"),
+                    });
+                } else if !server.is_empty() {
+                    notes.push(format!("statemnt `{value}` ({}) is not on the old SN {old_sn}: left as is", f.location));
+                }
+                match &is_aix {
+                    Some(img) => notes.push(format!(
+                        "AIX: statelite.table in the shared_root of image {img} holds the old server's IP for {node}: \
+                         regenerate it (snmove runs dolitesetup; or `mkdsklsnode -f -i {img} {node}`) before the node reboots"
+                    )),
+                    None => notes.push(format!(
+                        "Linux: the boot configuration carries statemnt: run `nodeset {node} osimage` before the node reboots (snmove does)"
+                    )),
+                }
+            }
+        }
+        out.push(NodePlan { node: node.to_string(), old_sn, new_sn: mv.to.clone(), chdef, statemnt, notes });
+    }
+    Ok(Plan { nodes: out })
+}
+
+fn fill(arg: &str, vars: &[(&str, &str)]) -> String {
+    let mut s = arg.to_string();
+    for (k, v) in vars {
+        s = s.replace(&format!("{{{k}}}"), v);
+    }
+    s
+}
+
+impl Plan {
+    /// The commands, in order: one chdef per set of nodes with identical changes, then the chtabs.
+    pub fn commands(&self, t: &Templates) -> Vec<Command> {
+        let mut groups: BTreeMap<Vec<(String, String)>, Vec<&NodePlan>> = BTreeMap::new();
+        let mut order: Vec<Vec<(String, String)>> = Vec::new();
+        for n in &self.nodes {
+            if n.chdef.is_empty() {
+                continue;
+            }
+            let key: Vec<(String, String)> = n.chdef.iter().map(|c| (c.attr.clone(), c.new.clone())).collect();
+            if !groups.contains_key(&key) {
+                order.push(key.clone());
+            }
+            groups.entry(key).or_default().push(n);
+        }
+        let mut out = Vec::new();
+        for key in order {
+            let nodes = &groups[&key];
+            let names: Vec<&str> = nodes.iter().map(|n| n.node.as_str()).collect();
+            let list = names.join(",");
+            let (sn, old) = (nodes[0].new_sn.as_str(), nodes[0].old_sn.as_str());
+            let mut argv = Vec::new();
+            for a in &t.chdef {
+                if a == "{attrs}" {
+                    argv.extend(key.iter().map(|(k, v)| format!("{k}={v}")));
+                } else {
+                    argv.push(fill(a, &[("node", &list), ("sn", sn), ("old_sn", old)]));
+                }
+            }
+            out.push(Command { argv, why: format!("repoint {list} from {old} to {sn}") });
+        }
+        for n in &self.nodes {
+            if let Some(c) = &n.statemnt {
+                let argv = t
+                    .chtab
+                    .iter()
+                    .map(|a| {
+                        fill(
+                            a,
+                            &[("node", &n.node), ("statemnt", &c.new), ("sn", &n.new_sn), ("old_sn", &n.old_sn)],
+                        )
+                    })
+                    .collect();
+                out.push(Command {
+                    argv,
+                    why: format!("{}'s persistent data now on {} (was `{}`)", n.node, n.new_sn, c.old.as_deref().unwrap_or("")),
+                });
+            }
+        }
+        out
+    }
+
+    pub fn notes(&self) -> Vec<String> {
+        self.nodes.iter().flat_map(|n| n.notes.iter().cloned()).collect()
+    }
+}
+
+/// Print or run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mode {
+    /// Change nothing; the outcome lists the commands.
+    DryRun,
+    /// Run each command, stop at the first failure, and append what ran to this log file.
+    Apply { log: PathBuf },
+}
+
+/// A command that ran.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Ran {
+    pub argv: Vec<String>,
+    pub status: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// What [`redirect`] / [`execute`] did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Outcome {
+    pub applied: bool,
+    pub plan: Plan,
+    pub commands: Vec<Command>,
+    pub notes: Vec<String>,
+    pub ran: Vec<Ran>,
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+fn log_line(log: &Path, v: &serde_json::Value) -> Result<(), RedirectError> {
+    let err = |e: std::io::Error| RedirectError::Log { log: log.display().to_string(), message: e.to_string() };
+    if let Some(dir) = log.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(err)?;
+    }
+    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(log).map_err(err)?;
+    writeln!(f, "{v}").map_err(err)?;
+    f.sync_data().map_err(err)
+}
+
+/// Print (dry run) or run the plan's commands. Each run is recorded in the log (JSON lines:
+/// time, argv, exit status, output) before the next starts; the first failure stops the rest.
+pub fn execute(plan: Plan, templates: &Templates, mode: &Mode) -> Result<Outcome, RedirectError> {
+    let commands = plan.commands(templates);
+    let notes = plan.notes();
+    let mut ran = Vec::new();
+    if let Mode::Apply { log } = mode {
+        let logs = log.display().to_string();
+        log_line(log, &serde_json::json!({"time": now(), "event": "redirect", "commands": commands.len()}))?;
+        for c in &commands {
+            let Some((prog, args)) = c.argv.split_first() else { continue };
+            let out = std::process::Command::new(prog).args(args).stdin(std::process::Stdio::null()).output();
+            let (status, stdout, stderr, desc) = match out {
+                Ok(o) => {
+                    let code = o.status.code().unwrap_or(-1);
+                    (
+                        code,
+                        String::from_utf8_lossy(&o.stdout).into_owned(),
+                        String::from_utf8_lossy(&o.stderr).into_owned(),
+                        if o.status.success() { None } else { Some(format!("{}", o.status)) },
+                    )
+                }
+                Err(e) => (-1, String::new(), e.to_string(), Some(format!("cannot run: {e}"))),
+            };
+            log_line(
+                log,
+                &serde_json::json!({"time": now(), "argv": c.argv, "status": status, "stdout": stdout, "stderr": stderr}),
+            )?;
+            ran.push(Ran { argv: c.argv.clone(), status, stdout, stderr: stderr.clone() });
+            if let Some(d) = desc {
+                return Err(RedirectError::Failed { argv: c.argv.clone(), status: d, stderr: stderr.trim().to_string(), log: logs });
+            }
+        }
+    }
+    Ok(Outcome { applied: matches!(mode, Mode::Apply { .. }), plan, commands, notes, ran })
+}
+
+/// Repoint nodes in xCAT: read the tables from `source`, plan as snmove would, then print or run
+/// the commands. This is what `hanfs migrate` and `hanfs failover` call after moving the data.
+pub fn redirect(
+    source: &SourceSpec,
+    moves: &[NodeMove],
+    templates: &Templates,
+    mode: &Mode,
+) -> Result<Outcome, RedirectError> {
+    let tables = source.read()?;
+    let p = plan(&tables, moves)?;
+    execute(p, templates, mode)
+}
