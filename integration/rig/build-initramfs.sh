@@ -25,9 +25,10 @@ KBASE=$DIR/uml-modules
 mkdir -p "$KBASE/lib/modules"; ln -sfn "/usr/lib/uml/modules/$KV" "$KBASE/lib/modules/$KV"
 MODULES="nfsd nfsv4 veth"
 
-# (mount, umount, nsenter and the small tools come from busybox: static, so quick to start)
+# (mount, also for NFS, umount, nsenter and the small tools come from busybox: it is static, so
+# it starts quickly; each dynamic program's start costs many page faults under UML)
 PROGS="/usr/bin/dash /usr/bin/busybox /usr/bin/kmod /usr/sbin/ip /usr/sbin/rpc.nfsd /usr/sbin/rpc.mountd /usr/sbin/exportfs
-       /usr/sbin/nfsdcld /usr/sbin/mount.nfs /usr/bin/python3"
+       /usr/sbin/nfsdcld /usr/bin/python3"
 [ "$PCAP" = 1 ] && [ -x /usr/bin/tcpdump ] && PROGS="$PROGS /usr/bin/tcpdump"
 ETC="/etc/netconfig /etc/protocols /etc/services"
 
@@ -107,7 +108,6 @@ for a in $(/usr/bin/busybox --list); do
     [ -e "$R/usr/bin/$a" ] || [ -e "$R/usr/sbin/$a" ] || ln -s busybox "$R/usr/bin/$a"
 done
 ln -sfn dash "$R/usr/bin/sh"
-for l in mount.nfs4 umount.nfs umount.nfs4; do ln -sfn mount.nfs "$R/usr/sbin/$l"; done
 for l in modprobe insmod lsmod depmod; do ln -sfn ../bin/kmod "$R/usr/sbin/$l"; done
 ln -sfn "$(basename "$(readlink -f /usr/bin/python3)")" "$R/usr/bin/python3"
 
