@@ -317,6 +317,8 @@ pub fn cluster() -> Fixture {
     f.add("statelite", &[("node", s("compute")), ("statemnt", s("$noderes.xcatmaster:/nodedata")), ("mntopts", s("soft,timeo=30"))]);
     // cn007's data was moved to its backup sn2 earlier: a literal server.
     f.add("statelite", &[("node", s("cn007")), ("statemnt", s("10.0.2.254:/nodedata"))]);
+    // cn030: its own SN written literally (not $noderes.xcatmaster): a move needs a chtab.
+    f.add("statelite", &[("node", s("cn030")), ("statemnt", s("10.0.1.254:/nodedata"))]);
     // AIX: a regex statemnt.
     f.add("statelite", &[("node", s("aixcompute")), ("statemnt", s(r"|an(\d+)|10.2.0.(($1-1)/4+1):/aixstate|"))]);
     // cn190: persistent data on the MN: hanfs cannot serve it.
