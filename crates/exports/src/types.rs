@@ -56,6 +56,33 @@ pub struct FsLocation {
     pub host: String,
 }
 
+impl Exports {
+    /// Every exported directory once, in render order: they must exist before the server reads the
+    /// file (`exportfs -ra` fails on a missing one).
+    pub fn paths(&self) -> Vec<&str> {
+        let mut out: Vec<&str> = Vec::new();
+        for e in &self.entries {
+            if !out.contains(&e.path.as_str()) {
+                out.push(&e.path);
+            }
+        }
+        out
+    }
+
+    /// Directories exported with `refer=`, once each. Linux nfsd only answers with a referral at a
+    /// mount point, so each must be one (`mount --bind D D` is enough); AIX creates the referral
+    /// object itself and wants no ordinary directory there.
+    pub fn referrals(&self) -> Vec<&str> {
+        let mut out: Vec<&str> = Vec::new();
+        for e in &self.entries {
+            if e.locations.as_ref().is_some_and(|l| l.kind == LocKind::Refer) && !out.contains(&e.path.as_str()) {
+                out.push(&e.path);
+            }
+        }
+        out
+    }
+}
+
 impl Entry {
     /// How diagnostics name this export: the path, and the client on Linux.
     pub fn name(&self) -> String {
