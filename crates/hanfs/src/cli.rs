@@ -142,19 +142,54 @@ pub struct FailoverArgs {
 pub enum XcatCommand {
     /// Build the cluster config from xCAT's tables.
     Import(XcatImportArgs),
+    /// Repoint nodes to another SN in xCAT (chdef/chtab, as snmove changes them). Prints the
+    /// commands unless --apply.
+    Redirect(XcatRedirectArgs),
 }
 
 #[derive(Debug, Args)]
-#[group(id = "source", required = true, multiple = false)]
-pub struct XcatImportArgs {
+#[command(group(clap::ArgGroup::new("redirect_source").required(true).args(["tabdump", "sqlite", "cfgloc"])))]
+pub struct XcatRedirectArgs {
     /// A directory of `<table>.csv` files written by `tabdump <table>`.
-    #[arg(long, value_name = "DIR", group = "source")]
+    #[arg(long, value_name = "DIR")]
     pub tabdump: Option<PathBuf>,
-    /// A directory of xCAT SQLite files (`<table>.sqlite`), e.g. /etc/xcat.
-    #[arg(long, value_name = "DIR", group = "source")]
+    /// A directory of xCAT SQLite files (`<table>.sqlite`).
+    #[arg(long, value_name = "DIR")]
     pub sqlite: Option<PathBuf>,
     /// xCAT's /etc/xcat/cfgloc naming a PostgreSQL or MySQL/MariaDB database.
-    #[arg(long, value_name = "FILE", group = "source")]
+    #[arg(long, value_name = "FILE")]
+    pub cfgloc: Option<PathBuf>,
+    /// Node to repoint (repeatable).
+    #[arg(long = "node", value_name = "NODE", required = true)]
+    pub nodes: Vec<String>,
+    /// The SN that serves them from now on.
+    #[arg(long, value_name = "SN")]
+    pub to: String,
+    /// The new SN's address as the nodes see it (default: the xcatmaster its own nodes use).
+    #[arg(long, value_name = "ADDR")]
+    pub address: Option<String>,
+    /// Run the commands (default: print them).
+    #[arg(long)]
+    pub apply: bool,
+    /// TOML file with command templates (`chdef = [...]`, `chtab = [...]`).
+    #[arg(long, value_name = "FILE")]
+    pub templates: Option<PathBuf>,
+    /// Where --apply records what ran (default: xcat-redirect.log in the cluster's state_dir).
+    #[arg(long, value_name = "FILE")]
+    pub log: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["tabdump", "sqlite", "cfgloc"])))]
+pub struct XcatImportArgs {
+    /// A directory of `<table>.csv` files written by `tabdump <table>`.
+    #[arg(long, value_name = "DIR")]
+    pub tabdump: Option<PathBuf>,
+    /// A directory of xCAT SQLite files (`<table>.sqlite`), e.g. /etc/xcat.
+    #[arg(long, value_name = "DIR")]
+    pub sqlite: Option<PathBuf>,
+    /// xCAT's /etc/xcat/cfgloc naming a PostgreSQL or MySQL/MariaDB database.
+    #[arg(long, value_name = "FILE")]
     pub cfgloc: Option<PathBuf>,
     /// Write the config here instead of stdout.
     #[arg(short, long, value_name = "FILE")]

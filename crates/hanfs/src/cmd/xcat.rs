@@ -1,8 +1,138 @@
-use super::not_yet;
-use crate::cli::{Global, XcatCommand};
-use crate::exit::Status;
-use anyhow::Result;
+//! `hanfs xcat import` and `hanfs xcat redirect`.
 
-pub fn run(_g: &Global, _c: XcatCommand) -> Result<Status> {
-    not_yet("xcat")
+use super::print_json;
+use crate::cli::{Global, XcatCommand, XcatImportArgs, XcatRedirectArgs};
+use crate::exit::{bad_input, Status};
+use anyhow::{Context, Result};
+use std::path::{Path, PathBuf};
+use xcat::redirect::{Mode, RedirectError};
+use xcat::{ImportError, NodeMove, SourceSpec, Templates};
+
+pub fn run(g: &Global, c: XcatCommand) -> Result<Status> {
+    match c {
+        XcatCommand::Import(a) => import(g, a),
+        XcatCommand::Redirect(a) => redirect(g, a),
+    }
+}
+
+fn spec(tabdump: Option<PathBuf>, sqlite: Option<PathBuf>, cfgloc: Option<PathBuf>) -> Result<SourceSpec> {
+    match (tabdump, sqlite, cfgloc) {
+        (Some(d), _, _) => Ok(SourceSpec::Tabdump(d)),
+        (_, Some(d), _) => Ok(SourceSpec::Sqlite(d)),
+        (_, _, Some(f)) => Ok(SourceSpec::Cfgloc(f)),
+        _ => Err(bad_input("give one of --tabdump DIR, --sqlite DIR, --cfgloc FILE")),
+    }
+}
+
+fn import(g: &Global, a: XcatImportArgs) -> Result<Status> {
+    let source = spec(a.tabdump, a.sqlite, a.cfgloc)?;
+    let imported = match xcat::import(&source) {
+        Ok(i) => i,
+        // Unreadable, malformed or missing input: the message names the file, line or connection.
+        Err(ImportError::Source(e)) => return Err(bad_input(e.to_string())),
+        Err(e) => return Err(anyhow::Error::new(e)),
+    };
+    let report = &imported.import.report;
+    for issue in report {
+        eprintln!("hanfs: xcat import: {issue}");
+    }
+    if let Some(out) = &a.output {
+        write_atomically(out, &imported.toml).with_context(|| format!("{}: cannot write the config", out.display()))?;
+    }
+    let c = &imported.import.config;
+    if g.json {
+        print_json(&serde_json::json!({
+            "source": imported.import.source,
+            "output": a.output.as_ref().map(|p| p.display().to_string()),
+            "config": if a.output.is_none() { Some(&imported.toml) } else { None },
+            "sns": c.sn.len(),
+            "nodes": c.node.len(),
+            "images": c.image.len(),
+            "statelite": c.statelite.len(),
+            "report": report,
+        }))?;
+    } else if a.output.is_none() {
+        print!("{}", imported.toml);
+    }
+    if !g.quiet {
+        eprintln!(
+            "hanfs: xcat import: {} SNs, {} nodes, {} images, {} statelite areas from {}{}",
+            c.sn.len(),
+            c.node.len(),
+            c.image.len(),
+            c.statelite.len(),
+            imported.import.source,
+            a.output.as_ref().map(|p| format!(" -> {}", p.display())).unwrap_or_default()
+        );
+    }
+    Ok(Status::Ok)
+}
+
+fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "config".into());
+    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path)
+}
+
+fn redirect(g: &Global, a: XcatRedirectArgs) -> Result<Status> {
+    let source = spec(a.tabdump, a.sqlite, a.cfgloc)?;
+    let templates = match &a.templates {
+        Some(f) => {
+            let text = std::fs::read_to_string(f)
+                .map_err(|e| bad_input(format!("{}: cannot read the templates: {e}", f.display())))?;
+            Templates::from_toml(&f.display().to_string(), &text).map_err(bad_input)?
+        }
+        None => Templates::default(),
+    };
+    let mode = if a.apply {
+        let log = match a.log {
+            Some(l) => l,
+            None => {
+                let state = std::fs::read_to_string(&g.config)
+                    .ok()
+                    .and_then(|t| model::Cluster::from_toml(&g.config.display().to_string(), &t).ok())
+                    .map(|c| PathBuf::from(c.state_dir.as_str()))
+                    .unwrap_or_else(|| PathBuf::from("/var/lib/hanfs"));
+                state.join("xcat-redirect.log")
+            }
+        };
+        Mode::Apply { log }
+    } else {
+        Mode::DryRun
+    };
+    let moves: Vec<NodeMove> =
+        a.nodes.iter().map(|n| NodeMove { node: n.clone(), to: a.to.clone(), address: a.address.clone() }).collect();
+    let outcome = match xcat::redirect::redirect(&source, &moves, &templates, &mode) {
+        Ok(o) => o,
+        Err(e @ (RedirectError::Source(_) | RedirectError::Input(_))) => return Err(bad_input(e.to_string())),
+        Err(e) => return Err(anyhow::Error::new(e)),
+    };
+    if g.json {
+        print_json(&outcome)?;
+    } else {
+        for c in &outcome.commands {
+            println!("{}", c.argv.iter().map(|a| shell_quote(a)).collect::<Vec<_>>().join(" "));
+        }
+        for n in &outcome.notes {
+            eprintln!("hanfs: note: {n}");
+        }
+        if outcome.commands.is_empty() {
+            eprintln!("hanfs: xcat redirect: nothing to change");
+        } else if !outcome.applied {
+            eprintln!("hanfs: xcat redirect: dry run; add --apply to run these {} commands", outcome.commands.len());
+        } else if let Mode::Apply { log } = &mode {
+            eprintln!("hanfs: xcat redirect: ran {} commands; recorded in {}", outcome.ran.len(), log.display());
+        }
+    }
+    Ok(Status::Ok)
+}
+
+fn shell_quote(s: &str) -> String {
+    if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=,:@+%".contains(c)) {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
 }
