@@ -100,7 +100,7 @@ sn_reload() {
 # UML.  soft: I/O fails instead of hanging if a server does not answer.
 nfs_mount() {
     MNT=$((MNT + 1)) M=/mnt/rig/$SCEN.$MNT DEV= MARKER=
-    out=$(mount -t nfs4 -o "vers=4.2,soft,timeo=50,retrans=2,addr=${1%%:*},clientaddr=$CLIENT" "$1" "$M" 2>&1) ||
+    out=$(mount -t nfs4 -o "vers=4.2,soft,timeo=100,retrans=3,addr=${1%%:*},clientaddr=$CLIENT" "$1" "$M" 2>&1) ||
         return 1
     while read -r dev mp rest; do [ "$mp" = "$M" ] && DEV=$dev; done < /proc/mounts
     read -r MARKER < "$M/rig-marker" 2> /dev/null
