@@ -16,7 +16,8 @@
 //! # Replica (SN) side
 //! - [`Replica::open`]`(root, state_dir, ReplicaOptions{allow_devices})`, then [`Replica::recover`].
 //! - [`Replica::current`] -> (generation, digest); [`Replica::adopt`] takes an existing copy as a base;
-//!   [`Replica::scan`] re-reads the tree for verification.
+//!   [`Replica::scan`] re-reads the tree; [`Replica::verify`] compares it with the current digest;
+//!   [`Replica::manifest`] is what the controller diffs against.
 //! - [`Replica::begin`]`(plan)` -> [`Staging`]: [`Staging::needed`], [`Staging::write_file`]`(path, reader)`,
 //!   [`Staging::add_delta`]`(path, reader)`, [`Staging::commit`] -> (generation, digest), or [`Staging::abort`].
 //!

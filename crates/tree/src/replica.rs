@@ -1,14 +1,16 @@
 //! Applying a plan to a replica: stage, journal, commit, recover.
 //!
 //! Layout: staged entries live in `<root>/.hanfs/stage/<generation>/` (same filesystem, so
-//! installing is a rename); state lives in `state_dir`: `current` (generation, digest, manifest)
+//! installing is a rename); entries leaving the tree are renamed into its `trash/` during the
+//! commit and deleted with the stage afterwards, so the visible switch is renames only; state
+//! lives in `state_dir`: `current` (generation, digest, manifest)
 //! and `journal` (the commit record). The commit point is the durable rename of `journal`.
 //! Before it, the visible tree is untouched (staging only links or reads old files, which changes
 //! ctime/nlink, not the digest), and recovery discards the stage. After it, every step of the
 //! commit is idempotent and derived from (old, new) alone, so recovery replays it to the end:
 //! the tree digest is always the old or the new generation's once recovery has run.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{Read, Write};
@@ -20,8 +22,8 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use serde::{Deserialize, Serialize};
 
 use crate::fault::point;
-use crate::fsops::{ftype, lstat_at, remove_at, write_atomic, Root, StageWriter};
-use crate::manifest::{show, Kind, Manifest, RelPath};
+use crate::fsops::{lstat_at, remove_at, write_atomic, Root, StageWriter};
+use crate::manifest::{show, split, Kind, Manifest, RelPath};
 use crate::plan::{layout, Content, Plan, Source};
 use crate::scan::{ScanOptions, Scanner};
 use crate::{io_err, Error, Result};
@@ -125,6 +127,13 @@ impl Replica {
     pub fn scan(&self) -> Result<Manifest> {
         Scanner::new(self.root.path(), &ScanOptions { excludes: Vec::new(), state_dir: Some(self.state_dir.clone()) })?
             .scan()
+    }
+
+    /// Re-reads the tree and tells whether it still has the digest of the current generation
+    /// (false also when there is no generation yet). Returns the digest found.
+    pub fn verify(&self) -> Result<(bool, String)> {
+        let d = self.scan()?.digest();
+        Ok((self.state.as_ref().is_some_and(|s| s.digest == d), d))
     }
 
     /// Takes the tree as it is (for example a copy made by xCAT's prsync) as generation
@@ -259,6 +268,8 @@ impl Replica {
         rustix::fs::mkdirat(&sd, OsStr::from_bytes(generation.to_string().as_bytes()), Mode::from_raw_mode(0o700))
             .map_err(|e| io_err(Path::new(".hanfs/stage"), e.into()))?;
         let stage = self.root.dir(&srel)?;
+        rustix::fs::mkdirat(&stage, "trash", Mode::from_raw_mode(0o700))
+            .map_err(|e| io_err(Path::new(".hanfs/stage"), e.into()))?;
         let sent = contents
             .iter()
             .enumerate()
@@ -278,10 +289,23 @@ impl Replica {
             let srel = stage_rel(j.generation);
             let stage = root.dir(&srel)?;
             let index: HashMap<&[u8], usize> = new.entries.keys().enumerate().map(|(i, p)| (p.as_slice(), i)).collect();
-            // 1. Removals, deepest first (children sort after their parents).
-            for p in lay.removed.iter().rev() {
+            // Old entries leave the tree by a rename into the stage's trash, not an unlink: the
+            // unlinks (slow with online discard) happen after the switch, when the stage goes.
+            let trash = match root.dir(&[srel.as_slice(), b"/trash"].concat()) {
+                Ok(t) => t,
+                Err(_) => {
+                    root.ensure_dir(&[srel.as_slice(), b"/trash"].concat())?;
+                    root.dir(&[srel.as_slice(), b"/trash"].concat())?
+                }
+            };
+            let removed: HashSet<&[u8]> = lay.removed.iter().copied().collect();
+            // 1. Removals, top-most first (a directory carries its subtree along).
+            for (i, p) in lay.removed.iter().enumerate() {
+                if split(p).is_some_and(|(parent, _)| removed.contains(parent)) {
+                    continue;
+                }
                 point("commit-remove");
-                root.remove_all(p)?;
+                to_trash(root, trash.as_fd(), p, &sname('r', i))?;
             }
             // 2. Directories, parents first.
             for (p, e) in &new.entries {
@@ -297,9 +321,7 @@ impl Replica {
                     continue;
                 }
                 point("commit-install");
-                if root.lstat(p)?.is_some_and(|st| ftype(&st) == FileType::Directory) {
-                    root.remove_all(p)?;
-                }
+                to_trash(root, trash.as_fd(), p, &sname('i', index.get(p).copied().unwrap_or_default()))?;
                 let (d, n) = root.parent(p)?;
                 rustix::fs::renameat(&stage, OsStr::from_bytes(&name), &d, OsStr::from_bytes(n))
                     .map_err(|e| io_err(Path::new(&show(p)), e.into()))?;
@@ -320,8 +342,8 @@ impl Replica {
                 let (ld, ln) = root.parent(leader)?;
                 rustix::fs::linkat(&ld, OsStr::from_bytes(ln), &stage, OsStr::from_bytes(&tmp), AtFlags::empty())
                     .map_err(|e| io_err(Path::new(&show(p)), e.into()))?;
-                if mst.is_some_and(|m| ftype(&m) == FileType::Directory) {
-                    root.remove_all(p)?;
+                if mst.is_some() {
+                    to_trash(root, trash.as_fd(), p, &sname('h', index.get(p).copied().unwrap_or_default()))?;
                 }
                 let (d, n) = root.parent(p)?;
                 rustix::fs::renameat(&stage, OsStr::from_bytes(&tmp), &d, OsStr::from_bytes(n))
@@ -359,6 +381,32 @@ impl Replica {
         }
         File::open(&self.state_dir).and_then(|f| f.sync_all()).map_err(|e| io_err(&self.state_dir, e))?;
         Ok(())
+    }
+}
+
+/// Moves `rel` (if present) into the trash directory under `name`, replacing whatever a
+/// previous replay left there under that name.
+fn to_trash(root: &Root, trash: std::os::fd::BorrowedFd<'_>, rel: &[u8], name: &[u8]) -> Result<()> {
+    let (d, n) = match root.parent(rel) {
+        Ok(x) => x,
+        // A parent that is gone, not a directory any more, or a symlink: nothing of ours there.
+        Err(Error::Io { source, .. }) if matches!(source.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR)) => {
+            return Ok(())
+        }
+        Err(Error::Hostile(_)) => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    if lstat_at(d.as_fd(), n).map_err(|e| io_err(Path::new(&show(rel)), e.into()))?.is_none() {
+        return Ok(());
+    }
+    let tn = OsStr::from_bytes(name);
+    match rustix::fs::renameat(&d, OsStr::from_bytes(n), trash, tn) {
+        Ok(()) => Ok(()),
+        Err(_) => {
+            remove_at(trash, name).map_err(|e| io_err(Path::new(&show(rel)), e.into()))?;
+            rustix::fs::renameat(&d, OsStr::from_bytes(n), trash, tn)
+                .map_err(|e| io_err(Path::new(&show(rel)), e.into()))
+        }
     }
 }
 

@@ -203,7 +203,12 @@ impl Scanner {
             if self.excluded(&crel) {
                 continue;
             }
-            let md = de.metadata().map_err(|e| io_err(&de.path(), e))?;
+            let md = match de.metadata() {
+                Ok(md) => md,
+                // Removed between readdir and lstat: it is simply not in this scan.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io_err(&de.path(), e)),
+            };
             let ft = md.file_type();
             if ft.is_socket() {
                 sockets.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
