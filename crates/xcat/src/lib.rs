@@ -14,8 +14,8 @@ pub mod map;
 pub mod redirect;
 pub mod rules;
 pub mod source;
-pub mod table;
 pub mod tabdump;
+pub mod table;
 
 pub use map::{Import, Issue, Severity};
 pub use redirect::{NodeMove, Templates};

@@ -175,7 +175,8 @@ fn is_ip(s: &str) -> bool {
 }
 
 /// NIM resource columns that are directory trees under `<installdir>/nim/<type>/<name>`.
-const NIM_TREES: &[&str] = &["spot", "shared_root", "root", "lpp_source", "resolv_conf", "tmp", "home", "shared_home", "mksysb"];
+const NIM_TREES: &[&str] =
+    &["spot", "shared_root", "root", "lpp_source", "resolv_conf", "tmp", "home", "shared_home", "mksysb"];
 /// NIM resources that are per node and never replicated (README §1).
 const NIM_NEVER: &[&str] = &["paging", "dump"];
 /// NIM resources that are single files or lists, not trees.
@@ -207,9 +208,7 @@ impl Mapper<'_> {
 
     /// The IP of a name from the hosts table (node row or groups, regex applied), if any.
     fn hosts_ip(&mut self, name: &str) -> Option<String> {
-        if self.db.table("hosts").is_none() {
-            return None;
-        }
+        self.db.table("hosts")?;
         let v = if self.db.is_node(name) {
             self.attr("hosts", name, "ip")
         } else {
@@ -228,10 +227,8 @@ pub fn import(tables: &Tables) -> Import {
     // Disabled rows are skipped, as xCAT skips them; say so.
     for t in tables.tables.values() {
         let key = crate::table::spec(&t.name).and_then(|s| s.keys.first().copied()).unwrap_or("node");
-        let rows: Vec<(String, String)> = t
-            .disabled_rows()
-            .map(|r| (t.get(r, key).unwrap_or("?").to_string(), r.location.clone()))
-            .collect();
+        let rows: Vec<(String, String)> =
+            t.disabled_rows().map(|r| (t.get(r, key).unwrap_or("?").to_string(), r.location.clone())).collect();
         for (k, loc) in rows {
             m.issue(Severity::Skipped, &t.name, format!("{k} ({loc})"), "row is disabled");
         }
@@ -250,10 +247,8 @@ pub fn import(tables: &Tables) -> Import {
     // --- service nodes: servicenode rows (a row may name a group) and every name in noderes.servicenode.
     let mut sn_set: BTreeSet<String> = BTreeSet::new();
     if let Some(t) = tables.get("servicenode") {
-        let keys: Vec<(String, String)> = t
-            .enabled_rows()
-            .filter_map(|r| t.get(r, "node").map(|k| (k.to_string(), r.location.clone())))
-            .collect();
+        let keys: Vec<(String, String)> =
+            t.enabled_rows().filter_map(|r| t.get(r, "node").map(|k| (k.to_string(), r.location.clone()))).collect();
         for (k, loc) in keys {
             if m.db.is_node(&k) {
                 sn_set.insert(k);
@@ -261,7 +256,12 @@ pub fn import(tables: &Tables) -> Import {
                 let members: Vec<String> =
                     m.db.nodes.iter().filter(|(_, g)| g.contains(&k)).map(|(n, _)| n.clone()).collect();
                 if members.is_empty() {
-                    m.issue(Severity::Warning, "servicenode", format!("{k} ({loc})"), "neither a node nor a group with members");
+                    m.issue(
+                        Severity::Warning,
+                        "servicenode",
+                        format!("{k} ({loc})"),
+                        "neither a node nor a group with members",
+                    );
                 }
                 sn_set.extend(members);
             }
@@ -344,7 +344,9 @@ pub fn import(tables: &Tables) -> Import {
         });
         let minority: Vec<(String, Vec<String>)> = candidates
             .get(s)
-            .map(|c| c.iter().filter(|(a, _)| Some(*a) != chosen.as_ref()).map(|(a, n)| (a.clone(), n.clone())).collect())
+            .map(|c| {
+                c.iter().filter(|(a, _)| Some(*a) != chosen.as_ref()).map(|(a, n)| (a.clone(), n.clone())).collect()
+            })
             .unwrap_or_default();
         for (a, ns) in minority {
             m.issue(
@@ -365,11 +367,21 @@ pub fn import(tables: &Tables) -> Import {
             },
             None => match m.hosts_ip(s) {
                 Some(ip) => {
-                    m.issue(Severity::Warning, "noderes", s.clone(), format!("no node gives its xcatmaster; address `{ip}` from the hosts table"));
+                    m.issue(
+                        Severity::Warning,
+                        "noderes",
+                        s.clone(),
+                        format!("no node gives its xcatmaster; address `{ip}` from the hosts table"),
+                    );
                     ip
                 }
                 None => {
-                    m.issue(Severity::Warning, "noderes", s.clone(), "no node gives its xcatmaster and the hosts table has no IP; its name is used as address");
+                    m.issue(
+                        Severity::Warning,
+                        "noderes",
+                        s.clone(),
+                        "no node gives its xcatmaster and the hosts table has no IP; its name is used as address",
+                    );
                     s.clone()
                 }
             },
@@ -410,7 +422,9 @@ pub fn import(tables: &Tables) -> Import {
                 Severity::Error,
                 "noderes",
                 n.name.clone(),
-                format!("nfsserver `{f}` is not a service node (an external NFS server?); add it as [[external]] by hand"),
+                format!(
+                    "nfsserver `{f}` is not a service node (an external NFS server?); add it as [[external]] by hand"
+                ),
             ),
         }
     }
@@ -453,7 +467,14 @@ pub fn import(tables: &Tables) -> Import {
             dialect = "linux";
         }
         if aix && domain.is_none() {
-            m.issue(Severity::Error, "site", "domain", format!("AIX service node {s} needs an NFSv4 domain (site.domain); written as dialect linux, fix by hand"));
+            m.issue(
+                Severity::Error,
+                "site",
+                "domain",
+                format!(
+                    "AIX service node {s} needs an NFSv4 domain (site.domain); written as dialect linux, fix by hand"
+                ),
+            );
             dialect = "linux";
         }
         // Backups: the second SN its nodes list, most common first.
@@ -467,7 +488,12 @@ pub fn import(tables: &Tables) -> Import {
         backups.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| natural_cmp(&a.0, &b.0)));
         let backups: Vec<String> = backups.into_iter().map(|(b, _)| b).collect();
         if backups.is_empty() && !served.is_empty() {
-            m.issue(Severity::Warning, "noderes", s.clone(), "no node names a backup after this SN in servicenode: it gets no backups");
+            m.issue(
+                Severity::Warning,
+                "noderes",
+                s.clone(),
+                "no node names a backup after this SN in servicenode: it gets no backups",
+            );
         }
         sn_out.push(SnOut { name: s.clone(), address, dialect: dialect.to_string(), backups });
     }
@@ -526,7 +552,10 @@ pub fn import(tables: &Tables) -> Import {
     osimages.sort_by(|a, b| natural_cmp(&a.0, &b.0));
     let img_row = |table: &str, name: &str| -> Option<(usize, &crate::table::Table)> {
         let t = tables.get(table)?;
-        t.rows.iter().position(|r| !crate::table::is_disabled(t.get(r, "disable")) && t.get(r, "imagename") == Some(name)).map(|i| (i, t))
+        t.rows
+            .iter()
+            .position(|r| !crate::table::is_disabled(t.get(r, "disable")) && t.get(r, "imagename") == Some(name))
+            .map(|i| (i, t))
     };
     let osimage_names: BTreeSet<String> = osimages.iter().map(|(n, _)| n.clone()).collect();
     for (name, loc) in &osimages {
@@ -546,7 +575,12 @@ pub fn import(tables: &Tables) -> Import {
             for col in NIM_TREES {
                 let Some(v) = t.get(r, col).filter(|v| !v.is_empty()) else { continue };
                 if v.contains(',') || v.contains('/') || !model::addr::is_hostname(&v.replace('_', "-")) {
-                    m.issue(Severity::Error, "nimimage", format!("{name} ({})", r.location), format!("{col} `{v}` is not a single NIM resource name"));
+                    m.issue(
+                        Severity::Error,
+                        "nimimage",
+                        format!("{name} ({})", r.location),
+                        format!("{col} `{v}` is not a single NIM resource name"),
+                    );
                     continue;
                 }
                 let img = ImageOut {
@@ -559,46 +593,82 @@ pub fn import(tables: &Tables) -> Import {
             }
             for col in NIM_NEVER {
                 if let Some(v) = t.get(r, col).filter(|v| !v.is_empty()) {
-                    m.issue(Severity::Skipped, "nimimage", format!("{name} ({})", r.location), format!("{col} `{v}` is per node and never replicated"));
+                    m.issue(
+                        Severity::Skipped,
+                        "nimimage",
+                        format!("{name} ({})", r.location),
+                        format!("{col} `{v}` is per node and never replicated"),
+                    );
                 }
             }
             for col in NIM_FILES {
                 if let Some(v) = t.get(r, col).filter(|v| !v.is_empty()) {
-                    m.issue(Severity::Skipped, "nimimage", format!("{name} ({})", r.location), format!("{col} `{v}` is a file resource, not a tree: not replicated"));
+                    m.issue(
+                        Severity::Skipped,
+                        "nimimage",
+                        format!("{name} ({})", r.location),
+                        format!("{col} `{v}` is a file resource, not a tree: not replicated"),
+                    );
                 }
             }
             continue;
         }
         let provmethod = oget("provmethod").unwrap_or_default();
         if !matches!(provmethod.as_str(), "netboot" | "statelite") {
-            m.issue(Severity::Skipped, "osimage", rowname, format!("provmethod `{provmethod}`: not a diskless image, no rootimg to replicate"));
+            m.issue(
+                Severity::Skipped,
+                "osimage",
+                rowname,
+                format!("provmethod `{provmethod}`: not a diskless image, no rootimg to replicate"),
+            );
             continue;
         }
-        let rootimgdir = lin.and_then(|(i, t)| t.get(&t.rows[i], "rootimgdir").filter(|v| !v.is_empty()).map(str::to_string));
+        let rootimgdir =
+            lin.and_then(|(i, t)| t.get(&t.rows[i], "rootimgdir").filter(|v| !v.is_empty()).map(str::to_string));
         let dir = match rootimgdir {
             Some(d) => d,
             None => match (oget("osvers"), oget("osarch"), oget("profile")) {
                 (Some(v), Some(a), Some(p)) => {
                     let d = format!("{installdir}/netboot/{v}/{a}/{p}");
-                    m.issue(Severity::Warning, "linuximage", name.clone(), format!("no rootimgdir; xCAT's default `{d}` assumed"));
+                    m.issue(
+                        Severity::Warning,
+                        "linuximage",
+                        name.clone(),
+                        format!("no rootimgdir; xCAT's default `{d}` assumed"),
+                    );
                     d
                 }
                 _ => {
-                    m.issue(Severity::Error, "linuximage", rowname, "no rootimgdir and no osvers/osarch/profile to derive it");
+                    m.issue(
+                        Severity::Error,
+                        "linuximage",
+                        rowname,
+                        "no rootimgdir and no osvers/osarch/profile to derive it",
+                    );
                     continue;
                 }
             },
         };
         let root = format!("{}/rootimg", dir.trim_end_matches('/'));
         let Some(rel) = root.strip_prefix(&prefix) else {
-            m.issue(Severity::Error, "linuximage", rowname, format!("rootimg `{root}` lies outside installdir `{installdir}`"));
+            m.issue(
+                Severity::Error,
+                "linuximage",
+                rowname,
+                format!("rootimg `{root}` lies outside installdir `{installdir}`"),
+            );
             continue;
         };
         if let Err(e) = model::RelPath::parse(rel) {
             m.issue(Severity::Error, "linuximage", rowname, format!("rootimg `{root}`: {e}"));
             continue;
         }
-        let img = ImageOut { name: name.clone(), path: rel.to_string(), exclude: Vec::new(), sns: pick_sns(image_users(name), &linux_sns) };
+        let img = ImageOut {
+            name: name.clone(),
+            path: rel.to_string(),
+            exclude: Vec::new(),
+            sns: pick_sns(image_users(name), &linux_sns),
+        };
         add_image(&mut m, &mut images, &mut by_path, img, "linuximage", &rowname);
     }
     for table in ["linuximage", "nimimage"] {
@@ -606,7 +676,12 @@ pub fn import(tables: &Tables) -> Import {
             for r in t.enabled_rows() {
                 if let Some(n) = t.get(r, "imagename") {
                     if !osimage_names.contains(n) {
-                        m.issue(Severity::Error, table, format!("{n} ({})", r.location), "no enabled osimage row of that name");
+                        m.issue(
+                            Severity::Error,
+                            table,
+                            format!("{n} ({})", r.location),
+                            "no enabled osimage row of that name",
+                        );
                     }
                 }
             }
@@ -642,7 +717,12 @@ pub fn import(tables: &Tables) -> Import {
             }
         };
         if f.raw.contains("$node") && rules::split_server_dir(&f.raw).1.contains("$node") {
-            m.issue(Severity::Error, "statelite", row, format!("statemnt `{}` puts $node in the directory; hanfs keeps <dir>/<node> itself", f.raw));
+            m.issue(
+                Severity::Error,
+                "statelite",
+                row,
+                format!("statemnt `{}` puts $node in the directory; hanfs keeps <dir>/<node> itself", f.raw),
+            );
             continue;
         }
         let (server, dir) = match lookups(&mut m, &n.name, &value) {
@@ -654,7 +734,12 @@ pub fn import(tables: &Tables) -> Import {
         };
         let dir = dir.trim_end_matches('/').to_string();
         if !dir.starts_with('/') || dir.is_empty() || dir.contains("UNDEFINED") {
-            m.issue(Severity::Error, "statelite", row, format!("statemnt `{value}` gives directory `{dir}` for {}", n.name));
+            m.issue(
+                Severity::Error,
+                "statelite",
+                row,
+                format!("statemnt `{value}` gives directory `{dir}` for {}", n.name),
+            );
             continue;
         }
         let owner = if server.is_empty() {
@@ -669,7 +754,16 @@ pub fn import(tables: &Tables) -> Import {
             continue;
         };
         if !n.sns.contains(&owner) {
-            m.issue(Severity::Error, "statelite", row, format!("{}'s persistent data is on {owner}, which is not in its servicenode list {}", n.name, n.sns.join(",")));
+            m.issue(
+                Severity::Error,
+                "statelite",
+                row,
+                format!(
+                    "{}'s persistent data is on {owner}, which is not in its servicenode list {}",
+                    n.name,
+                    n.sns.join(",")
+                ),
+            );
             continue;
         }
         if owner != n.sns[0] {
@@ -701,7 +795,9 @@ pub fn import(tables: &Tables) -> Import {
     if let Some(t) = tables.get("litetree") {
         let mut rows: Vec<(String, String, String)> = t
             .enabled_rows()
-            .filter_map(|r| Some((t.get(r, "priority")?.to_string(), t.get(r, "directory")?.to_string(), r.location.clone())))
+            .filter_map(|r| {
+                Some((t.get(r, "priority")?.to_string(), t.get(r, "directory")?.to_string(), r.location.clone()))
+            })
             .collect();
         rows.sort_by(|a, b| natural_cmp(&a.0, &b.0));
         for (prio, value, loc) in rows {
@@ -712,7 +808,11 @@ pub fn import(tables: &Tables) -> Import {
             for n in &nodes {
                 match lookups(&mut m, &n.name, &value) {
                     Ok((server, dir)) => {
-                        let owner = if Some(&server) == xcatmaster_of.get(&n.name) { Some(n.sns[0].clone()) } else { aliases.get(&server).cloned() };
+                        let owner = if Some(&server) == xcatmaster_of.get(&n.name) {
+                            Some(n.sns[0].clone())
+                        } else {
+                            aliases.get(&server).cloned()
+                        };
                         on_sn &= owner.is_some();
                         paths.insert(dir.trim_end_matches('/').to_string());
                     }
@@ -724,16 +824,31 @@ pub fn import(tables: &Tables) -> Import {
                 continue;
             }
             if !on_sn {
-                m.issue(Severity::Skipped, "litetree", row, format!("directory `{value}` is not on the nodes' service node: nothing to replicate"));
+                m.issue(
+                    Severity::Skipped,
+                    "litetree",
+                    row,
+                    format!("directory `{value}` is not on the nodes' service node: nothing to replicate"),
+                );
                 continue;
             }
             if paths.len() != 1 {
-                m.issue(Severity::Error, "litetree", row, format!("directory `{value}` differs per node ({} paths): not replicated", paths.len()));
+                m.issue(
+                    Severity::Error,
+                    "litetree",
+                    row,
+                    format!("directory `{value}` differs per node ({} paths): not replicated", paths.len()),
+                );
                 continue;
             }
             let Some(path) = paths.into_iter().next() else { continue };
             let Some(rel) = path.strip_prefix(&prefix).map(str::to_string) else {
-                m.issue(Severity::Error, "litetree", row, format!("directory `{path}` lies outside installdir `{installdir}`"));
+                m.issue(
+                    Severity::Error,
+                    "litetree",
+                    row,
+                    format!("directory `{path}` lies outside installdir `{installdir}`"),
+                );
                 continue;
             };
             if let Some(img) = images.iter().find(|i| rel == i.path || rel.starts_with(&format!("{}/", i.path))) {
@@ -776,7 +891,11 @@ pub fn import(tables: &Tables) -> Import {
             backups: "none".into(),
             domain,
         },
-        tls: TlsOut { ca: "/etc/hanfs/ca.pem".into(), cert: "/etc/hanfs/mn.pem".into(), key: "/etc/hanfs/mn.key".into() },
+        tls: TlsOut {
+            ca: "/etc/hanfs/ca.pem".into(),
+            cert: "/etc/hanfs/mn.pem".into(),
+            key: "/etc/hanfs/mn.key".into(),
+        },
         sn: sn_out,
         image: images,
         statelite,

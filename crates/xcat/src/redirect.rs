@@ -121,9 +121,8 @@ pub fn plan(tables: &Tables, moves: &[NodeMove]) -> Result<Plan, RedirectError> 
     let db = Db::new(tables);
     let imported = map::import(tables);
     let attr = |table: &str, node: &str, col: &str| -> Result<Option<String>, RedirectError> {
-        db.attr(table, node, col).map_err(|e| {
-            RedirectError::Input(format!("{table}.{col} of {node} ({}): {}", e.found.location, e.error))
-        })
+        db.attr(table, node, col)
+            .map_err(|e| RedirectError::Input(format!("{table}.{col} of {node} ({}): {}", e.found.location, e.error)))
     };
     let hosts_ip = |name: &str| -> Option<String> {
         let v = if db.is_node(name) {
@@ -242,7 +241,8 @@ pub fn plan(tables: &Tables, moves: &[NodeMove]) -> Result<Plan, RedirectError> 
                         new: format!("{new_xm}:{dir}"),
                     });
                 } else if !server.is_empty() {
-                    notes.push(format!("statemnt `{value}` ({}) is not on the old SN {old_sn}: left as is", f.location));
+                    notes
+                        .push(format!("statemnt `{value}` ({}) is not on the old SN {old_sn}: left as is", f.location));
                 }
                 match &is_aix {
                     Some(img) => notes.push(format!(
@@ -305,15 +305,17 @@ impl Plan {
                     .chtab
                     .iter()
                     .map(|a| {
-                        fill(
-                            a,
-                            &[("node", &n.node), ("statemnt", &c.new), ("sn", &n.new_sn), ("old_sn", &n.old_sn)],
-                        )
+                        fill(a, &[("node", &n.node), ("statemnt", &c.new), ("sn", &n.new_sn), ("old_sn", &n.old_sn)])
                     })
                     .collect();
                 out.push(Command {
                     argv,
-                    why: format!("{}'s persistent data now on {} (was `{}`)", n.node, n.new_sn, c.old.as_deref().unwrap_or("")),
+                    why: format!(
+                        "{}'s persistent data now on {} (was `{}`)",
+                        n.node,
+                        n.new_sn,
+                        c.old.as_deref().unwrap_or("")
+                    ),
                 });
             }
         }
@@ -397,7 +399,12 @@ pub fn execute(plan: Plan, templates: &Templates, mode: &Mode) -> Result<Outcome
             )?;
             ran.push(Ran { argv: c.argv.clone(), status, stdout, stderr: stderr.clone() });
             if let Some(d) = desc {
-                return Err(RedirectError::Failed { argv: c.argv.clone(), status: d, stderr: stderr.trim().to_string(), log: logs });
+                return Err(RedirectError::Failed {
+                    argv: c.argv.clone(),
+                    status: d,
+                    stderr: stderr.trim().to_string(),
+                    log: logs,
+                });
             }
         }
     }

@@ -448,7 +448,10 @@ mod tests {
             ("sn1".into(), "/state/cn1/x".into())
         );
         assert_eq!(resolve_server_dir("sn1:/d/p$noderes.nfsdir", "cn1", &mut lk).unwrap().1, "/d/pUNDEFINED");
-        assert_eq!(resolve_server_dir("10.0.0.1:/plain", "cn1", &mut lk).unwrap(), ("10.0.0.1".into(), "/plain".into()));
+        assert_eq!(
+            resolve_server_dir("10.0.0.1:/plain", "cn1", &mut lk).unwrap(),
+            ("10.0.0.1".into(), "/plain".into())
+        );
         assert!(resolve_server_dir("s:/x/#CMD=uname -r#/$node", "cn1", &mut lk).is_err());
         assert_eq!(split_server_dir("/only/dir"), (String::new(), "/only/dir".into()));
     }

@@ -184,7 +184,8 @@ impl TableSource for SqliteDir {
         }
         let rt = runtime()?;
         let rows = rt.block_on(async {
-            let opts = sqlx::sqlite::SqliteConnectOptions::new().filename(&path).read_only(true).create_if_missing(false);
+            let opts =
+                sqlx::sqlite::SqliteConnectOptions::new().filename(&path).read_only(true).create_if_missing(false);
             let mut conn = sqlx::SqliteConnection::connect_with(&opts)
                 .await
                 .map_err(|e| SourceError::File { file: file.clone(), message: format!("cannot open: {e}") })?;
@@ -200,10 +201,10 @@ impl TableSource for SqliteDir {
                     message: format!("holds no table `{name}` (not an xCAT table file?)"),
                 });
             }
-            let rows = sqlx::query(&format!("SELECT * FROM \"{name}\" ORDER BY rowid"))
-                .fetch_all(&mut conn)
-                .await
-                .map_err(|e| SourceError::Query { what: file.clone(), table: name.to_string(), message: e.to_string() })?;
+            let rows =
+                sqlx::query(&format!("SELECT * FROM \"{name}\" ORDER BY rowid")).fetch_all(&mut conn).await.map_err(
+                    |e| SourceError::Query { what: file.clone(), table: name.to_string(), message: e.to_string() },
+                )?;
             let _ = conn.close().await;
             Ok(rows)
         })?;
@@ -384,7 +385,8 @@ impl TableSource for CfglocDb {
 
     fn read_table(&mut self, name: &str) -> Result<Option<Table>, SourceError> {
         let what = format!("{} (from {})", self.cfgloc.describe(), self.file);
-        let qerr = |e: sqlx::Error| SourceError::Query { what: what.clone(), table: name.to_string(), message: e.to_string() };
+        let qerr =
+            |e: sqlx::Error| SourceError::Query { what: what.clone(), table: name.to_string(), message: e.to_string() };
         let origin = format!("{}.{name}", self.cfgloc.dbname);
         let conn = &mut self.conn;
         let t = self.rt.block_on(async {

@@ -107,7 +107,10 @@ impl Parser<'_> {
                 Some(c) => {
                     return Err(CsvError {
                         line: self.line,
-                        message: format!("unexpected `{}` after a field; expected `,` or end of line", c.escape_debug()),
+                        message: format!(
+                            "unexpected `{}` after a field; expected `,` or end of line",
+                            c.escape_debug()
+                        ),
                     })
                 }
             }

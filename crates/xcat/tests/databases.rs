@@ -139,7 +139,10 @@ where
             Err(e) => {
                 if let Ok(Some(st)) = child.try_wait() {
                     let l = std::fs::read_to_string(log).unwrap_or_default();
-                    return Err(format!("the server exited ({st}): {}", l.lines().rev().take(5).collect::<Vec<_>>().join(" | ")));
+                    return Err(format!(
+                        "the server exited ({st}): {}",
+                        l.lines().rev().take(5).collect::<Vec<_>>().join(" | ")
+                    ));
                 }
                 if t.elapsed() > Duration::from_secs(60) {
                     return Err(format!("the server did not answer within 60s: {e}"));
@@ -195,7 +198,8 @@ fn start_postgres() -> Result<Server, String> {
         let o = opts.clone().database("postgres");
         let mut c = wait_for(|| sqlx::PgConnection::connect_with(&o), &mut s.child, &log).await?;
         sqlx::query("CREATE DATABASE xcatdb").execute(&mut c).await.map_err(|e| e.to_string())?;
-        let mut c = sqlx::PgConnection::connect_with(&opts.clone().database("xcatdb")).await.map_err(|e| e.to_string())?;
+        let mut c =
+            sqlx::PgConnection::connect_with(&opts.clone().database("xcatdb")).await.map_err(|e| e.to_string())?;
         common::cluster().load_pg(&mut c).await;
         Ok::<_, String>(())
     })?;
@@ -246,7 +250,8 @@ fn start_mariadb() -> Result<Server, String> {
         ] {
             sqlx::query(&q).execute(&mut c).await.map_err(|e| format!("{q}: {e}"))?;
         }
-        let mut c = sqlx::MySqlConnection::connect_with(&root.clone().database("xcatdb")).await.map_err(|e| e.to_string())?;
+        let mut c =
+            sqlx::MySqlConnection::connect_with(&root.clone().database("xcatdb")).await.map_err(|e| e.to_string())?;
         common::cluster().load_mysql(&mut c).await;
         Ok::<_, String>(())
     })?;
@@ -302,8 +307,13 @@ fn postgresql_import_matches_tabdump() {
     // A redirect plan from the database equals the one from tabdump.
     let mv = [xcat::NodeMove { node: "cn020".into(), to: "sn2".into(), address: None }];
     let f = cfgloc(d, "cfgloc-r", &format!("Pg:dbname=xcatdb;host=127.0.0.1;port={}|xcatadm|{PASSWORD}", server.port));
-    let a = xcat::redirect::redirect(&SourceSpec::Cfgloc(f), &mv, &xcat::Templates::default(), &xcat::redirect::Mode::DryRun)
-        .unwrap();
+    let a = xcat::redirect::redirect(
+        &SourceSpec::Cfgloc(f),
+        &mv,
+        &xcat::Templates::default(),
+        &xcat::redirect::Mode::DryRun,
+    )
+    .unwrap();
     let tmp = tempfile::tempdir().unwrap();
     common::cluster().write_tabdump(tmp.path());
     let b = xcat::redirect::redirect(
@@ -347,7 +357,11 @@ fn mariadb_import_matches_tabdump() {
         let mut c = sqlx::MySqlConnection::connect_with(&root).await.unwrap();
         sqlx::query("DROP TABLE noderes").execute(&mut c).await.unwrap();
     });
-    let f = cfgloc(d, "cfgloc-missing", &format!("mysql:dbname=xcatdb;host=127.0.0.1;port={}|xcatadm|{PASSWORD}", server.port));
+    let f = cfgloc(
+        d,
+        "cfgloc-missing",
+        &format!("mysql:dbname=xcatdb;host=127.0.0.1;port={}|xcatadm|{PASSWORD}", server.port),
+    );
     let e = xcat::import(&SourceSpec::Cfgloc(f)).unwrap_err().to_string();
     assert!(e.contains("MySQL database xcatdb") && e.contains("`noderes` is missing"), "{e}");
     drop(server);
@@ -359,8 +373,14 @@ fn unreachable_database_names_the_connection() {
     let tmp = tempfile::tempdir().unwrap();
     let port = free_port(); // nothing listens there now
     for (text, want) in [
-        (format!("Pg:dbname=xcatdb;host=127.0.0.1;port={port}|xcatadm|pw"), format!("PostgreSQL database xcatdb at 127.0.0.1:{port}")),
-        (format!("mysql:dbname=xcatdb;host=127.0.0.1;port={port}|xcatadm|pw"), format!("MySQL database xcatdb at 127.0.0.1:{port}")),
+        (
+            format!("Pg:dbname=xcatdb;host=127.0.0.1;port={port}|xcatadm|pw"),
+            format!("PostgreSQL database xcatdb at 127.0.0.1:{port}"),
+        ),
+        (
+            format!("mysql:dbname=xcatdb;host=127.0.0.1;port={port}|xcatadm|pw"),
+            format!("MySQL database xcatdb at 127.0.0.1:{port}"),
+        ),
     ] {
         let f = cfgloc(tmp.path(), "cfgloc", &text);
         let e = xcat::import(&SourceSpec::Cfgloc(f.clone())).unwrap_err();

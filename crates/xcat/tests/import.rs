@@ -132,7 +132,8 @@ fn the_report_names_table_row_and_reason() {
     let r = &imp.import.report;
     let has = |sev: Severity, table: &str, row: &str, reason: &str| {
         assert!(
-            r.iter().any(|i| i.severity == sev && i.table == table && i.row.starts_with(row) && i.reason.contains(reason)),
+            r.iter()
+                .any(|i| i.severity == sev && i.table == table && i.row.starts_with(row) && i.reason.contains(reason)),
             "no {sev:?} {table} {row} `{reason}` in:\n{}",
             r.iter().map(|i| i.to_string()).collect::<Vec<_>>().join("\n")
         )

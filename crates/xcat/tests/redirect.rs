@@ -95,7 +95,10 @@ fn commands_for_moved_nodes() {
         ]
     );
     // A node moved to an SN outside its list: the new SN first, the old list after it.
-    assert_eq!(cmds(&t, &[mv("cn020", "sn4")]), ["chdef -t node -o cn020 servicenode=sn4,sn1,sn2 xcatmaster=10.0.4.254"]);
+    assert_eq!(
+        cmds(&t, &[mv("cn020", "sn4")]),
+        ["chdef -t node -o cn020 servicenode=sn4,sn1,sn2 xcatmaster=10.0.4.254"]
+    );
     // AIX: regex statemnt resolving to the old SN's IP; xcatmaster was a name (hosts gives its IP).
     let p = redirect::plan(&t, &[mv("an001", "aixsn2")]).unwrap();
     let c: Vec<String> = p.commands(&Templates::default()).iter().map(|c| c.argv.join(" ")).collect();
@@ -106,7 +109,11 @@ fn commands_for_moved_nodes() {
             "chtab node=an001 statelite.statemnt=10.2.0.2:/aixstate",
         ]
     );
-    assert!(p.notes().iter().any(|n| n.contains("AIX: statelite.table") && n.contains("aix71-diskless")), "{:?}", p.notes());
+    assert!(
+        p.notes().iter().any(|n| n.contains("AIX: statelite.table") && n.contains("aix71-diskless")),
+        "{:?}",
+        p.notes()
+    );
     // Nodes with the same changes share one chdef (a failover moves many).
     assert_eq!(
         cmds(&t, &[mv("cn020", "sn2"), mv("cn022", "sn2"), mv("cn023", "sn2")]),
@@ -198,7 +205,11 @@ fn apply_runs_checks_and_records() {
     assert!(out.ran.is_empty() && !out.applied && out.commands.len() == 2);
     assert_eq!(std::fs::read_to_string(&log).unwrap().lines().count(), 5);
     // Templates from TOML.
-    let t = Templates::from_toml("t.toml", "chdef = [\"/opt/xcat/bin/chdef\", \"-t\", \"node\", \"-o\", \"{node}\", \"{attrs}\"]\n").unwrap();
+    let t = Templates::from_toml(
+        "t.toml",
+        "chdef = [\"/opt/xcat/bin/chdef\", \"-t\", \"node\", \"-o\", \"{node}\", \"{attrs}\"]\n",
+    )
+    .unwrap();
     assert_eq!(t.chtab, Templates::default().chtab);
     assert!(Templates::from_toml("t.toml", "chdfe = []").unwrap_err().contains("t.toml"));
 }

@@ -14,9 +14,12 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use xcat::table::{self, Spec};
 
-/// Table name -> rows of (column, value) pairs; missing columns are NULL.
+/// A row as (column, value) pairs; missing columns are NULL.
+pub type FixtureRow = Vec<(&'static str, Option<String>)>;
+
+/// Table name -> rows.
 pub struct Fixture {
-    pub tables: BTreeMap<&'static str, Vec<Vec<(&'static str, Option<String>)>>>,
+    pub tables: BTreeMap<&'static str, Vec<FixtureRow>>,
 }
 
 fn s(v: &str) -> Option<String> {
@@ -52,7 +55,10 @@ impl Fixture {
 
     /// `tabdump <table>` output for every table.
     pub fn tabdump(&self) -> BTreeMap<String, String> {
-        self.specs().into_iter().map(|spec| (spec.name.to_string(), xcat::tabdump::write(spec.columns, &self.rows(spec)))).collect()
+        self.specs()
+            .into_iter()
+            .map(|spec| (spec.name.to_string(), xcat::tabdump::write(spec.columns, &self.rows(spec))))
+            .collect()
     }
 
     pub fn write_tabdump(&self, dir: &Path) {
@@ -245,12 +251,7 @@ pub fn cluster() -> Fixture {
     // cn015: disable = "0" keeps the row.
     f.add(
         "noderes",
-        &[
-            ("node", s("cn015")),
-            ("servicenode", s("sn1,sn3")),
-            ("disable", s("0")),
-            ("monserver", s("sn1,10.0.1.254")),
-        ],
+        &[("node", s("cn015")), ("servicenode", s("sn1,sn3")), ("disable", s("0")), ("monserver", s("sn1,10.0.1.254"))],
     );
     // cn021: mounts from an NFS server that is no SN.
     f.add("noderes", &[("node", s("cn021")), ("nfsserver", s("nfs-ext"))]);
@@ -295,7 +296,10 @@ pub fn cluster() -> Fixture {
         ],
     );
     f.add("linuximage", &[("imagename", s("rh86-statelite"))]); // rootimgdir NULL: xCAT's default
-    f.add("linuximage", &[("imagename", s("rh86-install")), ("template", s("/opt/xcat/share/xcat/install/rh/compute.tmpl"))]);
+    f.add(
+        "linuximage",
+        &[("imagename", s("rh86-install")), ("template", s("/opt/xcat/share/xcat/install/rh/compute.tmpl"))],
+    );
     f.add("linuximage", &[("imagename", s("orphan")), ("rootimgdir", s("/install/netboot/orphan"))]);
     f.add(
         "nimimage",
@@ -314,7 +318,10 @@ pub fn cluster() -> Fixture {
     );
 
     // --- statelite
-    f.add("statelite", &[("node", s("compute")), ("statemnt", s("$noderes.xcatmaster:/nodedata")), ("mntopts", s("soft,timeo=30"))]);
+    f.add(
+        "statelite",
+        &[("node", s("compute")), ("statemnt", s("$noderes.xcatmaster:/nodedata")), ("mntopts", s("soft,timeo=30"))],
+    );
     // cn007's data was moved to its backup sn2 earlier: a literal server.
     f.add("statelite", &[("node", s("cn007")), ("statemnt", s("10.0.2.254:/nodedata"))]);
     // cn030: its own SN written literally (not $noderes.xcatmaster): a move needs a chtab.
@@ -325,9 +332,15 @@ pub fn cluster() -> Fixture {
     f.add("statelite", &[("node", s("cn190")), ("statemnt", s("10.0.0.1:/mnstate"))]);
 
     // --- litetree / litefile
-    f.add("litetree", &[("priority", s("1.0")), ("image", s("ALL")), ("directory", s("$noderes.xcatmaster:/install/litetree/base"))]);
+    f.add(
+        "litetree",
+        &[("priority", s("1.0")), ("image", s("ALL")), ("directory", s("$noderes.xcatmaster:/install/litetree/base"))],
+    );
     f.add("litetree", &[("priority", s("2.0")), ("image", s("ALL")), ("directory", s("10.0.0.1:/statelite/mnfiles"))]);
-    f.add("litetree", &[("priority", s("3.0")), ("image", s("ALL")), ("directory", s("10.0.0.1:/old")), ("disable", s("yes"))]);
+    f.add(
+        "litetree",
+        &[("priority", s("3.0")), ("image", s("ALL")), ("directory", s("10.0.0.1:/old")), ("disable", s("yes"))],
+    );
     f.add("litefile", &[("image", s("ALL")), ("file", s("/etc/adjtime")), ("options", s("tmpfs"))]);
     f.add("litefile", &[("image", s("rh86-statelite")), ("file", s("/var/log/")), ("options", s("persistent"))]);
     f.add("litefile", &[("image", s("rh86-statelite")), ("file", s("/etc/ssh/")), ("options", s("rw"))]);
