@@ -53,7 +53,7 @@ pub fn trans_regex(node: &str, value: &str) -> Result<Option<String>, RuleError>
         let (pat, repl) = match inner.split_once('|') {
             Some((p, r)) => (p.to_string(), r.to_string()),
             None => {
-                let n = Regex::new(r"[\D0]*(\d+)").map_err(|e| RuleError(e.to_string()))?.find_iter(node).count();
+                let n = compile(r"[\D0]*(\d+)")?.find_iter(node).count();
                 (format!("{}.*$", r"[\D0]*(\d+)".repeat(n)), inner.to_string())
             }
         };
@@ -76,8 +76,19 @@ pub fn trans_regex(node: &str, value: &str) -> Result<Option<String>, RuleError>
     Ok(if out.is_empty() { None } else { Some(out) })
 }
 
+/// Compiled patterns, shared: a cluster has few distinct regex values but applies them per node.
 fn compile(pat: &str) -> Result<Regex, RuleError> {
-    Regex::new(pat).map_err(|e| RuleError(format!("regex `{pat}` is not supported: {e}")))
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    static CACHE: OnceLock<Mutex<HashMap<String, Result<Regex, RuleError>>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(|| Mutex::new(HashMap::new()));
+    let mut m = cache.lock().unwrap_or_else(|p| p.into_inner());
+    if m.len() > 4096 {
+        m.clear();
+    }
+    m.entry(pat.to_string())
+        .or_insert_with(|| Regex::new(pat).map_err(|e| RuleError(format!("regex `{pat}` is not supported: {e}"))))
+        .clone()
 }
 
 /// Perl `s/re/repl/` with a literal replacement: the first match only.

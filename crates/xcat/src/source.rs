@@ -459,6 +459,17 @@ impl SourceSpec {
         })
     }
 
+    /// Where xCAT keeps its tables on the MN: the database `/etc/xcat/cfgloc` names when that file
+    /// exists, else the SQLite files in `/etc/xcat`. For `hanfs migrate` / `failover`.
+    pub fn default_on_mn() -> SourceSpec {
+        let cfgloc = Path::new("/etc/xcat/cfgloc");
+        if cfgloc.exists() {
+            SourceSpec::Cfgloc(cfgloc.to_path_buf())
+        } else {
+            SourceSpec::Sqlite(PathBuf::from("/etc/xcat"))
+        }
+    }
+
     /// Open and read every table.
     pub fn read(&self) -> Result<Tables, SourceError> {
         read_all(self.open()?.as_mut())

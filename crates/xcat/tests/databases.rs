@@ -49,6 +49,16 @@ fn give_to_db_user(p: &Path) {
     }
 }
 
+/// Server directories live under /tmp when we are root, so that nobody can reach them whatever
+/// TMPDIR says.
+fn db_tmp() -> PathBuf {
+    if is_root() {
+        PathBuf::from("/tmp")
+    } else {
+        std::env::temp_dir()
+    }
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -157,7 +167,7 @@ fn start_postgres() -> Result<Server, String> {
     ensure_packages()?;
     let initdb = pg_bin("initdb").ok_or("no initdb under /usr/lib/postgresql/*/bin")?;
     let postgres = pg_bin("postgres").ok_or("no postgres binary")?;
-    let dir = tempfile::Builder::new().prefix("hanfs-xcat-pg").tempdir().map_err(|e| e.to_string())?;
+    let dir = tempfile::Builder::new().prefix("hanfs-xcat-pg").tempdir_in(db_tmp()).map_err(|e| e.to_string())?;
     give_to_db_user(dir.path());
     let pw = dir.path().join("pw");
     std::fs::write(&pw, format!("{PASSWORD}\n")).unwrap();
@@ -210,7 +220,7 @@ fn start_mariadb() -> Result<Server, String> {
     ensure_packages()?;
     let install = which("mariadb-install-db").ok_or("no mariadb-install-db")?;
     let mariadbd = which("mariadbd").ok_or("no mariadbd")?;
-    let dir = tempfile::Builder::new().prefix("hanfs-xcat-my").tempdir().map_err(|e| e.to_string())?;
+    let dir = tempfile::Builder::new().prefix("hanfs-xcat-my").tempdir_in(db_tmp()).map_err(|e| e.to_string())?;
     give_to_db_user(dir.path());
     let data = dir.path().join("data");
     run(

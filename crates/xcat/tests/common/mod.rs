@@ -80,13 +80,15 @@ impl Fixture {
                 let mut c = sqlx::SqliteConnection::connect_with(&opts).await.unwrap();
                 sqlx::query(&create_table(spec, '"')).execute(&mut c).await.unwrap();
                 let ins = insert(spec, '"', |_| "?".to_string());
+                let mut tx = c.begin().await.unwrap();
                 for row in self.rows(spec) {
                     let mut q = sqlx::query(&ins);
                     for v in row {
                         q = q.bind(v);
                     }
-                    q.execute(&mut c).await.unwrap();
+                    q.execute(&mut *tx).await.unwrap();
                 }
+                tx.commit().await.unwrap();
                 c.close().await.unwrap();
             }
         });
