@@ -294,6 +294,30 @@ pub fn import(tables: &Tables) -> Import {
             }
         }
     }
+    // The MN is the source, never a service node: site.master, members of __mgmtnode, their IPs.
+    let mut mn_names: BTreeSet<String> = BTreeSet::new();
+    if let Some(master) = m.db.site("master") {
+        mn_names.insert(master.to_string());
+    }
+    let mgmt: Vec<String> =
+        m.db.nodes.iter().filter(|(_, g)| g.iter().any(|g| g == "__mgmtnode")).map(|(n, _)| n.clone()).collect();
+    for n in mgmt {
+        if let Some(ip) = m.hosts_ip(&n) {
+            mn_names.insert(ip);
+        }
+        mn_names.insert(n);
+    }
+    let mn_in_lists: Vec<String> = sn_set.iter().filter(|s| mn_names.contains(*s)).cloned().collect();
+    for s in &mn_in_lists {
+        let users: Vec<String> = sn_lists.iter().filter(|(_, l)| l.contains(s)).map(|(n, _)| n.clone()).collect();
+        m.issue(
+            Severity::Error,
+            "noderes",
+            users.join(","),
+            format!("servicenode names the management node `{s}`: the MN is hanfs's source, not a replica; left out of their lists"),
+        );
+        sn_set.remove(s);
+    }
     let bad_sns: Vec<String> = sn_set.iter().filter(|s| !model::addr::is_hostname(s)).cloned().collect();
     for s in &bad_sns {
         m.issue(Severity::Error, "noderes", s.clone(), format!("service node name `{s}` is not a valid host name"));

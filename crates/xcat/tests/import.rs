@@ -68,6 +68,7 @@ fn xcat_reading_rules_hold() {
     assert_eq!(sns("cn048").unwrap(), ["sn1", "sn2"]);
     assert_eq!(sns("cn049").unwrap(), ["sn2", "sn3"]);
     assert_eq!(sns("cn192").unwrap(), ["sn4", "sn1"]);
+    assert_eq!(sns("cn191").unwrap(), ["sn4"], "the MN is never an SN");
     // The node's own row wins.
     assert_eq!(sns("cn005").unwrap(), ["sn2", "sn1"]);
     assert_eq!(sns("cn015").unwrap(), ["sn1", "sn3"], "disable=0 keeps a row");
@@ -145,6 +146,7 @@ fn the_report_names_table_row_and_reason() {
     has(Severity::Skipped, "nodelist", "fsp01", "hidden");
     has(Severity::Skipped, "noderes", "xcatmn", "served by the MN");
     has(Severity::Error, "noderes", "cn021", "not a service node");
+    has(Severity::Error, "noderes", "cn191", "management node `xcatmn`");
     has(Severity::Error, "statelite", "cn190", "not a service node");
     has(Severity::Skipped, "osimage", "rh86-install", "provmethod `install`");
     has(Severity::Skipped, "osimage", "rh79-old", "disabled");

@@ -257,9 +257,12 @@ pub fn cluster() -> Fixture {
     );
     // cn021: mounts from an NFS server that is no SN.
     f.add("noderes", &[("node", s("cn021")), ("nfsserver", s("nfs-ext"))]);
+    // cn191: the MN written as its backup SN: the MN is the source, not an SN.
+    f.add("noderes", &[("node", s("cn191")), ("servicenode", s("sn4,xcatmn"))]);
     // cn100 (rack03, sn3): mounts from sn3 by name.
     f.add("noderes", &[("node", s("cn100")), ("nfsserver", s("sn3"))]);
 
+    f.add("hosts", &[("node", s("xcatmn")), ("ip", s("10.0.0.1"))]);
     // --- hosts: MN-side addresses of SNs, the AIX SNs' node-side ones, and a regex for compute.
     for i in 1..=4 {
         f.add("hosts", &[("node", s(&format!("sn{i}"))), ("ip", s(&format!("10.0.0.{}", 10 + i)))]);
