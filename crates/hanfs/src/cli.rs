@@ -33,7 +33,7 @@ pub struct Cli {
 #[derive(Debug, Args)]
 pub struct Global {
     /// Cluster config (TOML; see `exports/*/cluster.toml` for examples).
-    #[arg(long, global = true, env = "HANFS_CONFIG", default_value = "/etc/hanfs/hanfs.toml")]
+    #[arg(long, global = true, env = "HANFS_CONFIG", default_value = CLUSTER_CONFIG_DEFAULT)]
     pub config: PathBuf,
     /// Machine-readable JSON on stdout; logs stay on stderr.
     #[arg(long, global = true)]
@@ -214,10 +214,15 @@ pub enum CaCommand {
 
 #[derive(Debug, Args)]
 pub struct AgentArgs {
-    /// Agent config (TOML).
-    #[arg(long = "config", id = "agent_config", default_value = "/etc/hanfs/agent.toml")]
-    pub config: PathBuf,
+    // The agent reads its own config through the global `--config`: an explicit path or
+    // $HANFS_CONFIG is taken as is; the cluster default /etc/hanfs/hanfs.toml means
+    // /etc/hanfs/agent.toml here (a second `--config` on this subcommand would clash with the global).
 }
+
+/// Where `hanfs agent` reads its config when `--config` was not given.
+pub const AGENT_CONFIG_DEFAULT: &str = "/etc/hanfs/agent.toml";
+/// The global `--config` default (the cluster config).
+pub const CLUSTER_CONFIG_DEFAULT: &str = "/etc/hanfs/hanfs.toml";
 
 #[derive(Debug, Subcommand)]
 pub enum DeltaCommand {

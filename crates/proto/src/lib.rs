@@ -9,8 +9,9 @@
 //!
 //! Session: the controller sends [`ToAgent::Hello`], the agent answers [`FromAgent::Hello`] with the
 //! protocol version and its identity. A version mismatch ends the session. Then requests and replies
-//! alternate; an update of one image is `Begin` (manifest follows in chunks) → `Need` (what the agent lacks,
-//! by content hash, minus what it has staged already: this is the resume) → blobs → `Commit` → `Committed`.
+//! alternate; an update of one image is `Open` → `Opened` (where the replica stands) → [`GetManifest` when
+//! it is not at the shared base] → `Plan` + chunks → `Need` (what the agent lacks, minus what it kept
+//! from an interrupted transfer: the resume) → blobs, pipelined → `Commit` → `Committed`.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
@@ -24,51 +25,22 @@ pub const CHUNK: usize = 1 << 20;
 /// Length of the frame header.
 pub const HEADER: usize = 4;
 
-/// A BLAKE3 content hash.
-pub type Hash = [u8; 32];
-
-/// Hex of a hash, for logs and JSON.
-pub fn hex(h: &Hash) -> String {
-    hex::encode(h)
-}
-
-/// Parses a hex hash.
-pub fn parse_hex(s: &str) -> Option<Hash> {
-    let v = hex::decode(s).ok()?;
-    v.try_into().ok()
-}
-
 /// Where one image stands on an agent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImageState {
     pub name: String,
     pub generation: u64,
-    /// Contract digest of the replica's manifest.
-    pub digest: Hash,
+    /// Contract digest (hex BLAKE3 Merkle) of the replica's manifest.
+    pub digest: String,
 }
 
-/// Start of an image update.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Begin {
-    /// Image name (cluster config).
-    pub image: String,
-    /// Image path relative to the agent's root; validated with [`check_rel_path`].
-    pub path: String,
-    /// Generation the deltas were computed against (what a replica in step holds).
-    pub base: Option<ImageState>,
-    /// Generation and digest the replica must end at.
-    pub target: ImageState,
-    /// Size of the serialized manifest that follows in `ManifestChunk`s.
-    pub manifest_len: u64,
-}
-
-/// How a blob's bytes are to be turned into the file content with hash `hash`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// How a blob's bytes become the content of one file of the plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Encoding {
     /// The bytes are the content.
     Literal,
-    /// The bytes are a librsync delta against the content with this hash, which the agent holds.
-    Delta { base: Hash },
+    /// The bytes are a librsync delta against the plan's base for that file, which the agent holds.
+    Delta,
 }
 
 /// Controller → agent.
@@ -80,24 +52,32 @@ pub enum ToAgent {
     },
     Ping,
     Status,
-    Begin(Begin),
-    ManifestChunk(#[serde(with = "serde_bytes")] Vec<u8>),
-    /// Start of one blob of `len` bytes, sent in `BlobChunk`s, closed by `BlobEnd`.
-    BlobStart {
-        hash: Hash,
+    /// Open (recover, or adopt at generation 0 if new) the replica of `image` at `path` under the
+    /// agent's root; answered by `Opened`.
+    Open {
+        image: String,
+        path: String,
+    },
+    /// Send the replica's recorded manifest (for a replica that is not at the shared base).
+    GetManifest,
+    /// A change plan (tree engine, postcard) of `len` bytes follows in `Chunk`s; answered by `Need`.
+    Plan {
+        len: u64,
+    },
+    /// One piece of bulk data (plan or blob).
+    Chunk(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// Start of the content of `plan.contents[index]`, `len` bytes in `Chunk`s, closed by `BlobEnd`.
+    /// Blobs are pipelined without replies; a failure is reported at `Commit`.
+    Blob {
+        index: u32,
         encoding: Encoding,
         len: u64,
     },
-    BlobChunk(#[serde(with = "serde_bytes")] Vec<u8>),
     BlobEnd,
-    /// Apply the staged update atomically.
+    /// Apply the staged plan atomically; answered by `Committed` or `Error`.
     Commit,
-    /// Drop the update in progress (staged blobs are kept for a resume).
-    Abort,
-    /// Rescan the replica of `image` and report its digest.
-    Verify {
-        image: String,
-    },
+    /// Rescan the replica of the open image and report its digest.
+    Verify,
     /// Write the exports (Linux: whole file; AIX: the managed block) and run the reload command.
     Exports {
         text: String,
@@ -116,29 +96,33 @@ pub enum FromAgent {
     Status {
         images: Vec<ImageState>,
     },
-    /// After the manifest: the content hashes the agent lacks (already-staged ones left out), and
-    /// where it stands now (`None`: it has no replica of the image).
-    Need {
-        have: Option<ImageState>,
-        hashes: Vec<Hash>,
+    Opened {
+        state: ImageState,
     },
-    /// One blob staged and checked against its hash.
-    Staged {
-        hash: Hash,
+    /// The recorded manifest follows in `Chunk`s (`len` bytes).
+    Manifest {
+        len: u64,
+    },
+    Chunk(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// After a plan: indexes into `plan.contents` still to be sent. Content the agent kept from an
+    /// interrupted transfer (its spool, by content hash) is left out: that is the resume.
+    Need {
+        indexes: Vec<u32>,
+        resumed: u32,
     },
     Committed {
         state: ImageState,
     },
     /// `recorded`: what the agent last committed; `actual`: the digest of a fresh scan.
     Verified {
-        recorded: Option<ImageState>,
-        actual: Option<Hash>,
+        recorded: ImageState,
+        actual: String,
     },
     ExportsDone {
         reloaded: bool,
         output: String,
     },
-    /// The request failed; the session stays usable unless the agent closes it.
+    /// The request failed; the agent may close the session after sending it.
     Error {
         reason: String,
     },
@@ -227,30 +211,18 @@ pub fn check_name(n: &str) -> Result<(), Error> {
     }
 }
 
-impl Begin {
-    /// Everything in a `Begin` that names a place on the agent, checked before the agent acts on it.
-    pub fn validate(&self) -> Result<(), Error> {
-        check_name(&self.image)?;
-        check_rel_path(&self.path)?;
-        if self.target.name != self.image {
-            return Err(Error::Malformed("target names another image".into()));
-        }
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn roundtrip_and_limits() {
-        let m = ToAgent::BlobChunk(vec![7; CHUNK]);
+        let m = ToAgent::Chunk(vec![7; CHUNK]);
         let f = encode(&m).unwrap();
         let n = frame_len(f[..4].try_into().unwrap()).unwrap();
         assert_eq!(n, f.len() - 4);
         assert_eq!(decode::<ToAgent>(&f[4..]).unwrap(), m);
-        assert!(matches!(encode(&ToAgent::BlobChunk(vec![0; MAX_FRAME])), Err(Error::TooLarge(_))));
+        assert!(matches!(encode(&ToAgent::Chunk(vec![0; MAX_FRAME])), Err(Error::TooLarge(_))));
         assert!(matches!(frame_len(((MAX_FRAME + 1) as u32).to_be_bytes()), Err(Error::TooLarge(_))));
         assert!(matches!(decode::<ToAgent>(&[0xff, 0xff]), Err(Error::Malformed(_))));
         let mut f = encode(&ToAgent::Ping).unwrap();

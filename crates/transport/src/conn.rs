@@ -16,6 +16,8 @@ pub struct Conn {
     pub peer: String,
     /// Limit for one frame read or write (and a flush).
     pub timeout: Duration,
+    /// Bytes written so far (frames, before TLS), for `bytes_sent` reports.
+    pub bytes_out: u64,
     buf: Vec<u8>,
 }
 
@@ -33,7 +35,7 @@ pub fn keepalive(s: &TcpStream) -> Result<()> {
 
 impl Conn {
     pub fn new(io: Box<dyn IoStream>, peer: String, timeout: Duration) -> Conn {
-        Conn { io: BufStream::with_capacity(256 << 10, 256 << 10, io), peer, timeout, buf: Vec::new() }
+        Conn { io: BufStream::with_capacity(256 << 10, 256 << 10, io), peer, timeout, bytes_out: 0, buf: Vec::new() }
     }
 
     /// Queues one frame; it leaves when the buffer fills or at [`Conn::flush`]. Batching many small
@@ -48,6 +50,7 @@ impl Conn {
         tokio::time::timeout(self.timeout, self.io.write_all(bytes))
             .await
             .map_err(|_| Error::Timeout(self.timeout, "writing a frame"))??;
+        self.bytes_out += bytes.len() as u64;
         Ok(())
     }
 

@@ -30,7 +30,7 @@ pub enum Error {
     Timeout(std::time::Duration, &'static str),
     #[error("connection closed by peer")]
     Closed,
-    #[error("I/O: {0}")]
+    #[error(transparent)]
     Io(#[from] std::io::Error),
 }
 

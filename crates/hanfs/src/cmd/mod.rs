@@ -44,6 +44,12 @@ pub fn load_cluster(g: &Global) -> Result<model::Cluster> {
         .context("invalid cluster config")
 }
 
+/// The async runtime of the network commands (two shared cores are the common case; blocking
+/// engine work runs in `block_in_place`, so a few workers keep every SN moving).
+pub fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(4).enable_all().build()?)
+}
+
 /// Print a value as pretty JSON on stdout.
 pub fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);

@@ -1,20 +1,130 @@
-use super::not_yet;
+//! `hanfs plan`, `sync`, `status`, `verify`: the controller against live agents.
+
+use super::{load_cluster, print_json};
 use crate::cli::{Global, ImageFilter, SyncArgs};
-use crate::exit::Status;
+use crate::exit::{bad_input, Status};
 use anyhow::Result;
+use controller::{Controller, SyncReport};
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
 
-pub fn plan(_g: &Global, _a: SyncArgs) -> Result<Status> {
-    not_yet("plan")
+fn controller(g: &Global) -> Result<Controller> {
+    let cluster = load_cluster(g)?;
+    let mut c = Controller::new(cluster).map_err(|e| bad_input(format!("{}: {e:#}", g.config.display())))?;
+    c.progress = !g.json && !g.quiet && std::io::stderr().is_terminal();
+    if let Some(s) = std::env::var("HANFS_SN_TIMEOUT").ok().and_then(|s| s.parse::<u64>().ok()) {
+        c.timeouts.sn = std::time::Duration::from_secs(s);
+    }
+    Ok(c)
 }
 
-pub fn sync(_g: &Global, _a: SyncArgs) -> Result<Status> {
-    not_yet("sync")
+fn images(g: &Global, c: &model::Cluster, f: &ImageFilter) -> Result<Vec<model::Image>> {
+    if f.images.is_empty() {
+        return Ok(c.images.clone());
+    }
+    f.images
+        .iter()
+        .map(|n| c.image(n).cloned().ok_or_else(|| bad_input(format!("{}: no image named `{n}`", g.config.display()))))
+        .collect()
 }
 
-pub fn status(_g: &Global) -> Result<Status> {
-    not_yet("status")
+pub fn plan(g: &Global, a: SyncArgs) -> Result<Status> {
+    let cluster = load_cluster(g)?;
+    let imgs = images(g, &cluster, &a.filter)?;
+    let plans = controller::plan_images(&cluster, &imgs)?;
+    let exports: BTreeMap<String, String> = controller::render_exports(&cluster)?.into_iter().collect();
+    if g.json {
+        print_json(&serde_json::json!({ "images": plans, "exports": exports }))?;
+    } else {
+        for p in &plans {
+            match p.from_generation {
+                Some(f) if f == p.generation => println!("image {}: unchanged at generation {}", p.name, f),
+                Some(f) => println!(
+                    "image {}: generation {f} -> {}: {} added, {} changed, {} removed ({} moved, {} copied locally); {} files, {} bytes to send",
+                    p.name, p.generation, p.added, p.changed, p.removed, p.moved, p.copied, p.files_to_send, p.delta_bytes
+                ),
+                None => println!(
+                    "image {}: first sync: {} entries, {} files, {} bytes to send whole",
+                    p.name, p.added, p.files_to_send, p.delta_bytes
+                ),
+            }
+        }
+        for (sn, text) in &exports {
+            println!("\n# exports for {sn}\n{text}");
+        }
+    }
+    Ok(Status::Ok)
 }
 
-pub fn verify(_g: &Global, _a: ImageFilter) -> Result<Status> {
-    not_yet("verify")
+fn print_report(g: &Global, what: &str, r: &SyncReport) -> Result<Status> {
+    if g.json {
+        print_json(r)?;
+    } else {
+        for x in &r.replicas {
+            let state = if x.matches { "ok" } else { "MISMATCH" };
+            println!(
+                "{:<10} {:<24} gen {:<4} {} {:<8} {} bytes sent{}",
+                x.sn,
+                x.image,
+                x.generation,
+                x.digest.get(..16).unwrap_or(&x.digest),
+                state,
+                x.bytes_sent,
+                x.error.as_deref().map(|e| format!("  ({e})")).unwrap_or_default()
+            );
+        }
+        for e in &r.exports {
+            println!("{:<10} exports written, reload {}", e.sn, if e.reloaded { "ok" } else { "FAILED" });
+        }
+        println!("{what}: {} bytes sent in all", r.bytes_sent);
+    }
+    if r.ok {
+        Ok(Status::Ok)
+    } else {
+        let mut names: Vec<String> = r.failed.iter().map(|f| format!("{} ({})", f.sn, f.reason)).collect();
+        for x in r.replicas.iter().filter(|x| !x.matches) {
+            if !r.failed.iter().any(|f| f.sn == x.sn) {
+                names.push(format!("{} (image {} does not match)", x.sn, x.image));
+            }
+        }
+        eprintln!("hanfs {what}: failed on {}", names.join("; "));
+        Ok(Status::Failed)
+    }
+}
+
+pub fn sync(g: &Global, a: SyncArgs) -> Result<Status> {
+    if a.dry_run {
+        return plan(g, a);
+    }
+    let c = controller(g)?;
+    let imgs = images(g, &c.cluster, &a.filter)?;
+    let r = super::runtime()?.block_on(c.sync(&imgs))?;
+    print_report(g, "sync", &r)
+}
+
+pub fn status(g: &Global) -> Result<Status> {
+    let c = controller(g)?;
+    let r = super::runtime()?.block_on(c.status())?;
+    if g.json {
+        print_json(&r)?;
+    } else {
+        for s in &r.sns {
+            if !s.reachable {
+                println!("{:<10} UNREACHABLE {}", s.name, s.error.as_deref().unwrap_or(""));
+                continue;
+            }
+            println!("{:<10} reachable", s.name);
+            for i in &s.images {
+                println!("  {:<24} gen {:<4} lag {:<3} {}", i.name, i.generation, i.lag, i.digest);
+            }
+        }
+    }
+    Ok(if r.sns.iter().all(|s| s.reachable) { Status::Ok } else { Status::Failed })
+}
+
+pub fn verify(g: &Global, a: ImageFilter) -> Result<Status> {
+    let c = controller(g)?;
+    let imgs = images(g, &c.cluster, &a)?;
+    let r = super::runtime()?.block_on(c.verify(&imgs))?;
+    print_report(g, "verify", &r)
 }

@@ -1,0 +1,99 @@
+//! The hanfs agent (one per SN): accepts controller sessions (mutual TLS, or plain TCP on loopback when
+//! configured), applies change plans to replicas through the tree engine, writes exports and reloads NFS.
+//!
+//! Invariants:
+//! - It writes only under `root` (replicas, through the tree engine's beneath-the-root file operations),
+//!   `state_dir` (replica state, spool) and `exports_file`. Image paths from the wire are checked before
+//!   use ([`proto::check_rel_path`]); the engine refuses hostile manifests and deltas.
+//! - One session at a time per image (a lock per image name); a replica is always at a whole generation.
+//! - A protocol violation (malformed, oversized or unexpected frame, bad path) ends the session with a
+//!   logged reason; what was staged is discarded by the engine, what was spooled is kept for a resume.
+//! - Memory is bounded: bulk data goes to the spool on disk chunk by chunk before the next frame is read.
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
+mod session;
+mod spool;
+
+use anyhow::{Context, Result};
+use model::AgentConfig;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+/// Per-frame I/O timeout inside a session.
+pub const FRAME_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long an idle session may wait for the controller's next request.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(600);
+
+pub struct Agent {
+    pub cfg: AgentConfig,
+    /// Who this agent is: its certificate's name, or `agent@<listen>` on plain loopback.
+    pub name: String,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl Agent {
+    pub fn new(cfg: AgentConfig) -> Result<Agent> {
+        let (tls, name) = match &cfg.tls {
+            Some(f) => {
+                let id = transport::Identity::from_files(f)?;
+                let acc = tokio_rustls::TlsAcceptor::from(id.server_config()?);
+                (Some(acc), id.name)
+            }
+            None if cfg.plaintext_loopback && cfg.listen.ip().is_loopback() => (None, format!("agent@{}", cfg.listen)),
+            None => anyhow::bail!("the agent needs [tls] unless it listens on loopback with plaintext_loopback = true"),
+        };
+        Ok(Agent { cfg, name, tls, locks: Default::default() })
+    }
+
+    fn lock(&self, image: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut m = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+        m.entry(image.to_string()).or_default().clone()
+    }
+
+    /// Where the engine keeps one image's replica state.
+    pub fn image_state_dir(&self, image: &str) -> PathBuf {
+        PathBuf::from(self.cfg.state_dir.as_str()).join("images").join(image)
+    }
+
+    /// Binds the listen address and serves until the process ends.
+    pub async fn run(self) -> Result<()> {
+        let l = TcpListener::bind(self.cfg.listen).await.with_context(|| format!("binding {}", self.cfg.listen))?;
+        self.serve(l).await
+    }
+
+    pub async fn serve(self, l: TcpListener) -> Result<()> {
+        std::fs::create_dir_all(self.cfg.state_dir.as_str())
+            .with_context(|| format!("creating {}", self.cfg.state_dir.as_str()))?;
+        tracing::info!(agent = %self.name, listen = %l.local_addr()?, tls = self.tls.is_some(), "agent listening");
+        let me = Arc::new(self);
+        loop {
+            let (tcp, addr) = match l.accept().await {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!("accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let me = me.clone();
+            tokio::spawn(async move {
+                let conn = match transport::accept(tcp, me.tls.as_ref(), FRAME_TIMEOUT).await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::warn!("session from {addr} refused: {e}");
+                        return;
+                    }
+                };
+                let peer = conn.peer.clone();
+                match session::run(&me, conn).await {
+                    Ok(()) => tracing::info!("session with {peer} closed"),
+                    Err(e) => tracing::warn!("session with {peer} ended: {e:#}"),
+                }
+            });
+        }
+    }
+}

@@ -1,0 +1,437 @@
+//! One controller session: handshake, then requests until `Bye`, a closed connection or a violation.
+
+use crate::spool::{self, Spool};
+use crate::{Agent, IDLE_TIMEOUT};
+use anyhow::{anyhow, bail, Context, Result};
+use proto::{Encoding, FromAgent, ImageState, ToAgent, CHUNK};
+use std::collections::{HashMap, HashSet};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use transport::Conn;
+use tree::{Plan, Replica, ReplicaOptions, Source};
+
+/// Largest change plan accepted (it carries the whole manifest of the new generation).
+const MAX_PLAN: u64 = 2 << 30;
+
+/// The engine's file work is blocking; it runs on this worker without stalling the other sessions.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
+}
+
+fn kind(m: &ToAgent) -> &'static str {
+    match m {
+        ToAgent::Hello { .. } => "Hello",
+        ToAgent::Ping => "Ping",
+        ToAgent::Status => "Status",
+        ToAgent::Open { .. } => "Open",
+        ToAgent::GetManifest => "GetManifest",
+        ToAgent::Plan { .. } => "Plan",
+        ToAgent::Chunk(_) => "Chunk",
+        ToAgent::Blob { .. } => "Blob",
+        ToAgent::BlobEnd => "BlobEnd",
+        ToAgent::Commit => "Commit",
+        ToAgent::Verify => "Verify",
+        ToAgent::Exports { .. } => "Exports",
+        ToAgent::Bye => "Bye",
+    }
+}
+
+/// Tells the controller why, then ends the session with that reason (logged by the caller).
+async fn refuse(c: &mut Conn, reason: impl Into<String>) -> anyhow::Error {
+    let reason = reason.into();
+    let _ = c.request(&FromAgent::Error { reason: reason.clone() }).await;
+    anyhow!("refused: {reason}")
+}
+
+pub async fn run(agent: &Agent, mut c: Conn) -> Result<()> {
+    match c.recv::<ToAgent>().await? {
+        ToAgent::Hello { version, controller } => {
+            if version != proto::VERSION {
+                return Err(refuse(&mut c, proto::Error::Version { theirs: version }.to_string()).await);
+            }
+            c.request(&FromAgent::Hello { version: proto::VERSION, agent: agent.name.clone() }).await?;
+            tracing::info!("session with {} (controller `{controller}`)", c.peer);
+        }
+        other => return Err(refuse(&mut c, format!("expected Hello, got {}", kind(&other))).await),
+    }
+    let mut next = None;
+    loop {
+        let msg = match next.take() {
+            Some(m) => m,
+            None => match c.recv_within(IDLE_TIMEOUT).await {
+                Ok(m) => m,
+                Err(transport::Error::Closed) => return Ok(()),
+                Err(e) => return Err(e.into()),
+            },
+        };
+        match msg {
+            ToAgent::Ping => c.request(&FromAgent::Pong).await?,
+            ToAgent::Status => {
+                let images = blocking(|| status(agent));
+                c.request(&FromAgent::Status { images }).await?
+            }
+            ToAgent::Open { image, path } => {
+                if let Err(e) = proto::check_name(&image).and_then(|_| proto::check_rel_path(&path)) {
+                    return Err(refuse(&mut c, e.to_string()).await);
+                }
+                let lock = agent.lock(&image);
+                let _held = lock.lock().await;
+                next = image_session(agent, &mut c, &image, &path).await?;
+            }
+            ToAgent::Exports { text } => {
+                let (reloaded, output) = match write_exports(agent, &text).await {
+                    Ok(r) => r,
+                    Err(e) => (false, format!("{e:#}")),
+                };
+                c.request(&FromAgent::ExportsDone { reloaded, output }).await?
+            }
+            ToAgent::Bye => {
+                c.shutdown().await;
+                return Ok(());
+            }
+            other => return Err(refuse(&mut c, format!("unexpected {} outside an image session", kind(&other))).await),
+        }
+    }
+}
+
+/// Every image this agent holds, as recorded by the engine.
+fn status(agent: &Agent) -> Vec<ImageState> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir(Path::new(agent.cfg.state_dir.as_str()).join("images")) else { return out };
+    let mut names: Vec<String> = rd.flatten().filter_map(|e| e.file_name().into_string().ok()).collect();
+    names.sort();
+    for name in names {
+        let sd = agent.image_state_dir(&name);
+        let Ok(path) = std::fs::read_to_string(sd.join("path")) else { continue };
+        if proto::check_rel_path(&path).is_err() {
+            continue;
+        }
+        let root = Path::new(agent.cfg.root.as_str()).join(&path);
+        if let Ok(r) = Replica::open(&root, &sd.join("replica"), opts()) {
+            if let Some((generation, digest)) = r.current() {
+                out.push(ImageState { name, generation, digest });
+            }
+        }
+    }
+    out
+}
+
+fn opts() -> ReplicaOptions {
+    // Image roots (Linux rootimg, AIX SPOTs) hold /dev nodes.
+    ReplicaOptions { allow_devices: true }
+}
+
+/// Creates the directories of an image path under the agent root, refusing any component that
+/// exists as something other than a real directory (a symlink planted there must not redirect us).
+fn make_beneath(root: &Path, rel: &str) -> Result<PathBuf> {
+    let mut p = root.to_path_buf();
+    std::fs::create_dir_all(&p).with_context(|| format!("creating {}", p.display()))?;
+    for comp in rel.split('/') {
+        p.push(comp);
+        match std::fs::symlink_metadata(&p) {
+            Ok(m) if m.file_type().is_dir() => {}
+            Ok(_) => bail!("{} exists and is not a directory (a symlink is never followed)", p.display()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::create_dir(&p).with_context(|| format!("creating {}", p.display()))?
+            }
+            Err(e) => return Err(e).with_context(|| format!("{}", p.display())),
+        }
+    }
+    Ok(p)
+}
+
+async fn image_session(agent: &Agent, c: &mut Conn, image: &str, path: &str) -> Result<Option<ToAgent>> {
+    let sd = agent.image_state_dir(image);
+    let opened = blocking(|| -> Result<Replica> {
+        let root = make_beneath(Path::new(agent.cfg.root.as_str()), path)?;
+        std::fs::create_dir_all(&sd).with_context(|| format!("creating {}", sd.display()))?;
+        let pf = sd.join("path");
+        if std::fs::read_to_string(&pf).ok().as_deref() != Some(path) {
+            std::fs::write(&pf, path).with_context(|| format!("writing {}", pf.display()))?;
+        }
+        let mut r = Replica::open(&root, &sd.join("replica"), opts())?;
+        let rec = r.recover()?;
+        if rec != tree::Recovery::Clean {
+            tracing::info!("image {image}: recovery {rec:?}");
+        }
+        if r.current().is_none() {
+            // A new replica (or a copy made by prsync): take what is there as generation 0.
+            r.adopt(0)?;
+        }
+        Ok(r)
+    });
+    let mut replica = match opened {
+        Ok(r) => r,
+        Err(e) => return Err(refuse(c, format!("image {image}: {e:#}")).await),
+    };
+    let state = current(&replica, image);
+    c.request(&FromAgent::Opened { state }).await?;
+    let spool = Spool::open(sd.join("spool"))?;
+    loop {
+        let msg = match c.recv_within(IDLE_TIMEOUT).await {
+            Ok(m) => m,
+            Err(transport::Error::Closed) => return Ok(Some(ToAgent::Bye)),
+            Err(e) => return Err(e.into()),
+        };
+        match msg {
+            ToAgent::GetManifest => {
+                let bytes = match replica.manifest().map(|m| m.to_bytes()) {
+                    Some(Ok(b)) => b,
+                    _ => return Err(refuse(c, "no recorded manifest").await),
+                };
+                c.send(&FromAgent::Manifest { len: bytes.len() as u64 }).await?;
+                for ch in bytes.chunks(CHUNK) {
+                    c.send(&FromAgent::Chunk(ch.to_vec())).await?;
+                }
+                c.flush().await?;
+            }
+            ToAgent::Verify => {
+                let scanned = blocking(|| replica.scan());
+                match scanned {
+                    Ok(m) => {
+                        let recorded = current(&replica, image);
+                        c.request(&FromAgent::Verified { recorded, actual: m.digest() }).await?
+                    }
+                    Err(e) => c.request(&FromAgent::Error { reason: format!("scanning: {e}") }).await?,
+                }
+            }
+            ToAgent::Plan { len } => update(c, &mut replica, &spool, image, len).await?,
+            other => return Ok(Some(other)),
+        }
+    }
+}
+
+fn current(r: &Replica, image: &str) -> ImageState {
+    let (generation, digest) = r.current().unwrap_or_default();
+    ImageState { name: image.to_string(), generation, digest }
+}
+
+/// One plan content as the blob loop needs it: path, hash, size, delta base hash.
+type Want = (Vec<u8>, [u8; 32], u64, Option<[u8; 32]>);
+
+/// Receives a plan and its blobs, stages them, commits. Replies `Committed` or `Error`; returns an
+/// error (ending the session) only for protocol violations and hostile input.
+async fn update(c: &mut Conn, replica: &mut Replica, spool: &Spool, image: &str, len: u64) -> Result<()> {
+    if len > MAX_PLAN {
+        return Err(refuse(c, format!("plan of {len} bytes exceeds {MAX_PLAN}")).await);
+    }
+    let mut buf = Vec::with_capacity(len.min(64 << 20) as usize);
+    while (buf.len() as u64) < len {
+        match c.recv::<ToAgent>().await? {
+            ToAgent::Chunk(d) if buf.len() as u64 + d.len() as u64 <= len => buf.extend_from_slice(&d),
+            ToAgent::Chunk(_) => return Err(refuse(c, "plan longer than announced").await),
+            other => return Err(refuse(c, format!("expected a plan chunk, got {}", kind(&other))).await),
+        }
+    }
+    let plan = match Plan::from_bytes(&buf) {
+        Ok(p) => p,
+        Err(e) => return Err(refuse(c, format!("plan: {e}")).await),
+    };
+    drop(buf);
+    // (path, hash, size, delta base hash) per content index, kept before the plan moves into the stage.
+    let contents: Vec<Want> = plan
+        .contents
+        .iter()
+        .map(|ct| {
+            let base = match &ct.source {
+                Source::Send { base } => base.as_ref().map(|b| b.1),
+                _ => None,
+            };
+            (ct.path.clone(), ct.hash, ct.size, base)
+        })
+        .collect();
+    let target = ImageState { name: image.to_string(), generation: plan.generation, digest: plan.to_digest.clone() };
+    let begun = blocking(|| replica.begin(plan));
+    let mut staging = match begun {
+        Ok(s) => s,
+        Err(e @ tree::Error::Hostile(_)) => return Err(refuse(c, format!("image {image}: {e}")).await),
+        Err(e) => {
+            c.request(&FromAgent::Error { reason: format!("image {image}: {e}") }).await?;
+            return Ok(());
+        }
+    };
+    let index: HashMap<&[u8], usize> = contents.iter().enumerate().map(|(i, ct)| (ct.0.as_slice(), i)).collect();
+    let mut need = Vec::new();
+    let mut resumed = 0u32;
+    for n in staging.needed() {
+        let Some(&i) = index.get(n.path.as_slice()) else { continue };
+        let (path, hash, _, base) = &contents[i];
+        let lit = spool.get(&spool::name(hash, None));
+        let del = base.as_ref().and_then(|b| spool.get(&spool::name(hash, Some(b))));
+        let fed = blocking(|| -> Result<bool> {
+            if let Some(p) = lit {
+                staging.write_file(path, std::fs::File::open(p)?)?;
+            } else if let Some(p) = del {
+                staging.add_delta(path, std::fs::File::open(p)?)?;
+            } else {
+                return Ok(false);
+            }
+            Ok(true)
+        });
+        if matches!(fed, Ok(true)) {
+            resumed += 1;
+        } else {
+            need.push(i as u32);
+        }
+    }
+    if resumed > 0 {
+        tracing::info!("image {image}: {resumed} files resumed from the spool");
+    }
+    c.request(&FromAgent::Need { indexes: need.clone(), resumed }).await?;
+    let mut pending: HashSet<u32> = need.into_iter().collect();
+    let mut failure: Option<String> = None;
+    loop {
+        match c.recv::<ToAgent>().await? {
+            ToAgent::Blob { index, encoding, len } => {
+                if !pending.remove(&index) {
+                    return Err(refuse(c, format!("blob {index} was not asked for")).await);
+                }
+                let (path, hash, size, base) = &contents[index as usize];
+                let base = match encoding {
+                    Encoding::Literal if len != *size => {
+                        return Err(
+                            refuse(c, format!("literal blob {index} of {len} bytes for a {size}-byte file")).await
+                        )
+                    }
+                    Encoding::Literal => None,
+                    Encoding::Delta => match base {
+                        Some(b) => Some(b),
+                        None => return Err(refuse(c, format!("delta blob {index} for a file without base")).await),
+                    },
+                };
+                let r = if len <= CHUNK as u64 {
+                    // Small: assembled in memory and staged directly, no spool.
+                    let mut data = Vec::with_capacity(len as usize);
+                    recv_blob(c, len, |d| {
+                        data.extend_from_slice(d);
+                        Ok(())
+                    })
+                    .await?;
+                    blocking(|| match base {
+                        None => staging.write_file(path, &data[..]),
+                        Some(_) => staging.add_delta(path, &data[..]),
+                    })
+                    .map_err(|e| e.to_string())
+                } else {
+                    let name = spool::name(hash, base);
+                    let part = spool.partial(&name);
+                    let mut f = std::fs::File::create(&part).with_context(|| format!("{}", part.display()))?;
+                    recv_blob(c, len, |d| blocking(|| f.write_all(d)).map_err(anyhow::Error::from)).await?;
+                    drop(f);
+                    let p = spool.finish(&name)?;
+                    let r = blocking(|| -> Result<()> {
+                        let f = std::fs::File::open(&p)?;
+                        match base {
+                            None => staging.write_file(path, f)?,
+                            Some(_) => staging.add_delta(path, f)?,
+                        }
+                        Ok(())
+                    });
+                    if r.is_err() {
+                        let _ = std::fs::remove_file(&p);
+                    }
+                    r.map_err(|e| format!("{e:#}"))
+                };
+                if let Err(e) = r {
+                    failure.get_or_insert(e);
+                }
+            }
+            ToAgent::Commit => break,
+            other => return Err(refuse(c, format!("expected a blob or Commit, got {}", kind(&other))).await),
+        }
+    }
+    if failure.is_none() && !pending.is_empty() {
+        failure = Some(format!("{} files were never sent", pending.len()));
+    }
+    if let Some(f) = failure {
+        let _ = blocking(|| staging.abort());
+        c.request(&FromAgent::Error { reason: format!("image {image}: {f}") }).await?;
+        return Ok(());
+    }
+    let committed = blocking(|| staging.commit());
+    match committed {
+        Ok((generation, digest)) => {
+            spool.clear();
+            tracing::info!("image {image}: now at generation {generation} digest {digest}");
+            debug_assert_eq!(digest, target.digest);
+            c.request(&FromAgent::Committed { state: ImageState { name: image.into(), generation, digest } }).await?;
+        }
+        Err(e) => c.request(&FromAgent::Error { reason: format!("image {image}: commit: {e}") }).await?,
+    }
+    Ok(())
+}
+
+/// Reads `Chunk`s up to `BlobEnd`, handing each to `sink`; exactly `len` bytes or the session ends.
+async fn recv_blob(c: &mut Conn, len: u64, mut sink: impl FnMut(&[u8]) -> Result<()>) -> Result<()> {
+    let mut got = 0u64;
+    loop {
+        match c.recv::<ToAgent>().await? {
+            ToAgent::Chunk(d) => {
+                got += d.len() as u64;
+                if got > len {
+                    return Err(refuse(c, "blob longer than announced").await);
+                }
+                sink(&d)?;
+            }
+            ToAgent::BlobEnd if got == len => return Ok(()),
+            ToAgent::BlobEnd => return Err(refuse(c, "blob shorter than announced").await),
+            other => return Err(refuse(c, format!("expected a blob chunk, got {}", kind(&other))).await),
+        }
+    }
+}
+
+/// Writes the exports atomically (Linux: the whole file; AIX: our block spliced into /etc/exports,
+/// every other line kept), then runs the reload command. Returns (reload succeeded, its output).
+async fn write_exports(agent: &Agent, text: &str) -> Result<(bool, String)> {
+    let file = PathBuf::from(agent.cfg.exports_file.as_str());
+    let content = match agent.cfg.dialect {
+        model::Dialect::Linux => text.to_string(),
+        model::Dialect::Aix => {
+            let existing = match std::fs::read_to_string(&file) {
+                Ok(s) => s,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+                Err(e) => return Err(e).with_context(|| format!("reading {}", file.display())),
+            };
+            exports::splice_aix(&existing, text).map_err(|e| anyhow!("{}: {e}", file.display()))?
+        }
+    };
+    blocking(|| write_atomic(&file, content.as_bytes()))?;
+    let cmd = &agent.cfg.reload;
+    let Some((prog, args)) = cmd.split_first() else { return Ok((true, String::new())) };
+    let run = tokio::process::Command::new(prog).args(args).kill_on_drop(true).output();
+    match tokio::time::timeout(Duration::from_secs(120), run).await {
+        Err(_) => Ok((false, format!("`{}` timed out", cmd.join(" ")))),
+        Ok(Err(e)) => Ok((false, format!("`{}`: {e}", cmd.join(" ")))),
+        Ok(Ok(o)) => {
+            let mut out = String::from_utf8_lossy(&o.stdout).into_owned();
+            out.push_str(&String::from_utf8_lossy(&o.stderr));
+            if !o.status.success() {
+                out = format!("`{}` failed ({}): {out}", cmd.join(" "), o.status);
+            }
+            Ok((o.status.success(), out))
+        }
+    }
+}
+
+fn write_atomic(file: &Path, bytes: &[u8]) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = file.parent().ok_or_else(|| anyhow!("{}: no parent directory", file.display()))?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let tmp = dir
+        .join(format!(".{}.hanfs-tmp", file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o644)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&tmp)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    f.write_all(bytes).and_then(|_| f.sync_all()).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, file).with_context(|| format!("renaming onto {}", file.display()))?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}

@@ -1,0 +1,288 @@
+//! The hanfs controller (MN side): `sync`, `plan`, `verify`, `status` against live agents.
+//!
+//! Invariants:
+//! - Each image is scanned once per run, diffed against the last synced generation (kept in
+//!   `state_dir/images/<name>/last`), and each changed file's payload (librsync delta from the stored
+//!   signatures, or the whole file) is computed once and sent to every SN that is at that generation.
+//!   A replica elsewhere (new, drifted, behind after a failure) gets its own plan from its own manifest.
+//! - SNs are served concurrently, one task each under its own timeout: a slow or dead SN never blocks
+//!   the others; its failure is reported by name and the next run catches it up.
+//! - A replica counts as synced only when the digest the agent reports equals the source's.
+//! - `last` advances only when at least one replica reached the new generation, so the signatures on the
+//!   MN always describe a generation some replica holds.
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
+mod image;
+mod sn;
+
+pub use image::{plan_images, prepare, ImagePlan, Prepared};
+
+use anyhow::{bail, Context, Result};
+use model::{Cluster, ServiceNode};
+use serde::Serialize;
+use std::sync::Arc;
+use std::time::Duration;
+use transport::Conn;
+
+/// Timeouts of a run.
+#[derive(Debug, Clone)]
+pub struct Timeouts {
+    /// One frame read or write.
+    pub frame: Duration,
+    /// An agent's commit (stage fsync + renames) of one image.
+    pub commit: Duration,
+    /// Everything one SN does in one run.
+    pub sn: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            frame: Duration::from_secs(60),
+            commit: Duration::from_secs(1800),
+            sn: Duration::from_secs(4 * 3600),
+        }
+    }
+}
+
+pub struct Controller {
+    pub cluster: Arc<Cluster>,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    pub timeouts: Timeouts,
+    /// Show indicatif progress bars (only when stderr is a terminal and output is not JSON).
+    pub progress: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ReplicaReport {
+    pub sn: String,
+    pub image: String,
+    pub generation: u64,
+    pub digest: String,
+    pub matches: bool,
+    pub bytes_sent: u64,
+    /// Files sent (as delta or whole); files the agent resumed from its spool.
+    pub files_sent: u64,
+    pub resumed: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ExportsReport {
+    pub sn: String,
+    pub reloaded: bool,
+    pub output: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FailedSn {
+    pub sn: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SyncReport {
+    pub ok: bool,
+    pub replicas: Vec<ReplicaReport>,
+    pub bytes_sent: u64,
+    pub failed: Vec<FailedSn>,
+    pub images: Vec<ImagePlan>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub exports: Vec<ExportsReport>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SnStatus {
+    pub name: String,
+    pub reachable: bool,
+    pub images: Vec<ImageStatus>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ImageStatus {
+    pub name: String,
+    pub generation: u64,
+    pub digest: String,
+    /// Generations behind the last one synced from this MN (0: current).
+    pub lag: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StatusReport {
+    pub sns: Vec<SnStatus>,
+}
+
+/// Renders the exports of every SN of `cluster`, in its dialect (Linux file, AIX managed block).
+pub fn render_exports(cluster: &Cluster) -> Result<Vec<(String, String)>> {
+    cluster
+        .sns
+        .iter()
+        .map(|s| {
+            let text =
+                exports::render_sn(cluster, &s.name).map_err(|e| anyhow::anyhow!("exports of {}: {e}", s.name))?;
+            Ok((s.name.clone(), text))
+        })
+        .collect()
+}
+
+impl Controller {
+    /// Loads TLS material from the cluster config; plain TCP only when the config allows it and
+    /// every agent is on loopback.
+    pub fn new(cluster: Cluster) -> Result<Controller> {
+        let tls = match &cluster.tls {
+            Some(f) => Some(transport::Identity::from_files(f)?.client_config()?),
+            None => {
+                if !cluster.plaintext_loopback {
+                    bail!("the cluster config has no [tls] section (plain TCP needs plaintext_loopback = true)");
+                }
+                if let Some(sn) = cluster.sns.iter().find(|s| !s.agent.is_loopback()) {
+                    bail!("SN {} has agent {} off loopback: plain TCP is refused, configure [tls]", sn.name, sn.agent);
+                }
+                None
+            }
+        };
+        Ok(Controller { cluster: Arc::new(cluster), tls, timeouts: Timeouts::default(), progress: false })
+    }
+
+    /// Dials an SN's agent and does the handshake: protocol version, and with TLS the agent's
+    /// certificate must name the SN.
+    pub async fn connect(&self, sn: &ServiceNode) -> Result<Conn> {
+        let addr = sn.agent.to_string();
+        let mut c = transport::connect(&addr, &sn.name, self.tls.clone(), self.timeouts.frame)
+            .await
+            .with_context(|| format!("connecting to {addr}"))?;
+        c.request(&proto::ToAgent::Hello { version: proto::VERSION, controller: "mn".into() }).await?;
+        match c.recv::<proto::FromAgent>().await? {
+            proto::FromAgent::Hello { version, agent } => {
+                if version != proto::VERSION {
+                    bail!("agent speaks protocol {version}, this controller {}", proto::VERSION);
+                }
+                if self.tls.is_some() && agent != sn.name {
+                    bail!("agent calls itself `{agent}`, expected `{}`", sn.name);
+                }
+                Ok(c)
+            }
+            proto::FromAgent::Error { reason } => bail!("agent refused the session: {reason}"),
+            other => bail!("unexpected handshake reply {other:?}"),
+        }
+    }
+
+    /// The images selected by name (all when `names` is empty); unknown names are bad input.
+    pub fn select(&self, names: &[String]) -> Result<Vec<model::Image>, String> {
+        if names.is_empty() {
+            return Ok(self.cluster.images.clone());
+        }
+        names
+            .iter()
+            .map(|n| {
+                self.cluster.image(n).cloned().ok_or_else(|| format!("no image named `{n}` in the cluster config"))
+            })
+            .collect()
+    }
+
+    /// Renders the exports of every SN (per its dialect).
+    pub fn render_exports(&self) -> Result<Vec<(String, String)>> {
+        render_exports(&self.cluster)
+    }
+
+    /// One-shot sync of `images`: scan, plan, send to every SN concurrently, verify digests, write
+    /// exports, save the new generation.
+    pub async fn sync(&self, images: &[model::Image]) -> Result<SyncReport> {
+        let cluster = self.cluster.clone();
+        let imgs = images.to_vec();
+        let prepared: Vec<Arc<Prepared>> = tokio::task::spawn_blocking(move || {
+            imgs.iter().map(|i| prepare(&cluster, i).map(Arc::new)).collect::<Result<Vec<_>>>()
+        })
+        .await??;
+        let rendered = self.render_exports()?;
+        let mp = if self.progress { Some(indicatif::MultiProgress::new()) } else { None };
+        let mut tasks = Vec::new();
+        for sn in &self.cluster.sns {
+            let mine: Vec<Arc<Prepared>> =
+                prepared.iter().filter(|p| p.image.sns.iter().any(|s| s == &sn.name)).cloned().collect();
+            let text = rendered.iter().find(|(n, _)| n == &sn.name).map(|(_, t)| t.clone());
+            let bar = mp.as_ref().map(|m| m.add(sn::bar(&sn.name)));
+            tasks.push(sn::sync_sn(self, sn.clone(), mine, text, bar));
+        }
+        let outcomes = futures::future::join_all(tasks).await;
+        let mut report = SyncReport {
+            ok: true,
+            replicas: Vec::new(),
+            bytes_sent: 0,
+            failed: Vec::new(),
+            images: prepared.iter().map(|p| p.summary.clone()).collect(),
+            exports: Vec::new(),
+        };
+        for o in outcomes {
+            report.bytes_sent += o.replicas.iter().map(|r| r.bytes_sent).sum::<u64>() + o.extra_bytes;
+            if let Some(reason) = o.error {
+                report.ok = false;
+                report.failed.push(FailedSn { sn: o.sn.clone(), reason });
+            }
+            report.replicas.extend(o.replicas);
+            report.exports.extend(o.exports);
+        }
+        if report.replicas.iter().any(|r| !r.matches) {
+            report.ok = false;
+        }
+        for p in &prepared {
+            let reached = report.replicas.iter().any(|r| r.image == p.image.name && r.matches);
+            let no_sns = p.image.sns.is_empty();
+            if reached || no_sns {
+                let p = p.clone();
+                tokio::task::spawn_blocking(move || p.save()).await??;
+            }
+        }
+        Ok(report)
+    }
+
+    /// Every replica's digest (a fresh scan on the SN) against the source's.
+    pub async fn verify(&self, images: &[model::Image]) -> Result<SyncReport> {
+        let cluster = self.cluster.clone();
+        let imgs = images.to_vec();
+        let sources: Vec<(model::Image, String)> = tokio::task::spawn_blocking(move || {
+            imgs.iter().map(|i| image::source_digest(&cluster, i).map(|d| (i.clone(), d))).collect::<Result<Vec<_>>>()
+        })
+        .await??;
+        let mut tasks = Vec::new();
+        for sn in &self.cluster.sns {
+            let mine: Vec<(model::Image, String)> =
+                sources.iter().filter(|(i, _)| i.sns.iter().any(|s| s == &sn.name)).cloned().collect();
+            tasks.push(sn::verify_sn(self, sn.clone(), mine));
+        }
+        let outcomes = futures::future::join_all(tasks).await;
+        let mut report = SyncReport {
+            ok: true,
+            replicas: Vec::new(),
+            bytes_sent: 0,
+            failed: Vec::new(),
+            images: Vec::new(),
+            exports: Vec::new(),
+        };
+        for o in outcomes {
+            if let Some(reason) = o.error {
+                report.failed.push(FailedSn { sn: o.sn.clone(), reason });
+            }
+            report.replicas.extend(o.replicas);
+        }
+        report.ok = report.failed.is_empty() && report.replicas.iter().all(|r| r.matches);
+        Ok(report)
+    }
+
+    /// Per SN: reachable, and generation and digest per image.
+    pub async fn status(&self) -> Result<StatusReport> {
+        let lasts: Vec<(String, u64)> = self
+            .cluster
+            .images
+            .iter()
+            .filter_map(|i| {
+                image::Last::load(&self.cluster, &i.name).ok().flatten().map(|l| (i.name.clone(), l.generation))
+            })
+            .collect();
+        let tasks = self.cluster.sns.iter().map(|sn| sn::status_sn(self, sn.clone(), &lasts));
+        Ok(StatusReport { sns: futures::future::join_all(tasks).await })
+    }
+}

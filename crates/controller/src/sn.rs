@@ -1,0 +1,356 @@
+//! One SN's part of a run: its own task, its own connection, its own timeout.
+
+use crate::image::{payload_file, PayloadFile, Prepared};
+use crate::{Controller, ExportsReport, ImageStatus, ReplicaReport, SnStatus};
+use anyhow::{anyhow, bail, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use model::ServiceNode;
+use proto::{Encoding, FromAgent, ImageState, ToAgent, CHUNK};
+use std::io::Read;
+use std::sync::Arc;
+use transport::Conn;
+
+pub struct SnOutcome {
+    pub sn: String,
+    pub replicas: Vec<ReplicaReport>,
+    pub exports: Vec<ExportsReport>,
+    pub error: Option<String>,
+    /// Bytes not attributed to an image (exports, handshake).
+    pub extra_bytes: u64,
+}
+
+pub fn bar(sn: &str) -> ProgressBar {
+    let b = ProgressBar::new(0);
+    if let Ok(s) = ProgressStyle::with_template("{prefix:>8} [{bar:30}] {bytes}/{total_bytes} {msg}") {
+        b.set_style(s.progress_chars("=> "));
+    }
+    b.set_prefix(sn.to_string());
+    b
+}
+
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
+}
+
+fn row(sn: &str, p: &Prepared) -> ReplicaReport {
+    ReplicaReport {
+        sn: sn.into(),
+        image: p.image.name.clone(),
+        generation: 0,
+        digest: String::new(),
+        matches: false,
+        bytes_sent: 0,
+        files_sent: 0,
+        resumed: 0,
+        error: None,
+    }
+}
+
+pub async fn sync_sn(
+    ctl: &Controller,
+    sn: ServiceNode,
+    images: Vec<Arc<Prepared>>,
+    exports: Option<String>,
+    bar: Option<ProgressBar>,
+) -> SnOutcome {
+    let mut out = SnOutcome {
+        sn: sn.name.clone(),
+        replicas: images.iter().map(|p| row(&sn.name, p)).collect(),
+        exports: Vec::new(),
+        error: None,
+        extra_bytes: 0,
+    };
+    let r = tokio::time::timeout(ctl.timeouts.sn, run_sn(ctl, &sn, &images, exports, &mut out, bar.as_ref())).await;
+    let err = match r {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(format!("{e:#}")),
+        Err(_) => Some(format!("timed out after {:?}", ctl.timeouts.sn)),
+    };
+    if let Some(e) = &err {
+        tracing::warn!("SN {}: {e}", sn.name);
+        for r in out.replicas.iter_mut().filter(|r| !r.matches && r.error.is_none()) {
+            r.error = Some(e.clone());
+        }
+    }
+    if let Some(b) = bar {
+        b.finish_with_message(if err.is_some() { "FAILED" } else { "done" });
+    }
+    out.error = err;
+    out
+}
+
+async fn run_sn(
+    ctl: &Controller,
+    sn: &ServiceNode,
+    images: &[Arc<Prepared>],
+    exports: Option<String>,
+    out: &mut SnOutcome,
+    bar: Option<&ProgressBar>,
+) -> Result<()> {
+    let mut c = ctl.connect(sn).await?;
+    let mut failed = None;
+    for (i, p) in images.iter().enumerate() {
+        let before = c.bytes_out;
+        let res = sync_image(ctl, &mut c, p, &mut out.replicas[i], bar).await;
+        out.replicas[i].bytes_sent = c.bytes_out - before;
+        if let Err(e) = res {
+            let msg = format!("image {}: {e:#}", p.image.name);
+            out.replicas[i].error = Some(msg.clone());
+            failed = Some(msg);
+            // The session may be unusable now: stop here, the next run catches up.
+            break;
+        }
+    }
+    if let Some(f) = failed {
+        return Err(anyhow!(f));
+    }
+    if let Some(text) = exports {
+        let before = c.bytes_out;
+        c.request(&ToAgent::Exports { text }).await?;
+        match c.recv_within::<FromAgent>(ctl.timeouts.commit).await? {
+            FromAgent::ExportsDone { reloaded, output } => {
+                out.exports.push(ExportsReport { sn: sn.name.clone(), reloaded, output: output.clone() });
+                if !reloaded {
+                    bail!("exports written but reload failed: {output}");
+                }
+            }
+            FromAgent::Error { reason } => bail!("exports: {reason}"),
+            other => bail!("unexpected reply to Exports: {other:?}"),
+        }
+        out.extra_bytes += c.bytes_out - before;
+    }
+    let _ = c.request(&ToAgent::Bye).await;
+    c.shutdown().await;
+    Ok(())
+}
+
+async fn open(c: &mut Conn, image: &model::Image) -> Result<ImageState> {
+    c.request(&ToAgent::Open { image: image.name.clone(), path: image.path.as_str().to_string() }).await?;
+    match c.recv::<FromAgent>().await? {
+        FromAgent::Opened { state } => Ok(state),
+        FromAgent::Error { reason } => bail!("{reason}"),
+        other => bail!("unexpected reply to Open: {other:?}"),
+    }
+}
+
+/// Fetches the agent's recorded manifest (for a replica not at the shared base).
+async fn manifest(c: &mut Conn) -> Result<tree::Manifest> {
+    c.request(&ToAgent::GetManifest).await?;
+    let len = match c.recv::<FromAgent>().await? {
+        FromAgent::Manifest { len } => len,
+        FromAgent::Error { reason } => bail!("{reason}"),
+        other => bail!("unexpected reply to GetManifest: {other:?}"),
+    };
+    let mut b = Vec::with_capacity(len.min(256 << 20) as usize);
+    while (b.len() as u64) < len {
+        match c.recv::<FromAgent>().await? {
+            FromAgent::Chunk(d) => b.extend_from_slice(&d),
+            other => bail!("unexpected {other:?} inside a manifest"),
+        }
+    }
+    Ok(tree::Manifest::from_bytes(&b)?)
+}
+
+async fn sync_image(
+    ctl: &Controller,
+    c: &mut Conn,
+    p: &Prepared,
+    row: &mut ReplicaReport,
+    bar: Option<&ProgressBar>,
+) -> Result<()> {
+    let state = open(c, &p.image).await?;
+    if state.digest == p.digest {
+        row.generation = state.generation;
+        row.digest = state.digest;
+        row.matches = true;
+        return Ok(());
+    }
+    // The shared plan when the replica is at the last generation; else one from its own manifest.
+    let own;
+    let (plan, bytes, shared_payloads) = match (&p.shared, &p.last) {
+        (Some(s), Some(l)) if l.digest == state.digest => (&s.plan, s.bytes.clone(), Some(&s.payloads)),
+        _ => {
+            let theirs = manifest(c).await?;
+            let mut pl = blocking(|| tree::diff(&theirs, &p.manifest));
+            pl.generation = p.generation.max(state.generation + 1);
+            let b = pl.to_bytes()?;
+            own = pl;
+            tracing::info!(
+                "{}: image {} is at generation {} ({}), not the last synced one: own plan",
+                row.sn,
+                p.image.name,
+                state.generation,
+                state.digest
+            );
+            (&own, b, None)
+        }
+    };
+    c.send(&ToAgent::Plan { len: bytes.len() as u64 }).await?;
+    for ch in bytes.chunks(CHUNK) {
+        c.send(&ToAgent::Chunk(ch.to_vec())).await?;
+    }
+    c.flush().await?;
+    let (need, resumed) = match c.recv::<FromAgent>().await? {
+        FromAgent::Need { indexes, resumed } => (indexes, resumed),
+        FromAgent::Error { reason } => bail!("{reason}"),
+        other => bail!("unexpected reply to Plan: {other:?}"),
+    };
+    row.resumed = resumed;
+    let scratch = p.state_dir.join(format!("out-{}", row.sn));
+    if let Some(b) = bar {
+        let total: u64 = need
+            .iter()
+            .filter_map(|&i| shared_payloads.and_then(|s| s.get(i as usize)).and_then(|x| x.as_ref()))
+            .map(|x| x.len())
+            .sum::<u64>();
+        b.set_length(if shared_payloads.is_some() {
+            total
+        } else {
+            need.iter().filter_map(|&i| plan.contents.get(i as usize)).map(|c| c.size).sum()
+        });
+        b.set_message(p.image.name.clone());
+    }
+    for &i in &need {
+        let content = plan.contents.get(i as usize).ok_or_else(|| anyhow!("agent asked for content {i}"))?;
+        let payload = match shared_payloads.and_then(|s| s.get(i as usize)).and_then(|x| x.clone()) {
+            Some(x) => x,
+            None => {
+                std::fs::create_dir_all(&scratch).with_context(|| format!("creating {}", scratch.display()))?;
+                blocking(|| payload_file(&p.sigs, &p.source, content, Some((&scratch, i as usize))))?
+                    .ok_or_else(|| anyhow!("agent asked for content {i}, which it makes locally"))?
+            }
+        };
+        send_blob(c, i, &payload, bar).await?;
+        row.files_sent += 1;
+        if shared_payloads.is_none() {
+            if let PayloadFile::Delta { path, .. } = &payload {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+    }
+    c.request(&ToAgent::Commit).await?;
+    let _ = std::fs::remove_dir_all(&scratch);
+    match c.recv_within::<FromAgent>(ctl.timeouts.commit).await? {
+        FromAgent::Committed { state } => {
+            row.generation = state.generation;
+            row.matches = state.digest == p.digest;
+            row.digest = state.digest;
+            if !row.matches {
+                bail!("replica committed digest {} but the source is {}", row.digest, p.digest);
+            }
+            Ok(())
+        }
+        FromAgent::Error { reason } => bail!("{reason}"),
+        other => bail!("unexpected reply to Commit: {other:?}"),
+    }
+}
+
+/// Streams one payload in chunks; the source file is read a chunk at a time (bounded memory).
+async fn send_blob(c: &mut Conn, index: u32, p: &PayloadFile, bar: Option<&ProgressBar>) -> Result<()> {
+    let (path, len, encoding) = match p {
+        PayloadFile::Literal { path, len } => (path, *len, Encoding::Literal),
+        PayloadFile::Delta { path, len } => (path, *len, Encoding::Delta),
+    };
+    c.send(&ToAgent::Blob { index, encoding, len }).await?;
+    let mut f = std::fs::File::open(path).with_context(|| format!("{}", path.display()))?;
+    let mut left = len;
+    let mut buf = vec![0u8; CHUNK.min(len as usize)];
+    while left > 0 {
+        let n = left.min(CHUNK as u64) as usize;
+        blocking(|| f.read_exact(&mut buf[..n]))
+            .with_context(|| format!("{}: changed while syncing (rerun sync)", path.display()))?;
+        c.send(&ToAgent::Chunk(buf[..n].to_vec())).await?;
+        left -= n as u64;
+        if let Some(b) = bar {
+            b.inc(n as u64);
+        }
+    }
+    c.send(&ToAgent::BlobEnd).await?;
+    Ok(())
+}
+
+pub async fn verify_sn(ctl: &Controller, sn: ServiceNode, images: Vec<(model::Image, String)>) -> SnOutcome {
+    let mut out =
+        SnOutcome { sn: sn.name.clone(), replicas: Vec::new(), exports: Vec::new(), error: None, extra_bytes: 0 };
+    let r = tokio::time::timeout(ctl.timeouts.sn, async {
+        let mut c = ctl.connect(&sn).await?;
+        for (img, src) in &images {
+            let mut row = ReplicaReport {
+                sn: sn.name.clone(),
+                image: img.name.clone(),
+                generation: 0,
+                digest: String::new(),
+                matches: false,
+                bytes_sent: 0,
+                files_sent: 0,
+                resumed: 0,
+                error: None,
+            };
+            open(&mut c, img).await?;
+            c.request(&ToAgent::Verify).await?;
+            match c.recv_within::<FromAgent>(ctl.timeouts.commit).await? {
+                FromAgent::Verified { recorded, actual } => {
+                    row.generation = recorded.generation;
+                    row.matches = &actual == src;
+                    if actual != recorded.digest {
+                        row.error = Some(format!("replica changed on disk since generation {}", recorded.generation));
+                    } else if !row.matches {
+                        row.error = Some(format!("digest differs from the source's {src}"));
+                    }
+                    row.digest = actual;
+                }
+                FromAgent::Error { reason } => row.error = Some(reason),
+                other => bail!("unexpected reply to Verify: {other:?}"),
+            }
+            out.replicas.push(row);
+        }
+        let _ = c.request(&ToAgent::Bye).await;
+        c.shutdown().await;
+        Ok::<_, anyhow::Error>(())
+    })
+    .await;
+    match r {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => out.error = Some(format!("{e:#}")),
+        Err(_) => out.error = Some("timed out".into()),
+    }
+    out
+}
+
+pub async fn status_sn(ctl: &Controller, sn: ServiceNode, lasts: &[(String, u64)]) -> SnStatus {
+    let r = tokio::time::timeout(ctl.timeouts.frame, async {
+        let mut c = ctl.connect(&sn).await?;
+        c.request(&ToAgent::Status).await?;
+        let images = match c.recv::<FromAgent>().await? {
+            FromAgent::Status { images } => images,
+            other => bail!("unexpected reply to Status: {other:?}"),
+        };
+        let _ = c.request(&ToAgent::Bye).await;
+        Ok(images)
+    })
+    .await;
+    match r {
+        Ok(Ok(images)) => SnStatus {
+            name: sn.name.clone(),
+            reachable: true,
+            images: images
+                .into_iter()
+                .map(|i| {
+                    let lag = lasts
+                        .iter()
+                        .find(|(n, _)| n == &i.name)
+                        .map(|(_, g)| g.saturating_sub(i.generation))
+                        .unwrap_or(0);
+                    ImageStatus { name: i.name, generation: i.generation, digest: i.digest, lag }
+                })
+                .collect(),
+            error: None,
+        },
+        Ok(Err(e)) => {
+            SnStatus { name: sn.name.clone(), reachable: false, images: Vec::new(), error: Some(format!("{e:#}")) }
+        }
+        Err(_) => {
+            SnStatus { name: sn.name.clone(), reachable: false, images: Vec::new(), error: Some("timed out".into()) }
+        }
+    }
+}
