@@ -369,6 +369,11 @@ fn log_line(log: &Path, v: &serde_json::Value) -> Result<(), RedirectError> {
     f.sync_data().map_err(err)
 }
 
+/// Where `--apply` records what ran: `<state_dir>/xcat-redirect.log`.
+pub fn default_log(state_dir: &Path) -> PathBuf {
+    state_dir.join("xcat-redirect.log")
+}
+
 /// Print (dry run) or run the plan's commands. Each run is recorded in the log (JSON lines:
 /// time, argv, exit status, output) before the next starts; the first failure stops the rest.
 pub fn execute(plan: Plan, templates: &Templates, mode: &Mode) -> Result<Outcome, RedirectError> {

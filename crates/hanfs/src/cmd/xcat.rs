@@ -33,8 +33,20 @@ fn import(g: &Global, a: XcatImportArgs) -> Result<Status> {
         Err(e) => return Err(anyhow::Error::new(e)),
     };
     let report = &imported.import.report;
+    // Every error and warning; the skipped rows only up to a point (--json has them all).
+    const SKIPPED_SHOWN: usize = 20;
+    let mut skipped = 0;
     for issue in report {
+        if issue.severity == xcat::Severity::Skipped {
+            skipped += 1;
+            if skipped > SKIPPED_SHOWN {
+                continue;
+            }
+        }
         eprintln!("hanfs: xcat import: {issue}");
+    }
+    if skipped > SKIPPED_SHOWN {
+        eprintln!("hanfs: xcat import: ... and {} more skipped rows (--json lists them all)", skipped - SKIPPED_SHOWN);
     }
     if let Some(out) = &a.output {
         write_atomically(out, &imported.toml).with_context(|| format!("{}: cannot write the config", out.display()))?;
@@ -95,7 +107,7 @@ fn redirect(g: &Global, a: XcatRedirectArgs) -> Result<Status> {
                     .and_then(|t| model::Cluster::from_toml(&g.config.display().to_string(), &t).ok())
                     .map(|c| PathBuf::from(c.state_dir.as_str()))
                     .unwrap_or_else(|| PathBuf::from("/var/lib/hanfs"));
-                state.join("xcat-redirect.log")
+                xcat::redirect::default_log(&state)
             }
         };
         Mode::Apply { log }
