@@ -6,7 +6,7 @@
 //! - [`render`] writes them in the SN's dialect: Linux, the whole `/etc/exports.d/hanfs.exports`;
 //!   AIX, a managed block for `/etc/exports` that [`splice_aix`] puts into the existing file, keeping
 //!   every other line byte for byte. [`aix_commands`] gives the equivalent `mknfsexp` commands.
-//! - [`parse`] reads either dialect back (`parse(render(m)) == m`), so [`diff`] and [`plan_text`]
+//! - [`parse`] reads either dialect back (`parse(render(m)) == m`), so [`diff()`] and [`plan_text`]
 //!   can show what a sync would change on a server.
 //!
 //! # Decisions
