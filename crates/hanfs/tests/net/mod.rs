@@ -1,0 +1,344 @@
+//! Shared rig for the network tests: real `hanfs agent` processes on loopback ports, each with its
+//! own root, state dir and config; a cluster config naming them; a sample image with every entry kind;
+//! an independent walk to compare trees. Agents are killed when the rig drops.
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::{Hash, Hasher};
+use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const IMAGE_PATH: &str = "netboot/test/x86_64/compute/rootimg";
+
+pub fn hanfs_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_hanfs"))
+}
+
+pub struct AgentProc {
+    pub name: String,
+    pub port: u16,
+    pub conf: PathBuf,
+    pub log: PathBuf,
+    pub root: PathBuf,
+    pub child: Option<Child>,
+}
+
+pub struct Rig {
+    pub dir: tempfile::TempDir,
+    pub agents: Vec<AgentProc>,
+    pub cluster: PathBuf,
+    pub tls: bool,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn run_ok(args: &[&str]) {
+    let o = Command::new(hanfs_bin()).args(args).output().unwrap();
+    assert!(o.status.success(), "hanfs {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+}
+
+impl Rig {
+    pub fn new(n: usize, tls: bool) -> Rig {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_path_buf();
+        std::fs::create_dir_all(d.join("src").join(IMAGE_PATH)).unwrap();
+        let ca = d.join("ca");
+        if tls {
+            run_ok(&["ca", "init", ca.to_str().unwrap()]);
+            run_ok(&["ca", "issue", ca.to_str().unwrap(), "--name", "mn"]);
+        }
+        let mut cluster = format!(
+            "[cluster]\nsource_root = \"{}\"\nstate_dir = \"{}\"\nbackups = \"ring\"\nplaintext_loopback = {}\n",
+            d.join("src").display(),
+            d.join("mn-state").display(),
+            !tls
+        );
+        if tls {
+            cluster +=
+                &format!("\n[tls]\nca = \"{0}/ca.pem\"\ncert = \"{0}/mn.pem\"\nkey = \"{0}/mn.key\"\n", ca.display());
+        }
+        let mut agents = Vec::new();
+        for i in 1..=n {
+            let name = format!("sn{i}");
+            let sd = d.join(&name);
+            std::fs::create_dir_all(&sd).unwrap();
+            let port = free_port();
+            let root = sd.join("root");
+            let mut conf = format!(
+                "listen = \"127.0.0.1:{port}\"\nroot = \"{}\"\nstate_dir = \"{}\"\nexports_file = \"{}\"\nreload = [\"true\"]\n",
+                root.display(),
+                sd.join("state").display(),
+                sd.join("exports").display()
+            );
+            if tls {
+                run_ok(&["ca", "issue", ca.to_str().unwrap(), "--name", &name, "--san", "127.0.0.1"]);
+                conf += &format!(
+                    "[tls]\nca = \"{0}/ca.pem\"\ncert = \"{0}/{1}.pem\"\nkey = \"{0}/{1}.key\"\n",
+                    ca.display(),
+                    name
+                );
+            } else {
+                conf = format!("plaintext_loopback = true\n{conf}");
+            }
+            let cpath = sd.join("agent.toml");
+            std::fs::write(&cpath, conf).unwrap();
+            cluster += &format!(
+                "\n[[sn]]\nname = \"{name}\"\naddress = \"127.0.0.1\"\nagent = \"127.0.0.1:{port}\"\nroot = \"{}\"\n",
+                root.display()
+            );
+            agents.push(AgentProc { name, port, conf: cpath, log: sd.join("agent.log"), root, child: None });
+        }
+        cluster += &format!("\n[[image]]\nname = \"compute\"\npath = \"{IMAGE_PATH}\"\nclients = \"*\"\n");
+        let cpath = d.join("cluster.toml");
+        std::fs::write(&cpath, cluster).unwrap();
+        let mut rig = Rig { dir, agents, cluster: cpath, tls };
+        for i in 0..n {
+            rig.start(i);
+        }
+        rig
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn source(&self) -> PathBuf {
+        self.path().join("src").join(IMAGE_PATH)
+    }
+
+    pub fn replica(&self, i: usize) -> PathBuf {
+        self.agents[i].root.join(IMAGE_PATH)
+    }
+
+    pub fn start(&mut self, i: usize) {
+        let a = &mut self.agents[i];
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&a.log).unwrap();
+        let child = Command::new(hanfs_bin())
+            .args(["--config", a.conf.to_str().unwrap(), "agent"])
+            .env("HANFS_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        a.child = Some(child);
+        let port = a.port;
+        let t = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(t.elapsed() < Duration::from_secs(10), "agent {i} did not start: {}", self.log(i));
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL, no chance to clean up.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.agents[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn log(&self, i: usize) -> String {
+        std::fs::read_to_string(&self.agents[i].log).unwrap_or_default()
+    }
+
+    pub fn hanfs(&self, args: &[&str]) -> Output {
+        Command::new(hanfs_bin()).arg("--config").arg(&self.cluster).args(args).output().unwrap()
+    }
+
+    pub fn hanfs_json(&self, args: &[&str]) -> (i32, serde_json::Value) {
+        let mut a = vec!["--json"];
+        a.extend_from_slice(args);
+        let o = self.hanfs(&a);
+        let v = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
+            panic!("{args:?}: {e}: {} / {}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+        });
+        (o.status.code().unwrap_or(-1), v)
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        for i in 0..self.agents.len() {
+            self.kill(i);
+        }
+    }
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn cstr(p: &Path) -> std::ffi::CString {
+    std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap()
+}
+
+/// A deterministic pseudo-random byte stream (xorshift), so trees are reproducible.
+pub fn bytes(seed: u64, n: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// A tree with every entry kind: regular files of many sizes, directories, symlinks, hard links,
+/// a fifo, a device node (when root), xattrs, a sparse file, setuid and odd modes, numeric owners.
+pub fn fill(root: &Path, files: usize) {
+    use std::os::unix::fs::PermissionsExt;
+    for d in ["etc", "usr/bin", "usr/lib/x", "var/empty", "dev"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    for i in 0..files {
+        let size = [0usize, 1, 100, 3000, 40_000, 300_000][i % 6] + i;
+        std::fs::write(root.join(format!("usr/lib/x/f{i:04}")), bytes(i as u64, size)).unwrap();
+    }
+    std::fs::write(root.join("etc/hosts"), "127.0.0.1 localhost\n").unwrap();
+    std::os::unix::fs::symlink("../etc/hosts", root.join("usr/bin/hosts-link")).unwrap();
+    std::os::unix::fs::symlink("/nonexistent/target", root.join("usr/bin/dangling")).unwrap();
+    std::fs::hard_link(root.join("usr/lib/x/f0003"), root.join("usr/bin/hard-a")).unwrap();
+    std::fs::hard_link(root.join("usr/lib/x/f0003"), root.join("etc/hard-b")).unwrap();
+    std::fs::write(root.join("usr/bin/suid"), b"#!/bin/sh\n").unwrap();
+    std::fs::set_permissions(root.join("usr/bin/suid"), std::fs::Permissions::from_mode(0o4755)).unwrap();
+    std::fs::set_permissions(root.join("var/empty"), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    // SAFETY: valid NUL-terminated paths.
+    unsafe {
+        assert_eq!(libc::mkfifo(cstr(&root.join("dev/initctl")).as_ptr(), 0o600), 0);
+        if is_root() {
+            assert_eq!(
+                libc::mknod(cstr(&root.join("dev/null")).as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(1, 3)),
+                0
+            );
+            assert_eq!(libc::lchown(cstr(&root.join("etc/hosts")).as_ptr(), 1234, 5678), 0);
+        }
+    }
+    xattr::set(root.join("etc/hosts"), "user.hanfs.test", b"value").unwrap();
+    xattr::set(root.join("usr/lib/x"), "user.dir", b"d").unwrap();
+    let mut f = std::fs::File::create(root.join("var/sparse.img")).unwrap();
+    f.set_len(8 << 20).unwrap();
+    std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(4 << 20)).unwrap();
+    f.write_all(b"data in the middle of holes").unwrap();
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub struct Rec {
+    kind: &'static str,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    mtime: (i64, i64),
+    size: u64,
+    content: u64,
+    target: Option<PathBuf>,
+    rdev: u64,
+    xattrs: Vec<(String, Vec<u8>)>,
+}
+
+/// An independent walk (std only, not the tree engine): every entry's kind, mode, owner, mtime,
+/// content, link target, device number and user xattrs, plus the hard-link groups.
+pub fn walk(root: &Path) -> (BTreeMap<String, Rec>, BTreeSet<Vec<String>>) {
+    let mut out = BTreeMap::new();
+    let mut inodes: HashMap<u64, Vec<String>> = HashMap::new();
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        let p = root.join(&rel);
+        let md = std::fs::symlink_metadata(&p).unwrap();
+        let ft = md.file_type();
+        let kind = if ft.is_dir() {
+            "dir"
+        } else if ft.is_file() {
+            "file"
+        } else if ft.is_symlink() {
+            "symlink"
+        } else if ft.is_char_device() {
+            "char"
+        } else if ft.is_block_device() {
+            "block"
+        } else if ft.is_fifo() {
+            "fifo"
+        } else {
+            "other"
+        };
+        let content = if ft.is_file() {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            std::fs::read(&p).unwrap().hash(&mut h);
+            h.finish()
+        } else {
+            0
+        };
+        let mut xattrs: Vec<(String, Vec<u8>)> = xattr::list(&p)
+            .map(|l| {
+                l.filter_map(|n| n.into_string().ok())
+                    .filter(|n| n.starts_with("user."))
+                    .map(|n| {
+                        let v = xattr::get(&p, &n).unwrap().unwrap_or_default();
+                        (n, v)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        xattrs.sort();
+        let key = rel.display().to_string();
+        if !ft.is_dir() && md.nlink() > 1 {
+            inodes.entry(md.ino()).or_default().push(key.clone());
+        }
+        out.insert(
+            key,
+            Rec {
+                kind,
+                mode: md.mode() & 0o7777,
+                uid: md.uid(),
+                gid: md.gid(),
+                mtime: (md.mtime(), md.mtime_nsec()),
+                size: if ft.is_dir() { 0 } else { md.len() },
+                content,
+                target: ft.is_symlink().then(|| std::fs::read_link(&p).unwrap()),
+                rdev: md.rdev(),
+                xattrs,
+            },
+        );
+        if ft.is_dir() {
+            for e in std::fs::read_dir(&p).unwrap() {
+                let e = e.unwrap();
+                if rel.as_os_str().is_empty() && e.file_name() == ".hanfs" {
+                    continue; // the engine's control directory, not part of the image
+                }
+                stack.push(rel.join(e.file_name()));
+            }
+        }
+    }
+    let groups = inodes
+        .into_values()
+        .map(|mut v| {
+            v.sort();
+            v
+        })
+        .collect();
+    (out, groups)
+}
+
+pub fn assert_same_tree(a: &Path, b: &Path) {
+    let (ta, ga) = walk(a);
+    let (tb, gb) = walk(b);
+    for (k, v) in &ta {
+        assert_eq!(Some(v), tb.get(k), "{k} differs between {} and {}", a.display(), b.display());
+    }
+    assert_eq!(
+        ta.len(),
+        tb.len(),
+        "entry counts differ: {:?}",
+        tb.keys().filter(|k| !ta.contains_key(*k)).collect::<Vec<_>>()
+    );
+    assert_eq!(ga, gb, "hard-link groups differ");
+}
