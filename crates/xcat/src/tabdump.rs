@@ -247,6 +247,20 @@ mod tests {
         assert_eq!(e.line, 2);
     }
 
+    proptest::proptest! {
+        /// Whatever the values (quotes, commas, newlines, empty strings, NULLs), what tabdump writes
+        /// parses back to the same values.
+        #[test]
+        fn any_table_round_trips(rows in proptest::collection::vec(
+            proptest::collection::vec(proptest::option::of("[a-z\",\n\r #|$/]{0,8}"), 3),
+            0..6,
+        )) {
+            let text = write(&["a", "b", "c"], &rows);
+            let t = parse("t", "t.csv", &text).unwrap();
+            proptest::prop_assert_eq!(t.rows.into_iter().map(|r| r.values).collect::<Vec<_>>(), rows);
+        }
+    }
+
     #[test]
     fn crlf() {
         let t = parse("t", "t.csv", "#a,b\r\n\"1\",\r\n,\"2\"\r\n").unwrap();
