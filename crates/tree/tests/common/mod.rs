@@ -84,6 +84,19 @@ pub fn acl(uid: u32) -> Vec<u8> {
     v
 }
 
+/// True when running as root. Without root the trees keep what an ordinary user can make:
+/// own uid/gid, no device nodes, no trusted.*/security.* xattrs (each skipped with a note).
+pub fn is_root() -> bool {
+    static NOTE: std::sync::Once = std::sync::Once::new();
+    let root = rustix::process::geteuid().is_root();
+    if !root {
+        NOTE.call_once(|| {
+            eprintln!("not root: trees use no other owners, device nodes or trusted/security xattrs");
+        });
+    }
+    root
+}
+
 fn meta(r: &mut TRng, dir: bool) -> Meta {
     let mut mode = if dir { 0o755 } else { *r.pick(&[0o644, 0o600, 0o755, 0o4755, 0o2755, 0o444]) };
     if dir && r.chance(15) {
@@ -96,10 +109,11 @@ fn meta(r: &mut TRng, dir: bool) -> Meta {
             r.bytes(n)
         }));
     }
-    if r.chance(15) {
+    let root = is_root();
+    if r.chance(15) && root {
         xattrs.push(("trusted.t".to_string(), b"v".to_vec()));
     }
-    if r.chance(15) {
+    if r.chance(15) && root {
         xattrs.push((
             "security.capability".to_string(),
             vec![1, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
@@ -108,13 +122,10 @@ fn meta(r: &mut TRng, dir: bool) -> Meta {
     if !dir && r.chance(10) {
         xattrs.push(("system.posix_acl_access".to_string(), acl(1000 + r.below(3) as u32)));
     }
-    Meta {
-        mode,
-        uid: *r.pick(&[0, 0, 1000, 1001, 65534]),
-        gid: *r.pick(&[0, 0, 100, 1001]),
-        mtime: 1_600_000_000_000_000_000 + r.below(1_000_000_000_000_000) as i64,
-        xattrs,
-    }
+    let (uid, gid) = (*r.pick(&[0, 0, 1000, 1001, 65534]), *r.pick(&[0, 0, 100, 1001]));
+    let (uid, gid) =
+        if root { (uid, gid) } else { (rustix::process::geteuid().as_raw(), rustix::process::getegid().as_raw()) };
+    Meta { mode, uid, gid, mtime: 1_600_000_000_000_000_000 + r.below(1_000_000_000_000_000) as i64, xattrs }
 }
 
 fn content(r: &mut TRng, pool: &[Vec<u8>]) -> Vec<u8> {
@@ -154,6 +165,7 @@ pub fn pool(r: &mut TRng) -> Vec<Vec<u8>> {
 }
 
 fn kind(r: &mut TRng, pool: &[Vec<u8>], files: &[String], devices: bool) -> K {
+    let devices = devices && is_root();
     match r.below(if devices { 12 } else { 9 }) {
         0..=3 => K::File(content(r, pool)),
         4 => K::Sparse(2 << 20, vec![(r.below(1 << 20), r.bytes(5000)), ((1 << 20) + 4096 * r.below(4), r.bytes(100))]),
