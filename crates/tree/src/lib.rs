@@ -19,7 +19,8 @@
 //!   [`Replica::scan`] re-reads the tree; [`Replica::verify`] compares it with the current digest;
 //!   [`Replica::manifest`] is what the controller diffs against.
 //! - [`Replica::begin`]`(plan)` -> [`Staging`]: [`Staging::needed`], [`Staging::write_file`]`(path, reader)`,
-//!   [`Staging::add_delta`]`(path, reader)`, [`Staging::commit`] -> (generation, digest), or [`Staging::abort`].
+//!   [`Staging::file_writer`]`(path)` (push frames, then `finish`), [`Staging::add_delta`]`(path, reader)`,
+//!   [`Staging::commit`] -> (generation, digest), or [`Staging::abort`].
 //!
 //! # rdiff-compatible files (`hanfs delta ...`)
 //! [`rdiff::signature_file`], [`rdiff::delta_file`], [`rdiff::patch_file`].
@@ -42,7 +43,7 @@ pub mod sigstore;
 
 pub use manifest::{digest, Entry, Kind, Manifest, RelPath};
 pub use plan::{diff, Content, Plan, Source, Summary};
-pub use replica::{Needed, Recovery, Replica, ReplicaOptions, Staging};
+pub use replica::{FileWriter, Needed, Recovery, Replica, ReplicaOptions, Staging};
 pub use scan::{scan, ScanOptions, Scanner};
 pub use sigstore::{Payload, SigStore};
 

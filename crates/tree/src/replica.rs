@@ -445,7 +445,30 @@ pub struct Staging<'a> {
     sent: HashMap<RelPath, usize>,
 }
 
-impl Staging<'_> {
+/// A file being staged frame by frame; see [`Staging::file_writer`].
+pub struct FileWriter<'s, 'a> {
+    staging: &'s mut Staging<'a>,
+    i: usize,
+    w: StageWriter,
+}
+
+impl FileWriter<'_, '_> {
+    /// Ends the file: checks its size and BLAKE3 against the manifest.
+    pub fn finish(self) -> Result<()> {
+        self.staging.seal(self.i, self.w, "writing")
+    }
+}
+
+impl Write for FileWriter<'_, '_> {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.w.write(b)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> Staging<'a> {
     /// Files still to be sent, with the delta base the replica holds for each.
     pub fn needed(&self) -> Vec<Needed> {
         self.contents
@@ -504,6 +527,14 @@ impl Staging<'_> {
         let mut w = self.create(i)?;
         std::io::copy(&mut data, &mut w).map_err(|e| io_err(Path::new(&show(path)), e))?;
         self.seal(i, w, "writing")
+    }
+
+    /// Push-style staging of a whole file, for a receiver that gets it in frames: write the
+    /// bytes in order, then [`FileWriter::finish`] (which checks size and BLAKE3).
+    pub fn file_writer(&mut self, path: &[u8]) -> Result<FileWriter<'_, 'a>> {
+        let i = self.slot(path)?;
+        let w = self.create(i)?;
+        Ok(FileWriter { staging: self, i, w })
     }
 
     /// Stages `path` by applying a librsync delta (read from `delta`) to its base in the old

@@ -87,7 +87,21 @@ fn first_sync_into_an_empty_replica() {
     let mut src = Source::new(&empty_dir, &nd, &t.path().join("mn"));
     // The controller diffs against what the replica reports, not its own idea of it.
     src.old = replica.manifest().unwrap().clone();
-    let (_, d) = apply(&src, &mut replica, src.plan(1)).unwrap();
+    // Push every file frame by frame, as a network receiver would.
+    let plan = src.plan(1);
+    let sends: Vec<_> = plan.to_send().cloned().collect();
+    let mut st = replica.begin(plan).unwrap();
+    assert_eq!(st.needed().len(), sends.len());
+    for c in &sends {
+        let data = std::fs::read(nd.join(std::str::from_utf8(&c.path).unwrap())).unwrap();
+        let mut w = st.file_writer(&c.path).unwrap();
+        for frame in data.chunks(1000) {
+            std::io::Write::write_all(&mut w, frame).unwrap();
+        }
+        w.finish().unwrap();
+    }
+    assert!(st.needed().is_empty());
+    let (_, d) = st.commit().unwrap();
     assert_eq!(d, src.new.digest());
     assert_eq!(walk(&rep), walk(&nd));
 }
