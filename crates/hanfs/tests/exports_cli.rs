@@ -16,10 +16,11 @@ fn hanfs() -> Command {
     c
 }
 
-#[test]
-fn reproduces_every_committed_example_file() {
+/// Every `<dir>/cluster.toml` under `root` with its rendered `<sn>.exports`/`<sn>.aix-exports` files
+/// must be reproduced byte for byte; returns how many files were compared.
+fn check_rendered_files(root: &Path) -> usize {
     let mut n = 0;
-    for dir in std::fs::read_dir(examples()).unwrap() {
+    for dir in std::fs::read_dir(root).unwrap() {
         let dir = dir.unwrap().path();
         let cfg = dir.join("cluster.toml");
         if !cfg.is_file() {
@@ -38,7 +39,21 @@ fn reproduces_every_committed_example_file() {
             n += 1;
         }
     }
+    n
+}
+
+#[test]
+fn reproduces_every_committed_example_file() {
+    let n = check_rendered_files(&examples());
     assert!(n >= 9, "only {n} example files");
+}
+
+/// The kernel rig's scenarios use committed exports when no binary is built; they must be what
+/// hanfs renders, or the rig would test something hanfs does not write.
+#[test]
+fn reproduces_integration_scenarios() {
+    let n = check_rendered_files(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../../integration/scenarios"));
+    assert!(n >= 5, "only {n} scenario files");
 }
 
 #[test]
