@@ -2,7 +2,8 @@
 //! Crash test: the applying process is SIGKILLed at every fault point (compiled in with the
 //! `fault-injection` feature, which this crate's dev-dependency on itself turns on) across
 //! stage, commit and recovery; after recovery the replica's digest is the old or the new
-//! generation's every time, and the new one whenever the commit record was durable.
+//! generation's every time, and the new one whenever the commit record was durable. Each
+//! scenario also kills whole runs from outside at random instants.
 
 mod common;
 
@@ -131,7 +132,9 @@ fn scenario(seed: u64, old: &Spec, new: &Spec, t: &Path) -> usize {
         w
     };
     let w0 = fresh(format!("w{seed}-count"));
+    let started = std::time::Instant::now();
     let (sig, total) = child(&base, &w0, "apply", None);
+    let runtime = started.elapsed();
     assert!(sig.is_none());
     assert!(total > 0, "fault points not compiled in");
     let check = |w: &Path, k: u64| {
@@ -163,6 +166,23 @@ fn scenario(seed: u64, old: &Spec, new: &Spec, t: &Path) -> usize {
             }
         }
         check(&w, k);
+    }
+    // And SIGKILL from outside at random instants of a whole run (between the points too).
+    let mut r = TRng::new(seed ^ 0x5eed);
+    for k in 0..8 {
+        let w = fresh(format!("w{seed}-outside{k}"));
+        let mut c = Command::new(std::env::current_exe().unwrap());
+        c.args(["crash_child", "--exact", "--nocapture", "--test-threads=1"])
+            .env(DIR_ENV, &w)
+            .env("HANFS_CRASH_BASE", &base)
+            .env("HANFS_CRASH_MODE", "apply")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        let mut ch = c.spawn().unwrap();
+        std::thread::sleep(runtime.mul_f64(r.below(1000) as f64 / 1000.0));
+        let _ = ch.kill();
+        let _ = ch.wait();
+        check(&w, 1_000_000 + k);
     }
     points
 }
