@@ -126,7 +126,7 @@ impl Import {
         Ok(format!(
             "# hanfs cluster config, written by `hanfs xcat import` from {}.\n\
              # {} service nodes, {} nodes, {} images, {} statelite areas; report: {} not mapped, {} warnings, {} skipped\n\
-             # (rerun the import to see them). Check [tls] and each SN's address before `hanfs sync`.\n\n{}",
+             # (rerun the import to see them). Check [tls] and each SN's address before `hanfs sync`{}.\n\n{}",
             self.source,
             self.config.sn.len(),
             self.config.node.len(),
@@ -135,6 +135,11 @@ impl Import {
             count(Severity::Error),
             count(Severity::Warning),
             count(Severity::Skipped),
+            if self.config.statelite.is_empty() {
+                ""
+            } else {
+                ";\n# statelite clients are \"*\": narrow them to the compute networks"
+            },
             body
         ))
     }
