@@ -255,10 +255,11 @@ impl Scanner {
                 let ft = md.file_type();
                 let (mt, ct) = (mtime_ns(md), ctime_ns(md));
                 let hit = cache.get(&key).filter(|c| c.size == md.len() && c.mtime_ns == mt && c.ctime_ns == ct);
-                let path = join(root, &r.rel);
-                let c = match hit {
-                    Some(c) if !ft.is_file() || c.hash.is_some() => c.clone(),
+                // On a cache hit nothing is read but the lstat the walk already did.
+                let fresh = match hit {
+                    Some(c) if !ft.is_file() || c.hash.is_some() => None,
                     _ => {
+                        let path = join(root, &r.rel);
                         let xattrs = read_xattrs(&path)?;
                         let target = if ft.is_symlink() {
                             Some(
@@ -284,8 +285,11 @@ impl Scanner {
                         } else {
                             (None, None)
                         };
-                        Cached { size: md.len(), mtime_ns: mt, ctime_ns: ct, hash, sparse, target, xattrs }
+                        Some(Cached { size: md.len(), mtime_ns: mt, ctime_ns: ct, hash, sparse, target, xattrs })
                     }
+                };
+                let Some(c) = fresh.as_ref().or(hit) else {
+                    return Err(Error::Format("scan cache lost an entry".into()));
                 };
                 let kind = if ft.is_dir() {
                     Kind::Dir
@@ -312,8 +316,7 @@ impl Scanner {
                     mtime_ns: mt,
                     xattrs: c.xattrs.clone(),
                 };
-                let fresh = hit.is_none();
-                Ok((r.rel, e, key, fresh.then_some(c), md.nlink(), ft.is_dir()))
+                Ok((r.rel, e, key, fresh, md.nlink(), ft.is_dir()))
             })
             .collect::<Result<_>>()?;
         let mut cache = cache;
