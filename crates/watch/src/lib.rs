@@ -59,10 +59,24 @@ impl Watcher {
     /// Blocks until at least one image changed and then nothing changed for the quiet period;
     /// returns the names of the changed images, in target order.
     pub fn next_batch(&self) -> Result<Vec<String>, Error> {
+        self.next_batch_within(None).map(Option::unwrap_or_default)
+    }
+
+    /// As [`Watcher::next_batch`], but gives up with `None` if no image changed within `wait`
+    /// (`None`: wait for ever), so a daemon can retry failed SNs on a timer.
+    pub fn next_batch_within(&self, wait: Option<Duration>) -> Result<Option<Vec<String>>, Error> {
         let mut dirty = BTreeSet::new();
-        // First event: wait as long as it takes.
+        let deadline = wait.map(|w| Instant::now() + w);
+        // First event: wait until the deadline.
         loop {
-            let ev = self.rx.recv().map_err(|_| Error::Closed)?;
+            let ev = match deadline {
+                None => self.rx.recv().map_err(|_| Error::Closed)?,
+                Some(d) => match self.rx.recv_timeout(d.saturating_duration_since(Instant::now())) {
+                    Ok(ev) => ev,
+                    Err(RecvTimeoutError::Timeout) => return Ok(None),
+                    Err(RecvTimeoutError::Disconnected) => return Err(Error::Closed),
+                },
+            };
             self.mark(ev, &mut dirty);
             if !dirty.is_empty() {
                 break;
@@ -87,7 +101,7 @@ impl Watcher {
                 Err(RecvTimeoutError::Disconnected) => return Err(Error::Closed),
             }
         }
-        Ok(self.targets.iter().filter(|t| dirty.contains(&t.name)).map(|t| t.name.clone()).collect())
+        Ok(Some(self.targets.iter().filter(|t| dirty.contains(&t.name)).map(|t| t.name.clone()).collect()))
     }
 
     /// Records which images an event touches; returns whether it touched any.
@@ -168,6 +182,19 @@ mod tests {
 
         fs::write(b.join("g"), b"y").unwrap();
         assert_eq!(w.next_batch().unwrap(), vec!["b".to_string()]);
+    }
+
+    #[test]
+    fn times_out_when_nothing_changes() {
+        let d = tempfile::tempdir().unwrap();
+        let w =
+            Watcher::new(vec![Target { name: "a".into(), path: d.path().to_path_buf() }], Duration::from_millis(50))
+                .unwrap();
+        let t0 = Instant::now();
+        assert_eq!(w.next_batch_within(Some(Duration::from_millis(200))).unwrap(), None);
+        assert!(t0.elapsed() >= Duration::from_millis(190));
+        fs::write(d.path().join("x"), b"1").unwrap();
+        assert_eq!(w.next_batch_within(Some(Duration::from_secs(5))).unwrap(), Some(vec!["a".to_string()]));
     }
 
     #[test]
