@@ -1,0 +1,550 @@
+//! The directory-backed read-only file system behind the server.
+//!
+//! Every operation resolves the object's path (relative to the export root) beneath a directory
+//! descriptor of the root with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`: no component may
+//! be a symlink or `..`, so nothing outside the root is ever opened, whatever the tree holds.
+//! Kernels without `openat2` get the same guarantee from a component-by-component `openat` with
+//! `O_NOFOLLOW`. Symlinks are served as such (READLINK returns their text; the client resolves
+//! it in its own namespace), never followed on the server. Entries named `.hanfs` (the tree
+//! engine's private directory) are invisible at every depth.
+
+use std::collections::VecDeque;
+use std::ffi::OsStr;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use nfs3_server::nfs3_types::nfs3::{
+    createverf3, fattr3, filename3, ftype3, nfspath3, nfsstat3, nfstime3, post_op_attr, sattr3, specdata3, stable_how,
+    FSINFO3resok as fsinfo3, FSF3_HOMOGENEOUS, FSF3_SYMLINK,
+};
+use nfs3_server::nfs3_types::xdr_codec::Opaque;
+use nfs3_server::vfs::{
+    DirEntryPlus, NextResult, NfsFileSystem, NfsReadFileSystem, ReadDirPlusIterator, VFSCapabilities,
+};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags, Stat};
+use rustix::io::Errno;
+
+use crate::index::{Fh, Index};
+
+/// The name hidden at every depth.
+pub const PRIVATE_DIR: &[u8] = b".hanfs";
+/// Largest READ answered (also what the server advertises as `rtmax`).
+pub const MAX_READ: u32 = 1 << 20;
+/// Minimum time between two walks triggered by unknown handles.
+const REWALK_GAP: Duration = Duration::from_secs(5);
+/// Directory entries stat'ed ahead per READDIRPLUS call.
+const PREFETCH: usize = 256;
+
+pub(crate) struct Inner {
+    root: OwnedFd,
+    fsid: u64,
+    stable_ctime: bool,
+    pub(crate) index: Index,
+}
+
+/// A read-only NFSv3 view of a directory. Cheap to clone.
+#[derive(Clone)]
+pub struct ReplicaFs(pub(crate) Arc<Inner>);
+
+fn errno_stat(e: Errno) -> nfsstat3 {
+    match e {
+        Errno::NOENT | Errno::LOOP => nfsstat3::NFS3ERR_NOENT,
+        Errno::NOTDIR => nfsstat3::NFS3ERR_NOTDIR,
+        Errno::ACCESS | Errno::PERM | Errno::XDEV => nfsstat3::NFS3ERR_ACCES,
+        Errno::NAMETOOLONG => nfsstat3::NFS3ERR_NAMETOOLONG,
+        _ => nfsstat3::NFS3ERR_IO,
+    }
+}
+
+/// For operations on an object named by a handle: a vanished path is a stale handle.
+fn errno_stale(e: Errno) -> nfsstat3 {
+    match errno_stat(e) {
+        nfsstat3::NFS3ERR_NOENT | nfsstat3::NFS3ERR_NOTDIR => nfsstat3::NFS3ERR_STALE,
+        s => s,
+    }
+}
+
+fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
+    if dir.is_empty() {
+        return name.to_vec();
+    }
+    let mut p = Vec::with_capacity(dir.len() + 1 + name.len());
+    p.extend_from_slice(dir);
+    p.push(b'/');
+    p.extend_from_slice(name);
+    p
+}
+
+fn parent(rel: &[u8]) -> &[u8] {
+    match rel.iter().rposition(|&b| b == b'/') {
+        Some(i) => &rel[..i],
+        None => b"",
+    }
+}
+
+/// A name a client may look up: one component, not `.`/`..` (handled apart), not hidden.
+fn valid_name(name: &[u8]) -> bool {
+    !name.is_empty()
+        && name != b"."
+        && name != b".."
+        && name != PRIVATE_DIR
+        && !name.contains(&b'/')
+        && !name.contains(&0)
+}
+
+fn time(sec: i64, nsec: u64) -> nfstime3 {
+    nfstime3 { seconds: u32::try_from(sec.max(0)).unwrap_or(u32::MAX), nseconds: u32::try_from(nsec).unwrap_or(0) }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, nfsstat3> + Send + 'static) -> Result<T, nfsstat3> {
+    tokio::task::spawn_blocking(f).await.unwrap_or(Err(nfsstat3::NFS3ERR_SERVERFAULT))
+}
+
+impl ReplicaFs {
+    /// Opens `root` (which must be a directory, not a symlink to one).
+    pub fn open(root: &Path, fsid: u64, stable_ctime: bool) -> std::io::Result<ReplicaFs> {
+        let root = rustix::fs::open(
+            root,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        let inner = Inner { root, fsid, stable_ctime, index: Index::default() };
+        inner.index.insert(&Fh::of(b""), b"");
+        Ok(ReplicaFs(Arc::new(inner)))
+    }
+
+    /// Paths in the handle index.
+    pub fn index_len(&self) -> usize {
+        self.0.index.len()
+    }
+
+    /// Full walks of the tree done so far (on start and for unknown handles).
+    pub fn walks(&self) -> u64 {
+        self.0.index.walks()
+    }
+
+    /// fileid collisions seen (handles stay distinct; see [`crate::index`]).
+    pub fn fileid_collisions(&self) -> u64 {
+        self.0.index.collisions()
+    }
+
+    /// Walks the whole tree into the handle index (also done on demand for unknown handles).
+    pub fn walk(&self) {
+        self.0.index.rewalk(Duration::ZERO, |idx| self.0.walk_into(idx));
+    }
+}
+
+impl Inner {
+    /// Opens `rel` beneath the root without following any symlink (a symlink as the last
+    /// component is opened itself when `oflags` has `O_PATH`).
+    fn open_beneath(&self, rel: &[u8], oflags: OFlags) -> Result<OwnedFd, Errno> {
+        let p: &[u8] = if rel.is_empty() { b"." } else { rel };
+        let flags = oflags | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let resolve = ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
+        for _ in 0..4 {
+            match rustix::fs::openat2(&self.root, OsStr::from_bytes(p), flags, Mode::empty(), resolve) {
+                // A concurrent rename under the root: retry, then take the slow path.
+                Err(Errno::AGAIN) => continue,
+                Err(Errno::NOSYS) => break,
+                r => return r,
+            }
+        }
+        self.open_walk(rel, flags)
+    }
+
+    /// `open_beneath` without `openat2`: one `openat(O_NOFOLLOW)` per component.
+    fn open_walk(&self, rel: &[u8], flags: OFlags) -> Result<OwnedFd, Errno> {
+        let dirflags = OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let mut cur = rustix::fs::openat(&self.root, ".", dirflags, Mode::empty())?;
+        if rel.is_empty() {
+            return rustix::fs::openat(&cur, ".", flags & !OFlags::NOFOLLOW, Mode::empty());
+        }
+        let comps: Vec<&[u8]> = rel.split(|&b| b == b'/').collect();
+        for (i, c) in comps.iter().enumerate() {
+            if c.is_empty() || *c == b"." || *c == b".." {
+                return Err(Errno::XDEV);
+            }
+            let last = i + 1 == comps.len();
+            cur = rustix::fs::openat(&cur, OsStr::from_bytes(c), if last { flags } else { dirflags }, Mode::empty())?;
+        }
+        Ok(cur)
+    }
+
+    /// The path of a handle: from the index, or after a (rate-limited) walk of the tree.
+    fn path_of(&self, fh: &Fh) -> Result<Vec<u8>, nfsstat3> {
+        if let Some(p) = self.index.get(fh) {
+            return Ok(p);
+        }
+        self.index.rewalk(REWALK_GAP, |idx| self.walk_into(idx));
+        self.index.get(fh).ok_or(nfsstat3::NFS3ERR_STALE)
+    }
+
+    fn walk_into(&self, idx: &Index) {
+        let mut stack: Vec<Vec<u8>> = vec![Vec::new()];
+        while let Some(dir) = stack.pop() {
+            let Ok(fd) = self.open_beneath(&dir, OFlags::RDONLY | OFlags::DIRECTORY) else {
+                continue;
+            };
+            let Ok(names) = read_names(&fd) else {
+                continue;
+            };
+            for (name, ty) in names {
+                let rel = join(&dir, &name);
+                idx.insert(&Fh::of(&rel), &rel);
+                let is_dir = match ty {
+                    FileType::Directory => true,
+                    FileType::Unknown => rustix::fs::statat(&fd, OsStr::from_bytes(&name), AtFlags::SYMLINK_NOFOLLOW)
+                        .is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::Directory),
+                    _ => false,
+                };
+                if is_dir {
+                    stack.push(rel);
+                }
+            }
+        }
+    }
+
+    fn attr(&self, st: &Stat, fh: &Fh, hidden_subdir: bool) -> fattr3 {
+        let ft = FileType::from_raw_mode(st.st_mode);
+        let type_ = match ft {
+            FileType::RegularFile => ftype3::NF3REG,
+            FileType::Directory => ftype3::NF3DIR,
+            FileType::Symlink => ftype3::NF3LNK,
+            FileType::BlockDevice => ftype3::NF3BLK,
+            FileType::CharacterDevice => ftype3::NF3CHR,
+            FileType::Socket => ftype3::NF3SOCK,
+            FileType::Fifo => ftype3::NF3FIFO,
+            FileType::Unknown => ftype3::NF3REG,
+        };
+        let rdev = if matches!(ft, FileType::BlockDevice | FileType::CharacterDevice) {
+            specdata3 { specdata1: rustix::fs::major(st.st_rdev), specdata2: rustix::fs::minor(st.st_rdev) }
+        } else {
+            specdata3::default()
+        };
+        let mut nlink = u32::try_from(st.st_nlink).unwrap_or(u32::MAX);
+        if hidden_subdir {
+            nlink = nlink.saturating_sub(1);
+        }
+        // Directory sizes depend on the local file system's layout, not on the tree: report a
+        // constant so every replica shows the same attributes.
+        let size = if ft == FileType::Directory { 4096 } else { u64::try_from(st.st_size).unwrap_or(0) };
+        let mtime = time(st.st_mtime, st.st_mtime_nsec);
+        let ctime = if self.stable_ctime { mtime } else { time(st.st_ctime, st.st_ctime_nsec) };
+        fattr3 {
+            type_,
+            mode: st.st_mode & 0o7777,
+            nlink,
+            uid: st.st_uid,
+            gid: st.st_gid,
+            size,
+            used: u64::try_from(st.st_blocks).unwrap_or(0).saturating_mul(512),
+            rdev,
+            fsid: self.fsid,
+            fileid: fh.fileid(),
+            atime: time(st.st_atime, st.st_atime_nsec),
+            mtime,
+            ctime,
+        }
+    }
+
+    /// Attributes of an open (`O_PATH`) object.
+    fn attr_fd(&self, fd: &OwnedFd, fh: &Fh) -> Result<fattr3, Errno> {
+        let st = rustix::fs::fstat(fd)?;
+        let hidden = FileType::from_raw_mode(st.st_mode) == FileType::Directory
+            && rustix::fs::statat(fd, OsStr::from_bytes(PRIVATE_DIR), AtFlags::SYMLINK_NOFOLLOW)
+                .is_ok_and(|s| FileType::from_raw_mode(s.st_mode) == FileType::Directory);
+        Ok(self.attr(&st, fh, hidden))
+    }
+
+    fn getattr(&self, fh: &Fh) -> Result<fattr3, nfsstat3> {
+        let rel = self.path_of(fh)?;
+        let fd = self.open_beneath(&rel, OFlags::PATH).map_err(errno_stale)?;
+        self.attr_fd(&fd, fh).map_err(errno_stale)
+    }
+
+    fn lookup(&self, dir: &Fh, name: &[u8]) -> Result<Fh, nfsstat3> {
+        let dpath = self.path_of(dir)?;
+        let dfd = self.open_beneath(&dpath, OFlags::PATH).map_err(errno_stale)?;
+        let dst = rustix::fs::fstat(&dfd).map_err(errno_stale)?;
+        if FileType::from_raw_mode(dst.st_mode) != FileType::Directory {
+            return Err(nfsstat3::NFS3ERR_NOTDIR);
+        }
+        let rel = match name {
+            b"." => dpath,
+            b".." => parent(&dpath).to_vec(),
+            n if valid_name(n) => {
+                let rel = join(&dpath, n);
+                // Must exist as an entry of this directory (a symlink is found, not followed).
+                rustix::fs::statat(&dfd, OsStr::from_bytes(n), AtFlags::SYMLINK_NOFOLLOW).map_err(errno_stat)?;
+                rel
+            }
+            n if n == PRIVATE_DIR => return Err(nfsstat3::NFS3ERR_NOENT),
+            _ => return Err(nfsstat3::NFS3ERR_ACCES),
+        };
+        let fh = Fh::of(&rel);
+        self.index.insert(&fh, &rel);
+        Ok(fh)
+    }
+
+    fn read(&self, fh: &Fh, offset: u64, count: u32) -> Result<(Vec<u8>, bool), nfsstat3> {
+        let rel = self.path_of(fh)?;
+        let pfd = self.open_beneath(&rel, OFlags::PATH).map_err(errno_stale)?;
+        let st = rustix::fs::fstat(&pfd).map_err(errno_stale)?;
+        match FileType::from_raw_mode(st.st_mode) {
+            FileType::RegularFile => {}
+            FileType::Directory => return Err(nfsstat3::NFS3ERR_ISDIR),
+            _ => return Err(nfsstat3::NFS3ERR_INVAL),
+        }
+        // Reopen exactly the inode checked above (no second path walk, so no race with a
+        // rename that puts a device or FIFO at this path).
+        let proc = format!("/proc/self/fd/{}", pfd.as_raw_fd());
+        let fd = match rustix::fs::open(proc.as_str(), OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()) {
+            Ok(fd) => fd,
+            Err(Errno::NOENT) => {
+                self.open_beneath(&rel, OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY).map_err(errno_stale)?
+            }
+            Err(e) => return Err(errno_stat(e)),
+        };
+        let st = rustix::fs::fstat(&fd).map_err(errno_stat)?;
+        if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+            return Err(nfsstat3::NFS3ERR_INVAL);
+        }
+        let size = u64::try_from(st.st_size).unwrap_or(0);
+        if offset >= size {
+            return Ok((Vec::new(), true));
+        }
+        let want = usize::try_from((size - offset).min(u64::from(count.min(MAX_READ)))).unwrap_or(0);
+        let mut buf = vec![0u8; want];
+        let mut got = 0;
+        while got < want {
+            match rustix::io::pread(&fd, &mut buf[got..], offset + got as u64) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(Errno::INTR) => continue,
+                Err(e) => return Err(errno_stat(e)),
+            }
+        }
+        buf.truncate(got);
+        Ok((buf, offset + got as u64 >= size))
+    }
+
+    fn readlink(&self, fh: &Fh) -> Result<Vec<u8>, nfsstat3> {
+        let rel = self.path_of(fh)?;
+        let fd = self.open_beneath(&rel, OFlags::PATH).map_err(errno_stale)?;
+        let st = rustix::fs::fstat(&fd).map_err(errno_stale)?;
+        if FileType::from_raw_mode(st.st_mode) != FileType::Symlink {
+            return Err(nfsstat3::NFS3ERR_INVAL);
+        }
+        let t = rustix::fs::readlinkat(&fd, "", Vec::new()).map_err(errno_stat)?;
+        Ok(t.into_bytes())
+    }
+
+    fn readdir(self: &Arc<Self>, dir: &Fh, cookie: u64) -> Result<DirIter, nfsstat3> {
+        let dpath = self.path_of(dir)?;
+        let fd = self.open_beneath(&dpath, OFlags::RDONLY | OFlags::DIRECTORY).map_err(errno_stale)?;
+        let mut names: Vec<Vec<u8>> = read_names(&fd).map_err(errno_stat)?.into_iter().map(|(n, _)| n).collect();
+        // A deterministic order, the same on every replica, so a cookie (the fileid of the last
+        // entry returned) means the same position on every replica.
+        names.sort_unstable();
+        let mut entries: VecDeque<(Vec<u8>, Fh)> = names
+            .into_iter()
+            .map(|n| {
+                let fh = Fh::of(&join(&dpath, &n));
+                (n, fh)
+            })
+            .collect();
+        if cookie != 0 {
+            let pos = entries.iter().position(|(_, fh)| fh.fileid() == cookie).ok_or(nfsstat3::NFS3ERR_BAD_COOKIE)?;
+            entries.drain(..=pos);
+        }
+        let mut it =
+            DirIter { fs: Arc::clone(self), dir: dpath, fd: Arc::new(fd), pending: entries, ready: VecDeque::new() };
+        it.fill();
+        Ok(it)
+    }
+}
+
+/// Entries of a directory except `.`, `..` and the private directory.
+fn read_names(fd: &OwnedFd) -> Result<Vec<(Vec<u8>, FileType)>, Errno> {
+    let mut out = Vec::new();
+    let mut dir = rustix::fs::Dir::read_from(fd.as_fd())?;
+    while let Some(ent) = dir.read() {
+        let ent = ent?;
+        let n = ent.file_name().to_bytes();
+        if n == b"." || n == b".." || n == PRIVATE_DIR {
+            continue;
+        }
+        out.push((n.to_vec(), ent.file_type()));
+    }
+    Ok(out)
+}
+
+/// READDIR(PLUS) results, stat'ed in batches.
+pub struct DirIter {
+    fs: Arc<Inner>,
+    dir: Vec<u8>,
+    fd: Arc<OwnedFd>,
+    pending: VecDeque<(Vec<u8>, Fh)>,
+    ready: VecDeque<DirEntryPlus<Fh>>,
+}
+
+impl DirIter {
+    fn fill(&mut self) {
+        while self.ready.len() < PREFETCH {
+            let Some((name, fh)) = self.pending.pop_front() else {
+                break;
+            };
+            // Gone since the listing: skip it.
+            let Ok(st) = rustix::fs::statat(&*self.fd, OsStr::from_bytes(&name), AtFlags::SYMLINK_NOFOLLOW) else {
+                continue;
+            };
+            let rel = join(&self.dir, &name);
+            let hidden = FileType::from_raw_mode(st.st_mode) == FileType::Directory
+                && self.fs.open_beneath(&join(&rel, PRIVATE_DIR), OFlags::PATH | OFlags::DIRECTORY).is_ok();
+            self.fs.index.insert(&fh, &rel);
+            let attr = self.fs.attr(&st, &fh, hidden);
+            self.ready.push_back(DirEntryPlus {
+                fileid: fh.fileid(),
+                name: filename3(Opaque::owned(name)),
+                cookie: fh.fileid(),
+                name_attributes: Some(attr),
+                name_handle: Some(fh),
+            });
+        }
+    }
+}
+
+impl ReadDirPlusIterator<Fh> for DirIter {
+    async fn next(&mut self) -> NextResult<DirEntryPlus<Fh>> {
+        if self.ready.is_empty() {
+            // Later batches are small metadata reads; done inline rather than per-entry tasks.
+            self.fill();
+        }
+        match self.ready.pop_front() {
+            Some(e) => NextResult::Ok(e),
+            None => NextResult::Eof,
+        }
+    }
+}
+
+impl NfsReadFileSystem for ReplicaFs {
+    type Handle = Fh;
+
+    fn root_dir(&self) -> Fh {
+        Fh::of(b"")
+    }
+
+    async fn lookup(&self, dirid: &Fh, filename: &filename3<'_>) -> Result<Fh, nfsstat3> {
+        let (fs, dir, name) = (Arc::clone(&self.0), *dirid, filename.0.to_vec());
+        blocking(move || fs.lookup(&dir, &name)).await
+    }
+
+    async fn getattr(&self, id: &Fh) -> Result<fattr3, nfsstat3> {
+        let (fs, id) = (Arc::clone(&self.0), *id);
+        blocking(move || fs.getattr(&id)).await
+    }
+
+    async fn read(&self, id: &Fh, offset: u64, count: u32) -> Result<(Vec<u8>, bool), nfsstat3> {
+        let (fs, id) = (Arc::clone(&self.0), *id);
+        blocking(move || fs.read(&id, offset, count)).await
+    }
+
+    async fn readdirplus(&self, dirid: &Fh, cookie: u64) -> Result<impl ReadDirPlusIterator<Fh>, nfsstat3> {
+        let (fs, dir) = (Arc::clone(&self.0), *dirid);
+        blocking(move || fs.readdir(&dir, cookie)).await
+    }
+
+    async fn readlink(&self, id: &Fh) -> Result<nfspath3<'_>, nfsstat3> {
+        let (fs, id) = (Arc::clone(&self.0), *id);
+        let t = blocking(move || fs.readlink(&id)).await?;
+        Ok(nfspath3(Opaque::owned(t)))
+    }
+
+    async fn fsinfo(&self, root: &Fh) -> Result<fsinfo3, nfsstat3> {
+        let obj_attributes = self.getattr(root).await.map_or(post_op_attr::None, post_op_attr::Some);
+        Ok(fsinfo3 {
+            obj_attributes,
+            rtmax: MAX_READ,
+            rtpref: MAX_READ,
+            rtmult: 4096,
+            wtmax: MAX_READ,
+            wtpref: MAX_READ,
+            wtmult: 4096,
+            dtpref: 64 * 1024,
+            maxfilesize: i64::MAX as u64,
+            time_delta: nfstime3 { seconds: 0, nseconds: 1 },
+            properties: FSF3_SYMLINK | FSF3_HOMOGENEOUS,
+        })
+    }
+}
+
+/// Read-only for real: every change is refused with `NFS3ERR_ROFS`, and modes are reported as
+/// they are in the tree (the crate's own read-only adapter would clear every write bit, so
+/// `ls -l` over NFS would not match the image).
+impl NfsFileSystem for ReplicaFs {
+    fn capabilities(&self) -> VFSCapabilities {
+        VFSCapabilities::ReadOnly
+    }
+
+    async fn setattr(&self, _id: &Fh, _setattr: sattr3) -> Result<fattr3, nfsstat3> {
+        Err(nfsstat3::NFS3ERR_ROFS)
+    }
+
+    async fn write(
+        &self,
+        _id: &Fh,
+        _offset: u64,
+        _data: &[u8],
+        _stable: stable_how,
+    ) -> Result<(fattr3, stable_how), nfsstat3> {
+        Err(nfsstat3::NFS3ERR_ROFS)
+    }
+
+    async fn create(&self, _dirid: &Fh, _filename: &filename3<'_>, _attr: sattr3) -> Result<(Fh, fattr3), nfsstat3> {
+        Err(nfsstat3::NFS3ERR_ROFS)
+    }
+
+    async fn create_exclusive(
+        &self,
+        _dirid: &Fh,
+        _filename: &filename3<'_>,
+        _createverf: createverf3,
+    ) -> Result<Fh, nfsstat3> {
+        Err(nfsstat3::NFS3ERR_ROFS)
+    }
+
+    async fn mkdir(&self, _dirid: &Fh, _dirname: &filename3<'_>) -> Result<(Fh, fattr3), nfsstat3> {
+        Err(nfsstat3::NFS3ERR_ROFS)
+    }
+
+    async fn remove(&self, _dirid: &Fh, _filename: &filename3<'_>) -> Result<(), nfsstat3> {
+        Err(nfsstat3::NFS3ERR_ROFS)
+    }
+
+    async fn rename<'a>(
+        &self,
+        _from_dirid: &Fh,
+        _from_filename: &filename3<'a>,
+        _to_dirid: &Fh,
+        _to_filename: &filename3<'a>,
+    ) -> Result<(), nfsstat3> {
+        Err(nfsstat3::NFS3ERR_ROFS)
+    }
+
+    async fn symlink<'a>(
+        &self,
+        _dirid: &Fh,
+        _linkname: &filename3<'a>,
+        _symlink: &nfspath3<'a>,
+        _attr: &sattr3,
+    ) -> Result<(Fh, fattr3), nfsstat3> {
+        Err(nfsstat3::NFS3ERR_ROFS)
+    }
+
+    async fn commit(&self, _id: &Fh, _offset: u64, _count: u32) -> Result<(), nfsstat3> {
+        Err(nfsstat3::NFS3ERR_ROFS)
+    }
+}
