@@ -160,7 +160,7 @@ impl Replica {
         let _ = std::fs::remove_file(self.state_dir.join("journal.tmp"));
         if let Some(j) = read_state::<Journal>(&jp)? {
             let g = j.generation;
-            self.replay(&j)?;
+            self.replay(&j, true)?;
             return Ok(Recovery::RolledForward(g));
         }
         let sd = self.root.dir(STAGE)?;
@@ -279,12 +279,13 @@ impl Replica {
         Ok(Staging { replica: self, plan, stage, contents, sent })
     }
 
-    /// Replays a committed journal to the end (idempotent).
-    fn replay(&mut self, j: &Journal) -> Result<()> {
+    /// Replays a committed journal to the end (idempotent); `cleanup` also deletes the stage.
+    fn replay(&mut self, j: &Journal, cleanup: bool) -> Result<()> {
         let root = &self.root;
         let (old, new) = (&j.old, &j.new);
         let done = self.state.as_ref().is_some_and(|s| s.generation == j.generation && s.digest == j.digest);
         if !done {
+            let mut tm = Timer::new();
             let lay = layout(old, new);
             let srel = stage_rel(j.generation);
             let stage = root.dir(&srel)?;
@@ -307,6 +308,7 @@ impl Replica {
                 point("commit-remove");
                 to_trash(root, trash.as_fd(), p, &sname('r', i))?;
             }
+            tm.lap("removals");
             // 2. Directories, parents first.
             for (p, e) in &new.entries {
                 if e.kind == Kind::Dir && !p.is_empty() {
@@ -314,6 +316,7 @@ impl Replica {
                     root.ensure_dir(p)?;
                 }
             }
+            tm.lap("directories");
             // 3. Staged entries renamed into place (a stage name that is gone was installed).
             for p in &lay.staged {
                 let name = sname('f', index.get(p).copied().unwrap_or_default());
@@ -326,6 +329,7 @@ impl Replica {
                 rustix::fs::renameat(&stage, OsStr::from_bytes(&name), &d, OsStr::from_bytes(n))
                     .map_err(|e| io_err(Path::new(&show(p)), e.into()))?;
             }
+            tm.lap("installs");
             // 4. Hard-link members: link the leader to a stage name, rename over the member.
             for p in &lay.links {
                 let Some(Kind::HardLink { leader }) = new.entries.get(*p).map(|e| &e.kind) else { continue };
@@ -349,6 +353,7 @@ impl Replica {
                 rustix::fs::renameat(&stage, OsStr::from_bytes(&tmp), &d, OsStr::from_bytes(n))
                     .map_err(|e| io_err(Path::new(&show(p)), e.into()))?;
             }
+            tm.lap("hard links");
             // 5. Metadata (owner, xattrs, mode; mtime of non-directories).
             for p in &lay.touched {
                 if let Some(e) = new.entries.get(*p) {
@@ -356,6 +361,7 @@ impl Replica {
                     root.set_meta(p, e, e.kind != Kind::Dir)?;
                 }
             }
+            tm.lap("metadata");
             // 6. Directory mtimes last, deepest first: every rename above touched some.
             for (p, e) in new.entries.iter().rev() {
                 if e.kind == Kind::Dir {
@@ -363,15 +369,16 @@ impl Replica {
                     root.set_mtime(p, e.mtime_ns)?;
                 }
             }
+            tm.lap("directory mtimes");
             point("commit-syncfs");
             rustix::fs::syncfs(root.fd()).map_err(|e| io_err(root.path(), e.into()))?;
             let st = State { generation: j.generation, digest: j.digest.clone(), manifest: new.clone() };
+            tm.lap("syncfs");
             point("commit-state");
             self.save_state(&st)?;
             self.state = Some(st);
+            tm.lap("state saved (the switch is complete)");
         }
-        point("commit-cleanup");
-        self.root.remove_all(&stage_rel(j.generation))?;
         point("commit-unjournal");
         let jp = self.state_dir.join("journal");
         match std::fs::remove_file(&jp) {
@@ -380,7 +387,36 @@ impl Replica {
             Err(e) => return Err(io_err(&jp, e)),
         }
         File::open(&self.state_dir).and_then(|f| f.sync_all()).map_err(|e| io_err(&self.state_dir, e))?;
+        if cleanup {
+            let mut tm = Timer::new();
+            point("commit-cleanup");
+            self.root.remove_all(&stage_rel(j.generation))?;
+            tm.lap("stage and trash removed");
+        }
         Ok(())
+    }
+
+    /// Deletes what the last commit left in `.hanfs/stage` (the old versions of replaced and
+    /// removed entries). [`Staging::commit`] leaves this out of the switch so the commit returns
+    /// as soon as the new generation is in place; call it once the commit has been reported
+    /// (it is also done by [`Replica::recover`] and [`Replica::begin`]).
+    pub fn cleanup(&mut self) -> Result<()> {
+        self.recover().map(|_| ())
+    }
+}
+
+/// With `HANFS_TREE_TIMING` set, prints how long each commit phase took (stderr).
+struct Timer(Option<std::time::Instant>);
+
+impl Timer {
+    fn new() -> Timer {
+        Timer(std::env::var_os("HANFS_TREE_TIMING").map(|_| std::time::Instant::now()))
+    }
+    fn lap(&mut self, what: &str) {
+        if let Some(t) = self.0 {
+            eprintln!("hanfs-tree timing: {what}: {:.3} s", t.elapsed().as_secs_f64());
+            self.0 = Some(std::time::Instant::now());
+        }
     }
 }
 
@@ -564,8 +600,11 @@ impl<'a> Staging<'a> {
     }
 
     /// Stages local copies and moves and the special files, makes the stage durable, writes
-    /// the commit record, and commits. Returns the new (generation, digest).
+    /// the commit record, and commits. Returns the new (generation, digest) as soon as the new
+    /// generation is in place and recorded; the old versions wait in the stage's trash for
+    /// [`Replica::cleanup`].
     pub fn commit(mut self) -> Result<(u64, String)> {
+        let mut tm = Timer::new();
         let missing: Vec<String> = self.needed().iter().map(|n| show(&n.path)).collect();
         if !missing.is_empty() {
             return Err(Error::Incomplete(format!("{} files not sent: {}", missing.len(), missing.join(", "))));
@@ -607,6 +646,7 @@ impl<'a> Staging<'a> {
                 Source::Send { .. } => {}
             }
         }
+        tm.lap("local copies and moves staged");
         // Special files (symlinks, devices, fifos) are staged too, so installing is a rename.
         let old = self.replica.state.as_ref().map(|s| s.manifest.clone()).unwrap_or_default();
         let new = &self.plan.manifest;
@@ -637,6 +677,7 @@ impl<'a> Staging<'a> {
         // once, before the commit record.
         rustix::fs::syncfs(&self.stage).map_err(|e| io_err(Path::new(".hanfs/stage"), e.into()))?;
         point("stage-synced");
+        tm.lap("special files staged, stage synced");
         let j = Journal {
             generation: self.plan.generation,
             digest: self.plan.to_digest.clone(),
@@ -647,7 +688,8 @@ impl<'a> Staging<'a> {
         let jp = self.replica.state_dir.join("journal");
         write_atomic(&jp, &b).map_err(|e| io_err(&jp, e))?;
         point("committed");
-        self.replica.replay(&j)?;
+        tm.lap("journal written (commit point)");
+        self.replica.replay(&j, false)?;
         Ok((j.generation, j.digest))
     }
 
