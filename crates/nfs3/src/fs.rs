@@ -20,6 +20,7 @@ use nfs3_server::nfs3_types::nfs3::{
     createverf3, fattr3, filename3, ftype3, nfspath3, nfsstat3, nfstime3, post_op_attr, sattr3, specdata3, stable_how,
     FSINFO3resok as fsinfo3, FSF3_HOMOGENEOUS, FSF3_SYMLINK,
 };
+use nfs3_server::nfs3_types::rpc::auth_unix;
 use nfs3_server::nfs3_types::xdr_codec::Opaque;
 use nfs3_server::vfs::{
     DirEntryPlus, NextResult, NfsFileSystem, NfsReadFileSystem, ReadDirPlusIterator, VFSCapabilities,
@@ -42,6 +43,9 @@ pub(crate) struct Inner {
     root: OwnedFd,
     fsid: u64,
     stable_ctime: bool,
+    /// When set, only calls whose AUTH_UNIX machine name is this token are served (the
+    /// permission guard stamps every call it forwards; see [`crate::guard`]).
+    token: Option<Vec<u8>>,
     pub(crate) index: Index,
 }
 
@@ -105,13 +109,13 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, nfsstat3> + S
 
 impl ReplicaFs {
     /// Opens `root` (which must be a directory, not a symlink to one).
-    pub fn open(root: &Path, fsid: u64, stable_ctime: bool) -> std::io::Result<ReplicaFs> {
+    pub fn open(root: &Path, fsid: u64, stable_ctime: bool, token: Option<Vec<u8>>) -> std::io::Result<ReplicaFs> {
         let root = rustix::fs::open(
             root,
             OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::empty(),
         )?;
-        let inner = Inner { root, fsid, stable_ctime, index: Index::default() };
+        let inner = Inner { root, fsid, stable_ctime, token, index: Index::default() };
         inner.index.insert(&Fh::of(b""), b"");
         Ok(ReplicaFs(Arc::new(inner)))
     }
@@ -435,6 +439,13 @@ impl NfsReadFileSystem for ReplicaFs {
 
     fn root_dir(&self) -> Fh {
         Fh::of(b"")
+    }
+
+    fn authorize(&self, auth: Option<&auth_unix>) -> bool {
+        match &self.0.token {
+            None => true,
+            Some(t) => auth.is_some_and(|a| a.machinename.as_ref() == t.as_slice()),
+        }
     }
 
     async fn lookup(&self, dirid: &Fh, filename: &filename3<'_>) -> Result<Fh, nfsstat3> {

@@ -21,6 +21,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod fs;
+mod guard;
 pub mod index;
 
 use std::io;
@@ -49,11 +50,15 @@ pub struct Options {
     /// change drops its page cache of the file; the tree engine carries mtimes, so mtime alone
     /// says when content changed. Default: true.
     pub stable_ctime: bool,
+    /// Enforce per-user permissions (mode bits against the caller's AUTH_UNIX uid/gids, root
+    /// reads everything) through the RPC guard; see the `guard` module. Without it every
+    /// client user can read every file. Default: true.
+    pub check_permissions: bool,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { export_name: None, fsid: None, walk_on_start: true, stable_ctime: true }
+        Options { export_name: None, fsid: None, walk_on_start: true, stable_ctime: true, check_permissions: true }
     }
 }
 
@@ -86,10 +91,11 @@ fn normalize_export(name: &str) -> String {
 /// connections already open are served until their clients close them.
 pub struct Nfs3Server {
     local_addr: SocketAddr,
+    backend_addr: SocketAddr,
     export_name: String,
     root: PathBuf,
     fs: ReplicaFs,
-    task: tokio::task::JoinHandle<io::Result<()>>,
+    tasks: Vec<tokio::task::JoinHandle<io::Result<()>>>,
 }
 
 impl Nfs3Server {
@@ -101,6 +107,13 @@ impl Nfs3Server {
     /// The export path clients mount.
     pub fn export_name(&self) -> &str {
         &self.export_name
+    }
+
+    /// Where the NFS layer itself listens: `local_addr` without the permission guard, else a
+    /// loopback port that refuses every call the guard did not stamp. For tests.
+    #[doc(hidden)]
+    pub fn backend_addr(&self) -> SocketAddr {
+        self.backend_addr
     }
 
     /// The served directory.
@@ -119,36 +132,69 @@ impl Nfs3Server {
 
 impl Drop for Nfs3Server {
     fn drop(&mut self) {
-        self.task.abort();
+        for t in &self.tasks {
+            t.abort();
+        }
     }
 }
 
-/// Serves `root` read-only over NFSv3 on `addr` (IPv4; NFS, MOUNT and portmap on that one
-/// port). Must be called inside a Tokio runtime; the server runs as tasks on it (file system
-/// calls on its blocking pool).
-pub async fn serve(root: &Path, addr: SocketAddr, opts: Options) -> io::Result<Nfs3Server> {
-    if addr.is_ipv6() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("nfs3: {addr}: the NFSv3 server listens on IPv4 only"),
-        ));
+/// A secret only this process knows (for the guard's stamp).
+fn token() -> io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut b = [0u8; 24];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut b)?;
+    let mut t = b"hanfs-guard-".to_vec();
+    for x in b {
+        t.extend_from_slice(format!("{x:02x}").as_bytes());
     }
+    Ok(t)
+}
+
+/// Serves `root` read-only over NFSv3 on `addr` (NFS, MOUNT and portmap on that one TCP port).
+/// Must be called inside a Tokio runtime; the server runs as tasks on it (file system calls on
+/// its blocking pool). With [`Options::check_permissions`] (the default) the NFS layer listens
+/// on a loopback port behind the permission guard, which alone listens on `addr`.
+pub async fn serve(root: &Path, addr: SocketAddr, opts: Options) -> io::Result<Nfs3Server> {
     let export_name =
         normalize_export(&opts.export_name.clone().unwrap_or_else(|| root.to_string_lossy().into_owned()));
     let fsid = opts.fsid.unwrap_or_else(|| fsid_of(&export_name));
-    let fs = ReplicaFs::open(root, fsid, opts.stable_ctime)
+    let token = if opts.check_permissions { Some(token()?) } else { None };
+    let fs = ReplicaFs::open(root, fsid, opts.stable_ctime, token.clone())
         .map_err(|e| io::Error::new(e.kind(), format!("nfs3: {}: {e}", root.display())))?;
     if opts.walk_on_start {
         let f = fs.clone();
         tokio::task::spawn_blocking(move || f.walk());
     }
-    let mut listener =
-        NFSTcpListener::bind_with_generation(&addr.to_string(), fs.clone(), generation_of(&export_name)).await?;
+    let nfs_addr = match token {
+        Some(_) => "127.0.0.1:0".to_string(),
+        None if addr.is_ipv6() => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("nfs3: {addr}: IPv6 needs check_permissions (the NFS layer binds IPv4 only)"),
+            ))
+        }
+        None => addr.to_string(),
+    };
+    let mut listener = NFSTcpListener::bind_with_generation(&nfs_addr, fs.clone(), generation_of(&export_name)).await?;
     listener.with_export_name(&export_name);
-    let local_addr = SocketAddr::new(listener.get_listen_ip(), listener.get_listen_port());
+    let nfs_local = SocketAddr::new(listener.get_listen_ip(), listener.get_listen_port());
+    let mut tasks = vec![tokio::spawn(async move { listener.handle_forever().await })];
+    let local_addr = match token {
+        None => nfs_local,
+        Some(token) => {
+            let public = tokio::net::TcpListener::bind(addr).await?;
+            let local = public.local_addr()?;
+            let policy = std::sync::Arc::new(guard::Policy {
+                token,
+                public_port: local.port(),
+                internal_port: nfs_local.port(),
+            });
+            tasks.push(tokio::spawn(guard::run(public, nfs_local, policy)));
+            local
+        }
+    };
     tracing::info!(root = %root.display(), export = %export_name, %local_addr, "nfs3: serving read-only");
-    let task = tokio::spawn(async move { listener.handle_forever().await });
-    Ok(Nfs3Server { local_addr, export_name, root: root.to_path_buf(), fs, task })
+    Ok(Nfs3Server { local_addr, backend_addr: nfs_local, export_name, root: root.to_path_buf(), fs, tasks })
 }
 
 #[cfg(test)]

@@ -215,3 +215,25 @@ pub async fn snapshot(c: &mut Conn) -> BTreeMap<Vec<u8>, (Vec<u8>, String)> {
 pub fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
 }
+
+/// A connection whose calls carry AUTH_UNIX `uid`, `gid`, `gids`.
+pub async fn connect_as(
+    port: u16,
+    export: &str,
+    uid: u32,
+    gid: u32,
+    gids: &[u32],
+) -> Result<Conn, nfs3_client::ConnectError> {
+    let a = nfs3_client::nfs3_types::rpc::auth_unix {
+        stamp: 1,
+        machinename: Opaque::borrowed(b"testnode"),
+        uid,
+        gid,
+        gids: gids.to_vec(),
+    };
+    Nfs3ConnectionBuilder::new(TokioConnector, "127.0.0.1", export)
+        .portmapper_port(port)
+        .credential(nfs3_client::nfs3_types::rpc::opaque_auth::auth_unix(&a))
+        .mount()
+        .await
+}

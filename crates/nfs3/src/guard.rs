@@ -1,0 +1,412 @@
+//! Per-user permission checks, in front of the NFS layer.
+//!
+//! `nfs3_server` 0.11 answers ACCESS with whatever the client asked for and never shows the
+//! caller's credentials to the file system. A Linux client trusts ACCESS, so without this any
+//! user on an NFS-root node could read the image's `/etc/shadow` or host keys (and, once root
+//! had read them, straight from the client's page cache). So the public port is served by this
+//! RPC-level guard, which forwards every record to the NFS layer on a loopback port and, like
+//! the kernel server with `sec=sys,no_root_squash`:
+//!
+//! - trims ACCESS replies to what the caller's uid/gids get from the object's mode and owner;
+//! - turns READ into `NFS3ERR_ACCES` unless the caller may read or execute the file (or owns
+//!   it), LOOKUP unless it may search the directory, READDIR(PLUS) unless it may read it;
+//! - answers portmap GETPORT with the public port;
+//! - stamps every call with a per-server secret in the AUTH_UNIX machine name, and the NFS layer
+//!   refuses calls without it, so the loopback port cannot be used to get around the guard.
+//!
+//! The checks use the attributes the NFS layer puts in its own replies, so they see exactly the
+//! object that was served. uid 0 reads everything (root on an NFS-root node must read its own
+//! shadow file); calls without AUTH_UNIX credentials are treated as uid/gid 65534.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Largest record accepted from a client (calls are small: the biggest, a WRITE, is refused).
+const MAX_CALL: usize = 4 << 20;
+/// Largest record accepted from the NFS layer (a 1 MiB READ plus headers).
+const MAX_REPLY: usize = 8 << 20;
+
+/// Calls in flight on one connection (the Linux client's TCP slot table is at most 65536).
+const MAX_PENDING: usize = 65536;
+const NOBODY: u32 = 65534;
+const PROG_PORTMAP: u32 = 100_000;
+const PROG_NFS: u32 = 100_003;
+const PMAP_GETPORT: u32 = 3;
+const NFS_LOOKUP: u32 = 3;
+const NFS_ACCESS: u32 = 4;
+const NFS_READ: u32 = 6;
+const NFS_READDIR: u32 = 16;
+const NFS_READDIRPLUS: u32 = 17;
+const NFS3ERR_ACCES: u32 = 13;
+const ACCESS3_READ: u32 = 0x1;
+const ACCESS3_LOOKUP: u32 = 0x2;
+const ACCESS3_EXECUTE: u32 = 0x20;
+const FATTR3_LEN: usize = 84;
+const NF3DIR: u32 = 2;
+
+pub(crate) struct Policy {
+    pub token: Vec<u8>,
+    pub public_port: u16,
+    pub internal_port: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Cred {
+    pub uid: u32,
+    pub gid: u32,
+    pub gids: Vec<u32>,
+}
+
+impl Cred {
+    fn nobody() -> Cred {
+        Cred { uid: NOBODY, gid: NOBODY, gids: Vec::new() }
+    }
+}
+
+struct Pending {
+    prog: u32,
+    proc_: u32,
+    cred: Cred,
+}
+
+fn be32(b: &[u8], off: usize) -> Option<u32> {
+    let s = b.get(off..off.checked_add(4)?)?;
+    Some(u32::from_be_bytes([s[0], s[1], s[2], s[3]]))
+}
+
+fn pad4(n: usize) -> usize {
+    n.div_ceil(4) * 4
+}
+
+/// Parses a call; returns its xid, program, procedure, the caller's credentials, and the call
+/// rewritten with an AUTH_UNIX credential carrying `token` as machine name.
+pub(crate) fn rewrite_call(rec: &[u8], token: &[u8]) -> Option<(u32, u32, u32, Cred, Vec<u8>)> {
+    let xid = be32(rec, 0)?;
+    if be32(rec, 4)? != 0 {
+        return None;
+    }
+    let prog = be32(rec, 12)?;
+    let proc_ = be32(rec, 20)?;
+    let flavor = be32(rec, 24)?;
+    let clen = usize::try_from(be32(rec, 28)?).ok()?;
+    let cbody = rec.get(32..32usize.checked_add(clen)?)?;
+    let after_cred = 32 + pad4(clen);
+    rec.get(..after_cred)?;
+    let cred = if flavor == 1 {
+        // stamp, machinename<255>, uid, gid, gids<16>
+        let mlen = usize::try_from(be32(cbody, 4)?).ok()?;
+        let o = 8 + pad4(mlen);
+        let uid = be32(cbody, o)?;
+        let gid = be32(cbody, o + 4)?;
+        let n = usize::try_from(be32(cbody, o + 8)?).ok()?.min(16);
+        let gids = (0..n).map(|i| be32(cbody, o + 12 + 4 * i)).collect::<Option<Vec<_>>>()?;
+        Cred { uid, gid, gids }
+    } else {
+        Cred::nobody()
+    };
+    let stamp = if flavor == 1 { be32(cbody, 0)? } else { 0 };
+    let mut body = Vec::with_capacity(32 + token.len() + 4 * cred.gids.len());
+    body.extend_from_slice(&stamp.to_be_bytes());
+    body.extend_from_slice(&u32::try_from(token.len()).ok()?.to_be_bytes());
+    body.extend_from_slice(token);
+    body.resize(8 + pad4(token.len()), 0);
+    body.extend_from_slice(&cred.uid.to_be_bytes());
+    body.extend_from_slice(&cred.gid.to_be_bytes());
+    body.extend_from_slice(&u32::try_from(cred.gids.len()).ok()?.to_be_bytes());
+    for g in &cred.gids {
+        body.extend_from_slice(&g.to_be_bytes());
+    }
+    let mut out = Vec::with_capacity(rec.len() + body.len());
+    out.extend_from_slice(&rec[..24]);
+    out.extend_from_slice(&1u32.to_be_bytes());
+    out.extend_from_slice(&u32::try_from(body.len()).ok()?.to_be_bytes());
+    out.extend_from_slice(&body);
+    out.extend_from_slice(&rec[after_cred..]);
+    Some((xid, prog, proc_, cred, out))
+}
+
+/// What `cred` may do with an object of these attributes: (read, search-or-execute).
+pub(crate) fn may(cred: &Cred, attr: &[u8]) -> Option<(bool, bool)> {
+    let ty = be32(attr, 0)?;
+    let mode = be32(attr, 4)?;
+    let (uid, gid) = (be32(attr, 12)?, be32(attr, 16)?);
+    let dir = ty == NF3DIR;
+    if cred.uid == 0 {
+        return Some((true, dir || mode & 0o111 != 0));
+    }
+    let bits = if cred.uid == uid {
+        mode >> 6
+    } else if cred.gid == gid || cred.gids.contains(&gid) {
+        mode >> 3
+    } else {
+        mode
+    } & 7;
+    Some((bits & 4 != 0, bits & 1 != 0))
+}
+
+/// The attributes in a `post_op_attr` at `off`, and the offset after it.
+fn post_op_attr(b: &[u8], off: usize) -> Option<(Option<&[u8]>, usize)> {
+    match be32(b, off)? {
+        0 => Some((None, off + 4)),
+        _ => Some((Some(b.get(off + 4..off + 4 + FATTR3_LEN)?), off + 4 + FATTR3_LEN)),
+    }
+}
+
+/// A failure body: `NFS3ERR_ACCES` and the given attributes.
+fn denied(attr: Option<&[u8]>) -> Vec<u8> {
+    let mut v = NFS3ERR_ACCES.to_be_bytes().to_vec();
+    match attr {
+        Some(a) => {
+            v.extend_from_slice(&1u32.to_be_bytes());
+            v.extend_from_slice(a);
+        }
+        None => v.extend_from_slice(&0u32.to_be_bytes()),
+    }
+    v
+}
+
+/// Applies the policy to a successful reply body (after the accept status). `None`: unchanged.
+fn check_body(prog: u32, proc_: u32, cred: &Cred, body: &[u8], policy: &Policy) -> Option<Vec<u8>> {
+    if prog == PROG_PORTMAP && proc_ == PMAP_GETPORT {
+        if be32(body, 0)? == u32::from(policy.internal_port) {
+            return Some(u32::from(policy.public_port).to_be_bytes().to_vec());
+        }
+        return None;
+    }
+    if prog != PROG_NFS || be32(body, 0)? != 0 {
+        return None;
+    }
+    match proc_ {
+        NFS_ACCESS => {
+            let (attr, off) = post_op_attr(body, 4)?;
+            let granted = be32(body, off)?;
+            let allowed = match attr.and_then(|a| may(cred, a).map(|m| (m, be32(a, 0) == Some(NF3DIR)))) {
+                Some(((r, x), dir)) => {
+                    (if r { ACCESS3_READ } else { 0 })
+                        | (if x && dir { ACCESS3_LOOKUP } else { 0 })
+                        | (if x && !dir { ACCESS3_EXECUTE } else { 0 })
+                }
+                None if cred.uid == 0 => granted,
+                None => 0,
+            };
+            let mut out = body.to_vec();
+            out[off..off + 4].copy_from_slice(&(granted & allowed).to_be_bytes());
+            Some(out)
+        }
+        NFS_READ => {
+            let (attr, _) = post_op_attr(body, 4)?;
+            let ok = match attr {
+                Some(a) => may(cred, a).is_some_and(|(r, x)| r || x) || be32(a, 12) == Some(cred.uid),
+                None => cred.uid == 0,
+            };
+            (!ok).then(|| denied(attr))
+        }
+        NFS_LOOKUP => {
+            let fhlen = usize::try_from(be32(body, 4)?).ok()?;
+            let (_, off) = post_op_attr(body, 8 + pad4(fhlen))?;
+            let (dattr, _) = post_op_attr(body, off)?;
+            let ok = match dattr {
+                Some(a) => may(cred, a).is_some_and(|(_, x)| x),
+                None => cred.uid == 0,
+            };
+            (!ok).then(|| denied(dattr))
+        }
+        NFS_READDIR | NFS_READDIRPLUS => {
+            let (dattr, _) = post_op_attr(body, 4)?;
+            let ok = match dattr {
+                Some(a) => may(cred, a).is_some_and(|(r, _)| r),
+                None => cred.uid == 0,
+            };
+            (!ok).then(|| denied(dattr))
+        }
+        _ => None,
+    }
+}
+
+/// Applies the policy to a reply record. `None` (close the connection) for a reply to no call
+/// of ours, or one that answers a call needing a check and does not parse: fail closed.
+fn rewrite_reply(rec: Vec<u8>, pending: &Mutex<HashMap<u32, Pending>>, policy: &Policy) -> Option<Vec<u8>> {
+    let xid = be32(&rec, 0)?;
+    let p = pending.lock().ok()?.remove(&xid)?;
+    let checked =
+        matches!((p.prog, p.proc_), (PROG_NFS, NFS_ACCESS | NFS_READ | NFS_LOOKUP | NFS_READDIR | NFS_READDIRPLUS));
+    // reply: xid, REPLY, MSG_ACCEPTED, verf{flavor, len, body}, accept_stat, results
+    let parsed = (|| {
+        if be32(&rec, 4)? != 1 || be32(&rec, 8)? != 0 {
+            return Some(None);
+        }
+        let vlen = usize::try_from(be32(&rec, 16)?).ok()?;
+        let off = 20 + pad4(vlen);
+        if be32(&rec, off)? != 0 {
+            return Some(None);
+        }
+        let body = rec.get(off + 4..)?;
+        Some(check_body(p.prog, p.proc_, &p.cred, body, policy).map(|b| (off + 4, b)))
+    })();
+    match parsed {
+        Some(Some((at, body))) => {
+            let mut out = rec;
+            out.truncate(at);
+            out.extend_from_slice(&body);
+            Some(out)
+        }
+        Some(None) => Some(rec),
+        None if checked => None,
+        None => Some(rec),
+    }
+}
+
+async fn read_record<R: AsyncRead + Unpin>(r: &mut R, max: usize) -> io::Result<Option<Vec<u8>>> {
+    let mut rec = Vec::new();
+    loop {
+        let mut h = [0u8; 4];
+        match r.read_exact(&mut h).await {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof && rec.is_empty() => return Ok(None),
+            Err(e) => return Err(e),
+        }
+        let h = u32::from_be_bytes(h);
+        let len = (h & 0x7fff_ffff) as usize;
+        if rec.len() + len > max {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "nfs3: RPC record too large"));
+        }
+        let start = rec.len();
+        rec.resize(start + len, 0);
+        r.read_exact(&mut rec[start..]).await?;
+        if h & 0x8000_0000 != 0 {
+            return Ok(Some(rec));
+        }
+    }
+}
+
+async fn write_record<W: AsyncWrite + Unpin>(w: &mut W, rec: &[u8]) -> io::Result<()> {
+    let len = u32::try_from(rec.len()).map_err(|_| io::Error::other("record too large"))?;
+    w.write_all(&(len | 0x8000_0000).to_be_bytes()).await?;
+    w.write_all(rec).await
+}
+
+async fn connection(client: TcpStream, internal: SocketAddr, policy: Arc<Policy>) -> io::Result<()> {
+    let server = TcpStream::connect(internal).await?;
+    let _ = client.set_nodelay(true);
+    let _ = server.set_nodelay(true);
+    let (mut cr, mut cw) = client.into_split();
+    let (mut sr, mut sw) = server.into_split();
+    let pending: Arc<Mutex<HashMap<u32, Pending>>> = Arc::default();
+    let up = {
+        let (pending, policy) = (Arc::clone(&pending), Arc::clone(&policy));
+        async move {
+            while let Some(rec) = read_record(&mut cr, MAX_CALL).await? {
+                let Some((xid, prog, proc_, cred, out)) = rewrite_call(&rec, &policy.token) else {
+                    // Not a call we understand: do not forward it unstamped.
+                    break;
+                };
+                {
+                    let Ok(mut p) = pending.lock() else {
+                        break;
+                    };
+                    // Bounded: a client that never reads its replies cannot grow this forever.
+                    if p.len() >= MAX_PENDING {
+                        break;
+                    }
+                    p.insert(xid, Pending { prog, proc_, cred });
+                }
+                write_record(&mut sw, &out).await?;
+            }
+            sw.shutdown().await
+        }
+    };
+    let down = async move {
+        while let Some(rec) = read_record(&mut sr, MAX_REPLY).await? {
+            let Some(out) = rewrite_reply(rec, &pending, &policy) else {
+                break;
+            };
+            write_record(&mut cw, &out).await?;
+        }
+        cw.shutdown().await
+    };
+    let (a, b) = tokio::join!(up, down);
+    a.and(b)
+}
+
+/// Accepts clients on `listener` and guards each connection to the NFS layer at `internal`.
+pub(crate) async fn run(listener: TcpListener, internal: SocketAddr, policy: Arc<Policy>) -> io::Result<()> {
+    loop {
+        let (sock, peer) = listener.accept().await?;
+        let policy = Arc::clone(&policy);
+        tokio::spawn(async move {
+            if let Err(e) = connection(sock, internal, policy).await {
+                tracing::debug!(%peer, "nfs3: connection ended: {e}");
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attr(ty: u32, mode: u32, uid: u32, gid: u32) -> Vec<u8> {
+        let mut a = vec![0u8; FATTR3_LEN];
+        a[0..4].copy_from_slice(&ty.to_be_bytes());
+        a[4..8].copy_from_slice(&mode.to_be_bytes());
+        a[12..16].copy_from_slice(&uid.to_be_bytes());
+        a[16..20].copy_from_slice(&gid.to_be_bytes());
+        a
+    }
+
+    fn cred(uid: u32, gid: u32, gids: &[u32]) -> Cred {
+        Cred { uid, gid, gids: gids.to_vec() }
+    }
+
+    #[test]
+    fn unix_permission_bits() {
+        let shadow = attr(1, 0o640, 0, 42);
+        assert_eq!(may(&cred(0, 0, &[]), &shadow), Some((true, false)));
+        assert_eq!(may(&cred(1000, 1000, &[]), &shadow), Some((false, false)));
+        assert_eq!(may(&cred(1000, 1000, &[42]), &shadow), Some((true, false)));
+        assert_eq!(may(&cred(1000, 42, &[]), &shadow), Some((true, false)));
+        let bin = attr(1, 0o4711, 0, 0);
+        assert_eq!(may(&cred(1000, 1000, &[]), &bin), Some((false, true)));
+        let home = attr(NF3DIR, 0o700, 1000, 1000);
+        assert_eq!(may(&cred(1000, 1, &[]), &home), Some((true, true)));
+        assert_eq!(may(&cred(1001, 1, &[]), &home), Some((false, false)));
+        assert_eq!(may(&cred(0, 0, &[]), &home), Some((true, true)));
+    }
+
+    #[test]
+    fn calls_are_stamped_and_credentials_kept() {
+        // xid 7, CALL, rpcvers 2, prog NFS, vers 3, proc READ, AUTH_UNIX{stamp 9, "node1", 1000, 100, [4, 5]}, AUTH_NULL verf, args
+        let mut c = Vec::new();
+        for v in [7u32, 0, 2, PROG_NFS, 3, NFS_READ, 1] {
+            c.extend_from_slice(&v.to_be_bytes());
+        }
+        let mut body = Vec::new();
+        for v in [9u32, 5] {
+            body.extend_from_slice(&v.to_be_bytes());
+        }
+        body.extend_from_slice(b"node1\0\0\0");
+        for v in [1000u32, 100, 2, 4, 5] {
+            body.extend_from_slice(&v.to_be_bytes());
+        }
+        c.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        c.extend_from_slice(&body);
+        c.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0, 0xaa, 0xbb, 0xcc, 0xdd]);
+        let (xid, prog, proc_, cr, out) = rewrite_call(&c, b"secret-token").unwrap();
+        assert_eq!((xid, prog, proc_), (7, PROG_NFS, NFS_READ));
+        assert_eq!(cr, cred(1000, 100, &[4, 5]));
+        // The rewritten call carries the token and the same uid/gids, then verf and args.
+        let (_, _, _, cr2, out2) = rewrite_call(&out, b"secret-token").unwrap();
+        assert_eq!(cr2, cr);
+        assert_eq!(out2, out);
+        assert!(out.windows(12).any(|w| w == b"secret-token"));
+        assert!(!out.windows(5).any(|w| w == b"node1"));
+        assert!(out.ends_with(&[0xaa, 0xbb, 0xcc, 0xdd]));
+        // Truncated calls are refused.
+        assert!(rewrite_call(&c[..40], b"t").is_none());
+    }
+}
