@@ -177,7 +177,10 @@ impl Replica {
             point("recover-discard");
             remove_at(sd.as_fd(), n).map_err(|e| io_err(Path::new(".hanfs/stage"), e.into()))?;
         }
-        Ok(if names.is_empty() { Recovery::Clean } else { Recovery::Discarded })
+        // What the last commit left (its own generation's stage) is mere cleanup, not a discard.
+        let done = self.state.as_ref().map(|s| s.generation.to_string().into_bytes());
+        let discarded = names.iter().any(|n| Some(n) != done.as_ref());
+        Ok(if discarded { Recovery::Discarded } else { Recovery::Clean })
     }
 
     /// Starts applying `plan`: checks it (the replica must be at its `from_digest`; the new

@@ -23,6 +23,7 @@ fn run(seed: u64) {
     let plan = src.plan(2);
     let (g, d) = apply(&src, &mut replica, plan).unwrap();
     assert_eq!(g, 2);
+    assert_eq!(replica.recover().unwrap(), tree::Recovery::Clean, "a finished commit leaves nothing to recover");
     assert_eq!(d, src.new.digest());
     assert_eq!(replica.scan().unwrap().digest(), src.new.digest(), "replica digest after apply");
     let (want, got) = (walk(&nd), walk(&rep));
