@@ -106,3 +106,47 @@ fn first_sync_into_an_empty_replica() {
     assert_eq!(d, src.new.digest());
     assert_eq!(walk(&rep), walk(&nd));
 }
+
+fn sync_specs(old: &Spec, new: &Spec) {
+    let t = tempfile::tempdir().unwrap();
+    let (od, nd) = (t.path().join("old"), t.path().join("new"));
+    build(&od, old);
+    build(&nd, new);
+    let src = Source::new(&od, &nd, &t.path().join("mn"));
+    let rep = t.path().join("replica");
+    let mut replica = replica_copy(&od, &rep, &t.path().join("sn"));
+    let (_, d) = apply(&src, &mut replica, src.plan(2)).unwrap();
+    assert_eq!(d, src.new.digest());
+    assert_eq!(walk(&rep), walk(&nd));
+    assert!(replica.verify().unwrap().0);
+}
+
+#[test]
+fn hard_link_group_transitions() {
+    let m = |mode: u32| Meta { mode, uid: 0, gid: 0, mtime: 1_650_000_000_000_000_000, xattrs: vec![] };
+    let spec = |items: &[(&str, K)]| Spec {
+        root: m(0o755),
+        entries: items.iter().map(|(p, k)| (p.to_string(), (k.clone(), m(0o644)))).collect(),
+    };
+    let x = K::File(b"shared content".to_vec());
+    // Leader removed: the group lives on under a new leader, with a new member.
+    sync_specs(
+        &spec(&[("a", x.clone()), ("b", K::Hard("a".into()))]),
+        &spec(&[("b", x.clone()), ("c", K::Hard("b".into()))]),
+    );
+    // Two copies become one inode.
+    sync_specs(&spec(&[("a", x.clone()), ("b", x.clone())]), &spec(&[("a", x.clone()), ("b", K::Hard("a".into()))]));
+    // One inode becomes two copies.
+    sync_specs(&spec(&[("a", x.clone()), ("b", K::Hard("a".into()))]), &spec(&[("a", x.clone()), ("b", x.clone())]));
+    // A member moves to another group.
+    let y = K::File(b"other".to_vec());
+    sync_specs(
+        &spec(&[("a", x.clone()), ("b", K::Hard("a".into())), ("c", K::Hard("a".into())), ("d", y.clone())]),
+        &spec(&[("a", x.clone()), ("b", K::Hard("a".into())), ("c", K::Hard("d".into())), ("d", y)]),
+    );
+    // A file becomes a directory and back (with content moving around).
+    sync_specs(
+        &spec(&[("a", x.clone()), ("b", K::Dir), ("b/c", K::File(b"c".to_vec()))]),
+        &spec(&[("a", K::Dir), ("a/x", x.clone()), ("b", K::File(b"c".to_vec()))]),
+    );
+}
