@@ -150,3 +150,24 @@ fn hard_link_group_transitions() {
         &spec(&[("a", K::Dir), ("a/x", x.clone()), ("b", K::File(b"c".to_vec()))]),
     );
 }
+
+#[test]
+fn odd_file_names() {
+    use std::os::unix::ffi::OsStrExt;
+    let t = tempfile::tempdir().unwrap();
+    let (od, nd) = (t.path().join("old"), t.path().join("new"));
+    std::fs::create_dir_all(&od).unwrap();
+    let names: [&[u8]; 5] = [b"sp ace", b"new\nline", b"\xff\xfe latin-1 \xe9", b"-dash", b"a:b=c,d"];
+    for n in names {
+        std::fs::write(od.join(std::ffi::OsStr::from_bytes(n)), n).unwrap();
+    }
+    copy_tree(&od, &nd);
+    std::fs::write(nd.join(std::ffi::OsStr::from_bytes(b"\xff\xfe latin-1 \xe9")), b"changed").unwrap();
+    std::fs::create_dir(nd.join(std::ffi::OsStr::from_bytes(b"dir \xc3("))).unwrap();
+    std::fs::rename(nd.join("sp ace"), nd.join(std::ffi::OsStr::from_bytes(b"dir \xc3(/sp ace"))).unwrap();
+    let src = Source::new(&od, &nd, &t.path().join("mn"));
+    let mut r = replica_copy(&od, &t.path().join("rep"), &t.path().join("sn"));
+    let (_, d) = apply(&src, &mut r, src.plan(2)).unwrap();
+    assert_eq!(d, src.new.digest());
+    assert_eq!(r.verify().unwrap(), (true, src.new.digest()));
+}
