@@ -356,6 +356,11 @@ async fn update(c: &mut Conn, replica: &mut Replica, spool: &Spool, image: &str,
             tracing::info!("image {image}: now at generation {generation} digest {digest}");
             debug_assert_eq!(digest, target.digest);
             c.request(&FromAgent::Committed { state: ImageState { name: image.into(), generation, digest } }).await?;
+            // The old versions go only now, after the controller has its answer (unlinks are slow
+            // with online discard); a crash before this leaves them for the next recover.
+            if let Err(e) = blocking(|| replica.cleanup()) {
+                tracing::warn!("image {image}: removing the old generation's leftovers: {e}");
+            }
         }
         Err(e) => c.request(&FromAgent::Error { reason: format!("image {image}: commit: {e}") }).await?,
     }

@@ -97,7 +97,9 @@ pub fn source_digest(cluster: &Cluster, image: &Image) -> Result<String> {
 
 /// Scans the image, diffs it against the last generation and computes every payload once.
 pub fn prepare(cluster: &Cluster, image: &Image) -> Result<Prepared> {
+    let t = std::time::Instant::now();
     let (source, manifest) = scan(cluster, image)?;
+    tracing::info!("image {}: scanned {} entries in {:.2?}", image.name, manifest.entries.len(), t.elapsed());
     let digest = manifest.digest();
     let dir = image_dir(cluster, &image.name);
     let last = Last::load(cluster, &image.name)?;
@@ -206,13 +208,20 @@ pub fn payload_file(
 }
 
 impl Prepared {
-    /// Records the new generation as the base of the next sync, with its signatures.
+    /// Signs the new generation's files for the next sync's deltas. Runs while the SNs receive
+    /// this one (it only reads the source); signatures are keyed by content, so this is safe even
+    /// if no replica ends up at the new generation (the next deltas then fall back to whole files).
+    pub fn sign(&self) -> Result<()> {
+        self.sigs.update(&self.source, &self.manifest)?;
+        Ok(())
+    }
+
+    /// Records the new generation as the base of the next sync.
     pub fn save(&self) -> Result<()> {
         let last = Last { generation: self.generation, digest: self.digest.clone(), manifest: self.manifest.clone() };
         let b = postcard::to_stdvec(&last)?;
         let p = self.state_dir.join("last");
         tree::fsops::write_atomic(&p, &b).with_context(|| format!("writing {}", p.display()))?;
-        self.sigs.update(&self.source, &self.manifest)?;
         let _ = std::fs::remove_dir_all(self.state_dir.join("out"));
         Ok(())
     }

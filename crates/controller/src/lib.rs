@@ -193,10 +193,12 @@ impl Controller {
     pub async fn sync(&self, images: &[model::Image]) -> Result<SyncReport> {
         let cluster = self.cluster.clone();
         let imgs = images.to_vec();
+        let t = std::time::Instant::now();
         let prepared: Vec<Arc<Prepared>> = tokio::task::spawn_blocking(move || {
             imgs.iter().map(|i| prepare(&cluster, i).map(Arc::new)).collect::<Result<Vec<_>>>()
         })
         .await??;
+        tracing::info!("scanned and planned {} images in {:.2?}", prepared.len(), t.elapsed());
         let rendered = self.render_exports()?;
         let mp = if self.progress { Some(indicatif::MultiProgress::new()) } else { None };
         let mut tasks = Vec::new();
@@ -207,7 +209,26 @@ impl Controller {
             let bar = mp.as_ref().map(|m| m.add(sn::bar(&sn.name)));
             tasks.push(sn::sync_sn(self, sn.clone(), mine, text, bar));
         }
+        let t = std::time::Instant::now();
+        let signing: Vec<_> = prepared
+            .iter()
+            .filter(|p| !matches!(&p.last, Some(l) if l.digest == p.digest))
+            .map(|p| {
+                let p = p.clone();
+                tokio::task::spawn_blocking(move || {
+                    let t = std::time::Instant::now();
+                    let r = p.sign();
+                    tracing::info!(
+                        "image {}: signatures of the new generation made in {:.2?}",
+                        p.image.name,
+                        t.elapsed()
+                    );
+                    r
+                })
+            })
+            .collect();
         let outcomes = futures::future::join_all(tasks).await;
+        tracing::info!("every SN done in {:.2?}", t.elapsed());
         let mut report = SyncReport {
             ok: true,
             replicas: Vec::new(),
@@ -228,12 +249,17 @@ impl Controller {
         if report.replicas.iter().any(|r| !r.matches) {
             report.ok = false;
         }
+        for s in signing {
+            s.await??;
+        }
         for p in &prepared {
             let reached = report.replicas.iter().any(|r| r.image == p.image.name && r.matches);
             let no_sns = p.image.sns.is_empty();
             if reached || no_sns {
-                let p = p.clone();
-                tokio::task::spawn_blocking(move || p.save()).await??;
+                let t = std::time::Instant::now();
+                let p2 = p.clone();
+                tokio::task::spawn_blocking(move || p2.save()).await??;
+                tracing::info!("image {}: new generation saved in {:.2?}", p.image.name, t.elapsed());
             }
         }
         Ok(report)

@@ -229,9 +229,11 @@ async fn sync_image(
         }
     }
     c.request(&ToAgent::Commit).await?;
+    let sent = std::time::Instant::now();
     let _ = std::fs::remove_dir_all(&scratch);
     match c.recv_within::<FromAgent>(ctl.timeouts.commit).await? {
         FromAgent::Committed { state } => {
+            tracing::info!("{}: image {} committed {:.2?} after the last blob", row.sn, p.image.name, sent.elapsed());
             row.generation = state.generation;
             row.matches = state.digest == p.digest;
             row.digest = state.digest;
