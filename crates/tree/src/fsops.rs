@@ -156,7 +156,15 @@ impl Root {
             .map_err(|e2| err("chown", rel, e2))?;
         set_xattrs(d.as_fd(), name, &e.xattrs).map_err(|e2| err("setting xattrs on", rel, e2))?;
         if !matches!(e.kind, Kind::Symlink { .. }) {
-            rustix::fs::chmodat(&d, n, Mode::from_raw_mode(e.mode), AtFlags::empty())
+            // chmodat would follow a symlink swapped in after the lstat above: pin the inode with
+            // an O_PATH|O_NOFOLLOW fd (no open side effects, even on devices) and chmod that.
+            let pinned = rustix::fs::openat(&d, n, OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
+                .map_err(|e2| err("chmod", rel, e2))?;
+            let st = rustix::fs::fstat(&pinned).map_err(|e2| err("chmod", rel, e2))?;
+            if ftype(&st) == FileType::Symlink {
+                return Err(Error::Hostile(format!("{:?} turned into a symlink on the replica", show(rel))));
+            }
+            rustix::fs::chmod(format!("/proc/self/fd/{}", pinned.as_raw_fd()), Mode::from_raw_mode(e.mode))
                 .map_err(|e2| err("chmod", rel, e2))?;
         }
         if mtime {
