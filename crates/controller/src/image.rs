@@ -212,7 +212,7 @@ impl Prepared {
     /// this one (it only reads the source); signatures are keyed by content, so this is safe even
     /// if no replica ends up at the new generation (the next deltas then fall back to whole files).
     pub fn sign(&self) -> Result<()> {
-        self.sigs.update(&self.source, &self.manifest)?;
+        crate::sign::sign_new(&self.state_dir.join("sigs"), &self.source, &self.manifest)?;
         Ok(())
     }
 
@@ -222,6 +222,7 @@ impl Prepared {
         let b = postcard::to_stdvec(&last)?;
         let p = self.state_dir.join("last");
         tree::fsops::write_atomic(&p, &b).with_context(|| format!("writing {}", p.display()))?;
+        crate::sign::prune(&self.state_dir.join("sigs"), &self.manifest);
         let _ = std::fs::remove_dir_all(self.state_dir.join("out"));
         Ok(())
     }

@@ -13,6 +13,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 mod image;
+mod sign;
 mod sn;
 
 pub use image::{plan_images, prepare, ImagePlan, Prepared};
