@@ -100,6 +100,30 @@ if ! err=$($PY "$INT/rig/plan.py" "$SHARE" 2>&1); then bad "$err"; finish; fi
 while read -r line; do bad "$line"; done < "$SHARE/plan-failures"
 
 # --- 3. initramfs (cached) and one UML boot for all scenarios ------------------------------------
+# hanfs' embedded NFSv3 server for the nfs3-failover scenario (crates/nfs3, example nfs3_serve):
+# $HANFS_NFS3_SERVE, or the newest build, or one built now; its libraries go along in the share.
+NFS3_BIN=${HANFS_NFS3_SERVE:-}
+nfs3_newest() {
+    for b in "$ROOT/target/release/examples/nfs3_serve" "$ROOT/target/debug/examples/nfs3_serve" \
+             ${CARGO_TARGET_DIR:+"$CARGO_TARGET_DIR/release/examples/nfs3_serve" "$CARGO_TARGET_DIR/debug/examples/nfs3_serve"}; do
+        [ -x "$b" ] && { [ -z "$NFS3_BIN" ] || [ "$b" -nt "$NFS3_BIN" ]; } && NFS3_BIN=$b
+    done
+}
+[ -n "$NFS3_BIN" ] || nfs3_newest
+if [ -z "$NFS3_BIN" ] && command -v cargo > /dev/null; then
+    (cd "$ROOT" && cargo build -q --locked -p nfs3 --example nfs3_serve) > "$SHARE/nfs3-build.log" 2>&1 ||
+        echo "rig: building nfs3_serve failed, see $SHARE/nfs3-build.log"
+    nfs3_newest
+fi
+if [ -n "$NFS3_BIN" ]; then
+    mkdir -p "$SHARE/nfs3/lib"
+    cp "$NFS3_BIN" "$SHARE/nfs3/nfs3_serve"
+    ldd "$NFS3_BIN" 2>/dev/null | grep -o '/[^ ]*\.so[^ ]*' | grep -v ld-linux | xargs -r cp -L -t "$SHARE/nfs3/lib"
+    echo "rig: NFSv3 failover scenario with $NFS3_BIN"
+else
+    bad "nfs3-failover: no nfs3_serve binary (cargo build -p nfs3 --example nfs3_serve, or set HANFS_NFS3_SERVE)"
+fi
+
 t=$(date +%s.%N)
 INITRD=$("$INT/rig/build-initramfs.sh") || { bad "building the initramfs failed"; finish; }
 echo "rig: initramfs $INITRD ($(since "$t") s)"

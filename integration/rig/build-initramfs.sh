@@ -4,7 +4,7 @@
 #   integration/rig/build-initramfs.sh        -> prints the path of the (cached) cpio archive
 #
 # No debootstrap, no disk image: we copy just the programs the guest runs (with their shared
-# libraries), the UML kernel modules for nfsd, the NFSv4 client and veth, a few lines
+# libraries), the UML kernel modules for nfsd, the NFSv4 and NFSv3 clients and veth, a few lines
 # of /etc, the python3 stdlib modules fsloc.py imports, and the guest scripts in rig/guest/.
 #
 # Cache: the archive is rebuilt only when an input changes.  The key hashes this script, the
@@ -23,7 +23,7 @@ mkdir -p "$DIR"
 KV=$(ls /usr/lib/uml/modules | sort -V | tail -1)
 KBASE=$DIR/uml-modules
 mkdir -p "$KBASE/lib/modules"; ln -sfn "/usr/lib/uml/modules/$KV" "$KBASE/lib/modules/$KV"
-MODULES="nfsd nfsv4 veth"
+MODULES="nfsd nfsv4 nfsv3 veth"   # nfsv3: the client side of the nfs3-failover scenario
 
 # (mount, also for NFS, umount, nsenter and the small tools come from busybox: it is static, so
 # it starts quickly; each dynamic program's start costs many page faults under UML)

@@ -1,6 +1,7 @@
-//! `cargo run -p nfs3 --example serve -- DIR [ADDR] [--open]`: serve DIR read-only over NFSv3
-//! (default 127.0.0.1:2049; `--open` turns the permission guard off) until interrupted.
-//! `serve DIR --walk`: time one walk of DIR into the handle index and exit.
+//! `cargo run -p nfs3 --example nfs3_serve -- DIR [ADDR] [--open] [--export=/NAME]`: serve DIR
+//! read-only over NFSv3 (default 127.0.0.1:2049, export `/`; `--open` turns the permission
+//! guard off) until killed; prints the port once listening. The integration rig runs it.
+//! `nfs3_serve DIR --walk`: time one walk of DIR into the handle index and exit.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::PathBuf;
@@ -10,7 +11,7 @@ async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let open = args.iter().any(|a| a == "--open");
     let pos: Vec<&String> = args.iter().filter(|a| !a.starts_with("--")).collect();
-    let dir = PathBuf::from(pos.first().expect("usage: serve DIR [ADDR] [--open]"));
+    let dir = PathBuf::from(pos.first().expect("usage: nfs3_serve DIR [ADDR] [--open] [--export=/NAME]"));
     if args.iter().any(|a| a == "--walk") {
         let fs = nfs3::ReplicaFs::open(&dir, 1, true, None).unwrap();
         let t = std::time::Instant::now();
@@ -21,8 +22,13 @@ async fn main() {
         return;
     }
     let addr = pos.get(1).map_or("127.0.0.1:2049", |s| s.as_str()).parse().unwrap();
-    let opts = nfs3::Options { export_name: Some("/".into()), check_permissions: !open, ..Default::default() };
+    let export = args.iter().find_map(|a| a.strip_prefix("--export=")).unwrap_or("/");
+    let opts = nfs3::Options { export_name: Some(export.into()), check_permissions: !open, ..Default::default() };
     let server = nfs3::serve(&dir, addr, opts).await.unwrap();
     println!("{}", server.local_addr().port());
-    tokio::signal::ctrl_c().await.unwrap();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).unwrap();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
 }
