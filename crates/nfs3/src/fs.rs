@@ -8,12 +8,12 @@
 //! it in its own namespace), never followed on the server. Entries named `.hanfs` (the tree
 //! engine's private directory) are invisible at every depth.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::ffi::OsStr;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nfs3_server::nfs3_types::nfs3::{
@@ -37,7 +37,9 @@ pub const MAX_READ: u32 = 1 << 20;
 /// Minimum time between two walks triggered by unknown handles.
 const REWALK_GAP: Duration = Duration::from_secs(5);
 /// Directory entries stat'ed ahead per READDIRPLUS call.
-const PREFETCH: usize = 256;
+const PREFETCH: usize = 64;
+/// Directory listings kept between READDIR pages.
+const LISTINGS: usize = 64;
 
 pub(crate) struct Inner {
     root: OwnedFd,
@@ -47,6 +49,7 @@ pub(crate) struct Inner {
     /// permission guard stamps every call it forwards; see [`crate::guard`]).
     token: Option<Vec<u8>>,
     pub(crate) index: Index,
+    listings: Mutex<HashMap<Fh, Listing>>,
 }
 
 /// A read-only NFSv3 view of a directory. Cheap to clone.
@@ -115,7 +118,7 @@ impl ReplicaFs {
             OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::empty(),
         )?;
-        let inner = Inner { root, fsid, stable_ctime, token, index: Index::default() };
+        let inner = Inner { root, fsid, stable_ctime, token, index: Index::default(), listings: Mutex::default() };
         inner.index.insert(&Fh::of(b""), b"");
         Ok(ReplicaFs(Arc::new(inner)))
     }
@@ -349,26 +352,61 @@ impl Inner {
     fn readdir(self: &Arc<Self>, dir: &Fh, cookie: u64) -> Result<DirIter, nfsstat3> {
         let dpath = self.path_of(dir)?;
         let fd = self.open_beneath(&dpath, OFlags::RDONLY | OFlags::DIRECTORY).map_err(errno_stale)?;
-        let mut names: Vec<Vec<u8>> = read_names(&fd).map_err(errno_stat)?.into_iter().map(|(n, _)| n).collect();
-        // A deterministic order, the same on every replica, so a cookie (the fileid of the last
-        // entry returned) means the same position on every replica.
-        names.sort_unstable();
-        let mut entries: VecDeque<(Vec<u8>, Fh)> = names
-            .into_iter()
-            .map(|n| {
-                let fh = Fh::of(&join(&dpath, &n));
-                (n, fh)
-            })
-            .collect();
-        if cookie != 0 {
-            let pos = entries.iter().position(|(_, fh)| fh.fileid() == cookie).ok_or(nfsstat3::NFS3ERR_BAD_COOKIE)?;
-            entries.drain(..=pos);
-        }
-        let mut it =
-            DirIter { fs: Arc::clone(self), dir: dpath, fd: Arc::new(fd), pending: entries, ready: VecDeque::new() };
+        let st = rustix::fs::fstat(&fd).map_err(errno_stale)?;
+        let version =
+            (st.st_dev, st.st_ino, st.st_mtime, st.st_mtime_nsec as i64, st.st_ctime, st.st_ctime_nsec as i64);
+        let cached = self.listings.lock().ok().and_then(|c| c.get(dir).filter(|l| l.version == version).cloned());
+        let listing = match cached {
+            Some(l) => l,
+            None => {
+                let mut names: Vec<Vec<u8>> =
+                    read_names(&fd).map_err(errno_stat)?.into_iter().map(|(n, _)| n).collect();
+                // A deterministic order, the same on every replica, so a cookie (the fileid of
+                // the last entry returned) means the same position on every replica.
+                names.sort_unstable();
+                let entries: Vec<(Vec<u8>, Fh)> = names
+                    .into_iter()
+                    .map(|n| {
+                        let fh = Fh::of(&join(&dpath, &n));
+                        (n, fh)
+                    })
+                    .collect();
+                let pos = entries.iter().enumerate().map(|(i, (_, fh))| (fh.fileid(), i)).collect();
+                let l = Listing { version, entries: Arc::new(entries), pos: Arc::new(pos) };
+                if let Ok(mut c) = self.listings.lock() {
+                    // Pages of one listing come one after another; a few dozen directories
+                    // being listed at once is plenty.
+                    if c.len() >= LISTINGS {
+                        c.clear();
+                    }
+                    c.insert(*dir, l.clone());
+                }
+                l
+            }
+        };
+        let next = match cookie {
+            0 => 0,
+            c => listing.pos.get(&c).ok_or(nfsstat3::NFS3ERR_BAD_COOKIE)? + 1,
+        };
+        let mut it = DirIter {
+            fs: Arc::clone(self),
+            dir: dpath,
+            fd: Arc::new(fd),
+            entries: listing.entries,
+            next,
+            ready: VecDeque::new(),
+        };
         it.fill();
         Ok(it)
     }
+}
+
+/// A directory's sorted entries, valid while the directory's (dev, ino, mtime, ctime) hold.
+#[derive(Clone)]
+struct Listing {
+    version: (u64, u64, i64, i64, i64, i64),
+    entries: Arc<Vec<(Vec<u8>, Fh)>>,
+    pos: Arc<HashMap<u64, usize>>,
 }
 
 /// Entries of a directory except `.`, `..` and the private directory.
@@ -391,16 +429,19 @@ pub struct DirIter {
     fs: Arc<Inner>,
     dir: Vec<u8>,
     fd: Arc<OwnedFd>,
-    pending: VecDeque<(Vec<u8>, Fh)>,
+    entries: Arc<Vec<(Vec<u8>, Fh)>>,
+    next: usize,
     ready: VecDeque<DirEntryPlus<Fh>>,
 }
 
 impl DirIter {
     fn fill(&mut self) {
         while self.ready.len() < PREFETCH {
-            let Some((name, fh)) = self.pending.pop_front() else {
+            let Some((name, fh)) = self.entries.get(self.next) else {
                 break;
             };
+            let (name, fh) = (name.clone(), *fh);
+            self.next += 1;
             // Gone since the listing: skip it.
             let Ok(st) = rustix::fs::statat(&*self.fd, OsStr::from_bytes(&name), AtFlags::SYMLINK_NOFOLLOW) else {
                 continue;

@@ -19,7 +19,7 @@ use tokio::net::TcpStream;
 
 pub type Conn = Nfs3Connection<TokioIo<TcpStream>>;
 
-pub const BIG: u64 = 48 << 20;
+pub const BIG: u64 = 24 << 20;
 
 /// A tree with the kinds of entries an image holds. Returns `(tmp, root, outside)`; `outside`
 /// is a sibling of the root holding `secret.txt`.
