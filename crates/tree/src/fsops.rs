@@ -23,7 +23,7 @@ fn err(what: &str, p: &[u8], e: Errno) -> Error {
     if e == Errno::LOOP || e == Errno::XDEV {
         Error::Hostile(format!("{what} {:?}: the path goes through a symlink or leaves the root", show(p)))
     } else {
-        Error::Io { path: show(p), source: e.into() }
+        Error::Io { path: format!("{what} {}", show(p)), source: e.into() }
     }
 }
 
@@ -154,18 +154,30 @@ impl Root {
         }
         rustix::fs::chownat(&d, n, Some(rustix::fs::Uid::from_raw(e.uid)), Some(rustix::fs::Gid::from_raw(e.gid)), fl)
             .map_err(|e2| err("chown", rel, e2))?;
-        set_xattrs(d.as_fd(), name, &e.xattrs).map_err(|e2| err("setting xattrs on", rel, e2))?;
-        if !matches!(e.kind, Kind::Symlink { .. }) {
-            // chmodat would follow a symlink swapped in after the lstat above: pin the inode with
-            // an O_PATH|O_NOFOLLOW fd (no open side effects, even on devices) and chmod that.
+        let is_link = matches!(e.kind, Kind::Symlink { .. });
+        // chmodat would follow a symlink swapped in after the lstat above: pin the inode with an
+        // O_PATH|O_NOFOLLOW fd (no open side effects, even on devices) and chmod through it.
+        let chmod = |mode: u32| -> Result<()> {
             let pinned = rustix::fs::openat(&d, n, OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
                 .map_err(|e2| err("chmod", rel, e2))?;
             let st = rustix::fs::fstat(&pinned).map_err(|e2| err("chmod", rel, e2))?;
             if ftype(&st) == FileType::Symlink {
                 return Err(Error::Hostile(format!("{:?} turned into a symlink on the replica", show(rel))));
             }
-            rustix::fs::chmod(format!("/proc/self/fd/{}", pinned.as_raw_fd()), Mode::from_raw_mode(e.mode))
-                .map_err(|e2| err("chmod", rel, e2))?;
+            rustix::fs::chmod(format!("/proc/self/fd/{}", pinned.as_raw_fd()), Mode::from_raw_mode(mode))
+                .map_err(|e2| err("chmod", rel, e2))
+        };
+        match set_xattrs(d.as_fd(), name, &e.xattrs) {
+            Ok(()) => {}
+            // Without root, user.* xattrs need write permission: lend it for the moment.
+            Err(Errno::ACCESS) if !is_link => {
+                chmod(e.mode | 0o200)?;
+                set_xattrs(d.as_fd(), name, &e.xattrs).map_err(|e2| err("setting xattrs on", rel, e2))?;
+            }
+            Err(e2) => return Err(err("setting xattrs on", rel, e2)),
+        }
+        if !is_link {
+            chmod(e.mode)?;
         }
         if mtime {
             set_mtime(d.as_fd(), name, e.mtime_ns).map_err(|e2| err("setting mtime of", rel, e2))?;
@@ -251,7 +263,13 @@ pub fn set_xattrs(d: BorrowedFd<'_>, name: &[u8], want: &[(Vec<u8>, Vec<u8>)]) -
         }
     }
     let mut cur = vec![0u8; 65536];
-    for (k, v) in want {
+    // ACLs last: an access ACL rewrites the permission bits, and without root the other
+    // namespaces still need the write permission it may take away.
+    let acl_last = want
+        .iter()
+        .filter(|(k, _)| !k.starts_with(b"system."))
+        .chain(want.iter().filter(|(k, _)| k.starts_with(b"system.")));
+    for (k, v) in acl_last {
         let kn = OsStr::from_bytes(k);
         if have.contains(k) {
             if let Ok(n) = rustix::fs::lgetxattr(&p, kn, &mut cur[..]) {

@@ -123,10 +123,14 @@ fn sync_specs(old: &Spec, new: &Spec) {
 
 #[test]
 fn hard_link_group_transitions() {
-    let m = |mode: u32| Meta { mode, uid: 0, gid: 0, mtime: 1_650_000_000_000_000_000, xattrs: vec![] };
+    let (uid, gid) = (rustix::process::geteuid().as_raw(), rustix::process::getegid().as_raw());
+    let m = |mode: u32| Meta { mode, uid, gid, mtime: 1_650_000_000_000_000_000, xattrs: vec![] };
     let spec = |items: &[(&str, K)]| Spec {
         root: m(0o755),
-        entries: items.iter().map(|(p, k)| (p.to_string(), (k.clone(), m(0o644)))).collect(),
+        entries: items
+            .iter()
+            .map(|(p, k)| (p.to_string(), (k.clone(), m(if *k == K::Dir { 0o755 } else { 0o644 }))))
+            .collect(),
     };
     let x = K::File(b"shared content".to_vec());
     // Leader removed: the group lives on under a new leader, with a new member.
