@@ -51,6 +51,8 @@ const NF3DIR: u32 = 2;
 
 pub(crate) struct Policy {
     pub token: Vec<u8>,
+    /// Becomes true when the server stops: every guarded connection is then closed.
+    pub stop: tokio::sync::watch::Receiver<bool>,
     pub public_port: u16,
     pub internal_port: u16,
 }
@@ -304,7 +306,7 @@ async fn connection(client: TcpStream, internal: SocketAddr, policy: Arc<Policy>
     let pending: Arc<Mutex<HashMap<u32, Pending>>> = Arc::default();
     let up = {
         let (pending, policy) = (Arc::clone(&pending), Arc::clone(&policy));
-        async move {
+        tokio::spawn(async move {
             while let Some(rec) = read_record(&mut cr, MAX_CALL).await? {
                 let Some((xid, prog, proc_, cred, out)) = rewrite_call(&rec, &policy.token) else {
                     // Not a call we understand: do not forward it unstamped.
@@ -323,25 +325,43 @@ async fn connection(client: TcpStream, internal: SocketAddr, policy: Arc<Policy>
                 write_record(&mut sw, &out).await?;
             }
             sw.shutdown().await
+        })
+    };
+    let down = {
+        let policy = Arc::clone(&policy);
+        async move {
+            while let Some(rec) = read_record(&mut sr, MAX_REPLY).await? {
+                let Some(out) = rewrite_reply(rec, &pending, &policy) else {
+                    break;
+                };
+                write_record(&mut cw, &out).await?;
+            }
+            cw.shutdown().await
         }
     };
-    let down = async move {
-        while let Some(rec) = read_record(&mut sr, MAX_REPLY).await? {
-            let Some(out) = rewrite_reply(rec, &pending, &policy) else {
-                break;
-            };
-            write_record(&mut cw, &out).await?;
-        }
-        cw.shutdown().await
+    // The client closing its side ends `up`; the NFS layer then answers what is pending and
+    // closes, which ends `down`. The NFS layer going away ends `down` and with it the client.
+    let mut stop = policy.stop.clone();
+    let r = tokio::select! {
+        r = down => r,
+        _ = stop.wait_for(|s| *s) => Ok(()),
     };
-    let (a, b) = tokio::join!(up, down);
-    a.and(b)
+    up.abort();
+    r
 }
 
 /// Accepts clients on `listener` and guards each connection to the NFS layer at `internal`.
 pub(crate) async fn run(listener: TcpListener, internal: SocketAddr, policy: Arc<Policy>) -> io::Result<()> {
     loop {
-        let (sock, peer) = listener.accept().await?;
+        let (sock, peer) = match listener.accept().await {
+            Ok(c) => c,
+            // Out of descriptors and the like: keep serving the clients we have, try again.
+            Err(e) => {
+                tracing::warn!("nfs3: accept: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
         let policy = Arc::clone(&policy);
         tokio::spawn(async move {
             if let Err(e) = connection(sock, internal, policy).await {

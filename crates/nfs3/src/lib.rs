@@ -87,8 +87,9 @@ fn normalize_export(name: &str) -> String {
     format!("/{}", name.trim_matches('/'))
 }
 
-/// A running server. Dropping it (or [`Nfs3Server::stop`]) stops accepting connections;
-/// connections already open are served until their clients close them.
+/// A running server. Dropping it (or [`Nfs3Server::stop`]) stops accepting connections and,
+/// behind the permission guard (the default), closes the open ones; without the guard, open
+/// connections are served until their clients close them.
 pub struct Nfs3Server {
     local_addr: SocketAddr,
     backend_addr: SocketAddr,
@@ -96,6 +97,7 @@ pub struct Nfs3Server {
     root: PathBuf,
     fs: ReplicaFs,
     tasks: Vec<tokio::task::JoinHandle<io::Result<()>>>,
+    stop: tokio::sync::watch::Sender<bool>,
 }
 
 impl Nfs3Server {
@@ -135,6 +137,7 @@ impl Drop for Nfs3Server {
         for t in &self.tasks {
             t.abort();
         }
+        let _ = self.stop.send(true);
     }
 }
 
@@ -179,6 +182,7 @@ pub async fn serve(root: &Path, addr: SocketAddr, opts: Options) -> io::Result<N
     listener.with_export_name(&export_name);
     let nfs_local = SocketAddr::new(listener.get_listen_ip(), listener.get_listen_port());
     let mut tasks = vec![tokio::spawn(async move { listener.handle_forever().await })];
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let local_addr = match token {
         None => nfs_local,
         Some(token) => {
@@ -186,6 +190,7 @@ pub async fn serve(root: &Path, addr: SocketAddr, opts: Options) -> io::Result<N
             let local = public.local_addr()?;
             let policy = std::sync::Arc::new(guard::Policy {
                 token,
+                stop: stop_rx,
                 public_port: local.port(),
                 internal_port: nfs_local.port(),
             });
@@ -194,7 +199,7 @@ pub async fn serve(root: &Path, addr: SocketAddr, opts: Options) -> io::Result<N
         }
     };
     tracing::info!(root = %root.display(), export = %export_name, %local_addr, "nfs3: serving read-only");
-    Ok(Nfs3Server { local_addr, backend_addr: nfs_local, export_name, root: root.to_path_buf(), fs, tasks })
+    Ok(Nfs3Server { local_addr, backend_addr: nfs_local, export_name, root: root.to_path_buf(), fs, tasks, stop })
 }
 
 #[cfg(test)]
