@@ -371,14 +371,19 @@ async fn update(c: &mut Conn, replica: &mut Replica, spool: &Spool, image: &str,
 async fn recv_blob(c: &mut Conn, len: u64, mut sink: impl FnMut(&[u8]) -> Result<()>) -> Result<()> {
     let mut got = 0u64;
     loop {
-        match c.recv::<ToAgent>().await? {
-            ToAgent::Chunk(d) => {
-                got += d.len() as u64;
-                if got > len {
-                    return Err(refuse(c, "blob longer than announced").await);
-                }
-                sink(&d)?;
+        let t = c.timeout;
+        let payload = c.recv_payload_within(t).await?;
+        if let Some(d) = proto::chunk_data(payload) {
+            got += d.len() as u64;
+            if got > len {
+                return Err(refuse(c, "blob longer than announced").await);
             }
+            // Written from the receive buffer: no copy into a message.
+            sink(d)?;
+            continue;
+        }
+        let msg = proto::decode::<ToAgent>(payload);
+        match msg? {
             ToAgent::BlobEnd if got == len => return Ok(()),
             ToAgent::BlobEnd => return Err(refuse(c, "blob shorter than announced").await),
             other => return Err(refuse(c, format!("expected a blob chunk, got {}", kind(&other))).await),

@@ -187,7 +187,7 @@ async fn sync_image(
     };
     c.send(&ToAgent::Plan { len: bytes.len() as u64 }).await?;
     for ch in bytes.chunks(CHUNK) {
-        c.send(&ToAgent::Chunk(ch.to_vec())).await?;
+        c.send_chunk(ch).await?;
     }
     c.flush().await?;
     let (need, resumed) = match c.recv::<FromAgent>().await? {
@@ -261,7 +261,7 @@ async fn send_blob(c: &mut Conn, index: u32, p: &PayloadFile, bar: Option<&Progr
         let n = left.min(CHUNK as u64) as usize;
         blocking(|| f.read_exact(&mut buf[..n]))
             .with_context(|| format!("{}: changed while syncing (rerun sync)", path.display()))?;
-        c.send(&ToAgent::Chunk(buf[..n].to_vec())).await?;
+        c.send_chunk(&buf[..n]).await?;
         left -= n as u64;
         if let Some(b) = bar {
             b.inc(n as u64);

@@ -154,6 +154,55 @@ pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, Error> {
     Ok(out)
 }
 
+/// The frame bytes that precede `len` bytes of data in a `ToAgent::Chunk` frame: header, variant
+/// and length. Sending this and then the data from where it lies saves copying every bulk byte
+/// into a message first (the frame is byte-identical to `encode(&ToAgent::Chunk(data))`).
+pub fn chunk_prefix(len: usize) -> Result<Vec<u8>, Error> {
+    let empty = postcard::to_stdvec(&ToAgent::Chunk(Vec::new())).map_err(|e| Error::Malformed(e.to_string()))?;
+    // The empty chunk ends with its length, a one-byte varint 0.
+    let mut body = empty[..empty.len() - 1].to_vec();
+    let mut n = len;
+    loop {
+        let b = (n & 0x7f) as u8;
+        n >>= 7;
+        if n == 0 {
+            body.push(b);
+            break;
+        }
+        body.push(b | 0x80);
+    }
+    let total = body.len() + len;
+    if total > MAX_FRAME {
+        return Err(Error::TooLarge(total));
+    }
+    let mut out = (total as u32).to_be_bytes().to_vec();
+    out.extend_from_slice(&body);
+    Ok(out)
+}
+
+/// The data of a `ToAgent::Chunk` payload, borrowed (None for any other message): the receiving end
+/// of [`chunk_prefix`].
+pub fn chunk_data(payload: &[u8]) -> Option<&[u8]> {
+    // Variant index of `Chunk` as postcard writes it (one byte: fewer than 128 variants).
+    let tag = *chunk_prefix(0).ok()?.get(HEADER)?;
+    let rest = payload.strip_prefix(&[tag])?;
+    let (mut n, mut shift, mut i) = (0usize, 0u32, 0usize);
+    loop {
+        let b = *rest.get(i)?;
+        n |= usize::from(b & 0x7f).checked_shl(shift)?;
+        i += 1;
+        if b & 0x80 == 0 {
+            break;
+        }
+        shift += 7;
+        if shift > 28 {
+            return None;
+        }
+    }
+    let data = &rest[i..];
+    (data.len() == n).then_some(data)
+}
+
 /// Reads the payload length from a header, refusing oversized frames before any allocation.
 pub fn frame_len(header: [u8; HEADER]) -> Result<usize, Error> {
     let n = u32::from_be_bytes(header) as usize;
@@ -228,6 +277,25 @@ mod tests {
         let mut f = encode(&ToAgent::Ping).unwrap();
         f.push(0);
         assert!(matches!(decode::<ToAgent>(&f[4..]), Err(Error::Malformed(_))));
+    }
+
+    #[test]
+    fn chunk_prefix_matches_encode() {
+        for n in [0usize, 1, 127, 128, 300, 16_383, 16_384, CHUNK] {
+            let data = vec![5u8; n];
+            let mut f = chunk_prefix(n).unwrap();
+            f.extend_from_slice(&data);
+            assert_eq!(f, encode(&ToAgent::Chunk(data)).unwrap(), "{n}");
+        }
+        assert!(chunk_prefix(MAX_FRAME).is_err());
+        for n in [0usize, 1, 200, CHUNK] {
+            let f = encode(&ToAgent::Chunk(vec![9u8; n])).unwrap();
+            assert_eq!(chunk_data(&f[HEADER..]).map(<[u8]>::len), Some(n));
+        }
+        assert_eq!(chunk_data(&encode(&ToAgent::BlobEnd).unwrap()[HEADER..]), None);
+        let mut f = encode(&ToAgent::Chunk(vec![1, 2, 3])).unwrap();
+        f.pop();
+        assert_eq!(chunk_data(&f[HEADER..]), None, "a short chunk is not data");
     }
 
     #[test]

@@ -45,6 +45,13 @@ impl Conn {
         self.write_raw(&frame).await
     }
 
+    /// Queues a `ToAgent::Chunk` frame of `data` without copying it into a message first.
+    pub async fn send_chunk(&mut self, data: &[u8]) -> Result<()> {
+        let prefix = proto::chunk_prefix(data.len())?;
+        self.write_raw(&prefix).await?;
+        self.write_raw(data).await
+    }
+
     /// Writes raw bytes (tests use this to send hand-made frames).
     pub async fn write_raw(&mut self, bytes: &[u8]) -> Result<()> {
         tokio::time::timeout(self.timeout, self.io.write_all(bytes))
@@ -75,6 +82,18 @@ impl Conn {
     /// Reads one frame within `limit` (an agent waits longer for the next request than for the rest
     /// of a frame; a controller waits longer for a commit).
     pub async fn recv_within<T: DeserializeOwned>(&mut self, limit: Duration) -> Result<T> {
+        let payload = self.recv_payload_within(limit).await?;
+        let v = proto::decode(payload);
+        // Keep the buffer from staying at its largest after a big chunk.
+        if self.buf.capacity() > 2 * proto::CHUNK {
+            self.buf = Vec::new();
+        }
+        Ok(v?)
+    }
+
+    /// Reads one frame and returns its payload, borrowed (bulk receivers take chunk data from it
+    /// without another copy, see [`proto::chunk_data`]).
+    pub async fn recv_payload_within(&mut self, limit: Duration) -> Result<&[u8]> {
         let mut h = [0u8; proto::HEADER];
         match tokio::time::timeout(limit, self.io.read_exact(&mut h)).await {
             Err(_) => return Err(Error::Timeout(limit, "waiting for a frame")),
@@ -93,12 +112,7 @@ impl Conn {
                 r?;
             }
         }
-        let v = proto::decode(&self.buf);
-        // Keep the buffer from staying at its largest after a big chunk.
-        if self.buf.capacity() > 2 * proto::CHUNK {
-            self.buf = Vec::new();
-        }
-        Ok(v?)
+        Ok(&self.buf)
     }
 
     pub async fn shutdown(&mut self) {
