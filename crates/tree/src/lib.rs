@@ -20,7 +20,9 @@
 //!   [`Replica::manifest`] is what the controller diffs against.
 //! - [`Replica::begin`]`(plan)` -> [`Staging`]: [`Staging::needed`], [`Staging::write_file`]`(path, reader)`,
 //!   [`Staging::file_writer`]`(path)` (push frames, then `finish`), [`Staging::add_delta`]`(path, reader)`,
-//!   [`Staging::commit`] -> (generation, digest), or [`Staging::abort`].
+//!   [`Staging::commit`] -> (generation, digest), or [`Staging::abort`]; then [`Replica::cleanup`]
+//!   (deletes the replaced inodes, kept out of the commit so the switch stays short).
+//! - One `state_dir` per replica root (it holds `current`, `journal` and the hash cache).
 //!
 //! # rdiff-compatible files (`hanfs delta ...`)
 //! [`rdiff::signature_file`], [`rdiff::delta_file`], [`rdiff::patch_file`].
