@@ -75,9 +75,8 @@ pub async fn run(agent: &Agent, mut c: Conn) -> Result<()> {
                 if let Err(e) = proto::check_name(&image).and_then(|_| proto::check_rel_path(&path)) {
                     return Err(refuse(&mut c, e.to_string()).await);
                 }
-                let lock = agent.lock(&image);
-                let _held = lock.lock().await;
-                next = image_session(agent, &mut c, &image, &path).await?;
+                let held = agent.lock(&image).lock_owned().await;
+                next = image_session(agent, &mut c, &image, &path, held).await?;
             }
             ToAgent::Exports { text } => {
                 let (reloaded, output) = match write_exports(agent, &text).await {
@@ -141,7 +140,25 @@ fn make_beneath(root: &Path, rel: &str) -> Result<PathBuf> {
     Ok(p)
 }
 
-async fn image_session(agent: &Agent, c: &mut Conn, image: &str, path: &str) -> Result<Option<ToAgent>> {
+/// After a commit, the old generation's leftovers (hundreds of unlinks, slow with online discard)
+/// are removed in the background, still under the image's lock, so the controller's session goes on.
+fn cleanup_later(mut replica: Replica, held: tokio::sync::OwnedMutexGuard<()>, image: &str) {
+    let image = image.to_string();
+    tokio::task::spawn_blocking(move || {
+        if let Err(e) = replica.cleanup() {
+            tracing::warn!("image {image}: removing the old generation's leftovers: {e}");
+        }
+        drop(held);
+    });
+}
+
+async fn image_session(
+    agent: &Agent,
+    c: &mut Conn,
+    image: &str,
+    path: &str,
+    held: tokio::sync::OwnedMutexGuard<()>,
+) -> Result<Option<ToAgent>> {
     let sd = agent.image_state_dir(image);
     let opened = blocking(|| -> Result<Replica> {
         let root = make_beneath(Path::new(agent.cfg.root.as_str()), path)?;
@@ -168,10 +185,16 @@ async fn image_session(agent: &Agent, c: &mut Conn, image: &str, path: &str) -> 
     let state = current(&replica, image);
     c.request(&FromAgent::Opened { state }).await?;
     let spool = Spool::open(sd.join("spool"))?;
+    let mut committed = false;
     loop {
         let msg = match c.recv_within(IDLE_TIMEOUT).await {
             Ok(m) => m,
-            Err(transport::Error::Closed) => return Ok(Some(ToAgent::Bye)),
+            Err(transport::Error::Closed) => {
+                if committed {
+                    cleanup_later(replica, held, image);
+                }
+                return Ok(Some(ToAgent::Bye));
+            }
             Err(e) => return Err(e.into()),
         };
         match msg {
@@ -196,8 +219,13 @@ async fn image_session(agent: &Agent, c: &mut Conn, image: &str, path: &str) -> 
                     Err(e) => c.request(&FromAgent::Error { reason: format!("scanning: {e}") }).await?,
                 }
             }
-            ToAgent::Plan { len } => update(c, &mut replica, &spool, image, len).await?,
-            other => return Ok(Some(other)),
+            ToAgent::Plan { len } => committed |= update(c, &mut replica, &spool, image, len).await?,
+            other => {
+                if committed {
+                    cleanup_later(replica, held, image);
+                }
+                return Ok(Some(other));
+            }
         }
     }
 }
@@ -210,9 +238,10 @@ fn current(r: &Replica, image: &str) -> ImageState {
 /// One plan content as the blob loop needs it: path, hash, size, delta base hash.
 type Want = (Vec<u8>, [u8; 32], u64, Option<[u8; 32]>);
 
-/// Receives a plan and its blobs, stages them, commits. Replies `Committed` or `Error`; returns an
-/// error (ending the session) only for protocol violations and hostile input.
-async fn update(c: &mut Conn, replica: &mut Replica, spool: &Spool, image: &str, len: u64) -> Result<()> {
+/// Receives a plan and its blobs, stages them, commits. Replies `Committed` or `Error` and returns
+/// whether it committed; returns an error (ending the session) only for protocol violations and
+/// hostile input.
+async fn update(c: &mut Conn, replica: &mut Replica, spool: &Spool, image: &str, len: u64) -> Result<bool> {
     if len > MAX_PLAN {
         return Err(refuse(c, format!("plan of {len} bytes exceeds {MAX_PLAN}")).await);
     }
@@ -248,7 +277,7 @@ async fn update(c: &mut Conn, replica: &mut Replica, spool: &Spool, image: &str,
         Err(e @ tree::Error::Hostile(_)) => return Err(refuse(c, format!("image {image}: {e}")).await),
         Err(e) => {
             c.request(&FromAgent::Error { reason: format!("image {image}: {e}") }).await?;
-            return Ok(());
+            return Ok(false);
         }
     };
     let index: HashMap<&[u8], usize> = contents.iter().enumerate().map(|(i, ct)| (ct.0.as_slice(), i)).collect();
@@ -256,17 +285,15 @@ async fn update(c: &mut Conn, replica: &mut Replica, spool: &Spool, image: &str,
     let mut resumed = 0u32;
     for n in staging.needed() {
         let Some(&i) = index.get(n.path.as_slice()) else { continue };
-        let (path, hash, _, base) = &contents[i];
-        let lit = spool.get(&spool::name(hash, None));
-        let del = base.as_ref().and_then(|b| spool.get(&spool::name(hash, Some(b))));
+        let (path, hash, size, base) = &contents[i];
+        // Whatever form it came in before: whole or delta (against this plan's base), compressed or not.
+        let spooled = [(None, false), (None, true), (base.as_ref(), false), (base.as_ref(), true)]
+            .into_iter()
+            .find_map(|(b, z)| spool.get(&spool::name(hash, b, z)).map(|p| (p, b.is_some(), z)));
         let fed = blocking(|| -> Result<bool> {
-            if let Some(p) = lit {
-                staging.write_file(path, std::fs::File::open(p)?)?;
-            } else if let Some(p) = del {
-                staging.add_delta(path, std::fs::File::open(p)?)?;
-            } else {
-                return Ok(false);
-            }
+            let Some((p, delta, z)) = spooled else { return Ok(false) };
+            let f = std::io::BufReader::new(std::fs::File::open(p)?);
+            stage_payload(&mut staging, path, delta, z, *size, f)?;
             Ok(true)
         });
         if matches!(fed, Ok(true)) {
@@ -283,13 +310,15 @@ async fn update(c: &mut Conn, replica: &mut Replica, spool: &Spool, image: &str,
     let mut failure: Option<String> = None;
     loop {
         match c.recv::<ToAgent>().await? {
-            ToAgent::Blob { index, encoding, len } => {
+            ToAgent::Blob { index, encoding, len, zstd } => {
                 if !pending.remove(&index) {
                     return Err(refuse(c, format!("blob {index} was not asked for")).await);
                 }
-                let (path, hash, size, base) = &contents[index as usize];
+                let Some((path, hash, size, base)) = contents.get(index as usize) else {
+                    return Err(refuse(c, format!("blob {index} is not in the plan")).await);
+                };
                 let base = match encoding {
-                    Encoding::Literal if len != *size => {
+                    Encoding::Literal if !zstd && len != *size => {
                         return Err(
                             refuse(c, format!("literal blob {index} of {len} bytes for a {size}-byte file")).await
                         )
@@ -300,6 +329,7 @@ async fn update(c: &mut Conn, replica: &mut Replica, spool: &Spool, image: &str,
                         None => return Err(refuse(c, format!("delta blob {index} for a file without base")).await),
                     },
                 };
+                let delta = base.is_some();
                 let r = if len <= CHUNK as u64 {
                     // Small: assembled in memory and staged directly, no spool.
                     let mut data = Vec::with_capacity(len as usize);
@@ -308,25 +338,18 @@ async fn update(c: &mut Conn, replica: &mut Replica, spool: &Spool, image: &str,
                         Ok(())
                     })
                     .await?;
-                    blocking(|| match base {
-                        None => staging.write_file(path, &data[..]),
-                        Some(_) => staging.add_delta(path, &data[..]),
-                    })
-                    .map_err(|e| e.to_string())
+                    blocking(|| stage_payload(&mut staging, path, delta, zstd, *size, &data[..]))
+                        .map_err(|e| format!("{e:#}"))
                 } else {
-                    let name = spool::name(hash, base);
+                    let name = spool::name(hash, base, zstd);
                     let part = spool.partial(&name);
                     let mut f = std::fs::File::create(&part).with_context(|| format!("{}", part.display()))?;
                     recv_blob(c, len, |d| blocking(|| f.write_all(d)).map_err(anyhow::Error::from)).await?;
                     drop(f);
                     let p = spool.finish(&name)?;
                     let r = blocking(|| -> Result<()> {
-                        let f = std::fs::File::open(&p)?;
-                        match base {
-                            None => staging.write_file(path, f)?,
-                            Some(_) => staging.add_delta(path, f)?,
-                        }
-                        Ok(())
+                        let f = std::io::BufReader::new(std::fs::File::open(&p)?);
+                        stage_payload(&mut staging, path, delta, zstd, *size, f)
                     });
                     if r.is_err() {
                         let _ = std::fs::remove_file(&p);
@@ -347,7 +370,7 @@ async fn update(c: &mut Conn, replica: &mut Replica, spool: &Spool, image: &str,
     if let Some(f) = failure {
         let _ = blocking(|| staging.abort());
         c.request(&FromAgent::Error { reason: format!("image {image}: {f}") }).await?;
-        return Ok(());
+        return Ok(false);
     }
     let committed = blocking(|| staging.commit());
     match committed {
@@ -356,13 +379,39 @@ async fn update(c: &mut Conn, replica: &mut Replica, spool: &Spool, image: &str,
             tracing::info!("image {image}: now at generation {generation} digest {digest}");
             debug_assert_eq!(digest, target.digest);
             c.request(&FromAgent::Committed { state: ImageState { name: image.into(), generation, digest } }).await?;
-            // The old versions go only now, after the controller has its answer (unlinks are slow
-            // with online discard); a crash before this leaves them for the next recover.
-            if let Err(e) = blocking(|| replica.cleanup()) {
-                tracing::warn!("image {image}: removing the old generation's leftovers: {e}");
-            }
+            Ok(true)
         }
-        Err(e) => c.request(&FromAgent::Error { reason: format!("image {image}: commit: {e}") }).await?,
+        Err(e) => {
+            c.request(&FromAgent::Error { reason: format!("image {image}: commit: {e}") }).await?;
+            Ok(false)
+        }
+    }
+}
+
+/// Feeds one payload into the stage: the content or a delta, zstd-decoded when `zstd`, and never
+/// more input than the file can need, so a hostile blob cannot make the agent write without bound
+/// (the engine also checks size and BLAKE3).
+fn stage_payload(
+    staging: &mut tree::Staging<'_>,
+    path: &[u8],
+    delta: bool,
+    zstd: bool,
+    size: u64,
+    r: impl std::io::Read,
+) -> Result<()> {
+    use std::io::Read;
+    let limit = if delta { size + (64 << 10) } else { size + 1 };
+    if zstd {
+        let d = zstd::stream::read::Decoder::new(r)?.take(limit);
+        if delta {
+            staging.add_delta(path, d)?
+        } else {
+            staging.write_file(path, d)?
+        }
+    } else if delta {
+        staging.add_delta(path, r.take(limit))?
+    } else {
+        staging.write_file(path, r.take(limit))?
     }
     Ok(())
 }

@@ -9,11 +9,12 @@ pub struct Spool {
     dir: PathBuf,
 }
 
-/// The spool name of a payload: `<hash>.lit` or `<hash>.<base hash>.delta`.
-pub fn name(hash: &[u8; 32], delta_base: Option<&[u8; 32]>) -> String {
+/// The spool name of a payload: `<hash>.lit` or `<hash>.<base hash>.delta`, `.zst` when compressed.
+pub fn name(hash: &[u8; 32], delta_base: Option<&[u8; 32]>, zstd: bool) -> String {
+    let z = if zstd { ".zst" } else { "" };
     match delta_base {
-        None => format!("{}.lit", hex::encode(hash)),
-        Some(b) => format!("{}.{}.delta", hex::encode(hash), hex::encode(b)),
+        None => format!("{}.lit{z}", hex::encode(hash)),
+        Some(b) => format!("{}.{}.delta{z}", hex::encode(hash), hex::encode(b)),
     }
 }
 

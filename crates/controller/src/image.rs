@@ -4,7 +4,9 @@ use anyhow::{Context, Result};
 use model::{Cluster, Image};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use tree::{Manifest, Payload, Plan, ScanOptions, Scanner, SigStore};
 
 /// The generation last synced to at least one replica.
@@ -30,19 +32,37 @@ impl Last {
     }
 }
 
-/// A payload computed once, on disk (deltas) or read from the source (whole files).
+/// A payload computed once, on disk (deltas, compressed files under `out/`) or the source file
+/// itself (whole, uncompressed).
 #[derive(Debug, Clone)]
-pub enum PayloadFile {
-    Literal { path: PathBuf, len: u64 },
-    Delta { path: PathBuf, len: u64 },
+pub struct PayloadFile {
+    pub path: PathBuf,
+    /// Where the bytes start in `path` (payloads computed by hanfs share a few pack files).
+    pub offset: u64,
+    /// Bytes on the wire.
+    pub len: u64,
+    pub encoding: proto::Encoding,
+    /// One zstd frame of the content or delta.
+    pub zstd: bool,
 }
 
 impl PayloadFile {
     pub fn len(&self) -> u64 {
-        match self {
-            PayloadFile::Literal { len, .. } | PayloadFile::Delta { len, .. } => *len,
-        }
+        self.len
     }
+}
+
+/// Payloads by (content hash, delta base hash): computed once per run whatever the number of SNs
+/// and plans that need them (the shared plan, and plans of replicas at other generations).
+pub type MemoKey = ([u8; 32], Option<[u8; 32]>);
+pub type Memo = std::sync::Mutex<HashMap<MemoKey, Arc<tokio::sync::OnceCell<PayloadFile>>>>;
+
+pub fn memo_key(c: &tree::Content) -> MemoKey {
+    let base = match &c.source {
+        tree::Source::Send { base } => base.as_ref().map(|b| b.1),
+        _ => None,
+    };
+    (c.hash, base)
 }
 
 /// What one image's sync would change (contract `plan` JSON, plus detail).
@@ -65,7 +85,8 @@ pub struct ImagePlan {
 pub struct Shared {
     pub plan: Plan,
     pub bytes: Vec<u8>,
-    pub payloads: Vec<Option<PayloadFile>>,
+    /// Bytes on the wire of every payload (for `plan`).
+    pub payload_bytes: u64,
 }
 
 pub struct Prepared {
@@ -79,6 +100,9 @@ pub struct Prepared {
     pub shared: Option<Shared>,
     pub sigs: SigStore,
     pub summary: ImagePlan,
+    pub memo: Memo,
+    /// Where payloads computed during the run go.
+    pub pack: Pack,
 }
 
 fn scan(cluster: &Cluster, image: &Image) -> Result<(PathBuf, Manifest)> {
@@ -109,21 +133,34 @@ pub fn prepare(cluster: &Cluster, image: &Image) -> Result<Prepared> {
         Some(l) => l.generation + 1,
         None => 1,
     };
+    let out = dir.join("out");
+    let _ = std::fs::remove_dir_all(&out);
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let memo = Memo::default();
+    let pack = Pack::new(out.clone());
     let shared = match &last {
         Some(l) if l.digest != digest => {
             let mut plan = tree::diff(&l.manifest, &manifest);
             plan.generation = generation;
-            let out = dir.join("out");
-            let _ = std::fs::remove_dir_all(&out);
-            std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-            let payloads = plan
-                .contents
+            // Every payload of the shared plan, in parallel, before any SN needs one.
+            let mut keys: Vec<(MemoKey, &tree::Content)> = plan.to_send().map(|c| (memo_key(c), c)).collect();
+            keys.sort_by_key(|k| k.0);
+            keys.dedup_by(|a, b| a.0 == b.0);
+            let made = keys
                 .par_iter()
-                .enumerate()
-                .map(|(i, c)| payload_file(&sigs, &source, c, Some((&out, i))))
+                .map(|(k, c)| payload_file(&sigs, &source, c, &pack).map(|p| (*k, p)))
                 .collect::<Result<Vec<_>>>()?;
+            let mut payload_bytes = 0;
+            {
+                let mut m = memo.lock().unwrap_or_else(|p| p.into_inner());
+                for (k, p) in made.into_iter() {
+                    let Some(p) = p else { continue };
+                    payload_bytes += p.len;
+                    m.insert(k, Arc::new(tokio::sync::OnceCell::new_with(Some(p))));
+                }
+            }
             let bytes = plan.to_bytes()?;
-            Some(Shared { plan, bytes, payloads })
+            Some(Shared { plan, bytes, payload_bytes })
         }
         _ => None,
     };
@@ -135,7 +172,7 @@ pub fn prepare(cluster: &Cluster, image: &Image) -> Result<Prepared> {
                 added: m.added,
                 changed: m.content_changed + m.metadata_only,
                 removed: m.removed,
-                delta_bytes: s.payloads.iter().flatten().map(|p| p.len()).sum::<u64>() + s.bytes.len() as u64,
+                delta_bytes: s.payload_bytes + s.bytes.len() as u64,
                 generation,
                 digest: digest.clone(),
                 from_generation: last.as_ref().map(|l| l.generation),
@@ -174,37 +211,158 @@ pub fn prepare(cluster: &Cluster, image: &Image) -> Result<Prepared> {
         shared,
         sigs,
         summary,
+        memo,
+        pack,
     })
 }
 
-/// The payload of one plan content: a delta (written under `out` when given, else kept in a temp
-/// file beside the sigs) or the whole source file.
-pub fn payload_file(
-    sigs: &SigStore,
-    source: &Path,
-    c: &tree::Content,
-    out: Option<(&Path, usize)>,
-) -> Result<Option<PayloadFile>> {
-    Ok(match sigs.payload(source, c)? {
-        None => None,
-        Some(Payload::Literal(path)) => Some(PayloadFile::Literal { path, len: c.size }),
+/// zstd level for payloads (`HANFS_ZSTD_LEVEL`; 0 sends everything uncompressed).
+fn zstd_level() -> i32 {
+    std::env::var("HANFS_ZSTD_LEVEL").ok().and_then(|v| v.parse().ok()).unwrap_or(1)
+}
+
+/// Payloads smaller than this go as they are: compressing would not pay for the frame.
+const MIN_COMPRESS: u64 = 4096;
+
+/// Payloads computed in a run are appended to a few pack files (one per worker thread), not one
+/// file each: removing thousands of files costs seconds on filesystems with online discard, and
+/// the pack files go in one unlink each at the next run.
+pub struct Pack {
+    dir: PathBuf,
+    slots: Vec<std::sync::Mutex<Option<(PathBuf, std::fs::File)>>>,
+}
+
+impl Pack {
+    pub fn new(dir: PathBuf) -> Pack {
+        let n = rayon::current_num_threads() + 1;
+        Pack { dir, slots: (0..n).map(|_| std::sync::Mutex::new(None)).collect() }
+    }
+
+    /// Appends what `write` produces; returns (file, offset, length). `write` returns false to
+    /// take its bytes back (the payload went another way).
+    fn append(
+        &self,
+        write: impl FnOnce(&mut std::fs::File, u64) -> Result<bool>,
+    ) -> Result<Option<(PathBuf, u64, u64)>> {
+        use std::io::Seek;
+        let n = self.slots.len();
+        let i = rayon::current_thread_index().map(|i| i % (n - 1)).unwrap_or(n - 1);
+        let mut g = self.slots[i].lock().unwrap_or_else(|p| p.into_inner());
+        if g.is_none() {
+            let p = self.dir.join(format!("pack-{i}"));
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(true)
+                .read(true)
+                .write(true)
+                .open(&p)
+                .with_context(|| format!("creating {}", p.display()))?;
+            *g = Some((p, f));
+        }
+        let Some((p, f)) = g.as_mut() else { return Ok(None) };
+        let off = f.seek(std::io::SeekFrom::End(0))?;
+        if !write(f, off)? {
+            f.set_len(off)?;
+            return Ok(None);
+        }
+        let end = f.stream_position()?;
+        Ok(Some((p.clone(), off, end - off)))
+    }
+}
+
+/// Appends `src` (`len` bytes) zstd-compressed when that saves at least 10%, else as it is when
+/// `keep_raw`; None when neither was written.
+fn pack_file(pack: &Pack, src: &Path, len: u64, keep_raw: bool) -> Result<Option<(PathBuf, u64, u64, bool)>> {
+    use std::io::Write;
+    let level = zstd_level();
+    if level != 0 && len >= MIN_COMPRESS {
+        let z = pack.append(|f, off| {
+            let input = std::fs::File::open(src).with_context(|| format!("{}", src.display()))?;
+            let mut w = std::io::BufWriter::new(&mut *f);
+            zstd::stream::copy_encode(std::io::BufReader::new(input), &mut w, level)
+                .with_context(|| format!("compressing {}", src.display()))?;
+            w.flush()?;
+            drop(w);
+            use std::io::Seek;
+            let zl = f.stream_position()? - off;
+            // Kept only when it saves at least 10%; else the pack takes the bytes back.
+            Ok(zl * 10 <= len * 9)
+        })?;
+        if let Some((p, off, zl)) = z {
+            return Ok(Some((p, off, zl, true)));
+        }
+    }
+    if !keep_raw {
+        return Ok(None);
+    }
+    let raw = pack.append(|f, _| {
+        let mut input = std::fs::File::open(src).with_context(|| format!("{}", src.display()))?;
+        std::io::copy(&mut input, f)?;
+        Ok(true)
+    })?;
+    Ok(raw.map(|(p, o, l)| (p, o, l, false)))
+}
+
+/// The payload of one plan content: a delta from the stored signature of its base or the whole
+/// file, zstd-compressed into the pack when that saves. None for content made locally.
+pub fn payload_file(sigs: &SigStore, source: &Path, c: &tree::Content, pack: &Pack) -> Result<Option<PayloadFile>> {
+    use std::io::Write;
+    let level = zstd_level();
+    let p = match sigs.payload(source, c)? {
+        None => return Ok(None),
+        Some(Payload::Literal(path)) => match pack_file(pack, &path, c.size, false)? {
+            Some((p, offset, len, zstd)) => {
+                PayloadFile { path: p, offset, len, encoding: proto::Encoding::Literal, zstd }
+            }
+            None => PayloadFile { path, offset: 0, len: c.size, encoding: proto::Encoding::Literal, zstd: false },
+        },
         Some(Payload::Delta(d)) => {
-            let (dir, i) = out.ok_or_else(|| anyhow::anyhow!("no place for a delta"))?;
-            let path = dir.join(format!("{i}.delta"));
-            std::fs::write(&path, &d).with_context(|| format!("writing {}", path.display()))?;
-            Some(PayloadFile::Delta { path, len: d.len() as u64 })
+            let z = if level != 0 && d.len() as u64 >= MIN_COMPRESS {
+                zstd::bulk::compress(&d, level).ok().filter(|z| z.len() * 10 <= d.len() * 9)
+            } else {
+                None
+            };
+            let (bytes, zstd) = match &z {
+                Some(z) => (z.as_slice(), true),
+                None => (d.as_slice(), false),
+            };
+            let (p, offset, len) = pack
+                .append(|f, _| {
+                    f.write_all(bytes)?;
+                    Ok(true)
+                })?
+                .ok_or_else(|| anyhow::anyhow!("pack refused a delta"))?;
+            PayloadFile { path: p, offset, len, encoding: proto::Encoding::Delta, zstd }
         }
         Some(Payload::DeltaFile(spilled)) => {
-            let (dir, i) = out.ok_or_else(|| anyhow::anyhow!("no place for a delta"))?;
-            let path = dir.join(format!("{i}.delta"));
-            if std::fs::rename(&spilled, &path).is_err() {
-                std::fs::copy(&spilled, &path).with_context(|| format!("writing {}", path.display()))?;
-                let _ = std::fs::remove_file(&spilled);
-            }
-            let len = std::fs::metadata(&path).with_context(|| format!("{}", path.display()))?.len();
-            Some(PayloadFile::Delta { path, len })
+            let len = std::fs::metadata(&spilled).with_context(|| format!("{}", spilled.display()))?.len();
+            let r = pack_file(pack, &spilled, len, true);
+            let _ = std::fs::remove_file(&spilled);
+            let (p, offset, len, zstd) = r?.ok_or_else(|| anyhow::anyhow!("pack refused a delta"))?;
+            PayloadFile { path: p, offset, len, encoding: proto::Encoding::Delta, zstd }
         }
-    })
+    };
+    Ok(Some(p))
+}
+
+impl Prepared {
+    /// The payload for `c`, computed at most once per run (another SN may be computing it now).
+    pub async fn payload(&self, c: &tree::Content) -> Result<Option<PayloadFile>> {
+        let cell = {
+            let mut m = self.memo.lock().unwrap_or_else(|p| p.into_inner());
+            m.entry(memo_key(c)).or_default().clone()
+        };
+        let r = cell
+            .get_or_try_init(|| async {
+                tokio::task::block_in_place(|| payload_file(&self.sigs, &self.source, c, &self.pack))?
+                    .ok_or_else(|| anyhow::anyhow!("no payload: the replica makes this file locally"))
+            })
+            .await;
+        match r {
+            Ok(p) => Ok(Some(p.clone())),
+            Err(e) => Err(e),
+        }
+    }
 }
 
 impl Prepared {
@@ -223,7 +381,6 @@ impl Prepared {
         let p = self.state_dir.join("last");
         tree::fsops::write_atomic(&p, &b).with_context(|| format!("writing {}", p.display()))?;
         crate::sign::prune(&self.state_dir.join("sigs"), &self.manifest);
-        let _ = std::fs::remove_dir_all(self.state_dir.join("out"));
         Ok(())
     }
 }

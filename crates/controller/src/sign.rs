@@ -68,8 +68,14 @@ pub fn sign_new(dir: &Path, root: &Path, manifest: &Manifest) -> Result<usize> {
 
 /// Drops signatures of content the manifest no longer has (after the run, so SNs still behind
 /// could use them during it).
+/// Done only once stale ones make up a third of the store: each unlink is slow with online discard,
+/// so they are paid in batches, not on every run.
 pub fn prune(dir: &Path, manifest: &Manifest) {
     let keep: HashSet<[u8; 32]> = wanted(manifest).into_iter().map(|(h, _)| h).collect();
+    let total = std::fs::read_dir(dir).map(|rd| rd.count()).unwrap_or(0);
+    if total <= keep.len() + keep.len() / 2 + 64 {
+        return;
+    }
     let Ok(rd) = std::fs::read_dir(dir) else { return };
     for de in rd.flatten() {
         let name = de.file_name();

@@ -1,11 +1,11 @@
 //! One SN's part of a run: its own task, its own connection, its own timeout.
 
-use crate::image::{payload_file, PayloadFile, Prepared};
+use crate::image::{PayloadFile, Prepared};
 use crate::{Controller, ExportsReport, ImageStatus, ReplicaReport, SnStatus};
 use anyhow::{anyhow, bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use model::ServiceNode;
-use proto::{Encoding, FromAgent, ImageState, ToAgent, CHUNK};
+use proto::{FromAgent, ImageState, ToAgent, CHUNK};
 use std::io::Read;
 use std::sync::Arc;
 use transport::Conn;
@@ -167,8 +167,8 @@ async fn sync_image(
     }
     // The shared plan when the replica is at the last generation; else one from its own manifest.
     let own;
-    let (plan, bytes, shared_payloads) = match (&p.shared, &p.last) {
-        (Some(s), Some(l)) if l.digest == state.digest => (&s.plan, s.bytes.clone(), Some(&s.payloads)),
+    let (plan, bytes) = match (&p.shared, &p.last) {
+        (Some(s), Some(l)) if l.digest == state.digest => (&s.plan, s.bytes.clone()),
         _ => {
             let theirs = manifest(c).await?;
             let mut pl = blocking(|| tree::diff(&theirs, &p.manifest));
@@ -182,7 +182,7 @@ async fn sync_image(
                 state.generation,
                 state.digest
             );
-            (&own, b, None)
+            (&own, b)
         }
     };
     c.send(&ToAgent::Plan { len: bytes.len() as u64 }).await?;
@@ -196,41 +196,21 @@ async fn sync_image(
         other => bail!("unexpected reply to Plan: {other:?}"),
     };
     row.resumed = resumed;
-    let scratch = p.state_dir.join(format!("out-{}", row.sn));
     if let Some(b) = bar {
-        let total: u64 = need
-            .iter()
-            .filter_map(|&i| shared_payloads.and_then(|s| s.get(i as usize)).and_then(|x| x.as_ref()))
-            .map(|x| x.len())
-            .sum::<u64>();
-        b.set_length(if shared_payloads.is_some() {
-            total
-        } else {
-            need.iter().filter_map(|&i| plan.contents.get(i as usize)).map(|c| c.size).sum()
-        });
+        b.set_length(need.iter().filter_map(|&i| plan.contents.get(i as usize)).map(|c| c.size).sum());
         b.set_message(p.image.name.clone());
     }
     for &i in &need {
         let content = plan.contents.get(i as usize).ok_or_else(|| anyhow!("agent asked for content {i}"))?;
-        let payload = match shared_payloads.and_then(|s| s.get(i as usize)).and_then(|x| x.clone()) {
-            Some(x) => x,
-            None => {
-                std::fs::create_dir_all(&scratch).with_context(|| format!("creating {}", scratch.display()))?;
-                blocking(|| payload_file(&p.sigs, &p.source, content, Some((&scratch, i as usize))))?
-                    .ok_or_else(|| anyhow!("agent asked for content {i}, which it makes locally"))?
-            }
-        };
+        let payload = p.payload(content).await?.ok_or_else(|| anyhow!("agent asked for content {i}, made locally"))?;
         send_blob(c, i, &payload, bar).await?;
-        row.files_sent += 1;
-        if shared_payloads.is_none() {
-            if let PayloadFile::Delta { path, .. } = &payload {
-                let _ = std::fs::remove_file(path);
-            }
+        if let Some(b) = bar {
+            b.inc(content.size);
         }
+        row.files_sent += 1;
     }
     c.request(&ToAgent::Commit).await?;
     let sent = std::time::Instant::now();
-    let _ = std::fs::remove_dir_all(&scratch);
     match c.recv_within::<FromAgent>(ctl.timeouts.commit).await? {
         FromAgent::Committed { state } => {
             tracing::info!("{}: image {} committed {:.2?} after the last blob", row.sn, p.image.name, sent.elapsed());
@@ -248,24 +228,22 @@ async fn sync_image(
 }
 
 /// Streams one payload in chunks; the source file is read a chunk at a time (bounded memory).
-async fn send_blob(c: &mut Conn, index: u32, p: &PayloadFile, bar: Option<&ProgressBar>) -> Result<()> {
-    let (path, len, encoding) = match p {
-        PayloadFile::Literal { path, len } => (path, *len, Encoding::Literal),
-        PayloadFile::Delta { path, len } => (path, *len, Encoding::Delta),
-    };
-    c.send(&ToAgent::Blob { index, encoding, len }).await?;
-    let mut f = std::fs::File::open(path).with_context(|| format!("{}", path.display()))?;
-    let mut left = len;
-    let mut buf = vec![0u8; CHUNK.min(len as usize)];
+/// Streams one payload in chunks; the file is read a chunk at a time (bounded memory).
+async fn send_blob(c: &mut Conn, index: u32, p: &PayloadFile, _bar: Option<&ProgressBar>) -> Result<()> {
+    c.send(&ToAgent::Blob { index, encoding: p.encoding, len: p.len, zstd: p.zstd }).await?;
+    let mut f = std::fs::File::open(&p.path).with_context(|| format!("{}", p.path.display()))?;
+    if p.offset > 0 {
+        use std::io::Seek;
+        f.seek(std::io::SeekFrom::Start(p.offset))?;
+    }
+    let mut left = p.len;
+    let mut buf = vec![0u8; CHUNK.min(p.len as usize)];
     while left > 0 {
         let n = left.min(CHUNK as u64) as usize;
         blocking(|| f.read_exact(&mut buf[..n]))
-            .with_context(|| format!("{}: changed while syncing (rerun sync)", path.display()))?;
+            .with_context(|| format!("{}: changed while syncing (rerun sync)", p.path.display()))?;
         c.send_chunk(&buf[..n]).await?;
         left -= n as u64;
-        if let Some(b) = bar {
-            b.inc(n as u64);
-        }
     }
     c.send(&ToAgent::BlobEnd).await?;
     Ok(())

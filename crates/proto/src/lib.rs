@@ -68,10 +68,13 @@ pub enum ToAgent {
     Chunk(#[serde(with = "serde_bytes")] Vec<u8>),
     /// Start of the content of `plan.contents[index]`, `len` bytes in `Chunk`s, closed by `BlobEnd`.
     /// Blobs are pipelined without replies; a failure is reported at `Commit`.
+    /// `zstd`: the bytes are one zstd frame of the content or of the delta, compressed once on
+    /// the MN for every SN.
     Blob {
         index: u32,
         encoding: Encoding,
         len: u64,
+        zstd: bool,
     },
     BlobEnd,
     /// Apply the staged plan atomically; answered by `Committed` or `Error`.
