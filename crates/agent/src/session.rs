@@ -219,7 +219,7 @@ async fn image_session(
                     Err(e) => c.request(&FromAgent::Error { reason: format!("scanning: {e}") }).await?,
                 }
             }
-            ToAgent::Plan { len } => committed |= update(c, &mut replica, &spool, image, len).await?,
+            ToAgent::Plan { len, zstd } => committed |= update(c, &mut replica, &spool, image, len, zstd).await?,
             other => {
                 if committed {
                     cleanup_later(replica, held, image);
@@ -241,7 +241,7 @@ type Want = (Vec<u8>, [u8; 32], u64, Option<[u8; 32]>);
 /// Receives a plan and its blobs, stages them, commits. Replies `Committed` or `Error` and returns
 /// whether it committed; returns an error (ending the session) only for protocol violations and
 /// hostile input.
-async fn update(c: &mut Conn, replica: &mut Replica, spool: &Spool, image: &str, len: u64) -> Result<bool> {
+async fn update(c: &mut Conn, replica: &mut Replica, spool: &Spool, image: &str, len: u64, zstd: bool) -> Result<bool> {
     if len > MAX_PLAN {
         return Err(refuse(c, format!("plan of {len} bytes exceeds {MAX_PLAN}")).await);
     }
@@ -251,6 +251,17 @@ async fn update(c: &mut Conn, replica: &mut Replica, spool: &Spool, image: &str,
             ToAgent::Chunk(d) if buf.len() as u64 + d.len() as u64 <= len => buf.extend_from_slice(&d),
             ToAgent::Chunk(_) => return Err(refuse(c, "plan longer than announced").await),
             other => return Err(refuse(c, format!("expected a plan chunk, got {}", kind(&other))).await),
+        }
+    }
+    if zstd {
+        // Decoded with the same bound as a plain plan.
+        use std::io::Read;
+        let mut out = Vec::new();
+        let r = zstd::stream::read::Decoder::new(&buf[..]).and_then(|d| d.take(MAX_PLAN + 1).read_to_end(&mut out));
+        match r {
+            Ok(n) if n as u64 <= MAX_PLAN => buf = out,
+            Ok(_) => return Err(refuse(c, format!("plan decompresses past {MAX_PLAN} bytes")).await),
+            Err(e) => return Err(refuse(c, format!("plan: zstd: {e}")).await),
         }
     }
     let plan = match Plan::from_bytes(&buf) {

@@ -159,7 +159,8 @@ pub fn prepare(cluster: &Cluster, image: &Image) -> Result<Prepared> {
                     m.insert(k, Arc::new(tokio::sync::OnceCell::new_with(Some(p))));
                 }
             }
-            let bytes = plan.to_bytes()?;
+            // Sent zstd-compressed: paths and metadata compress several times over.
+            let bytes = zstd::bulk::compress(&plan.to_bytes()?, 3)?;
             Some(Shared { plan, bytes, payload_bytes })
         }
         _ => None,

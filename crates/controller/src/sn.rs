@@ -173,7 +173,7 @@ async fn sync_image(
             let theirs = manifest(c).await?;
             let mut pl = blocking(|| tree::diff(&theirs, &p.manifest));
             pl.generation = p.generation.max(state.generation + 1);
-            let b = pl.to_bytes()?;
+            let b = zstd::bulk::compress(&pl.to_bytes()?, 3)?;
             own = pl;
             tracing::info!(
                 "{}: image {} is at generation {} ({}), not the last synced one: own plan",
@@ -185,7 +185,7 @@ async fn sync_image(
             (&own, b)
         }
     };
-    c.send(&ToAgent::Plan { len: bytes.len() as u64 }).await?;
+    c.send(&ToAgent::Plan { len: bytes.len() as u64, zstd: true }).await?;
     for ch in bytes.chunks(CHUNK) {
         c.send_chunk(ch).await?;
     }

@@ -105,7 +105,7 @@ fn dotdot_paths_are_refused_and_nothing_outside_changes() {
         summary: Default::default(),
     };
     let b = plan.to_bytes().unwrap();
-    send(&mut s, &proto::ToAgent::Plan { len: b.len() as u64 });
+    send(&mut s, &proto::ToAgent::Plan { len: b.len() as u64, zstd: false });
     send(&mut s, &proto::ToAgent::Chunk(b));
     match recv(&mut s) {
         Some(proto::FromAgent::Error { reason }) => assert!(reason.contains("refused"), "{reason}"),

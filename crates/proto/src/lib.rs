@@ -60,9 +60,11 @@ pub enum ToAgent {
     },
     /// Send the replica's recorded manifest (for a replica that is not at the shared base).
     GetManifest,
-    /// A change plan (tree engine, postcard) of `len` bytes follows in `Chunk`s; answered by `Need`.
+    /// A change plan (tree engine, postcard) of `len` bytes follows in `Chunk`s, one zstd frame when
+    /// `zstd` (a manifest compresses several times over); answered by `Need`.
     Plan {
         len: u64,
+        zstd: bool,
     },
     /// One piece of bulk data (plan or blob).
     Chunk(#[serde(with = "serde_bytes")] Vec<u8>),
