@@ -7,7 +7,7 @@ DEB_PACKAGES := rdiff nfs-kernel-server user-mode-linux busybox-static kmod cpio
 	libnfs-utils postgresql mariadb-server rsync attr acl util-linux
 HANFS := target/debug/hanfs
 
-.PHONY: all build deps test unit lint integration demo bench clean
+.PHONY: all build deps test unit lint integration demo bench bench-sync clean
 
 all: build
 
@@ -45,6 +45,14 @@ demo: build
 
 bench:
 	$(CARGO) bench --workspace --locked
+	$(MAKE) bench-sync
+
+# hanfs sync vs rsync daemons on a real Debian image update at 1, 2 and 4 receivers (needs root; the
+# images are built once by debootstrap and cached outside the tree, see bench/README.md).
+bench-sync:
+	$(CARGO) build --release --locked -p hanfs
+	bench/make-images.sh
+	HANFS=$${CARGO_TARGET_DIR:-target}/release/hanfs bench/run.sh
 
 clean:
 	$(CARGO) clean
