@@ -8,7 +8,7 @@
 //! the block.
 
 use crate::error::{ParseError, SpliceError};
-use crate::types::{fsloc_value, parse_fsloc, Entry, Exports, LocKind, Locations};
+use crate::types::{fsloc_value, parse_options, Entry, Exports, LocKind};
 use model::Dialect;
 
 pub const BEGIN_MARKER: &str = "# BEGIN hanfs managed block -- do not edit";
@@ -159,25 +159,7 @@ pub fn parse(text: &str) -> Result<Exports, ParseError> {
             (Some(o), None) => o.strip_prefix('-').ok_or_else(|| err(format!("`{o}`: options start with `-`")))?,
             (Some(_), Some(x)) => return Err(err(format!("unexpected `{x}` after the options"))),
         };
-        let mut options = Vec::new();
-        let mut locations: Option<Locations> = None;
-        for o in opts.split(',').filter(|o| !o.is_empty()) {
-            let kind = if let Some(v) = o.strip_prefix("replicas=") {
-                Some((LocKind::Replicas, v))
-            } else {
-                o.strip_prefix("refer=").map(|v| (LocKind::Refer, v))
-            };
-            match kind {
-                Some((kind, v)) => {
-                    if locations.is_some() {
-                        return Err(err(format!("`{path}`: more than one refer=/replicas= on one entry")));
-                    }
-                    let list = parse_fsloc(v, false).map_err(|m| err(format!("`{path}`: {m}")))?;
-                    locations = Some(Locations { kind, list });
-                }
-                None => options.push(o.to_string()),
-            }
-        }
+        let (options, locations) = parse_options(opts, false).map_err(|m| err(format!("`{path}`: {m}")))?;
         entries.push(Entry { path, client: None, options, locations });
     }
     Ok(Exports { dialect: Dialect::Aix, entries })
@@ -244,7 +226,7 @@ fn shell_quote(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::types::FsLocation;
+    use crate::types::{FsLocation, Locations};
 
     fn sample() -> Exports {
         Exports {

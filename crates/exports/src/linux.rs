@@ -2,7 +2,7 @@
 //! `path client(options)` line per export and client.
 
 use crate::error::ParseError;
-use crate::types::{escape_path, fsloc_value, parse_fsloc, unescape_path, Entry, Exports, LocKind, Locations};
+use crate::types::{escape_path, fsloc_value, parse_options, unescape_path, Entry, Exports};
 use model::Dialect;
 
 /// The first lines of every file hanfs writes.
@@ -97,27 +97,7 @@ fn parse_line(line: &str, n: usize, out: &mut Vec<Entry>) -> Result<(), ParseErr
         if client.is_empty() {
             return Err(err(format!("`{tok}` has options but no client")));
         }
-        let mut options = Vec::new();
-        let mut locations: Option<Locations> = None;
-        for o in opts.split(',').filter(|o| !o.is_empty()) {
-            let kind = if let Some(v) = o.strip_prefix("replicas=") {
-                Some((LocKind::Replicas, v))
-            } else {
-                o.strip_prefix("refer=").map(|v| (LocKind::Refer, v))
-            };
-            match kind {
-                Some((kind, v)) => {
-                    if locations.is_some() {
-                        return Err(err(format!(
-                            "`{raw_path}`: more than one refer=/replicas= on one entry (the last would win)"
-                        )));
-                    }
-                    let list = parse_fsloc(v, true).map_err(|m| err(format!("`{raw_path}`: {m}")))?;
-                    locations = Some(Locations { kind, list });
-                }
-                None => options.push(o.to_string()),
-            }
-        }
+        let (options, locations) = parse_options(opts, true).map_err(|m| err(format!("`{raw_path}`: {m}")))?;
         out.push(Entry { path: path.clone(), client: Some(client.to_string()), options, locations });
     }
     Ok(())
@@ -126,7 +106,7 @@ fn parse_line(line: &str, n: usize, out: &mut Vec<Entry>) -> Result<(), ParseErr
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::types::FsLocation;
+    use crate::types::{FsLocation, LocKind, Locations};
 
     #[test]
     fn renders_and_reads_back() {

@@ -109,6 +109,30 @@ pub(crate) fn fsloc_value(list: &[FsLocation], escape: bool) -> String {
 }
 
 /// Split an fs_locations value into locations: `:` separates them except inside `[...]` (IPv6).
+/// Splits an export's option list into plain options and its one `refer=`/`replicas=` location
+/// list. Both dialects refuse two location options on one entry: the last would silently win.
+pub(crate) fn parse_options(opts: &str, unescape: bool) -> Result<(Vec<String>, Option<Locations>), String> {
+    let mut options = Vec::new();
+    let mut locations: Option<Locations> = None;
+    for o in opts.split(',').filter(|o| !o.is_empty()) {
+        let kind = if let Some(v) = o.strip_prefix("replicas=") {
+            Some((LocKind::Replicas, v))
+        } else {
+            o.strip_prefix("refer=").map(|v| (LocKind::Refer, v))
+        };
+        match kind {
+            Some((kind, v)) => {
+                if locations.is_some() {
+                    return Err("more than one refer=/replicas= on one entry (the last would win)".into());
+                }
+                locations = Some(Locations { kind, list: parse_fsloc(v, unescape)? });
+            }
+            None => options.push(o.to_string()),
+        }
+    }
+    Ok((options, locations))
+}
+
 pub(crate) fn parse_fsloc(value: &str, unescape: bool) -> Result<Vec<FsLocation>, String> {
     let mut parts = Vec::new();
     let mut depth = 0usize;
