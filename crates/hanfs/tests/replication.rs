@@ -51,6 +51,23 @@ fn three_agents_every_entry_kind() {
     data[1000..1010].copy_from_slice(b"0123456789");
     std::fs::write(&f, data).unwrap();
     std::fs::rename(rig.source().join("usr/lib/x/f0011"), rig.source().join("etc/moved")).unwrap();
+    // `plan` shows it (contract JSON) and changes nothing.
+    let (rc, plan) = rig.hanfs_json(&["plan"]);
+    assert_eq!(rc, 0, "{plan}");
+    let img = &plan["images"][0];
+    assert_eq!(img["name"], "compute");
+    assert!(img["changed"].as_u64().unwrap() >= 1 && img["added"].as_u64().unwrap() >= 1, "{plan}");
+    assert!(img["removed"].as_u64().unwrap() >= 1, "{plan}");
+    let delta_bytes = img["delta_bytes"].as_u64().unwrap();
+    assert!(delta_bytes > 0 && delta_bytes < 300_000 / 4, "{plan}");
+    for sn in ["sn1", "sn2", "sn3"] {
+        assert!(plan["exports"][sn].as_str().unwrap().contains("replicas="), "{plan}");
+    }
+    let (_, st) = rig.hanfs_json(&["status"]);
+    assert!(
+        st["sns"].as_array().unwrap().iter().all(|s| s["images"][0]["generation"] == 1),
+        "plan changed nothing: {st}"
+    );
     let (rc, third) = rig.hanfs_json(&["sync"]);
     assert_eq!(rc, 0, "{third}");
     for r in replicas(&third) {
