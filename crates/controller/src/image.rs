@@ -376,8 +376,11 @@ impl Prepared {
     }
 
     /// Records the new generation as the base of the next sync.
-    pub fn save(&self) -> Result<()> {
-        let last = Last { generation: self.generation, digest: self.digest.clone(), manifest: self.manifest.clone() };
+    /// `generation`: the highest one a replica now holds at this digest (at least ours), so the next
+    /// plan is numbered after every replica's.
+    pub fn save(&self, generation: u64) -> Result<()> {
+        let generation = generation.max(self.generation);
+        let last = Last { generation, digest: self.digest.clone(), manifest: self.manifest.clone() };
         let b = postcard::to_stdvec(&last)?;
         let p = self.state_dir.join("last");
         tree::fsops::write_atomic(&p, &b).with_context(|| format!("writing {}", p.display()))?;

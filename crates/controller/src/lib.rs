@@ -259,7 +259,14 @@ impl Controller {
             if reached || no_sns {
                 let t = std::time::Instant::now();
                 let p2 = p.clone();
-                tokio::task::spawn_blocking(move || p2.save()).await??;
+                let g = report
+                    .replicas
+                    .iter()
+                    .filter(|r| r.image == p.image.name && r.matches)
+                    .map(|r| r.generation)
+                    .max()
+                    .unwrap_or(0);
+                tokio::task::spawn_blocking(move || p2.save(g)).await??;
                 tracing::info!("image {}: new generation saved in {:.2?}", p.image.name, t.elapsed());
             }
         }

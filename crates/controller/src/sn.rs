@@ -168,7 +168,11 @@ async fn sync_image(
     // The shared plan when the replica is at the last generation; else one from its own manifest.
     let own;
     let (plan, bytes) = match (&p.shared, &p.last) {
-        (Some(s), Some(l)) if l.digest == state.digest => (&s.plan, s.bytes.clone()),
+        // (A replica numbered past this MN's generations, e.g. after the MN's state was lost,
+        // gets its own plan numbered after its own generation.)
+        (Some(s), Some(l)) if l.digest == state.digest && s.plan.generation > state.generation => {
+            (&s.plan, s.bytes.clone())
+        }
         _ => {
             let theirs = manifest(c).await?;
             let mut pl = blocking(|| tree::diff(&theirs, &p.manifest));

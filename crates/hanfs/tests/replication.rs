@@ -152,3 +152,23 @@ fn killed_agent_keeps_a_whole_generation_and_catches_up() {
         assert_same_tree(&rig.source(), &rig.replica(i));
     }
 }
+
+#[test]
+fn mn_state_lost_then_syncs_resume() {
+    let rig = Rig::new(2, false);
+    fill(&rig.source(), 12);
+    for round in 0..3 {
+        std::fs::write(rig.source().join("etc/round"), format!("{round}\n")).unwrap();
+        let (rc, v) = rig.hanfs_json(&["sync"]);
+        assert_eq!(rc, 0, "round {round}: {v}");
+        if round == 0 {
+            // The MN forgets everything: the next sync must still converge (replicas are ahead of it).
+            std::fs::remove_dir_all(rig.path().join("mn-state")).unwrap();
+        }
+    }
+    let (rc, v) = rig.hanfs_json(&["verify"]);
+    assert_eq!(rc, 0, "{v}");
+    for i in 0..2 {
+        assert_same_tree(&rig.source(), &rig.replica(i));
+    }
+}
