@@ -71,6 +71,9 @@ pub enum Command {
     #[command(subcommand)]
     Ca(CaCommand),
     /// Run the service-node agent: receive deltas, apply, write exports, serve NFSv3 if asked.
+    ///
+    /// The agent reads its own config (contract "Agent config"): `--config FILE`, else
+    /// $HANFS_CONFIG, else /etc/hanfs/agent.toml (not the cluster config).
     Agent(AgentArgs),
     /// librsync-format signature/delta/patch files, interchangeable with `rdiff` (MD4 flavour).
     #[command(subcommand)]
