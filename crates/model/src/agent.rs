@@ -37,29 +37,15 @@ struct Raw {
     exports_file: Option<Spanned<String>>,
     reload: Option<Vec<String>>,
     nfs3: Option<Spanned<String>>,
-    tls: Option<RawTls>,
+    tls: Option<TlsFiles>,
     #[serde(default)]
     plaintext_loopback: bool,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawTls {
-    ca: String,
-    cert: String,
-    key: String,
 }
 
 impl AgentConfig {
     pub fn from_toml(file: &str, text: &str) -> Result<AgentConfig, Diagnostics> {
         let mut sink = Sink::new(file, text);
-        let raw: Raw = match toml::from_str(text) {
-            Ok(r) => r,
-            Err(e) => {
-                sink.toml(text, &e);
-                return Err(Diagnostics(sink.out));
-            }
-        };
+        let raw: Raw = sink.parse(text)?;
         let mut sock =
             |v: &Option<Spanned<String>>, field: &str, default: Option<&str>| -> Option<Option<SocketAddr>> {
                 match v {
@@ -120,7 +106,7 @@ impl AgentConfig {
             Some(Dialect::Aix) => vec!["exportfs".into(), "-a".into()],
             _ => vec!["exportfs".into(), "-ra".into()],
         });
-        let tls = raw.tls.map(|t| TlsFiles { ca: t.ca, cert: t.cert, key: t.key });
+        let tls = raw.tls;
         if let Some(l) = listen {
             if tls.is_none() && !(l.ip().is_loopback() && raw.plaintext_loopback) {
                 sink.nowhere(

@@ -54,6 +54,7 @@ impl BackupPolicy {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TlsFiles {
     pub ca: String,
     pub cert: String,
@@ -153,13 +154,7 @@ impl Cluster {
     /// Parse and validate a config. `file` is only used in diagnostics.
     pub fn from_toml(file: &str, text: &str) -> Result<Cluster, Diagnostics> {
         let mut sink = Sink::new(file, text);
-        let raw: RawFile = match toml::from_str(text) {
-            Ok(r) => r,
-            Err(e) => {
-                sink.toml(text, &e);
-                return Err(Diagnostics(sink.out));
-            }
-        };
+        let raw: RawFile = sink.parse(text)?;
         let cluster = validate(raw, &mut sink);
         sink.finish()?;
         cluster.ok_or_else(|| Diagnostics(Vec::new()))
@@ -215,7 +210,7 @@ impl Cluster {
 #[serde(deny_unknown_fields)]
 struct RawFile {
     cluster: RawCluster,
-    tls: Option<RawTls>,
+    tls: Option<TlsFiles>,
     #[serde(default)]
     sn: Vec<RawSn>,
     #[serde(default)]
@@ -241,14 +236,6 @@ struct RawCluster {
     plaintext_loopback: bool,
     #[serde(default)]
     fence: Vec<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawTls {
-    ca: String,
-    cert: String,
-    key: String,
 }
 
 #[derive(Deserialize)]
@@ -568,7 +555,7 @@ fn validate(raw: RawFile, sink: &mut Sink<'_>) -> Option<Cluster> {
         }
     }
 
-    let tls = raw.tls.map(|t| TlsFiles { ca: t.ca, cert: t.cert, key: t.key });
+    let tls = raw.tls;
     if tls.is_none() {
         let remote: Vec<&str> = sns.iter().filter(|s| !s.agent.is_loopback()).map(|s| s.name.as_str()).collect();
         if !remote.is_empty() {

@@ -115,6 +115,14 @@ impl<'a> Sink<'a> {
         }
     }
 
+    /// Deserialises `text`; on failure the located error is the only diagnostic.
+    pub(crate) fn parse<T: serde::de::DeserializeOwned>(&mut self, text: &str) -> Result<T, Diagnostics> {
+        toml::from_str(text).map_err(|e| {
+            self.toml(text, &e);
+            Diagnostics(std::mem::take(&mut self.out))
+        })
+    }
+
     pub(crate) fn finish(self) -> Result<(), Diagnostics> {
         if self.out.is_empty() {
             Ok(())
