@@ -391,5 +391,6 @@ impl Prepared {
 
 /// `hanfs plan`: what a sync would send per image; changes nothing but the scan cache.
 pub fn plan_images(cluster: &Cluster, images: &[Image]) -> Result<Vec<ImagePlan>> {
+    let _lock = crate::lock_state(cluster)?;
     images.iter().map(|i| prepare(cluster, i).map(|p| p.summary)).collect()
 }

@@ -116,6 +116,28 @@ pub struct StatusReport {
     pub sns: Vec<SnStatus>,
 }
 
+/// Held for a run that writes the MN's state (`sync`, `plan`): two at once would remove each
+/// other's payloads and race on `last`. Released when dropped (or when the process dies).
+pub struct StateLock(#[allow(dead_code)] std::fs::File);
+
+pub fn lock_state(cluster: &Cluster) -> Result<StateLock> {
+    use std::os::fd::AsRawFd;
+    let dir = std::path::Path::new(cluster.state_dir.as_str());
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let p = dir.join("lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&p)
+        .with_context(|| format!("opening {}", p.display()))?;
+    // SAFETY: a valid open descriptor.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        bail!("another hanfs sync or plan is using {} (lock {})", dir.display(), p.display());
+    }
+    Ok(StateLock(f))
+}
+
 /// Renders the exports of every SN of `cluster`, in its dialect (Linux file, AIX managed block).
 pub fn render_exports(cluster: &Cluster) -> Result<Vec<(String, String)>> {
     cluster
@@ -192,6 +214,7 @@ impl Controller {
     /// One-shot sync of `images`: scan, plan, send to every SN concurrently, verify digests, write
     /// exports, save the new generation.
     pub async fn sync(&self, images: &[model::Image]) -> Result<SyncReport> {
+        let _lock = lock_state(&self.cluster)?;
         let cluster = self.cluster.clone();
         let imgs = images.to_vec();
         let t = std::time::Instant::now();
@@ -318,5 +341,24 @@ impl Controller {
             .collect();
         let tasks = self.cluster.sns.iter().map(|sn| sn::status_sn(self, sn.clone(), &lasts));
         Ok(StatusReport { sns: futures::future::join_all(tasks).await })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn one_state_writing_run_at_a_time() {
+        let d = tempfile::tempdir().unwrap();
+        let toml = format!(
+            "[cluster]\nsource_root = \"{0}/src\"\nstate_dir = \"{0}/state\"\nplaintext_loopback = true\n\
+             [[sn]]\nname = \"sn1\"\naddress = \"127.0.0.1\"\nagent = \"127.0.0.1:7468\"\n",
+            d.path().display()
+        );
+        let c = model::Cluster::from_toml("t.toml", &toml).unwrap();
+        let held = super::lock_state(&c).unwrap();
+        let e = super::lock_state(&c).err().unwrap().to_string();
+        assert!(e.contains("another hanfs sync or plan"), "{e}");
+        drop(held);
+        super::lock_state(&c).unwrap();
     }
 }
