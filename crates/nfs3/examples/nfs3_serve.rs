@@ -1,6 +1,6 @@
-//! `cargo run -p nfs3 --example nfs3_serve -- DIR [ADDR] [--open] [--export=/NAME]`: serve DIR
+//! `cargo run -p nfs3 --example nfs3_serve -- DIR [ADDR] [--open] [--insecure] [--export=/NAME]`: serve DIR
 //! read-only over NFSv3 (default 127.0.0.1:2049, export `/`; `--open` turns the permission
-//! guard off) until killed; prints the port once listening. The integration rig runs it.
+//! guard off, `--insecure` accepts unprivileged client ports) until killed; prints the port once listening. The integration rig runs it.
 //! `nfs3_serve DIR --walk`: time one walk of DIR into the handle index and exit.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -23,7 +23,12 @@ async fn main() {
     }
     let addr = pos.get(1).map_or("127.0.0.1:2049", |s| s.as_str()).parse().unwrap();
     let export = args.iter().find_map(|a| a.strip_prefix("--export=")).unwrap_or("/");
-    let opts = nfs3::Options { export_name: Some(export.into()), check_permissions: !open, ..Default::default() };
+    let opts = nfs3::Options {
+        export_name: Some(export.into()),
+        check_permissions: !open,
+        insecure: args.iter().any(|a| a == "--insecure"),
+        ..Default::default()
+    };
     let server = nfs3::serve(&dir, addr, opts).await.unwrap();
     println!("{}", server.local_addr().port());
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).unwrap();

@@ -11,6 +11,7 @@
 //! - turns READ into `NFS3ERR_ACCES` unless the caller may read or execute the file (or owns
 //!   it), LOOKUP unless it may search the directory, READDIR(PLUS) unless it may read it;
 //! - answers portmap GETPORT with the public port;
+//! - accepts only clients on privileged source ports unless told otherwise (nfsd's `secure`);
 //! - stamps every call with a per-server secret in the AUTH_UNIX machine name, and the NFS layer
 //!   refuses calls without it, so the loopback port cannot be used to get around the guard.
 //!
@@ -51,6 +52,8 @@ const NF3DIR: u32 = 2;
 
 pub(crate) struct Policy {
     pub token: Vec<u8>,
+    /// Accept source ports >= 1024.
+    pub insecure: bool,
     /// Becomes true when the server stops: every guarded connection is then closed.
     pub stop: tokio::sync::watch::Receiver<bool>,
     pub public_port: u16,
@@ -362,6 +365,11 @@ pub(crate) async fn run(listener: TcpListener, internal: SocketAddr, policy: Arc
                 continue;
             }
         };
+        if !policy.insecure && peer.port() >= 1024 {
+            tracing::debug!(%peer, "nfs3: refusing a client on an unprivileged port (see Options::insecure)");
+            drop(sock);
+            continue;
+        }
         let policy = Arc::clone(&policy);
         tokio::spawn(async move {
             if let Err(e) = connection(sock, internal, policy).await {

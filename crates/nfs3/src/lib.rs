@@ -54,11 +54,24 @@ pub struct Options {
     /// reads everything) through the RPC guard; see the `guard` module. Without it every
     /// client user can read every file. Default: true.
     pub check_permissions: bool,
+    /// Accept clients from unprivileged source ports (kernel nfsd's `insecure`). By default only
+    /// ports below 1024 are accepted, as nfsd's `secure` does: AUTH_UNIX credentials are the
+    /// client's word, and only root on a client can bind such a port, so an ordinary user on a
+    /// node cannot claim to be root. Needs `check_permissions` (the guard does the check).
+    /// Default: false.
+    pub insecure: bool,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { export_name: None, fsid: None, walk_on_start: true, stable_ctime: true, check_permissions: true }
+        Options {
+            export_name: None,
+            fsid: None,
+            walk_on_start: true,
+            stable_ctime: true,
+            check_permissions: true,
+            insecure: false,
+        }
     }
 }
 
@@ -190,6 +203,7 @@ pub async fn serve(root: &Path, addr: SocketAddr, opts: Options) -> io::Result<N
             let local = public.local_addr()?;
             let policy = std::sync::Arc::new(guard::Policy {
                 token,
+                insecure: opts.insecure,
                 stop: stop_rx,
                 public_port: local.port(),
                 internal_port: nfs_local.port(),

@@ -14,8 +14,7 @@ use nfs3_client::nfs3_types::xdr_codec::Opaque;
 #[test]
 fn symlinks_dotdot_and_private_dirs_stay_inside() {
     let (_tmp, root, outside) = common::sample_tree();
-    let rt = common::runtime();
-    rt.block_on(async {
+    common::run(async {
         let server = common::start(&root, "/", true).await;
         let mut c = common::connect(server.local_addr().port(), "/").await;
         let r = c.root_nfs_fh3();

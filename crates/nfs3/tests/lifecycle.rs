@@ -7,24 +7,13 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// An NFS NULL call, record-marked.
-fn null_call(xid: u32) -> Vec<u8> {
-    let words = [xid, 0, 2, 100_003, 3, 0, 0, 0, 0, 0];
-    let mut v = (0x8000_0000u32 | (words.len() as u32 * 4)).to_be_bytes().to_vec();
-    for w in words {
-        v.extend_from_slice(&w.to_be_bytes());
-    }
-    v
-}
-
 #[test]
 fn stop_closes_open_connections() {
     let (_tmp, root, _) = common::sample_tree();
-    let rt = common::runtime();
-    rt.block_on(async {
+    common::run(async {
         let server = common::start(&root, "/", false).await;
         let mut s = tokio::net::TcpStream::connect(server.local_addr()).await.unwrap();
-        s.write_all(&null_call(1)).await.unwrap();
+        s.write_all(&common::null_call(1)).await.unwrap();
         let mut hdr = [0u8; 8];
         s.read_exact(&mut hdr).await.unwrap();
         assert_eq!(&hdr[4..], &1u32.to_be_bytes(), "reply to our xid");
@@ -44,8 +33,7 @@ fn serves_on_ipv6_when_the_host_has_it() {
         return;
     }
     let (_tmp, root, _) = common::sample_tree();
-    let rt = common::runtime();
-    rt.block_on(async {
+    common::run(async {
         let server = nfs3::serve(&root, "[::1]:0".parse().unwrap(), nfs3::Options::default()).await.unwrap();
         assert!(server.local_addr().is_ipv6());
         let s = tokio::net::TcpStream::connect(server.local_addr()).await;

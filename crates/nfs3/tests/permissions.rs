@@ -41,8 +41,7 @@ fn mode_bits_decide_what_each_user_reads() {
     set("private", 0o700);
     let group_ok = fs::metadata(root.join("shadow")).map(|m| std::os::unix::fs::MetadataExt::gid(&m) == 4242).unwrap();
 
-    let rt = common::runtime();
-    rt.block_on(async {
+    common::run(async {
         let server = common::start(&root, "/", false).await;
         let port = server.local_addr().port();
         let mut owner = common::connect_as(port, "/", me, me, &[]).await.unwrap();
@@ -84,5 +83,32 @@ fn mode_bits_decide_what_each_user_reads() {
 
         // The NFS layer behind the guard refuses calls that did not come through it.
         assert!(common::connect_as(server.backend_addr().port(), "/", 0, 0, &[]).await.is_err());
+    });
+}
+
+#[test]
+fn unprivileged_client_ports_are_refused_by_default() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (_tmp, root, _) = common::sample_tree();
+    common::run(async {
+        let server = common::start_with(&root, "/", false, false).await;
+        let port = server.local_addr().port();
+        // An ordinary socket (a port >= 1024, what any user on a node can open): closed, no answer.
+        let mut s = tokio::net::TcpStream::connect(server.local_addr()).await.unwrap();
+        assert!(s.local_addr().unwrap().port() >= 1024);
+        let _ = s.write_all(&common::null_call(1)).await;
+        let mut b = [0u8; 4];
+        assert!(matches!(s.read(&mut b).await, Ok(0) | Err(_)), "an unprivileged port was served");
+        if common::is_root() {
+            // A privileged port (root on a node, the kernel client) is served.
+            let c = nfs3_client::Nfs3ConnectionBuilder::new(nfs3_client::tokio::TokioConnector, "127.0.0.1", "/")
+                // nfs3_client asks the portmapper from an ordinary port: name the ports instead.
+                .mount_port(port)
+                .nfs3_port(port)
+                .connect_from_privileged_port(true)
+                .mount()
+                .await;
+            assert!(c.is_ok(), "a privileged port was refused");
+        }
     });
 }

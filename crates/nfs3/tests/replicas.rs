@@ -27,8 +27,7 @@ fn replicas_serve_identical_handles_and_accept_each_others() {
         assert_ne!(a.ino(), b.ino(), "{f}: copies share an inode; the test would prove nothing");
     }
 
-    let rt = common::runtime();
-    rt.block_on(async {
+    common::run(async {
         let s1 = common::start(&sn1, "/install", true).await;
         let s2 = common::start(&sn2, "/install", true).await;
         let mut c1 = common::connect(s1.local_addr().port(), "/install").await;

@@ -76,14 +76,30 @@ pub fn sample_tree() -> (tempfile::TempDir, PathBuf, PathBuf) {
     (tmp, root, outside)
 }
 
+/// A server for tests of other things than the port check: unprivileged client ports accepted.
 pub async fn start(root: &Path, export: &str, walk: bool) -> nfs3::Nfs3Server {
+    start_with(root, export, walk, true).await
+}
+
+pub async fn start_with(root: &Path, export: &str, walk: bool, insecure: bool) -> nfs3::Nfs3Server {
     nfs3::serve(
         root,
         "127.0.0.1:0".parse().unwrap(),
-        nfs3::Options { export_name: Some(export.into()), walk_on_start: walk, ..nfs3::Options::default() },
+        nfs3::Options { export_name: Some(export.into()), walk_on_start: walk, insecure, ..nfs3::Options::default() },
     )
     .await
     .unwrap()
+}
+
+pub fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+/// Runs a test body with a deadline: nfs3_client 0.9 spins on a closed connection instead of
+/// failing, so a refused connection would otherwise hang the test instead of failing it.
+pub fn run<F: std::future::Future>(f: F) -> F::Output {
+    runtime()
+        .block_on(async { tokio::time::timeout(std::time::Duration::from_secs(30), f).await.expect("test timed out") })
 }
 
 pub async fn connect(port: u16, export: &str) -> Conn {
@@ -236,4 +252,14 @@ pub async fn connect_as(
         .credential(nfs3_client::nfs3_types::rpc::opaque_auth::auth_unix(&a))
         .mount()
         .await
+}
+
+/// An NFS NULL call, record-marked.
+pub fn null_call(xid: u32) -> Vec<u8> {
+    let words = [xid, 0, 2, 100_003, 3, 0, 0, 0, 0, 0];
+    let mut v = (0x8000_0000u32 | (words.len() as u32 * 4)).to_be_bytes().to_vec();
+    for w in words {
+        v.extend_from_slice(&w.to_be_bytes());
+    }
+    v
 }
