@@ -7,6 +7,18 @@
 //! another (IP takeover, DNS, or a mount from the backup) and keep using the handles it holds.
 //! See [`index`] for the scheme and [`fs`] for how reads stay beneath the root.
 //!
+//! What a deployment must know:
+//! - Every SN must serve the same export name (it seeds the fsid and the handle generation);
+//!   the default, the root's path, is the same wherever the agents' `root` is the same.
+//! - NFS, MOUNT and portmap share the one TCP port; there is no UDP and no listener on 111,
+//!   and no lockd: clients mount with `vers=3,proto=tcp,port=P,mountport=P,mountproto=tcp,nolock`
+//!   (an NFS root is `nolock` already).
+//! - Permissions are nfsd's `sec=sys,secure,no_root_squash`: mode bits against the caller's
+//!   AUTH_UNIX ids, root reads everything, clients must use privileged ports (see
+//!   [`Options::check_permissions`], [`Options::insecure`]).
+//! - A file replaced in the tree keeps its handle (same path): a client holding it open reads
+//!   the new content, where kernel nfsd would answer ESTALE.
+//!
 //! ```no_run
 //! # async fn f() -> std::io::Result<()> {
 //! let server = nfs3::serve(

@@ -9,6 +9,8 @@ use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::process::Command;
 
+use nfs3_client::nfs3_types::nfs3::{Nfs3Result, READDIRPLUS3args};
+
 fn run(cmd: &mut Command) {
     let st = cmd.status().unwrap();
     assert!(st.success(), "{cmd:?}");
@@ -52,6 +54,25 @@ fn replicas_serve_identical_handles_and_accept_each_others() {
             let want = fs::read(root.join(f)).unwrap();
             assert!(common::read_all(&mut c2, &fh).await.unwrap() == want, "{f}");
         }
+        // A listing begun on sn1 continues on sn2 from sn1's cookie and verifier.
+        let (many, _) = common::lookup_path(&mut c1, "many").await.unwrap();
+        let args = |cookie, cookieverf| READDIRPLUS3args {
+            dir: many.clone(),
+            cookie,
+            cookieverf,
+            dircount: 1024,
+            maxcount: 4096,
+        };
+        let Nfs3Result::Ok(p1) = c1.readdirplus(&args(0, Default::default())).await.unwrap() else { panic!("page 1") };
+        let first = p1.reply.entries.into_inner();
+        assert!(!p1.reply.eof && !first.is_empty() && first.len() < 300);
+        let last = first.last().unwrap();
+        let Nfs3Result::Ok(p2) = c2.readdirplus(&args(last.cookie, p1.cookieverf)).await.unwrap() else {
+            panic!("page 2 on sn2")
+        };
+        let next = p2.reply.entries.into_inner();
+        assert_eq!(next[0].name.0.to_vec(), format!("f{:04}", first.len()).into_bytes(), "sn2 resumed elsewhere");
+
         let (lnk, _) = common::lookup_path(&mut c1, "link_abs").await.unwrap();
         assert_eq!(common::readlink(&mut c2, &lnk).await.unwrap(), b"/etc/passwd");
 
