@@ -111,10 +111,12 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, nfsstat3> + S
 }
 
 impl ReplicaFs {
-    /// Opens `root` (which must be a directory, not a symlink to one).
+    /// Opens the directory `root`. Symlinks in `root` itself are followed (the administrator
+    /// chose that path, e.g. `/install` -> `/data/install`); nothing beneath it ever is.
     pub fn open(root: &Path, fsid: u64, stable_ctime: bool, token: Option<Vec<u8>>) -> std::io::Result<ReplicaFs> {
+        let root = std::fs::canonicalize(root)?;
         let root = rustix::fs::open(
-            root,
+            &root,
             OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::empty(),
         )?;

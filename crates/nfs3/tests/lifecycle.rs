@@ -43,3 +43,16 @@ fn serves_on_ipv6_when_the_host_has_it() {
         assert!(nfs3::serve(&root, "[::1]:0".parse().unwrap(), open).await.is_err());
     });
 }
+
+#[test]
+fn a_root_given_through_a_symlink_is_served() {
+    let (tmp, root, _) = common::sample_tree();
+    let alias = tmp.path().join("install");
+    std::os::unix::fs::symlink(&root, &alias).unwrap();
+    common::run(async {
+        let server = common::start(&alias, "/install", false).await;
+        let mut c = common::connect(server.local_addr().port(), "/install").await;
+        let (fh, _) = common::lookup_path(&mut c, "hello.txt").await.unwrap();
+        assert_eq!(common::read_all(&mut c, &fh).await.unwrap(), b"hello world\n");
+    });
+}
