@@ -60,8 +60,23 @@ impl Agent {
     }
 
     /// Binds the listen address and serves until the process ends.
+    /// With `nfs3` configured, also serves the replica root read-only over NFSv3 with handles that
+    /// are the same on every SN (crate `nfs3`), so Linux NFS-root clients can move between SNs.
     pub async fn run(self) -> Result<()> {
         let l = TcpListener::bind(self.cfg.listen).await.with_context(|| format!("binding {}", self.cfg.listen))?;
+        // Kept alive for the agent's lifetime: dropping the handle stops the NFSv3 server.
+        let _nfs3 = match self.cfg.nfs3 {
+            Some(addr) => {
+                let root = std::path::Path::new(self.cfg.root.as_str());
+                std::fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
+                let srv = nfs3::serve(root, addr, nfs3::Options::default())
+                    .await
+                    .with_context(|| format!("serving NFSv3 on {addr}"))?;
+                tracing::info!(%addr, root = %root.display(), "serving replicas over NFSv3");
+                Some(srv)
+            }
+            None => None,
+        };
         self.serve(l).await
     }
 
