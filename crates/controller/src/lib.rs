@@ -17,6 +17,7 @@ mod sign;
 mod sn;
 
 pub use image::{plan_images, prepare, ImagePlan, Prepared};
+pub use sn::deployed_exports;
 
 use anyhow::{bail, Context, Result};
 use model::{Cluster, ServiceNode};

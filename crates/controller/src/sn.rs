@@ -106,9 +106,13 @@ async fn run_sn(
     }
     if let Some(text) = exports {
         let before = c.bytes_out;
-        c.request(&ToAgent::Exports { text }).await?;
+        c.request(&ToAgent::Exports { text: text.clone() }).await?;
         match c.recv_within::<FromAgent>(ctl.timeouts.commit).await? {
             FromAgent::ExportsDone { reloaded, output } => {
+                // Written before the reload result is judged: the file is on the SN either way.
+                if let Err(e) = record_deployed_exports(&ctl.cluster, &sn.name, &text) {
+                    tracing::warn!(sn = %sn.name, "cannot record the deployed exports: {e}");
+                }
                 out.exports.push(ExportsReport { sn: sn.name.clone(), reloaded, output: output.clone() });
                 if !reloaded {
                     bail!("exports written but reload failed: {output}");
@@ -337,4 +341,24 @@ pub async fn status_sn(ctl: &Controller, sn: ServiceNode, lasts: &[(String, u64)
             SnStatus { name: sn.name.clone(), reachable: false, images: Vec::new(), error: Some("timed out".into()) }
         }
     }
+}
+
+fn deployed_exports_path(cluster: &model::Cluster, sn: &str) -> std::path::PathBuf {
+    std::path::Path::new(cluster.state_dir.as_str()).join("exports").join(sn)
+}
+
+/// What hanfs last wrote to `sn`'s exports (written atomically after the agent confirmed it), so
+/// `hanfs plan` can show the exports diff without asking the SN.
+pub fn deployed_exports(cluster: &model::Cluster, sn: &str) -> Option<String> {
+    std::fs::read_to_string(deployed_exports_path(cluster, sn)).ok()
+}
+
+fn record_deployed_exports(cluster: &model::Cluster, sn: &str, text: &str) -> std::io::Result<()> {
+    let path = deployed_exports_path(cluster, sn);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, &path)
 }

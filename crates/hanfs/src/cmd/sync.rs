@@ -33,8 +33,18 @@ pub fn plan(g: &Global, a: SyncArgs) -> Result<Status> {
     let imgs = images(g, &cluster, &a.filter)?;
     let plans = controller::plan_images(&cluster, &imgs)?;
     let exports: BTreeMap<String, String> = controller::render_exports(&cluster)?.into_iter().collect();
+    // Against what hanfs last wrote to each SN (recorded by sync), so an admin sees what will change.
+    let diffs: BTreeMap<String, String> = cluster
+        .sns
+        .iter()
+        .filter_map(|sn| {
+            let wanted = exports.get(&sn.name)?;
+            let deployed = controller::deployed_exports(&cluster, &sn.name);
+            Some((sn.name.clone(), exports::plan_text(sn.dialect, deployed.as_deref(), wanted)))
+        })
+        .collect();
     if g.json {
-        print_json(&serde_json::json!({ "images": plans, "exports": exports }))?;
+        print_json(&serde_json::json!({ "images": plans, "exports": exports, "exports_diff": diffs }))?;
     } else {
         for p in &plans {
             match p.from_generation {
@@ -49,8 +59,8 @@ pub fn plan(g: &Global, a: SyncArgs) -> Result<Status> {
                 ),
             }
         }
-        for (sn, text) in &exports {
-            println!("\n# exports for {sn}\n{text}");
+        for (sn, diff) in &diffs {
+            println!("\n# exports for {sn}\n{diff}");
         }
     }
     Ok(Status::Ok)
