@@ -13,6 +13,7 @@
 
 mod session;
 mod spool;
+mod statelite;
 
 use anyhow::{Context, Result};
 use model::AgentConfig;
@@ -49,7 +50,7 @@ impl Agent {
         Ok(Agent { cfg, name, tls, locks: Default::default() })
     }
 
-    fn lock(&self, image: &str) -> Arc<tokio::sync::Mutex<()>> {
+    pub(crate) fn lock(&self, image: &str) -> Arc<tokio::sync::Mutex<()>> {
         let mut m = self.locks.lock().unwrap_or_else(|p| p.into_inner());
         m.entry(image.to_string()).or_default().clone()
     }

@@ -15,11 +15,11 @@ use tree::{Plan, Replica, ReplicaOptions, Source};
 const MAX_PLAN: u64 = 2 << 30;
 
 /// The engine's file work is blocking; it runs on this worker without stalling the other sessions.
-fn blocking<T>(f: impl FnOnce() -> T) -> T {
+pub(crate) fn blocking<T>(f: impl FnOnce() -> T) -> T {
     tokio::task::block_in_place(f)
 }
 
-fn kind(m: &ToAgent) -> &'static str {
+pub(crate) fn kind(m: &ToAgent) -> &'static str {
     match m {
         ToAgent::Hello { .. } => "Hello",
         ToAgent::Ping => "Ping",
@@ -34,11 +34,14 @@ fn kind(m: &ToAgent) -> &'static str {
         ToAgent::Verify => "Verify",
         ToAgent::Exports { .. } => "Exports",
         ToAgent::Bye => "Bye",
+        ToAgent::StateliteOpen { .. } => "StateliteOpen",
+        ToAgent::StateliteScan { .. } => "StateliteScan",
+        ToAgent::StateliteRead { .. } => "StateliteRead",
     }
 }
 
 /// Tells the controller why, then ends the session with that reason (logged by the caller).
-async fn refuse(c: &mut Conn, reason: impl Into<String>) -> anyhow::Error {
+pub(crate) async fn refuse(c: &mut Conn, reason: impl Into<String>) -> anyhow::Error {
     let reason = reason.into();
     let _ = c.request(&FromAgent::Error { reason: reason.clone() }).await;
     anyhow!("refused: {reason}")
@@ -89,6 +92,12 @@ pub async fn run(agent: &Agent, mut c: Conn) -> Result<()> {
                 c.shutdown().await;
                 return Ok(());
             }
+            ToAgent::StateliteOpen { root, node } => {
+                next = crate::statelite::backup(agent, &mut c, &root, &node).await?
+            }
+            ToAgent::StateliteScan { root, node } => {
+                next = crate::statelite::serve(agent, &mut c, &root, &node).await?
+            }
             other => return Err(refuse(&mut c, format!("unexpected {} outside an image session", kind(&other))).await),
         }
     }
@@ -123,7 +132,7 @@ fn opts() -> ReplicaOptions {
 
 /// Creates the directories of an image path under the agent root, refusing any component that
 /// exists as something other than a real directory (a symlink planted there must not redirect us).
-fn make_beneath(root: &Path, rel: &str) -> Result<PathBuf> {
+pub(crate) fn make_beneath(root: &Path, rel: &str) -> Result<PathBuf> {
     let mut p = root.to_path_buf();
     std::fs::create_dir_all(&p).with_context(|| format!("creating {}", p.display()))?;
     for comp in rel.split('/') {
@@ -230,7 +239,7 @@ async fn image_session(
     }
 }
 
-fn current(r: &Replica, image: &str) -> ImageState {
+pub(crate) fn current(r: &Replica, image: &str) -> ImageState {
     let (generation, digest) = r.current().unwrap_or_default();
     ImageState { name: image.to_string(), generation, digest }
 }
@@ -241,7 +250,14 @@ type Want = (Vec<u8>, [u8; 32], u64, Option<[u8; 32]>);
 /// Receives a plan and its blobs, stages them, commits. Replies `Committed` or `Error` and returns
 /// whether it committed; returns an error (ending the session) only for protocol violations and
 /// hostile input.
-async fn update(c: &mut Conn, replica: &mut Replica, spool: &Spool, image: &str, len: u64, zstd: bool) -> Result<bool> {
+pub(crate) async fn update(
+    c: &mut Conn,
+    replica: &mut Replica,
+    spool: &Spool,
+    image: &str,
+    len: u64,
+    zstd: bool,
+) -> Result<bool> {
     if len > MAX_PLAN {
         return Err(refuse(c, format!("plan of {len} bytes exceeds {MAX_PLAN}")).await);
     }

@@ -15,6 +15,7 @@
 mod image;
 mod sign;
 mod sn;
+pub mod statelite;
 
 pub use image::{plan_images, prepare, ImagePlan, Prepared};
 pub use sn::deployed_exports;

@@ -129,6 +129,29 @@ pub struct MigrateArgs {
     /// Show the steps, change nothing.
     #[arg(long)]
     pub dry_run: bool,
+    #[command(flatten)]
+    pub xcat: XcatRepoint,
+}
+
+/// Where `migrate`/`failover` repoint moved nodes in xCAT (like `hanfs xcat redirect`). Without a
+/// source the xCAT step is skipped and the equivalent `hanfs xcat redirect` command is printed.
+#[derive(Debug, Args)]
+pub struct XcatRepoint {
+    /// xCAT tables as `tabdump` CSV files in DIR.
+    #[arg(long, value_name = "DIR")]
+    pub tabdump: Option<PathBuf>,
+    /// xCAT SQLite files in DIR.
+    #[arg(long, value_name = "DIR")]
+    pub sqlite: Option<PathBuf>,
+    /// xCAT's cfgloc naming its PostgreSQL or MySQL database.
+    #[arg(long, value_name = "FILE")]
+    pub cfgloc: Option<PathBuf>,
+    /// Run the chdef/chtab commands (default: print them).
+    #[arg(long)]
+    pub apply_xcat: bool,
+    /// TOML file with command templates (`chdef = [...]`, `chtab = [...]`).
+    #[arg(long, value_name = "FILE")]
+    pub templates: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -139,6 +162,11 @@ pub struct FailoverArgs {
     /// Show the steps, change nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Promote even when fencing fails or no fence command is configured (risks split brain).
+    #[arg(long)]
+    pub force: bool,
+    #[command(flatten)]
+    pub xcat: XcatRepoint,
 }
 
 #[derive(Debug, Subcommand)]

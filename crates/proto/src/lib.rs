@@ -88,6 +88,25 @@ pub enum ToAgent {
         text: String,
     },
     Bye,
+    // Statelite replication (appended: postcard indexes variants by position).
+    /// Open the backup copy of one node's statelite data at `<root>/<node>` (`root` absolute and
+    /// within the agent's `statelite_roots`): answered by `Opened`, then `GetManifest`/`Plan`/blobs/
+    /// `Commit` as for an image.
+    StateliteOpen {
+        root: String,
+        node: String,
+    },
+    /// Scan the live statelite data at `<root>/<node>` (the serving side): answered by `Manifest` +
+    /// chunks; then `StateliteRead`s of that scan's files.
+    StateliteScan {
+        root: String,
+        node: String,
+    },
+    /// The content of one regular file of the last `StateliteScan`: answered by `Content` + chunks.
+    StateliteRead {
+        #[serde(with = "serde_bytes")]
+        path: Vec<u8>,
+    },
 }
 
 /// Agent → controller.
@@ -130,6 +149,10 @@ pub enum FromAgent {
     /// The request failed; the agent may close the session after sending it.
     Error {
         reason: String,
+    },
+    /// Reply to `StateliteRead`: `len` bytes of content follow in `Chunk`s.
+    Content {
+        len: u64,
     },
 }
 

@@ -39,9 +39,14 @@ pub fn load_cluster(g: &Global) -> Result<model::Cluster> {
     let path = &g.config;
     let text = std::fs::read_to_string(path)
         .map_err(|e| bad_input(format!("{}: cannot read the cluster config: {e}", path.display())))?;
-    model::Cluster::from_toml(&path.display().to_string(), &text)
+    let mut cluster = model::Cluster::from_toml(&path.display().to_string(), &text)
         .map_err(anyhow::Error::new)
-        .context("invalid cluster config")
+        .context("invalid cluster config")?;
+    // Nodes moved by `migrate`/`failover` are served where the overlay in state_dir says.
+    for w in controller::statelite::apply_overlay(&mut cluster)? {
+        eprintln!("hanfs: warning: {w}");
+    }
+    Ok(cluster)
 }
 
 /// The async runtime of the network commands (two shared cores are the common case; blocking
@@ -54,9 +59,4 @@ pub fn runtime() -> Result<tokio::runtime::Runtime> {
 pub fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
-}
-
-/// For commands whose engine has not landed yet: a clear failure, never a fake success.
-pub fn not_yet(what: &str) -> Result<Status> {
-    Err(anyhow::anyhow!("`hanfs {what}` is not available in this build yet"))
 }

@@ -4,6 +4,7 @@ use super::{load_cluster, print_json};
 use crate::cli::{Global, ImageFilter, SyncArgs};
 use crate::exit::{bad_input, Status};
 use anyhow::Result;
+use controller::statelite::StateliteReport;
 use controller::{Controller, SyncReport};
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
@@ -66,9 +67,15 @@ pub fn plan(g: &Global, a: SyncArgs) -> Result<Status> {
     Ok(Status::Ok)
 }
 
-fn print_report(g: &Global, what: &str, r: &SyncReport) -> Result<Status> {
+fn print_report(g: &Global, what: &str, r: &SyncReport, statelite: &[StateliteReport]) -> Result<Status> {
+    let statelite_ok = statelite.iter().all(|s| s.ok);
     if g.json {
-        print_json(r)?;
+        let mut v = serde_json::to_value(r)?;
+        if let Some(o) = v.as_object_mut() {
+            o.insert("statelite".into(), serde_json::to_value(statelite)?);
+            o.insert("ok".into(), serde_json::Value::Bool(r.ok && statelite_ok));
+        }
+        print_json(&v)?;
     } else {
         for x in &r.replicas {
             let state = if x.matches { "ok" } else { "MISMATCH" };
@@ -86,7 +93,34 @@ fn print_report(g: &Global, what: &str, r: &SyncReport) -> Result<Status> {
         for e in &r.exports {
             println!("{:<10} exports written, reload {}", e.sn, if e.reloaded { "ok" } else { "FAILED" });
         }
+        for s in statelite {
+            println!(
+                "{:<10} statelite {}/{} from {}: {} gen {} {} files, {} bytes{}",
+                s.to,
+                s.area,
+                s.node,
+                s.from,
+                if s.ok { "ok" } else { "FAILED" },
+                s.generation,
+                s.files_sent,
+                s.bytes_sent,
+                s.error.as_deref().map(|e| format!("  ({e})")).unwrap_or_default()
+            );
+        }
         println!("{what}: {} bytes sent in all", r.bytes_sent);
+    }
+    for s in statelite.iter().filter(|s| !s.ok) {
+        eprintln!(
+            "hanfs {what}: statelite {}/{} not copied from {} to {}: {}",
+            s.area,
+            s.node,
+            s.from,
+            s.to,
+            s.error.as_deref().unwrap_or("")
+        );
+    }
+    if !statelite_ok && r.ok {
+        return Ok(Status::Failed);
     }
     if r.ok {
         Ok(Status::Ok)
@@ -108,15 +142,28 @@ pub fn sync(g: &Global, a: SyncArgs) -> Result<Status> {
     }
     let c = controller(g)?;
     let imgs = images(g, &c.cluster, &a.filter)?;
-    let r = super::runtime()?.block_on(c.sync(&imgs))?;
-    print_report(g, "sync", &r)
+    let rt = super::runtime()?;
+    let r = rt.block_on(c.sync(&imgs))?;
+    // Statelite data is copied on a full sync (no --image filter): serving SN -> each backup.
+    let statelite = if a.filter.images.is_empty() {
+        let pairs = controller::statelite::pairs(&c.cluster, None);
+        rt.block_on(controller::statelite::sync_all(&c, &pairs))
+    } else {
+        Vec::new()
+    };
+    print_report(g, "sync", &r, &statelite)
 }
 
 pub fn status(g: &Global) -> Result<Status> {
     let c = controller(g)?;
     let r = super::runtime()?.block_on(c.status())?;
+    let lags = controller::statelite::lags(&c.cluster);
     if g.json {
-        print_json(&r)?;
+        let mut v = serde_json::to_value(&r)?;
+        if let Some(o) = v.as_object_mut() {
+            o.insert("statelite".into(), serde_json::to_value(&lags)?);
+        }
+        print_json(&v)?;
     } else {
         for s in &r.sns {
             if !s.reachable {
@@ -128,6 +175,13 @@ pub fn status(g: &Global) -> Result<Status> {
                 println!("  {:<24} gen {:<4} lag {:<3} {}", i.name, i.generation, i.lag, i.digest);
             }
         }
+        for l in &lags {
+            let lag = match l.lag_seconds {
+                Some(s) => format!("{s} s ago (generation {})", l.generation.unwrap_or(0)),
+                None => "never synced".into(),
+            };
+            println!("statelite {}/{} on {} -> backup {}: last sync {lag}", l.area, l.node, l.served_by, l.backup);
+        }
     }
     Ok(if r.sns.iter().all(|s| s.reachable) { Status::Ok } else { Status::Failed })
 }
@@ -136,5 +190,5 @@ pub fn verify(g: &Global, a: ImageFilter) -> Result<Status> {
     let c = controller(g)?;
     let imgs = images(g, &c.cluster, &a)?;
     let r = super::runtime()?.block_on(c.verify(&imgs))?;
-    print_report(g, "verify", &r)
+    print_report(g, "verify", &r, &[])
 }

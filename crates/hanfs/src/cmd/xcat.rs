@@ -15,7 +15,7 @@ pub fn run(g: &Global, c: XcatCommand) -> Result<Status> {
     }
 }
 
-fn spec(tabdump: Option<PathBuf>, sqlite: Option<PathBuf>, cfgloc: Option<PathBuf>) -> Result<SourceSpec> {
+pub(crate) fn spec(tabdump: Option<PathBuf>, sqlite: Option<PathBuf>, cfgloc: Option<PathBuf>) -> Result<SourceSpec> {
     match (tabdump, sqlite, cfgloc) {
         (Some(d), _, _) => Ok(SourceSpec::Tabdump(d)),
         (_, Some(d), _) => Ok(SourceSpec::Sqlite(d)),
@@ -141,7 +141,7 @@ fn redirect(g: &Global, a: XcatRedirectArgs) -> Result<Status> {
     Ok(Status::Ok)
 }
 
-fn shell_quote(s: &str) -> String {
+pub(crate) fn shell_quote(s: &str) -> String {
     if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=,:@+%".contains(c)) {
         s.to_string()
     } else {

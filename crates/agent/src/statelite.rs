@@ -1,0 +1,213 @@
+//! Statelite replication, agent side. A node's persistent data lives at `<area>/<node>` on the SN
+//! that serves it; the controller copies it to the node's backup SNs through the MN:
+//! - serving side (`StateliteScan`): scan the live directory, send the manifest, then the content
+//!   of each file the controller asks for (`StateliteRead`), opened beneath the directory without
+//!   following symlinks (the node is root on its own data: a planted symlink must not leak SN files);
+//! - backup side (`StateliteOpen`): the copy is a `tree::Replica` (crash-safe apply) whose state lives
+//!   in `state_dir/statelite/<key>/<node>`; plans and blobs then go through the image code path.
+//!
+//! Both sides refuse an area that is not within the agent's `statelite_roots` (the only places besides
+//! `root` where it writes), and any path component that is not a real directory.
+
+use crate::session::{blocking, current, make_beneath, refuse, update};
+use crate::spool::Spool;
+use crate::Agent;
+use anyhow::{bail, Context, Result};
+use proto::{FromAgent, ToAgent, CHUNK};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use transport::Conn;
+use tree::{Replica, ReplicaOptions};
+
+/// Checks `area` (absolute) and `node`, and returns (the statelite root it lies in, the path of
+/// `<area>/<node>` relative to that root).
+fn locate(agent: &Agent, area: &str, node: &str) -> Result<(PathBuf, String), String> {
+    proto::check_name(node).map_err(|e| e.to_string())?;
+    let rel_area = area.strip_prefix('/').ok_or_else(|| format!("statelite path `{area}` is not absolute"))?;
+    for r in &agent.cfg.statelite_roots {
+        let r = r.as_str().trim_end_matches('/');
+        let rest = if area.trim_end_matches('/') == r {
+            Some("")
+        } else {
+            area.strip_prefix(r).and_then(|x| x.strip_prefix('/'))
+        };
+        let Some(rest) = rest else { continue };
+        let rest = rest.trim_end_matches('/');
+        let rel = if rest.is_empty() { node.to_string() } else { format!("{rest}/{node}") };
+        // No `..`, empty or `.` components anywhere (checked on the whole area too).
+        proto::check_rel_path(&rel).map_err(|e| e.to_string())?;
+        if !rel_area.is_empty() {
+            proto::check_rel_path(rel_area.trim_end_matches('/')).map_err(|e| e.to_string())?;
+        }
+        // Several agents on one host (tests, demos) keep their statelite trees apart under a prefix;
+        // the check above is on the cluster-wide path, as configured.
+        let base = match std::env::var_os("HANFS_STATELITE_PREFIX") {
+            Some(pre) => PathBuf::from(pre).join(r.trim_start_matches('/')),
+            None => PathBuf::from(r),
+        };
+        return Ok((base, rel));
+    }
+    Err(format!("statelite path `{area}` is not within this agent's statelite_roots"))
+}
+
+/// Where the backup copy's replica state lives: one directory per (area, node).
+fn state_dir(agent: &Agent, area: &str, node: &str) -> PathBuf {
+    // Hex of the area path: a stable file name that cannot collide between areas.
+    let key = hex::encode(area.trim_end_matches('/'));
+    PathBuf::from(agent.cfg.state_dir.as_str()).join("statelite").join(key).join(node)
+}
+
+/// `root/rel`, every component a real directory (symlinks refused), without creating anything.
+fn existing_beneath(root: &Path, rel: &str) -> Result<PathBuf> {
+    let mut p = root.to_path_buf();
+    for comp in rel.split('/') {
+        p.push(comp);
+        let m = std::fs::symlink_metadata(&p).with_context(|| format!("{}", p.display()))?;
+        if !m.file_type().is_dir() {
+            bail!("{} is not a directory (a symlink is never followed)", p.display());
+        }
+    }
+    Ok(p)
+}
+
+fn opts() -> ReplicaOptions {
+    // A node's data has no business holding device nodes on its SN.
+    ReplicaOptions { allow_devices: false }
+}
+
+/// Backup side: opens (recovers, adopts) the copy and serves manifest/plan/blob/commit requests.
+pub async fn backup(agent: &Agent, c: &mut Conn, area: &str, node: &str) -> Result<Option<ToAgent>> {
+    let (sroot, rel) = match locate(agent, area, node) {
+        Ok(x) => x,
+        Err(e) => return Err(refuse(c, e).await),
+    };
+    let sd = state_dir(agent, area, node);
+    let label = format!("statelite {area}/{node}");
+    let held = agent.lock(&format!("statelite:{}", sd.display())).lock_owned().await;
+    let opened = blocking(|| -> Result<Replica> {
+        let dir = make_beneath(&sroot, &rel)?;
+        std::fs::create_dir_all(&sd).with_context(|| format!("creating {}", sd.display()))?;
+        std::fs::write(sd.join("path"), format!("{area}\n{node}\n"))?;
+        let mut r = Replica::open(&dir, &sd.join("replica"), opts())?;
+        r.recover()?;
+        // This copy may have been served (written by the node) since it was last a backup: the
+        // controller diffs against what is really there, so a drifted copy is re-adopted.
+        match r.current() {
+            None => {
+                r.adopt(0)?;
+            }
+            Some((g, d)) => {
+                if r.scan()?.digest() != d {
+                    tracing::info!("{area}/{node}: copy changed since generation {g}: adopted as {}", g + 1);
+                    r.adopt(g + 1)?;
+                }
+            }
+        }
+        Ok(r)
+    });
+    let mut replica = match opened {
+        Ok(r) => r,
+        Err(e) => return Err(refuse(c, format!("{label}: {e:#}")).await),
+    };
+    c.request(&FromAgent::Opened { state: current(&replica, node) }).await?;
+    let spool = Spool::open(sd.join("spool"))?;
+    let next = loop {
+        let msg = match c.recv_within(crate::IDLE_TIMEOUT).await {
+            Ok(m) => m,
+            Err(transport::Error::Closed) => break Some(ToAgent::Bye),
+            Err(e) => return Err(e.into()),
+        };
+        match msg {
+            ToAgent::GetManifest => {
+                let bytes = match replica.manifest().map(|m| m.to_bytes()) {
+                    Some(Ok(b)) => b,
+                    _ => return Err(refuse(c, "no recorded manifest").await),
+                };
+                c.send(&FromAgent::Manifest { len: bytes.len() as u64 }).await?;
+                for ch in bytes.chunks(CHUNK) {
+                    c.send(&FromAgent::Chunk(ch.to_vec())).await?;
+                }
+                c.flush().await?;
+            }
+            ToAgent::Plan { len, zstd } => {
+                update(c, &mut replica, &spool, &label, len, zstd).await?;
+            }
+            other => break Some(other),
+        }
+    };
+    // Statelite trees are small: the old generation's leftovers go now, under the lock.
+    if let Err(e) = blocking(|| replica.cleanup()) {
+        tracing::warn!("{label}: cleanup: {e}");
+    }
+    drop(held);
+    Ok(next)
+}
+
+/// Serving side: scans the live data, sends the manifest, then file contents on request.
+pub async fn serve(agent: &Agent, c: &mut Conn, area: &str, node: &str) -> Result<Option<ToAgent>> {
+    let (sroot, rel) = match locate(agent, area, node) {
+        Ok(x) => x,
+        Err(e) => return Err(refuse(c, e).await),
+    };
+    // A missing directory is an error, not an empty tree: syncing "nothing" would empty the backup.
+    let scanned = blocking(|| -> Result<(PathBuf, tree::Manifest)> {
+        let dir = existing_beneath(&sroot, &rel)?;
+        let m = tree::scan(&dir, &[])?;
+        Ok((dir, m))
+    });
+    let (dir, manifest) = match scanned {
+        Ok(x) => x,
+        Err(e) => {
+            c.request(&FromAgent::Error { reason: format!("statelite {area}/{node}: {e:#}") }).await?;
+            return Ok(None);
+        }
+    };
+    let bytes = manifest.to_bytes()?;
+    c.send(&FromAgent::Manifest { len: bytes.len() as u64 }).await?;
+    for ch in bytes.chunks(CHUNK) {
+        c.send(&FromAgent::Chunk(ch.to_vec())).await?;
+    }
+    c.flush().await?;
+    let root = tree::fsops::Root::open(&dir)?;
+    loop {
+        let msg = match c.recv_within(crate::IDLE_TIMEOUT).await {
+            Ok(m) => m,
+            Err(transport::Error::Closed) => return Ok(Some(ToAgent::Bye)),
+            Err(e) => return Err(e.into()),
+        };
+        let path = match msg {
+            ToAgent::StateliteRead { path } => path,
+            other => return Ok(Some(other)),
+        };
+        // Only files of the scan just sent: nothing else of the SN is readable this way.
+        let listed = manifest.entries.get(&path).is_some_and(|e| matches!(e.kind, tree::Kind::File { .. }));
+        if !listed {
+            return Err(refuse(c, format!("{} is not a file of the scan", tree::manifest::show(&path))).await);
+        }
+        let opened = blocking(|| -> Result<(std::fs::File, u64)> {
+            let f = root.open_file(&path)?;
+            let len = f.metadata()?.len();
+            Ok((f, len))
+        });
+        let (mut f, len) = match opened {
+            Ok(x) => x,
+            Err(e) => {
+                c.request(&FromAgent::Error { reason: format!("{}: {e:#}", tree::manifest::show(&path)) }).await?;
+                continue;
+            }
+        };
+        c.send(&FromAgent::Content { len }).await?;
+        let mut left = len;
+        let mut buf = vec![0u8; CHUNK.min(len as usize)];
+        while left > 0 {
+            let n = left.min(CHUNK as u64) as usize;
+            // A file truncated meanwhile cannot deliver what was announced: the session ends and
+            // the controller retries the node later.
+            blocking(|| f.read_exact(&mut buf[..n]))
+                .with_context(|| format!("{}: changed while being read", tree::manifest::show(&path)))?;
+            c.send(&FromAgent::Chunk(buf[..n].to_vec())).await?;
+            left -= n as u64;
+        }
+        c.flush().await?;
+    }
+}

@@ -1,0 +1,420 @@
+//! Statelite replication and node moves, controller side.
+//!
+//! Data path: for each (area, node, backup SN) the controller opens the backup's copy
+//! (`StateliteOpen`, a crash-safe `tree::Replica` on the agent), scans the live data on the serving SN
+//! (`StateliteScan`), diffs the two manifests here, sends the plan to the backup and pipes each needed
+//! file from the serving agent to the backup (`StateliteRead` -> `Blob`), then `Commit`. Unchanged
+//! files, moves and copies are never resent; changed files travel whole (no deltas yet).
+//!
+//! State kept in the cluster's `state_dir`:
+//! - `served_by`: the move overlay, one `NODE SN` line per moved node, written atomically by
+//!   `migrate`/`failover` and applied by [`apply_overlay`] on every config load, so every later
+//!   render keeps `refer=` on the old SN and rw on the new one.
+//! - `statelite/<area>/<node>/<sn>`: `GENERATION DIGEST UNIX_SECONDS FROM` of the last successful sync
+//!   of that backup copy (status lag; failover's "holds a copy").
+
+use crate::Controller;
+use anyhow::{anyhow, bail, Context, Result};
+use model::Cluster;
+use proto::{Encoding, FromAgent, ToAgent, CHUNK};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use transport::Conn;
+
+/// One backup copy to bring up to date.
+#[derive(Debug, Clone)]
+pub struct Pair {
+    pub area: String,
+    pub path: String,
+    pub node: String,
+    pub from: String,
+    pub to: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StateliteReport {
+    pub area: String,
+    pub node: String,
+    pub from: String,
+    pub to: String,
+    pub ok: bool,
+    pub generation: u64,
+    pub digest: String,
+    pub files_sent: u64,
+    pub bytes_sent: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// A backup copy's last successful sync, as recorded on the MN.
+#[derive(Debug, Clone, Serialize)]
+pub struct Lag {
+    pub area: String,
+    pub node: String,
+    pub served_by: String,
+    pub backup: String,
+    /// Unix seconds of the last successful sync (None: never synced).
+    pub last_sync: Option<u64>,
+    /// Seconds since then.
+    pub lag_seconds: Option<u64>,
+    pub generation: Option<u64>,
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// Every (area, node, backup) of `nodes` (all when None): backups are the node's SNs other than the
+/// one serving it.
+pub fn pairs(cluster: &Cluster, nodes: Option<&[String]>) -> Vec<Pair> {
+    let mut out = Vec::new();
+    for area in &cluster.statelite {
+        for n in &cluster.nodes {
+            if nodes.is_some_and(|l| !l.contains(&n.name)) {
+                continue;
+            }
+            for b in n.sns.iter().filter(|s| **s != n.served_by) {
+                out.push(Pair {
+                    area: area.name.clone(),
+                    path: area.path.as_str().to_string(),
+                    node: n.name.clone(),
+                    from: n.served_by.clone(),
+                    to: b.clone(),
+                });
+            }
+        }
+    }
+    out
+}
+
+// ---- overlay -------------------------------------------------------------------------------
+
+fn overlay_file(state_dir: &Path) -> PathBuf {
+    state_dir.join("served_by")
+}
+
+/// Reads the move overlay (`NODE SN` lines; `#` comments); absent is empty.
+pub fn load_overlay(state_dir: &Path) -> Result<BTreeMap<String, String>> {
+    let f = overlay_file(state_dir);
+    let text = match std::fs::read_to_string(&f) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", f.display())),
+    };
+    let mut m = BTreeMap::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let mut w = line.split_whitespace();
+        match (w.next(), w.next(), w.next()) {
+            (Some(n), Some(s), None) => {
+                m.insert(n.to_string(), s.to_string());
+            }
+            _ => bail!("{}:{}: expected `NODE SN`", f.display(), i + 1),
+        }
+    }
+    Ok(m)
+}
+
+/// Writes the overlay atomically (temporary file, fsync, rename, directory fsync).
+pub fn save_overlay(state_dir: &Path, m: &BTreeMap<String, String>) -> Result<()> {
+    let mut text = String::from("# hanfs: nodes moved by `hanfs migrate`/`failover` (NODE SN); overrides served_by\n");
+    for (n, s) in m {
+        text += &format!("{n} {s}\n");
+    }
+    write_atomic(&overlay_file(state_dir), text.as_bytes())
+}
+
+/// Applies the overlay to a loaded cluster; returns warnings for entries naming unknown nodes or SNs
+/// (left out, never fatal: the config may have changed since the move).
+pub fn apply_overlay(cluster: &mut Cluster) -> Result<Vec<String>> {
+    let m = load_overlay(Path::new(cluster.state_dir.as_str()))?;
+    let sns: Vec<String> = cluster.sns.iter().map(|s| s.name.clone()).collect();
+    let mut warn = Vec::new();
+    for (node, sn) in m {
+        if !sns.contains(&sn) {
+            warn.push(format!("moved node {node}: SN `{sn}` is no longer in the config; ignored"));
+            continue;
+        }
+        match cluster.nodes.iter_mut().find(|n| n.name == node) {
+            Some(n) => n.served_by = sn,
+            None => warn.push(format!("moved node `{node}` is no longer in the config; ignored")),
+        }
+    }
+    Ok(warn)
+}
+
+/// Records new `served_by` values in the overlay (a move back to the home SN drops the entry).
+pub fn record_moves(cluster: &Cluster, moves: &[(String, String)]) -> Result<()> {
+    let sd = Path::new(cluster.state_dir.as_str());
+    let mut m = load_overlay(sd)?;
+    for (node, sn) in moves {
+        let home = cluster.node(node).and_then(|n| n.sns.first());
+        if home == Some(sn) {
+            m.remove(node);
+        } else {
+            m.insert(node.clone(), sn.clone());
+        }
+    }
+    save_overlay(sd, &m)
+}
+
+fn write_atomic(file: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let dir = file.parent().ok_or_else(|| anyhow!("{}: no parent", file.display()))?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let tmp =
+        dir.join(format!(".{}.tmp", file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()));
+    let mut f = std::fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
+    f.write_all(bytes).and_then(|_| f.sync_all()).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, file).with_context(|| format!("renaming onto {}", file.display()))?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+// ---- sync records --------------------------------------------------------------------------
+
+fn record_file(cluster: &Cluster, area: &str, node: &str, sn: &str) -> Result<PathBuf> {
+    for n in [area, node, sn] {
+        proto::check_name(n)?;
+    }
+    Ok(Path::new(cluster.state_dir.as_str()).join("statelite").join(area).join(node).join(sn))
+}
+
+fn save_record(cluster: &Cluster, p: &Pair, generation: u64, digest: &str) -> Result<()> {
+    let f = record_file(cluster, &p.area, &p.node, &p.to)?;
+    write_atomic(&f, format!("{generation} {digest} {} {}\n", now(), p.from).as_bytes())
+}
+
+/// (generation, digest, unix seconds) of the last successful sync of that copy.
+pub fn load_record(cluster: &Cluster, area: &str, node: &str, sn: &str) -> Option<(u64, String, u64)> {
+    let t = std::fs::read_to_string(record_file(cluster, area, node, sn).ok()?).ok()?;
+    let mut w = t.split_whitespace();
+    Some((w.next()?.parse().ok()?, w.next()?.to_string(), w.next()?.parse().ok()?))
+}
+
+/// Replication lag of every backup copy, from the records (no network).
+pub fn lags(cluster: &Cluster) -> Vec<Lag> {
+    let t = now();
+    pairs(cluster, None)
+        .into_iter()
+        .map(|p| {
+            let r = load_record(cluster, &p.area, &p.node, &p.to);
+            Lag {
+                area: p.area,
+                node: p.node,
+                served_by: p.from,
+                backup: p.to,
+                last_sync: r.as_ref().map(|r| r.2),
+                lag_seconds: r.as_ref().map(|r| t.saturating_sub(r.2)),
+                generation: r.map(|r| r.0),
+            }
+        })
+        .collect()
+}
+
+// ---- the sync ------------------------------------------------------------------------------
+
+async fn recv_bulk(c: &mut Conn, len: u64, what: &str) -> Result<Vec<u8>> {
+    let mut b = Vec::with_capacity(len.min(64 << 20) as usize);
+    while (b.len() as u64) < len {
+        match c.recv::<FromAgent>().await? {
+            FromAgent::Chunk(d) if b.len() as u64 + d.len() as u64 <= len => b.extend_from_slice(&d),
+            FromAgent::Chunk(_) => bail!("{what} longer than announced"),
+            other => bail!("unexpected {other:?} inside {what}"),
+        }
+    }
+    Ok(b)
+}
+
+async fn recv_manifest(c: &mut Conn) -> Result<tree::Manifest> {
+    match c.recv::<FromAgent>().await? {
+        FromAgent::Manifest { len } => Ok(tree::Manifest::from_bytes(&recv_bulk(c, len, "a manifest").await?)?),
+        FromAgent::Error { reason } => bail!("{reason}"),
+        other => bail!("unexpected reply {other:?} (expected a manifest)"),
+    }
+}
+
+/// Opens the copy of `<path>/<node>` on a backup: (generation, digest).
+async fn open_copy(c: &mut Conn, path: &str, node: &str) -> Result<(u64, String)> {
+    c.request(&ToAgent::StateliteOpen { root: path.to_string(), node: node.to_string() }).await?;
+    match c.recv::<FromAgent>().await? {
+        FromAgent::Opened { state } => Ok((state.generation, state.digest)),
+        FromAgent::Error { reason } => bail!("{reason}"),
+        other => bail!("unexpected reply to StateliteOpen: {other:?}"),
+    }
+}
+
+/// Brings one backup copy up to date; retried once when a file changed under the scan.
+pub async fn sync_pair(ctl: &Controller, p: &Pair) -> StateliteReport {
+    let mut rep = StateliteReport {
+        area: p.area.clone(),
+        node: p.node.clone(),
+        from: p.from.clone(),
+        to: p.to.clone(),
+        ok: false,
+        generation: 0,
+        digest: String::new(),
+        files_sent: 0,
+        bytes_sent: 0,
+        error: None,
+    };
+    for attempt in 0..2 {
+        match tokio::time::timeout(ctl.timeouts.sn, sync_once(ctl, p, &mut rep)).await {
+            Ok(Ok(())) => {
+                rep.ok = true;
+                rep.error = None;
+                if let Err(e) = save_record(&ctl.cluster, p, rep.generation, &rep.digest) {
+                    tracing::warn!("{}/{} on {}: recording the sync: {e:#}", p.area, p.node, p.to);
+                }
+                break;
+            }
+            Ok(Err(e)) => {
+                let msg = format!("{e:#}");
+                tracing::warn!(
+                    "statelite {}/{} {} -> {} (attempt {}): {msg}",
+                    p.area,
+                    p.node,
+                    p.from,
+                    p.to,
+                    attempt + 1
+                );
+                let retry = msg.contains("changed") || msg.contains("does not match");
+                rep.error = Some(msg);
+                if !retry {
+                    break;
+                }
+            }
+            Err(_) => {
+                rep.error = Some(format!("timed out after {:?}", ctl.timeouts.sn));
+                break;
+            }
+        }
+    }
+    rep
+}
+
+async fn sync_once(ctl: &Controller, p: &Pair, rep: &mut StateliteReport) -> Result<()> {
+    let cl = &ctl.cluster;
+    let from = cl.sn(&p.from).ok_or_else(|| anyhow!("unknown SN {}", p.from))?;
+    let to = cl.sn(&p.to).ok_or_else(|| anyhow!("unknown SN {}", p.to))?;
+    let mut src = ctl.connect(from).await.with_context(|| format!("serving SN {}", p.from))?;
+    let mut dst = ctl.connect(to).await.with_context(|| format!("backup SN {}", p.to))?;
+    let (generation, digest) = open_copy(&mut dst, &p.path, &p.node).await.with_context(|| format!("on {}", p.to))?;
+    src.request(&ToAgent::StateliteScan { root: p.path.clone(), node: p.node.clone() }).await?;
+    let live = recv_manifest(&mut src).await.with_context(|| format!("scanning on {}", p.from))?;
+    let want = live.digest();
+    if want != digest {
+        dst.request(&ToAgent::GetManifest).await?;
+        let theirs = recv_manifest(&mut dst).await?;
+        let mut plan = tree::diff(&theirs, &live);
+        plan.generation = generation + 1;
+        let bytes = zstd::bulk::compress(&plan.to_bytes()?, 3)?;
+        dst.send(&ToAgent::Plan { len: bytes.len() as u64, zstd: true }).await?;
+        for ch in bytes.chunks(CHUNK) {
+            dst.send_chunk(ch).await?;
+        }
+        dst.flush().await?;
+        let need = match dst.recv::<FromAgent>().await? {
+            FromAgent::Need { indexes, .. } => indexes,
+            FromAgent::Error { reason } => bail!("on {}: {reason}", p.to),
+            other => bail!("unexpected reply to Plan: {other:?}"),
+        };
+        for i in need {
+            let ct = plan.contents.get(i as usize).ok_or_else(|| anyhow!("{} asked for content {i}", p.to))?;
+            src.request(&ToAgent::StateliteRead { path: ct.path.clone() }).await?;
+            let len = match src.recv::<FromAgent>().await? {
+                FromAgent::Content { len } => len,
+                FromAgent::Error { reason } => bail!("reading on {}: {reason}", p.from),
+                other => bail!("unexpected reply to StateliteRead: {other:?}"),
+            };
+            if len != ct.size {
+                bail!("{} changed during the sync (size {} -> {len})", tree::manifest::show(&ct.path), ct.size);
+            }
+            // Piped chunk by chunk: the MN holds at most one chunk of a file.
+            dst.send(&ToAgent::Blob { index: i, encoding: Encoding::Literal, len, zstd: false }).await?;
+            let mut got = 0u64;
+            while got < len {
+                match src.recv::<FromAgent>().await? {
+                    FromAgent::Chunk(d) if got + d.len() as u64 <= len => {
+                        got += d.len() as u64;
+                        dst.send_chunk(&d).await?;
+                    }
+                    other => bail!("unexpected {:?} inside a file from {}", std::mem::discriminant(&other), p.from),
+                }
+            }
+            dst.send(&ToAgent::BlobEnd).await?;
+            rep.files_sent += 1;
+            rep.bytes_sent += len;
+        }
+        dst.request(&ToAgent::Commit).await?;
+        match dst.recv_within::<FromAgent>(ctl.timeouts.commit).await? {
+            FromAgent::Committed { state } => {
+                if state.digest != want {
+                    bail!("{} committed digest {} but the live data is {want}", p.to, state.digest);
+                }
+                rep.generation = state.generation;
+                rep.digest = state.digest;
+            }
+            FromAgent::Error { reason } => bail!("on {}: {reason}", p.to),
+            other => bail!("unexpected reply to Commit: {other:?}"),
+        }
+    } else {
+        rep.generation = generation;
+        rep.digest = digest;
+    }
+    for c in [&mut src, &mut dst] {
+        let _ = c.request(&ToAgent::Bye).await;
+        c.shutdown().await;
+    }
+    Ok(())
+}
+
+/// Syncs every pair, one after another (statelite trees are small; a dead SN fails fast on connect).
+pub async fn sync_all(ctl: &Controller, pairs: &[Pair]) -> Vec<StateliteReport> {
+    let mut out = Vec::new();
+    for p in pairs {
+        out.push(sync_pair(ctl, p).await);
+    }
+    out
+}
+
+/// True when `sn` answers and holds a recovered copy of every area of `node` that was synced at
+/// least once (the record on the MN says so and the copy's digest is the recorded one).
+pub async fn holds_copy(ctl: &Controller, sn: &str, node: &str) -> Result<()> {
+    let cl = &ctl.cluster;
+    let s = cl.sn(sn).ok_or_else(|| anyhow!("unknown SN {sn}"))?;
+    let mut c = ctl.connect(s).await?;
+    for area in &cl.statelite {
+        let Some((_, digest, _)) = load_record(cl, &area.name, node, sn) else {
+            bail!("no synced copy of {}/{node} recorded for {sn}", area.name);
+        };
+        let (_, have) = open_copy(&mut c, area.path.as_str(), node).await?;
+        if have != digest {
+            bail!("copy of {}/{node} on {sn} is at {have}, not the synced {digest}", area.name);
+        }
+    }
+    let _ = c.request(&ToAgent::Bye).await;
+    c.shutdown().await;
+    Ok(())
+}
+
+/// Writes one SN's exports and runs its reload: (reloaded, output).
+pub async fn push_exports(ctl: &Controller, sn: &str, text: String) -> Result<(bool, String)> {
+    let s = ctl.cluster.sn(sn).ok_or_else(|| anyhow!("unknown SN {sn}"))?;
+    let mut c = ctl.connect(s).await?;
+    c.request(&ToAgent::Exports { text }).await?;
+    let r = match c.recv_within::<FromAgent>(ctl.timeouts.commit).await? {
+        FromAgent::ExportsDone { reloaded, output } => (reloaded, output),
+        FromAgent::Error { reason } => bail!("{reason}"),
+        other => bail!("unexpected reply to Exports: {other:?}"),
+    };
+    let _ = c.request(&ToAgent::Bye).await;
+    c.shutdown().await;
+    Ok(r)
+}

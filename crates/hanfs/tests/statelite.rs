@@ -1,0 +1,177 @@
+//! Writable statelite data with real agents on loopback: replication to the backups (`sync`),
+//! a planned move (`migrate`), an unplanned one (`failover`, fenced first), hostile area paths.
+//! Each agent keeps its statelite tree under its own `HANFS_STATELITE_PREFIX`, so the cluster-wide
+//! `/nodedata` stays apart per SN on one host.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod net;
+
+use net::{assert_same_tree, hanfs_bin, Rig};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// `<prefix of agent i>/nodedata/<node>`.
+fn data(rig: &Rig, i: usize, node: &str) -> PathBuf {
+    rig.path().join(format!("sn{}", i + 1)).join("sl/nodedata").join(node)
+}
+
+/// Restarts agent `i` with `statelite_roots = ["/nodedata"]` and its own prefix.
+fn restart_with_statelite(rig: &mut Rig, i: usize) {
+    rig.kill(i);
+    let a = &rig.agents[i];
+    let mut conf = std::fs::read_to_string(&a.conf).unwrap();
+    if !conf.contains("statelite_roots") {
+        conf = format!("statelite_roots = [\"/nodedata\"]\n{conf}");
+        std::fs::write(&a.conf, conf).unwrap();
+    }
+    let prefix = rig.path().join(format!("sn{}", i + 1)).join("sl");
+    std::fs::create_dir_all(&prefix).unwrap();
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(&a.log).unwrap();
+    let child = Command::new(hanfs_bin())
+        .args(["--config", a.conf.to_str().unwrap(), "agent"])
+        .env("HANFS_LOG", "info")
+        .env("HANFS_STATELITE_PREFIX", &prefix)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let port = a.port;
+    rig.agents[i].child = Some(child);
+    let t = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(t.elapsed() < Duration::from_secs(10), "agent {i} did not start: {}", rig.log(i));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn setup(fence: &str) -> Rig {
+    let mut rig = Rig::new(3, false);
+    for i in 0..3 {
+        restart_with_statelite(&mut rig, i);
+    }
+    let mut c = std::fs::read_to_string(&rig.cluster).unwrap();
+    c = c.replacen("[cluster]\n", &format!("[cluster]\nfence = {fence}\n"), 1);
+    c += "\n[[statelite]]\nname = \"nodedata\"\npath = \"/nodedata\"\nclients = \"10.1.0.0/16\"\n";
+    c += "\n[[node]]\nname = \"cn001\"\nsns = [\"sn1\", \"sn2\"]\n";
+    std::fs::write(&rig.cluster, c).unwrap();
+    let d = data(&rig, 0, "cn001");
+    std::fs::create_dir_all(d.join("etc")).unwrap();
+    std::fs::create_dir_all(d.join("var/log")).unwrap();
+    std::fs::write(d.join("etc/hostname"), "cn001\n").unwrap();
+    std::fs::write(d.join("var/log/messages"), net::bytes(7, 3 << 20)).unwrap();
+    std::os::unix::fs::symlink("../etc/hostname", d.join("var/name")).unwrap();
+    rig
+}
+
+fn exports_of(rig: &Rig, i: usize) -> String {
+    std::fs::read_to_string(rig.path().join(format!("sn{}", i + 1)).join("exports")).unwrap_or_default()
+}
+
+fn write_cluster_with_fence(rig: &Rig, fence: &str) -> PathBuf {
+    let c = std::fs::read_to_string(&rig.cluster).unwrap();
+    let start = c.find("fence = ").unwrap();
+    let end = start + c[start..].find('\n').unwrap();
+    let out = rig.path().join("cluster-fence.toml");
+    std::fs::write(&out, format!("{}fence = {fence}{}", &c[..start], &c[end..])).unwrap();
+    out
+}
+
+fn hanfs_with(config: &Path, args: &[&str]) -> (i32, serde_json::Value, String) {
+    let o = Command::new(hanfs_bin()).arg("--config").arg(config).arg("--json").args(args).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    let v = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{args:?}: {e}: {err}"));
+    (o.status.code().unwrap_or(-1), v, err)
+}
+
+#[test]
+fn sync_migrate_failover() {
+    let t0 = Instant::now();
+    let marker = tempfile::tempdir().unwrap();
+    let mfile = marker.path().join("fenced");
+    let mut rig = setup(&format!("[\"sh\", \"-c\", \"echo {{sn}} {{address}} > {}\"]", mfile.display()));
+
+    // 1. Replication: serving sn1 -> backup sn2, crash-safe replica there; lag reported.
+    let (code, v) = rig.hanfs_json(&["sync"]);
+    assert_eq!(code, 0, "{v}");
+    let sl = v["statelite"].as_array().unwrap();
+    assert_eq!(sl.len(), 1, "{v}");
+    assert_eq!(sl[0]["to"], "sn2");
+    assert_eq!(sl[0]["ok"], true, "{v}");
+    assert!(v["replicas"].is_array() && v["bytes_sent"].is_u64(), "contract fields kept: {v}");
+    assert_same_tree(&data(&rig, 0, "cn001"), &data(&rig, 1, "cn001"));
+    // A change and a removal travel on the next sync; nothing else is resent.
+    std::fs::write(data(&rig, 0, "cn001").join("etc/hostname"), "cn001 renamed\n").unwrap();
+    std::fs::remove_file(data(&rig, 0, "cn001").join("var/name")).unwrap();
+    let (code, v) = rig.hanfs_json(&["sync"]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(v["statelite"][0]["files_sent"], 1, "{v}");
+    assert_same_tree(&data(&rig, 0, "cn001"), &data(&rig, 1, "cn001"));
+    let (code, v) = rig.hanfs_json(&["status"]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(v["statelite"][0]["backup"], "sn2", "{v}");
+    assert!(v["statelite"][0]["lag_seconds"].as_u64().unwrap() < 60, "{v}");
+
+    // 2. Planned move to sn2: final sync, rw on sn2, refer= on sn1, recorded in the overlay.
+    std::fs::write(data(&rig, 0, "cn001").join("etc/last-words"), "written just before the move\n").unwrap();
+    let (code, v) = rig.hanfs_json(&["migrate", "--node", "cn001", "--to", "sn2"]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(v["moved"][0]["to"], "sn2", "{v}");
+    assert_same_tree(&data(&rig, 0, "cn001"), &data(&rig, 1, "cn001"));
+    assert!(exports_of(&rig, 1).contains("/nodedata/cn001"), "{}", exports_of(&rig, 1));
+    assert!(exports_of(&rig, 1).contains("rw"), "{}", exports_of(&rig, 1));
+    assert!(exports_of(&rig, 0).contains("refer=/nodedata/cn001@127.0.0.1"), "{}", exports_of(&rig, 0));
+    let o = rig.hanfs(&["exports", "--sn", "sn1"]);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("refer=/nodedata/cn001@"), "{o:?}");
+    let overlay = std::fs::read_to_string(rig.path().join("mn-state/served_by")).unwrap();
+    assert!(overlay.contains("cn001 sn2"), "{overlay}");
+    // Moving it where it already is: bad input, nothing changed.
+    let o = rig.hanfs(&["migrate", "--node", "cn001", "--to", "sn2"]);
+    assert_eq!(o.status.code(), Some(2));
+    // Now sn1 is the backup: the node writes on sn2, the next sync copies back to sn1.
+    std::fs::write(data(&rig, 1, "cn001").join("etc/after-move"), "on sn2\n").unwrap();
+    let (code, v) = rig.hanfs_json(&["sync"]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(v["statelite"][0]["from"], "sn2", "{v}");
+    assert_same_tree(&data(&rig, 1, "cn001"), &data(&rig, 0, "cn001"));
+
+    // 3. sn2 dies. A failing fence: nothing promoted, exit 1, overlay unchanged.
+    rig.kill(1);
+    let bad = write_cluster_with_fence(&rig, "[\"false\"]");
+    let (code, v, err) = hanfs_with(&bad, &["failover", "--sn", "sn2"]);
+    assert_eq!(code, 1, "{v}");
+    assert!(v["moved"].as_array().unwrap().is_empty(), "{v}");
+    assert!(err.contains("cn001"), "{err}");
+    assert!(std::fs::read_to_string(rig.path().join("mn-state/served_by")).unwrap().contains("cn001 sn2"));
+    // The real fence runs (marker written), sn1's copy is promoted: rw there again.
+    let (code, v, err) = hanfs_with(&rig.cluster, &["failover", "--sn", "sn2"]);
+    assert_eq!(code, 0, "{v} {err}");
+    assert_eq!(std::fs::read_to_string(&mfile).unwrap().trim(), "sn2 127.0.0.1");
+    assert_eq!(v["moved"][0]["to"], "sn1", "{v}");
+    assert!(!std::fs::read_to_string(rig.path().join("mn-state/served_by")).unwrap().contains("cn001"));
+    let e = exports_of(&rig, 0);
+    let line = e.lines().find(|l| l.starts_with("/nodedata/cn001")).unwrap_or_default();
+    assert!(line.contains("(rw,") && !line.contains("refer="), "{e}");
+    assert!(data(&rig, 0, "cn001").join("etc/after-move").exists());
+    eprintln!("statelite scenario: {:.1?}", t0.elapsed());
+}
+
+#[test]
+fn hostile_statelite_path_is_refused() {
+    let rig = setup("[]");
+    // An area outside the agents' statelite_roots: the agents refuse it, nothing is written there.
+    let c =
+        std::fs::read_to_string(&rig.cluster).unwrap().replace("path = \"/nodedata\"", "path = \"/etc/hanfs-evil\"");
+    let cfg = rig.path().join("cluster-evil.toml");
+    std::fs::write(&cfg, c).unwrap();
+    let (code, v, _) = hanfs_with(&cfg, &["sync"]);
+    assert_eq!(code, 1, "{v}");
+    let e = v["statelite"][0]["error"].as_str().unwrap();
+    assert!(e.contains("not within"), "{e}");
+    assert!(!Path::new("/etc/hanfs-evil").exists());
+    // No fence configured: failover refuses to promote without --force.
+    let (code, v, err) = hanfs_with(&rig.cluster, &["failover", "--sn", "sn1"]);
+    assert_eq!(code, 1, "{v}");
+    assert!(err.contains("cn001") && err.contains("not fenced"), "{err}");
+}
