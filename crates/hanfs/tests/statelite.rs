@@ -113,6 +113,14 @@ fn sync_migrate_failover() {
     assert_eq!(v["statelite"][0]["backup"], "sn2", "{v}");
     assert!(v["statelite"][0]["lag_seconds"].as_u64().unwrap() < 60, "{v}");
 
+    // A dry run prints the steps and changes nothing.
+    let o = rig.hanfs(&["migrate", "--node", "cn001", "--to", "sn2", "--dry-run"]);
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("would sync /nodedata/cn001 from sn1 to sn2") && out.contains("refer="), "{out}");
+    assert!(!rig.path().join("mn-state/served_by").exists());
+    assert!(!exports_of(&rig, 0).contains("refer=/nodedata"));
+
     // 2. Planned move to sn2: final sync, rw on sn2, refer= on sn1, recorded in the overlay.
     std::fs::write(data(&rig, 0, "cn001").join("etc/last-words"), "written just before the move\n").unwrap();
     let (code, v) = rig.hanfs_json(&["migrate", "--node", "cn001", "--to", "sn2"]);
@@ -170,6 +178,21 @@ fn hostile_statelite_path_is_refused() {
     let e = v["statelite"][0]["error"].as_str().unwrap();
     assert!(e.contains("not within"), "{e}");
     assert!(!Path::new("/etc/hanfs-evil").exists());
+    // A node directory that is a symlink on its SN (pointing at SN files) is never followed.
+    let outside = rig.path().join("sn1-private");
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::write(outside.join("secret"), "sn1 only").unwrap();
+    std::os::unix::fs::symlink(&outside, data(&rig, 0, "cn002")).unwrap();
+    let c = std::fs::read_to_string(&rig.cluster).unwrap() + "\n[[node]]\nname = \"cn002\"\nsns = [\"sn1\", \"sn2\"]\n";
+    let cfg = rig.path().join("cluster-link.toml");
+    std::fs::write(&cfg, c).unwrap();
+    let (code, v, _) = hanfs_with(&cfg, &["sync"]);
+    assert_eq!(code, 1, "{v}");
+    let bad: Vec<_> = v["statelite"].as_array().unwrap().iter().filter(|r| r["ok"] == false).collect();
+    assert_eq!(bad.len(), 1, "{v}");
+    assert_eq!(bad[0]["node"], "cn002");
+    assert!(bad[0]["error"].as_str().unwrap().contains("not a directory"), "{v}");
+    assert!(!data(&rig, 1, "cn002").join("secret").exists());
     // No fence configured: failover refuses to promote without --force.
     let (code, v, err) = hanfs_with(&rig.cluster, &["failover", "--sn", "sn1"]);
     assert_eq!(code, 1, "{v}");
