@@ -284,7 +284,9 @@ pub async fn sync_pair(ctl: &Controller, p: &Pair) -> StateliteReport {
                     p.to,
                     attempt + 1
                 );
-                let retry = msg.contains("changed") || msg.contains("does not match");
+                // The node writes while we copy: a file changed, vanished or truncated under the
+                // scan is worth one fresh scan; anything else (refusal, dead SN) is not.
+                let retry = msg.contains("changed") || msg.contains("does not match") || msg.contains("reading on");
                 rep.error = Some(msg);
                 if !retry {
                     break;
@@ -375,13 +377,14 @@ async fn sync_once(ctl: &Controller, p: &Pair, rep: &mut StateliteReport) -> Res
     Ok(())
 }
 
-/// Syncs every pair, one after another (statelite trees are small; a dead SN fails fast on connect).
+/// How many copies are synced at once: enough to hide a slow or dead SN's timeouts, few enough
+/// to keep sessions and open files per agent small on a large cluster.
+const PARALLEL: usize = 8;
+
+/// Syncs every pair, [`PARALLEL`] at a time; reports in the order of `pairs`.
 pub async fn sync_all(ctl: &Controller, pairs: &[Pair]) -> Vec<StateliteReport> {
-    let mut out = Vec::new();
-    for p in pairs {
-        out.push(sync_pair(ctl, p).await);
-    }
-    out
+    use futures::StreamExt;
+    futures::stream::iter(pairs).map(|p| sync_pair(ctl, p)).buffered(PARALLEL).collect().await
 }
 
 /// True when `sn` answers and holds a recovered copy of every area of `node` that was synced at
