@@ -108,6 +108,12 @@ fn sync_migrate_failover() {
     assert_eq!(code, 0, "{v}");
     assert_eq!(v["statelite"][0]["files_sent"], 1, "{v}");
     assert_same_tree(&data(&rig, 0, "cn001"), &data(&rig, 1, "cn001"));
+    let o = rig.hanfs(&["status"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("statelite nodedata/cn001 on sn1 -> backup sn2: last sync"), "{out}");
+    let o = rig.hanfs(&["sync"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("sn2        statelite nodedata/cn001 from sn1: ok"), "{out}");
     let (code, v) = rig.hanfs_json(&["status"]);
     assert_eq!(code, 0, "{v}");
     assert_eq!(v["statelite"][0]["backup"], "sn2", "{v}");
