@@ -204,3 +204,38 @@ fn hostile_statelite_path_is_refused() {
     assert_eq!(code, 1, "{v}");
     assert!(err.contains("cn001") && err.contains("not fenced"), "{err}");
 }
+
+#[test]
+fn migrate_repoints_xcat() {
+    let rig = setup("[]");
+    // cn030 of the committed xCAT fixture, served by sn1 with sn2 as backup.
+    let c = std::fs::read_to_string(&rig.cluster).unwrap() + "\n[[node]]\nname = \"cn030\"\nsns = [\"sn1\", \"sn2\"]\n";
+    std::fs::write(&rig.cluster, c).unwrap();
+    std::fs::create_dir_all(data(&rig, 0, "cn030").join("etc")).unwrap();
+    std::fs::write(data(&rig, 0, "cn030").join("etc/hostname"), "cn030\n").unwrap();
+    let tab = Path::new(env!("CARGO_MANIFEST_DIR")).join("../xcat/tests/fixtures/cluster");
+    let o = rig.hanfs(&["migrate", "--node", "cn030", "--to", "sn2", "--tabdump", tab.to_str().unwrap(), "--dry-run"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(0), "{out} {}", String::from_utf8_lossy(&o.stderr));
+    assert!(out.contains("xCAT (to run): chdef -t node -o cn030 servicenode=sn2,sn1"), "{out}");
+    // The move with the commands run (templates that only echo).
+    let tpl = rig.path().join("templates.toml");
+    std::fs::write(&tpl, "chdef = [\"echo\", \"chdef\", \"{node}\", \"{attrs}\"]\nchtab = [\"true\"]\n").unwrap();
+    let o = rig.hanfs(&[
+        "migrate",
+        "--node",
+        "cn030",
+        "--to",
+        "sn2",
+        "--tabdump",
+        tab.to_str().unwrap(),
+        "--apply-xcat",
+        "--templates",
+        tpl.to_str().unwrap(),
+    ]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(0), "{out} {}", String::from_utf8_lossy(&o.stderr));
+    assert!(out.contains("xCAT (ran): echo chdef cn030 servicenode=sn2,sn1"), "{out}");
+    assert_same_tree(&data(&rig, 0, "cn030"), &data(&rig, 1, "cn030"));
+    assert!(std::fs::read_to_string(rig.path().join("mn-state/served_by")).unwrap().contains("cn030 sn2"));
+}
