@@ -176,7 +176,10 @@ pub fn migrate(g: &Global, a: MigrateArgs) -> Result<Status> {
         match cluster.node(n) {
             None => return Err(bad_input(format!("{}: no node named `{n}`", g.config.display()))),
             Some(node) if node.served_by == a.to => {
-                return Err(bad_input(format!("node {n} is already served by {}", a.to)))
+                return Err(bad_input(format!(
+                    "node {n} is already served by {} (`hanfs sync` re-pushes its exports if a move was interrupted)",
+                    a.to
+                )))
             }
             Some(_) => {}
         }
@@ -275,6 +278,17 @@ fn fence(cmd: &[String]) -> (bool, String) {
     }
 }
 
+/// How old the promoted copy is: what the node loses is what it wrote since (the oldest area counts).
+fn copy_age(cluster: &model::Cluster, node: &str, sn: &str) -> String {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let oldest =
+        cluster.statelite.iter().filter_map(|ar| sl::load_record(cluster, &ar.name, node, sn).map(|r| r.2)).min();
+    match oldest {
+        Some(t) => format!("copy synced {} s ago", now.saturating_sub(t)),
+        None => "no statelite areas".into(),
+    }
+}
+
 pub fn failover(g: &Global, a: FailoverArgs) -> Result<Status> {
     let cluster = load_cluster(g)?;
     let Some(dead) = cluster.sn(&a.sn).cloned() else {
@@ -354,10 +368,11 @@ pub fn failover(g: &Global, a: FailoverArgs) -> Result<Status> {
                 rep.step(
                     g,
                     format!(
-                        "{} {} on {b} (was {})",
+                        "{} {} on {b} (was {}; {})",
                         if a.dry_run { "would promote" } else { "promote" },
                         n.name,
-                        dead.name
+                        dead.name,
+                        copy_age(&cluster, &n.name, &b)
                     ),
                 );
                 rep.moved.push(Moved { node: n.name.clone(), from: dead.name.clone(), to: b.clone() });
