@@ -88,6 +88,38 @@ pub fn pairs(cluster: &Cluster, nodes: Option<&[String]>) -> Vec<Pair> {
     out
 }
 
+// ---- lock ----------------------------------------------------------------------------------
+
+/// Held (flock on `state_dir/statelite.lock`) by every statelite sync round and by `migrate`/
+/// `failover` from loading the overlay to recording the move: a sync that read the old placement
+/// must never copy the stale old SN's data over the node's new live copy.
+pub struct Lock(std::fs::File);
+
+/// Takes the lock, waiting for a running move or sync to finish.
+pub fn lock(state_dir: &Path) -> Result<Lock> {
+    use std::os::fd::AsRawFd;
+    std::fs::create_dir_all(state_dir).with_context(|| format!("creating {}", state_dir.display()))?;
+    let p = state_dir.join("statelite.lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&p)
+        .with_context(|| format!("opening {}", p.display()))?;
+    // SAFETY: flock on a descriptor we own; released when the file is closed.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        return Err(std::io::Error::last_os_error()).with_context(|| format!("locking {}", p.display()));
+    }
+    Ok(Lock(f))
+}
+
+impl Lock {
+    /// The locked file (kept open for the lock's lifetime).
+    pub fn file(&self) -> &std::fs::File {
+        &self.0
+    }
+}
+
 // ---- overlay -------------------------------------------------------------------------------
 
 fn overlay_file(state_dir: &Path) -> PathBuf {

@@ -167,8 +167,18 @@ fn finish(g: &Global, what: &str, mut rep: MoveReport) -> Result<Status> {
     Ok(Status::Failed)
 }
 
-pub fn migrate(g: &Global, a: MigrateArgs) -> Result<Status> {
+/// Takes the statelite lock before the placement is read (see `controller::statelite::lock`).
+fn locked_cluster(g: &Global, dry: bool) -> Result<(model::Cluster, Option<sl::Lock>)> {
     let cluster = load_cluster(g)?;
+    if dry {
+        return Ok((cluster, None));
+    }
+    let l = sl::lock(Path::new(cluster.state_dir.as_str()))?;
+    Ok((load_cluster(g)?, Some(l)))
+}
+
+pub fn migrate(g: &Global, a: MigrateArgs) -> Result<Status> {
+    let (cluster, _lock) = locked_cluster(g, a.dry_run)?;
     if cluster.sn(&a.to).is_none() {
         return Err(bad_input(format!("{}: no SN named `{}`", g.config.display(), a.to)));
     }
@@ -290,7 +300,7 @@ fn copy_age(cluster: &model::Cluster, node: &str, sn: &str) -> String {
 }
 
 pub fn failover(g: &Global, a: FailoverArgs) -> Result<Status> {
-    let cluster = load_cluster(g)?;
+    let (cluster, _lock) = locked_cluster(g, a.dry_run)?;
     let Some(dead) = cluster.sn(&a.sn).cloned() else {
         return Err(bad_input(format!("{}: no SN named `{}`", g.config.display(), a.sn)));
     };

@@ -145,9 +145,13 @@ pub fn sync(g: &Global, a: SyncArgs) -> Result<Status> {
     let rt = super::runtime()?;
     let r = rt.block_on(c.sync(&imgs))?;
     // Statelite data is copied on a full sync (no --image filter): serving SN -> each backup.
-    let statelite = if a.filter.images.is_empty() {
-        let pairs = controller::statelite::pairs(&c.cluster, None);
-        rt.block_on(controller::statelite::sync_all(&c, &pairs))
+    let statelite = if a.filter.images.is_empty() && !c.cluster.statelite.is_empty() {
+        // Under the statelite lock and with the placement as it is now (a migrate may have moved
+        // nodes while the images synced): never copy from an SN that no longer serves the node.
+        let _lock = controller::statelite::lock(std::path::Path::new(c.cluster.state_dir.as_str()))?;
+        let now = controller(g)?;
+        let pairs = controller::statelite::pairs(&now.cluster, None);
+        rt.block_on(controller::statelite::sync_all(&now, &pairs))
     } else {
         Vec::new()
     };
