@@ -327,6 +327,17 @@ mod tests {
     }
 
     #[test]
+    fn statelite_variants_are_appended() {
+        // postcard writes the variant index: older peers' messages must keep their numbers.
+        assert_eq!(encode(&ToAgent::Bye).unwrap()[HEADER], 12);
+        let m = ToAgent::StateliteOpen { root: "/nodedata".into(), node: "cn001".into() };
+        assert_eq!(encode(&m).unwrap()[HEADER], 13);
+        assert_eq!(encode(&ToAgent::StateliteRead { path: b"etc/x".to_vec() }).unwrap()[HEADER], 15);
+        assert_eq!(encode(&FromAgent::Error { reason: String::new() }).unwrap()[HEADER], 10);
+        assert_eq!(encode(&FromAgent::Content { len: 5 }).unwrap()[HEADER], 11);
+    }
+
+    #[test]
     fn paths_and_names() {
         for ok in ["a", "netboot/rh8/x86_64/compute/rootimg", "a/..b/c.."] {
             check_rel_path(ok).unwrap();
