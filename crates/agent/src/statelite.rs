@@ -211,3 +211,38 @@ pub async fn serve(agent: &Agent, c: &mut Conn, area: &str, node: &str) -> Resul
         c.flush().await?;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn agent() -> Agent {
+        let cfg = model::AgentConfig::from_toml(
+            "agent.toml",
+            "listen = \"127.0.0.1:7468\"\nplaintext_loopback = true\nroot = \"/install\"\nstate_dir = \"/var/lib/hanfs\"\nstatelite_roots = [\"/nodedata\", \"/srv/lite/\"]\nexports_file = \"/etc/exports.d/hanfs.exports\"\n",
+        )
+        .unwrap();
+        Agent::new(cfg).unwrap()
+    }
+
+    #[test]
+    fn areas_must_be_within_statelite_roots() {
+        std::env::remove_var("HANFS_STATELITE_PREFIX");
+        let a = agent();
+        assert_eq!(locate(&a, "/nodedata", "cn001").unwrap(), (PathBuf::from("/nodedata"), "cn001".into()));
+        assert_eq!(locate(&a, "/srv/lite/x", "cn001").unwrap(), (PathBuf::from("/srv/lite"), "x/cn001".into()));
+        for (area, node) in [
+            ("/etc", "cn001"),
+            ("/nodedatax", "cn001"),
+            ("nodedata", "cn001"),
+            ("/nodedata/../etc", "cn001"),
+            ("/nodedata/./x", "cn001"),
+            ("/nodedata//x", "cn001"),
+            ("/nodedata", ".."),
+            ("/nodedata", "a/b"),
+            ("/nodedata", ""),
+        ] {
+            assert!(locate(&a, area, node).is_err(), "{area} {node}");
+        }
+    }
+}
