@@ -208,7 +208,7 @@ impl Signature {
         }
         let body = &bytes[12..];
         let rec = 4 + strong_len as usize;
-        if body.len() % rec != 0 {
+        if !body.len().is_multiple_of(rec) {
             return Err(Error::BadSignature(format!("{} bytes of block sums is not a multiple of {rec}", body.len())));
         }
         let n = body.len() / rec;

@@ -33,5 +33,12 @@ fn demo_runs_and_cleans_up() {
         let ex = std::fs::read_to_string(work.join(sn).join("hanfs.exports")).unwrap();
         assert!(ex.contains("replicas="), "{ex}");
     }
+    // The agents' embedded NFSv3 servers serve the synced image (nfs-cat needs root for a
+    // privileged port; the demo says so instead of reading).
+    let rb = v["nfs3_read_back"].as_array().unwrap();
+    assert_eq!(rb.len(), 2, "{v}");
+    if unsafe { libc::geteuid() } == 0 {
+        assert!(rb.iter().all(|l| l.as_str().unwrap().contains("generation 2")), "{v}");
+    }
     assert_eq!(agents_under(&work), Vec::<String>::new(), "agents left behind");
 }

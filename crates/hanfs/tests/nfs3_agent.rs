@@ -27,11 +27,14 @@ fn agent_serves_synced_replica_over_nfs3() {
     let (rc, v) = rig.hanfs_json(&["sync"]);
     assert_eq!(rc, 0, "{v}");
     let root = rig.agents[0].root.clone();
-    let url = format!(
-        "nfs://127.0.0.1{}/{IMAGE_PATH}/etc/motd?nfsport={port}&mountport={port}&version=3",
-        root.display()
-    );
+    let url =
+        format!("nfs://127.0.0.1{}/{IMAGE_PATH}/etc/motd?nfsport={port}&mountport={port}&version=3", root.display());
     let out = Command::new("nfs-cat").arg(&url).output().expect("nfs-cat (libnfs-utils; make deps installs it)");
-    assert!(out.status.success(), "nfs-cat {url}: {}\nagent log:\n{}", String::from_utf8_lossy(&out.stderr), rig.log(0));
+    assert!(
+        out.status.success(),
+        "nfs-cat {url}: {}\nagent log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        rig.log(0)
+    );
     assert_eq!(out.stdout, b"served by hanfs over NFSv3\n");
 }

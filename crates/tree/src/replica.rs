@@ -222,7 +222,7 @@ impl Replica {
             // Local sources must be files of the old tree with that content.
             let check_old = |q: &[u8], want: Option<&[u8; 32]>| -> Result<()> {
                 match old.entries.get(q).map(|o| &o.kind) {
-                    Some(Kind::File { hash: h, .. }) if want.map_or(true, |w| w == h) => Ok(()),
+                    Some(Kind::File { hash: h, .. }) if want.is_none_or(|w| w == h) => Ok(()),
                     _ => Err(Error::Hostile(format!(
                         "content of {:?} comes from {:?}, which is not that file in the old tree",
                         show(p),
