@@ -113,7 +113,8 @@ pub struct ExportsArgs {
     /// Only this SN. Default: every SN, each under a `# sn: NAME` heading.
     #[arg(long, value_name = "NAME")]
     pub sn: Option<String>,
-    /// AIX: print the equivalent mknfsexp commands instead of the /etc/exports block.
+    /// Print commands instead of the file: AIX the `mknfsexp` commands (with `chnfs -R on` and
+    /// `chnfsdom` first), Linux a shell snippet that writes the file and runs `exportfs -ra`.
     #[arg(long)]
     pub commands: bool,
 }
