@@ -41,6 +41,20 @@ pub(crate) fn kind(m: &ToAgent) -> &'static str {
 }
 
 /// Tells the controller why, then ends the session with that reason (logged by the caller).
+/// Answers `GetManifest` with the replica's recorded manifest, chunked.
+pub(crate) async fn send_manifest(c: &mut Conn, replica: &Replica) -> Result<()> {
+    let bytes = match replica.manifest().map(|m| m.to_bytes()) {
+        Some(Ok(b)) => b,
+        _ => return Err(refuse(c, "no recorded manifest").await),
+    };
+    c.send(&FromAgent::Manifest { len: bytes.len() as u64 }).await?;
+    for ch in bytes.chunks(CHUNK) {
+        c.send(&FromAgent::Chunk(ch.to_vec())).await?;
+    }
+    c.flush().await?;
+    Ok(())
+}
+
 pub(crate) async fn refuse(c: &mut Conn, reason: impl Into<String>) -> anyhow::Error {
     let reason = reason.into();
     let _ = c.request(&FromAgent::Error { reason: reason.clone() }).await;
@@ -208,15 +222,7 @@ async fn image_session(
         };
         match msg {
             ToAgent::GetManifest => {
-                let bytes = match replica.manifest().map(|m| m.to_bytes()) {
-                    Some(Ok(b)) => b,
-                    _ => return Err(refuse(c, "no recorded manifest").await),
-                };
-                c.send(&FromAgent::Manifest { len: bytes.len() as u64 }).await?;
-                for ch in bytes.chunks(CHUNK) {
-                    c.send(&FromAgent::Chunk(ch.to_vec())).await?;
-                }
-                c.flush().await?;
+                send_manifest(c, &replica).await?;
             }
             ToAgent::Verify => {
                 let scanned = blocking(|| replica.scan());

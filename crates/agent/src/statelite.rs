@@ -9,7 +9,7 @@
 //! Both sides refuse an area that is not within the agent's `statelite_roots` (the only places besides
 //! `root` where it writes), and any path component that is not a real directory.
 
-use crate::session::{blocking, current, make_beneath, refuse, update};
+use crate::session::{blocking, current, make_beneath, refuse, send_manifest, update};
 use crate::spool::Spool;
 use crate::Agent;
 use anyhow::{bail, Context, Result};
@@ -119,15 +119,7 @@ pub async fn backup(agent: &Agent, c: &mut Conn, area: &str, node: &str) -> Resu
         };
         match msg {
             ToAgent::GetManifest => {
-                let bytes = match replica.manifest().map(|m| m.to_bytes()) {
-                    Some(Ok(b)) => b,
-                    _ => return Err(refuse(c, "no recorded manifest").await),
-                };
-                c.send(&FromAgent::Manifest { len: bytes.len() as u64 }).await?;
-                for ch in bytes.chunks(CHUNK) {
-                    c.send(&FromAgent::Chunk(ch.to_vec())).await?;
-                }
-                c.flush().await?;
+                send_manifest(c, &replica).await?;
             }
             ToAgent::Plan { len, zstd } => {
                 update(c, &mut replica, &spool, &label, len, zstd).await?;

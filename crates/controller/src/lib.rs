@@ -123,21 +123,35 @@ pub struct StatusReport {
 pub struct StateLock(#[allow(dead_code)] std::fs::File);
 
 pub fn lock_state(cluster: &Cluster) -> Result<StateLock> {
-    use std::os::fd::AsRawFd;
     let dir = std::path::Path::new(cluster.state_dir.as_str());
+    match flock(dir, "lock", false)? {
+        Some(f) => Ok(StateLock(f)),
+        None => bail!("another hanfs sync or plan is using {} (lock {}/lock)", dir.display(), dir.display()),
+    }
+}
+
+/// Opens `dir/name` (creating both) and takes an exclusive flock on it, waiting for it when `wait`,
+/// else `None` if another process holds it. The lock lives as long as the returned file.
+pub(crate) fn flock(dir: &std::path::Path, name: &str, wait: bool) -> Result<Option<std::fs::File>> {
+    use std::os::fd::AsRawFd;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let p = dir.join("lock");
+    let p = dir.join(name);
     let f = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .open(&p)
         .with_context(|| format!("opening {}", p.display()))?;
-    // SAFETY: a valid open descriptor.
-    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        bail!("another hanfs sync or plan is using {} (lock {})", dir.display(), p.display());
+    let op = if wait { libc::LOCK_EX } else { libc::LOCK_EX | libc::LOCK_NB };
+    // SAFETY: flock on a descriptor we own; released when the file is closed.
+    if unsafe { libc::flock(f.as_raw_fd(), op) } != 0 {
+        let e = std::io::Error::last_os_error();
+        if !wait && e.kind() == std::io::ErrorKind::WouldBlock {
+            return Ok(None);
+        }
+        return Err(e).with_context(|| format!("locking {}", p.display()));
     }
-    Ok(StateLock(f))
+    Ok(Some(f))
 }
 
 /// Renders the exports of every SN of `cluster`, in its dialect (Linux file, AIX managed block).

@@ -97,20 +97,9 @@ pub struct Lock(std::fs::File);
 
 /// Takes the lock, waiting for a running move or sync to finish.
 pub fn lock(state_dir: &Path) -> Result<Lock> {
-    use std::os::fd::AsRawFd;
-    std::fs::create_dir_all(state_dir).with_context(|| format!("creating {}", state_dir.display()))?;
-    let p = state_dir.join("statelite.lock");
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&p)
-        .with_context(|| format!("opening {}", p.display()))?;
-    // SAFETY: flock on a descriptor we own; released when the file is closed.
-    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
-        return Err(std::io::Error::last_os_error()).with_context(|| format!("locking {}", p.display()));
-    }
-    Ok(Lock(f))
+    crate::flock(state_dir, "statelite.lock", true)?
+        .map(Lock)
+        .ok_or_else(|| anyhow::anyhow!("locking {}/statelite.lock", state_dir.display()))
 }
 
 impl Lock {
