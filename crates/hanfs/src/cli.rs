@@ -106,6 +106,10 @@ pub struct DaemonArgs {
     /// Seconds the tree must stay quiet before a sync starts.
     #[arg(long, default_value_t = 10)]
     pub quiet_secs: u64,
+    /// Copy statelite data (each node's directory, serving SN -> backups) every this many seconds;
+    /// 0 turns it off. Writable data changes without image updates, so it has its own clock.
+    #[arg(long, default_value_t = 300)]
+    pub statelite_secs: u64,
 }
 
 #[derive(Debug, Args)]

@@ -239,3 +239,49 @@ fn migrate_repoints_xcat() {
     assert_same_tree(&data(&rig, 0, "cn030"), &data(&rig, 1, "cn030"));
     assert!(std::fs::read_to_string(rig.path().join("mn-state/served_by")).unwrap().contains("cn030 sn2"));
 }
+
+/// `hanfs daemon --statelite-secs N` copies statelite data on its own clock, with no image change.
+#[test]
+fn daemon_copies_statelite_on_its_clock() {
+    let rig = setup("[\"true\"]");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let log = std::fs::File::create(rig.path().join("daemon.log")).unwrap();
+    struct Killed(std::process::Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let d = Killed(
+        Command::new(hanfs_bin())
+            .arg("--config")
+            .arg(&rig.cluster)
+            .args(["daemon", "--quiet-secs", "1", "--statelite-secs", "1", "--metrics", &format!("127.0.0.1:{port}")])
+            .env("HANFS_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let backup = data(&rig, 1, "cn001");
+    let wait_for = |what: &dyn Fn() -> bool, why: &str| {
+        let t = Instant::now();
+        while !what() {
+            if t.elapsed() > Duration::from_secs(60) {
+                panic!("{why}; daemon log:\n{}", std::fs::read_to_string(rig.path().join("daemon.log")).unwrap());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    wait_for(&|| backup.join("etc/hostname").is_file(), "the first round never copied cn001 to sn2");
+    // A write on the serving SN, and no image change at all: the next round carries it.
+    std::fs::write(data(&rig, 0, "cn001").join("etc/hostname"), "cn001 renamed\n").unwrap();
+    wait_for(
+        &|| std::fs::read_to_string(backup.join("etc/hostname")).unwrap_or_default() == "cn001 renamed\n",
+        "a later round never carried the write",
+    );
+    drop(d);
+    assert_same_tree(&data(&rig, 0, "cn001"), &backup);
+}

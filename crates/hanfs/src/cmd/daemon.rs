@@ -14,7 +14,7 @@ use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Seconds between retries after a run failed on some SN.
 const RETRY: Duration = Duration::from_secs(60);
@@ -43,18 +43,66 @@ pub fn run(g: &Global, a: DaemonArgs) -> Result<Status> {
     let rt = super::runtime()?;
     tracing::info!(images = ctl.cluster.images.len(), quiet_secs = a.quiet_secs, "daemon started; first sync");
 
+    let statelite_every =
+        (a.statelite_secs > 0 && !ctl.cluster.statelite.is_empty()).then(|| Duration::from_secs(a.statelite_secs));
+    let mut next_statelite = Instant::now();
     let mut pending: Vec<String> = ctl.cluster.images.iter().map(|i| i.name.clone()).collect();
+    let mut failed = false;
     loop {
-        let failed = if pending.is_empty() { false } else { !run_once(&rt, &ctl, &pending, &metrics) };
-        let wait = if failed { Some(RETRY) } else { None };
+        if !pending.is_empty() {
+            failed = !run_once(&rt, &ctl, &pending, &metrics);
+        }
+        if let Some(every) = statelite_every {
+            if Instant::now() >= next_statelite {
+                statelite_round(g, &rt, &metrics);
+                next_statelite = Instant::now() + every;
+            }
+        }
+        // Wake for whichever comes first: a change, the retry of a failed run, the statelite clock.
+        let retry = failed.then_some(RETRY);
+        let statelite = statelite_every.map(|_| next_statelite.saturating_duration_since(Instant::now()));
+        let wait = match (retry, statelite) {
+            (Some(r), Some(s)) => Some(r.min(s)),
+            (r, s) => r.or(s),
+        };
         pending = match watcher.next_batch_within(wait).context("watching source_root")? {
             Some(changed) => {
                 tracing::info!(images = ?changed, "images changed and are quiet; syncing");
                 changed
             }
             // Retry everything: images already in sync cost a stat-only rescan and send nothing.
-            None => ctl.cluster.images.iter().map(|i| i.name.clone()).collect(),
+            None if failed => ctl.cluster.images.iter().map(|i| i.name.clone()).collect(),
+            None => Vec::new(),
         };
+    }
+}
+
+/// One statelite round: under the statelite lock and with the placement as recorded now (a
+/// `migrate` may have moved nodes since the daemon started), copy every node's data from its
+/// serving SN to its backups.
+fn statelite_round(g: &Global, rt: &tokio::runtime::Runtime, m: &Mutex<Metrics>) {
+    let result = (|| -> Result<Vec<controller::statelite::StateliteReport>> {
+        let cluster = load_cluster(g)?;
+        let _lock = controller::statelite::lock(std::path::Path::new(cluster.state_dir.as_str()))?;
+        let ctl = Controller::new(cluster)?;
+        let pairs = controller::statelite::pairs(&ctl.cluster, None);
+        Ok(rt.block_on(controller::statelite::sync_all(&ctl, &pairs)))
+    })();
+    let mut m = m.lock().unwrap_or_else(|p| p.into_inner());
+    match result {
+        Ok(reports) => {
+            for r in reports.iter().filter(|r| !r.ok) {
+                tracing::error!(area = %r.area, node = %r.node, from = %r.from, to = %r.to, "statelite copy failed; will retry");
+            }
+            let ok = reports.iter().filter(|r| r.ok).count() as u64;
+            m.statelite_ok += ok;
+            m.statelite_failed += reports.len() as u64 - ok;
+            tracing::info!(copies = reports.len(), ok, "statelite round finished");
+        }
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "statelite round failed");
+            m.statelite_failed += 1;
+        }
     }
 }
 
@@ -89,6 +137,8 @@ struct Metrics {
     bytes_sent: u64,
     last_run_seconds: f64,
     last_success_unix: u64,
+    statelite_ok: u64,
+    statelite_failed: u64,
     /// (sn, image) -> (generation, matches)
     replicas: BTreeMap<(String, String), (u64, bool)>,
 }
@@ -116,6 +166,12 @@ impl Metrics {
         let _ =
             writeln!(s, "# HELP hanfs_bytes_sent_total Bytes sent to agents.\n# TYPE hanfs_bytes_sent_total counter");
         let _ = writeln!(s, "hanfs_bytes_sent_total {}", self.bytes_sent);
+        let _ = writeln!(
+            s,
+            "# HELP hanfs_statelite_copies_total Statelite copies (node directory to one backup) by outcome.\n# TYPE hanfs_statelite_copies_total counter"
+        );
+        let _ = writeln!(s, "hanfs_statelite_copies_total{{result=\"ok\"}} {}", self.statelite_ok);
+        let _ = writeln!(s, "hanfs_statelite_copies_total{{result=\"failed\"}} {}", self.statelite_failed);
         let _ = writeln!(
             s,
             "# HELP hanfs_last_run_seconds Duration of the last sync.\n# TYPE hanfs_last_run_seconds gauge"
