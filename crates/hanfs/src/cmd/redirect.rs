@@ -248,19 +248,8 @@ pub fn migrate(g: &Global, a: MigrateArgs) -> Result<Status> {
     }
     // 2. The move is recorded before any export changes, so a crash in between re-renders the same.
     if !moves.is_empty() {
-        if a.dry_run {
-            rep.step(g, format!("would record in {}: {}", state_dir.join("served_by").display(), show(&moves)));
-        } else {
-            sl::record_moves(&cluster, &moves)?;
-            rep.step(g, format!("recorded in {}: {}", state_dir.join("served_by").display(), show(&moves)));
-        }
+        let after = record(g, &cluster, &moves, a.dry_run, &mut rep)?;
         // 3. rw on the new SN, refer= on the old (home) one.
-        let mut after = cluster.clone();
-        for (n, to) in &moves {
-            if let Some(x) = after.nodes.iter_mut().find(|x| &x.name == n) {
-                x.served_by = to.clone();
-            }
-        }
         let ctl2 = controller(g, after)?;
         rt.block_on(reexport(g, &ctl2, &affected, a.dry_run, &mut rep))?;
         // 4. xCAT.
@@ -269,6 +258,31 @@ pub fn migrate(g: &Global, a: MigrateArgs) -> Result<Status> {
         }
     }
     finish(g, "migrate", rep)
+}
+
+/// Records the moves (or says it would, on a dry run) before any export changes, so a crash in
+/// between re-renders the same; returns the cluster with the moves applied.
+fn record(
+    g: &Global,
+    cluster: &model::Cluster,
+    moves: &[(String, String)],
+    dry_run: bool,
+    rep: &mut MoveReport,
+) -> Result<model::Cluster> {
+    let file = Path::new(cluster.state_dir.as_str()).join("served_by");
+    if dry_run {
+        rep.step(g, format!("would record in {}: {}", file.display(), show(moves)));
+    } else {
+        sl::record_moves(cluster, moves)?;
+        rep.step(g, format!("recorded in {}: {}", file.display(), show(moves)));
+    }
+    let mut after = cluster.clone();
+    for (n, to) in moves {
+        if let Some(x) = after.nodes.iter_mut().find(|x| &x.name == n) {
+            x.served_by = to.clone();
+        }
+    }
+    Ok(after)
 }
 
 fn show(moves: &[(String, String)]) -> String {
@@ -395,21 +409,8 @@ pub fn failover(g: &Global, a: FailoverArgs) -> Result<Status> {
             }
         }
     }
-    if !moves.is_empty() {
-        if a.dry_run {
-            rep.step(g, format!("would record in {}: {}", state_dir.join("served_by").display(), show(&moves)));
-        } else {
-            sl::record_moves(&cluster, &moves)?;
-            rep.step(g, format!("recorded in {}: {}", state_dir.join("served_by").display(), show(&moves)));
-        }
-    }
+    let after = if moves.is_empty() { cluster.clone() } else { record(g, &cluster, &moves, a.dry_run, &mut rep)? };
     // 3. Re-export on every live SN (all but the fenced one), from the new placement.
-    let mut after = cluster.clone();
-    for (n, to) in &moves {
-        if let Some(x) = after.nodes.iter_mut().find(|x| &x.name == n) {
-            x.served_by = to.clone();
-        }
-    }
     let live: BTreeSet<String> = after.sns.iter().map(|s| s.name.clone()).filter(|s| *s != dead.name).collect();
     let ctl2 = controller(g, after)?;
     rt.block_on(reexport(g, &ctl2, &live, a.dry_run, &mut rep))?;
