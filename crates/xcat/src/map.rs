@@ -226,6 +226,22 @@ impl Mapper<'_> {
 }
 
 /// Map tables to a config and a report.
+/// Names of the enabled osimage rows that are AIX (osname) or NIM (imagetype) images.
+pub(crate) fn aix_images(tables: &Tables) -> BTreeSet<String> {
+    tables
+        .get("osimage")
+        .map(|t| {
+            t.enabled_rows()
+                .filter(|r| {
+                    t.get(r, "osname").is_some_and(|o| o.eq_ignore_ascii_case("aix"))
+                        || t.get(r, "imagetype").is_some_and(|o| o.eq_ignore_ascii_case("nim"))
+                })
+                .filter_map(|r| t.get(r, "imagename").map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 pub fn import(tables: &Tables) -> Import {
     let mut m = Mapper { db: Db::new(tables), report: Vec::new() };
 
@@ -459,18 +475,7 @@ pub fn import(tables: &Tables) -> Import {
     }
 
     // --- dialect: AIX when the SN or its nodes run a NIM image (noderes.current_osimage / next_osimage).
-    let aix_images: BTreeSet<String> = tables
-        .get("osimage")
-        .map(|t| {
-            t.enabled_rows()
-                .filter(|r| {
-                    t.get(r, "osname").is_some_and(|o| o.eq_ignore_ascii_case("aix"))
-                        || t.get(r, "imagetype").is_some_and(|o| o.eq_ignore_ascii_case("nim"))
-                })
-                .filter_map(|r| t.get(r, "imagename").map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default();
+    let aix_images = aix_images(tables);
     let mut node_images: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for n in all_nodes.iter() {
         let mut v = Vec::new();

@@ -133,18 +133,7 @@ pub fn plan(tables: &Tables, moves: &[NodeMove]) -> Result<Plan, RedirectError> 
         };
         v.filter(|ip| ip.parse::<std::net::IpAddr>().is_ok())
     };
-    let aix_images: Vec<String> = tables
-        .get("osimage")
-        .map(|t| {
-            t.enabled_rows()
-                .filter(|r| {
-                    t.get(r, "osname").is_some_and(|o| o.eq_ignore_ascii_case("aix"))
-                        || t.get(r, "imagetype").is_some_and(|o| o.eq_ignore_ascii_case("nim"))
-                })
-                .filter_map(|r| t.get(r, "imagename").map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default();
+    let aix_images = map::aix_images(tables);
     let mut out = Vec::new();
     for mv in moves {
         let node = mv.node.as_str();
