@@ -142,15 +142,8 @@ pub struct MigrateArgs {
 /// source the xCAT step is skipped and the equivalent `hanfs xcat redirect` command is printed.
 #[derive(Debug, Args)]
 pub struct XcatRepoint {
-    /// xCAT tables as `tabdump` CSV files in DIR.
-    #[arg(long, value_name = "DIR")]
-    pub tabdump: Option<PathBuf>,
-    /// xCAT SQLite files in DIR.
-    #[arg(long, value_name = "DIR")]
-    pub sqlite: Option<PathBuf>,
-    /// xCAT's cfgloc naming its PostgreSQL or MySQL database.
-    #[arg(long, value_name = "FILE")]
-    pub cfgloc: Option<PathBuf>,
+    #[command(flatten)]
+    pub source: XcatSource,
     /// Run the chdef/chtab commands (default: print them).
     #[arg(long)]
     pub apply_xcat: bool,
@@ -183,18 +176,11 @@ pub enum XcatCommand {
     Redirect(XcatRedirectArgs),
 }
 
+/// Exactly one table source is required (checked when the command runs).
 #[derive(Debug, Args)]
-#[command(group(clap::ArgGroup::new("redirect_source").required(true).args(["tabdump", "sqlite", "cfgloc"])))]
 pub struct XcatRedirectArgs {
-    /// A directory of `<table>.csv` files written by `tabdump <table>`.
-    #[arg(long, value_name = "DIR")]
-    pub tabdump: Option<PathBuf>,
-    /// A directory of xCAT SQLite files (`<table>.sqlite`).
-    #[arg(long, value_name = "DIR")]
-    pub sqlite: Option<PathBuf>,
-    /// xCAT's /etc/xcat/cfgloc naming a PostgreSQL or MySQL/MariaDB database.
-    #[arg(long, value_name = "FILE")]
-    pub cfgloc: Option<PathBuf>,
+    #[command(flatten)]
+    pub source: XcatSource,
     /// Node to repoint (repeatable).
     #[arg(long = "node", value_name = "NODE", required = true)]
     pub nodes: Vec<String>,
@@ -215,9 +201,10 @@ pub struct XcatRedirectArgs {
     pub log: Option<PathBuf>,
 }
 
+/// Where xCAT's tables are: at most one of the three (commands that need them say so).
 #[derive(Debug, Args)]
-#[command(group(clap::ArgGroup::new("source").required(true).args(["tabdump", "sqlite", "cfgloc"])))]
-pub struct XcatImportArgs {
+#[group(id = "xcat_source", multiple = false)]
+pub struct XcatSource {
     /// A directory of `<table>.csv` files written by `tabdump <table>`.
     #[arg(long, value_name = "DIR")]
     pub tabdump: Option<PathBuf>,
@@ -227,6 +214,13 @@ pub struct XcatImportArgs {
     /// xCAT's /etc/xcat/cfgloc naming a PostgreSQL or MySQL/MariaDB database.
     #[arg(long, value_name = "FILE")]
     pub cfgloc: Option<PathBuf>,
+}
+
+/// Exactly one table source is required (checked when the command runs).
+#[derive(Debug, Args)]
+pub struct XcatImportArgs {
+    #[command(flatten)]
+    pub source: XcatSource,
     /// Write the config here instead of stdout.
     #[arg(short, long, value_name = "FILE")]
     pub output: Option<PathBuf>,

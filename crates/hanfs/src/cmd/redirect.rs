@@ -107,7 +107,7 @@ fn repoint(
     if moves.is_empty() {
         return true;
     }
-    let Ok(source) = super::xcat::spec(x.tabdump.clone(), x.sqlite.clone(), x.cfgloc.clone()) else {
+    let Ok(source) = super::xcat::spec(&x.source) else {
         for (node, to) in moves {
             rep.step(
                 g,

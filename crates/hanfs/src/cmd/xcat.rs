@@ -1,7 +1,7 @@
 //! `hanfs xcat import` and `hanfs xcat redirect`.
 
 use super::print_json;
-use crate::cli::{Global, XcatCommand, XcatImportArgs, XcatRedirectArgs};
+use crate::cli::{Global, XcatCommand, XcatImportArgs, XcatRedirectArgs, XcatSource};
 use crate::exit::{bad_input, Status};
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
@@ -15,17 +15,17 @@ pub fn run(g: &Global, c: XcatCommand) -> Result<Status> {
     }
 }
 
-pub(crate) fn spec(tabdump: Option<PathBuf>, sqlite: Option<PathBuf>, cfgloc: Option<PathBuf>) -> Result<SourceSpec> {
-    match (tabdump, sqlite, cfgloc) {
-        (Some(d), _, _) => Ok(SourceSpec::Tabdump(d)),
-        (_, Some(d), _) => Ok(SourceSpec::Sqlite(d)),
-        (_, _, Some(f)) => Ok(SourceSpec::Cfgloc(f)),
+pub(crate) fn spec(s: &XcatSource) -> Result<SourceSpec> {
+    match (&s.tabdump, &s.sqlite, &s.cfgloc) {
+        (Some(d), _, _) => Ok(SourceSpec::Tabdump(d.clone())),
+        (_, Some(d), _) => Ok(SourceSpec::Sqlite(d.clone())),
+        (_, _, Some(f)) => Ok(SourceSpec::Cfgloc(f.clone())),
         _ => Err(bad_input("give one of --tabdump DIR, --sqlite DIR, --cfgloc FILE")),
     }
 }
 
 fn import(g: &Global, a: XcatImportArgs) -> Result<Status> {
-    let source = spec(a.tabdump, a.sqlite, a.cfgloc)?;
+    let source = spec(&a.source)?;
     let imported = match xcat::import(&source) {
         Ok(i) => i,
         // Unreadable, malformed or missing input: the message names the file, line or connection.
@@ -89,7 +89,7 @@ fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
 }
 
 fn redirect(g: &Global, a: XcatRedirectArgs) -> Result<Status> {
-    let source = spec(a.tabdump, a.sqlite, a.cfgloc)?;
+    let source = spec(&a.source)?;
     let templates = match &a.templates {
         Some(f) => {
             let text = std::fs::read_to_string(f)
