@@ -63,6 +63,10 @@ pub enum Recovery {
     RolledForward(u64),
     /// An uncommitted stage was discarded; the replica is at its previous generation.
     Discarded,
+    /// A committed generation could not be finished because its staged content was lost (the
+    /// stage deleted from outside): the tree was recorded as it is, at that generation, so the
+    /// next plan from [`Replica::manifest`] repairs it.
+    Abandoned(u64),
 }
 
 /// A replica tree with its state directory.
@@ -162,7 +166,10 @@ impl Replica {
         let _ = std::fs::remove_file(self.state_dir.join("journal.tmp"));
         if let Some(j) = read_state::<Journal>(&jp)? {
             let g = j.generation;
-            self.replay(&j, true)?;
+            if self.replay(&j, true)?.is_some() {
+                self.abandon(&j)?;
+                return Ok(Recovery::Abandoned(g));
+            }
             return Ok(Recovery::RolledForward(g));
         }
         let sd = self.root.dir(STAGE)?;
@@ -177,11 +184,11 @@ impl Replica {
         }
         for n in &names {
             point("recover-discard");
-            remove_at(sd.as_fd(), n).map_err(|e| io_err(Path::new(".hanfs/stage"), e.into()))?;
+            discard(sd.as_fd(), n)?;
         }
         // What the last commit left (its own generation's stage) is mere cleanup, not a discard.
         let done = self.state.as_ref().map(|s| s.generation.to_string().into_bytes());
-        let discarded = names.iter().any(|n| Some(n) != done.as_ref());
+        let discarded = names.iter().any(|n| Some(n) != done.as_ref() && !n.starts_with(STALE));
         Ok(if discarded { Recovery::Discarded } else { Recovery::Clean })
     }
 
@@ -347,8 +354,8 @@ impl Replica {
         }
         let generation = plan.generation;
         let srel = stage_rel(generation);
-        self.root.remove_all(&srel)?;
         let sd = self.root.dir(STAGE)?;
+        discard(sd.as_fd(), generation.to_string().as_bytes())?;
         rustix::fs::mkdirat(&sd, OsStr::from_bytes(generation.to_string().as_bytes()), Mode::from_raw_mode(0o700))
             .map_err(|e| io_err(Path::new(".hanfs/stage"), e.into()))?;
         let stage = self.root.dir(&srel)?;
@@ -364,7 +371,8 @@ impl Replica {
     }
 
     /// Replays a committed journal to the end (idempotent); `cleanup` also deletes the stage.
-    fn replay(&mut self, j: &Journal, cleanup: bool) -> Result<()> {
+    /// Returns the paths whose staged content is lost when the replay can never finish.
+    fn replay(&mut self, j: &Journal, cleanup: bool) -> Result<Option<Vec<String>>> {
         let root = &self.root;
         let (old, new) = (&j.old, &j.new);
         let done = self.state.as_ref().is_some_and(|s| s.generation == j.generation && s.digest == j.digest);
@@ -373,8 +381,30 @@ impl Replica {
             let drift: HashSet<&[u8]> = j.drift.iter().map(Vec::as_slice).collect();
             let lay = layout_with(old, new, &drift);
             let srel = stage_rel(j.generation);
-            let stage = root.dir(&srel)?;
+            let stage = match root.dir(&srel) {
+                Ok(s) => s,
+                // Gone (deleted from outside): whatever was installed stays; the check below
+                // tells whether anything still to install went with it.
+                Err(Error::Io { source, .. }) if source.raw_os_error() == Some(libc::ENOENT) => {
+                    root.ensure_dir(&srel)?;
+                    root.dir(&srel)?
+                }
+                Err(e) => return Err(e),
+            };
             let index: HashMap<&[u8], usize> = new.entries.keys().enumerate().map(|(i, p)| (p.as_slice(), i)).collect();
+            // A staged entry whose stage name is gone was installed (the rename moves it); if
+            // its path is empty too, its content is lost and this replay can never finish.
+            let mut lost = Vec::new();
+            for p in &lay.staged {
+                let name = sname('f', index.get(p).copied().unwrap_or_default());
+                let staged = lstat_at(stage.as_fd(), &name).map_err(|e| io_err(Path::new(".hanfs/stage"), e.into()))?;
+                if staged.is_none() && !matches!(root.lstat(p), Ok(Some(_))) {
+                    lost.push(show(p));
+                }
+            }
+            if !lost.is_empty() {
+                return Ok(Some(lost));
+            }
             // Old entries leave the tree by a rename into the stage's trash, not an unlink: the
             // unlinks (slow with online discard) happen after the switch, when the stage goes.
             let trash = match root.dir(&[srel.as_slice(), b"/trash"].concat()) {
@@ -481,10 +511,31 @@ impl Replica {
         if cleanup {
             let mut tm = Timer::new();
             point("commit-cleanup");
-            self.root.remove_all(&stage_rel(j.generation))?;
+            let sd = self.root.dir(STAGE)?;
+            discard(sd.as_fd(), j.generation.to_string().as_bytes())?;
             tm.lap("stage and trash removed");
         }
-        Ok(())
+        Ok(None)
+    }
+
+    /// Gives up a committed journal that can never finish (its staged content is gone): the
+    /// tree is recorded as it is now, at the journal's generation, so that the next plan, made
+    /// from [`Replica::manifest`], repairs it.
+    fn abandon(&mut self, j: &Journal) -> Result<()> {
+        let m = self.scan()?;
+        let st = State { generation: j.generation, digest: m.digest(), manifest: m };
+        point("abandon-state");
+        self.save_state(&st)?;
+        self.state = Some(st);
+        let jp = self.state_dir.join("journal");
+        match std::fs::remove_file(&jp) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(&jp, e)),
+        }
+        File::open(&self.state_dir).and_then(|f| f.sync_all()).map_err(|e| io_err(&self.state_dir, e))?;
+        let sd = self.root.dir(STAGE)?;
+        discard(sd.as_fd(), j.generation.to_string().as_bytes())
     }
 
     /// Deletes what the last commit left in `.hanfs/stage` (the old versions of replaced and
@@ -613,6 +664,25 @@ impl Timer {
             self.0 = Some(std::time::Instant::now());
         }
     }
+}
+
+/// Stage entries set aside because they could not be deleted.
+const STALE: &[u8] = b"stale-";
+
+/// Deletes `name` in the stage directory `sd`. What cannot be deleted (an immutable or busy
+/// inode among the old versions) is set aside as `stale-…`, retried by later recoveries, and
+/// never blocks the replica: it holds nothing visible, only space.
+fn discard(sd: std::os::fd::BorrowedFd<'_>, name: &[u8]) -> Result<()> {
+    let Err(e) = remove_at(sd, name) else { return Ok(()) };
+    if name.starts_with(STALE) {
+        return Ok(());
+    }
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let aside = [STALE, name, format!("-{nanos}").as_bytes()].concat();
+    rustix::fs::renameat(sd, OsStr::from_bytes(name), sd, OsStr::from_bytes(&aside)).map_err(|_| Error::Io {
+        path: format!(".hanfs/stage/{} (and setting it aside)", show(name)),
+        source: e.into(),
+    })
 }
 
 /// Moves `rel` (if present) into the trash directory under `name`, replacing whatever a
@@ -909,13 +979,16 @@ impl<'a> Staging<'a> {
         write_atomic(&jp, &b).map_err(|e| io_err(&jp, e))?;
         point("committed");
         tm.lap("journal written (commit point)");
-        self.replica.replay(&j, false)?;
+        if let Some(lost) = self.replica.replay(&j, false)? {
+            return Err(Error::Incomplete(format!("staged content vanished during the commit: {}", lost.join(", "))));
+        }
         Ok((j.generation, j.digest))
     }
 
     /// Gives up: removes the stage; the replica stays at its generation.
     pub fn abort(self) -> Result<()> {
-        self.replica.root.remove_all(&stage_rel(self.plan.generation))
+        let sd = self.replica.root.dir(STAGE)?;
+        discard(sd.as_fd(), self.plan.generation.to_string().as_bytes())
     }
 }
 
