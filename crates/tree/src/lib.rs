@@ -99,6 +99,16 @@ pub enum Error {
     /// A file changed while it was scanned.
     #[error("{0} changed while it was being scanned")]
     Changed(String),
+    /// The replica on disk is not what its recorded generation says (an inode of the wrong type
+    /// or link count, a missing entry, a directory replaced by a symlink) and the content of
+    /// these paths is not available on the replica. Nothing was changed in the tree; the replica
+    /// re-recorded what it holds as its base, so the next plan (from [`Replica::manifest`])
+    /// repairs them.
+    #[error("replica drifted at {} path(s) whose content it cannot rebuild ({}): re-recorded the tree as it is; plan again from its manifest", paths.len(), paths.iter().take(5).cloned().collect::<Vec<_>>().join(", "))]
+    Drift {
+        /// The paths (new tree).
+        paths: Vec<String>,
+    },
     /// Corrupt serialized data.
     #[error("corrupt data: {0}")]
     Format(String),

@@ -137,6 +137,13 @@ pub(crate) struct Layout<'a> {
 }
 
 pub(crate) fn layout<'a>(old: &'a Manifest, new: &'a Manifest) -> Layout<'a> {
+    layout_with(old, new, &HashSet::new())
+}
+
+/// [`layout`] on a replica where the inodes at `drift` (new-tree paths) are not what the old
+/// manifest says (wrong type or link count, e.g. a planted hard link or symlink): those are
+/// never kept in place, so nothing is ever modified through them; they are staged anew.
+pub(crate) fn layout_with<'a>(old: &'a Manifest, new: &'a Manifest, drift: &HashSet<&[u8]>) -> Layout<'a> {
     let go = link_groups(old);
     let gn = link_groups(new);
     let mut kept = HashSet::new();
@@ -155,7 +162,7 @@ pub(crate) fn layout<'a>(old: &'a Manifest, new: &'a Manifest) -> Layout<'a> {
             }
             (k, Some(ok)) => k == ok && same_group,
             (_, None) => false,
-        };
+        } && !drift.contains(p.as_slice());
         if keep {
             kept.insert(p.as_slice());
         } else if !matches!(e.kind, Kind::Dir | Kind::HardLink { .. }) {
@@ -166,7 +173,8 @@ pub(crate) fn layout<'a>(old: &'a Manifest, new: &'a Manifest) -> Layout<'a> {
         if let Kind::HardLink { leader } = &e.kind {
             let o = old.entries.get(p);
             let ok = matches!(o.map(|o| &o.kind), Some(Kind::HardLink { leader: l2 }) if l2 == leader)
-                && kept.contains(leader.as_slice());
+                && kept.contains(leader.as_slice())
+                && !drift.contains(p.as_slice());
             if ok {
                 kept.insert(p.as_slice());
             } else {
