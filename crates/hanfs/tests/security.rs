@@ -89,7 +89,7 @@ fn dotdot_paths_are_refused_and_nothing_outside_changes() {
     let mut s = session(&rig);
     send(&mut s, &proto::ToAgent::Open { image: "evil".into(), path: "evil".into() });
     let from = match recv(&mut s) {
-        Some(proto::FromAgent::Opened { state }) => state.digest,
+        Some(proto::FromAgent::Opened { state, .. }) => state.digest,
         other => panic!("{other:?}"),
     };
     let root_entry = tree::Entry { kind: tree::Kind::Dir, mode: 0o755, uid: 0, gid: 0, mtime_ns: 0, xattrs: vec![] };
