@@ -43,7 +43,10 @@ route add $ip/32 dev veth$i src $CLIENT"
         mount -t tmpfs -o size=64m "sn-$name" "$d/root"
         mkdir -p "$d/exports.d" "$d/nfs/rpc_pipefs" "$d/nfs/nfsdcld" $(for t in $tops; do echo "$d/root/$t"; done)
         : > "$d/nfs/etab"; : > "$d/nfs/rmtab"
-        ip netns exec "$name" sh /rig/sn-init.sh "$d" "$ip" < /dev/null > "$d/init.log" 2>&1 &
+        # unshare -u: an own host name per SN; nfsd takes its NFSv4.1 server owner and scope from
+        # it, and a 4.1 client treats servers with the same owner as one (trunking).  /usr/bin/dash by
+        # path: busybox would run "sh" as its own ash, which runs busybox ip instead of the real one
+        ip netns exec "$name" unshare -u /usr/bin/dash /rig/sn-init.sh "$d" "$ip" "$name" < /dev/null > "$d/init.log" 2>&1 &
     done < /share/sns
     i=0 waiting=x
     while [ -n "$waiting" ] && [ $i -lt 300 ]; do
@@ -61,8 +64,16 @@ route add $ip/32 dev veth$i src $CLIENT"
     else rig_log "$total SNs up; WARNING: only $n of them skipped the grace period (OPEN waits up to 10 s)"; fi
 }
 
-# sn NAME CMD...: run CMD in SN NAME's network and mount namespaces
-sn() { read -r pid < "/run/sn/$1/pid"; shift; nsenter -t "$pid" -n -m -- "$@"; }
+# (g) each SN its own NFSv4.1 server (own host name, see sns_start).  Run after the scenarios:
+# nfsd denies every RPC from a client no export of it names.
+check_owners() {
+    SCEN=sns
+    python3 -S -B /rig/fsloc.py --owners $(while read -r name ip; do echo "$name=$ip"; done < /share/sns) ||
+        RIG_RC=1
+}
+
+# sn NAME CMD...: run CMD in SN NAME's network, mount and UTS namespaces
+sn() { read -r pid < "/run/sn/$1/pid"; shift; nsenter -t "$pid" -n -m -u -- "$@"; }
 
 # --- steps (written by plan.py) ----------------------------------------------------------------
 # scenario_begin NAME MOUNTS: the scenario's client mount points, /mnt/rig/NAME.1 ...
@@ -228,6 +239,7 @@ rig_main() {
             . "$s"
         fi
     done
+    check_owners
     if [ -x /share/nfs3/nfs3_serve ]; then nfs3_failover; fi
     if [ "${RIG_DEBUG:-0}" = 1 ] || [ $RIG_RC != 0 ]; then
         for f in /run/sn/*/*.log; do [ -s "$f" ] && sed "s|^|  $f: |" "$f" | tail -15; done
