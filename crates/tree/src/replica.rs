@@ -95,6 +95,24 @@ fn read_state<T: for<'de> Deserialize<'de>>(p: &Path) -> Result<Option<T>> {
     }
 }
 
+fn read_journal(p: &Path) -> Result<Option<Journal>> {
+    let b = match std::fs::read(p) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_err(p, e)),
+    };
+    let j = match postcard::from_bytes::<Journal>(&b) {
+        Ok(j) => j,
+        // A journal of an older hanfs: (generation, digest, old, new), no drifted paths.
+        Err(e) => match postcard::from_bytes::<(u64, String, Manifest, Manifest)>(&b) {
+            Ok((generation, _, old, new)) => Journal { generation, digest: String::new(), old, new, drift: Vec::new() },
+            Err(_) => return Err(Error::Format(format!("{}: {e}", p.display()))),
+        },
+    };
+    // As for the state: the digest of the manifest as read now.
+    Ok(Some(Journal { digest: j.new.digest(), ..j }))
+}
+
 impl Replica {
     /// Opens a replica root (created if missing) and its state directory. Creates the control
     /// directory `.hanfs` and puts the root's mtime back, so opening does not change the digest.
@@ -105,12 +123,15 @@ impl Replica {
         let r = Root::open(root)?;
         if r.lstat(b".hanfs")?.is_none() {
             let st = r.lstat(b"")?.ok_or_else(|| Error::Config("root vanished".into()))?;
-            let mt = st.st_mtime.saturating_mul(1_000_000_000).saturating_add(st.st_mtime_nsec as i64);
+            let (sec, nsec) = (st.st_mtime, u32::try_from(st.st_mtime_nsec).unwrap_or(0));
             r.ensure_dir(b".hanfs")?;
-            r.set_mtime(b"", mt)?;
+            r.set_mtime(b"", sec, nsec)?;
         }
         r.ensure_dir(STAGE)?;
-        let state = read_state(&state_dir.join("current"))?;
+        // The digest is recomputed: a state written by an older hanfs holds the digest of its
+        // definition (mtime as nanoseconds), not of the manifest as read now.
+        let state =
+            read_state::<State>(&state_dir.join("current"))?.map(|st| State { digest: st.manifest.digest(), ..st });
         Ok(Replica { root: r, state_dir: state_dir.to_path_buf(), opts, state })
     }
 
@@ -169,7 +190,7 @@ impl Replica {
     fn recover_inner(&mut self) -> Result<Recovery> {
         let jp = self.state_dir.join("journal");
         let _ = std::fs::remove_file(self.state_dir.join("journal.tmp"));
-        if let Some(j) = read_state::<Journal>(&jp)? {
+        if let Some(j) = read_journal(&jp)? {
             let g = j.generation;
             if self.replay(&j, true)?.is_some() {
                 self.abandon(&j)?;
@@ -503,7 +524,7 @@ impl Replica {
             for (p, e) in new.entries.iter().rev() {
                 if e.kind == Kind::Dir {
                     point("commit-dir-mtime");
-                    root.set_mtime(p, e.mtime_ns)?;
+                    root.set_mtime(p, e.mtime_sec, e.mtime_nsec)?;
                 }
             }
             tm.lap("directory mtimes");
