@@ -206,9 +206,9 @@ impl Root {
         }
         if mtime {
             let r = if is_link {
-                set_mtime(d.as_fd(), name, e.mtime_ns)
+                set_mtime(d.as_fd(), name, e.mtime_sec, e.mtime_nsec)
             } else {
-                rustix::fs::utimensat(rustix::fs::CWD, &magic, &mtime_ts(e.mtime_ns), AtFlags::empty())
+                rustix::fs::utimensat(rustix::fs::CWD, &magic, &mtime_ts(e.mtime_sec, e.mtime_nsec), AtFlags::empty())
             };
             r.map_err(|e2| err("setting mtime of", rel, e2))?;
         }
@@ -216,9 +216,9 @@ impl Root {
     }
 
     /// Sets the mtime of `rel` only (directories, last).
-    pub fn set_mtime(&self, rel: &[u8], mtime_ns: i64) -> Result<()> {
+    pub fn set_mtime(&self, rel: &[u8], sec: i64, nsec: u32) -> Result<()> {
         let (d, name) = if rel.is_empty() { (self.dir(b"")?, &b"."[..]) } else { self.parent(rel)? };
-        set_mtime(d.as_fd(), name, mtime_ns).map_err(|e| err("setting mtime of", rel, e))
+        set_mtime(d.as_fd(), name, sec, nsec).map_err(|e| err("setting mtime of", rel, e))
     }
 }
 
@@ -340,19 +340,16 @@ fn kind_matches(kind: &Kind, ft: FileType) -> bool {
     }
 }
 
-fn mtime_ts(mtime_ns: i64) -> Timestamps {
+fn mtime_ts(sec: i64, nsec: u32) -> Timestamps {
     Timestamps {
         last_access: Timespec { tv_sec: 0, tv_nsec: rustix::fs::UTIME_OMIT },
-        last_modification: Timespec {
-            tv_sec: mtime_ns.div_euclid(1_000_000_000),
-            tv_nsec: mtime_ns.rem_euclid(1_000_000_000) as _,
-        },
+        last_modification: Timespec { tv_sec: sec, tv_nsec: nsec.into() },
     }
 }
 
 /// Sets mtime (atime left alone) without following a final symlink.
-pub fn set_mtime(d: BorrowedFd<'_>, name: &[u8], mtime_ns: i64) -> std::result::Result<(), Errno> {
-    rustix::fs::utimensat(d, OsStr::from_bytes(name), &mtime_ts(mtime_ns), AtFlags::SYMLINK_NOFOLLOW)
+pub fn set_mtime(d: BorrowedFd<'_>, name: &[u8], sec: i64, nsec: u32) -> std::result::Result<(), Errno> {
+    rustix::fs::utimensat(d, OsStr::from_bytes(name), &mtime_ts(sec, nsec), AtFlags::SYMLINK_NOFOLLOW)
 }
 
 /// Writes `bytes` to `path` atomically and durably (temp file, fsync, rename, fsync of the dir).

@@ -109,6 +109,16 @@ pub enum Error {
         /// The paths (new tree).
         paths: Vec<String>,
     },
+    /// A filesystem is full (ENOSPC or EDQUOT). When this comes from [`Staging::commit`] the
+    /// replica is still at its previous generation: the space the switch needs is checked, and
+    /// everything it writes is allocated, before the commit point.
+    #[error("no space left on {fs}: {path}")]
+    NoSpace {
+        /// What was being written.
+        path: String,
+        /// The filesystem: its mount point, device and free space.
+        fs: String,
+    },
     /// Corrupt serialized data.
     #[error("corrupt data: {0}")]
     Format(String),

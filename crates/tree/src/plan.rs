@@ -118,7 +118,12 @@ pub(crate) fn link_groups(m: &Manifest) -> HashMap<&[u8], Vec<&[u8]>> {
 }
 
 fn same_meta(a: &Entry, b: &Entry) -> bool {
-    a.mode == b.mode && a.uid == b.uid && a.gid == b.gid && a.mtime_ns == b.mtime_ns && a.xattrs == b.xattrs
+    a.mode == b.mode
+        && a.uid == b.uid
+        && a.gid == b.gid
+        && a.mtime_sec == b.mtime_sec
+        && a.mtime_nsec == b.mtime_nsec
+        && a.xattrs == b.xattrs
 }
 
 /// How the replica treats each new entry; computed the same way by the controller's diff and

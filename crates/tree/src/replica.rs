@@ -95,6 +95,24 @@ fn read_state<T: for<'de> Deserialize<'de>>(p: &Path) -> Result<Option<T>> {
     }
 }
 
+fn read_journal(p: &Path) -> Result<Option<Journal>> {
+    let b = match std::fs::read(p) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_err(p, e)),
+    };
+    let j = match postcard::from_bytes::<Journal>(&b) {
+        Ok(j) => j,
+        // A journal of an older hanfs: (generation, digest, old, new), no drifted paths.
+        Err(e) => match postcard::from_bytes::<(u64, String, Manifest, Manifest)>(&b) {
+            Ok((generation, _, old, new)) => Journal { generation, digest: String::new(), old, new, drift: Vec::new() },
+            Err(_) => return Err(Error::Format(format!("{}: {e}", p.display()))),
+        },
+    };
+    // As for the state: the digest of the manifest as read now.
+    Ok(Some(Journal { digest: j.new.digest(), ..j }))
+}
+
 impl Replica {
     /// Opens a replica root (created if missing) and its state directory. Creates the control
     /// directory `.hanfs` and puts the root's mtime back, so opening does not change the digest.
@@ -105,12 +123,15 @@ impl Replica {
         let r = Root::open(root)?;
         if r.lstat(b".hanfs")?.is_none() {
             let st = r.lstat(b"")?.ok_or_else(|| Error::Config("root vanished".into()))?;
-            let mt = st.st_mtime.saturating_mul(1_000_000_000).saturating_add(st.st_mtime_nsec as i64);
+            let (sec, nsec) = (st.st_mtime, u32::try_from(st.st_mtime_nsec).unwrap_or(0));
             r.ensure_dir(b".hanfs")?;
-            r.set_mtime(b"", mt)?;
+            r.set_mtime(b"", sec, nsec)?;
         }
         r.ensure_dir(STAGE)?;
-        let state = read_state(&state_dir.join("current"))?;
+        // The digest is recomputed: a state written by an older hanfs holds the digest of its
+        // definition (mtime as nanoseconds), not of the manifest as read now.
+        let state =
+            read_state::<State>(&state_dir.join("current"))?.map(|st| State { digest: st.manifest.digest(), ..st });
         Ok(Replica { root: r, state_dir: state_dir.to_path_buf(), opts, state })
     }
 
@@ -162,15 +183,26 @@ impl Replica {
     /// Finishes whatever a crash left: rolls a committed journal forward to the end, or discards
     /// an uncommitted stage. Safe to call at any time, and again after a crash inside it.
     pub fn recover(&mut self) -> Result<Recovery> {
+        let (root, state_dir) = (self.root.path().to_path_buf(), self.state_dir.clone());
+        self.recover_inner().map_err(|e| no_space(e, &root, &state_dir))
+    }
+
+    fn recover_inner(&mut self) -> Result<Recovery> {
         let jp = self.state_dir.join("journal");
         let _ = std::fs::remove_file(self.state_dir.join("journal.tmp"));
-        if let Some(j) = read_state::<Journal>(&jp)? {
+        if let Some(j) = read_journal(&jp)? {
             let g = j.generation;
             if self.replay(&j, true)?.is_some() {
                 self.abandon(&j)?;
                 return Ok(Recovery::Abandoned(g));
             }
             return Ok(Recovery::RolledForward(g));
+        }
+        // A next state without a journal belongs to a commit that never reached its point.
+        match std::fs::remove_file(self.state_dir.join(NEXT)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(&self.state_dir.join(NEXT), e)),
         }
         let sd = self.root.dir(STAGE)?;
         let mut names = Vec::new();
@@ -195,6 +227,11 @@ impl Replica {
     /// Starts applying `plan`: checks it (the replica must be at its `from_digest`; the new
     /// manifest must be well formed and hash to `to_digest`) and opens a fresh stage.
     pub fn begin(&mut self, plan: Plan) -> Result<Staging<'_>> {
+        let (root, state_dir) = (self.root.path().to_path_buf(), self.state_dir.clone());
+        self.begin_inner(plan).map_err(|e| no_space(e, &root, &state_dir))
+    }
+
+    fn begin_inner(&mut self, plan: Plan) -> Result<Staging<'_>> {
         self.recover()?;
         let st = self.state.as_ref().ok_or(Error::NoBase)?;
         if st.digest != plan.from_digest {
@@ -487,7 +524,7 @@ impl Replica {
             for (p, e) in new.entries.iter().rev() {
                 if e.kind == Kind::Dir {
                     point("commit-dir-mtime");
-                    root.set_mtime(p, e.mtime_ns)?;
+                    root.set_mtime(p, e.mtime_sec, e.mtime_nsec)?;
                 }
             }
             tm.lap("directory mtimes");
@@ -496,7 +533,15 @@ impl Replica {
             let st = State { generation: j.generation, digest: j.digest.clone(), manifest: new.clone() };
             tm.lap("syncfs");
             point("commit-state");
-            self.save_state(&st)?;
+            let np = self.state_dir.join(NEXT);
+            match std::fs::rename(&np, self.state_dir.join("current")) {
+                Ok(()) => {
+                    File::open(&self.state_dir).and_then(|f| f.sync_all()).map_err(|e| io_err(&self.state_dir, e))?
+                }
+                // Renamed by an earlier replay that stopped before the journal went.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => self.save_state(&st)?,
+                Err(e) => return Err(io_err(&np, e)),
+            }
             self.state = Some(st);
             tm.lap("state saved (the switch is complete)");
         }
@@ -518,6 +563,56 @@ impl Replica {
         Ok(None)
     }
 
+    /// Checks, just before the commit point, that the replica's filesystem has room for what
+    /// the switch allocates: directory entries for every rename (new names and the trash),
+    /// the new directories (an inode and a block each) and xattrs too big for the inode. An
+    /// upper bound, so that a full disk stops the apply before the tree changes.
+    fn check_space(&self, j: &Journal) -> Result<()> {
+        let Ok(v) = rustix::fs::fstatvfs(self.root.fd()) else { return Ok(()) };
+        let bs = v.f_frsize.max(v.f_bsize).max(512);
+        let drift: HashSet<&[u8]> = j.drift.iter().map(Vec::as_slice).collect();
+        let lay = layout_with(&j.old, &j.new, &drift);
+        let mut per_dir: HashMap<Vec<u8>, u64> = HashMap::new();
+        let mut names = 0u64;
+        let mut add = |p: &[u8]| {
+            if let Some((parent, name)) = split(p) {
+                *per_dir.entry(parent.to_vec()).or_default() += name.len() as u64 + 16;
+                names += 1;
+            }
+        };
+        lay.staged.iter().chain(&lay.links).for_each(|p| add(p));
+        let mut new_dirs = 0u64;
+        for (p, e) in &j.new.entries {
+            if e.kind == Kind::Dir && !p.is_empty() && !matches!(j.old.entries.get(p).map(|o| &o.kind), Some(Kind::Dir))
+            {
+                add(p);
+                new_dirs += 1;
+            }
+        }
+        // Old versions renamed into the trash (at most one per name installed or removed).
+        *per_dir.entry(STAGE.to_vec()).or_default() += (names + lay.removed.len() as u64) * 24;
+        let xattr_blocks = lay
+            .touched
+            .iter()
+            .filter_map(|p| j.new.entries.get(*p))
+            .filter(|e| e.xattrs.iter().map(|(k, v)| k.len() + v.len() + 16).sum::<usize>() > 96)
+            .count() as u64;
+        let blocks = per_dir.values().map(|b| b.div_ceil(bs) + 1).sum::<u64>() + new_dirs + xattr_blocks + 16;
+        let need = blocks.saturating_mul(bs);
+        let inodes = new_dirs + 16;
+        let free = v.f_bavail.saturating_mul(v.f_frsize);
+        if free < need || (v.f_files > 0 && v.f_favail < inodes) {
+            return Err(Error::NoSpace {
+                path: format!(
+                    "the commit of generation {} (it needs about {need} bytes and {inodes} inodes free)",
+                    j.generation
+                ),
+                fs: describe_fs(self.root.path()),
+            });
+        }
+        Ok(())
+    }
+
     /// Gives up a committed journal that can never finish (its staged content is gone): the
     /// tree is recorded as it is now, at the journal's generation, so that the next plan, made
     /// from [`Replica::manifest`], repairs it.
@@ -526,6 +621,7 @@ impl Replica {
         let st = State { generation: j.generation, digest: m.digest(), manifest: m };
         point("abandon-state");
         self.save_state(&st)?;
+        let _ = std::fs::remove_file(self.state_dir.join(NEXT));
         self.state = Some(st);
         let jp = self.state_dir.join("journal");
         match std::fs::remove_file(&jp) {
@@ -666,6 +762,62 @@ impl Timer {
     }
 }
 
+/// The state of the generation being committed, written before the commit point.
+const NEXT: &str = "current.next";
+
+/// Writes and fsyncs a file (not yet renamed into place).
+fn write_file_synced(p: &Path, b: &[u8]) -> std::io::Result<()> {
+    let mut f = File::create(p)?;
+    f.write_all(b)?;
+    f.sync_all()
+}
+
+fn is_full(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+}
+
+/// Turns ENOSPC/EDQUOT into [`Error::NoSpace`], naming the filesystem (the state directory's
+/// for its absolute paths, the replica root's for paths inside the tree).
+pub(crate) fn no_space(e: Error, root: &Path, state_dir: &Path) -> Error {
+    let path = match &e {
+        Error::Io { path, source } if is_full(source) => path.clone(),
+        Error::Delta { path, source: delta::Error::Io(source) } if is_full(source) => path.clone(),
+        _ => return e,
+    };
+    let fs = if Path::new(&path).starts_with(state_dir) { state_dir } else { root };
+    Error::NoSpace { path, fs: describe_fs(fs) }
+}
+
+/// "mount point (type device): free/total bytes, free inodes" for the filesystem holding `p`.
+pub(crate) fn describe_fs(p: &Path) -> String {
+    let canon = std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    let mut best: Option<(PathBuf, String, String)> = None;
+    if let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") {
+        for line in info.lines() {
+            let f: Vec<&str> = line.split(' ').collect();
+            let Some(dash) = f.iter().position(|x| *x == "-") else { continue };
+            let (Some(mp), Some(ty), Some(dev)) = (f.get(4), f.get(dash + 1), f.get(dash + 2)) else { continue };
+            let mp = PathBuf::from(mp.replace("\\040", " "));
+            if canon.starts_with(&mp) && best.as_ref().is_none_or(|b| mp.as_os_str().len() >= b.0.as_os_str().len()) {
+                best = Some((mp, ty.to_string(), dev.to_string()));
+            }
+        }
+    }
+    let mut out = match best {
+        Some((mp, ty, dev)) => format!("{} ({ty} {dev})", mp.display()),
+        None => format!("the filesystem of {}", p.display()),
+    };
+    if let Ok(v) = rustix::fs::statvfs(&canon) {
+        out.push_str(&format!(
+            ": {} of {} bytes free, {} inodes free",
+            v.f_bavail.saturating_mul(v.f_frsize),
+            v.f_blocks.saturating_mul(v.f_frsize),
+            v.f_favail
+        ));
+    }
+    out
+}
+
 /// Stage entries set aside because they could not be deleted.
 const STALE: &[u8] = b"stale-";
 
@@ -760,7 +912,8 @@ pub struct FileWriter<'s, 'a> {
 impl FileWriter<'_, '_> {
     /// Ends the file: checks its size and BLAKE3 against the manifest.
     pub fn finish(self) -> Result<()> {
-        self.staging.seal(self.i, self.w, "writing")
+        let r = self.staging.seal(self.i, self.w, "writing");
+        r.map_err(|e| self.staging.space(e))
     }
 }
 
@@ -828,23 +981,35 @@ impl<'a> Staging<'a> {
 
     /// Stages the whole new content of `path`, read from `data`; checked against its BLAKE3.
     pub fn write_file(&mut self, path: &[u8], mut data: impl Read) -> Result<()> {
-        let i = self.slot(path)?;
-        let mut w = self.create(i)?;
-        std::io::copy(&mut data, &mut w).map_err(|e| io_err(Path::new(&show(path)), e))?;
-        self.seal(i, w, "writing")
+        let r = (|| {
+            let i = self.slot(path)?;
+            let mut w = self.create(i)?;
+            std::io::copy(&mut data, &mut w).map_err(|e| io_err(Path::new(&show(path)), e))?;
+            self.seal(i, w, "writing")
+        })();
+        r.map_err(|e| self.space(e))
+    }
+
+    fn space(&self, e: Error) -> Error {
+        no_space(e, self.replica.root.path(), &self.replica.state_dir)
     }
 
     /// Push-style staging of a whole file, for a receiver that gets it in frames: write the
     /// bytes in order, then [`FileWriter::finish`] (which checks size and BLAKE3).
     pub fn file_writer(&mut self, path: &[u8]) -> Result<FileWriter<'_, 'a>> {
         let i = self.slot(path)?;
-        let w = self.create(i)?;
+        let w = self.create(i).map_err(|e| self.space(e))?;
         Ok(FileWriter { staging: self, i, w })
     }
 
     /// Stages `path` by applying a librsync delta (read from `delta`) to its base in the old
     /// tree; refuses out-of-bounds copies and output past the manifest size, and checks BLAKE3.
     pub fn add_delta(&mut self, path: &[u8], delta: impl Read) -> Result<()> {
+        let r = self.add_delta_inner(path, delta);
+        r.map_err(|e| self.space(e))
+    }
+
+    fn add_delta_inner(&mut self, path: &[u8], delta: impl Read) -> Result<()> {
         let i = self.slot(path)?;
         let Source::Send { base: Some((base, _)) } = self.contents[i].source.clone() else {
             return Err(Error::Hostile(format!("{:?} has no delta base in this plan", show(path))));
@@ -891,7 +1056,12 @@ impl<'a> Staging<'a> {
     /// the commit record, and commits. Returns the new (generation, digest) as soon as the new
     /// generation is in place and recorded; the old versions wait in the stage's trash for
     /// [`Replica::cleanup`].
-    pub fn commit(mut self) -> Result<(u64, String)> {
+    pub fn commit(self) -> Result<(u64, String)> {
+        let (root, state_dir) = (self.replica.root.path().to_path_buf(), self.replica.state_dir.clone());
+        self.commit_inner().map_err(|e| no_space(e, &root, &state_dir))
+    }
+
+    fn commit_inner(mut self) -> Result<(u64, String)> {
         let mut tm = Timer::new();
         let missing: Vec<String> = self.needed().iter().map(|n| show(&n.path)).collect();
         if !missing.is_empty() {
@@ -974,9 +1144,24 @@ impl<'a> Staging<'a> {
             new: self.plan.manifest.clone(),
             drift: self.drift.clone(),
         };
+        // Everything the switch writes is allocated before the commit point, so that a full
+        // disk stops the apply here, with the tree untouched: the next state is written now
+        // (the switch renames it into place), and the space the renames, new directories and
+        // xattrs take is checked against what is free once the journal is on disk too.
+        let st = State { generation: j.generation, digest: j.digest.clone(), manifest: j.new.clone() };
+        let b = postcard::to_stdvec(&st).map_err(|e| Error::Format(e.to_string()))?;
+        let np = self.replica.state_dir.join(NEXT);
+        write_atomic(&np, &b).map_err(|e| io_err(&np, e))?;
         let b = postcard::to_stdvec(&j).map_err(|e| Error::Format(e.to_string()))?;
         let jp = self.replica.state_dir.join("journal");
-        write_atomic(&jp, &b).map_err(|e| io_err(&jp, e))?;
+        let jt = self.replica.state_dir.join("journal.tmp");
+        write_file_synced(&jt, &b).map_err(|e| io_err(&jt, e))?;
+        point("journal-written");
+        self.replica.check_space(&j)?;
+        std::fs::rename(&jt, &jp).map_err(|e| io_err(&jp, e))?;
+        File::open(&self.replica.state_dir)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| io_err(&self.replica.state_dir, e))?;
         point("committed");
         tm.lap("journal written (commit point)");
         if let Some(lost) = self.replica.replay(&j, false)? {

@@ -59,7 +59,7 @@ impl Env {
 }
 
 fn entry(kind: Kind) -> Entry {
-    Entry { kind, mode: 0o644, uid: 0, gid: 0, mtime_ns: 0, xattrs: vec![] }
+    Entry { kind, mode: 0o644, uid: 0, gid: 0, mtime_sec: 0, mtime_nsec: 0, xattrs: vec![] }
 }
 
 fn with_entry(mut plan: Plan, path: &[u8], e: Entry) -> Plan {
