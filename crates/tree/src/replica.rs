@@ -619,7 +619,6 @@ impl Replica {
     fn abandon(&mut self, j: &Journal) -> Result<()> {
         let m = self.scan()?;
         let st = State { generation: j.generation, digest: m.digest(), manifest: m };
-        point("abandon-state");
         self.save_state(&st)?;
         let _ = std::fs::remove_file(self.state_dir.join(NEXT));
         self.state = Some(st);
