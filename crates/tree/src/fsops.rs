@@ -150,8 +150,9 @@ impl Root {
     /// order that keeps setuid bits and file capabilities (chown clears both). Everything is
     /// done through one `O_PATH|O_NOFOLLOW` fd, so a name swapped meanwhile cannot redirect it;
     /// with `links` the inode must have that link count and the entry's type, else nothing is
-    /// changed (an inode shared with a name the manifest does not know may be a file outside).
-    pub fn set_meta(&self, rel: &[u8], e: &Entry, mtime: bool, links: Option<u64>) -> Result<()> {
+    /// changed and false returned (an inode shared with a name the manifest does not know may
+    /// be a file outside the root).
+    pub fn set_meta(&self, rel: &[u8], e: &Entry, mtime: bool, links: Option<u64>) -> Result<bool> {
         let (d, name) = if rel.is_empty() { (self.dir(b"")?, &b"."[..]) } else { self.parent(rel)? };
         let n = OsStr::from_bytes(name);
         let pinned = rustix::fs::openat(&d, n, OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
@@ -163,12 +164,7 @@ impl Root {
         }
         if let Some(want) = links {
             if nlink(&st) != want || !kind_matches(&e.kind, ftype(&st)) {
-                return Err(Error::Hostile(format!(
-                    "{:?} changed under the commit: {} links, {:?} (want {want} links): not modified",
-                    show(rel),
-                    st.st_nlink,
-                    ftype(&st)
-                )));
+                return Ok(false);
             }
         }
         rustix::fs::chownat(
@@ -212,7 +208,7 @@ impl Root {
             };
             r.map_err(|e2| err("setting mtime of", rel, e2))?;
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Sets the mtime of `rel` only (directories, last).

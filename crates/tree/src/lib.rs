@@ -22,13 +22,19 @@
 //!   [`Staging::file_writer`]`(path)` (push frames, then `finish`), [`Staging::add_delta`]`(path, reader)`,
 //!   [`Staging::commit`] -> (generation, digest), or [`Staging::abort`]; then [`Replica::cleanup`]
 //!   (deletes the replaced inodes, kept out of the commit so the switch stays short).
-//! - One `state_dir` per replica root (it holds `current`, `journal` and the hash cache).
+//! - One `state_dir` per replica root (it holds `current`, `current.next` during a commit,
+//!   `journal` and the hash cache `hashcache2`).
+//! - [`Replica::begin`] fails with [`Error::Drift`] when the tree on disk is not what the
+//!   replica recorded and the missing content is not on the replica (it re-records the tree:
+//!   plan again from [`Replica::manifest`]); any step fails with [`Error::NoSpace`] on a full
+//!   filesystem (from `commit`: before the commit point, the tree untouched).
 //!
 //! # rdiff-compatible files (`hanfs delta ...`)
 //! [`rdiff::signature_file`], [`rdiff::delta_file`], [`rdiff::patch_file`].
 //!
 //! # Safety of apply
 //! Every replica path is opened beneath the root with `openat2(RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS)`;
+//! an inode whose type or link count differs from the manifest is replaced, never modified;
 //! manifests with absolute paths, `..`, paths under `.hanfs`, parents that are not directories,
 //! or (unless [`ReplicaOptions::allow_devices`]) device nodes are refused before anything is
 //! written; deltas that copy out of bounds or grow past the manifest size are refused; every

@@ -516,7 +516,17 @@ impl Replica {
                     point("commit-meta");
                     let expect =
                         (lay.kept.contains(p) && e.kind != Kind::Dir).then(|| nlink.get(p).copied().unwrap_or(1));
-                    root.set_meta(p, e, e.kind != Kind::Dir, expect)?;
+                    if root.set_meta(p, e, e.kind != Kind::Dir, expect)? {
+                        continue;
+                    }
+                    // Drifted since `begin` (a link planted meanwhile): a single-name inode is
+                    // replaced by a copy; what cannot be rebuilt here goes to the controller.
+                    let idx = index.get(p).copied().unwrap_or_default();
+                    let replaced =
+                        expect == Some(1) && replace_drifted(root, stage.as_fd(), trash.as_fd(), &srel, p, e, idx)?;
+                    if !replaced {
+                        return Ok(Some(vec![show(p)]));
+                    }
                 }
             }
             tm.lap("metadata");
@@ -619,7 +629,6 @@ impl Replica {
     fn abandon(&mut self, j: &Journal) -> Result<()> {
         let m = self.scan()?;
         let st = State { generation: j.generation, digest: m.digest(), manifest: m };
-        point("abandon-state");
         self.save_state(&st)?;
         let _ = std::fs::remove_file(self.state_dir.join(NEXT));
         self.state = Some(st);
@@ -835,6 +844,76 @@ fn discard(sd: std::os::fd::BorrowedFd<'_>, name: &[u8]) -> Result<()> {
         path: format!(".hanfs/stage/{} (and setting it aside)", show(name)),
         source: e.into(),
     })
+}
+
+/// Replaces the inode at `p` (kept in place, but shared with a name the manifest does not know)
+/// by a fresh one made in the stage: a copy of its content when that still hashes right, or the
+/// special file rebuilt from the manifest; the old inode goes to the trash untouched. False
+/// when the content is not what the manifest says (nothing changed then).
+fn replace_drifted(
+    root: &Root,
+    stage: std::os::fd::BorrowedFd<'_>,
+    trash: std::os::fd::BorrowedFd<'_>,
+    srel: &[u8],
+    p: &[u8],
+    e: &crate::manifest::Entry,
+    idx: usize,
+) -> Result<bool> {
+    let name = sname('d', idx);
+    let n = OsStr::from_bytes(&name);
+    let _ = remove_at(stage, &name);
+    let made = match &e.kind {
+        Kind::File { size, hash, .. } => {
+            let mut src = match root.open_file(p) {
+                Ok(f) => f,
+                Err(Error::Hostile(_)) => return Ok(false),
+                Err(err) => return Err(err),
+            };
+            let fd = rustix::fs::openat(
+                stage,
+                n,
+                OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::from_raw_mode(0o600),
+            )
+            .map_err(|e2| io_err(Path::new(&show(p)), e2.into()))?;
+            let mut w = StageWriter::new(File::from(fd), false, *size);
+            let copied = std::io::copy(&mut src, &mut w).and_then(|_| w.finish());
+            match copied {
+                Ok((len, h, f)) if len == *size && h == *hash => {
+                    f.sync_all().map_err(|e2| io_err(Path::new(&show(p)), e2))?;
+                    Ok(())
+                }
+                _ => {
+                    let _ = remove_at(stage, &name);
+                    return Ok(false);
+                }
+            }
+        }
+        Kind::Symlink { target } => rustix::fs::symlinkat(OsStr::from_bytes(target), stage, n),
+        Kind::Char { major, minor } => rustix::fs::mknodat(
+            stage,
+            n,
+            FileType::CharacterDevice,
+            Mode::from_raw_mode(0o600),
+            rustix::fs::makedev(*major, *minor),
+        ),
+        Kind::Block { major, minor } => rustix::fs::mknodat(
+            stage,
+            n,
+            FileType::BlockDevice,
+            Mode::from_raw_mode(0o600),
+            rustix::fs::makedev(*major, *minor),
+        ),
+        Kind::Fifo => rustix::fs::mknodat(stage, n, FileType::Fifo, Mode::from_raw_mode(0o600), 0),
+        Kind::Dir | Kind::HardLink { .. } => return Ok(false),
+    };
+    made.map_err(|e2| io_err(Path::new(&show(p)), e2.into()))?;
+    let staged = [srel, b"/", &name].concat();
+    root.set_meta(&staged, e, true, None)?;
+    to_trash(root, trash, p, &sname('x', idx))?;
+    let (d, last) = root.parent(p)?;
+    rustix::fs::renameat(stage, n, &d, OsStr::from_bytes(last)).map_err(|e2| io_err(Path::new(&show(p)), e2.into()))?;
+    Ok(true)
 }
 
 /// Moves `rel` (if present) into the trash directory under `name`, replacing whatever a
@@ -1165,7 +1244,10 @@ impl<'a> Staging<'a> {
         point("committed");
         tm.lap("journal written (commit point)");
         if let Some(lost) = self.replica.replay(&j, false)? {
-            return Err(Error::Incomplete(format!("staged content vanished during the commit: {}", lost.join(", "))));
+            // Content gone or changed behind the commit: record the tree as it is, so that the
+            // next plan (from the replica's manifest) repairs it.
+            self.replica.abandon(&j)?;
+            return Err(Error::Drift { paths: lost });
         }
         Ok((j.generation, j.digest))
     }

@@ -281,10 +281,44 @@ fn apply_repairing(src: &Source, r: &mut Replica) -> tree::Result<(u64, String)>
     apply(src, r, plan)
 }
 
+/// When the link is planted: before the apply starts, or after `begin` checked the tree and
+/// before the commit sets metadata.
+#[derive(Clone, Copy, PartialEq)]
+enum When {
+    Before,
+    DuringCommit,
+}
+
+/// Applies with the link planted after `begin` (the engine checked the tree already); on
+/// drift, plans again from the re-recorded manifest as the controller does.
+fn apply_planting(src: &Source, r: &mut Replica, plant: &dyn Fn()) -> tree::Result<(u64, String)> {
+    let plan = src.plan(2);
+    let contents: Vec<_> = plan.to_send().cloned().collect();
+    let mut st = r.begin(plan)?;
+    plant();
+    for c in contents {
+        let p = src.store.payload(&src.new_dir, &c)?.unwrap();
+        if p.is_delta() {
+            st.add_delta(&c.path, p.reader()?)?;
+        } else {
+            st.write_file(&c.path, p.reader()?)?;
+        }
+    }
+    match st.commit() {
+        Err(Error::Drift { .. }) => {}
+        other => return other,
+    }
+    let (g, _) = r.current().unwrap();
+    let mut plan = tree::diff(r.manifest().unwrap(), &src.new);
+    plan.generation = g + 1;
+    src.store.update(r.root(), r.manifest().unwrap()).unwrap();
+    apply(src, r, plan)
+}
+
 /// A hard link planted in the replica to a file outside it: the apply must not chmod, chown
 /// or rewrite the xattrs of the outside inode (issue #9 item 3), and the replica's entry must
 /// end up as the manifest says.
-fn planted_hard_link(victim_content: &[u8]) {
+fn planted_hard_link(victim_content: &[u8], when: When) {
     if !is_root() {
         eprintln!("skipping: needs root to give the outside file another owner");
         assert!(std::env::var("CI").as_deref() != Ok("true"), "CI=true: this test must run as root");
@@ -313,9 +347,16 @@ fn planted_hard_link(victim_content: &[u8]) {
     let rep = t.path().join("rep");
     let mut r = replica_copy(&old, &rep, &t.path().join("sn"));
     // Behind the engine's back: g becomes another name of the outside file.
-    fs::remove_file(rep.join("g")).unwrap();
-    fs::hard_link(&victim, rep.join("g")).unwrap();
-    apply_repairing(&src, &mut r).unwrap();
+    let plant = || {
+        fs::remove_file(rep.join("g")).unwrap();
+        fs::hard_link(&victim, rep.join("g")).unwrap();
+    };
+    if when == When::Before {
+        plant();
+        apply_repairing(&src, &mut r).unwrap();
+    } else {
+        apply_planting(&src, &mut r, &plant).unwrap();
+    }
     r.cleanup().unwrap();
     assert_eq!(outside_meta(&victim), before, "the outside file was modified through the planted link");
     use std::os::unix::fs::MetadataExt;
@@ -326,14 +367,27 @@ fn planted_hard_link(victim_content: &[u8]) {
 #[test]
 fn planted_hard_link_with_the_same_content() {
     let g: Vec<u8> = (0..20_000u32).map(|i| (i * 7 % 251) as u8).collect();
-    planted_hard_link(&g);
+    planted_hard_link(&g, When::Before);
 }
 
 #[test]
 fn planted_hard_link_with_other_content() {
     let mut g: Vec<u8> = (0..20_000u32).map(|i| (i * 7 % 251) as u8).collect();
     g[5000..5010].copy_from_slice(b"OUTSIDE!!!");
-    planted_hard_link(&g);
+    planted_hard_link(&g, When::Before);
+}
+
+#[test]
+fn hard_link_planted_during_the_commit_with_the_same_content() {
+    let g: Vec<u8> = (0..20_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    planted_hard_link(&g, When::DuringCommit);
+}
+
+#[test]
+fn hard_link_planted_during_the_commit_with_other_content() {
+    let mut g: Vec<u8> = (0..20_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    g[5000..5010].copy_from_slice(b"OUTSIDE!!!");
+    planted_hard_link(&g, When::DuringCommit);
 }
 
 /// A symlink planted where a directory is expected: every file of that directory must be there
