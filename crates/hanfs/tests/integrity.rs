@@ -70,10 +70,7 @@ fn every_kind_of_drift_is_repaired_by_the_next_sync() {
         ),
         ("owner", Box::new(|r| std::os::unix::fs::lchown(r.join("etc/hosts"), Some(4343), Some(4343)).unwrap())),
         ("xattr", Box::new(|r| xattr::set(r.join("etc/hosts"), "user.hanfs.test", b"tampered").unwrap())),
-        (
-            "ACL",
-            Box::new(|r| run("setfacl", &["-m", "u:4343:rwx", r.join("usr/lib/x/f0001").to_str().unwrap()])),
-        ),
+        ("ACL", Box::new(|r| run("setfacl", &["-m", "u:4343:rwx", r.join("usr/lib/x/f0001").to_str().unwrap()]))),
         (
             "symlink target",
             Box::new(|r| {
