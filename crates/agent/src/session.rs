@@ -468,6 +468,17 @@ pub(crate) async fn update(
                     },
                 };
                 let delta = base.is_some();
+                // Announced lengths are checked against what this file can need (the stage reads
+                // no more than that either), so a peer cannot fill the spool's disk with one blob.
+                let most = payload_limit(delta, *size);
+                let most = if zstd { zstd::zstd_safe::compress_bound(most as usize) as u64 } else { most };
+                if len > most {
+                    return Err(refuse(
+                        c,
+                        format!("blob {index} of {len} bytes is more than a {size}-byte file can need ({most})"),
+                    )
+                    .await);
+                }
                 let r = if len <= CHUNK as u64 {
                     // Small: assembled in memory and staged directly, no spool.
                     let mut data = Vec::with_capacity(len as usize);
@@ -540,6 +551,16 @@ pub(crate) async fn update(
     }
 }
 
+/// The most bytes a payload for a `size`-byte file can take: the content itself, or a librsync
+/// delta (the content as literals at worst, plus command headers).
+fn payload_limit(delta: bool, size: u64) -> u64 {
+    if delta {
+        size.saturating_add(64 << 10)
+    } else {
+        size
+    }
+}
+
 /// Feeds one payload into the stage: the content or a delta, zstd-decoded when `zstd`, and never
 /// more input than the file can need, so a hostile blob cannot make the agent write without bound
 /// (the engine also checks size and BLAKE3).
@@ -552,7 +573,8 @@ fn stage_payload(
     r: impl std::io::Read,
 ) -> Result<()> {
     use std::io::Read;
-    let limit = if delta { size + (64 << 10) } else { size + 1 };
+    // One byte past a literal's size, so a longer one is seen (and refused by the engine).
+    let limit = payload_limit(delta, size) + u64::from(!delta);
     if zstd {
         let d = zstd_reader(std::io::BufReader::new(r))?.take(limit);
         if delta {

@@ -240,10 +240,10 @@ pub async fn serve(agent: &Agent, c: &mut Conn, area: &str, node: &str) -> Resul
 mod tests {
     use super::*;
 
-    fn agent() -> Agent {
+    fn agent(state: &Path) -> Agent {
         let cfg = model::AgentConfig::from_toml(
             "agent.toml",
-            "listen = \"127.0.0.1:7468\"\nplaintext_loopback = true\nroot = \"/install\"\nstate_dir = \"/var/lib/hanfs\"\nstatelite_roots = [\"/nodedata\", \"/srv/lite/\"]\nexports_file = \"/etc/exports.d/hanfs.exports\"\n",
+            &format!("listen = \"127.0.0.1:7468\"\nplaintext_loopback = true\nroot = \"/install\"\nstate_dir = \"{}\"\nstatelite_roots = [\"/nodedata\", \"/srv/lite/\"]\nexports_file = \"/etc/exports.d/hanfs.exports\"\n", state.display()),
         )
         .unwrap();
         Agent::new(cfg).unwrap()
@@ -252,7 +252,9 @@ mod tests {
     #[test]
     fn areas_must_be_within_statelite_roots() {
         std::env::remove_var("HANFS_STATELITE_PREFIX");
-        let a = agent();
+        // The agent locks and recovers its state dir: a scratch one.
+        let state = tempfile::tempdir().unwrap();
+        let a = agent(state.path());
         assert_eq!(locate(&a, "/nodedata", "cn001").unwrap(), (PathBuf::from("/nodedata"), "cn001".into()));
         assert_eq!(locate(&a, "/srv/lite/x", "cn001").unwrap(), (PathBuf::from("/srv/lite"), "x/cn001".into()));
         for (area, node) in [

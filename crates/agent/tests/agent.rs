@@ -64,7 +64,10 @@ fn config(dir: &Path, tls: Option<(&Path, &str)>) -> PathBuf {
     );
     match tls {
         Some((ca, name)) => {
-            c += &format!("[tls]\nca = \"{0}/ca.pem\"\ncert = \"{0}/{name}.pem\"\nkey = \"{0}/{name}.key\"\n", ca.display())
+            c += &format!(
+                "[tls]\nca = \"{0}/ca.pem\"\ncert = \"{0}/{name}.pem\"\nkey = \"{0}/{name}.key\"\n",
+                ca.display()
+            )
         }
         None => c = format!("plaintext_loopback = true\n{c}"),
     }
@@ -388,10 +391,9 @@ async fn zstd_bombs_are_refused_and_memory_stays_bounded() {
     let pid = p.child.id();
     let base = vm_hwm_kb(pid);
 
-    for (bomb, what) in [
-        (zeros_zstd(2 << 30, true, None), "announces"),
-        (zeros_zstd(512 << 20, false, None), "decompresses past"),
-    ] {
+    for (bomb, what) in
+        [(zeros_zstd(2 << 30, true, None), "announces"), (zeros_zstd(512 << 20, false, None), "decompresses past")]
+    {
         assert!(bomb.len() < 200 << 10, "{}", bomb.len());
         let mut c = hello(&p.addr).await;
         open(&mut c, "img").await;
@@ -427,12 +429,7 @@ async fn zstd_bombs_are_refused_and_memory_stays_bounded() {
         from_digest: state.digest.clone(),
         to_digest: m.digest(),
         manifest: m,
-        contents: vec![tree::Content {
-            path: b"big".to_vec(),
-            size,
-            hash,
-            source: tree::Source::Send { base: None },
-        }],
+        contents: vec![tree::Content { path: b"big".to_vec(), size, hash, source: tree::Source::Send { base: None } }],
         summary: Default::default(),
     };
     assert_eq!(send_plan(&mut c, &plan).await.unwrap(), vec![0]);
@@ -449,6 +446,42 @@ async fn zstd_bombs_are_refused_and_memory_stays_bounded() {
     eprintln!("agent peak RSS: {base} kB at start, {peak} kB after the bombs");
     assert!(peak < 64 << 10, "agent peak RSS {peak} kB");
     assert!(p.child.id() == pid && std::net::TcpStream::connect(&p.addr).is_ok(), "the agent went down");
+}
+
+/// A blob announced longer than its file can need (a zstd frame past zstd's own bound for that
+/// size) is refused at once: the agent does not spool what it could never use.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blob_longer_than_its_file_can_need_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = config(dir.path(), None);
+    let p = spawn(&conf, None).unwrap();
+    let mut c = hello(&p.addr).await;
+    let (state, _) = open(&mut c, "img").await;
+    let mut m = manifest(&mut c).await;
+    let hash = [1u8; 32];
+    let kind = tree::Kind::File { size: 10, hash, sparse: None };
+    m.entries.insert(b"f".to_vec(), tree::Entry { kind, mode: 0o644, uid: 0, gid: 0, mtime_ns: 0, xattrs: vec![] });
+    let plan = tree::Plan {
+        generation: state.generation + 1,
+        from_digest: state.digest,
+        to_digest: m.digest(),
+        manifest: m,
+        contents: vec![tree::Content {
+            path: b"f".to_vec(),
+            size: 10,
+            hash,
+            source: tree::Source::Send { base: None },
+        }],
+        summary: Default::default(),
+    };
+    assert_eq!(send_plan(&mut c, &plan).await.unwrap(), vec![0]);
+    c.request(&ToAgent::Blob { index: 0, encoding: Encoding::Literal, len: 64 << 30, zstd: true }).await.unwrap();
+    match c.recv::<FromAgent>().await {
+        Ok(FromAgent::Error { reason }) => assert!(reason.contains("more than a 10-byte file can need"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(c.recv::<FromAgent>().await.is_err(), "the session goes on");
+    assert!(std::fs::read_dir(dir.path().join("state/images/img/spool")).unwrap().next().is_none());
 }
 
 /// Issue 9 item 1: another SN's certificate from the cluster CA, and the MN's name from another

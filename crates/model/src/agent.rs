@@ -148,21 +148,19 @@ impl AgentConfig {
                 Some(dialect),
                 Some(exports_file),
                 Some(nfs3),
-            ) => {
-                Ok(AgentConfig {
-                    listen,
-                    root,
-                    statelite_roots,
-                    state_dir,
-                    controller,
-                    dialect,
-                    exports_file,
-                    reload,
-                    nfs3,
-                    tls,
-                    plaintext_loopback: raw.plaintext_loopback,
-                })
-            }
+            ) => Ok(AgentConfig {
+                listen,
+                root,
+                statelite_roots,
+                state_dir,
+                controller,
+                dialect,
+                exports_file,
+                reload,
+                nfs3,
+                tls,
+                plaintext_loopback: raw.plaintext_loopback,
+            }),
             _ => Err(Diagnostics(Vec::new())),
         }
     }
@@ -182,8 +180,11 @@ mod tests {
         assert_eq!(a.exports_file.as_str(), "/etc/exports.d/hanfs.exports");
         assert_eq!(a.reload, vec!["exportfs", "-ra"]);
         assert_eq!(a.controller, "mn");
-        let e = AgentConfig::from_toml("a.toml", "plaintext_loopback = true\nlisten = \"127.0.0.1:1\"\ncontroller = \"a b\"\n")
-            .unwrap_err();
+        let e = AgentConfig::from_toml(
+            "a.toml",
+            "plaintext_loopback = true\nlisten = \"127.0.0.1:1\"\ncontroller = \"a b\"\n",
+        )
+        .unwrap_err();
         assert!(e.to_string().starts_with("a.toml:3:"), "{e}");
         let e = AgentConfig::from_toml("a.toml", "listen = \"0.0.0.0:7468\"\n").unwrap_err();
         assert!(e.to_string().contains("[tls]"));

@@ -349,7 +349,10 @@ mod tests {
         assert_eq!(encode(&FromAgent::Content { len: 5 }).unwrap()[HEADER], 11);
         let m = FromAgent::NoSpace { path: "/x".into(), reason: "ENOSPC".into() };
         assert_eq!(encode(&m).unwrap()[HEADER], 12);
-        let m = FromAgent::Opened { state: ImageState { name: "i".into(), generation: 1, digest: "d".into() }, drifted: None };
+        let m = FromAgent::Opened {
+            state: ImageState { name: "i".into(), generation: 1, digest: "d".into() },
+            drifted: None,
+        };
         assert_eq!(encode(&m).unwrap()[HEADER], 3);
     }
 

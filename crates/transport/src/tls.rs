@@ -1,9 +1,9 @@
 //! rustls configurations for mutual TLS with the `ring` provider.
 
 use crate::{Error, Result};
-use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer, ServerName};
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::pki_types::UnixTime;
+use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer, ServerName};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme};
