@@ -67,7 +67,6 @@ route add $ip/32 dev veth$i src $CLIENT"
 # (g) each SN its own NFSv4.1 server (own host name, see sns_start).  Run after the scenarios:
 # nfsd denies every RPC from a client no export of it names.
 check_owners() {
-    SCEN=sns
     python3 -S -B /rig/fsloc.py --owners $(while read -r name ip; do echo "$name=$ip"; done < /share/sns) ||
         RIG_RC=1
 }
@@ -104,8 +103,8 @@ sn_reload() {
     [ -z "$out" ] || note "exportfs -ra on $1: $out"
 }
 
-# nfs_mount SERVER:PATH: mount it (NFS version $VERS, default 4.2) on the next /mnt/rig/SCEN.N, set $M, $DEV (what
-# /proc/mounts shows there) and $MARKER (the rig-marker file read through the mount).
+# nfs_mount SERVER:PATH: mount it (NFS version $VERS, default 4.2) on the next /mnt/rig/SCEN.N,
+# set $M, $DEV (what /proc/mounts shows there) and $MARKER (the rig-marker file read through it).
 # busybox mount hands the options to the kernel as text, as mount.nfs does for NFSv4 (addr=
 # and clientaddr= are what mount.nfs would add); being static it starts much faster under
 # UML.  soft: I/O fails instead of hanging if a server does not answer.
@@ -163,7 +162,7 @@ check_plain() {
 # mount to TO_SN with the same file handles.  kernel nfsd's handles name the export root by fsid
 # alone (the same on both SNs) but every other object by inode number and generation, which
 # differ on TO_SN's copy: what is reached by a new lookup from the root moves, what the client
-# already holds goes stale.  What must hold (README "Planned moves of mounted data"):
+# already holds goes stale.  What must hold (README "Planned moves of data a client has mounted"):
 #   new files land on TO_SN and a new lookup reads TO_SN's data; the held-open file and the cwd
 #   fail with ESTALE (no hang, no wrong data); nothing new lands on SN; no kernel warning.
 check_mounted_migrate() {
