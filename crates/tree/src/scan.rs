@@ -20,7 +20,7 @@ pub struct ScanOptions {
     /// Glob patterns (globset syntax, `/` is literal) relative to the root; a matching directory
     /// is skipped with everything under it. `.hanfs` at the root is always skipped.
     pub excludes: Vec<String>,
-    /// Where to keep the hash cache (`<state_dir>/hashcache`); None: no persistent cache.
+    /// Where to keep the hash cache (`<state_dir>/hashcache2`); None: no persistent cache.
     pub state_dir: Option<PathBuf>,
 }
 
@@ -357,6 +357,8 @@ impl Scanner {
             if let Some(p) = &self.cache_file {
                 if let Ok(b) = postcard::to_stdvec(&cache) {
                     let _ = crate::fsops::write_atomic(p, &b);
+                    // The cache of the older format, never read again.
+                    let _ = std::fs::remove_file(p.with_file_name("hashcache"));
                 }
             }
         }
