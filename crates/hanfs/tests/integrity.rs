@@ -147,7 +147,22 @@ fn a_second_agent_on_the_same_state_dir_exits_2_naming_it() {
     let other = conf.replace(&format!("127.0.0.1:{}", rig.agents[0].port), &format!("127.0.0.1:{port}"));
     let p = rig.path().join("second.toml");
     std::fs::write(&p, other).unwrap();
-    let o = Command::new(hanfs_bin()).args(["--config", p.to_str().unwrap(), "agent"]).output().unwrap();
+    let mut second = Command::new(hanfs_bin())
+        .args(["--config", p.to_str().unwrap(), "agent"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while second.try_wait().unwrap().is_none() {
+        if t.elapsed() > Duration::from_secs(10) {
+            let _ = second.kill();
+            let _ = second.wait();
+            panic!("a second agent on the same state dir was let run");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let o = second.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(2), "{err}");
     let state = rig.path().join("sn1/state");
