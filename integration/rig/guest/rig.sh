@@ -94,10 +94,6 @@ sn_dirs() {
     for p in "$@"; do echo "$s:$p" > "$root$p/rig-marker"; done
 }
 
-# sn_mountpoint SN PATH: mount --bind PATH PATH inside the SN (nfsd switches exports only
-# at mountpoints; this is what a deployment does for a refer= directory)
-sn_mountpoint() { sn "$1" mount --bind "$2" "$2" || fail "mount --bind $2 $2 on $1"; }
-
 sn_reload() {
     out=$(sn "$1" exportfs -ra 2>&1) || fail "exportfs -ra on $1: $out"
     [ -z "$out" ] || note "exportfs -ra on $1: $out"
