@@ -420,7 +420,8 @@ async fn zstd_bombs_are_refused_and_memory_stays_bounded() {
         mode: 0o644,
         uid: 0,
         gid: 0,
-        mtime_ns: 0,
+        mtime_sec: 0,
+        mtime_nsec: 0,
         xattrs: vec![],
     };
     m.entries.insert(b"big".to_vec(), e);
@@ -460,7 +461,10 @@ async fn a_blob_longer_than_its_file_can_need_is_refused() {
     let mut m = manifest(&mut c).await;
     let hash = [1u8; 32];
     let kind = tree::Kind::File { size: 10, hash, sparse: None };
-    m.entries.insert(b"f".to_vec(), tree::Entry { kind, mode: 0o644, uid: 0, gid: 0, mtime_ns: 0, xattrs: vec![] });
+    m.entries.insert(
+        b"f".to_vec(),
+        tree::Entry { kind, mode: 0o644, uid: 0, gid: 0, mtime_sec: 0, mtime_nsec: 0, xattrs: vec![] },
+    );
     let plan = tree::Plan {
         generation: state.generation + 1,
         from_digest: state.digest,
