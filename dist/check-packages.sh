@@ -9,7 +9,7 @@
 # its node and refuse to start without the node's TLS files.  Prints PASS:/FAIL: lines; exit 0
 # only if nothing failed.
 set -uo pipefail
-DEB=$1 RPM=$2 BIN=$3
+DEB=$(realpath "$1") RPM=$(realpath "$2") BIN=$(realpath "$3")
 DIST=$(cd "$(dirname "$0")" && pwd)
 FAILED=0
 pass() { echo "PASS: $*"; }
