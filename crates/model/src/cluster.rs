@@ -4,6 +4,7 @@
 
 use crate::addr::{Address, Endpoint};
 use crate::error::{Diagnostics, Sink};
+use crate::name::check_name;
 use crate::path::{AbsPath, RelPath};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -330,7 +331,9 @@ fn validate(raw: RawFile, sink: &mut Sink<'_>) -> Option<Cluster> {
     let mut names: BTreeMap<String, std::ops::Range<usize>> = BTreeMap::new();
     let mut claim = |sink: &mut Sink<'_>, n: &S, field: String| {
         let v = n.get_ref();
-        if !crate::addr::is_hostname(v) {
+        if let Err(m) = check_name(v) {
+            sink.at(n.span(), field, m);
+        } else if !crate::addr::is_hostname(v) {
             sink.at(n.span(), field, format!("`{v}` is not a valid name (letters, digits, `-`, `.`)"));
         } else if let Some(prev) = names.get(v) {
             let (line, _) = sink.index.locate(prev.start);
@@ -458,6 +461,7 @@ fn validate(raw: RawFile, sink: &mut Sink<'_>) -> Option<Cluster> {
     for (i, im) in raw.image.iter().enumerate() {
         let f = |k: &str| format!("image[{i}].{k}");
         let name = im.name.get_ref();
+        let name_ok = check_name(name).map_err(|m| sink.at(im.name.span(), f("name"), m)).is_ok();
         if !image_names.insert(name.clone()) {
             sink.at(im.name.span(), f("name"), format!("duplicate image name `{name}`"));
         }
@@ -483,7 +487,7 @@ fn validate(raw: RawFile, sink: &mut Sink<'_>) -> Option<Cluster> {
                 .collect(),
             None => sn_names.clone(),
         };
-        if let Some(path) = path {
+        if let (Some(path), true) = (path, name_ok) {
             images.push(Image { name: name.clone(), path, clients, exclude: im.exclude.clone(), sns: isns });
         }
     }
@@ -500,8 +504,13 @@ fn validate(raw: RawFile, sink: &mut Sink<'_>) -> Option<Cluster> {
     }
 
     let mut statelite = Vec::new();
+    let mut statelite_names = BTreeSet::new();
     for (i, st) in raw.statelite.iter().enumerate() {
         let f = |k: &str| format!("statelite[{i}].{k}");
+        let name_ok = check_name(st.name.get_ref()).map_err(|m| sink.at(st.name.span(), f("name"), m)).is_ok();
+        if !statelite_names.insert(st.name.get_ref().clone()) {
+            sink.at(st.name.span(), f("name"), format!("duplicate statelite area `{}`", st.name.get_ref()));
+        }
         let path = abs(sink, &st.path, &f("path"));
         if let Some(p) = &path {
             if p.is_root() {
@@ -509,7 +518,7 @@ fn validate(raw: RawFile, sink: &mut Sink<'_>) -> Option<Cluster> {
             }
         }
         let clients = clients(sink, st.clients.as_ref(), &f("clients"), "*");
-        if let Some(path) = path.filter(|p| !p.is_root()) {
+        if let (Some(path), true) = (path.filter(|p| !p.is_root()), name_ok) {
             statelite.push(Statelite { name: st.name.get_ref().clone(), path, clients });
         }
     }
@@ -518,8 +527,13 @@ fn validate(raw: RawFile, sink: &mut Sink<'_>) -> Option<Cluster> {
     let mut node_names = BTreeSet::new();
     for (i, n) in raw.node.iter().enumerate() {
         let name = n.name.get_ref();
-        if !crate::addr::is_hostname(name) {
+        let mut ok = true;
+        if let Err(m) = check_name(name) {
+            sink.at(n.name.span(), format!("node[{i}].name"), m);
+            ok = false;
+        } else if !crate::addr::is_hostname(name) {
             sink.at(n.name.span(), format!("node[{i}].name"), format!("`{name}` is not a valid node name"));
+            ok = false;
         }
         if !node_names.insert(name.clone()) {
             sink.at(n.name.span(), format!("node[{i}].name"), format!("duplicate node `{name}`"));
@@ -528,7 +542,6 @@ fn validate(raw: RawFile, sink: &mut Sink<'_>) -> Option<Cluster> {
             sink.at(n.sns.span(), format!("node[{i}].sns"), format!("node `{name}` has no service node"));
             continue;
         }
-        let mut ok = true;
         let mut list = Vec::new();
         for (j, s) in n.sns.get_ref().iter().enumerate() {
             if !sn_names.contains(s.get_ref()) {
@@ -826,6 +839,30 @@ served_by = "sn1"
     fn bad_addresses() {
         let text = OK.replace("address = \"127.0.0.2\"", "address = \"10.0.0.256\"");
         assert!(errs(&text)[0].contains("sn[1].address"));
+    }
+
+    #[test]
+    fn names_that_are_not_one_safe_path_component() {
+        // Each kind of name that ends up as a path component, each kind of bad name.
+        let long = "x".repeat(256);
+        let bads = ["..", ".", "../../victim", "a/b", "", "a\\u0000b", "-rf", long.as_str()];
+        let fields = [
+            ("name = \"rh8\"", "image[0].name"),
+            ("name = \"nodedata\"", "statelite[0].name"),
+            ("name = \"cn001\"", "node[0].name"),
+            ("name = \"sn3\"", "sn[2].name"),
+        ];
+        for (orig, field) in fields {
+            let line = OK[..OK.find(orig).unwrap()].matches('\n').count() + 1;
+            for bad in bads {
+                let text = OK.replace(orig, &format!("name = \"{bad}\""));
+                let e = errs(&text);
+                assert!(
+                    e.iter().any(|e| e.starts_with(&format!("c.toml:{line}:")) && e.contains(&format!("{field}: "))),
+                    "{field} = {bad:?}: {e:?}"
+                );
+            }
+        }
     }
 
     #[test]
