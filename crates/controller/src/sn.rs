@@ -246,10 +246,22 @@ async fn send_blob(c: &mut Conn, index: u32, p: &PayloadFile, _bar: Option<&Prog
     }
     let mut left = p.len;
     let mut buf = vec![0u8; CHUNK.min(p.len as usize)];
+    let mut h = blake3::Hasher::new();
     while left > 0 {
         let n = left.min(CHUNK as u64) as usize;
         blocking(|| f.read_exact(&mut buf[..n]))
             .with_context(|| format!("{}: changed while syncing (rerun sync)", p.path.display()))?;
+        if let Some(want) = &p.verify {
+            h.update(&buf[..n]);
+            // The last chunk is held back until the whole file is known to be the scanned version,
+            // so the agent never gets all of a changed file (it also checks BLAKE3 before commit).
+            if left == n as u64 && h.finalize().as_bytes() != want {
+                bail!(tree::Error::Changed(format!(
+                    "{} (its content is no longer the one scanned; the session is dropped mid-file)",
+                    p.path.display()
+                )));
+            }
+        }
         c.send_chunk(&buf[..n]).await?;
         left -= n as u64;
     }

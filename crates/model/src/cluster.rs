@@ -135,6 +135,9 @@ pub struct Cluster {
     pub plaintext_loopback: bool,
     /// Command run by `hanfs failover` to fence a dead SN; `{sn}` and `{address}` are substituted.
     pub fence: Vec<String>,
+    /// Deadline of everything one SN does in one run (connect, transfer, commit, exports): an SN
+    /// that has not finished by then is reported failed and the run ends without it.
+    pub sn_timeout_secs: u64,
     pub sns: Vec<ServiceNode>,
     pub externals: Vec<ExternalServer>,
     pub images: Vec<Image>,
@@ -237,7 +240,11 @@ struct RawCluster {
     plaintext_loopback: bool,
     #[serde(default)]
     fence: Vec<String>,
+    sn_timeout_secs: Option<Spanned<i64>>,
 }
+
+/// Default of `cluster.sn_timeout_secs`: an hour for one SN's whole part of a run.
+pub const DEFAULT_SN_TIMEOUT_SECS: u64 = 3600;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -316,6 +323,14 @@ fn validate(raw: RawFile, sink: &mut Sink<'_>) -> Option<Cluster> {
     let backup_policy = match &c.backups {
         Some(b) => BackupPolicy::parse(b.get_ref()).map_err(|m| sink.at(b.span(), "cluster.backups", m)).ok(),
         None => Some(BackupPolicy::Ring),
+    };
+    let sn_timeout_secs = match &c.sn_timeout_secs {
+        Some(t) if (1..=7 * 24 * 3600).contains(t.get_ref()) => *t.get_ref() as u64,
+        Some(t) => {
+            sink.at(t.span(), "cluster.sn_timeout_secs", "must be 1 to 604800 seconds (a week)");
+            DEFAULT_SN_TIMEOUT_SECS
+        }
+        None => DEFAULT_SN_TIMEOUT_SECS,
     };
     let domain = c.domain.as_ref().and_then(|d| {
         let v = d.get_ref();
@@ -495,8 +510,11 @@ fn validate(raw: RawFile, sink: &mut Sink<'_>) -> Option<Cluster> {
     for a in &images {
         for b in &images {
             if a.name != b.name && b.path.as_str().starts_with(&format!("{}/", a.path)) {
-                sink.nowhere(
-                    format!("image `{}`", b.name),
+                let at = raw.image.iter().position(|r| r.name.get_ref() == &b.name);
+                let span = at.map(|i| raw.image[i].path.span()).unwrap_or(0..0);
+                sink.at(
+                    span,
+                    format!("image[{}].path", at.unwrap_or(0)),
                     format!("path `{}` lies inside image `{}` (`{}`)", b.path, a.name, a.path),
                 );
             }
@@ -572,8 +590,12 @@ fn validate(raw: RawFile, sink: &mut Sink<'_>) -> Option<Cluster> {
     if tls.is_none() {
         let remote: Vec<&str> = sns.iter().filter(|s| !s.agent.is_loopback()).map(|s| s.name.as_str()).collect();
         if !remote.is_empty() {
-            sink.nowhere(
-                "tls",
+            // Pointed at the first remote agent: the line that needs TLS.
+            let first = raw.sn.iter().position(|r| r.name.get_ref() == remote[0]).unwrap_or(0);
+            let span = raw.sn.get(first).map(|r| r.agent.as_ref().unwrap_or(&r.address).span()).unwrap_or(0..0);
+            sink.at(
+                span,
+                format!("sn[{first}].agent"),
                 format!(
                     "a [tls] section is required: agents of {} are not on loopback (make one with `hanfs ca init`)",
                     remote.join(", ")
@@ -595,6 +617,7 @@ fn validate(raw: RawFile, sink: &mut Sink<'_>) -> Option<Cluster> {
         tls,
         plaintext_loopback: c.plaintext_loopback,
         fence: c.fence.clone(),
+        sn_timeout_secs,
         sns,
         externals,
         images,
@@ -863,6 +886,36 @@ served_by = "sn1"
                 );
             }
         }
+    }
+
+    #[test]
+    fn every_error_carries_line_column_and_field() {
+        let nested = format!("{OK}\n[[image]]\nname = \"inner\"\npath = \"netboot/rh8/x86_64/compute/rootimg/sub\"\n");
+        let cases: Vec<(String, &str)> = vec![
+            (nested.clone(), "image[1].path: path `netboot/rh8/x86_64/compute/rootimg/sub` lies inside image `rh8`"),
+            (OK.replace("agent = \"127.0.0.1:7001\"", "agent = \"10.0.0.1:7001\""), "sn[0].agent: a [tls] section"),
+            (OK.replace("plaintext_loopback = true\n", ""), "cluster.plaintext_loopback:"),
+            (
+                "[cluster]\nsource_root = \"/install\"\nplaintext_loopback = true\n".to_string(),
+                "sn: the cluster defines no",
+            ),
+            (
+                OK.replace("sn_timeout", "x").replace("[cluster]\n", "[cluster]\nsn_timeout_secs = 0\n"),
+                "cluster.sn_timeout_secs:",
+            ),
+        ];
+        for (text, want) in cases {
+            let d = Cluster::from_toml("c.toml", &text).unwrap_err();
+            for x in &d.0 {
+                assert!(x.line > 0 && x.column > 0 && !x.field.is_empty(), "{x}");
+            }
+            let e: Vec<String> = d.0.iter().map(|x| x.to_string()).collect();
+            assert!(e.iter().any(|e| e.contains(want)), "{want}: {e:?}");
+        }
+        // The nested image is pointed at its own path line.
+        let d = Cluster::from_toml("c.toml", &nested).unwrap_err();
+        let line = nested[..nested.rfind("path = ").unwrap()].matches('\n').count() + 1;
+        assert_eq!(d.0[0].line, line, "{d}");
     }
 
     #[test]

@@ -13,9 +13,6 @@ fn controller(g: &Global) -> Result<Controller> {
     let cluster = load_cluster(g)?;
     let mut c = Controller::new(cluster).map_err(|e| bad_input(format!("{}: {e:#}", g.config.display())))?;
     c.progress = !g.json && !g.quiet && std::io::stderr().is_terminal();
-    if let Some(s) = std::env::var("HANFS_SN_TIMEOUT").ok().and_then(|s| s.parse::<u64>().ok()) {
-        c.timeouts.sn = std::time::Duration::from_secs(s);
-    }
     Ok(c)
 }
 
