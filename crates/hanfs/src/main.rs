@@ -11,6 +11,15 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
+    if !matches!(cli.command, cli::Command::Agent(_) | cli::Command::Daemon(_)) {
+        // A command whose reader went away (`hanfs exports | head`) ends quietly, as Unix tools do,
+        // instead of panicking in println!. Its sockets are unaffected (std sends with
+        // MSG_NOSIGNAL); the long-running agent and daemon keep ignoring SIGPIPE.
+        // SAFETY: restoring a signal's default disposition at startup, before any thread exists.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     init_logging(cli.global.verbose, cli.global.quiet);
     match cmd::run(cli) {
         Ok(code) => code.into(),
