@@ -2,12 +2,13 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 # Debian packages the tests drive for real: rdiff (librsync), exportfs (nfs-utils), the UML kernel
-# rig, libnfs' nfs-cat, PostgreSQL and MariaDB for the xCAT import, rsync for the benchmarks.
+# rig, libnfs' nfs-cat, PostgreSQL and MariaDB for the xCAT import, rsync for the benchmarks, rpm
+# to check the package `make package` builds.
 DEB_PACKAGES := rdiff nfs-kernel-server user-mode-linux busybox-static kmod cpio iproute2 dash \
-	libnfs-utils postgresql mariadb-server rsync attr acl util-linux
+	libnfs-utils postgresql mariadb-server rsync attr acl util-linux rpm
 HANFS ?= $(or $(CARGO_TARGET_DIR),target)/debug/hanfs
 
-.PHONY: all build deps test unit lint integration demo bench bench-sync clean
+.PHONY: all build deps test unit lint integration package demo bench bench-sync clean
 
 all: build
 
@@ -39,6 +40,23 @@ unit:
 
 integration: build
 	HANFS=$(HANFS) integration/run.sh
+
+# A .deb (cargo-deb) and an .rpm (cargo-generate-rpm) of hanfs with the systemd units, example configs
+# and the xCAT postscript, then checked with dpkg-deb and rpm themselves. PROFILE=dev packages a debug
+# build (quicker, for checking the packaging only).
+PROFILE ?= release
+PROFILE_DIR := $(if $(filter dev,$(PROFILE)),debug,$(PROFILE))
+TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
+package:
+	@command -v cargo-deb >/dev/null || $(CARGO) install --locked cargo-deb
+	@command -v cargo-generate-rpm >/dev/null || $(CARGO) install --locked cargo-generate-rpm
+	@command -v rpm >/dev/null || $(MAKE) deps
+	$(CARGO) build --locked -p hanfs --bin hanfs --profile $(PROFILE)
+	rm -f $(TARGET_DIR)/debian/hanfs_*.deb $(TARGET_DIR)/generate-rpm/hanfs-*.rpm
+	$(CARGO) deb --locked -p hanfs --no-build --profile $(PROFILE) $(if $(filter dev,$(PROFILE)),--fast)
+	$(CARGO) generate-rpm -p crates/hanfs --profile $(PROFILE)
+	dist/check-packages.sh $(TARGET_DIR)/debian/hanfs_*.deb $(TARGET_DIR)/generate-rpm/hanfs-*.rpm \
+		$(TARGET_DIR)/$(PROFILE_DIR)/hanfs
 
 # Only the binary: the demo needs no test targets. nfs-cat (libnfs-utils) is used for its NFSv3
 # read-back when present.

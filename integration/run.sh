@@ -14,6 +14,8 @@
 # nothing failed.  Where user-mode-linux cannot run at all it prints "SKIP: <reason>" instead.
 # Installs the Debian packages it needs with apt-get when they are missing.
 #
+# The nfs3-failover scenario runs `hanfs agent` (its embedded NFSv3 server) from the same binary.
+#
 # env: HANFS=path/to/hanfs  HANFS_RIG_DIR=/tmp/hanfs-rig (cache + run directories)
 #      HANFS_RIG_TIMEOUT=180 (s)  HANFS_RIG_DEBUG=1 (daemon logs)  HANFS_RIG_PCAP=1 (nfs.pcap)
 set -uo pipefail
@@ -94,34 +96,49 @@ for sdir in "$INT"/scenarios/*/; do
             rm -rf "$out"; continue 2
         fi
     done
+    # A scenario with a `migrate` file (NODE SN lines, what `hanfs migrate` records in the overlay
+    # state_dir/served_by) also gets the exports after that move, rendered by hanfs from the same
+    # cluster.toml with the overlay in a state_dir of its own (migrated/), or the committed files.
+    [ -f "$sdir/migrate" ] || continue
+    mig=$out/migrated
+    mkdir -p "$mig/exports" "$mig/state"
+    cp "$sdir/migrate" "$mig/state/served_by"
+    if ! err=$($PY -c 'import re, sys; t = open(sys.argv[1]).read()
+n = re.subn(r"(?m)^state_dir\s*=.*$", "state_dir = \"%s\"" % sys.argv[2], t)
+sys.exit("cluster.toml: no state_dir line") if n[1] != 1 else open(sys.argv[3], "w").write(n[0])' \
+            "$sdir/cluster.toml" "$mig/state" "$mig/cluster.toml" 2>&1); then
+        bad "$name: migrated: $err"; rm -rf "$out"; continue
+    fi
+    for sn in $sns; do
+        committed=$sdir/migrated/$sn.exports
+        if [ -z "$HANFS_BIN" ]; then
+            cp "$committed" "$mig/exports/$sn.exports" || bad "$name: no $committed"
+        elif "$HANFS_BIN" exports --config "$mig/cluster.toml" --sn "$sn" > "$mig/exports/$sn.exports" 2> "$mig/exports/$sn.err"; then
+            diff -u "$committed" "$mig/exports/$sn.exports" > "$mig/exports/$sn.diff" ||
+                echo "  note: $name/migrated/$sn: hanfs's output differs from the committed migrated/$sn.exports (the checks use hanfs's; diff in $mig/exports/$sn.diff)"
+        else
+            bad "$name: migrated: hanfs exports --sn $sn exited $?: $(head -c 300 "$mig/exports/$sn.err")"
+            rm -rf "$out"; continue 2
+        fi
+    done
 done
 ls "$SHARE/scenarios" 2>/dev/null | grep -q . || { bad "no scenario to run"; finish; }
+# the file check (h) holds open across a move: random, so no stale cache can fake a read
+head -c 262144 /dev/urandom > "$SHARE/held"
 if ! err=$($PY "$INT/rig/plan.py" "$SHARE" 2>&1); then bad "$err"; finish; fi
 while read -r line; do bad "$line"; done < "$SHARE/plan-failures"
 
 # --- 3. initramfs (cached) and one UML boot for all scenarios ------------------------------------
-# hanfs' embedded NFSv3 server for the nfs3-failover scenario (crates/nfs3, example nfs3_serve):
-# $HANFS_NFS3_SERVE, or the newest build, or one built now; its libraries go along in the share.
-NFS3_BIN=${HANFS_NFS3_SERVE:-}
-nfs3_newest() {
-    for b in "$ROOT/target/release/examples/nfs3_serve" "$ROOT/target/debug/examples/nfs3_serve" \
-             ${CARGO_TARGET_DIR:+"$CARGO_TARGET_DIR/release/examples/nfs3_serve" "$CARGO_TARGET_DIR/debug/examples/nfs3_serve"}; do
-        [ -x "$b" ] && { [ -z "$NFS3_BIN" ] || [ "$b" -nt "$NFS3_BIN" ]; } && NFS3_BIN=$b
-    done
-}
-[ -n "$NFS3_BIN" ] || nfs3_newest
-if [ -z "$NFS3_BIN" ] && command -v cargo > /dev/null; then
-    (cd "$ROOT" && cargo build -q --locked -p nfs3 --example nfs3_serve) > "$SHARE/nfs3-build.log" 2>&1 ||
-        echo "rig: building nfs3_serve failed, see $SHARE/nfs3-build.log"
-    nfs3_newest
-fi
-if [ -n "$NFS3_BIN" ]; then
-    mkdir -p "$SHARE/nfs3/lib"
-    cp "$NFS3_BIN" "$SHARE/nfs3/nfs3_serve"
-    ldd "$NFS3_BIN" 2>/dev/null | grep -o '/[^ ]*\.so[^ ]*' | grep -v ld-linux | xargs -r cp -L -t "$SHARE/nfs3/lib"
-    echo "rig: NFSv3 failover scenario with $NFS3_BIN"
+# hanfs' embedded NFSv3 server for the nfs3-failover scenario: `hanfs agent` with `nfs3 =` (plain
+# TCP on loopback), from the same binary that rendered the exports; it and its libraries go along
+# in the share (a hard link where it can: a debug build is large).
+if [ -n "$HANFS_BIN" ]; then
+    mkdir -p "$SHARE/hanfs/lib"
+    ln -f "$HANFS_BIN" "$SHARE/hanfs/hanfs" 2> /dev/null || cp "$HANFS_BIN" "$SHARE/hanfs/hanfs"
+    ldd "$HANFS_BIN" 2>/dev/null | grep -o '/[^ ]*\.so[^ ]*' | grep -v ld-linux | xargs -r cp -L -t "$SHARE/hanfs/lib"
+    echo "rig: NFSv3 failover scenario with $HANFS_BIN agent"
 else
-    bad "nfs3-failover: no nfs3_serve binary (cargo build -p nfs3 --example nfs3_serve, or set HANFS_NFS3_SERVE)"
+    bad "nfs3-failover: no hanfs binary to run the agent's NFSv3 server (cargo build -p hanfs, or set HANFS)"
 fi
 
 t=$(date +%s.%N)

@@ -34,20 +34,61 @@ pub struct Agent {
     pub name: String,
     tls: Option<tokio_rustls::TlsAcceptor>,
     locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// The exclusive lock on `state_dir`, held for the agent's lifetime (released by the kernel
+    /// when the process ends, however it ends).
+    _state_lock: std::fs::File,
+}
+
+/// Takes the exclusive lock on the state directory, refusing when another agent holds it: two
+/// agents on one state dir would recover, commit and clean up each other's replicas.
+fn lock_state_dir(dir: &std::path::Path) -> Result<std::fs::File> {
+    use std::io::{Seek, Write};
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let p = dir.join("lock");
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&p)
+        .with_context(|| format!("opening {}", p.display()))?;
+    match rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => {}
+        Err(rustix::io::Errno::WOULDBLOCK) => {
+            let holder = std::fs::read_to_string(&p).unwrap_or_default();
+            let holder = holder.trim();
+            anyhow::bail!(
+                "state_dir {} is in use by another agent{} (lock {}); give each agent its own state_dir",
+                dir.display(),
+                if holder.is_empty() { String::new() } else { format!(" (pid {holder})") },
+                p.display()
+            )
+        }
+        Err(e) => return Err(std::io::Error::from(e)).with_context(|| format!("locking {}", p.display())),
+    }
+    // Who holds it, for the next one's error message.
+    let _ = f.set_len(0).and_then(|_| f.rewind()).and_then(|_| writeln!(f, "{}", std::process::id()));
+    Ok(f)
 }
 
 impl Agent {
+    /// Locks the state dir, sets up TLS, and finishes (rolls forward or discards) whatever a crash
+    /// left in every replica, so nothing is listened on or served before each is at a whole generation.
     pub fn new(cfg: AgentConfig) -> Result<Agent> {
+        let state_lock = lock_state_dir(std::path::Path::new(cfg.state_dir.as_str()))?;
         let (tls, name) = match &cfg.tls {
             Some(f) => {
                 let id = transport::Identity::from_files(f)?;
-                let acc = tokio_rustls::TlsAcceptor::from(id.server_config()?);
+                let acc = tokio_rustls::TlsAcceptor::from(id.server_config(&cfg.controller)?);
                 (Some(acc), id.name)
             }
             None if cfg.plaintext_loopback && cfg.listen.ip().is_loopback() => (None, format!("agent@{}", cfg.listen)),
             None => anyhow::bail!("the agent needs [tls] unless it listens on loopback with plaintext_loopback = true"),
         };
-        Ok(Agent { cfg, name, tls, locks: Default::default() })
+        let agent = Agent { cfg, name, tls, locks: Default::default(), _state_lock: state_lock };
+        session::recover_all(&agent);
+        statelite::recover_all(&agent);
+        Ok(agent)
     }
 
     pub(crate) fn lock(&self, image: &str) -> Arc<tokio::sync::Mutex<()>> {

@@ -11,8 +11,53 @@ use std::time::Duration;
 use transport::Conn;
 use tree::{Plan, Replica, ReplicaOptions, Source};
 
-/// Largest change plan accepted (it carries the whole manifest of the new generation).
-const MAX_PLAN: u64 = 2 << 30;
+/// Largest change plan accepted, as sent and decoded (it carries the whole manifest of the new
+/// generation, ~100 bytes per entry: several million entries).
+const MAX_PLAN: u64 = 512 << 20;
+/// A zstd plan may decode to at most this many times its compressed size: a real manifest
+/// (BLAKE3 hashes do not compress) shrinks 2-10 times, a bomb thousands of times; refused before
+/// it is decoded, so a few KB cannot make the agent allocate gigabytes.
+const MAX_PLAN_RATIO: u64 = 128;
+/// Largest zstd window the agent decodes with (16 MiB; the default would be 128 MiB): every level
+/// up to 19 fits, and a frame asking for more is refused instead of allocating it.
+pub(crate) const ZSTD_WINDOW_LOG_MAX: u32 = 24;
+
+/// A zstd decoder over `r` that keeps to one frame and to [`ZSTD_WINDOW_LOG_MAX`].
+pub(crate) fn zstd_reader<R: std::io::BufRead>(r: R) -> std::io::Result<zstd::stream::read::Decoder<'static, R>> {
+    let mut d = zstd::stream::read::Decoder::with_buffer(r)?.single_frame();
+    d.window_log_max(ZSTD_WINDOW_LOG_MAX)?;
+    Ok(d)
+}
+
+/// Decodes a zstd plan of `z.len()` bytes, bounded by the size its frame announces, by
+/// [`MAX_PLAN_RATIO`] times its own size and by [`MAX_PLAN`].
+pub(crate) fn decode_plan(z: &[u8]) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let bound = MAX_PLAN.min((z.len() as u64).saturating_mul(MAX_PLAN_RATIO));
+    let announced = match zstd::zstd_safe::get_frame_content_size(z) {
+        Ok(a) => a,
+        Err(_) => return Err("plan: not a zstd frame".into()),
+    };
+    if let Some(a) = announced {
+        if a > bound {
+            return Err(format!(
+                "plan of {} bytes announces {a} bytes decompressed, over the limit of {bound} (at most {MAX_PLAN_RATIO} times its size, {MAX_PLAN} in all)",
+                z.len()
+            ));
+        }
+    }
+    let limit = announced.unwrap_or(bound);
+    let mut out = Vec::with_capacity(limit.min(8 << 20) as usize);
+    let r = zstd_reader(z).and_then(|d| d.take(limit + 1).read_to_end(&mut out));
+    match r {
+        Err(e) => Err(format!("plan: zstd: {e}")),
+        Ok(n) if n as u64 > limit => Err(format!("plan decompresses past {limit} bytes")),
+        Ok(n) if announced.is_some_and(|a| a != n as u64) => {
+            Err(format!("plan decompresses to {n} bytes, not the {} its frame announces", limit))
+        }
+        Ok(_) => Ok(out),
+    }
+}
 
 /// The engine's file work is blocking; it runs on this worker without stalling the other sessions.
 pub(crate) fn blocking<T>(f: impl FnOnce() -> T) -> T {
@@ -139,6 +184,54 @@ fn status(agent: &Agent) -> Vec<ImageState> {
     out
 }
 
+/// At start, before anything is listened on or served: finishes what a crash left in every image
+/// replica the state dir knows (roll forward a committed journal, discard an uncommitted stage).
+/// A replica that cannot be recovered is logged and left for its next `Open`, which recovers again
+/// or refuses with the reason; the others are served.
+pub(crate) fn recover_all(agent: &Agent) {
+    let Ok(rd) = std::fs::read_dir(Path::new(agent.cfg.state_dir.as_str()).join("images")) else { return };
+    let mut names: Vec<String> = rd.flatten().filter_map(|e| e.file_name().into_string().ok()).collect();
+    names.sort();
+    for name in names {
+        if proto::check_name(&name).is_err() {
+            continue;
+        }
+        let sd = agent.image_state_dir(&name);
+        let Ok(path) = std::fs::read_to_string(sd.join("path")) else { continue };
+        if proto::check_rel_path(&path).is_err() {
+            tracing::error!("image {name}: recorded path `{path}` refused; not recovered");
+            continue;
+        }
+        let r = existing_beneath(Path::new(agent.cfg.root.as_str()), &path).and_then(|root| {
+            let Some(root) = root else { return Ok(None) };
+            let mut r = Replica::open(&root, &sd.join("replica"), opts())?;
+            Ok(Some(r.recover()?))
+        });
+        match r {
+            Ok(None) => tracing::info!("image {name}: no replica at {path} yet"),
+            Ok(Some(tree::Recovery::Clean)) => {}
+            Ok(Some(rec)) => tracing::info!("image {name}: recovered at start: {rec:?}"),
+            Err(e) => tracing::error!("image {name}: recovery at start failed: {e:#}"),
+        }
+    }
+}
+
+/// `root/rel` when every component exists as a real directory; None when one is missing; an
+/// error for anything else (a symlink is never followed).
+pub(crate) fn existing_beneath(root: &Path, rel: &str) -> Result<Option<PathBuf>> {
+    let mut p = root.to_path_buf();
+    for comp in rel.split('/') {
+        p.push(comp);
+        match std::fs::symlink_metadata(&p) {
+            Ok(m) if m.file_type().is_dir() => {}
+            Ok(_) => bail!("{} exists and is not a directory (a symlink is never followed)", p.display()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("{}", p.display())),
+        }
+    }
+    Ok(Some(p))
+}
+
 fn opts() -> ReplicaOptions {
     // Image roots (Linux rootimg, AIX SPOTs) hold /dev nodes.
     ReplicaOptions { allow_devices: true }
@@ -183,7 +276,7 @@ async fn image_session(
     held: tokio::sync::OwnedMutexGuard<()>,
 ) -> Result<Option<ToAgent>> {
     let sd = agent.image_state_dir(image);
-    let opened = blocking(|| -> Result<Replica> {
+    let opened = blocking(|| -> Result<(Replica, Option<String>)> {
         let root = make_beneath(Path::new(agent.cfg.root.as_str()), path)?;
         std::fs::create_dir_all(&sd).with_context(|| format!("creating {}", sd.display()))?;
         let pf = sd.join("path");
@@ -195,18 +288,35 @@ async fn image_session(
         if rec != tree::Recovery::Clean {
             tracing::info!("image {image}: recovery {rec:?}");
         }
-        if r.current().is_none() {
+        let drifted = match r.current() {
             // A new replica (or a copy made by prsync): take what is there as generation 0.
-            r.adopt(0)?;
-        }
-        Ok(r)
+            None => {
+                r.adopt(0)?;
+                None
+            }
+            // What the controller is told must be the tree as it is now, not as last committed:
+            // anything changed behind the agent's back is taken as the base, so the controller's
+            // plan from this manifest repairs it (the scan's hash cache keyed on ctime keeps this
+            // to a stat walk when nothing changed).
+            Some((g, recorded)) => {
+                let now = r.scan()?.digest();
+                if now == recorded {
+                    None
+                } else {
+                    tracing::warn!("image {image}: replica drifted from generation {g} ({recorded}) to {now}: adopted as it is for repair");
+                    r.adopt(g)?;
+                    Some(recorded)
+                }
+            }
+        };
+        Ok((r, drifted))
     });
-    let mut replica = match opened {
+    let (mut replica, drifted) = match opened {
         Ok(r) => r,
         Err(e) => return Err(refuse(c, format!("image {image}: {e:#}")).await),
     };
     let state = current(&replica, image);
-    c.request(&FromAgent::Opened { state }).await?;
+    c.request(&FromAgent::Opened { state, drifted }).await?;
     let spool = Spool::open(sd.join("spool"))?;
     let mut committed = false;
     loop {
@@ -267,7 +377,7 @@ pub(crate) async fn update(
     if len > MAX_PLAN {
         return Err(refuse(c, format!("plan of {len} bytes exceeds {MAX_PLAN}")).await);
     }
-    let mut buf = Vec::with_capacity(len.min(64 << 20) as usize);
+    let mut buf = Vec::with_capacity(len.min(8 << 20) as usize);
     while (buf.len() as u64) < len {
         match c.recv::<ToAgent>().await? {
             ToAgent::Chunk(d) if buf.len() as u64 + d.len() as u64 <= len => buf.extend_from_slice(&d),
@@ -276,14 +386,9 @@ pub(crate) async fn update(
         }
     }
     if zstd {
-        // Decoded with the same bound as a plain plan.
-        use std::io::Read;
-        let mut out = Vec::new();
-        let r = zstd::stream::read::Decoder::new(&buf[..]).and_then(|d| d.take(MAX_PLAN + 1).read_to_end(&mut out));
-        match r {
-            Ok(n) if n as u64 <= MAX_PLAN => buf = out,
-            Ok(_) => return Err(refuse(c, format!("plan decompresses past {MAX_PLAN} bytes")).await),
-            Err(e) => return Err(refuse(c, format!("plan: zstd: {e}")).await),
+        match blocking(|| decode_plan(&buf)) {
+            Ok(out) => buf = out,
+            Err(e) => return Err(refuse(c, e).await),
         }
     }
     let plan = match Plan::from_bytes(&buf) {
@@ -363,6 +468,17 @@ pub(crate) async fn update(
                     },
                 };
                 let delta = base.is_some();
+                // Announced lengths are checked against what this file can need (the stage reads
+                // no more than that either), so a peer cannot fill the spool's disk with one blob.
+                let most = payload_limit(delta, *size);
+                let most = if zstd { zstd::zstd_safe::compress_bound(most as usize) as u64 } else { most };
+                if len > most {
+                    return Err(refuse(
+                        c,
+                        format!("blob {index} of {len} bytes is more than a {size}-byte file can need ({most})"),
+                    )
+                    .await);
+                }
                 let r = if len <= CHUNK as u64 {
                     // Small: assembled in memory and staged directly, no spool.
                     let mut data = Vec::with_capacity(len as usize);
@@ -376,8 +492,22 @@ pub(crate) async fn update(
                 } else {
                     let name = spool::name(hash, base, zstd);
                     let part = spool.partial(&name);
-                    let mut f = std::fs::File::create(&part).with_context(|| format!("{}", part.display()))?;
-                    recv_blob(c, len, |d| blocking(|| f.write_all(d)).map_err(anyhow::Error::from)).await?;
+                    // A write error (a full disk) does not end the session mid-stream: the rest of
+                    // the blob is read and dropped, so the controller gets the reason, not a reset.
+                    let mut f = std::fs::File::create(&part).map_err(|e| (part.clone(), e));
+                    recv_blob(c, len, |d| {
+                        if let Ok(w) = &mut f {
+                            if let Err(e) = blocking(|| w.write_all(d)) {
+                                f = Err((part.clone(), e));
+                            }
+                        }
+                        Ok(())
+                    })
+                    .await?;
+                    if let Err((p, e)) = f {
+                        let _ = std::fs::remove_file(&part);
+                        return Err(spool_failed(c, &p, e).await);
+                    }
                     drop(f);
                     let p = spool.finish(&name)?;
                     let r = blocking(|| -> Result<()> {
@@ -421,6 +551,16 @@ pub(crate) async fn update(
     }
 }
 
+/// The most bytes a payload for a `size`-byte file can take: the content itself, or a librsync
+/// delta (the content as literals at worst, plus command headers).
+fn payload_limit(delta: bool, size: u64) -> u64 {
+    if delta {
+        size.saturating_add(64 << 10)
+    } else {
+        size
+    }
+}
+
 /// Feeds one payload into the stage: the content or a delta, zstd-decoded when `zstd`, and never
 /// more input than the file can need, so a hostile blob cannot make the agent write without bound
 /// (the engine also checks size and BLAKE3).
@@ -433,9 +573,10 @@ fn stage_payload(
     r: impl std::io::Read,
 ) -> Result<()> {
     use std::io::Read;
-    let limit = if delta { size + (64 << 10) } else { size + 1 };
+    // One byte past a literal's size, so a longer one is seen (and refused by the engine).
+    let limit = payload_limit(delta, size) + u64::from(!delta);
     if zstd {
-        let d = zstd::stream::read::Decoder::new(r)?.take(limit);
+        let d = zstd_reader(std::io::BufReader::new(r))?.take(limit);
         if delta {
             staging.add_delta(path, d)?
         } else {
@@ -447,6 +588,36 @@ fn stage_payload(
         staging.write_file(path, r.take(limit))?
     }
     Ok(())
+}
+
+/// The spool could not be written: the partial file is gone; tells the controller why (ENOSPC by
+/// name, and where) and reads what it still sends up to its `Commit`, so the reason arrives instead
+/// of a reset connection, then ends the session.
+async fn spool_failed(c: &mut Conn, path: &Path, e: std::io::Error) -> anyhow::Error {
+    let full = e.raw_os_error() == Some(libc::ENOSPC);
+    let reason = if full {
+        format!("ENOSPC: no space left on the agent's disk writing {} (the partial file was removed)", path.display())
+    } else {
+        format!("writing {}: {e} (the partial file was removed)", path.display())
+    };
+    let reply = if full {
+        FromAgent::NoSpace { path: path.display().to_string(), reason: reason.clone() }
+    } else {
+        FromAgent::Error { reason: reason.clone() }
+    };
+    if c.request(&reply).await.is_ok() {
+        let until = std::time::Instant::now() + IDLE_TIMEOUT;
+        while std::time::Instant::now() < until {
+            match c.recv_payload_within(c.timeout).await {
+                Ok(p) if proto::chunk_data(p).is_some() => continue,
+                Ok(p) if matches!(proto::decode::<ToAgent>(p), Ok(ToAgent::Commit)) => break,
+                Ok(_) => continue,
+                Err(_) => break,
+            }
+        }
+        c.shutdown().await;
+    }
+    anyhow!("refused: {reason}")
 }
 
 /// Reads `Chunk`s up to `BlobEnd`, handing each to `sink`; exactly `len` bytes or the session ends.

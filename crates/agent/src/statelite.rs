@@ -75,6 +75,34 @@ fn opts() -> ReplicaOptions {
     ReplicaOptions { allow_devices: false }
 }
 
+/// At start: recovers every backup copy the state dir knows (see `session::recover_all`).
+pub(crate) fn recover_all(agent: &Agent) {
+    let Ok(areas) = std::fs::read_dir(Path::new(agent.cfg.state_dir.as_str()).join("statelite")) else { return };
+    for area in areas.flatten() {
+        let Ok(nodes) = std::fs::read_dir(area.path()) else { continue };
+        for n in nodes.flatten() {
+            let sd = n.path();
+            let Ok(text) = std::fs::read_to_string(sd.join("path")) else { continue };
+            let mut lines = text.lines();
+            let (Some(a), Some(node)) = (lines.next(), lines.next()) else { continue };
+            let Ok((sroot, rel)) = locate(agent, a, node) else {
+                tracing::error!("statelite {a}/{node}: no longer within statelite_roots; not recovered");
+                continue;
+            };
+            let r = crate::session::existing_beneath(&sroot, &rel).and_then(|dir| {
+                let Some(dir) = dir else { return Ok(None) };
+                let mut r = Replica::open(&dir, &sd.join("replica"), opts())?;
+                Ok(Some(r.recover()?))
+            });
+            match r {
+                Ok(None) | Ok(Some(tree::Recovery::Clean)) => {}
+                Ok(Some(rec)) => tracing::info!("statelite {a}/{node}: recovered at start: {rec:?}"),
+                Err(e) => tracing::error!("statelite {a}/{node}: recovery at start failed: {e:#}"),
+            }
+        }
+    }
+}
+
 /// Backup side: opens (recovers, adopts) the copy and serves manifest/plan/blob/commit requests.
 pub async fn backup(agent: &Agent, c: &mut Conn, area: &str, node: &str) -> Result<Option<ToAgent>> {
     let (sroot, rel) = match locate(agent, area, node) {
@@ -84,7 +112,7 @@ pub async fn backup(agent: &Agent, c: &mut Conn, area: &str, node: &str) -> Resu
     let sd = state_dir(agent, area, node);
     let label = format!("statelite {area}/{node}");
     let held = agent.lock(&format!("statelite:{}", sd.display())).lock_owned().await;
-    let opened = blocking(|| -> Result<Replica> {
+    let opened = blocking(|| -> Result<(Replica, Option<String>)> {
         let dir = make_beneath(&sroot, &rel)?;
         std::fs::create_dir_all(&sd).with_context(|| format!("creating {}", sd.display()))?;
         std::fs::write(sd.join("path"), format!("{area}\n{node}\n"))?;
@@ -92,24 +120,28 @@ pub async fn backup(agent: &Agent, c: &mut Conn, area: &str, node: &str) -> Resu
         r.recover()?;
         // This copy may have been served (written by the node) since it was last a backup: the
         // controller diffs against what is really there, so a drifted copy is re-adopted.
-        match r.current() {
+        let drifted = match r.current() {
             None => {
                 r.adopt(0)?;
+                None
             }
             Some((g, d)) => {
                 if r.scan()?.digest() != d {
                     tracing::info!("{area}/{node}: copy changed since generation {g}: adopted as {}", g + 1);
                     r.adopt(g + 1)?;
+                    Some(d)
+                } else {
+                    None
                 }
             }
-        }
-        Ok(r)
+        };
+        Ok((r, drifted))
     });
-    let mut replica = match opened {
+    let (mut replica, drifted) = match opened {
         Ok(r) => r,
         Err(e) => return Err(refuse(c, format!("{label}: {e:#}")).await),
     };
-    c.request(&FromAgent::Opened { state: current(&replica, node) }).await?;
+    c.request(&FromAgent::Opened { state: current(&replica, node), drifted }).await?;
     let spool = Spool::open(sd.join("spool"))?;
     let next = loop {
         let msg = match c.recv_within(crate::IDLE_TIMEOUT).await {
@@ -208,10 +240,10 @@ pub async fn serve(agent: &Agent, c: &mut Conn, area: &str, node: &str) -> Resul
 mod tests {
     use super::*;
 
-    fn agent() -> Agent {
+    fn agent(state: &Path) -> Agent {
         let cfg = model::AgentConfig::from_toml(
             "agent.toml",
-            "listen = \"127.0.0.1:7468\"\nplaintext_loopback = true\nroot = \"/install\"\nstate_dir = \"/var/lib/hanfs\"\nstatelite_roots = [\"/nodedata\", \"/srv/lite/\"]\nexports_file = \"/etc/exports.d/hanfs.exports\"\n",
+            &format!("listen = \"127.0.0.1:7468\"\nplaintext_loopback = true\nroot = \"/install\"\nstate_dir = \"{}\"\nstatelite_roots = [\"/nodedata\", \"/srv/lite/\"]\nexports_file = \"/etc/exports.d/hanfs.exports\"\n", state.display()),
         )
         .unwrap();
         Agent::new(cfg).unwrap()
@@ -220,7 +252,9 @@ mod tests {
     #[test]
     fn areas_must_be_within_statelite_roots() {
         std::env::remove_var("HANFS_STATELITE_PREFIX");
-        let a = agent();
+        // The agent locks and recovers its state dir: a scratch one.
+        let state = tempfile::tempdir().unwrap();
+        let a = agent(state.path());
         assert_eq!(locate(&a, "/nodedata", "cn001").unwrap(), (PathBuf::from("/nodedata"), "cn001".into()));
         assert_eq!(locate(&a, "/srv/lite/x", "cn001").unwrap(), (PathBuf::from("/srv/lite"), "x/cn001".into()));
         for (area, node) in [

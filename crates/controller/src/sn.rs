@@ -131,7 +131,7 @@ async fn run_sn(
 async fn open(c: &mut Conn, image: &model::Image) -> Result<ImageState> {
     c.request(&ToAgent::Open { image: image.name.clone(), path: image.path.as_str().to_string() }).await?;
     match c.recv::<FromAgent>().await? {
-        FromAgent::Opened { state } => Ok(state),
+        FromAgent::Opened { state, .. } => Ok(state),
         FromAgent::Error { reason } => bail!("{reason}"),
         other => bail!("unexpected reply to Open: {other:?}"),
     }
@@ -231,6 +231,7 @@ async fn sync_image(
             Ok(())
         }
         FromAgent::Error { reason } => bail!("{reason}"),
+        FromAgent::NoSpace { reason, .. } => bail!("{reason}"),
         other => bail!("unexpected reply to Commit: {other:?}"),
     }
 }

@@ -265,7 +265,7 @@ async fn recv_manifest(c: &mut Conn) -> Result<tree::Manifest> {
 async fn open_copy(c: &mut Conn, path: &str, node: &str) -> Result<(u64, String)> {
     c.request(&ToAgent::StateliteOpen { root: path.to_string(), node: node.to_string() }).await?;
     match c.recv::<FromAgent>().await? {
-        FromAgent::Opened { state } => Ok((state.generation, state.digest)),
+        FromAgent::Opened { state, .. } => Ok((state.generation, state.digest)),
         FromAgent::Error { reason } => bail!("{reason}"),
         other => bail!("unexpected reply to StateliteOpen: {other:?}"),
     }

@@ -15,7 +15,8 @@ const LINUX_STATELITE: &[&str] = &["rw", "no_root_squash", "sync", "no_subtree_c
 ///
 /// Images (sorted by export path): `<sn.root>/<image.path>`, read-only, one entry per client spec on
 /// Linux; `replicas=` = the SN then its backups that hold the image (none if it is alone). Statelite
-/// (areas in config order, nodes by name): `<area>/<node>` read-write where `served_by` is this SN;
+/// (areas in config order, nodes by name): `<area>/<node>` read-write where `served_by` is this SN
+/// (plus `insecure` on Linux when the node was moved here, for clients that follow the referral);
 /// `refer=` to the serving SN where this SN is a migrated node's home (`sns[0]`).
 pub fn build(cluster: &Cluster, sn: &str) -> Result<Exports, ExportError> {
     let sn = cluster.sn(sn).ok_or_else(|| ExportError::UnknownSn(sn.to_string()))?;
@@ -71,7 +72,11 @@ pub fn build(cluster: &Cluster, sn: &str) -> Result<Exports, ExportError> {
             } else {
                 continue;
             };
-            statelite_entries(sn, &path, &area.clients, locations, &mut entries)?;
+            // A client that had the data mounted from the old SN follows the referral to this one
+            // from an unprivileged port (Linux 6.1, NFSv4 migration recovery), and `secure` nfsd
+            // answers it NFS4ERR_PERM: so the moved node's export here admits any source port.
+            let admit_moved = node.is_migrated() && node.served_by == sn.name;
+            statelite_entries(sn, &path, &area.clients, locations, admit_moved, &mut entries)?;
         }
     }
 
@@ -113,15 +118,20 @@ fn statelite_entries(
     path: &str,
     clients: &[String],
     locations: Option<Locations>,
+    insecure: bool,
     out: &mut Vec<Entry>,
 ) -> Result<(), ExportError> {
     match sn.dialect {
         Dialect::Linux => {
+            let mut options = strings(LINUX_STATELITE);
+            if insecure {
+                options.push("insecure".to_string());
+            }
             for client in dedup(clients) {
                 out.push(Entry {
                     path: path.to_string(),
                     client: Some(client.clone()),
-                    options: strings(LINUX_STATELITE),
+                    options: options.clone(),
                     locations: locations.clone(),
                 });
             }

@@ -31,6 +31,12 @@
 //! options grant nothing; keeping them identical keeps the fsid and makes the plan diff a one-option
 //! change. On AIX the referral object serves nothing, so its line is `-vers=4,rw[,access=..],refer=..`.
 //!
+//! **Moved nodes on their new SN (Linux).** The read-write export of a node moved to this SN carries
+//! `insecure` as well: a Linux client that had the directory mounted from the old SN follows the
+//! referral by NFSv4 migration recovery, reconnects from an unprivileged source port, and nfsd's
+//! default `secure` answers it NFS4ERR_PERM on every call (integration/ check (h), Linux 6.1). It is
+//! only that export, for the clients it already lists.
+//!
 //! **Root access.** Images are exported `no_root_squash` (AIX `root=`): diskless nodes boot from them
 //! as root and must read root-only files such as `/etc/shadow`; they are read-only anyway.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]

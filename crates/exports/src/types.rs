@@ -69,9 +69,10 @@ impl Exports {
         out
     }
 
-    /// Directories exported with `refer=`, once each. Linux nfsd only answers with a referral at a
-    /// mount point, so each must be one (`mount --bind D D` is enough); AIX creates the referral
-    /// object itself and wants no ordinary directory there.
+    /// Directories exported with `refer=`, once each. A Linux client that mounts one itself is
+    /// referred whether or not it is a mount point (Linux 6.1, integration/ check (a)); nfsd switches
+    /// to its export on a walk down from a parent export only at a mount point (`mount --bind D D`).
+    /// AIX creates the referral object itself and wants no ordinary directory there.
     pub fn referrals(&self) -> Vec<&str> {
         let mut out: Vec<&str> = Vec::new();
         for e in &self.entries {

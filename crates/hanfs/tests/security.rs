@@ -89,10 +89,11 @@ fn dotdot_paths_are_refused_and_nothing_outside_changes() {
     let mut s = session(&rig);
     send(&mut s, &proto::ToAgent::Open { image: "evil".into(), path: "evil".into() });
     let from = match recv(&mut s) {
-        Some(proto::FromAgent::Opened { state }) => state.digest,
+        Some(proto::FromAgent::Opened { state, .. }) => state.digest,
         other => panic!("{other:?}"),
     };
-    let root_entry = tree::Entry { kind: tree::Kind::Dir, mode: 0o755, uid: 0, gid: 0, mtime_ns: 0, xattrs: vec![] };
+    let root_entry =
+        tree::Entry { kind: tree::Kind::Dir, mode: 0o755, uid: 0, gid: 0, mtime_sec: 0, mtime_nsec: 0, xattrs: vec![] };
     let mut m = tree::Manifest::default();
     m.entries.insert(Vec::new(), root_entry.clone());
     m.entries.insert(b"../escaped".to_vec(), tree::Entry { kind: tree::Kind::Fifo, ..root_entry });

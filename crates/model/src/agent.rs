@@ -15,6 +15,9 @@ pub struct AgentConfig {
     pub root: AbsPath,
     pub statelite_roots: Vec<AbsPath>,
     pub state_dir: AbsPath,
+    /// The only client certificate name allowed to drive this agent (the MN's; `hanfs ca issue
+    /// DIR --name mn` makes it).
+    pub controller: String,
     pub dialect: Dialect,
     /// Linux: a whole file in /etc/exports.d; AIX: /etc/exports, of which only a marked block is ours.
     pub exports_file: AbsPath,
@@ -25,6 +28,17 @@ pub struct AgentConfig {
     pub plaintext_loopback: bool,
 }
 
+/// The name `hanfs ca issue DIR --name mn` puts in the MN's certificate.
+pub const DEFAULT_CONTROLLER: &str = "mn";
+
+/// A DNS name as certificates carry it: 1-253 characters of letters, digits, `-` and `.`.
+fn valid_name(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 253
+        && !n.starts_with(['.', '-'])
+        && n.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Raw {
@@ -33,6 +47,7 @@ struct Raw {
     #[serde(default)]
     statelite_roots: Vec<Spanned<String>>,
     state_dir: Option<Spanned<String>>,
+    controller: Option<Spanned<String>>,
     dialect: Option<Spanned<String>>,
     exports_file: Option<Spanned<String>>,
     reload: Option<Vec<String>>,
@@ -69,6 +84,14 @@ impl AgentConfig {
         }
         let root = abs(&mut sink, &raw.root, "root", "/install");
         let state_dir = abs(&mut sink, &raw.state_dir, "state_dir", "/var/lib/hanfs-agent");
+        let controller = match &raw.controller {
+            Some(c) if valid_name(c.get_ref()) => Some(c.get_ref().clone()),
+            Some(c) => {
+                sink.at(c.span(), "controller", format!("`{}` is not a certificate DNS name", c.get_ref()));
+                None
+            }
+            None => Some(DEFAULT_CONTROLLER.to_string()),
+        };
         let dialect = match &raw.dialect {
             Some(d) if d.get_ref() == "linux" => Some(Dialect::Linux),
             Some(d) if d.get_ref() == "aix" => Some(Dialect::Aix),
@@ -123,21 +146,28 @@ impl AgentConfig {
             }
         }
         sink.finish()?;
-        match (listen, root, state_dir, dialect, exports_file, nfs3) {
-            (Some(listen), Some(root), Some(state_dir), Some(dialect), Some(exports_file), Some(nfs3)) => {
-                Ok(AgentConfig {
-                    listen,
-                    root,
-                    statelite_roots,
-                    state_dir,
-                    dialect,
-                    exports_file,
-                    reload,
-                    nfs3,
-                    tls,
-                    plaintext_loopback: raw.plaintext_loopback,
-                })
-            }
+        match (listen, root, state_dir, controller, dialect, exports_file, nfs3) {
+            (
+                Some(listen),
+                Some(root),
+                Some(state_dir),
+                Some(controller),
+                Some(dialect),
+                Some(exports_file),
+                Some(nfs3),
+            ) => Ok(AgentConfig {
+                listen,
+                root,
+                statelite_roots,
+                state_dir,
+                controller,
+                dialect,
+                exports_file,
+                reload,
+                nfs3,
+                tls,
+                plaintext_loopback: raw.plaintext_loopback,
+            }),
             _ => Err(Diagnostics(Vec::new())),
         }
     }
@@ -156,6 +186,13 @@ mod tests {
         .unwrap();
         assert_eq!(a.exports_file.as_str(), "/etc/exports.d/hanfs.exports");
         assert_eq!(a.reload, vec!["exportfs", "-ra"]);
+        assert_eq!(a.controller, "mn");
+        let e = AgentConfig::from_toml(
+            "a.toml",
+            "plaintext_loopback = true\nlisten = \"127.0.0.1:1\"\ncontroller = \"a b\"\n",
+        )
+        .unwrap_err();
+        assert!(e.to_string().starts_with("a.toml:3:"), "{e}");
         let e = AgentConfig::from_toml("a.toml", "listen = \"0.0.0.0:7468\"\n").unwrap_err();
         assert!(e.to_string().contains("[tls]"));
         let e = AgentConfig::from_toml("a.toml", "listen = \"nope\"\n").unwrap_err();

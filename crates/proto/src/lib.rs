@@ -120,8 +120,13 @@ pub enum FromAgent {
     Status {
         images: Vec<ImageState>,
     },
+    /// `state` is where the replica stands now: on every `Open` the agent rescans it, and when the
+    /// tree on disk no longer has the recorded digest it takes the tree as it is as its base
+    /// (`drifted` then holds the digest it had recorded), so the next plan, made from the agent's
+    /// own manifest, repairs it.
     Opened {
         state: ImageState,
+        drifted: Option<String>,
     },
     /// The recorded manifest follows in `Chunk`s (`len` bytes).
     Manifest {
@@ -153,6 +158,13 @@ pub enum FromAgent {
     /// Reply to `StateliteRead`: `len` bytes of content follow in `Chunk`s.
     Content {
         len: u64,
+    },
+    // Appended: postcard indexes variants by position.
+    /// The request failed because a filesystem of the agent is full (ENOSPC) while writing `path`;
+    /// what was partly written there has been removed. The agent closes the session after it.
+    NoSpace {
+        path: String,
+        reason: String,
     },
 }
 
@@ -328,6 +340,13 @@ mod tests {
         assert_eq!(encode(&ToAgent::StateliteRead { path: b"etc/x".to_vec() }).unwrap()[HEADER], 15);
         assert_eq!(encode(&FromAgent::Error { reason: String::new() }).unwrap()[HEADER], 10);
         assert_eq!(encode(&FromAgent::Content { len: 5 }).unwrap()[HEADER], 11);
+        let m = FromAgent::NoSpace { path: "/x".into(), reason: "ENOSPC".into() };
+        assert_eq!(encode(&m).unwrap()[HEADER], 12);
+        let m = FromAgent::Opened {
+            state: ImageState { name: "i".into(), generation: 1, digest: "d".into() },
+            drifted: None,
+        };
+        assert_eq!(encode(&m).unwrap()[HEADER], 3);
     }
 
     #[test]

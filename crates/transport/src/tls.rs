@@ -1,9 +1,12 @@
 //! rustls configurations for mutual TLS with the `ring` provider.
 
 use crate::{Error, Result};
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::pki_types::UnixTime;
 use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer, ServerName};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::WebPkiClientVerifier;
-use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use rustls::{ClientConfig, DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -51,11 +54,14 @@ impl Identity {
         Identity::load(Path::new(&f.ca), Path::new(&f.cert), Path::new(&f.key))
     }
 
-    /// The agent's side: TLS 1.3, a client certificate from our CA required.
-    pub fn server_config(&self) -> Result<Arc<ServerConfig>> {
-        let verifier = WebPkiClientVerifier::builder_with_provider(self.roots.clone(), provider())
+    /// The agent's side: TLS 1.3, a client certificate from our CA required, and it must name
+    /// `controller`: any other certificate of the cluster CA (another SN's) is refused in the
+    /// handshake, before a single frame is read.
+    pub fn server_config(&self, controller: &str) -> Result<Arc<ServerConfig>> {
+        let inner = WebPkiClientVerifier::builder_with_provider(self.roots.clone(), provider())
             .build()
             .map_err(|e| Error::Tls(e.to_string()))?;
+        let verifier = Arc::new(ControllerOnly { inner, name: controller.to_string() });
         let cfg = ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|e| Error::Tls(e.to_string()))?
@@ -77,6 +83,65 @@ impl Identity {
     }
 }
 
+/// The CA's verdict first, then the name: only the controller's certificate may drive an agent.
+#[derive(Debug)]
+struct ControllerOnly {
+    inner: Arc<dyn ClientCertVerifier>,
+    name: String,
+}
+
+impl ClientCertVerifier for ControllerOnly {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        true
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> std::result::Result<ClientCertVerified, rustls::Error> {
+        let ok = self.inner.verify_client_cert(end_entity, intermediates, now)?;
+        let names = cert_names(end_entity).map_err(|e| rustls::Error::General(e.to_string()))?;
+        if names.iter().any(|n| n.eq_ignore_ascii_case(&self.name)) {
+            Ok(ok)
+        } else {
+            tracing::warn!("refused a client certificate naming {names:?}: only `{}` drives this agent", self.name);
+            Err(rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
 /// The server name the controller expects in an agent's certificate: the SN's name.
 pub fn server_name(sn: &str) -> Result<ServerName<'static>> {
     ServerName::try_from(sn.to_string()).map_err(|e| Error::Tls(format!("`{sn}` as a TLS name: {e}")))
@@ -84,18 +149,27 @@ pub fn server_name(sn: &str) -> Result<ServerName<'static>> {
 
 /// The identity a certificate carries: its first DNS subject alternative name, else its common name.
 pub fn cert_name(der: &CertificateDer<'_>) -> Result<String> {
+    cert_names(der)?.into_iter().next().ok_or_else(|| Error::Cert("no DNS name or common name".into()))
+}
+
+/// Every name a certificate carries: its DNS subject alternative names, or (only when it has none,
+/// as RFC 6125 says) its common name.
+pub fn cert_names(der: &CertificateDer<'_>) -> Result<Vec<String>> {
     let (_, c) = x509_parser::parse_x509_certificate(der.as_ref()).map_err(|e| Error::Cert(e.to_string()))?;
+    let mut out = Vec::new();
     if let Ok(Some(san)) = c.subject_alternative_name() {
         for n in &san.value.general_names {
             if let x509_parser::extensions::GeneralName::DNSName(d) = n {
-                return Ok((*d).to_string());
+                out.push((*d).to_string());
             }
         }
     }
-    if let Some(cn) = c.subject().iter_common_name().next() {
-        if let Ok(s) = cn.as_str() {
-            return Ok(s.to_string());
+    if out.is_empty() {
+        if let Some(cn) = c.subject().iter_common_name().next() {
+            if let Ok(s) = cn.as_str() {
+                out.push(s.to_string());
+            }
         }
     }
-    Err(Error::Cert("no DNS name or common name".into()))
+    Ok(out)
 }

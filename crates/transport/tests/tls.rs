@@ -13,7 +13,7 @@ fn id(dir: &std::path::Path, name: &str) -> Identity {
 async fn serve_once(server: Identity) -> (String, tokio::task::JoinHandle<Result<String, String>>) {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap().to_string();
-    let acc = tokio_rustls::TlsAcceptor::from(server.server_config().unwrap());
+    let acc = tokio_rustls::TlsAcceptor::from(server.server_config("mn").unwrap());
     let h = tokio::spawn(async move {
         let (s, _) = l.accept().await.unwrap();
         let mut c = transport::accept(s, Some(&acc), T).await.map_err(|e| e.to_string())?;
@@ -55,6 +55,36 @@ async fn mutual_tls_and_foreign_ca() {
     assert!(r.is_err());
     let e = h.await.unwrap().unwrap_err();
     assert!(e.contains("TLS"), "{e}");
+
+    // Another SN's certificate from the same CA: refused in the handshake, no frame is read.
+    ca::issue(good.path(), "sn2", &[]).unwrap();
+    let (addr, h) = serve_once(id(good.path(), "sn1")).await;
+    let r = async {
+        let mut c = transport::connect(&addr, "sn1", Some(id(good.path(), "sn2").client_config().unwrap()), T).await?;
+        c.request(&proto::ToAgent::Ping).await?;
+        c.recv::<proto::FromAgent>().await
+    }
+    .await;
+    assert!(r.is_err(), "sn2 drove sn1's agent: {r:?}");
+    let e = h.await.unwrap().unwrap_err();
+    assert!(e.contains("TLS") && e.contains("NotValidForName"), "{e}");
+
+    // A controller named otherwise in the agent's config is the only one accepted.
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr2 = l.local_addr().unwrap().to_string();
+    let acc = tokio_rustls::TlsAcceptor::from(id(good.path(), "sn1").server_config("sn2").unwrap());
+    let h = tokio::spawn(async move {
+        let (s, _) = l.accept().await.unwrap();
+        let mut c = transport::accept(s, Some(&acc), T).await.map_err(|e| e.to_string())?;
+        let m: proto::ToAgent = c.recv().await.map_err(|e| e.to_string())?;
+        c.request(&proto::FromAgent::Pong).await.map_err(|e| e.to_string())?;
+        Ok::<_, String>((m, c.peer.clone()))
+    });
+    let mut c =
+        transport::connect(&addr2, "sn1", Some(id(good.path(), "sn2").client_config().unwrap()), T).await.unwrap();
+    c.request(&proto::ToAgent::Ping).await.unwrap();
+    assert_eq!(c.recv::<proto::FromAgent>().await.unwrap(), proto::FromAgent::Pong);
+    assert!(h.await.unwrap().unwrap().1.starts_with("sn2 "));
 
     // The controller refuses an agent whose certificate names another SN.
     let (addr, _h) = serve_once(id(good.path(), "sn1")).await;

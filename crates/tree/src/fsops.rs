@@ -47,6 +47,12 @@ pub fn ftype(st: &Stat) -> FileType {
     FileType::from_raw_mode(st.st_mode)
 }
 
+/// Link count of a stat (`st_nlink` is narrower than u64 on some targets).
+#[allow(clippy::unnecessary_cast)]
+pub fn nlink(st: &Stat) -> u64 {
+    st.st_nlink as u64
+}
+
 impl Root {
     /// Opens `path` (which must be a directory) as a root.
     pub fn open(path: &Path) -> Result<Root> {
@@ -141,38 +147,53 @@ impl Root {
     }
 
     /// Sets an entry's owner, xattrs, mode and (for non-directories when `mtime`) mtime, in the
-    /// order that keeps setuid bits and file capabilities (chown clears both).
-    pub fn set_meta(&self, rel: &[u8], e: &Entry, mtime: bool) -> Result<()> {
+    /// order that keeps setuid bits and file capabilities (chown clears both). Everything is
+    /// done through one `O_PATH|O_NOFOLLOW` fd, so a name swapped meanwhile cannot redirect it;
+    /// with `links` the inode must have that link count and the entry's type, else nothing is
+    /// changed and false returned (an inode shared with a name the manifest does not know may
+    /// be a file outside the root).
+    pub fn set_meta(&self, rel: &[u8], e: &Entry, mtime: bool, links: Option<u64>) -> Result<bool> {
         let (d, name) = if rel.is_empty() { (self.dir(b"")?, &b"."[..]) } else { self.parent(rel)? };
         let n = OsStr::from_bytes(name);
-        let fl = AtFlags::SYMLINK_NOFOLLOW;
-        let st = lstat_at(d.as_fd(), name)
-            .map_err(|e2| err("stat", rel, e2))?
-            .ok_or_else(|| Error::Io { path: show(rel), source: std::io::ErrorKind::NotFound.into() })?;
-        if ftype(&st) == FileType::Symlink && !matches!(e.kind, Kind::Symlink { .. }) {
-            return Err(Error::Hostile(format!("{:?} is a symlink on the replica", show(rel))));
-        }
-        rustix::fs::chownat(&d, n, Some(rustix::fs::Uid::from_raw(e.uid)), Some(rustix::fs::Gid::from_raw(e.gid)), fl)
-            .map_err(|e2| err("chown", rel, e2))?;
+        let pinned = rustix::fs::openat(&d, n, OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
+            .map_err(|e2| err("stat", rel, e2))?;
+        let st = rustix::fs::fstat(&pinned).map_err(|e2| err("stat", rel, e2))?;
         let is_link = matches!(e.kind, Kind::Symlink { .. });
-        // chmodat would follow a symlink swapped in after the lstat above: pin the inode with an
-        // O_PATH|O_NOFOLLOW fd (no open side effects, even on devices) and chmod through it.
-        let chmod = |mode: u32| -> Result<()> {
-            let pinned = rustix::fs::openat(&d, n, OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
-                .map_err(|e2| err("chmod", rel, e2))?;
-            let st = rustix::fs::fstat(&pinned).map_err(|e2| err("chmod", rel, e2))?;
-            if ftype(&st) == FileType::Symlink {
-                return Err(Error::Hostile(format!("{:?} turned into a symlink on the replica", show(rel))));
+        if (ftype(&st) == FileType::Symlink) != is_link {
+            return Err(Error::Hostile(format!("{:?} is a symlink on the replica, or should be one", show(rel))));
+        }
+        if let Some(want) = links {
+            if nlink(&st) != want || !kind_matches(&e.kind, ftype(&st)) {
+                return Ok(false);
             }
-            rustix::fs::chmod(format!("/proc/self/fd/{}", pinned.as_raw_fd()), Mode::from_raw_mode(mode))
-                .map_err(|e2| err("chmod", rel, e2))
+        }
+        rustix::fs::chownat(
+            &pinned,
+            "",
+            Some(rustix::fs::Uid::from_raw(e.uid)),
+            Some(rustix::fs::Gid::from_raw(e.gid)),
+            AtFlags::EMPTY_PATH,
+        )
+        .map_err(|e2| err("chown", rel, e2))?;
+        // /proc/self/fd/N of the pinned fd names exactly that inode (a magic link, which the
+        // following calls resolve to it); a symlink itself is only reachable by its name.
+        let magic = OsString::from(format!("/proc/self/fd/{}", pinned.as_raw_fd()));
+        let chmod = |mode: u32| -> Result<()> {
+            rustix::fs::chmod(&magic, Mode::from_raw_mode(mode)).map_err(|e2| err("chmod", rel, e2))
         };
-        match set_xattrs(d.as_fd(), name, &e.xattrs) {
+        let xa = || {
+            if is_link {
+                set_xattrs_at(&proc_path(d.as_fd(), name), false, &e.xattrs)
+            } else {
+                set_xattrs_at(&magic, true, &e.xattrs)
+            }
+        };
+        match xa() {
             Ok(()) => {}
             // Without root, user.* xattrs need write permission: lend it for the moment.
             Err(Errno::ACCESS) if !is_link => {
                 chmod(e.mode | 0o200)?;
-                set_xattrs(d.as_fd(), name, &e.xattrs).map_err(|e2| err("setting xattrs on", rel, e2))?;
+                xa().map_err(|e2| err("setting xattrs on", rel, e2))?;
             }
             Err(e2) => return Err(err("setting xattrs on", rel, e2)),
         }
@@ -180,15 +201,20 @@ impl Root {
             chmod(e.mode)?;
         }
         if mtime {
-            set_mtime(d.as_fd(), name, e.mtime_ns).map_err(|e2| err("setting mtime of", rel, e2))?;
+            let r = if is_link {
+                set_mtime(d.as_fd(), name, e.mtime_sec, e.mtime_nsec)
+            } else {
+                rustix::fs::utimensat(rustix::fs::CWD, &magic, &mtime_ts(e.mtime_sec, e.mtime_nsec), AtFlags::empty())
+            };
+            r.map_err(|e2| err("setting mtime of", rel, e2))?;
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Sets the mtime of `rel` only (directories, last).
-    pub fn set_mtime(&self, rel: &[u8], mtime_ns: i64) -> Result<()> {
+    pub fn set_mtime(&self, rel: &[u8], sec: i64, nsec: u32) -> Result<()> {
         let (d, name) = if rel.is_empty() { (self.dir(b"")?, &b"."[..]) } else { self.parent(rel)? };
-        set_mtime(d.as_fd(), name, mtime_ns).map_err(|e| err("setting mtime of", rel, e))
+        set_mtime(d.as_fd(), name, sec, nsec).map_err(|e| err("setting mtime of", rel, e))
     }
 }
 
@@ -247,16 +273,31 @@ fn proc_path(d: BorrowedFd<'_>, name: &[u8]) -> OsString {
 
 /// Makes the replicated xattrs of `name` exactly `want` (others in those namespaces removed).
 pub fn set_xattrs(d: BorrowedFd<'_>, name: &[u8], want: &[(Vec<u8>, Vec<u8>)]) -> std::result::Result<(), Errno> {
-    let p = proc_path(d, name);
+    set_xattrs_at(&proc_path(d, name), false, want)
+}
+
+/// [`set_xattrs`] on a path; `follow` resolves a final (magic) link, else it is acted on itself.
+fn set_xattrs_at(p: &OsStr, follow: bool, want: &[(Vec<u8>, Vec<u8>)]) -> std::result::Result<(), Errno> {
+    use rustix::fs as f;
+    let list = |b: &mut [u8]| if follow { f::listxattr(p, b) } else { f::llistxattr(p, b) };
+    let get = |k: &OsStr, b: &mut [u8]| if follow { f::getxattr(p, k, b) } else { f::lgetxattr(p, k, b) };
+    let remove = |k: &OsStr| if follow { f::removexattr(p, k) } else { f::lremovexattr(p, k) };
+    let set = |k: &OsStr, v: &[u8]| {
+        if follow {
+            f::setxattr(p, k, v, f::XattrFlags::empty())
+        } else {
+            f::lsetxattr(p, k, v, f::XattrFlags::empty())
+        }
+    };
     let mut buf = vec![0u8; 65536];
-    let have: Vec<Vec<u8>> = match rustix::fs::llistxattr(&p, &mut buf[..]) {
+    let have: Vec<Vec<u8>> = match list(&mut buf[..]) {
         Ok(k) => buf[..k].split(|&b| b == 0).filter(|s| !s.is_empty()).map(<[u8]>::to_vec).collect(),
         Err(Errno::NOTSUP) if want.is_empty() => return Ok(()),
         Err(e) => return Err(e),
     };
     for h in have.iter().filter(|h| xattr_wanted(h)) {
         if !want.iter().any(|(k, _)| k == h) {
-            match rustix::fs::lremovexattr(&p, OsStr::from_bytes(h)) {
+            match remove(OsStr::from_bytes(h)) {
                 Ok(()) | Err(Errno::NODATA) => {}
                 Err(e) => return Err(e),
             }
@@ -272,27 +313,39 @@ pub fn set_xattrs(d: BorrowedFd<'_>, name: &[u8], want: &[(Vec<u8>, Vec<u8>)]) -
     for (k, v) in acl_last {
         let kn = OsStr::from_bytes(k);
         if have.contains(k) {
-            if let Ok(n) = rustix::fs::lgetxattr(&p, kn, &mut cur[..]) {
+            if let Ok(n) = get(kn, &mut cur[..]) {
                 if &cur[..n] == v.as_slice() {
                     continue;
                 }
             }
         }
-        rustix::fs::lsetxattr(&p, kn, v, rustix::fs::XattrFlags::empty())?;
+        set(kn, v)?;
     }
     Ok(())
 }
 
-/// Sets mtime (atime left alone) without following a final symlink.
-pub fn set_mtime(d: BorrowedFd<'_>, name: &[u8], mtime_ns: i64) -> std::result::Result<(), Errno> {
-    let ts = Timestamps {
+/// True when an inode of type `ft` can hold an entry of `kind`.
+fn kind_matches(kind: &Kind, ft: FileType) -> bool {
+    match kind {
+        Kind::Dir => ft == FileType::Directory,
+        Kind::File { .. } | Kind::HardLink { .. } => ft == FileType::RegularFile,
+        Kind::Symlink { .. } => ft == FileType::Symlink,
+        Kind::Char { .. } => ft == FileType::CharacterDevice,
+        Kind::Block { .. } => ft == FileType::BlockDevice,
+        Kind::Fifo => ft == FileType::Fifo,
+    }
+}
+
+fn mtime_ts(sec: i64, nsec: u32) -> Timestamps {
+    Timestamps {
         last_access: Timespec { tv_sec: 0, tv_nsec: rustix::fs::UTIME_OMIT },
-        last_modification: Timespec {
-            tv_sec: mtime_ns.div_euclid(1_000_000_000),
-            tv_nsec: mtime_ns.rem_euclid(1_000_000_000) as _,
-        },
-    };
-    rustix::fs::utimensat(d, OsStr::from_bytes(name), &ts, AtFlags::SYMLINK_NOFOLLOW)
+        last_modification: Timespec { tv_sec: sec, tv_nsec: nsec.into() },
+    }
+}
+
+/// Sets mtime (atime left alone) without following a final symlink.
+pub fn set_mtime(d: BorrowedFd<'_>, name: &[u8], sec: i64, nsec: u32) -> std::result::Result<(), Errno> {
+    rustix::fs::utimensat(d, OsStr::from_bytes(name), &mtime_ts(sec, nsec), AtFlags::SYMLINK_NOFOLLOW)
 }
 
 /// Writes `bytes` to `path` atomically and durably (temp file, fsync, rename, fsync of the dir).

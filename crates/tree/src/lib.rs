@@ -22,13 +22,19 @@
 //!   [`Staging::file_writer`]`(path)` (push frames, then `finish`), [`Staging::add_delta`]`(path, reader)`,
 //!   [`Staging::commit`] -> (generation, digest), or [`Staging::abort`]; then [`Replica::cleanup`]
 //!   (deletes the replaced inodes, kept out of the commit so the switch stays short).
-//! - One `state_dir` per replica root (it holds `current`, `journal` and the hash cache).
+//! - One `state_dir` per replica root (it holds `current`, `current.next` during a commit,
+//!   `journal` and the hash cache `hashcache2`).
+//! - [`Replica::begin`] fails with [`Error::Drift`] when the tree on disk is not what the
+//!   replica recorded and the missing content is not on the replica (it re-records the tree:
+//!   plan again from [`Replica::manifest`]); any step fails with [`Error::NoSpace`] on a full
+//!   filesystem (from `commit`: before the commit point, the tree untouched).
 //!
 //! # rdiff-compatible files (`hanfs delta ...`)
 //! [`rdiff::signature_file`], [`rdiff::delta_file`], [`rdiff::patch_file`].
 //!
 //! # Safety of apply
 //! Every replica path is opened beneath the root with `openat2(RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS)`;
+//! an inode whose type or link count differs from the manifest is replaced, never modified;
 //! manifests with absolute paths, `..`, paths under `.hanfs`, parents that are not directories,
 //! or (unless [`ReplicaOptions::allow_devices`]) device nodes are refused before anything is
 //! written; deltas that copy out of bounds or grow past the manifest size are refused; every
@@ -99,6 +105,26 @@ pub enum Error {
     /// A file changed while it was scanned.
     #[error("{0} changed while it was being scanned")]
     Changed(String),
+    /// The replica on disk is not what its recorded generation says (an inode of the wrong type
+    /// or link count, a missing entry, a directory replaced by a symlink) and the content of
+    /// these paths is not available on the replica. Nothing was changed in the tree; the replica
+    /// re-recorded what it holds as its base, so the next plan (from [`Replica::manifest`])
+    /// repairs them.
+    #[error("replica drifted at {} path(s) whose content it cannot rebuild ({}): re-recorded the tree as it is; plan again from its manifest", paths.len(), paths.iter().take(5).cloned().collect::<Vec<_>>().join(", "))]
+    Drift {
+        /// The paths (new tree).
+        paths: Vec<String>,
+    },
+    /// A filesystem is full (ENOSPC or EDQUOT). When this comes from [`Staging::commit`] the
+    /// replica is still at its previous generation: the space the switch needs is checked, and
+    /// everything it writes is allocated, before the commit point.
+    #[error("no space left on {fs}: {path}")]
+    NoSpace {
+        /// What was being written.
+        path: String,
+        /// The filesystem: its mount point, device and free space.
+        fs: String,
+    },
     /// Corrupt serialized data.
     #[error("corrupt data: {0}")]
     Format(String),

@@ -13,12 +13,82 @@ pub type RelPath = Vec<u8>;
 pub const CONTROL_DIR: &[u8] = b".hanfs";
 
 /// One tree: every entry by relative path (the root is `""`), in byte order.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+///
+/// Serialized as (format marker, entries, sockets); a manifest written before mtimes kept
+/// seconds and nanoseconds apart (no marker: it starts with the entry count) is still read,
+/// its nanosecond mtimes split, so state files of an older hanfs keep working.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Manifest {
     /// Entries by path; parents sort before their children.
     pub entries: BTreeMap<RelPath, Entry>,
     /// Sockets met while scanning (not replicated).
     pub skipped_sockets: u64,
+}
+
+/// First value of a serialized manifest since mtimes are (seconds, nanoseconds). An older
+/// manifest starts with its entry count there, which is never this large.
+const FORMAT_V2: u64 = 0x6861_6e66_7376_3200;
+
+impl Serialize for Manifest {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeTuple;
+        let mut t = s.serialize_tuple(3)?;
+        t.serialize_element(&FORMAT_V2)?;
+        t.serialize_element(&self.entries)?;
+        t.serialize_element(&self.skipped_sockets)?;
+        t.end()
+    }
+}
+
+/// An entry as hanfs wrote it before: mtime as i64 nanoseconds (clamped after 2262).
+#[derive(Deserialize)]
+struct LegacyEntry {
+    kind: Kind,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    mtime_ns: i64,
+    xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+impl<'de> Deserialize<'de> for Manifest {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Manifest, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Manifest;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a hanfs manifest")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> std::result::Result<Manifest, A::Error> {
+                use serde::de::Error as _;
+                let short = || A::Error::custom("manifest ends early");
+                let first: u64 = a.next_element()?.ok_or_else(short)?;
+                let entries = if first == FORMAT_V2 {
+                    a.next_element()?.ok_or_else(short)?
+                } else {
+                    // The older layout: `first` was the entry count, (path, entry) pairs follow.
+                    let mut m = BTreeMap::new();
+                    for _ in 0..first {
+                        let (p, e): (RelPath, LegacyEntry) = a.next_element()?.ok_or_else(short)?;
+                        let entry = Entry {
+                            kind: e.kind,
+                            mode: e.mode,
+                            uid: e.uid,
+                            gid: e.gid,
+                            mtime_sec: e.mtime_ns.div_euclid(1_000_000_000),
+                            mtime_nsec: u32::try_from(e.mtime_ns.rem_euclid(1_000_000_000)).unwrap_or(0),
+                            xattrs: e.xattrs,
+                        };
+                        m.insert(p, entry);
+                    }
+                    m
+                };
+                let skipped_sockets = a.next_element()?.ok_or_else(short)?;
+                Ok(Manifest { entries, skipped_sockets })
+            }
+        }
+        d.deserialize_tuple(usize::MAX, V)
+    }
 }
 
 /// One entry's kind, metadata and extended attributes.
@@ -32,8 +102,11 @@ pub struct Entry {
     pub uid: u32,
     /// Numeric group.
     pub gid: u32,
-    /// Modification time, nanoseconds since the epoch.
-    pub mtime_ns: i64,
+    /// Modification time: seconds since the epoch (negative before 1970)...
+    pub mtime_sec: i64,
+    /// ...and nanoseconds within that second (0..1e9). Kept apart so that every time a
+    /// filesystem can hold (beyond 2262 too) is replicated exactly.
+    pub mtime_nsec: u32,
     /// Extended attributes in the replicated namespaces, sorted by name.
     pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
 }
@@ -112,6 +185,8 @@ pub struct Counts {
     pub bytes: u64,
     /// Other entries (symlinks, hard links, devices, fifos).
     pub other: u64,
+    /// Sockets met by the scan and not replicated (see [`Manifest::skipped_sockets`]).
+    pub sockets: u64,
 }
 
 /// Splits a path into (parent, name); the root has no parent.
@@ -182,6 +257,9 @@ impl Manifest {
                     None => return Err(Error::Hostile(format!("path {:?} has no parent directory entry", show(p)))),
                 }
             }
+            if e.mtime_nsec >= 1_000_000_000 {
+                return Err(Error::Hostile(format!("path {:?}: mtime nanoseconds {}", show(p), e.mtime_nsec)));
+            }
             if e.mode > 0o7777 {
                 return Err(Error::Hostile(format!("path {:?}: mode {:o}", show(p), e.mode)));
             }
@@ -189,8 +267,8 @@ impl Manifest {
                 Kind::HardLink { leader } => match self.entries.get(leader) {
                     Some(l) if !matches!(l.kind, Kind::Dir | Kind::HardLink { .. }) => {
                         // One inode, one set of metadata.
-                        if (l.mode, l.uid, l.gid, l.mtime_ns, &l.xattrs)
-                            != (e.mode, e.uid, e.gid, e.mtime_ns, &e.xattrs)
+                        if (l.mode, l.uid, l.gid, l.mtime_sec, l.mtime_nsec, &l.xattrs)
+                            != (e.mode, e.uid, e.gid, e.mtime_sec, e.mtime_nsec, &e.xattrs)
                         {
                             return Err(Error::Hostile(format!(
                                 "hard link {:?} has metadata different from its leader {:?}",
@@ -224,7 +302,7 @@ impl Manifest {
 
     /// Counts entries and bytes.
     pub fn counts(&self) -> Counts {
-        let mut c = Counts::default();
+        let mut c = Counts { sockets: self.skipped_sockets, ..Counts::default() };
         for e in self.entries.values() {
             match e.kind {
                 Kind::Dir => c.dirs += 1,
@@ -262,12 +340,13 @@ fn put_bytes(h: &mut blake3::Hasher, b: &[u8]) {
 /// Hash of one entry's own record (kind, metadata, xattrs), without children.
 fn entry_hash(e: &Entry) -> blake3::Hash {
     let mut h = blake3::Hasher::new();
-    h.update(b"hanfs-entry-v1");
+    h.update(b"hanfs-entry-v2");
     h.update(&[e.kind.tag()]);
     h.update(&e.mode.to_le_bytes());
     h.update(&e.uid.to_le_bytes());
     h.update(&e.gid.to_le_bytes());
-    h.update(&e.mtime_ns.to_le_bytes());
+    h.update(&e.mtime_sec.to_le_bytes());
+    h.update(&e.mtime_nsec.to_le_bytes());
     match &e.kind {
         Kind::Dir | Kind::Fifo => {}
         Kind::File { size, hash, .. } => {
@@ -294,7 +373,8 @@ type Children<'a> = HashMap<&'a [u8], Vec<(&'a [u8], &'a [u8])>>;
 
 /// The tree digest, as the contract defines it: a BLAKE3 Merkle tree over the canonical manifest.
 ///
-/// Leaf: `BLAKE3("hanfs-entry-v1" ‖ kind tag u8 ‖ mode u32 ‖ uid u32 ‖ gid u32 ‖ mtime_ns i64 ‖
+/// Leaf: `BLAKE3("hanfs-entry-v2" ‖ kind tag u8 ‖ mode u32 ‖ uid u32 ‖ gid u32 ‖ mtime seconds i64 ‖
+/// mtime nanoseconds u32 ‖
 /// kind data ‖ xattr count u64 ‖ (len‖name‖len‖value)*)`, all little-endian, lengths u64; kind data
 /// is size u64 ‖ BLAKE3 content for files, len‖target for symlinks, len‖leader path for hard links,
 /// major u32 ‖ minor u32 for devices. Directory node: `BLAKE3("hanfs-dir-v1" ‖ own leaf ‖

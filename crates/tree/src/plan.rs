@@ -118,7 +118,12 @@ pub(crate) fn link_groups(m: &Manifest) -> HashMap<&[u8], Vec<&[u8]>> {
 }
 
 fn same_meta(a: &Entry, b: &Entry) -> bool {
-    a.mode == b.mode && a.uid == b.uid && a.gid == b.gid && a.mtime_ns == b.mtime_ns && a.xattrs == b.xattrs
+    a.mode == b.mode
+        && a.uid == b.uid
+        && a.gid == b.gid
+        && a.mtime_sec == b.mtime_sec
+        && a.mtime_nsec == b.mtime_nsec
+        && a.xattrs == b.xattrs
 }
 
 /// How the replica treats each new entry; computed the same way by the controller's diff and
@@ -137,6 +142,13 @@ pub(crate) struct Layout<'a> {
 }
 
 pub(crate) fn layout<'a>(old: &'a Manifest, new: &'a Manifest) -> Layout<'a> {
+    layout_with(old, new, &HashSet::new())
+}
+
+/// [`layout`] on a replica where the inodes at `drift` (new-tree paths) are not what the old
+/// manifest says (wrong type or link count, e.g. a planted hard link or symlink): those are
+/// never kept in place, so nothing is ever modified through them; they are staged anew.
+pub(crate) fn layout_with<'a>(old: &'a Manifest, new: &'a Manifest, drift: &HashSet<&[u8]>) -> Layout<'a> {
     let go = link_groups(old);
     let gn = link_groups(new);
     let mut kept = HashSet::new();
@@ -155,7 +167,7 @@ pub(crate) fn layout<'a>(old: &'a Manifest, new: &'a Manifest) -> Layout<'a> {
             }
             (k, Some(ok)) => k == ok && same_group,
             (_, None) => false,
-        };
+        } && !drift.contains(p.as_slice());
         if keep {
             kept.insert(p.as_slice());
         } else if !matches!(e.kind, Kind::Dir | Kind::HardLink { .. }) {
@@ -166,7 +178,8 @@ pub(crate) fn layout<'a>(old: &'a Manifest, new: &'a Manifest) -> Layout<'a> {
         if let Kind::HardLink { leader } = &e.kind {
             let o = old.entries.get(p);
             let ok = matches!(o.map(|o| &o.kind), Some(Kind::HardLink { leader: l2 }) if l2 == leader)
-                && kept.contains(leader.as_slice());
+                && kept.contains(leader.as_slice())
+                && !drift.contains(p.as_slice());
             if ok {
                 kept.insert(p.as_slice());
             } else {

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use crate::fault::point;
 use crate::fsops::{lstat_at, remove_at, write_atomic, Root, StageWriter};
 use crate::manifest::{show, split, Kind, Manifest, RelPath};
-use crate::plan::{layout, Content, Plan, Source};
+use crate::plan::{layout, layout_with, Content, Plan, Source};
 use crate::scan::{ScanOptions, Scanner};
 use crate::{io_err, Error, Result};
 
@@ -50,6 +50,8 @@ struct Journal {
     digest: String,
     old: Manifest,
     new: Manifest,
+    /// Paths replaced because their inodes drifted (the layout treats them as not kept).
+    drift: Vec<RelPath>,
 }
 
 /// What [`Replica::recover`] did.
@@ -61,6 +63,10 @@ pub enum Recovery {
     RolledForward(u64),
     /// An uncommitted stage was discarded; the replica is at its previous generation.
     Discarded,
+    /// A committed generation could not be finished because its staged content was lost (the
+    /// stage deleted from outside): the tree was recorded as it is, at that generation, so the
+    /// next plan from [`Replica::manifest`] repairs it.
+    Abandoned(u64),
 }
 
 /// A replica tree with its state directory.
@@ -89,6 +95,24 @@ fn read_state<T: for<'de> Deserialize<'de>>(p: &Path) -> Result<Option<T>> {
     }
 }
 
+fn read_journal(p: &Path) -> Result<Option<Journal>> {
+    let b = match std::fs::read(p) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_err(p, e)),
+    };
+    let j = match postcard::from_bytes::<Journal>(&b) {
+        Ok(j) => j,
+        // A journal of an older hanfs: (generation, digest, old, new), no drifted paths.
+        Err(e) => match postcard::from_bytes::<(u64, String, Manifest, Manifest)>(&b) {
+            Ok((generation, _, old, new)) => Journal { generation, digest: String::new(), old, new, drift: Vec::new() },
+            Err(_) => return Err(Error::Format(format!("{}: {e}", p.display()))),
+        },
+    };
+    // As for the state: the digest of the manifest as read now.
+    Ok(Some(Journal { digest: j.new.digest(), ..j }))
+}
+
 impl Replica {
     /// Opens a replica root (created if missing) and its state directory. Creates the control
     /// directory `.hanfs` and puts the root's mtime back, so opening does not change the digest.
@@ -99,12 +123,15 @@ impl Replica {
         let r = Root::open(root)?;
         if r.lstat(b".hanfs")?.is_none() {
             let st = r.lstat(b"")?.ok_or_else(|| Error::Config("root vanished".into()))?;
-            let mt = st.st_mtime.saturating_mul(1_000_000_000).saturating_add(st.st_mtime_nsec as i64);
+            let (sec, nsec) = (st.st_mtime, u32::try_from(st.st_mtime_nsec).unwrap_or(0));
             r.ensure_dir(b".hanfs")?;
-            r.set_mtime(b"", mt)?;
+            r.set_mtime(b"", sec, nsec)?;
         }
         r.ensure_dir(STAGE)?;
-        let state = read_state(&state_dir.join("current"))?;
+        // The digest is recomputed: a state written by an older hanfs holds the digest of its
+        // definition (mtime as nanoseconds), not of the manifest as read now.
+        let state =
+            read_state::<State>(&state_dir.join("current"))?.map(|st| State { digest: st.manifest.digest(), ..st });
         Ok(Replica { root: r, state_dir: state_dir.to_path_buf(), opts, state })
     }
 
@@ -156,12 +183,26 @@ impl Replica {
     /// Finishes whatever a crash left: rolls a committed journal forward to the end, or discards
     /// an uncommitted stage. Safe to call at any time, and again after a crash inside it.
     pub fn recover(&mut self) -> Result<Recovery> {
+        let (root, state_dir) = (self.root.path().to_path_buf(), self.state_dir.clone());
+        self.recover_inner().map_err(|e| no_space(e, &root, &state_dir))
+    }
+
+    fn recover_inner(&mut self) -> Result<Recovery> {
         let jp = self.state_dir.join("journal");
         let _ = std::fs::remove_file(self.state_dir.join("journal.tmp"));
-        if let Some(j) = read_state::<Journal>(&jp)? {
+        if let Some(j) = read_journal(&jp)? {
             let g = j.generation;
-            self.replay(&j, true)?;
+            if self.replay(&j, true)?.is_some() {
+                self.abandon(&j)?;
+                return Ok(Recovery::Abandoned(g));
+            }
             return Ok(Recovery::RolledForward(g));
+        }
+        // A next state without a journal belongs to a commit that never reached its point.
+        match std::fs::remove_file(self.state_dir.join(NEXT)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(&self.state_dir.join(NEXT), e)),
         }
         let sd = self.root.dir(STAGE)?;
         let mut names = Vec::new();
@@ -175,17 +216,22 @@ impl Replica {
         }
         for n in &names {
             point("recover-discard");
-            remove_at(sd.as_fd(), n).map_err(|e| io_err(Path::new(".hanfs/stage"), e.into()))?;
+            discard(sd.as_fd(), n)?;
         }
         // What the last commit left (its own generation's stage) is mere cleanup, not a discard.
         let done = self.state.as_ref().map(|s| s.generation.to_string().into_bytes());
-        let discarded = names.iter().any(|n| Some(n) != done.as_ref());
+        let discarded = names.iter().any(|n| Some(n) != done.as_ref() && !n.starts_with(STALE));
         Ok(if discarded { Recovery::Discarded } else { Recovery::Clean })
     }
 
     /// Starts applying `plan`: checks it (the replica must be at its `from_digest`; the new
     /// manifest must be well formed and hash to `to_digest`) and opens a fresh stage.
     pub fn begin(&mut self, plan: Plan) -> Result<Staging<'_>> {
+        let (root, state_dir) = (self.root.path().to_path_buf(), self.state_dir.clone());
+        self.begin_inner(plan).map_err(|e| no_space(e, &root, &state_dir))
+    }
+
+    fn begin_inner(&mut self, plan: Plan) -> Result<Staging<'_>> {
         self.recover()?;
         let st = self.state.as_ref().ok_or(Error::NoBase)?;
         if st.digest != plan.from_digest {
@@ -203,53 +249,121 @@ impl Replica {
             return Err(Error::Hostile(format!("plan's manifest hashes to {d}, not its to_digest {}", plan.to_digest)));
         }
         let old = &st.manifest;
-        let lay = layout(old, &plan.manifest);
-        let index: HashMap<RelPath, usize> =
-            plan.manifest.entries.keys().enumerate().map(|(i, p)| (p.clone(), i)).collect();
+        let new = &plan.manifest;
         let by_path: HashMap<&[u8], &Content> = plan.contents.iter().map(|c| (c.path.as_slice(), c)).collect();
+        // Drift: inodes the old manifest says stay in place, or serve as sources, that are not
+        // what it says on disk. They are never modified or linked, only replaced.
+        let mut probe = Probe::new(&self.root, old);
+        let lay0 = layout(old, new);
+        let mut drift: Vec<RelPath> = Vec::new();
+        for p in new.entries.keys() {
+            if !p.is_empty() && lay0.kept.contains(p.as_slice()) && probe.get(p)? != OnDisk::Fine {
+                drift.push(p.clone());
+            }
+        }
+        let drift_set: HashSet<&[u8]> = drift.iter().map(Vec::as_slice).collect();
+        let lay = layout_with(old, new, &drift_set);
+        let index: HashMap<RelPath, usize> = new.entries.keys().enumerate().map(|(i, p)| (p.clone(), i)).collect();
         let old_groups = crate::plan::link_groups(old);
+        let mut by_hash: HashMap<&[u8; 32], Vec<&[u8]>> = HashMap::new();
+        for (q, o) in &old.entries {
+            if let Kind::File { hash, .. } = &o.kind {
+                by_hash.entry(hash).or_default().push(q);
+            }
+        }
         let mut moved = std::collections::HashSet::new();
         let mut contents = Vec::new();
+        let mut snapshot = HashSet::new();
+        let mut lost = Vec::new();
         for p in &lay.staged {
-            let Some(e) = plan.manifest.entries.get(*p) else { continue };
+            let Some(e) = new.entries.get(*p) else { continue };
             let Kind::File { size, hash, sparse } = &e.kind else { continue };
-            let c = by_path
-                .get(p)
-                .ok_or_else(|| Error::Incomplete(format!("plan has no content source for {:?}", show(p))))?;
-            if c.size != *size || c.hash != *hash {
-                return Err(Error::Hostile(format!("content record of {:?} disagrees with the manifest", show(p))));
-            }
-            // Local sources must be files of the old tree with that content.
-            let check_old = |q: &[u8], want: Option<&[u8; 32]>| -> Result<()> {
-                match old.entries.get(q).map(|o| &o.kind) {
-                    Some(Kind::File { hash: h, .. }) if want.is_none_or(|w| w == h) => Ok(()),
-                    _ => Err(Error::Hostile(format!(
-                        "content of {:?} comes from {:?}, which is not that file in the old tree",
-                        show(p),
-                        show(q)
-                    ))),
+            // A local copy of `hash` from an old file that is sound on disk (or, failing that,
+            // readable beneath the root and verified to hold that content).
+            let local = |probe: &mut Probe<'_>| -> Result<Option<Source>> {
+                let cands = by_hash.get(hash).map(Vec::as_slice).unwrap_or_default();
+                for q in cands {
+                    if probe.get(q)? == OnDisk::Fine {
+                        return Ok(Some(Source::Copy { from: q.to_vec() }));
+                    }
                 }
+                for q in cands {
+                    if probe.holds(q, hash)? {
+                        return Ok(Some(Source::Copy { from: q.to_vec() }));
+                    }
+                }
+                Ok(None)
             };
-            let source = match &c.source {
-                Source::Send { base: Some((b, bh)) } => {
-                    check_old(b, Some(bh))?;
-                    c.source.clone()
-                }
-                Source::Send { base: None } => c.source.clone(),
-                Source::Copy { from } => {
-                    check_old(from, Some(hash))?;
-                    c.source.clone()
-                }
-                Source::Move { from } => {
-                    check_old(from, Some(hash))?;
-                    // A move needs the old name to disappear and the inode to be unshared.
-                    let unshared = !plan.manifest.entries.contains_key(from)
-                        && !old_groups.contains_key(from.as_slice())
-                        && moved.insert(from.clone());
-                    if unshared {
-                        c.source.clone()
-                    } else {
-                        Source::Copy { from: from.clone() }
+            let source = match by_path.get(p) {
+                // Drift repaired from what the replica holds: not in the plan, which keeps it.
+                None if drift_set.contains(p) => match local(&mut probe)? {
+                    Some(s) => s,
+                    None => {
+                        lost.push(show(p));
+                        continue;
+                    }
+                },
+                None => return Err(Error::Incomplete(format!("plan has no content source for {:?}", show(p)))),
+                Some(c) => {
+                    if c.size != *size || c.hash != *hash {
+                        return Err(Error::Hostile(format!(
+                            "content record of {:?} disagrees with the manifest",
+                            show(p)
+                        )));
+                    }
+                    // Local sources must be files of the old tree with that content.
+                    let check_old = |q: &[u8], want: Option<&[u8; 32]>| -> Result<()> {
+                        match old.entries.get(q).map(|o| &o.kind) {
+                            Some(Kind::File { hash: h, .. }) if want.is_none_or(|w| w == h) => Ok(()),
+                            _ => Err(Error::Hostile(format!(
+                                "content of {:?} comes from {:?}, which is not that file in the old tree",
+                                show(p),
+                                show(q)
+                            ))),
+                        }
+                    };
+                    match &c.source {
+                        Source::Send { base: Some((b, bh)) } => {
+                            check_old(b, Some(bh))?;
+                            match probe.get(b)? {
+                                OnDisk::Fine => {}
+                                // Read through a private copy: the inode is shared with
+                                // something outside the engine's control.
+                                OnDisk::Readable => {
+                                    snapshot.insert(b.clone());
+                                }
+                                OnDisk::Gone => {
+                                    lost.push(show(p));
+                                    continue;
+                                }
+                            }
+                            c.source.clone()
+                        }
+                        Source::Send { base: None } => c.source.clone(),
+                        Source::Copy { from } | Source::Move { from } => {
+                            check_old(from, Some(hash))?;
+                            if probe.get(from)? != OnDisk::Fine {
+                                match local(&mut probe)? {
+                                    Some(s) => s,
+                                    None => {
+                                        lost.push(show(p));
+                                        continue;
+                                    }
+                                }
+                            } else if matches!(c.source, Source::Copy { .. }) {
+                                c.source.clone()
+                            } else {
+                                // A move needs the old name to disappear and the inode to be unshared.
+                                let unshared = !new.entries.contains_key(from)
+                                    && !old_groups.contains_key(from.as_slice())
+                                    && moved.insert(from.clone());
+                                if unshared {
+                                    c.source.clone()
+                                } else {
+                                    Source::Copy { from: from.clone() }
+                                }
+                            }
+                        }
                     }
                 }
             };
@@ -264,10 +378,21 @@ impl Replica {
                 done: false,
             });
         }
+        if !lost.is_empty() {
+            // What the replica lacks must come from the controller, which plans from the
+            // replica's manifest: record the tree as it is (same generation).
+            let generation = st.generation;
+            drop(probe);
+            let m = self.scan()?;
+            let st = State { generation, digest: m.digest(), manifest: m };
+            self.save_state(&st)?;
+            self.state = Some(st);
+            return Err(Error::Drift { paths: lost });
+        }
         let generation = plan.generation;
         let srel = stage_rel(generation);
-        self.root.remove_all(&srel)?;
         let sd = self.root.dir(STAGE)?;
+        discard(sd.as_fd(), generation.to_string().as_bytes())?;
         rustix::fs::mkdirat(&sd, OsStr::from_bytes(generation.to_string().as_bytes()), Mode::from_raw_mode(0o700))
             .map_err(|e| io_err(Path::new(".hanfs/stage"), e.into()))?;
         let stage = self.root.dir(&srel)?;
@@ -279,20 +404,44 @@ impl Replica {
             .filter(|(_, c)| matches!(c.source, Source::Send { .. }))
             .map(|(i, c)| (c.path.clone(), i))
             .collect();
-        Ok(Staging { replica: self, plan, stage, contents, sent })
+        Ok(Staging { replica: self, plan, stage, contents, sent, drift, snapshot })
     }
 
     /// Replays a committed journal to the end (idempotent); `cleanup` also deletes the stage.
-    fn replay(&mut self, j: &Journal, cleanup: bool) -> Result<()> {
+    /// Returns the paths whose staged content is lost when the replay can never finish.
+    fn replay(&mut self, j: &Journal, cleanup: bool) -> Result<Option<Vec<String>>> {
         let root = &self.root;
         let (old, new) = (&j.old, &j.new);
         let done = self.state.as_ref().is_some_and(|s| s.generation == j.generation && s.digest == j.digest);
         if !done {
             let mut tm = Timer::new();
-            let lay = layout(old, new);
+            let drift: HashSet<&[u8]> = j.drift.iter().map(Vec::as_slice).collect();
+            let lay = layout_with(old, new, &drift);
             let srel = stage_rel(j.generation);
-            let stage = root.dir(&srel)?;
+            let stage = match root.dir(&srel) {
+                Ok(s) => s,
+                // Gone (deleted from outside): whatever was installed stays; the check below
+                // tells whether anything still to install went with it.
+                Err(Error::Io { source, .. }) if source.raw_os_error() == Some(libc::ENOENT) => {
+                    root.ensure_dir(&srel)?;
+                    root.dir(&srel)?
+                }
+                Err(e) => return Err(e),
+            };
             let index: HashMap<&[u8], usize> = new.entries.keys().enumerate().map(|(i, p)| (p.as_slice(), i)).collect();
+            // A staged entry whose stage name is gone was installed (the rename moves it); if
+            // its path is empty too, its content is lost and this replay can never finish.
+            let mut lost = Vec::new();
+            for p in &lay.staged {
+                let name = sname('f', index.get(p).copied().unwrap_or_default());
+                let staged = lstat_at(stage.as_fd(), &name).map_err(|e| io_err(Path::new(".hanfs/stage"), e.into()))?;
+                if staged.is_none() && !matches!(root.lstat(p), Ok(Some(_))) {
+                    lost.push(show(p));
+                }
+            }
+            if !lost.is_empty() {
+                return Ok(Some(lost));
+            }
             // Old entries leave the tree by a rename into the stage's trash, not an unlink: the
             // unlinks (slow with online discard) happen after the switch, when the stage goes.
             let trash = match root.dir(&[srel.as_slice(), b"/trash"].concat()) {
@@ -358,10 +507,26 @@ impl Replica {
             }
             tm.lap("hard links");
             // 5. Metadata (owner, xattrs, mode; mtime of non-directories).
+            // A kept inode must still have the link count of its group: metadata is never set
+            // through a link planted since `begin` (the inode may belong to a file outside).
+            let nlink: HashMap<&[u8], u64> =
+                crate::plan::link_groups(new).into_iter().map(|(leader, paths)| (leader, paths.len() as u64)).collect();
             for p in &lay.touched {
                 if let Some(e) = new.entries.get(*p) {
                     point("commit-meta");
-                    root.set_meta(p, e, e.kind != Kind::Dir)?;
+                    let expect =
+                        (lay.kept.contains(p) && e.kind != Kind::Dir).then(|| nlink.get(p).copied().unwrap_or(1));
+                    if root.set_meta(p, e, e.kind != Kind::Dir, expect)? {
+                        continue;
+                    }
+                    // Drifted since `begin` (a link planted meanwhile): a single-name inode is
+                    // replaced by a copy; what cannot be rebuilt here goes to the controller.
+                    let idx = index.get(p).copied().unwrap_or_default();
+                    let replaced =
+                        expect == Some(1) && replace_drifted(root, stage.as_fd(), trash.as_fd(), &srel, p, e, idx)?;
+                    if !replaced {
+                        return Ok(Some(vec![show(p)]));
+                    }
                 }
             }
             tm.lap("metadata");
@@ -369,7 +534,7 @@ impl Replica {
             for (p, e) in new.entries.iter().rev() {
                 if e.kind == Kind::Dir {
                     point("commit-dir-mtime");
-                    root.set_mtime(p, e.mtime_ns)?;
+                    root.set_mtime(p, e.mtime_sec, e.mtime_nsec)?;
                 }
             }
             tm.lap("directory mtimes");
@@ -378,7 +543,15 @@ impl Replica {
             let st = State { generation: j.generation, digest: j.digest.clone(), manifest: new.clone() };
             tm.lap("syncfs");
             point("commit-state");
-            self.save_state(&st)?;
+            let np = self.state_dir.join(NEXT);
+            match std::fs::rename(&np, self.state_dir.join("current")) {
+                Ok(()) => {
+                    File::open(&self.state_dir).and_then(|f| f.sync_all()).map_err(|e| io_err(&self.state_dir, e))?
+                }
+                // Renamed by an earlier replay that stopped before the journal went.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => self.save_state(&st)?,
+                Err(e) => return Err(io_err(&np, e)),
+            }
             self.state = Some(st);
             tm.lap("state saved (the switch is complete)");
         }
@@ -393,10 +566,81 @@ impl Replica {
         if cleanup {
             let mut tm = Timer::new();
             point("commit-cleanup");
-            self.root.remove_all(&stage_rel(j.generation))?;
+            let sd = self.root.dir(STAGE)?;
+            discard(sd.as_fd(), j.generation.to_string().as_bytes())?;
             tm.lap("stage and trash removed");
         }
+        Ok(None)
+    }
+
+    /// Checks, just before the commit point, that the replica's filesystem has room for what
+    /// the switch allocates: directory entries for every rename (new names and the trash),
+    /// the new directories (an inode and a block each) and xattrs too big for the inode. An
+    /// upper bound, so that a full disk stops the apply before the tree changes.
+    fn check_space(&self, j: &Journal) -> Result<()> {
+        let Ok(v) = rustix::fs::fstatvfs(self.root.fd()) else { return Ok(()) };
+        let bs = v.f_frsize.max(v.f_bsize).max(512);
+        let drift: HashSet<&[u8]> = j.drift.iter().map(Vec::as_slice).collect();
+        let lay = layout_with(&j.old, &j.new, &drift);
+        let mut per_dir: HashMap<Vec<u8>, u64> = HashMap::new();
+        let mut names = 0u64;
+        let mut add = |p: &[u8]| {
+            if let Some((parent, name)) = split(p) {
+                *per_dir.entry(parent.to_vec()).or_default() += name.len() as u64 + 16;
+                names += 1;
+            }
+        };
+        lay.staged.iter().chain(&lay.links).for_each(|p| add(p));
+        let mut new_dirs = 0u64;
+        for (p, e) in &j.new.entries {
+            if e.kind == Kind::Dir && !p.is_empty() && !matches!(j.old.entries.get(p).map(|o| &o.kind), Some(Kind::Dir))
+            {
+                add(p);
+                new_dirs += 1;
+            }
+        }
+        // Old versions renamed into the trash (at most one per name installed or removed).
+        *per_dir.entry(STAGE.to_vec()).or_default() += (names + lay.removed.len() as u64) * 24;
+        let xattr_blocks = lay
+            .touched
+            .iter()
+            .filter_map(|p| j.new.entries.get(*p))
+            .filter(|e| e.xattrs.iter().map(|(k, v)| k.len() + v.len() + 16).sum::<usize>() > 96)
+            .count() as u64;
+        let blocks = per_dir.values().map(|b| b.div_ceil(bs) + 1).sum::<u64>() + new_dirs + xattr_blocks + 16;
+        let need = blocks.saturating_mul(bs);
+        let inodes = new_dirs + 16;
+        let free = v.f_bavail.saturating_mul(v.f_frsize);
+        if free < need || (v.f_files > 0 && v.f_favail < inodes) {
+            return Err(Error::NoSpace {
+                path: format!(
+                    "the commit of generation {} (it needs about {need} bytes and {inodes} inodes free)",
+                    j.generation
+                ),
+                fs: describe_fs(self.root.path()),
+            });
+        }
         Ok(())
+    }
+
+    /// Gives up a committed journal that can never finish (its staged content is gone): the
+    /// tree is recorded as it is now, at the journal's generation, so that the next plan, made
+    /// from [`Replica::manifest`], repairs it.
+    fn abandon(&mut self, j: &Journal) -> Result<()> {
+        let m = self.scan()?;
+        let st = State { generation: j.generation, digest: m.digest(), manifest: m };
+        self.save_state(&st)?;
+        let _ = std::fs::remove_file(self.state_dir.join(NEXT));
+        self.state = Some(st);
+        let jp = self.state_dir.join("journal");
+        match std::fs::remove_file(&jp) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(&jp, e)),
+        }
+        File::open(&self.state_dir).and_then(|f| f.sync_all()).map_err(|e| io_err(&self.state_dir, e))?;
+        let sd = self.root.dir(STAGE)?;
+        discard(sd.as_fd(), j.generation.to_string().as_bytes())
     }
 
     /// Deletes what the last commit left in `.hanfs/stage` (the old versions of replaced and
@@ -405,6 +649,110 @@ impl Replica {
     /// (it is also done by [`Replica::recover`] and [`Replica::begin`]).
     pub fn cleanup(&mut self) -> Result<()> {
         self.recover().map(|_| ())
+    }
+}
+
+/// What an old-tree path holds on disk, compared with the old manifest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OnDisk {
+    /// The type and link count the manifest says (for a hard-link member: the leader's inode).
+    Fine,
+    /// A regular file reachable beneath the root, but its inode is shared with names the
+    /// manifest does not know (a planted hard link) or is not the one it should be: it may be
+    /// read, never modified, linked or mapped.
+    Readable,
+    /// Missing, of another type, or behind a symlink or non-directory.
+    Gone,
+}
+
+/// Looks at old-tree paths on disk (each at most once).
+struct Probe<'a> {
+    root: &'a Root,
+    old: &'a Manifest,
+    /// Path -> link count the manifest implies (hard-link groups).
+    nlink: HashMap<&'a [u8], u64>,
+    seen: HashMap<RelPath, OnDisk>,
+    hashed: HashMap<RelPath, [u8; 32]>,
+}
+
+impl<'a> Probe<'a> {
+    fn new(root: &'a Root, old: &'a Manifest) -> Probe<'a> {
+        let mut nlink = HashMap::new();
+        for (leader, paths) in crate::plan::link_groups(old) {
+            for p in &paths {
+                nlink.insert(*p, paths.len() as u64);
+            }
+            nlink.insert(leader, paths.len() as u64);
+        }
+        Probe { root, old, nlink, seen: HashMap::new(), hashed: HashMap::new() }
+    }
+
+    fn get(&mut self, p: &[u8]) -> Result<OnDisk> {
+        if let Some(s) = self.seen.get(p) {
+            return Ok(*s);
+        }
+        let s = self.look(p)?;
+        self.seen.insert(p.to_vec(), s);
+        Ok(s)
+    }
+
+    fn look(&self, p: &[u8]) -> Result<OnDisk> {
+        let Some(e) = self.old.entries.get(p) else { return Ok(OnDisk::Gone) };
+        let st = match self.root.lstat(p) {
+            Ok(Some(st)) => st,
+            Ok(None) | Err(Error::Hostile(_)) => return Ok(OnDisk::Gone),
+            Err(e) => return Err(e),
+        };
+        let ft = crate::fsops::ftype(&st);
+        let kind = match &e.kind {
+            Kind::HardLink { leader } => {
+                let same = match self.root.lstat(leader) {
+                    Ok(Some(l)) => (l.st_dev, l.st_ino) == (st.st_dev, st.st_ino),
+                    Ok(None) | Err(Error::Hostile(_)) => false,
+                    Err(e) => return Err(e),
+                };
+                if !same {
+                    return Ok(if ft == FileType::RegularFile { OnDisk::Readable } else { OnDisk::Gone });
+                }
+                self.old.entries.get(leader).map(|l| &l.kind).unwrap_or(&Kind::Fifo)
+            }
+            k => k,
+        };
+        let want = match kind {
+            Kind::Dir => FileType::Directory,
+            Kind::File { .. } | Kind::HardLink { .. } => FileType::RegularFile,
+            Kind::Symlink { .. } => FileType::Symlink,
+            Kind::Char { .. } => FileType::CharacterDevice,
+            Kind::Block { .. } => FileType::BlockDevice,
+            Kind::Fifo => FileType::Fifo,
+        };
+        if ft != want {
+            return Ok(OnDisk::Gone);
+        }
+        if ft == FileType::Directory || crate::fsops::nlink(&st) == self.nlink.get(p).copied().unwrap_or(1) {
+            return Ok(OnDisk::Fine);
+        }
+        Ok(if ft == FileType::RegularFile { OnDisk::Readable } else { OnDisk::Gone })
+    }
+
+    /// True when `p` is readable beneath the root and its content has BLAKE3 `hash` now.
+    fn holds(&mut self, p: &[u8], hash: &[u8; 32]) -> Result<bool> {
+        if self.get(p)? == OnDisk::Gone {
+            return Ok(false);
+        }
+        if let Some(h) = self.hashed.get(p) {
+            return Ok(h == hash);
+        }
+        let f = match self.root.open_file(p) {
+            Ok(f) => f,
+            Err(Error::Hostile(_)) => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        let mut h = blake3::Hasher::new();
+        h.update_reader(f).map_err(|e| io_err(Path::new(&show(p)), e))?;
+        let h = *h.finalize().as_bytes();
+        self.hashed.insert(p.to_vec(), h);
+        Ok(&h == hash)
     }
 }
 
@@ -421,6 +769,151 @@ impl Timer {
             self.0 = Some(std::time::Instant::now());
         }
     }
+}
+
+/// The state of the generation being committed, written before the commit point.
+const NEXT: &str = "current.next";
+
+/// Writes and fsyncs a file (not yet renamed into place).
+fn write_file_synced(p: &Path, b: &[u8]) -> std::io::Result<()> {
+    let mut f = File::create(p)?;
+    f.write_all(b)?;
+    f.sync_all()
+}
+
+fn is_full(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+}
+
+/// Turns ENOSPC/EDQUOT into [`Error::NoSpace`], naming the filesystem (the state directory's
+/// for its absolute paths, the replica root's for paths inside the tree).
+pub(crate) fn no_space(e: Error, root: &Path, state_dir: &Path) -> Error {
+    let path = match &e {
+        Error::Io { path, source } if is_full(source) => path.clone(),
+        Error::Delta { path, source: delta::Error::Io(source) } if is_full(source) => path.clone(),
+        _ => return e,
+    };
+    let fs = if Path::new(&path).starts_with(state_dir) { state_dir } else { root };
+    Error::NoSpace { path, fs: describe_fs(fs) }
+}
+
+/// "mount point (type device): free/total bytes, free inodes" for the filesystem holding `p`.
+pub(crate) fn describe_fs(p: &Path) -> String {
+    let canon = std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    let mut best: Option<(PathBuf, String, String)> = None;
+    if let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") {
+        for line in info.lines() {
+            let f: Vec<&str> = line.split(' ').collect();
+            let Some(dash) = f.iter().position(|x| *x == "-") else { continue };
+            let (Some(mp), Some(ty), Some(dev)) = (f.get(4), f.get(dash + 1), f.get(dash + 2)) else { continue };
+            let mp = PathBuf::from(mp.replace("\\040", " "));
+            if canon.starts_with(&mp) && best.as_ref().is_none_or(|b| mp.as_os_str().len() >= b.0.as_os_str().len()) {
+                best = Some((mp, ty.to_string(), dev.to_string()));
+            }
+        }
+    }
+    let mut out = match best {
+        Some((mp, ty, dev)) => format!("{} ({ty} {dev})", mp.display()),
+        None => format!("the filesystem of {}", p.display()),
+    };
+    if let Ok(v) = rustix::fs::statvfs(&canon) {
+        out.push_str(&format!(
+            ": {} of {} bytes free, {} inodes free",
+            v.f_bavail.saturating_mul(v.f_frsize),
+            v.f_blocks.saturating_mul(v.f_frsize),
+            v.f_favail
+        ));
+    }
+    out
+}
+
+/// Stage entries set aside because they could not be deleted.
+const STALE: &[u8] = b"stale-";
+
+/// Deletes `name` in the stage directory `sd`. What cannot be deleted (an immutable or busy
+/// inode among the old versions) is set aside as `stale-…`, retried by later recoveries, and
+/// never blocks the replica: it holds nothing visible, only space.
+fn discard(sd: std::os::fd::BorrowedFd<'_>, name: &[u8]) -> Result<()> {
+    let Err(e) = remove_at(sd, name) else { return Ok(()) };
+    if name.starts_with(STALE) {
+        return Ok(());
+    }
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let aside = [STALE, name, format!("-{nanos}").as_bytes()].concat();
+    rustix::fs::renameat(sd, OsStr::from_bytes(name), sd, OsStr::from_bytes(&aside)).map_err(|_| Error::Io {
+        path: format!(".hanfs/stage/{} (and setting it aside)", show(name)),
+        source: e.into(),
+    })
+}
+
+/// Replaces the inode at `p` (kept in place, but shared with a name the manifest does not know)
+/// by a fresh one made in the stage: a copy of its content when that still hashes right, or the
+/// special file rebuilt from the manifest; the old inode goes to the trash untouched. False
+/// when the content is not what the manifest says (nothing changed then).
+fn replace_drifted(
+    root: &Root,
+    stage: std::os::fd::BorrowedFd<'_>,
+    trash: std::os::fd::BorrowedFd<'_>,
+    srel: &[u8],
+    p: &[u8],
+    e: &crate::manifest::Entry,
+    idx: usize,
+) -> Result<bool> {
+    let name = sname('d', idx);
+    let n = OsStr::from_bytes(&name);
+    let _ = remove_at(stage, &name);
+    let made = match &e.kind {
+        Kind::File { size, hash, .. } => {
+            let mut src = match root.open_file(p) {
+                Ok(f) => f,
+                Err(Error::Hostile(_)) => return Ok(false),
+                Err(err) => return Err(err),
+            };
+            let fd = rustix::fs::openat(
+                stage,
+                n,
+                OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::from_raw_mode(0o600),
+            )
+            .map_err(|e2| io_err(Path::new(&show(p)), e2.into()))?;
+            let mut w = StageWriter::new(File::from(fd), false, *size);
+            let copied = std::io::copy(&mut src, &mut w).and_then(|_| w.finish());
+            match copied {
+                Ok((len, h, f)) if len == *size && h == *hash => {
+                    f.sync_all().map_err(|e2| io_err(Path::new(&show(p)), e2))?;
+                    Ok(())
+                }
+                _ => {
+                    let _ = remove_at(stage, &name);
+                    return Ok(false);
+                }
+            }
+        }
+        Kind::Symlink { target } => rustix::fs::symlinkat(OsStr::from_bytes(target), stage, n),
+        Kind::Char { major, minor } => rustix::fs::mknodat(
+            stage,
+            n,
+            FileType::CharacterDevice,
+            Mode::from_raw_mode(0o600),
+            rustix::fs::makedev(*major, *minor),
+        ),
+        Kind::Block { major, minor } => rustix::fs::mknodat(
+            stage,
+            n,
+            FileType::BlockDevice,
+            Mode::from_raw_mode(0o600),
+            rustix::fs::makedev(*major, *minor),
+        ),
+        Kind::Fifo => rustix::fs::mknodat(stage, n, FileType::Fifo, Mode::from_raw_mode(0o600), 0),
+        Kind::Dir | Kind::HardLink { .. } => return Ok(false),
+    };
+    made.map_err(|e2| io_err(Path::new(&show(p)), e2.into()))?;
+    let staged = [srel, b"/", &name].concat();
+    root.set_meta(&staged, e, true, None)?;
+    to_trash(root, trash, p, &sname('x', idx))?;
+    let (d, last) = root.parent(p)?;
+    rustix::fs::renameat(stage, n, &d, OsStr::from_bytes(last)).map_err(|e2| io_err(Path::new(&show(p)), e2.into()))?;
+    Ok(true)
 }
 
 /// Moves `rel` (if present) into the trash directory under `name`, replacing whatever a
@@ -482,6 +975,10 @@ pub struct Staging<'a> {
     contents: Vec<Staged>,
     /// Path -> position in `contents`, for files the controller sends.
     sent: HashMap<RelPath, usize>,
+    /// New-tree paths whose inodes are replaced because they drifted (see [`OnDisk`]).
+    drift: Vec<RelPath>,
+    /// Delta bases read through a private copy (their inode is shared with unknown names).
+    snapshot: HashSet<RelPath>,
 }
 
 /// A file being staged frame by frame; see [`Staging::file_writer`].
@@ -494,7 +991,8 @@ pub struct FileWriter<'s, 'a> {
 impl FileWriter<'_, '_> {
     /// Ends the file: checks its size and BLAKE3 against the manifest.
     pub fn finish(self) -> Result<()> {
-        self.staging.seal(self.i, self.w, "writing")
+        let r = self.staging.seal(self.i, self.w, "writing");
+        r.map_err(|e| self.staging.space(e))
     }
 }
 
@@ -562,31 +1060,62 @@ impl<'a> Staging<'a> {
 
     /// Stages the whole new content of `path`, read from `data`; checked against its BLAKE3.
     pub fn write_file(&mut self, path: &[u8], mut data: impl Read) -> Result<()> {
-        let i = self.slot(path)?;
-        let mut w = self.create(i)?;
-        std::io::copy(&mut data, &mut w).map_err(|e| io_err(Path::new(&show(path)), e))?;
-        self.seal(i, w, "writing")
+        let r = (|| {
+            let i = self.slot(path)?;
+            let mut w = self.create(i)?;
+            std::io::copy(&mut data, &mut w).map_err(|e| io_err(Path::new(&show(path)), e))?;
+            self.seal(i, w, "writing")
+        })();
+        r.map_err(|e| self.space(e))
+    }
+
+    fn space(&self, e: Error) -> Error {
+        no_space(e, self.replica.root.path(), &self.replica.state_dir)
     }
 
     /// Push-style staging of a whole file, for a receiver that gets it in frames: write the
     /// bytes in order, then [`FileWriter::finish`] (which checks size and BLAKE3).
     pub fn file_writer(&mut self, path: &[u8]) -> Result<FileWriter<'_, 'a>> {
         let i = self.slot(path)?;
-        let w = self.create(i)?;
+        let w = self.create(i).map_err(|e| self.space(e))?;
         Ok(FileWriter { staging: self, i, w })
     }
 
     /// Stages `path` by applying a librsync delta (read from `delta`) to its base in the old
     /// tree; refuses out-of-bounds copies and output past the manifest size, and checks BLAKE3.
     pub fn add_delta(&mut self, path: &[u8], delta: impl Read) -> Result<()> {
+        let r = self.add_delta_inner(path, delta);
+        r.map_err(|e| self.space(e))
+    }
+
+    fn add_delta_inner(&mut self, path: &[u8], delta: impl Read) -> Result<()> {
         let i = self.slot(path)?;
         let Source::Send { base: Some((base, _)) } = self.contents[i].source.clone() else {
             return Err(Error::Hostile(format!("{:?} has no delta base in this plan", show(path))));
         };
-        let bf = self.replica.root.open_file(&base)?;
+        let mut bf = self.replica.root.open_file(&base)?;
+        if self.snapshot.contains(&base) {
+            // The base's inode has names outside the manifest (a planted hard link): someone
+            // else may truncate it, so map a private copy instead (removed once opened).
+            let name = sname('b', self.contents[i].idx);
+            let n = OsStr::from_bytes(&name);
+            let _ = rustix::fs::unlinkat(&self.stage, n, AtFlags::empty());
+            let fd = rustix::fs::openat(
+                &self.stage,
+                n,
+                OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::from_raw_mode(0o600),
+            )
+            .map_err(|e| io_err(Path::new(&show(&base)), e.into()))?;
+            let _ = rustix::fs::unlinkat(&self.stage, n, AtFlags::empty());
+            let mut copy = File::from(fd);
+            std::io::copy(&mut bf, &mut copy).map_err(|e| io_err(Path::new(&show(&base)), e))?;
+            bf = copy;
+        }
         let len = bf.metadata().map_err(|e| io_err(Path::new(&show(&base)), e))?.len();
         // SAFETY of the map: the replica tree is written only by this engine, which is applying
-        // this plan; nothing truncates the base while it is mapped.
+        // this plan, and a base shared with unknown names is a private copy (see `snapshot`);
+        // nothing truncates the base while it is mapped.
         let map = if len == 0 {
             None
         } else {
@@ -606,7 +1135,12 @@ impl<'a> Staging<'a> {
     /// the commit record, and commits. Returns the new (generation, digest) as soon as the new
     /// generation is in place and recorded; the old versions wait in the stage's trash for
     /// [`Replica::cleanup`].
-    pub fn commit(mut self) -> Result<(u64, String)> {
+    pub fn commit(self) -> Result<(u64, String)> {
+        let (root, state_dir) = (self.replica.root.path().to_path_buf(), self.replica.state_dir.clone());
+        self.commit_inner().map_err(|e| no_space(e, &root, &state_dir))
+    }
+
+    fn commit_inner(mut self) -> Result<(u64, String)> {
         let mut tm = Timer::new();
         let missing: Vec<String> = self.needed().iter().map(|n| show(&n.path)).collect();
         if !missing.is_empty() {
@@ -653,7 +1187,8 @@ impl<'a> Staging<'a> {
         // Special files (symlinks, devices, fifos) are staged too, so installing is a rename.
         let old = self.replica.state.as_ref().map(|s| s.manifest.clone()).unwrap_or_default();
         let new = &self.plan.manifest;
-        let lay = layout(&old, new);
+        let drift: HashSet<&[u8]> = self.drift.iter().map(Vec::as_slice).collect();
+        let lay = layout_with(&old, new, &drift);
         let index: HashMap<&[u8], usize> = new.entries.keys().enumerate().map(|(i, p)| (p.as_slice(), i)).collect();
         for p in &lay.staged {
             let Some(e) = new.entries.get(*p) else { continue };
@@ -686,19 +1221,41 @@ impl<'a> Staging<'a> {
             digest: self.plan.to_digest.clone(),
             old,
             new: self.plan.manifest.clone(),
+            drift: self.drift.clone(),
         };
+        // Everything the switch writes is allocated before the commit point, so that a full
+        // disk stops the apply here, with the tree untouched: the next state is written now
+        // (the switch renames it into place), and the space the renames, new directories and
+        // xattrs take is checked against what is free once the journal is on disk too.
+        let st = State { generation: j.generation, digest: j.digest.clone(), manifest: j.new.clone() };
+        let b = postcard::to_stdvec(&st).map_err(|e| Error::Format(e.to_string()))?;
+        let np = self.replica.state_dir.join(NEXT);
+        write_atomic(&np, &b).map_err(|e| io_err(&np, e))?;
         let b = postcard::to_stdvec(&j).map_err(|e| Error::Format(e.to_string()))?;
         let jp = self.replica.state_dir.join("journal");
-        write_atomic(&jp, &b).map_err(|e| io_err(&jp, e))?;
+        let jt = self.replica.state_dir.join("journal.tmp");
+        write_file_synced(&jt, &b).map_err(|e| io_err(&jt, e))?;
+        point("journal-written");
+        self.replica.check_space(&j)?;
+        std::fs::rename(&jt, &jp).map_err(|e| io_err(&jp, e))?;
+        File::open(&self.replica.state_dir)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| io_err(&self.replica.state_dir, e))?;
         point("committed");
         tm.lap("journal written (commit point)");
-        self.replica.replay(&j, false)?;
+        if let Some(lost) = self.replica.replay(&j, false)? {
+            // Content gone or changed behind the commit: record the tree as it is, so that the
+            // next plan (from the replica's manifest) repairs it.
+            self.replica.abandon(&j)?;
+            return Err(Error::Drift { paths: lost });
+        }
         Ok((j.generation, j.digest))
     }
 
     /// Gives up: removes the stage; the replica stays at its generation.
     pub fn abort(self) -> Result<()> {
-        self.replica.root.remove_all(&stage_rel(self.plan.generation))
+        let sd = self.replica.root.dir(STAGE)?;
+        discard(sd.as_fd(), self.plan.generation.to_string().as_bytes())
     }
 }
 

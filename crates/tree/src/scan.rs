@@ -20,15 +20,15 @@ pub struct ScanOptions {
     /// Glob patterns (globset syntax, `/` is literal) relative to the root; a matching directory
     /// is skipped with everything under it. `.hanfs` at the root is always skipped.
     pub excludes: Vec<String>,
-    /// Where to keep the hash cache (`<state_dir>/hashcache`); None: no persistent cache.
+    /// Where to keep the hash cache (`<state_dir>/hashcache2`); None: no persistent cache.
     pub state_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Cached {
     size: u64,
-    mtime_ns: i64,
-    ctime_ns: i64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
     hash: Option<[u8; 32]>,
     sparse: Option<Vec<(u64, u64)>>,
     target: Option<Vec<u8>>,
@@ -139,12 +139,13 @@ pub fn hash_file(path: &Path) -> Result<([u8; 32], u64, Extents)> {
     Ok((*h.finalize().as_bytes(), n, sparse))
 }
 
-fn mtime_ns(md: &Metadata) -> i64 {
-    md.mtime().saturating_mul(1_000_000_000).saturating_add(md.mtime_nsec())
+/// (seconds, nanoseconds): never folded into one i64 of nanoseconds, which ends in 2262.
+fn mtime(md: &Metadata) -> (i64, i64) {
+    (md.mtime(), md.mtime_nsec())
 }
 
-fn ctime_ns(md: &Metadata) -> i64 {
-    md.ctime().saturating_mul(1_000_000_000).saturating_add(md.ctime_nsec())
+fn ctime(md: &Metadata) -> (i64, i64) {
+    (md.ctime(), md.ctime_nsec())
 }
 
 fn join(root: &Path, rel: &[u8]) -> PathBuf {
@@ -170,7 +171,9 @@ impl Scanner {
         Ok(Scanner {
             root: root.into(),
             excludes,
-            cache_file: opts.state_dir.as_ref().map(|d| d.join("hashcache")),
+            // `hashcache2`: the records keep seconds and nanoseconds apart (an older `hashcache`
+            // is not read, its times were folded into nanoseconds).
+            cache_file: opts.state_dir.as_ref().map(|d| d.join("hashcache2")),
             cache: None,
         })
     }
@@ -253,8 +256,8 @@ impl Scanner {
                 let md = &r.md;
                 let key = (md.dev(), md.ino());
                 let ft = md.file_type();
-                let (mt, ct) = (mtime_ns(md), ctime_ns(md));
-                let hit = cache.get(&key).filter(|c| c.size == md.len() && c.mtime_ns == mt && c.ctime_ns == ct);
+                let (mt, ct) = (mtime(md), ctime(md));
+                let hit = cache.get(&key).filter(|c| c.size == md.len() && c.mtime == mt && c.ctime == ct);
                 // On a cache hit nothing is read but the lstat the walk already did.
                 let fresh = match hit {
                     Some(c) if !ft.is_file() || c.hash.is_some() => None,
@@ -285,7 +288,7 @@ impl Scanner {
                         } else {
                             (None, None)
                         };
-                        Some(Cached { size: md.len(), mtime_ns: mt, ctime_ns: ct, hash, sparse, target, xattrs })
+                        Some(Cached { size: md.len(), mtime: mt, ctime: ct, hash, sparse, target, xattrs })
                     }
                 };
                 let Some(c) = fresh.as_ref().or(hit) else {
@@ -313,7 +316,8 @@ impl Scanner {
                     mode: md.mode() & 0o7777,
                     uid: md.uid(),
                     gid: md.gid(),
-                    mtime_ns: mt,
+                    mtime_sec: mt.0,
+                    mtime_nsec: u32::try_from(mt.1).unwrap_or(0),
                     xattrs: c.xattrs.clone(),
                 };
                 Ok((r.rel, e, key, fresh, md.nlink(), ft.is_dir()))
@@ -353,6 +357,8 @@ impl Scanner {
             if let Some(p) = &self.cache_file {
                 if let Ok(b) = postcard::to_stdvec(&cache) {
                     let _ = crate::fsops::write_atomic(p, &b);
+                    // The cache of the older format, never read again.
+                    let _ = std::fs::remove_file(p.with_file_name("hashcache"));
                 }
             }
         }

@@ -59,7 +59,7 @@ impl Env {
 }
 
 fn entry(kind: Kind) -> Entry {
-    Entry { kind, mode: 0o644, uid: 0, gid: 0, mtime_ns: 0, xattrs: vec![] }
+    Entry { kind, mode: 0o644, uid: 0, gid: 0, mtime_sec: 0, mtime_nsec: 0, xattrs: vec![] }
 }
 
 fn with_entry(mut plan: Plan, path: &[u8], e: Entry) -> Plan {
@@ -119,7 +119,8 @@ fn path_through_a_symlink_in_the_manifest() {
 #[test]
 fn path_through_a_symlink_on_the_replica() {
     // The replica's directory `d` was swapped for a symlink to outside after it was recorded:
-    // opening the delta base d/f must refuse to follow it.
+    // the delta base d/f is behind it, so `begin` reports drift (nothing read through the
+    // link), re-records the tree, and add_delta on the old base is never reached.
     let e = env();
     fs::remove_dir_all(e.rep.join("d")).unwrap();
     std::os::unix::fs::symlink(&e.outside, e.rep.join("d")).unwrap();
@@ -127,14 +128,10 @@ fn path_through_a_symlink_on_the_replica() {
     let src = e.source();
     let plan = src.plan(2);
     let mut r = e.replica(false);
-    let c = plan.to_send().find(|c| c.path == b"d/f").unwrap().clone();
-    let mut st = r.begin(plan).unwrap();
-    let err = match src.store.payload(&src.new_dir, &c).unwrap().unwrap() {
-        tree::Payload::Delta(d) => st.add_delta(&c.path, &d[..]).unwrap_err(),
-        _ => panic!("expected an in-memory delta"),
-    };
-    assert!(matches!(&err, Error::Hostile(m) if m.contains("symlink")), "{err}");
-    drop(st);
+    let err = r.begin(plan).map(|_| ()).unwrap_err();
+    assert!(matches!(&err, Error::Drift { paths } if paths.contains(&"d/f".to_string())), "{err}");
+    // The re-recorded base is the tree as it is: `d` a symlink.
+    assert!(matches!(r.manifest().unwrap().entries[&b"d"[..]].kind, Kind::Symlink { .. }));
     fs::remove_file(e.outside.join("f")).unwrap();
     e.untouched();
 }
@@ -258,3 +255,163 @@ fn wrong_base_generation() {
 
 #[allow(dead_code)]
 fn _unused(_: &Path) {}
+
+/// Owner, mode, xattrs and content of a file, read with std and `lgetxattr` (not the engine).
+fn outside_meta(p: &Path) -> (u32, u32, u32, u64, Vec<u8>, Option<Vec<u8>>) {
+    use std::os::unix::fs::MetadataExt;
+    let md = fs::symlink_metadata(p).unwrap();
+    let mut v = vec![0u8; 256];
+    let x = rustix::fs::lgetxattr(p, "user.mark", &mut v[..]).ok().map(|n| v[..n].to_vec());
+    (md.mode() & 0o7777, md.uid(), md.gid(), md.mtime() as u64, fs::read(p).unwrap(), x)
+}
+
+/// Applies the controller's plan; when the replica reports drift it cannot repair from what it
+/// holds, plans again from the manifest it re-recorded (what the controller does with a
+/// drifted replica) and applies that.
+fn apply_repairing(src: &Source, r: &mut Replica) -> tree::Result<(u64, String)> {
+    match apply(src, r, src.plan(2)) {
+        Err(Error::Drift { .. }) => {}
+        other => return other,
+    }
+    let (g, _) = r.current().unwrap();
+    let mut plan = tree::diff(r.manifest().unwrap(), &src.new);
+    plan.generation = g + 1;
+    // The signatures of what the replica really holds, as the MN keeps for the last generation.
+    src.store.update(r.root(), r.manifest().unwrap()).unwrap();
+    apply(src, r, plan)
+}
+
+/// When the link is planted: before the apply starts, or after `begin` checked the tree and
+/// before the commit sets metadata.
+#[derive(Clone, Copy, PartialEq)]
+enum When {
+    Before,
+    DuringCommit,
+}
+
+/// Applies with the link planted after `begin` (the engine checked the tree already); on
+/// drift, plans again from the re-recorded manifest as the controller does.
+fn apply_planting(src: &Source, r: &mut Replica, plant: &dyn Fn()) -> tree::Result<(u64, String)> {
+    let plan = src.plan(2);
+    let contents: Vec<_> = plan.to_send().cloned().collect();
+    let mut st = r.begin(plan)?;
+    plant();
+    for c in contents {
+        let p = src.store.payload(&src.new_dir, &c)?.unwrap();
+        if p.is_delta() {
+            st.add_delta(&c.path, p.reader()?)?;
+        } else {
+            st.write_file(&c.path, p.reader()?)?;
+        }
+    }
+    match st.commit() {
+        Err(Error::Drift { .. }) => {}
+        other => return other,
+    }
+    let (g, _) = r.current().unwrap();
+    let mut plan = tree::diff(r.manifest().unwrap(), &src.new);
+    plan.generation = g + 1;
+    src.store.update(r.root(), r.manifest().unwrap()).unwrap();
+    apply(src, r, plan)
+}
+
+/// A hard link planted in the replica to a file outside it: the apply must not chmod, chown
+/// or rewrite the xattrs of the outside inode (issue #9 item 3), and the replica's entry must
+/// end up as the manifest says.
+fn planted_hard_link(victim_content: &[u8], when: When) {
+    if !is_root() {
+        eprintln!("skipping: needs root to give the outside file another owner");
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "CI=true: this test must run as root");
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let (old, new) = (t.path().join("old"), t.path().join("new"));
+    let g_old: Vec<u8> = (0..20_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    fs::create_dir_all(old.join("d")).unwrap();
+    fs::write(old.join("g"), &g_old).unwrap();
+    fs::write(old.join("d/x"), b"x").unwrap();
+    copy_tree(&old, &new);
+    // g keeps its content; only its metadata changes, so the engine would set it in place.
+    fs::set_permissions(new.join("g"), std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    rustix::fs::lsetxattr(new.join("g"), "user.mark", b"replica", rustix::fs::XattrFlags::empty()).unwrap();
+    fs::write(new.join("added"), b"new").unwrap();
+    let outside = t.path().join("outside");
+    fs::create_dir_all(&outside).unwrap();
+    let victim = outside.join("victim");
+    fs::write(&victim, victim_content).unwrap();
+    rustix::fs::lsetxattr(&victim, "user.mark", b"outside", rustix::fs::XattrFlags::empty()).unwrap();
+    std::os::unix::fs::chown(&victim, Some(4343), Some(4343)).unwrap();
+    fs::set_permissions(&victim, std::os::unix::fs::PermissionsExt::from_mode(0o640)).unwrap();
+    let before = outside_meta(&victim);
+    let src = Source::new(&old, &new, &t.path().join("mn"));
+    let rep = t.path().join("rep");
+    let mut r = replica_copy(&old, &rep, &t.path().join("sn"));
+    // Behind the engine's back: g becomes another name of the outside file.
+    let plant = || {
+        fs::remove_file(rep.join("g")).unwrap();
+        fs::hard_link(&victim, rep.join("g")).unwrap();
+    };
+    if when == When::Before {
+        plant();
+        apply_repairing(&src, &mut r).unwrap();
+    } else {
+        apply_planting(&src, &mut r, &plant).unwrap();
+    }
+    r.cleanup().unwrap();
+    assert_eq!(outside_meta(&victim), before, "the outside file was modified through the planted link");
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(fs::metadata(&victim).unwrap().nlink(), 1, "the planted link is still in the replica");
+    assert_eq!(walk(&rep), walk(&new), "replica differs from the new tree");
+}
+
+#[test]
+fn planted_hard_link_with_the_same_content() {
+    let g: Vec<u8> = (0..20_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    planted_hard_link(&g, When::Before);
+}
+
+#[test]
+fn planted_hard_link_with_other_content() {
+    let mut g: Vec<u8> = (0..20_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    g[5000..5010].copy_from_slice(b"OUTSIDE!!!");
+    planted_hard_link(&g, When::Before);
+}
+
+#[test]
+fn hard_link_planted_during_the_commit_with_the_same_content() {
+    let g: Vec<u8> = (0..20_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    planted_hard_link(&g, When::DuringCommit);
+}
+
+#[test]
+fn hard_link_planted_during_the_commit_with_other_content() {
+    let mut g: Vec<u8> = (0..20_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    g[5000..5010].copy_from_slice(b"OUTSIDE!!!");
+    planted_hard_link(&g, When::DuringCommit);
+}
+
+/// A symlink planted where a directory is expected: every file of that directory must be there
+/// after the apply (issue #9 item 3), nothing read or written through the link.
+#[test]
+fn planted_symlink_where_a_directory_is() {
+    let t = tempfile::tempdir().unwrap();
+    let (old, new) = (t.path().join("old"), t.path().join("new"));
+    fs::create_dir_all(old.join("s/sub")).unwrap();
+    for (n, c) in [("s/a", &b"alpha"[..]), ("s/b", b"bravo"), ("s/sub/c", b"charlie"), ("top", b"top")] {
+        fs::write(old.join(n), c).unwrap();
+    }
+    copy_tree(&old, &new);
+    fs::write(new.join("added"), b"new file").unwrap();
+    let outside = t.path().join("outside");
+    fs::create_dir_all(&outside).unwrap();
+    fs::write(outside.join("a"), b"outside a").unwrap();
+    let src = Source::new(&old, &new, &t.path().join("mn"));
+    let rep = t.path().join("rep");
+    let mut r = replica_copy(&old, &rep, &t.path().join("sn"));
+    fs::remove_dir_all(rep.join("s")).unwrap();
+    std::os::unix::fs::symlink(&outside, rep.join("s")).unwrap();
+    apply_repairing(&src, &mut r).unwrap();
+    assert_eq!(walk(&rep), walk(&new), "replica differs from the new tree");
+    assert_eq!(fs::read(outside.join("a")).unwrap(), b"outside a");
+    assert_eq!(fs::read_dir(&outside).unwrap().count(), 1);
+}

@@ -9,6 +9,9 @@
                                  fs_locations with the locations derived from the exports file,
                                  then find mountd's parse of the same value in its log.
                                  Prints PASS:/FAIL: lines; exit 1 if any check failed.
+  fsloc.py --owners SN=IP...     the rig's check (g): EXCHANGE_ID (NFSv4.1) to every SN; each
+                                 must name a server owner of its own, or a 4.1 client takes
+                                 them for one server (trunking: one client ID for all).
 
 Why our own client: the Linux NFSv4 client only asks for fs_locations when it meets a
 referral (NFS4ERR_MOVED), never for a plain replicas= export, so the only way to see the
@@ -28,7 +31,8 @@ import sys
 
 NFS_PROGRAM, NFS_V4, PROC_COMPOUND = 100003, 4, 1
 AUTH_NONE, AUTH_SYS = 0, 1
-OP_GETATTR, OP_LOOKUP, OP_PUTROOTFH = 9, 15, 24
+OP_GETATTR, OP_LOOKUP, OP_PUTROOTFH, OP_EXCHANGE_ID = 9, 15, 24, 42
+EXCHGID4_FLAG_USE_NON_PNFS = 0x00010000
 ATTR_FSID, ATTR_FS_LOCATIONS = 8, 24
 STATUS = {0: "NFS4_OK", 1: "NFS4ERR_PERM", 2: "NFS4ERR_NOENT", 13: "NFS4ERR_ACCESS",
           20: "NFS4ERR_NOTDIR", 10006: "NFS4ERR_SERVERFAULT", 10013: "NFS4ERR_GRACE",
@@ -166,6 +170,55 @@ def fs_locations(conn, path):
     return result
 
 
+def server_owner(conn):
+    """EXCHANGE_ID (RFC 8881 18.35) alone in a 4.1 COMPOUND: (so_major_id, so_minor_id, scope).
+
+    A client compares these to tell whether two addresses reach one server (RFC 8881 2.10.5);
+    Linux nfsd fills the major id and the scope with its host name when it starts.
+    """
+    args = Encoder().opaque(b"hanfs-rig").uint(1).uint(1).uint(OP_EXCHANGE_ID)  # tag, minorversion 1
+    args.parts.append(os.urandom(8))                                        # co_verifier
+    args.opaque(b"hanfs-rig owner probe").uint(EXCHGID4_FLAG_USE_NON_PNFS)  # co_ownerid, flags
+    args.uint(0).uint(0)                                                    # SP4_NONE, no impl id
+    d = conn.call(args.bytes())
+    status = d.uint()
+    d.opaque()  # tag
+    if status != 0 or d.uint() != 1 or d.uint() != OP_EXCHANGE_ID or d.uint() != 0:
+        raise OSError("EXCHANGE_ID failed: %s" % STATUS.get(status, str(status)))
+    d.hyper(), d.uint(), d.uint()  # clientid, sequenceid, flags
+    if d.uint() != 0:
+        raise OSError("EXCHANGE_ID: state protection other than SP4_NONE")
+    minor = d.hyper()
+    major = d.opaque()
+    return major.decode("utf-8", "replace"), minor, d.opaque().decode("utf-8", "replace")
+
+
+def owners(sns):
+    """(g): every SN (NAME=IP) answers EXCHANGE_ID with a server owner no other SN has."""
+    seen, ok = {}, True
+    for item in sns:
+        name, _, ip = item.partition("=")
+        try:
+            conn = Connection(ip)
+            try:
+                major, minor, scope = server_owner(conn)
+            finally:
+                conn.close()
+        except OSError as err:
+            print("FAIL: (g) EXCHANGE_ID to %s (%s): %s" % (name, ip, err))
+            ok = False
+            continue
+        other = seen.get((major, minor))
+        if other:
+            print("FAIL: (g) %s and %s present one NFSv4.1 server owner %r: a 4.1 client trunks them as one server"
+                  % (other, name, major))
+            ok = False
+        else:
+            print("PASS: (g) %s (%s) is an NFSv4.1 server of its own: owner %r, scope %r" % (name, ip, major, scope))
+        seen.setdefault((major, minor), name)
+    return ok
+
+
 # --- the rig's checks ----------------------------------------------------------------------------
 def mountd_parse(log_text, value):
     """The locations rpc.mountd logged when it parsed VALUE: ["host:path", ...], or None.
@@ -228,6 +281,8 @@ def check(expect_file, logs="/run/sn"):
 def main(argv):
     if len(argv) == 2 and argv[0] == "--check":
         return 0 if check(argv[1]) else 1
+    if len(argv) >= 2 and argv[0] == "--owners":
+        return 0 if owners(argv[1:]) else 1
     if len(argv) == 2 and not argv[0].startswith("-"):
         conn = Connection(argv[0])
         try:

@@ -43,7 +43,10 @@ route add $ip/32 dev veth$i src $CLIENT"
         mount -t tmpfs -o size=64m "sn-$name" "$d/root"
         mkdir -p "$d/exports.d" "$d/nfs/rpc_pipefs" "$d/nfs/nfsdcld" $(for t in $tops; do echo "$d/root/$t"; done)
         : > "$d/nfs/etab"; : > "$d/nfs/rmtab"
-        ip netns exec "$name" sh /rig/sn-init.sh "$d" "$ip" < /dev/null > "$d/init.log" 2>&1 &
+        # unshare -u: an own host name per SN; nfsd takes its NFSv4.1 server owner and scope from
+        # it, and a 4.1 client treats servers with the same owner as one (trunking).  /usr/bin/dash by
+        # path: busybox would run "sh" as its own ash, which runs busybox ip instead of the real one
+        ip netns exec "$name" unshare -u /usr/bin/dash /rig/sn-init.sh "$d" "$ip" "$name" < /dev/null > "$d/init.log" 2>&1 &
     done < /share/sns
     i=0 waiting=x
     while [ -n "$waiting" ] && [ $i -lt 300 ]; do
@@ -61,8 +64,15 @@ route add $ip/32 dev veth$i src $CLIENT"
     else rig_log "$total SNs up; WARNING: only $n of them skipped the grace period (OPEN waits up to 10 s)"; fi
 }
 
-# sn NAME CMD...: run CMD in SN NAME's network and mount namespaces
-sn() { read -r pid < "/run/sn/$1/pid"; shift; nsenter -t "$pid" -n -m -- "$@"; }
+# (g) each SN its own NFSv4.1 server (own host name, see sns_start).  Run after the scenarios:
+# nfsd denies every RPC from a client no export of it names.
+check_owners() {
+    python3 -S -B /rig/fsloc.py --owners $(while read -r name ip; do echo "$name=$ip"; done < /share/sns) ||
+        RIG_RC=1
+}
+
+# sn NAME CMD...: run CMD in SN NAME's network, mount and UTS namespaces
+sn() { read -r pid < "/run/sn/$1/pid"; shift; nsenter -t "$pid" -n -m -u -- "$@"; }
 
 # --- steps (written by plan.py) ----------------------------------------------------------------
 # scenario_begin NAME MOUNTS: the scenario's client mount points, /mnt/rig/NAME.1 ...
@@ -84,23 +94,19 @@ sn_dirs() {
     for p in "$@"; do echo "$s:$p" > "$root$p/rig-marker"; done
 }
 
-# sn_mountpoint SN PATH: mount --bind PATH PATH inside the SN (nfsd switches exports only
-# at mountpoints; this is what a deployment does for a refer= directory)
-sn_mountpoint() { sn "$1" mount --bind "$2" "$2" || fail "mount --bind $2 $2 on $1"; }
-
 sn_reload() {
     out=$(sn "$1" exportfs -ra 2>&1) || fail "exportfs -ra on $1: $out"
     [ -z "$out" ] || note "exportfs -ra on $1: $out"
 }
 
-# nfs_mount SERVER:PATH: mount it on the next /mnt/rig/SCEN.N, set $M, $DEV (what
-# /proc/mounts shows there) and $MARKER (the rig-marker file read through the mount).
+# nfs_mount SERVER:PATH: mount it (NFS version $VERS, default 4.2) on the next /mnt/rig/SCEN.N,
+# set $M, $DEV (what /proc/mounts shows there) and $MARKER (the rig-marker file read through it).
 # busybox mount hands the options to the kernel as text, as mount.nfs does for NFSv4 (addr=
 # and clientaddr= are what mount.nfs would add); being static it starts much faster under
 # UML.  soft: I/O fails instead of hanging if a server does not answer.
 nfs_mount() {
     MNT=$((MNT + 1)) M=/mnt/rig/$SCEN.$MNT DEV= MARKER=
-    out=$(mount -t nfs4 -o "vers=4.2,soft,timeo=100,retrans=3,addr=${1%%:*},clientaddr=$CLIENT" "$1" "$M" 2>&1) ||
+    out=$(mount -t nfs4 -o "vers=${VERS:-4.2},soft,timeo=100,retrans=3,addr=${1%%:*},clientaddr=$CLIENT" "$1" "$M" 2>&1) ||
         return 1
     while read -r dev mp rest; do [ "$mp" = "$M" ] && DEV=$dev; done < /proc/mounts
     read -r MARKER < "$M/rig-marker" 2> /dev/null
@@ -144,30 +150,114 @@ check_plain() {
     [ "$4" = rw ] && check_writable "$1" "$3" "$1" "$3"
 }
 
+# check_mounted_migrate SN IP PATH TO_SN TO_IP TO_PATH AFTER_DIR: (h) a planned move of data a
+# client has mounted.  The client mounts SN:PATH (NFSv$RIG_MIGRATE_VERS, 4.0 unless the host
+# says otherwise), opens a file and makes a directory in it its cwd; then every SN switches to
+# the exports `hanfs migrate` renders (AFTER_DIR/<sn>.exports: refer= on SN, rw on TO_SN).  The
+# next call on the mount gets NFS4ERR_MOVED, and the client fetches fs_locations and moves its
+# mount to TO_SN with the same file handles.  kernel nfsd's handles name the export root by fsid
+# alone (the same on both SNs) but every other object by inode number and generation, which
+# differ on TO_SN's copy: what is reached by a new lookup from the root moves, what the client
+# already holds goes stale.  What must hold (README "Planned moves of data a client has mounted"):
+#   new files land on TO_SN and a new lookup reads TO_SN's data; the held-open file and the cwd
+#   fail with ESTALE (no hang, no wrong data); nothing new lands on SN; no kernel warning.
+check_mounted_migrate() {
+    vers=${RIG_MIGRATE_VERS:-4.0}
+    what="(h) mounted (NFSv$vers), then migrated $1:$3 -> $4:$6"
+    from=/run/sn/$1/root$3 to=/run/sn/$4/root$6
+    # TO_SN's copy as the final sync of `hanfs migrate` leaves it: the same files, other inodes
+    mkdir -p "$from/sub" "$to/sub"
+    echo "$4:$6" > "$to/rig-marker"
+    for d in "$from" "$to"; do
+        cp /share/held "$d/held"
+        echo "in the cwd" > "$d/sub/file"
+    done
+    if ! VERS=$vers nfs_mount "$2:$3"; then fail "$what: mount failed: $out"; return; fi
+    exec 4< "$M/held"
+    cd "$M/sub" || { fail "$what: cd $M/sub"; exec 4<&-; return; }
+    marks=$(dmesg | grep -c .)
+    for f in "$7"/*.exports; do s=${f##*/}; sn_exports "${s%.exports}" "$f"; done
+    sn_reload "$4"; sn_reload "$1"   # rw on the target first, then the referral (as migrate does)
+    echo 3 > /proc/sys/vm/drop_caches
+    # timeout: a hung call is a failure, not a hung rig (soft mounts give up after about 40 s)
+    t0=$(cut -d' ' -f1 /proc/uptime)
+    if out=$(timeout 90 dash -c 'echo "created after the move" > "$1/created"' - "$M" 2>&1) &&
+        got= && read -r got < "$to/created" 2> /dev/null && [ "$got" = "created after the move" ] &&
+        [ ! -e "$from/created" ]; then
+        pass "$what: a file created after the move lands on $4's disk, not on $1's"
+    else
+        fail "$what: a file created after the move: ${out:-not on $4's disk (on $1's: $(ls "$from/created" 2>&1))}"
+    fi
+    got=$(timeout 90 cat "$M/rig-marker" 2>&1)
+    if [ "$got" = "$4:$6" ]; then pass "$what: a new lookup reads $4's copy ('$got')"
+    else fail "$what: a new lookup read '$got', not '$4:$6'"; fi
+    timeout 90 cat <&4 > /run/held.got 2> /run/held.err
+    got=$(head -c 200 /run/held.err)
+    case $got in
+        *"Stale file handle"*) pass "$what: the held-open file fails with ESTALE, as documented" ;;
+        *) if cmp -s /run/held.got /share/held; then
+               fail "$what: the held-open file still reads, byte for byte: the documented ESTALE is wrong"
+           else fail "$what: the held-open file: '$got', $(wc -c < /run/held.got) bytes read (documented: ESTALE)"; fi ;;
+    esac
+    got=$(timeout 90 cat file 2>&1)
+    case $got in
+        *"Stale file handle"*) pass "$what: the cwd fails with ESTALE, as documented" ;;
+        *) fail "$what: the cwd: '$got' (documented: ESTALE)" ;;
+    esac
+    cd /; exec 4<&-
+    t1=$(cut -d' ' -f1 /proc/uptime)
+    rig_log "after the move: $(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", b - a }') s for the four calls"
+    H_MARKS=$marks H_WHAT=$what   # the kernel check waits for scenario_end: the warnings come late
+}
+
 # check_fsloc EXPECT.json: (b) GETATTR(fs_locations) and (c) mountd's parse, see fsloc.py
 check_fsloc() { python3 -S -B /rig/fsloc.py --check "$1" || RIG_RC=1; }
 
 scenario_end() {
     umount -l $(while read -r dev mp rest; do case $mp in /mnt/rig/*) echo "$mp" ;; esac; done < /proc/mounts) 2> /dev/null
+    if [ -n "${H_MARKS:-}" ]; then  # (h): nothing in the kernel log since the move, unmount included
+        sleep 1
+        warn=$(dmesg | tail -n +$((H_MARKS + 1)) | grep -E 'WARNING|BUG|Oops|refcount_t|use-after-free|general protection' | head -3)
+        if [ -z "$warn" ]; then pass "$H_WHAT: no kernel warning, also after unmounting"
+        else fail "$H_WHAT: kernel: $warn"; fi
+        H_MARKS=
+    fi
     rig_log "scenario $SCEN done"
 }
 
 # --- nfs3-failover: the kernel NFSv3 client against hanfs' embedded server (crates/nfs3) ------
 # Two copies of one tree (cp -a: other inode numbers), served one after the other on the same
-# address, as when a node's SN dies and its backup takes the address over. The client holds an
-# open file and a cwd in the mount across the switch; both must keep working, which they do only
-# if both servers hand out the same file handles. Control: a server whose handles differ (another
-# export name, so another handle generation) must make the same open file stale.
+# address by `hanfs agent` (nfs3 =), as when a node's SN dies and its backup takes the address
+# over. The client holds an open file and a cwd in the mount across the switch; both must keep
+# working, which they do only if both servers hand out the same file handles. Control: a server
+# whose handles differ (the same bytes at other paths: hanfs' handles are hashes of the path)
+# must make the same open file stale, as kernel nfsd on another SN would.
 NFS3_PORT=2050
-nfs3_start() {  # DIR EXPORT
-    : > /run/v3/port
-    LD_LIBRARY_PATH=/share/nfs3/lib /share/nfs3/nfs3_serve "$1" 127.0.0.1:$NFS3_PORT --export="$2" \
-        > /run/v3/port 2>> /run/v3/server.log &
-    NFS3_PID=$! i=0 p=
-    while [ -z "$p" ] && [ $i -lt 100 ]; do read -r p < /run/v3/port; [ -n "$p" ] || sleep 0.1; i=$((i + 1)); done
-    [ -n "$p" ]
+# NAME: an agent serving /run/v3/NAME over NFSv3, its state in /run/v3/NAME.state.  Every agent's
+# root is /run/v3/srv (NAME bind-mounted there), as every SN's is /install: the export name, and
+# so the handle generation, is the root's path.
+nfs3_start() {
+    s=/run/v3/$1.state
+    mkdir -p "$s" /run/v3/srv
+    mount --bind "/run/v3/$1" /run/v3/srv || return 1
+    printf '%s\n' 'listen = "127.0.0.1:7468"' 'plaintext_loopback = true' 'root = "/run/v3/srv"' \
+        "state_dir = \"$s\"" 'dialect = "linux"' "exports_file = \"$s/hanfs.exports\"" 'reload = ["true"]' \
+        "nfs3 = \"127.0.0.1:$NFS3_PORT\"" > "$s/agent.toml"
+    LD_LIBRARY_PATH=/share/hanfs/lib /share/hanfs/hanfs agent --config "$s/agent.toml" \
+        < /dev/null > /dev/null 2>> /run/v3/server.log &
+    NFS3_PID=$! i=0
+    # up when /proc/net/tcp lists 127.0.0.1:2050 (0100007F:0802) in state LISTEN (0A)
+    want=$(printf '0100007F:%04X' $NFS3_PORT)
+    while [ $i -lt 300 ]; do
+        while read -r sl local remote st rest; do
+            [ "$local" = "$want" ] && [ "$st" = 0A ] && return 0
+        done < /proc/net/tcp
+        kill -0 "$NFS3_PID" 2> /dev/null || return 1
+        sleep 0.1; i=$((i + 1))
+    done
+    return 1
 }
-nfs3_stop() { kill "$NFS3_PID" 2> /dev/null; wait "$NFS3_PID" 2> /dev/null; }
+nfs3_stop() { kill "$NFS3_PID" 2> /dev/null; wait "$NFS3_PID" 2> /dev/null; umount /run/v3/srv; }
 
 nfs3_failover() {
     SCEN=nfs3-failover d=/run/v3 m=/mnt/rig/nfs3
@@ -178,10 +268,11 @@ nfs3_failover() {
     ln -s ../hello $d/a/sub/link
     touch -h -d "2024-05-01 12:00:00" $d/a/hello $d/a/sub/big $d/a/sub/link $d/a/sub $d/a
     cp -a $d/a $d/b
+    cp -a $d/b $d/c; mv $d/c/sub $d/c/moved   # the control: the same bytes at other paths
     [ "$(stat -c %i $d/a/sub/big)" != "$(stat -c %i $d/b/sub/big)" ] || note "the copies share inode numbers"
-    if ! nfs3_start $d/a /; then fail "(f) server A did not start: $(tail -3 $d/server.log)"; return; fi
+    if ! nfs3_start a; then fail "(f) server A did not start: $(tail -3 $d/server.log)"; return; fi
     opts="vers=3,proto=tcp,port=$NFS3_PORT,mountport=$NFS3_PORT,mountproto=tcp,mountvers=3,nolock,noacl"
-    if ! out=$(mount -t nfs -o "$opts,soft,timeo=30,retrans=2,addr=127.0.0.1" 127.0.0.1:/ $m 2>&1); then
+    if ! out=$(mount -t nfs -o "$opts,soft,timeo=30,retrans=2,addr=127.0.0.1" 127.0.0.1:/run/v3/srv $m 2>&1); then
         fail "(f) NFSv3 mount of server A: $out"; nfs3_stop; return
     fi
     l=; read -r l < $m/hello
@@ -190,7 +281,7 @@ nfs3_failover() {
     exec 3< $m/sub/big
     cd $m/sub
     nfs3_stop
-    if ! nfs3_start $d/b /; then fail "(f) server B did not start: $(tail -3 $d/server.log)"; cd /; return; fi
+    if ! nfs3_start b; then fail "(f) server B did not start: $(tail -3 $d/server.log)"; cd /; return; fi
     echo 3 > /proc/sys/vm/drop_caches
     if cat <&3 > $d/got 2> $d/err && cmp -s $d/got $d/b/sub/big; then
         pass "(f) a file opened on server A reads on from server B (another copy, other inodes)"
@@ -202,9 +293,9 @@ nfs3_failover() {
     exec 3< $m/sub/big
     cd /
     nfs3_stop
-    if ! nfs3_start $d/b /other; then fail "(f) server C did not start"; exec 3<&-; return; fi
+    if ! nfs3_start c; then fail "(f) server C did not start"; exec 3<&-; return; fi
     echo 3 > /proc/sys/vm/drop_caches
-    if cat <&3 > $d/got 2> /dev/null && cmp -s $d/got $d/b/sub/big; then
+    if cat <&3 > $d/got 2> /dev/null && cmp -s $d/got $d/c/moved/big; then
         fail "(f) control: a server with other handles still served the open file (the check proves nothing)"
     else pass "(f) control: with other handles the open file goes stale, as with kernel nfsd on another SN"; fi
     exec 3<&-
@@ -228,7 +319,8 @@ rig_main() {
             . "$s"
         fi
     done
-    if [ -x /share/nfs3/nfs3_serve ]; then nfs3_failover; fi
+    check_owners
+    if [ -x /share/hanfs/hanfs ]; then nfs3_failover; fi
     if [ "${RIG_DEBUG:-0}" = 1 ] || [ $RIG_RC != 0 ]; then
         for f in /run/sn/*/*.log; do [ -s "$f" ] && sed "s|^|  $f: |" "$f" | tail -15; done
         dmesg | grep -iE 'nfs|rpc|grace' | tail -15 | sed 's/^/  dmesg: /'

@@ -1,5 +1,5 @@
-# Runs as "ip netns exec SN sh sn-init.sh DIR IP": inside SN's network namespace, in a
-# mount namespace of its own (ip netns exec makes one).  Gives the SN its own /install,
+# Runs as "ip netns exec SN unshare -u sh sn-init.sh DIR IP SN": inside SN's network namespace,
+# in a mount namespace (ip netns exec makes one) and a UTS namespace of its own, named SN.  Gives the SN its own /install,
 # /nodedata, ... ("tops"), exports and NFS state, then starts nfsdcld, rpc.mountd and the
 # kernel nfsd, and stays alive as the process whose namespaces `sn SN cmd` enters.
 #
@@ -8,6 +8,8 @@
 # one bind gives every SN its own exports and NFS state.  The tops cannot be symlinks: nfsd
 # exports real directories, and a client walking the pseudo-root must meet directories.
 d=$1 ip=$2
+# before rpc.nfsd: nfsd copies the host name into its NFSv4.1 server owner when it starts
+hostname "$3"
 ip -batch - <<EOT
 link set lo up
 addr add $ip/24 dev eth0
