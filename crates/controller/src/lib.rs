@@ -66,6 +66,11 @@ pub struct ReplicaReport {
     /// Files sent (as delta or whole); files the agent resumed from its spool.
     pub files_sent: u64,
     pub resumed: u32,
+    /// The agent's rescan at `Open` found the replica changed behind its back (the digest it had
+    /// recorded, in `drifted_from`), and this run brought it back to the source (`matches`).
+    pub repaired: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drifted_from: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
@@ -279,6 +284,8 @@ impl Controller {
                         bytes_sent: 0,
                         files_sent: 0,
                         resumed: 0,
+                        repaired: false,
+                        drifted_from: None,
                         error: Some(reason.clone()),
                     }));
                 }

@@ -87,6 +87,15 @@ fn print_report(g: &Global, what: &str, r: &SyncReport, statelite: &[StateliteRe
                 x.error.as_deref().map(|e| format!("  ({e})")).unwrap_or_default()
             );
         }
+        for x in r.replicas.iter().filter(|x| x.drifted_from.is_some()) {
+            println!(
+                "{:<10} {:<24} drift found (the replica had changed since digest {}): {}",
+                x.sn,
+                x.image,
+                x.drifted_from.as_deref().map(|d| d.get(..16).unwrap_or(d)).unwrap_or(""),
+                if x.repaired { "repaired" } else { "NOT repaired" }
+            );
+        }
         for e in &r.exports {
             println!("{:<10} exports written, reload {}", e.sn, if e.reloaded { "ok" } else { "FAILED" });
         }
