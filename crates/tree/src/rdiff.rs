@@ -363,3 +363,87 @@ impl delta::Sink for FileSink {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn noise(seed: u64, n: usize) -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    #[test]
+    fn pieces_give_the_whole_file_signature_and_a_delta_that_patches() {
+        let t = tempfile::tempdir().unwrap();
+        let old = noise(1, 3 << 20);
+        let mut new = old.clone();
+        for k in 0..30usize {
+            let at = k * 97_001 % (new.len() - 100);
+            new[at..at + 40].copy_from_slice(&noise(k as u64 + 9, 40));
+            if k % 4 == 0 {
+                new.splice(at..at, noise(k as u64, 123));
+            }
+        }
+        std::fs::write(t.path().join("old"), &old).unwrap();
+        std::fs::write(t.path().join("new"), &new).unwrap();
+        let (sig, h) = signature_of(&mut File::open(t.path().join("old")).unwrap(), Path::new("old"), None).unwrap();
+        // The one-shot signature of the whole file is rdiff's byte for byte (tests/rdiff_files.rs).
+        assert_eq!(sig, delta::signature(&old, None).unwrap());
+        assert_eq!(h, *blake3::hash(&old).as_bytes());
+        let s = delta::Signature::parse(&sig).unwrap();
+        let mut whole = Vec::new();
+        delta::diff(&s, &new, &mut whole).unwrap();
+        // Small pieces: many boundaries, blocks straddling them.
+        for piece in [64 << 10, 1 << 20, PIECE_LEN] {
+            let mut d = Vec::new();
+            let h =
+                delta_of(&s, &mut File::open(t.path().join("new")).unwrap(), Path::new("new"), piece, &mut d).unwrap();
+            assert_eq!(h, *blake3::hash(&new).as_bytes());
+            let mut out = Vec::new();
+            delta::patch(&old, &d[..], &mut out, 1 << 30).unwrap();
+            assert!(out == new, "piece {piece}");
+            assert!(d.len() as f64 <= whole.len() as f64 * 1.05, "piece {piece}: {} vs {}", d.len(), whole.len());
+        }
+    }
+
+    #[test]
+    fn a_file_truncated_while_it_is_read_is_an_error_not_a_fault() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("f");
+        std::fs::write(&p, noise(3, 4 << 20)).unwrap();
+        let mut f = File::open(&p).unwrap();
+        let mut first = true;
+        let e = read_pieces(&mut f, &p, 1 << 20, |_| {
+            if first {
+                // Someone else truncates and rewrites the file under the reader.
+                std::fs::write(&p, b"short").unwrap();
+                first = false;
+            }
+            Ok(())
+        })
+        .unwrap_err();
+        assert!(matches!(e, Error::Changed(_)), "{e}");
+        // And a rewrite of the same size (ctime moves) is caught too.
+        std::fs::write(&p, noise(3, 2 << 20)).unwrap();
+        let mut f = File::open(&p).unwrap();
+        let mut first = true;
+        let e = read_pieces(&mut f, &p, 1 << 20, |_| {
+            if first {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                std::fs::write(&p, noise(4, 2 << 20)).unwrap();
+                first = false;
+            }
+            Ok(())
+        })
+        .unwrap_err();
+        assert!(matches!(e, Error::Changed(_)), "{e}");
+    }
+}

@@ -174,8 +174,10 @@ impl SigStore {
             .collect::<Result<Vec<_>>>()?
             .into_iter()
             .sum();
-        let d = File::open(&self.dir).map_err(|e| io_err(&self.dir, e))?;
-        rustix::fs::syncfs(&d).map_err(|e| io_err(&self.dir, e.into()))?;
+        if made > 0 {
+            let d = File::open(&self.dir).map_err(|e| io_err(&self.dir, e))?;
+            rustix::fs::syncfs(&d).map_err(|e| io_err(&self.dir, e.into()))?;
+        }
         Ok(made)
     }
 
