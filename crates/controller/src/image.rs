@@ -44,6 +44,9 @@ pub struct PayloadFile {
     pub encoding: proto::Encoding,
     /// One zstd frame of the content or delta.
     pub zstd: bool,
+    /// Set when `path` is the source file itself: the BLAKE3 its bytes must have as they are sent
+    /// (someone may rewrite it meanwhile; a changed file is never sent as if it were the scanned one).
+    pub verify: Option<[u8; 32]>,
 }
 
 impl PayloadFile {
@@ -271,24 +274,74 @@ impl Pack {
     }
 }
 
+/// A reader that hashes what passes through it.
+struct Hashing<R> {
+    r: R,
+    h: blake3::Hasher,
+    n: u64,
+}
+
+impl<R: std::io::Read> std::io::Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let k = self.r.read(buf)?;
+        self.h.update(&buf[..k]);
+        self.n += k as u64;
+        Ok(k)
+    }
+}
+
+/// Fails unless what was read of `src` is the version the plan names (`want`: size and BLAKE3).
+fn check_read(src: &Path, h: &Hashing<impl std::io::Read>, want: (u64, [u8; 32])) -> Result<()> {
+    if h.n != want.0 || *h.h.finalize().as_bytes() != want.1 {
+        anyhow::bail!(tree::Error::Changed(format!(
+            "{} ({} bytes read, {} scanned; its content is no longer the one scanned)",
+            src.display(),
+            h.n,
+            want.0
+        )));
+    }
+    Ok(())
+}
+
 /// Appends `src` (`len` bytes) zstd-compressed when that saves at least 10%, else as it is when
-/// `keep_raw`; None when neither was written.
-fn pack_file(pack: &Pack, src: &Path, len: u64, keep_raw: bool) -> Result<Option<(PathBuf, u64, u64, bool)>> {
+/// `keep_raw`; None when neither was written. With `want` (size, BLAKE3) the bytes read must be
+/// that version of the file, else the append is taken back and the error says the file changed.
+fn pack_file(
+    pack: &Pack,
+    src: &Path,
+    len: u64,
+    keep_raw: bool,
+    want: Option<(u64, [u8; 32])>,
+) -> Result<Option<(PathBuf, u64, u64, bool)>> {
     use std::io::Write;
     let level = zstd_level();
+    let open = || -> Result<Hashing<std::io::BufReader<std::fs::File>>> {
+        let f = std::fs::File::open(src).with_context(|| format!("{}", src.display()))?;
+        Ok(Hashing { r: std::io::BufReader::new(f), h: blake3::Hasher::new(), n: 0 })
+    };
     if level != 0 && len >= MIN_COMPRESS {
+        let mut changed = None;
         let z = pack.append(|f, off| {
-            let input = std::fs::File::open(src).with_context(|| format!("{}", src.display()))?;
+            let mut input = open()?;
             let mut w = std::io::BufWriter::new(&mut *f);
-            zstd::stream::copy_encode(std::io::BufReader::new(input), &mut w, level)
+            zstd::stream::copy_encode(&mut input, &mut w, level)
                 .with_context(|| format!("compressing {}", src.display()))?;
             w.flush()?;
             drop(w);
+            if let Some(want) = want {
+                if let Err(e) = check_read(src, &input, want) {
+                    changed = Some(e);
+                    return Ok(false);
+                }
+            }
             use std::io::Seek;
             let zl = f.stream_position()? - off;
             // Kept only when it saves at least 10%; else the pack takes the bytes back.
             Ok(zl * 10 <= len * 9)
         })?;
+        if let Some(e) = changed {
+            return Err(e);
+        }
         if let Some((p, off, zl)) = z {
             return Ok(Some((p, off, zl, true)));
         }
@@ -296,11 +349,21 @@ fn pack_file(pack: &Pack, src: &Path, len: u64, keep_raw: bool) -> Result<Option
     if !keep_raw {
         return Ok(None);
     }
+    let mut changed = None;
     let raw = pack.append(|f, _| {
-        let mut input = std::fs::File::open(src).with_context(|| format!("{}", src.display()))?;
+        let mut input = open()?;
         std::io::copy(&mut input, f)?;
+        if let Some(want) = want {
+            if let Err(e) = check_read(src, &input, want) {
+                changed = Some(e);
+                return Ok(false);
+            }
+        }
         Ok(true)
     })?;
+    if let Some(e) = changed {
+        return Err(e);
+    }
     Ok(raw.map(|(p, o, l)| (p, o, l, false)))
 }
 
@@ -311,11 +374,18 @@ pub fn payload_file(sigs: &SigStore, source: &Path, c: &tree::Content, pack: &Pa
     let level = zstd_level();
     let p = match sigs.payload(source, c)? {
         None => return Ok(None),
-        Some(Payload::Literal(path)) => match pack_file(pack, &path, c.size, false)? {
+        Some(Payload::Literal(path)) => match pack_file(pack, &path, c.size, false, Some((c.size, c.hash)))? {
             Some((p, offset, len, zstd)) => {
-                PayloadFile { path: p, offset, len, encoding: proto::Encoding::Literal, zstd }
+                PayloadFile { path: p, offset, len, encoding: proto::Encoding::Literal, zstd, verify: None }
             }
-            None => PayloadFile { path, offset: 0, len: c.size, encoding: proto::Encoding::Literal, zstd: false },
+            None => PayloadFile {
+                path,
+                offset: 0,
+                len: c.size,
+                encoding: proto::Encoding::Literal,
+                zstd: false,
+                verify: Some(c.hash),
+            },
         },
         Some(Payload::Delta(d)) => {
             let z = if level != 0 && d.len() as u64 >= MIN_COMPRESS {
@@ -333,14 +403,14 @@ pub fn payload_file(sigs: &SigStore, source: &Path, c: &tree::Content, pack: &Pa
                     Ok(true)
                 })?
                 .ok_or_else(|| anyhow::anyhow!("pack refused a delta"))?;
-            PayloadFile { path: p, offset, len, encoding: proto::Encoding::Delta, zstd }
+            PayloadFile { path: p, offset, len, encoding: proto::Encoding::Delta, zstd, verify: None }
         }
         Some(Payload::DeltaFile(spilled)) => {
             let len = std::fs::metadata(&spilled).with_context(|| format!("{}", spilled.display()))?.len();
-            let r = pack_file(pack, &spilled, len, true);
+            let r = pack_file(pack, &spilled, len, true, None);
             let _ = std::fs::remove_file(&spilled);
             let (p, offset, len, zstd) = r?.ok_or_else(|| anyhow::anyhow!("pack refused a delta"))?;
-            PayloadFile { path: p, offset, len, encoding: proto::Encoding::Delta, zstd }
+            PayloadFile { path: p, offset, len, encoding: proto::Encoding::Delta, zstd, verify: None }
         }
     };
     Ok(Some(p))
@@ -371,7 +441,7 @@ impl Prepared {
     /// this one (it only reads the source); signatures are keyed by content, so this is safe even
     /// if no replica ends up at the new generation (the next deltas then fall back to whole files).
     pub fn sign(&self) -> Result<()> {
-        crate::sign::sign_new(&self.state_dir.join("sigs"), &self.source, &self.manifest)?;
+        self.sigs.sign_new(&self.source, &self.manifest)?;
         Ok(())
     }
 
@@ -384,7 +454,8 @@ impl Prepared {
         let b = postcard::to_stdvec(&last)?;
         let p = self.state_dir.join("last");
         tree::fsops::write_atomic(&p, &b).with_context(|| format!("writing {}", p.display()))?;
-        crate::sign::prune(&self.state_dir.join("sigs"), &self.manifest);
+        // After the run, so SNs still behind could use the old signatures during it.
+        self.sigs.prune_except(&self.manifest, 64);
         Ok(())
     }
 }

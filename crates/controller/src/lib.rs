@@ -13,7 +13,6 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 mod image;
-mod sign;
 mod sn;
 pub mod statelite;
 
@@ -32,9 +31,9 @@ use transport::Conn;
 pub struct Timeouts {
     /// One frame read or write.
     pub frame: Duration,
-    /// An agent's commit (stage fsync + renames) of one image.
+    /// An agent's commit (stage fsync + renames) of one image; within `sn`.
     pub commit: Duration,
-    /// Everything one SN does in one run.
+    /// Everything one SN does in one run, commits included (`cluster.sn_timeout_secs`).
     pub sn: Duration,
 }
 
@@ -43,7 +42,7 @@ impl Default for Timeouts {
         Timeouts {
             frame: Duration::from_secs(60),
             commit: Duration::from_secs(1800),
-            sn: Duration::from_secs(4 * 3600),
+            sn: Duration::from_secs(model::cluster::DEFAULT_SN_TIMEOUT_SECS),
         }
     }
 }
@@ -67,6 +66,11 @@ pub struct ReplicaReport {
     /// Files sent (as delta or whole); files the agent resumed from its spool.
     pub files_sent: u64,
     pub resumed: u32,
+    /// The agent's rescan at `Open` found the replica changed behind its back (the digest it had
+    /// recorded, in `drifted_from`), and this run brought it back to the source (`matches`).
+    pub repaired: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drifted_from: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
@@ -154,6 +158,29 @@ pub(crate) fn flock(dir: &std::path::Path, name: &str, wait: bool) -> Result<Opt
     Ok(Some(f))
 }
 
+/// Whether a source file changed while it was read (the scan or a payload saw two versions).
+pub fn source_changed(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| matches!(c.downcast_ref::<tree::Error>(), Some(tree::Error::Changed(_))))
+}
+
+/// Attempts at reading an image whose files change under the scan before that image fails.
+const PREPARE_ATTEMPTS: u32 = 3;
+
+/// [`prepare`], again when a source file changed while it was read (a writer was mid-rewrite).
+fn prepare_retrying(cluster: &Cluster, image: &model::Image) -> Result<Prepared> {
+    let mut attempt = 1;
+    loop {
+        match prepare(cluster, image) {
+            Err(e) if attempt < PREPARE_ATTEMPTS && source_changed(&e) => {
+                tracing::info!("image {}: {e:#}; reading it again", image.name);
+                std::thread::sleep(Duration::from_millis(200 * u64::from(attempt)));
+                attempt += 1;
+            }
+            r => return r,
+        }
+    }
+}
+
 /// Renders the exports of every SN of `cluster`, in its dialect (Linux file, AIX managed block).
 pub fn render_exports(cluster: &Cluster) -> Result<Vec<(String, String)>> {
     cluster
@@ -183,7 +210,8 @@ impl Controller {
                 None
             }
         };
-        Ok(Controller { cluster: Arc::new(cluster), tls, timeouts: Timeouts::default(), progress: false })
+        let timeouts = Timeouts { sn: Duration::from_secs(cluster.sn_timeout_secs), ..Timeouts::default() };
+        Ok(Controller { cluster: Arc::new(cluster), tls, timeouts, progress: false })
     }
 
     /// Dials an SN's agent and does the handshake: protocol version, and with TLS the agent's
@@ -234,10 +262,35 @@ impl Controller {
         let cluster = self.cluster.clone();
         let imgs = images.to_vec();
         let t = std::time::Instant::now();
-        let prepared: Vec<Arc<Prepared>> = tokio::task::spawn_blocking(move || {
-            imgs.iter().map(|i| prepare(&cluster, i).map(Arc::new)).collect::<Result<Vec<_>>>()
+        // An image whose source cannot be read as one consistent version fails on its own.
+        let outcomes: Vec<(model::Image, Result<Prepared>)> = tokio::task::spawn_blocking(move || {
+            imgs.iter().map(|i| (i.clone(), prepare_retrying(&cluster, i))).collect::<Vec<_>>()
         })
-        .await??;
+        .await?;
+        let mut prepared: Vec<Arc<Prepared>> = Vec::new();
+        let mut unprepared: Vec<ReplicaReport> = Vec::new();
+        for (image, r) in outcomes {
+            match r {
+                Ok(p) => prepared.push(Arc::new(p)),
+                Err(e) => {
+                    let reason = format!("image {} not synced: {e:#}", image.name);
+                    tracing::warn!("{reason}");
+                    unprepared.extend(image.sns.iter().map(|sn| ReplicaReport {
+                        sn: sn.clone(),
+                        image: image.name.clone(),
+                        generation: 0,
+                        digest: String::new(),
+                        matches: false,
+                        bytes_sent: 0,
+                        files_sent: 0,
+                        resumed: 0,
+                        repaired: false,
+                        drifted_from: None,
+                        error: Some(reason.clone()),
+                    }));
+                }
+            }
+        }
         tracing::info!("scanned and planned {} images in {:.2?}", prepared.len(), t.elapsed());
         let rendered = self.render_exports()?;
         let mp = if self.progress { Some(indicatif::MultiProgress::new()) } else { None };
@@ -286,6 +339,7 @@ impl Controller {
             report.replicas.extend(o.replicas);
             report.exports.extend(o.exports);
         }
+        report.replicas.extend(unprepared);
         if report.replicas.iter().any(|r| !r.matches) {
             report.ok = false;
         }

@@ -42,6 +42,8 @@ fn row(sn: &str, p: &Prepared) -> ReplicaReport {
         bytes_sent: 0,
         files_sent: 0,
         resumed: 0,
+        repaired: false,
+        drifted_from: None,
         error: None,
     }
 }
@@ -128,10 +130,12 @@ async fn run_sn(
     Ok(())
 }
 
-async fn open(c: &mut Conn, image: &model::Image) -> Result<ImageState> {
+/// Opens the image's replica: where it stands now (the agent rescans it) and, when it had
+/// drifted from what the agent recorded, the recorded digest.
+async fn open(c: &mut Conn, image: &model::Image) -> Result<(ImageState, Option<String>)> {
     c.request(&ToAgent::Open { image: image.name.clone(), path: image.path.as_str().to_string() }).await?;
     match c.recv::<FromAgent>().await? {
-        FromAgent::Opened { state, .. } => Ok(state),
+        FromAgent::Opened { state, drifted } => Ok((state, drifted)),
         FromAgent::Error { reason } => bail!("{reason}"),
         other => bail!("unexpected reply to Open: {other:?}"),
     }
@@ -162,7 +166,30 @@ async fn sync_image(
     row: &mut ReplicaReport,
     bar: Option<&ProgressBar>,
 ) -> Result<()> {
-    let state = open(c, &p.image).await?;
+    let (state, drifted) = open(c, &p.image).await?;
+    if let Some(was) = &drifted {
+        tracing::warn!(
+            "{}: image {} changed on the SN behind hanfs' back (recorded {was}, now {}): repairing",
+            row.sn,
+            p.image.name,
+            state.digest
+        );
+    }
+    row.drifted_from = drifted;
+    let r = sync_image_from(ctl, c, p, row, bar, state).await;
+    // Repaired: drift was found, and the replica now has the source's digest, computed now.
+    row.repaired = row.drifted_from.is_some() && row.matches;
+    r
+}
+
+async fn sync_image_from(
+    ctl: &Controller,
+    c: &mut Conn,
+    p: &Prepared,
+    row: &mut ReplicaReport,
+    bar: Option<&ProgressBar>,
+    state: ImageState,
+) -> Result<()> {
     if state.digest == p.digest {
         row.generation = state.generation;
         row.digest = state.digest;
@@ -247,10 +274,22 @@ async fn send_blob(c: &mut Conn, index: u32, p: &PayloadFile, _bar: Option<&Prog
     }
     let mut left = p.len;
     let mut buf = vec![0u8; CHUNK.min(p.len as usize)];
+    let mut h = blake3::Hasher::new();
     while left > 0 {
         let n = left.min(CHUNK as u64) as usize;
         blocking(|| f.read_exact(&mut buf[..n]))
             .with_context(|| format!("{}: changed while syncing (rerun sync)", p.path.display()))?;
+        if let Some(want) = &p.verify {
+            h.update(&buf[..n]);
+            // The last chunk is held back until the whole file is known to be the scanned version,
+            // so the agent never gets all of a changed file (it also checks BLAKE3 before commit).
+            if left == n as u64 && h.finalize().as_bytes() != want {
+                bail!(tree::Error::Changed(format!(
+                    "{} (its content is no longer the one scanned; the session is dropped mid-file)",
+                    p.path.display()
+                )));
+            }
+        }
         c.send_chunk(&buf[..n]).await?;
         left -= n as u64;
     }
@@ -273,9 +312,12 @@ pub async fn verify_sn(ctl: &Controller, sn: ServiceNode, images: Vec<(model::Im
                 bytes_sent: 0,
                 files_sent: 0,
                 resumed: 0,
+                repaired: false,
+                drifted_from: None,
                 error: None,
             };
-            open(&mut c, img).await?;
+            let (_, drifted) = open(&mut c, img).await?;
+            row.drifted_from = drifted;
             c.request(&ToAgent::Verify).await?;
             match c.recv_within::<FromAgent>(ctl.timeouts.commit).await? {
                 FromAgent::Verified { recorded, actual } => {

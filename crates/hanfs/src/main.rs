@@ -11,6 +11,15 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
+    if !matches!(cli.command, cli::Command::Agent(_) | cli::Command::Daemon(_)) {
+        // A command whose reader went away (`hanfs exports | head`) ends quietly with status 0
+        // (contract) instead of panicking in println!. Sockets never raise SIGPIPE (std sends with
+        // MSG_NOSIGNAL); the long-running agent and daemon keep ignoring it.
+        // SAFETY: installing a handler that only calls async-signal-safe functions (poll, _exit).
+        unsafe {
+            libc::signal(libc::SIGPIPE, on_sigpipe as extern "C" fn(libc::c_int) as libc::sighandler_t);
+        }
+    }
     init_logging(cli.global.verbose, cli.global.quiet);
     match cmd::run(cli) {
         Ok(code) => code.into(),
@@ -19,6 +28,18 @@ fn main() -> ExitCode {
             // The chain gives the admin the file, line and field when the error came from config.
             eprintln!("hanfs: {e:#}");
             code.into()
+        }
+    }
+}
+
+/// SIGPIPE: when it is standard output whose reader is gone, end now with status 0; any other
+/// pipe gets its EPIPE error as usual.
+extern "C" fn on_sigpipe(_: libc::c_int) {
+    let mut p = libc::pollfd { fd: 1, events: 0, revents: 0 };
+    // SAFETY: poll and _exit are async-signal-safe; `p` is a valid pollfd.
+    unsafe {
+        if libc::poll(&mut p, 1, 0) == 1 && p.revents & libc::POLLERR != 0 {
+            libc::_exit(0);
         }
     }
 }

@@ -61,6 +61,39 @@ fn import_writes_the_expected_config_and_reports() {
 }
 
 #[test]
+fn xcat_names_that_are_not_safe_path_components_are_not_imported() {
+    // An osimage name becomes a directory in hanfs' state dir: `../../victim` must never get there.
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("tab");
+    copy_fixture(&d);
+    let mut li = std::fs::read_to_string(d.join("linuximage.csv")).unwrap();
+    li += "\"../../victim\",,,,,,,,,,\"/install/netboot/victim/x86_64/compute\",,,,,,,,,,,,,\n";
+    li += "\"-rf\",,,,,,,,,,\"/install/netboot/dash/x86_64/compute\",,,,,,,,,,,,,\n";
+    std::fs::write(d.join("linuximage.csv"), li).unwrap();
+    let mut os = std::fs::read_to_string(d.join("osimage.csv")).unwrap();
+    for n in ["../../victim", "-rf"] {
+        os += &format!("\"{n}\",,\"compute\",\"linux\",,\"netboot\",,,,,,\"Linux\",\"rhels8.6\",\"x86_64\",,,,,,,,,\n");
+    }
+    std::fs::write(d.join("osimage.csv"), os).unwrap();
+    let out = tmp.path().join("hanfs.toml");
+    hanfs()
+        .args(["xcat", "import", "--tabdump"])
+        .arg(&d)
+        .arg("-o")
+        .arg(&out)
+        .assert()
+        .success()
+        .stderr(
+            predicate::str::contains("linuximage ../../victim (")
+                .and(predicate::str::contains("image name: `../../victim` contains `/`")),
+        )
+        .stderr(predicate::str::contains("image name: `-rf` starts with `-`"));
+    let got = std::fs::read_to_string(&out).unwrap();
+    assert!(!got.contains("victim") && !got.contains("\"-rf\""), "{got}");
+    model::Cluster::from_toml("hanfs.toml", &got).unwrap();
+}
+
+#[test]
 fn malformed_csv_exits_2_with_file_and_line() {
     let tmp = tempfile::tempdir().unwrap();
     copy_fixture(tmp.path());

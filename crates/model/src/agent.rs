@@ -120,9 +120,9 @@ impl AgentConfig {
                 Err(m) => sink.at(s.span(), format!("statelite_roots[{i}]"), m),
             }
         }
-        if let Some(r) = &root {
+        if let (Some(r), Some(raw_root)) = (&root, &raw.root) {
             if r.is_root() {
-                sink.nowhere("root", "the replica root cannot be `/`");
+                sink.at(raw_root.span(), "root", "the replica root cannot be `/`");
             }
         }
         let reload = raw.reload.unwrap_or_else(|| match dialect {
@@ -132,10 +132,17 @@ impl AgentConfig {
         let tls = raw.tls;
         if let Some(l) = listen {
             if tls.is_none() && !(l.ip().is_loopback() && raw.plaintext_loopback) {
-                sink.nowhere(
-                    "tls",
-                    "a [tls] section is required unless listen is a loopback address and plaintext_loopback = true",
-                );
+                match &raw.listen {
+                    Some(ls) => sink.at(
+                        ls.span(),
+                        "listen",
+                        "a [tls] section is required unless listen is a loopback address and plaintext_loopback = true",
+                    ),
+                    None => sink.nowhere(
+                        "tls",
+                        "a [tls] section is required unless listen is a loopback address and plaintext_loopback = true",
+                    ),
+                }
             }
         }
         sink.finish()?;
@@ -193,5 +200,23 @@ mod tests {
         let e = AgentConfig::from_toml("a.toml", "plaintext_loopback = true\nlisten = \"127.0.0.1:1\"\nroot = \"/\"\n")
             .unwrap_err();
         assert!(e.to_string().contains("cannot be `/`"));
+        assert!(e.to_string().starts_with("a.toml:3:8: root:"), "{e}");
+    }
+
+    #[test]
+    fn oversized_paths_are_refused_with_their_line() {
+        // A 10 MB root (the review's case), a 256-byte component, and the limit itself.
+        let base = "plaintext_loopback = true\nlisten = \"127.0.0.1:1\"\n";
+        let huge = format!("/{}", "r/".repeat(5 << 20));
+        let e = AgentConfig::from_toml("a.toml", &format!("{base}root = \"{huge}\"\n")).unwrap_err().to_string();
+        assert!(e.starts_with("a.toml:3:8: root:") && e.contains("limited to 4095 bytes"), "{}", &e[..200]);
+        assert!(e.len() < 1000, "the message does not echo 10 MB");
+        let e = AgentConfig::from_toml("a.toml", &format!("{base}state_dir = \"/{}\"\n", "s".repeat(256)))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("a.toml:3:13: state_dir:") && e.contains("limited to 255"), "{e}");
+        let ok = format!("/{}", vec!["d".repeat(255); 15].join("/"));
+        assert!(ok.len() < 4096);
+        AgentConfig::from_toml("a.toml", &format!("{base}root = \"{ok}\"\n")).unwrap();
     }
 }

@@ -4,6 +4,7 @@
 
 use crate::addr::{Address, Endpoint};
 use crate::error::{Diagnostics, Sink};
+use crate::name::check_name;
 use crate::path::{AbsPath, RelPath};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -134,6 +135,9 @@ pub struct Cluster {
     pub plaintext_loopback: bool,
     /// Command run by `hanfs failover` to fence a dead SN; `{sn}` and `{address}` are substituted.
     pub fence: Vec<String>,
+    /// Deadline of everything one SN does in one run (connect, transfer, commit, exports): an SN
+    /// that has not finished by then is reported failed and the run ends without it.
+    pub sn_timeout_secs: u64,
     pub sns: Vec<ServiceNode>,
     pub externals: Vec<ExternalServer>,
     pub images: Vec<Image>,
@@ -236,7 +240,11 @@ struct RawCluster {
     plaintext_loopback: bool,
     #[serde(default)]
     fence: Vec<String>,
+    sn_timeout_secs: Option<Spanned<i64>>,
 }
+
+/// Default of `cluster.sn_timeout_secs`: an hour for one SN's whole part of a run.
+pub const DEFAULT_SN_TIMEOUT_SECS: u64 = 3600;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -316,6 +324,14 @@ fn validate(raw: RawFile, sink: &mut Sink<'_>) -> Option<Cluster> {
         Some(b) => BackupPolicy::parse(b.get_ref()).map_err(|m| sink.at(b.span(), "cluster.backups", m)).ok(),
         None => Some(BackupPolicy::Ring),
     };
+    let sn_timeout_secs = match &c.sn_timeout_secs {
+        Some(t) if (1..=7 * 24 * 3600).contains(t.get_ref()) => *t.get_ref() as u64,
+        Some(t) => {
+            sink.at(t.span(), "cluster.sn_timeout_secs", "must be 1 to 604800 seconds (a week)");
+            DEFAULT_SN_TIMEOUT_SECS
+        }
+        None => DEFAULT_SN_TIMEOUT_SECS,
+    };
     let domain = c.domain.as_ref().and_then(|d| {
         let v = d.get_ref();
         if crate::addr::is_hostname(v) {
@@ -330,7 +346,9 @@ fn validate(raw: RawFile, sink: &mut Sink<'_>) -> Option<Cluster> {
     let mut names: BTreeMap<String, std::ops::Range<usize>> = BTreeMap::new();
     let mut claim = |sink: &mut Sink<'_>, n: &S, field: String| {
         let v = n.get_ref();
-        if !crate::addr::is_hostname(v) {
+        if let Err(m) = check_name(v) {
+            sink.at(n.span(), field, m);
+        } else if !crate::addr::is_hostname(v) {
             sink.at(n.span(), field, format!("`{v}` is not a valid name (letters, digits, `-`, `.`)"));
         } else if let Some(prev) = names.get(v) {
             let (line, _) = sink.index.locate(prev.start);
@@ -458,6 +476,7 @@ fn validate(raw: RawFile, sink: &mut Sink<'_>) -> Option<Cluster> {
     for (i, im) in raw.image.iter().enumerate() {
         let f = |k: &str| format!("image[{i}].{k}");
         let name = im.name.get_ref();
+        let name_ok = check_name(name).map_err(|m| sink.at(im.name.span(), f("name"), m)).is_ok();
         if !image_names.insert(name.clone()) {
             sink.at(im.name.span(), f("name"), format!("duplicate image name `{name}`"));
         }
@@ -483,7 +502,7 @@ fn validate(raw: RawFile, sink: &mut Sink<'_>) -> Option<Cluster> {
                 .collect(),
             None => sn_names.clone(),
         };
-        if let Some(path) = path {
+        if let (Some(path), true) = (path, name_ok) {
             images.push(Image { name: name.clone(), path, clients, exclude: im.exclude.clone(), sns: isns });
         }
     }
@@ -491,8 +510,11 @@ fn validate(raw: RawFile, sink: &mut Sink<'_>) -> Option<Cluster> {
     for a in &images {
         for b in &images {
             if a.name != b.name && b.path.as_str().starts_with(&format!("{}/", a.path)) {
-                sink.nowhere(
-                    format!("image `{}`", b.name),
+                let at = raw.image.iter().position(|r| r.name.get_ref() == &b.name);
+                let span = at.map(|i| raw.image[i].path.span()).unwrap_or(0..0);
+                sink.at(
+                    span,
+                    format!("image[{}].path", at.unwrap_or(0)),
                     format!("path `{}` lies inside image `{}` (`{}`)", b.path, a.name, a.path),
                 );
             }
@@ -500,8 +522,13 @@ fn validate(raw: RawFile, sink: &mut Sink<'_>) -> Option<Cluster> {
     }
 
     let mut statelite = Vec::new();
+    let mut statelite_names = BTreeSet::new();
     for (i, st) in raw.statelite.iter().enumerate() {
         let f = |k: &str| format!("statelite[{i}].{k}");
+        let name_ok = check_name(st.name.get_ref()).map_err(|m| sink.at(st.name.span(), f("name"), m)).is_ok();
+        if !statelite_names.insert(st.name.get_ref().clone()) {
+            sink.at(st.name.span(), f("name"), format!("duplicate statelite area `{}`", st.name.get_ref()));
+        }
         let path = abs(sink, &st.path, &f("path"));
         if let Some(p) = &path {
             if p.is_root() {
@@ -509,7 +536,7 @@ fn validate(raw: RawFile, sink: &mut Sink<'_>) -> Option<Cluster> {
             }
         }
         let clients = clients(sink, st.clients.as_ref(), &f("clients"), "*");
-        if let Some(path) = path.filter(|p| !p.is_root()) {
+        if let (Some(path), true) = (path.filter(|p| !p.is_root()), name_ok) {
             statelite.push(Statelite { name: st.name.get_ref().clone(), path, clients });
         }
     }
@@ -518,8 +545,13 @@ fn validate(raw: RawFile, sink: &mut Sink<'_>) -> Option<Cluster> {
     let mut node_names = BTreeSet::new();
     for (i, n) in raw.node.iter().enumerate() {
         let name = n.name.get_ref();
-        if !crate::addr::is_hostname(name) {
+        let mut ok = true;
+        if let Err(m) = check_name(name) {
+            sink.at(n.name.span(), format!("node[{i}].name"), m);
+            ok = false;
+        } else if !crate::addr::is_hostname(name) {
             sink.at(n.name.span(), format!("node[{i}].name"), format!("`{name}` is not a valid node name"));
+            ok = false;
         }
         if !node_names.insert(name.clone()) {
             sink.at(n.name.span(), format!("node[{i}].name"), format!("duplicate node `{name}`"));
@@ -528,7 +560,6 @@ fn validate(raw: RawFile, sink: &mut Sink<'_>) -> Option<Cluster> {
             sink.at(n.sns.span(), format!("node[{i}].sns"), format!("node `{name}` has no service node"));
             continue;
         }
-        let mut ok = true;
         let mut list = Vec::new();
         for (j, s) in n.sns.get_ref().iter().enumerate() {
             if !sn_names.contains(s.get_ref()) {
@@ -559,8 +590,12 @@ fn validate(raw: RawFile, sink: &mut Sink<'_>) -> Option<Cluster> {
     if tls.is_none() {
         let remote: Vec<&str> = sns.iter().filter(|s| !s.agent.is_loopback()).map(|s| s.name.as_str()).collect();
         if !remote.is_empty() {
-            sink.nowhere(
-                "tls",
+            // Pointed at the first remote agent: the line that needs TLS.
+            let first = raw.sn.iter().position(|r| r.name.get_ref() == remote[0]).unwrap_or(0);
+            let span = raw.sn.get(first).map(|r| r.agent.as_ref().unwrap_or(&r.address).span()).unwrap_or(0..0);
+            sink.at(
+                span,
+                format!("sn[{first}].agent"),
                 format!(
                     "a [tls] section is required: agents of {} are not on loopback (make one with `hanfs ca init`)",
                     remote.join(", ")
@@ -582,6 +617,7 @@ fn validate(raw: RawFile, sink: &mut Sink<'_>) -> Option<Cluster> {
         tls,
         plaintext_loopback: c.plaintext_loopback,
         fence: c.fence.clone(),
+        sn_timeout_secs,
         sns,
         externals,
         images,
@@ -826,6 +862,60 @@ served_by = "sn1"
     fn bad_addresses() {
         let text = OK.replace("address = \"127.0.0.2\"", "address = \"10.0.0.256\"");
         assert!(errs(&text)[0].contains("sn[1].address"));
+    }
+
+    #[test]
+    fn names_that_are_not_one_safe_path_component() {
+        // Each kind of name that ends up as a path component, each kind of bad name.
+        let long = "x".repeat(256);
+        let bads = ["..", ".", "../../victim", "a/b", "", "a\\u0000b", "-rf", long.as_str()];
+        let fields = [
+            ("name = \"rh8\"", "image[0].name"),
+            ("name = \"nodedata\"", "statelite[0].name"),
+            ("name = \"cn001\"", "node[0].name"),
+            ("name = \"sn3\"", "sn[2].name"),
+        ];
+        for (orig, field) in fields {
+            let line = OK[..OK.find(orig).unwrap()].matches('\n').count() + 1;
+            for bad in bads {
+                let text = OK.replace(orig, &format!("name = \"{bad}\""));
+                let e = errs(&text);
+                assert!(
+                    e.iter().any(|e| e.starts_with(&format!("c.toml:{line}:")) && e.contains(&format!("{field}: "))),
+                    "{field} = {bad:?}: {e:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn every_error_carries_line_column_and_field() {
+        let nested = format!("{OK}\n[[image]]\nname = \"inner\"\npath = \"netboot/rh8/x86_64/compute/rootimg/sub\"\n");
+        let cases: Vec<(String, &str)> = vec![
+            (nested.clone(), "image[1].path: path `netboot/rh8/x86_64/compute/rootimg/sub` lies inside image `rh8`"),
+            (OK.replace("agent = \"127.0.0.1:7001\"", "agent = \"10.0.0.1:7001\""), "sn[0].agent: a [tls] section"),
+            (OK.replace("plaintext_loopback = true\n", ""), "cluster.plaintext_loopback:"),
+            (
+                "[cluster]\nsource_root = \"/install\"\nplaintext_loopback = true\n".to_string(),
+                "sn: the cluster defines no",
+            ),
+            (
+                OK.replace("sn_timeout", "x").replace("[cluster]\n", "[cluster]\nsn_timeout_secs = 0\n"),
+                "cluster.sn_timeout_secs:",
+            ),
+        ];
+        for (text, want) in cases {
+            let d = Cluster::from_toml("c.toml", &text).unwrap_err();
+            for x in &d.0 {
+                assert!(x.line > 0 && x.column > 0 && !x.field.is_empty(), "{x}");
+            }
+            let e: Vec<String> = d.0.iter().map(|x| x.to_string()).collect();
+            assert!(e.iter().any(|e| e.contains(want)), "{want}: {e:?}");
+        }
+        // The nested image is pointed at its own path line.
+        let d = Cluster::from_toml("c.toml", &nested).unwrap_err();
+        let line = nested[..nested.rfind("path = ").unwrap()].matches('\n').count() + 1;
+        assert_eq!(d.0[0].line, line, "{d}");
     }
 
     #[test]

@@ -92,11 +92,13 @@ impl<'a> Sink<'a> {
         });
     }
 
+    /// A problem of the file as a whole (nothing to point at, e.g. a missing table): located at
+    /// its first line, so every diagnostic still reads `file:line:column: field: message`.
     pub(crate) fn nowhere(&mut self, field: impl Into<String>, message: impl Into<String>) {
         self.out.push(Diagnostic {
             file: self.file.to_string(),
-            line: 0,
-            column: 0,
+            line: 1,
+            column: 1,
             field: field.into(),
             message: message.into(),
         });

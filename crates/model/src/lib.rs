@@ -8,6 +8,7 @@ pub mod addr;
 pub mod agent;
 pub mod cluster;
 pub mod error;
+pub mod name;
 pub mod path;
 
 pub use addr::{Address, Endpoint};
@@ -16,4 +17,5 @@ pub use cluster::{
     BackupPolicy, Cluster, Dialect, ExternalServer, Image, Node, Server, ServiceNode, Statelite, TlsFiles,
 };
 pub use error::{Diagnostic, Diagnostics};
+pub use name::{check_name, Name, MAX_NAME};
 pub use path::{AbsPath, RelPath};

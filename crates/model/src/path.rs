@@ -3,6 +3,9 @@
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
+/// Longest path the kernel opens, its terminating NUL included.
+pub const PATH_MAX: usize = 4096;
+
 /// A relative path with only normal components: no `..`, no `.`, no leading `/`, no empty
 /// components, no NUL. Joined to any root it can never name anything outside that root (symlinks
 /// aside: the file-system layer opens each component without following them).
@@ -15,6 +18,10 @@ impl RelPath {
         if s.is_empty() {
             return Err("the path is empty".into());
         }
+        // The kernel's limits (PATH_MAX with its NUL, NAME_MAX): a longer path can never be opened.
+        if s.len() >= PATH_MAX {
+            return Err(format!("the path is {} bytes long; paths are limited to {} bytes", s.len(), PATH_MAX - 1));
+        }
         if s.starts_with('/') {
             return Err(format!("`{s}` is absolute; give it relative to the root"));
         }
@@ -26,6 +33,13 @@ impl RelPath {
             match c {
                 "" => return Err(format!("`{s}` has an empty component (`//`)")),
                 "." | ".." => return Err(format!("`{s}` has a `{c}` component, which could escape the root")),
+                c if c.len() > crate::name::MAX_NAME => {
+                    return Err(format!(
+                        "a component of the path is {} bytes long; components are limited to {}",
+                        c.len(),
+                        crate::name::MAX_NAME
+                    ))
+                }
                 _ => {}
             }
         }
@@ -67,6 +81,9 @@ pub struct AbsPath(String);
 
 impl AbsPath {
     pub fn parse(s: &str) -> Result<Self, String> {
+        if s.len() >= PATH_MAX {
+            return Err(format!("the path is {} bytes long; paths are limited to {} bytes", s.len(), PATH_MAX - 1));
+        }
         let rest = s.strip_prefix('/').ok_or_else(|| format!("`{s}` is not absolute"))?;
         if rest.trim_end_matches('/').is_empty() {
             return Ok(AbsPath("/".into()));
@@ -125,6 +142,15 @@ mod tests {
         assert!(RelPath::parse("a//b").is_err());
         assert!(RelPath::parse("a/./b").is_err());
         assert!(RelPath::parse("").is_err());
+        // Linux limits: NAME_MAX 255 per component, PATH_MAX 4096 with the NUL.
+        RelPath::parse(&"c".repeat(255)).unwrap();
+        assert!(RelPath::parse(&"c".repeat(256)).unwrap_err().contains("256 bytes"));
+        let deep = vec!["d".repeat(200); 20].join("/");
+        assert!(deep.len() < 4096);
+        RelPath::parse(&deep).unwrap();
+        let deeper = vec!["d".repeat(200); 21].join("/");
+        assert!(RelPath::parse(&deeper).unwrap_err().contains("limited to 4095"));
+        assert!(AbsPath::parse(&format!("/{}", "x/".repeat(5 << 20))).is_err());
     }
 
     #[test]

@@ -287,17 +287,10 @@ pub fn check_rel_path(p: &str) -> Result<(), Error> {
     Ok(())
 }
 
-/// Image names become file names in state directories, so they are kept to a safe alphabet.
+/// Image names become file names in state directories: checked by the one validator of names
+/// (`model::check_name`) that the config and the xCAT import use too.
 pub fn check_name(n: &str) -> Result<(), Error> {
-    let ok = !n.is_empty()
-        && n.len() <= 128
-        && !n.starts_with('.')
-        && n.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::BadName(n.chars().take(200).collect()))
-    }
+    model::check_name(n).map_err(|_| Error::BadName(n.chars().take(200).collect()))
 }
 
 #[cfg(test)]

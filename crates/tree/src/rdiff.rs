@@ -12,28 +12,187 @@ use crate::{io_err, Error, Result};
 /// against a hostile delta filling the disk.
 pub const DEFAULT_PATCH_LIMIT: u64 = 1 << 40;
 
-fn map(path: &Path) -> Result<(File, Option<memmap2::Mmap>)> {
-    let f = File::open(path).map_err(|e| io_err(path, e))?;
-    let len = f.metadata().map_err(|e| io_err(path, e))?.len();
-    if len == 0 {
-        return Ok((f, None));
+/// What identifies one version of a file: a writer that truncates or rewrites it changes one of
+/// these (ctime at least, even within the same second of mtime).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Version {
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+    ino: u64,
+}
+
+fn version(f: &File, path: &Path) -> Result<Version> {
+    use std::os::unix::fs::MetadataExt;
+    let md = f.metadata().map_err(|e| io_err(path, e))?;
+    Ok(Version {
+        size: md.len(),
+        mtime: (md.mtime(), md.mtime_nsec()),
+        ctime: (md.ctime(), md.ctime_nsec()),
+        ino: md.ino(),
+    })
+}
+
+/// Bytes read at once from a source file. Files are read, never mapped: the MN's files may be
+/// truncated by someone else while hanfs reads them, which must give an error, not SIGBUS.
+pub(crate) const PIECE_LEN: usize = 8 << 20;
+
+/// One consistent version of a file read in pieces with a bounded buffer: `each` gets every
+/// piece (each `piece` bytes but the last). Fails with [`Error::Changed`] when the file's size,
+/// mtime or ctime moved while it was read, or fewer or more bytes than its size came back. Returns
+/// the size and BLAKE3 of what was read.
+pub(crate) fn read_pieces(
+    f: &mut File,
+    path: &Path,
+    piece: usize,
+    mut each: impl FnMut(&[u8]) -> Result<()>,
+) -> Result<(u64, [u8; 32])> {
+    use std::io::Read;
+    let before = version(f, path)?;
+    let mut buf = vec![0u8; piece.max(1).min(before.size.max(1) as usize)];
+    let mut h = blake3::Hasher::new();
+    let mut n = 0u64;
+    loop {
+        let mut fill = 0;
+        while fill < buf.len() {
+            let k = f.read(&mut buf[fill..]).map_err(|e| io_err(path, e))?;
+            if k == 0 {
+                break;
+            }
+            fill += k;
+        }
+        if fill == 0 {
+            break;
+        }
+        n += fill as u64;
+        if n > before.size {
+            // Grew while we read: not one version.
+            break;
+        }
+        h.update(&buf[..fill]);
+        each(&buf[..fill])?;
+        if fill < buf.len() {
+            break;
+        }
     }
-    // SAFETY of the map: inputs are files the user names; if another process truncates one
-    // while we read it the process faults, as rdiff's output would be garbage anyway.
-    #[allow(unsafe_code)]
-    let m = unsafe { memmap2::Mmap::map(&f) }.map_err(|e| io_err(path, e))?;
-    Ok((f, Some(m)))
+    let after = version(f, path)?;
+    if after != before || n != before.size {
+        return Err(Error::Changed(format!(
+            "{} ({n} bytes read of {}; size {} and ctime {:?} after)",
+            path.display(),
+            before.size,
+            after.size,
+            after.ctime
+        )));
+    }
+    Ok((n, *h.finalize().as_bytes()))
+}
+
+/// The MD4 signature of the open file `f` (block length as librsync picks it from the file's
+/// size when None), read in pieces of whole blocks: a signature is the header followed by one
+/// record per block, so the records of consecutive pieces concatenate. Also its BLAKE3.
+pub(crate) fn signature_of(f: &mut File, path: &Path, block_len: Option<u32>) -> Result<(Vec<u8>, [u8; 32])> {
+    let size = version(f, path)?.size;
+    let bl = block_len.unwrap_or_else(|| delta::default_block_len(size));
+    // An empty file (or a bad block length) gives the header alone, or delta's own error.
+    let mut out = delta::signature_with(&[], Some(bl), delta::DEFAULT_STRONG_LEN).map_err(|e| delta_err(path, e))?;
+    let per = (bl as usize).saturating_mul((PIECE_LEN / bl.max(1) as usize).max(1));
+    let (_, hash) = read_pieces(f, path, per, |p| {
+        let s = delta::signature_with(p, Some(bl), delta::DEFAULT_STRONG_LEN).map_err(|e| delta_err(path, e))?;
+        out.extend_from_slice(s.get(12..).unwrap_or_default());
+        Ok(())
+    })?;
+    Ok((out, hash))
+}
+
+/// The delta from the file signed by `sig` to the open file `f`, written to `out`, reading `f` in
+/// pieces of `piece` bytes: each piece is encoded against the whole signature and the command
+/// streams are joined (one magic, one END), which is a valid librsync delta. A piece's trailing
+/// literal (its last bytes that matched no block, at most two blocks of them) is not emitted but
+/// carried to the front of the next piece, so a block that straddles two pieces still matches.
+/// Returns the BLAKE3 of what was read.
+pub(crate) fn delta_of(
+    sig: &delta::Signature,
+    f: &mut File,
+    path: &Path,
+    piece: usize,
+    out: &mut impl Write,
+) -> Result<[u8; 32]> {
+    out.write_all(&delta::DELTA_MAGIC.to_be_bytes()).map_err(|e| io_err(path, e))?;
+    let carry_max = 2 * sig.block_len() as usize;
+    let mut d = Vec::new();
+    let mut data: Vec<u8> = Vec::new();
+    let mut emit = |data: &[u8], keep_tail: bool, out: &mut dyn Write| -> Result<usize> {
+        d.clear();
+        delta::diff(sig, data, &mut d).map_err(|e| delta_err(path, e))?;
+        // Without this piece's magic (4 bytes) and END (the last byte).
+        let cmds = d.get(4..d.len().saturating_sub(1)).unwrap_or_default();
+        let (mut cut, mut carried) = (cmds.len(), 0);
+        if keep_tail {
+            if let Some((at, lit)) = last_literal(cmds) {
+                if lit <= carry_max {
+                    (cut, carried) = (at, lit);
+                }
+            }
+        }
+        out.write_all(&cmds[..cut]).map_err(|e| io_err(path, e))?;
+        Ok(carried)
+    };
+    let (_, hash) = read_pieces(f, path, piece, |p| {
+        data.extend_from_slice(p);
+        let carried = emit(&data, true, out)?;
+        let tail = data.len() - carried;
+        data.drain(..tail);
+        Ok(())
+    })?;
+    if !data.is_empty() {
+        emit(&data, false, out)?;
+    }
+    out.write_all(&[0]).map_err(|e| io_err(path, e))?;
+    Ok(hash)
+}
+
+/// Where the last command of a librsync command stream starts and, when it is a literal, how many
+/// bytes it carries (commands: 1..=64 short literal, 0x41..=0x44 literal with a 1/2/4/8-byte
+/// length, 0x45..=0x54 copy with offset and length widths).
+fn last_literal(cmds: &[u8]) -> Option<(usize, usize)> {
+    let w = |c: u8| [1usize, 2, 4, 8][(c & 3) as usize];
+    let int = |b: &[u8]| b.iter().fold(0u64, |a, &x| (a << 8) | u64::from(x)) as usize;
+    let (mut at, mut last) = (0, None);
+    while at < cmds.len() {
+        let c = cmds[at];
+        let (len, lit) = match c {
+            1..=0x40 => (1 + c as usize, Some(c as usize)),
+            0x41..=0x44 => {
+                let lw = w(c - 0x41);
+                let n = int(cmds.get(at + 1..at + 1 + lw)?);
+                (1 + lw + n, Some(n))
+            }
+            0x45..=0x54 => {
+                let k = c - 0x45;
+                (1 + w(k >> 2) + w(k), None)
+            }
+            _ => return None,
+        };
+        last = Some((at, lit));
+        at += len;
+    }
+    let (at, lit) = last?;
+    lit.map(|n| (at, n))
 }
 
 fn delta_err(path: &Path, e: delta::Error) -> Error {
     Error::Delta { path: path.display().to_string(), source: e }
 }
 
+fn open(path: &Path) -> Result<File> {
+    File::open(path).map_err(|e| io_err(path, e))
+}
+
 /// `hanfs delta signature [-b BLOCK] OLD SIG`: writes the MD4 signature of `old` to `sig`
 /// (block length as librsync picks it when `block_len` is None; strong sum 8 bytes).
 pub fn signature_file(old: &Path, sig: &Path, block_len: Option<u32>) -> Result<()> {
-    let (_f, m) = map(old)?;
-    let s = delta::signature(m.as_deref().unwrap_or_default(), block_len).map_err(|e| delta_err(old, e))?;
+    let (s, _) = signature_of(&mut open(old)?, old, block_len)?;
     std::fs::write(sig, s).map_err(|e| io_err(sig, e))
 }
 
@@ -42,10 +201,10 @@ pub fn signature_file(old: &Path, sig: &Path, block_len: Option<u32>) -> Result<
 pub fn delta_file(sig: &Path, new: &Path, delta_out: &Path) -> Result<()> {
     let sb = std::fs::read(sig).map_err(|e| io_err(sig, e))?;
     let s = delta::Signature::parse(&sb).map_err(|e| delta_err(sig, e))?;
-    let (_f, m) = map(new)?;
+    let mut f = open(new)?;
     let out = File::create(delta_out).map_err(|e| io_err(delta_out, e))?;
     let mut w = BufWriter::new(out);
-    delta::diff(&s, m.as_deref().unwrap_or_default(), &mut w).map_err(|e| delta_err(new, e))?;
+    delta_of(&s, &mut f, new, PIECE_LEN, &mut w)?;
     w.flush().map_err(|e| io_err(delta_out, e))
 }
 
@@ -202,5 +361,89 @@ impl delta::Sink for FileSink {
             len -= n as u64;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn noise(seed: u64, n: usize) -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    #[test]
+    fn pieces_give_the_whole_file_signature_and_a_delta_that_patches() {
+        let t = tempfile::tempdir().unwrap();
+        let old = noise(1, 3 << 20);
+        let mut new = old.clone();
+        for k in 0..30usize {
+            let at = k * 97_001 % (new.len() - 100);
+            new[at..at + 40].copy_from_slice(&noise(k as u64 + 9, 40));
+            if k % 4 == 0 {
+                new.splice(at..at, noise(k as u64, 123));
+            }
+        }
+        std::fs::write(t.path().join("old"), &old).unwrap();
+        std::fs::write(t.path().join("new"), &new).unwrap();
+        let (sig, h) = signature_of(&mut File::open(t.path().join("old")).unwrap(), Path::new("old"), None).unwrap();
+        // The one-shot signature of the whole file is rdiff's byte for byte (tests/rdiff_files.rs).
+        assert_eq!(sig, delta::signature(&old, None).unwrap());
+        assert_eq!(h, *blake3::hash(&old).as_bytes());
+        let s = delta::Signature::parse(&sig).unwrap();
+        let mut whole = Vec::new();
+        delta::diff(&s, &new, &mut whole).unwrap();
+        // Small pieces: many boundaries, blocks straddling them.
+        for piece in [64 << 10, 1 << 20, PIECE_LEN] {
+            let mut d = Vec::new();
+            let h =
+                delta_of(&s, &mut File::open(t.path().join("new")).unwrap(), Path::new("new"), piece, &mut d).unwrap();
+            assert_eq!(h, *blake3::hash(&new).as_bytes());
+            let mut out = Vec::new();
+            delta::patch(&old, &d[..], &mut out, 1 << 30).unwrap();
+            assert!(out == new, "piece {piece}");
+            assert!(d.len() as f64 <= whole.len() as f64 * 1.05, "piece {piece}: {} vs {}", d.len(), whole.len());
+        }
+    }
+
+    #[test]
+    fn a_file_truncated_while_it_is_read_is_an_error_not_a_fault() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("f");
+        std::fs::write(&p, noise(3, 4 << 20)).unwrap();
+        let mut f = File::open(&p).unwrap();
+        let mut first = true;
+        let e = read_pieces(&mut f, &p, 1 << 20, |_| {
+            if first {
+                // Someone else truncates and rewrites the file under the reader.
+                std::fs::write(&p, b"short").unwrap();
+                first = false;
+            }
+            Ok(())
+        })
+        .unwrap_err();
+        assert!(matches!(e, Error::Changed(_)), "{e}");
+        // And a rewrite of the same size (ctime moves) is caught too.
+        std::fs::write(&p, noise(3, 2 << 20)).unwrap();
+        let mut f = File::open(&p).unwrap();
+        let mut first = true;
+        let e = read_pieces(&mut f, &p, 1 << 20, |_| {
+            if first {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                std::fs::write(&p, noise(4, 2 << 20)).unwrap();
+                first = false;
+            }
+            Ok(())
+        })
+        .unwrap_err();
+        assert!(matches!(e, Error::Changed(_)), "{e}");
     }
 }

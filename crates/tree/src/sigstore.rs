@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
 
-use crate::manifest::{show, Kind, Manifest};
+use crate::manifest::{Kind, Manifest};
 use crate::plan::{Content, Source};
 use crate::{io_err, Error, Result};
 
@@ -105,16 +105,17 @@ impl std::io::Write for Spill {
     }
 }
 
-fn map(f: &File, p: &Path) -> Result<Option<memmap2::Mmap>> {
-    let len = f.metadata().map_err(|e| io_err(p, e))?.len();
-    if len == 0 {
-        return Ok(None);
+/// Content hashes worth a signature (files of at least [`MIN_DELTA_SIZE`]), each with one path.
+fn wanted(manifest: &Manifest) -> std::collections::HashMap<[u8; 32], &Vec<u8>> {
+    let mut want = std::collections::HashMap::new();
+    for (p, e) in &manifest.entries {
+        if let Kind::File { size, hash, .. } = &e.kind {
+            if *size >= MIN_DELTA_SIZE {
+                want.entry(*hash).or_insert(p);
+            }
+        }
     }
-    // SAFETY of the map: a source file truncated while mapped would fault; the controller maps
-    // files only between a scan and its sync, and the result is checked by BLAKE3 on the replica.
-    #[allow(unsafe_code)]
-    let m = unsafe { memmap2::Mmap::map(f) }.map_err(|e| io_err(p, e))?;
-    Ok(Some(m))
+    want
 }
 
 impl SigStore {
@@ -135,52 +136,73 @@ impl SigStore {
     }
 
     /// Brings the store to `manifest` (the generation just synced, read from `root`): signs
-    /// files whose content has no signature yet (in parallel; a file whose bytes no longer hash
-    /// to the manifest is skipped, so it will be sent whole) and drops signatures of content no
-    /// longer present. Returns how many signatures were made.
+    /// files whose content has no signature yet and drops signatures of content no longer
+    /// present. Returns how many signatures were made.
     pub fn update(&self, root: &Path, manifest: &Manifest) -> Result<usize> {
-        let mut want = std::collections::HashMap::new();
-        for (p, e) in &manifest.entries {
-            if let Kind::File { size, hash, .. } = &e.kind {
-                if *size >= MIN_DELTA_SIZE {
-                    want.entry(*hash).or_insert(p);
-                }
-            }
-        }
+        let made = self.sign_new(root, manifest)?;
+        self.prune_except(manifest, 0);
+        Ok(made)
+    }
+
+    /// Signs every file of `manifest` (read under `root`) whose content has no signature yet, in
+    /// parallel, each read in bounded pieces (never mapped: a file truncated under us gives an
+    /// error, not SIGBUS). A file whose bytes are not the manifest's, or that changed while it was
+    /// read, is skipped: it goes whole next time. Each signature lands by rename (whole or absent)
+    /// and one `syncfs` covers the batch instead of two fsyncs per file (thousands of new files
+    /// made those the longest step of a sync); a signature is only a hint, as every delta made
+    /// from one is checked by BLAKE3 on the replica before it is committed.
+    pub fn sign_new(&self, root: &Path, manifest: &Manifest) -> Result<usize> {
+        std::fs::create_dir_all(&self.dir).map_err(|e| io_err(&self.dir, e))?;
+        let want = wanted(manifest);
         let todo: Vec<_> = want.iter().filter(|(h, _)| !self.path(h).exists()).collect();
         let made = todo
             .par_iter()
             .map(|(h, p)| -> Result<usize> {
                 let path = root.join(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(p));
-                let f = File::open(&path).map_err(|e| io_err(&path, e))?;
-                let m = map(&f, &path)?;
-                let data: &[u8] = m.as_deref().unwrap_or_default();
-                if blake3::hash(data).as_bytes() != *h {
-                    return Ok(0);
-                }
-                let sig = delta::signature(data, None).map_err(|e| Error::Delta { path: show(p), source: e })?;
-                crate::fsops::write_atomic(&self.path(h), &sig).map_err(|e| io_err(&self.path(h), e))?;
+                let Ok(mut f) = File::open(&path) else { return Ok(0) };
+                let sig = match crate::rdiff::signature_of(&mut f, &path, None) {
+                    Ok((sig, hash)) if hash == **h => sig,
+                    Ok(_) | Err(Error::Changed(_)) => return Ok(0),
+                    Err(e) => return Err(e),
+                };
+                let dst = self.path(h);
+                let tmp = self.dir.join(format!("{}.sig.tmp", hex::encode(h)));
+                std::fs::write(&tmp, &sig).map_err(|e| io_err(&tmp, e))?;
+                std::fs::rename(&tmp, &dst).map_err(|e| io_err(&dst, e))?;
                 Ok(1)
             })
             .collect::<Result<Vec<_>>>()?
             .into_iter()
             .sum();
-        if let Ok(rd) = std::fs::read_dir(&self.dir) {
-            for de in rd.flatten() {
-                let name = de.file_name();
-                let keep = name
-                    .to_str()
-                    .filter(|n| !n.starts_with("spill-"))
-                    .and_then(|n| n.strip_suffix(".sig"))
-                    .and_then(|h| hex::decode(h).ok())
-                    .and_then(|h| <[u8; 32]>::try_from(h).ok())
-                    .is_some_and(|h| want.contains_key(&h));
-                if !keep {
-                    let _ = std::fs::remove_file(de.path());
-                }
-            }
+        if made > 0 {
+            let d = File::open(&self.dir).map_err(|e| io_err(&self.dir, e))?;
+            rustix::fs::syncfs(&d).map_err(|e| io_err(&self.dir, e.into()))?;
         }
         Ok(made)
+    }
+
+    /// Drops signatures of content `manifest` no longer has, once they are more than `slack`
+    /// plus half the wanted count (each unlink is slow with online discard, so a caller that runs
+    /// often pays them in batches: slack 64; 0 prunes every time).
+    pub fn prune_except(&self, manifest: &Manifest, slack: usize) {
+        let keep = wanted(manifest);
+        let total = std::fs::read_dir(&self.dir).map(|rd| rd.count()).unwrap_or(0);
+        if slack > 0 && total <= keep.len() + keep.len() / 2 + slack {
+            return;
+        }
+        let Ok(rd) = std::fs::read_dir(&self.dir) else { return };
+        for de in rd.flatten() {
+            let name = de.file_name();
+            let ours = name
+                .to_str()
+                .filter(|n| !n.starts_with("spill-"))
+                .and_then(|n| n.strip_suffix(".sig"))
+                .and_then(|h| hex::decode(h).ok())
+                .and_then(|h| <[u8; 32]>::try_from(h).ok());
+            if !ours.is_some_and(|h| keep.contains_key(&h)) {
+                let _ = std::fs::remove_file(de.path());
+            }
+        }
     }
 
     /// What to send for `content` of a plan, reading the new file under `source_root`: a delta
@@ -191,11 +213,25 @@ impl SigStore {
         let path = source_root.join(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(&content.path));
         let sig = base.as_ref().filter(|_| content.size >= MIN_DELTA_SIZE).and_then(|(_, h)| self.get(h));
         let Some(sig) = sig else { return Ok(Some(Payload::Literal(path))) };
-        let f = File::open(&path).map_err(|e| io_err(&path, e))?;
-        let m = map(&f, &path)?;
-        let data: &[u8] = m.as_deref().unwrap_or_default();
-        let mut spill = Spill { mem: Vec::new(), file: None, dir: self.dir.clone(), n: 0, max: data.len() as u64 };
-        let r = delta::diff(&sig, data, &mut spill).and_then(|_| std::io::Write::flush(&mut spill).map_err(Into::into));
+        let mut f = File::open(&path).map_err(|e| io_err(&path, e))?;
+        let max = f.metadata().map_err(|e| io_err(&path, e))?.len();
+        let mut spill = Spill { mem: Vec::new(), file: None, dir: self.dir.clone(), n: 0, max };
+        let r = crate::rdiff::delta_of(&sig, &mut f, &path, crate::rdiff::PIECE_LEN, &mut spill)
+            .and_then(|hash| std::io::Write::flush(&mut spill).map_err(|e| io_err(&path, e)).map(|()| hash));
+        let r = match r {
+            // What was read is not the version the plan names: never send it.
+            Ok(hash) if hash != content.hash => {
+                Err(Error::Changed(format!("{} (its content is no longer the one scanned)", path.display())))
+            }
+            Ok(_) => Ok(()),
+            Err(e) => Err(e),
+        };
+        if let Err(e @ Error::Changed(_)) = r {
+            if let Some((p, _)) = spill.file {
+                let _ = std::fs::remove_file(p);
+            }
+            return Err(e);
+        }
         match (r, spill.file) {
             (Ok(_), None) => Ok(Some(Payload::Delta(spill.mem))),
             (Ok(_), Some((p, _))) => Ok(Some(Payload::DeltaFile(p))),

@@ -565,6 +565,11 @@ pub fn import(tables: &Tables) -> Import {
         table: &str,
         row: &str,
     ) {
+        // The name becomes a directory in hanfs' state: one safe path component, or the row is not mapped.
+        if let Err(e) = model::check_name(&img.name) {
+            m.issue(Severity::Error, table, row.to_string(), format!("image name: {e}"));
+            return;
+        }
         if let Some(other) = by_path.get(&img.path) {
             if other != &img.name {
                 m.issue(Severity::Skipped, table, row.to_string(), format!("`{}` is already image {other}", img.path));

@@ -13,9 +13,6 @@ fn controller(g: &Global) -> Result<Controller> {
     let cluster = load_cluster(g)?;
     let mut c = Controller::new(cluster).map_err(|e| bad_input(format!("{}: {e:#}", g.config.display())))?;
     c.progress = !g.json && !g.quiet && std::io::stderr().is_terminal();
-    if let Some(s) = std::env::var("HANFS_SN_TIMEOUT").ok().and_then(|s| s.parse::<u64>().ok()) {
-        c.timeouts.sn = std::time::Duration::from_secs(s);
-    }
     Ok(c)
 }
 
@@ -88,6 +85,15 @@ fn print_report(g: &Global, what: &str, r: &SyncReport, statelite: &[StateliteRe
                 state,
                 x.bytes_sent,
                 x.error.as_deref().map(|e| format!("  ({e})")).unwrap_or_default()
+            );
+        }
+        for x in r.replicas.iter().filter(|x| x.drifted_from.is_some()) {
+            println!(
+                "{:<10} {:<24} drift found (the replica had changed since digest {}): {}",
+                x.sn,
+                x.image,
+                x.drifted_from.as_deref().map(|d| d.get(..16).unwrap_or(d)).unwrap_or(""),
+                if x.repaired { "repaired" } else { "NOT repaired" }
             );
         }
         for e in &r.exports {

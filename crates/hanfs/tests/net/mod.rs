@@ -3,6 +3,8 @@
 //! an independent walk to compare trees. Agents are killed when the rig drops.
 #![allow(dead_code)]
 
+pub mod proxy;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{Hash, Hasher};
 use std::io::Write;
@@ -106,6 +108,20 @@ impl Rig {
 
     pub fn path(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// Points the cluster config's entry for agent `i` at `port` (a proxy in front of it).
+    pub fn route_through(&self, i: usize, port: u16) {
+        let text = std::fs::read_to_string(&self.cluster).unwrap();
+        let from = format!("agent = \"127.0.0.1:{}\"", self.agents[i].port);
+        assert!(text.contains(&from), "{text}");
+        std::fs::write(&self.cluster, text.replace(&from, &format!("agent = \"127.0.0.1:{port}\""))).unwrap();
+    }
+
+    /// Adds `line` to the `[cluster]` table of the cluster config.
+    pub fn cluster_option(&self, line: &str) {
+        let text = std::fs::read_to_string(&self.cluster).unwrap();
+        std::fs::write(&self.cluster, text.replacen("[cluster]\n", &format!("[cluster]\n{line}\n"), 1)).unwrap();
     }
 
     pub fn source(&self) -> PathBuf {

@@ -1,0 +1,49 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! `hanfs exports | head`: a command whose stdout reader is gone ends quietly (no panic, no
+//! message) with status 0, as the contract says. The pipe's read end is closed before hanfs writes anything, so
+//! every write meets EPIPE.
+
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::process::{Command, Stdio};
+
+fn closed_pipe() -> Stdio {
+    let mut fds = [0i32; 2];
+    // SAFETY: pipe fills two descriptors we then own.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    // SAFETY: both descriptors are fresh and owned here.
+    let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    drop(r);
+    Stdio::from(w)
+}
+
+#[test]
+fn printing_commands_end_quietly_on_a_closed_pipe() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    std::fs::create_dir_all(d.join("src/netboot/x")).unwrap();
+    let mut cfg = format!(
+        "[cluster]\nsource_root = \"{0}/src\"\nstate_dir = \"{0}/state\"\nplaintext_loopback = true\n",
+        d.display()
+    );
+    for i in 1..=4 {
+        cfg += &format!("\n[[sn]]\nname = \"sn{i}\"\naddress = \"127.0.0.{i}\"\nagent = \"127.0.0.1:{}\"\n", 7000 + i);
+    }
+    cfg += "\n[[image]]\nname = \"img\"\npath = \"netboot/x\"\n";
+    let c = d.join("cluster.toml");
+    std::fs::write(&c, cfg).unwrap();
+    for args in [&["exports"][..], &["--json", "exports"], &["exports", "--sn", "sn1"], &["plan"], &["--json", "plan"]]
+    {
+        let o = Command::new(env!("CARGO_BIN_EXE_hanfs"))
+            .arg("--config")
+            .arg(&c)
+            .args(args)
+            .stdout(closed_pipe())
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.is_empty(), "{args:?}: {err}");
+        // Contract: "a closed standard output ends the command quietly with status 0".
+        assert_eq!(o.status.code(), Some(0), "{args:?}: {:?}", o.status);
+    }
+}
