@@ -219,7 +219,7 @@ fn bad_moves_are_refused() {
     let (_d, t) = tables();
     let e = redirect::plan(&t, &[mv("cn999", "sn2")]).unwrap_err().to_string();
     assert!(e.contains("cn999") && e.contains("nodelist"), "{e}");
-    let e = redirect::plan(&t, &[mv("cn010", "sn2")]).unwrap_err().to_string();
+    let e = redirect::plan(&t, &[mv("fsp01", "sn2")]).unwrap_err().to_string();
     assert!(e.contains("no noderes.servicenode"), "{e}");
     let e = redirect::plan(&t, &[mv("cn020", "sn9")]).unwrap_err().to_string();
     assert!(e.contains("sn9") && e.contains("address"), "{e}");
