@@ -110,6 +110,9 @@ pub struct NodeOut {
     pub sns: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub served_by: Option<String>,
+    /// The statelite areas holding its data, when not all of them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub statelite: Option<Vec<String>>,
 }
 
 /// What an import produced.
@@ -182,11 +185,13 @@ fn is_ip(s: &str) -> bool {
     s.parse::<std::net::IpAddr>().is_ok()
 }
 
-/// NIM resource columns that are directory trees under `<installdir>/nim/<type>/<name>`.
-const NIM_TREES: &[&str] =
-    &["spot", "shared_root", "root", "lpp_source", "resolv_conf", "tmp", "home", "shared_home", "mksysb"];
-/// NIM resources that are per node and never replicated (README §1).
-const NIM_NEVER: &[&str] = &["paging", "dump"];
+/// NIM resource trees under `<installdir>/nim/<type>/<name>` that xCAT copies to SNs: doSNcopy2's
+/// `@dorestypes` (xCAT-server/lib/xcat/plugins/aixinstall.pm:9796-9801), lpp_source only for
+/// standalone images (aixinstall.pm:9776-9780).
+const NIM_TREES: &[&str] = &["spot", "lpp_source", "resolv_conf", "mksysb"];
+/// NIM resources xCAT never copies: per-client read-write ones, and shared_root, which NIM makes on
+/// each SN from the spot (not in doSNcopy2's list).
+const NIM_NEVER: &[&str] = &["root", "tmp", "home", "shared_home", "paging", "dump", "shared_root"];
 /// NIM resources that are single files or lists, not trees.
 const NIM_FILES: &[&str] = &["script", "bosinst_data", "installp_bundle", "fb_script", "image_data", "res_group"];
 
@@ -469,37 +474,37 @@ pub fn import_with(tables: &Tables, resolver: Resolver<'_>) -> Import {
     let mut addresses: BTreeMap<String, String> = BTreeMap::new();
     let mut xcatmaster_of: BTreeMap<String, String> = BTreeMap::new();
     let mut candidates: BTreeMap<String, BTreeMap<String, Vec<String>>> = BTreeMap::new();
+    let mut warned: BTreeSet<(String, String)> = BTreeSet::new();
     for n in &nodes {
-        let sn = n.sns[0].clone();
-        let facing = if let Some(x) = m.attr("noderes", &n.name, "xcatmaster") {
-            xcatmaster_of.insert(n.name.clone(), x.clone());
-            Some(m.resolve(&entries, &x).unwrap_or(x))
-        } else {
-            let ip = m.resolve(&entries, &n.name);
-            let net = ip.as_deref().and_then(|ip| nets.iter().find(|(_, net, mask)| in_net(ip, *net, *mask)));
-            match net {
-                Some((netname, net, mask)) => {
-                    let mut sn_ips: Vec<String> =
-                        entries.iter().filter(|(_, _, owner)| owner == &sn).map(|(_, ip, _)| ip.clone()).collect();
-                    if let Some(ip) = m.resolve(&entries, &sn) {
-                        sn_ips.push(ip);
-                    }
-                    let found = sn_ips.into_iter().find(|ip| in_net(ip, *net, *mask));
-                    if found.is_none() {
-                        m.issue(
-                            Severity::Warning,
-                            "networks",
-                            netname.clone(),
-                            format!("{} is in network {netname} but its SN {sn} has no interface there (hosts.ip, hosts.otherinterfaces)", n.name),
-                        );
-                    }
-                    found
+        let node_ip = m.resolve(&entries, &n.name);
+        let net = node_ip.as_deref().and_then(|ip| nets.iter().find(|(_, net, mask)| in_net(ip, *net, *mask))).cloned();
+        for (k, sn) in n.sns.iter().enumerate() {
+            let x = if k == 0 { m.attr("noderes", &n.name, "xcatmaster") } else { None };
+            let facing = if let Some(x) = x {
+                xcatmaster_of.insert(n.name.clone(), x.clone());
+                Some(m.resolve(&entries, &x).unwrap_or(x))
+            } else if let Some((netname, net, mask)) = &net {
+                let mut sn_ips: Vec<String> =
+                    entries.iter().filter(|(_, _, owner)| owner == sn).map(|(_, ip, _)| ip.clone()).collect();
+                if let Some(ip) = m.resolve(&entries, sn) {
+                    sn_ips.push(ip);
                 }
-                None => None,
+                let found = sn_ips.into_iter().find(|ip| in_net(ip, *net, *mask));
+                if found.is_none() && warned.insert((sn.clone(), netname.clone())) {
+                    m.issue(
+                        Severity::Warning,
+                        "networks",
+                        netname.clone(),
+                        format!("{} is in network {netname} but its SN {sn} has no interface there (hosts.ip, hosts.otherinterfaces)", n.name),
+                    );
+                }
+                found
+            } else {
+                None
+            };
+            if let Some(a) = facing {
+                candidates.entry(sn.clone()).or_default().entry(a).or_default().push(n.name.clone());
             }
-        };
-        if let Some(a) = facing {
-            candidates.entry(sn).or_default().entry(a).or_default().push(n.name.clone());
         }
     }
     for s in &sn_names {
@@ -773,8 +778,18 @@ pub fn import_with(tables: &Tables, resolver: Resolver<'_>) -> Import {
                 );
                 continue;
             };
+            let standalone = t.get(r, "nimtype").is_some_and(|n| n.eq_ignore_ascii_case("standalone"));
             for col in NIM_TREES {
                 let Some(v) = t.get(r, col).filter(|v| !v.is_empty()) else { continue };
+                if *col == "lpp_source" && !standalone {
+                    m.issue(
+                        Severity::Skipped,
+                        "nimimage",
+                        format!("{name} ({})", r.location),
+                        format!("lpp_source `{v}`: xCAT copies no lpp_source to SNs for diskless/dataless images"),
+                    );
+                    continue;
+                }
                 if v.contains(',') || v.contains('/') || !model::addr::is_hostname(&v.replace('_', "-")) {
                     m.issue(
                         Severity::Error,
@@ -798,7 +813,11 @@ pub fn import_with(tables: &Tables, resolver: Resolver<'_>) -> Import {
                         Severity::Skipped,
                         "nimimage",
                         format!("{name} ({})", r.location),
-                        format!("{col} `{v}` is per node and never replicated"),
+                        if *col == "shared_root" {
+                            format!("shared_root `{v}` is made on each SN by NIM, not copied by xCAT: not replicated")
+                        } else {
+                            format!("{col} `{v}` is per client and read-write: never replicated")
+                        },
                     );
                 }
             }
@@ -893,6 +912,29 @@ pub fn import_with(tables: &Tables, resolver: Resolver<'_>) -> Import {
         }
     }
 
+    // site.sharedinstall=sns: the SNs mount one shared installdir (snmove.pm:570-580 and 830-870 treat
+    // it as one tree for all SNs), so two agents must never write one file system: each image is
+    // replicated once, to the first SN that needs it; the others serve it from the shared tree.
+    if m.db.site("sharedinstall").is_some_and(|v| v.eq_ignore_ascii_case("sns")) {
+        for img in &mut images {
+            let want: Vec<String> = img.sns.clone().unwrap_or_else(|| written.clone());
+            let Some(first) = want.first().cloned() else { continue };
+            if want.len() > 1 {
+                m.issue(
+                    Severity::Warning,
+                    "site",
+                    "sharedinstall",
+                    format!(
+                        "sns: one shared {installdir} on the SNs: image {} is replicated once, to {first}; {} see it in the shared tree and keep their own exports of it",
+                        img.name,
+                        want[1..].join(",")
+                    ),
+                );
+            }
+            img.sns = if written.len() == 1 { None } else { Some(vec![first]) };
+        }
+    }
+
     // --- statelite: statemnt per node; the server tells which SN holds the node's persistent data.
     let lookups = |m: &mut Mapper<'_, '_>, node: &str, value: &str| -> Result<(String, String), rules::RuleError> {
         let mut errs = Vec::new();
@@ -910,9 +952,33 @@ pub fn import_with(tables: &Tables, resolver: Resolver<'_>) -> Import {
     };
     let mut statelite_dirs: BTreeMap<String, String> = BTreeMap::new();
     let mut served_by: BTreeMap<String, String> = BTreeMap::new();
+    // Each node's statelite directories (one per statelite row that applies to it).
+    let mut node_dirs: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let provmethod_of = |img: &str| -> Option<String> {
+        let t = tables.get("osimage")?;
+        t.enabled_rows()
+            .find(|r| t.get(r, "imagename") == Some(img))
+            .and_then(|r| t.get(r, "provmethod"))
+            .map(str::to_string)
+    };
     for n in &nodes {
         let Some(f) = m.db.raw("statelite", &n.name, "statemnt") else { continue };
         let row = format!("{} ({})", f.from, f.location);
+        // Only statelite images mount a statemnt: anaconda.pm builds STATEMNT= only `if ($statelite)`
+        // (anaconda.pm:617-680); a stateless (netboot) node never mounts it.
+        let stateless: Vec<String> = node_images
+            .get(&n.name)
+            .map(|v| v.iter().filter(|i| provmethod_of(i).as_deref() == Some("netboot")).cloned().collect())
+            .unwrap_or_default();
+        if let Some(img) = stateless.first() {
+            m.issue(
+                Severity::Skipped,
+                "statelite",
+                row,
+                format!("{} boots stateless image {img}, which mounts no statemnt: nothing to serve", n.name),
+            );
+            continue;
+        }
         let value = match rules::trans_regex(&n.name, &f.raw) {
             Ok(Some(v)) => v,
             Ok(None) => continue,
@@ -975,10 +1041,12 @@ pub fn import_with(tables: &Tables, resolver: Resolver<'_>) -> Import {
             served_by.insert(n.name.clone(), owner);
         }
         let len = statelite_dirs.len();
-        statelite_dirs.entry(dir).or_insert_with(|| format!("{len}"));
+        statelite_dirs.entry(dir.clone()).or_insert_with(|| format!("{len}"));
+        node_dirs.entry(n.name.clone()).or_default().push(dir);
     }
     let mut statelite = Vec::new();
     let mut used = BTreeSet::new();
+    let mut area_name: BTreeMap<String, String> = BTreeMap::new();
     for dir in statelite_dirs.keys() {
         let base: String = dir
             .rsplit('/')
@@ -993,6 +1061,7 @@ pub fn import_with(tables: &Tables, resolver: Resolver<'_>) -> Import {
             name = format!("{}-{k}", name.trim_end_matches(char::is_numeric).trim_end_matches('-'));
             k += 1;
         }
+        area_name.insert(dir.clone(), name.clone());
         statelite.push(StateliteOut { name, path: dir.clone(), clients: "*".into() });
     }
 
@@ -1094,7 +1163,13 @@ pub fn import_with(tables: &Tables, resolver: Resolver<'_>) -> Import {
             continue;
         }
         let served = served_by.get(&n.name).filter(|s| written.contains(s)).cloned();
-        node_out.push(NodeOut { name: n.name.clone(), sns, served_by: served });
+        // Which areas hold its data; written only when not every area does (or none).
+        let areas: Vec<String> = node_dirs
+            .get(&n.name)
+            .map(|ds| ds.iter().filter_map(|d| area_name.get(d).cloned()).collect())
+            .unwrap_or_default();
+        let statelite = (areas.len() != statelite.len()).then_some(areas);
+        node_out.push(NodeOut { name: n.name.clone(), sns, served_by: served, statelite });
     }
     if node_out.is_empty() {
         m.issue(Severity::Error, "noderes", "*", "no node has a service node: nothing for hanfs to serve");

@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 use xcat::source::SourceError;
 use xcat::SourceSpec;
 
-const PASSWORD: &str = "s3cr|t;pw";
+// No `|`: xCAT itself cuts a cfgloc password there (Table.pm:948).
+const PASSWORD: &str = "s3cr#t;pw";
 const NOBODY: u32 = 65534;
 
 fn body(toml: &str) -> String {

@@ -114,9 +114,9 @@ fn xcat_reading_rules_hold() {
     assert_eq!(
         im,
         [
+            // What doSNcopy2 copies (aixinstall.pm:9776-9801): spot, resolv_conf; not the
+            // diskless image's lpp_source, nor shared_root (NIM makes it on each SN).
             ("710spot", "nim/spot/710spot"),
-            ("710shared_root", "nim/shared_root/710shared_root"),
-            ("710lpp_source", "nim/lpp_source/710lpp_source"),
             ("710resolv_conf", "nim/resolv_conf/710resolv_conf"),
             ("rh86-compute", "netboot/rhels8.6/x86_64/compute/rootimg"),
             ("rh86-statelite", "netboot/rhels8.6/x86_64/statelite/rootimg"),
@@ -157,8 +157,10 @@ fn the_report_names_table_row_and_reason() {
     has(Severity::Skipped, "osimage", "rh79-old", "disabled");
     has(Severity::Warning, "linuximage", "rh86-statelite", "default");
     has(Severity::Error, "linuximage", "orphan", "no enabled osimage");
-    has(Severity::Skipped, "nimimage", "aix71-diskless", "paging `710paging` is per node");
-    has(Severity::Skipped, "nimimage", "aix71-diskless", "dump `710dump` is per node");
+    has(Severity::Skipped, "nimimage", "aix71-diskless", "paging `710paging` is per client");
+    has(Severity::Skipped, "nimimage", "aix71-diskless", "dump `710dump` is per client");
+    has(Severity::Skipped, "nimimage", "aix71-diskless", "shared_root `710shared_root` is made on each SN");
+    has(Severity::Skipped, "nimimage", "aix71-diskless", "lpp_source `710lpp_source`");
     has(Severity::Skipped, "nimimage", "aix71-diskless", "bosinst_data");
     has(Severity::Skipped, "litetree", "2.0", "not on the nodes' service node");
     has(Severity::Warning, "litefile", "gone-image", "no enabled osimage");
