@@ -94,3 +94,72 @@ fn linux_pools_with_external_nfs() {
     assert!(lines[3].starts_with("/nodedata *(rw,"), "{ex}");
     assert!(!ex.contains("/gpudata/c001") && !ex.contains("/nodedata/c007"), "{ex}");
 }
+
+#[test]
+fn aix_setuphanfs_pair() {
+    let imp = import("aix-hanfs");
+    let c = &imp.cluster;
+    // Both SNs are AIX (nodetype.os), reached by the nodes at the en1 address their xcatmaster
+    // names (hosts.otherinterfaces `-en1:`), each the other's backup, as mkdsklsnode -S expects of
+    // the pair (aixinstall.pm:12390-12415: exactly two SNs).
+    for (s, a, b) in [("aixsn1", "10.2.0.1", "aixsn2"), ("aixsn2", "10.2.0.2", "aixsn1")] {
+        let sn = c.sn(s).unwrap();
+        assert_eq!(sn.dialect, model::Dialect::Aix, "{s}");
+        assert_eq!(sn.address.to_string(), a, "{s}");
+        assert_eq!(sn.backups, [b], "{s}");
+    }
+    assert_eq!(c.domain.as_deref(), Some("aix.example"));
+    // Only what doSNcopy2 copies to SNs (aixinstall.pm:9776-9801): the spot and resolv_conf of a
+    // diskless image; never its lpp_source, shared_root (NIM makes it per SN) or the per-client
+    // read-write resources.
+    let im: Vec<&str> = c.images.iter().map(|i| i.path.as_str()).collect();
+    assert_eq!(im, ["nim/spot/71Bspot", "nim/resolv_conf/71Bresolv"]);
+    for what in [
+        "lpp_source `71Blpp`",
+        "shared_root `71Bshared_root`",
+        "paging `71Bpaging`",
+        "dump `71Bdump`",
+        "home `71Bhome`",
+        "tmp `71Btmp`",
+    ] {
+        has(&imp, Severity::Skipped, "nimimage", "71Bdskls", what);
+    }
+    // The SNs' own standalone image is booted by no node an SN serves.
+    has(&imp, Severity::Skipped, "osimage", "71Bsn", "no node");
+    // Statelite: $noderes.xcatmaster resolves to each node's primary (by its en1 name).
+    assert_eq!(c.statelite.len(), 1);
+    assert_eq!(c.node("aixcn05").unwrap().served_by, "aixsn2");
+    assert_eq!(c.node("aixcn01").unwrap().served_by, "aixsn1");
+    let ex = exports::render_sn(c, "aixsn1").unwrap();
+    assert!(ex.contains("\n/nodedata -vers=4,rw,root=*\n/nodedata/aixcn01 -vers=4,rw,root=*\n"), "{ex}");
+    assert!(!ex.contains("/nodedata/aixcn05"), "{ex}");
+}
+
+#[test]
+fn shared_install_on_the_sns() {
+    let imp = import("sharedinstall-sns");
+    let c = &imp.cluster;
+    // One shared installdir on the SNs: the image goes to one agent only.
+    assert_eq!(c.image("rh92-netboot").unwrap().sns, ["sn1"]);
+    has(&imp, Severity::Warning, "site", "sharedinstall", "replicated once, to sn1");
+    // The stateless nodes: no statelite at all; regex servicenode and xcatmaster per node.
+    assert!(c.statelite.is_empty());
+    assert_eq!(c.node("n02").unwrap().sns, ["sn2", "sn1"]);
+    assert_eq!(c.sn("sn2").unwrap().address.to_string(), "10.5.1.2");
+}
+
+#[test]
+fn every_set_reports_what_it_leaves_out() {
+    for name in ["linux-pools", "aix-hanfs", "sharedinstall-sns"] {
+        let imp = import(name);
+        // Every node of nodelist is a [[node]], an SN, or has a report line naming it.
+        let t = xcat::SourceSpec::Tabdump(set(name)).read().unwrap();
+        let nl = t.get("nodelist").unwrap();
+        for r in nl.enabled_rows() {
+            let n = nl.get(r, "node").unwrap();
+            let mapped = imp.cluster.node(n).is_some() || imp.cluster.sn(n).is_some();
+            let reported = imp.import.report.iter().any(|i| i.row.split([' ', ',']).any(|w| w == n));
+            assert!(mapped || reported, "{name}: {n} is neither mapped nor reported");
+        }
+    }
+}
