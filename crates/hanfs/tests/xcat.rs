@@ -137,11 +137,14 @@ fn redirect_prints_then_applies() {
         .args(["--node", "cn030", "--to", "sn2"])
         .assert()
         .success()
-        .stdout("chdef -t node -o cn030 servicenode=sn2,sn1 xcatmaster=10.0.2.254\nchtab node=cn030 statelite.statemnt=10.0.2.254:/nodedata\n")
-        .stderr(predicate::str::contains("dry run"))
-        .stderr(predicate::str::contains("nodeset cn030"));
+        .stdout("chdef -t node -o cn030 servicenode=sn2,sn1 xcatmaster=10.0.2.254\nchtab node=cn030 statelite.statemnt=10.0.2.254:/nodedata\nnodeset cn030 osimage=rh86-statelite\n")
+        .stderr(predicate::str::contains("dry run"));
     let tpl = tmp.path().join("templates.toml");
-    std::fs::write(&tpl, "chdef = [\"echo\", \"chdef\", \"{node}\", \"{attrs}\"]\nchtab = [\"true\"]\n").unwrap();
+    std::fs::write(
+        &tpl,
+        "chdef = [\"echo\", \"chdef\", \"{node}\", \"{attrs}\"]\nchtab = [\"true\"]\nnodeset = [\"true\"]\n",
+    )
+    .unwrap();
     let log = tmp.path().join("redirect.log");
     hanfs()
         .args(["xcat", "redirect", "--tabdump"])
@@ -152,8 +155,8 @@ fn redirect_prints_then_applies() {
         .arg(&log)
         .assert()
         .success()
-        .stderr(predicate::str::contains("ran 2 commands"));
-    assert_eq!(std::fs::read_to_string(&log).unwrap().lines().count(), 3);
+        .stderr(predicate::str::contains("ran 3 commands"));
+    assert_eq!(std::fs::read_to_string(&log).unwrap().lines().count(), 4);
     std::fs::write(&tpl, "chdef = [\"false\"]\n").unwrap();
     hanfs()
         .args(["xcat", "redirect", "--tabdump"])
