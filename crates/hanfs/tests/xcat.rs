@@ -42,7 +42,7 @@ fn import_writes_the_expected_config_and_reports() {
         .success()
         .stderr(predicate::str::contains("not mapped: statelite cn190"))
         .stderr(predicate::str::contains("skipped: nodelist cn013"))
-        .stderr(predicate::str::contains("6 SNs, 198 nodes, 7 images, 2 statelite areas"));
+        .stderr(predicate::str::contains("6 SNs, 199 nodes, 5 images, 2 statelite areas"));
     assert!(a.get_output().stdout.is_empty());
     let got = std::fs::read_to_string(&out).unwrap();
     let want = std::fs::read_to_string(fixtures().join("expected.toml")).unwrap();
