@@ -70,7 +70,7 @@ fn now() -> u64 {
 pub fn pairs(cluster: &Cluster, nodes: Option<&[String]>) -> Vec<Pair> {
     let mut out = Vec::new();
     for area in &cluster.statelite {
-        for n in &cluster.nodes {
+        for n in cluster.nodes.iter().filter(|n| n.uses_area(&area.name)) {
             if nodes.is_some_and(|l| !l.contains(&n.name)) {
                 continue;
             }
@@ -414,7 +414,8 @@ pub async fn holds_copy(ctl: &Controller, sn: &str, node: &str) -> Result<()> {
     let cl = &ctl.cluster;
     let s = cl.sn(sn).ok_or_else(|| anyhow!("unknown SN {sn}"))?;
     let mut c = ctl.connect(s).await?;
-    for area in &cl.statelite {
+    let areas = cl.statelite.iter().filter(|a| cl.node(node).is_none_or(|n| n.uses_area(&a.name)));
+    for area in areas {
         let Some((_, digest, _)) = load_record(cl, &area.name, node, sn) else {
             bail!("no synced copy of {}/{node} recorded for {sn}", area.name);
         };

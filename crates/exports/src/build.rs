@@ -57,8 +57,14 @@ pub fn build(cluster: &Cluster, sn: &str) -> Result<Exports, ExportError> {
     }
 
     for area in &cluster.statelite {
-        let mut nodes: Vec<_> = cluster.nodes.iter().collect();
+        let mut nodes: Vec<_> = cluster.nodes.iter().filter(|n| n.uses_area(&area.name)).collect();
         nodes.sort_by(|a, b| a.name.cmp(&b.name));
+        // The area itself, read-write, where this SN serves some node of it: xCAT's clients mount
+        // the parent, make `<node>` and remount (xcatroot / aixlitesetup), and xCAT exports the
+        // statemnt directory itself (xCAT-server/lib/perl/xCAT/SvrUtils.pm setupStatemnt).
+        if nodes.iter().any(|n| n.served_by == sn.name) {
+            statelite_entries(sn, area.path.as_str(), &area.clients, None, &mut entries)?;
+        }
         for node in nodes {
             let path = format!("{}/{}", area.path, node.name);
             let locations = if node.served_by == sn.name {

@@ -220,7 +220,11 @@ fn migrate_repoints_xcat() {
     assert!(out.contains("xCAT (to run): chdef -t node -o cn030 servicenode=sn2,sn1"), "{out}");
     // The move with the commands run (templates that only echo).
     let tpl = rig.path().join("templates.toml");
-    std::fs::write(&tpl, "chdef = [\"echo\", \"chdef\", \"{node}\", \"{attrs}\"]\nchtab = [\"true\"]\n").unwrap();
+    std::fs::write(
+        &tpl,
+        "chdef = [\"echo\", \"chdef\", \"{node}\", \"{attrs}\"]\nchtab = [\"true\"]\nnodeset = [\"true\"]\n",
+    )
+    .unwrap();
     let o = rig.hanfs(&[
         "migrate",
         "--node",

@@ -114,12 +114,21 @@ pub struct Node {
     pub sns: Vec<String>,
     /// The SN that serves this node's statelite data now: `sns[0]` unless the node was migrated.
     pub served_by: String,
+    /// The `[[statelite]]` areas (by name) that hold this node's data; `None`: every area. A node of
+    /// a stateless image has `Some([])`; a node with `/gpudata` beside `/nodedata` names both.
+    #[serde(default)]
+    pub statelite: Option<Vec<String>>,
 }
 
 impl Node {
     /// Whether the node's data was moved away from its home (primary) SN.
     pub fn is_migrated(&self) -> bool {
         self.sns.first() != Some(&self.served_by)
+    }
+
+    /// Whether statelite area `area` (its name) holds data of this node.
+    pub fn uses_area(&self, area: &str) -> bool {
+        self.statelite.as_ref().is_none_or(|l| l.iter().any(|a| a == area))
     }
 }
 
@@ -291,6 +300,7 @@ struct RawNode {
     name: S,
     sns: Spanned<Vec<S>>,
     served_by: Option<S>,
+    statelite: Option<Vec<S>>,
 }
 
 /// `clients = "*"` or `clients = ["10.1.0.0/16", "@compute"]`.
@@ -581,8 +591,24 @@ fn validate(raw: RawFile, sink: &mut Sink<'_>) -> Option<Cluster> {
             Some(s) => s.get_ref().clone(),
             None => list.first().cloned().unwrap_or_default(),
         };
+        let areas = n.statelite.as_ref().map(|l| {
+            let mut out: Vec<String> = Vec::new();
+            for (j, a) in l.iter().enumerate() {
+                if !statelite.iter().any(|st: &Statelite| &st.name == a.get_ref()) {
+                    sink.at(
+                        a.span(),
+                        format!("node[{i}].statelite[{j}]"),
+                        format!("unknown statelite area `{}`", a.get_ref()),
+                    );
+                    ok = false;
+                } else if !out.contains(a.get_ref()) {
+                    out.push(a.get_ref().clone());
+                }
+            }
+            out
+        });
         if ok {
-            nodes.push(Node { name: name.clone(), sns: list, served_by });
+            nodes.push(Node { name: name.clone(), sns: list, served_by, statelite: areas });
         }
     }
 

@@ -1,7 +1,7 @@
 //! Attribute lookup as `Table.pm` `getNodeAttribs` does it, over tables already read: enabled rows
 //! only; the node's own row, else its groups in `nodelist.groups` order (first group with a value
-//! wins); a value defined as `""` on the node's row stops the search and yields nothing (Perl's
-//! `defined("")` is true, then `transRegexAttrs` turns the empty string into undef); attributes named
+//! wins); a value `""` counts as NULL and falls through to the groups (Table.pm getAttribs,
+//! perl-xCAT/xCAT/Table.pm:3887-3891, keeps only values not matching `/^$/`); attributes named
 //! in `site.hierarchicalattrs` are joined across the node and all its groups; finally the regex rules.
 //! Pure.
 
@@ -33,7 +33,7 @@ pub struct Found {
     pub location: String,
 }
 
-const NODE_KEYED: &[&str] = &["nodelist", "noderes", "servicenode", "statelite", "hosts"];
+const NODE_KEYED: &[&str] = &["nodelist", "noderes", "servicenode", "statelite", "hosts", "nodetype", "nodehm"];
 
 impl<'a> Db<'a> {
     pub fn new(tables: &'a Tables) -> Db<'a> {
@@ -122,7 +122,9 @@ impl<'a> Db<'a> {
         t.col(col)?;
         let from_row = |key: &str| -> Option<Found> {
             let r = self.row(table, key)?;
-            let v = t.get(r, col)?;
+            // Table.pm getAttribs (perl-xCAT/xCAT/Table.pm:3887-3891) drops values matching /^$/ as
+            // if NULL, so an empty value falls through to the groups like NULL does.
+            let v = t.get(r, col).filter(|v| !v.is_empty())?;
             Some(Found { raw: v.to_string(), from: key.to_string(), location: r.location.clone() })
         };
         if let Some(delim) = self.hierarchical.get(col) {
@@ -187,7 +189,7 @@ mod tests {
     }
 
     #[test]
-    fn node_row_then_groups_and_empty_string_blocks() {
+    fn node_row_then_groups_and_empty_string_falls_through() {
         let t = tables(&[
             (
                 "nodelist",
@@ -203,8 +205,8 @@ mod tests {
         assert_eq!(db.attr("noderes", "cn1", "servicenode").unwrap().as_deref(), Some("sn1,sn2"));
         // cn2's own row is disabled: the group's value.
         assert_eq!(db.attr("noderes", "cn2", "servicenode").unwrap().as_deref(), Some("sn9"));
-        // "" on the node's row: defined, so the groups are not consulted, and empty means no value.
-        assert_eq!(db.attr("noderes", "cn3", "servicenode").unwrap(), None);
+        // "" on the node's row is no value: the groups are consulted as for NULL (Table.pm:3890).
+        assert_eq!(db.attr("noderes", "cn3", "servicenode").unwrap().as_deref(), Some("sn1,sn2"));
         // NULL on the node's row: groups are consulted.
         assert_eq!(db.attr("noderes", "cn3", "xcatmaster").unwrap().as_deref(), Some("10.0.0.3"));
         assert_eq!(db.raw("noderes", "cn3", "xcatmaster").unwrap().from, "compute");

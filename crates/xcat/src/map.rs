@@ -79,7 +79,10 @@ pub struct TlsOut {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SnOut {
     pub name: String,
+    /// What the nodes use (replicas=/refer=): the SN's interface facing them.
     pub address: String,
+    /// Where the MN reaches the agent: the SN's name as in noderes.servicenode, which the MN resolves.
+    pub agent: String,
     pub dialect: String,
     pub backups: Vec<String>,
 }
@@ -107,6 +110,9 @@ pub struct NodeOut {
     pub sns: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub served_by: Option<String>,
+    /// The statelite areas holding its data, when not all of them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub statelite: Option<Vec<String>>,
 }
 
 /// What an import produced.
@@ -179,20 +185,35 @@ fn is_ip(s: &str) -> bool {
     s.parse::<std::net::IpAddr>().is_ok()
 }
 
-/// NIM resource columns that are directory trees under `<installdir>/nim/<type>/<name>`.
-const NIM_TREES: &[&str] =
-    &["spot", "shared_root", "root", "lpp_source", "resolv_conf", "tmp", "home", "shared_home", "mksysb"];
-/// NIM resources that are per node and never replicated (README §1).
-const NIM_NEVER: &[&str] = &["paging", "dump"];
+/// NIM resource trees under `<installdir>/nim/<type>/<name>` that xCAT copies to SNs: doSNcopy2's
+/// `@dorestypes` (xCAT-server/lib/xcat/plugins/aixinstall.pm:9796-9801), lpp_source only for
+/// standalone images (aixinstall.pm:9776-9780).
+const NIM_TREES: &[&str] = &["spot", "lpp_source", "resolv_conf", "mksysb"];
+/// NIM resources xCAT never copies: per-client read-write ones, and shared_root, which NIM makes on
+/// each SN from the spot (not in doSNcopy2's list).
+const NIM_NEVER: &[&str] = &["root", "tmp", "home", "shared_home", "paging", "dump", "shared_root"];
 /// NIM resources that are single files or lists, not trees.
 const NIM_FILES: &[&str] = &["script", "bosinst_data", "installp_bundle", "fb_script", "image_data", "res_group"];
 
-struct Mapper<'a> {
-    db: Db<'a>,
-    report: Vec<Issue>,
+/// The system resolver (DNS, /etc/hosts) as xCAT's `NetworkUtils::getipaddr` falls back to it.
+pub type Resolver<'r> = &'r dyn Fn(&str) -> Option<std::net::IpAddr>;
+
+/// `getaddrinfo` through the standard library: what `getipaddr` does after the hosts table.
+pub fn system_resolver(name: &str) -> Option<std::net::IpAddr> {
+    use std::net::ToSocketAddrs;
+    let mut v: Vec<std::net::IpAddr> = (name, 0u16).to_socket_addrs().ok()?.map(|a| a.ip()).collect();
+    // IPv4 first, as getipaddr returns the first address and clusters number nodes in IPv4.
+    v.sort_by_key(|ip| !ip.is_ipv4());
+    v.into_iter().next()
 }
 
-impl Mapper<'_> {
+struct Mapper<'a, 'r> {
+    db: Db<'a>,
+    report: Vec<Issue>,
+    resolver: Resolver<'r>,
+}
+
+impl Mapper<'_, '_> {
     fn issue(&mut self, severity: Severity, table: &str, row: impl Into<String>, reason: impl Into<String>) {
         self.report.push(Issue { severity, table: table.to_string(), row: row.into(), reason: reason.into() });
     }
@@ -223,6 +244,73 @@ impl Mapper<'_> {
         };
         v.filter(|ip| is_ip(ip))
     }
+
+    /// Every (name, IP) the hosts table defines, as `makehosts` writes them to /etc/hosts
+    /// (xCAT-server/lib/xcat/plugins/hosts.pm:600-650): each node's `ip` under its name and its
+    /// `hostnames`, and each `otherinterfaces` pair (hosts.pm:284-316: `name:IP` or `name!IP`,
+    /// comma-separated; a name starting with `-` is appended to the node's name).
+    fn host_entries(&mut self) -> Vec<(String, String, String)> {
+        let mut out = Vec::new();
+        if self.db.table("hosts").is_none() {
+            return out;
+        }
+        let nodes: Vec<String> = self.db.nodes.iter().map(|(n, _)| n.clone()).collect();
+        for n in nodes {
+            if let Some(ip) = self.attr("hosts", &n, "ip").filter(|ip| is_ip(ip)) {
+                out.push((n.clone(), ip.clone(), n.clone()));
+                for alias in self.attr("hosts", &n, "hostnames").unwrap_or_default().split([',', ' ']) {
+                    if !alias.is_empty() {
+                        out.push((alias.to_string(), ip.clone(), n.clone()));
+                    }
+                }
+            }
+            for pair in self.attr("hosts", &n, "otherinterfaces").unwrap_or_default().split(',') {
+                let (itf, ip) = if pair.contains('!') {
+                    pair.split_once('!').unwrap_or((pair, ""))
+                } else {
+                    pair.split_once(':').unwrap_or((pair, ""))
+                };
+                let ip = ip.split(':').next().unwrap_or("").trim();
+                if itf.is_empty() || !is_ip(ip) {
+                    continue;
+                }
+                let name = if itf.starts_with('-') { format!("{n}{itf}") } else { itf.trim().to_string() };
+                out.push((name, ip.to_string(), n.clone()));
+            }
+        }
+        out
+    }
+
+    /// A name as xCAT resolves it: an IP is itself; then the hosts table (`ip`, `hostnames`,
+    /// `otherinterfaces`, as makehosts puts them in /etc/hosts); then the system resolver
+    /// (`NetworkUtils::getipaddr`, perl-xCAT/xCAT/NetworkUtils.pm:246).
+    fn resolve(&mut self, entries: &[(String, String, String)], name: &str) -> Option<String> {
+        if is_ip(name) {
+            return Some(name.to_string());
+        }
+        if let Some((_, ip, _)) = entries.iter().find(|(n, _, _)| n == name) {
+            return Some(ip.clone());
+        }
+        (self.resolver)(name).map(|ip| ip.to_string())
+    }
+}
+
+/// The enabled `networks` rows as (net, mask) pairs of IPv4 numbers.
+fn networks(tables: &Tables) -> Vec<(String, u32, u32)> {
+    let Some(t) = tables.get("networks") else { return Vec::new() };
+    t.enabled_rows()
+        .filter_map(|r| {
+            let net: std::net::Ipv4Addr = t.get(r, "net")?.trim().parse().ok()?;
+            let mask: std::net::Ipv4Addr = t.get(r, "mask")?.trim().trim_start_matches('/').parse().ok()?;
+            let name = t.get(r, "netname").unwrap_or("?").to_string();
+            Some((name, u32::from(net), u32::from(mask)))
+        })
+        .collect()
+}
+
+/// `NetworkUtils::ishostinsubnet` for IPv4: whether `ip` lies in `net`/`mask`.
+fn in_net(ip: &str, net: u32, mask: u32) -> bool {
+    ip.parse::<std::net::Ipv4Addr>().is_ok_and(|a| u32::from(a) & mask == net & mask)
 }
 
 /// Map tables to a config and a report.
@@ -243,7 +331,12 @@ pub(crate) fn aix_images(tables: &Tables) -> BTreeSet<String> {
 }
 
 pub fn import(tables: &Tables) -> Import {
-    let mut m = Mapper { db: Db::new(tables), report: Vec::new() };
+    import_with(tables, &system_resolver)
+}
+
+/// [`import`] with a given resolver for names the hosts table does not define.
+pub fn import_with(tables: &Tables, resolver: Resolver<'_>) -> Import {
+    let mut m = Mapper { db: Db::new(tables), report: Vec::new(), resolver };
 
     // Disabled rows are skipped, as xCAT skips them; say so.
     for t in tables.tables.values() {
@@ -371,14 +464,47 @@ pub fn import(tables: &Tables) -> Import {
     let mut sn_names: Vec<String> = sn_set.into_iter().collect();
     sn_names.sort_by(|a, b| natural_cmp(a, b));
 
-    // --- each SN's address as its nodes see it: noderes.xcatmaster of the nodes it serves first.
+    // --- each SN's address as its nodes see it. A node with noderes.xcatmaster reaches its SN there
+    // (anaconda.pm:573-610 resolves it to an IP for the initrd); a node of an SN pool (no
+    // xcatmaster) reaches the interface of its SN that lies in the node's network (snmove.pm:394-422:
+    // the SN interface `ishostinsubnet` of the node's `networks` row), never the SN's MN-facing
+    // address. The agent endpoint is the name the MN uses, the SN's name in noderes.servicenode.
+    let entries = m.host_entries();
+    let nets = networks(tables);
     let mut addresses: BTreeMap<String, String> = BTreeMap::new();
     let mut xcatmaster_of: BTreeMap<String, String> = BTreeMap::new();
     let mut candidates: BTreeMap<String, BTreeMap<String, Vec<String>>> = BTreeMap::new();
+    let mut warned: BTreeSet<(String, String)> = BTreeSet::new();
     for n in &nodes {
-        if let Some(x) = m.attr("noderes", &n.name, "xcatmaster") {
-            xcatmaster_of.insert(n.name.clone(), x.clone());
-            candidates.entry(n.sns[0].clone()).or_default().entry(x).or_default().push(n.name.clone());
+        let node_ip = m.resolve(&entries, &n.name);
+        let net = node_ip.as_deref().and_then(|ip| nets.iter().find(|(_, net, mask)| in_net(ip, *net, *mask))).cloned();
+        for (k, sn) in n.sns.iter().enumerate() {
+            let x = if k == 0 { m.attr("noderes", &n.name, "xcatmaster") } else { None };
+            let facing = if let Some(x) = x {
+                xcatmaster_of.insert(n.name.clone(), x.clone());
+                Some(m.resolve(&entries, &x).unwrap_or(x))
+            } else if let Some((netname, net, mask)) = &net {
+                let mut sn_ips: Vec<String> =
+                    entries.iter().filter(|(_, _, owner)| owner == sn).map(|(_, ip, _)| ip.clone()).collect();
+                if let Some(ip) = m.resolve(&entries, sn) {
+                    sn_ips.push(ip);
+                }
+                let found = sn_ips.into_iter().find(|ip| in_net(ip, *net, *mask));
+                if found.is_none() && warned.insert((sn.clone(), netname.clone())) {
+                    m.issue(
+                        Severity::Warning,
+                        "networks",
+                        netname.clone(),
+                        format!("{} is in network {netname} but its SN {sn} has no interface there (hosts.ip, hosts.otherinterfaces)", n.name),
+                    );
+                }
+                found
+            } else {
+                None
+            };
+            if let Some(a) = facing {
+                candidates.entry(sn.clone()).or_default().entry(a).or_default().push(n.name.clone());
+            }
         }
     }
     for s in &sn_names {
@@ -399,24 +525,20 @@ pub fn import(tables: &Tables) -> Import {
                 "noderes",
                 ns.join(","),
                 format!(
-                    "xcatmaster `{a}` differs from the address most nodes of {s} use (`{}`); the config uses the latter",
+                    "these nodes reach {s} at `{a}`, most of its nodes at `{}`; the config uses the latter",
                     chosen.as_deref().unwrap_or("")
                 ),
             );
         }
         let addr = match chosen {
-            Some(a) if is_ip(&a) => a,
-            Some(a) => match m.hosts_ip(&a) {
-                Some(ip) => ip,
-                None => a,
-            },
-            None => match m.hosts_ip(s) {
+            Some(a) => a,
+            None => match m.resolve(&entries, s) {
                 Some(ip) => {
                     m.issue(
                         Severity::Warning,
                         "noderes",
                         s.clone(),
-                        format!("no node gives its xcatmaster; address `{ip}` from the hosts table"),
+                        format!("no node gives its xcatmaster or a network: address `{ip}` is how the MN resolves it"),
                     );
                     ip
                 }
@@ -425,7 +547,7 @@ pub fn import(tables: &Tables) -> Import {
                         Severity::Warning,
                         "noderes",
                         s.clone(),
-                        "no node gives its xcatmaster and the hosts table has no IP; its name is used as address",
+                        "no node gives its xcatmaster and the name does not resolve; its name is used as address",
                     );
                     s.clone()
                 }
@@ -444,6 +566,13 @@ pub fn import(tables: &Tables) -> Import {
             aliases.entry(ip).or_insert_with(|| s.clone());
         }
     }
+    // Every interface name and IP the hosts table gives an SN (otherinterfaces included).
+    for (name, ip, owner) in &entries {
+        if sn_names.contains(owner) {
+            aliases.entry(name.clone()).or_insert_with(|| owner.clone());
+            aliases.entry(ip.clone()).or_insert_with(|| owner.clone());
+        }
+    }
     // nfsserver (then tftpserver) overrides where a node mounts from.
     for n in &nodes {
         let mut nfs = m.attr("noderes", &n.name, "nfsserver");
@@ -451,7 +580,8 @@ pub fn import(tables: &Tables) -> Import {
             nfs = m.attr("noderes", &n.name, "tftpserver");
         }
         let Some(f) = nfs else { continue };
-        if Some(&f) == xcatmaster_of.get(&n.name) {
+        // anaconda.pm:580-584: `<xcatmaster>` means "the xcatmaster", as if unset.
+        if f == "<xcatmaster>" || Some(&f) == xcatmaster_of.get(&n.name) {
             continue;
         }
         let owner = aliases.get(&f).cloned().or_else(|| m.hosts_ip(&f).and_then(|ip| aliases.get(&ip).cloned()));
@@ -474,31 +604,59 @@ pub fn import(tables: &Tables) -> Import {
         }
     }
 
-    // --- dialect: AIX when the SN or its nodes run a NIM image (noderes.current_osimage / next_osimage).
+    // --- each node's osimage and OS: nodetype.provmethod names the osimage (anaconda.pm:276-281,
+    // snmove.pm:1812-1836); `install`/`netboot`/`statelite` there is the old style, whose image is
+    // `<os>-<arch>-<provmethod>-<profile>` (anaconda.pm:370-381). noderes.current_osimage and
+    // next_osimage are "Not currently used" (perl-xCAT/xCAT/Schema.pm:691-692) and not read.
+    // AIX: nodetype.os `AIX` (aixinstall.pm:1261 sets it for NIM nodes) or a NIM osimage.
     let aix_images = aix_images(tables);
+    let osimage_names_all: BTreeSet<String> = tables
+        .get("osimage")
+        .map(|t| t.enabled_rows().filter_map(|r| t.get(r, "imagename").map(str::to_string)).collect())
+        .unwrap_or_default();
     let mut node_images: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut node_aix: BTreeSet<String> = BTreeSet::new();
     for n in all_nodes.iter() {
+        let os = m.attr("nodetype", n, "os");
         let mut v = Vec::new();
-        for col in ["current_osimage", "next_osimage"] {
-            if let Some(i) = m.attr("noderes", n, col) {
-                if !v.contains(&i) {
-                    v.push(i);
-                }
+        if let Some(p) = m.attr("nodetype", n, "provmethod") {
+            let img = if matches!(p.as_str(), "install" | "netboot" | "statelite") {
+                let arch = m.attr("nodetype", n, "arch").unwrap_or_default();
+                let profile = m.attr("nodetype", n, "profile").unwrap_or_default();
+                format!("{}-{arch}-{p}-{profile}", os.as_deref().unwrap_or(""))
+            } else {
+                p
+            };
+            if osimage_names_all.contains(&img) {
+                v.push(img);
+            } else if sn_lists.contains_key(n) {
+                m.issue(
+                    Severity::Error,
+                    "nodetype",
+                    n.clone(),
+                    format!("provmethod names osimage `{img}`, which has no enabled osimage row"),
+                );
             }
+        }
+        if os.as_deref().is_some_and(|o| o.to_ascii_lowercase().starts_with("aix"))
+            || v.iter().any(|i| aix_images.contains(i))
+        {
+            node_aix.insert(n.clone());
         }
         node_images.insert(n.clone(), v);
     }
     let mut sn_out = Vec::new();
     for s in &sn_names {
         let served: Vec<&N> = nodes.iter().filter(|n| &n.sns[0] == s).collect();
-        let aix = std::iter::once(s.as_str())
-            .chain(served.iter().map(|n| n.name.as_str()))
-            .any(|n| node_images.get(n).is_some_and(|is| is.iter().any(|i| aix_images.contains(i))));
+        // An AIX SN serves NIM clients; an SN whose own nodetype says AIX is AIX whatever it serves.
+        let aix =
+            std::iter::once(s.as_str()).chain(served.iter().map(|n| n.name.as_str())).any(|n| node_aix.contains(n));
         let address = addresses.get(s).cloned().unwrap_or_else(|| s.clone());
-        let mut dialect = if aix { "aix" } else { "linux" };
+        let dialect = if aix { "aix" } else { "linux" };
+        // An AIX SN is never written as Linux: one that cannot be written as AIX is left out.
         if aix && !is_ip(&address) {
-            m.issue(Severity::Error, "noderes", s.clone(), format!("AIX service node address `{address}` is not an IP (AIX replica lists take IPs) and the hosts table has none; written as dialect linux, fix by hand"));
-            dialect = "linux";
+            m.issue(Severity::Error, "noderes", s.clone(), format!("AIX service node address `{address}` is not an IP (AIX replica lists take IPs) and does not resolve; the SN is left out, its nodes lose it"));
+            continue;
         }
         if aix && domain.is_none() {
             m.issue(
@@ -506,10 +664,10 @@ pub fn import(tables: &Tables) -> Import {
                 "site",
                 "domain",
                 format!(
-                    "AIX service node {s} needs an NFSv4 domain (site.domain); written as dialect linux, fix by hand"
+                    "AIX service node {s} needs an NFSv4 domain (site.domain); the SN is left out, its nodes lose it"
                 ),
             );
-            dialect = "linux";
+            continue;
         }
         // Backups: the second SN its nodes list, most common first.
         let mut counts: BTreeMap<String, usize> = BTreeMap::new();
@@ -529,7 +687,8 @@ pub fn import(tables: &Tables) -> Import {
                 "no node names a backup after this SN in servicenode: it gets no backups",
             );
         }
-        sn_out.push(SnOut { name: s.clone(), address, dialect: dialect.to_string(), backups });
+        let agent = format!("{s}:{}", model::cluster::DEFAULT_AGENT_PORT);
+        sn_out.push(SnOut { name: s.clone(), address, agent, dialect: dialect.to_string(), backups });
     }
     let aix_sns: Vec<String> = sn_out.iter().filter(|s| s.dialect == "aix").map(|s| s.name.clone()).collect();
     let linux_sns: Vec<String> = sn_out.iter().filter(|s| s.dialect == "linux").map(|s| s.name.clone()).collect();
@@ -542,23 +701,27 @@ pub fn import(tables: &Tables) -> Import {
         let mut v: Vec<String> = nodes
             .iter()
             .filter(|n| node_images.get(&n.name).is_some_and(|is| is.iter().any(|i| i == img)))
-            .map(|n| n.sns[0].clone())
+            .flat_map(|n| n.sns.iter().cloned())
             .collect();
         v.sort_by(|a, b| natural_cmp(a, b));
         v.dedup();
         v
     };
     let all_count = sn_names.len();
-    let pick_sns = |users: Vec<String>, same_dialect: &Vec<String>| -> Option<Vec<String>> {
-        let v = if users.is_empty() { same_dialect.clone() } else { users };
-        if v.is_empty() || v.len() == all_count {
-            None
+    // Images go only to the SNs whose nodes boot them (`Err` when no node does): None means all SNs.
+    let written: Vec<String> = sn_out.iter().map(|s| s.name.clone()).collect();
+    let pick_sns = |users: Vec<String>, same_dialect: &Vec<String>| -> Result<Option<Vec<String>>, ()> {
+        let v: Vec<String> = users.into_iter().filter(|u| same_dialect.contains(u) && written.contains(u)).collect();
+        if v.is_empty() {
+            Err(())
+        } else if v.len() == all_count {
+            Ok(None)
         } else {
-            Some(v)
+            Ok(Some(v))
         }
     };
     fn add_image(
-        m: &mut Mapper<'_>,
+        m: &mut Mapper<'_, '_>,
         images: &mut Vec<ImageOut>,
         by_path: &mut BTreeMap<String, String>,
         img: ImageOut,
@@ -611,8 +774,27 @@ pub fn import(tables: &Tables) -> Import {
             };
             let r = &t.rows[i];
             let users = image_users(name);
+            let Ok(sns) = pick_sns(users, &aix_sns) else {
+                m.issue(
+                    Severity::Skipped,
+                    "osimage",
+                    rowname,
+                    "no node served by an AIX service node boots it (nodetype.provmethod): not replicated",
+                );
+                continue;
+            };
+            let standalone = t.get(r, "nimtype").is_some_and(|n| n.eq_ignore_ascii_case("standalone"));
             for col in NIM_TREES {
                 let Some(v) = t.get(r, col).filter(|v| !v.is_empty()) else { continue };
+                if *col == "lpp_source" && !standalone {
+                    m.issue(
+                        Severity::Skipped,
+                        "nimimage",
+                        format!("{name} ({})", r.location),
+                        format!("lpp_source `{v}`: xCAT copies no lpp_source to SNs for diskless/dataless images"),
+                    );
+                    continue;
+                }
                 if v.contains(',') || v.contains('/') || !model::addr::is_hostname(&v.replace('_', "-")) {
                     m.issue(
                         Severity::Error,
@@ -626,7 +808,7 @@ pub fn import(tables: &Tables) -> Import {
                     name: v.to_string(),
                     path: format!("nim/{col}/{v}"),
                     exclude: vec!["**/.client_data".to_string()],
-                    sns: pick_sns(users.clone(), &aix_sns),
+                    sns: sns.clone(),
                 };
                 add_image(&mut m, &mut images, &mut by_path, img, "nimimage", &format!("{name} ({})", r.location));
             }
@@ -636,7 +818,11 @@ pub fn import(tables: &Tables) -> Import {
                         Severity::Skipped,
                         "nimimage",
                         format!("{name} ({})", r.location),
-                        format!("{col} `{v}` is per node and never replicated"),
+                        if *col == "shared_root" {
+                            format!("shared_root `{v}` is made on each SN by NIM, not copied by xCAT: not replicated")
+                        } else {
+                            format!("{col} `{v}` is per client and read-write: never replicated")
+                        },
                     );
                 }
             }
@@ -702,12 +888,16 @@ pub fn import(tables: &Tables) -> Import {
             m.issue(Severity::Error, "linuximage", rowname, format!("rootimg `{root}`: {e}"));
             continue;
         }
-        let img = ImageOut {
-            name: name.clone(),
-            path: rel.to_string(),
-            exclude: Vec::new(),
-            sns: pick_sns(image_users(name), &linux_sns),
+        let Ok(sns) = pick_sns(image_users(name), &linux_sns) else {
+            m.issue(
+                Severity::Skipped,
+                "osimage",
+                rowname,
+                "no node served by a Linux service node boots it (nodetype.provmethod): not replicated",
+            );
+            continue;
         };
+        let img = ImageOut { name: name.clone(), path: rel.to_string(), exclude: Vec::new(), sns };
         add_image(&mut m, &mut images, &mut by_path, img, "linuximage", &rowname);
     }
     for table in ["linuximage", "nimimage"] {
@@ -727,8 +917,31 @@ pub fn import(tables: &Tables) -> Import {
         }
     }
 
+    // site.sharedinstall=sns: the SNs mount one shared installdir (snmove.pm:570-580 and 830-870 treat
+    // it as one tree for all SNs), so two agents must never write one file system: each image is
+    // replicated once, to the first SN that needs it; the others serve it from the shared tree.
+    if m.db.site("sharedinstall").is_some_and(|v| v.eq_ignore_ascii_case("sns")) {
+        for img in &mut images {
+            let want: Vec<String> = img.sns.clone().unwrap_or_else(|| written.clone());
+            let Some(first) = want.first().cloned() else { continue };
+            if want.len() > 1 {
+                m.issue(
+                    Severity::Warning,
+                    "site",
+                    "sharedinstall",
+                    format!(
+                        "sns: one shared {installdir} on the SNs: image {} is replicated once, to {first}; {} see it in the shared tree and keep their own exports of it",
+                        img.name,
+                        want[1..].join(",")
+                    ),
+                );
+            }
+            img.sns = if written.len() == 1 { None } else { Some(vec![first]) };
+        }
+    }
+
     // --- statelite: statemnt per node; the server tells which SN holds the node's persistent data.
-    let lookups = |m: &mut Mapper<'_>, node: &str, value: &str| -> Result<(String, String), rules::RuleError> {
+    let lookups = |m: &mut Mapper<'_, '_>, node: &str, value: &str| -> Result<(String, String), rules::RuleError> {
         let mut errs = Vec::new();
         let db = &m.db;
         let r = rules::resolve_server_dir(value, node, &mut |t: &str, c: &str| {
@@ -744,9 +957,33 @@ pub fn import(tables: &Tables) -> Import {
     };
     let mut statelite_dirs: BTreeMap<String, String> = BTreeMap::new();
     let mut served_by: BTreeMap<String, String> = BTreeMap::new();
+    // Each node's statelite directories (one per statelite row that applies to it).
+    let mut node_dirs: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let provmethod_of = |img: &str| -> Option<String> {
+        let t = tables.get("osimage")?;
+        t.enabled_rows()
+            .find(|r| t.get(r, "imagename") == Some(img))
+            .and_then(|r| t.get(r, "provmethod"))
+            .map(str::to_string)
+    };
     for n in &nodes {
         let Some(f) = m.db.raw("statelite", &n.name, "statemnt") else { continue };
         let row = format!("{} ({})", f.from, f.location);
+        // Only statelite images mount a statemnt: anaconda.pm builds STATEMNT= only `if ($statelite)`
+        // (anaconda.pm:617-680); a stateless (netboot) node never mounts it.
+        let stateless: Vec<String> = node_images
+            .get(&n.name)
+            .map(|v| v.iter().filter(|i| provmethod_of(i).as_deref() == Some("netboot")).cloned().collect())
+            .unwrap_or_default();
+        if let Some(img) = stateless.first() {
+            m.issue(
+                Severity::Skipped,
+                "statelite",
+                row,
+                format!("{} boots stateless image {img}, which mounts no statemnt: nothing to serve", n.name),
+            );
+            continue;
+        }
         let value = match rules::trans_regex(&n.name, &f.raw) {
             Ok(Some(v)) => v,
             Ok(None) => continue,
@@ -809,10 +1046,12 @@ pub fn import(tables: &Tables) -> Import {
             served_by.insert(n.name.clone(), owner);
         }
         let len = statelite_dirs.len();
-        statelite_dirs.entry(dir).or_insert_with(|| format!("{len}"));
+        statelite_dirs.entry(dir.clone()).or_insert_with(|| format!("{len}"));
+        node_dirs.entry(n.name.clone()).or_default().push(dir);
     }
     let mut statelite = Vec::new();
     let mut used = BTreeSet::new();
+    let mut area_name: BTreeMap<String, String> = BTreeMap::new();
     for dir in statelite_dirs.keys() {
         let base: String = dir
             .rsplit('/')
@@ -827,6 +1066,7 @@ pub fn import(tables: &Tables) -> Import {
             name = format!("{}-{k}", name.trim_end_matches(char::is_numeric).trim_end_matches('-'));
             k += 1;
         }
+        area_name.insert(dir.clone(), name.clone());
         statelite.push(StateliteOut { name, path: dir.clone(), clients: "*".into() });
     }
 
@@ -916,10 +1156,26 @@ pub fn import(tables: &Tables) -> Import {
         }
     }
 
-    let node_out: Vec<NodeOut> = nodes
-        .iter()
-        .map(|n| NodeOut { name: n.name.clone(), sns: n.sns.clone(), served_by: served_by.get(&n.name).cloned() })
-        .collect();
+    // SNs left out (an AIX SN that cannot be written as AIX) leave every list they were in.
+    for s in &mut sn_out {
+        s.backups.retain(|b| written.contains(b));
+    }
+    let mut node_out: Vec<NodeOut> = Vec::new();
+    for n in &nodes {
+        let sns: Vec<String> = n.sns.iter().filter(|s| written.contains(s)).cloned().collect();
+        if sns.is_empty() {
+            m.issue(Severity::Error, "noderes", n.name.clone(), "none of its service nodes could be written");
+            continue;
+        }
+        let served = served_by.get(&n.name).filter(|s| written.contains(s)).cloned();
+        // Which areas hold its data; written only when not every area does (or none).
+        let areas: Vec<String> = node_dirs
+            .get(&n.name)
+            .map(|ds| ds.iter().filter_map(|d| area_name.get(d).cloned()).collect())
+            .unwrap_or_default();
+        let statelite = (areas.len() != statelite.len()).then_some(areas);
+        node_out.push(NodeOut { name: n.name.clone(), sns, served_by: served, statelite });
+    }
     if node_out.is_empty() {
         m.issue(Severity::Error, "noderes", "*", "no node has a service node: nothing for hanfs to serve");
     }

@@ -12,7 +12,13 @@
 //! - AIX bakes the server IP into `statelite.table` inside the image: it must be regenerated (snmove
 //!   runs dolitesetup); Linux bakes statemnt into the boot config: `nodeset` (snmove runs it).
 //!
-//! Not covered: `nodehm.conserver` (console server; not a table hanfs reads) and snmove's postscripts.
+//! - `nodehm.conserver` naming the old SN: the new SN (snmove.pm:803-815), then `makeconservercf`
+//!   for those nodes (snmove.pm:842-860);
+//! - `nodeset <nodes> osimage=<nodetype.provmethod>` for moved Linux netboot/statelite nodes
+//!   (snmove.pm:1065-1115), so the boot configuration names the new server.
+//!
+//! xCAT's commands are found under /opt/xcat/bin and /opt/xcat/sbin when PATH lacks them (systemd
+//! units start with a PATH without them). Not covered: snmove's postscripts.
 //!
 //! [`plan`] is pure; [`execute`] runs or prints; [`redirect`] is the one call for `hanfs migrate` and
 //! `hanfs failover`.
@@ -46,6 +52,10 @@ pub struct NodeMove {
 pub struct Templates {
     pub chdef: Vec<String>,
     pub chtab: Vec<String>,
+    /// `{node}`: the comma-separated nodes whose console server moved.
+    pub makeconservercf: Vec<String>,
+    /// `{node}`, `{osimage}`: moved Linux nodes, per osimage.
+    pub nodeset: Vec<String>,
 }
 
 impl Default for Templates {
@@ -53,6 +63,8 @@ impl Default for Templates {
         Templates {
             chdef: ["chdef", "-t", "node", "-o", "{node}", "{attrs}"].map(String::from).to_vec(),
             chtab: ["chtab", "node={node}", "statelite.statemnt={statemnt}"].map(String::from).to_vec(),
+            makeconservercf: ["makeconservercf", "{node}"].map(String::from).to_vec(),
+            nodeset: ["nodeset", "{node}", "osimage={osimage}"].map(String::from).to_vec(),
         }
     }
 }
@@ -61,7 +73,7 @@ impl Templates {
     /// Read templates from a TOML file (`chdef = [...]`, `chtab = [...]`; either may be left out).
     pub fn from_toml(file: &str, text: &str) -> Result<Templates, String> {
         let t: Templates = toml::from_str(text).map_err(|e| format!("{file}: {e}"))?;
-        if t.chdef.is_empty() || t.chtab.is_empty() {
+        if t.chdef.is_empty() || t.chtab.is_empty() || t.makeconservercf.is_empty() || t.nodeset.is_empty() {
             return Err(format!("{file}: a command template is empty"));
         }
         Ok(t)
@@ -89,6 +101,10 @@ pub struct NodePlan {
     pub statemnt: Option<Change>,
     /// What the admin must know or do that no command here does.
     pub notes: Vec<String>,
+    /// nodehm.conserver moved: `makeconservercf` must run for this node.
+    pub conserver: bool,
+    /// A Linux netboot/statelite node's osimage: `nodeset` must run for it.
+    pub nodeset: Option<String>,
 }
 
 /// The plan for a set of moves.
@@ -205,11 +221,35 @@ pub fn plan(tables: &Tables, moves: &[NodeMove]) -> Result<Plan, RedirectError> 
                 change("monserver", Some(mon.clone()), format!("{},{new_xm}", mv.to));
             }
         }
-        // statelite
-        let is_aix = ["current_osimage", "next_osimage"]
-            .iter()
-            .filter_map(|c| attr("noderes", node, c).ok().flatten())
-            .find(|i| aix_images.contains(i));
+        // nodehm.conserver: snmove sets it to the new SN where it named the old one (snmove.pm:803-815).
+        let mut conserver = false;
+        if let Some(cs) = attr("nodehm", node, "conserver")? {
+            if names_old(&cs) {
+                chdef.push(Change {
+                    table: "nodehm".into(),
+                    attr: "conserver".into(),
+                    old: Some(cs),
+                    new: mv.to.clone(),
+                });
+                conserver = true;
+            }
+        }
+        // The node's osimage is nodetype.provmethod (snmove.pm:1812-1836); AIX by nodetype.os or a
+        // NIM image.
+        let provmethod = attr("nodetype", node, "provmethod")?;
+        let os_aix = attr("nodetype", node, "os")?.is_some_and(|o| o.to_ascii_lowercase().starts_with("aix"));
+        let is_aix = provmethod
+            .clone()
+            .filter(|i| os_aix || aix_images.contains(i))
+            .or_else(|| os_aix.then(|| "(its NIM image)".to_string()));
+        let img_prov = provmethod.as_deref().and_then(|i| {
+            let t = tables.get("osimage")?;
+            t.enabled_rows().find(|r| t.get(r, "imagename") == Some(i)).and_then(|r| t.get(r, "provmethod"))
+        });
+        let nodeset = match (&is_aix, &provmethod) {
+            (None, Some(p)) if matches!(img_prov, Some("netboot" | "statelite")) => Some(p.clone()),
+            _ => None,
+        };
         if let Some(f) = db.raw("statelite", node, "statemnt") {
             let value = rules::trans_regex(node, &f.raw)
                 .map_err(|e| RedirectError::Input(format!("statelite.statemnt of {node} ({}): {e}", f.location)))?;
@@ -238,13 +278,23 @@ pub fn plan(tables: &Tables, moves: &[NodeMove]) -> Result<Plan, RedirectError> 
                         "AIX: statelite.table in the shared_root of image {img} holds the old server's IP for {node}: \
                          regenerate it (snmove runs dolitesetup; or `mkdsklsnode -f -i {img} {node}`) before the node reboots"
                     )),
+                    None if nodeset.is_some() => {}
                     None => notes.push(format!(
-                        "Linux: the boot configuration carries statemnt: run `nodeset {node} osimage` before the node reboots (snmove does)"
+                        "Linux: the boot configuration carries statemnt: run `nodeset {node} osimage=<its image>` before the node reboots (snmove does); nodetype.provmethod names no diskless osimage"
                     )),
                 }
             }
         }
-        out.push(NodePlan { node: node.to_string(), old_sn, new_sn: mv.to.clone(), chdef, statemnt, notes });
+        out.push(NodePlan {
+            node: node.to_string(),
+            old_sn,
+            new_sn: mv.to.clone(),
+            chdef,
+            statemnt,
+            notes,
+            conserver,
+            nodeset,
+        });
     }
     Ok(Plan { nodes: out })
 }
@@ -308,6 +358,24 @@ impl Plan {
                 });
             }
         }
+        // After the tables: the console server config, then the boot configuration (snmove's order).
+        let cons: Vec<&str> = self.nodes.iter().filter(|n| n.conserver).map(|n| n.node.as_str()).collect();
+        if !cons.is_empty() {
+            let list = cons.join(",");
+            let argv = t.makeconservercf.iter().map(|a| fill(a, &[("node", &list)])).collect();
+            out.push(Command { argv, why: format!("console server of {list} moved") });
+        }
+        let mut by_image: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for n in &self.nodes {
+            if let Some(i) = &n.nodeset {
+                by_image.entry(i.as_str()).or_default().push(n.node.as_str());
+            }
+        }
+        for (img, nodes) in by_image {
+            let list = nodes.join(",");
+            let argv = t.nodeset.iter().map(|a| fill(a, &[("node", &list), ("osimage", img)])).collect();
+            out.push(Command { argv, why: format!("boot configuration of {list} names the new server") });
+        }
         out
     }
 
@@ -363,6 +431,29 @@ pub fn default_log(state_dir: &Path) -> PathBuf {
     state_dir.join("xcat-redirect.log")
 }
 
+/// A bare command name that PATH does not hold, but /opt/xcat/bin or /opt/xcat/sbin does, is run
+/// from there (xCAT installs its commands there; a systemd unit's PATH lacks them).
+pub fn xcat_program(prog: &str, path: Option<&std::ffi::OsStr>) -> PathBuf {
+    xcat_program_in(prog, path, &[Path::new("/opt/xcat/bin"), Path::new("/opt/xcat/sbin")])
+}
+
+/// [`xcat_program`] with the xCAT directories given.
+pub fn xcat_program_in(prog: &str, path: Option<&std::ffi::OsStr>, dirs: &[&Path]) -> PathBuf {
+    if prog.contains('/') {
+        return PathBuf::from(prog);
+    }
+    let in_path = path.is_some_and(|p| std::env::split_paths(p).any(|d| d.join(prog).is_file()));
+    if !in_path {
+        for d in dirs {
+            let c = d.join(prog);
+            if c.is_file() {
+                return c;
+            }
+        }
+    }
+    PathBuf::from(prog)
+}
+
 /// Print (dry run) or run the plan's commands. Each run is recorded in the log (JSON lines:
 /// time, argv, exit status, output) before the next starts; the first failure stops the rest.
 pub fn execute(plan: Plan, templates: &Templates, mode: &Mode) -> Result<Outcome, RedirectError> {
@@ -374,7 +465,8 @@ pub fn execute(plan: Plan, templates: &Templates, mode: &Mode) -> Result<Outcome
         log_line(log, &serde_json::json!({"time": now(), "event": "redirect", "commands": commands.len()}))?;
         for c in &commands {
             let Some((prog, args)) = c.argv.split_first() else { continue };
-            let out = std::process::Command::new(prog).args(args).stdin(std::process::Stdio::null()).output();
+            let prog = xcat_program(prog, std::env::var_os("PATH").as_deref());
+            let out = std::process::Command::new(&prog).args(args).stdin(std::process::Stdio::null()).output();
             let (status, stdout, stderr, desc) = match out {
                 Ok(o) => {
                     let code = o.status.code().unwrap_or(-1);

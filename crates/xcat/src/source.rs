@@ -255,19 +255,57 @@ impl std::fmt::Debug for Cfgloc {
     }
 }
 
+/// Where an xCAT configuration string (`/etc/xcat/cfgloc`'s first line, or `$XCATCFG`) puts the
+/// tables, read as Table.pm does (perl-xCAT/xCAT/Table.pm:816-848 `get_xcatcfg`, 925-955 `new`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum XcatCfg {
+    /// `SQLite:/dir`, or a value without `:` (Table.pm:844-846 prefixes `SQLite:`).
+    Sqlite(PathBuf),
+    Db(Cfgloc),
+}
+
+impl XcatCfg {
+    /// Only the first line counts (Table.pm:823-825 reads one line and chomps it).
+    pub fn parse(text: &str) -> Result<XcatCfg, String> {
+        let line = text.split('\n').next().unwrap_or("").trim_end_matches('\r');
+        if line.is_empty() {
+            return Err("the first line is empty (xCAT reads only the first line)".into());
+        }
+        if !line.contains(':') {
+            return Ok(XcatCfg::Sqlite(PathBuf::from(line)));
+        }
+        if let Some(dir) = line.strip_prefix("SQLite:") {
+            return Ok(XcatCfg::Sqlite(PathBuf::from(dir)));
+        }
+        Cfgloc::parse(line).map(XcatCfg::Db)
+    }
+}
+
 impl Cfgloc {
-    /// Parse the text of a cfgloc file; `Err` is a message without the file name.
+    /// Parse a generic DBI line as Table.pm:948-955 does: `split(/\|/)` gives the data source,
+    /// user and password (a password holding `|` is cut there, as in xCAT), an optional `dbi:`
+    /// prefix is dropped. `Err` is a message without the file name.
     pub fn parse(text: &str) -> Result<Cfgloc, String> {
-        let line = text.lines().map(str::trim).find(|l| !l.is_empty() && !l.starts_with('#')).ok_or("empty file")?;
-        let mut parts = line.splitn(3, '|');
+        let line = text.split('\n').next().unwrap_or("").trim_end_matches('\r');
+        if line.is_empty() {
+            return Err("the first line is empty (xCAT reads only the first line)".into());
+        }
+        let mut parts = line.split('|');
         let dsn = parts.next().unwrap_or("");
+        let dsn = dsn.strip_prefix("dbi:").unwrap_or(dsn);
         let user = parts.next().ok_or("no `|user|password` after the data source")?.to_string();
         let password = parts.next().unwrap_or("").to_string();
         let (driver, params) = dsn.split_once(':').ok_or_else(|| format!("`{dsn}` is not `Pg:...` or `mysql:...`"))?;
         let kind = match driver.to_ascii_lowercase().as_str() {
             "pg" => DbKind::Postgres,
             "mysql" => DbKind::Mysql,
-            "db2" => return Err("DB2 is not supported (xCAT's DB2 back end is deprecated)".into()),
+            "db2" => {
+                return Err("DB2 is not supported by hanfs: dump the tables with xCAT's `dumpxCATdb -p DIR` and \
+                            import with `hanfs xcat import --tabdump DIR`, or migrate xCAT to PostgreSQL or \
+                            MySQL/MariaDB (xCAT's DB2 back end is deprecated)"
+                    .into())
+            }
+            "csv" => return Err("xCAT's CSV back end is not supported: use `--tabdump DIR` on the CSV files".into()),
             _ => return Err(format!("unknown database driver `{driver}`; expected Pg or mysql")),
         };
         let mut c = Cfgloc { kind, dbname: String::new(), host: None, port: None, socket: None, user, password };
@@ -440,7 +478,20 @@ impl TableSource for CfglocDb {
 pub enum SourceSpec {
     Tabdump(PathBuf),
     Sqlite(PathBuf),
+    /// A cfgloc file: its first line as [`XcatCfg`] (a database, or `SQLite:/dir`).
     Cfgloc(PathBuf),
+    /// The text of `$XCATCFG`, which xCAT prefers to /etc/xcat/cfgloc.
+    Xcatcfg(String),
+}
+
+fn open_xcatcfg(text: &str, name: String) -> Result<Box<dyn TableSource>, SourceError> {
+    match XcatCfg::parse(text).map_err(|m| SourceError::Cfgloc { cfgloc: name.clone(), message: m })? {
+        XcatCfg::Sqlite(dir) => {
+            dir_exists(&dir)?;
+            Ok(Box::new(SqliteDir { dir }))
+        }
+        XcatCfg::Db(cfg) => Ok(Box::new(CfglocDb::connect(cfg, name)?)),
+    }
 }
 
 impl SourceSpec {
@@ -455,16 +506,32 @@ impl SourceSpec {
                 dir_exists(d)?;
                 Box::new(SqliteDir { dir: d.clone() })
             }
-            SourceSpec::Cfgloc(f) => Box::new(CfglocDb::open(f)?),
+            SourceSpec::Cfgloc(f) => {
+                let name = f.display().to_string();
+                let text = std::fs::read_to_string(f)
+                    .map_err(|e| SourceError::Cfgloc { cfgloc: name.clone(), message: format!("cannot read: {e}") })?;
+                open_xcatcfg(&text, name)?
+            }
+            SourceSpec::Xcatcfg(text) => open_xcatcfg(text, "$XCATCFG".into())?,
         })
     }
 
-    /// Where xCAT keeps its tables on the MN: the database `/etc/xcat/cfgloc` names when that file
-    /// exists, else the SQLite files in `/etc/xcat`. For `hanfs migrate` / `failover`.
+    /// Where xCAT keeps its tables on the MN, in Table.pm's order (Table.pm:816-848): `$XCATCFG`,
+    /// else `/etc/xcat/cfgloc`, else SQLite in `/opt/xcat/cfg` when that directory exists, else
+    /// SQLite in `/etc/xcat`. For `hanfs migrate` / `failover`.
     pub fn default_on_mn() -> SourceSpec {
-        let cfgloc = Path::new("/etc/xcat/cfgloc");
+        Self::default_from(std::env::var("XCATCFG").ok(), Path::new("/etc/xcat/cfgloc"), Path::new("/opt/xcat/cfg"))
+    }
+
+    /// [`SourceSpec::default_on_mn`] with its inputs given.
+    pub fn default_from(xcatcfg: Option<String>, cfgloc: &Path, opt_cfg: &Path) -> SourceSpec {
+        if let Some(v) = xcatcfg.filter(|v| !v.is_empty()) {
+            return SourceSpec::Xcatcfg(v);
+        }
         if cfgloc.exists() {
             SourceSpec::Cfgloc(cfgloc.to_path_buf())
+        } else if opt_cfg.is_dir() {
+            SourceSpec::Sqlite(opt_cfg.to_path_buf())
         } else {
             SourceSpec::Sqlite(PathBuf::from("/etc/xcat"))
         }
@@ -490,12 +557,13 @@ mod tests {
 
     #[test]
     fn cfgloc_forms() {
+        // Table.pm:948 `split(/\|/, $xcatcfg)` into three: a `|` in the password cuts it.
         let c = Cfgloc::parse("Pg:dbname=xcatdb;host=10.0.0.1|xcatadm|se|cret\n").unwrap();
         assert_eq!(c.kind, DbKind::Postgres);
         assert_eq!(c.dbname, "xcatdb");
         assert_eq!(c.host.as_deref(), Some("10.0.0.1"));
         assert_eq!(c.user, "xcatadm");
-        assert_eq!(c.password, "se|cret");
+        assert_eq!(c.password, "se");
         assert!(!format!("{c:?}").contains("cret"), "password stays out of debug output");
         let c = Cfgloc::parse("mysql:dbname=xcatdb;host=mn;port=3307|xcat|pw").unwrap();
         assert_eq!((c.kind, c.port), (DbKind::Mysql, Some(3307)));
@@ -504,5 +572,33 @@ mod tests {
         assert!(Cfgloc::parse("Pg:host=h|u|p").unwrap_err().contains("dbname"));
         assert!(Cfgloc::parse("Oracle:dbname=x|u|p").unwrap_err().contains("unknown"));
         assert!(Cfgloc::parse("Pg:dbname=x").unwrap_err().contains("user"));
+        // Table.pm:953-954: a `dbi:` prefix is optional.
+        assert_eq!(Cfgloc::parse("dbi:Pg:dbname=x|u|p").unwrap().kind, DbKind::Postgres);
+        // Only the first line (Table.pm:823-825).
+        assert!(XcatCfg::parse("\nPg:dbname=x|u|p").unwrap_err().contains("first line"));
+        assert_eq!(
+            XcatCfg::parse("Pg:dbname=x|u|p\n# x\n").unwrap(),
+            XcatCfg::Db(Cfgloc::parse("Pg:dbname=x|u|p").unwrap())
+        );
+        // SQLite:DIR, and a value without `:` (Table.pm:844-846).
+        assert_eq!(XcatCfg::parse("SQLite:/etc/xcat\n").unwrap(), XcatCfg::Sqlite("/etc/xcat".into()));
+        assert_eq!(XcatCfg::parse("/opt/xcat/cfg").unwrap(), XcatCfg::Sqlite("/opt/xcat/cfg".into()));
+        // DB2: a refusal that says what to do instead.
+        let e = XcatCfg::parse("DB2:xcatdb|xcatdb|pw").unwrap_err();
+        assert!(e.contains("dumpxCATdb") && e.contains("--tabdump"), "{e}");
+    }
+
+    #[test]
+    fn default_location_in_xcat_order() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cfgloc = tmp.path().join("cfgloc");
+        let opt = tmp.path().join("opt-cfg");
+        let d = |x: Option<&str>| SourceSpec::default_from(x.map(str::to_string), &cfgloc, &opt);
+        assert_eq!(d(None), SourceSpec::Sqlite("/etc/xcat".into()));
+        std::fs::create_dir(&opt).unwrap();
+        assert_eq!(d(None), SourceSpec::Sqlite(opt.clone()));
+        std::fs::write(&cfgloc, "Pg:dbname=x|u|p\n").unwrap();
+        assert_eq!(d(None), SourceSpec::Cfgloc(cfgloc.clone()));
+        assert_eq!(d(Some("SQLite:/x")), SourceSpec::Xcatcfg("SQLite:/x".into()));
     }
 }

@@ -75,8 +75,9 @@ fn xcat_reading_rules_hold() {
     // Disabled rows: the node's row is skipped, the group's value is used.
     assert_eq!(sns("cn012").unwrap(), ["sn1", "sn2"]);
     assert_eq!(sns("cn014").unwrap(), ["sn1", "sn2"], "disable=\"\" disables a row, as xCAT's SQL does");
-    // "" on the node's row stops the search and means no value; NULL falls through to the groups.
-    assert!(c.node("cn010").is_none());
+    // "" on the node's row is no value, like NULL: the groups' list applies (Table.pm getAttribs;
+    // xcat-truth.json, made by xCAT's own Perl, has cn010 noderes.servicenode = "sn1,sn2").
+    assert_eq!(sns("cn010").unwrap(), ["sn1", "sn2"]);
     assert_eq!(sns("cn011").unwrap(), ["sn1", "sn2"]);
     // A disabled nodelist row: no node. "no" is not disabled.
     assert!(c.node("cn013").is_none());
@@ -88,7 +89,7 @@ fn xcat_reading_rules_hold() {
     for n in ["sn1", "aixsn1", "xcatmn", "fsp01"] {
         assert!(c.node(n).is_none(), "{n}");
     }
-    assert_eq!(c.nodes.len(), 198, "200 compute nodes less cn010 (no SN) and cn013 (disabled)");
+    assert_eq!(c.nodes.len(), 199, "200 compute nodes less cn013 (disabled)");
     // Addresses as nodes see them: regex xcatmaster; names resolved through hosts.
     let addr = |s: &str| c.sn(s).unwrap().address.to_string();
     assert_eq!(addr("sn1"), "10.0.1.254");
@@ -113,9 +114,9 @@ fn xcat_reading_rules_hold() {
     assert_eq!(
         im,
         [
+            // What doSNcopy2 copies (aixinstall.pm:9776-9801): spot, resolv_conf; not the
+            // diskless image's lpp_source, nor shared_root (NIM makes it on each SN).
             ("710spot", "nim/spot/710spot"),
-            ("710shared_root", "nim/shared_root/710shared_root"),
-            ("710lpp_source", "nim/lpp_source/710lpp_source"),
             ("710resolv_conf", "nim/resolv_conf/710resolv_conf"),
             ("rh86-compute", "netboot/rhels8.6/x86_64/compute/rootimg"),
             ("rh86-statelite", "netboot/rhels8.6/x86_64/statelite/rootimg"),
@@ -123,7 +124,12 @@ fn xcat_reading_rules_hold() {
         ]
     );
     assert_eq!(c.image("710spot").unwrap().sns, ["aixsn1", "aixsn2"]);
-    assert_eq!(c.image("rh86-compute").unwrap().sns, ["sn1", "sn2", "sn3", "sn4"]);
+    // Only the SNs of the nodes that boot it (nodetype.provmethod; rack03 is served by sn3, sn4).
+    assert_eq!(c.image("rh86-compute").unwrap().sns, ["sn3", "sn4"]);
+    assert_eq!(c.image("rh86-statelite").unwrap().sns, ["sn1", "sn2", "sn3", "sn4"]);
+    // The AIX SNs are AIX from nodetype.os, never Linux; the agent is reached by the SN's name.
+    assert_eq!(c.sn("aixsn2").unwrap().dialect, model::Dialect::Aix);
+    assert_eq!(c.sn("sn1").unwrap().agent.to_string(), "sn1:7468");
     assert_eq!(c.image("710spot").unwrap().exclude, ["**/.client_data"]);
 }
 
@@ -139,7 +145,6 @@ fn the_report_names_table_row_and_reason() {
             r.iter().map(|i| i.to_string()).collect::<Vec<_>>().join("\n")
         )
     };
-    has(Severity::Skipped, "noderes", "cn010", "no servicenode");
     has(Severity::Skipped, "nodelist", "cn013", "disabled");
     has(Severity::Skipped, "noderes", "cn012", "disabled");
     has(Severity::Skipped, "noderes", "cn014", "disabled");
@@ -152,8 +157,10 @@ fn the_report_names_table_row_and_reason() {
     has(Severity::Skipped, "osimage", "rh79-old", "disabled");
     has(Severity::Warning, "linuximage", "rh86-statelite", "default");
     has(Severity::Error, "linuximage", "orphan", "no enabled osimage");
-    has(Severity::Skipped, "nimimage", "aix71-diskless", "paging `710paging` is per node");
-    has(Severity::Skipped, "nimimage", "aix71-diskless", "dump `710dump` is per node");
+    has(Severity::Skipped, "nimimage", "aix71-diskless", "paging `710paging` is per client");
+    has(Severity::Skipped, "nimimage", "aix71-diskless", "dump `710dump` is per client");
+    has(Severity::Skipped, "nimimage", "aix71-diskless", "shared_root `710shared_root` is made on each SN");
+    has(Severity::Skipped, "nimimage", "aix71-diskless", "lpp_source `710lpp_source`");
     has(Severity::Skipped, "nimimage", "aix71-diskless", "bosinst_data");
     has(Severity::Skipped, "litetree", "2.0", "not on the nodes' service node");
     has(Severity::Warning, "litefile", "gone-image", "no enabled osimage");

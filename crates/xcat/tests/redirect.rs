@@ -6,6 +6,7 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use xcat::db::Db;
 use xcat::redirect::{self, Mode, NodeMove, RedirectError, Templates};
 use xcat::table::Tables;
@@ -22,8 +23,15 @@ fn mv(node: &str, to: &str) -> NodeMove {
     NodeMove { node: node.into(), to: to.into(), address: None }
 }
 
+/// The table-changing commands (nodeset and makeconservercf are checked on their own below).
 fn cmds(t: &Tables, moves: &[NodeMove]) -> Vec<String> {
-    redirect::plan(t, moves).unwrap().commands(&Templates::default()).iter().map(|c| c.argv.join(" ")).collect()
+    redirect::plan(t, moves)
+        .unwrap()
+        .commands(&Templates::default())
+        .iter()
+        .map(|c| c.argv.join(" "))
+        .filter(|c| !c.starts_with("nodeset ") && !c.starts_with("makeconservercf "))
+        .collect()
 }
 
 /// snmove's node attribute changes, re-derived line by line from snmove.pm (lines ~440-560):
@@ -76,6 +84,9 @@ fn commands_for_moved_nodes() {
     let (_d, t) = tables();
     // A rack01 node to its backup: servicenode order and xcatmaster; statemnt follows $noderes.xcatmaster.
     assert_eq!(cmds(&t, &[mv("cn020", "sn2")]), ["chdef -t node -o cn020 servicenode=sn2,sn1 xcatmaster=10.0.2.254"]);
+    // cn020 boots the statelite osimage rh86-statelite (nodetype.provmethod): snmove runs nodeset.
+    let all = redirect::plan(&t, &[mv("cn020", "sn2")]).unwrap().commands(&Templates::default());
+    assert_eq!(all.last().unwrap().argv.join(" "), "nodeset cn020 osimage=rh86-statelite");
     // nfsserver and tftpserver named the old SN's address: repointed too.
     assert_eq!(
         cmds(&t, &[mv("cn011", "sn2")]),
@@ -175,15 +186,18 @@ fn apply_runs_checks_and_records() {
     let echo = Templates {
         chdef: ["echo", "chdef", "-o", "{node}", "{attrs}"].map(String::from).to_vec(),
         chtab: ["echo", "chtab", "node={node}", "statelite.statemnt={statemnt}"].map(String::from).to_vec(),
+        makeconservercf: ["echo", "makeconservercf", "{node}"].map(String::from).to_vec(),
+        nodeset: ["echo", "nodeset", "{node}", "osimage={osimage}"].map(String::from).to_vec(),
     };
     let out = redirect::redirect(&src, &[mv("cn030", "sn2")], &echo, &Mode::Apply { log: log.clone() }).unwrap();
     assert!(out.applied);
-    assert_eq!(out.ran.len(), 2);
+    assert_eq!(out.ran.len(), 3, "chdef, chtab, nodeset");
     assert!(out.ran.iter().all(|r| r.status == 0));
+    assert_eq!(out.ran[2].stdout, "nodeset cn030 osimage=rh86-statelite\n");
     assert_eq!(out.ran[0].stdout, "chdef -o cn030 servicenode=sn2,sn1 xcatmaster=10.0.2.254\n");
     let text = std::fs::read_to_string(&log).unwrap();
     let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    assert_eq!(lines.len(), 3, "{text}");
+    assert_eq!(lines.len(), 4, "{text}");
     assert_eq!(lines[2]["argv"][1], "chtab");
     assert_eq!(lines[2]["status"], 0);
     // A failing command stops the rest and is recorded.
@@ -199,11 +213,11 @@ fn apply_runs_checks_and_records() {
     let last: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
     assert_eq!(last["argv"][0], "false");
     assert_eq!(last["status"], 1);
-    assert_eq!(text.lines().count(), 5, "the chtab after the failed chdef did not run");
+    assert_eq!(text.lines().count(), 6, "the chtab and nodeset after the failed chdef did not run");
     // Dry run: nothing runs, nothing is logged.
     let out = redirect::redirect(&src, &[mv("cn030", "sn2")], &failing, &Mode::DryRun).unwrap();
-    assert!(out.ran.is_empty() && !out.applied && out.commands.len() == 2);
-    assert_eq!(std::fs::read_to_string(&log).unwrap().lines().count(), 5);
+    assert!(out.ran.is_empty() && !out.applied && out.commands.len() == 3);
+    assert_eq!(std::fs::read_to_string(&log).unwrap().lines().count(), 6);
     // Templates from TOML.
     let t = Templates::from_toml(
         "t.toml",
@@ -219,8 +233,43 @@ fn bad_moves_are_refused() {
     let (_d, t) = tables();
     let e = redirect::plan(&t, &[mv("cn999", "sn2")]).unwrap_err().to_string();
     assert!(e.contains("cn999") && e.contains("nodelist"), "{e}");
-    let e = redirect::plan(&t, &[mv("cn010", "sn2")]).unwrap_err().to_string();
+    let e = redirect::plan(&t, &[mv("fsp01", "sn2")]).unwrap_err().to_string();
     assert!(e.contains("no noderes.servicenode"), "{e}");
     let e = redirect::plan(&t, &[mv("cn020", "sn9")]).unwrap_err().to_string();
     assert!(e.contains("sn9") && e.contains("address"), "{e}");
+}
+
+/// snmove's extra steps on the linux-pools set: c001's console server is the old SN (nodehm), so
+/// snmove sets it to the new SN and runs makeconservercf (snmove.pm:803-860); c001 boots a
+/// statelite osimage (nodetype.provmethod), so snmove runs `nodeset ... osimage=` (snmove.pm:1065-1115).
+#[test]
+fn conserver_and_nodeset_as_snmove() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sets/linux-pools");
+    let t = SourceSpec::Tabdump(dir).read().unwrap();
+    let p = redirect::plan(&t, &[mv("c001", "sn2"), mv("c002", "sn2")]).unwrap();
+    let cmds: Vec<String> = p.commands(&Templates::default()).iter().map(|c| c.argv.join(" ")).collect();
+    assert_eq!(
+        cmds,
+        [
+            "chdef -t node -o c001,c002 servicenode=sn2,sn1 xcatmaster=10.10.0.2 conserver=sn2",
+            // statemnt `sn1:/nodedata` names the old SN: the new xcatmaster (snmove.pm:649).
+            "chtab node=c001 statelite.statemnt=10.10.0.2:/nodedata",
+            "chtab node=c002 statelite.statemnt=10.10.0.2:/nodedata",
+            "makeconservercf c001,c002",
+            "nodeset c001,c002 osimage=rh86-statelite",
+        ],
+        "{p:?}"
+    );
+}
+
+#[test]
+fn xcat_commands_found_outside_path() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bin = tmp.path().join("opt-xcat-bin");
+    std::fs::create_dir(&bin).unwrap();
+    std::fs::write(bin.join("chdef"), "#!/bin/sh\n").unwrap();
+    let path = std::ffi::OsString::from("/usr/bin:/bin");
+    assert_eq!(redirect::xcat_program_in("chdef", Some(&path), &[&bin]), bin.join("chdef"));
+    assert_eq!(redirect::xcat_program_in("sh", Some(&path), &[&bin]), Path::new("sh"), "in PATH: as is");
+    assert_eq!(redirect::xcat_program_in("/x/chdef", Some(&path), &[&bin]), Path::new("/x/chdef"));
 }

@@ -31,6 +31,22 @@ impl Fixture {
         self.tables.entry(table).or_default().push(row.to_vec());
     }
 
+    /// A table set written by hand as tabdump files (`DIR/<table>.csv`), to be loaded into SQLite,
+    /// PostgreSQL and MariaDB with exactly the same rows. Columns a file lacks are NULL.
+    pub fn from_tabdump(dir: &Path) -> Fixture {
+        let mut f = Fixture { tables: BTreeMap::new() };
+        for spec in table::TABLES {
+            let p = dir.join(format!("{}.csv", spec.name));
+            let Ok(text) = std::fs::read_to_string(&p) else { continue };
+            let t = xcat::tabdump::parse(spec.name, &p.display().to_string(), &text).unwrap();
+            let rows = f.tables.entry(spec.name).or_default();
+            for r in &t.rows {
+                rows.push(spec.columns.iter().map(|c| (*c, t.col(c).and_then(|i| r.values[i].clone()))).collect());
+            }
+        }
+        f
+    }
+
     /// Rows as full value vectors in schema column order.
     pub fn rows(&self, spec: &Spec) -> Vec<Vec<Option<String>>> {
         self.tables
@@ -242,7 +258,8 @@ pub fn cluster() -> Fixture {
     );
     // cn005 overrides on its own row: served by sn2 with sn1 as backup.
     f.add("noderes", &[("node", s("cn005")), ("servicenode", s("sn2,sn1")), ("xcatmaster", s("10.0.2.254"))]);
-    // cn010: servicenode "" on its own row: defined, so the groups are not consulted, and empty: no SN.
+    // cn010: servicenode "" on its own row: Table.pm getAttribs drops empty values, so the group's
+    // list applies as for NULL (xcat-truth.json: cn010 noderes.servicenode = "sn1,sn2").
     f.add("noderes", &[("node", s("cn010")), ("servicenode", s("")), ("netboot", s("xnba"))]);
     // cn011: servicenode NULL on its own row: inherited from rack01; nfsserver names its SN's address.
     f.add("noderes", &[("node", s("cn011")), ("nfsserver", s("10.0.1.254")), ("tftpserver", s("10.0.1.254"))]);
@@ -261,6 +278,25 @@ pub fn cluster() -> Fixture {
     f.add("noderes", &[("node", s("cn191")), ("servicenode", s("sn4,xcatmn"))]);
     // cn100 (rack03, sn3): mounts from sn3 by name.
     f.add("noderes", &[("node", s("cn100")), ("nfsserver", s("sn3"))]);
+
+    // --- nodetype: provmethod names the osimage (noderes.current_osimage above is unused by xCAT):
+    // racks 1, 2 and 4 boot statelite, rack03 stateless; the AIX nodes are NIM diskless clients.
+    f.add(
+        "nodetype",
+        &[
+            ("node", s("compute")),
+            ("os", s("rhels8.6")),
+            ("arch", s("x86_64")),
+            ("profile", s("compute")),
+            ("provmethod", s("rh86-statelite")),
+        ],
+    );
+    f.add("nodetype", &[("node", s("rack03")), ("provmethod", s("rh86-compute"))]);
+    f.add("nodetype", &[("node", s("aixservice")), ("os", s("AIX")), ("arch", s("ppc64"))]);
+    f.add(
+        "nodetype",
+        &[("node", s("aixcompute")), ("os", s("AIX")), ("arch", s("ppc64")), ("provmethod", s("aix71-diskless"))],
+    );
 
     f.add("hosts", &[("node", s("xcatmn")), ("ip", s("10.0.0.1"))]);
     // --- hosts: MN-side addresses of SNs, the AIX SNs' node-side ones, and a regex for compute.

@@ -1,0 +1,165 @@
+//! Realistic table sets written from xCAT's Schema.pm and documentation (tests/fixtures/sets/*):
+//! each imports the same from tabdump and SQLite (tests/databases.rs loads them into PostgreSQL and
+//! MariaDB), its lookups equal xCAT's own Perl (tests/truth.rs), and the mapped cluster is what
+//! xCAT's code implies, cited per assertion.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use xcat::{Severity, SourceSpec};
+
+fn set(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sets").join(name)
+}
+
+fn body(toml: &str) -> String {
+    toml.lines().skip_while(|l| l.starts_with('#') || l.is_empty()).collect::<Vec<_>>().join("\n")
+}
+
+/// Tabdump and SQLite of the same rows give the same config and report.
+pub fn import(name: &str) -> xcat::Imported {
+    let a = xcat::import(&SourceSpec::Tabdump(set(name))).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    common::Fixture::from_tabdump(&set(name)).write_sqlite(tmp.path());
+    let b = xcat::import(&SourceSpec::Sqlite(tmp.path().to_path_buf())).unwrap();
+    assert_eq!(body(&a.toml), body(&b.toml), "{name}: tabdump and SQLite differ");
+    assert_eq!(a.import.report.len(), b.import.report.len());
+    a
+}
+
+fn has(imp: &xcat::Imported, sev: Severity, table: &str, row: &str, reason: &str) {
+    let r = &imp.import.report;
+    assert!(
+        r.iter().any(|i| i.severity == sev && i.table == table && i.row.starts_with(row) && i.reason.contains(reason)),
+        "no {sev:?} {table} {row} `{reason}` in:\n{}",
+        r.iter().map(|i| i.to_string()).collect::<Vec<_>>().join("\n")
+    );
+}
+
+#[test]
+fn linux_pools_with_external_nfs() {
+    let imp = import("linux-pools");
+    let c = &imp.cluster;
+    eprintln!("{}", imp.toml);
+    for i in &imp.import.report {
+        eprintln!("{i}");
+    }
+    // SN pools (xcatmaster unset): each SN's address is its interface in the nodes' networks row
+    // (snmove.pm:394-422), from hosts.otherinterfaces in both forms (hosts.pm:284-316), never its
+    // MN-facing hosts.ip (172.16.0.x); the agent is reached by the SN's name.
+    let addr = |s: &str| c.sn(s).unwrap().address.to_string();
+    assert_eq!(addr("sn1"), "10.10.0.1", "name:IP");
+    assert_eq!(addr("sn2"), "10.10.0.2", "-suffix:IP");
+    assert_eq!(addr("sn3"), "10.20.0.3", "the eth1 pair, not ib0");
+    assert_eq!(addr("sn4"), "10.20.0.4", "name!IP");
+    assert_eq!(c.sn("sn3").unwrap().agent.to_string(), "sn3:7468");
+    // "" on c005's own row is no value: the pool's list applies (xcat-truth.json).
+    assert_eq!(c.node("c005").unwrap().sns, ["sn1", "sn2"]);
+    assert_eq!(c.nodes.len(), 16);
+    has(&imp, Severity::Skipped, "noderes", "nfs-ha", "no servicenode");
+    // Images from nodetype.provmethod only (c006's stale current_osimage is not read), each on the
+    // SNs of the nodes that boot it.
+    let im: Vec<(&str, &str)> = c.images.iter().map(|i| (i.name.as_str(), i.path.as_str())).collect();
+    assert_eq!(
+        im,
+        [
+            ("rh86-stateless", "netboot/rhels8.6/x86_64/stateless/rootimg"),
+            ("rh86-statelite", "netboot/rhels8.6/x86_64/statelite/rootimg"),
+        ]
+    );
+    assert_eq!(c.image("rh86-stateless").unwrap().sns, ["sn3", "sn4"]);
+    assert_eq!(c.image("rh86-statelite").unwrap().sns, ["sn1", "sn2", "sn3", "sn4"]);
+    has(&imp, Severity::Skipped, "osimage", "rh86-unused", "no node");
+    has(&imp, Severity::Skipped, "osimage", "rh86-install", "provmethod `install`");
+    // Statelite: one area per statemnt directory; each node only in its own; the GPU nodes'
+    // /gpudata beside the others' /nodedata; poolB's data on the external HA-NFS server is not
+    // hanfs's; the stateless nodes mount no statemnt at all (anaconda.pm:617-680).
+    let sl: Vec<(&str, &str)> = c.statelite.iter().map(|s| (s.name.as_str(), s.path.as_str())).collect();
+    assert_eq!(sl, [("gpudata", "/gpudata"), ("nodedata", "/nodedata")]);
+    assert_eq!(c.node("c007").unwrap().statelite.as_deref(), Some(&["gpudata".to_string()][..]));
+    assert_eq!(c.node("c001").unwrap().statelite.as_deref(), Some(&["nodedata".to_string()][..]));
+    for n in ["c009", "c013"] {
+        assert_eq!(c.node(n).unwrap().statelite.as_deref(), Some(&[][..]), "{n}");
+    }
+    has(&imp, Severity::Error, "statelite", "poolB", "not a service node");
+    has(&imp, Severity::Skipped, "statelite", "poolB", "c013 boots stateless image rh86-stateless");
+    // What sn1 exports: each area itself read-write (xCAT's clients mount it, mkdir <node>,
+    // remount: SvrUtils.pm setupStatemnt exports the statemnt directory), then its nodes' own.
+    let ex = exports::render_sn(c, "sn1").unwrap();
+    let lines: Vec<&str> = ex.lines().filter(|l| l.starts_with("/gpudata") || l.starts_with("/nodedata")).collect();
+    assert_eq!(lines.len(), 2 + 2 + 6, "{ex}");
+    assert!(lines[0].starts_with("/gpudata *(rw,no_root_squash,sync,no_subtree_check,fsid="), "{ex}");
+    assert!(lines[1].starts_with("/gpudata/c007 *(rw,"), "{ex}");
+    assert!(lines[3].starts_with("/nodedata *(rw,"), "{ex}");
+    assert!(!ex.contains("/gpudata/c001") && !ex.contains("/nodedata/c007"), "{ex}");
+}
+
+#[test]
+fn aix_setuphanfs_pair() {
+    let imp = import("aix-hanfs");
+    let c = &imp.cluster;
+    // Both SNs are AIX (nodetype.os), reached by the nodes at the en1 address their xcatmaster
+    // names (hosts.otherinterfaces `-en1:`), each the other's backup, as mkdsklsnode -S expects of
+    // the pair (aixinstall.pm:12390-12415: exactly two SNs).
+    for (s, a, b) in [("aixsn1", "10.2.0.1", "aixsn2"), ("aixsn2", "10.2.0.2", "aixsn1")] {
+        let sn = c.sn(s).unwrap();
+        assert_eq!(sn.dialect, model::Dialect::Aix, "{s}");
+        assert_eq!(sn.address.to_string(), a, "{s}");
+        assert_eq!(sn.backups, [b], "{s}");
+    }
+    assert_eq!(c.domain.as_deref(), Some("aix.example"));
+    // Only what doSNcopy2 copies to SNs (aixinstall.pm:9776-9801): the spot and resolv_conf of a
+    // diskless image; never its lpp_source, shared_root (NIM makes it per SN) or the per-client
+    // read-write resources.
+    let im: Vec<&str> = c.images.iter().map(|i| i.path.as_str()).collect();
+    assert_eq!(im, ["nim/spot/71Bspot", "nim/resolv_conf/71Bresolv"]);
+    for what in [
+        "lpp_source `71Blpp`",
+        "shared_root `71Bshared_root`",
+        "paging `71Bpaging`",
+        "dump `71Bdump`",
+        "home `71Bhome`",
+        "tmp `71Btmp`",
+    ] {
+        has(&imp, Severity::Skipped, "nimimage", "71Bdskls", what);
+    }
+    // The SNs' own standalone image is booted by no node an SN serves.
+    has(&imp, Severity::Skipped, "osimage", "71Bsn", "no node");
+    // Statelite: $noderes.xcatmaster resolves to each node's primary (by its en1 name).
+    assert_eq!(c.statelite.len(), 1);
+    assert_eq!(c.node("aixcn05").unwrap().served_by, "aixsn2");
+    assert_eq!(c.node("aixcn01").unwrap().served_by, "aixsn1");
+    let ex = exports::render_sn(c, "aixsn1").unwrap();
+    assert!(ex.contains("\n/nodedata -vers=4,rw,root=*\n/nodedata/aixcn01 -vers=4,rw,root=*\n"), "{ex}");
+    assert!(!ex.contains("/nodedata/aixcn05"), "{ex}");
+}
+
+#[test]
+fn shared_install_on_the_sns() {
+    let imp = import("sharedinstall-sns");
+    let c = &imp.cluster;
+    // One shared installdir on the SNs: the image goes to one agent only.
+    assert_eq!(c.image("rh92-netboot").unwrap().sns, ["sn1"]);
+    has(&imp, Severity::Warning, "site", "sharedinstall", "replicated once, to sn1");
+    // The stateless nodes: no statelite at all; regex servicenode and xcatmaster per node.
+    assert!(c.statelite.is_empty());
+    assert_eq!(c.node("n02").unwrap().sns, ["sn2", "sn1"]);
+    assert_eq!(c.sn("sn2").unwrap().address.to_string(), "10.5.1.2");
+}
+
+#[test]
+fn every_set_reports_what_it_leaves_out() {
+    for name in ["linux-pools", "aix-hanfs", "sharedinstall-sns"] {
+        let imp = import(name);
+        // Every node of nodelist is a [[node]], an SN, or has a report line naming it.
+        let t = xcat::SourceSpec::Tabdump(set(name)).read().unwrap();
+        let nl = t.get("nodelist").unwrap();
+        for r in nl.enabled_rows() {
+            let n = nl.get(r, "node").unwrap();
+            let mapped = imp.cluster.node(n).is_some() || imp.cluster.sn(n).is_some();
+            let reported = imp.import.report.iter().any(|i| i.row.split([' ', ',']).any(|w| w == n));
+            assert!(mapped || reported, "{name}: {n} is neither mapped nor reported");
+        }
+    }
+}
