@@ -7,7 +7,7 @@ DEB_PACKAGES := rdiff nfs-kernel-server user-mode-linux busybox-static kmod cpio
 	libnfs-utils postgresql mariadb-server rsync attr acl util-linux
 HANFS ?= $(or $(CARGO_TARGET_DIR),target)/debug/hanfs
 
-.PHONY: all build deps test unit lint integration demo bench bench-sync clean
+.PHONY: all build deps test unit lint integration demo bench bench-sync fuzz fuzz-seeds clean
 
 all: build
 
@@ -56,6 +56,34 @@ bench-sync:
 	$(CARGO) build --release --locked -p hanfs
 	bench/make-images.sh
 	HANFS=$${CARGO_TARGET_DIR:-target}/release/hanfs bench/run.sh
+
+# cargo-fuzz targets for every parser of outside input (fuzz/, not a workspace member). Each runs
+# for a fixed count, seeded from fuzz/seeds (rewrite them with `make fuzz-seeds`); the corpus grows
+# in fuzz/corpus, crashes land in fuzz/artifacts/<target>. cargo-fuzz needs -Z flags: the stable
+# toolchain allows them with RUSTC_BOOTSTRAP=1. FUZZ_RUNS scales every count (percent).
+FUZZ_TARGETS := model_cluster:300000 model_agent:600000 exports_linux:600000 exports_aix:600000 \
+	xcat_tabdump:1000000 proto_frames:2000000 tree_manifest:1000000 tree_plan:1000000 \
+	delta_signature:1000000 delta_patch:1000000
+FUZZ_RUNS ?= 100
+fuzz:
+	@command -v cargo-fuzz >/dev/null || $(CARGO) install --locked cargo-fuzz
+	cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz build -O --debug-assertions
+	@cd fuzz && summary=""; failed=0; \
+	for tr in $(FUZZ_TARGETS); do \
+		t=$${tr%%:*}; n=$$(( $${tr##*:} * $(FUZZ_RUNS) / 100 )); \
+		mkdir -p corpus/$$t artifacts/$$t; start=$$(date +%s); \
+		if RUSTC_BOOTSTRAP=1 cargo fuzz run -O --debug-assertions $$t corpus/$$t seeds/$$t -- \
+			-runs=$$n -rss_limit_mb=512 -malloc_limit_mb=256 -timeout=10 -print_final_stats=1 \
+			-artifact_prefix=artifacts/$$t/ >log.$$t 2>&1; then res=ok; else res=CRASH; failed=1; fi; \
+		secs=$$(( $$(date +%s) - start )); \
+		execs=$$(grep -o 'stat::number_of_executed_units: *[0-9]*' log.$$t | grep -o '[0-9]*$$' || echo '?'); \
+		summary="$$summary$$(printf '%-16s %10s execs %5ss corpus %5s %s' $$t "$$execs" $$secs $$(ls corpus/$$t | wc -l) $$res)\n"; \
+	done; \
+	printf "\nfuzz summary (logs in fuzz/log.<target>, crashes in fuzz/artifacts/<target>):\n$$summary"; \
+	exit $$failed
+
+fuzz-seeds:
+	fuzz/seeds.sh
 
 clean:
 	$(CARGO) clean
