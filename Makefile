@@ -8,7 +8,7 @@ DEB_PACKAGES := rdiff nfs-kernel-server user-mode-linux busybox-static kmod cpio
 	libnfs-utils postgresql mariadb-server rsync attr acl util-linux rpm
 HANFS ?= $(or $(CARGO_TARGET_DIR),target)/debug/hanfs
 
-.PHONY: all build deps test unit lint integration package demo bench bench-sync clean
+.PHONY: all build deps test unit lint integration package demo bench bench-sync fuzz fuzz-seeds clean
 
 all: build
 
@@ -74,6 +74,35 @@ bench-sync:
 	$(CARGO) build --release --locked -p hanfs
 	bench/make-images.sh
 	HANFS=$${CARGO_TARGET_DIR:-target}/release/hanfs bench/run.sh
+
+# cargo-fuzz targets for every parser of outside input (fuzz/, not a workspace member). Each runs
+# for a fixed count, seeded from fuzz/seeds (rewrite them with `make fuzz-seeds`); the corpus grows
+# in fuzz/corpus, crashes land in fuzz/artifacts/<target>. cargo-fuzz needs -Z flags: the stable
+# toolchain allows them with RUSTC_BOOTSTRAP=1. The counts take ~1 min each on a 2-core machine
+# (~10 min in all); FUZZ_RUNS scales every count (percent).
+FUZZ_TARGETS := model_cluster:50000 model_agent:240000 exports_linux:420000 exports_aix:800000 \
+	xcat_tabdump:600000 proto_frames:1700000 tree_manifest:900000 tree_plan:900000 \
+	delta_signature:850000 delta_patch:1000000
+FUZZ_RUNS ?= 100
+fuzz:
+	@command -v cargo-fuzz >/dev/null || $(CARGO) install --locked cargo-fuzz
+	cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz build -O --debug-assertions
+	@cd fuzz && summary=""; failed=0; \
+	for tr in $(FUZZ_TARGETS); do \
+		t=$${tr%%:*}; n=$$(( $${tr##*:} * $(FUZZ_RUNS) / 100 )); \
+		mkdir -p corpus/$$t artifacts/$$t; start=$$(date +%s); \
+		if RUSTC_BOOTSTRAP=1 cargo fuzz run -O --debug-assertions $$t corpus/$$t seeds/$$t -- \
+			-runs=$$n -rss_limit_mb=512 -malloc_limit_mb=256 -timeout=10 -print_final_stats=1 \
+			-artifact_prefix=artifacts/$$t/ >log.$$t 2>&1; then res=ok; else res=CRASH; failed=1; fi; \
+		secs=$$(( $$(date +%s) - start )); \
+		execs=$$(grep -o 'stat::number_of_executed_units: *[0-9]*' log.$$t | grep -o '[0-9]*$$' || echo '?'); \
+		summary="$$summary$$(printf '%-16s %10s execs %5ss corpus %5s %s' $$t "$$execs" $$secs $$(ls corpus/$$t | wc -l) $$res)\n"; \
+	done; \
+	printf "\nfuzz summary (logs in fuzz/log.<target>, crashes in fuzz/artifacts/<target>):\n$$summary"; \
+	exit $$failed
+
+fuzz-seeds:
+	fuzz/seeds.sh
 
 clean:
 	$(CARGO) clean

@@ -37,6 +37,8 @@ pub struct Agent {
     /// The exclusive lock on `state_dir`, held for the agent's lifetime (released by the kernel
     /// when the process ends, however it ends).
     _state_lock: std::fs::File,
+    /// Image commits go through it, so NFSv3 clients see each as one step (no server: a no-op).
+    nfs3: nfs3::Switch,
 }
 
 /// Takes the exclusive lock on the state directory, refusing when another agent holds it: two
@@ -85,7 +87,7 @@ impl Agent {
             None if cfg.plaintext_loopback && cfg.listen.ip().is_loopback() => (None, format!("agent@{}", cfg.listen)),
             None => anyhow::bail!("the agent needs [tls] unless it listens on loopback with plaintext_loopback = true"),
         };
-        let agent = Agent { cfg, name, tls, locks: Default::default(), _state_lock: state_lock };
+        let agent = Agent { cfg, name, tls, locks: Default::default(), _state_lock: state_lock, nfs3: Default::default() };
         session::recover_all(&agent);
         statelite::recover_all(&agent);
         Ok(agent)
@@ -104,7 +106,7 @@ impl Agent {
     /// Binds the listen address and serves until the process ends.
     /// With `nfs3` configured, also serves the replica root read-only over NFSv3 with handles that
     /// are the same on every SN (crate `nfs3`), so Linux NFS-root clients can move between SNs.
-    pub async fn run(self) -> Result<()> {
+    pub async fn run(mut self) -> Result<()> {
         let l = TcpListener::bind(self.cfg.listen).await.with_context(|| format!("binding {}", self.cfg.listen))?;
         // Kept alive for the agent's lifetime: dropping the handle stops the NFSv3 server.
         let _nfs3 = match self.cfg.nfs3 {
@@ -115,6 +117,7 @@ impl Agent {
                     .await
                     .with_context(|| format!("serving NFSv3 on {addr}"))?;
                 tracing::info!(%addr, root = %root.display(), "serving replicas over NFSv3");
+                self.nfs3 = srv.switcher();
                 Some(srv)
             }
             None => None,

@@ -344,7 +344,9 @@ async fn image_session(
                     Err(e) => c.request(&FromAgent::Error { reason: format!("scanning: {e}") }).await?,
                 }
             }
-            ToAgent::Plan { len, zstd } => committed |= update(c, &mut replica, &spool, image, len, zstd).await?,
+            ToAgent::Plan { len, zstd } => {
+                committed |= update(c, &mut replica, &spool, image, len, zstd, &agent.nfs3).await?
+            }
             other => {
                 if committed {
                     cleanup_later(replica, held, image);
@@ -373,6 +375,7 @@ pub(crate) async fn update(
     image: &str,
     len: u64,
     zstd: bool,
+    nfs3: &nfs3::Switch,
 ) -> Result<bool> {
     if len > MAX_PLAN {
         return Err(refuse(c, format!("plan of {len} bytes exceeds {MAX_PLAN}")).await);
@@ -535,7 +538,7 @@ pub(crate) async fn update(
         c.request(&FromAgent::Error { reason: format!("image {image}: {f}") }).await?;
         return Ok(false);
     }
-    let committed = blocking(|| staging.commit());
+    let committed = blocking(|| nfs3.switch(|| staging.commit()));
     match committed {
         Ok((generation, digest)) => {
             spool.clear();

@@ -154,7 +154,7 @@ pub async fn backup(agent: &Agent, c: &mut Conn, area: &str, node: &str) -> Resu
                 send_manifest(c, &replica).await?;
             }
             ToAgent::Plan { len, zstd } => {
-                update(c, &mut replica, &spool, &label, len, zstd).await?;
+                update(c, &mut replica, &spool, &label, len, zstd, &nfs3::Switch::default()).await?;
             }
             other => break Some(other),
         }

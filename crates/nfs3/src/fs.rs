@@ -28,6 +28,7 @@ use nfs3_server::vfs::{
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags, Stat};
 use rustix::io::Errno;
 
+use crate::gate::{Gate, ReadGuard};
 use crate::index::{Fh, Index};
 
 /// The name hidden at every depth.
@@ -50,6 +51,8 @@ pub(crate) struct Inner {
     token: Option<Vec<u8>>,
     pub(crate) index: Index,
     listings: Mutex<HashMap<Fh, Listing>>,
+    /// Every operation holds it while it touches the tree; a commit holds it exclusively.
+    pub(crate) gate: Gate,
 }
 
 /// A read-only NFSv3 view of a directory. Cheap to clone.
@@ -110,17 +113,46 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, nfsstat3> + S
     tokio::task::spawn_blocking(f).await.unwrap_or(Err(nfsstat3::NFS3ERR_SERVERFAULT))
 }
 
+/// How long an operation waits for a commit by default before it is answered JUKEBOX.
+pub const SWITCH_WAIT: Duration = Duration::from_secs(2);
+
+impl Inner {
+    /// Enters the gate: the operation then sees one generation of the tree throughout.
+    fn enter(&self) -> Result<ReadGuard, nfsstat3> {
+        self.gate.read().map_err(|_| nfsstat3::NFS3ERR_JUKEBOX)
+    }
+}
+
 impl ReplicaFs {
     /// Opens the directory `root`. Symlinks in `root` itself are followed (the administrator
     /// chose that path, e.g. `/install` -> `/data/install`); nothing beneath it ever is.
     pub fn open(root: &Path, fsid: u64, stable_ctime: bool, token: Option<Vec<u8>>) -> std::io::Result<ReplicaFs> {
+        Self::open_with(root, fsid, stable_ctime, token, SWITCH_WAIT)
+    }
+
+    /// [`ReplicaFs::open`] with the longest wait of an operation for a commit ([`SWITCH_WAIT`]).
+    pub fn open_with(
+        root: &Path,
+        fsid: u64,
+        stable_ctime: bool,
+        token: Option<Vec<u8>>,
+        switch_wait: Duration,
+    ) -> std::io::Result<ReplicaFs> {
         let root = std::fs::canonicalize(root)?;
         let root = rustix::fs::open(
             &root,
             OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::empty(),
         )?;
-        let inner = Inner { root, fsid, stable_ctime, token, index: Index::default(), listings: Mutex::default() };
+        let inner = Inner {
+            root,
+            fsid,
+            stable_ctime,
+            token,
+            index: Index::default(),
+            listings: Mutex::default(),
+            gate: Gate::new(switch_wait),
+        };
         inner.index.insert(&Fh::of(b""), b"");
         Ok(ReplicaFs(Arc::new(inner)))
     }
@@ -143,6 +175,25 @@ impl ReplicaFs {
     /// Walks the whole tree into the handle index (also done on demand for unknown handles).
     pub fn walk(&self) {
         self.0.index.rewalk(Duration::ZERO, |idx| self.0.walk_into(idx));
+    }
+
+    /// Runs `commit` (the tree engine switching the tree to a new generation) while no
+    /// operation is in progress, so clients see the whole old or the whole new generation;
+    /// operations arriving meanwhile wait (then JUKEBOX, see [`crate::gate`]). Cached listings
+    /// are dropped before they are let in, and the next unknown handle walks the new tree at
+    /// once. Blocks the calling thread (call it where blocking is allowed).
+    pub fn switch<T>(&self, commit: impl FnOnce() -> T) -> T {
+        self.0.gate.switch(commit, || {
+            if let Ok(mut l) = self.0.listings.lock() {
+                l.clear();
+            }
+            self.0.index.forget_walk();
+        })
+    }
+
+    /// Commits switched so far, and operations answered JUKEBOX because one outlasted the wait.
+    pub fn switch_stats(&self) -> (u64, u64) {
+        (self.0.gate.switches(), self.0.gate.jukebox())
     }
 }
 
@@ -351,7 +402,8 @@ impl Inner {
         Ok(t.into_bytes())
     }
 
-    fn readdir(self: &Arc<Self>, dir: &Fh, cookie: u64) -> Result<DirIter, nfsstat3> {
+    /// The iterator holds `gate` until the reply is built: its later batches read the tree too.
+    fn readdir(self: &Arc<Self>, dir: &Fh, cookie: u64, gate: ReadGuard) -> Result<DirIter, nfsstat3> {
         let dpath = self.path_of(dir)?;
         let fd = self.open_beneath(&dpath, OFlags::RDONLY | OFlags::DIRECTORY).map_err(errno_stale)?;
         let st = rustix::fs::fstat(&fd).map_err(errno_stale)?;
@@ -391,6 +443,7 @@ impl Inner {
             c => listing.pos.get(&c).ok_or(nfsstat3::NFS3ERR_BAD_COOKIE)? + 1,
         };
         let mut it = DirIter {
+            _gate: gate,
             fs: Arc::clone(self),
             dir: dpath,
             fd: Arc::new(fd),
@@ -428,6 +481,7 @@ fn read_names(fd: &OwnedFd) -> Result<Vec<(Vec<u8>, FileType)>, Errno> {
 
 /// READDIR(PLUS) results, stat'ed in batches.
 pub struct DirIter {
+    _gate: ReadGuard,
     fs: Arc<Inner>,
     dir: Vec<u8>,
     fd: Arc<OwnedFd>,
@@ -493,27 +547,47 @@ impl NfsReadFileSystem for ReplicaFs {
 
     async fn lookup(&self, dirid: &Fh, filename: &filename3<'_>) -> Result<Fh, nfsstat3> {
         let (fs, dir, name) = (Arc::clone(&self.0), *dirid, filename.0.to_vec());
-        blocking(move || fs.lookup(&dir, &name)).await
+        blocking(move || {
+            let _g = fs.enter()?;
+            fs.lookup(&dir, &name)
+        })
+        .await
     }
 
     async fn getattr(&self, id: &Fh) -> Result<fattr3, nfsstat3> {
         let (fs, id) = (Arc::clone(&self.0), *id);
-        blocking(move || fs.getattr(&id)).await
+        blocking(move || {
+            let _g = fs.enter()?;
+            fs.getattr(&id)
+        })
+        .await
     }
 
     async fn read(&self, id: &Fh, offset: u64, count: u32) -> Result<(Vec<u8>, bool), nfsstat3> {
         let (fs, id) = (Arc::clone(&self.0), *id);
-        blocking(move || fs.read(&id, offset, count)).await
+        blocking(move || {
+            let _g = fs.enter()?;
+            fs.read(&id, offset, count)
+        })
+        .await
     }
 
     async fn readdirplus(&self, dirid: &Fh, cookie: u64) -> Result<impl ReadDirPlusIterator<Fh>, nfsstat3> {
         let (fs, dir) = (Arc::clone(&self.0), *dirid);
-        blocking(move || fs.readdir(&dir, cookie)).await
+        blocking(move || {
+            let g = fs.enter()?;
+            fs.readdir(&dir, cookie, g)
+        })
+        .await
     }
 
     async fn readlink(&self, id: &Fh) -> Result<nfspath3<'_>, nfsstat3> {
         let (fs, id) = (Arc::clone(&self.0), *id);
-        let t = blocking(move || fs.readlink(&id)).await?;
+        let t = blocking(move || {
+            let _g = fs.enter()?;
+            fs.readlink(&id)
+        })
+        .await?;
         Ok(nfspath3(Opaque::owned(t)))
     }
 

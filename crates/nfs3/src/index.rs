@@ -183,6 +183,13 @@ impl Index {
         self.walks.load(Ordering::Relaxed)
     }
 
+    /// Lets the next unknown handle walk at once (the tree just changed generation).
+    pub fn forget_walk(&self) {
+        if let Ok(mut last) = self.walk.lock() {
+            *last = None;
+        }
+    }
+
     /// Runs `walk` unless another walk finished less than `min_gap` ago; concurrent callers wait
     /// for the running walk instead of starting their own. Returns whether this call walked.
     pub fn rewalk(&self, min_gap: Duration, walk: impl FnOnce(&Index)) -> bool {

@@ -18,6 +18,10 @@
 //!   [`Options::check_permissions`], [`Options::insecure`]).
 //! - A file replaced in the tree keeps its handle (same path): a client holding it open reads
 //!   the new content, where kernel nfsd would answer ESTALE.
+//! - Whoever commits a new generation of the tree does it through [`Switch::switch`]: no NFS
+//!   operation overlaps the commit, so clients see the whole old or the whole new generation,
+//!   and an operation that would wait longer than [`Options::switch_wait`] is answered
+//!   `NFS3ERR_JUKEBOX` (retry later); see [`gate`].
 //!
 //! ```no_run
 //! # async fn f() -> std::io::Result<()> {
@@ -33,6 +37,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod fs;
+pub mod gate;
 mod guard;
 pub mod index;
 
@@ -72,6 +77,10 @@ pub struct Options {
     /// node cannot claim to be root. Needs `check_permissions` (the guard does the check).
     /// Default: false.
     pub insecure: bool,
+    /// Longest an NFS operation waits for a commit running through [`Switch::switch`] before it
+    /// is answered `NFS3ERR_JUKEBOX`, which clients retry (the Linux client after 5 s). Default:
+    /// [`fs::SWITCH_WAIT`] (2 s), well above a commit's rename burst on a real image.
+    pub switch_wait: std::time::Duration,
 }
 
 impl Default for Options {
@@ -83,6 +92,7 @@ impl Default for Options {
             stable_ctime: true,
             check_permissions: true,
             insecure: false,
+            switch_wait: fs::SWITCH_WAIT,
         }
     }
 }
@@ -153,8 +163,31 @@ impl Nfs3Server {
         &self.fs
     }
 
+    /// What the tree engine's caller commits through, so the commit is one step for clients.
+    pub fn switcher(&self) -> Switch {
+        Switch(Some(self.fs.clone()))
+    }
+
     /// Stops accepting connections.
     pub fn stop(self) {}
+}
+
+/// Commits a new generation of a served tree as one step for NFS clients (see [`gate`]).
+/// `Switch::default()` serves nothing: it just runs the commit (an agent without `nfs3`).
+/// Cheap to clone.
+#[derive(Clone, Default)]
+pub struct Switch(Option<ReplicaFs>);
+
+impl Switch {
+    /// Runs `commit` with no NFS operation in progress; operations arriving meanwhile wait for
+    /// it. Blocks the calling thread: call it from a blocking context (`block_in_place`,
+    /// `spawn_blocking`, a plain thread).
+    pub fn switch<T>(&self, commit: impl FnOnce() -> T) -> T {
+        match &self.0 {
+            Some(fs) => fs.switch(commit),
+            None => commit(),
+        }
+    }
 }
 
 impl Drop for Nfs3Server {
@@ -187,7 +220,7 @@ pub async fn serve(root: &Path, addr: SocketAddr, opts: Options) -> io::Result<N
         normalize_export(&opts.export_name.clone().unwrap_or_else(|| root.to_string_lossy().into_owned()));
     let fsid = opts.fsid.unwrap_or_else(|| fsid_of(&export_name));
     let token = if opts.check_permissions { Some(token()?) } else { None };
-    let fs = ReplicaFs::open(root, fsid, opts.stable_ctime, token.clone())
+    let fs = ReplicaFs::open_with(root, fsid, opts.stable_ctime, token.clone(), opts.switch_wait)
         .map_err(|e| io::Error::new(e.kind(), format!("nfs3: {}: {e}", root.display())))?;
     if opts.walk_on_start {
         let f = fs.clone();
