@@ -87,7 +87,8 @@ impl Agent {
             None if cfg.plaintext_loopback && cfg.listen.ip().is_loopback() => (None, format!("agent@{}", cfg.listen)),
             None => anyhow::bail!("the agent needs [tls] unless it listens on loopback with plaintext_loopback = true"),
         };
-        let agent = Agent { cfg, name, tls, locks: Default::default(), _state_lock: state_lock, nfs3: Default::default() };
+        let agent =
+            Agent { cfg, name, tls, locks: Default::default(), _state_lock: state_lock, nfs3: Default::default() };
         session::recover_all(&agent);
         statelite::recover_all(&agent);
         Ok(agent)
