@@ -90,7 +90,7 @@ async fn run_sn(
     bar: Option<&ProgressBar>,
 ) -> Result<()> {
     let mut c = ctl.connect(sn).await?;
-    let mut failed = None;
+    let mut failed = Vec::new();
     for (i, p) in images.iter().enumerate() {
         let before = c.bytes_out;
         let res = sync_image(ctl, &mut c, p, &mut out.replicas[i], bar).await;
@@ -98,13 +98,17 @@ async fn run_sn(
         if let Err(e) = res {
             let msg = format!("image {}: {e:#}", p.image.name);
             out.replicas[i].error = Some(msg.clone());
-            failed = Some(msg);
-            // The session may be unusable now: stop here, the next run catches up.
-            break;
+            failed.push(msg);
+            // Images fail independently (issue #9 item 7): the session may be mid-stream and
+            // unusable, so the next image gets a fresh one; an SN that cannot be reached ends here.
+            if i + 1 < images.len() {
+                c.shutdown().await;
+                c = ctl.connect(sn).await?;
+            }
         }
     }
-    if let Some(f) = failed {
-        return Err(anyhow!(f));
+    if !failed.is_empty() {
+        return Err(anyhow!(failed.join("; ")));
     }
     if let Some(text) = exports {
         let before = c.bytes_out;
@@ -297,6 +301,34 @@ async fn send_blob(c: &mut Conn, index: u32, p: &PayloadFile, _bar: Option<&Prog
     Ok(())
 }
 
+async fn verify_image(
+    ctl: &Controller,
+    c: &mut Conn,
+    img: &model::Image,
+    src: &str,
+    row: &mut ReplicaReport,
+) -> Result<()> {
+    let (_, drifted) = open(c, img).await?;
+    let was_drifted = drifted.is_some();
+    row.drifted_from = drifted;
+    c.request(&ToAgent::Verify).await?;
+    match c.recv_within::<FromAgent>(ctl.timeouts.commit).await? {
+        FromAgent::Verified { recorded, actual } => {
+            row.generation = recorded.generation;
+            row.matches = actual == src;
+            if actual != recorded.digest || was_drifted {
+                row.error = Some(format!("replica changed on disk since generation {}", recorded.generation));
+            } else if !row.matches {
+                row.error = Some(format!("digest differs from the source's {src}"));
+            }
+            row.digest = actual;
+        }
+        FromAgent::Error { reason } => row.error = Some(reason),
+        other => bail!("unexpected reply to Verify: {other:?}"),
+    }
+    Ok(())
+}
+
 pub async fn verify_sn(ctl: &Controller, sn: ServiceNode, images: Vec<(model::Image, String)>) -> SnOutcome {
     let mut out =
         SnOutcome { sn: sn.name.clone(), replicas: Vec::new(), exports: Vec::new(), error: None, extra_bytes: 0 };
@@ -316,22 +348,15 @@ pub async fn verify_sn(ctl: &Controller, sn: ServiceNode, images: Vec<(model::Im
                 drifted_from: None,
                 error: None,
             };
-            let (_, drifted) = open(&mut c, img).await?;
-            row.drifted_from = drifted;
-            c.request(&ToAgent::Verify).await?;
-            match c.recv_within::<FromAgent>(ctl.timeouts.commit).await? {
-                FromAgent::Verified { recorded, actual } => {
-                    row.generation = recorded.generation;
-                    row.matches = &actual == src;
-                    if actual != recorded.digest {
-                        row.error = Some(format!("replica changed on disk since generation {}", recorded.generation));
-                    } else if !row.matches {
-                        row.error = Some(format!("digest differs from the source's {src}"));
-                    }
-                    row.digest = actual;
+            // One image's failure is that image's row; the others are still verified, on a fresh
+            // session since this one may be mid-stream.
+            match verify_image(ctl, &mut c, img, src, &mut row).await {
+                Ok(()) => {}
+                Err(e) => {
+                    row.error = Some(format!("{e:#}"));
+                    c.shutdown().await;
+                    c = ctl.connect(&sn).await?;
                 }
-                FromAgent::Error { reason } => row.error = Some(reason),
-                other => bail!("unexpected reply to Verify: {other:?}"),
             }
             out.replicas.push(row);
         }

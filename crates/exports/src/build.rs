@@ -62,8 +62,11 @@ pub fn build(cluster: &Cluster, sn: &str) -> Result<Exports, ExportError> {
         // The area itself, read-write, where this SN serves some node of it: xCAT's clients mount
         // the parent, make `<node>` and remount (xcatroot / aixlitesetup), and xCAT exports the
         // statemnt directory itself (xCAT-server/lib/perl/xCAT/SvrUtils.pm setupStatemnt).
+        // A client that follows a moved node's referral here walks through the area's export too,
+        // from the same unprivileged port (see below), so the area admits it where a moved node is.
         if nodes.iter().any(|n| n.served_by == sn.name) {
-            statelite_entries(sn, area.path.as_str(), &area.clients, None, &mut entries)?;
+            let admit_moved = nodes.iter().any(|n| n.is_migrated() && n.served_by == sn.name);
+            statelite_entries(sn, area.path.as_str(), &area.clients, None, admit_moved, &mut entries)?;
         }
         for node in nodes {
             let path = format!("{}/{}", area.path, node.name);
