@@ -186,27 +186,16 @@ fn a_full_spool_is_reported_as_enospc_and_the_partial_file_removed() {
     std::fs::write(rig.source().join("small"), b"small").unwrap();
     rig.kill(0);
     let state = rig.path().join("sn1/state");
-    let a = &rig.agents[0];
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(&a.log).unwrap();
-    let child = Command::new("unshare")
-        .args(["-m", "--propagation", "private", "sh", "-c"])
-        .arg("mount -t tmpfs -o size=2m hanfs-test \"$0\" && exec \"$1\" --config \"$2\" agent")
-        .arg(&state)
-        .arg(hanfs_bin())
-        .arg(&a.conf)
-        .env("HANFS_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    rig.agents[0].child = Some(child);
-    let t = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", rig.agents[0].port)).is_err() {
-        assert!(t.elapsed() < Duration::from_secs(10), "agent did not start: {}", rig.log(0));
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    rig.start_with(0, |conf| {
+        let mut c = Command::new("unshare");
+        c.args(["-m", "--propagation", "private", "sh", "-c"])
+            .arg("mount -t tmpfs -o size=2m hanfs-test \"$0\" && exec \"$1\" --config \"$2\" agent")
+            .arg(&state)
+            .arg(hanfs_bin())
+            .arg(conf);
+        c
+    });
+    let pid = rig.agents[0].child.as_ref().unwrap().id();
     let (rc, v) = rig.hanfs_json(&["sync"]);
     assert_ne!(rc, 0, "{v}");
     let text = v.to_string();

@@ -75,6 +75,12 @@ fn xcat_names_that_are_not_safe_path_components_are_not_imported() {
         os += &format!("\"{n}\",,\"compute\",\"linux\",,\"netboot\",,,,,,\"Linux\",\"rhels8.6\",\"x86_64\",,,,,,,,,\n");
     }
     std::fs::write(d.join("osimage.csv"), os).unwrap();
+    // Booted by nodes (nodetype.provmethod), so the import reaches them rather than leaving them
+    // out as images no node uses.
+    let mut nt = std::fs::read_to_string(d.join("nodetype.csv")).unwrap();
+    nt += "\"cn001\",\"rhels8.6\",\"x86_64\",\"compute\",\"../../victim\",,,,\n";
+    nt += "\"cn002\",\"rhels8.6\",\"x86_64\",\"compute\",\"-rf\",,,,\n";
+    std::fs::write(d.join("nodetype.csv"), nt).unwrap();
     let out = tmp.path().join("hanfs.toml");
     hanfs()
         .args(["xcat", "import", "--tabdump"])

@@ -133,23 +133,65 @@ impl Rig {
     }
 
     pub fn start(&mut self, i: usize) {
-        let a = &mut self.agents[i];
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&a.log).unwrap();
-        let child = Command::new(hanfs_bin())
-            .args(["--config", a.conf.to_str().unwrap(), "agent"])
-            .env("HANFS_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
+        self.start_with(i, |conf| {
+            let mut c = Command::new(hanfs_bin());
+            c.args(["--config", conf.to_str().unwrap(), "agent"]);
+            c
+        });
+    }
+
+    /// Starts agent `i` with the command `cmd` makes from its config path, and waits until that
+    /// process says it listens. Ports come from binding port 0 and letting it go, so another test
+    /// may take one before the agent binds it: then the agent exits, and it is started again on a
+    /// fresh port (its config and the cluster config rewritten), rather than the test talking to
+    /// someone else's listener.
+    pub fn start_with(&mut self, i: usize, cmd: impl Fn(&Path) -> Command) {
+        for _attempt in 0..5 {
+            let before = self.log(i).matches("agent listening").count();
+            let a = &mut self.agents[i];
+            let log = std::fs::OpenOptions::new().create(true).append(true).open(&a.log).unwrap();
+            let mut child = cmd(&a.conf)
+                .env("HANFS_LOG", "info")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap();
+            let t = Instant::now();
+            let up = loop {
+                if self.log(i).matches("agent listening").count() > before {
+                    break true;
+                }
+                if child.try_wait().unwrap().is_some() {
+                    break false;
+                }
+                assert!(t.elapsed() < Duration::from_secs(20), "agent {i} did not start: {}", self.log(i));
+                std::thread::sleep(Duration::from_millis(20));
+            };
+            if up {
+                self.agents[i].child = Some(child);
+                return;
+            }
+            if !self.log(i).contains("binding") {
+                panic!("agent {i} exited: {}", self.log(i));
+            }
+            // Its port was taken in the meantime: move it to a fresh one.
+            let (old, new) = (self.agents[i].port, free_port());
+            let conf = std::fs::read_to_string(&self.agents[i].conf).unwrap();
+            std::fs::write(
+                &self.agents[i].conf,
+                conf.replace(&format!("127.0.0.1:{old}"), &format!("127.0.0.1:{new}")),
+            )
             .unwrap();
-        a.child = Some(child);
-        let port = a.port;
-        let t = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(t.elapsed() < Duration::from_secs(10), "agent {i} did not start: {}", self.log(i));
-            std::thread::sleep(Duration::from_millis(20));
+            let text = std::fs::read_to_string(&self.cluster).unwrap();
+            std::fs::write(
+                &self.cluster,
+                text.replace(&format!("agent = \"127.0.0.1:{old}\""), &format!("agent = \"127.0.0.1:{new}\"")),
+            )
+            .unwrap();
+            self.agents[i].port = new;
         }
+        panic!("agent {i} could not get a port: {}", self.log(i));
     }
 
     /// SIGKILL, no chance to clean up.
