@@ -59,15 +59,12 @@ pub fn build(cluster: &Cluster, sn: &str) -> Result<Exports, ExportError> {
     for area in &cluster.statelite {
         let mut nodes: Vec<_> = cluster.nodes.iter().filter(|n| n.uses_area(&area.name)).collect();
         nodes.sort_by(|a, b| a.name.cmp(&b.name));
-        // The area itself, read-write, where this SN serves some node of it: xCAT's clients mount
-        // the parent, make `<node>` and remount (xcatroot / aixlitesetup), and xCAT exports the
-        // statemnt directory itself (xCAT-server/lib/perl/xCAT/SvrUtils.pm setupStatemnt).
-        // A client that follows a moved node's referral here walks through the area's export too,
-        // from the same unprivileged port (see below), so the area admits it where a moved node is.
-        if nodes.iter().any(|n| n.served_by == sn.name) {
-            let admit_moved = nodes.iter().any(|n| n.is_migrated() && n.served_by == sn.name);
-            statelite_entries(sn, area.path.as_str(), &area.clients, None, admit_moved, &mut entries)?;
-        }
+        // Not exported here: the area directory itself (xCAT's SvrUtils.pm setupStatemnt exports it on
+        // the SN, and xcatroot/aixlitesetup mount it, make `<node>`, then remount). The kernel rig
+        // showed that with the area exported, nfsd keeps `<area>/<node>` inside the area's export (the
+        // same file system, not a mount point), so a moved node's `refer=` is never seen and a mounted
+        // client goes stale. The area export needs each node directory to be its own mount (a bind
+        // mount made by the agent) first; until then the area export is left to xCAT's own setup.
         for node in nodes {
             let path = format!("{}/{}", area.path, node.name);
             let locations = if node.served_by == sn.name {

@@ -84,14 +84,14 @@ fn linux_pools_with_external_nfs() {
     }
     has(&imp, Severity::Error, "statelite", "poolB", "not a service node");
     has(&imp, Severity::Skipped, "statelite", "poolB", "c013 boots stateless image rh86-stateless");
-    // What sn1 exports: each area itself read-write (xCAT's clients mount it, mkdir <node>,
-    // remount: SvrUtils.pm setupStatemnt exports the statemnt directory), then its nodes' own.
+    // What sn1 exports: its nodes' own directories, read-write. The area directory itself is left to
+    // xCAT's own setup for now (SvrUtils.pm setupStatemnt exports it; with it exported by hanfs, the
+    // kernel rig showed a moved node's refer= is never seen: see crates/exports/src/build.rs).
     let ex = exports::render_sn(c, "sn1").unwrap();
     let lines: Vec<&str> = ex.lines().filter(|l| l.starts_with("/gpudata") || l.starts_with("/nodedata")).collect();
-    assert_eq!(lines.len(), 2 + 2 + 6, "{ex}");
-    assert!(lines[0].starts_with("/gpudata *(rw,no_root_squash,sync,no_subtree_check,fsid="), "{ex}");
-    assert!(lines[1].starts_with("/gpudata/c007 *(rw,"), "{ex}");
-    assert!(lines[3].starts_with("/nodedata *(rw,"), "{ex}");
+    assert_eq!(lines.len(), 2 + 6, "{ex}");
+    assert!(lines.iter().all(|l| !l.starts_with("/gpudata ") && !l.starts_with("/nodedata ")), "{ex}");
+    assert!(lines[0].starts_with("/gpudata/c007 *(rw,no_root_squash,sync,no_subtree_check,fsid="), "{ex}");
     assert!(!ex.contains("/gpudata/c001") && !ex.contains("/nodedata/c007"), "{ex}");
 }
 
@@ -131,7 +131,7 @@ fn aix_setuphanfs_pair() {
     assert_eq!(c.node("aixcn05").unwrap().served_by, "aixsn2");
     assert_eq!(c.node("aixcn01").unwrap().served_by, "aixsn1");
     let ex = exports::render_sn(c, "aixsn1").unwrap();
-    assert!(ex.contains("\n/nodedata -vers=4,rw,root=*\n/nodedata/aixcn01 -vers=4,rw,root=*\n"), "{ex}");
+    assert!(ex.contains("\n/nodedata/aixcn01 -vers=4,rw,root=*\n") && !ex.contains("\n/nodedata -vers"), "{ex}");
     assert!(!ex.contains("/nodedata/aixcn05"), "{ex}");
 }
 
