@@ -75,6 +75,25 @@ pub struct ReplicaReport {
     pub error: Option<String>,
 }
 
+impl ReplicaReport {
+    /// A row for `image` on `sn` before anything was done for it.
+    pub(crate) fn new(sn: &str, image: &str) -> ReplicaReport {
+        ReplicaReport {
+            sn: sn.to_string(),
+            image: image.to_string(),
+            generation: 0,
+            digest: String::new(),
+            matches: false,
+            bytes_sent: 0,
+            files_sent: 0,
+            resumed: 0,
+            repaired: false,
+            drifted_from: None,
+            error: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct ExportsReport {
     pub sn: String,
@@ -276,17 +295,8 @@ impl Controller {
                     let reason = format!("image {} not synced: {e:#}", image.name);
                     tracing::warn!("{reason}");
                     unprepared.extend(image.sns.iter().map(|sn| ReplicaReport {
-                        sn: sn.clone(),
-                        image: image.name.clone(),
-                        generation: 0,
-                        digest: String::new(),
-                        matches: false,
-                        bytes_sent: 0,
-                        files_sent: 0,
-                        resumed: 0,
-                        repaired: false,
-                        drifted_from: None,
                         error: Some(reason.clone()),
+                        ..ReplicaReport::new(sn, &image.name)
                     }));
                 }
             }

@@ -33,19 +33,7 @@ fn blocking<T>(f: impl FnOnce() -> T) -> T {
 }
 
 fn row(sn: &str, p: &Prepared) -> ReplicaReport {
-    ReplicaReport {
-        sn: sn.into(),
-        image: p.image.name.clone(),
-        generation: 0,
-        digest: String::new(),
-        matches: false,
-        bytes_sent: 0,
-        files_sent: 0,
-        resumed: 0,
-        repaired: false,
-        drifted_from: None,
-        error: None,
-    }
+    ReplicaReport::new(sn, &p.image.name)
 }
 
 pub async fn sync_sn(
@@ -335,19 +323,7 @@ pub async fn verify_sn(ctl: &Controller, sn: ServiceNode, images: Vec<(model::Im
     let r = tokio::time::timeout(ctl.timeouts.sn, async {
         let mut c = ctl.connect(&sn).await?;
         for (img, src) in &images {
-            let mut row = ReplicaReport {
-                sn: sn.name.clone(),
-                image: img.name.clone(),
-                generation: 0,
-                digest: String::new(),
-                matches: false,
-                bytes_sent: 0,
-                files_sent: 0,
-                resumed: 0,
-                repaired: false,
-                drifted_from: None,
-                error: None,
-            };
+            let mut row = ReplicaReport::new(&sn.name, &img.name);
             // One image's failure is that image's row; the others are still verified, on a fresh
             // session since this one may be mid-stream.
             match verify_image(ctl, &mut c, img, src, &mut row).await {
