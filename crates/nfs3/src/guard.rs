@@ -44,6 +44,7 @@ const NFS_READ: u32 = 6;
 const NFS_READDIR: u32 = 16;
 const NFS_READDIRPLUS: u32 = 17;
 const NFS3ERR_ACCES: u32 = 13;
+const NFS3ERR_JUKEBOX: u32 = 10008;
 const ACCESS3_READ: u32 = 0x1;
 const ACCESS3_LOOKUP: u32 = 0x2;
 const ACCESS3_EXECUTE: u32 = 0x20;
@@ -164,7 +165,19 @@ fn post_op_attr(b: &[u8], off: usize) -> Option<(Option<&[u8]>, usize)> {
 
 /// A failure body: `NFS3ERR_ACCES` and the given attributes.
 fn denied(attr: Option<&[u8]>) -> Vec<u8> {
-    let mut v = NFS3ERR_ACCES.to_be_bytes().to_vec();
+    failure(NFS3ERR_ACCES, attr)
+}
+
+/// A reply whose attributes are missing cannot be judged. The file system leaves them out when
+/// its attribute lookup after the operation was held back by a commit (the generation gate) and
+/// gave up, so "try again" (`NFS3ERR_JUKEBOX`, RFC 1813 §2.6) is the answer, not "denied": still
+/// nothing is shown, and the retry gets attributes once the commit is over.
+fn undecided() -> Vec<u8> {
+    failure(NFS3ERR_JUKEBOX, None)
+}
+
+fn failure(status: u32, attr: Option<&[u8]>) -> Vec<u8> {
+    let mut v = status.to_be_bytes().to_vec();
     match attr {
         Some(a) => {
             v.extend_from_slice(&1u32.to_be_bytes());
@@ -207,7 +220,8 @@ fn check_body(prog: u32, proc_: u32, cred: &Cred, body: &[u8], policy: &Policy) 
             let (attr, _) = post_op_attr(body, 4)?;
             let ok = match attr {
                 Some(a) => may(cred, a).is_some_and(|(r, x)| r || x) || be32(a, 12) == Some(cred.uid),
-                None => cred.uid == 0,
+                None if cred.uid == 0 => true,
+                None => return Some(undecided()),
             };
             (!ok).then(|| denied(attr))
         }
@@ -217,7 +231,8 @@ fn check_body(prog: u32, proc_: u32, cred: &Cred, body: &[u8], policy: &Policy) 
             let (dattr, _) = post_op_attr(body, off)?;
             let ok = match dattr {
                 Some(a) => may(cred, a).is_some_and(|(_, x)| x),
-                None => cred.uid == 0,
+                None if cred.uid == 0 => true,
+                None => return Some(undecided()),
             };
             (!ok).then(|| denied(dattr))
         }
@@ -225,7 +240,8 @@ fn check_body(prog: u32, proc_: u32, cred: &Cred, body: &[u8], policy: &Policy) 
             let (dattr, _) = post_op_attr(body, 4)?;
             let ok = match dattr {
                 Some(a) => may(cred, a).is_some_and(|(r, _)| r),
-                None => cred.uid == 0,
+                None if cred.uid == 0 => true,
+                None => return Some(undecided()),
             };
             (!ok).then(|| denied(dattr))
         }
