@@ -548,6 +548,7 @@ fn errno(e: &rtnetlink::Error) -> Option<i32> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

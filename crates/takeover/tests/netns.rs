@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 //! Claims, announcements and releases against the real kernel: two private
 //! network namespaces (A claims, B is a client on the same link) joined by a
 //! veth pair. B's kernel is the judge of the announcements: its neighbour
