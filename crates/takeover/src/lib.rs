@@ -235,7 +235,9 @@ impl Takeover {
     }
 
     /// Add `addr` to `iface` (if it is not there yet) and announce it.
-    /// Returns once the first announcement is sent.
+    /// Returns once the first announcement is sent. An [`Error::Announce`]
+    /// from here means the address is on the interface but its first
+    /// announcement failed; claiming again (idempotent) retries it.
     pub async fn claim(&self, iface: &str, addr: IpNet, announce: &Announce) -> Result<Claimed> {
         let start = Instant::now();
         check_addr(addr)?;
@@ -298,7 +300,6 @@ impl Takeover {
     pub async fn release(&self, iface: &str, addr: IpNet) -> Result<Released> {
         check_addr(addr)?;
         let link = self.link(iface).await?;
-        self.stop_repeats(addr.addr());
         let mut primary = false;
         let mut found = false;
         for m in self.addresses().await? {
@@ -316,6 +317,8 @@ impl Takeover {
             found = true;
             primary = addr.addr().is_ipv4() && !flags_of(&m).contains(AddressFlags::Secondary);
         }
+        // Checked, so stop the repeats now: none may follow the release.
+        self.stop_repeats(addr.addr());
         if !found {
             return Ok(Released::Absent);
         }

@@ -423,3 +423,16 @@ fn bad_requests_are_refused_and_change_nothing() {
         assert!(matches!(e, Error::BadAddress { .. }), "{e}");
     });
 }
+
+/// A refused release changes nothing: the repeats of the claim go on.
+#[test]
+fn refused_release_keeps_the_announcements() {
+    let Some(lab) = lab() else { return };
+    let addr = net("192.0.2.31/24");
+    let announce = Announce { count: 3, interval: Duration::from_millis(100), arp_reply: false };
+    let c = lab.rt.block_on(lab.t.claim(A_IF, addr, &announce)).unwrap();
+    let e = lab.rt.block_on(lab.t.release(A_IF, net("192.0.2.31/25"))).unwrap_err();
+    assert!(matches!(e, Error::PrefixMismatch { .. }), "{e}");
+    assert_eq!(lab.rt.block_on(c.announced()).unwrap(), 3);
+    assert!(lab.rt.block_on(lab.t.holds(addr.addr())).unwrap().is_some());
+}
