@@ -510,6 +510,7 @@ EOT
     fi
     python3 -S -B /rig/workload.py report $HA_LOG $HA_EV /run/sn/$to/root/ha-lite/cn001/node.log "$SCEN" || RIG_RC=1
     mkdir -p /share/sn-kill; cp $HA_EV $HA_LOG/*.log /run/sn/*/ha-agent.log /share/sn-kill/ 2> /dev/null
+    dmesg | grep -E 'nfs|rpc' > /share/sn-kill/dmesg
     [ ! -s $HA_LOG/workload.out ] || note "workload: $(tail -3 $HA_LOG/workload.out)"
     umount -f -l /mnt/ha/image /mnt/ha/lite 2> /dev/null
     rig_log "scenario $SCEN done"

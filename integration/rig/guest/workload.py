@@ -187,13 +187,16 @@ def report(logdir, events_file, copy, label):
     ends = [r["kill"] for r in rounds[1:]] + [None]
     for r, end in zip(rounds, ends):
         rnd, kill = r["round"], r["kill"]
-        after = [o for o in good if o[3] > kill and (end is None or o[3] < end)]
+        # served again: the first good op done after the address moved (before that no server
+        # holds it; an op done just after the kill may carry a reply sent before it)
+        served = max(kill, r.get("addr", kill))
+        after = [o for o in good if o[3] > served and (end is None or o[3] < end)]
         first = min((o[3] for o in after), default=None)
         what = "(i) %s:" % rnd
         if "fence-failed" in r:
             # the fence failed: until the retried fence succeeds nothing may serve the address
             fenced = r.get("fence")
-            early = [o for o in good if kill < o[3] < (fenced or 1 << 62)]
+            early = [o for o in good if o[2] > kill and o[3] < (fenced or 1 << 62)]
             check(not early and fenced is not None and r.get("addr", 0) >= fenced,
                   "%s fence failed at +%d ms: no I/O served until the fence succeeded at +%s ms (%d early ops), the address moved after it"
                   % (what, r["fence-failed"] - kill, fenced - kill if fenced else "never", len(early)))
@@ -208,6 +211,15 @@ def report(logdir, events_file, copy, label):
         check("fence-failed" in r or stall <= GOAL_MS,
               "%s stall %d ms from the kill to the first image read after takeover (takeover done at +%s ms; goal <= %d ms)"
               % (what, stall, r["addr"] - kill if "addr" in r else "?", GOAL_MS))
+        # what the node's statelite file did in this round (kernel nfsd on both SNs: see README)
+        la = [o for o in appends if o[2] > kill and (end is None or o[3] < end)]
+        if la:
+            f_ok = next((o for o in la if o[4] == "ok"), None)
+            f_err = next((o for o in la if o[4] != "ok"), None)
+            note("%s statelite after the kill: %d appends ok, %d failed%s%s" % (
+                what, sum(o[4] == "ok" for o in la), sum(o[4] != "ok" for o in la),
+                "; first ok at +%d ms" % (f_ok[3] - kill) if f_ok else "",
+                "; first failure at +%d ms: %s" % (f_err[3] - kill, f_err[5]) if f_err else ""))
         print("rig-figure: %s stall_ms=%d takeover_ms=%s" % (rnd, stall, r["addr"] - kill if "addr" in r else "?"))
     # statelite: appends acknowledged (fsync returned) but absent from the copy the node sees now
     acked = [o for o in appends if o[4] == "ok"]
@@ -220,7 +232,7 @@ def report(logdir, events_file, copy, label):
                 if p:
                     have.add(p[0])
     except OSError as e:
-        note("statelite copy %s: %s" % (copy, e))
+        note("statelite: the node's file on the SN serving it now: %s (nothing copies statelite data in the rig yet)" % e.strerror)
     missing = [o for o in acked if o[1] not in have]
     kinds = sorted({o[5].split(":")[0] for o in errs})
     note("statelite appends: %d acknowledged, %d of them missing from the copy now served, %d failed (%s)"
