@@ -318,7 +318,7 @@ nfs3_failover() {
 #   - detection: the script knows when it killed sn1 (no health probe runs);
 #   - the fence: ha_fence takes sn1's link down and kills its agent, as `rpower sn1 off` would,
 #     and checks both (the fence-fails round makes its first attempt fail);
-#   - the address move: `ip addr add` in sn2's netns and busybox `arping -U` (the takeover crate
+#   - the address move: `ip addr replace` in the backup's netns and busybox `arping -U` (the takeover crate
 #     will do both through netlink and a packet socket inside sn2's agent); no IPv6 here, and
 #     the guest has no ndisc6;
 #   - sn2's agent listens on 0.0.0.0, so it serves the address as soon as it is there;
@@ -369,20 +369,21 @@ ha_fence() {
 # wait until the daemon reports DEAD fenced and BACKUP serving-for DEAD, and take the times of
 # the fence and the address move from its log.  What it does today, in the daemon's order:
 #   1. fence DEAD (ha_fence); if that fails: nothing promoted, return 1 (the caller retries);
-#   2. the service address on BACKUP's interface (`ip addr add`);
+#   2. the service address on BACKUP's interface (`ip addr replace`: idempotent);
 #   3. gratuitous ARP from BACKUP (busybox arping -U, RFC 5227 announcement) so the node's
 #      neighbour entry moves now rather than when its own probes time out (RIG_HA_ARP=0: off);
 #   4. BACKUP's agent serving NFSv3 on it: nothing to do, it listens on 0.0.0.0.
-# RIG_HA_BREAK=noaddr skips step 2, RIG_HA_BREAK=nofence promotes although the fence failed:
-# each must make check (i) fail.
+# RIG_HA_BREAK=noaddr skips step 2, =nofence promotes although the fence failed, =early adds
+# the address before fencing: each must make check (i) fail.
 takeover() {
+    [ "${RIG_HA_BREAK:-}" != early ] || ip -n "$2" addr replace $HA_SVC/24 dev "ha-$2"
     if ! ha_fence "$1"; then
         ha_ev fence-failed "$3"
         [ "${RIG_HA_BREAK:-}" = nofence ] || return 1
     else
         ha_ev fence "$3"
     fi
-    [ "${RIG_HA_BREAK:-}" = noaddr ] || ip -n "$2" addr add $HA_SVC/24 dev "ha-$2" || fail "(i) ip addr add on $2"
+    [ "${RIG_HA_BREAK:-}" = noaddr ] || ip -n "$2" addr replace $HA_SVC/24 dev "ha-$2" || fail "(i) ip addr replace on $2"
     ha_ev addr "$3"
     [ "${RIG_HA_ARP:-1}" = 0 ] || sn "$2" arping -q -U -c 2 -w 2 -I "ha-$2" -s $HA_SVC $HA_SVC > /dev/null 2>&1 &
     return 0
