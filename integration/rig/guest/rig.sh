@@ -376,7 +376,7 @@ ha_fence() {
 # RIG_HA_BREAK=noaddr skips step 2, =nofence promotes although the fence failed, =early adds
 # the address before fencing: each must make check (i) fail.
 takeover() {
-    [ "${RIG_HA_BREAK:-}" != early ] || ip -n "$2" addr replace $HA_SVC/24 dev "ha-$2"
+    if [ "${RIG_HA_BREAK:-}" = early ]; then ip -n "$2" addr replace $HA_SVC/24 dev "ha-$2"; ha_ev addr "$3"; fi
     if ! ha_fence "$1"; then
         ha_ev fence-failed "$3"
         [ "${RIG_HA_BREAK:-}" = nofence ] || return 1
@@ -392,6 +392,21 @@ takeover() {
 # ha_repair SN: STAND-IN for a repaired SN booting again: on the LAN, its agent up, without the
 # service address (that stays with the backup until `hanfs migrate --back`, not tested here)
 ha_repair() {
+    # A rebooted SN has no TCP connection left; this netns would keep the dead agent's orphaned
+    # sockets (their FIN never left: the link was down), and with the same 4-tuple as the node's
+    # next connection (the RPC client reconnects from the same port) they swallow it: no RST, the
+    # node hangs.  tcp_orphan_retries=1 (set at start-up) ends them within about a second.
+    read -r snpid < "/run/sn/$1/pid"
+    i=0 want=$(printf ':%04X' $HA_PORT) left=x
+    while [ -n "$left" ] && [ $i -lt 50 ]; do
+        left=
+        while read -r sl local remote st rest; do
+            case $local in *"$want") [ "$st" = 0A ] || left="$left $st" ;; esac
+        done < "/proc/$snpid/net/tcp"
+        [ -z "$left" ] || sleep 0.1
+        i=$((i + 1))
+    done
+    [ -z "$left" ] || fail "(i) $1: connections of its former life left (TCP states$left)"
     ip -n "$1" addr del $HA_SVC/24 dev "ha-$1" 2> /dev/null
     ip -n "$1" link set "ha-$1" up
     ha_agent_start "$1" || { fail "(i) $1's agent did not restart: $(tail -2 "/run/sn/$1/ha-agent.log")"; return 1; }
@@ -412,8 +427,10 @@ ha_wait_progress() {
 # nfs: only its NFS service (the agent, which serves it) dies, the SN stays on the network
 ha_kill() {
     p=$(ha_agent_pid "$1")
-    kill -9 "$p"
+    # power: the link first: killed first, the agent's sockets would send FIN and refuse the node's
+    # reconnects (RST) before the link went down, which a powered-off SN never does
     [ "$3" = nfs ] || ip -n "$1" link set "ha-$1" down
+    kill -9 "$p"
     ha_ev kill "$2"
     wait "$p" 2> /dev/null
 }
@@ -447,7 +464,8 @@ sn_kill() {
     for s in sn1 sn2; do
         mkdir -p /run/sn/$s/root/ha-lite/cn001
         cp -a /run/ha/src /run/sn/$s/root/ha-image   # the replica: same bytes, other inodes
-        sn $s dash -c "mount --bind /run/sn/$s/root/ha-image /ha/image && mount --bind /run/sn/$s/root/ha-lite /ha-lite" ||
+        sn $s dash -c "mount --bind /run/sn/$s/root/ha-image /ha/image && mount --bind /run/sn/$s/root/ha-lite /ha-lite &&
+                       echo 1 > /proc/sys/net/ipv4/tcp_orphan_retries" ||
             fail "(i) bind mounts on $s"
         # the statelite area, kernel nfsd as today (hand-written here, not rendered by hanfs)
         echo "/ha-lite 10.0.1.0/24(rw,no_root_squash,sync,no_subtree_check,insecure,fsid=1011)" > /run/sn/$s/exports.d/ha.exports
@@ -521,7 +539,7 @@ rig_main() {
     RIG_RC=0
     rig_log "guest ready"
     if [ "${RIG_PCAP:-0}" = 1 ] && command -v tcpdump > /dev/null; then
-        tcpdump -Z root -i any -s 0 -U -w /share/nfs.pcap 'port 2049' > /run/tcpdump.log 2>&1 &
+        tcpdump -Z root -i any -s 0 -U -w /share/nfs.pcap 'port 2049 or port 2050 or arp' > /run/tcpdump.log 2>&1 &
         pcap=$!
     fi
     sns_start
