@@ -312,16 +312,17 @@ nfs3_failover() {
 # sn1 and sn2 run `hanfs agent` serving the same image replica (cp -a: other inodes) over NFSv3 at
 # the same root path, so their handles are the same; their kernel nfsd serves the node's
 # statelite directory.  The node mounts both from the service address with xCAT's options and
-# runs workload.py.  Then sn1 is killed and the hook `takeover sn1 sn2` moves the address.
+# runs workload.py.  Then sn1 is killed and the hook `takeover sn1 sn2` moves the address (later
+# rounds alternate: the dead SN, repaired, is the next round's backup).
 #
 # SCRIPTED STAND-INS TODAY (to be replaced by waiting for `hanfs daemon` in netns mn):
 #   - detection: the script knows when it killed sn1 (no health probe runs);
 #   - the fence: ha_fence takes sn1's link down and kills its agent, as `rpower sn1 off` would,
 #     and checks both (the fence-fails round makes its first attempt fail);
-#   - the address move: `ip addr replace` in the backup's netns and busybox `arping -U` (the takeover crate
-#     will do both through netlink and a packet socket inside sn2's agent); no IPv6 here, and
-#     the guest has no ndisc6;
-#   - sn2's agent listens on 0.0.0.0, so it serves the address as soon as it is there;
+#   - the address move: `ip addr replace` in the backup's netns and busybox `arping -U` (the
+#     takeover crate will do both through netlink and a packet socket inside the backup's agent);
+#     no IPv6 here, and the guest has no ndisc6;
+#   - the backup's agent listens on 0.0.0.0, so it serves the address as soon as it is there;
 #   - ha_repair stands in for a repaired SN booting again as the spare.
 HA_NET=10.0.1 HA_SVC=10.0.1.101 HA_PORT=2050
 HA_LOG=/run/ha/log HA_EV=/run/ha/events

@@ -202,7 +202,7 @@ def report(logdir, events_file, copy, label):
                   % (what, r["fence-failed"] - kill, fenced - kill if fenced else "never", len(early)))
         elif "addr" in r:
             check(r.get("fence", 1 << 62) <= r["addr"],
-                  "%s fenced at +%s ms before the service address moved at +%d ms"
+                  "%s fence done at +%s ms, service address moved at +%d ms (the fence must come first)"
                   % (what, r["fence"] - kill if "fence" in r else "never", r["addr"] - kill))
         if first is None:
             check(False, "%s no successful image I/O after the kill" % what)
