@@ -439,6 +439,9 @@ ha_kill() {
 ha_round() {  # ha_round DEAD BACKUP NAME power|nfs [FENCE_FAILS]
     sleep 0.3
     ha_kill "$1" "$3" "$4"
+    # RIG_HA_DETECT=S: S seconds before the hook, the time `hanfs daemon` will need to declare the
+    # SN dead (its dead_after), to measure the stall a node will see then
+    [ "${RIG_HA_DETECT:-0}" = 0 ] || sleep "$RIG_HA_DETECT"
     HA_FENCE_FAILS=${5:-0}
     while ! takeover "$1" "$2" "$3"; do
         # the fence failed: the daemon alerts and retries; the address must not have moved
