@@ -14,10 +14,13 @@
 # nothing failed.  Where user-mode-linux cannot run at all it prints "SKIP: <reason>" instead.
 # Installs the Debian packages it needs with apt-get when they are missing.
 #
-# The nfs3-failover scenario runs `hanfs agent` (its embedded NFSv3 server) from the same binary.
+# The nfs3-failover and sn-kill scenarios run `hanfs agent` (its embedded NFSv3 server) from the same binary.
 #
 # env: HANFS=path/to/hanfs  HANFS_RIG_DIR=/tmp/hanfs-rig (cache + run directories)
 #      HANFS_RIG_TIMEOUT=180 (s)  HANFS_RIG_DEBUG=1 (daemon logs)  HANFS_RIG_PCAP=1 (nfs.pcap)
+#      HANFS_RIG_HA_ROUNDS=1  HANFS_RIG_HA_OPTS=<mount options>  HANFS_RIG_HA_ARP=1  HANFS_RIG_HA_DETECT=0 (s)
+#      HANFS_RIG_HA_BREAK=noaddr|nofence|early
+#      (check (i), the sn-kill scenario: see README)
 set -uo pipefail
 T0=$(date +%s.%N)
 INT=$(cd "$(dirname "$0")" && pwd)

@@ -51,4 +51,6 @@ fi
 LD_PRELOAD=$PRELOAD exec $PIN linux.uml mem="${MEM}M" initrd="$INITRD" rdinit=/init rootfstype=tmpfs \
     umid="hanfs-rig-$$" uml_dir="$DIR/uml" con0=null,fd:1 con=null ssl=null quiet loglevel=4 panic=-1 \
     rig_share="$SHARE" RIG_DEBUG="${HANFS_RIG_DEBUG:-0}" RIG_PCAP="${HANFS_RIG_PCAP:-0}" \
-    RIG_MIGRATE_VERS="${HANFS_RIG_MIGRATE_VERS:-4.0}" < /dev/null
+    RIG_MIGRATE_VERS="${HANFS_RIG_MIGRATE_VERS:-4.0}" RIG_HA_ROUNDS="${HANFS_RIG_HA_ROUNDS:-1}" \
+    RIG_HA_OPTS="${HANFS_RIG_HA_OPTS:-}" RIG_HA_ARP="${HANFS_RIG_HA_ARP:-1}" RIG_HA_BREAK="${HANFS_RIG_HA_BREAK:-}" \
+    RIG_HA_DETECT="${HANFS_RIG_HA_DETECT:-0}" < /dev/null

@@ -23,7 +23,7 @@ mkdir -p "$DIR"
 KV=$(ls /usr/lib/uml/modules | sort -V | tail -1)
 KBASE=$DIR/uml-modules
 mkdir -p "$KBASE/lib/modules"; ln -sfn "/usr/lib/uml/modules/$KV" "$KBASE/lib/modules/$KV"
-MODULES="nfsd nfsv4 nfsv3 veth"   # nfsv3: the client side of the nfs3-failover scenario
+MODULES="nfsd nfsv4 nfsv3 veth dummy macvlan"   # nfsv3: the client side of the nfs3-failover scenario; dummy, macvlan: the sn-kill LAN
 
 # (mount, also for NFS, umount, nsenter and the small tools come from busybox: it is static, so
 # it starts quickly; each dynamic program's start costs many page faults under UML)
@@ -46,6 +46,7 @@ files() {
 import sys, importlib.util
 sys.path.insert(0, sys.argv[1])
 import fsloc  # noqa: F401  (imports everything the guest's python needs)
+import workload  # noqa: F401
 for m in list(sys.modules.values()):
     f = getattr(m, "__file__", None) or ""
     if f.startswith("/usr/lib/python3"):

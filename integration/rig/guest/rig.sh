@@ -304,11 +304,246 @@ nfs3_failover() {
     rig_log "scenario $SCEN done"
 }
 
+# --- sn-kill (check (i)): an SN dies under a running node, its backup takes the address over ------
+# Issue #12 points 4 and 5.  On a LAN of its own (10.0.1.0/24: a dummy device with one macvlan per
+# party, bridge mode, so ARP works as on a switch, and a gratuitous ARP really matters):
+#   root netns = the node (client, 10.0.1.254)   netns mn: 10.0.1.250 (idle; `hanfs daemon` later)
+#   netns sn1: 10.0.1.1 + the service address 10.0.1.101   netns sn2: 10.0.1.2 (sn1's backup)
+# sn1 and sn2 run `hanfs agent` serving the same image replica (cp -a: other inodes) over NFSv3 at
+# the same root path, so their handles are the same; their kernel nfsd serves the node's
+# statelite directory.  The node mounts both from the service address with xCAT's options and
+# runs workload.py.  Then sn1 is killed and the hook `takeover sn1 sn2` moves the address (later
+# rounds alternate: the dead SN, repaired, is the next round's backup).
+#
+# SCRIPTED STAND-INS TODAY (to be replaced by waiting for `hanfs daemon` in netns mn):
+#   - detection: the script knows when it killed sn1 (no health probe runs);
+#   - the fence: ha_fence takes sn1's link down and kills its agent, as `rpower sn1 off` would,
+#     and checks both (the fence-fails round makes its first attempt fail);
+#   - the address move: `ip addr replace` in the backup's netns and busybox `arping -U` (the
+#     takeover crate will do both through netlink and a packet socket inside the backup's agent);
+#     no IPv6 here, and the guest has no ndisc6;
+#   - the backup's agent listens on 0.0.0.0, so it serves the address as soon as it is there;
+#   - ha_repair stands in for a repaired SN booting again as the spare.
+HA_NET=10.0.1 HA_SVC=10.0.1.101 HA_PORT=2050
+HA_LOG=/run/ha/log HA_EV=/run/ha/events
+ha_ev() { read -r up rest < /proc/uptime; echo "$1 $(( ${up%.*}${up#*.} * 10 )) $2" >> $HA_EV; }
+
+# ha_agent_start SN: `hanfs agent` in SN's namespaces, NFSv3 on 0.0.0.0:$HA_PORT, root /ha/image
+ha_agent_start() {
+    s=/run/sn/$1/ha-agent
+    mkdir -p "$s"
+    printf '%s\n' 'listen = "127.0.0.1:7468"' 'plaintext_loopback = true' 'root = "/ha/image"' \
+        "state_dir = \"$s\"" 'dialect = "linux"' "exports_file = \"$s/hanfs.exports\"" 'reload = ["true"]' \
+        "nfs3 = \"0.0.0.0:$HA_PORT\"" > "$s/agent.toml"
+    read -r snpid < "/run/sn/$1/pid"
+    # nsenter execs (no fork without -p), env execs: $! is the agent itself
+    nsenter -t "$snpid" -n -m -u -- env LD_LIBRARY_PATH=/share/hanfs/lib /share/hanfs/hanfs agent \
+        --config "$s/agent.toml" < /dev/null > /dev/null 2>> "/run/sn/$1/ha-agent.log" &
+    echo $! > "$s/pid"
+    a=$! i=0 want=$(printf '00000000:%04X' $HA_PORT)
+    while [ $i -lt 300 ]; do   # its netns' /proc/net/tcp lists 0.0.0.0:2050 in LISTEN (0A)
+        while read -r sl local remote st rest; do
+            [ "$local" = "$want" ] && [ "$st" = 0A ] && return 0
+        done < "/proc/$a/net/tcp"
+        kill -0 "$a" 2> /dev/null || return 1
+        sleep 0.1; i=$((i + 1))
+    done
+    return 1
+}
+ha_agent_pid() { read -r p < "/run/sn/$1/ha-agent/pid"; echo "$p"; }
+
+# ha_fence SN: STAND-IN for the fence command (`rpower SN off`, then a check that it is off):
+# SN's link down, its agent killed, then both verified.  Fails while HA_FENCE_FAILS > 0 (as a timed-out rpower would).
+ha_fence() {
+    if [ "${HA_FENCE_FAILS:-0}" -gt 0 ]; then HA_FENCE_FAILS=$((HA_FENCE_FAILS - 1)); return 1; fi
+    p=$(ha_agent_pid "$1")
+    kill -9 "$p" 2> /dev/null; wait "$p" 2> /dev/null
+    ip -n "$1" link set "ha-$1" down || return 1
+    ! kill -0 "$p" 2> /dev/null || return 1
+    flags=$(ip -n "$1" -o link show "ha-$1") || return 1
+    case $flags in *"<UP"*|*",UP"*) return 1 ;; esac
+    return 0
+}
+
+# takeover DEAD BACKUP ROUND: THE decide-and-take-over step (one hook).  Today a script; when
+# `hanfs daemon` (health + fence) and the agent (takeover crate) are wired in, its body becomes:
+# wait until the daemon reports DEAD fenced and BACKUP serving-for DEAD, and take the times of
+# the fence and the address move from its log.  What it does today, in the daemon's order:
+#   1. fence DEAD (ha_fence); if that fails: nothing promoted, return 1 (the caller retries);
+#   2. the service address on BACKUP's interface (`ip addr replace`: idempotent);
+#   3. gratuitous ARP from BACKUP (busybox arping -U, RFC 5227 announcement) so the node's
+#      neighbour entry moves now rather than when its own probes time out (RIG_HA_ARP=0: off);
+#   4. BACKUP's agent serving NFSv3 on it: nothing to do, it listens on 0.0.0.0.
+# RIG_HA_BREAK=noaddr skips step 2, =nofence promotes although the fence failed, =early adds
+# the address before fencing: each must make check (i) fail.
+takeover() {
+    if [ "${RIG_HA_BREAK:-}" = early ]; then ip -n "$2" addr replace $HA_SVC/24 dev "ha-$2"; ha_ev addr "$3"; fi
+    if ! ha_fence "$1"; then
+        ha_ev fence-failed "$3"
+        [ "${RIG_HA_BREAK:-}" = nofence ] || return 1
+    else
+        ha_ev fence "$3"
+    fi
+    [ "${RIG_HA_BREAK:-}" = noaddr ] || ip -n "$2" addr replace $HA_SVC/24 dev "ha-$2" || fail "(i) ip addr replace on $2"
+    ha_ev addr "$3"
+    [ "${RIG_HA_ARP:-1}" = 0 ] || sn "$2" arping -q -U -c 2 -w 2 -I "ha-$2" -s $HA_SVC $HA_SVC > /dev/null 2>&1 &
+    return 0
+}
+
+# ha_repair SN: STAND-IN for a repaired SN booting again: on the LAN, its agent up, without the
+# service address (that stays with the backup until `hanfs migrate --back`, not tested here)
+ha_repair() {
+    # A rebooted SN has no TCP connection left; this netns would keep the dead agent's orphaned
+    # sockets (their FIN never left: the link was down), and with the same 4-tuple as the node's
+    # next connection (the RPC client reconnects from the same port) they swallow it: no RST, the
+    # node hangs.  tcp_orphan_retries=1 (set at start-up) ends them within about a second.
+    read -r snpid < "/run/sn/$1/pid"
+    i=0 want=$(printf ':%04X' $HA_PORT) left=x
+    while [ -n "$left" ] && [ $i -lt 50 ]; do
+        left=
+        while read -r sl local remote st rest; do
+            case $local in *"$want") [ "$st" = 0A ] || left="$left $st" ;; esac
+        done < "/proc/$snpid/net/tcp"
+        [ -z "$left" ] || sleep 0.1
+        i=$((i + 1))
+    done
+    [ -z "$left" ] || fail "(i) $1: connections of its former life left (TCP states$left)"
+    ip -n "$1" addr del $HA_SVC/24 dev "ha-$1" 2> /dev/null
+    ip -n "$1" link set "ha-$1" up
+    ha_agent_start "$1" || { fail "(i) $1's agent did not restart: $(tail -2 "/run/sn/$1/ha-agent.log")"; return 1; }
+}
+
+# ha_wait_progress WHAT: wait (20 s at most) until the node's reader completes a good op after now
+ha_wait_progress() {
+    read -r up rest < /proc/uptime; since=$(( ${up%.*}${up#*.} * 10 )) i=0
+    while [ $i -lt 200 ]; do
+        p=0; read -r p 2> /dev/null < $HA_LOG/progress
+        [ "${p:-0}" -gt "$since" ] && return 0
+        sleep 0.1; i=$((i + 1))
+    done
+    fail "(i) $1: the node got no good image read for 20 s"; return 1
+}
+
+# ha_kill SN ROUND power|nfs: power: SN's agent SIGKILLed and its link down at once (power loss);
+# nfs: only its NFS service (the agent, which serves it) dies, the SN stays on the network
+ha_kill() {
+    p=$(ha_agent_pid "$1")
+    # power: the link first: killed first, the agent's sockets would send FIN and refuse the node's
+    # reconnects (RST) before the link went down, which a powered-off SN never does
+    [ "$3" = nfs ] || ip -n "$1" link set "ha-$1" down
+    kill -9 "$p"
+    ha_ev kill "$2"
+    wait "$p" 2> /dev/null
+}
+
+ha_round() {  # ha_round DEAD BACKUP NAME power|nfs [FENCE_FAILS]
+    sleep 0.3
+    ha_kill "$1" "$3" "$4"
+    # RIG_HA_DETECT=S: S seconds before the hook, the time `hanfs daemon` will need to declare the
+    # SN dead (its dead_after), to measure the stall a node will see then
+    [ "${RIG_HA_DETECT:-0}" = 0 ] || sleep "$RIG_HA_DETECT"
+    HA_FENCE_FAILS=${5:-0}
+    while ! takeover "$1" "$2" "$3"; do
+        # the fence failed: the daemon alerts and retries; the address must not have moved
+        case $(ip -n "$2" -o addr show dev "ha-$2") in
+            *" $HA_SVC/"*) fail "(i) $3: the fence failed, yet $2 holds $HA_SVC" ;;
+            *) pass "(i) $3: the fence failed, $2 does not hold $HA_SVC" ;;
+        esac
+        sleep 1
+    done
+    ha_wait_progress "$3" && rig_log "sn-kill: $3 ($1 -> $2) done"
+}
+
+sn_kill() {
+    SCEN=sn-kill
+    rig_log "scenario $SCEN"
+    sn1=$(grep -c '^sn[12] ' /share/sns)
+    [ "$sn1" = 2 ] || { fail "(i) needs SNs sn1 and sn2 in the rig"; return; }
+    mkdir -p /run/ha/src/bin /run/ha/src/data $HA_LOG /ha/image /ha-lite /mnt/ha/image /mnt/ha/lite
+    : > $HA_EV
+    cp /usr/bin/busybox /run/ha/src/bin/
+    dd if=/dev/urandom of=/run/ha/src/data/a bs=64k count=1 2> /dev/null
+    dd if=/dev/urandom of=/run/ha/src/data/b bs=64k count=4 2> /dev/null
+    echo "a small file of the image" > /run/ha/src/data/c
+    for s in sn1 sn2; do
+        mkdir -p /run/sn/$s/root/ha-lite/cn001
+        cp -a /run/ha/src /run/sn/$s/root/ha-image   # the replica: same bytes, other inodes
+        sn $s dash -c "mount --bind /run/sn/$s/root/ha-image /ha/image && mount --bind /run/sn/$s/root/ha-lite /ha-lite &&
+                       echo 1 > /proc/sys/net/ipv4/tcp_orphan_retries" ||
+            fail "(i) bind mounts on $s"
+        # the statelite area, kernel nfsd as today (hand-written here, not rendered by hanfs)
+        echo "/ha-lite 10.0.1.0/24(rw,no_root_squash,sync,no_subtree_check,insecure,fsid=1011)" > /run/sn/$s/exports.d/ha.exports
+        sn_reload $s
+    done
+    ip netns add mn
+    ip -batch - <<EOT || fail "(i) network"
+link add ha-lan type dummy
+link set ha-lan up
+link add ha-c link ha-lan type macvlan mode bridge
+address add $HA_NET.254/24 dev ha-c
+link set ha-c up
+link add ha-mn link ha-lan type macvlan mode bridge
+link set ha-mn netns mn
+link add ha-sn1 link ha-lan type macvlan mode bridge
+link set ha-sn1 netns sn1
+link add ha-sn2 link ha-lan type macvlan mode bridge
+link set ha-sn2 netns sn2
+EOT
+    printf 'address add %s/24 dev ha-sn1\naddress add %s/24 dev ha-sn1\nlink set ha-sn1 up\n' $HA_NET.1 $HA_SVC | ip -n sn1 -batch -
+    printf 'address add %s/24 dev ha-sn2\nlink set ha-sn2 up\n' $HA_NET.2 | ip -n sn2 -batch -
+    printf 'address add %s/24 dev ha-mn\nlink set ha-mn up\n' $HA_NET.250 | ip -n mn -batch -
+    for s in sn1 sn2; do
+        ha_agent_start $s || { fail "(i) $s's agent did not start: $(tail -3 /run/sn/$s/ha-agent.log)"; return; }
+    done
+    # xCAT's statelite initrd mounts the image and the node's persistent directory with
+    # "nolock,rsize=32768,tcp,nfsvers=3,timeo=14": hard, 1.4 s per try (README, check (i)).
+    # Here: port/mountport because kernel nfsd holds 2049 in the SN's netns; noacl as in (f);
+    # the statelite mount is NFSv4.0 because the rig's nfsd serves only NFSv4.
+    xcat=${RIG_HA_OPTS:-nolock,rsize=32768,tcp,nfsvers=3,timeo=14}
+    if ! out=$(mount -t nfs -o "$xcat,port=$HA_PORT,mountport=$HA_PORT,mountproto=tcp,noacl,addr=$HA_SVC" \
+               $HA_SVC:/ha/image /mnt/ha/image 2>&1); then
+        fail "(i) NFSv3 mount of $HA_SVC:/ha/image: $out"; return
+    fi
+    lite=${xcat%%nfsvers=3*}vers=4.0${xcat#*nfsvers=3}
+    if ! out=$(mount -t nfs4 -o "$lite,addr=$HA_SVC,clientaddr=$HA_NET.254" $HA_SVC:/ha-lite/cn001 /mnt/ha/lite 2>&1); then
+        fail "(i) NFSv4 mount of the statelite directory $HA_SVC:/ha-lite/cn001: $out"; return
+    fi
+    rig_log "sn-kill: mounted with $xcat; workload starts"
+    python3 -S -B /rig/workload.py run /mnt/ha/image /run/ha/src /mnt/ha/lite/node.log $HA_LOG \
+        < /dev/null > $HA_LOG/workload.out 2>&1 &
+    wl=$!
+    ha_wait_progress start || { kill -9 $wl; return; }
+    # the rounds alternate between the two SNs: each takeover leaves the dead SN repaired as
+    # the spare, so no move back (a second client switch) is needed between rounds
+    n=0 ok=1 from=sn1 to=sn2
+    while [ $n -lt "${RIG_HA_ROUNDS:-1}" ] && [ $ok = 1 ]; do
+        n=$((n + 1)); r=power-loss; [ $n = 1 ] || r=power-loss-$n
+        { ha_round $from $to $r power && ha_repair $from; } || ok=0
+        x=$from from=$to to=$x
+    done
+    [ $ok = 0 ] || { ha_round $from $to fence-fails power 1 && ha_repair $from; } || ok=0
+    x=$from from=$to to=$x
+    [ $ok = 0 ] || ha_round $from $to nfs-dies nfs || ok=0
+    sleep 0.5
+    : > $HA_LOG/stop
+    i=0; while kill -0 $wl 2> /dev/null && [ $i -lt 30 ]; do sleep 0.1; i=$((i + 1)); done
+    if kill -0 $wl 2> /dev/null; then
+        note "sn-kill: the workload hangs (hard mount); killed"
+        read -r ap < $HA_LOG/appender.pid; kill -9 $wl $ap 2> /dev/null
+    fi
+    python3 -S -B /rig/workload.py report $HA_LOG $HA_EV /run/sn/$to/root/ha-lite/cn001/node.log "$SCEN" || RIG_RC=1
+    mkdir -p /share/sn-kill; cp $HA_EV $HA_LOG/*.log /run/sn/*/ha-agent.log /share/sn-kill/ 2> /dev/null
+    dmesg | grep -E 'nfs|rpc' > /share/sn-kill/dmesg
+    [ ! -s $HA_LOG/workload.out ] || note "workload: $(tail -3 $HA_LOG/workload.out)"
+    umount -f -l /mnt/ha/image /mnt/ha/lite 2> /dev/null
+    rig_log "scenario $SCEN done"
+}
+
 rig_main() {
     RIG_RC=0
     rig_log "guest ready"
     if [ "${RIG_PCAP:-0}" = 1 ] && command -v tcpdump > /dev/null; then
-        tcpdump -Z root -i any -s 0 -U -w /share/nfs.pcap 'port 2049' > /run/tcpdump.log 2>&1 &
+        tcpdump -Z root -i any -s 0 -U -w /share/nfs.pcap 'port 2049 or port 2050 or arp' > /run/tcpdump.log 2>&1 &
         pcap=$!
     fi
     sns_start
@@ -320,7 +555,7 @@ rig_main() {
         fi
     done
     check_owners
-    if [ -x /share/hanfs/hanfs ]; then nfs3_failover; fi
+    if [ -x /share/hanfs/hanfs ]; then nfs3_failover; sn_kill; fi
     if [ "${RIG_DEBUG:-0}" = 1 ] || [ $RIG_RC != 0 ]; then
         for f in /run/sn/*/*.log; do [ -s "$f" ] && sed "s|^|  $f: |" "$f" | tail -15; done
         dmesg | grep -iE 'nfs|rpc|grace' | tail -15 | sed 's/^/  dmesg: /'
