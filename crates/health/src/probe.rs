@@ -115,14 +115,23 @@ impl RpcError {
     }
 
     fn from_io(e: &io::Error) -> RpcError {
+        Self::answer(e).unwrap_or_else(|| RpcError::Io(e.to_string()))
+    }
+
+    /// An error that is the peer's answer (a refusal, a reset).
+    fn answer(e: &io::Error) -> Option<RpcError> {
         match e.kind() {
-            io::ErrorKind::ConnectionRefused => RpcError::Refused,
+            io::ErrorKind::ConnectionRefused => Some(RpcError::Refused),
             io::ErrorKind::ConnectionReset
             | io::ErrorKind::ConnectionAborted
             | io::ErrorKind::BrokenPipe
-            | io::ErrorKind::UnexpectedEof => RpcError::Closed,
-            _ => RpcError::Io(e.to_string()),
+            | io::ErrorKind::UnexpectedEof => Some(RpcError::Closed),
+            _ => None,
         }
+    }
+
+    fn from_connect(e: &io::Error) -> RpcError {
+        Self::answer(e).unwrap_or_else(|| RpcError::Connect(e.to_string()))
     }
 }
 
@@ -252,8 +261,7 @@ async fn connect(addr: SocketAddr, source: SourcePort, deadline: tokio::time::In
         let s = socket()?;
         return match tokio::time::timeout_at(deadline, s.connect(addr)).await {
             Ok(Ok(c)) => Ok(c),
-            Ok(Err(e)) if e.kind() == io::ErrorKind::ConnectionRefused => Err(RpcError::Refused),
-            Ok(Err(e)) => Err(RpcError::Connect(e.to_string())),
+            Ok(Err(e)) => Err(RpcError::from_connect(&e)),
             Err(_) => Err(RpcError::Timeout(timeout)),
         };
     }
@@ -278,8 +286,7 @@ async fn connect(addr: SocketAddr, source: SourcePort, deadline: tokio::time::In
         match tokio::time::timeout_at(deadline, s.connect(addr)).await {
             Ok(Ok(c)) => return Ok(c),
             Ok(Err(e)) if e.kind() == io::ErrorKind::AddrNotAvailable || e.kind() == io::ErrorKind::AddrInUse => continue,
-            Ok(Err(e)) if e.kind() == io::ErrorKind::ConnectionRefused => return Err(RpcError::Refused),
-            Ok(Err(e)) => return Err(RpcError::Connect(e.to_string())),
+            Ok(Err(e)) => return Err(RpcError::from_connect(&e)),
             Err(_) => return Err(RpcError::Timeout(timeout)),
         }
     }
