@@ -136,8 +136,9 @@ impl HealthConfig {
         if self.failover == FailoverMode::Auto && self.fence.is_empty() {
             return Err(ConfigError {
                 field: "failover",
-                reason: "\"auto\" needs a fence command (cluster.fence): promoting an unfenced SN's data risks two writers"
-                    .into(),
+                reason:
+                    "\"auto\" needs a fence command (cluster.fence): promoting an unfenced SN's data risks two writers"
+                        .into(),
             });
         }
         if !self.fence_verify.is_empty() && self.fence_verify_expect.trim().is_empty() {

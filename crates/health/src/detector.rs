@@ -107,13 +107,24 @@ pub enum Alert {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
     /// Run the fence for this SN, then call [`Detector::fence_done`].
-    Fence { sn: String },
+    Fence {
+        sn: String,
+    },
     /// Serve `service` (an SN's images, statelite data and service address) on `to`; `from` is
     /// fenced. Then call [`Detector::served`] or [`Detector::promote_failed`].
-    Promote { service: String, from: String, to: String },
-    Alert { sn: String, alert: Alert },
+    Promote {
+        service: String,
+        from: String,
+        to: String,
+    },
+    Alert {
+        sn: String,
+        alert: Alert,
+    },
     /// A Down SN that was never fenced counts as Up again (after `hold_down` of good probes).
-    Recovered { sn: String },
+    Recovered {
+        sn: String,
+    },
 }
 
 /// The public view of an SN's state.
@@ -121,9 +132,16 @@ pub enum Decision {
 pub enum State {
     Up,
     /// Failing since (start of the first failed probe of the run), not (yet) Down.
-    Suspect { failing_since: Instant },
-    Down { since: Instant, fence: FenceState },
-    Fenced { since: Instant },
+    Suspect {
+        failing_since: Instant,
+    },
+    Down {
+        since: Instant,
+        fence: FenceState,
+    },
+    Fenced {
+        since: Instant,
+    },
 }
 
 /// Where the fence of a Down SN stands.
@@ -276,7 +294,11 @@ impl Detector {
         } else if probe.agent.failed().is_some() || probe.nfs.failed().is_some() {
             s.reachable_since = None;
         }
-        let failure = probe.agent.failed().map(|r| format!("agent: {r}")).or_else(|| probe.nfs.failed().map(|r| format!("nfs: {r}")));
+        let failure = probe
+            .agent
+            .failed()
+            .map(|r| format!("agent: {r}"))
+            .or_else(|| probe.nfs.failed().map(|r| format!("nfs: {r}")));
         match failure {
             Some(reason) => {
                 s.failing_since.get_or_insert(started);
@@ -364,7 +386,12 @@ impl Detector {
 
     /// Reports the result of a fence run asked for by [`Decision::Fence`]. `Err(reason)`: not
     /// fenced (failed, timed out, verification said still on); nothing is promoted.
-    pub fn fence_done(&mut self, sn: &str, result: Result<(), String>, now: Instant) -> Result<Vec<Decision>, DetectorError> {
+    pub fn fence_done(
+        &mut self,
+        sn: &str,
+        result: Result<(), String>,
+        now: Instant,
+    ) -> Result<Vec<Decision>, DetectorError> {
         let s = self.sns.get_mut(sn).ok_or_else(|| DetectorError::UnknownSn(sn.to_string()))?;
         let mut out = Vec::new();
         if !matches!(s.st, St::Down { fence: FenceState::Running, .. }) {
@@ -403,14 +430,22 @@ impl Detector {
     }
 
     /// Records a failed promotion; it is asked for again after `promote_retry_after`.
-    pub fn promote_failed(&mut self, service: &str, reason: String, now: Instant) -> Result<Vec<Decision>, DetectorError> {
+    pub fn promote_failed(
+        &mut self,
+        service: &str,
+        reason: String,
+        now: Instant,
+    ) -> Result<Vec<Decision>, DetectorError> {
         self.known(service)?;
         let mut out = Vec::new();
         if let Some(w) = self.waiting.get_mut(service) {
             let to = w.in_flight.take().unwrap_or_default();
             w.failed_at = Some(now);
             let host = self.host.get(service).cloned().unwrap_or_default();
-            out.push(Decision::Alert { sn: host, alert: Alert::PromoteFailed { service: service.to_string(), to, reason } });
+            out.push(Decision::Alert {
+                sn: host,
+                alert: Alert::PromoteFailed { service: service.to_string(), to, reason },
+            });
         }
         Ok(out)
     }

@@ -104,10 +104,7 @@ impl FenceOutcome {
 
 /// Substitutes `{name}` placeholders in every argument.
 pub fn substitute(template: &[String], vars: &[(&str, &str)]) -> Vec<String> {
-    template
-        .iter()
-        .map(|a| vars.iter().fold(a.clone(), |acc, (k, v)| acc.replace(&format!("{{{k}}}"), v)))
-        .collect()
+    template.iter().map(|a| vars.iter().fold(a.clone(), |acc, (k, v)| acc.replace(&format!("{{{k}}}"), v))).collect()
 }
 
 /// Whether a verification's output says `expect`: some line is `expect`, or ends in `: expect`
@@ -241,7 +238,10 @@ mod tests {
     #[test]
     fn placeholders_and_verdicts() {
         let t = vec!["rpower".to_string(), "{sn}".into(), "off".into(), "--ip={address}".into()];
-        assert_eq!(substitute(&t, &[("sn", "sn1"), ("address", "10.0.0.1")]), ["rpower", "sn1", "off", "--ip=10.0.0.1"]);
+        assert_eq!(
+            substitute(&t, &[("sn", "sn1"), ("address", "10.0.0.1")]),
+            ["rpower", "sn1", "off", "--ip=10.0.0.1"]
+        );
         assert!(says("sn1: off\n", "off"));
         assert!(says("off", "off"));
         assert!(!says("sn1: on\n", "off"));

@@ -177,7 +177,8 @@ static XID: AtomicU32 = AtomicU32::new(0);
 fn next_xid() -> u32 {
     // Seeded from the clock so a restarted daemon does not reuse the xids of its predecessor
     // (servers keep a duplicate request cache keyed by xid).
-    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(1);
+    let seed =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(1);
     let _ = XID.compare_exchange(0, seed | 1, Ordering::Relaxed, Ordering::Relaxed);
     XID.fetch_add(1, Ordering::Relaxed)
 }
@@ -234,7 +235,11 @@ pub fn decode_reply(xid: u32, rec: &[u8]) -> Result<Vec<u8>, RpcError> {
     Ok(rec[at..].to_vec())
 }
 
-async fn until<T>(deadline: tokio::time::Instant, timeout: Duration, f: impl std::future::Future<Output = io::Result<T>>) -> Result<T, RpcError> {
+async fn until<T>(
+    deadline: tokio::time::Instant,
+    timeout: Duration,
+    f: impl std::future::Future<Output = io::Result<T>>,
+) -> Result<T, RpcError> {
     match tokio::time::timeout_at(deadline, f).await {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(RpcError::from_io(&e)),
@@ -248,14 +253,15 @@ fn port_seed() -> u16 {
 }
 
 /// Connects from a port of `source`'s kind.
-async fn connect(addr: SocketAddr, source: SourcePort, deadline: tokio::time::Instant, timeout: Duration) -> Result<TcpStream, RpcError> {
+async fn connect(
+    addr: SocketAddr,
+    source: SourcePort,
+    deadline: tokio::time::Instant,
+    timeout: Duration,
+) -> Result<TcpStream, RpcError> {
     let socket = || {
-        if addr.is_ipv4() {
-            TcpSocket::new_v4()
-        } else {
-            TcpSocket::new_v6()
-        }
-        .map_err(|e| RpcError::Local(format!("socket: {e}")))
+        if addr.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }
+            .map_err(|e| RpcError::Local(format!("socket: {e}")))
     };
     if source == SourcePort::Any {
         let s = socket()?;
@@ -285,7 +291,9 @@ async fn connect(addr: SocketAddr, source: SourcePort, deadline: tokio::time::In
         }
         match tokio::time::timeout_at(deadline, s.connect(addr)).await {
             Ok(Ok(c)) => return Ok(c),
-            Ok(Err(e)) if e.kind() == io::ErrorKind::AddrNotAvailable || e.kind() == io::ErrorKind::AddrInUse => continue,
+            Ok(Err(e)) if e.kind() == io::ErrorKind::AddrNotAvailable || e.kind() == io::ErrorKind::AddrInUse => {
+                continue
+            }
             Ok(Err(e)) => return Err(RpcError::from_connect(&e)),
             Err(_) => return Err(RpcError::Timeout(timeout)),
         }
@@ -336,7 +344,13 @@ impl Conn {
 }
 
 /// Calls procedure 0 of `prog`/`vers` at `addr` on a fresh connection.
-pub async fn rpc_null(addr: SocketAddr, prog: u32, vers: u32, timeout: Duration, source: SourcePort) -> Result<(), RpcError> {
+pub async fn rpc_null(
+    addr: SocketAddr,
+    prog: u32,
+    vers: u32,
+    timeout: Duration,
+    source: SourcePort,
+) -> Result<(), RpcError> {
     let deadline = tokio::time::Instant::now() + timeout;
     let mut c = Conn(connect(addr, source, deadline, timeout).await?);
     c.call(prog, vers, 0, &[], deadline, timeout).await.map(|_| ())
@@ -350,7 +364,8 @@ fn getport_args(prog: u32, vers: u32) -> Result<Vec<u8>, RpcError> {
 }
 
 fn getport_result(body: &[u8]) -> Result<u16, RpcError> {
-    let (port, _) = u32::unpack(&mut Cursor::new(body)).map_err(|e| RpcError::Malformed(format!("GETPORT result: {e}")))?;
+    let (port, _) =
+        u32::unpack(&mut Cursor::new(body)).map_err(|e| RpcError::Malformed(format!("GETPORT result: {e}")))?;
     match port {
         0 => Err(RpcError::NotRegistered),
         p => u16::try_from(p).map_err(|_| RpcError::Malformed(format!("GETPORT returned port {p}"))),
@@ -401,7 +416,10 @@ pub async fn probe_nfs(t: &NfsTarget) -> NfsProbe {
         MountPort::Fixed(p) => p,
         MountPort::Portmap(pp) => {
             let r = match getport_args(PROG_MOUNT, MOUNT_VERSION) {
-                Ok(args) => s.call(pp, PROG_PORTMAP, PMAP_VERSION, PMAPPROC_GETPORT, &args).await.and_then(|b| getport_result(&b)),
+                Ok(args) => s
+                    .call(pp, PROG_PORTMAP, PMAP_VERSION, PMAPPROC_GETPORT, &args)
+                    .await
+                    .and_then(|b| getport_result(&b)),
                 Err(e) => Err(e),
             };
             if !s.record(format!("portmap GETPORT of MOUNT v3 at {}", SocketAddr::new(a, pp)), &r) {

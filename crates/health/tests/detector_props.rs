@@ -38,7 +38,7 @@ enum Op {
 
 fn check(k: u8) -> Check {
     match k {
-        0 | 1 | 2 => Check::Ok,
+        0..=2 => Check::Ok,
         3 => Check::Refused("refused".into()),
         4 => Check::Silent("timeout".into()),
         _ => Check::Local("no port".into()),
@@ -153,7 +153,11 @@ fn run(ops: Vec<Op>, mode: FailoverMode) -> Result<(), TestCaseError> {
                 }
                 Decision::Promote { from, to, .. } => {
                     // Never two writers: only away from an SN fenced by a fence that succeeded.
-                    prop_assert!(matches!(det.state(from), Some(State::Fenced { .. })), "promoted away from unfenced {}", from);
+                    prop_assert!(
+                        matches!(det.state(from), Some(State::Fenced { .. })),
+                        "promoted away from unfenced {}",
+                        from
+                    );
                     prop_assert!(m.fenced_ok.contains(from), "{} not fenced by a good fence", from);
                     prop_assert_eq!(det.state(to), Some(State::Up));
                 }
@@ -172,21 +176,29 @@ fn run(ops: Vec<Op>, mode: FailoverMode) -> Result<(), TestCaseError> {
                     return Err(TestCaseError::fail(format!("{sn} down without a failed probe")));
                 };
                 prop_assert!(m.now - first_fail.0 >= DEAD, "{} down after {:?} of failures", sn, m.now - first_fail.0);
-                prop_assert_eq!(obs.last().map(|o| o.2), Some(Some(false)), "{} down on a probe that was not a failure", sn);
+                prop_assert_eq!(
+                    obs.last().map(|o| o.2),
+                    Some(Some(false)),
+                    "{} down on a probe that was not a failure",
+                    sn
+                );
                 // Property: quorum — a strict majority of the other unfenced SNs answered last.
                 let others: Vec<&str> = SNS
                     .iter()
                     .copied()
                     .filter(|o| *o != sn && !matches!(det.state(o), Some(State::Fenced { .. })))
                     .collect();
-                let reached =
-                    others
-                        .iter()
-                        .filter(|o| {
-                            m.log.get(*o).and_then(|l| l.iter().rev().find_map(|x| x.3)).unwrap_or(false)
-                        })
-                        .count();
-                prop_assert!(reached * 2 > others.len(), "{} down with {}/{} others reached", sn, reached, others.len());
+                let reached = others
+                    .iter()
+                    .filter(|o| m.log.get(*o).and_then(|l| l.iter().rev().find_map(|x| x.3)).unwrap_or(false))
+                    .count();
+                prop_assert!(
+                    reached * 2 > others.len(),
+                    "{} down with {}/{} others reached",
+                    sn,
+                    reached,
+                    others.len()
+                );
                 // Property: no flapping faster than hold_down.
                 let entries = m.down_entries.entry(sn).or_default();
                 if let Some(prev) = entries.last() {

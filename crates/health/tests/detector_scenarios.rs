@@ -11,7 +11,11 @@ struct Rig {
 }
 
 fn rig(mode: FailoverMode) -> Rig {
-    let cfg = HealthConfig { failover: mode, fence: vec!["rpower".into(), "{sn}".into(), "off".into()], ..HealthConfig::default() };
+    let cfg = HealthConfig {
+        failover: mode,
+        fence: vec!["rpower".into(), "{sn}".into(), "off".into()],
+        ..HealthConfig::default()
+    };
     cfg.validate().unwrap();
     let det = Detector::new(
         cfg.detector(),
@@ -113,7 +117,9 @@ fn manual_mode_reports_and_alerts_but_never_fences() {
         all.extend(r.det.tick(r.at(s * 1000 + 3001)));
     }
     assert_eq!(all.len(), 1, "{all:?}");
-    assert!(matches!(&all[0], Decision::Alert { alert: Alert::DownManual { reason }, .. } if reason.contains("handshake timed out")));
+    assert!(
+        matches!(&all[0], Decision::Alert { alert: Alert::DownManual { reason }, .. } if reason.contains("handshake timed out"))
+    );
     assert!(matches!(r.det.state("a"), Some(State::Down { fence: health::FenceState::Manual, .. })));
     // Back after hold_down (30 s) of good probes.
     for s in 21..=50 {
@@ -136,7 +142,10 @@ fn a_probe_lost_while_the_mn_was_cut_off_never_counts() {
             d.extend(r.det.observe(sn, r.at(s * 1000), r.at(s * 1000 + 3000), &silent()).unwrap());
         }
     }
-    assert!(d.iter().all(|d| matches!(d, Decision::Alert { alert: Alert::NoQuorum { reached: 0, of: 2 }, .. })), "{d:?}");
+    assert!(
+        d.iter().all(|d| matches!(d, Decision::Alert { alert: Alert::NoQuorum { reached: 0, of: 2 }, .. })),
+        "{d:?}"
+    );
     assert_eq!(d.len(), 3, "one no-quorum alert per SN and run: {d:?}");
     // Back at 12 s: b and c answer at once; a's probe sent at 11.5 s (still cut off) times out
     // afterwards. It must not make a Down, though a has been failing for 10 s and b, c answer.

@@ -22,7 +22,8 @@ fn target(port: u16, versions: &[u32], source: SourcePort) -> NfsTarget {
 
 /// Reserved source ports need root; the embedded server's default refuses any other.
 fn can_bind_reserved() -> bool {
-    let ok = std::net::TcpListener::bind("127.0.0.1:1023").is_ok() || std::net::TcpListener::bind("127.0.0.1:1022").is_ok();
+    let ok =
+        std::net::TcpListener::bind("127.0.0.1:1023").is_ok() || std::net::TcpListener::bind("127.0.0.1:1022").is_ok();
     if !ok {
         eprintln!("cannot bind a reserved port here (not root): the secure-server probes cannot run");
         assert!(std::env::var("CI").as_deref() != Ok("true"), "CI must run these as root");
@@ -130,7 +131,8 @@ async fn a_listener_that_never_answers_times_out() {
     assert!(matches!(p.check(), Check::Silent(_)));
     assert!(took >= t.timeout && took < t.timeout + Duration::from_millis(500), "took {took:?}");
     assert_eq!(
-        rpc_null(std::net::SocketAddr::new(LOCAL, port), PROG_NFS, 3, Duration::from_millis(300), SourcePort::Any).await,
+        rpc_null(std::net::SocketAddr::new(LOCAL, port), PROG_NFS, 3, Duration::from_millis(300), SourcePort::Any)
+            .await,
         Err(RpcError::Timeout(Duration::from_millis(300)))
     );
     hold.abort();
@@ -153,5 +155,8 @@ async fn a_fixed_mount_port_is_called_directly() {
     t.mount = MountPort::Fixed(dead);
     let p = probe_nfs(&t).await;
     assert!(p.calls[0].result.is_ok());
-    assert_eq!(p.failure().map(|f| (f.0.to_string(), f.1.clone())), Some((format!("MOUNT v3 NULL at 127.0.0.1:{dead}"), RpcError::Refused)));
+    assert_eq!(
+        p.failure().map(|f| (f.0.to_string(), f.1.clone())),
+        Some((format!("MOUNT v3 NULL at 127.0.0.1:{dead}"), RpcError::Refused))
+    );
 }
