@@ -10,7 +10,7 @@
 //! - [`report`]: the serde types of `hanfs status --json` and suggested metric names.
 //!
 //! [`HealthConfig`] holds the proposed settings with their defaults (interval 1 s, dead after
-//! 5 s, hold-down 30 s, probe timeout 3 s, `failover = "manual"`).
+//! 5 s, hold-down 30 s, probe timeout 4 s, `failover = "manual"`).
 //!
 //! # Wiring (what the daemon does)
 //!

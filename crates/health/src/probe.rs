@@ -12,7 +12,6 @@
 //! Connections are closed with a zero linger (RST): a probe every second from a reserved port
 //! would otherwise leave a TIME_WAIT per probe and run out of the ~360 reserved ports.
 
-use std::collections::BTreeMap;
 use std::io::{self, Cursor};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -375,19 +374,22 @@ fn getport_result(body: &[u8]) -> Result<u16, RpcError> {
 struct Session<'a> {
     t: &'a NfsTarget,
     deadline: tokio::time::Instant,
-    conns: BTreeMap<u16, Conn>,
+    /// The one open connection (and its port): reused while calls go to the same port, closed
+    /// before another is opened, so a probe holds at most one reserved port.
+    conn: Option<(u16, Conn)>,
     calls: Vec<CallResult>,
 }
 
 impl Session<'_> {
     async fn call(&mut self, port: u16, prog: u32, vers: u32, proc_: u32, args: &[u8]) -> Result<Vec<u8>, RpcError> {
-        let addr = SocketAddr::new(self.t.address, port);
-        if !self.conns.contains_key(&port) {
+        if self.conn.as_ref().is_none_or(|(p, _)| *p != port) {
+            self.conn = None;
+            let addr = SocketAddr::new(self.t.address, port);
             let c = connect(addr, self.t.source, self.deadline, self.t.timeout).await?;
-            self.conns.insert(port, Conn(c));
+            self.conn = Some((port, Conn(c)));
         }
-        match self.conns.get_mut(&port) {
-            Some(c) => c.call(prog, vers, proc_, args, self.deadline, self.t.timeout).await,
+        match self.conn.as_mut() {
+            Some((_, c)) => c.call(prog, vers, proc_, args, self.deadline, self.t.timeout).await,
             None => Err(RpcError::Local("connection vanished".into())),
         }
     }
@@ -403,8 +405,7 @@ impl Session<'_> {
 /// given) at the target, stopping at the first failure. Never takes longer than `t.timeout`.
 pub async fn probe_nfs(t: &NfsTarget) -> NfsProbe {
     let began = Instant::now();
-    let mut s =
-        Session { t, deadline: tokio::time::Instant::now() + t.timeout, conns: BTreeMap::new(), calls: Vec::new() };
+    let mut s = Session { t, deadline: tokio::time::Instant::now() + t.timeout, conn: None, calls: Vec::new() };
     let a = t.address;
     for &v in &t.nfs_versions {
         let r = s.call(t.nfs_port, PROG_NFS, v, 0, &[]).await;
