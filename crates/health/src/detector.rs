@@ -9,7 +9,9 @@
 //!   failed probe of the run to the completion of the latest one), and only while the MN reaches a
 //!   strict majority of the other, unfenced SNs, each continuously since no later than the start of
 //!   the candidate's latest failed probe (so a probe that timed out while the MN itself was cut off
-//!   never counts once the MN's network is back).
+//!   never counts once the MN's network is back). "Reaches" means good probes, not mere answers:
+//!   a fault on the MN's side that makes every agent refuse it (an expired client certificate, a
+//!   replaced CA) fails every SN at once, and must fence none of them.
 //! - A failed probe is either part: the agent's handshake or the NFS service (an SN whose agent
 //!   answers but whose NFS server does not is Down too).
 //! - One good probe ends a Suspect run. A Down SN counts as Up again only after `hold_down` of
@@ -59,10 +61,6 @@ pub enum Check {
 }
 
 impl Check {
-    fn answered(&self) -> bool {
-        matches!(self, Check::Ok | Check::Refused(_))
-    }
-
     fn failed(&self) -> Option<&str> {
         match self {
             Check::Refused(r) | Check::Silent(r) => Some(r),
@@ -289,11 +287,6 @@ impl Detector {
             return Ok(Vec::new());
         }
         s.last_started = Some(started);
-        if probe.agent.answered() || probe.nfs.answered() {
-            s.reachable_since.get_or_insert(started);
-        } else if probe.agent.failed().is_some() || probe.nfs.failed().is_some() {
-            s.reachable_since = None;
-        }
         let failure = probe
             .agent
             .failed()
@@ -304,6 +297,7 @@ impl Detector {
                 s.failing_since.get_or_insert(started);
                 s.last_failed_start = Some(started);
                 s.good_since = None;
+                s.reachable_since = None;
                 s.reason = Some(reason);
             }
             None if probe.agent == Check::Ok && probe.nfs == Check::Ok => {
@@ -312,6 +306,7 @@ impl Detector {
                 s.last_failed_start = None;
                 s.no_quorum_alerted = false;
                 s.good_since.get_or_insert(started);
+                s.reachable_since.get_or_insert(started);
             }
             // Local trouble only: no evidence either way.
             None => return Ok(Vec::new()),

@@ -233,3 +233,21 @@ fn a_fenced_sn_that_answers_is_an_alert_and_release_needs_hold_down() {
     assert_eq!(r.round(43, &Probe::good(), 5), [Decision::Recovered { sn: "a".into() }]);
     assert_eq!(r.det.host("a"), Some("b"), "services stay until moved back");
 }
+
+#[test]
+fn every_agent_refusing_the_mn_fences_nothing() {
+    // An MN-side fault (expired client certificate): every handshake is refused, every SN's
+    // host answers. Nothing may be fenced: no SN is reached by a good probe.
+    let mut r = rig(FailoverMode::Auto);
+    for sn in ["a", "b", "c"] {
+        r.det.observe(sn, r.at(0), r.at(5), &Probe::good()).unwrap();
+    }
+    let refused = Probe { agent: Check::Refused("certificate expired".into()), nfs: Check::Ok };
+    let mut d = Vec::new();
+    for s in 1..=30 {
+        for sn in ["a", "b", "c"] {
+            d.extend(r.det.observe(sn, r.at(s * 1000), r.at(s * 1000 + 5), &refused).unwrap());
+        }
+    }
+    assert!(d.iter().all(|x| matches!(x, Decision::Alert { alert: Alert::NoQuorum { .. }, .. })), "{d:?}");
+}
