@@ -61,6 +61,25 @@
 //!
 //! `hanfs status --json` adds `"health": Detector::report(now, unix_now).sns`; `hanfs failover`
 //! (manual) can use [`fence::fence`] for the same fence semantics.
+//!
+//! # What the daemon must keep in mind
+//!
+//! - Start a probe of every SN every interval even while an earlier one is still running (the
+//!   timeout, 4 s, exceeds the interval): Down is then decided `dead_after` after the first failed
+//!   probe was sent whatever the timeout. Waiting for each probe before the next would stretch
+//!   detection of a silent SN to `dead_after` rounded up to whole timeouts (8 s instead of 5).
+//!   Feed results as they come, with the instant each probe was *sent*: late ones are ignored.
+//! - Probes from reserved ports (the default) hold one port each while they run: 359 ports
+//!   (665-1023) bound the probes in flight, about 80 silent SNs at the defaults; beyond that a
+//!   probe fails with a local error (no evidence) rather than a false Down.
+//! - States in the report: `up`, `suspect` (failing, not Down: too short, or no quorum), `down`
+//!   (with `fence`: `manual`, `running`, `failed`), `fenced` (with `served_by`), and
+//!   `serving-for` for an Up SN that serves fenced SNs' services (`serving_for`).
+//! - A fenced SN stays fenced until [`Detector::release`] (an operator brought it back); then it
+//!   counts as Up after `hold_down` of good probes, and its services stay where they are until the
+//!   caller moves them back and reports it with [`Detector::served`].
+//! - Kernel nfsd SNs serving NFSv4 clients want `nfs_versions = [3, 4]`; the embedded server
+//!   answers v4 with `PROG_MISMATCH` and wants `[3]` with `portmap_port` = its NFS port.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod config;
