@@ -126,7 +126,9 @@ async fn a_killed_server_is_fenced_and_promoted_after_dead_after() {
     let start = Instant::now();
     let decisions = drive(&mut det, &targets, cfg.interval(), Duration::from_millis(2000), |now| {
         if now - start >= Duration::from_millis(600) && killed.is_none() {
-            a.take().map(nfs3::Nfs3Server::stop);
+            if let Some(a) = a.take() {
+                a.stop();
+            }
             killed = Some(Instant::now());
         }
     })
