@@ -221,6 +221,20 @@ mod tests {
     }
 
     #[test]
+    fn fields_read_as_written() {
+        let c: HealthConfig = serde_json::from_str(
+            r#"{"failover": "auto", "fence": ["rpower", "{sn}", "off"], "fence_verify": ["rpower", "{sn}", "stat"],
+                "service_address": {"sn1": "10.0.0.100"}, "nfs_versions": [3, 4]}"#,
+        )
+        .unwrap();
+        assert_eq!(c.failover, FailoverMode::Auto);
+        assert_eq!(c.validate(), Ok(()));
+        assert_eq!(c.dead_after_secs, 5.0);
+        assert!(serde_json::from_str::<HealthConfig>(r#"{"failover": "sometimes"}"#).is_err());
+        assert!(serde_json::from_str::<HealthConfig>(r#"{"dead_after": 5}"#).is_err(), "unknown field accepted");
+    }
+
+    #[test]
     fn service_address_is_probed() {
         let mut c = HealthConfig::default();
         c.service_address.insert("sn1".into(), "10.0.0.100".parse().unwrap());

@@ -141,7 +141,8 @@ async fn a_killed_server_is_fenced_and_promoted_after_dead_after() {
     let detect = fences[0].0 - killed;
     // Down needs dead_after of failures, and comes within one interval (plus scheduling) of it.
     assert!(detect >= Duration::from_millis(500) - Duration::from_millis(100), "detected after {detect:?}");
-    assert!(detect <= Duration::from_millis(500 + 100 + 150), "detected after {detect:?}");
+    // Room for a loaded machine: the bound that matters is the order of magnitude.
+    assert!(detect <= Duration::from_millis(500 + 100 + 400), "detected after {detect:?}");
     // The fence runs once the probing stopped: its own time is added to the detection time.
     let f0 = Instant::now();
     let out = health::fence::fence(&cfg.fence_config(), "a", "127.0.0.1").await;
