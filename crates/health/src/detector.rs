@@ -445,6 +445,17 @@ impl Detector {
         Ok(out)
     }
 
+    /// Records a fence done outside the detector (`hanfs failover`, manual mode): the SN is Fenced
+    /// and nothing is promoted by the detector (the command did it; report its moves with
+    /// [`Self::served`]).
+    pub fn mark_fenced(&mut self, sn: &str, now: Instant) -> Result<(), DetectorError> {
+        let s = self.sns.get_mut(sn).ok_or_else(|| DetectorError::UnknownSn(sn.to_string()))?;
+        s.st = St::Fenced { since: now };
+        s.alive_alerted = false;
+        s.good_since = None;
+        Ok(())
+    }
+
     /// An operator brought a fenced SN back (powered on, checked): it counts as Up after
     /// `hold_down` of good probes. Its services stay where they are until moved back ([`Self::served`]).
     pub fn release(&mut self, sn: &str, now: Instant) -> Result<(), DetectorError> {

@@ -251,3 +251,17 @@ fn every_agent_refusing_the_mn_fences_nothing() {
     }
     assert!(d.iter().all(|x| matches!(x, Decision::Alert { alert: Alert::NoQuorum { .. }, .. })), "{d:?}");
 }
+
+#[test]
+fn a_manual_failover_is_recorded_without_promotions() {
+    let mut r = rig(FailoverMode::Manual);
+    r.round(0, &Probe::good(), 5);
+    r.det.mark_fenced("a", r.at(1000)).unwrap();
+    r.det.served("a", "c").unwrap();
+    assert!(matches!(r.det.state("a"), Some(State::Fenced { .. })));
+    assert!(r.det.tick(r.at(60_000)).is_empty());
+    let rep = r.det.report(r.at(2000), 100);
+    assert_eq!(rep.sns[2].serving_for, ["a"]);
+    assert_eq!(rep.sns[0].served_by.as_deref(), Some("c"));
+    assert!(r.det.mark_fenced("zz", r.at(1)).is_err());
+}
