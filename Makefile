@@ -8,7 +8,7 @@ DEB_PACKAGES := rdiff nfs-kernel-server user-mode-linux busybox-static kmod cpio
 	libnfs-utils postgresql mariadb-server rsync attr acl util-linux rpm
 HANFS ?= $(or $(CARGO_TARGET_DIR),target)/debug/hanfs
 
-.PHONY: all build deps test unit lint integration package demo bench bench-sync fuzz fuzz-seeds clean
+.PHONY: all build deps test unit lint deny integration package demo bench bench-sync fuzz fuzz-seeds clean
 
 all: build
 
@@ -25,13 +25,26 @@ deps:
 		apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 	@command -v cargo-nextest >/dev/null || $(CARGO) install --locked cargo-nextest
+	@command -v cargo-deny >/dev/null || $(CARGO) install --locked cargo-deny
 
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 
+# The dependency graph against deny.toml: licenses, bans (duplicate versions) and sources always;
+# advisories (RustSec) only when its database can be fetched, else it says why it skipped them.
+ADVISORY_DB := https://github.com/rustsec/advisory-db
+deny:
+	@command -v cargo-deny >/dev/null || { echo "make deny: cargo-deny is missing (make deps installs it)" >&2; exit 1; }
+	$(CARGO) deny --locked check licenses bans sources
+	@if timeout 30 git ls-remote $(ADVISORY_DB) HEAD >/dev/null 2>&1; then \
+		echo "$(CARGO) deny --locked check advisories"; $(CARGO) deny --locked check advisories; \
+	else \
+		echo "make deny: advisories SKIPPED: the RustSec database ($(ADVISORY_DB)) cannot be reached from here"; \
+	fi
+
 # One build, then every test in parallel (nextest), then the real-kernel rig.
-test: deps lint
+test: deps lint deny
 	$(CARGO) nextest run --workspace --locked --no-fail-fast
 	HANFS=$(HANFS) integration/run.sh
 
