@@ -66,8 +66,7 @@ fn far_mtimes_round_trip_exactly() {
     }
     let probe = fs::metadata(new.join("kept")).unwrap();
     if probe.mtime() != y2300 {
-        eprintln!("skipping: this filesystem does not hold mtimes after 2262 ({})", probe.mtime());
-        assert!(std::env::var("CI").as_deref() != Ok("true"), "CI=true: needs a filesystem with 64-bit times");
+        testkit::skip(format!("this filesystem does not hold mtimes after 2262 ({})", probe.mtime()));
         return;
     }
     let src = Source::new(&old, &new, &t.path().join("mn"));
