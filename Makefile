@@ -55,8 +55,9 @@ integration: build
 	HANFS=$(HANFS) integration/run.sh
 
 # A .deb (cargo-deb) and an .rpm (cargo-generate-rpm) of hanfs with the systemd units, example configs
-# and the xCAT postscript, then checked with dpkg-deb and rpm themselves. PROFILE=dev packages a debug
-# build (quicker, for checking the packaging only).
+# and the xCAT postscript, then checked with dpkg-deb and rpm themselves; and the same for service
+# nodes (hanfs-agent: the binary built without the `xcat` feature, so without the SQL stack).
+# PROFILE=dev packages a debug build (quicker, for checking the packaging only).
 PROFILE ?= release
 PROFILE_DIR := $(if $(filter dev,$(PROFILE)),debug,$(PROFILE))
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
@@ -64,12 +65,19 @@ package:
 	@command -v cargo-deb >/dev/null || $(CARGO) install --locked cargo-deb
 	@command -v cargo-generate-rpm >/dev/null || $(CARGO) install --locked cargo-generate-rpm
 	@command -v rpm >/dev/null || $(MAKE) deps
+	$(CARGO) build --locked -p hanfs --bin hanfs --no-default-features --profile $(PROFILE)
+	mkdir -p $(TARGET_DIR)/$(PROFILE_DIR)/agent
+	cp $(TARGET_DIR)/$(PROFILE_DIR)/hanfs $(TARGET_DIR)/$(PROFILE_DIR)/agent/hanfs
 	$(CARGO) build --locked -p hanfs --bin hanfs --profile $(PROFILE)
-	rm -f $(TARGET_DIR)/debian/hanfs_*.deb $(TARGET_DIR)/generate-rpm/hanfs-*.rpm
+	rm -f $(TARGET_DIR)/debian/hanfs*_*.deb $(TARGET_DIR)/generate-rpm/hanfs-*.rpm
 	$(CARGO) deb --locked -p hanfs --no-build --profile $(PROFILE) $(if $(filter dev,$(PROFILE)),--fast)
+	$(CARGO) deb --locked -p hanfs --no-build --profile $(PROFILE) $(if $(filter dev,$(PROFILE)),--fast) --variant agent
 	$(CARGO) generate-rpm -p crates/hanfs --profile $(PROFILE)
-	dist/check-packages.sh $(TARGET_DIR)/debian/hanfs_*.deb $(TARGET_DIR)/generate-rpm/hanfs-*.rpm \
+	$(CARGO) generate-rpm -p crates/hanfs --profile $(PROFILE) --variant agent
+	dist/check-packages.sh $(TARGET_DIR)/debian/hanfs_*.deb $(TARGET_DIR)/generate-rpm/hanfs-[0-9]*.rpm \
 		$(TARGET_DIR)/$(PROFILE_DIR)/hanfs
+	dist/check-packages.sh $(TARGET_DIR)/debian/hanfs-agent_*.deb $(TARGET_DIR)/generate-rpm/hanfs-agent-[0-9]*.rpm \
+		$(TARGET_DIR)/$(PROFILE_DIR)/agent/hanfs
 
 # Only the binary: the demo needs no test targets. nfs-cat (libnfs-utils) is used for its NFSv3
 # read-back when present.
