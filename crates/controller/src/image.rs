@@ -462,3 +462,27 @@ pub fn plan_images(cluster: &Cluster, images: &[Image]) -> Result<Vec<ImagePlan>
     let _lock = crate::lock_state(cluster)?;
     images.iter().map(|i| prepare(cluster, i).map(|p| p.summary)).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// `cluster.zstd_level` reaches the payloads: 0 sends a compressible file as it is, 1 compresses it.
+    #[test]
+    fn zstd_level_comes_from_the_pack() {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("text");
+        std::fs::write(&src, "the same line again\n".repeat(1000)).unwrap();
+        let len = std::fs::metadata(&src).unwrap().len();
+        let z = |level: i32| {
+            let out = t.path().join(format!("out{level}"));
+            std::fs::create_dir_all(&out).unwrap();
+            let (_, _, stored, zstd) = pack_file(&Pack::new(out, level), &src, len, true, None).unwrap().unwrap();
+            (stored, zstd)
+        };
+        assert_eq!(z(0), (len, false));
+        let (stored, zstd) = z(1);
+        assert!(zstd && stored < len / 10, "{stored} of {len}");
+    }
+}
