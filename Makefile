@@ -5,10 +5,10 @@ CARGO ?= cargo
 # rig, libnfs' nfs-cat, PostgreSQL and MariaDB for the xCAT import, rsync for the benchmarks, rpm
 # to check the package `make package` builds.
 DEB_PACKAGES := rdiff nfs-kernel-server user-mode-linux busybox-static kmod cpio iproute2 dash \
-	libnfs-utils postgresql mariadb-server rsync attr acl util-linux rpm
+	libnfs-utils postgresql mariadb-server rsync attr acl util-linux rpm python3 e2fsprogs
 HANFS ?= $(or $(CARGO_TARGET_DIR),target)/debug/hanfs
 
-.PHONY: all build deps test unit lint integration package demo bench bench-sync fuzz fuzz-seeds clean
+.PHONY: all build deps test unit lint deny integration package demo bench bench-sync fuzz fuzz-seeds clean
 
 all: build
 
@@ -25,13 +25,26 @@ deps:
 		apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 	@command -v cargo-nextest >/dev/null || $(CARGO) install --locked cargo-nextest
+	@command -v cargo-deny >/dev/null || $(CARGO) install --locked cargo-deny
 
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 
+# The dependency graph against deny.toml: licenses, bans (duplicate versions) and sources always;
+# advisories (RustSec) only when its database can be fetched, else it says why it skipped them.
+ADVISORY_DB := https://github.com/rustsec/advisory-db
+deny:
+	@command -v cargo-deny >/dev/null || { echo "make deny: cargo-deny is missing (make deps installs it)" >&2; exit 1; }
+	$(CARGO) deny --locked check licenses bans sources
+	@if timeout 30 git ls-remote $(ADVISORY_DB) HEAD >/dev/null 2>&1; then \
+		echo "$(CARGO) deny --locked check advisories"; $(CARGO) deny --locked check advisories; \
+	else \
+		echo "make deny: advisories SKIPPED: the RustSec database ($(ADVISORY_DB)) cannot be reached from here"; \
+	fi
+
 # One build, then every test in parallel (nextest), then the real-kernel rig.
-test: deps lint
+test: deps lint deny
 	$(CARGO) nextest run --workspace --locked --no-fail-fast
 	HANFS=$(HANFS) integration/run.sh
 
@@ -42,8 +55,9 @@ integration: build
 	HANFS=$(HANFS) integration/run.sh
 
 # A .deb (cargo-deb) and an .rpm (cargo-generate-rpm) of hanfs with the systemd units, example configs
-# and the xCAT postscript, then checked with dpkg-deb and rpm themselves. PROFILE=dev packages a debug
-# build (quicker, for checking the packaging only).
+# and the xCAT postscript, then checked with dpkg-deb and rpm themselves; and the same for service
+# nodes (hanfs-agent: the binary built without the `xcat` feature, so without the SQL stack).
+# PROFILE=dev packages a debug build (quicker, for checking the packaging only).
 PROFILE ?= release
 PROFILE_DIR := $(if $(filter dev,$(PROFILE)),debug,$(PROFILE))
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
@@ -51,12 +65,19 @@ package:
 	@command -v cargo-deb >/dev/null || $(CARGO) install --locked cargo-deb
 	@command -v cargo-generate-rpm >/dev/null || $(CARGO) install --locked cargo-generate-rpm
 	@command -v rpm >/dev/null || $(MAKE) deps
+	$(CARGO) build --locked -p hanfs --bin hanfs --no-default-features --profile $(PROFILE)
+	mkdir -p $(TARGET_DIR)/$(PROFILE_DIR)/agent
+	cp $(TARGET_DIR)/$(PROFILE_DIR)/hanfs $(TARGET_DIR)/$(PROFILE_DIR)/agent/hanfs
 	$(CARGO) build --locked -p hanfs --bin hanfs --profile $(PROFILE)
-	rm -f $(TARGET_DIR)/debian/hanfs_*.deb $(TARGET_DIR)/generate-rpm/hanfs-*.rpm
+	rm -f $(TARGET_DIR)/debian/hanfs*_*.deb $(TARGET_DIR)/generate-rpm/hanfs-*.rpm
 	$(CARGO) deb --locked -p hanfs --no-build --profile $(PROFILE) $(if $(filter dev,$(PROFILE)),--fast)
+	$(CARGO) deb --locked -p hanfs --no-build --profile $(PROFILE) $(if $(filter dev,$(PROFILE)),--fast) --variant agent
 	$(CARGO) generate-rpm -p crates/hanfs --profile $(PROFILE)
-	dist/check-packages.sh $(TARGET_DIR)/debian/hanfs_*.deb $(TARGET_DIR)/generate-rpm/hanfs-*.rpm \
+	$(CARGO) generate-rpm -p crates/hanfs --profile $(PROFILE) --variant agent
+	dist/check-packages.sh $(TARGET_DIR)/debian/hanfs_*.deb $(TARGET_DIR)/generate-rpm/hanfs-[0-9]*.rpm \
 		$(TARGET_DIR)/$(PROFILE_DIR)/hanfs
+	dist/check-packages.sh $(TARGET_DIR)/debian/hanfs-agent_*.deb $(TARGET_DIR)/generate-rpm/hanfs-agent-[0-9]*.rpm \
+		$(TARGET_DIR)/$(PROFILE_DIR)/agent/hanfs
 
 # Only the binary: the demo needs no test targets. nfs-cat (libnfs-utils) is used for its NFSv3
 # read-back when present.

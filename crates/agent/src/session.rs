@@ -597,7 +597,7 @@ fn stage_payload(
 /// name, and where) and reads what it still sends up to its `Commit`, so the reason arrives instead
 /// of a reset connection, then ends the session.
 async fn spool_failed(c: &mut Conn, path: &Path, e: std::io::Error) -> anyhow::Error {
-    let full = e.raw_os_error() == Some(libc::ENOSPC);
+    let full = rustix::io::Errno::from_io_error(&e) == Some(rustix::io::Errno::NOSPC);
     let reason = if full {
         format!("ENOSPC: no space left on the agent's disk writing {} (the partial file was removed)", path.display())
     } else {
@@ -691,7 +691,7 @@ fn write_atomic(file: &Path, bytes: &[u8]) -> Result<()> {
         .create(true)
         .truncate(true)
         .mode(0o644)
-        .custom_flags(libc::O_NOFOLLOW)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
         .open(&tmp)
         .with_context(|| format!("writing {}", tmp.display()))?;
     f.write_all(bytes).and_then(|_| f.sync_all()).with_context(|| format!("writing {}", tmp.display()))?;

@@ -39,10 +39,10 @@ fn locate(agent: &Agent, area: &str, node: &str) -> Result<(PathBuf, String), St
         if !rel_area.is_empty() {
             proto::check_rel_path(rel_area.trim_end_matches('/')).map_err(|e| e.to_string())?;
         }
-        // Several agents on one host (tests, demos) keep their statelite trees apart under a prefix;
-        // the check above is on the cluster-wide path, as configured.
-        let base = match std::env::var_os("HANFS_STATELITE_PREFIX") {
-            Some(pre) => PathBuf::from(pre).join(r.trim_start_matches('/')),
+        // Several agents on one host (tests, demos) keep their statelite trees apart under a prefix
+        // (`statelite_prefix`); the check above is on the cluster-wide path, as configured.
+        let base = match &agent.cfg.statelite_prefix {
+            Some(pre) => PathBuf::from(pre.as_str()).join(r.trim_start_matches('/')),
             None => PathBuf::from(r),
         };
         return Ok((base, rel));
@@ -241,9 +241,13 @@ mod tests {
     use super::*;
 
     fn agent(state: &Path) -> Agent {
+        agent_with(state, "")
+    }
+
+    fn agent_with(state: &Path, extra: &str) -> Agent {
         let cfg = model::AgentConfig::from_toml(
             "agent.toml",
-            &format!("listen = \"127.0.0.1:7468\"\nplaintext_loopback = true\nroot = \"/install\"\nstate_dir = \"{}\"\nstatelite_roots = [\"/nodedata\", \"/srv/lite/\"]\nexports_file = \"/etc/exports.d/hanfs.exports\"\n", state.display()),
+            &format!("{extra}listen = \"127.0.0.1:7468\"\nplaintext_loopback = true\nroot = \"/install\"\nstate_dir = \"{}\"\nstatelite_roots = [\"/nodedata\", \"/srv/lite/\"]\nexports_file = \"/etc/exports.d/hanfs.exports\"\n", state.display()),
         )
         .unwrap();
         Agent::new(cfg).unwrap()
@@ -251,7 +255,6 @@ mod tests {
 
     #[test]
     fn areas_must_be_within_statelite_roots() {
-        std::env::remove_var("HANFS_STATELITE_PREFIX");
         // The agent locks and recovers its state dir: a scratch one.
         let state = tempfile::tempdir().unwrap();
         let a = agent(state.path());
@@ -270,5 +273,15 @@ mod tests {
         ] {
             assert!(locate(&a, area, node).is_err(), "{area} {node}");
         }
+    }
+
+    #[test]
+    fn statelite_prefix_moves_the_trees_not_the_areas() {
+        let state = tempfile::tempdir().unwrap();
+        let a = agent_with(state.path(), "statelite_prefix = \"/srv/sn1\"\n");
+        assert_eq!(locate(&a, "/nodedata", "cn001").unwrap(), (PathBuf::from("/srv/sn1/nodedata"), "cn001".into()));
+        assert_eq!(locate(&a, "/srv/lite/x", "cn001").unwrap(), (PathBuf::from("/srv/sn1/srv/lite"), "x/cn001".into()));
+        // The area is still checked as the cluster names it.
+        assert!(locate(&a, "/srv/sn1/nodedata", "cn001").is_err());
     }
 }

@@ -140,7 +140,7 @@ pub fn prepare(cluster: &Cluster, image: &Image) -> Result<Prepared> {
     let _ = std::fs::remove_dir_all(&out);
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let memo = Memo::default();
-    let pack = Pack::new(out.clone());
+    let pack = Pack::new(out.clone(), cluster.zstd_level);
     let shared = match &last {
         Some(l) if l.digest != digest => {
             let mut plan = tree::diff(&l.manifest, &manifest);
@@ -220,11 +220,6 @@ pub fn prepare(cluster: &Cluster, image: &Image) -> Result<Prepared> {
     })
 }
 
-/// zstd level for payloads (`HANFS_ZSTD_LEVEL`; 0 sends everything uncompressed).
-fn zstd_level() -> i32 {
-    std::env::var("HANFS_ZSTD_LEVEL").ok().and_then(|v| v.parse().ok()).unwrap_or(1)
-}
-
 /// Payloads smaller than this go as they are: compressing would not pay for the frame.
 const MIN_COMPRESS: u64 = 4096;
 
@@ -233,13 +228,15 @@ const MIN_COMPRESS: u64 = 4096;
 /// the pack files go in one unlink each at the next run.
 pub struct Pack {
     dir: PathBuf,
+    /// zstd level for payloads (`cluster.zstd_level`; 0 sends everything uncompressed).
+    level: i32,
     slots: Vec<std::sync::Mutex<Option<(PathBuf, std::fs::File)>>>,
 }
 
 impl Pack {
-    pub fn new(dir: PathBuf) -> Pack {
+    pub fn new(dir: PathBuf, level: i32) -> Pack {
         let n = rayon::current_num_threads() + 1;
-        Pack { dir, slots: (0..n).map(|_| std::sync::Mutex::new(None)).collect() }
+        Pack { dir, level, slots: (0..n).map(|_| std::sync::Mutex::new(None)).collect() }
     }
 
     /// Appends what `write` produces; returns (file, offset, length). `write` returns false to
@@ -314,7 +311,7 @@ fn pack_file(
     want: Option<(u64, [u8; 32])>,
 ) -> Result<Option<(PathBuf, u64, u64, bool)>> {
     use std::io::Write;
-    let level = zstd_level();
+    let level = pack.level;
     let open = || -> Result<Hashing<std::io::BufReader<std::fs::File>>> {
         let f = std::fs::File::open(src).with_context(|| format!("{}", src.display()))?;
         Ok(Hashing { r: std::io::BufReader::new(f), h: blake3::Hasher::new(), n: 0 })
@@ -371,7 +368,7 @@ fn pack_file(
 /// file, zstd-compressed into the pack when that saves. None for content made locally.
 pub fn payload_file(sigs: &SigStore, source: &Path, c: &tree::Content, pack: &Pack) -> Result<Option<PayloadFile>> {
     use std::io::Write;
-    let level = zstd_level();
+    let level = pack.level;
     let p = match sigs.payload(source, c)? {
         None => return Ok(None),
         Some(Payload::Literal(path)) => match pack_file(pack, &path, c.size, false, Some((c.size, c.hash)))? {
@@ -464,4 +461,28 @@ impl Prepared {
 pub fn plan_images(cluster: &Cluster, images: &[Image]) -> Result<Vec<ImagePlan>> {
     let _lock = crate::lock_state(cluster)?;
     images.iter().map(|i| prepare(cluster, i).map(|p| p.summary)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// `cluster.zstd_level` reaches the payloads: 0 sends a compressible file as it is, 1 compresses it.
+    #[test]
+    fn zstd_level_comes_from_the_pack() {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("text");
+        std::fs::write(&src, "the same line again\n".repeat(1000)).unwrap();
+        let len = std::fs::metadata(&src).unwrap().len();
+        let z = |level: i32| {
+            let out = t.path().join(format!("out{level}"));
+            std::fs::create_dir_all(&out).unwrap();
+            let (_, _, stored, zstd) = pack_file(&Pack::new(out, level), &src, len, true, None).unwrap().unwrap();
+            (stored, zstd)
+        };
+        assert_eq!(z(0), (len, false));
+        let (stored, zstd) = z(1);
+        assert!(zstd && stored < len / 10, "{stored} of {len}");
+    }
 }

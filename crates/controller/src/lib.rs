@@ -156,7 +156,7 @@ pub fn lock_state(cluster: &Cluster) -> Result<StateLock> {
 /// Opens `dir/name` (creating both) and takes an exclusive flock on it, waiting for it when `wait`,
 /// else `None` if another process holds it. The lock lives as long as the returned file.
 pub(crate) fn flock(dir: &std::path::Path, name: &str, wait: bool) -> Result<Option<std::fs::File>> {
-    use std::os::fd::AsRawFd;
+    use rustix::fs::FlockOperation;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let p = dir.join(name);
     let f = std::fs::OpenOptions::new()
@@ -165,16 +165,13 @@ pub(crate) fn flock(dir: &std::path::Path, name: &str, wait: bool) -> Result<Opt
         .write(true)
         .open(&p)
         .with_context(|| format!("opening {}", p.display()))?;
-    let op = if wait { libc::LOCK_EX } else { libc::LOCK_EX | libc::LOCK_NB };
-    // SAFETY: flock on a descriptor we own; released when the file is closed.
-    if unsafe { libc::flock(f.as_raw_fd(), op) } != 0 {
-        let e = std::io::Error::last_os_error();
-        if !wait && e.kind() == std::io::ErrorKind::WouldBlock {
-            return Ok(None);
-        }
-        return Err(e).with_context(|| format!("locking {}", p.display()));
+    let op = if wait { FlockOperation::LockExclusive } else { FlockOperation::NonBlockingLockExclusive };
+    // Released when the file is closed.
+    match rustix::fs::flock(&f, op) {
+        Ok(()) => Ok(Some(f)),
+        Err(rustix::io::Errno::WOULDBLOCK) if !wait => Ok(None),
+        Err(e) => Err(std::io::Error::from(e)).with_context(|| format!("locking {}", p.display())),
     }
-    Ok(Some(f))
 }
 
 /// Whether a source file changed while it was read (the scan or a payload saw two versions).

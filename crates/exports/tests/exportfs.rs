@@ -4,36 +4,14 @@
 //! directories created there, `/usr`, `/lib`, ... bind-mounted from the host) inside a private mount
 //! namespace (`unshare -m`), so the host's `/etc/exports` and `/var/lib/nfs` are never touched and no
 //! kernel nfsd is needed. `exportfs -ra` must exit 0 and `exportfs -s` must list every entry with its
-//! fsid and its refer=/replicas= value intact. Installs nfs-kernel-server with apt-get when exportfs
-//! is missing; skips with a printed reason when it cannot, or when unshare is not permitted.
+//! fsid and its refer=/replicas= value intact. Without exportfs (nfs-kernel-server, `make deps`) or
+//! when unshare is not permitted it skips with the reason (`testkit::skip`: a failure under CI).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use exports::{escape_path, Exports};
 use model::{Cluster, Dialect};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-
-fn find_exportfs() -> Option<PathBuf> {
-    ["/usr/sbin/exportfs", "/sbin/exportfs"].iter().map(PathBuf::from).find(|p| p.exists())
-}
-
-/// exportfs, installed with apt-get if missing; or why not.
-fn exportfs() -> Result<PathBuf, String> {
-    if let Some(p) = find_exportfs() {
-        return Ok(p);
-    }
-    let apt = |args: &[&str]| {
-        Command::new("apt-get")
-            .args(args)
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .status()
-            .map_err(|e| format!("apt-get: {e}"))
-    };
-    eprintln!("exportfs missing: installing nfs-kernel-server with apt-get");
-    apt(&["update", "-q"])?;
-    let st = apt(&["install", "-y", "-q", "--no-install-recommends", "nfs-kernel-server"])?;
-    find_exportfs().ok_or_else(|| format!("nfs-kernel-server did not install (apt-get: {st})"))
-}
 
 fn unshare_ok() -> Result<(), String> {
     let out = Command::new("unshare")
@@ -47,15 +25,13 @@ fn unshare_ok() -> Result<(), String> {
     }
 }
 
-/// The tools, or `None` after printing why the test is skipped.
+/// The tools, or `None` after skipping (`testkit::skip`: a failure under CI).
 fn tools() -> Option<PathBuf> {
-    match unshare_ok().and_then(|_| exportfs()) {
-        Ok(p) => Some(p),
-        Err(why) => {
-            eprintln!("SKIP exportfs check: {why}");
-            None
-        }
+    if let Err(why) = unshare_ok() {
+        testkit::skip(format!("exportfs check: {why}"));
+        return None;
     }
+    testkit::require_program("exportfs", "nfs-kernel-server")
 }
 
 struct Outcome {

@@ -15,10 +15,7 @@ fn main() -> ExitCode {
         // A command whose reader went away (`hanfs exports | head`) ends quietly with status 0
         // (contract) instead of panicking in println!. Sockets never raise SIGPIPE (std sends with
         // MSG_NOSIGNAL); the long-running agent and daemon keep ignoring it.
-        // SAFETY: installing a handler that only calls async-signal-safe functions (poll, _exit).
-        unsafe {
-            libc::signal(libc::SIGPIPE, on_sigpipe as extern "C" fn(libc::c_int) as libc::sighandler_t);
-        }
+        sigpipe::exit_quietly();
     }
     init_logging(cli.global.verbose, cli.global.quiet);
     match cmd::run(cli) {
@@ -32,14 +29,28 @@ fn main() -> ExitCode {
     }
 }
 
-/// SIGPIPE: when it is standard output whose reader is gone, end now with status 0; any other
-/// pipe gets its EPIPE error as usual.
-extern "C" fn on_sigpipe(_: libc::c_int) {
-    let mut p = libc::pollfd { fd: 1, events: 0, revents: 0 };
-    // SAFETY: poll and _exit are async-signal-safe; `p` is a valid pollfd.
-    unsafe {
-        if libc::poll(&mut p, 1, 0) == 1 && p.revents & libc::POLLERR != 0 {
-            libc::_exit(0);
+/// A SIGPIPE handler. Raw libc with `unsafe`: installing a signal handler is outside rustix's safe
+/// API (and signal-hook's registration is `unsafe` too); the handler calls only async-signal-safe
+/// functions.
+#[allow(unsafe_code)]
+mod sigpipe {
+    /// Installs [`on_sigpipe`] for SIGPIPE.
+    pub fn exit_quietly() {
+        // SAFETY: installing a handler that only calls async-signal-safe functions (poll, _exit).
+        unsafe {
+            libc::signal(libc::SIGPIPE, on_sigpipe as extern "C" fn(libc::c_int) as libc::sighandler_t);
+        }
+    }
+
+    /// SIGPIPE: when it is standard output whose reader is gone, end now with status 0; any other
+    /// pipe gets its EPIPE error as usual.
+    extern "C" fn on_sigpipe(_: libc::c_int) {
+        let mut p = libc::pollfd { fd: 1, events: 0, revents: 0 };
+        // SAFETY: poll and _exit are async-signal-safe; `p` is a valid pollfd.
+        unsafe {
+            if libc::poll(&mut p, 1, 0) == 1 && p.revents & libc::POLLERR != 0 {
+                libc::_exit(0);
+            }
         }
     }
 }

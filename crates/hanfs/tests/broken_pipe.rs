@@ -3,15 +3,10 @@
 //! message) with status 0, as the contract says. The pipe's read end is closed before hanfs writes anything, so
 //! every write meets EPIPE.
 
-use std::os::fd::{FromRawFd, OwnedFd};
 use std::process::{Command, Stdio};
 
 fn closed_pipe() -> Stdio {
-    let mut fds = [0i32; 2];
-    // SAFETY: pipe fills two descriptors we then own.
-    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
-    // SAFETY: both descriptors are fresh and owned here.
-    let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let (r, w) = std::io::pipe().unwrap();
     drop(r);
     Stdio::from(w)
 }

@@ -6,17 +6,13 @@
 
 mod net;
 
-use net::{assert_same_tree, bytes, fill, hanfs_bin, is_root, Rig};
+use net::{assert_same_tree, bytes, fill, hanfs_bin, Rig};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// Skips (saying why) where the machine cannot run a test, and fails instead under CI.
-fn skip(why: &str) {
-    assert!(std::env::var("CI").as_deref() != Ok("true"), "CI=true and {why}");
-    eprintln!("skipped: {why}");
-}
+use testkit::skip;
 
 fn acl(p: &Path) -> Option<Vec<u8>> {
     xattr::get(p, "system.posix_acl_access").ok().flatten()
@@ -30,11 +26,8 @@ fn run(cmd: &str, args: &[&str]) {
 /// Issue 9 item 8: `sync` used to report `matches: true` for a tampered replica and repair nothing.
 #[test]
 fn every_kind_of_drift_is_repaired_by_the_next_sync() {
-    if !is_root() {
-        return skip("changing owners in a replica needs root");
-    }
-    if Command::new("setfacl").arg("--version").output().is_err() {
-        return skip("setfacl (Debian package acl) is not installed");
+    if !testkit::require_root("changing owners in a replica") || testkit::require_program("setfacl", "acl").is_none() {
+        return;
     }
     let rig = Rig::new(1, false);
     fill(&rig.source(), 30);
@@ -175,8 +168,8 @@ fn a_second_agent_on_the_same_state_dir_exits_2_naming_it() {
 /// does not fit its spool.
 #[test]
 fn a_full_spool_is_reported_as_enospc_and_the_partial_file_removed() {
-    if !is_root() {
-        return skip("mounting a tmpfs needs root");
+    if !testkit::require_root("mounting a tmpfs") {
+        return;
     }
     if Command::new("unshare").args(["-m", "true"]).status().map(|s| !s.success()).unwrap_or(true) {
         return skip("unshare -m is not permitted here");

@@ -4,14 +4,13 @@
 
 mod net;
 
-use net::{fill, is_root, Rig, IMAGE_PATH};
+use net::{fill, Rig, IMAGE_PATH};
 use std::process::Command;
 
 #[test]
 fn agent_serves_synced_replica_over_nfs3() {
-    if !is_root() {
-        // The agent's NFSv3 server accepts only privileged client ports, as kernel nfsd's `secure`.
-        eprintln!("SKIP: not root, so nfs-cat cannot bind the privileged port the agent's NFSv3 server requires");
+    // The agent's NFSv3 server accepts only privileged client ports, as kernel nfsd's `secure`.
+    if !testkit::require_root("nfs-cat binding the privileged port the agent's NFSv3 server requires") {
         return;
     }
     let mut rig = Rig::new(1, false);

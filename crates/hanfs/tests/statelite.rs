@@ -1,6 +1,6 @@
 //! Writable statelite data with real agents on loopback: replication to the backups (`sync`),
 //! a planned move (`migrate`), an unplanned one (`failover`, fenced first), hostile area paths.
-//! Each agent keeps its statelite tree under its own `HANFS_STATELITE_PREFIX`, so the cluster-wide
+//! Each agent keeps its statelite tree under its own `statelite_prefix`, so the cluster-wide
 //! `/nodedata` stays apart per SN on one host.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -20,18 +20,17 @@ fn data(rig: &Rig, i: usize, node: &str) -> PathBuf {
 fn restart_with_statelite(rig: &mut Rig, i: usize) {
     rig.kill(i);
     let a = &rig.agents[i];
-    let mut conf = std::fs::read_to_string(&a.conf).unwrap();
-    if !conf.contains("statelite_roots") {
-        conf = format!("statelite_roots = [\"/nodedata\"]\n{conf}");
-        std::fs::write(&a.conf, conf).unwrap();
-    }
     let prefix = rig.path().join(format!("sn{}", i + 1)).join("sl");
     std::fs::create_dir_all(&prefix).unwrap();
+    let mut conf = std::fs::read_to_string(&a.conf).unwrap();
+    if !conf.contains("statelite_roots") {
+        conf = format!("statelite_roots = [\"/nodedata\"]\nstatelite_prefix = {:?}\n{conf}", prefix.to_str().unwrap());
+        std::fs::write(&a.conf, conf).unwrap();
+    }
     let log = std::fs::OpenOptions::new().create(true).append(true).open(&a.log).unwrap();
     let child = Command::new(hanfs_bin())
         .args(["--config", a.conf.to_str().unwrap(), "agent"])
         .env("HANFS_LOG", "info")
-        .env("HANFS_STATELITE_PREFIX", &prefix)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log)

@@ -26,6 +26,9 @@ pub struct AgentConfig {
     pub tls: Option<TlsFiles>,
     /// Accept plain TCP (only honoured when `listen` is loopback).
     pub plaintext_loopback: bool,
+    /// Statelite data of a root `R` is kept under `statelite_prefix/R` instead of `R`, so several
+    /// agents on one host (tests, demos) keep their statelite trees apart. None: at `R` itself.
+    pub statelite_prefix: Option<AbsPath>,
 }
 
 /// The name `hanfs ca issue DIR --name mn` puts in the MN's certificate.
@@ -55,6 +58,7 @@ struct Raw {
     tls: Option<TlsFiles>,
     #[serde(default)]
     plaintext_loopback: bool,
+    statelite_prefix: Option<Spanned<String>>,
 }
 
 impl AgentConfig {
@@ -110,6 +114,10 @@ impl AgentConfig {
             _ => "/etc/exports.d/hanfs.exports",
         };
         let exports_file = abs(&mut sink, &raw.exports_file, "exports_file", default_exports);
+        let statelite_prefix = raw
+            .statelite_prefix
+            .as_ref()
+            .and_then(|s| AbsPath::parse(s.get_ref()).map_err(|m| sink.at(s.span(), "statelite_prefix", m)).ok());
         let mut statelite_roots = Vec::new();
         for (i, s) in raw.statelite_roots.iter().enumerate() {
             match AbsPath::parse(s.get_ref()) {
@@ -167,6 +175,7 @@ impl AgentConfig {
                 nfs3,
                 tls,
                 plaintext_loopback: raw.plaintext_loopback,
+                statelite_prefix,
             }),
             _ => Err(Diagnostics(Vec::new())),
         }
@@ -201,6 +210,12 @@ mod tests {
             .unwrap_err();
         assert!(e.to_string().contains("cannot be `/`"));
         assert!(e.to_string().starts_with("a.toml:3:8: root:"), "{e}");
+        assert_eq!(a.statelite_prefix, None);
+        let base = "plaintext_loopback = true\nlisten = \"127.0.0.1:1\"\n";
+        let p = AgentConfig::from_toml("a.toml", &format!("{base}statelite_prefix = \"/srv/sn1\"\n")).unwrap();
+        assert_eq!(p.statelite_prefix.map(|p| p.as_str().to_string()), Some("/srv/sn1".to_string()));
+        let e = AgentConfig::from_toml("a.toml", &format!("{base}statelite_prefix = \"rel\"\n")).unwrap_err();
+        assert!(e.to_string().starts_with("a.toml:3:20: statelite_prefix:"), "{e}");
     }
 
     #[test]

@@ -147,6 +147,8 @@ pub struct Cluster {
     /// Deadline of everything one SN does in one run (connect, transfer, commit, exports): an SN
     /// that has not finished by then is reported failed and the run ends without it.
     pub sn_timeout_secs: u64,
+    /// zstd level of the payloads sent to agents (0 sends them uncompressed; default 1).
+    pub zstd_level: i32,
     pub sns: Vec<ServiceNode>,
     pub externals: Vec<ExternalServer>,
     pub images: Vec<Image>,
@@ -250,10 +252,16 @@ struct RawCluster {
     #[serde(default)]
     fence: Vec<String>,
     sn_timeout_secs: Option<Spanned<i64>>,
+    zstd_level: Option<Spanned<i64>>,
 }
 
 /// Default of `cluster.sn_timeout_secs`: an hour for one SN's whole part of a run.
 pub const DEFAULT_SN_TIMEOUT_SECS: u64 = 3600;
+
+/// Default of `cluster.zstd_level`: fast, and most of what compression can save on image files.
+pub const DEFAULT_ZSTD_LEVEL: i32 = 1;
+/// Highest `cluster.zstd_level`: zstd's levels above 19 need a larger window on the agents too.
+pub const MAX_ZSTD_LEVEL: i32 = 19;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -341,6 +349,14 @@ fn validate(raw: RawFile, sink: &mut Sink<'_>) -> Option<Cluster> {
             DEFAULT_SN_TIMEOUT_SECS
         }
         None => DEFAULT_SN_TIMEOUT_SECS,
+    };
+    let zstd_level = match &c.zstd_level {
+        Some(l) if (0..=MAX_ZSTD_LEVEL as i64).contains(l.get_ref()) => *l.get_ref() as i32,
+        Some(l) => {
+            sink.at(l.span(), "cluster.zstd_level", format!("must be 0 (uncompressed) to {MAX_ZSTD_LEVEL}"));
+            DEFAULT_ZSTD_LEVEL
+        }
+        None => DEFAULT_ZSTD_LEVEL,
     };
     let domain = c.domain.as_ref().and_then(|d| {
         let v = d.get_ref();
@@ -644,6 +660,7 @@ fn validate(raw: RawFile, sink: &mut Sink<'_>) -> Option<Cluster> {
         plaintext_loopback: c.plaintext_loopback,
         fence: c.fence.clone(),
         sn_timeout_secs,
+        zstd_level,
         sns,
         externals,
         images,
@@ -915,6 +932,15 @@ served_by = "sn1"
     }
 
     #[test]
+    fn zstd_level_is_config_with_a_default() {
+        assert_eq!(Cluster::from_toml("c.toml", OK).unwrap().zstd_level, DEFAULT_ZSTD_LEVEL);
+        for l in [0, 7, MAX_ZSTD_LEVEL] {
+            let text = OK.replace("[cluster]\n", &format!("[cluster]\nzstd_level = {l}\n"));
+            assert_eq!(Cluster::from_toml("c.toml", &text).unwrap().zstd_level, l);
+        }
+    }
+
+    #[test]
     fn every_error_carries_line_column_and_field() {
         let nested = format!("{OK}\n[[image]]\nname = \"inner\"\npath = \"netboot/rh8/x86_64/compute/rootimg/sub\"\n");
         let cases: Vec<(String, &str)> = vec![
@@ -929,6 +955,8 @@ served_by = "sn1"
                 OK.replace("sn_timeout", "x").replace("[cluster]\n", "[cluster]\nsn_timeout_secs = 0\n"),
                 "cluster.sn_timeout_secs:",
             ),
+            (OK.replace("[cluster]\n", "[cluster]\nzstd_level = 20\n"), "cluster.zstd_level: must be 0"),
+            (OK.replace("[cluster]\n", "[cluster]\nzstd_level = -1\n"), "cluster.zstd_level: must be 0"),
         ];
         for (text, want) in cases {
             let d = Cluster::from_toml("c.toml", &text).unwrap_err();

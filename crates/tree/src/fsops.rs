@@ -30,7 +30,7 @@ fn err(what: &str, p: &[u8], e: Errno) -> Error {
 /// True when opening a parent failed because the path cannot exist: a component is missing
 /// or is not a directory (a replayed commit may already have replaced a directory by a file).
 fn absent(e: &Error) -> bool {
-    matches!(e, Error::Io { source, .. } if matches!(source.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR)))
+    matches!(e, Error::Io { source, .. } if matches!(Errno::from_io_error(source), Some(Errno::NOENT | Errno::NOTDIR)))
 }
 
 /// A directory opened as a confinement root.

@@ -19,6 +19,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+use rustix::io::Errno;
 use serde::{Deserialize, Serialize};
 
 use crate::fault::point;
@@ -422,7 +423,7 @@ impl Replica {
                 Ok(s) => s,
                 // Gone (deleted from outside): whatever was installed stays; the check below
                 // tells whether anything still to install went with it.
-                Err(Error::Io { source, .. }) if source.raw_os_error() == Some(libc::ENOENT) => {
+                Err(Error::Io { source, .. }) if Errno::from_io_error(&source) == Some(Errno::NOENT) => {
                     root.ensure_dir(&srel)?;
                     root.dir(&srel)?
                 }
@@ -782,7 +783,7 @@ fn write_file_synced(p: &Path, b: &[u8]) -> std::io::Result<()> {
 }
 
 fn is_full(e: &std::io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+    matches!(Errno::from_io_error(e), Some(Errno::NOSPC | Errno::DQUOT))
 }
 
 /// Turns ENOSPC/EDQUOT into [`Error::NoSpace`], naming the filesystem (the state directory's
@@ -922,7 +923,9 @@ fn to_trash(root: &Root, trash: std::os::fd::BorrowedFd<'_>, rel: &[u8], name: &
     let (d, n) = match root.parent(rel) {
         Ok(x) => x,
         // A parent that is gone, not a directory any more, or a symlink: nothing of ours there.
-        Err(Error::Io { source, .. }) if matches!(source.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR)) => {
+        Err(Error::Io { source, .. })
+            if matches!(Errno::from_io_error(&source), Some(Errno::NOENT | Errno::NOTDIR)) =>
+        {
             return Ok(())
         }
         Err(Error::Hostile(_)) => return Ok(()),
@@ -1113,15 +1116,7 @@ impl<'a> Staging<'a> {
             bf = copy;
         }
         let len = bf.metadata().map_err(|e| io_err(Path::new(&show(&base)), e))?.len();
-        // SAFETY of the map: the replica tree is written only by this engine, which is applying
-        // this plan, and a base shared with unknown names is a private copy (see `snapshot`);
-        // nothing truncates the base while it is mapped.
-        let map = if len == 0 {
-            None
-        } else {
-            #[allow(unsafe_code)]
-            Some(unsafe { memmap2::Mmap::map(&bf) }.map_err(|e| io_err(Path::new(&show(&base)), e))?)
-        };
+        let map = if len == 0 { None } else { Some(map::base(&bf).map_err(|e| io_err(Path::new(&show(&base)), e))?) };
         let b: &[u8] = map.as_deref().unwrap_or_default();
         let mut w = self.create(i)?;
         let limit = self.contents[i].size;
@@ -1262,5 +1257,19 @@ impl<'a> Staging<'a> {
 impl std::fmt::Debug for Replica {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Replica").field("root", &self.root.path()).field("current", &self.current()).finish()
+    }
+}
+
+/// Mapping a base file to patch against. The map is `unsafe` because the kernel lets anyone who can
+/// write the file change or truncate it under the map (memmap2's contract); this is the one place the
+/// engine accepts that, to patch large bases without reading them into memory.
+#[allow(unsafe_code)]
+mod map {
+    /// Maps `f` read-only. Only for a base of the plan being applied: the replica tree is written only
+    /// by this engine, which is applying that plan, and a base shared with unknown names is a private
+    /// copy first (see `snapshot`), so nothing truncates it while it is mapped.
+    pub(super) fn base(f: &std::fs::File) -> std::io::Result<memmap2::Mmap> {
+        // SAFETY: see above; the file outlives no map (the caller drops the map before the file).
+        unsafe { memmap2::Mmap::map(f) }
     }
 }

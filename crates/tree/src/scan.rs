@@ -120,7 +120,11 @@ type Scanned = (RelPath, Entry, (u64, u64), Option<Cached>, u64, bool);
 /// BLAKE3 of a file's content read with a bounded buffer (no mmap: a file truncated under us
 /// must give an error, not SIGBUS), plus its sparse extents.
 pub fn hash_file(path: &Path) -> Result<([u8; 32], u64, Extents)> {
-    let mut f = File::options().read(true).custom_flags(libc::O_NOFOLLOW).open(path).map_err(|e| io_err(path, e))?;
+    let mut f = File::options()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(path)
+        .map_err(|e| io_err(path, e))?;
     let md = f.metadata().map_err(|e| io_err(path, e))?;
     let sparse = sparse_extents(&f, md.len(), md.blocks());
     // SEEK_DATA/SEEK_HOLE moved the file offset.

@@ -210,7 +210,7 @@ fn crash_at_every_point_ends_old_or_new() {
     if is_root() {
         points += crafted_scenario(t.path());
     } else {
-        eprintln!("skipping the crafted scenario (root-owned files, a device node): not root");
+        testkit::skip("the crafted scenario (root-owned files, a device node) needs root");
     }
     // HANFS_CRASH_SEEDS=a-b runs more random scenarios (a soak); the default keeps it quick.
     let seeds: Vec<u64> = match std::env::var("HANFS_CRASH_SEEDS").ok().and_then(|v| {

@@ -16,22 +16,15 @@ use tree::{Error, Replica, ReplicaOptions};
 
 const ENV: &str = "HANFS_NOSPACE_DIR";
 
-fn have(cmd: &str) -> bool {
-    Command::new("sh").arg("-c").arg(format!("command -v {cmd}")).output().map(|o| o.status.success()).unwrap_or(false)
-}
-
-fn skip(why: &str) {
-    eprintln!("skipping: {why}");
-    assert!(std::env::var("CI").as_deref() != Ok("true"), "CI=true: {why}");
-}
+use testkit::skip;
 
 #[test]
 fn disk_full_apply_is_old_or_new_and_resumes() {
-    if !is_root() {
-        return skip("mounting a loop filesystem needs root");
-    }
-    if !have("unshare") || !have("mkfs.ext4") {
-        return skip("unshare (util-linux) and mkfs.ext4 (e2fsprogs) are needed");
+    if !testkit::require_root("mounting a loop filesystem")
+        || testkit::require_program("unshare", "util-linux").is_none()
+        || testkit::require_program("mkfs.ext4", "e2fsprogs").is_none()
+    {
+        return;
     }
     let t = tempfile::tempdir().unwrap();
     let out = Command::new("unshare")
@@ -44,7 +37,7 @@ fn disk_full_apply_is_old_or_new_and_resumes() {
     let so = String::from_utf8_lossy(&out.stdout);
     let se = String::from_utf8_lossy(&out.stderr);
     if so.contains("NOSPACE-SKIP") {
-        return skip(&format!("no loop device in this namespace: {se}"));
+        return skip(format!("no loop device in this namespace: {se}"));
     }
     assert!(out.status.success() && so.contains("NOSPACE-DONE"), "child failed:\n{so}\n{se}");
     eprintln!("{}", so.lines().filter(|l| l.contains("nospace:")).collect::<Vec<_>>().join("\n"));

@@ -60,9 +60,7 @@ fn chattr(flag: &str, p: &Path) -> bool {
 
 #[test]
 fn failed_commit_resumes_once_the_obstacle_is_gone() {
-    if !is_root() {
-        eprintln!("skipping: immutable inodes (chattr +i) need root");
-        assert!(std::env::var("CI").as_deref() != Ok("true"), "CI=true: this test must run as root");
+    if !testkit::require_root("immutable inodes (chattr +i)") {
         return;
     }
     let t = tempfile::tempdir().unwrap();
@@ -81,8 +79,7 @@ fn failed_commit_resumes_once_the_obstacle_is_gone() {
         let mut r = replica_copy(&od, &rep, &sn);
         let _unfreeze = Unfreeze(rep.clone());
         if !chattr("+i", &rep.join(obstacle)) {
-            eprintln!("skipping: chattr +i is not supported on {}", rep.display());
-            assert!(std::env::var("CI").as_deref() != Ok("true"), "CI=true: chattr +i must work here");
+            testkit::skip(format!("chattr +i is not supported on {}", rep.display()));
             return;
         }
         let err = apply(&src, &mut r, src.plan(2)).expect_err("the obstacle must stop the commit");
@@ -107,9 +104,7 @@ fn failed_commit_resumes_once_the_obstacle_is_gone() {
 /// directory) must not block recovery or the next plan: it is set aside, and everything goes on.
 #[test]
 fn undeletable_leftover_does_not_wedge_the_replica() {
-    if !is_root() {
-        eprintln!("skipping: immutable inodes (chattr +i) need root");
-        assert!(std::env::var("CI").as_deref() != Ok("true"), "CI=true: this test must run as root");
+    if !testkit::require_root("immutable inodes (chattr +i)") {
         return;
     }
     let t = tempfile::tempdir().unwrap();
@@ -128,8 +123,7 @@ fn undeletable_leftover_does_not_wedge_the_replica() {
     let mut r = replica_copy(&od, &rep, &sn);
     let _unfreeze = Unfreeze(rep.clone());
     if !chattr("+i", &rep.join("z/stuck")) {
-        eprintln!("skipping: chattr +i is not supported on {}", rep.display());
-        assert!(std::env::var("CI").as_deref() != Ok("true"), "CI=true: chattr +i must work here");
+        testkit::skip(format!("chattr +i is not supported on {}", rep.display()));
         return;
     }
     let src = Source::new(&od, &nd, &t.path().join("mn"));
@@ -180,9 +174,7 @@ fn find(dir: &Path, name: &str) -> Option<std::path::PathBuf> {
 /// it is, so that a plan from the replica's manifest brings it to the new generation.
 #[test]
 fn failed_commit_with_a_lost_stage_is_discarded_and_repaired() {
-    if !is_root() {
-        eprintln!("skipping: immutable inodes (chattr +i) need root");
-        assert!(std::env::var("CI").as_deref() != Ok("true"), "CI=true: this test must run as root");
+    if !testkit::require_root("immutable inodes (chattr +i)") {
         return;
     }
     let t = tempfile::tempdir().unwrap();
@@ -197,8 +189,7 @@ fn failed_commit_with_a_lost_stage_is_discarded_and_repaired() {
     let _unfreeze = Unfreeze(rep.clone());
     // The install of the changed `b` fails after the removals and directories are done.
     if !chattr("+i", &rep.join("b")) {
-        eprintln!("skipping: chattr +i is not supported on {}", rep.display());
-        assert!(std::env::var("CI").as_deref() != Ok("true"), "CI=true: chattr +i must work here");
+        testkit::skip(format!("chattr +i is not supported on {}", rep.display()));
         return;
     }
     apply(&src, &mut r, src.plan(2)).expect_err("the obstacle must stop the commit");

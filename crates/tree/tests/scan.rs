@@ -30,10 +30,12 @@ fn sockets_are_skipped_and_counted() {
 
 /// Sets a file's mtime with `utimensat` directly (not through the engine).
 fn set_mtime(p: &std::path::Path, sec: i64, nsec: i64) {
-    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
-    let ts = [libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_OMIT }, libc::timespec { tv_sec: sec, tv_nsec: nsec }];
-    let r = unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), ts.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) };
-    assert_eq!(r, 0, "utimensat {p:?}: {}", std::io::Error::last_os_error());
+    use rustix::fs::{AtFlags, Timespec, Timestamps, CWD};
+    let ts = Timestamps {
+        last_access: Timespec { tv_sec: 0, tv_nsec: rustix::fs::UTIME_OMIT },
+        last_modification: Timespec { tv_sec: sec, tv_nsec: nsec },
+    };
+    rustix::fs::utimensat(CWD, p, &ts, AtFlags::SYMLINK_NOFOLLOW).unwrap_or_else(|e| panic!("utimensat {p:?}: {e}"));
 }
 
 /// mtimes after 2262-04-11 (past i64 nanoseconds) and before 1970 are replicated exactly,
@@ -64,8 +66,7 @@ fn far_mtimes_round_trip_exactly() {
     }
     let probe = fs::metadata(new.join("kept")).unwrap();
     if probe.mtime() != y2300 {
-        eprintln!("skipping: this filesystem does not hold mtimes after 2262 ({})", probe.mtime());
-        assert!(std::env::var("CI").as_deref() != Ok("true"), "CI=true: needs a filesystem with 64-bit times");
+        testkit::skip(format!("this filesystem does not hold mtimes after 2262 ({})", probe.mtime()));
         return;
     }
     let src = Source::new(&old, &new, &t.path().join("mn"));

@@ -8,7 +8,6 @@ use crate::cli::{DemoArgs, Global};
 use crate::exit::{bad_input, Status};
 use anyhow::{bail, Context, Result};
 use std::io::Write;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -59,11 +58,6 @@ fn bytes(seed: u64, n: usize) -> Vec<u8> {
         .collect()
 }
 
-fn cpath(p: &Path) -> Result<std::ffi::CString> {
-    use std::os::unix::ffi::OsStrExt;
-    Ok(std::ffi::CString::new(p.as_os_str().as_bytes())?)
-}
-
 /// A sample image: thousands of files, hard links, symlinks, xattrs, a fifo, a device node when root.
 fn make_image(root: &Path) -> Result<(u64, u64)> {
     let (mut files, mut total) = (0u64, 0u64);
@@ -89,15 +83,14 @@ fn make_image(root: &Path) -> Result<(u64, u64)> {
     }
     std::fs::write(root.join("etc/motd"), "Welcome to the hanfs demo image, generation 1\n")?;
     std::fs::write(root.join("etc/hosts"), "127.0.0.1 localhost\n")?;
-    let hosts = cpath(&root.join("etc/hosts"))?;
-    // SAFETY: valid NUL-terminated strings and buffer lengths.
-    unsafe {
-        let (n, v) = (c"user.hanfs.demo", b"replicated xattr");
-        libc::lsetxattr(hosts.as_ptr(), n.as_ptr(), v.as_ptr().cast(), v.len(), 0);
-        libc::mkfifo(cpath(&root.join("dev/initctl"))?.as_ptr(), 0o600);
-        if libc::geteuid() == 0 {
-            libc::mknod(cpath(&root.join("dev/null"))?.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(1, 3));
-        }
+    // Best effort, as an image has them: an xattr, a FIFO, a device node when root.
+    use rustix::fs::{FileType, Mode, XattrFlags, CWD};
+    let _ = rustix::fs::lsetxattr(root.join("etc/hosts"), "user.hanfs.demo", b"replicated xattr", XattrFlags::empty());
+    let _ = rustix::fs::mknodat(CWD, root.join("dev/initctl"), FileType::Fifo, Mode::from_raw_mode(0o600), 0);
+    if is_root() {
+        let dev = rustix::fs::makedev(1, 3);
+        let _ =
+            rustix::fs::mknodat(CWD, root.join("dev/null"), FileType::CharacterDevice, Mode::from_raw_mode(0o666), dev);
     }
     Ok((files, total))
 }
@@ -123,13 +116,7 @@ fn spawn_agent(conf: &Path, log: &Path) -> Result<Child> {
     let log = std::fs::File::create(log)?;
     let mut cmd = Command::new(exe);
     cmd.args(["--config"]).arg(conf).arg("agent").stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
-    // SAFETY: prctl is async-signal-safe; it only asks the kernel to signal the child when we die.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-            Ok(())
-        });
-    }
+    child::die_with_parent(&mut cmd);
     Ok(cmd.spawn()?)
 }
 
@@ -349,6 +336,23 @@ fn nfs3_read_back(root: &Path, port: u16, rel: &str) -> String {
 }
 
 fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
+    rustix::process::geteuid().is_root()
+}
+
+/// `Command::pre_exec` is `unsafe` (the closure runs between fork and exec); this module is the one
+/// place the demo uses it, and the closure makes a single async-signal-safe system call.
+#[allow(unsafe_code)]
+mod child {
+    use std::os::unix::process::CommandExt;
+
+    /// The agents the demo starts get SIGTERM when the demo dies, so none outlives it.
+    pub fn die_with_parent(cmd: &mut std::process::Command) {
+        // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and touches no memory of the parent.
+        unsafe {
+            cmd.pre_exec(|| {
+                rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::TERM))?;
+                Ok(())
+            });
+        }
+    }
 }

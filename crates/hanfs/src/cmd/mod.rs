@@ -12,6 +12,7 @@ mod demo;
 mod exports;
 mod redirect;
 mod sync;
+#[cfg(feature = "xcat")]
 mod xcat;
 
 pub fn run(cli: Cli) -> Result<Status> {
@@ -25,13 +26,21 @@ pub fn run(cli: Cli) -> Result<Status> {
         Command::Exports(a) => exports::run(g, a),
         Command::Migrate(a) => redirect::migrate(g, a),
         Command::Failover(a) => redirect::failover(g, a),
+        #[cfg(feature = "xcat")]
         Command::Xcat(c) => xcat::run(g, c),
+        #[cfg(not(feature = "xcat"))]
+        Command::Xcat(_) => Err(bad_input(WITHOUT_XCAT)),
         Command::Ca(c) => ca::run(g, c),
         Command::Agent(a) => agent::run(g, a),
         Command::Delta(c) => delta::run(g, c),
         Command::Demo(a) => demo::run(g, a),
     }
 }
+
+/// What the xCAT commands say in a build without the `xcat` feature (the service-node package).
+#[cfg(not(feature = "xcat"))]
+pub(crate) const WITHOUT_XCAT: &str =
+    "this hanfs is built without xCAT support (the service-node package): run xCAT commands on the management node";
 
 /// Read and validate the cluster config named by `--config`. Any problem is bad input (exit 2) and
 /// names the file, line and field.

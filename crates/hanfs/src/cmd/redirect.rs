@@ -96,6 +96,7 @@ async fn reexport(g: &Global, ctl: &Controller, sns: &BTreeSet<String>, dry: boo
 }
 
 /// Repoints the moved nodes in xCAT (print, or run with --apply-xcat) through `xcat::redirect`.
+#[cfg(feature = "xcat")]
 fn repoint(
     g: &Global,
     x: &XcatRepoint,
@@ -151,6 +152,34 @@ fn repoint(
             false
         }
     }
+}
+
+/// Without the `xcat` feature: with no xCAT source given, the same hint as the full build; with one,
+/// the repoint fails (the moves themselves are done) and says why.
+#[cfg(not(feature = "xcat"))]
+fn repoint(
+    g: &Global,
+    x: &XcatRepoint,
+    _state_dir: &Path,
+    moves: &[(String, String)],
+    _dry: bool,
+    rep: &mut MoveReport,
+) -> bool {
+    if moves.is_empty() {
+        return true;
+    }
+    let s = &x.source;
+    if s.tabdump.is_none() && s.sqlite.is_none() && s.cfgloc.is_none() {
+        for (node, to) in moves {
+            rep.step(
+                g,
+                format!("xCAT not repointed (no --tabdump/--sqlite/--cfgloc given): run `hanfs xcat redirect --cfgloc /etc/xcat/cfgloc --node {node} --to {to} --apply`"),
+            );
+        }
+        return true;
+    }
+    rep.step(g, format!("xCAT repoint FAILED: {}", super::WITHOUT_XCAT));
+    false
 }
 
 fn finish(g: &Global, what: &str, mut rep: MoveReport) -> Result<Status> {

@@ -8,7 +8,6 @@ pub mod proxy;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{Hash, Hasher};
 use std::io::Write;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -230,12 +229,7 @@ impl Drop for Rig {
 }
 
 pub fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
-fn cstr(p: &Path) -> std::ffi::CString {
-    std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap()
+    rustix::process::geteuid().is_root()
 }
 
 /// A deterministic pseudo-random byte stream (xorshift), so trees are reproducible.
@@ -270,15 +264,14 @@ pub fn fill(root: &Path, files: usize) {
     std::fs::write(root.join("usr/bin/suid"), b"#!/bin/sh\n").unwrap();
     std::fs::set_permissions(root.join("usr/bin/suid"), std::fs::Permissions::from_mode(0o4755)).unwrap();
     std::fs::set_permissions(root.join("var/empty"), std::fs::Permissions::from_mode(0o1777)).unwrap();
-    // SAFETY: valid NUL-terminated paths.
-    unsafe {
-        assert_eq!(libc::mkfifo(cstr(&root.join("dev/initctl")).as_ptr(), 0o600), 0);
+    {
+        use rustix::fs::{chownat, makedev, mknodat, AtFlags, FileType, Gid, Mode, Uid, CWD};
+        mknodat(CWD, root.join("dev/initctl"), FileType::Fifo, Mode::from_raw_mode(0o600), 0).unwrap();
         if is_root() {
-            assert_eq!(
-                libc::mknod(cstr(&root.join("dev/null")).as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(1, 3)),
-                0
-            );
-            assert_eq!(libc::lchown(cstr(&root.join("etc/hosts")).as_ptr(), 1234, 5678), 0);
+            mknodat(CWD, root.join("dev/null"), FileType::CharacterDevice, Mode::from_raw_mode(0o666), makedev(1, 3))
+                .unwrap();
+            let (u, g) = (Some(Uid::from_raw(1234)), Some(Gid::from_raw(5678)));
+            chownat(CWD, root.join("etc/hosts"), u, g, AtFlags::SYMLINK_NOFOLLOW).unwrap();
         }
     }
     xattr::set(root.join("etc/hosts"), "user.hanfs.test", b"value").unwrap();

@@ -7,7 +7,6 @@
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -146,17 +145,8 @@ impl Drop for Proxy {
 }
 
 fn reset(s: &TcpStream) {
-    let l = libc::linger { l_onoff: 1, l_linger: 0 };
-    // SAFETY: setsockopt on a socket we own with a correctly sized linger struct.
-    unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&l as *const libc::linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        );
-    }
+    // SO_LINGER 0: close sends a reset.
+    let _ = rustix::net::sockopt::set_socket_linger(s, Some(Duration::ZERO));
 }
 
 /// Swallows what `from` sends and forwards nothing, the sockets left open, until `from` closes
