@@ -3,13 +3,13 @@
 //! path stays under its root.
 
 use crate::addr::{Address, Endpoint};
+use crate::config::{Clients, ConfigFile, Spanned, Text as S};
 use crate::error::{Diagnostics, Sink};
 use crate::name::check_name;
 use crate::path::{AbsPath, RelPath};
 use crate::placement::{MoveError, Placement};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
-use toml::Spanned;
 
 /// Default TCP port of `hanfs agent`.
 pub const DEFAULT_AGENT_PORT: u16 = 7468;
@@ -23,12 +23,34 @@ pub enum Dialect {
 }
 
 impl Dialect {
-    fn parse(s: &str) -> Result<Self, String> {
+    /// The dialect's name as configs write it (`linux`, `aix`); the one parse of it.
+    pub fn parse(s: &str) -> Result<Self, String> {
         match s {
             "linux" => Ok(Dialect::Linux),
             "aix" => Ok(Dialect::Aix),
             _ => Err(format!("unknown dialect `{s}`; expected \"linux\" or \"aix\"")),
         }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Dialect::Linux => "linux",
+            Dialect::Aix => "aix",
+        }
+    }
+}
+
+impl std::str::FromStr for Dialect {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        Dialect::parse(s)
+    }
+}
+
+impl std::fmt::Display for Dialect {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -45,12 +67,21 @@ pub enum BackupPolicy {
 }
 
 impl BackupPolicy {
-    fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, String> {
         match s {
             "ring" => Ok(BackupPolicy::Ring),
             "pairs" => Ok(BackupPolicy::Pairs),
             "none" => Ok(BackupPolicy::None),
             _ => Err(format!("unknown backup policy `{s}`; expected \"ring\", \"pairs\" or \"none\"")),
+        }
+    }
+
+    /// The policy's name as configs write it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackupPolicy::Ring => "ring",
+            BackupPolicy::Pairs => "pairs",
+            BackupPolicy::None => "none",
         }
     }
 }
@@ -160,8 +191,17 @@ impl Cluster {
     /// Parse and validate a config. `file` is only used in diagnostics.
     pub fn from_toml(file: &str, text: &str) -> Result<Cluster, Diagnostics> {
         let mut sink = Sink::new(file, text);
-        let raw: RawFile = sink.parse(text)?;
-        let cluster = validate(raw, &mut sink);
+        let raw: ConfigFile = sink.parse(text)?;
+        let cluster = validate(&raw, &mut sink);
+        sink.finish()?;
+        cluster.ok_or_else(|| Diagnostics(Vec::new()))
+    }
+
+    /// Validate a config built in code (or parsed elsewhere). Its spans point nowhere, so
+    /// diagnostics name `file` and the field but no line.
+    pub fn from_config(file: &str, config: &ConfigFile) -> Result<Cluster, Diagnostics> {
+        let mut sink = Sink::unlocated(file);
+        let cluster = validate(config, &mut sink);
         sink.finish()?;
         cluster.ok_or_else(|| Diagnostics(Vec::new()))
     }
@@ -320,115 +360,51 @@ impl Cluster {
     }
 }
 
-// ---------------------------------------------------------------------------------------------
-// Raw, span-carrying form, as written.
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawFile {
-    cluster: RawCluster,
-    tls: Option<TlsFiles>,
-    #[serde(default)]
-    sn: Vec<RawSn>,
-    #[serde(default)]
-    external: Vec<RawExternal>,
-    #[serde(default)]
-    image: Vec<RawImage>,
-    #[serde(default)]
-    statelite: Vec<RawStatelite>,
-    #[serde(default)]
-    node: Vec<RawNode>,
-}
-
-type S = Spanned<String>;
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawCluster {
-    source_root: S,
-    state_dir: Option<S>,
-    backups: Option<S>,
-    domain: Option<S>,
-    #[serde(default)]
-    plaintext_loopback: bool,
-    #[serde(default)]
-    fence: Vec<String>,
-    sn_timeout_secs: Option<Spanned<i64>>,
-}
-
 /// Default of `cluster.sn_timeout_secs`: an hour for one SN's whole part of a run.
 pub const DEFAULT_SN_TIMEOUT_SECS: u64 = 3600;
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawSn {
-    name: S,
-    address: S,
-    agent: Option<S>,
-    dialect: Option<S>,
-    backups: Option<Spanned<Vec<S>>>,
-    root: Option<S>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawExternal {
-    name: S,
-    address: S,
-    agent: Option<S>,
-    root: Option<S>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawImage {
-    name: S,
-    path: S,
-    clients: Option<Spanned<Clients>>,
-    #[serde(default)]
-    exclude: Vec<String>,
-    sns: Option<Vec<S>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawStatelite {
-    name: S,
-    path: S,
-    clients: Option<Spanned<Clients>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawNode {
-    name: S,
-    sns: Spanned<Vec<S>>,
-    served_by: Option<S>,
-    statelite: Option<Vec<S>>,
-}
-
-/// `clients = "*"` or `clients = ["10.1.0.0/16", "@compute"]`.
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum Clients {
-    One(String),
-    Many(Vec<String>),
-}
-
-impl Clients {
-    fn into_vec(self) -> Vec<String> {
-        match self {
-            Clients::One(s) => s.split_whitespace().map(str::to_string).collect(),
-            Clients::Many(v) => v,
-        }
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // Validation.
 
-fn validate(raw: RawFile, sink: &mut Sink<'_>) -> Option<Cluster> {
-    let c = &raw.cluster;
+fn validate(raw: &ConfigFile, sink: &mut Sink<'_>) -> Option<Cluster> {
+    let section = cluster_section(&raw.cluster, sink);
+    let names = server_names(raw, sink);
+    let sns = service_nodes(raw, &section, &names, sink);
+    let externals = external_servers(raw, section.source_root.as_ref(), sink);
+    aix_rules(raw, &sns, &externals, section.domain.as_deref(), sink);
+    let sn_names: Vec<String> = raw.sn.iter().map(|s| s.name.get_ref().clone()).collect();
+    let images = images(raw, section.source_root.as_ref(), &sn_names, sink);
+    let statelite = statelite_areas(raw, sink);
+    let (nodes, placement) = nodes(raw, &sn_names, &statelite, sink);
+    transport_security(raw, &sns, sink);
+    Some(Cluster {
+        source_root: section.source_root?,
+        state_dir: section.state_dir?,
+        backup_policy: section.backup_policy?,
+        domain: section.domain,
+        tls: raw.tls.clone(),
+        plaintext_loopback: raw.cluster.plaintext_loopback,
+        fence: raw.cluster.fence.clone(),
+        sn_timeout_secs: section.sn_timeout_secs,
+        sns,
+        externals,
+        images,
+        statelite,
+        nodes,
+        placement,
+    })
+}
+
+/// `[cluster]`, checked; `None` where a value is wrong (reported).
+struct Section {
+    source_root: Option<AbsPath>,
+    state_dir: Option<AbsPath>,
+    backup_policy: Option<BackupPolicy>,
+    sn_timeout_secs: u64,
+    domain: Option<String>,
+}
+
+fn cluster_section(c: &crate::config::ClusterSection, sink: &mut Sink<'_>) -> Section {
     let source_root = abs(sink, &c.source_root, "cluster.source_root");
     let state_dir = match &c.state_dir {
         Some(s) => abs(sink, s, "cluster.state_dir"),
@@ -456,7 +432,12 @@ fn validate(raw: RawFile, sink: &mut Sink<'_>) -> Option<Cluster> {
         }
     });
 
-    // Names are shared by SNs and external servers: a backup list may name either.
+    Section { source_root, state_dir, backup_policy, sn_timeout_secs, domain }
+}
+
+/// Server names (SNs and external servers) and where each was defined. Names are shared by SNs and
+/// external servers: a backup list may name either, so none may be defined twice.
+fn server_names(raw: &ConfigFile, sink: &mut Sink<'_>) -> BTreeMap<String, std::ops::Range<usize>> {
     let mut names: BTreeMap<String, std::ops::Range<usize>> = BTreeMap::new();
     let mut claim = |sink: &mut Sink<'_>, n: &S, field: String| {
         let v = n.get_ref();
@@ -465,8 +446,9 @@ fn validate(raw: RawFile, sink: &mut Sink<'_>) -> Option<Cluster> {
         } else if !crate::addr::is_hostname(v) {
             sink.at(n.span(), field, format!("`{v}` is not a valid name (letters, digits, `-`, `.`)"));
         } else if let Some(prev) = names.get(v) {
-            let (line, _) = sink.index.locate(prev.start);
-            sink.at(n.span(), field, format!("duplicate server name `{v}` (first defined on line {line})"));
+            let (line, _) = sink.locate(prev.start);
+            let first = if line > 0 { format!(" (first defined on line {line})") } else { String::new() };
+            sink.at(n.span(), field, format!("duplicate server name `{v}`{first}"));
         } else {
             names.insert(v.clone(), n.span());
         }
@@ -477,11 +459,22 @@ fn validate(raw: RawFile, sink: &mut Sink<'_>) -> Option<Cluster> {
     for (i, e) in raw.external.iter().enumerate() {
         claim(sink, &e.name, format!("external[{i}].name"));
     }
+
     if raw.sn.is_empty() {
         sink.nowhere("sn", "the cluster defines no service node ([[sn]])");
     }
+    names
+}
 
-    let default_root = source_root.clone();
+/// `[[sn]]`: addresses, agents, dialects, roots and backup lists (named, or by the cluster's policy).
+fn service_nodes(
+    raw: &ConfigFile,
+    section: &Section,
+    names: &BTreeMap<String, std::ops::Range<usize>>,
+    sink: &mut Sink<'_>,
+) -> Vec<ServiceNode> {
+    let default_root = section.source_root.clone();
+    let backup_policy = section.backup_policy;
     let sn_names: Vec<String> = raw.sn.iter().map(|s| s.name.get_ref().clone()).collect();
     let mut sns = Vec::new();
     for (i, s) in raw.sn.iter().enumerate() {
@@ -524,6 +517,11 @@ fn validate(raw: RawFile, sink: &mut Sink<'_>) -> Option<Cluster> {
         }
     }
 
+    sns
+}
+
+/// `[[external]]`: backup servers that are not SNs.
+fn external_servers(raw: &ConfigFile, default_root: Option<&AbsPath>, sink: &mut Sink<'_>) -> Vec<ExternalServer> {
     let mut externals = Vec::new();
     for (i, e) in raw.external.iter().enumerate() {
         let f = |k: &str| format!("external[{i}].{k}");
@@ -534,14 +532,24 @@ fn validate(raw: RawFile, sink: &mut Sink<'_>) -> Option<Cluster> {
         };
         let root = match &e.root {
             Some(r) => abs(sink, r, &f("root")),
-            None => default_root.clone(),
+            None => default_root.cloned(),
         };
         if let (Some(address), Some(agent), Some(root)) = (address, agent, root) {
             externals.push(ExternalServer { name: e.name.get_ref().clone(), address, agent, root });
         }
     }
 
-    // AIX: replica lists must be IP literals, and replicas need an NFSv4 domain.
+    externals
+}
+
+/// AIX: replica lists must be IP literals, and replicas need an NFSv4 domain.
+fn aix_rules(
+    raw: &ConfigFile,
+    sns: &[ServiceNode],
+    externals: &[ExternalServer],
+    domain: Option<&str>,
+    sink: &mut Sink<'_>,
+) {
     for (i, s) in raw.sn.iter().enumerate() {
         let Some(sn) = sns.iter().find(|x| &x.name == s.name.get_ref()) else { continue };
         if sn.dialect != Dialect::Aix {
@@ -575,7 +583,7 @@ fn validate(raw: RawFile, sink: &mut Sink<'_>) -> Option<Cluster> {
                 );
             }
         }
-        if domain.is_none() && c.domain.is_none() {
+        if domain.is_none() && raw.cluster.domain.is_none() {
             sink.at(
                 s.dialect.as_ref().map(|d| d.span()).unwrap_or(s.name.span()),
                 format!("sn[{i}].dialect"),
@@ -583,7 +591,10 @@ fn validate(raw: RawFile, sink: &mut Sink<'_>) -> Option<Cluster> {
             );
         }
     }
+}
 
+/// `[[image]]`: names, paths under the source root (never per-SN trees), clients, SNs; no nesting.
+fn images(raw: &ConfigFile, source_root: Option<&AbsPath>, sn_names: &[String], sink: &mut Sink<'_>) -> Vec<Image> {
     let mut images = Vec::new();
     let mut image_names = BTreeSet::new();
     let mut image_paths: BTreeMap<String, String> = BTreeMap::new();
@@ -594,7 +605,7 @@ fn validate(raw: RawFile, sink: &mut Sink<'_>) -> Option<Cluster> {
         if !image_names.insert(name.clone()) {
             sink.at(im.name.span(), f("name"), format!("duplicate image name `{name}`"));
         }
-        let path = image_path(sink, &im.path, &f("path"), source_root.as_ref());
+        let path = image_path(sink, &im.path, &f("path"), source_root);
         if let Some(p) = &path {
             if let Some(other) = image_paths.insert(p.as_str().to_string(), name.clone()) {
                 sink.at(im.path.span(), f("path"), format!("path `{p}` is already image `{other}`'s"));
@@ -614,7 +625,7 @@ fn validate(raw: RawFile, sink: &mut Sink<'_>) -> Option<Cluster> {
                     }
                 })
                 .collect(),
-            None => sn_names.clone(),
+            None => sn_names.to_vec(),
         };
         if let (Some(path), true) = (path, name_ok) {
             images.push(Image { name: name.clone(), path, clients, exclude: im.exclude.clone(), sns: isns });
@@ -635,6 +646,11 @@ fn validate(raw: RawFile, sink: &mut Sink<'_>) -> Option<Cluster> {
         }
     }
 
+    images
+}
+
+/// `[[statelite]]`: names, absolute paths other than `/`, clients.
+fn statelite_areas(raw: &ConfigFile, sink: &mut Sink<'_>) -> Vec<Statelite> {
     let mut statelite = Vec::new();
     let mut statelite_names = BTreeSet::new();
     for (i, st) in raw.statelite.iter().enumerate() {
@@ -655,6 +671,16 @@ fn validate(raw: RawFile, sink: &mut Sink<'_>) -> Option<Cluster> {
         }
     }
 
+    statelite
+}
+
+/// `[[node]]`: names, SN lists (home first), areas; and where each node is served from.
+fn nodes(
+    raw: &ConfigFile,
+    sn_names: &[String],
+    statelite: &[Statelite],
+    sink: &mut Sink<'_>,
+) -> (Vec<Node>, Placement) {
     let mut nodes = Vec::new();
     let mut serving = Vec::new();
     let mut node_names = BTreeSet::new();
@@ -718,8 +744,12 @@ fn validate(raw: RawFile, sink: &mut Sink<'_>) -> Option<Cluster> {
         }
     }
 
-    let tls = raw.tls;
-    if tls.is_none() {
+    (nodes, Placement::new(serving))
+}
+
+/// Agents off loopback need `[tls]`; plain TCP to loopback agents must be asked for.
+fn transport_security(raw: &ConfigFile, sns: &[ServiceNode], sink: &mut Sink<'_>) {
+    if raw.tls.is_none() {
         let remote: Vec<&str> = sns.iter().filter(|s| !s.agent.is_loopback()).map(|s| s.name.as_str()).collect();
         if !remote.is_empty() {
             // Pointed at the first remote agent: the line that needs TLS.
@@ -733,30 +763,13 @@ fn validate(raw: RawFile, sink: &mut Sink<'_>) -> Option<Cluster> {
                     remote.join(", ")
                 ),
             );
-        } else if !c.plaintext_loopback {
+        } else if !raw.cluster.plaintext_loopback {
             sink.nowhere(
                 "cluster.plaintext_loopback",
                 "no [tls] section: set plaintext_loopback = true to talk plain TCP to loopback agents",
             );
         }
     }
-
-    Some(Cluster {
-        source_root: source_root?,
-        state_dir: state_dir?,
-        backup_policy: backup_policy?,
-        domain,
-        tls,
-        plaintext_loopback: c.plaintext_loopback,
-        fence: c.fence.clone(),
-        sn_timeout_secs,
-        sns,
-        externals,
-        images,
-        statelite,
-        nodes,
-        placement: Placement::new(serving),
-    })
 }
 
 fn policy_backups(policy: BackupPolicy, sns: &[String], i: usize) -> Vec<String> {
@@ -824,11 +837,7 @@ fn image_path(sink: &mut Sink<'_>, s: &S, field: &str, source_root: Option<&AbsP
 fn clients(sink: &mut Sink<'_>, c: Option<&Spanned<Clients>>, field: &str, default: &str) -> Vec<String> {
     let Some(c) = c else { return vec![default.to_string()] };
     let span = c.span();
-    let list = match c.get_ref() {
-        Clients::One(s) => Clients::One(s.clone()),
-        Clients::Many(v) => Clients::Many(v.clone()),
-    }
-    .into_vec();
+    let list = c.get_ref().to_vec();
     if list.is_empty() {
         sink.at(span.clone(), field, "no clients given (use \"*\" for everyone)");
     }
@@ -1111,6 +1120,50 @@ served_by = "sn1"
         assert_eq!(warn.len(), 2, "{warn:?}");
         assert!(warn.iter().any(|w| w.contains("`gone` is no longer in the config")), "{warn:?}");
         assert!(warn.iter().any(|w| w.contains("SN `sn7` is no longer in the config")), "{warn:?}");
+    }
+
+    #[test]
+    fn schema_round_trip_and_code_built_config() {
+        use crate::config::*;
+        let file: ConfigFile = toml::from_str(OK).unwrap();
+        let again: ConfigFile = toml::from_str(&file.to_toml().unwrap()).unwrap();
+        assert_eq!(again, file);
+        let from_text = Cluster::from_toml("c.toml", OK).unwrap();
+        assert_eq!(Cluster::from_toml("c.toml", &file.to_toml().unwrap()).unwrap(), from_text);
+
+        // The same cluster built in code.
+        let mut cluster = ClusterSection::new("/install");
+        cluster.backups = Some(sp("ring".into()));
+        cluster.domain = Some(sp("cluster.example".into()));
+        cluster.plaintext_loopback = true;
+        let mut built = ConfigFile::new(cluster);
+        built.sn = vec![
+            SnSection::new("sn1", "127.0.0.1").agent("127.0.0.1:7001"),
+            SnSection::new("sn2", "127.0.0.2").agent("127.0.0.1:7002"),
+            SnSection::new("sn3", "127.0.0.3").agent("127.0.0.1:7003").backups(["sn1", "sn2"]),
+        ];
+        built.image = vec![ImageSection::new("rh8", "netboot/rh8/x86_64/compute/rootimg")];
+        built.statelite =
+            vec![StateliteSection::new("nodedata", "/nodedata").clients(Clients::One("10.1.0.0/16".into()))];
+        built.node =
+            vec![NodeSection::new("cn001", ["sn1", "sn2"]), NodeSection::new("cn002", ["sn2", "sn1"]).served_by("sn1")];
+        assert_eq!(built, file, "spans are not part of the value");
+        assert_eq!(Cluster::from_config("built", &built).unwrap(), from_text);
+
+        // A code-built config's diagnostics name the field; there is no line to name.
+        built.node[0].sns = sp(vec![sp("sn9".to_string())]);
+        let d = Cluster::from_config("built", &built).unwrap_err();
+        assert_eq!(d.to_string(), "built: node[0].sns[0]: unknown SN `sn9`");
+    }
+
+    #[test]
+    fn dialect_parses_one_way() {
+        assert_eq!("aix".parse::<Dialect>(), Ok(Dialect::Aix));
+        assert_eq!("linux".parse::<Dialect>(), Ok(Dialect::Linux));
+        assert!("AIX".parse::<Dialect>().unwrap_err().contains("unknown dialect `AIX`"));
+        for d in [Dialect::Aix, Dialect::Linux] {
+            assert_eq!(d.to_string().parse::<Dialect>(), Ok(d));
+        }
     }
 
     mod prop {

@@ -7,6 +7,7 @@
 pub mod addr;
 pub mod agent;
 pub mod cluster;
+pub mod config;
 pub mod error;
 pub mod name;
 pub mod path;
@@ -17,6 +18,7 @@ pub use agent::AgentConfig;
 pub use cluster::{
     BackupPolicy, Cluster, Dialect, ExternalServer, Image, Node, Server, ServiceNode, Statelite, TlsFiles,
 };
+pub use config::ConfigFile;
 pub use error::{Diagnostic, Diagnostics};
 pub use name::{check_name, Name, MAX_NAME};
 pub use path::{AbsPath, RelPath};
