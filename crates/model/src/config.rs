@@ -57,6 +57,12 @@ impl ConfigFile {
         }
     }
 
+    /// Reads a config file as written, unvalidated (for editing it; a `Cluster` comes only from
+    /// validation). `file` is only used in diagnostics.
+    pub fn parse(file: &str, text: &str) -> Result<ConfigFile, crate::Diagnostics> {
+        crate::error::Sink::new(file, text).parse(text)
+    }
+
     /// The file as TOML (sections in schema order, unset optional keys left out).
     pub fn to_toml(&self) -> Result<String, toml::ser::Error> {
         toml::to_string(self)

@@ -121,6 +121,14 @@ impl Rig {
         std::fs::write(&self.cluster, text.replace(&from, &format!("agent = \"127.0.0.1:{port}\""))).unwrap();
     }
 
+    /// Edits the cluster config through model's schema.
+    pub fn edit_config(&self, edit: impl FnOnce(&mut ConfigFile)) {
+        let text = std::fs::read_to_string(&self.cluster).unwrap();
+        let mut c = ConfigFile::parse("cluster.toml", &text).unwrap();
+        edit(&mut c);
+        std::fs::write(&self.cluster, c.to_toml().unwrap()).unwrap();
+    }
+
     /// Adds `line` to the `[cluster]` table of the cluster config.
     pub fn cluster_option(&self, line: &str) {
         let text = std::fs::read_to_string(&self.cluster).unwrap();
