@@ -426,15 +426,18 @@ impl Controller {
 
 #[cfg(test)]
 mod tests {
+    use model::config::{sp, ClusterSection, ConfigFile, SnSection};
+
     #[test]
     fn one_state_writing_run_at_a_time() {
         let d = tempfile::tempdir().unwrap();
-        let toml = format!(
-            "[cluster]\nsource_root = \"{0}/src\"\nstate_dir = \"{0}/state\"\nplaintext_loopback = true\n\
-             [[sn]]\nname = \"sn1\"\naddress = \"127.0.0.1\"\nagent = \"127.0.0.1:7468\"\n",
-            d.path().display()
-        );
-        let c = model::Cluster::from_toml("t.toml", &toml).unwrap();
+        let s = |p: std::path::PathBuf| p.to_str().unwrap().to_string();
+        let mut section = ClusterSection::new(s(d.path().join("src")));
+        section.state_dir = Some(sp(s(d.path().join("state"))));
+        section.plaintext_loopback = true;
+        let mut file = ConfigFile::new(section);
+        file.sn.push(SnSection::new("sn1", "127.0.0.1").agent("127.0.0.1:7468"));
+        let c = model::Cluster::from_config("t.toml", &file).unwrap();
         let held = super::lock_state(&c).unwrap();
         let e = super::lock_state(&c).err().unwrap().to_string();
         assert!(e.contains("another hanfs sync or plan"), "{e}");

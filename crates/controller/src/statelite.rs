@@ -433,3 +433,38 @@ pub async fn push_exports(ctl: &Controller, sn: &str, text: String) -> Result<(b
     c.shutdown().await;
     Ok(r)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use model::config::{sp, ClusterSection, ConfigFile, NodeSection, SnSection};
+
+    /// cn002's home is sn2; the config has it on sn1 (`served_by`, a move xCAT made).
+    fn cluster(state: &Path) -> Cluster {
+        let mut section = ClusterSection::new("/install");
+        section.state_dir = Some(sp(state.to_str().unwrap().to_string()));
+        section.plaintext_loopback = true;
+        let mut f = ConfigFile::new(section);
+        f.sn.push(SnSection::new("sn1", "127.0.0.1"));
+        f.sn.push(SnSection::new("sn2", "127.0.0.2"));
+        f.node.push(NodeSection::new("cn001", ["sn1", "sn2"]));
+        f.node.push(NodeSection::new("cn002", ["sn2", "sn1"]).served_by("sn1"));
+        Cluster::from_config("t.toml", &f).unwrap()
+    }
+
+    /// Every recorded move survives a reload of the config, a move home against `served_by` too.
+    #[test]
+    fn recorded_moves_survive_a_reload() {
+        let d = tempfile::tempdir().unwrap();
+        let c = cluster(d.path());
+        let moves = vec![("cn001".to_string(), "sn2".to_string()), ("cn002".to_string(), "sn2".to_string())];
+        record_moves(&c, &moves).unwrap();
+        let (after, warn) = apply_overlay(&cluster(d.path())).unwrap();
+        assert!(warn.is_empty(), "{warn:?}");
+        assert_eq!(after.serving("cn001"), Some("sn2"));
+        assert_eq!(after.serving("cn002"), Some("sn2"), "moved home, and stays home");
+        // And back: cn001 home again drops its entry; the overlay keeps only cn002's.
+        record_moves(&after, &[("cn001".to_string(), "sn1".to_string())]).unwrap();
+        assert_eq!(load_overlay(d.path()).unwrap(), BTreeMap::from([("cn002".to_string(), "sn2".to_string())]));
+    }
+}
