@@ -18,7 +18,7 @@ pub struct Last {
 }
 
 fn image_dir(cluster: &Cluster, name: &str) -> PathBuf {
-    Path::new(cluster.state_dir.as_str()).join("images").join(name)
+    Path::new(cluster.state_dir().as_str()).join("images").join(name)
 }
 
 impl Last {

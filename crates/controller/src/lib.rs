@@ -146,7 +146,7 @@ pub struct StatusReport {
 pub struct StateLock(#[allow(dead_code)] std::fs::File);
 
 pub fn lock_state(cluster: &Cluster) -> Result<StateLock> {
-    let dir = std::path::Path::new(cluster.state_dir.as_str());
+    let dir = std::path::Path::new(cluster.state_dir().as_str());
     match flock(dir, "lock", false)? {
         Some(f) => Ok(StateLock(f)),
         None => bail!("another hanfs sync or plan is using {} (lock {}/lock)", dir.display(), dir.display()),
@@ -200,7 +200,7 @@ fn prepare_retrying(cluster: &Cluster, image: &model::Image) -> Result<Prepared>
 /// Renders the exports of every SN of `cluster`, in its dialect (Linux file, AIX managed block).
 pub fn render_exports(cluster: &Cluster) -> Result<Vec<(String, String)>> {
     cluster
-        .sns
+        .sns()
         .iter()
         .map(|s| {
             let text =
@@ -214,19 +214,19 @@ impl Controller {
     /// Loads TLS material from the cluster config; plain TCP only when the config allows it and
     /// every agent is on loopback.
     pub fn new(cluster: Cluster) -> Result<Controller> {
-        let tls = match &cluster.tls {
+        let tls = match cluster.tls() {
             Some(f) => Some(transport::Identity::from_files(f)?.client_config()?),
             None => {
-                if !cluster.plaintext_loopback {
+                if !cluster.plaintext_loopback() {
                     bail!("the cluster config has no [tls] section (plain TCP needs plaintext_loopback = true)");
                 }
-                if let Some(sn) = cluster.sns.iter().find(|s| !s.agent.is_loopback()) {
+                if let Some(sn) = cluster.sns().iter().find(|s| !s.agent.is_loopback()) {
                     bail!("SN {} has agent {} off loopback: plain TCP is refused, configure [tls]", sn.name, sn.agent);
                 }
                 None
             }
         };
-        let timeouts = Timeouts { sn: Duration::from_secs(cluster.sn_timeout_secs), ..Timeouts::default() };
+        let timeouts = Timeouts { sn: Duration::from_secs(cluster.sn_timeout_secs()), ..Timeouts::default() };
         Ok(Controller { cluster: Arc::new(cluster), tls, timeouts, progress: false })
     }
 
@@ -256,7 +256,7 @@ impl Controller {
     /// The images selected by name (all when `names` is empty); unknown names are bad input.
     pub fn select(&self, names: &[String]) -> Result<Vec<model::Image>, String> {
         if names.is_empty() {
-            return Ok(self.cluster.images.clone());
+            return Ok(self.cluster.images().to_vec());
         }
         names
             .iter()
@@ -302,7 +302,7 @@ impl Controller {
         let rendered = self.render_exports()?;
         let mp = if self.progress { Some(indicatif::MultiProgress::new()) } else { None };
         let mut tasks = Vec::new();
-        for sn in &self.cluster.sns {
+        for sn in self.cluster.sns() {
             let mine: Vec<Arc<Prepared>> =
                 prepared.iter().filter(|p| p.image.sns.iter().any(|s| s == &sn.name)).cloned().collect();
             let text = rendered.iter().find(|(n, _)| n == &sn.name).map(|(_, t)| t.clone());
@@ -382,7 +382,7 @@ impl Controller {
         })
         .await??;
         let mut tasks = Vec::new();
-        for sn in &self.cluster.sns {
+        for sn in self.cluster.sns() {
             let mine: Vec<(model::Image, String)> =
                 sources.iter().filter(|(i, _)| i.sns.iter().any(|s| s == &sn.name)).cloned().collect();
             tasks.push(sn::verify_sn(self, sn.clone(), mine));
@@ -410,28 +410,31 @@ impl Controller {
     pub async fn status(&self) -> Result<StatusReport> {
         let lasts: Vec<(String, u64)> = self
             .cluster
-            .images
+            .images()
             .iter()
             .filter_map(|i| {
                 image::Last::load(&self.cluster, &i.name).ok().flatten().map(|l| (i.name.clone(), l.generation))
             })
             .collect();
-        let tasks = self.cluster.sns.iter().map(|sn| sn::status_sn(self, sn.clone(), &lasts));
+        let tasks = self.cluster.sns().iter().map(|sn| sn::status_sn(self, sn.clone(), &lasts));
         Ok(StatusReport { sns: futures::future::join_all(tasks).await })
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use model::config::{sp, ClusterSection, ConfigFile, SnSection};
+
     #[test]
     fn one_state_writing_run_at_a_time() {
         let d = tempfile::tempdir().unwrap();
-        let toml = format!(
-            "[cluster]\nsource_root = \"{0}/src\"\nstate_dir = \"{0}/state\"\nplaintext_loopback = true\n\
-             [[sn]]\nname = \"sn1\"\naddress = \"127.0.0.1\"\nagent = \"127.0.0.1:7468\"\n",
-            d.path().display()
-        );
-        let c = model::Cluster::from_toml("t.toml", &toml).unwrap();
+        let s = |p: std::path::PathBuf| p.to_str().unwrap().to_string();
+        let mut section = ClusterSection::new(s(d.path().join("src")));
+        section.state_dir = Some(sp(s(d.path().join("state"))));
+        section.plaintext_loopback = true;
+        let mut file = ConfigFile::new(section);
+        file.sn.push(SnSection::new("sn1", "127.0.0.1").agent("127.0.0.1:7468"));
+        let c = model::Cluster::from_config("t.toml", &file).unwrap();
         let held = super::lock_state(&c).unwrap();
         let e = super::lock_state(&c).err().unwrap().to_string();
         assert!(e.contains("another hanfs sync or plan"), "{e}");

@@ -69,17 +69,18 @@ fn now() -> u64 {
 /// one serving it.
 pub fn pairs(cluster: &Cluster, nodes: Option<&[String]>) -> Vec<Pair> {
     let mut out = Vec::new();
-    for area in &cluster.statelite {
-        for n in cluster.nodes.iter().filter(|n| n.uses_area(&area.name)) {
+    for area in cluster.statelite() {
+        for n in cluster.nodes().iter().filter(|n| n.uses_area(&area.name)) {
             if nodes.is_some_and(|l| !l.contains(&n.name)) {
                 continue;
             }
-            for b in n.sns.iter().filter(|s| **s != n.served_by) {
+            let Some(serving) = cluster.serving(&n.name) else { continue };
+            for b in n.sns.iter().filter(|s| **s != serving) {
                 out.push(Pair {
                     area: area.name.clone(),
                     path: area.path.as_str().to_string(),
                     node: n.name.clone(),
-                    from: n.served_by.clone(),
+                    from: serving.to_string(),
                     to: b.clone(),
                 });
             }
@@ -151,30 +152,19 @@ pub fn save_overlay(state_dir: &Path, m: &BTreeMap<String, String>) -> Result<()
 
 /// Applies the overlay to a loaded cluster; returns warnings for entries naming unknown nodes or SNs
 /// (left out, never fatal: the config may have changed since the move).
-pub fn apply_overlay(cluster: &mut Cluster) -> Result<Vec<String>> {
-    let m = load_overlay(Path::new(cluster.state_dir.as_str()))?;
-    let sns: Vec<String> = cluster.sns.iter().map(|s| s.name.clone()).collect();
-    let mut warn = Vec::new();
-    for (node, sn) in m {
-        if !sns.contains(&sn) {
-            warn.push(format!("moved node {node}: SN `{sn}` is no longer in the config; ignored"));
-            continue;
-        }
-        match cluster.nodes.iter_mut().find(|n| n.name == node) {
-            Some(n) => n.served_by = sn,
-            None => warn.push(format!("moved node `{node}` is no longer in the config; ignored")),
-        }
-    }
-    Ok(warn)
+pub fn apply_overlay(cluster: &Cluster) -> Result<(Cluster, Vec<String>)> {
+    let m = load_overlay(Path::new(cluster.state_dir().as_str()))?;
+    Ok(cluster.with_recorded_moves(&m))
 }
 
-/// Records new `served_by` values in the overlay (a move back to the home SN drops the entry).
+/// Records new placements in the overlay. An entry is kept relative to the config: a move back to
+/// where the config places the node drops it, so the overlay replayed on the config gives the same
+/// placement.
 pub fn record_moves(cluster: &Cluster, moves: &[(String, String)]) -> Result<()> {
-    let sd = Path::new(cluster.state_dir.as_str());
+    let sd = Path::new(cluster.state_dir().as_str());
     let mut m = load_overlay(sd)?;
     for (node, sn) in moves {
-        let home = cluster.node(node).and_then(|n| n.sns.first());
-        if home == Some(sn) {
+        if cluster.placement().configured(node) == Some(sn.as_str()) {
             m.remove(node);
         } else {
             m.insert(node.clone(), sn.clone());
@@ -204,7 +194,7 @@ fn record_file(cluster: &Cluster, area: &str, node: &str, sn: &str) -> Result<Pa
     for n in [area, node, sn] {
         proto::check_name(n)?;
     }
-    Ok(Path::new(cluster.state_dir.as_str()).join("statelite").join(area).join(node).join(sn))
+    Ok(Path::new(cluster.state_dir().as_str()).join("statelite").join(area).join(node).join(sn))
 }
 
 fn save_record(cluster: &Cluster, p: &Pair, generation: u64, digest: &str) -> Result<()> {
@@ -414,7 +404,7 @@ pub async fn holds_copy(ctl: &Controller, sn: &str, node: &str) -> Result<()> {
     let cl = &ctl.cluster;
     let s = cl.sn(sn).ok_or_else(|| anyhow!("unknown SN {sn}"))?;
     let mut c = ctl.connect(s).await?;
-    let areas = cl.statelite.iter().filter(|a| cl.node(node).is_none_or(|n| n.uses_area(&a.name)));
+    let areas = cl.statelite().iter().filter(|a| cl.node(node).is_none_or(|n| n.uses_area(&a.name)));
     for area in areas {
         let Some((_, digest, _)) = load_record(cl, &area.name, node, sn) else {
             bail!("no synced copy of {}/{node} recorded for {sn}", area.name);
@@ -442,4 +432,39 @@ pub async fn push_exports(ctl: &Controller, sn: &str, text: String) -> Result<(b
     let _ = c.request(&ToAgent::Bye).await;
     c.shutdown().await;
     Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use model::config::{sp, ClusterSection, ConfigFile, NodeSection, SnSection};
+
+    /// cn002's home is sn2; the config has it on sn1 (`served_by`, a move xCAT made).
+    fn cluster(state: &Path) -> Cluster {
+        let mut section = ClusterSection::new("/install");
+        section.state_dir = Some(sp(state.to_str().unwrap().to_string()));
+        section.plaintext_loopback = true;
+        let mut f = ConfigFile::new(section);
+        f.sn.push(SnSection::new("sn1", "127.0.0.1"));
+        f.sn.push(SnSection::new("sn2", "127.0.0.2"));
+        f.node.push(NodeSection::new("cn001", ["sn1", "sn2"]));
+        f.node.push(NodeSection::new("cn002", ["sn2", "sn1"]).served_by("sn1"));
+        Cluster::from_config("t.toml", &f).unwrap()
+    }
+
+    /// Every recorded move survives a reload of the config, a move home against `served_by` too.
+    #[test]
+    fn recorded_moves_survive_a_reload() {
+        let d = tempfile::tempdir().unwrap();
+        let c = cluster(d.path());
+        let moves = vec![("cn001".to_string(), "sn2".to_string()), ("cn002".to_string(), "sn2".to_string())];
+        record_moves(&c, &moves).unwrap();
+        let (after, warn) = apply_overlay(&cluster(d.path())).unwrap();
+        assert!(warn.is_empty(), "{warn:?}");
+        assert_eq!(after.serving("cn001"), Some("sn2"));
+        assert_eq!(after.serving("cn002"), Some("sn2"), "moved home, and stays home");
+        // And back: cn001 home again drops its entry; the overlay keeps only cn002's.
+        record_moves(&after, &[("cn001".to_string(), "sn1".to_string())]).unwrap();
+        assert_eq!(load_overlay(d.path()).unwrap(), BTreeMap::from([("cn002".to_string(), "sn2".to_string())]));
+    }
 }

@@ -4,30 +4,33 @@
 
 use exports::limits::{check_entry, AIX_MAX_REPLICAS, FSLOC_MAX, LINUX_MAX_LOCATIONS, TOKEN_MAX};
 use exports::{Entry, ExportError, FsLocation, LocKind, Locations};
+use model::config::{
+    sp, Clients, ClusterSection, ConfigFile, ExternalSection, ImageSection, NodeSection, SnSection, StateliteSection,
+};
 use model::{Cluster, Dialect};
 
 /// A cluster of one SN `sn1` (dialect `dialect`) with `backups` external servers as backups, one
 /// image at `image_path` for `clients`, a statelite area and one node.
-fn cluster(dialect: &str, backups: usize, image_path: &str, clients: &str) -> Cluster {
-    let mut t = String::from(
-        "[cluster]\nsource_root = \"/install\"\ndomain = \"cluster.example\"\nplaintext_loopback = true\n",
-    );
-    let names: Vec<String> = (1..=backups).map(|i| format!("\"b{i}\"")).collect();
-    t.push_str(&format!(
-        "[[sn]]\nname = \"sn1\"\naddress = \"127.0.0.1\"\ndialect = \"{dialect}\"\nbackups = [{}]\n",
-        names.join(", ")
-    ));
+fn cluster(dialect: &str, backups: usize, image_path: &str, clients: &[&str]) -> Cluster {
+    let mut section = ClusterSection::new("/install");
+    section.domain = Some(sp("cluster.example".into()));
+    section.plaintext_loopback = true;
+    let mut c = ConfigFile::new(section);
+    let names: Vec<String> = (1..=backups).map(|i| format!("b{i}")).collect();
+    c.sn.push(SnSection::new("sn1", "127.0.0.1").dialect(dialect.parse().unwrap()).backups(names));
     for i in 1..=backups {
-        t.push_str(&format!(
-            "[[external]]\nname = \"b{i}\"\naddress = \"10.9.{}.{}\"\nroot = \"/x\"\n",
-            i / 250,
-            i % 250
-        ));
+        let mut e = ExternalSection::new(format!("b{i}"), format!("10.9.{}.{}", i / 250, i % 250));
+        e.root = Some(sp("/x".into()));
+        c.external.push(e);
     }
-    t.push_str(&format!("[[image]]\nname = \"img\"\npath = \"{image_path}\"\nclients = {clients}\n"));
-    t.push_str("[[statelite]]\nname = \"st\"\npath = \"/nodedata\"\nclients = \"10.1.0.0/16\"\n");
-    t.push_str("[[node]]\nname = \"cn001\"\nsns = [\"sn1\"]\n");
-    Cluster::from_toml("limits.toml", &t).unwrap_or_else(|e| panic!("{e}\n{t}"))
+    let clients = match clients {
+        [one] => Clients::One(one.to_string()),
+        many => Clients::Many(many.iter().map(|s| s.to_string()).collect()),
+    };
+    c.image.push(ImageSection::new("img", image_path).clients(clients));
+    c.statelite.push(StateliteSection::new("st", "/nodedata").clients(Clients::One("10.1.0.0/16".into())));
+    c.node.push(NodeSection::new("cn001", ["sn1"]));
+    Cluster::from_config("limits.toml", &c).unwrap_or_else(|e| panic!("{e}\n{c:?}"))
 }
 
 fn build_err(c: &Cluster) -> ExportError {
@@ -37,11 +40,11 @@ fn build_err(c: &Cluster) -> ExportError {
 #[test]
 fn linux_at_most_40_locations() {
     assert!(
-        exports::build(&cluster("linux", LINUX_MAX_LOCATIONS - 1, "i", "\"*\""), "sn1")
+        exports::build(&cluster("linux", LINUX_MAX_LOCATIONS - 1, "i", &["*"]), "sn1")
             .is_err_and(|e| matches!(e, ExportError::FslocTooLong { .. })),
         "40 locations of even the shortest paths exceed 250 bytes: the value limit bites first"
     );
-    let e = build_err(&cluster("linux", LINUX_MAX_LOCATIONS, "i", "\"*\""));
+    let e = build_err(&cluster("linux", LINUX_MAX_LOCATIONS, "i", &["*"]));
     assert!(matches!(e, ExportError::TooManyLocations { count: 41, max: 40, .. }), "{e}");
     assert_eq!(e.export(), Some("/install/i *"));
     assert!(e.to_string().contains("export `/install/i *`"), "{e}");
@@ -49,8 +52,8 @@ fn linux_at_most_40_locations() {
 
 #[test]
 fn aix_at_most_8_replicas() {
-    exports::build(&cluster("aix", AIX_MAX_REPLICAS - 1, "i", "\"*\""), "sn1").unwrap();
-    let e = build_err(&cluster("aix", AIX_MAX_REPLICAS, "i", "\"*\""));
+    exports::build(&cluster("aix", AIX_MAX_REPLICAS - 1, "i", &["*"]), "sn1").unwrap();
+    let e = build_err(&cluster("aix", AIX_MAX_REPLICAS, "i", &["*"]));
     assert!(matches!(e, ExportError::TooManyReplicas { count: 9, max: 8, .. }), "{e}");
     assert_eq!(e.export(), Some("/install/i"));
 }
@@ -59,20 +62,20 @@ fn aix_at_most_8_replicas() {
 fn fsloc_value_under_250_bytes() {
     // Two locations: `/install/P@127.0.0.1:/x/P@10.9.0.1` is 2*len(P) + 32 bytes.
     let fits = "p".repeat((FSLOC_MAX - 1 - 32) / 2);
-    let ex = exports::build(&cluster("linux", 1, &fits, "\"*\""), "sn1").unwrap();
+    let ex = exports::build(&cluster("linux", 1, &fits, &["*"]), "sn1").unwrap();
     assert_eq!(ex.entries[0].fsloc_value(true).unwrap().len(), FSLOC_MAX - 2);
     let long = format!("{fits}p");
-    let e = build_err(&cluster("linux", 1, &long, "\"*\""));
+    let e = build_err(&cluster("linux", 1, &long, &["*"]));
     assert!(matches!(e, ExportError::FslocTooLong { len: 250, max: 250, kind: "replicas", .. }), "{e}");
     assert_eq!(e.export(), Some(format!("/install/{long} *").as_str()));
-    let e = build_err(&cluster("aix", 1, &long, "\"*\""));
+    let e = build_err(&cluster("aix", 1, &long, &["*"]));
     assert!(matches!(e, ExportError::FslocTooLong { .. }), "{e}");
 }
 
 #[test]
 fn client_options_token_under_512_after_etab_growth() {
     let client = format!("@{}", "n".repeat(150));
-    let e = build_err(&cluster("linux", 1, &"p".repeat(100), &format!("\"{client}\"")));
+    let e = build_err(&cluster("linux", 1, &"p".repeat(100), &[client.as_str()]));
     match &e {
         ExportError::TokenTooLong { len, max, export } => {
             assert!(*len >= TOKEN_MAX && *max == TOKEN_MAX);
@@ -80,32 +83,32 @@ fn client_options_token_under_512_after_etab_growth() {
         }
         other => panic!("{other}"),
     }
-    exports::build(&cluster("linux", 1, &"p".repeat(10), &format!("\"{client}\"")), "sn1").unwrap();
+    exports::build(&cluster("linux", 1, &"p".repeat(10), &[client.as_str()]), "sn1").unwrap();
 }
 
 #[test]
 fn no_commas_in_paths() {
-    let e = build_err(&cluster("linux", 1, "netboot/a,b", "\"*\""));
+    let e = build_err(&cluster("linux", 1, "netboot/a,b", &["*"]));
     assert!(matches!(&e, ExportError::Comma { value, .. } if value == "/install/netboot/a,b"), "{e}");
     assert_eq!(e.export(), Some("/install/netboot/a,b *"));
-    let e = build_err(&cluster("aix", 0, "nim/a,b", "\"*\""));
+    let e = build_err(&cluster("aix", 0, "nim/a,b", &["*"]));
     assert!(matches!(e, ExportError::Comma { .. }), "{e}");
 }
 
 #[test]
 fn location_separators_in_paths() {
     for (p, ch) in [("a:b", ':'), ("a@b", '@'), ("a(b)", '(')] {
-        let e = build_err(&cluster("linux", 1, p, "\"*\""));
+        let e = build_err(&cluster("linux", 1, p, &["*"]));
         assert!(matches!(e, ExportError::FslocSyntax { ch: c, .. } if c == ch), "{p}: {e}");
     }
     // Without backups there is no replicas= value, and an export path may hold them (escaped).
-    let ex = exports::build(&cluster("linux", 0, "a(b) c", "\"*\""), "sn1").unwrap();
+    let ex = exports::build(&cluster("linux", 0, "a(b) c", &["*"]), "sn1").unwrap();
     assert!(exports::render(&ex).contains("\n/install/a\\050b\\051\\040c *(ro,"));
 }
 
 #[test]
 fn spaces_are_written_as_040_and_read_back() {
-    let c = cluster("linux", 1, "netboot/my image/rootimg", "\"*\"");
+    let c = cluster("linux", 1, "netboot/my image/rootimg", &["*"]);
     let ex = exports::build(&c, "sn1").unwrap();
     let text = exports::render(&ex);
     assert!(
@@ -118,7 +121,7 @@ fn spaces_are_written_as_040_and_read_back() {
     assert_eq!(back.entries[0].path, "/install/netboot/my image/rootimg");
     assert_eq!(back, ex);
     // AIX has no escape: refuse rather than write a line AIX would split.
-    let e = build_err(&cluster("aix", 1, "nim/my spot", "\"*\""));
+    let e = build_err(&cluster("aix", 1, "nim/my spot", &["*"]));
     assert!(matches!(e, ExportError::Unrepresentable { .. }), "{e}");
 }
 
@@ -184,12 +187,11 @@ fn aix_takes_ips_only() {
 
 #[test]
 fn aix_clients_it_cannot_write() {
-    for (clients, why) in [("\"fd00::/64\"", "`:`"), ("\"*.cluster\"", "wildcard")] {
-        let e = build_err(&cluster("aix", 1, "nim/spot/s", clients));
-        assert!(matches!(&e, ExportError::Unrepresentable { why: w, .. } if w.contains(why)), "{clients}: {e}");
+    for (clients, why) in [(["fd00::/64"], "`:`"), (["*.cluster"], "wildcard")] {
+        let e = build_err(&cluster("aix", 1, "nim/spot/s", &clients));
+        assert!(matches!(&e, ExportError::Unrepresentable { why: w, .. } if w.contains(why)), "{clients:?}: {e}");
     }
-    let ex =
-        exports::build(&cluster("aix", 1, "nim/spot/s", "[\"10.1.0.0/16\", \"@compute\", \"cn1\"]"), "sn1").unwrap();
+    let ex = exports::build(&cluster("aix", 1, "nim/spot/s", &["10.1.0.0/16", "@compute", "cn1"]), "sn1").unwrap();
     assert_eq!(
         ex.entries[0].options,
         vec!["vers=4", "ro", "access=@10.1.0.0/16:compute:cn1", "root=@10.1.0.0/16:compute:cn1"]
@@ -206,6 +208,6 @@ fn duplicates_are_refused() {
 
 #[test]
 fn unknown_sn() {
-    let c = cluster("linux", 0, "i", "\"*\"");
+    let c = cluster("linux", 0, "i", &["*"]);
     assert_eq!(exports::build(&c, "nope").unwrap_err(), ExportError::UnknownSn("nope".into()));
 }

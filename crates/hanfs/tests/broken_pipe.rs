@@ -3,6 +3,7 @@
 //! message) with status 0, as the contract says. The pipe's read end is closed before hanfs writes anything, so
 //! every write meets EPIPE.
 
+use model::config::{sp, ClusterSection, ConfigFile, ImageSection, SnSection};
 use std::process::{Command, Stdio};
 
 fn closed_pipe() -> Stdio {
@@ -16,14 +17,16 @@ fn printing_commands_end_quietly_on_a_closed_pipe() {
     let t = tempfile::tempdir().unwrap();
     let d = t.path();
     std::fs::create_dir_all(d.join("src/netboot/x")).unwrap();
-    let mut cfg = format!(
-        "[cluster]\nsource_root = \"{0}/src\"\nstate_dir = \"{0}/state\"\nplaintext_loopback = true\n",
-        d.display()
-    );
+    let s = |p: std::path::PathBuf| p.to_str().unwrap().to_string();
+    let mut section = ClusterSection::new(s(d.join("src")));
+    section.state_dir = Some(sp(s(d.join("state"))));
+    section.plaintext_loopback = true;
+    let mut cfg = ConfigFile::new(section);
     for i in 1..=4 {
-        cfg += &format!("\n[[sn]]\nname = \"sn{i}\"\naddress = \"127.0.0.{i}\"\nagent = \"127.0.0.1:{}\"\n", 7000 + i);
+        cfg.sn.push(SnSection::new(format!("sn{i}"), format!("127.0.0.{i}")).agent(format!("127.0.0.1:{}", 7000 + i)));
     }
-    cfg += "\n[[image]]\nname = \"img\"\npath = \"netboot/x\"\n";
+    cfg.image.push(ImageSection::new("img", "netboot/x"));
+    let cfg = cfg.to_toml().unwrap();
     let c = d.join("cluster.toml");
     std::fs::write(&c, cfg).unwrap();
     for args in [&["exports"][..], &["--json", "exports"], &["exports", "--sn", "sn1"], &["plan"], &["--json", "plan"]]

@@ -5,6 +5,7 @@
 
 mod net;
 
+use model::config::{Clients, ImageSection};
 use net::{assert_same_tree, fill, Rig, IMAGE_PATH};
 
 #[test]
@@ -13,12 +14,7 @@ fn one_failed_image_does_not_stop_the_sns_other_images() {
     fill(&rig.source(), 10);
     let other_src = rig.path().join("src/other/rootimg");
     fill(&other_src, 10);
-    let text = std::fs::read_to_string(&rig.cluster).unwrap();
-    std::fs::write(
-        &rig.cluster,
-        format!("{text}\n[[image]]\nname = \"other\"\npath = \"other/rootimg\"\nclients = \"*\"\n"),
-    )
-    .unwrap();
+    rig.edit_config(|c| c.image.push(ImageSection::new("other", "other/rootimg").clients(Clients::One("*".into()))));
     // The obstacle: where the first image's replica must be, a regular file.
     let blocked = rig.agents[0].root.join(IMAGE_PATH);
     std::fs::create_dir_all(blocked.parent().unwrap()).unwrap();

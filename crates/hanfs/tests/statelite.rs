@@ -6,6 +6,7 @@
 
 mod net;
 
+use model::config::{Clients, NodeSection, StateliteSection};
 use net::{assert_same_tree, hanfs_bin, Rig};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -45,16 +46,16 @@ fn restart_with_statelite(rig: &mut Rig, i: usize) {
     }
 }
 
-fn setup(fence: &str) -> Rig {
+fn setup(fence: &[&str]) -> Rig {
     let mut rig = Rig::new(3, false);
     for i in 0..3 {
         restart_with_statelite(&mut rig, i);
     }
-    let mut c = std::fs::read_to_string(&rig.cluster).unwrap();
-    c = c.replacen("[cluster]\n", &format!("[cluster]\nfence = {fence}\n"), 1);
-    c += "\n[[statelite]]\nname = \"nodedata\"\npath = \"/nodedata\"\nclients = \"10.1.0.0/16\"\n";
-    c += "\n[[node]]\nname = \"cn001\"\nsns = [\"sn1\", \"sn2\"]\n";
-    std::fs::write(&rig.cluster, c).unwrap();
+    rig.edit_config(|c| {
+        c.cluster.fence = fence.iter().map(|s| s.to_string()).collect();
+        c.statelite.push(StateliteSection::new("nodedata", "/nodedata").clients(Clients::One("10.1.0.0/16".into())));
+        c.node.push(NodeSection::new("cn001", ["sn1", "sn2"]));
+    });
     let d = data(&rig, 0, "cn001");
     std::fs::create_dir_all(d.join("etc")).unwrap();
     std::fs::create_dir_all(d.join("var/log")).unwrap();
@@ -89,7 +90,8 @@ fn sync_migrate_failover() {
     let t0 = Instant::now();
     let marker = tempfile::tempdir().unwrap();
     let mfile = marker.path().join("fenced");
-    let mut rig = setup(&format!("[\"sh\", \"-c\", \"echo {{sn}} {{address}} > {}\"]", mfile.display()));
+    let echo = format!("echo {{sn}} {{address}} > {}", mfile.display());
+    let mut rig = setup(&["sh", "-c", &echo]);
 
     // 1. Replication: serving sn1 -> backup sn2, crash-safe replica there; lag reported.
     let (code, v) = rig.hanfs_json(&["sync"]);
@@ -172,7 +174,7 @@ fn sync_migrate_failover() {
 
 #[test]
 fn hostile_statelite_path_is_refused() {
-    let rig = setup("[]");
+    let rig = setup(&[]);
     // An area outside the agents' statelite_roots: the agents refuse it, nothing is written there.
     let c =
         std::fs::read_to_string(&rig.cluster).unwrap().replace("path = \"/nodedata\"", "path = \"/etc/hanfs-evil\"");
@@ -206,7 +208,7 @@ fn hostile_statelite_path_is_refused() {
 
 #[test]
 fn migrate_repoints_xcat() {
-    let rig = setup("[]");
+    let rig = setup(&[]);
     // cn030 of the committed xCAT fixture, served by sn1 with sn2 as backup.
     let c = std::fs::read_to_string(&rig.cluster).unwrap() + "\n[[node]]\nname = \"cn030\"\nsns = [\"sn1\", \"sn2\"]\n";
     std::fs::write(&rig.cluster, c).unwrap();
@@ -246,7 +248,7 @@ fn migrate_repoints_xcat() {
 /// `hanfs daemon --statelite-secs N` copies statelite data on its own clock, with no image change.
 #[test]
 fn daemon_copies_statelite_on_its_clock() {
-    let rig = setup("[\"true\"]");
+    let rig = setup(&["true"]);
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let log = std::fs::File::create(rig.path().join("daemon.log")).unwrap();
     struct Killed(std::process::Child);

@@ -97,16 +97,7 @@ impl AgentConfig {
             None => Some(DEFAULT_CONTROLLER.to_string()),
         };
         let dialect = match &raw.dialect {
-            Some(d) if d.get_ref() == "linux" => Some(Dialect::Linux),
-            Some(d) if d.get_ref() == "aix" => Some(Dialect::Aix),
-            Some(d) => {
-                sink.at(
-                    d.span(),
-                    "dialect",
-                    format!("unknown dialect `{}`; expected \"linux\" or \"aix\"", d.get_ref()),
-                );
-                None
-            }
+            Some(d) => d.get_ref().parse::<Dialect>().map_err(|m| sink.at(d.span(), "dialect", m)).ok(),
             None => Some(Dialect::Linux),
         };
         let default_exports = match dialect {

@@ -3,12 +3,13 @@
 //! path stays under its root.
 
 use crate::addr::{Address, Endpoint};
+use crate::config::{Clients, ConfigFile, Spanned, Text as S};
 use crate::error::{Diagnostics, Sink};
 use crate::name::check_name;
 use crate::path::{AbsPath, RelPath};
+use crate::placement::{MoveError, Placement};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
-use toml::Spanned;
 
 /// Default TCP port of `hanfs agent`.
 pub const DEFAULT_AGENT_PORT: u16 = 7468;
@@ -22,12 +23,34 @@ pub enum Dialect {
 }
 
 impl Dialect {
-    fn parse(s: &str) -> Result<Self, String> {
+    /// The dialect's name as configs write it (`linux`, `aix`); the one parse of it.
+    pub fn parse(s: &str) -> Result<Self, String> {
         match s {
             "linux" => Ok(Dialect::Linux),
             "aix" => Ok(Dialect::Aix),
             _ => Err(format!("unknown dialect `{s}`; expected \"linux\" or \"aix\"")),
         }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Dialect::Linux => "linux",
+            Dialect::Aix => "aix",
+        }
+    }
+}
+
+impl std::str::FromStr for Dialect {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        Dialect::parse(s)
+    }
+}
+
+impl std::fmt::Display for Dialect {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -44,12 +67,21 @@ pub enum BackupPolicy {
 }
 
 impl BackupPolicy {
-    fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, String> {
         match s {
             "ring" => Ok(BackupPolicy::Ring),
             "pairs" => Ok(BackupPolicy::Pairs),
             "none" => Ok(BackupPolicy::None),
             _ => Err(format!("unknown backup policy `{s}`; expected \"ring\", \"pairs\" or \"none\"")),
+        }
+    }
+
+    /// The policy's name as configs write it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackupPolicy::Ring => "ring",
+            BackupPolicy::Pairs => "pairs",
+            BackupPolicy::None => "none",
         }
     }
 }
@@ -110,10 +142,9 @@ pub struct Statelite {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Node {
     pub name: String,
-    /// Primary first, as xCAT's `noderes.servicenode`.
+    /// Primary first, as xCAT's `noderes.servicenode`. Which one serves the node now is the
+    /// cluster's [`Placement`]'s to say.
     pub sns: Vec<String>,
-    /// The SN that serves this node's statelite data now: `sns[0]` unless the node was migrated.
-    pub served_by: String,
     /// The `[[statelite]]` areas (by name) that hold this node's data; `None`: every area. A node of
     /// a stateless image has `Some([])`; a node with `/gpudata` beside `/nodedata` names both.
     #[serde(default)]
@@ -121,39 +152,31 @@ pub struct Node {
 }
 
 impl Node {
-    /// Whether the node's data was moved away from its home (primary) SN.
-    pub fn is_migrated(&self) -> bool {
-        self.sns.first() != Some(&self.served_by)
-    }
-
     /// Whether statelite area `area` (its name) holds data of this node.
     pub fn uses_area(&self, area: &str) -> bool {
         self.statelite.as_ref().is_none_or(|l| l.iter().any(|a| a == area))
     }
 }
 
-/// A validated cluster.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A validated cluster. It exists only validated (built by [`Cluster::from_toml`]) and never
+/// changes: a node move makes a new one through [`Cluster::with_moves`], which checks it.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cluster {
-    pub source_root: AbsPath,
-    pub state_dir: AbsPath,
-    pub backup_policy: BackupPolicy,
-    pub domain: Option<String>,
-    pub tls: Option<TlsFiles>,
-    /// Plain TCP to agents; accepted only when every agent endpoint is loopback.
-    pub plaintext_loopback: bool,
-    /// Command run by `hanfs failover` to fence a dead SN; `{sn}` and `{address}` are substituted.
-    pub fence: Vec<String>,
-    /// Deadline of everything one SN does in one run (connect, transfer, commit, exports): an SN
-    /// that has not finished by then is reported failed and the run ends without it.
-    pub sn_timeout_secs: u64,
-    /// zstd level of the payloads sent to agents (0 sends them uncompressed; default 1).
-    pub zstd_level: i32,
-    pub sns: Vec<ServiceNode>,
-    pub externals: Vec<ExternalServer>,
-    pub images: Vec<Image>,
-    pub statelite: Vec<Statelite>,
-    pub nodes: Vec<Node>,
+    source_root: AbsPath,
+    state_dir: AbsPath,
+    backup_policy: BackupPolicy,
+    domain: Option<String>,
+    tls: Option<TlsFiles>,
+    plaintext_loopback: bool,
+    fence: Vec<String>,
+    sn_timeout_secs: u64,
+    zstd_level: i32,
+    sns: Vec<ServiceNode>,
+    externals: Vec<ExternalServer>,
+    images: Vec<Image>,
+    statelite: Vec<Statelite>,
+    nodes: Vec<Node>,
+    placement: Placement,
 }
 
 /// Any server that may appear in a location list.
@@ -169,10 +192,135 @@ impl Cluster {
     /// Parse and validate a config. `file` is only used in diagnostics.
     pub fn from_toml(file: &str, text: &str) -> Result<Cluster, Diagnostics> {
         let mut sink = Sink::new(file, text);
-        let raw: RawFile = sink.parse(text)?;
-        let cluster = validate(raw, &mut sink);
+        let raw: ConfigFile = sink.parse(text)?;
+        let cluster = validate(&raw, &mut sink);
         sink.finish()?;
         cluster.ok_or_else(|| Diagnostics(Vec::new()))
+    }
+
+    /// Validate a config built in code (or parsed elsewhere). Its spans point nowhere, so
+    /// diagnostics name `file` and the field but no line.
+    pub fn from_config(file: &str, config: &ConfigFile) -> Result<Cluster, Diagnostics> {
+        let mut sink = Sink::unlocated(file);
+        let cluster = validate(config, &mut sink);
+        sink.finish()?;
+        cluster.ok_or_else(|| Diagnostics(Vec::new()))
+    }
+
+    /// Where image trees live on the MN.
+    pub fn source_root(&self) -> &AbsPath {
+        &self.source_root
+    }
+
+    /// The controller's state directory on the MN.
+    pub fn state_dir(&self) -> &AbsPath {
+        &self.state_dir
+    }
+
+    pub fn backup_policy(&self) -> BackupPolicy {
+        self.backup_policy
+    }
+
+    /// The NFSv4 domain, when the config sets one.
+    pub fn domain(&self) -> Option<&str> {
+        self.domain.as_deref()
+    }
+
+    pub fn tls(&self) -> Option<&TlsFiles> {
+        self.tls.as_ref()
+    }
+
+    /// Plain TCP to agents; accepted only when every agent endpoint is loopback.
+    pub fn plaintext_loopback(&self) -> bool {
+        self.plaintext_loopback
+    }
+
+    /// Command run by `hanfs failover` to fence a dead SN; `{sn}` and `{address}` are substituted.
+    pub fn fence(&self) -> &[String] {
+        &self.fence
+    }
+
+    /// Deadline of everything one SN does in one run (connect, transfer, commit, exports): an SN
+    /// that has not finished by then is reported failed and the run ends without it.
+    pub fn sn_timeout_secs(&self) -> u64 {
+        self.sn_timeout_secs
+    }
+
+    /// zstd level of the payloads sent to agents (0 sends them uncompressed; default 1).
+    pub fn zstd_level(&self) -> i32 {
+        self.zstd_level
+    }
+
+    pub fn sns(&self) -> &[ServiceNode] {
+        &self.sns
+    }
+
+    pub fn externals(&self) -> &[ExternalServer] {
+        &self.externals
+    }
+
+    pub fn images(&self) -> &[Image] {
+        &self.images
+    }
+
+    pub fn statelite(&self) -> &[Statelite] {
+        &self.statelite
+    }
+
+    pub fn nodes(&self) -> &[Node] {
+        &self.nodes
+    }
+
+    /// Which SN serves which node now.
+    pub fn placement(&self) -> &Placement {
+        &self.placement
+    }
+
+    /// The SN serving `node` now (its home unless moved).
+    pub fn serving(&self, node: &str) -> Option<&str> {
+        self.placement.serving(node)
+    }
+
+    /// This cluster with `moves` (node -> SN) applied, each checked: the node exists, the SN is an SN
+    /// of this cluster (not an external server) and does not serve the node already. A move to the
+    /// node's home undoes its move. All or nothing: on an error nothing is applied.
+    pub fn with_moves(&self, moves: &BTreeMap<String, String>) -> Result<Cluster, MoveError> {
+        let mut out = self.clone();
+        for (node, sn) in moves {
+            if self.node(node).is_none() {
+                return Err(MoveError::UnknownNode(node.clone()));
+            }
+            if self.sn(sn).is_none() {
+                return Err(if self.externals.iter().any(|e| &e.name == sn) {
+                    MoveError::NotAnSn { node: node.clone(), sn: sn.clone() }
+                } else {
+                    MoveError::UnknownSn { node: node.clone(), sn: sn.clone() }
+                });
+            }
+            if self.placement.serving(node) == Some(sn.as_str()) {
+                return Err(MoveError::AlreadyServed { node: node.clone(), sn: sn.clone() });
+            }
+            out.placement.set(node, sn);
+        }
+        Ok(out)
+    }
+
+    /// This cluster with a persisted move record applied, leniently: the config may have changed
+    /// since the moves were made, so an entry naming a node or SN no longer in it is left out with a
+    /// warning (never fatal), and an entry naming the SN that serves the node already is a no-op.
+    pub fn with_recorded_moves(&self, moves: &BTreeMap<String, String>) -> (Cluster, Vec<String>) {
+        let mut out = self.clone();
+        let mut warn = Vec::new();
+        for (node, sn) in moves {
+            if self.sn(sn).is_none() {
+                warn.push(format!("moved node {node}: SN `{sn}` is no longer in the config; ignored"));
+            } else if self.node(node).is_none() {
+                warn.push(format!("moved node `{node}` is no longer in the config; ignored"));
+            } else {
+                out.placement.set(node, sn);
+            }
+        }
+        (out, warn)
     }
 
     pub fn sn(&self, name: &str) -> Option<&ServiceNode> {
@@ -218,43 +366,6 @@ impl Cluster {
     }
 }
 
-// ---------------------------------------------------------------------------------------------
-// Raw, span-carrying form, as written.
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawFile {
-    cluster: RawCluster,
-    tls: Option<TlsFiles>,
-    #[serde(default)]
-    sn: Vec<RawSn>,
-    #[serde(default)]
-    external: Vec<RawExternal>,
-    #[serde(default)]
-    image: Vec<RawImage>,
-    #[serde(default)]
-    statelite: Vec<RawStatelite>,
-    #[serde(default)]
-    node: Vec<RawNode>,
-}
-
-type S = Spanned<String>;
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawCluster {
-    source_root: S,
-    state_dir: Option<S>,
-    backups: Option<S>,
-    domain: Option<S>,
-    #[serde(default)]
-    plaintext_loopback: bool,
-    #[serde(default)]
-    fence: Vec<String>,
-    sn_timeout_secs: Option<Spanned<i64>>,
-    zstd_level: Option<Spanned<i64>>,
-}
-
 /// Default of `cluster.sn_timeout_secs`: an hour for one SN's whole part of a run.
 pub const DEFAULT_SN_TIMEOUT_SECS: u64 = 3600;
 
@@ -263,76 +374,50 @@ pub const DEFAULT_ZSTD_LEVEL: i32 = 1;
 /// Highest `cluster.zstd_level`: zstd's levels above 19 need a larger window on the agents too.
 pub const MAX_ZSTD_LEVEL: i32 = 19;
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawSn {
-    name: S,
-    address: S,
-    agent: Option<S>,
-    dialect: Option<S>,
-    backups: Option<Spanned<Vec<S>>>,
-    root: Option<S>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawExternal {
-    name: S,
-    address: S,
-    agent: Option<S>,
-    root: Option<S>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawImage {
-    name: S,
-    path: S,
-    clients: Option<Spanned<Clients>>,
-    #[serde(default)]
-    exclude: Vec<String>,
-    sns: Option<Vec<S>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawStatelite {
-    name: S,
-    path: S,
-    clients: Option<Spanned<Clients>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawNode {
-    name: S,
-    sns: Spanned<Vec<S>>,
-    served_by: Option<S>,
-    statelite: Option<Vec<S>>,
-}
-
-/// `clients = "*"` or `clients = ["10.1.0.0/16", "@compute"]`.
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum Clients {
-    One(String),
-    Many(Vec<String>),
-}
-
-impl Clients {
-    fn into_vec(self) -> Vec<String> {
-        match self {
-            Clients::One(s) => s.split_whitespace().map(str::to_string).collect(),
-            Clients::Many(v) => v,
-        }
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // Validation.
 
-fn validate(raw: RawFile, sink: &mut Sink<'_>) -> Option<Cluster> {
-    let c = &raw.cluster;
+fn validate(raw: &ConfigFile, sink: &mut Sink<'_>) -> Option<Cluster> {
+    let section = cluster_section(&raw.cluster, sink);
+    let names = server_names(raw, sink);
+    let sns = service_nodes(raw, &section, &names, sink);
+    let externals = external_servers(raw, section.source_root.as_ref(), sink);
+    aix_rules(raw, &sns, &externals, section.domain.as_deref(), sink);
+    let sn_names: Vec<String> = raw.sn.iter().map(|s| s.name.get_ref().clone()).collect();
+    let images = images(raw, section.source_root.as_ref(), &sn_names, sink);
+    let statelite = statelite_areas(raw, sink);
+    let (nodes, placement) = nodes(raw, &sn_names, &statelite, sink);
+    transport_security(raw, &sns, sink);
+    Some(Cluster {
+        source_root: section.source_root?,
+        state_dir: section.state_dir?,
+        backup_policy: section.backup_policy?,
+        domain: section.domain,
+        tls: raw.tls.clone(),
+        plaintext_loopback: raw.cluster.plaintext_loopback,
+        fence: raw.cluster.fence.clone(),
+        sn_timeout_secs: section.sn_timeout_secs,
+        zstd_level: section.zstd_level,
+        sns,
+        externals,
+        images,
+        statelite,
+        nodes,
+        placement,
+    })
+}
+
+/// `[cluster]`, checked; `None` where a value is wrong (reported).
+struct Section {
+    source_root: Option<AbsPath>,
+    state_dir: Option<AbsPath>,
+    backup_policy: Option<BackupPolicy>,
+    sn_timeout_secs: u64,
+    zstd_level: i32,
+    domain: Option<String>,
+}
+
+fn cluster_section(c: &crate::config::ClusterSection, sink: &mut Sink<'_>) -> Section {
     let source_root = abs(sink, &c.source_root, "cluster.source_root");
     let state_dir = match &c.state_dir {
         Some(s) => abs(sink, s, "cluster.state_dir"),
@@ -368,7 +453,12 @@ fn validate(raw: RawFile, sink: &mut Sink<'_>) -> Option<Cluster> {
         }
     });
 
-    // Names are shared by SNs and external servers: a backup list may name either.
+    Section { source_root, state_dir, backup_policy, sn_timeout_secs, zstd_level, domain }
+}
+
+/// Server names (SNs and external servers) and where each was defined. Names are shared by SNs and
+/// external servers: a backup list may name either, so none may be defined twice.
+fn server_names(raw: &ConfigFile, sink: &mut Sink<'_>) -> BTreeMap<String, std::ops::Range<usize>> {
     let mut names: BTreeMap<String, std::ops::Range<usize>> = BTreeMap::new();
     let mut claim = |sink: &mut Sink<'_>, n: &S, field: String| {
         let v = n.get_ref();
@@ -377,8 +467,9 @@ fn validate(raw: RawFile, sink: &mut Sink<'_>) -> Option<Cluster> {
         } else if !crate::addr::is_hostname(v) {
             sink.at(n.span(), field, format!("`{v}` is not a valid name (letters, digits, `-`, `.`)"));
         } else if let Some(prev) = names.get(v) {
-            let (line, _) = sink.index.locate(prev.start);
-            sink.at(n.span(), field, format!("duplicate server name `{v}` (first defined on line {line})"));
+            let (line, _) = sink.locate(prev.start);
+            let first = if line > 0 { format!(" (first defined on line {line})") } else { String::new() };
+            sink.at(n.span(), field, format!("duplicate server name `{v}`{first}"));
         } else {
             names.insert(v.clone(), n.span());
         }
@@ -389,11 +480,22 @@ fn validate(raw: RawFile, sink: &mut Sink<'_>) -> Option<Cluster> {
     for (i, e) in raw.external.iter().enumerate() {
         claim(sink, &e.name, format!("external[{i}].name"));
     }
+
     if raw.sn.is_empty() {
         sink.nowhere("sn", "the cluster defines no service node ([[sn]])");
     }
+    names
+}
 
-    let default_root = source_root.clone();
+/// `[[sn]]`: addresses, agents, dialects, roots and backup lists (named, or by the cluster's policy).
+fn service_nodes(
+    raw: &ConfigFile,
+    section: &Section,
+    names: &BTreeMap<String, std::ops::Range<usize>>,
+    sink: &mut Sink<'_>,
+) -> Vec<ServiceNode> {
+    let default_root = section.source_root.clone();
+    let backup_policy = section.backup_policy;
     let sn_names: Vec<String> = raw.sn.iter().map(|s| s.name.get_ref().clone()).collect();
     let mut sns = Vec::new();
     for (i, s) in raw.sn.iter().enumerate() {
@@ -436,6 +538,11 @@ fn validate(raw: RawFile, sink: &mut Sink<'_>) -> Option<Cluster> {
         }
     }
 
+    sns
+}
+
+/// `[[external]]`: backup servers that are not SNs.
+fn external_servers(raw: &ConfigFile, default_root: Option<&AbsPath>, sink: &mut Sink<'_>) -> Vec<ExternalServer> {
     let mut externals = Vec::new();
     for (i, e) in raw.external.iter().enumerate() {
         let f = |k: &str| format!("external[{i}].{k}");
@@ -446,14 +553,24 @@ fn validate(raw: RawFile, sink: &mut Sink<'_>) -> Option<Cluster> {
         };
         let root = match &e.root {
             Some(r) => abs(sink, r, &f("root")),
-            None => default_root.clone(),
+            None => default_root.cloned(),
         };
         if let (Some(address), Some(agent), Some(root)) = (address, agent, root) {
             externals.push(ExternalServer { name: e.name.get_ref().clone(), address, agent, root });
         }
     }
 
-    // AIX: replica lists must be IP literals, and replicas need an NFSv4 domain.
+    externals
+}
+
+/// AIX: replica lists must be IP literals, and replicas need an NFSv4 domain.
+fn aix_rules(
+    raw: &ConfigFile,
+    sns: &[ServiceNode],
+    externals: &[ExternalServer],
+    domain: Option<&str>,
+    sink: &mut Sink<'_>,
+) {
     for (i, s) in raw.sn.iter().enumerate() {
         let Some(sn) = sns.iter().find(|x| &x.name == s.name.get_ref()) else { continue };
         if sn.dialect != Dialect::Aix {
@@ -487,7 +604,7 @@ fn validate(raw: RawFile, sink: &mut Sink<'_>) -> Option<Cluster> {
                 );
             }
         }
-        if domain.is_none() && c.domain.is_none() {
+        if domain.is_none() && raw.cluster.domain.is_none() {
             sink.at(
                 s.dialect.as_ref().map(|d| d.span()).unwrap_or(s.name.span()),
                 format!("sn[{i}].dialect"),
@@ -495,7 +612,10 @@ fn validate(raw: RawFile, sink: &mut Sink<'_>) -> Option<Cluster> {
             );
         }
     }
+}
 
+/// `[[image]]`: names, paths under the source root (never per-SN trees), clients, SNs; no nesting.
+fn images(raw: &ConfigFile, source_root: Option<&AbsPath>, sn_names: &[String], sink: &mut Sink<'_>) -> Vec<Image> {
     let mut images = Vec::new();
     let mut image_names = BTreeSet::new();
     let mut image_paths: BTreeMap<String, String> = BTreeMap::new();
@@ -506,7 +626,7 @@ fn validate(raw: RawFile, sink: &mut Sink<'_>) -> Option<Cluster> {
         if !image_names.insert(name.clone()) {
             sink.at(im.name.span(), f("name"), format!("duplicate image name `{name}`"));
         }
-        let path = image_path(sink, &im.path, &f("path"), source_root.as_ref());
+        let path = image_path(sink, &im.path, &f("path"), source_root);
         if let Some(p) = &path {
             if let Some(other) = image_paths.insert(p.as_str().to_string(), name.clone()) {
                 sink.at(im.path.span(), f("path"), format!("path `{p}` is already image `{other}`'s"));
@@ -526,7 +646,7 @@ fn validate(raw: RawFile, sink: &mut Sink<'_>) -> Option<Cluster> {
                     }
                 })
                 .collect(),
-            None => sn_names.clone(),
+            None => sn_names.to_vec(),
         };
         if let (Some(path), true) = (path, name_ok) {
             images.push(Image { name: name.clone(), path, clients, exclude: im.exclude.clone(), sns: isns });
@@ -547,6 +667,11 @@ fn validate(raw: RawFile, sink: &mut Sink<'_>) -> Option<Cluster> {
         }
     }
 
+    images
+}
+
+/// `[[statelite]]`: names, absolute paths other than `/`, clients.
+fn statelite_areas(raw: &ConfigFile, sink: &mut Sink<'_>) -> Vec<Statelite> {
     let mut statelite = Vec::new();
     let mut statelite_names = BTreeSet::new();
     for (i, st) in raw.statelite.iter().enumerate() {
@@ -567,7 +692,18 @@ fn validate(raw: RawFile, sink: &mut Sink<'_>) -> Option<Cluster> {
         }
     }
 
+    statelite
+}
+
+/// `[[node]]`: names, SN lists (home first), areas; and where each node is served from.
+fn nodes(
+    raw: &ConfigFile,
+    sn_names: &[String],
+    statelite: &[Statelite],
+    sink: &mut Sink<'_>,
+) -> (Vec<Node>, Placement) {
     let mut nodes = Vec::new();
+    let mut serving = Vec::new();
     let mut node_names = BTreeSet::new();
     for (i, n) in raw.node.iter().enumerate() {
         let name = n.name.get_ref();
@@ -623,13 +759,18 @@ fn validate(raw: RawFile, sink: &mut Sink<'_>) -> Option<Cluster> {
             }
             out
         });
-        if ok {
-            nodes.push(Node { name: name.clone(), sns: list, served_by, statelite: areas });
+        if let (true, Some(home)) = (ok, list.first()) {
+            serving.push((name.clone(), home.clone(), Some(served_by)));
+            nodes.push(Node { name: name.clone(), sns: list, statelite: areas });
         }
     }
 
-    let tls = raw.tls;
-    if tls.is_none() {
+    (nodes, Placement::new(serving))
+}
+
+/// Agents off loopback need `[tls]`; plain TCP to loopback agents must be asked for.
+fn transport_security(raw: &ConfigFile, sns: &[ServiceNode], sink: &mut Sink<'_>) {
+    if raw.tls.is_none() {
         let remote: Vec<&str> = sns.iter().filter(|s| !s.agent.is_loopback()).map(|s| s.name.as_str()).collect();
         if !remote.is_empty() {
             // Pointed at the first remote agent: the line that needs TLS.
@@ -643,30 +784,13 @@ fn validate(raw: RawFile, sink: &mut Sink<'_>) -> Option<Cluster> {
                     remote.join(", ")
                 ),
             );
-        } else if !c.plaintext_loopback {
+        } else if !raw.cluster.plaintext_loopback {
             sink.nowhere(
                 "cluster.plaintext_loopback",
                 "no [tls] section: set plaintext_loopback = true to talk plain TCP to loopback agents",
             );
         }
     }
-
-    Some(Cluster {
-        source_root: source_root?,
-        state_dir: state_dir?,
-        backup_policy: backup_policy?,
-        domain,
-        tls,
-        plaintext_loopback: c.plaintext_loopback,
-        fence: c.fence.clone(),
-        sn_timeout_secs,
-        zstd_level,
-        sns,
-        externals,
-        images,
-        statelite,
-        nodes,
-    })
 }
 
 fn policy_backups(policy: BackupPolicy, sns: &[String], i: usize) -> Vec<String> {
@@ -734,11 +858,7 @@ fn image_path(sink: &mut Sink<'_>, s: &S, field: &str, source_root: Option<&AbsP
 fn clients(sink: &mut Sink<'_>, c: Option<&Spanned<Clients>>, field: &str, default: &str) -> Vec<String> {
     let Some(c) = c else { return vec![default.to_string()] };
     let span = c.span();
-    let list = match c.get_ref() {
-        Clients::One(s) => Clients::One(s.clone()),
-        Clients::Many(v) => Clients::Many(v.clone()),
-    }
-    .into_vec();
+    let list = c.get_ref().to_vec();
     if list.is_empty() {
         sink.at(span.clone(), field, "no clients given (use \"*\" for everyone)");
     }
@@ -815,8 +935,8 @@ served_by = "sn1"
         assert_eq!(c.sns[2].backups, vec!["sn1", "sn2"]);
         assert_eq!(c.images[0].sns, vec!["sn1", "sn2", "sn3"]);
         assert_eq!(c.sns[0].agent.port, 7001);
-        assert!(c.node("cn002").unwrap().is_migrated());
-        assert!(!c.node("cn001").unwrap().is_migrated());
+        assert!(c.placement().is_moved("cn002"));
+        assert!(!c.placement().is_moved("cn001"));
         let rs: Vec<_> = c.replica_set(&c.sns[2]).iter().map(|s| s.name).collect();
         assert_eq!(rs, vec!["sn3", "sn1", "sn2"]);
     }
@@ -933,10 +1053,10 @@ served_by = "sn1"
 
     #[test]
     fn zstd_level_is_config_with_a_default() {
-        assert_eq!(Cluster::from_toml("c.toml", OK).unwrap().zstd_level, DEFAULT_ZSTD_LEVEL);
+        assert_eq!(Cluster::from_toml("c.toml", OK).unwrap().zstd_level(), DEFAULT_ZSTD_LEVEL);
         for l in [0, 7, MAX_ZSTD_LEVEL] {
             let text = OK.replace("[cluster]\n", &format!("[cluster]\nzstd_level = {l}\n"));
-            assert_eq!(Cluster::from_toml("c.toml", &text).unwrap().zstd_level, l);
+            assert_eq!(Cluster::from_toml("c.toml", &text).unwrap().zstd_level(), l);
         }
     }
 
@@ -970,6 +1090,155 @@ served_by = "sn1"
         let d = Cluster::from_toml("c.toml", &nested).unwrap_err();
         let line = nested[..nested.rfind("path = ").unwrap()].matches('\n').count() + 1;
         assert_eq!(d.0[0].line, line, "{d}");
+    }
+
+    fn moves(list: &[(&str, &str)]) -> BTreeMap<String, String> {
+        list.iter().map(|(n, s)| (n.to_string(), s.to_string())).collect()
+    }
+
+    #[test]
+    fn placement_from_config() {
+        let c = Cluster::from_toml("c.toml", OK).unwrap();
+        let p = c.placement();
+        assert_eq!(p.home("cn001"), Some("sn1"));
+        assert_eq!(p.serving("cn001"), Some("sn1"));
+        // served_by in the config is a move away from the home (sns[0]).
+        assert_eq!(p.home("cn002"), Some("sn2"));
+        assert_eq!(p.serving("cn002"), Some("sn1"));
+        assert_eq!(p.moves(), moves(&[("cn002", "sn1")]));
+        assert_eq!(p.serving("cn999"), None);
+        assert_eq!(p.served_by("sn1").collect::<Vec<_>>(), vec!["cn001", "cn002"]);
+        assert_eq!(p.served_by("sn2").count(), 0);
+    }
+
+    #[test]
+    fn with_moves_checks_each_move() {
+        let text = format!("{OK}\n[[external]]\nname = \"ext1\"\naddress = \"127.0.0.9\"\n");
+        let c = Cluster::from_toml("c.toml", &text).unwrap();
+        assert_eq!(c.with_moves(&moves(&[("cn009", "sn2")])), Err(MoveError::UnknownNode("cn009".into())));
+        assert_eq!(
+            c.with_moves(&moves(&[("cn001", "sn9")])),
+            Err(MoveError::UnknownSn { node: "cn001".into(), sn: "sn9".into() })
+        );
+        assert_eq!(
+            c.with_moves(&moves(&[("cn001", "ext1")])),
+            Err(MoveError::NotAnSn { node: "cn001".into(), sn: "ext1".into() })
+        );
+        assert_eq!(
+            c.with_moves(&moves(&[("cn001", "sn1")])),
+            Err(MoveError::AlreadyServed { node: "cn001".into(), sn: "sn1".into() })
+        );
+        // All or nothing: a good move beside a bad one is not applied either.
+        assert!(c.with_moves(&moves(&[("cn001", "sn3"), ("cn009", "sn2")])).is_err());
+        assert_eq!(c.placement().serving("cn001"), Some("sn1"));
+
+        let after = c.with_moves(&moves(&[("cn001", "sn3")])).unwrap();
+        assert_eq!(after.serving("cn001"), Some("sn3"));
+        assert!(after.placement().is_moved("cn001"));
+        // The original is untouched: a Cluster never changes.
+        assert_eq!(c.serving("cn001"), Some("sn1"));
+        // Back home undoes the move.
+        let back = after.with_moves(&moves(&[("cn001", "sn1"), ("cn002", "sn2")])).unwrap();
+        assert!(back.placement().moves().is_empty());
+        assert_eq!(back.serving("cn002"), Some("sn2"));
+    }
+
+    #[test]
+    fn recorded_moves_drop_stale_entries() {
+        let c = Cluster::from_toml("c.toml", OK).unwrap();
+        let (after, warn) =
+            c.with_recorded_moves(&moves(&[("cn001", "sn2"), ("cn002", "sn1"), ("gone", "sn1"), ("cn002x", "sn7")]));
+        assert_eq!(after.placement().moves(), moves(&[("cn001", "sn2"), ("cn002", "sn1")]));
+        assert_eq!(warn.len(), 2, "{warn:?}");
+        assert!(warn.iter().any(|w| w.contains("`gone` is no longer in the config")), "{warn:?}");
+        assert!(warn.iter().any(|w| w.contains("SN `sn7` is no longer in the config")), "{warn:?}");
+    }
+
+    #[test]
+    fn schema_round_trip_and_code_built_config() {
+        use crate::config::*;
+        let file: ConfigFile = toml::from_str(OK).unwrap();
+        let again: ConfigFile = toml::from_str(&file.to_toml().unwrap()).unwrap();
+        assert_eq!(again, file);
+        let from_text = Cluster::from_toml("c.toml", OK).unwrap();
+        assert_eq!(Cluster::from_toml("c.toml", &file.to_toml().unwrap()).unwrap(), from_text);
+
+        // The same cluster built in code.
+        let mut cluster = ClusterSection::new("/install");
+        cluster.backups = Some(sp("ring".into()));
+        cluster.domain = Some(sp("cluster.example".into()));
+        cluster.plaintext_loopback = true;
+        let mut built = ConfigFile::new(cluster);
+        built.sn = vec![
+            SnSection::new("sn1", "127.0.0.1").agent("127.0.0.1:7001"),
+            SnSection::new("sn2", "127.0.0.2").agent("127.0.0.1:7002"),
+            SnSection::new("sn3", "127.0.0.3").agent("127.0.0.1:7003").backups(["sn1", "sn2"]),
+        ];
+        built.image = vec![ImageSection::new("rh8", "netboot/rh8/x86_64/compute/rootimg")];
+        built.statelite =
+            vec![StateliteSection::new("nodedata", "/nodedata").clients(Clients::One("10.1.0.0/16".into()))];
+        built.node =
+            vec![NodeSection::new("cn001", ["sn1", "sn2"]), NodeSection::new("cn002", ["sn2", "sn1"]).served_by("sn1")];
+        assert_eq!(built, file, "spans are not part of the value");
+        assert_eq!(Cluster::from_config("built", &built).unwrap(), from_text);
+
+        // A code-built config's diagnostics name the field; there is no line to name.
+        built.node[0].sns = sp(vec![sp("sn9".to_string())]);
+        let d = Cluster::from_config("built", &built).unwrap_err();
+        assert_eq!(d.to_string(), "built: node[0].sns[0]: unknown SN `sn9`");
+    }
+
+    #[test]
+    fn dialect_parses_one_way() {
+        assert_eq!("aix".parse::<Dialect>(), Ok(Dialect::Aix));
+        assert_eq!("linux".parse::<Dialect>(), Ok(Dialect::Linux));
+        assert!("AIX".parse::<Dialect>().unwrap_err().contains("unknown dialect `AIX`"));
+        for d in [Dialect::Aix, Dialect::Linux] {
+            assert_eq!(d.to_string().parse::<Dialect>(), Ok(d));
+        }
+    }
+
+    mod prop {
+        use super::*;
+        use proptest::prelude::*;
+
+        const NODES: [&str; 2] = ["cn001", "cn002"];
+        const SNS: [&str; 3] = ["sn1", "sn2", "sn3"];
+
+        proptest! {
+            /// Any sequence of accepted moves leaves each node served where its last move put it, a
+            /// node is "moved" exactly when that is not its home, and the move set applied to the
+            /// original config reproduces the same placement (the persisted overlay round trip).
+            #[test]
+            fn moves_compose(steps in proptest::collection::vec((0..2usize, 0..3usize), 0..12)) {
+                let base = Cluster::from_toml("c.toml", OK).unwrap();
+                let mut c = base.clone();
+                let mut want: BTreeMap<&str, &str> = BTreeMap::from([("cn001", "sn1"), ("cn002", "sn1")]);
+                for (n, s) in steps {
+                    let m = moves(&[(NODES[n], SNS[s])]);
+                    match c.with_moves(&m) {
+                        Ok(next) => {
+                            prop_assert_ne!(want[NODES[n]], SNS[s]);
+                            want.insert(NODES[n], SNS[s]);
+                            c = next;
+                        }
+                        Err(e) => {
+                            prop_assert_eq!(e, MoveError::AlreadyServed { node: NODES[n].into(), sn: SNS[s].into() });
+                            prop_assert_eq!(want[NODES[n]], SNS[s]);
+                        }
+                    }
+                }
+                for n in NODES {
+                    prop_assert_eq!(c.serving(n), Some(want[n]));
+                    prop_assert_eq!(c.placement().is_moved(n), c.placement().home(n) != Some(want[n]));
+                }
+                // The record of changes, replayed onto the config, gives the same placement back:
+                // also for cn002 moved home against the config's `served_by`.
+                let (replayed, warn) = base.with_recorded_moves(&c.placement().changes());
+                prop_assert!(warn.is_empty());
+                prop_assert_eq!(replayed.placement(), c.placement());
+            }
+        }
     }
 
     #[test]

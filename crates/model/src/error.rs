@@ -72,17 +72,28 @@ impl LineIndex {
 /// Collects diagnostics for one file.
 pub(crate) struct Sink<'a> {
     pub(crate) file: &'a str,
-    pub(crate) index: LineIndex,
+    /// `None` for a config built in code: its spans point into no text.
+    index: Option<LineIndex>,
     pub(crate) out: Vec<Diagnostic>,
 }
 
 impl<'a> Sink<'a> {
     pub(crate) fn new(file: &'a str, text: &str) -> Self {
-        Sink { file, index: LineIndex::new(text), out: Vec::new() }
+        Sink { file, index: Some(LineIndex::new(text)), out: Vec::new() }
+    }
+
+    /// For a config that was not read from text: diagnostics carry the field, line and column 0.
+    pub(crate) fn unlocated(file: &'a str) -> Self {
+        Sink { file, index: None, out: Vec::new() }
+    }
+
+    /// (line, column) of a byte offset; (0, 0) when there is no text.
+    pub(crate) fn locate(&self, offset: usize) -> (usize, usize) {
+        self.index.as_ref().map(|i| i.locate(offset)).unwrap_or((0, 0))
     }
 
     pub(crate) fn at(&mut self, span: std::ops::Range<usize>, field: impl Into<String>, message: impl Into<String>) {
-        let (line, column) = self.index.locate(span.start);
+        let (line, column) = self.locate(span.start);
         self.out.push(Diagnostic {
             file: self.file.to_string(),
             line,
@@ -95,10 +106,11 @@ impl<'a> Sink<'a> {
     /// A problem of the file as a whole (nothing to point at, e.g. a missing table): located at
     /// its first line, so every diagnostic still reads `file:line:column: field: message`.
     pub(crate) fn nowhere(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        let (line, column) = if self.index.is_some() { (1, 1) } else { (0, 0) };
         self.out.push(Diagnostic {
             file: self.file.to_string(),
-            line: 1,
-            column: 1,
+            line,
+            column,
             field: field.into(),
             message: message.into(),
         });

@@ -7,15 +7,19 @@
 pub mod addr;
 pub mod agent;
 pub mod cluster;
+pub mod config;
 pub mod error;
 pub mod name;
 pub mod path;
+pub mod placement;
 
 pub use addr::{Address, Endpoint};
 pub use agent::AgentConfig;
 pub use cluster::{
     BackupPolicy, Cluster, Dialect, ExternalServer, Image, Node, Server, ServiceNode, Statelite, TlsFiles,
 };
+pub use config::ConfigFile;
 pub use error::{Diagnostic, Diagnostics};
 pub use name::{check_name, Name, MAX_NAME};
 pub use path::{AbsPath, RelPath};
+pub use placement::{MoveError, Placement};

@@ -7,6 +7,8 @@
 use crate::db::{AttrError, Db};
 use crate::rules;
 use crate::table::Tables;
+use model::config::{sp, Clients, ClusterSection, ConfigFile, ImageSection, NodeSection, SnSection, StateliteSection};
+use model::{Dialect, TlsFiles};
 use serde::Serialize;
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet};
@@ -44,81 +46,11 @@ impl std::fmt::Display for Issue {
     }
 }
 
-// ---------------------------------------------------------------------------------------------
-// The config as written (contract.md); serialised with serde/toml.
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Config {
-    pub cluster: ClusterOut,
-    pub tls: TlsOut,
-    pub sn: Vec<SnOut>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub image: Vec<ImageOut>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub statelite: Vec<StateliteOut>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub node: Vec<NodeOut>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ClusterOut {
-    pub source_root: String,
-    pub state_dir: String,
-    pub backups: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub domain: Option<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct TlsOut {
-    pub ca: String,
-    pub cert: String,
-    pub key: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct SnOut {
-    pub name: String,
-    /// What the nodes use (replicas=/refer=): the SN's interface facing them.
-    pub address: String,
-    /// Where the MN reaches the agent: the SN's name as in noderes.servicenode, which the MN resolves.
-    pub agent: String,
-    pub dialect: String,
-    pub backups: Vec<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ImageOut {
-    pub name: String,
-    pub path: String,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub exclude: Vec<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub sns: Option<Vec<String>>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct StateliteOut {
-    pub name: String,
-    pub path: String,
-    pub clients: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct NodeOut {
-    pub name: String,
-    pub sns: Vec<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub served_by: Option<String>,
-    /// The statelite areas holding its data, when not all of them.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub statelite: Option<Vec<String>>,
-}
-
 /// What an import produced.
 #[derive(Debug, Clone)]
 pub struct Import {
-    pub config: Config,
+    /// The config as written, in model's schema.
+    pub config: ConfigFile,
     pub report: Vec<Issue>,
     /// Where the tables came from.
     pub source: String,
@@ -127,7 +59,7 @@ pub struct Import {
 impl Import {
     /// The config as TOML, with a header comment naming the source and summing up the report.
     pub fn to_toml(&self) -> Result<String, toml::ser::Error> {
-        let body = toml::to_string(&self.config)?;
+        let body = self.config.to_toml()?;
         let count = |s: Severity| self.report.iter().filter(|i| i.severity == s).count();
         Ok(format!(
             "# hanfs cluster config, written by `hanfs xcat import` from {}.\n\
@@ -149,6 +81,11 @@ impl Import {
             body
         ))
     }
+}
+
+/// A list of names as the schema holds them (no place in a file).
+fn texts(v: Vec<String>) -> Vec<model::config::Text> {
+    v.into_iter().map(sp).collect()
 }
 
 /// Names compared with their digit runs as numbers: cn2 < cn10.
@@ -652,7 +589,7 @@ pub fn import_with(tables: &Tables, resolver: Resolver<'_>) -> Import {
         let aix =
             std::iter::once(s.as_str()).chain(served.iter().map(|n| n.name.as_str())).any(|n| node_aix.contains(n));
         let address = addresses.get(s).cloned().unwrap_or_else(|| s.clone());
-        let dialect = if aix { "aix" } else { "linux" };
+        let dialect = if aix { Dialect::Aix } else { Dialect::Linux };
         // An AIX SN is never written as Linux: one that cannot be written as AIX is left out.
         if aix && !is_ip(&address) {
             m.issue(Severity::Error, "noderes", s.clone(), format!("AIX service node address `{address}` is not an IP (AIX replica lists take IPs) and does not resolve; the SN is left out, its nodes lose it"));
@@ -688,13 +625,16 @@ pub fn import_with(tables: &Tables, resolver: Resolver<'_>) -> Import {
             );
         }
         let agent = format!("{s}:{}", model::cluster::DEFAULT_AGENT_PORT);
-        sn_out.push(SnOut { name: s.clone(), address, agent, dialect: dialect.to_string(), backups });
+        sn_out.push((SnSection::new(s.clone(), address).agent(agent).dialect(dialect).backups(backups), dialect));
     }
-    let aix_sns: Vec<String> = sn_out.iter().filter(|s| s.dialect == "aix").map(|s| s.name.clone()).collect();
-    let linux_sns: Vec<String> = sn_out.iter().filter(|s| s.dialect == "linux").map(|s| s.name.clone()).collect();
+    let of = |d: Dialect| -> Vec<String> {
+        sn_out.iter().filter(|(_, x)| *x == d).map(|(s, _)| s.name.get_ref().clone()).collect()
+    };
+    let (aix_sns, linux_sns) = (of(Dialect::Aix), of(Dialect::Linux));
+    let mut sn_out: Vec<SnSection> = sn_out.into_iter().map(|(s, _)| s).collect();
 
     // --- images.
-    let mut images: Vec<ImageOut> = Vec::new();
+    let mut images: Vec<ImageSection> = Vec::new();
     let mut by_path: BTreeMap<String, String> = BTreeMap::new();
     let prefix = format!("{installdir}/");
     let image_users = |img: &str| -> Vec<String> {
@@ -709,7 +649,7 @@ pub fn import_with(tables: &Tables, resolver: Resolver<'_>) -> Import {
     };
     let all_count = sn_names.len();
     // Images go only to the SNs whose nodes boot them (`Err` when no node does): None means all SNs.
-    let written: Vec<String> = sn_out.iter().map(|s| s.name.clone()).collect();
+    let written: Vec<String> = sn_out.iter().map(|s| s.name.get_ref().clone()).collect();
     let pick_sns = |users: Vec<String>, same_dialect: &Vec<String>| -> Result<Option<Vec<String>>, ()> {
         let v: Vec<String> = users.into_iter().filter(|u| same_dialect.contains(u) && written.contains(u)).collect();
         if v.is_empty() {
@@ -722,24 +662,24 @@ pub fn import_with(tables: &Tables, resolver: Resolver<'_>) -> Import {
     };
     fn add_image(
         m: &mut Mapper<'_, '_>,
-        images: &mut Vec<ImageOut>,
+        images: &mut Vec<ImageSection>,
         by_path: &mut BTreeMap<String, String>,
-        img: ImageOut,
+        img: ImageSection,
         table: &str,
         row: &str,
     ) {
         // The name becomes a directory in hanfs' state: one safe path component, or the row is not mapped.
-        if let Err(e) = model::check_name(&img.name) {
+        if let Err(e) = model::check_name(img.name.get_ref()) {
             m.issue(Severity::Error, table, row.to_string(), format!("image name: {e}"));
             return;
         }
-        if let Some(other) = by_path.get(&img.path) {
-            if other != &img.name {
+        if let Some(other) = by_path.get(img.path.get_ref()) {
+            if other != img.name.get_ref() {
                 m.issue(Severity::Skipped, table, row.to_string(), format!("`{}` is already image {other}", img.path));
             }
             return;
         }
-        by_path.insert(img.path.clone(), img.name.clone());
+        by_path.insert(img.path.get_ref().clone(), img.name.get_ref().clone());
         images.push(img);
     }
     let osimage_rows: Vec<(String, String)> = tables
@@ -804,12 +744,9 @@ pub fn import_with(tables: &Tables, resolver: Resolver<'_>) -> Import {
                     );
                     continue;
                 }
-                let img = ImageOut {
-                    name: v.to_string(),
-                    path: format!("nim/{col}/{v}"),
-                    exclude: vec!["**/.client_data".to_string()],
-                    sns: sns.clone(),
-                };
+                let mut img = ImageSection::new(v, format!("nim/{col}/{v}"));
+                img.exclude = vec!["**/.client_data".to_string()];
+                img.sns = sns.clone().map(texts);
                 add_image(&mut m, &mut images, &mut by_path, img, "nimimage", &format!("{name} ({})", r.location));
             }
             for col in NIM_NEVER {
@@ -897,7 +834,8 @@ pub fn import_with(tables: &Tables, resolver: Resolver<'_>) -> Import {
             );
             continue;
         };
-        let img = ImageOut { name: name.clone(), path: rel.to_string(), exclude: Vec::new(), sns };
+        let mut img = ImageSection::new(name.clone(), rel);
+        img.sns = sns.map(texts);
         add_image(&mut m, &mut images, &mut by_path, img, "linuximage", &rowname);
     }
     for table in ["linuximage", "nimimage"] {
@@ -922,7 +860,11 @@ pub fn import_with(tables: &Tables, resolver: Resolver<'_>) -> Import {
     // replicated once, to the first SN that needs it; the others serve it from the shared tree.
     if m.db.site("sharedinstall").is_some_and(|v| v.eq_ignore_ascii_case("sns")) {
         for img in &mut images {
-            let want: Vec<String> = img.sns.clone().unwrap_or_else(|| written.clone());
+            let want: Vec<String> = img
+                .sns
+                .as_ref()
+                .map(|l| l.iter().map(|s| s.get_ref().clone()).collect())
+                .unwrap_or_else(|| written.clone());
             let Some(first) = want.first().cloned() else { continue };
             if want.len() > 1 {
                 m.issue(
@@ -936,7 +878,7 @@ pub fn import_with(tables: &Tables, resolver: Resolver<'_>) -> Import {
                     ),
                 );
             }
-            img.sns = if written.len() == 1 { None } else { Some(vec![first]) };
+            img.sns = if written.len() == 1 { None } else { Some(vec![sp(first)]) };
         }
     }
 
@@ -1067,7 +1009,7 @@ pub fn import_with(tables: &Tables, resolver: Resolver<'_>) -> Import {
             k += 1;
         }
         area_name.insert(dir.clone(), name.clone());
-        statelite.push(StateliteOut { name, path: dir.clone(), clients: "*".into() });
+        statelite.push(StateliteSection::new(name, dir.clone()).clients(Clients::One("*".into())));
     }
 
     // --- litetree: a directory on the node's SN under installdir must be replicated like an image.
@@ -1130,7 +1072,9 @@ pub fn import_with(tables: &Tables, resolver: Resolver<'_>) -> Import {
                 );
                 continue;
             };
-            if let Some(img) = images.iter().find(|i| rel == i.path || rel.starts_with(&format!("{}/", i.path))) {
+            if let Some(img) =
+                images.iter().find(|i| rel == *i.path.get_ref() || rel.starts_with(&format!("{}/", i.path.get_ref())))
+            {
                 m.issue(Severity::Skipped, "litetree", row, format!("`{path}` is inside image {}", img.name));
                 continue;
             }
@@ -1138,7 +1082,7 @@ pub fn import_with(tables: &Tables, resolver: Resolver<'_>) -> Import {
                 m.issue(Severity::Error, "litetree", row, format!("directory `{path}` is not a usable path"));
                 continue;
             }
-            let img = ImageOut { name: format!("litetree-{prio}"), path: rel, exclude: Vec::new(), sns: None };
+            let img = ImageSection::new(format!("litetree-{prio}"), rel);
             add_image(&mut m, &mut images, &mut by_path, img, "litetree", &row);
         }
     }
@@ -1158,9 +1102,11 @@ pub fn import_with(tables: &Tables, resolver: Resolver<'_>) -> Import {
 
     // SNs left out (an AIX SN that cannot be written as AIX) leave every list they were in.
     for s in &mut sn_out {
-        s.backups.retain(|b| written.contains(b));
+        if let Some(b) = &mut s.backups {
+            b.get_mut().retain(|b| written.contains(b.get_ref()));
+        }
     }
-    let mut node_out: Vec<NodeOut> = Vec::new();
+    let mut node_out: Vec<NodeSection> = Vec::new();
     for n in &nodes {
         let sns: Vec<String> = n.sns.iter().filter(|s| written.contains(s)).cloned().collect();
         if sns.is_empty() {
@@ -1174,28 +1120,28 @@ pub fn import_with(tables: &Tables, resolver: Resolver<'_>) -> Import {
             .map(|ds| ds.iter().filter_map(|d| area_name.get(d).cloned()).collect())
             .unwrap_or_default();
         let statelite = (areas.len() != statelite.len()).then_some(areas);
-        node_out.push(NodeOut { name: n.name.clone(), sns, served_by: served, statelite });
+        let mut node = NodeSection::new(n.name.clone(), sns);
+        node.served_by = served.map(sp);
+        node.statelite = statelite.map(texts);
+        node_out.push(node);
     }
     if node_out.is_empty() {
         m.issue(Severity::Error, "noderes", "*", "no node has a service node: nothing for hanfs to serve");
     }
-    let config = Config {
-        cluster: ClusterOut {
-            source_root: installdir,
-            state_dir: "/var/lib/hanfs".into(),
-            backups: "none".into(),
-            domain,
-        },
-        tls: TlsOut {
-            ca: "/etc/hanfs/ca.pem".into(),
-            cert: "/etc/hanfs/mn.pem".into(),
-            key: "/etc/hanfs/mn.key".into(),
-        },
-        sn: sn_out,
-        image: images,
-        statelite,
-        node: node_out,
-    };
+    let mut cluster = ClusterSection::new(installdir);
+    cluster.state_dir = Some(sp("/var/lib/hanfs".into()));
+    cluster.backups = Some(sp(model::BackupPolicy::None.as_str().into()));
+    cluster.domain = domain.map(sp);
+    let mut config = ConfigFile::new(cluster);
+    config.tls = Some(TlsFiles {
+        ca: "/etc/hanfs/ca.pem".into(),
+        cert: "/etc/hanfs/mn.pem".into(),
+        key: "/etc/hanfs/mn.key".into(),
+    });
+    config.sn = sn_out;
+    config.image = images;
+    config.statelite = statelite;
+    config.node = node_out;
     let mut report = m.report;
     report.sort_by(|a, b| {
         b.severity.cmp(&a.severity).then_with(|| a.table.cmp(&b.table)).then_with(|| natural_cmp(&a.row, &b.row))

@@ -166,10 +166,10 @@ pub fn plan(tables: &Tables, moves: &[NodeMove]) -> Result<Plan, RedirectError> 
         let Some(old_sn) = list.first().cloned() else {
             return Err(RedirectError::Input(format!("node `{node}` has no noderes.servicenode: nothing to repoint")));
         };
-        let sn_cfg = imported.config.sn.iter().find(|s| s.name == mv.to);
+        let sn_cfg = imported.config.sn.iter().find(|s| *s.name.get_ref() == mv.to);
         let new_xm = match (&mv.address, sn_cfg) {
             (Some(a), _) => a.clone(),
-            (None, Some(s)) => s.address.clone(),
+            (None, Some(s)) => s.address.get_ref().clone(),
             (None, None) => {
                 return Err(RedirectError::Input(format!(
                     "`{}` is not a service node in xCAT's tables; give its address explicitly",
@@ -199,8 +199,8 @@ pub fn plan(tables: &Tables, moves: &[NodeMove]) -> Result<Plan, RedirectError> 
                 old_names.push(ip);
             }
         }
-        if let Some(s) = imported.config.sn.iter().find(|s| s.name == old_sn) {
-            old_names.push(s.address.clone());
+        if let Some(s) = imported.config.sn.iter().find(|s| *s.name.get_ref() == old_sn) {
+            old_names.push(s.address.get_ref().clone());
         }
         if let Some(ip) = hosts_ip(&old_sn) {
             old_names.push(ip);

@@ -24,7 +24,7 @@ pub fn run(g: &Global, a: DaemonArgs) -> Result<Status> {
     let ctl = Controller::new(cluster).map_err(|e| bad_input(format!("{}: {e:#}", g.config.display())))?;
     let targets: Vec<watch::Target> = ctl
         .cluster
-        .images
+        .images()
         .iter()
         .map(|i| watch::Target { name: i.name.clone(), path: ctl.cluster.image_source(i).as_str().into() })
         .collect();
@@ -41,12 +41,12 @@ pub fn run(g: &Global, a: DaemonArgs) -> Result<Status> {
     let quiet = Duration::from_secs(a.quiet_secs);
     let watcher = watch::Watcher::new(targets, quiet).context("watching source_root")?;
     let rt = super::runtime()?;
-    tracing::info!(images = ctl.cluster.images.len(), quiet_secs = a.quiet_secs, "daemon started; first sync");
+    tracing::info!(images = ctl.cluster.images().len(), quiet_secs = a.quiet_secs, "daemon started; first sync");
 
     let statelite_every =
-        (a.statelite_secs > 0 && !ctl.cluster.statelite.is_empty()).then(|| Duration::from_secs(a.statelite_secs));
+        (a.statelite_secs > 0 && !ctl.cluster.statelite().is_empty()).then(|| Duration::from_secs(a.statelite_secs));
     let mut next_statelite = Instant::now();
-    let mut pending: Vec<String> = ctl.cluster.images.iter().map(|i| i.name.clone()).collect();
+    let mut pending: Vec<String> = ctl.cluster.images().iter().map(|i| i.name.clone()).collect();
     let mut failed = false;
     loop {
         if !pending.is_empty() {
@@ -71,7 +71,7 @@ pub fn run(g: &Global, a: DaemonArgs) -> Result<Status> {
                 changed
             }
             // Retry everything: images already in sync cost a stat-only rescan and send nothing.
-            None if failed => ctl.cluster.images.iter().map(|i| i.name.clone()).collect(),
+            None if failed => ctl.cluster.images().iter().map(|i| i.name.clone()).collect(),
             None => Vec::new(),
         };
     }
@@ -83,7 +83,7 @@ pub fn run(g: &Global, a: DaemonArgs) -> Result<Status> {
 fn statelite_round(g: &Global, rt: &tokio::runtime::Runtime, m: &Mutex<Metrics>) {
     let result = (|| -> Result<Vec<controller::statelite::StateliteReport>> {
         let cluster = load_cluster(g)?;
-        let _lock = controller::statelite::lock(std::path::Path::new(cluster.state_dir.as_str()))?;
+        let _lock = controller::statelite::lock(std::path::Path::new(cluster.state_dir().as_str()))?;
         let ctl = Controller::new(cluster)?;
         let pairs = controller::statelite::pairs(&ctl.cluster, None);
         Ok(rt.block_on(controller::statelite::sync_all(&ctl, &pairs)))
@@ -108,7 +108,7 @@ fn statelite_round(g: &Global, rt: &tokio::runtime::Runtime, m: &Mutex<Metrics>)
 
 /// One sync of the named images; returns whether it succeeded everywhere.
 fn run_once(rt: &tokio::runtime::Runtime, ctl: &Controller, names: &[String], m: &Mutex<Metrics>) -> bool {
-    let images: Vec<model::Image> = ctl.cluster.images.iter().filter(|i| names.contains(&i.name)).cloned().collect();
+    let images: Vec<model::Image> = ctl.cluster.images().iter().filter(|i| names.contains(&i.name)).cloned().collect();
     let started = std::time::Instant::now();
     let result = rt.block_on(ctl.sync(&images));
     let secs = started.elapsed().as_secs_f64();

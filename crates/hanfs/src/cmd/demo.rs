@@ -7,6 +7,7 @@
 use crate::cli::{DemoArgs, Global};
 use crate::exit::{bad_input, Status};
 use anyhow::{bail, Context, Result};
+use model::config::{sp, Clients, ClusterSection, ConfigFile, ImageSection, SnSection};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -107,6 +108,11 @@ fn edit_image(root: &Path) -> Result<()> {
     Ok(())
 }
 
+/// A path as a config string: the config is UTF-8 text.
+fn utf8(p: &Path) -> Result<String> {
+    p.to_str().map(str::to_string).ok_or_else(|| bad_input(format!("{}: not a UTF-8 path", p.display())))
+}
+
 fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
@@ -195,12 +201,15 @@ fn demo(g: &Global, a: DemoArgs) -> Result<Status> {
     let ca = dir.join("ca");
     transport::ca::init(&ca)?;
     transport::ca::issue(&ca, "mn", &[])?;
-    let mut cluster = format!(
-        "[cluster]\nsource_root = \"{}\"\nstate_dir = \"{}\"\nbackups = \"ring\"\n\n[tls]\nca = \"{c}/ca.pem\"\ncert = \"{c}/mn.pem\"\nkey = \"{c}/mn.key\"\n",
-        src.display(),
-        dir.join("mn/state").display(),
-        c = ca.display()
-    );
+    let mut section = ClusterSection::new(utf8(&src)?);
+    section.state_dir = Some(sp(utf8(&dir.join("mn/state"))?));
+    section.backups = Some(sp(model::BackupPolicy::Ring.as_str().into()));
+    let mut cluster = ConfigFile::new(section);
+    cluster.tls = Some(model::TlsFiles {
+        ca: utf8(&ca.join("ca.pem"))?,
+        cert: utf8(&ca.join("mn.pem"))?,
+        key: utf8(&ca.join("mn.key"))?,
+    });
     let mut ports = Vec::new();
     let mut nfs3_ports = Vec::new();
     for i in 1..=a.sns {
@@ -223,15 +232,15 @@ fn demo(g: &Global, a: DemoArgs) -> Result<Status> {
         )?;
         let child = spawn_agent(&conf, &sd.join("agent.log"))?;
         children.0.lock().unwrap_or_else(|p| p.into_inner()).push(child);
-        cluster += &format!(
-            "\n[[sn]]\nname = \"{name}\"\naddress = \"127.0.0.1\"\nagent = \"127.0.0.1:{port}\"\nroot = \"{}\"\n",
-            sd.join("install").display()
+        cluster.sn.push(
+            SnSection::new(name, "127.0.0.1").agent(format!("127.0.0.1:{port}")).root(utf8(&sd.join("install"))?),
         );
         ports.push(port);
         nfs3_ports.push(nfs3_port);
     }
-    cluster += &format!("\n[[image]]\nname = \"demo-compute\"\npath = \"{IMAGE}\"\nclients = \"*\"\n");
+    cluster.image.push(ImageSection::new("demo-compute", IMAGE).clients(Clients::One("*".into())));
     let cfg_path = dir.join("hanfs.toml");
+    let cluster = cluster.to_toml()?;
     std::fs::write(&cfg_path, &cluster)?;
     for (i, p) in ports.iter().enumerate() {
         let t = Instant::now();
@@ -247,7 +256,7 @@ fn demo(g: &Global, a: DemoArgs) -> Result<Status> {
 
     let model = model::Cluster::from_toml(&cfg_path.display().to_string(), &cluster).map_err(anyhow::Error::new)?;
     let ctl = controller::Controller::new(model)?;
-    let images = ctl.cluster.images.clone();
+    let images = ctl.cluster.images().to_vec();
     let rt = super::runtime()?;
     let mut ok = true;
     let mut summary = serde_json::Map::new();

@@ -23,10 +23,10 @@ pub fn run(g: &Global, a: ExportsArgs) -> Result<Status> {
     let cluster = load_cluster(g)?;
     let sns: Vec<&ServiceNode> = match &a.sn {
         Some(name) => vec![cluster.sn(name).ok_or_else(|| {
-            let known: Vec<&str> = cluster.sns.iter().map(|s| s.name.as_str()).collect();
+            let known: Vec<&str> = cluster.sns().iter().map(|s| s.name.as_str()).collect();
             bad_input(format!("{}: unknown SN `{name}` (the cluster has: {})", g.config.display(), known.join(", ")))
         })?],
-        None => cluster.sns.iter().collect(),
+        None => cluster.sns().iter().collect(),
     };
     let mut texts = Vec::new();
     for sn in &sns {
@@ -61,7 +61,7 @@ fn text_for(g: &Global, cluster: &Cluster, sn: &ServiceNode, commands: bool) -> 
     let rendered = exports::render(&ex);
     Ok(match (commands, sn.dialect) {
         (false, _) => rendered,
-        (true, Dialect::Aix) => exports::aix_commands(&ex, &sn.name, cluster.domain.as_deref()),
+        (true, Dialect::Aix) => exports::aix_commands(&ex, &sn.name, cluster.domain()),
         (true, Dialect::Linux) => format!(
             "# hanfs: commands for Linux service node {0}; run them as root on {0}.\n\
              cat > {1} <<'HANFS_EOF'\n{rendered}HANFS_EOF\nexportfs -ra\n",

@@ -48,11 +48,12 @@ pub fn load_cluster(g: &Global) -> Result<model::Cluster> {
     let path = &g.config;
     let text = std::fs::read_to_string(path)
         .map_err(|e| bad_input(format!("{}: cannot read the cluster config: {e}", path.display())))?;
-    let mut cluster = model::Cluster::from_toml(&path.display().to_string(), &text)
+    let cluster = model::Cluster::from_toml(&path.display().to_string(), &text)
         .map_err(anyhow::Error::new)
         .context("invalid cluster config")?;
     // Nodes moved by `migrate`/`failover` are served where the overlay in state_dir says.
-    for w in controller::statelite::apply_overlay(&mut cluster)? {
+    let (cluster, warnings) = controller::statelite::apply_overlay(&cluster)?;
+    for w in warnings {
         eprintln!("hanfs: warning: {w}");
     }
     Ok(cluster)

@@ -9,7 +9,7 @@ use anyhow::Result;
 use controller::statelite::{self as sl, StateliteReport};
 use controller::Controller;
 use serde::Serialize;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 #[derive(Debug, Default, Serialize)]
@@ -202,28 +202,24 @@ fn locked_cluster(g: &Global, dry: bool) -> Result<(model::Cluster, Option<sl::L
     if dry {
         return Ok((cluster, None));
     }
-    let l = sl::lock(Path::new(cluster.state_dir.as_str()))?;
+    let l = sl::lock(Path::new(cluster.state_dir().as_str()))?;
     Ok((load_cluster(g)?, Some(l)))
 }
 
 pub fn migrate(g: &Global, a: MigrateArgs) -> Result<Status> {
     let (cluster, _lock) = locked_cluster(g, a.dry_run)?;
-    if cluster.sn(&a.to).is_none() {
-        return Err(bad_input(format!("{}: no SN named `{}`", g.config.display(), a.to)));
-    }
-    for n in &a.nodes {
-        match cluster.node(n) {
-            None => return Err(bad_input(format!("{}: no node named `{n}`", g.config.display()))),
-            Some(node) if node.served_by == a.to => {
-                return Err(bad_input(format!(
-                    "node {n} is already served by {} (`hanfs sync` re-pushes its exports if a move was interrupted)",
-                    a.to
-                )))
+    // The model checks the moves (node and SN exist, the node is not there already) before anything
+    // is synced.
+    let requested: BTreeMap<String, String> = a.nodes.iter().map(|n| (n.clone(), a.to.clone())).collect();
+    if let Err(e) = cluster.with_moves(&requested) {
+        return Err(bad_input(match e {
+            model::MoveError::AlreadyServed { .. } => {
+                format!("{e} (`hanfs sync` re-pushes its exports if a move was interrupted)")
             }
-            Some(_) => {}
-        }
+            _ => format!("{}: {e}", g.config.display()),
+        }));
     }
-    let state_dir = Path::new(cluster.state_dir.as_str()).to_path_buf();
+    let state_dir = Path::new(cluster.state_dir().as_str()).to_path_buf();
     let ctl = controller(g, cluster.clone())?;
     let mut rep = MoveReport { dry_run: a.dry_run, ..Default::default() };
     let rt = super::runtime()?;
@@ -231,14 +227,14 @@ pub fn migrate(g: &Global, a: MigrateArgs) -> Result<Status> {
     let mut moves = Vec::new();
     let mut affected = BTreeSet::from([a.to.clone()]);
     for n in &a.nodes {
-        let Some(node) = cluster.node(n) else { continue };
+        let (Some(node), Some(from)) = (cluster.node(n), cluster.serving(n)) else { continue };
         let mut failed = None;
-        for area in &cluster.statelite {
+        for area in cluster.statelite() {
             let p = sl::Pair {
                 area: area.name.clone(),
                 path: area.path.as_str().to_string(),
                 node: n.clone(),
-                from: node.served_by.clone(),
+                from: from.to_string(),
                 to: a.to.clone(),
             };
             if a.dry_run {
@@ -268,9 +264,9 @@ pub fn migrate(g: &Global, a: MigrateArgs) -> Result<Status> {
         match failed {
             Some(reason) => rep.failed.push(NodeFailure { node: n.clone(), reason }),
             None => {
-                affected.insert(node.served_by.clone());
+                affected.insert(from.to_string());
                 affected.extend(node.sns.first().cloned());
-                rep.moved.push(Moved { node: n.clone(), from: node.served_by.clone(), to: a.to.clone() });
+                rep.moved.push(Moved { node: n.clone(), from: from.to_string(), to: a.to.clone() });
                 moves.push((n.clone(), a.to.clone()));
             }
         }
@@ -298,18 +294,15 @@ fn record(
     dry_run: bool,
     rep: &mut MoveReport,
 ) -> Result<model::Cluster> {
-    let file = Path::new(cluster.state_dir.as_str()).join("served_by");
+    // Checked before anything is written: the overlay only ever holds moves the model accepts.
+    let map: BTreeMap<String, String> = moves.iter().cloned().collect();
+    let after = cluster.with_moves(&map).map_err(|e| bad_input(format!("{}: {e}", g.config.display())))?;
+    let file = Path::new(cluster.state_dir().as_str()).join("served_by");
     if dry_run {
         rep.step(g, format!("would record in {}: {}", file.display(), show(moves)));
     } else {
         sl::record_moves(cluster, moves)?;
         rep.step(g, format!("recorded in {}: {}", file.display(), show(moves)));
-    }
-    let mut after = cluster.clone();
-    for (n, to) in moves {
-        if let Some(x) = after.nodes.iter_mut().find(|x| &x.name == n) {
-            x.served_by = to.clone();
-        }
     }
     Ok(after)
 }
@@ -335,7 +328,7 @@ fn fence(cmd: &[String]) -> (bool, String) {
 fn copy_age(cluster: &model::Cluster, node: &str, sn: &str) -> String {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let oldest =
-        cluster.statelite.iter().filter_map(|ar| sl::load_record(cluster, &ar.name, node, sn).map(|r| r.2)).min();
+        cluster.statelite().iter().filter_map(|ar| sl::load_record(cluster, &ar.name, node, sn).map(|r| r.2)).min();
     match oldest {
         Some(t) => format!("copy synced {} s ago", now.saturating_sub(t)),
         None => "no statelite areas".into(),
@@ -347,12 +340,12 @@ pub fn failover(g: &Global, a: FailoverArgs) -> Result<Status> {
     let Some(dead) = cluster.sn(&a.sn).cloned() else {
         return Err(bad_input(format!("{}: no SN named `{}`", g.config.display(), a.sn)));
     };
-    let state_dir = Path::new(cluster.state_dir.as_str()).to_path_buf();
+    let state_dir = Path::new(cluster.state_dir().as_str()).to_path_buf();
     let ctl = controller(g, cluster.clone())?;
     let mut rep = MoveReport { dry_run: a.dry_run, ..Default::default() };
     // 1. Fence first: promoting copies while the old SN may still write is split brain.
     let cmd: Vec<String> = cluster
-        .fence
+        .fence()
         .iter()
         .map(|t| t.replace("{sn}", &dead.name).replace("{address}", &dead.address.to_string()))
         .collect();
@@ -367,7 +360,7 @@ pub fn failover(g: &Global, a: FailoverArgs) -> Result<Status> {
         );
     } else {
         let (ok, output) = if cmd.is_empty() {
-            (false, "no fence command configured (cluster.fence)".to_string())
+            (false, "no fence command configured (cluster.fence())".to_string())
         } else {
             fence(&cmd)
         };
@@ -381,9 +374,9 @@ pub fn failover(g: &Global, a: FailoverArgs) -> Result<Status> {
                 g,
                 "nothing promoted: fencing failed (--force promotes anyway, at the risk of split brain)".into(),
             );
-            for n in cluster.nodes.iter().filter(|n| n.served_by == dead.name) {
+            for n in cluster.placement().served_by(&dead.name) {
                 rep.failed
-                    .push(NodeFailure { node: n.name.clone(), reason: format!("{} not fenced: {output}", dead.name) });
+                    .push(NodeFailure { node: n.to_string(), reason: format!("{} not fenced: {output}", dead.name) });
             }
             if rep.failed.is_empty() {
                 rep.failed
@@ -395,13 +388,13 @@ pub fn failover(g: &Global, a: FailoverArgs) -> Result<Status> {
     // 2. Promote each node's first reachable backup that holds its synced copy.
     let rt = super::runtime()?;
     let mut moves = Vec::new();
-    for n in cluster.nodes.iter().filter(|n| n.served_by == dead.name) {
+    for n in cluster.nodes().iter().filter(|n| cluster.serving(&n.name) == Some(dead.name.as_str())) {
         let mut why = Vec::new();
         let mut chosen = None;
         for b in n.sns.iter().filter(|s| **s != dead.name) {
             let r = if a.dry_run {
                 // No session in a dry run: the MN's records say whether the copy was synced.
-                match cluster.statelite.iter().find(|ar| sl::load_record(&cluster, &ar.name, &n.name, b).is_none()) {
+                match cluster.statelite().iter().find(|ar| sl::load_record(&cluster, &ar.name, &n.name, b).is_none()) {
                     Some(ar) => Err(anyhow::anyhow!("no synced copy of {} recorded", ar.name)),
                     None => Ok(()),
                 }
@@ -440,7 +433,7 @@ pub fn failover(g: &Global, a: FailoverArgs) -> Result<Status> {
     }
     let after = if moves.is_empty() { cluster.clone() } else { record(g, &cluster, &moves, a.dry_run, &mut rep)? };
     // 3. Re-export on every live SN (all but the fenced one), from the new placement.
-    let live: BTreeSet<String> = after.sns.iter().map(|s| s.name.clone()).filter(|s| *s != dead.name).collect();
+    let live: BTreeSet<String> = after.sns().iter().map(|s| s.name.clone()).filter(|s| *s != dead.name).collect();
     let ctl2 = controller(g, after)?;
     rt.block_on(reexport(g, &ctl2, &live, a.dry_run, &mut rep))?;
     // 4. xCAT.

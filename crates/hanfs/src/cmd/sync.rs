@@ -18,7 +18,7 @@ fn controller(g: &Global) -> Result<Controller> {
 
 fn images(g: &Global, c: &model::Cluster, f: &ImageFilter) -> Result<Vec<model::Image>> {
     if f.images.is_empty() {
-        return Ok(c.images.clone());
+        return Ok(c.images().to_vec());
     }
     f.images
         .iter()
@@ -33,7 +33,7 @@ pub fn plan(g: &Global, a: SyncArgs) -> Result<Status> {
     let exports: BTreeMap<String, String> = controller::render_exports(&cluster)?.into_iter().collect();
     // Against what hanfs last wrote to each SN (recorded by sync), so an admin sees what will change.
     let diffs: BTreeMap<String, String> = cluster
-        .sns
+        .sns()
         .iter()
         .filter_map(|sn| {
             let wanted = exports.get(&sn.name)?;
@@ -151,10 +151,10 @@ pub fn sync(g: &Global, a: SyncArgs) -> Result<Status> {
     let rt = super::runtime()?;
     let r = rt.block_on(c.sync(&imgs))?;
     // Statelite data is copied on a full sync (no --image filter): serving SN -> each backup.
-    let statelite = if a.filter.images.is_empty() && !c.cluster.statelite.is_empty() {
+    let statelite = if a.filter.images.is_empty() && !c.cluster.statelite().is_empty() {
         // Under the statelite lock and with the placement as it is now (a migrate may have moved
         // nodes while the images synced): never copy from an SN that no longer serves the node.
-        let _lock = controller::statelite::lock(std::path::Path::new(c.cluster.state_dir.as_str()))?;
+        let _lock = controller::statelite::lock(std::path::Path::new(c.cluster.state_dir().as_str()))?;
         let now = controller(g)?;
         let pairs = controller::statelite::pairs(&now.cluster, None);
         rt.block_on(controller::statelite::sync_all(&now, &pairs))

@@ -105,7 +105,7 @@ fn redirect(g: &Global, a: XcatRedirectArgs) -> Result<Status> {
                 let state = std::fs::read_to_string(&g.config)
                     .ok()
                     .and_then(|t| model::Cluster::from_toml(&g.config.display().to_string(), &t).ok())
-                    .map(|c| PathBuf::from(c.state_dir.as_str()))
+                    .map(|c| PathBuf::from(c.state_dir().as_str()))
                     .unwrap_or_else(|| PathBuf::from("/var/lib/hanfs"));
                 xcat::redirect::default_log(&state)
             }

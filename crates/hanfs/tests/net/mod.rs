@@ -5,6 +5,7 @@
 
 pub mod proxy;
 
+use model::config::{sp, Clients, ClusterSection, ConfigFile, ImageSection, SnSection};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{Hash, Hasher};
 use std::io::Write;
@@ -54,15 +55,18 @@ impl Rig {
             run_ok(&["ca", "init", ca.to_str().unwrap()]);
             run_ok(&["ca", "issue", ca.to_str().unwrap(), "--name", "mn"]);
         }
-        let mut cluster = format!(
-            "[cluster]\nsource_root = \"{}\"\nstate_dir = \"{}\"\nbackups = \"ring\"\nplaintext_loopback = {}\n",
-            d.join("src").display(),
-            d.join("mn-state").display(),
-            !tls
-        );
+        let s = |p: PathBuf| p.to_str().unwrap().to_string();
+        let mut section = ClusterSection::new(s(d.join("src")));
+        section.state_dir = Some(sp(s(d.join("mn-state"))));
+        section.backups = Some(sp("ring".into()));
+        section.plaintext_loopback = !tls;
+        let mut cluster = ConfigFile::new(section);
         if tls {
-            cluster +=
-                &format!("\n[tls]\nca = \"{0}/ca.pem\"\ncert = \"{0}/mn.pem\"\nkey = \"{0}/mn.key\"\n", ca.display());
+            cluster.tls = Some(model::TlsFiles {
+                ca: s(ca.join("ca.pem")),
+                cert: s(ca.join("mn.pem")),
+                key: s(ca.join("mn.key")),
+            });
         }
         let mut agents = Vec::new();
         for i in 1..=n {
@@ -89,15 +93,14 @@ impl Rig {
             }
             let cpath = sd.join("agent.toml");
             std::fs::write(&cpath, conf).unwrap();
-            cluster += &format!(
-                "\n[[sn]]\nname = \"{name}\"\naddress = \"127.0.0.1\"\nagent = \"127.0.0.1:{port}\"\nroot = \"{}\"\n",
-                root.display()
+            cluster.sn.push(
+                SnSection::new(name.clone(), "127.0.0.1").agent(format!("127.0.0.1:{port}")).root(s(root.clone())),
             );
             agents.push(AgentProc { name, port, conf: cpath, log: sd.join("agent.log"), root, child: None });
         }
-        cluster += &format!("\n[[image]]\nname = \"compute\"\npath = \"{IMAGE_PATH}\"\nclients = \"*\"\n");
+        cluster.image.push(ImageSection::new("compute", IMAGE_PATH).clients(Clients::One("*".into())));
         let cpath = d.join("cluster.toml");
-        std::fs::write(&cpath, cluster).unwrap();
+        std::fs::write(&cpath, cluster.to_toml().unwrap()).unwrap();
         let mut rig = Rig { dir, agents, cluster: cpath, tls };
         for i in 0..n {
             rig.start(i);
@@ -115,6 +118,14 @@ impl Rig {
         let from = format!("agent = \"127.0.0.1:{}\"", self.agents[i].port);
         assert!(text.contains(&from), "{text}");
         std::fs::write(&self.cluster, text.replace(&from, &format!("agent = \"127.0.0.1:{port}\""))).unwrap();
+    }
+
+    /// Edits the cluster config through model's schema.
+    pub fn edit_config(&self, edit: impl FnOnce(&mut ConfigFile)) {
+        let text = std::fs::read_to_string(&self.cluster).unwrap();
+        let mut c = ConfigFile::parse("cluster.toml", &text).unwrap();
+        edit(&mut c);
+        std::fs::write(&self.cluster, c.to_toml().unwrap()).unwrap();
     }
 
     /// Adds `line` to the `[cluster]` table of the cluster config.
