@@ -939,7 +939,8 @@ impl Mapper<'_, '_> {
     }
 
     /// A Linux osimage: `netboot`/`statelite` images replicate `linuximage.rootimgdir` (default
-    /// `installdir/netboot/osvers/osarch/profile`) + `/rootimg`; others have no rootimg.
+    /// `installdir/netboot/osvers/osarch/profile`) whole: rootimg, kernel, initrds, packed images;
+    /// others have no rootimg.
     fn linux_image(
         &mut self,
         ctx: &ImageCtx<'_>,
@@ -986,18 +987,26 @@ impl Mapper<'_, '_> {
                 }
             },
         };
-        let root = format!("{}/rootimg", dir.trim_end_matches('/'));
+        // The whole rootimgdir, not only its rootimg tree: nodeset on the SN (anaconda.pm runs there
+        // for the nodes it serves) wants `kernel`, `initrd-stateless.gz`/`initrd-statelite.gz`
+        // (anaconda.pm:453-491) and the packed image SvrUtils::searchcompressedrootimg picks
+        // (`rootimg.sfs|gz`, `rootimg.cpio.gz|xz`, `rootimg.tar.gz|xz`, SvrUtils.pm:2475-2497;
+        // `rootimg-statelite.gz` for RAM-disk statelite, anaconda.pm:470) in it, and stateless nodes
+        // fetch that image from the SN (imgurl=, anaconda.pm:708-711); statelite nodes mount its
+        // `rootimg` subdirectory (NFSROOT=, anaconda.pm:641-648), which the export of the whole
+        // directory covers.
+        let root = dir.trim_end_matches('/').to_string();
         let Some(rel) = root.strip_prefix(&ctx.site.prefix) else {
             self.issue(
                 Severity::Error,
                 "linuximage",
                 rowname.to_string(),
-                format!("rootimg `{root}` lies outside installdir `{installdir}`"),
+                format!("rootimgdir `{root}` lies outside installdir `{installdir}`"),
             );
             return;
         };
         if let Err(e) = model::RelPath::parse(rel) {
-            self.issue(Severity::Error, "linuximage", rowname.to_string(), format!("rootimg `{root}`: {e}"));
+            self.issue(Severity::Error, "linuximage", rowname.to_string(), format!("rootimgdir `{root}`: {e}"));
             return;
         }
         let Ok(sns) = ctx.pick_sns(ctx.image_users(name), &ctx.linux_sns) else {
@@ -1064,6 +1073,49 @@ impl Mapper<'_, '_> {
             }
         }
         (images, osimage_names)
+    }
+
+    /// `noderes.nfsdir`: a statelite node mounts its root from `<nfsdir>/netboot/<osvers>/<osarch>/<profile>`
+    /// (`//dir` as is, without the xCAT suffix) instead of the image's rootimgdir (anaconda.pm:622-636).
+    /// hanfs replicates an image at the same path as on the MN, so a node whose nfsdir points
+    /// elsewhere would mount a directory hanfs never fills: reported, not silently ignored.
+    fn check_nfsdir(&mut self, tables: &Tables, topo: &Topology, os: &Os, images: &Images, site: &Site) {
+        let Some(t) = tables.get("osimage") else { return };
+        for n in &topo.nodes {
+            let Some(nfsdir) = self.attr("noderes", &n.name, "nfsdir") else { continue };
+            for img in os.node_images.get(&n.name).into_iter().flatten() {
+                let Some(r) = t.enabled_rows().find(|r| t.get(r, "imagename") == Some(img.as_str())) else { continue };
+                if t.get(r, "provmethod") != Some("statelite") {
+                    continue;
+                }
+                let dir = if let Some(abs) = nfsdir.strip_prefix("//") {
+                    format!("/{abs}")
+                } else {
+                    let part = |c: &str| t.get(r, c).unwrap_or_default().to_string();
+                    format!(
+                        "{}/netboot/{}/{}/{}",
+                        nfsdir.trim_end_matches('/'),
+                        part("osvers"),
+                        part("osarch"),
+                        part("profile")
+                    )
+                };
+                let dir = dir.trim_end_matches('/').to_string();
+                let Some(image) = images.list.iter().find(|i| &i.name == img) else { continue };
+                let replicated = format!("{}{}", site.prefix, image.path);
+                if dir != replicated {
+                    self.issue(
+                        Severity::Error,
+                        "noderes",
+                        n.name.clone(),
+                        format!(
+                            "nfsdir `{nfsdir}`: {} mounts its root from `{dir}/rootimg`, but image {img} is replicated at `{replicated}`; set linuximage.rootimgdir to `{dir}` or clear nfsdir",
+                            n.name
+                        ),
+                    );
+                }
+            }
+        }
     }
 
     /// `site.sharedinstall=sns`: the SNs mount one shared installdir (snmove.pm:570-580 and 830-870
@@ -1429,6 +1481,7 @@ pub fn import_with(tables: &Tables, resolver: Resolver<'_>) -> Import {
     };
     let (mut images, osimage_names) = m.map_images(tables, &ctx);
     m.shared_install(&site, &mut images, &ctx.written);
+    m.check_nfsdir(tables, &topo, &os, &images, &site);
     let sl = m.map_statelite(tables, &topo, &addr, &os);
     m.map_litetree(tables, &site, &topo, &addr, &mut images);
     m.check_litefile(tables, &osimage_names);

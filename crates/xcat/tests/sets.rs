@@ -64,8 +64,8 @@ fn linux_pools_with_external_nfs() {
     assert_eq!(
         im,
         [
-            ("rh86-stateless", "netboot/rhels8.6/x86_64/stateless/rootimg"),
-            ("rh86-statelite", "netboot/rhels8.6/x86_64/statelite/rootimg"),
+            ("rh86-stateless", "netboot/rhels8.6/x86_64/stateless"),
+            ("rh86-statelite", "netboot/rhels8.6/x86_64/statelite"),
         ]
     );
     assert_eq!(c.image("rh86-stateless").unwrap().sns, ["sn3", "sn4"]);
@@ -162,4 +162,38 @@ fn every_set_reports_what_it_leaves_out() {
             assert!(mapped || reported, "{name}: {n} is neither mapped nor reported");
         }
     }
+}
+
+/// `noderes.nfsdir`: a statelite node mounts `<nfsdir>/netboot/<osvers>/<osarch>/<profile>/rootimg`,
+/// or `<dir>/rootimg` for `//dir` (anaconda.pm:622-636), from its SN; where that is not the
+/// replicated rootimgdir the node would boot from a directory hanfs never fills: reported.
+#[test]
+fn nfsdir_is_honoured() {
+    let with = |nfsdir: &str| {
+        let tmp = tempfile::tempdir().unwrap();
+        for f in std::fs::read_dir(set("linux-pools")).unwrap() {
+            let f = f.unwrap().path();
+            std::fs::copy(&f, tmp.path().join(f.file_name().unwrap())).unwrap();
+        }
+        let p = tmp.path().join("noderes.csv");
+        let text = std::fs::read_to_string(&p).unwrap();
+        let row = "\"poolA\",\"sn1,sn2\",\"xnba\",,,,,,\"mac\"";
+        assert!(text.contains(row));
+        std::fs::write(&p, text.replacen(row, &format!("\"poolA\",\"sn1,sn2\",\"xnba\",,,,,\"{nfsdir}\",\"mac\""), 1))
+            .unwrap();
+        xcat::import(&SourceSpec::Tabdump(tmp.path().to_path_buf())).unwrap()
+    };
+    // rh86-statelite's profile is `compute`, its rootimgdir .../statelite: nfsdir=/install sends the
+    // poolA nodes to /install/netboot/rhels8.6/x86_64/compute/rootimg.
+    let imp = with("/install");
+    has(
+        &imp,
+        Severity::Error,
+        "noderes",
+        "c001",
+        "mounts its root from `/install/netboot/rhels8.6/x86_64/compute/rootimg`",
+    );
+    // `//` means the directory as is: the replicated rootimgdir itself is fine.
+    let imp = with("//install/netboot/rhels8.6/x86_64/statelite");
+    assert!(!imp.import.report.iter().any(|i| i.reason.contains("nfsdir")), "{:?}", imp.import.report);
 }
