@@ -1268,21 +1268,53 @@ impl Mapper<'_, '_> {
 
     /// `litetree`: a directory on the node's SN under installdir is replicated like an image (one
     /// path for all nodes); one elsewhere is reported.
-    fn map_litetree(&mut self, tables: &Tables, site: &Site, topo: &Topology, addr: &Addressing, images: &mut Images) {
+    fn map_litetree(
+        &mut self,
+        tables: &Tables,
+        site: &Site,
+        topo: &Topology,
+        addr: &Addressing,
+        os: &Os,
+        images: &mut Images,
+    ) {
         let Some(t) = tables.get("litetree") else { return };
-        let mut rows: Vec<(String, String, String)> = t
+        let mut rows: Vec<(String, String, String, String)> = t
             .enabled_rows()
             .filter_map(|r| {
-                Some((t.get(r, "priority")?.to_string(), t.get(r, "directory")?.to_string(), r.location.clone()))
+                Some((
+                    t.get(r, "priority")?.to_string(),
+                    t.get(r, "directory")?.to_string(),
+                    r.location.clone(),
+                    t.get(r, "image").unwrap_or_default().to_string(),
+                ))
             })
             .collect();
         rows.sort_by(|a, b| natural_cmp(&a.0, &b.0));
-        for (prio, value, loc) in rows {
+        let groups = osimage_groups(tables);
+        for (prio, value, loc, image) in rows {
             let row = format!("{prio} ({loc})");
             let mut paths = BTreeSet::new();
             let mut on_sn = true;
             let mut failed = None;
-            for n in &topo.nodes {
+            // Only the nodes whose image the row names (litetree.pm:340-359).
+            let users: Vec<&N> = topo
+                .nodes
+                .iter()
+                .filter(|n| {
+                    let imgs = os.node_images.get(&n.name).map(Vec::as_slice).unwrap_or_default();
+                    image_row_applies(&image, imgs, &groups)
+                })
+                .collect();
+            if users.is_empty() {
+                self.issue(
+                    Severity::Skipped,
+                    "litetree",
+                    row,
+                    format!("image `{image}`: no node hanfs serves boots that image (or image group)"),
+                );
+                continue;
+            }
+            for n in users {
                 match self.server_dir(&n.name, &value) {
                     Ok((server, dir)) => {
                         let owner = if Some(&server) == addr.xcatmaster_of.get(&n.name) {
@@ -1341,14 +1373,17 @@ impl Mapper<'_, '_> {
         }
     }
 
-    /// `litefile` rows must name an image (or ALL).
+    /// `litefile` rows must name an image, an image group (an `osimage.groups` value) or ALL
+    /// (litetree.pm:340-359 selects rows by exactly these).
     fn check_litefile(&mut self, tables: &Tables, osimage_names: &BTreeSet<String>) {
         let Some(t) = tables.get("litefile") else { return };
+        let groups = osimage_groups(tables);
         let bad: Vec<(String, String)> = t
             .enabled_rows()
             .filter_map(|r| {
                 let img = t.get(r, "image")?;
-                (img != "ALL" && !osimage_names.contains(img)).then(|| (img.to_string(), r.location.clone()))
+                (img != "ALL" && !osimage_names.contains(img) && !groups.values().any(|g| g == img))
+                    .then(|| (img.to_string(), r.location.clone()))
             })
             .collect();
         for (img, loc) in bad {
@@ -1390,6 +1425,21 @@ impl Mapper<'_, '_> {
         }
         node_out
     }
+}
+
+/// `osimage.groups` of each enabled osimage that has one.
+fn osimage_groups(tables: &Tables) -> BTreeMap<String, String> {
+    let Some(t) = tables.get("osimage") else { return BTreeMap::new() };
+    t.enabled_rows()
+        .filter_map(|r| Some((t.get(r, "imagename")?.to_string(), t.get(r, "groups")?.to_string())))
+        .collect()
+}
+
+/// Whether a litetree/litefile row for `image` applies to a node booting `imgs`: xCAT's
+/// litetree.pm getNodeData (:340-359) takes the rows whose image is empty, `ALL`, the node's osimage,
+/// or that osimage's whole `osimage.groups` value (compared as one string, as getAttribs does).
+fn image_row_applies(image: &str, imgs: &[String], groups: &BTreeMap<String, String>) -> bool {
+    image.is_empty() || image == "ALL" || imgs.iter().any(|i| i == image || groups.get(i).is_some_and(|g| g == image))
 }
 
 /// One statelite area per directory, named after its last component (made unique).
@@ -1483,7 +1533,7 @@ pub fn import_with(tables: &Tables, resolver: Resolver<'_>) -> Import {
     m.shared_install(&site, &mut images, &ctx.written);
     m.check_nfsdir(tables, &topo, &os, &images, &site);
     let sl = m.map_statelite(tables, &topo, &addr, &os);
-    m.map_litetree(tables, &site, &topo, &addr, &mut images);
+    m.map_litetree(tables, &site, &topo, &addr, &os, &mut images);
     m.check_litefile(tables, &osimage_names);
     let written = ctx.written.clone();
     let node_out = m.node_entries(&topo, &sl, &mut sn_out, &written);

@@ -197,3 +197,37 @@ fn nfsdir_is_honoured() {
     let imp = with("//install/netboot/rhels8.6/x86_64/statelite");
     assert!(!imp.import.report.iter().any(|i| i.reason.contains("nfsdir")), "{:?}", imp.import.report);
 }
+
+/// litetree and litefile rows are selected by image as xCAT's litetree.pm getNodeData selects them
+/// (:340-359): empty, `ALL`, the node's osimage, or its whole `osimage.groups` value.
+#[test]
+fn lite_rows_by_image_or_image_group() {
+    let tmp = tempfile::tempdir().unwrap();
+    for f in std::fs::read_dir(set("linux-pools")).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, tmp.path().join(f.file_name().unwrap())).unwrap();
+    }
+    let edit = |file: &str, from: &str, to: &str| {
+        let p = tmp.path().join(file);
+        let text = std::fs::read_to_string(&p).unwrap();
+        assert!(text.contains(from), "{file}: {from}");
+        std::fs::write(&p, text.replacen(from, to, 1)).unwrap();
+    };
+    // rh86-statelite joins image group `lite`; a litefile row names the group, a litetree row an
+    // image no node boots, another the group.
+    edit("osimage.csv", "\"rh86-statelite\",,", "\"rh86-statelite\",\"lite\",");
+    edit("litefile.csv", "\"rh86-statelite\",\"/etc/ssh/\"", "\"lite\",\"/etc/ssh/\"");
+    let lt = tmp.path().join("litetree.csv");
+    let mut text = std::fs::read_to_string(&lt).unwrap();
+    text.push_str("\"2.0\",\"nobody-boots-this\",\"172.16.0.1:/install/litetree/other\",,,\n");
+    text.push_str("\"3.0\",\"lite\",\"172.16.0.1:/install/litetree/group\",,,\n");
+    std::fs::write(&lt, text).unwrap();
+    let imp = xcat::import(&SourceSpec::Tabdump(tmp.path().to_path_buf())).unwrap();
+    assert!(!imp.import.report.iter().any(|i| i.table == "litefile"), "{:?}", imp.import.report);
+    has(&imp, Severity::Skipped, "litetree", "2.0", "no node hanfs serves boots that image");
+    let base = xcat::import(&SourceSpec::Tabdump(set("linux-pools"))).unwrap();
+    let find = |imp: &xcat::Imported, p: &str| imp.cluster.images.iter().any(|i| i.path.as_str() == p);
+    // Row 3.0 is mapped like row 1.0 (same server, the nodes' SN or not), for the group's nodes only.
+    assert_eq!(find(&imp, "litetree/group"), find(&base, "litetree/base"));
+    assert!(!find(&imp, "litetree/other"));
+}
