@@ -329,6 +329,23 @@ pub(crate) fn aix_images(tables: &Tables) -> BTreeSet<String> {
         .unwrap_or_default()
 }
 
+/// The interface of `sn` inside `node`'s network (`networks` table), from the hosts table as
+/// makehosts writes it: what snmove makes the new xcatmaster when the node has none of its own
+/// (snmove.pm:394-422, `ishostinsubnet` of the SN's interfaces and the node's network). `None` when
+/// the node is in no network or the SN has no interface there.
+pub(crate) fn sn_interface_for(tables: &Tables, node: &str, sn: &str, resolver: Resolver<'_>) -> Option<String> {
+    let mut m = Mapper { db: Db::new(tables), report: Vec::new(), resolver };
+    let entries = m.host_entries();
+    let node_ip = m.resolve(&entries, node)?;
+    let (_, net, mask) = networks(tables).into_iter().find(|(_, net, mask)| in_net(&node_ip, *net, *mask))?;
+    let mut ips: Vec<String> =
+        entries.iter().filter(|(_, _, owner)| owner == sn).map(|(_, ip, _)| ip.clone()).collect();
+    if let Some(ip) = m.resolve(&entries, sn) {
+        ips.push(ip);
+    }
+    ips.into_iter().find(|ip| in_net(ip, net, mask))
+}
+
 /// Map tables to a config and a report.
 pub fn import(tables: &Tables) -> Import {
     import_with(tables, &system_resolver)
