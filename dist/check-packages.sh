@@ -22,6 +22,7 @@ LAYOUT="/usr/bin/hanfs $BIN 755
 /usr/share/hanfs/examples/agent.toml $DIST/agent.toml 644
 /usr/share/hanfs/examples/hanfs.toml $DIST/hanfs.toml 644
 /usr/share/hanfs/xcat/hanfs-agent $DIST/xcat/hanfs-agent 755
+/usr/share/hanfs/xcat/hanfs-sync $DIST/xcat/hanfs-sync 755
 /usr/share/doc/hanfs/README.md $DIST/../README.md 644"
 
 T=$(mktemp -d); trap 'rm -rf "$T"' EXIT

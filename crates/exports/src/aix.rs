@@ -8,8 +8,8 @@
 //! the block.
 
 use crate::error::{ParseError, SpliceError};
-use crate::types::{fsloc_value, parse_options, Entry, Exports, LocKind};
-use model::Dialect;
+use crate::types::{fsloc_value, parse_options, Entry, Exports, FsLocation, LocKind, Locations};
+use model::{Cluster, Dialect, ServiceNode};
 
 pub const BEGIN_MARKER: &str = "# BEGIN hanfs managed block -- do not edit";
 pub const END_MARKER: &str = "# END hanfs managed block";
@@ -188,30 +188,145 @@ pub fn aix_commands(ex: &Exports, sn: &str, domain: Option<&str>) -> String {
     }
     out.push_str("# Each export: drop an old entry for the directory, then add it to /etc/exports (-I).\n");
     for e in &ex.entries {
-        let mut args: Vec<String> = vec!["-d".into(), e.path.clone()];
-        let mut unmapped = Vec::new();
-        for o in &e.options {
-            match o.split_once('=') {
-                Some(("vers", v)) => args.extend(["-v".into(), v.replace(':', ",")]),
-                Some(("access", v)) => args.extend(["-c".into(), v.replace(':', ",")]),
-                Some(("root", v)) => args.extend(["-r".into(), v.replace(':', ",")]),
-                None if o == "ro" || o == "rw" => args.extend(["-t".into(), o.clone()]),
-                _ => unmapped.push(o.clone()),
-            }
-        }
-        if let Some(l) = &e.locations {
-            let flag = if l.kind == LocKind::Replicas { "-g" } else { "-G" };
-            args.extend([flag.into(), fsloc_value(&l.list, false)]);
-        }
-        args.push("-I".into());
-        for u in unmapped {
-            out.push_str(&format!("# note: option `{u}` of {} has no mknfsexp flag; add it with chnfsexp\n", e.path));
-        }
-        out.push_str(&format!("rmnfsexp -d {} -I 2>/dev/null\n", shell_quote(&e.path)));
-        let quoted: Vec<String> = args.iter().map(|a| shell_quote(a)).collect();
-        out.push_str(&format!("mknfsexp {}\n", quoted.join(" ")));
+        entry_commands(e, &mut out);
     }
     out.push_str("exportfs -va\n");
+    out
+}
+
+/// `rmnfsexp` + `mknfsexp -I` for one entry.
+fn entry_commands(e: &Entry, out: &mut String) {
+    let mut args: Vec<String> = vec!["-d".into(), e.path.clone()];
+    let mut unmapped = Vec::new();
+    for o in &e.options {
+        match o.split_once('=') {
+            Some(("vers", v)) => args.extend(["-v".into(), v.replace(':', ",")]),
+            Some(("access", v)) => args.extend(["-c".into(), v.replace(':', ",")]),
+            Some(("root", v)) => args.extend(["-r".into(), v.replace(':', ",")]),
+            None if o == "ro" || o == "rw" => args.extend(["-t".into(), o.clone()]),
+            None if o == "noauto" => args.push("-x".into()),
+            _ => unmapped.push(o.clone()),
+        }
+    }
+    if let Some(l) = &e.locations {
+        let flag = if l.kind == LocKind::Replicas { "-g" } else { "-G" };
+        args.extend([flag.into(), fsloc_value(&l.list, false)]);
+    }
+    args.push("-I".into());
+    for u in unmapped {
+        out.push_str(&format!("# note: option `{u}` of {} has no mknfsexp flag; add it with chnfsexp\n", e.path));
+    }
+    out.push_str(&format!("rmnfsexp -d {} -I 2>/dev/null\n", shell_quote(&e.path)));
+    let quoted: Vec<String> = args.iter().map(|a| shell_quote(a)).collect();
+    out.push_str(&format!("mknfsexp {}\n", quoted.join(" ")));
+}
+
+/// The one export of an SN in setuphanfs mode, as `mkdsklsnode -S` makes it
+/// (xCAT-server/lib/xcat/plugins/aixinstall.pm:12676, xCAT 7733d16f):
+/// `mknfsexp -d $install_dir -B -v 4 -g $install_dir@$localip:$install_dir@$remoteip -x -t rw -r '*'`,
+/// i.e. the SN's root (xCAT: `site.installdir`), NFSv4, `noauto` (`-x`), read-write, root access for
+/// every client, `replicas=` this SN first, then its partner. hanfs keeps the options in that
+/// order; AIX's exportfs reads them in any order.
+pub fn setuphanfs_entry(cluster: &Cluster, sn: &ServiceNode) -> Entry {
+    let list: Vec<FsLocation> = cluster
+        .replica_set(sn)
+        .into_iter()
+        .map(|s| FsLocation { path: s.root.to_string(), host: s.address.fsloc() })
+        .collect();
+    Entry {
+        path: sn.root.to_string(),
+        client: None,
+        options: vec!["vers=4".into(), "noauto".into(), "rw".into(), "root=*".into()],
+        locations: Some(Locations { kind: LocKind::Replicas, list }),
+    }
+}
+
+/// The commands that set an SN up as `mkdsklsnode -S` does, for [`crate::build`]'s exports of an
+/// SN in setuphanfs mode (its first entry from [`setuphanfs_entry`]), as a POSIX shell script to run
+/// as root on the SN. Every step follows xCAT 7733d16f, xCAT-server/lib/xcat/plugins/aixinstall.pm:
+/// - NFSv4 domain, only when `chnfsdom` prints `N/A`: `chnfsdom <domain>`, then the NFS group
+///   restarted (`stopsrc -g nfs`, `sleep 2`, `startsrc -g nfs`; make_SN_resource, :13149-13195);
+/// - `lsnfsexp -c`, and for the line of the root (:12553-12613): replicas naming both SNs — nothing
+///   to do; replicas naming others — those are kept (`chnfsexp ... -g <pair>:<others>`, :12672-12677);
+///   a line without replicas — `rmnfsexp -d <root>` first;
+/// - otherwise (:12619-12673) `exportfs -ua`, `chnfs -R on`, `stopsrc -g nfs`, `startsrc -g nfs`,
+///   `exportfs -a`, then `mknfsexp -d <root> -B -v 4 -g <self>:<partner> -x -t rw -r '*'`.
+///
+/// As in xCAT a failed step does not stop the later ones; each failure is reported by name and the
+/// script exits 1. Lines of `/etc/exports` other than the root's are never touched. The remaining
+/// entries (statelite) follow as `mknfsexp -I` commands, as in [`aix_commands`].
+pub fn setuphanfs_commands(ex: &Exports, sn: &str, domain: Option<&str>) -> String {
+    let mut out = format!(
+        "#!/bin/sh\n# hanfs: AIX service node {sn} set up as xCAT's `mkdsklsnode -S` does; run as root on {sn}.\n"
+    );
+    let Some(first) = ex.entries.first() else { return out };
+    let pair: Vec<&FsLocation> = first.locations.as_ref().map(|l| l.list.iter().collect()).unwrap_or_default();
+    let ip = |i: usize| pair.get(i).map(|l| l.host.clone()).unwrap_or_default();
+    let want = first.locations.as_ref().map(|l| fsloc_value(&l.list, false)).unwrap_or_default();
+    out.push_str(
+        "rc=0\nrun() { \"$@\" || { echo \"hanfs: setuphanfs: \\`$*\\` failed on $(hostname)\" >&2; rc=1; }; }\n",
+    );
+    match domain {
+        Some(d) => out.push_str(&format!(
+            "# The NFSv4 domain, only when none is set; then the NFS group restarted.\n\
+             if chnfsdom | grep 'N/A' >/dev/null; then\n    run chnfsdom {}\n    run stopsrc -g nfs\n    sleep 2\n    run startsrc -g nfs\nfi\n",
+            shell_quote(d)
+        )),
+        None => out.push_str("# No NFSv4 domain known (site.domain): set one with chnfsdom first.\n"),
+    }
+    out.push_str(&format!(
+        "dir={dir}\nlocal_ip={l}\nremote_ip={r}\n\
+         # What is exported at $dir now: done (both SNs replicate it), plain (no replicas),\n\
+         # extra:<other replicas, kept>, or nothing.\n\
+         state=$(lsnfsexp -c | awk -F: -v d=\"$dir\" -v l=\"$local_ip\" -v r=\"$remote_ip\" '\n\
+         /^#/ {{ next }}\n\
+         $1 == d {{\n\
+         \x20   if ($7 == \"\") {{ print \"plain\"; exit }}\n\
+         \x20   n = split($7, reps, \",\"); fl = 0; fr = 0; extra = \"\"\n\
+         \x20   for (i = 1; i <= n; i++) {{\n\
+         \x20       split(reps[i], p, \"@\")\n\
+         \x20       if (p[2] == r) fr = 1\n\
+         \x20       if (p[2] == l) fl = 1\n\
+         \x20       if (fl && fr) {{ print \"done\"; exit }}\n\
+         \x20       if (p[2] != r && p[2] != l) extra = extra \":\" reps[i]\n\
+         \x20   }}\n\
+         \x20   print \"extra\" extra; exit\n\
+         }}')\n\
+         case \"$state\" in\n\
+         done) ;;\n\
+         extra:*) run chnfsexp -d \"$dir\" -B -v 4 -g {want}\"${{state#extra}}\" -x -t rw -r '*' ;;\n\
+         *)\n\
+         \x20   if [ \"$state\" = plain ]; then run rmnfsexp -d \"$dir\"; fi\n\
+         \x20   run exportfs -ua\n\
+         \x20   run chnfs -R on\n\
+         \x20   run stopsrc -g nfs\n\
+         \x20   run startsrc -g nfs\n\
+         \x20   run exportfs -a\n\
+         \x20   run mknfsexp -d \"$dir\" -B -v 4 -g {want} -x -t rw -r '*' ;;\n\
+         esac\n",
+        dir = shell_quote(&first.path),
+        l = shell_quote(&ip(0)),
+        r = shell_quote(&ip(1)),
+        want = shell_quote(&want),
+    ));
+    if ex.entries.len() > 1 {
+        out.push_str("# The statelite exports: drop an old entry for the directory, then add it (-I).\n");
+        for e in &ex.entries[1..] {
+            let mut one = String::new();
+            entry_commands(e, &mut one);
+            for line in one.lines() {
+                // rmnfsexp fails where there was no entry: only mknfsexp's failure counts.
+                if line.starts_with("mknfsexp ") {
+                    out.push_str(&format!("run {line}"));
+                } else {
+                    out.push_str(line);
+                }
+                out.push('\n');
+            }
+        }
+        out.push_str("run exportfs -va\n");
+    }
+    out.push_str("exit $rc\n");
     out
 }
 

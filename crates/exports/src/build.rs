@@ -24,6 +24,10 @@ pub fn build(cluster: &Cluster, sn: &str) -> Result<Exports, ExportError> {
 
     let mut images: Vec<&Image> = cluster.images_on(&sn.name).collect();
     images.sort_by_key(|i| sn.root.join(&i.path));
+    if sn.setuphanfs && sn.dialect == Dialect::Aix {
+        entries.push(crate::aix::setuphanfs_entry(cluster, sn));
+        images.clear();
+    }
     for image in images {
         let path = sn.root.join(&image.path).to_string();
         let list: Vec<FsLocation> = cluster
@@ -65,6 +69,21 @@ pub fn build(cluster: &Cluster, sn: &str) -> Result<Exports, ExportError> {
         // same file system, not a mount point), so a moved node's `refer=` is never seen and a mounted
         // client goes stale. The area export needs each node directory to be its own mount (a bind
         // mount made by the agent) first; until then the area export is left to xCAT's own setup.
+        if sn.setuphanfs
+            && sn.dialect == Dialect::Aix
+            && within(area.path.as_str(), sn.root.as_str())
+            && !nodes.is_empty()
+        {
+            // AIX exports no directory inside another of the same file system (exports(4)), and the
+            // setuphanfs export of the whole root is read-write already.
+            return Err(ExportError::Unrepresentable {
+                export: area.path.to_string(),
+                why: format!(
+                    "statelite area inside {}, which SN `{}` exports whole (setuphanfs); move the area out of it",
+                    sn.root, sn.name
+                ),
+            });
+        }
         for node in nodes {
             let path = format!("{}/{}", area.path, node.name);
             let placement = cluster.placement();
@@ -215,4 +234,10 @@ fn aix_clients(export: &str, clients: &[String]) -> Result<Option<String>, Expor
 /// block (AIX).
 pub fn render_sn(cluster: &Cluster, sn: &str) -> Result<String, ExportError> {
     Ok(crate::render(&build(cluster, sn)?))
+}
+
+/// Whether `path` is `dir` or lies below it (whole components).
+fn within(path: &str, dir: &str) -> bool {
+    let d = dir.trim_end_matches('/');
+    path == dir || d.is_empty() || path.strip_prefix(d).is_some_and(|rest| rest.starts_with('/'))
 }

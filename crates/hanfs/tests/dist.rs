@@ -46,3 +46,33 @@ fn units_name_real_commands_and_configs() {
         }
     }
 }
+
+/// The xCAT prescript (dist/xcat/hanfs-sync): on the MN it runs `hanfs sync` and reports a failure
+/// with exit 1 (xCAT reports it and runs the remaining prescripts); without the cluster config (an
+/// SN) it only says so and exits 0, so nodeset is not failed for it.
+#[test]
+fn prescript_syncs_on_the_mn_only() {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../dist/xcat/hanfs-sync");
+    let tmp = tempfile::tempdir().unwrap();
+    let conf = tmp.path().join("hanfs.toml");
+    let run = |hanfs: &str| {
+        std::process::Command::new(&script)
+            .env("HANFS_CONFIG", &conf)
+            .env("HANFS", hanfs)
+            .env("NODES", "c001,c002")
+            .env("ACTION", "netboot")
+            .output()
+            .unwrap()
+    };
+    let out = run("false");
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("not the MN; run `hanfs sync` on the MN for c001,c002"));
+    std::fs::write(&conf, "").unwrap();
+    // The real binary on an empty config: the sync fails, the script says so and exits 1.
+    let out = run(env!("CARGO_BIN_EXE_hanfs"));
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("`hanfs sync` failed after netboot of c001,c002"));
+    let out = run("true");
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("synced after netboot of c001,c002"));
+}

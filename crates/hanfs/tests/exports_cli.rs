@@ -177,3 +177,23 @@ fn limit_violation_names_the_export() {
         )))
         .stderr(contains("comma"));
 }
+
+/// An AIX SN in setuphanfs mode: `--commands` is the script of xCAT's `mkdsklsnode -S` steps
+/// (crates/exports/tests/setuphanfs.rs runs it against the steps recorded from aixinstall.pm).
+#[test]
+fn setuphanfs_commands_are_xcats_steps() {
+    let cfg = examples().join("aix-setuphanfs/cluster.toml");
+    let out = hanfs().args(["exports", "--config"]).arg(&cfg).args(["--sn", "aixsn1", "--commands"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.starts_with("#!/bin/sh\n"), "{text}");
+    for step in [
+        "if chnfsdom | grep 'N/A' >/dev/null; then\n    run chnfsdom aix.example\n    run stopsrc -g nfs\n",
+        "state=$(lsnfsexp -c |",
+        "    run exportfs -ua\n    run chnfs -R on\n    run stopsrc -g nfs\n    run startsrc -g nfs\n    run exportfs -a\n",
+        "run mknfsexp -d \"$dir\" -B -v 4 -g /install@10.2.0.1:/install@10.2.0.2 -x -t rw -r '*'",
+    ] {
+        assert!(text.contains(step), "missing {step:?} in\n{text}");
+    }
+    assert!(!text.contains("/install/nim"), "{text}");
+}

@@ -106,6 +106,9 @@ pub struct ServiceNode {
     pub backups: Vec<String>,
     /// Where replicas live on this SN.
     pub root: AbsPath,
+    /// AIX only: export the whole `root` once, read-write with `replicas=` self and its one backup,
+    /// as xCAT's `mkdsklsnode -S` (setuphanfs) does, instead of one read-only export per image.
+    pub setuphanfs: bool,
 }
 
 /// A member of an external HA-NFS domain: a backup server that is not an SN (design arch. 2).
@@ -533,8 +536,32 @@ fn service_nodes(
             }
             None => policy_backups(backup_policy.unwrap_or(BackupPolicy::None), &sn_names, i),
         };
+        let setuphanfs = s.setuphanfs.as_ref().is_some_and(|v| *v.get_ref());
+        if let (true, Some(d), Some(v)) = (setuphanfs, dialect, &s.setuphanfs) {
+            if d != Dialect::Aix {
+                sink.at(v.span(), f("setuphanfs"), "setuphanfs is AIX's `mkdsklsnode -S` export: set dialect = \"aix\"");
+            } else if backups.len() != 1 {
+                // aixinstall.pm:12408-12414: setuphanfs needs exactly one pair of service nodes.
+                sink.at(
+                    v.span(),
+                    f("setuphanfs"),
+                    format!(
+                        "setuphanfs pairs the SN with exactly one backup (xCAT's SN pair); it has {}",
+                        backups.len()
+                    ),
+                );
+            }
+        }
         if let (Some(address), Some(agent), Some(dialect), Some(root)) = (address, agent, dialect, root) {
-            sns.push(ServiceNode { name: s.name.get_ref().clone(), address, agent, dialect, backups, root });
+            sns.push(ServiceNode {
+                name: s.name.get_ref().clone(),
+                address,
+                agent,
+                dialect,
+                backups,
+                root,
+                setuphanfs,
+            });
         }
     }
 

@@ -121,11 +121,22 @@ pub struct SnSection {
     pub backups: Option<Spanned<Vec<Text>>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub root: Option<Text>,
+    /// AIX `mkdsklsnode -S`: one read-write export of the SN's root (see `ServiceNode::setuphanfs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub setuphanfs: Option<Spanned<bool>>,
 }
 
 impl SnSection {
     pub fn new(name: impl Into<String>, address: impl Into<String>) -> SnSection {
-        SnSection { name: text(name), address: text(address), agent: None, dialect: None, backups: None, root: None }
+        SnSection {
+            name: text(name),
+            address: text(address),
+            agent: None,
+            dialect: None,
+            backups: None,
+            root: None,
+            setuphanfs: None,
+        }
     }
 
     pub fn agent(mut self, agent: impl Into<String>) -> SnSection {

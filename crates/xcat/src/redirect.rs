@@ -167,9 +167,12 @@ pub fn plan(tables: &Tables, moves: &[NodeMove]) -> Result<Plan, RedirectError> 
             return Err(RedirectError::Input(format!("node `{node}` has no noderes.servicenode: nothing to repoint")));
         };
         let sn_cfg = imported.config.sn.iter().find(|s| *s.name.get_ref() == mv.to);
+        // The new SN's interface in this node's network first (snmove.pm:394-422), then the SN's
+        // address as most of its nodes see it.
+        let facing = || map::sn_interface_for(tables, node, &mv.to, &map::system_resolver);
         let new_xm = match (&mv.address, sn_cfg) {
             (Some(a), _) => a.clone(),
-            (None, Some(s)) => s.address.get_ref().clone(),
+            (None, Some(s)) => facing().unwrap_or_else(|| s.address.get_ref().clone()),
             (None, None) => {
                 return Err(RedirectError::Input(format!(
                     "`{}` is not a service node in xCAT's tables; give its address explicitly",

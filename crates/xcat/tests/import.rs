@@ -118,8 +118,8 @@ fn xcat_reading_rules_hold() {
             // diskless image's lpp_source, nor shared_root (NIM makes it on each SN).
             ("710spot", "nim/spot/710spot"),
             ("710resolv_conf", "nim/resolv_conf/710resolv_conf"),
-            ("rh86-compute", "netboot/rhels8.6/x86_64/compute/rootimg"),
-            ("rh86-statelite", "netboot/rhels8.6/x86_64/statelite/rootimg"),
+            ("rh86-compute", "netboot/rhels8.6/x86_64/compute"),
+            ("rh86-statelite", "netboot/rhels8.6/x86_64/statelite"),
             ("litetree-1.0", "litetree/base"),
         ]
     );

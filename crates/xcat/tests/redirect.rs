@@ -273,3 +273,32 @@ fn xcat_commands_found_outside_path() {
     assert_eq!(redirect::xcat_program_in("sh", Some(&path), &[&bin]), Path::new("sh"), "in PATH: as is");
     assert_eq!(redirect::xcat_program_in("/x/chdef", Some(&path), &[&bin]), Path::new("/x/chdef"));
 }
+
+/// A node of an SN pool moved to an SN that serves another network too gets, as new xcatmaster, the
+/// SN's interface inside the node's own network (snmove.pm:394-422), not the address most of the
+/// SN's nodes use.
+#[test]
+fn new_xcatmaster_is_the_sn_interface_in_the_nodes_network() {
+    let set = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sets/linux-pools");
+    let tmp = tempfile::tempdir().unwrap();
+    for f in std::fs::read_dir(&set).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, tmp.path().join(f.file_name().unwrap())).unwrap();
+    }
+    let hosts = tmp.path().join("hosts.csv");
+    let text = std::fs::read_to_string(&hosts).unwrap();
+    let from = "\"-eth1:10.20.0.3,-ib0:10.30.0.3\"";
+    assert!(text.contains(from));
+    std::fs::write(&hosts, text.replacen(from, "\"-eth1:10.20.0.3,-ib0:10.30.0.3,-eth2:10.10.0.3\"", 1)).unwrap();
+    let t = SourceSpec::Tabdump(tmp.path().to_path_buf()).read().unwrap();
+    // sn3's nodes (poolB, 10.20/16) reach it at 10.20.0.3; c001 is in poolA (10.10/16).
+    let imported = xcat::import_tables(&t).unwrap();
+    assert_eq!(imported.cluster.sn("sn3").unwrap().address.to_string(), "10.20.0.3");
+    let plan = redirect::plan(&t, &[mv("c001", "sn3")]).unwrap();
+    let xm = plan.nodes[0].chdef.iter().find(|c| c.attr == "xcatmaster").unwrap();
+    assert_eq!(xm.new, "10.10.0.3");
+    // A node of poolB keeps getting the poolB interface.
+    let plan = redirect::plan(&t, &[mv("c009", "sn3")]).unwrap();
+    let xm = plan.nodes[0].chdef.iter().find(|c| c.attr == "xcatmaster");
+    assert!(xm.is_none_or(|c| c.new == "10.20.0.3"), "{xm:?}");
+}

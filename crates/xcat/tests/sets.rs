@@ -64,8 +64,8 @@ fn linux_pools_with_external_nfs() {
     assert_eq!(
         im,
         [
-            ("rh86-stateless", "netboot/rhels8.6/x86_64/stateless/rootimg"),
-            ("rh86-statelite", "netboot/rhels8.6/x86_64/statelite/rootimg"),
+            ("rh86-stateless", "netboot/rhels8.6/x86_64/stateless"),
+            ("rh86-statelite", "netboot/rhels8.6/x86_64/statelite"),
         ]
     );
     assert_eq!(c.image("rh86-stateless").unwrap().sns, ["sn3", "sn4"]);
@@ -162,4 +162,72 @@ fn every_set_reports_what_it_leaves_out() {
             assert!(mapped || reported, "{name}: {n} is neither mapped nor reported");
         }
     }
+}
+
+/// `noderes.nfsdir`: a statelite node mounts `<nfsdir>/netboot/<osvers>/<osarch>/<profile>/rootimg`,
+/// or `<dir>/rootimg` for `//dir` (anaconda.pm:622-636), from its SN; where that is not the
+/// replicated rootimgdir the node would boot from a directory hanfs never fills: reported.
+#[test]
+fn nfsdir_is_honoured() {
+    let with = |nfsdir: &str| {
+        let tmp = tempfile::tempdir().unwrap();
+        for f in std::fs::read_dir(set("linux-pools")).unwrap() {
+            let f = f.unwrap().path();
+            std::fs::copy(&f, tmp.path().join(f.file_name().unwrap())).unwrap();
+        }
+        let p = tmp.path().join("noderes.csv");
+        let text = std::fs::read_to_string(&p).unwrap();
+        let row = "\"poolA\",\"sn1,sn2\",\"xnba\",,,,,,\"mac\"";
+        assert!(text.contains(row));
+        std::fs::write(&p, text.replacen(row, &format!("\"poolA\",\"sn1,sn2\",\"xnba\",,,,,\"{nfsdir}\",\"mac\""), 1))
+            .unwrap();
+        xcat::import(&SourceSpec::Tabdump(tmp.path().to_path_buf())).unwrap()
+    };
+    // rh86-statelite's profile is `compute`, its rootimgdir .../statelite: nfsdir=/install sends the
+    // poolA nodes to /install/netboot/rhels8.6/x86_64/compute/rootimg.
+    let imp = with("/install");
+    has(
+        &imp,
+        Severity::Error,
+        "noderes",
+        "c001",
+        "mounts its root from `/install/netboot/rhels8.6/x86_64/compute/rootimg`",
+    );
+    // `//` means the directory as is: the replicated rootimgdir itself is fine.
+    let imp = with("//install/netboot/rhels8.6/x86_64/statelite");
+    assert!(!imp.import.report.iter().any(|i| i.reason.contains("nfsdir")), "{:?}", imp.import.report);
+}
+
+/// litetree and litefile rows are selected by image as xCAT's litetree.pm getNodeData selects them
+/// (:340-359): empty, `ALL`, the node's osimage, or its whole `osimage.groups` value.
+#[test]
+fn lite_rows_by_image_or_image_group() {
+    let tmp = tempfile::tempdir().unwrap();
+    for f in std::fs::read_dir(set("linux-pools")).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, tmp.path().join(f.file_name().unwrap())).unwrap();
+    }
+    let edit = |file: &str, from: &str, to: &str| {
+        let p = tmp.path().join(file);
+        let text = std::fs::read_to_string(&p).unwrap();
+        assert!(text.contains(from), "{file}: {from}");
+        std::fs::write(&p, text.replacen(from, to, 1)).unwrap();
+    };
+    // rh86-statelite joins image group `lite`; a litefile row names the group, a litetree row an
+    // image no node boots, another the group.
+    edit("osimage.csv", "\"rh86-statelite\",,", "\"rh86-statelite\",\"lite\",");
+    edit("litefile.csv", "\"rh86-statelite\",\"/etc/ssh/\"", "\"lite\",\"/etc/ssh/\"");
+    let lt = tmp.path().join("litetree.csv");
+    let mut text = std::fs::read_to_string(&lt).unwrap();
+    text.push_str("\"2.0\",\"nobody-boots-this\",\"172.16.0.1:/install/litetree/other\",,,\n");
+    text.push_str("\"3.0\",\"lite\",\"172.16.0.1:/install/litetree/group\",,,\n");
+    std::fs::write(&lt, text).unwrap();
+    let imp = xcat::import(&SourceSpec::Tabdump(tmp.path().to_path_buf())).unwrap();
+    assert!(!imp.import.report.iter().any(|i| i.table == "litefile"), "{:?}", imp.import.report);
+    has(&imp, Severity::Skipped, "litetree", "2.0", "no node hanfs serves boots that image");
+    let base = xcat::import(&SourceSpec::Tabdump(set("linux-pools"))).unwrap();
+    let find = |imp: &xcat::Imported, p: &str| imp.cluster.images.iter().any(|i| i.path.as_str() == p);
+    // Row 3.0 is mapped like row 1.0 (same server, the nodes' SN or not), for the group's nodes only.
+    assert_eq!(find(&imp, "litetree/group"), find(&base, "litetree/base"));
+    assert!(!find(&imp, "litetree/other"));
 }

@@ -61,6 +61,7 @@ fn text_for(g: &Global, cluster: &Cluster, sn: &ServiceNode, commands: bool) -> 
     let rendered = exports::render(&ex);
     Ok(match (commands, sn.dialect) {
         (false, _) => rendered,
+        (true, Dialect::Aix) if sn.setuphanfs => exports::aix::setuphanfs_commands(&ex, &sn.name, cluster.domain()),
         (true, Dialect::Aix) => exports::aix_commands(&ex, &sn.name, cluster.domain()),
         (true, Dialect::Linux) => format!(
             "# hanfs: commands for Linux service node {0}; run them as root on {0}.\n\
