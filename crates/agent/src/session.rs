@@ -13,9 +13,8 @@ use std::time::Duration;
 pub(crate) type Conn = transport::Conn<proto::Agent>;
 use tree::{Plan, Replica, ReplicaOptions, Source};
 
-/// Largest change plan accepted, as sent and decoded (it carries the whole manifest of the new
-/// generation, ~100 bytes per entry: several million entries).
-const MAX_PLAN: u64 = 512 << 20;
+/// Largest change plan accepted, as sent and decoded.
+const MAX_PLAN: u64 = proto::MAX_MANIFEST;
 /// A zstd plan may decode to at most this many times its compressed size: a real manifest
 /// (BLAKE3 hashes do not compress) shrinks 2-10 times, a bomb thousands of times; refused before
 /// it is decoded, so a few KB cannot make the agent allocate gigabytes.

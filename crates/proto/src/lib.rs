@@ -36,6 +36,9 @@ pub const MAX_FRAME: usize = 4 << 20;
 pub const CHUNK: usize = 1 << 20;
 /// Length of the frame header.
 pub const HEADER: usize = 4;
+/// Largest manifest or change plan either end receives (a plan carries the whole manifest of the
+/// new generation, ~100 bytes per entry: several million entries).
+pub const MAX_MANIFEST: u64 = 512 << 20;
 
 /// Where one image stands on an agent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
