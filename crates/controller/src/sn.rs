@@ -449,3 +449,168 @@ fn record_deployed_exports(cluster: &model::Cluster, sn: &str, text: &str) -> st
     std::fs::write(&tmp, text)?;
     std::fs::rename(&tmp, &path)
 }
+
+#[cfg(test)]
+mod tests {
+    //! The controller's end of the protocol against an in-process agent (`agent::testing`, port 0)
+    //! and against scripted peers that break the protocol in one way each.
+    use super::*;
+    use proto::{reply, FromAgent};
+    use std::time::Duration;
+
+    const T: Duration = Duration::from_secs(20);
+
+    struct Setup {
+        _dir: tempfile::TempDir,
+        ctl: Controller,
+        image: Arc<Prepared>,
+    }
+
+    /// A cluster of one SN whose agent is at `addr`, one image of two files, prepared.
+    fn setup(dir: tempfile::TempDir, addr: std::net::SocketAddr) -> Setup {
+        let d = dir.path();
+        let img = d.join("src/img");
+        std::fs::create_dir_all(&img).unwrap();
+        std::fs::write(img.join("a"), b"alpha").unwrap();
+        std::fs::write(img.join("b"), vec![7u8; 3 * CHUNK + 5]).unwrap();
+        let toml = format!(
+            "[cluster]\nsource_root = \"{0}/src\"\nstate_dir = \"{0}/state\"\nplaintext_loopback = true\n\
+             [[sn]]\nname = \"sn1\"\naddress = \"127.0.0.1\"\nagent = \"{addr}\"\n\
+             [[image]]\nname = \"img\"\npath = \"img\"\nclients = \"*\"\n",
+            d.display()
+        );
+        let cluster = model::Cluster::from_toml("t.toml", &toml).unwrap();
+        let image = Arc::new(crate::image::prepare(&cluster, &cluster.images[0]).unwrap());
+        let mut ctl = Controller::new(cluster).unwrap();
+        ctl.timeouts.frame = T;
+        Setup { _dir: dir, ctl, image }
+    }
+
+    async fn sync(s: &Setup) -> SnOutcome {
+        let sn = s.ctl.cluster.sns[0].clone();
+        sync_sn(&s.ctl, sn, vec![s.image.clone()], None, None).await
+    }
+
+    /// A peer that answers the handshake, then runs `script` on the session.
+    async fn scripted<F, Fut>(script: F) -> std::net::SocketAddr
+    where
+        F: FnOnce(transport::Conn<proto::Agent>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send,
+    {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (tcp, _) = l.accept().await.unwrap();
+            let mut c = transport::accept(tcp, None, T).await.unwrap();
+            assert!(matches!(c.recv().await.unwrap(), ToAgent::Hello(_)));
+            let hello = reply::Hello { version: proto::VERSION, agent: "sn1".into() };
+            c.request(&FromAgent::Hello(hello)).await.unwrap();
+            script(c).await
+        });
+        addr
+    }
+
+    /// Answers `Open` with a replica at generation 0 and another digest than the source's.
+    async fn opened(c: &mut transport::Conn<proto::Agent>) {
+        assert!(matches!(c.recv().await.unwrap(), ToAgent::Open(_)));
+        let state = ImageState { name: Name::parse("img").unwrap(), generation: 0, digest: Digest::from_bytes([0; 32]) };
+        c.request(&FromAgent::Opened(reply::Opened { state, drifted: None })).await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_sync_against_an_in_process_agent_reaches_the_source_digest() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = agent::testing::spawn(&dir.path().join("sn1"), "").await.unwrap();
+        assert_ne!(a.addr.port(), 0, "the agent reports the port it bound");
+        let s = setup(dir, a.addr);
+        let out = sync(&s).await;
+        assert!(out.error.is_none(), "{:?}", out.error);
+        let r = &out.replicas[0];
+        assert!(r.matches && r.digest == s.image.digest.to_string(), "{r:?}");
+        assert_eq!(std::fs::read(a.root.join("img/b")).unwrap().len(), 3 * CHUNK + 5);
+        // Again: the replica's own manifest comes back through the capped bulk receive.
+        let out = sync(&s).await;
+        assert!(out.error.is_none() && out.replicas[0].matches, "{:?}", out.error);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_reply_of_another_kind_is_a_protocol_violation() {
+        let addr = scripted(|mut c| async move {
+            assert!(matches!(c.recv().await.unwrap(), ToAgent::Open(_)));
+            c.request(&FromAgent::Pong).await.unwrap();
+            let _ = c.recv().await;
+        })
+        .await;
+        let out = sync(&setup(tempfile::tempdir().unwrap(), addr)).await;
+        match &out.cause {
+            Some(SnError::Protocol(m)) => assert!(m.contains("expected Opened, got Pong"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(out.error.as_deref().unwrap_or("").contains("image img"), "{:?}", out.error);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_agents_refusals_are_typed() {
+        let addr = scripted(|mut c| async move {
+            opened(&mut c).await;
+            assert_eq!(c.recv().await.unwrap(), ToAgent::GetManifest);
+            c.error("no recorded manifest").await.unwrap();
+            let _ = c.recv().await;
+        })
+        .await;
+        let out = sync(&setup(tempfile::tempdir().unwrap(), addr)).await;
+        match &out.cause {
+            Some(SnError::Refused(m)) => assert_eq!(m, "no recorded manifest"),
+            other => panic!("{other:?}"),
+        }
+        let addr = scripted(|mut c| async move {
+            opened(&mut c).await;
+            assert_eq!(c.recv().await.unwrap(), ToAgent::GetManifest);
+            let full = FromAgent::NoSpace { path: "/srv/x".into(), reason: "ENOSPC writing /srv/x".into() };
+            c.request(&full).await.unwrap();
+            let _ = c.recv().await;
+        })
+        .await;
+        let out = sync(&setup(tempfile::tempdir().unwrap(), addr)).await;
+        match &out.cause {
+            Some(SnError::NoSpace { path, .. }) => assert_eq!(path, "/srv/x"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_announced_manifest_over_the_cap_is_refused_before_it_is_read() {
+        let addr = scripted(|mut c| async move {
+            opened(&mut c).await;
+            assert_eq!(c.recv().await.unwrap(), ToAgent::GetManifest);
+            c.send(&FromAgent::Manifest(reply::Manifest { len: 1 << 40 })).await.unwrap();
+            // Then chunks for as long as the controller reads them.
+            let chunk = vec![0u8; CHUNK];
+            while c.send_chunk(&chunk).await.is_ok() {}
+        })
+        .await;
+        let s = setup(tempfile::tempdir().unwrap(), addr);
+        let out = tokio::time::timeout(Duration::from_secs(10), sync(&s)).await.expect("the controller kept reading");
+        match &out.cause {
+            Some(SnError::Protocol(m)) => assert!(m.contains("over the limit"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_chunk_of_the_controllers_direction_is_not_manifest_data() {
+        let addr = scripted(|mut c| async move {
+            opened(&mut c).await;
+            assert_eq!(c.recv().await.unwrap(), ToAgent::GetManifest);
+            c.send(&FromAgent::Manifest(reply::Manifest { len: 8 })).await.unwrap();
+            let mut frame = proto::chunk_prefix::<ToAgent>(8).unwrap();
+            frame.extend_from_slice(&[0; 8]);
+            c.write_raw(&frame).await.unwrap();
+            c.flush().await.unwrap();
+            let _ = c.recv().await;
+        })
+        .await;
+        let out = sync(&setup(tempfile::tempdir().unwrap(), addr)).await;
+        assert!(matches!(&out.cause, Some(SnError::Protocol(_))), "{:?}", out.cause);
+    }
+}
