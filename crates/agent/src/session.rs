@@ -1,8 +1,8 @@
 //! One controller session: handshake, then requests until `Bye`, a closed connection or a violation.
 
+use crate::error::{Error, Result};
 use crate::spool::{self, Spool};
 use crate::{Agent, IDLE_TIMEOUT};
-use crate::error::{Error, Result};
 use anyhow::{anyhow, bail, Context};
 use proto::{reply, req, Digest, Encoding, FromAgent, ImageState, Message, Name, RelPath, ToAgent, CHUNK};
 use std::collections::{HashMap, HashSet};

@@ -513,7 +513,8 @@ mod tests {
     /// Answers `Open` with a replica at generation 0 and another digest than the source's.
     async fn opened(c: &mut transport::Conn<proto::Agent>) {
         assert!(matches!(c.recv().await.unwrap(), ToAgent::Open(_)));
-        let state = ImageState { name: Name::parse("img").unwrap(), generation: 0, digest: Digest::from_bytes([0; 32]) };
+        let state =
+            ImageState { name: Name::parse("img").unwrap(), generation: 0, digest: Digest::from_bytes([0; 32]) };
         c.request(&FromAgent::Opened(reply::Opened { state, drifted: None })).await.unwrap();
     }
 

@@ -265,11 +265,7 @@ pub async fn connect(
 }
 
 /// Accepts one session on the agent side; with TLS, the peer's name comes from its certificate.
-pub async fn accept(
-    tcp: TcpStream,
-    tls: Option<&tokio_rustls::TlsAcceptor>,
-    timeout: Duration,
-) -> Result<Conn<Agent>> {
+pub async fn accept(tcp: TcpStream, tls: Option<&tokio_rustls::TlsAcceptor>, timeout: Duration) -> Result<Conn<Agent>> {
     keepalive(&tcp)?;
     let addr = tcp.peer_addr().map(|a| a.to_string()).unwrap_or_else(|_| "?".into());
     match tls {
