@@ -367,6 +367,7 @@ async fn sync_once(ctl: &Controller, p: &Pair, rep: &mut StateliteReport) -> Res
             // Piped chunk by chunk: the MN holds at most one chunk of a file.
             dst.send(&ToAgent::Blob { index: i, encoding: Encoding::Literal, len, zstd: false }).await?;
             let mut bulk = src.bulk("a file", len, ct.size)?;
+            let mut h = blake3::Hasher::new();
             loop {
                 let d = match src.next_chunk(&mut bulk).await {
                     Ok(Some(d)) => d,
@@ -381,6 +382,16 @@ async fn sync_once(ctl: &Controller, p: &Pair, rep: &mut StateliteReport) -> Res
                     }
                     Err(e) => return Err(on(&p.from, e.into())),
                 };
+                h.update(d);
+                // The node may rewrite a file in place while it is piped: the last chunk is held
+                // back unless the whole is the scanned version, and that is told by its hash here,
+                // not by the text of the backup's refusal at commit.
+                if bulk.left() == 0 && h.finalize().as_bytes() != &ct.hash {
+                    return Err(SnError::SourceChanged(format!(
+                        "{} changed during the sync (its content is no longer the one scanned)",
+                        tree::manifest::show(&ct.path)
+                    )));
+                }
                 dst.send_chunk(d).await?;
             }
             dst.send(&ToAgent::BlobEnd).await?;

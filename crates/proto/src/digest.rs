@@ -56,9 +56,3 @@ impl TryFrom<String> for Digest {
         s.parse()
     }
 }
-
-impl PartialEq<str> for Digest {
-    fn eq(&self, other: &str) -> bool {
-        other.parse::<Digest>().is_ok_and(|o| o == *self)
-    }
-}
