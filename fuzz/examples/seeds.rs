@@ -31,25 +31,34 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let p = tree::diff(&m1, &m2);
     put(&out, "tree_plan", "v1-v2", &p.to_bytes()?)?;
     put(&out, "tree_plan", "empty-v2", &tree::diff(&tree::Manifest::default(), &m2).to_bytes()?)?;
+    use proto::{reply, req, AbsPath, Name, RelPath};
+    let name = |s: &str| Name::parse(s).map_err(std::io::Error::other);
     let to = [
-        proto::ToAgent::Hello { version: 1, controller: "mn".into() },
-        proto::ToAgent::Open { image: "rhels8".into(), path: "install/netboot/rhels8".into() },
-        proto::ToAgent::Plan { len: 1234, zstd: true },
+        proto::ToAgent::Hello(req::Hello { version: 1, controller: "mn".into() }),
+        proto::ToAgent::Open(req::Open {
+            image: name("rhels8")?,
+            path: RelPath::parse("install/netboot/rhels8").map_err(std::io::Error::other)?,
+        }),
+        proto::ToAgent::Plan(req::Plan { len: 1234, zstd: true }),
         proto::ToAgent::Chunk(b"chunk data".to_vec()),
         proto::ToAgent::Blob { index: 3, encoding: proto::Encoding::Delta, len: 99, zstd: false },
-        proto::ToAgent::Exports { text: "/install *(ro)\n".into() },
-        proto::ToAgent::StateliteOpen { root: "/statelite".into(), node: "cn1".into() },
-        proto::ToAgent::StateliteRead { path: b"etc/hostname".to_vec() },
+        proto::ToAgent::Exports(req::Exports { text: "/install *(ro)\n".into() }),
+        proto::ToAgent::StateliteOpen(req::StateliteOpen {
+            root: AbsPath::parse("/statelite").map_err(std::io::Error::other)?,
+            node: name("cn1")?,
+        }),
+        proto::ToAgent::StateliteRead(req::StateliteRead { path: b"etc/hostname".to_vec() }),
     ];
     for (i, m) in to.iter().enumerate() {
         put(&out, "proto_frames", &format!("to-{i}"), &proto::encode(m)?)?;
     }
-    let state = proto::ImageState { name: "rhels8".into(), generation: 4, digest: m2.digest() };
+    let digest = |s: String| s.parse::<proto::Digest>().map_err(std::io::Error::other);
+    let state = proto::ImageState { name: name("rhels8")?, generation: 4, digest: digest(m2.digest())? };
     let from = [
-        proto::FromAgent::Hello { version: 1, agent: "sn1".into() },
-        proto::FromAgent::Opened { state: state.clone() },
-        proto::FromAgent::Need { indexes: vec![0, 2, 5], resumed: 1 },
-        proto::FromAgent::Verified { recorded: state, actual: m1.digest() },
+        proto::FromAgent::Hello(reply::Hello { version: 1, agent: "sn1".into() }),
+        proto::FromAgent::Opened(reply::Opened { state: state.clone(), drifted: None }),
+        proto::FromAgent::Need(reply::Need { indexes: vec![0, 2, 5], resumed: 1 }),
+        proto::FromAgent::Verified(reply::Verified { recorded: state, actual: digest(m1.digest())? }),
         proto::FromAgent::Error { reason: "no space".into() },
     ];
     for (i, m) in from.iter().enumerate() {

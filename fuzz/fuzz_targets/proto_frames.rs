@@ -8,5 +8,6 @@ fuzz_target!(|data: &[u8]| {
     let _ = proto::frame_len(*h);
     let _ = proto::decode::<proto::ToAgent>(payload);
     let _ = proto::decode::<proto::FromAgent>(payload);
-    let _ = proto::chunk_data(payload);
+    let _ = proto::chunk_data::<proto::ToAgent>(payload);
+    let _ = proto::chunk_data::<proto::FromAgent>(payload);
 });

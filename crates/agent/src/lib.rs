@@ -4,18 +4,25 @@
 //! Invariants:
 //! - It writes only under `root` (replicas, through the tree engine's beneath-the-root file operations),
 //!   `state_dir` (replica state, spool) and `exports_file`. Image paths from the wire are checked before
-//!   use ([`proto::check_rel_path`]); the engine refuses hostile manifests and deltas.
+//!   use (they arrive as `model::Name`/`model::RelPath`, checked while decoding); the engine refuses
+//!   hostile manifests and deltas.
 //! - One session at a time per image (a lock per image name); a replica is always at a whole generation.
 //! - A protocol violation (malformed, oversized or unexpected frame, bad path) ends the session with a
 //!   logged reason; what was staged is discarded by the engine, what was spooled is kept for a resume.
 //! - Memory is bounded: bulk data goes to the spool on disk chunk by chunk before the next frame is read.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
+mod error;
 mod session;
 mod spool;
 mod statelite;
+#[cfg(feature = "test-support")]
+pub mod testing;
 
-use anyhow::{Context, Result};
+pub use error::Error;
+
+use anyhow::Context;
+use error::Result;
 use model::AgentConfig;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -44,6 +51,11 @@ pub struct Agent {
 /// Takes the exclusive lock on the state directory, refusing when another agent holds it: two
 /// agents on one state dir would recover, commit and clean up each other's replicas.
 fn lock_state_dir(dir: &std::path::Path) -> Result<std::fs::File> {
+    let holder_err = |holder: &str, p: &std::path::Path| Error::StateDirInUse {
+        dir: dir.display().to_string(),
+        holder: if holder.is_empty() { String::new() } else { format!(" (pid {holder})") },
+        lock: p.display().to_string(),
+    };
     use std::io::{Seek, Write};
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let p = dir.join("lock");
@@ -58,15 +70,9 @@ fn lock_state_dir(dir: &std::path::Path) -> Result<std::fs::File> {
         Ok(()) => {}
         Err(rustix::io::Errno::WOULDBLOCK) => {
             let holder = std::fs::read_to_string(&p).unwrap_or_default();
-            let holder = holder.trim();
-            anyhow::bail!(
-                "state_dir {} is in use by another agent{} (lock {}); give each agent its own state_dir",
-                dir.display(),
-                if holder.is_empty() { String::new() } else { format!(" (pid {holder})") },
-                p.display()
-            )
+            return Err(holder_err(holder.trim(), &p));
         }
-        Err(e) => return Err(std::io::Error::from(e)).with_context(|| format!("locking {}", p.display())),
+        Err(e) => return Err(std::io::Error::from(e)).with_context(|| format!("locking {}", p.display()))?,
     }
     // Who holds it, for the next one's error message.
     let _ = f.set_len(0).and_then(|_| f.rewind()).and_then(|_| writeln!(f, "{}", std::process::id()));
@@ -85,7 +91,12 @@ impl Agent {
                 (Some(acc), id.name)
             }
             None if cfg.plaintext_loopback && cfg.listen.ip().is_loopback() => (None, format!("agent@{}", cfg.listen)),
-            None => anyhow::bail!("the agent needs [tls] unless it listens on loopback with plaintext_loopback = true"),
+            None => {
+                return Err(anyhow::anyhow!(
+                    "the agent needs [tls] unless it listens on loopback with plaintext_loopback = true"
+                )
+                .into())
+            }
         };
         let agent =
             Agent { cfg, name, tls, locks: Default::default(), _state_lock: state_lock, nfs3: Default::default() };
@@ -104,13 +115,20 @@ impl Agent {
         PathBuf::from(self.cfg.state_dir.as_str()).join("images").join(image)
     }
 
-    /// Binds the listen address and serves until the process ends.
-    /// With `nfs3` configured, also serves the replica root read-only over NFSv3 with handles that
-    /// are the same on every SN (crate `nfs3`), so Linux NFS-root clients can move between SNs.
-    pub async fn run(mut self) -> Result<()> {
+    /// Binds the listen address and serves until the process ends (see [`Agent::bind`]).
+    pub async fn run(self) -> Result<()> {
+        self.bind().await?.serve().await
+    }
+
+    /// Binds the listen address (port 0: the kernel picks one, [`Listening::local_addr`] tells
+    /// which) and, with `nfs3` configured, starts serving the replica root read-only over NFSv3
+    /// with handles that are the same on every SN (crate `nfs3`), so Linux NFS-root clients can
+    /// move between SNs. Nothing is served to controllers before [`Listening::serve`].
+    pub async fn bind(mut self) -> Result<Listening> {
         let l = TcpListener::bind(self.cfg.listen).await.with_context(|| format!("binding {}", self.cfg.listen))?;
+        let addr = l.local_addr().with_context(|| format!("binding {}", self.cfg.listen))?;
         // Kept alive for the agent's lifetime: dropping the handle stops the NFSv3 server.
-        let _nfs3 = match self.cfg.nfs3 {
+        let nfs3 = match self.cfg.nfs3 {
             Some(addr) => {
                 let root = std::path::Path::new(self.cfg.root.as_str());
                 std::fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
@@ -123,9 +141,10 @@ impl Agent {
             }
             None => None,
         };
-        self.serve(l).await
+        Ok(Listening { agent: self, listener: l, addr, _nfs3: nfs3 })
     }
 
+    /// Serves controller sessions on `l` until the process ends.
     pub async fn serve(self, l: TcpListener) -> Result<()> {
         std::fs::create_dir_all(self.cfg.state_dir.as_str())
             .with_context(|| format!("creating {}", self.cfg.state_dir.as_str()))?;
@@ -156,5 +175,26 @@ impl Agent {
                 }
             });
         }
+    }
+}
+
+/// An agent bound to its address, not yet serving controllers.
+pub struct Listening {
+    agent: Agent,
+    listener: TcpListener,
+    addr: std::net::SocketAddr,
+    _nfs3: Option<nfs3::Nfs3Server>,
+}
+
+impl Listening {
+    /// The address really bound (the port the kernel chose for port 0).
+    pub fn local_addr(&self) -> std::net::SocketAddr {
+        self.addr
+    }
+
+    /// Serves until the process ends.
+    pub async fn serve(self) -> Result<()> {
+        let Listening { agent, listener, _nfs3, .. } = self;
+        agent.serve(listener).await
     }
 }

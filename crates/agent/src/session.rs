@@ -1,19 +1,20 @@
 //! One controller session: handshake, then requests until `Bye`, a closed connection or a violation.
 
+use crate::error::{Error, Result};
 use crate::spool::{self, Spool};
 use crate::{Agent, IDLE_TIMEOUT};
-use anyhow::{anyhow, bail, Context, Result};
-use proto::{Encoding, FromAgent, ImageState, ToAgent, CHUNK};
+use anyhow::{anyhow, bail, Context};
+use proto::{reply, req, Digest, Encoding, FromAgent, ImageState, Message, Name, RelPath, ToAgent, CHUNK};
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use transport::Conn;
+/// The agent end of a session.
+pub(crate) type Conn = transport::Conn<proto::Agent>;
 use tree::{Plan, Replica, ReplicaOptions, Source};
 
-/// Largest change plan accepted, as sent and decoded (it carries the whole manifest of the new
-/// generation, ~100 bytes per entry: several million entries).
-const MAX_PLAN: u64 = 512 << 20;
+/// Largest change plan accepted, as sent and decoded.
+const MAX_PLAN: u64 = proto::MAX_MANIFEST;
 /// A zstd plan may decode to at most this many times its compressed size: a real manifest
 /// (BLAKE3 hashes do not compress) shrinks 2-10 times, a bomb thousands of times; refused before
 /// it is decoded, so a few KB cannot make the agent allocate gigabytes.
@@ -64,100 +65,95 @@ pub(crate) fn blocking<T>(f: impl FnOnce() -> T) -> T {
     tokio::task::block_in_place(f)
 }
 
-pub(crate) fn kind(m: &ToAgent) -> &'static str {
-    match m {
-        ToAgent::Hello { .. } => "Hello",
-        ToAgent::Ping => "Ping",
-        ToAgent::Status => "Status",
-        ToAgent::Open { .. } => "Open",
-        ToAgent::GetManifest => "GetManifest",
-        ToAgent::Plan { .. } => "Plan",
-        ToAgent::Chunk(_) => "Chunk",
-        ToAgent::Blob { .. } => "Blob",
-        ToAgent::BlobEnd => "BlobEnd",
-        ToAgent::Commit => "Commit",
-        ToAgent::Verify => "Verify",
-        ToAgent::Exports { .. } => "Exports",
-        ToAgent::Bye => "Bye",
-        ToAgent::StateliteOpen { .. } => "StateliteOpen",
-        ToAgent::StateliteScan { .. } => "StateliteScan",
-        ToAgent::StateliteRead { .. } => "StateliteRead",
-    }
-}
-
-/// Tells the controller why, then ends the session with that reason (logged by the caller).
 /// Answers `GetManifest` with the replica's recorded manifest, chunked.
 pub(crate) async fn send_manifest(c: &mut Conn, replica: &Replica) -> Result<()> {
     let bytes = match replica.manifest().map(|m| m.to_bytes()) {
         Some(Ok(b)) => b,
         _ => return Err(refuse(c, "no recorded manifest").await),
     };
-    c.send(&FromAgent::Manifest { len: bytes.len() as u64 }).await?;
-    for ch in bytes.chunks(CHUNK) {
-        c.send(&FromAgent::Chunk(ch.to_vec())).await?;
-    }
+    send_bulk_reply(c, FromAgent::Manifest(reply::Manifest { len: bytes.len() as u64 }), &bytes).await
+}
+
+/// A reply announcing bulk data, then the data.
+pub(crate) async fn send_bulk_reply(c: &mut Conn, header: FromAgent, data: &[u8]) -> Result<()> {
+    c.send(&header).await?;
+    c.send_bulk(data).await?;
     c.flush().await?;
     Ok(())
 }
 
-pub(crate) async fn refuse(c: &mut Conn, reason: impl Into<String>) -> anyhow::Error {
+/// Tells the controller why, then ends the session with that reason (logged by the caller).
+pub(crate) async fn refuse(c: &mut Conn, reason: impl Into<String>) -> Error {
     let reason = reason.into();
-    let _ = c.request(&FromAgent::Error { reason: reason.clone() }).await;
-    anyhow!("refused: {reason}")
+    let _ = c.error(reason.clone()).await;
+    Error::Refused(reason)
+}
+
+/// The next request, or None when the controller closed the session. A frame that is not a
+/// request (malformed, a hostile name or path, oversized) is refused with the reason.
+pub(crate) async fn next_request(c: &mut Conn) -> Result<Option<ToAgent>> {
+    match c.recv_within(IDLE_TIMEOUT).await {
+        Ok(m) => Ok(Some(m)),
+        Err(transport::Error::Closed) => Ok(None),
+        Err(transport::Error::Proto(e)) => Err(refuse(c, e.to_string()).await),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A request that is not the one this point of the session allows ends it.
+pub(crate) async fn unexpected(c: &mut Conn, expected: &'static str, got: &ToAgent) -> Error {
+    refuse(c, proto::Error::Unexpected { expected, got: got.kind() }.to_string()).await
 }
 
 pub async fn run(agent: &Agent, mut c: Conn) -> Result<()> {
-    match c.recv::<ToAgent>().await? {
-        ToAgent::Hello { version, controller } => {
+    match next_request(&mut c).await? {
+        Some(ToAgent::Hello(req::Hello { version, controller })) => {
             if version != proto::VERSION {
                 return Err(refuse(&mut c, proto::Error::Version { theirs: version }.to_string()).await);
             }
-            c.request(&FromAgent::Hello { version: proto::VERSION, agent: agent.name.clone() }).await?;
+            c.request(&FromAgent::Hello(reply::Hello { version: proto::VERSION, agent: agent.name.clone() })).await?;
             tracing::info!("session with {} (controller `{controller}`)", c.peer);
         }
-        other => return Err(refuse(&mut c, format!("expected Hello, got {}", kind(&other))).await),
+        Some(other) => return Err(unexpected(&mut c, "Hello", &other).await),
+        None => return Ok(()),
     }
     let mut next = None;
     loop {
         let msg = match next.take() {
             Some(m) => m,
-            None => match c.recv_within(IDLE_TIMEOUT).await {
-                Ok(m) => m,
-                Err(transport::Error::Closed) => return Ok(()),
-                Err(e) => return Err(e.into()),
+            None => match next_request(&mut c).await? {
+                Some(m) => m,
+                None => return Ok(()),
             },
         };
         match msg {
             ToAgent::Ping => c.request(&FromAgent::Pong).await?,
             ToAgent::Status => {
                 let images = blocking(|| status(agent));
-                c.request(&FromAgent::Status { images }).await?
+                c.request(&FromAgent::Status(reply::Status { images })).await?
             }
-            ToAgent::Open { image, path } => {
-                if let Err(e) = proto::check_name(&image).and_then(|_| proto::check_rel_path(&path)) {
-                    return Err(refuse(&mut c, e.to_string()).await);
-                }
+            ToAgent::Open(req::Open { image, path }) => {
                 let held = agent.lock(&image).lock_owned().await;
                 next = image_session(agent, &mut c, &image, &path, held).await?;
             }
-            ToAgent::Exports { text } => {
+            ToAgent::Exports(req::Exports { text }) => {
                 let (reloaded, output) = match write_exports(agent, &text).await {
                     Ok(r) => r,
                     Err(e) => (false, format!("{e:#}")),
                 };
-                c.request(&FromAgent::ExportsDone { reloaded, output }).await?
+                c.request(&FromAgent::ExportsDone(reply::ExportsDone { reloaded, output })).await?
             }
             ToAgent::Bye => {
                 c.shutdown().await;
                 return Ok(());
             }
-            ToAgent::StateliteOpen { root, node } => {
-                next = crate::statelite::backup(agent, &mut c, &root, &node).await?
+            ToAgent::StateliteOpen(req::StateliteOpen { root, node }) => {
+                next = crate::statelite::backup(agent, &mut c, root.as_str(), &node).await?
             }
-            ToAgent::StateliteScan { root, node } => {
-                next = crate::statelite::serve(agent, &mut c, &root, &node).await?
+            ToAgent::StateliteScan(req::StateliteScan { root, node }) => {
+                next = crate::statelite::serve(agent, &mut c, root.as_str(), &node).await?
             }
-            other => return Err(refuse(&mut c, format!("unexpected {} outside an image session", kind(&other))).await),
+            other => return Err(unexpected(&mut c, "a request outside an image session", &other).await),
         }
     }
 }
@@ -169,15 +165,14 @@ fn status(agent: &Agent) -> Vec<ImageState> {
     let mut names: Vec<String> = rd.flatten().filter_map(|e| e.file_name().into_string().ok()).collect();
     names.sort();
     for name in names {
+        let Ok(name) = Name::parse(&name) else { continue };
         let sd = agent.image_state_dir(&name);
         let Ok(path) = std::fs::read_to_string(sd.join("path")) else { continue };
-        if proto::check_rel_path(&path).is_err() {
-            continue;
-        }
-        let root = Path::new(agent.cfg.root.as_str()).join(&path);
+        let Ok(path) = RelPath::parse(&path) else { continue };
+        let root = Path::new(agent.cfg.root.as_str()).join(path.as_str());
         if let Ok(r) = Replica::open(&root, &sd.join("replica"), opts()) {
-            if let Some((generation, digest)) = r.current() {
-                out.push(ImageState { name, generation, digest });
+            if let Ok(state) = current(&r, &name) {
+                out.push(state);
             }
         }
     }
@@ -193,15 +188,18 @@ pub(crate) fn recover_all(agent: &Agent) {
     let mut names: Vec<String> = rd.flatten().filter_map(|e| e.file_name().into_string().ok()).collect();
     names.sort();
     for name in names {
-        if proto::check_name(&name).is_err() {
+        if Name::parse(&name).is_err() {
             continue;
         }
         let sd = agent.image_state_dir(&name);
         let Ok(path) = std::fs::read_to_string(sd.join("path")) else { continue };
-        if proto::check_rel_path(&path).is_err() {
-            tracing::error!("image {name}: recorded path `{path}` refused; not recovered");
-            continue;
-        }
+        let path = match RelPath::parse(&path) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!("image {name}: recorded path refused ({e}); not recovered");
+                continue;
+            }
+        };
         let r = existing_beneath(Path::new(agent.cfg.root.as_str()), &path).and_then(|root| {
             let Some(root) = root else { return Ok(None) };
             let mut r = Replica::open(&root, &sd.join("replica"), opts())?;
@@ -218,9 +216,9 @@ pub(crate) fn recover_all(agent: &Agent) {
 
 /// `root/rel` when every component exists as a real directory; None when one is missing; an
 /// error for anything else (a symlink is never followed).
-pub(crate) fn existing_beneath(root: &Path, rel: &str) -> Result<Option<PathBuf>> {
+pub(crate) fn existing_beneath(root: &Path, rel: &RelPath) -> anyhow::Result<Option<PathBuf>> {
     let mut p = root.to_path_buf();
-    for comp in rel.split('/') {
+    for comp in rel.components() {
         p.push(comp);
         match std::fs::symlink_metadata(&p) {
             Ok(m) if m.file_type().is_dir() => {}
@@ -239,10 +237,10 @@ fn opts() -> ReplicaOptions {
 
 /// Creates the directories of an image path under the agent root, refusing any component that
 /// exists as something other than a real directory (a symlink planted there must not redirect us).
-pub(crate) fn make_beneath(root: &Path, rel: &str) -> Result<PathBuf> {
+pub(crate) fn make_beneath(root: &Path, rel: &RelPath) -> anyhow::Result<PathBuf> {
     let mut p = root.to_path_buf();
     std::fs::create_dir_all(&p).with_context(|| format!("creating {}", p.display()))?;
-    for comp in rel.split('/') {
+    for comp in rel.components() {
         p.push(comp);
         match std::fs::symlink_metadata(&p) {
             Ok(m) if m.file_type().is_dir() => {}
@@ -271,15 +269,16 @@ fn cleanup_later(mut replica: Replica, held: tokio::sync::OwnedMutexGuard<()>, i
 async fn image_session(
     agent: &Agent,
     c: &mut Conn,
-    image: &str,
-    path: &str,
+    image: &Name,
+    path: &RelPath,
     held: tokio::sync::OwnedMutexGuard<()>,
 ) -> Result<Option<ToAgent>> {
     let sd = agent.image_state_dir(image);
-    let opened = blocking(|| -> Result<(Replica, Option<String>)> {
+    let opened = blocking(|| -> anyhow::Result<(Replica, Option<Digest>)> {
         let root = make_beneath(Path::new(agent.cfg.root.as_str()), path)?;
         std::fs::create_dir_all(&sd).with_context(|| format!("creating {}", sd.display()))?;
         let pf = sd.join("path");
+        let path = path.as_str();
         if std::fs::read_to_string(&pf).ok().as_deref() != Some(path) {
             std::fs::write(&pf, path).with_context(|| format!("writing {}", pf.display()))?;
         }
@@ -305,7 +304,7 @@ async fn image_session(
                 } else {
                     tracing::warn!("image {image}: replica drifted from generation {g} ({recorded}) to {now}: adopted as it is for repair");
                     r.adopt(g)?;
-                    Some(recorded)
+                    Some(digest(&recorded)?)
                 }
             }
         };
@@ -315,37 +314,38 @@ async fn image_session(
         Ok(r) => r,
         Err(e) => return Err(refuse(c, format!("image {image}: {e:#}")).await),
     };
-    let state = current(&replica, image);
-    c.request(&FromAgent::Opened { state, drifted }).await?;
+    let state = match current(&replica, image) {
+        Ok(s) => s,
+        Err(e) => return Err(refuse(c, format!("image {image}: {e:#}")).await),
+    };
+    c.request(&FromAgent::Opened(reply::Opened { state, drifted })).await?;
     let spool = Spool::open(sd.join("spool"))?;
     let mut committed = false;
     loop {
-        let msg = match c.recv_within(IDLE_TIMEOUT).await {
-            Ok(m) => m,
-            Err(transport::Error::Closed) => {
-                if committed {
-                    cleanup_later(replica, held, image);
-                }
-                return Ok(Some(ToAgent::Bye));
+        let Some(msg) = next_request(c).await? else {
+            if committed {
+                cleanup_later(replica, held, image);
             }
-            Err(e) => return Err(e.into()),
+            return Ok(Some(ToAgent::Bye));
         };
         match msg {
             ToAgent::GetManifest => {
                 send_manifest(c, &replica).await?;
             }
             ToAgent::Verify => {
-                let scanned = blocking(|| replica.scan());
+                let scanned = blocking(|| -> anyhow::Result<_> {
+                    let actual = digest(&replica.scan()?.digest())?;
+                    Ok((current(&replica, image)?, actual))
+                });
                 match scanned {
-                    Ok(m) => {
-                        let recorded = current(&replica, image);
-                        c.request(&FromAgent::Verified { recorded, actual: m.digest() }).await?
+                    Ok((recorded, actual)) => {
+                        c.request(&FromAgent::Verified(reply::Verified { recorded, actual })).await?
                     }
-                    Err(e) => c.request(&FromAgent::Error { reason: format!("scanning: {e}") }).await?,
+                    Err(e) => c.error(format!("scanning: {e:#}")).await?,
                 }
             }
-            ToAgent::Plan { len, zstd } => {
-                committed |= update(c, &mut replica, &spool, image, len, zstd, &agent.nfs3).await?
+            ToAgent::Plan(req::Plan { len, zstd }) => {
+                committed |= update(c, &mut replica, &spool, (image, image), len, zstd, &agent.nfs3).await?
             }
             other => {
                 if committed {
@@ -357,9 +357,15 @@ async fn image_session(
     }
 }
 
-pub(crate) fn current(r: &Replica, image: &str) -> ImageState {
-    let (generation, digest) = r.current().unwrap_or_default();
-    ImageState { name: image.to_string(), generation, digest }
+/// Where an opened replica stands.
+pub(crate) fn current(r: &Replica, name: &Name) -> anyhow::Result<ImageState> {
+    let (generation, d) = r.current().ok_or_else(|| anyhow!("no recorded generation"))?;
+    Ok(ImageState { name: name.clone(), generation, digest: digest(&d)? })
+}
+
+/// A digest the tree engine computed (always hex: an error here is a bug in the state files).
+pub(crate) fn digest(s: &str) -> anyhow::Result<Digest> {
+    s.parse().map_err(|e| anyhow!("recorded digest: {e}"))
 }
 
 /// One plan content as the blob loop needs it: path, hash, size, delta base hash.
@@ -372,22 +378,15 @@ pub(crate) async fn update(
     c: &mut Conn,
     replica: &mut Replica,
     spool: &Spool,
-    image: &str,
+    (name, image): (&Name, &str),
     len: u64,
     zstd: bool,
     nfs3: &nfs3::Switch,
 ) -> Result<bool> {
-    if len > MAX_PLAN {
-        return Err(refuse(c, format!("plan of {len} bytes exceeds {MAX_PLAN}")).await);
-    }
-    let mut buf = Vec::with_capacity(len.min(8 << 20) as usize);
-    while (buf.len() as u64) < len {
-        match c.recv::<ToAgent>().await? {
-            ToAgent::Chunk(d) if buf.len() as u64 + d.len() as u64 <= len => buf.extend_from_slice(&d),
-            ToAgent::Chunk(_) => return Err(refuse(c, "plan longer than announced").await),
-            other => return Err(refuse(c, format!("expected a plan chunk, got {}", kind(&other))).await),
-        }
-    }
+    let mut buf = match c.recv_bulk("plan", len, MAX_PLAN).await {
+        Ok(b) => b,
+        Err(e) => return Err(fail(c, e).await),
+    };
     if zstd {
         match blocking(|| decode_plan(&buf)) {
             Ok(out) => buf = out,
@@ -411,13 +410,16 @@ pub(crate) async fn update(
             (ct.path.clone(), ct.hash, ct.size, base)
         })
         .collect();
-    let target = ImageState { name: image.to_string(), generation: plan.generation, digest: plan.to_digest.clone() };
+    let target = match digest(&plan.to_digest) {
+        Ok(d) => ImageState { name: name.clone(), generation: plan.generation, digest: d },
+        Err(e) => return Err(refuse(c, format!("plan: {e:#}")).await),
+    };
     let begun = blocking(|| replica.begin(plan));
     let mut staging = match begun {
         Ok(s) => s,
         Err(e @ tree::Error::Hostile(_)) => return Err(refuse(c, format!("image {image}: {e}")).await),
         Err(e) => {
-            c.request(&FromAgent::Error { reason: format!("image {image}: {e}") }).await?;
+            c.error(format!("image {image}: {e}")).await?;
             return Ok(false);
         }
     };
@@ -431,7 +433,7 @@ pub(crate) async fn update(
         let spooled = [(None, false), (None, true), (base.as_ref(), false), (base.as_ref(), true)]
             .into_iter()
             .find_map(|(b, z)| spool.get(&spool::name(hash, b, z)).map(|p| (p, b.is_some(), z)));
-        let fed = blocking(|| -> Result<bool> {
+        let fed = blocking(|| -> anyhow::Result<bool> {
             let Some((p, delta, z)) = spooled else { return Ok(false) };
             let f = std::io::BufReader::new(std::fs::File::open(p)?);
             stage_payload(&mut staging, path, delta, z, *size, f)?;
@@ -446,11 +448,15 @@ pub(crate) async fn update(
     if resumed > 0 {
         tracing::info!("image {image}: {resumed} files resumed from the spool");
     }
-    c.request(&FromAgent::Need { indexes: need.clone(), resumed }).await?;
+    c.request(&FromAgent::Need(reply::Need { indexes: need.clone(), resumed })).await?;
     let mut pending: HashSet<u32> = need.into_iter().collect();
     let mut failure: Option<String> = None;
     loop {
-        match c.recv::<ToAgent>().await? {
+        let msg = match c.recv().await {
+            Ok(m) => m,
+            Err(e) => return Err(fail(c, e).await),
+        };
+        match msg {
             ToAgent::Blob { index, encoding, len, zstd } => {
                 if !pending.remove(&index) {
                     return Err(refuse(c, format!("blob {index} was not asked for")).await);
@@ -475,21 +481,20 @@ pub(crate) async fn update(
                 // no more than that either), so a peer cannot fill the spool's disk with one blob.
                 let most = payload_limit(delta, *size);
                 let most = if zstd { zstd::zstd_safe::compress_bound(most as usize) as u64 } else { most };
-                if len > most {
-                    return Err(refuse(
-                        c,
-                        format!("blob {index} of {len} bytes is more than a {size}-byte file can need ({most})"),
-                    )
-                    .await);
-                }
+                let mut bulk = match c.bulk("blob", len, most) {
+                    Ok(b) => b,
+                    Err(_) => {
+                        return Err(refuse(
+                            c,
+                            format!("blob {index} of {len} bytes is more than a {size}-byte file can need ({most})"),
+                        )
+                        .await)
+                    }
+                };
                 let r = if len <= CHUNK as u64 {
                     // Small: assembled in memory and staged directly, no spool.
                     let mut data = Vec::with_capacity(len as usize);
-                    recv_blob(c, len, |d| {
-                        data.extend_from_slice(d);
-                        Ok(())
-                    })
-                    .await?;
+                    recv_blob(c, &mut bulk, |d| data.extend_from_slice(d)).await?;
                     blocking(|| stage_payload(&mut staging, path, delta, zstd, *size, &data[..]))
                         .map_err(|e| format!("{e:#}"))
                 } else {
@@ -498,13 +503,12 @@ pub(crate) async fn update(
                     // A write error (a full disk) does not end the session mid-stream: the rest of
                     // the blob is read and dropped, so the controller gets the reason, not a reset.
                     let mut f = std::fs::File::create(&part).map_err(|e| (part.clone(), e));
-                    recv_blob(c, len, |d| {
+                    recv_blob(c, &mut bulk, |d| {
                         if let Ok(w) = &mut f {
                             if let Err(e) = blocking(|| w.write_all(d)) {
                                 f = Err((part.clone(), e));
                             }
                         }
-                        Ok(())
                     })
                     .await?;
                     if let Err((p, e)) = f {
@@ -513,7 +517,7 @@ pub(crate) async fn update(
                     }
                     drop(f);
                     let p = spool.finish(&name)?;
-                    let r = blocking(|| -> Result<()> {
+                    let r = blocking(|| -> anyhow::Result<()> {
                         let f = std::io::BufReader::new(std::fs::File::open(&p)?);
                         stage_payload(&mut staging, path, delta, zstd, *size, f)
                     });
@@ -527,7 +531,7 @@ pub(crate) async fn update(
                 }
             }
             ToAgent::Commit => break,
-            other => return Err(refuse(c, format!("expected a blob or Commit, got {}", kind(&other))).await),
+            other => return Err(unexpected(c, "a blob or Commit", &other).await),
         }
     }
     if failure.is_none() && !pending.is_empty() {
@@ -535,20 +539,21 @@ pub(crate) async fn update(
     }
     if let Some(f) = failure {
         let _ = blocking(|| staging.abort());
-        c.request(&FromAgent::Error { reason: format!("image {image}: {f}") }).await?;
+        c.error(format!("image {image}: {f}")).await?;
         return Ok(false);
     }
     let committed = blocking(|| nfs3.switch(|| staging.commit()));
     match committed {
-        Ok((generation, digest)) => {
+        Ok((generation, d)) => {
             spool.clear();
-            tracing::info!("image {image}: now at generation {generation} digest {digest}");
-            debug_assert_eq!(digest, target.digest);
-            c.request(&FromAgent::Committed { state: ImageState { name: image.into(), generation, digest } }).await?;
+            tracing::info!("image {image}: now at generation {generation} digest {d}");
+            let state = ImageState { name: name.clone(), generation, digest: digest(&d)? };
+            debug_assert_eq!(state.digest, target.digest);
+            c.request(&FromAgent::Committed(reply::Committed { state })).await?;
             Ok(true)
         }
         Err(e) => {
-            c.request(&FromAgent::Error { reason: format!("image {image}: commit: {e}") }).await?;
+            c.error(format!("image {image}: commit: {e}")).await?;
             Ok(false)
         }
     }
@@ -574,7 +579,7 @@ fn stage_payload(
     zstd: bool,
     size: u64,
     r: impl std::io::Read,
-) -> Result<()> {
+) -> anyhow::Result<()> {
     use std::io::Read;
     // One byte past a literal's size, so a longer one is seen (and refused by the engine).
     let limit = payload_limit(delta, size) + u64::from(!delta);
@@ -596,7 +601,7 @@ fn stage_payload(
 /// The spool could not be written: the partial file is gone; tells the controller why (ENOSPC by
 /// name, and where) and reads what it still sends up to its `Commit`, so the reason arrives instead
 /// of a reset connection, then ends the session.
-async fn spool_failed(c: &mut Conn, path: &Path, e: std::io::Error) -> anyhow::Error {
+async fn spool_failed(c: &mut Conn, path: &Path, e: std::io::Error) -> Error {
     let full = rustix::io::Errno::from_io_error(&e) == Some(rustix::io::Errno::NOSPC);
     let reason = if full {
         format!("ENOSPC: no space left on the agent's disk writing {} (the partial file was removed)", path.display())
@@ -612,7 +617,7 @@ async fn spool_failed(c: &mut Conn, path: &Path, e: std::io::Error) -> anyhow::E
         let until = std::time::Instant::now() + IDLE_TIMEOUT;
         while std::time::Instant::now() < until {
             match c.recv_payload_within(c.timeout).await {
-                Ok(p) if proto::chunk_data(p).is_some() => continue,
+                Ok(p) if proto::chunk_data::<ToAgent>(p).is_some() => continue,
                 Ok(p) if matches!(proto::decode::<ToAgent>(p), Ok(ToAgent::Commit)) => break,
                 Ok(_) => continue,
                 Err(_) => break,
@@ -620,36 +625,38 @@ async fn spool_failed(c: &mut Conn, path: &Path, e: std::io::Error) -> anyhow::E
         }
         c.shutdown().await;
     }
-    anyhow!("refused: {reason}")
+    Error::Refused(reason)
 }
 
-/// Reads `Chunk`s up to `BlobEnd`, handing each to `sink`; exactly `len` bytes or the session ends.
-async fn recv_blob(c: &mut Conn, len: u64, mut sink: impl FnMut(&[u8]) -> Result<()>) -> Result<()> {
-    let mut got = 0u64;
+/// A receive that failed: a protocol violation is refused with its reason, anything else (the
+/// connection) ends the session as it is.
+pub(crate) async fn fail(c: &mut Conn, e: transport::Error) -> Error {
+    match e {
+        transport::Error::Proto(p) => refuse(c, p.to_string()).await,
+        e => e.into(),
+    }
+}
+
+/// Reads the chunks of one blob, handing each to `sink` (from the receive buffer: no copy), then
+/// its `BlobEnd`; exactly the announced length or the session ends.
+async fn recv_blob(c: &mut Conn, bulk: &mut transport::Bulk, mut sink: impl FnMut(&[u8])) -> Result<()> {
     loop {
-        let t = c.timeout;
-        let payload = c.recv_payload_within(t).await?;
-        if let Some(d) = proto::chunk_data(payload) {
-            got += d.len() as u64;
-            if got > len {
-                return Err(refuse(c, "blob longer than announced").await);
-            }
-            // Written from the receive buffer: no copy into a message.
-            sink(d)?;
-            continue;
+        match c.next_chunk(bulk).await {
+            Ok(Some(d)) => sink(d),
+            Ok(None) => break,
+            Err(e) => return Err(fail(c, e).await),
         }
-        let msg = proto::decode::<ToAgent>(payload);
-        match msg? {
-            ToAgent::BlobEnd if got == len => return Ok(()),
-            ToAgent::BlobEnd => return Err(refuse(c, "blob shorter than announced").await),
-            other => return Err(refuse(c, format!("expected a blob chunk, got {}", kind(&other))).await),
-        }
+    }
+    match c.recv().await {
+        Ok(ToAgent::BlobEnd) => Ok(()),
+        Ok(other) => Err(unexpected(c, "BlobEnd", &other).await),
+        Err(e) => Err(fail(c, e).await),
     }
 }
 
 /// Writes the exports atomically (Linux: the whole file; AIX: our block spliced into /etc/exports,
 /// every other line kept), then runs the reload command. Returns (reload succeeded, its output).
-async fn write_exports(agent: &Agent, text: &str) -> Result<(bool, String)> {
+async fn write_exports(agent: &Agent, text: &str) -> anyhow::Result<(bool, String)> {
     let file = PathBuf::from(agent.cfg.exports_file.as_str());
     let content = match agent.cfg.dialect {
         model::Dialect::Linux => text.to_string(),
@@ -680,7 +687,7 @@ async fn write_exports(agent: &Agent, text: &str) -> Result<(bool, String)> {
     }
 }
 
-fn write_atomic(file: &Path, bytes: &[u8]) -> Result<()> {
+fn write_atomic(file: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let dir = file.parent().ok_or_else(|| anyhow!("{}: no parent directory", file.display()))?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;

@@ -9,20 +9,22 @@
 //! Both sides refuse an area that is not within the agent's `statelite_roots` (the only places besides
 //! `root` where it writes), and any path component that is not a real directory.
 
-use crate::session::{blocking, current, make_beneath, refuse, send_manifest, update};
+use crate::error::Result;
+use crate::session::{
+    blocking, current, digest, make_beneath, next_request, refuse, send_bulk_reply, send_manifest, update, Conn,
+};
 use crate::spool::Spool;
 use crate::Agent;
-use anyhow::{bail, Context, Result};
-use proto::{FromAgent, ToAgent, CHUNK};
+use anyhow::{bail, Context};
+use proto::{reply, req, Digest, FromAgent, Name, RelPath, ToAgent, CHUNK};
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use transport::Conn;
 use tree::{Replica, ReplicaOptions};
 
 /// Checks `area` (absolute) and `node`, and returns (the statelite root it lies in, the path of
 /// `<area>/<node>` relative to that root).
-fn locate(agent: &Agent, area: &str, node: &str) -> Result<(PathBuf, String), String> {
-    proto::check_name(node).map_err(|e| e.to_string())?;
+fn locate(agent: &Agent, area: &str, node: &str) -> Result<(PathBuf, RelPath), String> {
+    Name::parse(node)?;
     let rel_area = area.strip_prefix('/').ok_or_else(|| format!("statelite path `{area}` is not absolute"))?;
     for r in &agent.cfg.statelite_roots {
         let r = r.as_str().trim_end_matches('/');
@@ -35,9 +37,9 @@ fn locate(agent: &Agent, area: &str, node: &str) -> Result<(PathBuf, String), St
         let rest = rest.trim_end_matches('/');
         let rel = if rest.is_empty() { node.to_string() } else { format!("{rest}/{node}") };
         // No `..`, empty or `.` components anywhere (checked on the whole area too).
-        proto::check_rel_path(&rel).map_err(|e| e.to_string())?;
+        let rel = RelPath::parse(&rel)?;
         if !rel_area.is_empty() {
-            proto::check_rel_path(rel_area.trim_end_matches('/')).map_err(|e| e.to_string())?;
+            RelPath::parse(rel_area.trim_end_matches('/'))?;
         }
         // Several agents on one host (tests, demos) keep their statelite trees apart under a prefix
         // (`statelite_prefix`); the check above is on the cluster-wide path, as configured.
@@ -58,9 +60,9 @@ fn state_dir(agent: &Agent, area: &str, node: &str) -> PathBuf {
 }
 
 /// `root/rel`, every component a real directory (symlinks refused), without creating anything.
-fn existing_beneath(root: &Path, rel: &str) -> Result<PathBuf> {
+fn existing_beneath(root: &Path, rel: &RelPath) -> anyhow::Result<PathBuf> {
     let mut p = root.to_path_buf();
-    for comp in rel.split('/') {
+    for comp in rel.components() {
         p.push(comp);
         let m = std::fs::symlink_metadata(&p).with_context(|| format!("{}", p.display()))?;
         if !m.file_type().is_dir() {
@@ -112,7 +114,7 @@ pub async fn backup(agent: &Agent, c: &mut Conn, area: &str, node: &str) -> Resu
     let sd = state_dir(agent, area, node);
     let label = format!("statelite {area}/{node}");
     let held = agent.lock(&format!("statelite:{}", sd.display())).lock_owned().await;
-    let opened = blocking(|| -> Result<(Replica, Option<String>)> {
+    let opened = blocking(|| -> anyhow::Result<(Replica, Option<Digest>)> {
         let dir = make_beneath(&sroot, &rel)?;
         std::fs::create_dir_all(&sd).with_context(|| format!("creating {}", sd.display()))?;
         std::fs::write(sd.join("path"), format!("{area}\n{node}\n"))?;
@@ -129,7 +131,7 @@ pub async fn backup(agent: &Agent, c: &mut Conn, area: &str, node: &str) -> Resu
                 if r.scan()?.digest() != d {
                     tracing::info!("{area}/{node}: copy changed since generation {g}: adopted as {}", g + 1);
                     r.adopt(g + 1)?;
-                    Some(d)
+                    Some(digest(&d)?)
                 } else {
                     None
                 }
@@ -141,20 +143,21 @@ pub async fn backup(agent: &Agent, c: &mut Conn, area: &str, node: &str) -> Resu
         Ok(r) => r,
         Err(e) => return Err(refuse(c, format!("{label}: {e:#}")).await),
     };
-    c.request(&FromAgent::Opened { state: current(&replica, node), drifted }).await?;
+    let node = Name::parse(node).map_err(anyhow::Error::msg)?;
+    let state = match current(&replica, &node) {
+        Ok(s) => s,
+        Err(e) => return Err(refuse(c, format!("{label}: {e:#}")).await),
+    };
+    c.request(&FromAgent::Opened(reply::Opened { state, drifted })).await?;
     let spool = Spool::open(sd.join("spool"))?;
     let next = loop {
-        let msg = match c.recv_within(crate::IDLE_TIMEOUT).await {
-            Ok(m) => m,
-            Err(transport::Error::Closed) => break Some(ToAgent::Bye),
-            Err(e) => return Err(e.into()),
-        };
+        let Some(msg) = next_request(c).await? else { break Some(ToAgent::Bye) };
         match msg {
             ToAgent::GetManifest => {
                 send_manifest(c, &replica).await?;
             }
-            ToAgent::Plan { len, zstd } => {
-                update(c, &mut replica, &spool, &label, len, zstd, &nfs3::Switch::default()).await?;
+            ToAgent::Plan(req::Plan { len, zstd }) => {
+                update(c, &mut replica, &spool, (&node, &label), len, zstd, &nfs3::Switch::default()).await?;
             }
             other => break Some(other),
         }
@@ -174,7 +177,7 @@ pub async fn serve(agent: &Agent, c: &mut Conn, area: &str, node: &str) -> Resul
         Err(e) => return Err(refuse(c, e).await),
     };
     // A missing directory is an error, not an empty tree: syncing "nothing" would empty the backup.
-    let scanned = blocking(|| -> Result<(PathBuf, tree::Manifest)> {
+    let scanned = blocking(|| -> anyhow::Result<(PathBuf, tree::Manifest)> {
         let dir = existing_beneath(&sroot, &rel)?;
         let m = tree::scan(&dir, &[])?;
         Ok((dir, m))
@@ -182,25 +185,17 @@ pub async fn serve(agent: &Agent, c: &mut Conn, area: &str, node: &str) -> Resul
     let (dir, manifest) = match scanned {
         Ok(x) => x,
         Err(e) => {
-            c.request(&FromAgent::Error { reason: format!("statelite {area}/{node}: {e:#}") }).await?;
+            c.error(format!("statelite {area}/{node}: {e:#}")).await?;
             return Ok(None);
         }
     };
     let bytes = manifest.to_bytes()?;
-    c.send(&FromAgent::Manifest { len: bytes.len() as u64 }).await?;
-    for ch in bytes.chunks(CHUNK) {
-        c.send(&FromAgent::Chunk(ch.to_vec())).await?;
-    }
-    c.flush().await?;
+    send_bulk_reply(c, FromAgent::Manifest(reply::Manifest { len: bytes.len() as u64 }), &bytes).await?;
     let root = tree::fsops::Root::open(&dir)?;
     loop {
-        let msg = match c.recv_within(crate::IDLE_TIMEOUT).await {
-            Ok(m) => m,
-            Err(transport::Error::Closed) => return Ok(Some(ToAgent::Bye)),
-            Err(e) => return Err(e.into()),
-        };
+        let Some(msg) = next_request(c).await? else { return Ok(Some(ToAgent::Bye)) };
         let path = match msg {
-            ToAgent::StateliteRead { path } => path,
+            ToAgent::StateliteRead(req::StateliteRead { path }) => path,
             other => return Ok(Some(other)),
         };
         // Only files of the scan just sent: nothing else of the SN is readable this way.
@@ -208,7 +203,7 @@ pub async fn serve(agent: &Agent, c: &mut Conn, area: &str, node: &str) -> Resul
         if !listed {
             return Err(refuse(c, format!("{} is not a file of the scan", tree::manifest::show(&path))).await);
         }
-        let opened = blocking(|| -> Result<(std::fs::File, u64)> {
+        let opened = blocking(|| -> anyhow::Result<(std::fs::File, u64)> {
             let f = root.open_file(&path)?;
             let len = f.metadata()?.len();
             Ok((f, len))
@@ -216,11 +211,11 @@ pub async fn serve(agent: &Agent, c: &mut Conn, area: &str, node: &str) -> Resul
         let (mut f, len) = match opened {
             Ok(x) => x,
             Err(e) => {
-                c.request(&FromAgent::Error { reason: format!("{}: {e:#}", tree::manifest::show(&path)) }).await?;
+                c.error(format!("{}: {e:#}", tree::manifest::show(&path))).await?;
                 continue;
             }
         };
-        c.send(&FromAgent::Content { len }).await?;
+        c.send(&FromAgent::Content(reply::Content { len })).await?;
         let mut left = len;
         let mut buf = vec![0u8; CHUNK.min(len as usize)];
         while left > 0 {
@@ -229,7 +224,7 @@ pub async fn serve(agent: &Agent, c: &mut Conn, area: &str, node: &str) -> Resul
             // the controller retries the node later.
             blocking(|| f.read_exact(&mut buf[..n]))
                 .with_context(|| format!("{}: changed while being read", tree::manifest::show(&path)))?;
-            c.send(&FromAgent::Chunk(buf[..n].to_vec())).await?;
+            c.send_chunk(&buf[..n]).await?;
             left -= n as u64;
         }
         c.flush().await?;
@@ -258,8 +253,9 @@ mod tests {
         // The agent locks and recovers its state dir: a scratch one.
         let state = tempfile::tempdir().unwrap();
         let a = agent(state.path());
-        assert_eq!(locate(&a, "/nodedata", "cn001").unwrap(), (PathBuf::from("/nodedata"), "cn001".into()));
-        assert_eq!(locate(&a, "/srv/lite/x", "cn001").unwrap(), (PathBuf::from("/srv/lite"), "x/cn001".into()));
+        let rel = |s: &str| RelPath::parse(s).unwrap();
+        assert_eq!(locate(&a, "/nodedata", "cn001").unwrap(), (PathBuf::from("/nodedata"), rel("cn001")));
+        assert_eq!(locate(&a, "/srv/lite/x", "cn001").unwrap(), (PathBuf::from("/srv/lite"), rel("x/cn001")));
         for (area, node) in [
             ("/etc", "cn001"),
             ("/nodedatax", "cn001"),

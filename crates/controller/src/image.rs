@@ -13,7 +13,8 @@ use tree::{Manifest, Payload, Plan, ScanOptions, Scanner, SigStore};
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Last {
     pub generation: u64,
-    pub digest: String,
+    /// Stored as its hex string, as before the type existed.
+    pub digest: proto::Digest,
     pub manifest: Manifest,
 }
 
@@ -97,7 +98,7 @@ pub struct Prepared {
     pub state_dir: PathBuf,
     pub source: PathBuf,
     pub manifest: Manifest,
-    pub digest: String,
+    pub digest: proto::Digest,
     pub generation: u64,
     pub last: Option<Last>,
     pub shared: Option<Shared>,
@@ -127,7 +128,7 @@ pub fn prepare(cluster: &Cluster, image: &Image) -> Result<Prepared> {
     let t = std::time::Instant::now();
     let (source, manifest) = scan(cluster, image)?;
     tracing::info!("image {}: scanned {} entries in {:.2?}", image.name, manifest.entries.len(), t.elapsed());
-    let digest = manifest.digest();
+    let digest: proto::Digest = manifest.digest().parse()?;
     let dir = image_dir(cluster, &image.name);
     let last = Last::load(cluster, &image.name)?;
     let sigs = SigStore::open(&dir.join("sigs"))?;
@@ -178,7 +179,7 @@ pub fn prepare(cluster: &Cluster, image: &Image) -> Result<Prepared> {
                 removed: m.removed,
                 delta_bytes: s.payload_bytes + s.bytes.len() as u64,
                 generation,
-                digest: digest.clone(),
+                digest: digest.to_string(),
                 from_generation: last.as_ref().map(|l| l.generation),
                 files_to_send: m.to_send,
                 moved: m.moved,
@@ -196,7 +197,7 @@ pub fn prepare(cluster: &Cluster, image: &Image) -> Result<Prepared> {
                 removed: 0,
                 delta_bytes: if fresh { c.bytes } else { 0 },
                 generation,
-                digest: digest.clone(),
+                digest: digest.to_string(),
                 from_generation: last.as_ref().map(|l| l.generation),
                 files_to_send: if fresh { c.files } else { 0 },
                 moved: 0,
@@ -414,15 +415,18 @@ pub fn payload_file(sigs: &SigStore, source: &Path, c: &tree::Content, pack: &Pa
 }
 
 impl Prepared {
-    /// The payload for `c`, computed at most once per run (another SN may be computing it now).
-    pub async fn payload(&self, c: &tree::Content) -> Result<Option<PayloadFile>> {
+    /// The payload for `c`, computed at most once per run (another SN may be computing it now),
+    /// on the blocking pool: a delta or a compression never holds up another SN's session.
+    pub async fn payload(self: &Arc<Self>, c: &tree::Content) -> Result<Option<PayloadFile>> {
         let cell = {
             let mut m = self.memo.lock().unwrap_or_else(|p| p.into_inner());
             m.entry(memo_key(c)).or_default().clone()
         };
         let r = cell
             .get_or_try_init(|| async {
-                tokio::task::block_in_place(|| payload_file(&self.sigs, &self.source, c, &self.pack))?
+                let (me, c) = (self.clone(), c.clone());
+                tokio::task::spawn_blocking(move || payload_file(&me.sigs, &me.source, &c, &me.pack))
+                    .await??
                     .ok_or_else(|| anyhow::anyhow!("no payload: the replica makes this file locally"))
             })
             .await;
@@ -447,7 +451,7 @@ impl Prepared {
     /// plan is numbered after every replica's.
     pub fn save(&self, generation: u64) -> Result<()> {
         let generation = generation.max(self.generation);
-        let last = Last { generation, digest: self.digest.clone(), manifest: self.manifest.clone() };
+        let last = Last { generation, digest: self.digest, manifest: self.manifest.clone() };
         let b = postcard::to_stdvec(&last)?;
         let p = self.state_dir.join("last");
         tree::fsops::write_atomic(&p, &b).with_context(|| format!("writing {}", p.display()))?;

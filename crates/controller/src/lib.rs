@@ -12,19 +12,20 @@
 //!   MN always describe a generation some replica holds.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
+mod error;
 mod image;
 mod sn;
 pub mod statelite;
 
+pub use error::SnError;
 pub use image::{plan_images, prepare, ImagePlan, Prepared};
-pub use sn::deployed_exports;
+pub use sn::{deployed_exports, Conn};
 
 use anyhow::{bail, Context, Result};
 use model::{Cluster, ServiceNode};
 use serde::Serialize;
 use std::sync::Arc;
 use std::time::Duration;
-use transport::Conn;
 
 /// Timeouts of a run.
 #[derive(Debug, Clone)]
@@ -230,27 +231,9 @@ impl Controller {
         Ok(Controller { cluster: Arc::new(cluster), tls, timeouts, progress: false })
     }
 
-    /// Dials an SN's agent and does the handshake: protocol version, and with TLS the agent's
-    /// certificate must name the SN.
-    pub async fn connect(&self, sn: &ServiceNode) -> Result<Conn> {
-        let addr = sn.agent.to_string();
-        let mut c = transport::connect(&addr, &sn.name, self.tls.clone(), self.timeouts.frame)
-            .await
-            .with_context(|| format!("connecting to {addr}"))?;
-        c.request(&proto::ToAgent::Hello { version: proto::VERSION, controller: "mn".into() }).await?;
-        match c.recv::<proto::FromAgent>().await? {
-            proto::FromAgent::Hello { version, agent } => {
-                if version != proto::VERSION {
-                    bail!("agent speaks protocol {version}, this controller {}", proto::VERSION);
-                }
-                if self.tls.is_some() && agent != sn.name {
-                    bail!("agent calls itself `{agent}`, expected `{}`", sn.name);
-                }
-                Ok(c)
-            }
-            proto::FromAgent::Error { reason } => bail!("agent refused the session: {reason}"),
-            other => bail!("unexpected handshake reply {other:?}"),
-        }
+    /// Dials an SN's agent and does the handshake (see `sn::connect`).
+    pub async fn connect(&self, sn: &ServiceNode) -> Result<Conn, SnError> {
+        sn::connect(self, sn).await
     }
 
     /// The images selected by name (all when `names` is empty); unknown names are bad input.

@@ -1,22 +1,43 @@
-//! One SN's part of a run: its own task, its own connection, its own timeout.
+//! One SN's part of a run: its own task, its own connection, its own timeout. The protocol is
+//! spoken through `transport::Conn<proto::Controller>`: each request gets its one reply kind or a
+//! typed error ([`SnError`]), bulk data is received only up to a cap.
 
+use crate::error::SnError;
 use crate::image::{PayloadFile, Prepared};
 use crate::{Controller, ExportsReport, ImageStatus, ReplicaReport, SnStatus};
-use anyhow::{anyhow, bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use model::ServiceNode;
-use proto::{FromAgent, ImageState, ToAgent, CHUNK};
+use proto::{req, Digest, ImageState, Name, ToAgent, CHUNK};
 use std::io::Read;
 use std::sync::Arc;
-use transport::Conn;
+
+/// The controller end of a session.
+pub type Conn = transport::Conn<proto::Controller>;
+
+type Result<T, E = SnError> = std::result::Result<T, E>;
 
 pub struct SnOutcome {
     pub sn: String,
     pub replicas: Vec<ReplicaReport>,
     pub exports: Vec<ExportsReport>,
     pub error: Option<String>,
+    /// Why, typed (the first failure when several images failed): what retries and exit codes
+    /// go by.
+    pub cause: Option<SnError>,
     /// Bytes not attributed to an image (exports, handshake).
     pub extra_bytes: u64,
+}
+
+impl SnOutcome {
+    fn new(sn: &str, replicas: Vec<ReplicaReport>) -> SnOutcome {
+        SnOutcome { sn: sn.to_string(), replicas, exports: Vec::new(), error: None, cause: None, extra_bytes: 0 }
+    }
+
+    fn fail(&mut self, msg: String, cause: SnError) {
+        tracing::warn!("SN {}: {msg}", self.sn);
+        self.error = Some(msg);
+        self.cause = Some(cause);
+    }
 }
 
 pub fn bar(sn: &str) -> ProgressBar {
@@ -28,8 +49,34 @@ pub fn bar(sn: &str) -> ProgressBar {
     b
 }
 
-fn blocking<T>(f: impl FnOnce() -> T) -> T {
-    tokio::task::block_in_place(f)
+/// CPU or disk work (a diff, a compression, a file read) on the blocking pool, so one SN's work
+/// never stalls the sessions of the others on the runtime's workers.
+pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| SnError::Local(anyhow::anyhow!("blocking task: {e}")))
+}
+
+/// Dials an SN's agent and does the handshake: protocol version, and with TLS the agent's
+/// certificate must name the SN.
+pub async fn connect(ctl: &Controller, sn: &ServiceNode) -> Result<Conn> {
+    let addr = sn.agent.to_string();
+    let connect_failed = |source| SnError::Connect { addr: addr.clone(), source };
+    let mut c =
+        transport::connect(&addr, &sn.name, ctl.tls.clone(), ctl.timeouts.frame).await.map_err(connect_failed)?;
+    let hello = match c.call(req::Hello { version: proto::VERSION, controller: "mn".into() }).await {
+        Ok(h) => h,
+        Err(transport::Error::Proto(proto::Error::Remote(r))) => {
+            return Err(SnError::Refused(format!("agent refused the session: {r}")))
+        }
+        Err(e) => return Err(connect_failed(e)),
+    };
+    if hello.version != proto::VERSION {
+        let e = proto::Error::Version { theirs: hello.version };
+        return Err(SnError::Protocol(format!("agent at {addr}: {e}")));
+    }
+    if ctl.tls.is_some() && hello.agent != sn.name {
+        return Err(SnError::Protocol(format!("agent calls itself `{}`, expected `{}`", hello.agent, sn.name)));
+    }
+    Ok(c)
 }
 
 fn row(sn: &str, p: &Prepared) -> ReplicaReport {
@@ -43,29 +90,34 @@ pub async fn sync_sn(
     exports: Option<String>,
     bar: Option<ProgressBar>,
 ) -> SnOutcome {
-    let mut out = SnOutcome {
-        sn: sn.name.clone(),
-        replicas: images.iter().map(|p| row(&sn.name, p)).collect(),
-        exports: Vec::new(),
-        error: None,
-        extra_bytes: 0,
-    };
-    let r = tokio::time::timeout(ctl.timeouts.sn, run_sn(ctl, &sn, &images, exports, &mut out, bar.as_ref())).await;
+    let mut out = SnOutcome::new(&sn.name, images.iter().map(|p| row(&sn.name, p)).collect());
+    let mut failed = Vec::new();
+    let r =
+        tokio::time::timeout(ctl.timeouts.sn, run_sn(ctl, &sn, &images, exports, &mut out, &mut failed, bar.as_ref()))
+            .await;
     let err = match r {
         Ok(Ok(())) => None,
-        Ok(Err(e)) => Some(format!("{e:#}")),
-        Err(_) => Some(format!("timed out after {:?}", ctl.timeouts.sn)),
+        Ok(Err(e)) => Some((format!("{e:#}"), e)),
+        Err(_) => Some((format!("timed out after {:?}", ctl.timeouts.sn), SnError::Timeout(ctl.timeouts.sn))),
     };
-    if let Some(e) = &err {
-        tracing::warn!("SN {}: {e}", sn.name);
-        for r in out.replicas.iter_mut().filter(|r| !r.matches && r.error.is_none()) {
-            r.error = Some(e.clone());
+    // Images fail on their own: their messages, joined, unless the session itself failed after.
+    let err = match err {
+        None if !failed.is_empty() => {
+            let msg = failed.iter().map(|(m, _)| m.as_str()).collect::<Vec<_>>().join("; ");
+            let (_, first) = failed.swap_remove(0);
+            Some((msg, first))
         }
+        e => e,
+    };
+    if let Some((msg, cause)) = err {
+        for r in out.replicas.iter_mut().filter(|r| !r.matches && r.error.is_none()) {
+            r.error = Some(msg.clone());
+        }
+        out.fail(msg, cause);
     }
     if let Some(b) = bar {
-        b.finish_with_message(if err.is_some() { "FAILED" } else { "done" });
+        b.finish_with_message(if out.error.is_some() { "FAILED" } else { "done" });
     }
-    out.error = err;
     out
 }
 
@@ -75,10 +127,10 @@ async fn run_sn(
     images: &[Arc<Prepared>],
     exports: Option<String>,
     out: &mut SnOutcome,
+    failed: &mut Vec<(String, SnError)>,
     bar: Option<&ProgressBar>,
 ) -> Result<()> {
-    let mut c = ctl.connect(sn).await?;
-    let mut failed = Vec::new();
+    let mut c = connect(ctl, sn).await?;
     for (i, p) in images.iter().enumerate() {
         let before = c.bytes_out;
         let res = sync_image(ctl, &mut c, p, &mut out.replicas[i], bar).await;
@@ -86,75 +138,68 @@ async fn run_sn(
         if let Err(e) = res {
             let msg = format!("image {}: {e:#}", p.image.name);
             out.replicas[i].error = Some(msg.clone());
-            failed.push(msg);
+            failed.push((msg, e));
             // Images fail independently (issue #9 item 7): the session may be mid-stream and
             // unusable, so the next image gets a fresh one; an SN that cannot be reached ends here.
             if i + 1 < images.len() {
                 c.shutdown().await;
-                c = ctl.connect(sn).await?;
+                c = connect(ctl, sn).await?;
             }
         }
     }
     if !failed.is_empty() {
-        return Err(anyhow!(failed.join("; ")));
+        return Ok(());
     }
     if let Some(text) = exports {
         let before = c.bytes_out;
-        c.request(&ToAgent::Exports { text: text.clone() }).await?;
-        match c.recv_within::<FromAgent>(ctl.timeouts.commit).await? {
-            FromAgent::ExportsDone { reloaded, output } => {
-                // Written before the reload result is judged: the file is on the SN either way.
-                if let Err(e) = record_deployed_exports(&ctl.cluster, &sn.name, &text) {
-                    tracing::warn!(sn = %sn.name, "cannot record the deployed exports: {e}");
-                }
-                out.exports.push(ExportsReport { sn: sn.name.clone(), reloaded, output: output.clone() });
-                if !reloaded {
-                    bail!("exports written but reload failed: {output}");
-                }
-            }
-            FromAgent::Error { reason } => bail!("exports: {reason}"),
-            other => bail!("unexpected reply to Exports: {other:?}"),
+        let done = c
+            .call_within(req::Exports { text: text.clone() }, ctl.timeouts.commit)
+            .await
+            .map_err(|e| prefixed("exports", e.into()))?;
+        // Written before the reload result is judged: the file is on the SN either way.
+        if let Err(e) = record_deployed_exports(&ctl.cluster, &sn.name, &text) {
+            tracing::warn!(sn = %sn.name, "cannot record the deployed exports: {e}");
+        }
+        out.exports.push(ExportsReport { sn: sn.name.clone(), reloaded: done.reloaded, output: done.output.clone() });
+        if !done.reloaded {
+            return Err(SnError::Refused(format!("exports written but reload failed: {}", done.output)));
         }
         out.extra_bytes += c.bytes_out - before;
     }
-    let _ = c.request(&ToAgent::Bye).await;
-    c.shutdown().await;
+    c.bye().await;
     Ok(())
+}
+
+/// `what: reason` for refusals (the agent's reason alone does not say which request it was).
+fn prefixed(what: &str, e: SnError) -> SnError {
+    match e {
+        SnError::Refused(r) => SnError::Refused(format!("{what}: {r}")),
+        e => e,
+    }
+}
+
+fn name(image: &model::Image) -> Result<Name> {
+    Name::parse(&image.name).map_err(|e| SnError::Local(anyhow::anyhow!("image name: {e}")))
 }
 
 /// Opens the image's replica: where it stands now (the agent rescans it) and, when it had
 /// drifted from what the agent recorded, the recorded digest.
-async fn open(c: &mut Conn, image: &model::Image) -> Result<(ImageState, Option<String>)> {
-    c.request(&ToAgent::Open { image: image.name.clone(), path: image.path.as_str().to_string() }).await?;
-    match c.recv::<FromAgent>().await? {
-        FromAgent::Opened { state, drifted } => Ok((state, drifted)),
-        FromAgent::Error { reason } => bail!("{reason}"),
-        other => bail!("unexpected reply to Open: {other:?}"),
-    }
+async fn open(c: &mut Conn, image: &model::Image) -> Result<(ImageState, Option<Digest>)> {
+    let o = c.call(req::Open { image: name(image)?, path: image.path.clone() }).await?;
+    Ok((o.state, o.drifted))
 }
 
 /// Fetches the agent's recorded manifest (for a replica not at the shared base).
 async fn manifest(c: &mut Conn) -> Result<tree::Manifest> {
-    c.request(&ToAgent::GetManifest).await?;
-    let len = match c.recv::<FromAgent>().await? {
-        FromAgent::Manifest { len } => len,
-        FromAgent::Error { reason } => bail!("{reason}"),
-        other => bail!("unexpected reply to GetManifest: {other:?}"),
-    };
-    let mut b = Vec::with_capacity(len.min(256 << 20) as usize);
-    while (b.len() as u64) < len {
-        match c.recv::<FromAgent>().await? {
-            FromAgent::Chunk(d) => b.extend_from_slice(&d),
-            other => bail!("unexpected {other:?} inside a manifest"),
-        }
-    }
-    Ok(tree::Manifest::from_bytes(&b)?)
+    let m = c.call(req::GetManifest).await?;
+    let b = c.recv_bulk("a manifest", m.len, proto::MAX_MANIFEST).await?;
+    Ok(blocking(move || tree::Manifest::from_bytes(&b)).await??)
 }
 
 async fn sync_image(
     ctl: &Controller,
     c: &mut Conn,
-    p: &Prepared,
+    p: &Arc<Prepared>,
     row: &mut ReplicaReport,
     bar: Option<&ProgressBar>,
 ) -> Result<()> {
@@ -167,7 +212,7 @@ async fn sync_image(
             state.digest
         );
     }
-    row.drifted_from = drifted;
+    row.drifted_from = drifted.map(|d| d.to_string());
     let r = sync_image_from(ctl, c, p, row, bar, state).await;
     // Repaired: drift was found, and the replica now has the source's digest, computed now.
     row.repaired = row.drifted_from.is_some() && row.matches;
@@ -177,14 +222,14 @@ async fn sync_image(
 async fn sync_image_from(
     ctl: &Controller,
     c: &mut Conn,
-    p: &Prepared,
+    p: &Arc<Prepared>,
     row: &mut ReplicaReport,
     bar: Option<&ProgressBar>,
     state: ImageState,
 ) -> Result<()> {
     if state.digest == p.digest {
         row.generation = state.generation;
-        row.digest = state.digest;
+        row.digest = state.digest.to_string();
         row.matches = true;
         return Ok(());
     }
@@ -198,9 +243,14 @@ async fn sync_image_from(
         }
         _ => {
             let theirs = manifest(c).await?;
-            let mut pl = blocking(|| tree::diff(&theirs, &p.manifest));
-            pl.generation = p.generation.max(state.generation + 1);
-            let b = zstd::bulk::compress(&pl.to_bytes()?, 3)?;
+            let (p2, generation) = (p.clone(), p.generation.max(state.generation + 1));
+            let (pl, b) = blocking(move || -> anyhow::Result<(tree::Plan, Vec<u8>)> {
+                let mut pl = tree::diff(&theirs, &p2.manifest);
+                pl.generation = generation;
+                let b = zstd::bulk::compress(&pl.to_bytes()?, 3)?;
+                Ok((pl, b))
+            })
+            .await??;
             own = pl;
             tracing::info!(
                 "{}: image {} is at generation {} ({}), not the last synced one: own plan",
@@ -212,71 +262,73 @@ async fn sync_image_from(
             (&own, b)
         }
     };
-    c.send(&ToAgent::Plan { len: bytes.len() as u64, zstd: true }).await?;
-    for ch in bytes.chunks(CHUNK) {
-        c.send_chunk(ch).await?;
-    }
-    c.flush().await?;
-    let (need, resumed) = match c.recv::<FromAgent>().await? {
-        FromAgent::Need { indexes, resumed } => (indexes, resumed),
-        FromAgent::Error { reason } => bail!("{reason}"),
-        other => bail!("unexpected reply to Plan: {other:?}"),
-    };
-    row.resumed = resumed;
+    let need = c.call_with_bulk(req::Plan { len: bytes.len() as u64, zstd: true }, &bytes).await?;
+    row.resumed = need.resumed;
     if let Some(b) = bar {
-        b.set_length(need.iter().filter_map(|&i| plan.contents.get(i as usize)).map(|c| c.size).sum());
+        b.set_length(need.indexes.iter().filter_map(|&i| plan.contents.get(i as usize)).map(|c| c.size).sum());
         b.set_message(p.image.name.clone());
     }
-    for &i in &need {
-        let content = plan.contents.get(i as usize).ok_or_else(|| anyhow!("agent asked for content {i}"))?;
-        let payload = p.payload(content).await?.ok_or_else(|| anyhow!("agent asked for content {i}, made locally"))?;
-        send_blob(c, i, &payload, bar).await?;
+    for &i in &need.indexes {
+        let asked = || SnError::Protocol(format!("agent asked for content {i}, which the plan does not send"));
+        let content = plan.contents.get(i as usize).ok_or_else(asked)?;
+        let payload = p.payload(content).await?.ok_or_else(asked)?;
+        send_blob(c, i, payload).await?;
         if let Some(b) = bar {
             b.inc(content.size);
         }
         row.files_sent += 1;
     }
-    c.request(&ToAgent::Commit).await?;
     let sent = std::time::Instant::now();
-    match c.recv_within::<FromAgent>(ctl.timeouts.commit).await? {
-        FromAgent::Committed { state } => {
-            tracing::info!("{}: image {} committed {:.2?} after the last blob", row.sn, p.image.name, sent.elapsed());
-            row.generation = state.generation;
-            row.matches = state.digest == p.digest;
-            row.digest = state.digest;
-            if !row.matches {
-                bail!("replica committed digest {} but the source is {}", row.digest, p.digest);
-            }
-            Ok(())
-        }
-        FromAgent::Error { reason } => bail!("{reason}"),
-        FromAgent::NoSpace { reason, .. } => bail!("{reason}"),
-        other => bail!("unexpected reply to Commit: {other:?}"),
+    let done = c.call_within(req::Commit, ctl.timeouts.commit).await?;
+    tracing::info!("{}: image {} committed {:.2?} after the last blob", row.sn, p.image.name, sent.elapsed());
+    row.generation = done.state.generation;
+    row.matches = done.state.digest == p.digest;
+    row.digest = done.state.digest.to_string();
+    if !row.matches {
+        return Err(SnError::DigestMismatch { got: done.state.digest, want: p.digest });
     }
+    Ok(())
 }
 
-/// Streams one payload in chunks; the source file is read a chunk at a time (bounded memory).
-/// Streams one payload in chunks; the file is read a chunk at a time (bounded memory).
-async fn send_blob(c: &mut Conn, index: u32, p: &PayloadFile, _bar: Option<&ProgressBar>) -> Result<()> {
+/// Streams one payload in chunks; the file is read a chunk at a time on the blocking pool
+/// (bounded memory, the runtime's workers never wait on the disk).
+async fn send_blob(c: &mut Conn, index: u32, p: PayloadFile) -> Result<()> {
     c.send(&ToAgent::Blob { index, encoding: p.encoding, len: p.len, zstd: p.zstd }).await?;
-    let mut f = std::fs::File::open(&p.path).with_context(|| format!("{}", p.path.display()))?;
-    if p.offset > 0 {
-        use std::io::Seek;
-        f.seek(std::io::SeekFrom::Start(p.offset))?;
-    }
+    let path = p.path.clone();
+    let offset = p.offset;
+    let mut f = blocking(move || -> anyhow::Result<std::fs::File> {
+        use anyhow::Context;
+        let mut f = std::fs::File::open(&path).with_context(|| format!("{}", path.display()))?;
+        if offset > 0 {
+            use std::io::Seek;
+            f.seek(std::io::SeekFrom::Start(offset))?;
+        }
+        Ok(f)
+    })
+    .await??;
     let mut left = p.len;
     let mut buf = vec![0u8; CHUNK.min(p.len as usize)];
     let mut h = blake3::Hasher::new();
     while left > 0 {
         let n = left.min(CHUNK as u64) as usize;
-        blocking(|| f.read_exact(&mut buf[..n]))
-            .with_context(|| format!("{}: changed while syncing (rerun sync)", p.path.display()))?;
+        let (f2, b2, r) = blocking(move || {
+            let r = f.read_exact(&mut buf[..n]);
+            (f, buf, r)
+        })
+        .await?;
+        (f, buf) = (f2, b2);
+        if let Err(e) = r {
+            return Err(SnError::SourceChanged(format!(
+                "{}: changed while syncing (rerun sync): {e}",
+                p.path.display()
+            )));
+        }
         if let Some(want) = &p.verify {
             h.update(&buf[..n]);
             // The last chunk is held back until the whole file is known to be the scanned version,
             // so the agent never gets all of a changed file (it also checks BLAKE3 before commit).
             if left == n as u64 && h.finalize().as_bytes() != want {
-                bail!(tree::Error::Changed(format!(
+                return Err(SnError::SourceChanged(format!(
                     "{} (its content is no longer the one scanned; the session is dropped mid-file)",
                     p.path.display()
                 )));
@@ -298,67 +350,58 @@ async fn verify_image(
 ) -> Result<()> {
     let (_, drifted) = open(c, img).await?;
     let was_drifted = drifted.is_some();
-    row.drifted_from = drifted;
-    c.request(&ToAgent::Verify).await?;
-    match c.recv_within::<FromAgent>(ctl.timeouts.commit).await? {
-        FromAgent::Verified { recorded, actual } => {
-            row.generation = recorded.generation;
-            row.matches = actual == src;
-            if actual != recorded.digest || was_drifted {
-                row.error = Some(format!("replica changed on disk since generation {}", recorded.generation));
+    row.drifted_from = drifted.map(|d| d.to_string());
+    match c.call_within(req::Verify, ctl.timeouts.commit).await {
+        Ok(v) => {
+            row.generation = v.recorded.generation;
+            row.matches = v.actual.to_string() == src;
+            if v.actual != v.recorded.digest || was_drifted {
+                row.error = Some(format!("replica changed on disk since generation {}", v.recorded.generation));
             } else if !row.matches {
                 row.error = Some(format!("digest differs from the source's {src}"));
             }
-            row.digest = actual;
+            row.digest = v.actual.to_string();
         }
-        FromAgent::Error { reason } => row.error = Some(reason),
-        other => bail!("unexpected reply to Verify: {other:?}"),
+        // The agent could not scan: that replica's row, the session goes on.
+        Err(transport::Error::Proto(proto::Error::Remote(reason))) => row.error = Some(reason),
+        Err(e) => return Err(e.into()),
     }
     Ok(())
 }
 
 pub async fn verify_sn(ctl: &Controller, sn: ServiceNode, images: Vec<(model::Image, String)>) -> SnOutcome {
-    let mut out =
-        SnOutcome { sn: sn.name.clone(), replicas: Vec::new(), exports: Vec::new(), error: None, extra_bytes: 0 };
+    let mut out = SnOutcome::new(&sn.name, Vec::new());
     let r = tokio::time::timeout(ctl.timeouts.sn, async {
-        let mut c = ctl.connect(&sn).await?;
+        let mut c = connect(ctl, &sn).await?;
         for (img, src) in &images {
             let mut row = ReplicaReport::new(&sn.name, &img.name);
             // One image's failure is that image's row; the others are still verified, on a fresh
             // session since this one may be mid-stream.
-            match verify_image(ctl, &mut c, img, src, &mut row).await {
-                Ok(()) => {}
-                Err(e) => {
-                    row.error = Some(format!("{e:#}"));
-                    c.shutdown().await;
-                    c = ctl.connect(&sn).await?;
-                }
+            if let Err(e) = verify_image(ctl, &mut c, img, src, &mut row).await {
+                row.error = Some(format!("{e:#}"));
+                c.shutdown().await;
+                c = connect(ctl, &sn).await?;
             }
             out.replicas.push(row);
         }
-        let _ = c.request(&ToAgent::Bye).await;
-        c.shutdown().await;
-        Ok::<_, anyhow::Error>(())
+        c.bye().await;
+        Ok::<_, SnError>(())
     })
     .await;
     match r {
         Ok(Ok(())) => {}
-        Ok(Err(e)) => out.error = Some(format!("{e:#}")),
-        Err(_) => out.error = Some("timed out".into()),
+        Ok(Err(e)) => out.fail(format!("{e:#}"), e),
+        Err(_) => out.fail("timed out".into(), SnError::Timeout(ctl.timeouts.sn)),
     }
     out
 }
 
 pub async fn status_sn(ctl: &Controller, sn: ServiceNode, lasts: &[(String, u64)]) -> SnStatus {
     let r = tokio::time::timeout(ctl.timeouts.frame, async {
-        let mut c = ctl.connect(&sn).await?;
-        c.request(&ToAgent::Status).await?;
-        let images = match c.recv::<FromAgent>().await? {
-            FromAgent::Status { images } => images,
-            other => bail!("unexpected reply to Status: {other:?}"),
-        };
-        let _ = c.request(&ToAgent::Bye).await;
-        Ok(images)
+        let mut c = connect(ctl, &sn).await?;
+        let s = c.call(req::Status).await?;
+        c.bye().await;
+        Ok::<_, SnError>(s.images)
     })
     .await;
     match r {
@@ -370,10 +413,10 @@ pub async fn status_sn(ctl: &Controller, sn: ServiceNode, lasts: &[(String, u64)
                 .map(|i| {
                     let lag = lasts
                         .iter()
-                        .find(|(n, _)| n == &i.name)
+                        .find(|(n, _)| n.as_str() == i.name.as_str())
                         .map(|(_, g)| g.saturating_sub(i.generation))
                         .unwrap_or(0);
-                    ImageStatus { name: i.name, generation: i.generation, digest: i.digest, lag }
+                    ImageStatus { name: i.name.into(), generation: i.generation, digest: i.digest.to_string(), lag }
                 })
                 .collect(),
             error: None,
@@ -405,4 +448,170 @@ fn record_deployed_exports(cluster: &model::Cluster, sn: &str, text: &str) -> st
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, text)?;
     std::fs::rename(&tmp, &path)
+}
+
+#[cfg(test)]
+mod tests {
+    //! The controller's end of the protocol against an in-process agent (`agent::testing`, port 0)
+    //! and against scripted peers that break the protocol in one way each.
+    use super::*;
+    use proto::{reply, FromAgent};
+    use std::time::Duration;
+
+    const T: Duration = Duration::from_secs(20);
+
+    struct Setup {
+        _dir: tempfile::TempDir,
+        ctl: Controller,
+        image: Arc<Prepared>,
+    }
+
+    /// A cluster of one SN whose agent is at `addr`, one image of two files, prepared.
+    fn setup(dir: tempfile::TempDir, addr: std::net::SocketAddr) -> Setup {
+        let d = dir.path();
+        let img = d.join("src/img");
+        std::fs::create_dir_all(&img).unwrap();
+        std::fs::write(img.join("a"), b"alpha").unwrap();
+        std::fs::write(img.join("b"), vec![7u8; 3 * CHUNK + 5]).unwrap();
+        let toml = format!(
+            "[cluster]\nsource_root = \"{0}/src\"\nstate_dir = \"{0}/state\"\nplaintext_loopback = true\n\
+             [[sn]]\nname = \"sn1\"\naddress = \"127.0.0.1\"\nagent = \"{addr}\"\n\
+             [[image]]\nname = \"img\"\npath = \"img\"\nclients = \"*\"\n",
+            d.display()
+        );
+        let cluster = model::Cluster::from_toml("t.toml", &toml).unwrap();
+        let image = Arc::new(crate::image::prepare(&cluster, &cluster.images[0]).unwrap());
+        let mut ctl = Controller::new(cluster).unwrap();
+        ctl.timeouts.frame = T;
+        Setup { _dir: dir, ctl, image }
+    }
+
+    async fn sync(s: &Setup) -> SnOutcome {
+        let sn = s.ctl.cluster.sns[0].clone();
+        sync_sn(&s.ctl, sn, vec![s.image.clone()], None, None).await
+    }
+
+    /// A peer that answers the handshake, then runs `script` on the session.
+    async fn scripted<F, Fut>(script: F) -> std::net::SocketAddr
+    where
+        F: FnOnce(transport::Conn<proto::Agent>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send,
+    {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (tcp, _) = l.accept().await.unwrap();
+            let mut c = transport::accept(tcp, None, T).await.unwrap();
+            assert!(matches!(c.recv().await.unwrap(), ToAgent::Hello(_)));
+            let hello = reply::Hello { version: proto::VERSION, agent: "sn1".into() };
+            c.request(&FromAgent::Hello(hello)).await.unwrap();
+            script(c).await
+        });
+        addr
+    }
+
+    /// Answers `Open` with a replica at generation 0 and another digest than the source's.
+    async fn opened(c: &mut transport::Conn<proto::Agent>) {
+        assert!(matches!(c.recv().await.unwrap(), ToAgent::Open(_)));
+        let state =
+            ImageState { name: Name::parse("img").unwrap(), generation: 0, digest: Digest::from_bytes([0; 32]) };
+        c.request(&FromAgent::Opened(reply::Opened { state, drifted: None })).await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_sync_against_an_in_process_agent_reaches_the_source_digest() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = agent::testing::spawn(&dir.path().join("sn1"), "").await.unwrap();
+        assert_ne!(a.addr.port(), 0, "the agent reports the port it bound");
+        let s = setup(dir, a.addr);
+        let out = sync(&s).await;
+        assert!(out.error.is_none(), "{:?}", out.error);
+        let r = &out.replicas[0];
+        assert!(r.matches && r.digest == s.image.digest.to_string(), "{r:?}");
+        assert_eq!(std::fs::read(a.root.join("img/b")).unwrap().len(), 3 * CHUNK + 5);
+        // Again: the replica's own manifest comes back through the capped bulk receive.
+        let out = sync(&s).await;
+        assert!(out.error.is_none() && out.replicas[0].matches, "{:?}", out.error);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_reply_of_another_kind_is_a_protocol_violation() {
+        let addr = scripted(|mut c| async move {
+            assert!(matches!(c.recv().await.unwrap(), ToAgent::Open(_)));
+            c.request(&FromAgent::Pong).await.unwrap();
+            let _ = c.recv().await;
+        })
+        .await;
+        let out = sync(&setup(tempfile::tempdir().unwrap(), addr)).await;
+        match &out.cause {
+            Some(SnError::Protocol(m)) => assert!(m.contains("expected Opened, got Pong"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(out.error.as_deref().unwrap_or("").contains("image img"), "{:?}", out.error);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_agents_refusals_are_typed() {
+        let addr = scripted(|mut c| async move {
+            opened(&mut c).await;
+            assert_eq!(c.recv().await.unwrap(), ToAgent::GetManifest);
+            c.error("no recorded manifest").await.unwrap();
+            let _ = c.recv().await;
+        })
+        .await;
+        let out = sync(&setup(tempfile::tempdir().unwrap(), addr)).await;
+        match &out.cause {
+            Some(SnError::Refused(m)) => assert_eq!(m, "no recorded manifest"),
+            other => panic!("{other:?}"),
+        }
+        let addr = scripted(|mut c| async move {
+            opened(&mut c).await;
+            assert_eq!(c.recv().await.unwrap(), ToAgent::GetManifest);
+            let full = FromAgent::NoSpace { path: "/srv/x".into(), reason: "ENOSPC writing /srv/x".into() };
+            c.request(&full).await.unwrap();
+            let _ = c.recv().await;
+        })
+        .await;
+        let out = sync(&setup(tempfile::tempdir().unwrap(), addr)).await;
+        match &out.cause {
+            Some(SnError::NoSpace { path, .. }) => assert_eq!(path, "/srv/x"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_announced_manifest_over_the_cap_is_refused_before_it_is_read() {
+        let addr = scripted(|mut c| async move {
+            opened(&mut c).await;
+            assert_eq!(c.recv().await.unwrap(), ToAgent::GetManifest);
+            c.send(&FromAgent::Manifest(reply::Manifest { len: 1 << 40 })).await.unwrap();
+            // Then chunks for as long as the controller reads them.
+            let chunk = vec![0u8; CHUNK];
+            while c.send_chunk(&chunk).await.is_ok() {}
+        })
+        .await;
+        let s = setup(tempfile::tempdir().unwrap(), addr);
+        let out = tokio::time::timeout(Duration::from_secs(10), sync(&s)).await.expect("the controller kept reading");
+        match &out.cause {
+            Some(SnError::Protocol(m)) => assert!(m.contains("over the limit"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_chunk_of_the_controllers_direction_is_not_manifest_data() {
+        let addr = scripted(|mut c| async move {
+            opened(&mut c).await;
+            assert_eq!(c.recv().await.unwrap(), ToAgent::GetManifest);
+            c.send(&FromAgent::Manifest(reply::Manifest { len: 8 })).await.unwrap();
+            let mut frame = proto::chunk_prefix::<ToAgent>(8).unwrap();
+            frame.extend_from_slice(&[0; 8]);
+            c.write_raw(&frame).await.unwrap();
+            c.flush().await.unwrap();
+            let _ = c.recv().await;
+        })
+        .await;
+        let out = sync(&setup(tempfile::tempdir().unwrap(), addr)).await;
+        assert!(matches!(&out.cause, Some(SnError::Protocol(_))), "{:?}", out.cause);
+    }
 }

@@ -13,14 +13,14 @@
 //! - `statelite/<area>/<node>/<sn>`: `GENERATION DIGEST UNIX_SECONDS FROM` of the last successful sync
 //!   of that backup copy (status lag; failover's "holds a copy").
 
-use crate::Controller;
+use crate::sn::Conn;
+use crate::{Controller, SnError};
 use anyhow::{anyhow, bail, Context, Result};
 use model::Cluster;
-use proto::{Encoding, FromAgent, ToAgent, CHUNK};
+use proto::{req, AbsPath, Encoding, Name, ToAgent};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use transport::Conn;
 
 /// One backup copy to bring up to date.
 #[derive(Debug, Clone)]
@@ -192,7 +192,7 @@ fn write_atomic(file: &Path, bytes: &[u8]) -> Result<()> {
 
 fn record_file(cluster: &Cluster, area: &str, node: &str, sn: &str) -> Result<PathBuf> {
     for n in [area, node, sn] {
-        proto::check_name(n)?;
+        model::check_name(n).map_err(anyhow::Error::msg)?;
     }
     Ok(Path::new(cluster.state_dir().as_str()).join("statelite").join(area).join(node).join(sn))
 }
@@ -231,33 +231,29 @@ pub fn lags(cluster: &Cluster) -> Vec<Lag> {
 
 // ---- the sync ------------------------------------------------------------------------------
 
-async fn recv_bulk(c: &mut Conn, len: u64, what: &str) -> Result<Vec<u8>> {
-    let mut b = Vec::with_capacity(len.min(64 << 20) as usize);
-    while (b.len() as u64) < len {
-        match c.recv::<FromAgent>().await? {
-            FromAgent::Chunk(d) if b.len() as u64 + d.len() as u64 <= len => b.extend_from_slice(&d),
-            FromAgent::Chunk(_) => bail!("{what} longer than announced"),
-            other => bail!("unexpected {other:?} inside {what}"),
-        }
-    }
-    Ok(b)
+async fn recv_manifest(c: &mut Conn, len: u64) -> Result<tree::Manifest, SnError> {
+    let b = c.recv_bulk("a manifest", len, proto::MAX_MANIFEST).await?;
+    Ok(tree::Manifest::from_bytes(&b)?)
 }
 
-async fn recv_manifest(c: &mut Conn) -> Result<tree::Manifest> {
-    match c.recv::<FromAgent>().await? {
-        FromAgent::Manifest { len } => Ok(tree::Manifest::from_bytes(&recv_bulk(c, len, "a manifest").await?)?),
-        FromAgent::Error { reason } => bail!("{reason}"),
-        other => bail!("unexpected reply {other:?} (expected a manifest)"),
-    }
+fn checked(path: &str, node: &str) -> Result<(AbsPath, Name), SnError> {
+    let bad = |e: String| SnError::Local(anyhow!("statelite {path}/{node}: {e}"));
+    Ok((AbsPath::parse(path).map_err(bad)?, Name::parse(node).map_err(bad)?))
 }
 
 /// Opens the copy of `<path>/<node>` on a backup: (generation, digest).
-async fn open_copy(c: &mut Conn, path: &str, node: &str) -> Result<(u64, String)> {
-    c.request(&ToAgent::StateliteOpen { root: path.to_string(), node: node.to_string() }).await?;
-    match c.recv::<FromAgent>().await? {
-        FromAgent::Opened { state, .. } => Ok((state.generation, state.digest)),
-        FromAgent::Error { reason } => bail!("{reason}"),
-        other => bail!("unexpected reply to StateliteOpen: {other:?}"),
+async fn open_copy(c: &mut Conn, path: &str, node: &str) -> Result<(u64, String), SnError> {
+    let (root, node) = checked(path, node)?;
+    let o = c.call(req::StateliteOpen { root, node }).await?;
+    Ok((o.state.generation, o.state.digest.to_string()))
+}
+
+/// `SN: what` for errors, keeping their kind.
+fn on(sn: &str, e: SnError) -> SnError {
+    match e {
+        SnError::Refused(r) => SnError::Refused(format!("on {sn}: {r}")),
+        SnError::Protocol(r) => SnError::Protocol(format!("{sn}: {r}")),
+        e => e,
     }
 }
 
@@ -295,11 +291,10 @@ pub async fn sync_pair(ctl: &Controller, p: &Pair) -> StateliteReport {
                     p.to,
                     attempt + 1
                 );
+                rep.error = Some(msg);
                 // The node writes while we copy: a file changed, vanished or truncated under the
                 // scan is worth one fresh scan; anything else (refusal, dead SN) is not.
-                let retry = msg.contains("changed") || msg.contains("does not match") || msg.contains("reading on");
-                rep.error = Some(msg);
-                if !retry {
+                if !e.source_changed() {
                     break;
                 }
             }
@@ -312,78 +307,100 @@ pub async fn sync_pair(ctl: &Controller, p: &Pair) -> StateliteReport {
     rep
 }
 
-async fn sync_once(ctl: &Controller, p: &Pair, rep: &mut StateliteReport) -> Result<()> {
+async fn sync_once(ctl: &Controller, p: &Pair, rep: &mut StateliteReport) -> Result<(), SnError> {
     let cl = &ctl.cluster;
-    let from = cl.sn(&p.from).ok_or_else(|| anyhow!("unknown SN {}", p.from))?;
-    let to = cl.sn(&p.to).ok_or_else(|| anyhow!("unknown SN {}", p.to))?;
-    let mut src = ctl.connect(from).await.with_context(|| format!("serving SN {}", p.from))?;
-    let mut dst = ctl.connect(to).await.with_context(|| format!("backup SN {}", p.to))?;
-    let (generation, digest) = open_copy(&mut dst, &p.path, &p.node).await.with_context(|| format!("on {}", p.to))?;
-    src.request(&ToAgent::StateliteScan { root: p.path.clone(), node: p.node.clone() }).await?;
-    let live = recv_manifest(&mut src).await.with_context(|| format!("scanning on {}", p.from))?;
+    let unknown = |sn: &str| SnError::Local(anyhow!("unknown SN {sn}"));
+    let from = cl.sn(&p.from).ok_or_else(|| unknown(&p.from))?;
+    let to = cl.sn(&p.to).ok_or_else(|| unknown(&p.to))?;
+    let mut src = ctl.connect(from).await?;
+    let mut dst = ctl.connect(to).await?;
+    let (generation, digest) = open_copy(&mut dst, &p.path, &p.node).await.map_err(|e| on(&p.to, e))?;
+    let (root, node) = checked(&p.path, &p.node)?;
+    let scan = src.call(req::StateliteScan { root, node }).await.map_err(|e| on(&p.from, e.into()))?;
+    let live = recv_manifest(&mut src, scan.len).await.map_err(|e| on(&p.from, e))?;
     let want = live.digest();
     if want != digest {
-        dst.request(&ToAgent::GetManifest).await?;
-        let theirs = recv_manifest(&mut dst).await?;
-        let mut plan = tree::diff(&theirs, &live);
-        plan.generation = generation + 1;
-        let bytes = zstd::bulk::compress(&plan.to_bytes()?, 3)?;
-        dst.send(&ToAgent::Plan { len: bytes.len() as u64, zstd: true }).await?;
-        for ch in bytes.chunks(CHUNK) {
-            dst.send_chunk(ch).await?;
-        }
-        dst.flush().await?;
-        let need = match dst.recv::<FromAgent>().await? {
-            FromAgent::Need { indexes, .. } => indexes,
-            FromAgent::Error { reason } => bail!("on {}: {reason}", p.to),
-            other => bail!("unexpected reply to Plan: {other:?}"),
-        };
-        for i in need {
-            let ct = plan.contents.get(i as usize).ok_or_else(|| anyhow!("{} asked for content {i}", p.to))?;
-            src.request(&ToAgent::StateliteRead { path: ct.path.clone() }).await?;
-            let len = match src.recv::<FromAgent>().await? {
-                FromAgent::Content { len } => len,
-                FromAgent::Error { reason } => bail!("reading on {}: {reason}", p.from),
-                other => bail!("unexpected reply to StateliteRead: {other:?}"),
+        let m = dst.call(req::GetManifest).await.map_err(|e| on(&p.to, e.into()))?;
+        let theirs = recv_manifest(&mut dst, m.len).await.map_err(|e| on(&p.to, e))?;
+        let (plan, bytes) = crate::sn::blocking(move || -> Result<(tree::Plan, Vec<u8>)> {
+            let mut plan = tree::diff(&theirs, &live);
+            plan.generation = generation + 1;
+            let bytes = zstd::bulk::compress(&plan.to_bytes()?, 3)?;
+            Ok((plan, bytes))
+        })
+        .await??;
+        let need = dst
+            .call_with_bulk(req::Plan { len: bytes.len() as u64, zstd: true }, &bytes)
+            .await
+            .map_err(|e| on(&p.to, e.into()))?;
+        for i in need.indexes {
+            let ct = plan
+                .contents
+                .get(i as usize)
+                .ok_or_else(|| SnError::Protocol(format!("{} asked for content {i}", p.to)))?;
+            let read = src.call(req::StateliteRead { path: ct.path.clone() }).await;
+            let len = match read {
+                Ok(c) => c.len,
+                // The file went away or became unreadable under the scan: the node is writing.
+                Err(transport::Error::Proto(proto::Error::Remote(r))) => {
+                    return Err(SnError::SourceChanged(format!("reading on {}: {r}", p.from)))
+                }
+                Err(e) => return Err(on(&p.from, e.into())),
             };
             if len != ct.size {
-                bail!("{} changed during the sync (size {} -> {len})", tree::manifest::show(&ct.path), ct.size);
+                return Err(SnError::SourceChanged(format!(
+                    "{} changed during the sync (size {} -> {len})",
+                    tree::manifest::show(&ct.path),
+                    ct.size
+                )));
             }
             // Piped chunk by chunk: the MN holds at most one chunk of a file.
             dst.send(&ToAgent::Blob { index: i, encoding: Encoding::Literal, len, zstd: false }).await?;
-            let mut got = 0u64;
-            while got < len {
-                match src.recv::<FromAgent>().await? {
-                    FromAgent::Chunk(d) if got + d.len() as u64 <= len => {
-                        got += d.len() as u64;
-                        dst.send_chunk(&d).await?;
+            let mut bulk = src.bulk("a file", len, ct.size)?;
+            let mut h = blake3::Hasher::new();
+            loop {
+                let d = match src.next_chunk(&mut bulk).await {
+                    Ok(Some(d)) => d,
+                    Ok(None) => break,
+                    // The serving agent drops the session when the file shrank while it read it.
+                    Err(transport::Error::Closed) => {
+                        return Err(SnError::SourceChanged(format!(
+                            "{} changed while being read on {}",
+                            tree::manifest::show(&ct.path),
+                            p.from
+                        )))
                     }
-                    other => bail!("unexpected {:?} inside a file from {}", std::mem::discriminant(&other), p.from),
+                    Err(e) => return Err(on(&p.from, e.into())),
+                };
+                h.update(d);
+                // The node may rewrite a file in place while it is piped: the last chunk is held
+                // back unless the whole is the scanned version, and that is told by its hash here,
+                // not by the text of the backup's refusal at commit.
+                if bulk.left() == 0 && h.finalize().as_bytes() != &ct.hash {
+                    return Err(SnError::SourceChanged(format!(
+                        "{} changed during the sync (its content is no longer the one scanned)",
+                        tree::manifest::show(&ct.path)
+                    )));
                 }
+                dst.send_chunk(d).await?;
             }
             dst.send(&ToAgent::BlobEnd).await?;
             rep.files_sent += 1;
             rep.bytes_sent += len;
         }
-        dst.request(&ToAgent::Commit).await?;
-        match dst.recv_within::<FromAgent>(ctl.timeouts.commit).await? {
-            FromAgent::Committed { state } => {
-                if state.digest != want {
-                    bail!("{} committed digest {} but the live data is {want}", p.to, state.digest);
-                }
-                rep.generation = state.generation;
-                rep.digest = state.digest;
-            }
-            FromAgent::Error { reason } => bail!("on {}: {reason}", p.to),
-            other => bail!("unexpected reply to Commit: {other:?}"),
+        let done = dst.call_within(req::Commit, ctl.timeouts.commit).await.map_err(|e| on(&p.to, e.into()))?;
+        let got = done.state.digest.to_string();
+        if got != want {
+            return Err(SnError::Refused(format!("{} committed digest {got} but the live data is {want}", p.to)));
         }
+        rep.generation = done.state.generation;
+        rep.digest = got;
     } else {
         rep.generation = generation;
         rep.digest = digest;
     }
     for c in [&mut src, &mut dst] {
-        let _ = c.request(&ToAgent::Bye).await;
-        c.shutdown().await;
+        c.bye().await;
     }
     Ok(())
 }
@@ -414,8 +431,7 @@ pub async fn holds_copy(ctl: &Controller, sn: &str, node: &str) -> Result<()> {
             bail!("copy of {}/{node} on {sn} is at {have}, not the synced {digest}", area.name);
         }
     }
-    let _ = c.request(&ToAgent::Bye).await;
-    c.shutdown().await;
+    c.bye().await;
     Ok(())
 }
 
@@ -423,15 +439,9 @@ pub async fn holds_copy(ctl: &Controller, sn: &str, node: &str) -> Result<()> {
 pub async fn push_exports(ctl: &Controller, sn: &str, text: String) -> Result<(bool, String)> {
     let s = ctl.cluster.sn(sn).ok_or_else(|| anyhow!("unknown SN {sn}"))?;
     let mut c = ctl.connect(s).await?;
-    c.request(&ToAgent::Exports { text }).await?;
-    let r = match c.recv_within::<FromAgent>(ctl.timeouts.commit).await? {
-        FromAgent::ExportsDone { reloaded, output } => (reloaded, output),
-        FromAgent::Error { reason } => bail!("{reason}"),
-        other => bail!("unexpected reply to Exports: {other:?}"),
-    };
-    let _ = c.request(&ToAgent::Bye).await;
-    c.shutdown().await;
-    Ok(r)
+    let done = c.call_within(req::Exports { text }, ctl.timeouts.commit).await?;
+    c.bye().await;
+    Ok((done.reloaded, done.output))
 }
 
 #[cfg(test)]

@@ -14,6 +14,22 @@ fn send(s: &mut TcpStream, m: &proto::ToAgent) {
     s.write_all(&proto::encode(m).unwrap()).unwrap();
 }
 
+/// An `Open` frame made by hand: the typed message cannot hold a hostile name or path.
+fn raw_open(image: &str, path: &str) -> Vec<u8> {
+    #[derive(serde::Serialize)]
+    enum Raw<'a> {
+        _Hello,
+        _Ping,
+        _Status,
+        Open { image: &'a str, path: &'a str },
+    }
+    proto::encode(&Raw::Open { image, path }).unwrap()
+}
+
+fn hello() -> proto::ToAgent {
+    proto::ToAgent::Hello(proto::req::Hello { version: proto::VERSION, controller: "test".into() })
+}
+
 /// Next reply, or None when the agent closed the connection.
 fn recv(s: &mut TcpStream) -> Option<proto::FromAgent> {
     let mut h = [0u8; 4];
@@ -29,8 +45,8 @@ fn recv(s: &mut TcpStream) -> Option<proto::FromAgent> {
 fn session(rig: &Rig) -> TcpStream {
     let mut s = TcpStream::connect(("127.0.0.1", rig.agents[0].port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    send(&mut s, &proto::ToAgent::Hello { version: proto::VERSION, controller: "test".into() });
-    assert!(matches!(recv(&mut s), Some(proto::FromAgent::Hello { .. })));
+    send(&mut s, &hello());
+    assert!(matches!(recv(&mut s), Some(proto::FromAgent::Hello(_))));
     s
 }
 
@@ -77,19 +93,19 @@ fn dotdot_paths_are_refused_and_nothing_outside_changes() {
     let before = outside(&rig);
 
     let mut s = session(&rig);
-    send(&mut s, &proto::ToAgent::Open { image: "evil".into(), path: "../../escape".into() });
+    s.write_all(&raw_open("evil", "../../escape")).unwrap();
     match recv(&mut s) {
         Some(proto::FromAgent::Error { reason }) => assert!(reason.contains("`..`"), "{reason}"),
         other => panic!("{other:?}"),
     }
     assert_closed(&mut s);
-    wait_log(&rig, "`.` or `..` component");
+    wait_log(&rig, "has a `..` component");
 
     // A well-formed image, then a plan whose manifest names `../escaped`.
     let mut s = session(&rig);
-    send(&mut s, &proto::ToAgent::Open { image: "evil".into(), path: "evil".into() });
+    s.write_all(&raw_open("evil", "evil")).unwrap();
     let from = match recv(&mut s) {
-        Some(proto::FromAgent::Opened { state, .. }) => state.digest,
+        Some(proto::FromAgent::Opened(o)) => o.state.digest.to_string(),
         other => panic!("{other:?}"),
     };
     let root_entry =
@@ -106,7 +122,7 @@ fn dotdot_paths_are_refused_and_nothing_outside_changes() {
         summary: Default::default(),
     };
     let b = plan.to_bytes().unwrap();
-    send(&mut s, &proto::ToAgent::Plan { len: b.len() as u64, zstd: false });
+    send(&mut s, &proto::ToAgent::Plan(proto::req::Plan { len: b.len() as u64, zstd: false }));
     send(&mut s, &proto::ToAgent::Chunk(b));
     match recv(&mut s) {
         Some(proto::FromAgent::Error { reason }) => assert!(reason.contains("refused"), "{reason}"),
@@ -123,17 +139,26 @@ fn oversized_and_malformed_frames_end_the_session() {
     let rig = Rig::new(1, false);
     let mut s = session(&rig);
     s.write_all(&((proto::MAX_FRAME as u32) + 1).to_be_bytes()).unwrap();
+    // The reason first, then the end of the session.
+    match recv(&mut s) {
+        Some(proto::FromAgent::Error { reason }) => assert!(reason.contains("exceeds the limit"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
     assert_closed(&mut s);
     wait_log(&rig, "exceeds the limit");
 
     let mut s = session(&rig);
     s.write_all(&[0, 0, 0, 3, 0xff, 0xff, 0xff]).unwrap();
+    match recv(&mut s) {
+        Some(proto::FromAgent::Error { reason }) => assert!(reason.contains("malformed frame"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
     assert_closed(&mut s);
     wait_log(&rig, "malformed frame");
 
     // A protocol version this agent does not speak.
     let mut s = TcpStream::connect(("127.0.0.1", rig.agents[0].port)).unwrap();
-    send(&mut s, &proto::ToAgent::Hello { version: 999, controller: "future".into() });
+    send(&mut s, &proto::ToAgent::Hello(proto::req::Hello { version: 999, controller: "future".into() }));
     assert!(matches!(recv(&mut s), Some(proto::FromAgent::Error { .. })));
     wait_log(&rig, "protocol version 999");
 

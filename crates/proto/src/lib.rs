@@ -5,14 +5,26 @@
 //! [`MAX_FRAME`] are refused before anything is allocated, so a peer cannot make the other end buffer
 //! more than that. Bulk data (manifests, file contents, deltas) travels as a sequence of chunks of at
 //! most [`CHUNK`] bytes; the receiver writes each chunk out before reading the next frame, so TCP flow
-//! control is the backpressure and memory stays bounded on both ends whatever the image size.
+//! control is the backpressure and memory stays bounded on both ends whatever the image size. A bulk
+//! transfer's announced length is checked against a cap the receiver gives before any chunk is read.
 //!
-//! Session: the controller sends [`ToAgent::Hello`], the agent answers [`FromAgent::Hello`] with the
+//! Direction is a type: [`Controller`] sends [`ToAgent`] and receives [`FromAgent`], [`Agent`] the
+//! opposite ([`Role`]), so each end writes its own chunk tag. Each request type names its reply
+//! ([`Request::Reply`]); a reply of another kind is [`Error::Unexpected`], an `Error`/`NoSpace` reply is
+//! [`Error::Remote`]/[`Error::NoSpace`], decided once in [`Reply::from_msg`].
+//!
+//! Session: the controller sends [`req::Hello`], the agent answers [`reply::Hello`] with the
 //! protocol version and its identity. A version mismatch ends the session. Then requests and replies
 //! alternate; an update of one image is `Open` → `Opened` (where the replica stands) → [`GetManifest` when
 //! it is not at the shared base] → `Plan` + chunks → `Need` (what the agent lacks, minus what it kept
 //! from an interrupted transfer: the resume) → blobs, pipelined → `Commit` → `Committed`.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
+mod digest;
+mod wire;
+
+pub use digest::Digest;
+pub use model::{AbsPath, Name, RelPath};
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
@@ -24,14 +36,17 @@ pub const MAX_FRAME: usize = 4 << 20;
 pub const CHUNK: usize = 1 << 20;
 /// Length of the frame header.
 pub const HEADER: usize = 4;
+/// Largest manifest or change plan either end receives (a plan carries the whole manifest of the
+/// new generation, ~100 bytes per entry: several million entries).
+pub const MAX_MANIFEST: u64 = 512 << 20;
 
 /// Where one image stands on an agent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImageState {
-    pub name: String,
+    pub name: Name,
     pub generation: u64,
-    /// Contract digest (hex BLAKE3 Merkle) of the replica's manifest.
-    pub digest: String,
+    /// Contract digest (BLAKE3 Merkle, hex on the wire) of the replica's manifest.
+    pub digest: Digest,
 }
 
 /// How a blob's bytes become the content of one file of the plan.
@@ -43,32 +58,167 @@ pub enum Encoding {
     Delta,
 }
 
-/// Controller → agent.
+/// Requests (controller → agent) that carry fields; each names its reply.
+pub mod req {
+    use super::*;
+
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct Hello {
+        pub version: u16,
+        pub controller: String,
+    }
+
+    /// Liveness.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct Ping;
+
+    /// Every image the agent holds.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct Status;
+
+    /// Open (recover, or adopt at generation 0 if new) the replica of `image` at `path` under the
+    /// agent's root.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct Open {
+        #[serde(deserialize_with = "crate::wire::name")]
+        pub image: Name,
+        #[serde(deserialize_with = "crate::wire::rel_path")]
+        pub path: RelPath,
+    }
+
+    /// Send the replica's recorded manifest (for a replica that is not at the shared base).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct GetManifest;
+
+    /// A change plan (tree engine, postcard) of `len` bytes follows in chunks, one zstd frame when
+    /// `zstd` (a manifest compresses several times over).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct Plan {
+        pub len: u64,
+        pub zstd: bool,
+    }
+
+    /// Apply the staged plan atomically.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct Commit;
+
+    /// Rescan the replica of the open image and report its digest.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct Verify;
+
+    /// Write the exports (Linux: whole file; AIX: the managed block) and run the reload command.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct Exports {
+        pub text: String,
+    }
+
+    /// Open the backup copy of one node's statelite data at `<root>/<node>` (`root` within the
+    /// agent's `statelite_roots`); then `GetManifest`/`Plan`/blobs/`Commit` as for an image.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct StateliteOpen {
+        #[serde(deserialize_with = "crate::wire::abs_path")]
+        pub root: AbsPath,
+        #[serde(deserialize_with = "crate::wire::name")]
+        pub node: Name,
+    }
+
+    /// Scan the live statelite data at `<root>/<node>` (the serving side); then `StateliteRead`s
+    /// of that scan's files.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct StateliteScan {
+        #[serde(deserialize_with = "crate::wire::abs_path")]
+        pub root: AbsPath,
+        #[serde(deserialize_with = "crate::wire::name")]
+        pub node: Name,
+    }
+
+    /// The content of one regular file of the last `StateliteScan`.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct StateliteRead {
+        #[serde(with = "serde_bytes")]
+        pub path: Vec<u8>,
+    }
+}
+
+/// Replies (agent → controller).
+pub mod reply {
+    use super::*;
+
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct Hello {
+        pub version: u16,
+        pub agent: String,
+    }
+
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct Pong;
+
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct Status {
+        pub images: Vec<ImageState>,
+    }
+
+    /// `state` is where the replica stands now: on every `Open` the agent rescans it, and when the
+    /// tree on disk no longer has the recorded digest it takes the tree as it is as its base
+    /// (`drifted` then holds the digest it had recorded), so the next plan, made from the agent's
+    /// own manifest, repairs it.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct Opened {
+        pub state: ImageState,
+        pub drifted: Option<Digest>,
+    }
+
+    /// A manifest of `len` bytes follows in chunks.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct Manifest {
+        pub len: u64,
+    }
+
+    /// After a plan: indexes into `plan.contents` still to be sent. Content the agent kept from an
+    /// interrupted transfer (its spool, by content hash) is left out: that is the resume.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct Need {
+        pub indexes: Vec<u32>,
+        pub resumed: u32,
+    }
+
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct Committed {
+        pub state: ImageState,
+    }
+
+    /// `recorded`: what the agent last committed; `actual`: the digest of a fresh scan.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct Verified {
+        pub recorded: ImageState,
+        pub actual: Digest,
+    }
+
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct ExportsDone {
+        pub reloaded: bool,
+        pub output: String,
+    }
+
+    /// `len` bytes of a file's content follow in chunks.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct Content {
+        pub len: u64,
+    }
+}
+
+/// Controller → agent. Variant order is the wire format (postcard writes the index): append only.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ToAgent {
-    Hello {
-        version: u16,
-        controller: String,
-    },
+    Hello(req::Hello),
     Ping,
     Status,
-    /// Open (recover, or adopt at generation 0 if new) the replica of `image` at `path` under the
-    /// agent's root; answered by `Opened`.
-    Open {
-        image: String,
-        path: String,
-    },
-    /// Send the replica's recorded manifest (for a replica that is not at the shared base).
+    Open(req::Open),
     GetManifest,
-    /// A change plan (tree engine, postcard) of `len` bytes follows in `Chunk`s, one zstd frame when
-    /// `zstd` (a manifest compresses several times over); answered by `Need`.
-    Plan {
-        len: u64,
-        zstd: bool,
-    },
+    Plan(req::Plan),
     /// One piece of bulk data (plan or blob).
     Chunk(#[serde(with = "serde_bytes")] Vec<u8>),
-    /// Start of the content of `plan.contents[index]`, `len` bytes in `Chunk`s, closed by `BlobEnd`.
+    /// Start of the content of `plan.contents[index]`, `len` bytes in chunks, closed by `BlobEnd`.
     /// Blobs are pipelined without replies; a failure is reported at `Commit`.
     /// `zstd`: the bytes are one zstd frame of the content or of the delta, compressed once on
     /// the MN for every SN.
@@ -79,87 +229,35 @@ pub enum ToAgent {
         zstd: bool,
     },
     BlobEnd,
-    /// Apply the staged plan atomically; answered by `Committed` or `Error`.
     Commit,
-    /// Rescan the replica of the open image and report its digest.
     Verify,
-    /// Write the exports (Linux: whole file; AIX: the managed block) and run the reload command.
-    Exports {
-        text: String,
-    },
+    Exports(req::Exports),
     Bye,
-    // Statelite replication (appended: postcard indexes variants by position).
-    /// Open the backup copy of one node's statelite data at `<root>/<node>` (`root` absolute and
-    /// within the agent's `statelite_roots`): answered by `Opened`, then `GetManifest`/`Plan`/blobs/
-    /// `Commit` as for an image.
-    StateliteOpen {
-        root: String,
-        node: String,
-    },
-    /// Scan the live statelite data at `<root>/<node>` (the serving side): answered by `Manifest` +
-    /// chunks; then `StateliteRead`s of that scan's files.
-    StateliteScan {
-        root: String,
-        node: String,
-    },
-    /// The content of one regular file of the last `StateliteScan`: answered by `Content` + chunks.
-    StateliteRead {
-        #[serde(with = "serde_bytes")]
-        path: Vec<u8>,
-    },
+    // Statelite replication (appended).
+    StateliteOpen(req::StateliteOpen),
+    StateliteScan(req::StateliteScan),
+    StateliteRead(req::StateliteRead),
 }
 
-/// Agent → controller.
+/// Agent → controller. Variant order is the wire format: append only.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum FromAgent {
-    Hello {
-        version: u16,
-        agent: String,
-    },
+    Hello(reply::Hello),
     Pong,
-    Status {
-        images: Vec<ImageState>,
-    },
-    /// `state` is where the replica stands now: on every `Open` the agent rescans it, and when the
-    /// tree on disk no longer has the recorded digest it takes the tree as it is as its base
-    /// (`drifted` then holds the digest it had recorded), so the next plan, made from the agent's
-    /// own manifest, repairs it.
-    Opened {
-        state: ImageState,
-        drifted: Option<String>,
-    },
-    /// The recorded manifest follows in `Chunk`s (`len` bytes).
-    Manifest {
-        len: u64,
-    },
+    Status(reply::Status),
+    Opened(reply::Opened),
+    Manifest(reply::Manifest),
     Chunk(#[serde(with = "serde_bytes")] Vec<u8>),
-    /// After a plan: indexes into `plan.contents` still to be sent. Content the agent kept from an
-    /// interrupted transfer (its spool, by content hash) is left out: that is the resume.
-    Need {
-        indexes: Vec<u32>,
-        resumed: u32,
-    },
-    Committed {
-        state: ImageState,
-    },
-    /// `recorded`: what the agent last committed; `actual`: the digest of a fresh scan.
-    Verified {
-        recorded: ImageState,
-        actual: String,
-    },
-    ExportsDone {
-        reloaded: bool,
-        output: String,
-    },
+    Need(reply::Need),
+    Committed(reply::Committed),
+    Verified(reply::Verified),
+    ExportsDone(reply::ExportsDone),
     /// The request failed; the agent may close the session after sending it.
     Error {
         reason: String,
     },
-    /// Reply to `StateliteRead`: `len` bytes of content follow in `Chunk`s.
-    Content {
-        len: u64,
-    },
-    // Appended: postcard indexes variants by position.
+    Content(reply::Content),
+    // Appended.
     /// The request failed because a filesystem of the agent is full (ENOSPC) while writing `path`;
     /// what was partly written there has been removed. The agent closes the session after it.
     NoSpace {
@@ -167,6 +265,167 @@ pub enum FromAgent {
         reason: String,
     },
 }
+
+/// One direction's message type.
+pub trait Message: Serialize + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static {
+    /// The variant index of this direction's `Chunk` (postcard writes it as one byte).
+    const CHUNK_TAG: u8;
+    /// The variant's name, for errors (never the payload: a chunk may be a megabyte).
+    fn kind(&self) -> &'static str;
+}
+
+impl Message for ToAgent {
+    const CHUNK_TAG: u8 = 6;
+    fn kind(&self) -> &'static str {
+        match self {
+            ToAgent::Hello(_) => "Hello",
+            ToAgent::Ping => "Ping",
+            ToAgent::Status => "Status",
+            ToAgent::Open(_) => "Open",
+            ToAgent::GetManifest => "GetManifest",
+            ToAgent::Plan(_) => "Plan",
+            ToAgent::Chunk(_) => "Chunk",
+            ToAgent::Blob { .. } => "Blob",
+            ToAgent::BlobEnd => "BlobEnd",
+            ToAgent::Commit => "Commit",
+            ToAgent::Verify => "Verify",
+            ToAgent::Exports(_) => "Exports",
+            ToAgent::Bye => "Bye",
+            ToAgent::StateliteOpen(_) => "StateliteOpen",
+            ToAgent::StateliteScan(_) => "StateliteScan",
+            ToAgent::StateliteRead(_) => "StateliteRead",
+        }
+    }
+}
+
+impl Message for FromAgent {
+    const CHUNK_TAG: u8 = 5;
+    fn kind(&self) -> &'static str {
+        match self {
+            FromAgent::Hello(_) => "Hello",
+            FromAgent::Pong => "Pong",
+            FromAgent::Status(_) => "Status",
+            FromAgent::Opened(_) => "Opened",
+            FromAgent::Manifest(_) => "Manifest",
+            FromAgent::Chunk(_) => "Chunk",
+            FromAgent::Need(_) => "Need",
+            FromAgent::Committed(_) => "Committed",
+            FromAgent::Verified(_) => "Verified",
+            FromAgent::ExportsDone(_) => "ExportsDone",
+            FromAgent::Error { .. } => "Error",
+            FromAgent::Content(_) => "Content",
+            FromAgent::NoSpace { .. } => "NoSpace",
+        }
+    }
+}
+
+/// Which end of a session this is: what it sends and what it receives.
+pub trait Role: Send + Sync + 'static {
+    type Out: Message;
+    type In: Message;
+    const NAME: &'static str;
+}
+
+/// The MN end: sends [`ToAgent`], receives [`FromAgent`].
+#[derive(Debug)]
+pub enum Controller {}
+/// The SN end: sends [`FromAgent`], receives [`ToAgent`].
+#[derive(Debug)]
+pub enum Agent {}
+
+impl Role for Controller {
+    type Out = ToAgent;
+    type In = FromAgent;
+    const NAME: &'static str = "controller";
+}
+
+impl Role for Agent {
+    type Out = FromAgent;
+    type In = ToAgent;
+    const NAME: &'static str = "agent";
+}
+
+/// A reply: taken out of a [`FromAgent`], which must be of its kind or a remote error.
+pub trait Reply: Sized {
+    const NAME: &'static str;
+    /// The reply's kind, or `Remote`/`NoSpace` for the agent's error replies, or `Unexpected`.
+    fn from_msg(m: FromAgent) -> Result<Self, Error>;
+}
+
+/// A request and the one reply kind it is answered with.
+pub trait Request: Into<ToAgent> {
+    type Reply: Reply;
+}
+
+/// The agent's refusals, the same for every reply kind.
+fn remote(m: FromAgent, expected: &'static str) -> Error {
+    match m {
+        FromAgent::Error { reason } => Error::Remote(reason),
+        FromAgent::NoSpace { path, reason } => Error::NoSpace { path, reason },
+        other => Error::Unexpected { expected, got: other.kind() },
+    }
+}
+
+macro_rules! reply {
+    ($t:ty, $name:literal, $pat:pat => $v:expr) => {
+        impl Reply for $t {
+            const NAME: &'static str = $name;
+            fn from_msg(m: FromAgent) -> Result<Self, Error> {
+                match m {
+                    $pat => Ok($v),
+                    other => Err(remote(other, $name)),
+                }
+            }
+        }
+    };
+}
+
+reply!(reply::Hello, "Hello", FromAgent::Hello(r) => r);
+reply!(reply::Pong, "Pong", FromAgent::Pong => reply::Pong);
+reply!(reply::Status, "Status", FromAgent::Status(r) => r);
+reply!(reply::Opened, "Opened", FromAgent::Opened(r) => r);
+reply!(reply::Manifest, "Manifest", FromAgent::Manifest(r) => r);
+reply!(reply::Need, "Need", FromAgent::Need(r) => r);
+reply!(reply::Committed, "Committed", FromAgent::Committed(r) => r);
+reply!(reply::Verified, "Verified", FromAgent::Verified(r) => r);
+reply!(reply::ExportsDone, "ExportsDone", FromAgent::ExportsDone(r) => r);
+reply!(reply::Content, "Content", FromAgent::Content(r) => r);
+
+macro_rules! request {
+    ($t:ty => $reply:ty, $v:ident) => {
+        impl From<$t> for ToAgent {
+            fn from(r: $t) -> ToAgent {
+                ToAgent::$v(r)
+            }
+        }
+        impl Request for $t {
+            type Reply = $reply;
+        }
+    };
+    (unit $t:ty => $reply:ty, $v:ident) => {
+        impl From<$t> for ToAgent {
+            fn from(_: $t) -> ToAgent {
+                ToAgent::$v
+            }
+        }
+        impl Request for $t {
+            type Reply = $reply;
+        }
+    };
+}
+
+request!(req::Hello => reply::Hello, Hello);
+request!(unit req::Ping => reply::Pong, Ping);
+request!(unit req::Status => reply::Status, Status);
+request!(req::Open => reply::Opened, Open);
+request!(unit req::GetManifest => reply::Manifest, GetManifest);
+request!(req::Plan => reply::Need, Plan);
+request!(unit req::Commit => reply::Committed, Commit);
+request!(unit req::Verify => reply::Verified, Verify);
+request!(req::Exports => reply::ExportsDone, Exports);
+request!(req::StateliteOpen => reply::Opened, StateliteOpen);
+request!(req::StateliteScan => reply::Manifest, StateliteScan);
+request!(req::StateliteRead => reply::Content, StateliteRead);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -176,10 +435,23 @@ pub enum Error {
     Malformed(String),
     #[error("protocol version {theirs} not supported (this end speaks {VERSION})")]
     Version { theirs: u16 },
-    #[error("path `{path}` refused: {why}")]
-    BadPath { path: String, why: &'static str },
-    #[error("name `{0}` refused: names are 1-128 characters of [A-Za-z0-9._-], not starting with `.`")]
-    BadName(String),
+    #[error("protocol violation: expected {expected}, got {got}")]
+    Unexpected { expected: &'static str, got: &'static str },
+    #[error("protocol violation: {what} of {len} bytes announced, over the limit of {cap}")]
+    Oversize { what: &'static str, len: u64, cap: u64 },
+    #[error("protocol violation: {what} {why} than announced")]
+    BulkLength { what: &'static str, why: &'static str },
+    #[error("refused by the peer: {0}")]
+    Remote(String),
+    #[error("{reason}")]
+    NoSpace { path: String, reason: String },
+}
+
+impl Error {
+    /// The peer broke the protocol (as opposed to refusing a request, or a limit of ours).
+    pub fn is_violation(&self) -> bool {
+        !matches!(self, Error::Remote(_) | Error::NoSpace { .. })
+    }
 }
 
 /// Encodes one message as a whole frame (header + payload).
@@ -194,13 +466,11 @@ pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, Error> {
     Ok(out)
 }
 
-/// The frame bytes that precede `len` bytes of data in a `ToAgent::Chunk` frame: header, variant
-/// and length. Sending this and then the data from where it lies saves copying every bulk byte
-/// into a message first (the frame is byte-identical to `encode(&ToAgent::Chunk(data))`).
-pub fn chunk_prefix(len: usize) -> Result<Vec<u8>, Error> {
-    let empty = postcard::to_stdvec(&ToAgent::Chunk(Vec::new())).map_err(|e| Error::Malformed(e.to_string()))?;
-    // The empty chunk ends with its length, a one-byte varint 0.
-    let mut body = empty[..empty.len() - 1].to_vec();
+/// The frame bytes that precede `len` bytes of data in an `M::Chunk` frame: header, variant and
+/// length. Sending this and then the data from where it lies saves copying every bulk byte into a
+/// message first (the frame is byte-identical to `encode(&M::Chunk(data))`).
+pub fn chunk_prefix<M: Message>(len: usize) -> Result<Vec<u8>, Error> {
+    let mut body = vec![M::CHUNK_TAG];
     let mut n = len;
     loop {
         let b = (n & 0x7f) as u8;
@@ -220,12 +490,10 @@ pub fn chunk_prefix(len: usize) -> Result<Vec<u8>, Error> {
     Ok(out)
 }
 
-/// The data of a `ToAgent::Chunk` payload, borrowed (None for any other message): the receiving end
+/// The data of an `M::Chunk` payload, borrowed (None for any other message): the receiving end
 /// of [`chunk_prefix`].
-pub fn chunk_data(payload: &[u8]) -> Option<&[u8]> {
-    // Variant index of `Chunk` as postcard writes it (one byte: fewer than 128 variants).
-    let tag = *chunk_prefix(0).ok()?.get(HEADER)?;
-    let rest = payload.strip_prefix(&[tag])?;
+pub fn chunk_data<M: Message>(payload: &[u8]) -> Option<&[u8]> {
+    let rest = payload.strip_prefix(&[M::CHUNK_TAG])?;
     let (mut n, mut shift, mut i) = (0usize, 0u32, 0usize);
     loop {
         let b = *rest.get(i)?;
@@ -252,114 +520,16 @@ pub fn frame_len(header: [u8; HEADER]) -> Result<usize, Error> {
     Ok(n)
 }
 
-/// Decodes one payload; trailing bytes make it malformed (a frame carries exactly one message).
+/// Decodes one payload; trailing bytes make it malformed (a frame carries exactly one message). A
+/// name or path refused while decoding is named in the error (postcard keeps no serde message).
 pub fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<T, Error> {
-    let (v, rest) = postcard::take_from_bytes(payload).map_err(|e| Error::Malformed(e.to_string()))?;
+    let r = wire::decoding(|| postcard::take_from_bytes(payload));
+    let (v, rest) = r.map_err(|(e, why)| Error::Malformed(why.unwrap_or_else(|| e.to_string())))?;
     if !rest.is_empty() {
         return Err(Error::Malformed(format!("{} bytes after the message", rest.len())));
     }
     Ok(v)
 }
 
-/// A path relative to a root that cannot leave it: no empty string, no leading `/`, no `.`/`..`/empty
-/// component, no NUL, under 4096 bytes.
-pub fn check_rel_path(p: &str) -> Result<(), Error> {
-    let bad = |why| Err(Error::BadPath { path: p.chars().take(200).collect(), why });
-    if p.is_empty() {
-        return bad("empty");
-    }
-    if p.len() >= 4096 {
-        return bad("too long");
-    }
-    if p.starts_with('/') {
-        return bad("absolute");
-    }
-    if p.contains('\0') {
-        return bad("contains NUL");
-    }
-    for c in p.split('/') {
-        match c {
-            "" => return bad("empty component"),
-            "." | ".." => return bad("`.` or `..` component"),
-            _ => {}
-        }
-    }
-    Ok(())
-}
-
-/// Image names become file names in state directories: checked by the one validator of names
-/// (`model::check_name`) that the config and the xCAT import use too.
-pub fn check_name(n: &str) -> Result<(), Error> {
-    model::check_name(n).map_err(|_| Error::BadName(n.chars().take(200).collect()))
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn roundtrip_and_limits() {
-        let m = ToAgent::Chunk(vec![7; CHUNK]);
-        let f = encode(&m).unwrap();
-        let n = frame_len(f[..4].try_into().unwrap()).unwrap();
-        assert_eq!(n, f.len() - 4);
-        assert_eq!(decode::<ToAgent>(&f[4..]).unwrap(), m);
-        assert!(matches!(encode(&ToAgent::Chunk(vec![0; MAX_FRAME])), Err(Error::TooLarge(_))));
-        assert!(matches!(frame_len(((MAX_FRAME + 1) as u32).to_be_bytes()), Err(Error::TooLarge(_))));
-        assert!(matches!(decode::<ToAgent>(&[0xff, 0xff]), Err(Error::Malformed(_))));
-        let mut f = encode(&ToAgent::Ping).unwrap();
-        f.push(0);
-        assert!(matches!(decode::<ToAgent>(&f[4..]), Err(Error::Malformed(_))));
-    }
-
-    #[test]
-    fn chunk_prefix_matches_encode() {
-        for n in [0usize, 1, 127, 128, 300, 16_383, 16_384, CHUNK] {
-            let data = vec![5u8; n];
-            let mut f = chunk_prefix(n).unwrap();
-            f.extend_from_slice(&data);
-            assert_eq!(f, encode(&ToAgent::Chunk(data)).unwrap(), "{n}");
-        }
-        assert!(chunk_prefix(MAX_FRAME).is_err());
-        for n in [0usize, 1, 200, CHUNK] {
-            let f = encode(&ToAgent::Chunk(vec![9u8; n])).unwrap();
-            assert_eq!(chunk_data(&f[HEADER..]).map(<[u8]>::len), Some(n));
-        }
-        assert_eq!(chunk_data(&encode(&ToAgent::BlobEnd).unwrap()[HEADER..]), None);
-        let mut f = encode(&ToAgent::Chunk(vec![1, 2, 3])).unwrap();
-        f.pop();
-        assert_eq!(chunk_data(&f[HEADER..]), None, "a short chunk is not data");
-    }
-
-    #[test]
-    fn statelite_variants_are_appended() {
-        // postcard writes the variant index: older peers' messages must keep their numbers.
-        assert_eq!(encode(&ToAgent::Bye).unwrap()[HEADER], 12);
-        let m = ToAgent::StateliteOpen { root: "/nodedata".into(), node: "cn001".into() };
-        assert_eq!(encode(&m).unwrap()[HEADER], 13);
-        assert_eq!(encode(&ToAgent::StateliteRead { path: b"etc/x".to_vec() }).unwrap()[HEADER], 15);
-        assert_eq!(encode(&FromAgent::Error { reason: String::new() }).unwrap()[HEADER], 10);
-        assert_eq!(encode(&FromAgent::Content { len: 5 }).unwrap()[HEADER], 11);
-        let m = FromAgent::NoSpace { path: "/x".into(), reason: "ENOSPC".into() };
-        assert_eq!(encode(&m).unwrap()[HEADER], 12);
-        let m = FromAgent::Opened {
-            state: ImageState { name: "i".into(), generation: 1, digest: "d".into() },
-            drifted: None,
-        };
-        assert_eq!(encode(&m).unwrap()[HEADER], 3);
-    }
-
-    #[test]
-    fn paths_and_names() {
-        for ok in ["a", "netboot/rh8/x86_64/compute/rootimg", "a/..b/c.."] {
-            check_rel_path(ok).unwrap();
-        }
-        for bad in ["", "/etc", "a/../b", "..", "a//b", "a/", "./a", "a\0b"] {
-            assert!(check_rel_path(bad).is_err(), "{bad:?}");
-        }
-        check_name("rh8-compute_1.2").unwrap();
-        for bad in ["", "../x", "a/b", ".hidden", "a b"] {
-            assert!(check_name(bad).is_err(), "{bad:?}");
-        }
-    }
-}
+mod tests;

@@ -57,7 +57,7 @@ fn ca_key_path(dir: &Path) -> PathBuf {
 /// Issues `dir/<name>.pem` + `dir/<name>.key` for both server and client use; `name` is the DNS name
 /// (SN name or `mn`), `sans` adds IP addresses or further DNS names.
 pub fn issue(dir: &Path, name: &str, sans: &[String]) -> Result<(PathBuf, PathBuf)> {
-    proto::check_name(name).map_err(|e| Error::Cert(e.to_string()))?;
+    model::check_name(name).map_err(|e| Error::Cert(format!("name refused: {e}")))?;
     let ca_pem_path = dir.join("ca.pem");
     let ca_pem = std::fs::read_to_string(&ca_pem_path).map_err(|e| err(&ca_pem_path, e))?;
     let kp = ca_key_path(dir);

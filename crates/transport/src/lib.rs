@@ -6,14 +6,16 @@
 //!   clients whose certificate chains to its CA; the controller checks the agent's certificate names
 //!   the SN it meant to reach.
 //! - [`Conn`]: one framed connection (plain TCP on loopback, or TLS) carrying [`proto`] frames with a
-//!   size limit enforced before allocation, a timeout on every read and write, and TCP keepalive.
+//!   size limit enforced before allocation, a timeout on every read and write, and TCP keepalive;
+//!   typed by its direction (`Conn<proto::Controller>`, `Conn<proto::Agent>`), requests paired
+//!   with their replies, bulk data received only up to a cap the caller gives.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod ca;
 pub mod conn;
 pub mod tls;
 
-pub use conn::{accept, connect, Conn, IoStream};
+pub use conn::{accept, connect, pair, Bulk, Conn, IoStream};
 pub use tls::Identity;
 
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +34,16 @@ pub enum Error {
     Closed,
     #[error(transparent)]
     Io(#[from] std::io::Error),
+}
+
+impl Error {
+    /// The protocol-level error inside, if that is what this is (a refusal, a violation).
+    pub fn proto(&self) -> Option<&proto::Error> {
+        match self {
+            Error::Proto(e) => Some(e),
+            _ => None,
+        }
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

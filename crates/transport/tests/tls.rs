@@ -41,7 +41,7 @@ async fn mutual_tls_and_foreign_ca() {
     let mut c =
         transport::connect(&addr, "sn1", Some(id(good.path(), "mn").client_config().unwrap()), T).await.unwrap();
     c.request(&proto::ToAgent::Ping).await.unwrap();
-    assert_eq!(c.recv::<proto::FromAgent>().await.unwrap(), proto::FromAgent::Pong);
+    assert_eq!(c.recv().await.unwrap(), proto::FromAgent::Pong);
     assert!(h.await.unwrap().unwrap().starts_with("mn "));
 
     // A client certificate from another CA: the agent ends the handshake.
@@ -49,7 +49,7 @@ async fn mutual_tls_and_foreign_ca() {
     let r = async {
         let mut c = transport::connect(&addr, "sn1", Some(id(evil.path(), "mn").client_config().unwrap()), T).await?;
         c.request(&proto::ToAgent::Ping).await?;
-        c.recv::<proto::FromAgent>().await
+        c.recv().await
     }
     .await;
     assert!(r.is_err());
@@ -62,7 +62,7 @@ async fn mutual_tls_and_foreign_ca() {
     let r = async {
         let mut c = transport::connect(&addr, "sn1", Some(id(good.path(), "sn2").client_config().unwrap()), T).await?;
         c.request(&proto::ToAgent::Ping).await?;
-        c.recv::<proto::FromAgent>().await
+        c.recv().await
     }
     .await;
     assert!(r.is_err(), "sn2 drove sn1's agent: {r:?}");
@@ -83,7 +83,7 @@ async fn mutual_tls_and_foreign_ca() {
     let mut c =
         transport::connect(&addr2, "sn1", Some(id(good.path(), "sn2").client_config().unwrap()), T).await.unwrap();
     c.request(&proto::ToAgent::Ping).await.unwrap();
-    assert_eq!(c.recv::<proto::FromAgent>().await.unwrap(), proto::FromAgent::Pong);
+    assert_eq!(c.recv().await.unwrap(), proto::FromAgent::Pong);
     assert!(h.await.unwrap().unwrap().1.starts_with("sn2 "));
 
     // The controller refuses an agent whose certificate names another SN.

@@ -19,8 +19,11 @@ pub fn run(g: &Global, _a: AgentArgs) -> Result<Status> {
     let agent = agent::Agent::new(cfg).map_err(|e| bad_input(format!("{}: {e:#}", path.display())))?;
     let rt = super::runtime()?;
     rt.block_on(async {
+        let bound = agent.bind().await?;
+        // The port really bound (the config may say port 0): for scripts and tests.
+        eprintln!("hanfs agent: listening on {}", bound.local_addr());
         tokio::select! {
-            r = agent.run() => r,
+            r = bound.serve() => r,
             // SIGTERM from systemd or a parent: stop accepting; the engine keeps every replica whole.
             _ = terminated() => {
                 tracing::info!("agent stopping on signal");

@@ -1,0 +1,146 @@
+use super::*;
+
+fn digest(n: u8) -> Digest {
+    Digest::from_bytes([n; 32])
+}
+
+fn state() -> ImageState {
+    ImageState { name: Name::parse("i").unwrap(), generation: 1, digest: digest(1) }
+}
+
+#[test]
+fn roundtrip_and_limits() {
+    let m = ToAgent::Chunk(vec![7; CHUNK]);
+    let f = encode(&m).unwrap();
+    let n = frame_len(f[..4].try_into().unwrap()).unwrap();
+    assert_eq!(n, f.len() - 4);
+    assert_eq!(decode::<ToAgent>(&f[4..]).unwrap(), m);
+    assert!(matches!(encode(&ToAgent::Chunk(vec![0; MAX_FRAME])), Err(Error::TooLarge(_))));
+    assert!(matches!(frame_len(((MAX_FRAME + 1) as u32).to_be_bytes()), Err(Error::TooLarge(_))));
+    assert!(matches!(decode::<ToAgent>(&[0xff, 0xff]), Err(Error::Malformed(_))));
+    let mut f = encode(&ToAgent::Ping).unwrap();
+    f.push(0);
+    assert!(matches!(decode::<ToAgent>(&f[4..]), Err(Error::Malformed(_))));
+}
+
+#[test]
+fn chunk_tags_are_each_directions_own() {
+    // The tag each direction writes is the one its own `Chunk` variant has.
+    assert_eq!(encode(&ToAgent::Chunk(Vec::new())).unwrap()[HEADER], ToAgent::CHUNK_TAG);
+    assert_eq!(encode(&FromAgent::Chunk(Vec::new())).unwrap()[HEADER], FromAgent::CHUNK_TAG);
+    let f = encode(&FromAgent::Chunk(vec![1, 2])).unwrap();
+    assert_eq!(chunk_data::<FromAgent>(&f[HEADER..]), Some(&[1u8, 2][..]));
+    assert_eq!(chunk_data::<ToAgent>(&f[HEADER..]), None, "an agent's chunk is not a controller's");
+}
+
+#[test]
+fn chunk_prefix_matches_encode() {
+    for n in [0usize, 1, 127, 128, 300, 16_383, 16_384, CHUNK] {
+        let data = vec![5u8; n];
+        let mut f = chunk_prefix::<ToAgent>(n).unwrap();
+        f.extend_from_slice(&data);
+        assert_eq!(f, encode(&ToAgent::Chunk(data.clone())).unwrap(), "{n}");
+        let mut f = chunk_prefix::<FromAgent>(n).unwrap();
+        f.extend_from_slice(&data);
+        assert_eq!(f, encode(&FromAgent::Chunk(data)).unwrap(), "{n}");
+    }
+    assert!(chunk_prefix::<ToAgent>(MAX_FRAME).is_err());
+    for n in [0usize, 1, 200, CHUNK] {
+        let f = encode(&ToAgent::Chunk(vec![9u8; n])).unwrap();
+        assert_eq!(chunk_data::<ToAgent>(&f[HEADER..]).map(<[u8]>::len), Some(n));
+    }
+    assert_eq!(chunk_data::<ToAgent>(&encode(&ToAgent::BlobEnd).unwrap()[HEADER..]), None);
+    let mut f = encode(&ToAgent::Chunk(vec![1, 2, 3])).unwrap();
+    f.pop();
+    assert_eq!(chunk_data::<ToAgent>(&f[HEADER..]), None, "a short chunk is not data");
+}
+
+#[test]
+fn variant_numbers_never_move() {
+    // postcard writes the variant index: older peers' messages must keep their numbers.
+    assert_eq!(encode(&ToAgent::Bye).unwrap()[HEADER], 12);
+    let m = ToAgent::StateliteOpen(req::StateliteOpen {
+        root: AbsPath::parse("/nodedata").unwrap(),
+        node: Name::parse("cn001").unwrap(),
+    });
+    assert_eq!(encode(&m).unwrap()[HEADER], 13);
+    let m = ToAgent::StateliteRead(req::StateliteRead { path: b"etc/x".to_vec() });
+    assert_eq!(encode(&m).unwrap()[HEADER], 15);
+    assert_eq!(encode(&FromAgent::Error { reason: String::new() }).unwrap()[HEADER], 10);
+    assert_eq!(encode(&FromAgent::Content(reply::Content { len: 5 })).unwrap()[HEADER], 11);
+    let m = FromAgent::NoSpace { path: "/x".into(), reason: "ENOSPC".into() };
+    assert_eq!(encode(&m).unwrap()[HEADER], 12);
+    let m = FromAgent::Opened(reply::Opened { state: state(), drifted: None });
+    assert_eq!(encode(&m).unwrap()[HEADER], 3);
+}
+
+#[test]
+fn digests_are_hex_strings_on_the_wire() {
+    let d = digest(0xab);
+    let s = d.to_string();
+    assert_eq!(s, "ab".repeat(32));
+    assert_eq!(s.parse::<Digest>().unwrap(), d);
+    // The same bytes as the string it replaced.
+    assert_eq!(postcard::to_stdvec(&d).unwrap(), postcard::to_stdvec(&s).unwrap());
+    for bad in ["", "ab", &"zz".repeat(32), &"ab".repeat(33)] {
+        assert!(bad.parse::<Digest>().is_err(), "{bad:?}");
+    }
+    let f = postcard::to_stdvec(&"not hex".to_string()).unwrap();
+    assert!(decode::<Digest>(&f).is_err());
+}
+
+#[test]
+fn names_and_paths_are_checked_while_decoding_and_the_reason_kept() {
+    // Encoded as plain strings (what a hostile peer can send).
+    #[derive(Serialize)]
+    enum Raw {
+        _Hello,
+        _Ping,
+        _Status,
+        Open { image: String, path: String },
+    }
+    let open = |image: &str, path: &str| {
+        let f = encode(&Raw::Open { image: image.into(), path: path.into() }).unwrap();
+        decode::<ToAgent>(&f[HEADER..])
+    };
+    let ok = open("rh8-compute_1.2", "netboot/rh8/x86_64/compute/rootimg").unwrap();
+    assert!(matches!(ok, ToAgent::Open(req::Open { .. })));
+    for (image, path, why) in [
+        ("x", "../../escape", "`..`"),
+        ("x", "/etc", "absolute"),
+        ("x", "a//b", "empty component"),
+        ("x", "a\0b", "NUL"),
+        ("../x", "a", "name refused"),
+        (".hidden", "a", "starts with `.`"),
+        ("a b", "a", "contains ` `"),
+    ] {
+        match open(image, path) {
+            Err(Error::Malformed(m)) => assert!(m.contains(why), "{image:?} {path:?}: {m}"),
+            other => panic!("{image:?} {path:?}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn each_request_pairs_with_one_reply_and_remote_errors_are_typed() {
+    fn take<R: Request>(_: R, m: FromAgent) -> Result<R::Reply, Error> {
+        R::Reply::from_msg(m)
+    }
+    let opened = FromAgent::Opened(reply::Opened { state: state(), drifted: None });
+    assert!(take(req::Open { image: Name::parse("i").unwrap(), path: RelPath::parse("i").unwrap() }, opened.clone())
+        .is_ok());
+    match take(req::Commit, opened) {
+        Err(Error::Unexpected { expected: "Committed", got: "Opened" }) => {}
+        other => panic!("{other:?}"),
+    }
+    match take(req::Verify, FromAgent::Error { reason: "scanning: EIO".into() }) {
+        Err(Error::Remote(r)) => assert_eq!(r, "scanning: EIO"),
+        other => panic!("{other:?}"),
+    }
+    match take(req::Commit, FromAgent::NoSpace { path: "/s".into(), reason: "ENOSPC".into() }) {
+        Err(e @ Error::NoSpace { .. }) => assert!(!e.is_violation()),
+        other => panic!("{other:?}"),
+    }
+    assert!(take(req::Ping, FromAgent::Pong).is_ok());
+    assert!(take(req::Ping, FromAgent::Chunk(vec![0; 10])).unwrap_err().is_violation());
+}
