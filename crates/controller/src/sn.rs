@@ -480,14 +480,14 @@ mod tests {
             d.display()
         );
         let cluster = model::Cluster::from_toml("t.toml", &toml).unwrap();
-        let image = Arc::new(crate::image::prepare(&cluster, &cluster.images[0]).unwrap());
+        let image = Arc::new(crate::image::prepare(&cluster, &cluster.images()[0]).unwrap());
         let mut ctl = Controller::new(cluster).unwrap();
         ctl.timeouts.frame = T;
         Setup { _dir: dir, ctl, image }
     }
 
     async fn sync(s: &Setup) -> SnOutcome {
-        let sn = s.ctl.cluster.sns[0].clone();
+        let sn = s.ctl.cluster.sns()[0].clone();
         sync_sn(&s.ctl, sn, vec![s.image.clone()], None, None).await
     }
 
