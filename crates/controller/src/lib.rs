@@ -10,20 +10,32 @@
 //! - A replica counts as synced only when the digest the agent reports equals the source's.
 //! - `last` advances only when at least one replica reached the new generation, so the signatures on the
 //!   MN always describe a generation some replica holds.
+//! - Which SN serves which node is the config plus the moves recorded in the state dir
+//!   ([`StateDir`]); exports are rendered from it under the placement lock right before each push.
+//! - One tokio task per SN (a `JoinSet`; the `Controller` is shared behind an `Arc`); CPU and disk
+//!   work runs on blocking threads, never on the async workers.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod daemon;
 mod image;
+pub mod progress;
+mod push;
+pub mod redirect;
 mod sn;
+pub mod state;
 pub mod statelite;
 
 pub use image::{plan_images, prepare, ImagePlan, Prepared};
+pub use push::render_exports;
 pub use sn::deployed_exports;
+pub use state::{PlacementLock, StateDir, StateLock};
 
 use anyhow::{bail, Context, Result};
 use model::{Cluster, ServiceNode};
 use serde::Serialize;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::task::JoinSet;
 use transport::Conn;
 
 /// Timeouts of a run.
@@ -48,11 +60,15 @@ impl Default for Timeouts {
 }
 
 pub struct Controller {
+    /// The cluster config as loaded: `served_by` as the config file says. Where nodes are served
+    /// now is [`Controller::placed`] (the moves recorded in the state dir applied to it).
     pub cluster: Arc<Cluster>,
+    /// The MN's state directory (every state file and lock).
+    pub state: StateDir,
     tls: Option<Arc<rustls::ClientConfig>>,
     pub timeouts: Timeouts,
-    /// Show indicatif progress bars (only when stderr is a terminal and output is not JSON).
-    pub progress: bool,
+    /// Receives progress events of `sync` (the CLI draws bars from them).
+    pub progress: Option<progress::Hook>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -141,40 +157,9 @@ pub struct StatusReport {
     pub sns: Vec<SnStatus>,
 }
 
-/// Held for a run that writes the MN's state (`sync`, `plan`): two at once would remove each
-/// other's payloads and race on `last`. Released when dropped (or when the process dies).
-pub struct StateLock(#[allow(dead_code)] std::fs::File);
-
+/// The state lock of `cluster`'s state dir (see [`StateDir::lock_state`]).
 pub fn lock_state(cluster: &Cluster) -> Result<StateLock> {
-    let dir = std::path::Path::new(cluster.state_dir.as_str());
-    match flock(dir, "lock", false)? {
-        Some(f) => Ok(StateLock(f)),
-        None => bail!("another hanfs sync or plan is using {} (lock {}/lock)", dir.display(), dir.display()),
-    }
-}
-
-/// Opens `dir/name` (creating both) and takes an exclusive flock on it, waiting for it when `wait`,
-/// else `None` if another process holds it. The lock lives as long as the returned file.
-pub(crate) fn flock(dir: &std::path::Path, name: &str, wait: bool) -> Result<Option<std::fs::File>> {
-    use std::os::fd::AsRawFd;
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let p = dir.join(name);
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&p)
-        .with_context(|| format!("opening {}", p.display()))?;
-    let op = if wait { libc::LOCK_EX } else { libc::LOCK_EX | libc::LOCK_NB };
-    // SAFETY: flock on a descriptor we own; released when the file is closed.
-    if unsafe { libc::flock(f.as_raw_fd(), op) } != 0 {
-        let e = std::io::Error::last_os_error();
-        if !wait && e.kind() == std::io::ErrorKind::WouldBlock {
-            return Ok(None);
-        }
-        return Err(e).with_context(|| format!("locking {}", p.display()));
-    }
-    Ok(Some(f))
+    StateDir::of(cluster).lock_state()
 }
 
 /// Whether a source file changed while it was read (the scan or a payload saw two versions).
@@ -200,19 +185,6 @@ fn prepare_retrying(cluster: &Cluster, image: &model::Image) -> Result<Prepared>
     }
 }
 
-/// Renders the exports of every SN of `cluster`, in its dialect (Linux file, AIX managed block).
-pub fn render_exports(cluster: &Cluster) -> Result<Vec<(String, String)>> {
-    cluster
-        .sns
-        .iter()
-        .map(|s| {
-            let text =
-                exports::render_sn(cluster, &s.name).map_err(|e| anyhow::anyhow!("exports of {}: {e}", s.name))?;
-            Ok((s.name.clone(), text))
-        })
-        .collect()
-}
-
 impl Controller {
     /// Loads TLS material from the cluster config; plain TCP only when the config allows it and
     /// every agent is on loopback.
@@ -230,7 +202,15 @@ impl Controller {
             }
         };
         let timeouts = Timeouts { sn: Duration::from_secs(cluster.sn_timeout_secs), ..Timeouts::default() };
-        Ok(Controller { cluster: Arc::new(cluster), tls, timeouts, progress: false })
+        let state = StateDir::of(&cluster);
+        Ok(Controller { cluster: Arc::new(cluster), state, tls, timeouts, progress: None })
+    }
+
+    /// The cluster as it is served now: the config with the recorded moves applied (warnings for
+    /// moves naming nodes or SNs no longer in the config). Under [`StateDir::lock_placement`]
+    /// when what follows must not see it change.
+    pub fn placed(&self) -> Result<(Cluster, Vec<String>)> {
+        self.state.placed(&self.cluster)
     }
 
     /// Dials an SN's agent and does the handshake: protocol version, and with TLS the agent's
@@ -269,15 +249,10 @@ impl Controller {
             .collect()
     }
 
-    /// Renders the exports of every SN (per its dialect).
-    pub fn render_exports(&self) -> Result<Vec<(String, String)>> {
-        render_exports(&self.cluster)
-    }
-
     /// One-shot sync of `images`: scan, plan, send to every SN concurrently, verify digests, write
     /// exports, save the new generation.
-    pub async fn sync(&self, images: &[model::Image]) -> Result<SyncReport> {
-        let _lock = lock_state(&self.cluster)?;
+    pub async fn sync(self: &Arc<Self>, images: &[model::Image]) -> Result<SyncReport> {
+        let _lock = self.state.lock_state()?;
         let cluster = self.cluster.clone();
         let imgs = images.to_vec();
         let t = std::time::Instant::now();
@@ -302,15 +277,22 @@ impl Controller {
             }
         }
         tracing::info!("scanned and planned {} images in {:.2?}", prepared.len(), t.elapsed());
-        let rendered = self.render_exports()?;
-        let mp = if self.progress { Some(indicatif::MultiProgress::new()) } else { None };
-        let mut tasks = Vec::new();
-        for sn in &self.cluster.sns {
+        // Exports that do not render fail the run before any SN is touched; each SN's are rendered
+        // again, from the placement of that moment, right before they are pushed.
+        render_exports(&self.placed()?.0)?;
+        let mut tasks = JoinSet::new();
+        for (i, sn) in self.cluster.sns.iter().enumerate() {
             let mine: Vec<Arc<Prepared>> =
                 prepared.iter().filter(|p| p.image.sns.iter().any(|s| s == &sn.name)).cloned().collect();
-            let text = rendered.iter().find(|(n, _)| n == &sn.name).map(|(_, t)| t.clone());
-            let bar = mp.as_ref().map(|m| m.add(sn::bar(&sn.name)));
-            tasks.push(sn::sync_sn(self, sn.clone(), mine, text, bar));
+            let bar = self.progress.as_ref().map(|h| progress::ProgressBar::new(&sn.name, h.clone()));
+            let (ctl, sn) = (Arc::clone(self), sn.clone());
+            tasks.spawn(async move {
+                let mut o = sn::sync_sn(&ctl, sn.clone(), mine, None, bar).await;
+                if o.error.is_none() {
+                    ctl.exports_after_sync(&sn, &mut o).await;
+                }
+                (i, o)
+            });
         }
         let t = std::time::Instant::now();
         let signing: Vec<_> = prepared
@@ -330,7 +312,7 @@ impl Controller {
                 })
             })
             .collect();
-        let outcomes = futures::future::join_all(tasks).await;
+        let outcomes = join_ordered(tasks).await?;
         tracing::info!("every SN done in {:.2?}", t.elapsed());
         let mut report = SyncReport {
             ok: true,
@@ -377,20 +359,21 @@ impl Controller {
     }
 
     /// Every replica's digest (a fresh scan on the SN) against the source's.
-    pub async fn verify(&self, images: &[model::Image]) -> Result<SyncReport> {
+    pub async fn verify(self: &Arc<Self>, images: &[model::Image]) -> Result<SyncReport> {
         let cluster = self.cluster.clone();
         let imgs = images.to_vec();
         let sources: Vec<(model::Image, String)> = tokio::task::spawn_blocking(move || {
             imgs.iter().map(|i| image::source_digest(&cluster, i).map(|d| (i.clone(), d))).collect::<Result<Vec<_>>>()
         })
         .await??;
-        let mut tasks = Vec::new();
-        for sn in &self.cluster.sns {
+        let mut tasks = JoinSet::new();
+        for (i, sn) in self.cluster.sns.iter().enumerate() {
             let mine: Vec<(model::Image, String)> =
                 sources.iter().filter(|(i, _)| i.sns.iter().any(|s| s == &sn.name)).cloned().collect();
-            tasks.push(sn::verify_sn(self, sn.clone(), mine));
+            let (ctl, sn) = (Arc::clone(self), sn.clone());
+            tasks.spawn(async move { (i, sn::verify_sn(&ctl, sn, mine).await) });
         }
-        let outcomes = futures::future::join_all(tasks).await;
+        let outcomes = join_ordered(tasks).await?;
         let mut report = SyncReport {
             ok: true,
             replicas: Vec::new(),
@@ -410,7 +393,7 @@ impl Controller {
     }
 
     /// Per SN: reachable, and generation and digest per image.
-    pub async fn status(&self) -> Result<StatusReport> {
+    pub async fn status(self: &Arc<Self>) -> Result<StatusReport> {
         let lasts: Vec<(String, u64)> = self
             .cluster
             .images
@@ -419,26 +402,51 @@ impl Controller {
                 image::Last::load(&self.cluster, &i.name).ok().flatten().map(|l| (i.name.clone(), l.generation))
             })
             .collect();
-        let tasks = self.cluster.sns.iter().map(|sn| sn::status_sn(self, sn.clone(), &lasts));
-        Ok(StatusReport { sns: futures::future::join_all(tasks).await })
+        let lasts = Arc::new(lasts);
+        let mut tasks = JoinSet::new();
+        for (i, sn) in self.cluster.sns.iter().enumerate() {
+            let (ctl, sn, lasts) = (Arc::clone(self), sn.clone(), Arc::clone(&lasts));
+            tasks.spawn(async move { (i, sn::status_sn(&ctl, sn, &lasts).await) });
+        }
+        Ok(StatusReport { sns: join_ordered(tasks).await? })
+    }
+
+    /// After an SN's images synced: its exports, rendered under the placement lock from the
+    /// placement of this moment (a `migrate` since the run started is kept), then pushed.
+    async fn exports_after_sync(&self, sn: &ServiceNode, o: &mut sn::SnOutcome) {
+        let r = async {
+            let lock = self.state.lock_placement_async().await?;
+            match tokio::time::timeout(self.timeouts.sn, push::push_exports(self, &lock, &sn.name)).await {
+                Ok(r) => r,
+                Err(_) => bail!("exports: timed out after {:?}", self.timeouts.sn),
+            }
+        }
+        .await;
+        let err = match r {
+            Ok((rep, bytes)) => {
+                o.extra_bytes += bytes;
+                let err = (!rep.reloaded).then(|| format!("exports written but reload failed: {}", rep.output));
+                o.exports.push(rep);
+                err
+            }
+            Err(e) => Some(format!("{e:#}")),
+        };
+        if let Some(e) = err {
+            tracing::warn!("SN {}: {e}", sn.name);
+            for r in o.replicas.iter_mut().filter(|r| !r.matches && r.error.is_none()) {
+                r.error = Some(e.clone());
+            }
+            o.error = Some(e);
+        }
     }
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn one_state_writing_run_at_a_time() {
-        let d = tempfile::tempdir().unwrap();
-        let toml = format!(
-            "[cluster]\nsource_root = \"{0}/src\"\nstate_dir = \"{0}/state\"\nplaintext_loopback = true\n\
-             [[sn]]\nname = \"sn1\"\naddress = \"127.0.0.1\"\nagent = \"127.0.0.1:7468\"\n",
-            d.path().display()
-        );
-        let c = model::Cluster::from_toml("t.toml", &toml).unwrap();
-        let held = super::lock_state(&c).unwrap();
-        let e = super::lock_state(&c).err().unwrap().to_string();
-        assert!(e.contains("another hanfs sync or plan"), "{e}");
-        drop(held);
-        super::lock_state(&c).unwrap();
+/// Every task's result, in the order the tasks were numbered (reports list SNs as configured).
+async fn join_ordered<T: 'static>(mut tasks: JoinSet<(usize, T)>) -> Result<Vec<T>> {
+    let mut out = Vec::with_capacity(tasks.len());
+    while let Some(r) = tasks.join_next().await {
+        out.push(r.context("an SN task failed")?);
     }
+    out.sort_by_key(|(i, _)| *i);
+    Ok(out.into_iter().map(|(_, t)| t).collect())
 }

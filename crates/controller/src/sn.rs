@@ -1,9 +1,9 @@
 //! One SN's part of a run: its own task, its own connection, its own timeout.
 
 use crate::image::{PayloadFile, Prepared};
+use crate::progress::ProgressBar;
 use crate::{Controller, ExportsReport, ImageStatus, ReplicaReport, SnStatus};
 use anyhow::{anyhow, bail, Context, Result};
-use indicatif::{ProgressBar, ProgressStyle};
 use model::ServiceNode;
 use proto::{FromAgent, ImageState, ToAgent, CHUNK};
 use std::io::Read;
@@ -17,15 +17,6 @@ pub struct SnOutcome {
     pub error: Option<String>,
     /// Bytes not attributed to an image (exports, handshake).
     pub extra_bytes: u64,
-}
-
-pub fn bar(sn: &str) -> ProgressBar {
-    let b = ProgressBar::new(0);
-    if let Ok(s) = ProgressStyle::with_template("{prefix:>8} [{bar:30}] {bytes}/{total_bytes} {msg}") {
-        b.set_style(s.progress_chars("=> "));
-    }
-    b.set_prefix(sn.to_string());
-    b
 }
 
 fn blocking<T>(f: impl FnOnce() -> T) -> T {

@@ -82,6 +82,29 @@ pub fn entry_line(dialect: Dialect, entry: &Entry) -> String {
     }
 }
 
+/// What an admin runs as root on SN `sn` to install `exports` by hand: AIX the `mknfsexp`
+/// commands (with `chnfs -R on` and `chnfsdom` first), Linux a shell snippet that writes the
+/// file and runs `exportfs -ra`.
+pub fn commands(exports: &Exports, sn: &str, domain: Option<&str>) -> String {
+    match exports.dialect {
+        Dialect::Aix => aix_commands(exports, sn, domain),
+        Dialect::Linux => format!(
+            "# hanfs: commands for Linux service node {sn}; run them as root on {sn}.\n\
+             cat > {} <<'HANFS_EOF'\n{}HANFS_EOF\nexportfs -ra\n",
+            target_file(Dialect::Linux),
+            linux::render(exports)
+        ),
+    }
+}
+
+/// The dialect's name as the config spells it.
+pub fn dialect_name(d: Dialect) -> &'static str {
+    match d {
+        Dialect::Linux => "linux",
+        Dialect::Aix => "aix",
+    }
+}
+
 /// Where the rendered text goes on the SN.
 pub fn target_file(dialect: Dialect) -> &'static str {
     match dialect {

@@ -259,7 +259,7 @@ fn demo(g: &Global, a: DemoArgs) -> Result<Status> {
     out(format!("  CA in {}, {} agents on 127.0.0.1 ports {:?} (mutual TLS)", ca.display(), a.sns, ports));
 
     let model = model::Cluster::from_toml(&cfg_path.display().to_string(), &cluster).map_err(anyhow::Error::new)?;
-    let ctl = controller::Controller::new(model)?;
+    let ctl = std::sync::Arc::new(controller::Controller::new(model)?);
     let images = ctl.cluster.images.clone();
     let rt = super::runtime()?;
     let mut ok = true;

@@ -4,7 +4,8 @@ use super::{load_cluster, print_json};
 use crate::cli::{ExportsArgs, Global};
 use crate::exit::{bad_input, Status};
 use anyhow::Result;
-use model::{Cluster, Dialect, ServiceNode};
+use exports::dialect_name;
+use model::{Cluster, ServiceNode};
 use serde::Serialize;
 use std::collections::BTreeMap;
 
@@ -58,22 +59,5 @@ pub fn run(g: &Global, a: ExportsArgs) -> Result<Status> {
 fn text_for(g: &Global, cluster: &Cluster, sn: &ServiceNode, commands: bool) -> Result<String> {
     let ex = exports::build(cluster, &sn.name)
         .map_err(|e| bad_input(format!("{}: SN `{}`: {e}", g.config.display(), sn.name)))?;
-    let rendered = exports::render(&ex);
-    Ok(match (commands, sn.dialect) {
-        (false, _) => rendered,
-        (true, Dialect::Aix) => exports::aix_commands(&ex, &sn.name, cluster.domain.as_deref()),
-        (true, Dialect::Linux) => format!(
-            "# hanfs: commands for Linux service node {0}; run them as root on {0}.\n\
-             cat > {1} <<'HANFS_EOF'\n{rendered}HANFS_EOF\nexportfs -ra\n",
-            sn.name,
-            exports::target_file(Dialect::Linux)
-        ),
-    })
-}
-
-fn dialect_name(d: Dialect) -> &'static str {
-    match d {
-        Dialect::Linux => "linux",
-        Dialect::Aix => "aix",
-    }
+    Ok(if commands { exports::commands(&ex, &sn.name, cluster.domain.as_deref()) } else { exports::render(&ex) })
 }
