@@ -156,15 +156,19 @@ impl Metrics {
 pub fn run(rt: &tokio::runtime::Runtime, ctl: Arc<Controller>, opts: &Options, metrics: &Metrics) -> Result<()> {
     let targets: Vec<watch::Target> = ctl
         .cluster
-        .images
+        .images()
         .iter()
         .map(|i| watch::Target { name: i.name.clone(), path: ctl.cluster.image_source(i).as_str().into() })
         .collect();
     let watcher = watch::Watcher::new(targets, opts.quiet).context("watching source_root")?;
-    tracing::info!(images = ctl.cluster.images.len(), quiet_secs = opts.quiet.as_secs(), "daemon started; first sync");
-    let statelite_every = opts.statelite_every.filter(|_| !ctl.cluster.statelite.is_empty());
+    tracing::info!(
+        images = ctl.cluster.images().len(),
+        quiet_secs = opts.quiet.as_secs(),
+        "daemon started; first sync"
+    );
+    let statelite_every = opts.statelite_every.filter(|_| !ctl.cluster.statelite().is_empty());
     let mut next_statelite = Instant::now();
-    let all: Vec<String> = ctl.cluster.images.iter().map(|i| i.name.clone()).collect();
+    let all: Vec<String> = ctl.cluster.images().iter().map(|i| i.name.clone()).collect();
     let mut pending = all.clone();
     let mut failed = false;
     loop {
@@ -216,7 +220,7 @@ pub async fn statelite_round(ctl: &Arc<Controller>, m: &Metrics) {
 
 /// One sync of the named images; whether it succeeded everywhere.
 pub async fn sync_once(ctl: &Arc<Controller>, names: &[String], m: &Metrics) -> bool {
-    let images: Vec<model::Image> = ctl.cluster.images.iter().filter(|i| names.contains(&i.name)).cloned().collect();
+    let images: Vec<model::Image> = ctl.cluster.images().iter().filter(|i| names.contains(&i.name)).cloned().collect();
     let started = Instant::now();
     let result = ctl.sync(&images).await;
     let secs = started.elapsed().as_secs_f64();

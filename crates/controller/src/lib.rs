@@ -45,7 +45,7 @@ pub struct Timeouts {
     pub frame: Duration,
     /// An agent's commit (stage fsync + renames) of one image; within `sn`.
     pub commit: Duration,
-    /// Everything one SN does in one run, commits included (`cluster.sn_timeout_secs`).
+    /// Everything one SN does in one run, commits included (`cluster.sn_timeout_secs()`).
     pub sn: Duration,
 }
 
@@ -189,19 +189,19 @@ impl Controller {
     /// Loads TLS material from the cluster config; plain TCP only when the config allows it and
     /// every agent is on loopback.
     pub fn new(cluster: Cluster) -> Result<Controller> {
-        let tls = match &cluster.tls {
+        let tls = match cluster.tls() {
             Some(f) => Some(transport::Identity::from_files(f)?.client_config()?),
             None => {
-                if !cluster.plaintext_loopback {
+                if !cluster.plaintext_loopback() {
                     bail!("the cluster config has no [tls] section (plain TCP needs plaintext_loopback = true)");
                 }
-                if let Some(sn) = cluster.sns.iter().find(|s| !s.agent.is_loopback()) {
+                if let Some(sn) = cluster.sns().iter().find(|s| !s.agent.is_loopback()) {
                     bail!("SN {} has agent {} off loopback: plain TCP is refused, configure [tls]", sn.name, sn.agent);
                 }
                 None
             }
         };
-        let timeouts = Timeouts { sn: Duration::from_secs(cluster.sn_timeout_secs), ..Timeouts::default() };
+        let timeouts = Timeouts { sn: Duration::from_secs(cluster.sn_timeout_secs()), ..Timeouts::default() };
         let state = StateDir::of(&cluster);
         Ok(Controller { cluster: Arc::new(cluster), state, tls, timeouts, progress: None })
     }
@@ -239,7 +239,7 @@ impl Controller {
     /// The images selected by name (all when `names` is empty); unknown names are bad input.
     pub fn select(&self, names: &[String]) -> Result<Vec<model::Image>, String> {
         if names.is_empty() {
-            return Ok(self.cluster.images.clone());
+            return Ok(self.cluster.images().to_vec());
         }
         names
             .iter()
@@ -281,7 +281,7 @@ impl Controller {
         // again, from the placement of that moment, right before they are pushed.
         render_exports(&self.placed()?.0)?;
         let mut tasks = JoinSet::new();
-        for (i, sn) in self.cluster.sns.iter().enumerate() {
+        for (i, sn) in self.cluster.sns().iter().enumerate() {
             let mine: Vec<Arc<Prepared>> =
                 prepared.iter().filter(|p| p.image.sns.iter().any(|s| s == &sn.name)).cloned().collect();
             let bar = self.progress.as_ref().map(|h| progress::ProgressBar::new(&sn.name, h.clone()));
@@ -367,7 +367,7 @@ impl Controller {
         })
         .await??;
         let mut tasks = JoinSet::new();
-        for (i, sn) in self.cluster.sns.iter().enumerate() {
+        for (i, sn) in self.cluster.sns().iter().enumerate() {
             let mine: Vec<(model::Image, String)> =
                 sources.iter().filter(|(i, _)| i.sns.iter().any(|s| s == &sn.name)).cloned().collect();
             let (ctl, sn) = (Arc::clone(self), sn.clone());
@@ -396,7 +396,7 @@ impl Controller {
     pub async fn status(self: &Arc<Self>) -> Result<StatusReport> {
         let lasts: Vec<(String, u64)> = self
             .cluster
-            .images
+            .images()
             .iter()
             .filter_map(|i| {
                 image::Last::load(&self.cluster, &i.name).ok().flatten().map(|l| (i.name.clone(), l.generation))
@@ -404,7 +404,7 @@ impl Controller {
             .collect();
         let lasts = Arc::new(lasts);
         let mut tasks = JoinSet::new();
-        for (i, sn) in self.cluster.sns.iter().enumerate() {
+        for (i, sn) in self.cluster.sns().iter().enumerate() {
             let (ctl, sn, lasts) = (Arc::clone(self), sn.clone(), Arc::clone(&lasts));
             tasks.spawn(async move { (i, sn::status_sn(&ctl, sn, &lasts).await) });
         }

@@ -12,7 +12,7 @@ use proto::{FromAgent, ToAgent};
 /// Renders the exports of every SN of `cluster`, in its dialect (Linux file, AIX managed block).
 pub fn render_exports(cluster: &Cluster) -> Result<Vec<(String, String)>> {
     cluster
-        .sns
+        .sns()
         .iter()
         .map(|s| {
             let text = exports::render_sn(cluster, &s.name).map_err(|e| anyhow!("exports of {}: {e}", s.name))?;

@@ -12,7 +12,7 @@ use crate::Controller;
 use anyhow::Result;
 use model::Cluster;
 use serde::Serialize;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 /// The caller's input is wrong (unknown SN or node, a move to where the node already is):
@@ -114,11 +114,7 @@ impl Run<'_, '_> {
         match lock {
             None if !moves.is_empty() => {
                 self.step(format!("would record in {}: {}", file.display(), show(moves)));
-                for (n, to) in moves {
-                    if let Some(x) = after.nodes.iter_mut().find(|x| &x.name == n) {
-                        x.served_by = to.clone();
-                    }
-                }
+                after = placed.with_moves(&moves.iter().cloned().collect())?;
             }
             Some(l) if !moves.is_empty() => {
                 l.record_moves(&ctl.cluster, moves)?;
@@ -180,33 +176,30 @@ pub async fn migrate(
     hooks: &mut Hooks<'_>,
 ) -> Result<MoveReport> {
     let (lock, placed) = locked(ctl, dry).await?;
-    if placed.sn(to).is_none() {
-        return Err(BadInput(format!("no SN named `{to}`")).into());
-    }
-    for n in nodes {
-        match placed.node(n) {
-            None => return Err(BadInput(format!("no node named `{n}`")).into()),
-            Some(node) if node.served_by == to => {
-                return Err(BadInput(format!(
-                    "node {n} is already served by {to} (`hanfs sync` re-pushes its exports if a move was interrupted)"
-                ))
-                .into())
+    // The model checks the moves (node and SN exist, the node is not there already) before
+    // anything is synced.
+    let requested: BTreeMap<String, String> = nodes.iter().map(|n| (n.clone(), to.to_string())).collect();
+    if let Err(e) = placed.with_moves(&requested) {
+        return Err(BadInput(match e {
+            model::MoveError::AlreadyServed { .. } => {
+                format!("{e} (`hanfs sync` re-pushes its exports if a move was interrupted)")
             }
-            Some(_) => {}
-        }
+            _ => e.to_string(),
+        })
+        .into());
     }
     let mut run = Run { rep: MoveReport { dry_run: dry, ..Default::default() }, hooks };
     let mut moves = Vec::new();
     let mut affected = BTreeSet::from([to.to_string()]);
     for n in nodes {
-        let Some(node) = placed.node(n) else { continue };
+        let (Some(node), Some(from)) = (placed.node(n), placed.serving(n)) else { continue };
         let mut failed = None;
-        for area in &placed.statelite {
+        for area in placed.statelite() {
             let p = sl::Pair {
                 area: area.name.clone(),
                 path: area.path.as_str().to_string(),
                 node: n.clone(),
-                from: node.served_by.clone(),
+                from: from.to_string(),
                 to: to.to_string(),
             };
             if dry {
@@ -233,9 +226,9 @@ pub async fn migrate(
         match failed {
             Some(reason) => run.rep.failed.push(NodeFailure { node: n.clone(), reason }),
             None => {
-                affected.insert(node.served_by.clone());
+                affected.insert(from.to_string());
                 affected.extend(node.sns.first().cloned());
-                run.rep.moved.push(Moved { node: n.clone(), from: node.served_by.clone(), to: to.to_string() });
+                run.rep.moved.push(Moved { node: n.clone(), from: from.to_string(), to: to.to_string() });
                 moves.push((n.clone(), to.to_string()));
             }
         }
@@ -263,7 +256,7 @@ fn fence(cmd: &[String]) -> (bool, String) {
 fn copy_age(ctl: &Controller, cluster: &Cluster, node: &str, sn: &str) -> String {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let oldest =
-        cluster.statelite.iter().filter_map(|ar| sl::load_record(&ctl.state, &ar.name, node, sn).map(|r| r.2)).min();
+        cluster.statelite().iter().filter_map(|ar| sl::load_record(&ctl.state, &ar.name, node, sn).map(|r| r.2)).min();
     match oldest {
         Some(t) => format!("copy synced {} s ago", now.saturating_sub(t)),
         None => "no statelite areas".into(),
@@ -285,7 +278,7 @@ pub async fn failover(
     };
     let mut run = Run { rep: MoveReport { dry_run: dry, ..Default::default() }, hooks };
     let cmd: Vec<String> = placed
-        .fence
+        .fence()
         .iter()
         .map(|t| t.replace("{sn}", &dead.name).replace("{address}", &dead.address.to_string()))
         .collect();
@@ -306,7 +299,7 @@ pub async fn failover(
         run.rep.fence = Some(FenceRow { command: cmd, ok, output: output.clone() });
         if !ok && !force {
             run.step("nothing promoted: fencing failed (--force promotes anyway, at the risk of split brain)".into());
-            for n in placed.nodes.iter().filter(|n| n.served_by == dead.name) {
+            for n in placed.nodes().iter().filter(|n| placed.serving(&n.name) == Some(dead.name.as_str())) {
                 run.rep
                     .failed
                     .push(NodeFailure { node: n.name.clone(), reason: format!("{} not fenced: {output}", dead.name) });
@@ -320,13 +313,13 @@ pub async fn failover(
         }
     }
     let mut moves = Vec::new();
-    for n in placed.nodes.iter().filter(|n| n.served_by == dead.name) {
+    for n in placed.nodes().iter().filter(|n| placed.serving(&n.name) == Some(dead.name.as_str())) {
         let mut why = Vec::new();
         let mut chosen = None;
         for b in n.sns.iter().filter(|s| **s != dead.name) {
             let r = if dry {
                 // No session in a dry run: the MN's records say whether the copy was synced.
-                match placed.statelite.iter().find(|ar| sl::load_record(&ctl.state, &ar.name, &n.name, b).is_none()) {
+                match placed.statelite().iter().find(|ar| sl::load_record(&ctl.state, &ar.name, &n.name, b).is_none()) {
                     Some(ar) => Err(anyhow::anyhow!("no synced copy of {} recorded", ar.name)),
                     None => Ok(()),
                 }
@@ -361,7 +354,7 @@ pub async fn failover(
         }
     }
     // Re-export on every live SN (all but the fenced one), from the new placement.
-    let live: BTreeSet<String> = placed.sns.iter().map(|s| s.name.clone()).filter(|s| *s != dead.name).collect();
+    let live: BTreeSet<String> = placed.sns().iter().map(|s| s.name.clone()).filter(|s| *s != dead.name).collect();
     run.conclude(ctl, lock.as_ref(), &placed, &moves, &live).await?;
     Ok(run.finish())
 }

@@ -379,7 +379,7 @@ pub async fn status_sn(ctl: &Controller, sn: ServiceNode, lasts: &[(String, u64)
 }
 
 fn deployed_exports_path(cluster: &model::Cluster, sn: &str) -> std::path::PathBuf {
-    std::path::Path::new(cluster.state_dir.as_str()).join("exports").join(sn)
+    std::path::Path::new(cluster.state_dir().as_str()).join("exports").join(sn)
 }
 
 /// What hanfs last wrote to `sn`'s exports (written atomically after the agent confirmed it), so

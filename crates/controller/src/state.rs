@@ -39,7 +39,7 @@ pub struct PlacementLock {
 
 impl StateDir {
     pub fn of(cluster: &Cluster) -> StateDir {
-        StateDir { root: PathBuf::from(cluster.state_dir.as_str()) }
+        StateDir { root: PathBuf::from(cluster.state_dir().as_str()) }
     }
 
     pub fn root(&self) -> &Path {
@@ -104,8 +104,7 @@ impl StateDir {
     /// have changed since the move). Read it under a [`PlacementLock`] when what follows depends
     /// on it staying true (an exports push, a statelite copy).
     pub fn placed(&self, base: &Cluster) -> Result<(Cluster, Vec<String>)> {
-        let moves = self.load_moves()?;
-        Ok(apply(base, &moves))
+        Ok(base.with_recorded_moves(&self.load_moves()?))
     }
 
     /// An image's state (`last`, hash cache, signatures); image names are checked by `model`.
@@ -149,13 +148,16 @@ impl PlacementLock {
         &self.dir
     }
 
-    /// Records new `served_by` values in the overlay (a move back to the node's home SN, the first
-    /// of its `sns`, drops the entry). Returns `base` with every recorded move applied.
+    /// Records moves (node -> new serving SN) in the overlay, checked first by the model against
+    /// the placement recorded now (node and SN exist, the node is not there already; nothing is
+    /// written when one is refused). An entry is kept relative to the config: a move back to where
+    /// the config places the node drops it. Returns `base` with every recorded move applied.
     pub fn record_moves(&self, base: &Cluster, moves: &[(String, String)]) -> Result<Cluster> {
         let mut m = self.dir.load_moves()?;
+        let (now, _) = base.with_recorded_moves(&m);
+        now.with_moves(&moves.iter().cloned().collect())?;
         for (node, sn) in moves {
-            let home = base.node(node).and_then(|n| n.sns.first());
-            if home == Some(sn) {
+            if base.placement().configured(node) == Some(sn.as_str()) {
                 m.remove(node);
             } else {
                 m.insert(node.clone(), sn.clone());
@@ -167,25 +169,8 @@ impl PlacementLock {
             text += &format!("{n} {s}\n");
         }
         write(&self.dir.moves_file(), text.as_bytes())?;
-        Ok(apply(base, &m).0)
+        Ok(base.with_recorded_moves(&m).0)
     }
-}
-
-/// The one place moves are applied to a config.
-fn apply(base: &Cluster, moves: &BTreeMap<String, String>) -> (Cluster, Vec<String>) {
-    let mut c = base.clone();
-    let mut warn = Vec::new();
-    for (node, sn) in moves {
-        if c.sn(sn).is_none() {
-            warn.push(format!("moved node {node}: SN `{sn}` is no longer in the config; ignored"));
-            continue;
-        }
-        match c.nodes.iter_mut().find(|n| &n.name == node) {
-            Some(n) => n.served_by = sn.clone(),
-            None => warn.push(format!("moved node `{node}` is no longer in the config; ignored")),
-        }
-    }
-    (c, warn)
 }
 
 /// Writes a whole state file (creating its directory) through the one atomic-write helper.
@@ -251,11 +236,16 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let base = cluster(d.path());
         let sd = StateDir::of(&base);
-        assert_eq!(sd.placed(&base).unwrap().0.node("cn001").unwrap().served_by, "sn1");
+        assert_eq!(sd.placed(&base).unwrap().0.serving("cn001"), Some("sn1"));
         let after = sd.lock_placement().unwrap().record_moves(&base, &[("cn001".into(), "sn2".into())]).unwrap();
-        assert_eq!(after.node("cn001").unwrap().served_by, "sn2");
+        assert_eq!(after.serving("cn001"), Some("sn2"));
+        // A move the model refuses (already there, unknown SN) records nothing.
+        let l = sd.lock_placement().unwrap();
+        assert!(l.record_moves(&base, &[("cn001".into(), "sn2".into())]).is_err());
+        assert!(l.record_moves(&base, &[("cn001".into(), "sn9".into())]).is_err());
+        drop(l);
         let (now, warn) = sd.placed(&base).unwrap();
-        assert_eq!(now.node("cn001").unwrap().served_by, "sn2");
+        assert_eq!(now.serving("cn001"), Some("sn2"));
         assert!(warn.is_empty());
         // Back home: the entry goes away.
         sd.lock_placement().unwrap().record_moves(&base, &[("cn001".into(), "sn1".into())]).unwrap();
@@ -263,7 +253,7 @@ mod tests {
         // Stale entries warn, never fail.
         std::fs::write(sd.moves_file(), "cn001 sn9\ncn404 sn2\n").unwrap();
         let (now, warn) = sd.placed(&base).unwrap();
-        assert_eq!(now.node("cn001").unwrap().served_by, "sn1");
+        assert_eq!(now.serving("cn001"), Some("sn1"));
         assert_eq!(warn.len(), 2, "{warn:?}");
         std::fs::write(sd.moves_file(), "cn001\n").unwrap();
         assert!(sd.placed(&base).is_err());

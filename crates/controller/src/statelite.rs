@@ -67,17 +67,18 @@ fn now() -> u64 {
 /// one serving it.
 pub fn pairs(cluster: &Cluster, nodes: Option<&[String]>) -> Vec<Pair> {
     let mut out = Vec::new();
-    for area in &cluster.statelite {
-        for n in cluster.nodes.iter().filter(|n| n.uses_area(&area.name)) {
+    for area in cluster.statelite() {
+        for n in cluster.nodes().iter().filter(|n| n.uses_area(&area.name)) {
             if nodes.is_some_and(|l| !l.contains(&n.name)) {
                 continue;
             }
-            for b in n.sns.iter().filter(|s| **s != n.served_by) {
+            let Some(serving) = cluster.serving(&n.name) else { continue };
+            for b in n.sns.iter().filter(|s| **s != serving) {
                 out.push(Pair {
                     area: area.name.clone(),
                     path: area.path.as_str().to_string(),
                     node: n.name.clone(),
-                    from: n.served_by.clone(),
+                    from: serving.to_string(),
                     to: b.clone(),
                 });
             }
@@ -334,7 +335,7 @@ pub async fn holds_copy(ctl: &Controller, sn: &str, node: &str) -> Result<()> {
     let cl = &ctl.cluster;
     let s = cl.sn(sn).ok_or_else(|| anyhow!("unknown SN {sn}"))?;
     let mut c = ctl.connect(s).await?;
-    let areas = cl.statelite.iter().filter(|a| cl.node(node).is_none_or(|n| n.uses_area(&a.name)));
+    let areas = cl.statelite().iter().filter(|a| cl.node(node).is_none_or(|n| n.uses_area(&a.name)));
     for area in areas {
         let Some((_, digest, _)) = load_record(&ctl.state, &area.name, node, sn) else {
             bail!("no synced copy of {}/{node} recorded for {sn}", area.name);

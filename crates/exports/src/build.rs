@@ -15,7 +15,7 @@ const LINUX_STATELITE: &[&str] = &["rw", "no_root_squash", "sync", "no_subtree_c
 ///
 /// Images (sorted by export path): `<sn.root>/<image.path>`, read-only, one entry per client spec on
 /// Linux; `replicas=` = the SN then its backups that hold the image (none if it is alone). Statelite
-/// (areas in config order, nodes by name): `<area>/<node>` read-write where `served_by` is this SN
+/// (areas in config order, nodes by name): `<area>/<node>` read-write where the placement serves the node from this SN
 /// (plus `insecure` on Linux when the node was moved here, for clients that follow the referral);
 /// `refer=` to the serving SN where this SN is a migrated node's home (`sns[0]`).
 pub fn build(cluster: &Cluster, sn: &str) -> Result<Exports, ExportError> {
@@ -56,8 +56,8 @@ pub fn build(cluster: &Cluster, sn: &str) -> Result<Exports, ExportError> {
         }
     }
 
-    for area in &cluster.statelite {
-        let mut nodes: Vec<_> = cluster.nodes.iter().filter(|n| n.uses_area(&area.name)).collect();
+    for area in cluster.statelite() {
+        let mut nodes: Vec<_> = cluster.nodes().iter().filter(|n| n.uses_area(&area.name)).collect();
         nodes.sort_by(|a, b| a.name.cmp(&b.name));
         // Not exported here: the area directory itself (xCAT's SvrUtils.pm setupStatemnt exports it on
         // the SN, and xcatroot/aixlitesetup mount it, make `<node>`, then remount). The kernel rig
@@ -67,10 +67,13 @@ pub fn build(cluster: &Cluster, sn: &str) -> Result<Exports, ExportError> {
         // mount made by the agent) first; until then the area export is left to xCAT's own setup.
         for node in nodes {
             let path = format!("{}/{}", area.path, node.name);
-            let locations = if node.served_by == sn.name {
+            let placement = cluster.placement();
+            let serving = placement.serving(&node.name).unwrap_or_default();
+            let moved = placement.is_moved(&node.name);
+            let locations = if serving == sn.name {
                 None
-            } else if node.is_migrated() && node.sns.first() == Some(&sn.name) {
-                let to = cluster.sn(&node.served_by).ok_or_else(|| ExportError::UnknownSn(node.served_by.clone()))?;
+            } else if moved && placement.home(&node.name) == Some(sn.name.as_str()) {
+                let to = cluster.sn(serving).ok_or_else(|| ExportError::UnknownSn(serving.to_string()))?;
                 Some(Locations {
                     kind: LocKind::Refer,
                     list: vec![FsLocation { path: path.clone(), host: to.address.fsloc() }],
@@ -81,7 +84,7 @@ pub fn build(cluster: &Cluster, sn: &str) -> Result<Exports, ExportError> {
             // A client that had the data mounted from the old SN follows the referral to this one
             // from an unprivileged port (Linux 6.1, NFSv4 migration recovery), and `secure` nfsd
             // answers it NFS4ERR_PERM: so the moved node's export here admits any source port.
-            let admit_moved = node.is_migrated() && node.served_by == sn.name;
+            let admit_moved = moved && serving == sn.name;
             statelite_entries(sn, &path, &area.clients, locations, admit_moved, &mut entries)?;
         }
     }

@@ -194,7 +194,7 @@ fn real_exportfs_accepts_every_linux_example() {
     let Some(x) = tools() else { return };
     let mut n = 0;
     for (name, cluster) in example_clusters() {
-        for sn in cluster.sns.iter().filter(|s| s.dialect == Dialect::Linux) {
+        for sn in cluster.sns().iter().filter(|s| s.dialect == Dialect::Linux) {
             check(&format!("{name} {}", sn.name), &x, &exports::build(&cluster, &sn.name).unwrap());
             n += 1;
         }

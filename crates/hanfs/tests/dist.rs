@@ -16,10 +16,10 @@ fn example_configs_parse() {
     assert!(a.tls.is_some());
     let (f, t) = dist("hanfs.toml");
     let c = model::Cluster::from_toml(&f, &t).unwrap();
-    assert_eq!(c.sns.len(), 2);
-    assert!(c.tls.is_some());
+    assert_eq!(c.sns().len(), 2);
+    assert!(c.tls().is_some());
     // The shipped cluster renders exports for every SN.
-    for sn in &c.sns {
+    for sn in c.sns() {
         let text = exports::render_sn(&c, &sn.name).unwrap();
         assert!(text.contains("replicas="), "{text}");
     }

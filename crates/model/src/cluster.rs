@@ -6,6 +6,7 @@ use crate::addr::{Address, Endpoint};
 use crate::error::{Diagnostics, Sink};
 use crate::name::check_name;
 use crate::path::{AbsPath, RelPath};
+use crate::placement::{MoveError, Placement};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use toml::Spanned;
@@ -110,10 +111,9 @@ pub struct Statelite {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Node {
     pub name: String,
-    /// Primary first, as xCAT's `noderes.servicenode`.
+    /// Primary first, as xCAT's `noderes.servicenode`. Which one serves the node now is the
+    /// cluster's [`Placement`]'s to say.
     pub sns: Vec<String>,
-    /// The SN that serves this node's statelite data now: `sns[0]` unless the node was migrated.
-    pub served_by: String,
     /// The `[[statelite]]` areas (by name) that hold this node's data; `None`: every area. A node of
     /// a stateless image has `Some([])`; a node with `/gpudata` beside `/nodedata` names both.
     #[serde(default)]
@@ -121,37 +121,30 @@ pub struct Node {
 }
 
 impl Node {
-    /// Whether the node's data was moved away from its home (primary) SN.
-    pub fn is_migrated(&self) -> bool {
-        self.sns.first() != Some(&self.served_by)
-    }
-
     /// Whether statelite area `area` (its name) holds data of this node.
     pub fn uses_area(&self, area: &str) -> bool {
         self.statelite.as_ref().is_none_or(|l| l.iter().any(|a| a == area))
     }
 }
 
-/// A validated cluster.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A validated cluster. It exists only validated (built by [`Cluster::from_toml`]) and never
+/// changes: a node move makes a new one through [`Cluster::with_moves`], which checks it.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cluster {
-    pub source_root: AbsPath,
-    pub state_dir: AbsPath,
-    pub backup_policy: BackupPolicy,
-    pub domain: Option<String>,
-    pub tls: Option<TlsFiles>,
-    /// Plain TCP to agents; accepted only when every agent endpoint is loopback.
-    pub plaintext_loopback: bool,
-    /// Command run by `hanfs failover` to fence a dead SN; `{sn}` and `{address}` are substituted.
-    pub fence: Vec<String>,
-    /// Deadline of everything one SN does in one run (connect, transfer, commit, exports): an SN
-    /// that has not finished by then is reported failed and the run ends without it.
-    pub sn_timeout_secs: u64,
-    pub sns: Vec<ServiceNode>,
-    pub externals: Vec<ExternalServer>,
-    pub images: Vec<Image>,
-    pub statelite: Vec<Statelite>,
-    pub nodes: Vec<Node>,
+    source_root: AbsPath,
+    state_dir: AbsPath,
+    backup_policy: BackupPolicy,
+    domain: Option<String>,
+    tls: Option<TlsFiles>,
+    plaintext_loopback: bool,
+    fence: Vec<String>,
+    sn_timeout_secs: u64,
+    sns: Vec<ServiceNode>,
+    externals: Vec<ExternalServer>,
+    images: Vec<Image>,
+    statelite: Vec<Statelite>,
+    nodes: Vec<Node>,
+    placement: Placement,
 }
 
 /// Any server that may appear in a location list.
@@ -171,6 +164,117 @@ impl Cluster {
         let cluster = validate(raw, &mut sink);
         sink.finish()?;
         cluster.ok_or_else(|| Diagnostics(Vec::new()))
+    }
+
+    /// Where image trees live on the MN.
+    pub fn source_root(&self) -> &AbsPath {
+        &self.source_root
+    }
+
+    /// The controller's state directory on the MN.
+    pub fn state_dir(&self) -> &AbsPath {
+        &self.state_dir
+    }
+
+    pub fn backup_policy(&self) -> BackupPolicy {
+        self.backup_policy
+    }
+
+    /// The NFSv4 domain, when the config sets one.
+    pub fn domain(&self) -> Option<&str> {
+        self.domain.as_deref()
+    }
+
+    pub fn tls(&self) -> Option<&TlsFiles> {
+        self.tls.as_ref()
+    }
+
+    /// Plain TCP to agents; accepted only when every agent endpoint is loopback.
+    pub fn plaintext_loopback(&self) -> bool {
+        self.plaintext_loopback
+    }
+
+    /// Command run by `hanfs failover` to fence a dead SN; `{sn}` and `{address}` are substituted.
+    pub fn fence(&self) -> &[String] {
+        &self.fence
+    }
+
+    /// Deadline of everything one SN does in one run (connect, transfer, commit, exports): an SN
+    /// that has not finished by then is reported failed and the run ends without it.
+    pub fn sn_timeout_secs(&self) -> u64 {
+        self.sn_timeout_secs
+    }
+
+    pub fn sns(&self) -> &[ServiceNode] {
+        &self.sns
+    }
+
+    pub fn externals(&self) -> &[ExternalServer] {
+        &self.externals
+    }
+
+    pub fn images(&self) -> &[Image] {
+        &self.images
+    }
+
+    pub fn statelite(&self) -> &[Statelite] {
+        &self.statelite
+    }
+
+    pub fn nodes(&self) -> &[Node] {
+        &self.nodes
+    }
+
+    /// Which SN serves which node now.
+    pub fn placement(&self) -> &Placement {
+        &self.placement
+    }
+
+    /// The SN serving `node` now (its home unless moved).
+    pub fn serving(&self, node: &str) -> Option<&str> {
+        self.placement.serving(node)
+    }
+
+    /// This cluster with `moves` (node -> SN) applied, each checked: the node exists, the SN is an SN
+    /// of this cluster (not an external server) and does not serve the node already. A move to the
+    /// node's home undoes its move. All or nothing: on an error nothing is applied.
+    pub fn with_moves(&self, moves: &BTreeMap<String, String>) -> Result<Cluster, MoveError> {
+        let mut out = self.clone();
+        for (node, sn) in moves {
+            if self.node(node).is_none() {
+                return Err(MoveError::UnknownNode(node.clone()));
+            }
+            if self.sn(sn).is_none() {
+                return Err(if self.externals.iter().any(|e| &e.name == sn) {
+                    MoveError::NotAnSn { node: node.clone(), sn: sn.clone() }
+                } else {
+                    MoveError::UnknownSn { node: node.clone(), sn: sn.clone() }
+                });
+            }
+            if self.placement.serving(node) == Some(sn.as_str()) {
+                return Err(MoveError::AlreadyServed { node: node.clone(), sn: sn.clone() });
+            }
+            out.placement.set(node, sn);
+        }
+        Ok(out)
+    }
+
+    /// This cluster with a persisted move record applied, leniently: the config may have changed
+    /// since the moves were made, so an entry naming a node or SN no longer in it is left out with a
+    /// warning (never fatal), and an entry naming the SN that serves the node already is a no-op.
+    pub fn with_recorded_moves(&self, moves: &BTreeMap<String, String>) -> (Cluster, Vec<String>) {
+        let mut out = self.clone();
+        let mut warn = Vec::new();
+        for (node, sn) in moves {
+            if self.sn(sn).is_none() {
+                warn.push(format!("moved node {node}: SN `{sn}` is no longer in the config; ignored"));
+            } else if self.node(node).is_none() {
+                warn.push(format!("moved node `{node}` is no longer in the config; ignored"));
+            } else {
+                out.placement.set(node, sn);
+            }
+        }
+        (out, warn)
     }
 
     pub fn sn(&self, name: &str) -> Option<&ServiceNode> {
@@ -552,6 +656,7 @@ fn validate(raw: RawFile, sink: &mut Sink<'_>) -> Option<Cluster> {
     }
 
     let mut nodes = Vec::new();
+    let mut serving = Vec::new();
     let mut node_names = BTreeSet::new();
     for (i, n) in raw.node.iter().enumerate() {
         let name = n.name.get_ref();
@@ -607,8 +712,9 @@ fn validate(raw: RawFile, sink: &mut Sink<'_>) -> Option<Cluster> {
             }
             out
         });
-        if ok {
-            nodes.push(Node { name: name.clone(), sns: list, served_by, statelite: areas });
+        if let (true, Some(home)) = (ok, list.first()) {
+            serving.push((name.clone(), home.clone(), Some(served_by)));
+            nodes.push(Node { name: name.clone(), sns: list, statelite: areas });
         }
     }
 
@@ -649,6 +755,7 @@ fn validate(raw: RawFile, sink: &mut Sink<'_>) -> Option<Cluster> {
         images,
         statelite,
         nodes,
+        placement: Placement::new(serving),
     })
 }
 
@@ -798,8 +905,8 @@ served_by = "sn1"
         assert_eq!(c.sns[2].backups, vec!["sn1", "sn2"]);
         assert_eq!(c.images[0].sns, vec!["sn1", "sn2", "sn3"]);
         assert_eq!(c.sns[0].agent.port, 7001);
-        assert!(c.node("cn002").unwrap().is_migrated());
-        assert!(!c.node("cn001").unwrap().is_migrated());
+        assert!(c.placement().is_moved("cn002"));
+        assert!(!c.placement().is_moved("cn001"));
         let rs: Vec<_> = c.replica_set(&c.sns[2]).iter().map(|s| s.name).collect();
         assert_eq!(rs, vec!["sn3", "sn1", "sn2"]);
     }
@@ -942,6 +1049,111 @@ served_by = "sn1"
         let d = Cluster::from_toml("c.toml", &nested).unwrap_err();
         let line = nested[..nested.rfind("path = ").unwrap()].matches('\n').count() + 1;
         assert_eq!(d.0[0].line, line, "{d}");
+    }
+
+    fn moves(list: &[(&str, &str)]) -> BTreeMap<String, String> {
+        list.iter().map(|(n, s)| (n.to_string(), s.to_string())).collect()
+    }
+
+    #[test]
+    fn placement_from_config() {
+        let c = Cluster::from_toml("c.toml", OK).unwrap();
+        let p = c.placement();
+        assert_eq!(p.home("cn001"), Some("sn1"));
+        assert_eq!(p.serving("cn001"), Some("sn1"));
+        // served_by in the config is a move away from the home (sns[0]).
+        assert_eq!(p.home("cn002"), Some("sn2"));
+        assert_eq!(p.serving("cn002"), Some("sn1"));
+        assert_eq!(p.moves(), moves(&[("cn002", "sn1")]));
+        assert_eq!(p.serving("cn999"), None);
+        assert_eq!(p.served_by("sn1").collect::<Vec<_>>(), vec!["cn001", "cn002"]);
+        assert_eq!(p.served_by("sn2").count(), 0);
+    }
+
+    #[test]
+    fn with_moves_checks_each_move() {
+        let text = format!("{OK}\n[[external]]\nname = \"ext1\"\naddress = \"127.0.0.9\"\n");
+        let c = Cluster::from_toml("c.toml", &text).unwrap();
+        assert_eq!(c.with_moves(&moves(&[("cn009", "sn2")])), Err(MoveError::UnknownNode("cn009".into())));
+        assert_eq!(
+            c.with_moves(&moves(&[("cn001", "sn9")])),
+            Err(MoveError::UnknownSn { node: "cn001".into(), sn: "sn9".into() })
+        );
+        assert_eq!(
+            c.with_moves(&moves(&[("cn001", "ext1")])),
+            Err(MoveError::NotAnSn { node: "cn001".into(), sn: "ext1".into() })
+        );
+        assert_eq!(
+            c.with_moves(&moves(&[("cn001", "sn1")])),
+            Err(MoveError::AlreadyServed { node: "cn001".into(), sn: "sn1".into() })
+        );
+        // All or nothing: a good move beside a bad one is not applied either.
+        assert!(c.with_moves(&moves(&[("cn001", "sn3"), ("cn009", "sn2")])).is_err());
+        assert_eq!(c.placement().serving("cn001"), Some("sn1"));
+
+        let after = c.with_moves(&moves(&[("cn001", "sn3")])).unwrap();
+        assert_eq!(after.serving("cn001"), Some("sn3"));
+        assert!(after.placement().is_moved("cn001"));
+        // The original is untouched: a Cluster never changes.
+        assert_eq!(c.serving("cn001"), Some("sn1"));
+        // Back home undoes the move.
+        let back = after.with_moves(&moves(&[("cn001", "sn1"), ("cn002", "sn2")])).unwrap();
+        assert!(back.placement().moves().is_empty());
+        assert_eq!(back.serving("cn002"), Some("sn2"));
+    }
+
+    #[test]
+    fn recorded_moves_drop_stale_entries() {
+        let c = Cluster::from_toml("c.toml", OK).unwrap();
+        let (after, warn) =
+            c.with_recorded_moves(&moves(&[("cn001", "sn2"), ("cn002", "sn1"), ("gone", "sn1"), ("cn002x", "sn7")]));
+        assert_eq!(after.placement().moves(), moves(&[("cn001", "sn2"), ("cn002", "sn1")]));
+        assert_eq!(warn.len(), 2, "{warn:?}");
+        assert!(warn.iter().any(|w| w.contains("`gone` is no longer in the config")), "{warn:?}");
+        assert!(warn.iter().any(|w| w.contains("SN `sn7` is no longer in the config")), "{warn:?}");
+    }
+
+    mod prop {
+        use super::*;
+        use proptest::prelude::*;
+
+        const NODES: [&str; 2] = ["cn001", "cn002"];
+        const SNS: [&str; 3] = ["sn1", "sn2", "sn3"];
+
+        proptest! {
+            /// Any sequence of accepted moves leaves each node served where its last move put it, a
+            /// node is "moved" exactly when that is not its home, and the move set applied to the
+            /// original config reproduces the same placement (the persisted overlay round trip).
+            #[test]
+            fn moves_compose(steps in proptest::collection::vec((0..2usize, 0..3usize), 0..12)) {
+                let base = Cluster::from_toml("c.toml", OK).unwrap();
+                let mut c = base.clone();
+                let mut want: BTreeMap<&str, &str> = BTreeMap::from([("cn001", "sn1"), ("cn002", "sn1")]);
+                for (n, s) in steps {
+                    let m = moves(&[(NODES[n], SNS[s])]);
+                    match c.with_moves(&m) {
+                        Ok(next) => {
+                            prop_assert_ne!(want[NODES[n]], SNS[s]);
+                            want.insert(NODES[n], SNS[s]);
+                            c = next;
+                        }
+                        Err(e) => {
+                            prop_assert_eq!(e, MoveError::AlreadyServed { node: NODES[n].into(), sn: SNS[s].into() });
+                            prop_assert_eq!(want[NODES[n]], SNS[s]);
+                        }
+                    }
+                }
+                for n in NODES {
+                    prop_assert_eq!(c.serving(n), Some(want[n]));
+                    prop_assert_eq!(c.placement().is_moved(n), c.placement().home(n) != Some(want[n]));
+                }
+                // The record of changes, replayed onto the config, gives the same placement back:
+                // also for cn002 moved home against the config's `served_by`.
+                let (replayed, warn) = base.with_recorded_moves(&c.placement().changes());
+                prop_assert!(warn.is_empty());
+                prop_assert_eq!(replayed.placement(), c.placement());
+            }
+        }
     }
 
     #[test]

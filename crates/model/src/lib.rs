@@ -10,6 +10,7 @@ pub mod cluster;
 pub mod error;
 pub mod name;
 pub mod path;
+pub mod placement;
 
 pub use addr::{Address, Endpoint};
 pub use agent::AgentConfig;
@@ -19,3 +20,4 @@ pub use cluster::{
 pub use error::{Diagnostic, Diagnostics};
 pub use name::{check_name, Name, MAX_NAME};
 pub use path::{AbsPath, RelPath};
+pub use placement::{MoveError, Placement};

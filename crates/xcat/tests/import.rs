@@ -89,7 +89,7 @@ fn xcat_reading_rules_hold() {
     for n in ["sn1", "aixsn1", "xcatmn", "fsp01"] {
         assert!(c.node(n).is_none(), "{n}");
     }
-    assert_eq!(c.nodes.len(), 199, "200 compute nodes less cn013 (disabled)");
+    assert_eq!(c.nodes().len(), 199, "200 compute nodes less cn013 (disabled)");
     // Addresses as nodes see them: regex xcatmaster; names resolved through hosts.
     let addr = |s: &str| c.sn(s).unwrap().address.to_string();
     assert_eq!(addr("sn1"), "10.0.1.254");
@@ -102,15 +102,15 @@ fn xcat_reading_rules_hold() {
     assert_eq!(c.sn("sn1").unwrap().backups, ["sn2", "sn3"]);
     assert_eq!(c.sn("sn4").unwrap().backups, ["sn1"]);
     assert_eq!(c.sn("aixsn2").unwrap().backups, ["aixsn1"]);
-    assert_eq!(c.domain.as_deref(), Some("cluster.example"));
+    assert_eq!(c.domain(), Some("cluster.example"));
     // Statelite: a literal server on the backup SN means the node is served from there.
-    assert_eq!(c.node("cn007").unwrap().served_by, "sn2");
-    assert_eq!(c.node("cn008").unwrap().served_by, "sn1");
-    assert_eq!(c.node("an006").unwrap().served_by, "aixsn2");
-    let sl: Vec<(&str, &str)> = c.statelite.iter().map(|s| (s.name.as_str(), s.path.as_str())).collect();
+    assert_eq!(c.serving("cn007"), Some("sn2"));
+    assert_eq!(c.serving("cn008"), Some("sn1"));
+    assert_eq!(c.serving("an006"), Some("aixsn2"));
+    let sl: Vec<(&str, &str)> = c.statelite().iter().map(|s| (s.name.as_str(), s.path.as_str())).collect();
     assert_eq!(sl, [("aixstate", "/aixstate"), ("nodedata", "/nodedata")]);
     // Images: rootimg relative to installdir, xCAT's default rootimgdir, NIM trees but never paging/dump.
-    let im: Vec<(&str, &str)> = c.images.iter().map(|i| (i.name.as_str(), i.path.as_str())).collect();
+    let im: Vec<(&str, &str)> = c.images().iter().map(|i| (i.name.as_str(), i.path.as_str())).collect();
     assert_eq!(
         im,
         [

@@ -56,11 +56,11 @@ fn linux_pools_with_external_nfs() {
     assert_eq!(c.sn("sn3").unwrap().agent.to_string(), "sn3:7468");
     // "" on c005's own row is no value: the pool's list applies (xcat-truth.json).
     assert_eq!(c.node("c005").unwrap().sns, ["sn1", "sn2"]);
-    assert_eq!(c.nodes.len(), 16);
+    assert_eq!(c.nodes().len(), 16);
     has(&imp, Severity::Skipped, "noderes", "nfs-ha", "no servicenode");
     // Images from nodetype.provmethod only (c006's stale current_osimage is not read), each on the
     // SNs of the nodes that boot it.
-    let im: Vec<(&str, &str)> = c.images.iter().map(|i| (i.name.as_str(), i.path.as_str())).collect();
+    let im: Vec<(&str, &str)> = c.images().iter().map(|i| (i.name.as_str(), i.path.as_str())).collect();
     assert_eq!(
         im,
         [
@@ -75,7 +75,7 @@ fn linux_pools_with_external_nfs() {
     // Statelite: one area per statemnt directory; each node only in its own; the GPU nodes'
     // /gpudata beside the others' /nodedata; poolB's data on the external HA-NFS server is not
     // hanfs's; the stateless nodes mount no statemnt at all (anaconda.pm:617-680).
-    let sl: Vec<(&str, &str)> = c.statelite.iter().map(|s| (s.name.as_str(), s.path.as_str())).collect();
+    let sl: Vec<(&str, &str)> = c.statelite().iter().map(|s| (s.name.as_str(), s.path.as_str())).collect();
     assert_eq!(sl, [("gpudata", "/gpudata"), ("nodedata", "/nodedata")]);
     assert_eq!(c.node("c007").unwrap().statelite.as_deref(), Some(&["gpudata".to_string()][..]));
     assert_eq!(c.node("c001").unwrap().statelite.as_deref(), Some(&["nodedata".to_string()][..]));
@@ -108,11 +108,11 @@ fn aix_setuphanfs_pair() {
         assert_eq!(sn.address.to_string(), a, "{s}");
         assert_eq!(sn.backups, [b], "{s}");
     }
-    assert_eq!(c.domain.as_deref(), Some("aix.example"));
+    assert_eq!(c.domain(), Some("aix.example"));
     // Only what doSNcopy2 copies to SNs (aixinstall.pm:9776-9801): the spot and resolv_conf of a
     // diskless image; never its lpp_source, shared_root (NIM makes it per SN) or the per-client
     // read-write resources.
-    let im: Vec<&str> = c.images.iter().map(|i| i.path.as_str()).collect();
+    let im: Vec<&str> = c.images().iter().map(|i| i.path.as_str()).collect();
     assert_eq!(im, ["nim/spot/71Bspot", "nim/resolv_conf/71Bresolv"]);
     for what in [
         "lpp_source `71Blpp`",
@@ -127,9 +127,9 @@ fn aix_setuphanfs_pair() {
     // The SNs' own standalone image is booted by no node an SN serves.
     has(&imp, Severity::Skipped, "osimage", "71Bsn", "no node");
     // Statelite: $noderes.xcatmaster resolves to each node's primary (by its en1 name).
-    assert_eq!(c.statelite.len(), 1);
-    assert_eq!(c.node("aixcn05").unwrap().served_by, "aixsn2");
-    assert_eq!(c.node("aixcn01").unwrap().served_by, "aixsn1");
+    assert_eq!(c.statelite().len(), 1);
+    assert_eq!(c.serving("aixcn05"), Some("aixsn2"));
+    assert_eq!(c.serving("aixcn01"), Some("aixsn1"));
     let ex = exports::render_sn(c, "aixsn1").unwrap();
     assert!(ex.contains("\n/nodedata/aixcn01 -vers=4,rw,root=*\n") && !ex.contains("\n/nodedata -vers"), "{ex}");
     assert!(!ex.contains("/nodedata/aixcn05"), "{ex}");
@@ -143,7 +143,7 @@ fn shared_install_on_the_sns() {
     assert_eq!(c.image("rh92-netboot").unwrap().sns, ["sn1"]);
     has(&imp, Severity::Warning, "site", "sharedinstall", "replicated once, to sn1");
     // The stateless nodes: no statelite at all; regex servicenode and xcatmaster per node.
-    assert!(c.statelite.is_empty());
+    assert!(c.statelite().is_empty());
     assert_eq!(c.node("n02").unwrap().sns, ["sn2", "sn1"]);
     assert_eq!(c.sn("sn2").unwrap().address.to_string(), "10.5.1.2");
 }

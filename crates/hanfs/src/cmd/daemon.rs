@@ -9,7 +9,7 @@ use std::time::Duration;
 
 pub fn run(g: &Global, a: DaemonArgs) -> Result<Status> {
     let ctl = super::controller(g)?;
-    if ctl.cluster.images.is_empty() {
+    if ctl.cluster.images().is_empty() {
         return Err(bad_input(format!("{}: no [[image]] to watch", g.config.display())));
     }
     let metrics = Arc::new(Metrics::default());

@@ -260,7 +260,7 @@ fn demo(g: &Global, a: DemoArgs) -> Result<Status> {
 
     let model = model::Cluster::from_toml(&cfg_path.display().to_string(), &cluster).map_err(anyhow::Error::new)?;
     let ctl = std::sync::Arc::new(controller::Controller::new(model)?);
-    let images = ctl.cluster.images.clone();
+    let images = ctl.cluster.images().to_vec();
     let rt = super::runtime()?;
     let mut ok = true;
     let mut summary = serde_json::Map::new();

@@ -24,10 +24,10 @@ pub fn run(g: &Global, a: ExportsArgs) -> Result<Status> {
     let cluster = load_cluster(g)?;
     let sns: Vec<&ServiceNode> = match &a.sn {
         Some(name) => vec![cluster.sn(name).ok_or_else(|| {
-            let known: Vec<&str> = cluster.sns.iter().map(|s| s.name.as_str()).collect();
+            let known: Vec<&str> = cluster.sns().iter().map(|s| s.name.as_str()).collect();
             bad_input(format!("{}: unknown SN `{name}` (the cluster has: {})", g.config.display(), known.join(", ")))
         })?],
-        None => cluster.sns.iter().collect(),
+        None => cluster.sns().iter().collect(),
     };
     let mut texts = Vec::new();
     for sn in &sns {
@@ -59,5 +59,5 @@ pub fn run(g: &Global, a: ExportsArgs) -> Result<Status> {
 fn text_for(g: &Global, cluster: &Cluster, sn: &ServiceNode, commands: bool) -> Result<String> {
     let ex = exports::build(cluster, &sn.name)
         .map_err(|e| bad_input(format!("{}: SN `{}`: {e}", g.config.display(), sn.name)))?;
-    Ok(if commands { exports::commands(&ex, &sn.name, cluster.domain.as_deref()) } else { exports::render(&ex) })
+    Ok(if commands { exports::commands(&ex, &sn.name, cluster.domain()) } else { exports::render(&ex) })
 }

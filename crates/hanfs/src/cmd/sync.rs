@@ -49,7 +49,7 @@ fn controller(g: &Global) -> Result<Arc<Controller>> {
 
 fn images(g: &Global, c: &model::Cluster, f: &ImageFilter) -> Result<Vec<model::Image>> {
     if f.images.is_empty() {
-        return Ok(c.images.clone());
+        return Ok(c.images().to_vec());
     }
     f.images
         .iter()
@@ -64,7 +64,7 @@ pub fn plan(g: &Global, a: SyncArgs) -> Result<Status> {
     let exports: BTreeMap<String, String> = controller::render_exports(&cluster)?.into_iter().collect();
     // Against what hanfs last wrote to each SN (recorded by sync), so an admin sees what will change.
     let diffs: BTreeMap<String, String> = cluster
-        .sns
+        .sns()
         .iter()
         .filter_map(|sn| {
             let wanted = exports.get(&sn.name)?;
@@ -183,7 +183,7 @@ pub fn sync(g: &Global, a: SyncArgs) -> Result<Status> {
     let r = rt.block_on(c.sync(&imgs))?;
     // Statelite data is copied on a full sync (no --image filter): serving SN -> each backup,
     // with the placement as recorded after the images (see `statelite::round`).
-    let statelite = if a.filter.images.is_empty() && !c.cluster.statelite.is_empty() {
+    let statelite = if a.filter.images.is_empty() && !c.cluster.statelite().is_empty() {
         rt.block_on(controller::statelite::round(&c))?
     } else {
         Vec::new()
