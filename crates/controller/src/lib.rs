@@ -17,6 +17,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod daemon;
+pub mod demo;
 mod image;
 pub mod progress;
 mod push;
@@ -37,6 +38,12 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinSet;
 use transport::Conn;
+
+/// The caller's input is wrong (an unknown SN or node, a move to where the node already is, a
+/// bad demo option): nothing was changed (the CLI's exit 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BadInput(pub String);
 
 /// Timeouts of a run.
 #[derive(Debug, Clone)]

@@ -15,11 +15,7 @@ use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-/// The caller's input is wrong (unknown SN or node, a move to where the node already is):
-/// nothing was changed.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct BadInput(pub String);
+pub use crate::BadInput;
 
 #[derive(Debug, Default, Serialize)]
 pub struct MoveReport {

@@ -71,7 +71,7 @@ fn repoint(x: &XcatRepoint, log: &Path, moves: &[(String, String)], dry: bool) -
 fn finish(g: &Global, what: &str, r: Result<MoveReport>) -> Result<Status> {
     let rep = match r {
         Ok(r) => r,
-        Err(e) => match e.downcast_ref::<rd::BadInput>() {
+        Err(e) => match e.downcast_ref::<controller::BadInput>() {
             Some(b) => return Err(bad_input(format!("{}: {b}", g.config.display()))),
             None => return Err(e),
         },
