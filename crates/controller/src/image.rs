@@ -19,7 +19,7 @@ pub struct Last {
 }
 
 fn image_dir(cluster: &Cluster, name: &str) -> PathBuf {
-    Path::new(cluster.state_dir().as_str()).join("images").join(name)
+    crate::StateDir::of(cluster).image_dir(name)
 }
 
 impl Last {

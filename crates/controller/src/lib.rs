@@ -10,22 +10,41 @@
 //! - A replica counts as synced only when the digest the agent reports equals the source's.
 //! - `last` advances only when at least one replica reached the new generation, so the signatures on the
 //!   MN always describe a generation some replica holds.
+//! - Which SN serves which node is the config plus the moves recorded in the state dir
+//!   ([`StateDir`]); exports are rendered from it under the placement lock right before each push.
+//! - One tokio task per SN (a `JoinSet`; the `Controller` is shared behind an `Arc`); CPU and disk
+//!   work runs on blocking threads, never on the async workers.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 mod error;
+pub mod daemon;
+pub mod demo;
 mod image;
+pub mod progress;
+mod push;
+pub mod redirect;
 mod sn;
+pub mod state;
 pub mod statelite;
 
 pub use error::SnError;
 pub use image::{plan_images, prepare, ImagePlan, Prepared};
+pub use push::render_exports;
 pub use sn::{deployed_exports, Conn};
+pub use state::{PlacementLock, StateDir, StateLock};
 
 use anyhow::{bail, Context, Result};
 use model::{Cluster, ServiceNode};
 use serde::Serialize;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::task::JoinSet;
+
+/// The caller's input is wrong (an unknown SN or node, a move to where the node already is, a
+/// bad demo option): nothing was changed (the CLI's exit 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BadInput(pub String);
 
 /// Timeouts of a run.
 #[derive(Debug, Clone)]
@@ -34,7 +53,7 @@ pub struct Timeouts {
     pub frame: Duration,
     /// An agent's commit (stage fsync + renames) of one image; within `sn`.
     pub commit: Duration,
-    /// Everything one SN does in one run, commits included (`cluster.sn_timeout_secs`).
+    /// Everything one SN does in one run, commits included (`cluster.sn_timeout_secs()`).
     pub sn: Duration,
 }
 
@@ -49,11 +68,15 @@ impl Default for Timeouts {
 }
 
 pub struct Controller {
+    /// The cluster config as loaded: `served_by` as the config file says. Where nodes are served
+    /// now is [`Controller::placed`] (the moves recorded in the state dir applied to it).
     pub cluster: Arc<Cluster>,
+    /// The MN's state directory (every state file and lock).
+    pub state: StateDir,
     tls: Option<Arc<rustls::ClientConfig>>,
     pub timeouts: Timeouts,
-    /// Show indicatif progress bars (only when stderr is a terminal and output is not JSON).
-    pub progress: bool,
+    /// Receives progress events of `sync` (the CLI draws bars from them).
+    pub progress: Option<progress::Hook>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -142,37 +165,9 @@ pub struct StatusReport {
     pub sns: Vec<SnStatus>,
 }
 
-/// Held for a run that writes the MN's state (`sync`, `plan`): two at once would remove each
-/// other's payloads and race on `last`. Released when dropped (or when the process dies).
-pub struct StateLock(#[allow(dead_code)] std::fs::File);
-
+/// The state lock of `cluster`'s state dir (see [`StateDir::lock_state`]).
 pub fn lock_state(cluster: &Cluster) -> Result<StateLock> {
-    let dir = std::path::Path::new(cluster.state_dir().as_str());
-    match flock(dir, "lock", false)? {
-        Some(f) => Ok(StateLock(f)),
-        None => bail!("another hanfs sync or plan is using {} (lock {}/lock)", dir.display(), dir.display()),
-    }
-}
-
-/// Opens `dir/name` (creating both) and takes an exclusive flock on it, waiting for it when `wait`,
-/// else `None` if another process holds it. The lock lives as long as the returned file.
-pub(crate) fn flock(dir: &std::path::Path, name: &str, wait: bool) -> Result<Option<std::fs::File>> {
-    use rustix::fs::FlockOperation;
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let p = dir.join(name);
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&p)
-        .with_context(|| format!("opening {}", p.display()))?;
-    let op = if wait { FlockOperation::LockExclusive } else { FlockOperation::NonBlockingLockExclusive };
-    // Released when the file is closed.
-    match rustix::fs::flock(&f, op) {
-        Ok(()) => Ok(Some(f)),
-        Err(rustix::io::Errno::WOULDBLOCK) if !wait => Ok(None),
-        Err(e) => Err(std::io::Error::from(e)).with_context(|| format!("locking {}", p.display())),
-    }
+    StateDir::of(cluster).lock_state()
 }
 
 /// Whether a source file changed while it was read (the scan or a payload saw two versions).
@@ -198,19 +193,6 @@ fn prepare_retrying(cluster: &Cluster, image: &model::Image) -> Result<Prepared>
     }
 }
 
-/// Renders the exports of every SN of `cluster`, in its dialect (Linux file, AIX managed block).
-pub fn render_exports(cluster: &Cluster) -> Result<Vec<(String, String)>> {
-    cluster
-        .sns()
-        .iter()
-        .map(|s| {
-            let text =
-                exports::render_sn(cluster, &s.name).map_err(|e| anyhow::anyhow!("exports of {}: {e}", s.name))?;
-            Ok((s.name.clone(), text))
-        })
-        .collect()
-}
-
 impl Controller {
     /// Loads TLS material from the cluster config; plain TCP only when the config allows it and
     /// every agent is on loopback.
@@ -228,7 +210,15 @@ impl Controller {
             }
         };
         let timeouts = Timeouts { sn: Duration::from_secs(cluster.sn_timeout_secs()), ..Timeouts::default() };
-        Ok(Controller { cluster: Arc::new(cluster), tls, timeouts, progress: false })
+        let state = StateDir::of(&cluster);
+        Ok(Controller { cluster: Arc::new(cluster), state, tls, timeouts, progress: None })
+    }
+
+    /// The cluster as it is served now: the config with the recorded moves applied (warnings for
+    /// moves naming nodes or SNs no longer in the config). Under [`StateDir::lock_placement`]
+    /// when what follows must not see it change.
+    pub fn placed(&self) -> Result<(Cluster, Vec<String>)> {
+        self.state.placed(&self.cluster)
     }
 
     /// Dials an SN's agent and does the handshake (see `sn::connect`).
@@ -249,15 +239,10 @@ impl Controller {
             .collect()
     }
 
-    /// Renders the exports of every SN (per its dialect).
-    pub fn render_exports(&self) -> Result<Vec<(String, String)>> {
-        render_exports(&self.cluster)
-    }
-
     /// One-shot sync of `images`: scan, plan, send to every SN concurrently, verify digests, write
     /// exports, save the new generation.
-    pub async fn sync(&self, images: &[model::Image]) -> Result<SyncReport> {
-        let _lock = lock_state(&self.cluster)?;
+    pub async fn sync(self: &Arc<Self>, images: &[model::Image]) -> Result<SyncReport> {
+        let _lock = self.state.lock_state()?;
         let cluster = self.cluster.clone();
         let imgs = images.to_vec();
         let t = std::time::Instant::now();
@@ -282,15 +267,22 @@ impl Controller {
             }
         }
         tracing::info!("scanned and planned {} images in {:.2?}", prepared.len(), t.elapsed());
-        let rendered = self.render_exports()?;
-        let mp = if self.progress { Some(indicatif::MultiProgress::new()) } else { None };
-        let mut tasks = Vec::new();
-        for sn in self.cluster.sns() {
+        // Exports that do not render fail the run before any SN is touched; each SN's are rendered
+        // again, from the placement of that moment, right before they are pushed.
+        render_exports(&self.placed()?.0)?;
+        let mut tasks = JoinSet::new();
+        for (i, sn) in self.cluster.sns().iter().enumerate() {
             let mine: Vec<Arc<Prepared>> =
                 prepared.iter().filter(|p| p.image.sns.iter().any(|s| s == &sn.name)).cloned().collect();
-            let text = rendered.iter().find(|(n, _)| n == &sn.name).map(|(_, t)| t.clone());
-            let bar = mp.as_ref().map(|m| m.add(sn::bar(&sn.name)));
-            tasks.push(sn::sync_sn(self, sn.clone(), mine, text, bar));
+            let bar = self.progress.as_ref().map(|h| progress::ProgressBar::new(&sn.name, h.clone()));
+            let (ctl, sn) = (Arc::clone(self), sn.clone());
+            tasks.spawn(async move {
+                let mut o = sn::sync_sn(&ctl, sn.clone(), mine, None, bar).await;
+                if o.error.is_none() {
+                    ctl.exports_after_sync(&sn, &mut o).await;
+                }
+                (i, o)
+            });
         }
         let t = std::time::Instant::now();
         let signing: Vec<_> = prepared
@@ -310,7 +302,7 @@ impl Controller {
                 })
             })
             .collect();
-        let outcomes = futures::future::join_all(tasks).await;
+        let outcomes = join_ordered(tasks).await?;
         tracing::info!("every SN done in {:.2?}", t.elapsed());
         let mut report = SyncReport {
             ok: true,
@@ -357,20 +349,21 @@ impl Controller {
     }
 
     /// Every replica's digest (a fresh scan on the SN) against the source's.
-    pub async fn verify(&self, images: &[model::Image]) -> Result<SyncReport> {
+    pub async fn verify(self: &Arc<Self>, images: &[model::Image]) -> Result<SyncReport> {
         let cluster = self.cluster.clone();
         let imgs = images.to_vec();
         let sources: Vec<(model::Image, String)> = tokio::task::spawn_blocking(move || {
             imgs.iter().map(|i| image::source_digest(&cluster, i).map(|d| (i.clone(), d))).collect::<Result<Vec<_>>>()
         })
         .await??;
-        let mut tasks = Vec::new();
-        for sn in self.cluster.sns() {
+        let mut tasks = JoinSet::new();
+        for (i, sn) in self.cluster.sns().iter().enumerate() {
             let mine: Vec<(model::Image, String)> =
                 sources.iter().filter(|(i, _)| i.sns.iter().any(|s| s == &sn.name)).cloned().collect();
-            tasks.push(sn::verify_sn(self, sn.clone(), mine));
+            let (ctl, sn) = (Arc::clone(self), sn.clone());
+            tasks.spawn(async move { (i, sn::verify_sn(&ctl, sn, mine).await) });
         }
-        let outcomes = futures::future::join_all(tasks).await;
+        let outcomes = join_ordered(tasks).await?;
         let mut report = SyncReport {
             ok: true,
             replicas: Vec::new(),
@@ -390,7 +383,7 @@ impl Controller {
     }
 
     /// Per SN: reachable, and generation and digest per image.
-    pub async fn status(&self) -> Result<StatusReport> {
+    pub async fn status(self: &Arc<Self>) -> Result<StatusReport> {
         let lasts: Vec<(String, u64)> = self
             .cluster
             .images()
@@ -399,29 +392,51 @@ impl Controller {
                 image::Last::load(&self.cluster, &i.name).ok().flatten().map(|l| (i.name.clone(), l.generation))
             })
             .collect();
-        let tasks = self.cluster.sns().iter().map(|sn| sn::status_sn(self, sn.clone(), &lasts));
-        Ok(StatusReport { sns: futures::future::join_all(tasks).await })
+        let lasts = Arc::new(lasts);
+        let mut tasks = JoinSet::new();
+        for (i, sn) in self.cluster.sns().iter().enumerate() {
+            let (ctl, sn, lasts) = (Arc::clone(self), sn.clone(), Arc::clone(&lasts));
+            tasks.spawn(async move { (i, sn::status_sn(&ctl, sn, &lasts).await) });
+        }
+        Ok(StatusReport { sns: join_ordered(tasks).await? })
+    }
+
+    /// After an SN's images synced: its exports, rendered under the placement lock from the
+    /// placement of this moment (a `migrate` since the run started is kept), then pushed.
+    async fn exports_after_sync(&self, sn: &ServiceNode, o: &mut sn::SnOutcome) {
+        let r = async {
+            let lock = self.state.lock_placement_async().await?;
+            match tokio::time::timeout(self.timeouts.sn, push::push_exports(self, &lock, &sn.name)).await {
+                Ok(r) => r,
+                Err(_) => bail!("exports: timed out after {:?}", self.timeouts.sn),
+            }
+        }
+        .await;
+        let err = match r {
+            Ok((rep, bytes)) => {
+                o.extra_bytes += bytes;
+                let err = (!rep.reloaded).then(|| format!("exports written but reload failed: {}", rep.output));
+                o.exports.push(rep);
+                err
+            }
+            Err(e) => Some(format!("{e:#}")),
+        };
+        if let Some(e) = err {
+            tracing::warn!("SN {}: {e}", sn.name);
+            for r in o.replicas.iter_mut().filter(|r| !r.matches && r.error.is_none()) {
+                r.error = Some(e.clone());
+            }
+            o.error = Some(e);
+        }
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use model::config::{sp, ClusterSection, ConfigFile, SnSection};
-
-    #[test]
-    fn one_state_writing_run_at_a_time() {
-        let d = tempfile::tempdir().unwrap();
-        let s = |p: std::path::PathBuf| p.to_str().unwrap().to_string();
-        let mut section = ClusterSection::new(s(d.path().join("src")));
-        section.state_dir = Some(sp(s(d.path().join("state"))));
-        section.plaintext_loopback = true;
-        let mut file = ConfigFile::new(section);
-        file.sn.push(SnSection::new("sn1", "127.0.0.1").agent("127.0.0.1:7468"));
-        let c = model::Cluster::from_config("t.toml", &file).unwrap();
-        let held = super::lock_state(&c).unwrap();
-        let e = super::lock_state(&c).err().unwrap().to_string();
-        assert!(e.contains("another hanfs sync or plan"), "{e}");
-        drop(held);
-        super::lock_state(&c).unwrap();
+/// Every task's result, in the order the tasks were numbered (reports list SNs as configured).
+async fn join_ordered<T: 'static>(mut tasks: JoinSet<(usize, T)>) -> Result<Vec<T>> {
+    let mut out = Vec::with_capacity(tasks.len());
+    while let Some(r) = tasks.join_next().await {
+        out.push(r.context("an SN task failed")?);
     }
+    out.sort_by_key(|(i, _)| *i);
+    Ok(out.into_iter().map(|(_, t)| t).collect())
 }

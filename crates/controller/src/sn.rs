@@ -4,8 +4,8 @@
 
 use crate::error::SnError;
 use crate::image::{PayloadFile, Prepared};
+use crate::progress::ProgressBar;
 use crate::{Controller, ExportsReport, ImageStatus, ReplicaReport, SnStatus};
-use indicatif::{ProgressBar, ProgressStyle};
 use model::ServiceNode;
 use proto::{req, Digest, ImageState, Name, ToAgent, CHUNK};
 use std::io::Read;
@@ -38,15 +38,6 @@ impl SnOutcome {
         self.error = Some(msg);
         self.cause = Some(cause);
     }
-}
-
-pub fn bar(sn: &str) -> ProgressBar {
-    let b = ProgressBar::new(0);
-    if let Ok(s) = ProgressStyle::with_template("{prefix:>8} [{bar:30}] {bytes}/{total_bytes} {msg}") {
-        b.set_style(s.progress_chars("=> "));
-    }
-    b.set_prefix(sn.to_string());
-    b
 }
 
 /// CPU or disk work (a diff, a compression, a file read) on the blocking pool, so one SN's work

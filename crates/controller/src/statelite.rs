@@ -6,21 +6,19 @@
 //! file from the serving agent to the backup (`StateliteRead` -> `Blob`), then `Commit`. Unchanged
 //! files, moves and copies are never resent; changed files travel whole (no deltas yet).
 //!
-//! State kept in the cluster's `state_dir`:
-//! - `served_by`: the move overlay, one `NODE SN` line per moved node, written atomically by
-//!   `migrate`/`failover` and applied by [`apply_overlay`] on every config load, so every later
-//!   render keeps `refer=` on the old SN and rw on the new one.
-//! - `statelite/<area>/<node>/<sn>`: `GENERATION DIGEST UNIX_SECONDS FROM` of the last successful sync
-//!   of that backup copy (status lag; failover's "holds a copy").
+//! Every round runs under the placement lock with the placement as recorded at its start
+//! ([`round`]), so a copy never goes from an SN that no longer serves the node. The state dir
+//! keeps `statelite/<area>/<node>/<sn>`: `GENERATION DIGEST UNIX_SECONDS FROM` of the last
+//! successful sync of that backup copy (status lag; failover's "holds a copy").
 
 use crate::sn::Conn;
+use crate::state::StateDir;
 use crate::{Controller, SnError};
 use anyhow::{anyhow, bail, Context, Result};
 use model::Cluster;
 use proto::{req, AbsPath, Encoding, Name, ToAgent};
 use serde::Serialize;
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// One backup copy to bring up to date.
 #[derive(Debug, Clone)]
@@ -89,133 +87,27 @@ pub fn pairs(cluster: &Cluster, nodes: Option<&[String]>) -> Vec<Pair> {
     out
 }
 
-// ---- lock ----------------------------------------------------------------------------------
-
-/// Held (flock on `state_dir/statelite.lock`) by every statelite sync round and by `migrate`/
-/// `failover` from loading the overlay to recording the move: a sync that read the old placement
-/// must never copy the stale old SN's data over the node's new live copy.
-pub struct Lock(std::fs::File);
-
-/// Takes the lock, waiting for a running move or sync to finish.
-pub fn lock(state_dir: &Path) -> Result<Lock> {
-    crate::flock(state_dir, "statelite.lock", true)?
-        .map(Lock)
-        .ok_or_else(|| anyhow::anyhow!("locking {}/statelite.lock", state_dir.display()))
-}
-
-impl Lock {
-    /// The locked file (kept open for the lock's lifetime).
-    pub fn file(&self) -> &std::fs::File {
-        &self.0
-    }
-}
-
-// ---- overlay -------------------------------------------------------------------------------
-
-fn overlay_file(state_dir: &Path) -> PathBuf {
-    state_dir.join("served_by")
-}
-
-/// Reads the move overlay (`NODE SN` lines; `#` comments); absent is empty.
-pub fn load_overlay(state_dir: &Path) -> Result<BTreeMap<String, String>> {
-    let f = overlay_file(state_dir);
-    let text = match std::fs::read_to_string(&f) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
-        Err(e) => return Err(e).with_context(|| format!("reading {}", f.display())),
-    };
-    let mut m = BTreeMap::new();
-    for (i, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let mut w = line.split_whitespace();
-        match (w.next(), w.next(), w.next()) {
-            (Some(n), Some(s), None) => {
-                m.insert(n.to_string(), s.to_string());
-            }
-            _ => bail!("{}:{}: expected `NODE SN`", f.display(), i + 1),
-        }
-    }
-    Ok(m)
-}
-
-/// Writes the overlay atomically (temporary file, fsync, rename, directory fsync).
-pub fn save_overlay(state_dir: &Path, m: &BTreeMap<String, String>) -> Result<()> {
-    let mut text = String::from("# hanfs: nodes moved by `hanfs migrate`/`failover` (NODE SN); overrides served_by\n");
-    for (n, s) in m {
-        text += &format!("{n} {s}\n");
-    }
-    write_atomic(&overlay_file(state_dir), text.as_bytes())
-}
-
-/// Applies the overlay to a loaded cluster; returns warnings for entries naming unknown nodes or SNs
-/// (left out, never fatal: the config may have changed since the move).
-pub fn apply_overlay(cluster: &Cluster) -> Result<(Cluster, Vec<String>)> {
-    let m = load_overlay(Path::new(cluster.state_dir().as_str()))?;
-    Ok(cluster.with_recorded_moves(&m))
-}
-
-/// Records new placements in the overlay. An entry is kept relative to the config: a move back to
-/// where the config places the node drops it, so the overlay replayed on the config gives the same
-/// placement.
-pub fn record_moves(cluster: &Cluster, moves: &[(String, String)]) -> Result<()> {
-    let sd = Path::new(cluster.state_dir().as_str());
-    let mut m = load_overlay(sd)?;
-    for (node, sn) in moves {
-        if cluster.placement().configured(node) == Some(sn.as_str()) {
-            m.remove(node);
-        } else {
-            m.insert(node.clone(), sn.clone());
-        }
-    }
-    save_overlay(sd, &m)
-}
-
-fn write_atomic(file: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let dir = file.parent().ok_or_else(|| anyhow!("{}: no parent", file.display()))?;
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let tmp =
-        dir.join(format!(".{}.tmp", file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()));
-    let mut f = std::fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
-    f.write_all(bytes).and_then(|_| f.sync_all()).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, file).with_context(|| format!("renaming onto {}", file.display()))?;
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
-}
-
 // ---- sync records --------------------------------------------------------------------------
 
-fn record_file(cluster: &Cluster, area: &str, node: &str, sn: &str) -> Result<PathBuf> {
-    for n in [area, node, sn] {
-        model::check_name(n).map_err(anyhow::Error::msg)?;
-    }
-    Ok(Path::new(cluster.state_dir().as_str()).join("statelite").join(area).join(node).join(sn))
-}
-
-fn save_record(cluster: &Cluster, p: &Pair, generation: u64, digest: &str) -> Result<()> {
-    let f = record_file(cluster, &p.area, &p.node, &p.to)?;
-    write_atomic(&f, format!("{generation} {digest} {} {}\n", now(), p.from).as_bytes())
+fn save_record(state: &StateDir, p: &Pair, generation: u64, digest: &str) -> Result<()> {
+    let f = state.statelite_record(&p.area, &p.node, &p.to)?;
+    crate::state::write(&f, format!("{generation} {digest} {} {}\n", now(), p.from).as_bytes())
 }
 
 /// (generation, digest, unix seconds) of the last successful sync of that copy.
-pub fn load_record(cluster: &Cluster, area: &str, node: &str, sn: &str) -> Option<(u64, String, u64)> {
-    let t = std::fs::read_to_string(record_file(cluster, area, node, sn).ok()?).ok()?;
+pub fn load_record(state: &StateDir, area: &str, node: &str, sn: &str) -> Option<(u64, String, u64)> {
+    let t = std::fs::read_to_string(state.statelite_record(area, node, sn).ok()?).ok()?;
     let mut w = t.split_whitespace();
     Some((w.next()?.parse().ok()?, w.next()?.to_string(), w.next()?.parse().ok()?))
 }
 
-/// Replication lag of every backup copy, from the records (no network).
-pub fn lags(cluster: &Cluster) -> Vec<Lag> {
+/// Replication lag of every backup copy of the placed `cluster`, from the records (no network).
+pub fn lags(state: &StateDir, cluster: &Cluster) -> Vec<Lag> {
     let t = now();
     pairs(cluster, None)
         .into_iter()
         .map(|p| {
-            let r = load_record(cluster, &p.area, &p.node, &p.to);
+            let r = load_record(state, &p.area, &p.node, &p.to);
             Lag {
                 area: p.area,
                 node: p.node,
@@ -257,9 +149,9 @@ fn on(sn: &str, e: SnError) -> SnError {
     }
 }
 
-/// Brings one backup copy up to date; retried once when a file changed under the scan.
-pub async fn sync_pair(ctl: &Controller, p: &Pair) -> StateliteReport {
-    let mut rep = StateliteReport {
+/// An empty report row for `p`.
+fn report(p: &Pair) -> StateliteReport {
+    StateliteReport {
         area: p.area.clone(),
         node: p.node.clone(),
         from: p.from.clone(),
@@ -270,13 +162,18 @@ pub async fn sync_pair(ctl: &Controller, p: &Pair) -> StateliteReport {
         files_sent: 0,
         bytes_sent: 0,
         error: None,
-    };
+    }
+}
+
+/// Brings one backup copy up to date; retried once when a file changed under the scan.
+pub async fn sync_pair(ctl: &Controller, p: &Pair) -> StateliteReport {
+    let mut rep = report(p);
     for attempt in 0..2 {
         match tokio::time::timeout(ctl.timeouts.sn, sync_once(ctl, p, &mut rep)).await {
             Ok(Ok(())) => {
                 rep.ok = true;
                 rep.error = None;
-                if let Err(e) = save_record(&ctl.cluster, p, rep.generation, &rep.digest) {
+                if let Err(e) = save_record(&ctl.state, p, rep.generation, &rep.digest) {
                     tracing::warn!("{}/{} on {}: recording the sync: {e:#}", p.area, p.node, p.to);
                 }
                 break;
@@ -409,10 +306,44 @@ async fn sync_once(ctl: &Controller, p: &Pair, rep: &mut StateliteReport) -> Res
 /// to keep sessions and open files per agent small on a large cluster.
 const PARALLEL: usize = 8;
 
-/// Syncs every pair, [`PARALLEL`] at a time; reports in the order of `pairs`.
-pub async fn sync_all(ctl: &Controller, pairs: &[Pair]) -> Vec<StateliteReport> {
-    use futures::StreamExt;
-    futures::stream::iter(pairs).map(|p| sync_pair(ctl, p)).buffered(PARALLEL).collect().await
+/// Syncs every pair, each in its own task, at most [`PARALLEL`] at once; reports in the order of
+/// `pairs`. The caller holds the placement lock (see [`round`]).
+pub async fn sync_all(ctl: &Arc<Controller>, pairs: &[Pair]) -> Vec<StateliteReport> {
+    let permits = Arc::new(tokio::sync::Semaphore::new(PARALLEL));
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, p) in pairs.iter().enumerate() {
+        let (ctl, p, permits) = (Arc::clone(ctl), p.clone(), Arc::clone(&permits));
+        tasks.spawn(async move {
+            // The semaphore is never closed, so acquiring fails only if it were: then run anyway.
+            let _permit = permits.acquire_owned().await.ok();
+            (i, sync_pair(&ctl, &p).await)
+        });
+    }
+    let mut out: Vec<Option<StateliteReport>> = vec![None; pairs.len()];
+    while let Some(r) = tasks.join_next().await {
+        match r {
+            Ok((i, rep)) => out[i] = Some(rep),
+            Err(e) => tracing::error!("a statelite copy task failed: {e}"),
+        }
+    }
+    out.into_iter()
+        .zip(pairs)
+        .map(|(r, p)| {
+            r.unwrap_or_else(|| StateliteReport { error: Some("the copy's task failed".into()), ..report(p) })
+        })
+        .collect()
+}
+
+/// One statelite round: under the placement lock and with the placement as recorded now (a
+/// `migrate` may have moved nodes since this controller was made), copy every node's data from
+/// its serving SN to each of its backups.
+pub async fn round(ctl: &Arc<Controller>) -> Result<Vec<StateliteReport>> {
+    let _lock = ctl.state.lock_placement_async().await?;
+    let (placed, warnings) = ctl.placed()?;
+    for w in warnings {
+        tracing::warn!("{w}");
+    }
+    Ok(sync_all(ctl, &pairs(&placed, None)).await)
 }
 
 /// True when `sn` answers and holds a recovered copy of every area of `node` that was synced at
@@ -423,7 +354,7 @@ pub async fn holds_copy(ctl: &Controller, sn: &str, node: &str) -> Result<()> {
     let mut c = ctl.connect(s).await?;
     let areas = cl.statelite().iter().filter(|a| cl.node(node).is_none_or(|n| n.uses_area(&a.name)));
     for area in areas {
-        let Some((_, digest, _)) = load_record(cl, &area.name, node, sn) else {
+        let Some((_, digest, _)) = load_record(&ctl.state, &area.name, node, sn) else {
             bail!("no synced copy of {}/{node} recorded for {sn}", area.name);
         };
         let (_, have) = open_copy(&mut c, area.path.as_str(), node).await?;
@@ -433,48 +364,4 @@ pub async fn holds_copy(ctl: &Controller, sn: &str, node: &str) -> Result<()> {
     }
     c.bye().await;
     Ok(())
-}
-
-/// Writes one SN's exports and runs its reload: (reloaded, output).
-pub async fn push_exports(ctl: &Controller, sn: &str, text: String) -> Result<(bool, String)> {
-    let s = ctl.cluster.sn(sn).ok_or_else(|| anyhow!("unknown SN {sn}"))?;
-    let mut c = ctl.connect(s).await?;
-    let done = c.call_within(req::Exports { text }, ctl.timeouts.commit).await?;
-    c.bye().await;
-    Ok((done.reloaded, done.output))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use model::config::{sp, ClusterSection, ConfigFile, NodeSection, SnSection};
-
-    /// cn002's home is sn2; the config has it on sn1 (`served_by`, a move xCAT made).
-    fn cluster(state: &Path) -> Cluster {
-        let mut section = ClusterSection::new("/install");
-        section.state_dir = Some(sp(state.to_str().unwrap().to_string()));
-        section.plaintext_loopback = true;
-        let mut f = ConfigFile::new(section);
-        f.sn.push(SnSection::new("sn1", "127.0.0.1"));
-        f.sn.push(SnSection::new("sn2", "127.0.0.2"));
-        f.node.push(NodeSection::new("cn001", ["sn1", "sn2"]));
-        f.node.push(NodeSection::new("cn002", ["sn2", "sn1"]).served_by("sn1"));
-        Cluster::from_config("t.toml", &f).unwrap()
-    }
-
-    /// Every recorded move survives a reload of the config, a move home against `served_by` too.
-    #[test]
-    fn recorded_moves_survive_a_reload() {
-        let d = tempfile::tempdir().unwrap();
-        let c = cluster(d.path());
-        let moves = vec![("cn001".to_string(), "sn2".to_string()), ("cn002".to_string(), "sn2".to_string())];
-        record_moves(&c, &moves).unwrap();
-        let (after, warn) = apply_overlay(&cluster(d.path())).unwrap();
-        assert!(warn.is_empty(), "{warn:?}");
-        assert_eq!(after.serving("cn001"), Some("sn2"));
-        assert_eq!(after.serving("cn002"), Some("sn2"), "moved home, and stays home");
-        // And back: cn001 home again drops its entry; the overlay keeps only cn002's.
-        record_moves(&after, &[("cn001".to_string(), "sn1".to_string())]).unwrap();
-        assert_eq!(load_overlay(d.path()).unwrap(), BTreeMap::from([("cn002".to_string(), "sn2".to_string())]));
-    }
 }

@@ -54,7 +54,7 @@ pub use aix::{aix_commands, splice_aix, BEGIN_MARKER, END_MARKER};
 pub use build::{build, render_sn};
 pub use diff::{diff, plan_for, plan_text, render_changes, Change};
 pub use error::{ExportError, ParseError, SpliceError};
-pub use model::Dialect;
+pub use model::{Dialect, ServiceNode};
 pub use types::{escape_path, unescape_path, Entry, Exports, FsLocation, LocKind, Locations};
 
 /// The text of `exports` in its dialect: Linux, a whole exports.d file; AIX, the managed block.
@@ -79,6 +79,23 @@ pub fn entry_line(dialect: Dialect, entry: &Entry) -> String {
     match dialect {
         Dialect::Linux => linux::entry_line(entry),
         Dialect::Aix => aix::entry_line(entry),
+    }
+}
+
+/// What an admin runs as root on SN `sn` to install `exports` by hand: AIX the `mknfsexp`
+/// commands (with `chnfs -R on` and `chnfsdom` first), Linux a shell snippet that writes the
+/// file and runs `exportfs -ra`.
+pub fn commands(exports: &Exports, sn: &ServiceNode, domain: Option<&str>) -> String {
+    match exports.dialect {
+        Dialect::Aix if sn.setuphanfs => aix::setuphanfs_commands(exports, &sn.name, domain),
+        Dialect::Aix => aix_commands(exports, &sn.name, domain),
+        Dialect::Linux => format!(
+            "# hanfs: commands for Linux service node {0}; run them as root on {0}.\n\
+             cat > {1} <<'HANFS_EOF'\n{2}HANFS_EOF\nexportfs -ra\n",
+            sn.name,
+            target_file(Dialect::Linux),
+            linux::render(exports)
+        ),
     }
 }
 

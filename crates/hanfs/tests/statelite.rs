@@ -290,3 +290,62 @@ fn daemon_copies_statelite_on_its_clock() {
     drop(d);
     assert_same_tree(&data(&rig, 0, "cn001"), &backup);
 }
+
+/// Issue #10: a `migrate` made while `hanfs daemon` runs survives the daemon's next image sync.
+/// The daemon used to push every SN's exports from the placement it loaded at start, so its first
+/// sync after the move put cn001's rw export back on sn1 (no `refer=`) and took it from sn2.
+#[test]
+fn daemon_keeps_a_move_made_while_it_runs() {
+    let rig = setup("[\"true\"]");
+    net::fill(&rig.source(), 5);
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let log = std::fs::File::create(rig.path().join("daemon.log")).unwrap();
+    struct Killed(std::process::Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _d = Killed(
+        Command::new(hanfs_bin())
+            .arg("--config")
+            .arg(&rig.cluster)
+            .args(["daemon", "--quiet-secs", "1", "--statelite-secs", "0", "--metrics", &format!("127.0.0.1:{port}")])
+            .env("HANFS_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let daemon_log = || std::fs::read_to_string(rig.path().join("daemon.log")).unwrap_or_default();
+    let generation = |g: u64| {
+        let t = Instant::now();
+        let want: Vec<String> =
+            (1..=3).map(|i| format!("hanfs_replica_generation{{sn=\"sn{i}\",image=\"compute\"}} {g}")).collect();
+        loop {
+            let m = net::scrape(port).unwrap_or_default();
+            if want.iter().all(|w| m.contains(w.as_str())) {
+                return;
+            }
+            assert!(t.elapsed() < Duration::from_secs(60), "never at generation {g}:\n{m}\n{}", daemon_log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    generation(1);
+    let (code, v) = rig.hanfs_json(&["migrate", "--node", "cn001", "--to", "sn2"]);
+    assert_eq!(code, 0, "{v}");
+    let moved = |what: &str| {
+        let (old, new) = (exports_of(&rig, 0), exports_of(&rig, 1));
+        assert!(old.contains("refer=/nodedata/cn001@127.0.0.1"), "{what}: sn1 lost refer=:\n{old}");
+        let line = new.lines().find(|l| l.starts_with("/nodedata/cn001")).unwrap_or_default();
+        assert!(line.contains("rw"), "{what}: sn2 lost the node's export:\n{new}");
+    };
+    moved("after migrate");
+    // An image change: the daemon syncs it and pushes every SN's exports again.
+    std::fs::write(rig.source().join("etc/after-migrate"), "x").unwrap();
+    generation(2);
+    moved("after the daemon's next sync");
+    assert!(!daemon_log().contains("ERROR"), "{}", daemon_log());
+}

@@ -348,20 +348,46 @@ pub fn set_mtime(d: BorrowedFd<'_>, name: &[u8], sec: i64, nsec: u32) -> std::re
     rustix::fs::utimensat(d, OsStr::from_bytes(name), &mtime_ts(sec, nsec), AtFlags::SYMLINK_NOFOLLOW)
 }
 
-/// Writes `bytes` to `path` atomically and durably (temp file, fsync, rename, fsync of the dir).
-/// Used for state files in the (trusted) state directory.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
+/// The one way hanfs replaces a whole file outside a replica (MN state, agent state and exports,
+/// CLI outputs): `fill` writes the temporary file `<path>.tmp`, which is then fsynced, renamed over
+/// `path`, and the directory fsynced. After a crash at any instant `path` holds the old content or
+/// the new, never a mix; when `fill` or any step fails the temporary is removed and `path` is
+/// untouched.
+pub fn replace_file<E: From<std::io::Error>>(
+    path: &Path,
+    fill: impl FnOnce(&Path) -> std::result::Result<(), E>,
+) -> std::result::Result<(), E> {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
-    {
-        let mut f = File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
+    let done = fill(&tmp).and_then(|()| {
+        File::open(&tmp)?.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        Ok(())
+    });
+    if done.is_err() {
+        let _ = std::fs::remove_file(&tmp);
     }
-    std::fs::rename(&tmp, path)?;
-    File::open(dir)?.sync_all()
+    done?;
+    File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+/// Writes `bytes` to `path` through [`replace_file`] (mode 0644; a symlink planted at the
+/// temporary name is not followed).
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    replace_file(path, |tmp| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o644)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(tmp)?;
+        f.write_all(bytes)
+    })
 }
 
 /// A writer for staged files: hashes what it is given, keeps holes as holes when the target is

@@ -3,7 +3,7 @@
 use crate::cli::{DeltaCommand, Global};
 use crate::exit::{bad_input, Status};
 use anyhow::Result;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 pub fn run(_g: &Global, c: DeltaCommand) -> Result<Status> {
     match c {
@@ -18,32 +18,30 @@ pub fn run(_g: &Global, c: DeltaCommand) -> Result<Status> {
     }
 }
 
-/// Writes the output under a temporary name beside it and renames it into place only on success,
-/// so a refused delta or a full disk never leaves a truncated file where a good one was.
+/// Writes the output through the one atomic-write helper (a temporary beside it, renamed into
+/// place only on success), so a refused delta or a full disk never leaves a truncated file where a
+/// good one was.
 fn atomically(out: &Path, f: impl FnOnce(&Path) -> tree::Result<()>) -> Result<Status> {
-    let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    if name.is_empty() {
+    enum Failed {
+        Tree(tree::Error),
+        Io(std::io::Error),
+    }
+    impl From<std::io::Error> for Failed {
+        fn from(e: std::io::Error) -> Failed {
+            Failed::Io(e)
+        }
+    }
+    if out.file_name().is_none() {
         return Err(bad_input(format!("{}: not a file name", out.display())));
     }
-    let tmp: PathBuf = out.with_file_name(format!(".{name}.hanfs-{}", std::process::id()));
-    match f(&tmp) {
-        Ok(()) => {
-            std::fs::rename(&tmp, out).map_err(|e| {
-                let _ = std::fs::remove_file(&tmp);
-                anyhow::anyhow!("{}: {e}", out.display())
-            })?;
-            Ok(Status::Ok)
-        }
-        Err(e) => {
-            let _ = std::fs::remove_file(&tmp);
-            Err(match &e {
-                // Malformed, hostile or wrong-flavour input, or a missing input file: the user's input.
-                tree::Error::Delta { .. } | tree::Error::Hostile(_) => bad_input(e.to_string()),
-                tree::Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
-                    bad_input(e.to_string())
-                }
-                _ => anyhow::Error::new(e),
-            })
-        }
+    match tree::fsops::replace_file(out, |tmp| f(tmp).map_err(Failed::Tree)) {
+        Ok(()) => Ok(Status::Ok),
+        Err(Failed::Io(e)) => Err(anyhow::anyhow!("{}: {e}", out.display())),
+        Err(Failed::Tree(e)) => Err(match &e {
+            // Malformed, hostile or wrong-flavour input, or a missing input file: the user's input.
+            tree::Error::Delta { .. } | tree::Error::Hostile(_) => bad_input(e.to_string()),
+            tree::Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => bad_input(e.to_string()),
+            _ => anyhow::Error::new(e),
+        }),
     }
 }

@@ -4,7 +4,7 @@ use super::{load_cluster, print_json};
 use crate::cli::{ExportsArgs, Global};
 use crate::exit::{bad_input, Status};
 use anyhow::Result;
-use model::{Cluster, Dialect, ServiceNode};
+use model::{Cluster, ServiceNode};
 use serde::Serialize;
 use std::collections::BTreeMap;
 
@@ -35,7 +35,7 @@ pub fn run(g: &Global, a: ExportsArgs) -> Result<Status> {
     if g.json {
         let sns = texts
             .into_iter()
-            .map(|(sn, text)| (sn.name.clone(), SnExports { dialect: dialect_name(sn.dialect), text }))
+            .map(|(sn, text)| (sn.name.clone(), SnExports { dialect: sn.dialect.as_str(), text }))
             .collect();
         print_json(&Output { sns })?;
     } else if a.sn.is_some() {
@@ -48,7 +48,7 @@ pub fn run(g: &Global, a: ExportsArgs) -> Result<Status> {
             if i > 0 {
                 println!();
             }
-            println!("# sn: {} ({}, {})", sn.name, dialect_name(sn.dialect), exports::target_file(sn.dialect));
+            println!("# sn: {} ({}, {})", sn.name, sn.dialect.as_str(), exports::target_file(sn.dialect));
             print!("{text}");
         }
     }
@@ -58,23 +58,5 @@ pub fn run(g: &Global, a: ExportsArgs) -> Result<Status> {
 fn text_for(g: &Global, cluster: &Cluster, sn: &ServiceNode, commands: bool) -> Result<String> {
     let ex = exports::build(cluster, &sn.name)
         .map_err(|e| bad_input(format!("{}: SN `{}`: {e}", g.config.display(), sn.name)))?;
-    let rendered = exports::render(&ex);
-    Ok(match (commands, sn.dialect) {
-        (false, _) => rendered,
-        (true, Dialect::Aix) if sn.setuphanfs => exports::aix::setuphanfs_commands(&ex, &sn.name, cluster.domain()),
-        (true, Dialect::Aix) => exports::aix_commands(&ex, &sn.name, cluster.domain()),
-        (true, Dialect::Linux) => format!(
-            "# hanfs: commands for Linux service node {0}; run them as root on {0}.\n\
-             cat > {1} <<'HANFS_EOF'\n{rendered}HANFS_EOF\nexportfs -ra\n",
-            sn.name,
-            exports::target_file(Dialect::Linux)
-        ),
-    })
-}
-
-fn dialect_name(d: Dialect) -> &'static str {
-    match d {
-        Dialect::Linux => "linux",
-        Dialect::Aix => "aix",
-    }
+    Ok(if commands { exports::commands(&ex, sn, cluster.domain()) } else { exports::render(&ex) })
 }

@@ -42,25 +42,36 @@ pub fn run(cli: Cli) -> Result<Status> {
 pub(crate) const WITHOUT_XCAT: &str =
     "this hanfs is built without xCAT support (the service-node package): run xCAT commands on the management node";
 
-/// Read and validate the cluster config named by `--config`. Any problem is bad input (exit 2) and
-/// names the file, line and field.
-pub fn load_cluster(g: &Global) -> Result<model::Cluster> {
+/// Read and validate the cluster config named by `--config`, as the file says (moves recorded in
+/// the state dir not applied). Any problem is bad input (exit 2) and names the file, line and field.
+pub fn load_config(g: &Global) -> Result<model::Cluster> {
     let path = &g.config;
     let text = std::fs::read_to_string(path)
         .map_err(|e| bad_input(format!("{}: cannot read the cluster config: {e}", path.display())))?;
-    let cluster = model::Cluster::from_toml(&path.display().to_string(), &text)
+    model::Cluster::from_toml(&path.display().to_string(), &text)
         .map_err(anyhow::Error::new)
-        .context("invalid cluster config")?;
-    // Nodes moved by `migrate`/`failover` are served where the overlay in state_dir says.
-    let (cluster, warnings) = controller::statelite::apply_overlay(&cluster)?;
+        .context("invalid cluster config")
+}
+
+/// The cluster as served now: the config with the moves made by `migrate`/`failover` applied.
+pub fn load_cluster(g: &Global) -> Result<model::Cluster> {
+    let base = load_config(g)?;
+    let (placed, warnings) = controller::StateDir::of(&base).placed(&base)?;
     for w in warnings {
         eprintln!("hanfs: warning: {w}");
     }
-    Ok(cluster)
+    Ok(placed)
 }
 
-/// The async runtime of the network commands (two shared cores are the common case; blocking
-/// engine work runs in `block_in_place`, so a few workers keep every SN moving).
+/// A controller for the config (TLS material loaded); a config it cannot use is bad input.
+pub fn controller(g: &Global) -> Result<std::sync::Arc<controller::Controller>> {
+    let c = controller::Controller::new(load_config(g)?)
+        .map_err(|e| bad_input(format!("{}: {e:#}", g.config.display())))?;
+    Ok(std::sync::Arc::new(c))
+}
+
+/// The async runtime of the network commands (two shared cores are the common case; CPU and disk
+/// work runs on blocking threads, so a few workers keep every SN's task moving).
 pub fn runtime() -> Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(4).enable_all().build()?)
 }

@@ -4,16 +4,47 @@ use super::{load_cluster, print_json};
 use crate::cli::{Global, ImageFilter, SyncArgs};
 use crate::exit::{bad_input, Status};
 use anyhow::Result;
+use controller::progress::{Event, Hook};
 use controller::statelite::StateliteReport;
 use controller::{Controller, SyncReport};
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
+use std::sync::{Arc, Mutex};
 
-fn controller(g: &Global) -> Result<Controller> {
-    let cluster = load_cluster(g)?;
-    let mut c = Controller::new(cluster).map_err(|e| bad_input(format!("{}: {e:#}", g.config.display())))?;
-    c.progress = !g.json && !g.quiet && std::io::stderr().is_terminal();
-    Ok(c)
+/// Progress bars on stderr drawn from the controller's events (only on a terminal, not --json).
+fn bars(g: &Global) -> Option<Hook> {
+    if g.json || g.quiet || !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let mp = indicatif::MultiProgress::new();
+    let bars: Mutex<BTreeMap<String, indicatif::ProgressBar>> = Mutex::default();
+    Some(Arc::new(move |sn: &str, ev: &Event| {
+        let mut bars = bars.lock().unwrap_or_else(|p| p.into_inner());
+        if *ev == Event::Start {
+            let b = mp.add(indicatif::ProgressBar::new(0));
+            if let Ok(s) = indicatif::ProgressStyle::with_template("{prefix:>8} [{bar:30}] {bytes}/{total_bytes} {msg}")
+            {
+                b.set_style(s.progress_chars("=> "));
+            }
+            b.set_prefix(sn.to_string());
+            bars.insert(sn.to_string(), b);
+        }
+        let Some(b) = bars.get(sn) else { return };
+        match ev {
+            Event::Start => {}
+            Event::Length(n) => b.set_length(*n),
+            Event::Message(m) => b.set_message(m.clone()),
+            Event::Advance(n) => b.inc(*n),
+            Event::Finish(m) => b.finish_with_message(m.clone()),
+        }
+    }))
+}
+
+fn controller(g: &Global) -> Result<Arc<Controller>> {
+    let mut c =
+        Controller::new(super::load_config(g)?).map_err(|e| bad_input(format!("{}: {e:#}", g.config.display())))?;
+    c.progress = bars(g);
+    Ok(Arc::new(c))
 }
 
 fn images(g: &Global, c: &model::Cluster, f: &ImageFilter) -> Result<Vec<model::Image>> {
@@ -37,7 +68,7 @@ pub fn plan(g: &Global, a: SyncArgs) -> Result<Status> {
         .iter()
         .filter_map(|sn| {
             let wanted = exports.get(&sn.name)?;
-            let deployed = controller::deployed_exports(&cluster, &sn.name);
+            let deployed = controller::StateDir::of(&cluster).deployed_exports(&sn.name);
             Some((sn.name.clone(), exports::plan_text(sn.dialect, deployed.as_deref(), wanted)))
         })
         .collect();
@@ -150,14 +181,10 @@ pub fn sync(g: &Global, a: SyncArgs) -> Result<Status> {
     let imgs = images(g, &c.cluster, &a.filter)?;
     let rt = super::runtime()?;
     let r = rt.block_on(c.sync(&imgs))?;
-    // Statelite data is copied on a full sync (no --image filter): serving SN -> each backup.
+    // Statelite data is copied on a full sync (no --image filter): serving SN -> each backup,
+    // with the placement as recorded after the images (see `statelite::round`).
     let statelite = if a.filter.images.is_empty() && !c.cluster.statelite().is_empty() {
-        // Under the statelite lock and with the placement as it is now (a migrate may have moved
-        // nodes while the images synced): never copy from an SN that no longer serves the node.
-        let _lock = controller::statelite::lock(std::path::Path::new(c.cluster.state_dir().as_str()))?;
-        let now = controller(g)?;
-        let pairs = controller::statelite::pairs(&now.cluster, None);
-        rt.block_on(controller::statelite::sync_all(&now, &pairs))
+        rt.block_on(controller::statelite::round(&c))?
     } else {
         Vec::new()
     };
@@ -167,7 +194,7 @@ pub fn sync(g: &Global, a: SyncArgs) -> Result<Status> {
 pub fn status(g: &Global) -> Result<Status> {
     let c = controller(g)?;
     let r = super::runtime()?.block_on(c.status())?;
-    let lags = controller::statelite::lags(&c.cluster);
+    let lags = controller::statelite::lags(&c.state, &load_cluster(g)?);
     if g.json {
         let mut v = serde_json::to_value(&r)?;
         if let Some(o) = v.as_object_mut() {

@@ -4,7 +4,7 @@ use super::print_json;
 use crate::cli::{Global, XcatCommand, XcatImportArgs, XcatRedirectArgs, XcatSource};
 use crate::exit::{bad_input, Status};
 use anyhow::{Context, Result};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use xcat::redirect::{Mode, RedirectError};
 use xcat::{ImportError, NodeMove, SourceSpec, Templates};
 
@@ -81,11 +81,7 @@ fn import(g: &Global, a: XcatImportArgs) -> Result<Status> {
 }
 
 fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "config".into());
-    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
-    std::fs::write(&tmp, text)?;
-    std::fs::rename(&tmp, path)
+    tree::fsops::write_atomic(path, text.as_bytes())
 }
 
 fn redirect(g: &Global, a: XcatRedirectArgs) -> Result<Status> {
@@ -104,10 +100,11 @@ fn redirect(g: &Global, a: XcatRedirectArgs) -> Result<Status> {
             None => {
                 let state = std::fs::read_to_string(&g.config)
                     .ok()
-                    .and_then(|t| model::Cluster::from_toml(&g.config.display().to_string(), &t).ok())
-                    .map(|c| PathBuf::from(c.state_dir().as_str()))
-                    .unwrap_or_else(|| PathBuf::from("/var/lib/hanfs"));
-                xcat::redirect::default_log(&state)
+                    .and_then(|t| model::Cluster::from_toml(&g.config.display().to_string(), &t).ok());
+                match state {
+                    Some(c) => controller::StateDir::of(&c).xcat_log(),
+                    None => xcat::redirect::default_log(Path::new("/var/lib/hanfs")),
+                }
             }
         };
         Mode::Apply { log }

@@ -404,3 +404,13 @@ pub fn assert_same_tree(a: &Path, b: &Path) {
     );
     assert_eq!(ga, gb, "hard-link groups differ");
 }
+
+/// One HTTP GET of the metrics endpoint on `port` (None: nothing answered yet).
+pub fn scrape(port: u16) -> Option<String> {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out)
+}

@@ -1,0 +1,280 @@
+//! `hanfs daemon`: watch the images under `source_root` and sync what changed once the tree is
+//! quiet; copy statelite data on its own clock; serve Prometheus metrics of the runs.
+//!
+//! Watches are installed before the first sync, so nothing changed during it is missed. A run that
+//! failed on some SN is retried on a timer even if nothing changes (the next run catches it up).
+//! Every run reads the placement as recorded at that moment (exports under the placement lock, see
+//! [`crate::Controller::sync`]), so a `migrate` while the daemon runs is kept.
+
+use crate::{statelite, Controller, SyncReport};
+use anyhow::{Context, Result};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Time between retries after a run failed on some SN.
+const RETRY: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// How long the tree must be quiet before a changed image is synced.
+    pub quiet: Duration,
+    /// Statelite rounds every this long (None: never).
+    pub statelite_every: Option<Duration>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Outcome {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Replica {
+    sn: String,
+    image: String,
+}
+
+/// The daemon's metrics (names are part of the contract).
+pub struct Metrics {
+    registry: Registry,
+    runs: Family<Outcome, Counter>,
+    bytes_sent: Counter,
+    statelite: Family<Outcome, Counter>,
+    last_run_seconds: Gauge<f64, AtomicU64>,
+    last_success: Gauge,
+    generation: Family<Replica, Gauge>,
+    matches: Family<Replica, Gauge>,
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        let mut registry = Registry::default();
+        let m = Metrics {
+            runs: Family::default(),
+            bytes_sent: Counter::default(),
+            statelite: Family::default(),
+            last_run_seconds: Gauge::default(),
+            last_success: Gauge::default(),
+            generation: Family::default(),
+            matches: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register("hanfs_sync_runs", "Sync runs by outcome", m.runs.clone());
+        registry.register("hanfs_bytes_sent", "Bytes sent to agents", m.bytes_sent.clone());
+        registry.register(
+            "hanfs_statelite_copies",
+            "Statelite copies (node directory to one backup) by outcome",
+            m.statelite.clone(),
+        );
+        registry.register("hanfs_last_run_seconds", "Duration of the last sync", m.last_run_seconds.clone());
+        registry.register(
+            "hanfs_last_success_timestamp_seconds",
+            "End of the last sync that succeeded everywhere",
+            m.last_success.clone(),
+        );
+        registry.register("hanfs_replica_generation", "Generation each replica holds", m.generation.clone());
+        registry.register("hanfs_replica_matches", "1 if the replica's digest equals the source's", m.matches.clone());
+        for r in ["ok", "failed"] {
+            // Both outcomes are shown from the start, at 0.
+            let _ = m.runs.get_or_create(&Outcome { result: r });
+            let _ = m.statelite.get_or_create(&Outcome { result: r });
+        }
+        Metrics { registry, ..m }
+    }
+}
+
+impl Metrics {
+    fn count(f: &Family<Outcome, Counter>, ok: bool, n: u64) {
+        f.get_or_create(&Outcome { result: if ok { "ok" } else { "failed" } }).inc_by(n);
+    }
+
+    /// A sync run that returned a report.
+    pub fn record_sync(&self, r: &SyncReport, secs: f64) {
+        Self::count(&self.runs, r.ok, 1);
+        if r.ok {
+            let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+            self.last_success.set(i64::try_from(now).unwrap_or(i64::MAX));
+        }
+        self.bytes_sent.inc_by(r.bytes_sent);
+        self.last_run_seconds.set(secs);
+        for x in &r.replicas {
+            let l = Replica { sn: x.sn.clone(), image: x.image.clone() };
+            self.generation.get_or_create(&l).set(i64::try_from(x.generation).unwrap_or(i64::MAX));
+            self.matches.get_or_create(&l).set(i64::from(x.matches));
+        }
+    }
+
+    /// A sync run that failed as a whole (no report).
+    pub fn record_failed_sync(&self) {
+        Self::count(&self.runs, false, 1);
+    }
+
+    /// Statelite copies: `ok` of them worked, `failed` did not.
+    pub fn record_statelite(&self, ok: u64, failed: u64) {
+        Self::count(&self.statelite, true, ok);
+        Self::count(&self.statelite, false, failed);
+    }
+
+    /// The text exposition (OpenMetrics) of every metric.
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut s, &self.registry) {
+            tracing::error!("encoding metrics: {e}");
+        }
+        s
+    }
+
+    /// Serves the metrics over HTTP on `addr` from a thread of its own (every path answers).
+    pub fn serve(self: &Arc<Self>, addr: &str) -> Result<(), String> {
+        let server = tiny_http::Server::http(addr).map_err(|e| e.to_string())?;
+        let m = Arc::clone(self);
+        std::thread::spawn(move || {
+            for req in server.incoming_requests() {
+                let body = m.render();
+                let mut resp = tiny_http::Response::from_string(body);
+                if let Ok(h) = tiny_http::Header::from_bytes(
+                    &b"Content-Type"[..],
+                    &b"application/openmetrics-text; version=1.0.0; charset=utf-8"[..],
+                ) {
+                    resp = resp.with_header(h);
+                }
+                if let Err(e) = req.respond(resp) {
+                    tracing::debug!("metrics client: {e}");
+                }
+            }
+        });
+        Ok(())
+    }
+}
+
+/// Runs the daemon: never returns but with an error of the watcher.
+pub fn run(rt: &tokio::runtime::Runtime, ctl: Arc<Controller>, opts: &Options, metrics: &Metrics) -> Result<()> {
+    let targets: Vec<watch::Target> = ctl
+        .cluster
+        .images()
+        .iter()
+        .map(|i| watch::Target { name: i.name.clone(), path: ctl.cluster.image_source(i).as_str().into() })
+        .collect();
+    let watcher = watch::Watcher::new(targets, opts.quiet).context("watching source_root")?;
+    tracing::info!(
+        images = ctl.cluster.images().len(),
+        quiet_secs = opts.quiet.as_secs(),
+        "daemon started; first sync"
+    );
+    let statelite_every = opts.statelite_every.filter(|_| !ctl.cluster.statelite().is_empty());
+    let mut next_statelite = Instant::now();
+    let all: Vec<String> = ctl.cluster.images().iter().map(|i| i.name.clone()).collect();
+    let mut pending = all.clone();
+    let mut failed = false;
+    loop {
+        if !pending.is_empty() {
+            failed = !rt.block_on(sync_once(&ctl, &pending, metrics));
+        }
+        if let Some(every) = statelite_every {
+            if Instant::now() >= next_statelite {
+                rt.block_on(statelite_round(&ctl, metrics));
+                next_statelite = Instant::now() + every;
+            }
+        }
+        // Wake for whichever comes first: a change, the retry of a failed run, the statelite clock.
+        let retry = failed.then_some(RETRY);
+        let statelite = statelite_every.map(|_| next_statelite.saturating_duration_since(Instant::now()));
+        let wait = match (retry, statelite) {
+            (Some(r), Some(s)) => Some(r.min(s)),
+            (r, s) => r.or(s),
+        };
+        pending = match watcher.next_batch_within(wait).context("watching source_root")? {
+            Some(changed) => {
+                tracing::info!(images = ?changed, "images changed and are quiet; syncing");
+                changed
+            }
+            // Retry everything: images already in sync cost a stat-only rescan and send nothing.
+            None if failed => all.clone(),
+            None => Vec::new(),
+        };
+    }
+}
+
+/// One statelite round (see [`statelite::round`]), counted in the metrics.
+pub async fn statelite_round(ctl: &Arc<Controller>, m: &Metrics) {
+    match statelite::round(ctl).await {
+        Ok(reports) => {
+            for r in reports.iter().filter(|r| !r.ok) {
+                tracing::error!(area = %r.area, node = %r.node, from = %r.from, to = %r.to, "statelite copy failed; will retry");
+            }
+            let ok = reports.iter().filter(|r| r.ok).count() as u64;
+            m.record_statelite(ok, reports.len() as u64 - ok);
+            tracing::info!(copies = reports.len(), ok, "statelite round finished");
+        }
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "statelite round failed");
+            m.record_statelite(0, 1);
+        }
+    }
+}
+
+/// One sync of the named images; whether it succeeded everywhere.
+pub async fn sync_once(ctl: &Arc<Controller>, names: &[String], m: &Metrics) -> bool {
+    let images: Vec<model::Image> = ctl.cluster.images().iter().filter(|i| names.contains(&i.name)).cloned().collect();
+    let started = Instant::now();
+    let result = ctl.sync(&images).await;
+    let secs = started.elapsed().as_secs_f64();
+    match result {
+        Ok(r) => {
+            for f in &r.failed {
+                tracing::error!(sn = %f.sn, reason = %f.reason, "sync failed on SN; will retry");
+            }
+            tracing::info!(ok = r.ok, bytes_sent = r.bytes_sent, secs, "sync finished");
+            m.record_sync(&r, secs);
+            r.ok
+        }
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "sync failed; will retry");
+            m.record_failed_sync();
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metric_names_and_labels_are_the_contract_ones() {
+        let m = Metrics::default();
+        let r = SyncReport {
+            ok: true,
+            replicas: vec![crate::ReplicaReport {
+                generation: 3,
+                matches: true,
+                ..crate::ReplicaReport::new("sn1", "compute")
+            }],
+            bytes_sent: 42,
+            failed: Vec::new(),
+            images: Vec::new(),
+            exports: Vec::new(),
+        };
+        m.record_sync(&r, 0.5);
+        m.record_statelite(2, 1);
+        let t = m.render();
+        for want in [
+            "hanfs_sync_runs_total{result=\"ok\"} 1",
+            "hanfs_sync_runs_total{result=\"failed\"} 0",
+            "hanfs_bytes_sent_total 42",
+            "hanfs_statelite_copies_total{result=\"ok\"} 2",
+            "hanfs_statelite_copies_total{result=\"failed\"} 1",
+            "hanfs_last_run_seconds 0.5",
+            "hanfs_replica_generation{sn=\"sn1\",image=\"compute\"} 3",
+            "hanfs_replica_matches{sn=\"sn1\",image=\"compute\"} 1",
+            "# TYPE hanfs_last_success_timestamp_seconds gauge",
+        ] {
+            assert!(t.contains(want), "{want} not in:\n{t}");
+        }
+    }
+}
