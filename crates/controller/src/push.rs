@@ -5,9 +5,8 @@
 
 use crate::state::PlacementLock;
 use crate::{Controller, ExportsReport};
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, Result};
 use model::Cluster;
-use proto::{FromAgent, ToAgent};
 
 /// Renders the exports of every SN of `cluster`, in its dialect (Linux file, AIX managed block).
 pub fn render_exports(cluster: &Cluster) -> Result<Vec<(String, String)>> {
@@ -35,17 +34,12 @@ async fn write_exports(ctl: &Controller, sn: &str, text: String) -> Result<(Expo
     let s = ctl.cluster.sn(sn).ok_or_else(|| anyhow!("unknown SN {sn}"))?;
     let mut c = ctl.connect(s).await?;
     let before = c.bytes_out;
-    c.request(&ToAgent::Exports { text: text.clone() }).await?;
-    let (reloaded, output) = match c.recv_within::<FromAgent>(ctl.timeouts.commit).await? {
-        FromAgent::ExportsDone { reloaded, output } => (reloaded, output),
-        FromAgent::Error { reason } => bail!("exports: {reason}"),
-        other => bail!("unexpected reply to Exports: {other:?}"),
-    };
+    let done = c.call_within(proto::req::Exports { text: text.clone() }, ctl.timeouts.commit).await?;
+    let (reloaded, output) = (done.reloaded, done.output);
     if let Err(e) = ctl.state.record_deployed_exports(sn, &text) {
         tracing::warn!(sn, "cannot record the deployed exports: {e:#}");
     }
     let sent = c.bytes_out - before;
-    let _ = c.request(&ToAgent::Bye).await;
-    c.shutdown().await;
+    c.bye().await;
     Ok((ExportsReport { sn: sn.to_string(), reloaded, output }, sent))
 }

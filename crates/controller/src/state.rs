@@ -115,14 +115,14 @@ impl StateDir {
     /// The sync record of the copy of `<area>/<node>` on `sn`.
     pub fn statelite_record(&self, area: &str, node: &str, sn: &str) -> Result<PathBuf> {
         for n in [area, node, sn] {
-            proto::check_name(n)?;
+            model::check_name(n).map_err(anyhow::Error::msg)?;
         }
         Ok(self.root.join("statelite").join(area).join(node).join(sn))
     }
 
     /// What hanfs last wrote to `sn`'s exports.
     pub fn deployed_exports_file(&self, sn: &str) -> Result<PathBuf> {
-        proto::check_name(sn)?;
+        model::check_name(sn).map_err(anyhow::Error::msg)?;
         Ok(self.root.join("exports").join(sn))
     }
 

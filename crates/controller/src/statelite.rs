@@ -14,7 +14,7 @@
 use crate::sn::Conn;
 use crate::state::StateDir;
 use crate::{Controller, SnError};
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
 use model::Cluster;
 use proto::{req, AbsPath, Encoding, Name, ToAgent};
 use serde::Serialize;
