@@ -263,4 +263,36 @@ mod tests {
         assert!(sd.statelite_record("nodedata", "..", "sn1").is_err());
         assert!(sd.deployed_exports_file("../x").is_err());
     }
+
+    /// cn002's home is sn2; the config has it on sn1 (`served_by`, a move xCAT made).
+    fn served_by_cluster(state: &Path) -> Cluster {
+        use model::config::{sp, ClusterSection, ConfigFile, NodeSection, SnSection};
+        let mut section = ClusterSection::new("/install");
+        section.state_dir = Some(sp(state.to_str().unwrap().to_string()));
+        section.plaintext_loopback = true;
+        let mut f = ConfigFile::new(section);
+        f.sn.push(SnSection::new("sn1", "127.0.0.1"));
+        f.sn.push(SnSection::new("sn2", "127.0.0.2"));
+        f.node.push(NodeSection::new("cn001", ["sn1", "sn2"]));
+        f.node.push(NodeSection::new("cn002", ["sn2", "sn1"]).served_by("sn1"));
+        Cluster::from_config("t.toml", &f).unwrap()
+    }
+
+    /// Every recorded move survives a reload of the config, a move home against `served_by` too
+    /// (the overlay is kept relative to the config, not to each node's first SN).
+    #[test]
+    fn recorded_moves_survive_a_reload() {
+        let d = tempfile::tempdir().unwrap();
+        let c = served_by_cluster(d.path());
+        let sd = StateDir::of(&c);
+        let moves = vec![("cn001".to_string(), "sn2".to_string()), ("cn002".to_string(), "sn2".to_string())];
+        sd.lock_placement().unwrap().record_moves(&c, &moves).unwrap();
+        let (after, warn) = sd.placed(&served_by_cluster(d.path())).unwrap();
+        assert!(warn.is_empty(), "{warn:?}");
+        assert_eq!(after.serving("cn001"), Some("sn2"));
+        assert_eq!(after.serving("cn002"), Some("sn2"), "moved home, and stays home");
+        // And back: cn001 where the config has it drops its entry; only cn002's stays.
+        sd.lock_placement().unwrap().record_moves(&c, &[("cn001".to_string(), "sn1".to_string())]).unwrap();
+        assert_eq!(sd.load_moves().unwrap(), BTreeMap::from([("cn002".to_string(), "sn2".to_string())]));
+    }
 }
