@@ -23,6 +23,7 @@ mod image;
 pub mod progress;
 mod push;
 pub mod redirect;
+pub mod report;
 mod sn;
 pub mod state;
 pub mod statelite;

@@ -120,6 +120,22 @@ pub struct Command {
     pub why: String,
 }
 
+impl Command {
+    /// The command as a shell line an administrator can paste.
+    pub fn shell_line(&self) -> String {
+        self.argv.iter().map(|a| shell_quote(a)).collect::<Vec<_>>().join(" ")
+    }
+}
+
+/// `s` quoted for a POSIX shell (left as is when it needs no quoting).
+pub fn shell_quote(s: &str) -> String {
+    if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=,:@+%".contains(c)) {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum RedirectError {
     #[error(transparent)]
@@ -511,4 +527,49 @@ pub fn redirect(
     let tables = source.read()?;
     let p = plan(&tables, moves)?;
     execute(p, templates, mode)
+}
+
+/// What repointing moved nodes in xCAT did, as `hanfs migrate`/`failover` report it.
+#[derive(Debug, Clone)]
+pub struct Repointed {
+    pub ok: bool,
+    /// One line per command (run, or to run) or per problem.
+    pub steps: Vec<String>,
+    pub outcome: Option<Outcome>,
+}
+
+/// Repoints `moves` (node, new SN) in xCAT after the data moved: the tables from `source`, the
+/// templates from `templates` (a TOML file; default: xCAT's own commands), run and logged to `log`
+/// when given, else only printed. Never fails: a problem is a step with `ok == false`.
+pub fn repoint(
+    source: &SourceSpec,
+    templates: Option<&Path>,
+    moves: &[(String, String)],
+    log: Option<PathBuf>,
+) -> Repointed {
+    let failed = |step: String| Repointed { ok: false, steps: vec![step], outcome: None };
+    let templates = match templates {
+        Some(f) => match std::fs::read_to_string(f)
+            .map_err(|e| e.to_string())
+            .and_then(|t| Templates::from_toml(&f.display().to_string(), &t).map_err(|e| e.to_string()))
+        {
+            Ok(t) => t,
+            Err(e) => return failed(format!("xCAT: templates {}: {e}", f.display())),
+        },
+        None => Templates::default(),
+    };
+    let mode = match log {
+        Some(log) => Mode::Apply { log },
+        None => Mode::DryRun,
+    };
+    let nm: Vec<NodeMove> =
+        moves.iter().map(|(n, t)| NodeMove { node: n.clone(), to: t.clone(), address: None }).collect();
+    match redirect(source, &nm, &templates, &mode) {
+        Ok(o) => {
+            let verb = if matches!(mode, Mode::Apply { .. }) { "ran" } else { "to run" };
+            let steps = o.commands.iter().map(|c| format!("xCAT ({verb}): {}", c.shell_line())).collect();
+            Repointed { ok: true, steps, outcome: Some(o) }
+        }
+        Err(e) => failed(format!("xCAT repoint FAILED: {e}")),
+    }
 }

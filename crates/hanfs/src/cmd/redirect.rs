@@ -29,44 +29,9 @@ fn repoint(x: &XcatRepoint, log: &Path, moves: &[(String, String)], dry: bool) -
             .collect();
         return Repointed { ok: true, steps, xcat: None };
     };
-    let templates = match &x.templates {
-        Some(f) => match std::fs::read_to_string(f)
-            .map_err(|e| e.to_string())
-            .and_then(|t| xcat::redirect::Templates::from_toml(&f.display().to_string(), &t).map_err(|e| e.to_string()))
-        {
-            Ok(t) => t,
-            Err(e) => {
-                return Repointed {
-                    ok: false,
-                    steps: vec![format!("xCAT: templates {}: {e}", f.display())],
-                    xcat: None,
-                }
-            }
-        },
-        None => xcat::redirect::Templates::default(),
-    };
-    let mode = if x.apply_xcat && !dry {
-        xcat::redirect::Mode::Apply { log: log.to_path_buf() }
-    } else {
-        xcat::redirect::Mode::DryRun
-    };
-    let nm: Vec<xcat::redirect::NodeMove> =
-        moves.iter().map(|(n, t)| xcat::redirect::NodeMove { node: n.clone(), to: t.clone(), address: None }).collect();
-    match xcat::redirect::redirect(&source, &nm, &templates, &mode) {
-        Ok(o) => {
-            let verb = if matches!(mode, xcat::redirect::Mode::Apply { .. }) { "ran" } else { "to run" };
-            let steps = o
-                .commands
-                .iter()
-                .map(|c| {
-                    let line = c.argv.iter().map(|a| super::xcat::shell_quote(a)).collect::<Vec<_>>().join(" ");
-                    format!("xCAT ({verb}): {line}")
-                })
-                .collect();
-            Repointed { ok: true, steps, xcat: serde_json::to_value(&o).ok() }
-        }
-        Err(e) => Repointed { ok: false, steps: vec![format!("xCAT repoint FAILED: {e}")], xcat: None },
-    }
+    let log = (x.apply_xcat && !dry).then(|| log.to_path_buf());
+    let r = xcat::redirect::repoint(&source, x.templates.as_deref(), moves, log);
+    Repointed { ok: r.ok, steps: r.steps, xcat: r.outcome.and_then(|o| serde_json::to_value(&o).ok()) }
 }
 
 /// Without the `xcat` feature: with no xCAT source given, the same hint as the full build; with one,

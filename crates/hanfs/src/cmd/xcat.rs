@@ -49,7 +49,7 @@ fn import(g: &Global, a: XcatImportArgs) -> Result<Status> {
         eprintln!("hanfs: xcat import: ... and {} more skipped rows (--json lists them all)", skipped - SKIPPED_SHOWN);
     }
     if let Some(out) = &a.output {
-        write_atomically(out, &imported.toml).with_context(|| format!("{}: cannot write the config", out.display()))?;
+        tree::fsops::write_atomic(out, imported.toml.as_bytes()).with_context(|| format!("{}: cannot write the config", out.display()))?;
     }
     let c = &imported.import.config;
     if g.json {
@@ -78,10 +78,6 @@ fn import(g: &Global, a: XcatImportArgs) -> Result<Status> {
         );
     }
     Ok(Status::Ok)
-}
-
-fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
-    tree::fsops::write_atomic(path, text.as_bytes())
 }
 
 fn redirect(g: &Global, a: XcatRedirectArgs) -> Result<Status> {
@@ -122,7 +118,7 @@ fn redirect(g: &Global, a: XcatRedirectArgs) -> Result<Status> {
         print_json(&outcome)?;
     } else {
         for c in &outcome.commands {
-            println!("{}", c.argv.iter().map(|a| shell_quote(a)).collect::<Vec<_>>().join(" "));
+            println!("{}", c.shell_line());
         }
         for n in &outcome.notes {
             eprintln!("hanfs: note: {n}");
@@ -136,12 +132,4 @@ fn redirect(g: &Global, a: XcatRedirectArgs) -> Result<Status> {
         }
     }
     Ok(Status::Ok)
-}
-
-pub(crate) fn shell_quote(s: &str) -> String {
-    if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=,:@+%".contains(c)) {
-        s.to_string()
-    } else {
-        format!("'{}'", s.replace('\'', "'\\''"))
-    }
 }
