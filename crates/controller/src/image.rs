@@ -140,7 +140,7 @@ pub fn prepare(cluster: &Cluster, image: &Image) -> Result<Prepared> {
     let _ = std::fs::remove_dir_all(&out);
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let memo = Memo::default();
-    let pack = Pack::new(out.clone(), cluster.zstd_level);
+    let pack = Pack::new(out.clone(), cluster.zstd_level());
     let shared = match &last {
         Some(l) if l.digest != digest => {
             let mut plan = tree::diff(&l.manifest, &manifest);
