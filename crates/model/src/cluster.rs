@@ -539,7 +539,11 @@ fn service_nodes(
         let setuphanfs = s.setuphanfs.as_ref().is_some_and(|v| *v.get_ref());
         if let (true, Some(d), Some(v)) = (setuphanfs, dialect, &s.setuphanfs) {
             if d != Dialect::Aix {
-                sink.at(v.span(), f("setuphanfs"), "setuphanfs is AIX's `mkdsklsnode -S` export: set dialect = \"aix\"");
+                sink.at(
+                    v.span(),
+                    f("setuphanfs"),
+                    "setuphanfs is AIX's `mkdsklsnode -S` export: set dialect = \"aix\"",
+                );
             } else if backups.len() != 1 {
                 // aixinstall.pm:12408-12414: setuphanfs needs exactly one pair of service nodes.
                 sink.at(
