@@ -16,9 +16,9 @@
 //!   work runs on blocking threads, never on the async workers.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
-mod error;
 pub mod daemon;
 pub mod demo;
+mod error;
 mod image;
 pub mod progress;
 mod push;

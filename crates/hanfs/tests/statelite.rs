@@ -296,7 +296,7 @@ fn daemon_copies_statelite_on_its_clock() {
 /// sync after the move put cn001's rw export back on sn1 (no `refer=`) and took it from sn2.
 #[test]
 fn daemon_keeps_a_move_made_while_it_runs() {
-    let rig = setup("[\"true\"]");
+    let rig = setup(&["true"]);
     net::fill(&rig.source(), 5);
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let log = std::fs::File::create(rig.path().join("daemon.log")).unwrap();

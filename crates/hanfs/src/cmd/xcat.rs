@@ -49,7 +49,8 @@ fn import(g: &Global, a: XcatImportArgs) -> Result<Status> {
         eprintln!("hanfs: xcat import: ... and {} more skipped rows (--json lists them all)", skipped - SKIPPED_SHOWN);
     }
     if let Some(out) = &a.output {
-        tree::fsops::write_atomic(out, imported.toml.as_bytes()).with_context(|| format!("{}: cannot write the config", out.display()))?;
+        tree::fsops::write_atomic(out, imported.toml.as_bytes())
+            .with_context(|| format!("{}: cannot write the config", out.display()))?;
     }
     let c = &imported.import.config;
     if g.json {
