@@ -28,22 +28,7 @@ fn restart_with_statelite(rig: &mut Rig, i: usize) {
         conf = format!("statelite_roots = [\"/nodedata\"]\nstatelite_prefix = {:?}\n{conf}", prefix.to_str().unwrap());
         std::fs::write(&a.conf, conf).unwrap();
     }
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(&a.log).unwrap();
-    let child = Command::new(hanfs_bin())
-        .args(["--config", a.conf.to_str().unwrap(), "agent"])
-        .env("HANFS_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let port = a.port;
-    rig.agents[i].child = Some(child);
-    let t = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(t.elapsed() < Duration::from_secs(10), "agent {i} did not start: {}", rig.log(i));
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    rig.start(i);
 }
 
 fn setup(fence: &[&str]) -> Rig {

@@ -33,20 +33,8 @@ fn import(g: &Global, a: XcatImportArgs) -> Result<Status> {
         Err(e) => return Err(anyhow::Error::new(e)),
     };
     let report = &imported.import.report;
-    // Every error and warning; the skipped rows only up to a point (--json has them all).
-    const SKIPPED_SHOWN: usize = 20;
-    let mut skipped = 0;
-    for issue in report {
-        if issue.severity == xcat::Severity::Skipped {
-            skipped += 1;
-            if skipped > SKIPPED_SHOWN {
-                continue;
-            }
-        }
-        eprintln!("hanfs: xcat import: {issue}");
-    }
-    if skipped > SKIPPED_SHOWN {
-        eprintln!("hanfs: xcat import: ... and {} more skipped rows (--json lists them all)", skipped - SKIPPED_SHOWN);
+    for l in imported.report_lines(20) {
+        eprintln!("{l}");
     }
     if let Some(out) = &a.output {
         tree::fsops::write_atomic(out, imported.toml.as_bytes())
@@ -68,15 +56,7 @@ fn import(g: &Global, a: XcatImportArgs) -> Result<Status> {
         print!("{}", imported.toml);
     }
     if !g.quiet {
-        eprintln!(
-            "hanfs: xcat import: {} SNs, {} nodes, {} images, {} statelite areas from {}{}",
-            c.sn.len(),
-            c.node.len(),
-            c.image.len(),
-            c.statelite.len(),
-            imported.import.source,
-            a.output.as_ref().map(|p| format!(" -> {}", p.display())).unwrap_or_default()
-        );
+        eprintln!("{}", imported.summary(a.output.as_deref()));
     }
     Ok(Status::Ok)
 }
