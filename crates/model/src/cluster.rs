@@ -364,6 +364,17 @@ impl Cluster {
         self.images.iter().find(|i| i.name == name)
     }
 
+    /// The images named (all of them when `names` is empty); an unknown name is an error naming it.
+    pub fn select_images(&self, names: &[String]) -> Result<Vec<Image>, String> {
+        if names.is_empty() {
+            return Ok(self.images.clone());
+        }
+        names
+            .iter()
+            .map(|n| self.image(n).cloned().ok_or_else(|| format!("no image named `{n}` in the cluster config")))
+            .collect()
+    }
+
     pub fn node(&self, name: &str) -> Option<&Node> {
         self.nodes.iter().find(|n| n.name == name)
     }

@@ -78,6 +78,14 @@ impl Templates {
         }
         Ok(t)
     }
+
+    /// Templates from the TOML file `path`, or xCAT's own commands when none is given.
+    pub fn load(path: Option<&Path>) -> Result<Templates, String> {
+        let Some(f) = path else { return Ok(Templates::default()) };
+        let text =
+            std::fs::read_to_string(f).map_err(|e| format!("{}: cannot read the templates: {e}", f.display()))?;
+        Templates::from_toml(&f.display().to_string(), &text)
+    }
 }
 
 /// One attribute a node gets.
@@ -445,11 +453,6 @@ fn log_line(log: &Path, v: &serde_json::Value) -> Result<(), RedirectError> {
     f.sync_data().map_err(err)
 }
 
-/// Where `--apply` records what ran: `<state_dir>/xcat-redirect.log`.
-pub fn default_log(state_dir: &Path) -> PathBuf {
-    state_dir.join("xcat-redirect.log")
-}
-
 /// A bare command name that PATH does not hold, but /opt/xcat/bin or /opt/xcat/sbin does, is run
 /// from there (xCAT installs its commands there; a systemd unit's PATH lacks them).
 pub fn xcat_program(prog: &str, path: Option<&std::ffi::OsStr>) -> PathBuf {
@@ -548,15 +551,9 @@ pub fn repoint(
     log: Option<PathBuf>,
 ) -> Repointed {
     let failed = |step: String| Repointed { ok: false, steps: vec![step], outcome: None };
-    let templates = match templates {
-        Some(f) => match std::fs::read_to_string(f)
-            .map_err(|e| e.to_string())
-            .and_then(|t| Templates::from_toml(&f.display().to_string(), &t).map_err(|e| e.to_string()))
-        {
-            Ok(t) => t,
-            Err(e) => return failed(format!("xCAT: templates {}: {e}", f.display())),
-        },
-        None => Templates::default(),
+    let templates = match Templates::load(templates) {
+        Ok(t) => t,
+        Err(e) => return failed(format!("xCAT: templates: {e}")),
     };
     let mode = match log {
         Some(log) => Mode::Apply { log },
@@ -572,4 +569,29 @@ pub fn repoint(
         }
         Err(e) => failed(format!("xCAT repoint FAILED: {e}")),
     }
+}
+
+impl Outcome {
+    /// What `hanfs xcat redirect` tells the administrator besides the commands themselves (stderr).
+    pub fn summary(&self, mode: &Mode) -> Vec<String> {
+        let mut out: Vec<String> = self.notes.iter().map(|n| format!("hanfs: note: {n}")).collect();
+        out.push(if self.commands.is_empty() {
+            "hanfs: xcat redirect: nothing to change".to_string()
+        } else if !self.applied {
+            format!("hanfs: xcat redirect: dry run; add --apply to run these {} commands", self.commands.len())
+        } else if let Mode::Apply { log } = mode {
+            format!("hanfs: xcat redirect: ran {} commands; recorded in {}", self.ran.len(), log.display())
+        } else {
+            String::new()
+        });
+        out
+    }
+}
+
+/// The hint when `migrate`/`failover` were given no xCAT tables to repoint the moved nodes in.
+pub fn no_source_hint(moves: &[(String, String)]) -> Vec<String> {
+    moves
+        .iter()
+        .map(|(node, to)| format!("xCAT not repointed (no --tabdump/--sqlite/--cfgloc given): run `hanfs xcat redirect --cfgloc /etc/xcat/cfgloc --node {node} --to {to} --apply`"))
+        .collect()
 }

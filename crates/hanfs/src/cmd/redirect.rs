@@ -23,11 +23,7 @@ fn step(g: &Global) -> impl FnMut(&str) + '_ {
 #[cfg(feature = "xcat")]
 fn repoint(x: &XcatRepoint, log: &Path, moves: &[(String, String)], dry: bool) -> Repointed {
     let Ok(source) = super::xcat::spec(&x.source) else {
-        let steps = moves
-            .iter()
-            .map(|(node, to)| format!("xCAT not repointed (no --tabdump/--sqlite/--cfgloc given): run `hanfs xcat redirect --cfgloc /etc/xcat/cfgloc --node {node} --to {to} --apply`"))
-            .collect();
-        return Repointed { ok: true, steps, xcat: None };
+        return Repointed { ok: true, steps: xcat::redirect::no_source_hint(moves), xcat: None };
     };
     let log = (x.apply_xcat && !dry).then(|| log.to_path_buf());
     let r = xcat::redirect::repoint(&source, x.templates.as_deref(), moves, log);
@@ -42,7 +38,9 @@ fn repoint(x: &XcatRepoint, _log: &Path, moves: &[(String, String)], _dry: bool)
     if s.tabdump.is_none() && s.sqlite.is_none() && s.cfgloc.is_none() {
         let steps = moves
             .iter()
-            .map(|(node, to)| format!("xCAT not repointed (no --tabdump/--sqlite/--cfgloc given): run `hanfs xcat redirect --cfgloc /etc/xcat/cfgloc --node {node} --to {to} --apply`"))
+            .map(|(n, to)| {
+                format!("xCAT not repointed: run `hanfs xcat redirect --node {n} --to {to} --apply` on the MN")
+            })
             .collect();
         return Repointed { ok: true, steps, xcat: None };
     }
@@ -70,7 +68,7 @@ fn finish(g: &Global, what: &str, r: Result<MoveReport>) -> Result<Status> {
 }
 
 pub fn migrate(g: &Global, a: MigrateArgs) -> Result<Status> {
-    let ctl = super::controller(g)?;
+    let ctl = super::controller(g, None)?;
     let log = ctl.state.xcat_log();
     let mut step = step(g);
     let mut repoint = |m: &[(String, String)], dry: bool| repoint(&a.xcat, &log, m, dry);
@@ -80,7 +78,7 @@ pub fn migrate(g: &Global, a: MigrateArgs) -> Result<Status> {
 }
 
 pub fn failover(g: &Global, a: FailoverArgs) -> Result<Status> {
-    let ctl = super::controller(g)?;
+    let ctl = super::controller(g, None)?;
     let log = ctl.state.xcat_log();
     let mut step = step(g);
     let mut repoint = |m: &[(String, String)], dry: bool| repoint(&a.xcat, &log, m, dry);

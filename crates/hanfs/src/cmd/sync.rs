@@ -1,12 +1,12 @@
 //! `hanfs plan`, `sync`, `status`, `verify`: the controller against live agents.
 
-use super::{load_cluster, print_json};
+use super::{load_cluster, print_json, select};
 use crate::cli::{Global, ImageFilter, SyncArgs};
-use crate::exit::{bad_input, Status};
+use crate::exit::Status;
 use anyhow::Result;
 use controller::progress::{Event, Hook};
 use controller::statelite::StateliteReport;
-use controller::{Controller, SyncReport};
+use controller::SyncReport;
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::sync::{Arc, Mutex};
@@ -40,38 +40,11 @@ fn bars(g: &Global) -> Option<Hook> {
     }))
 }
 
-fn controller(g: &Global) -> Result<Arc<Controller>> {
-    let mut c =
-        Controller::new(super::load_config(g)?).map_err(|e| bad_input(format!("{}: {e:#}", g.config.display())))?;
-    c.progress = bars(g);
-    Ok(Arc::new(c))
-}
-
-fn images(g: &Global, c: &model::Cluster, f: &ImageFilter) -> Result<Vec<model::Image>> {
-    if f.images.is_empty() {
-        return Ok(c.images().to_vec());
-    }
-    f.images
-        .iter()
-        .map(|n| c.image(n).cloned().ok_or_else(|| bad_input(format!("{}: no image named `{n}`", g.config.display()))))
-        .collect()
-}
-
 pub fn plan(g: &Global, a: SyncArgs) -> Result<Status> {
     let cluster = load_cluster(g)?;
-    let imgs = images(g, &cluster, &a.filter)?;
+    let imgs = select(g, &cluster, &a.filter.images)?;
     let plans = controller::plan_images(&cluster, &imgs)?;
-    let exports: BTreeMap<String, String> = controller::render_exports(&cluster)?.into_iter().collect();
-    // Against what hanfs last wrote to each SN (recorded by sync), so an admin sees what will change.
-    let diffs: BTreeMap<String, String> = cluster
-        .sns()
-        .iter()
-        .filter_map(|sn| {
-            let wanted = exports.get(&sn.name)?;
-            let deployed = controller::StateDir::of(&cluster).deployed_exports(&sn.name);
-            Some((sn.name.clone(), exports::plan_text(sn.dialect, deployed.as_deref(), wanted)))
-        })
-        .collect();
+    let (exports, diffs) = controller::exports_plan(&cluster)?;
     if g.json {
         print_json(&serde_json::json!({ "images": plans, "exports": exports, "exports_diff": diffs }))?;
     } else {
@@ -109,8 +82,8 @@ pub fn sync(g: &Global, a: SyncArgs) -> Result<Status> {
     if a.dry_run {
         return plan(g, a);
     }
-    let c = controller(g)?;
-    let imgs = images(g, &c.cluster, &a.filter)?;
+    let c = super::controller(g, bars(g))?;
+    let imgs = select(g, &c.cluster, &a.filter.images)?;
     let rt = super::runtime()?;
     let r = rt.block_on(c.sync(&imgs))?;
     // Statelite data is copied on a full sync (no --image filter): serving SN -> each backup,
@@ -124,7 +97,7 @@ pub fn sync(g: &Global, a: SyncArgs) -> Result<Status> {
 }
 
 pub fn status(g: &Global) -> Result<Status> {
-    let c = controller(g)?;
+    let c = super::controller(g, bars(g))?;
     let r = super::runtime()?.block_on(c.status())?;
     let lags = controller::statelite::lags(&c.state, &load_cluster(g)?);
     if g.json {
@@ -142,8 +115,8 @@ pub fn status(g: &Global) -> Result<Status> {
 }
 
 pub fn verify(g: &Global, a: ImageFilter) -> Result<Status> {
-    let c = controller(g)?;
-    let imgs = images(g, &c.cluster, &a)?;
+    let c = super::controller(g, bars(g))?;
+    let imgs = select(g, &c.cluster, &a.images)?;
     let r = super::runtime()?.block_on(c.verify(&imgs))?;
     print_report(g, "verify", &r, &[])
 }
