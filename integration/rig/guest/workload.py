@@ -291,7 +291,7 @@ def daemon_events(log, rnd, dead, backup):
             text = parts[2]
             fields = {k: v.strip('"') for k, v in FIELD.findall(text)}
             msg = FIELD.sub("", text).lower()
-            for name in classify(parts[1], msg, fields, dead, backup):
+            for name in classify(msg, fields, dead, backup):
                 found.setdefault(name, int((t - shift) * 1000))
     for name in ("down", "fence", "addr"):
         if name in found:
@@ -299,16 +299,17 @@ def daemon_events(log, rnd, dead, backup):
     return 0
 
 
-def classify(level, msg, fields, dead, backup):
-    """Which of the round's events one structured line of the daemon is."""
+def classify(msg, fields, dead, backup):
+    """Which of the round's events one structured line of the daemon is: the daemon logs every
+    decision with the SN (`sn`, the service's SN for a takeover) and the backup (`to`)."""
     sn = fields.get("sn", "")
     out = []
-    failed = level in ("WARN", "ERROR") or "fail" in msg or "refused" in msg
-    if sn == dead and "down" in msg:
+    failed = "fail" in msg or "not " in msg or "refused" in msg
+    if sn == dead and " down" in msg:
         out.append("down")
     if sn == dead and "fence" in msg and not failed and ("fenced" in msg or "succeeded" in msg):
         out.append("fence")
-    if "claim" in msg and not failed and backup in (fields.get("to"), fields.get("sn")):
+    if ("taken over" in msg or "claimed" in msg) and not failed and fields.get("to") == backup:
         out.append("addr")
     return out
 
