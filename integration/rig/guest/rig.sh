@@ -307,7 +307,7 @@ nfs3_failover() {
 # --- sn-kill (check (i)): an SN dies under a running node, its backup takes the address over ------
 # Issue #12 points 4 and 5.  On a LAN of its own (10.0.1.0/24: a dummy device with one macvlan per
 # party, bridge mode, so ARP works as on a switch, and a gratuitous ARP really matters):
-#   root netns = the node (client, 10.0.1.254)   netns mn: 10.0.1.250 (idle; `hanfs daemon` later)
+#   root netns = the node (client, 10.0.1.254)   netns mn: 10.0.1.250 (`hanfs daemon`: driver daemon)
 #   netns sn1: 10.0.1.1 + the service address 10.0.1.101   netns sn2: 10.0.1.2 (sn1's backup)
 # sn1 and sn2 run `hanfs agent` serving the same image replica (cp -a: other inodes) over NFSv3 at
 # the same root path, so their handles are the same; their kernel nfsd serves the node's
@@ -315,7 +315,9 @@ nfs3_failover() {
 # runs workload.py.  Then sn1 is killed and the hook `takeover sn1 sn2` moves the address (later
 # rounds alternate: the dead SN, repaired, is the next round's backup).
 #
-# SCRIPTED STAND-INS TODAY (to be replaced by waiting for `hanfs daemon` in netns mn):
+# RIG_HA_DRIVER=daemon: `hanfs daemon` in netns mn detects, fences (ha-fence.sh) and has the
+# backup's agent claim the address; the hook only waits (see "the daemon driver" below).
+# RIG_HA_DRIVER=script (the default), SCRIPTED STAND-INS:
 #   - detection: the script knows when it killed sn1 (no health probe runs);
 #   - the fence: ha_fence takes sn1's link down and kills its agent, as `rpower sn1 off` would,
 #     and checks both (the fence-fails round makes its first attempt fail);
