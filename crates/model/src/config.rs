@@ -102,6 +102,12 @@ pub struct ClusterSection {
     pub hold_down_secs: Option<Spanned<Seconds>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fence_timeout_secs: Option<Spanned<Seconds>>,
+    /// Waits before the 2nd, 3rd, ... attempt of one fence run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fence_retry_secs: Option<Spanned<Vec<Seconds>>>,
+    /// Wait after a failed fence run before the next run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fence_rerun_after_secs: Option<Spanned<Seconds>>,
     /// argv run after the fence; it must exit 0 and print `fence_verify_expect`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub fence_verify: Vec<String>,
@@ -145,6 +151,8 @@ impl ClusterSection {
             dead_after_secs: None,
             hold_down_secs: None,
             fence_timeout_secs: None,
+            fence_retry_secs: None,
+            fence_rerun_after_secs: None,
             fence_verify: Vec::new(),
             fence_verify_expect: None,
             notify: Vec::new(),

@@ -29,6 +29,8 @@ pub struct Health {
     pub dead_after: Option<Duration>,
     pub hold_down: Option<Duration>,
     pub fence_timeout: Option<Duration>,
+    pub fence_retry: Option<Vec<Duration>>,
+    pub fence_rerun_after: Option<Duration>,
     pub fence_verify: Vec<String>,
     pub fence_verify_expect: Option<String>,
     pub notify: Vec<String>,
@@ -58,7 +60,8 @@ impl ServiceAddress {
             .ok()
             .filter(|p| *p <= max)
             .ok_or_else(|| format!("`{s}`: the prefix must be 0 to {max}"))?;
-        if ip.is_unspecified() || ip.is_multicast() || ip.is_loopback() {
+        // Loopback is allowed: single-host test clusters serve from 127.0.0.x.
+        if ip.is_unspecified() || ip.is_multicast() {
             return Err(format!("`{s}`: not an address clients can mount from"));
         }
         Ok(ServiceAddress { ip, prefix })
@@ -144,6 +147,12 @@ pub(crate) fn section(c: &ClusterSection, sink: &mut Sink<'_>) -> Health {
             Some(list.iter().map(|x| *x as u32).collect())
         }
     });
+    let fence_retry = c.fence_retry_secs.as_ref().map(|v| {
+        v.get_ref()
+            .iter()
+            .filter_map(|x| secs(sink, &Some(Spanned::new(v.span(), *x)), "fence_retry_secs"))
+            .collect()
+    });
     Health {
         failover,
         probe_interval: secs(sink, &c.probe_interval_secs, "probe_interval_secs"),
@@ -151,6 +160,8 @@ pub(crate) fn section(c: &ClusterSection, sink: &mut Sink<'_>) -> Health {
         dead_after: secs(sink, &c.dead_after_secs, "dead_after_secs"),
         hold_down: secs(sink, &c.hold_down_secs, "hold_down_secs"),
         fence_timeout: secs(sink, &c.fence_timeout_secs, "fence_timeout_secs"),
+        fence_retry,
+        fence_rerun_after: secs(sink, &c.fence_rerun_after_secs, "fence_rerun_after_secs"),
         fence_verify: c.fence_verify.clone(),
         fence_verify_expect,
         notify: c.notify.clone(),
@@ -175,7 +186,7 @@ mod tests {
     fn service_addresses_need_a_prefix() {
         assert_eq!(ServiceAddress::parse("10.0.1.101/24").unwrap().to_string(), "10.0.1.101/24");
         assert_eq!(ServiceAddress::parse("fd00::1/64").unwrap().prefix, 64);
-        for bad in ["10.0.1.101", "10.0.1.101/33", "x/24", "0.0.0.0/0", "127.0.0.1/8", "fd00::1/129"] {
+        for bad in ["10.0.1.101", "10.0.1.101/33", "x/24", "0.0.0.0/0", "224.0.0.1/4", "fd00::1/129"] {
             assert!(ServiceAddress::parse(bad).is_err(), "{bad} accepted");
         }
     }
