@@ -355,6 +355,20 @@ mod tests {
         };
         m.record_sync(&r, 0.5);
         m.record_statelite(2, 1);
+        m.record_health(&health::HealthReport {
+            sns: vec![health::SnHealth {
+                name: "sn1".into(),
+                state: health::HealthState::Fenced,
+                last_good_probe: Some(1_700_000_000),
+                failing_since: None,
+                reason: None,
+                fence: None,
+                serving_for: Vec::new(),
+                served_by: Some("sn2".into()),
+            }],
+            waiting_for_backup: Vec::new(),
+        });
+        m.record_fence("sn1", "fenced");
         let t = m.render();
         for want in [
             "hanfs_sync_runs_total{result=\"ok\"} 1",
@@ -366,6 +380,10 @@ mod tests {
             "hanfs_replica_generation{sn=\"sn1\",image=\"compute\"} 3",
             "hanfs_replica_matches{sn=\"sn1\",image=\"compute\"} 1",
             "# TYPE hanfs_last_success_timestamp_seconds gauge",
+            "hanfs_sn_state{sn=\"sn1\",state=\"fenced\"} 1",
+            "hanfs_sn_state{sn=\"sn1\",state=\"up\"} 0",
+            "hanfs_sn_last_good_probe_timestamp_seconds{sn=\"sn1\"} 1700000000",
+            "hanfs_fence_runs_total{sn=\"sn1\",result=\"fenced\"} 1",
         ] {
             assert!(t.contains(want), "{want} not in:\n{t}");
         }
