@@ -16,6 +16,7 @@
 //!   work runs on blocking threads, never on the async workers.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod address;
 mod error;
 pub mod daemon;
 pub mod demo;
