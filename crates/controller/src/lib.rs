@@ -17,9 +17,9 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod address;
-mod error;
 pub mod daemon;
 pub mod demo;
+mod error;
 mod image;
 pub mod progress;
 mod push;
