@@ -209,4 +209,16 @@ impl Listening {
         let Listening { agent, listener, _nfs3, .. } = self;
         agent.serve(listener).await
     }
+
+    /// [`Self::serve`] until SIGTERM (systemd, a parent) or SIGINT: then it stops accepting; the
+    /// engine keeps every replica at a whole generation whenever the process ends.
+    pub async fn serve_until_signal(self) -> Result<()> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+        tokio::select! {
+            r = self.serve() => r,
+            _ = term.recv() => { tracing::info!("agent stopping on SIGTERM"); Ok(()) }
+            _ = tokio::signal::ctrl_c() => { tracing::info!("agent stopping on SIGINT"); Ok(()) }
+        }
+    }
 }

@@ -275,8 +275,14 @@ mod tests {
     fn statelite_prefix_moves_the_trees_not_the_areas() {
         let state = tempfile::tempdir().unwrap();
         let a = agent_with(state.path(), "statelite_prefix = \"/srv/sn1\"\n");
-        assert_eq!(locate(&a, "/nodedata", "cn001").unwrap(), (PathBuf::from("/srv/sn1/nodedata"), proto::RelPath::parse("cn001").unwrap()));
-        assert_eq!(locate(&a, "/srv/lite/x", "cn001").unwrap(), (PathBuf::from("/srv/sn1/srv/lite"), proto::RelPath::parse("x/cn001").unwrap()));
+        assert_eq!(
+            locate(&a, "/nodedata", "cn001").unwrap(),
+            (PathBuf::from("/srv/sn1/nodedata"), proto::RelPath::parse("cn001").unwrap())
+        );
+        assert_eq!(
+            locate(&a, "/srv/lite/x", "cn001").unwrap(),
+            (PathBuf::from("/srv/sn1/srv/lite"), proto::RelPath::parse("x/cn001").unwrap())
+        );
         // The area is still checked as the cluster names it.
         assert!(locate(&a, "/srv/sn1/nodedata", "cn001").is_err());
     }

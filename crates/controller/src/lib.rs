@@ -24,13 +24,14 @@ mod image;
 pub mod progress;
 mod push;
 pub mod redirect;
+pub mod report;
 mod sn;
 pub mod state;
 pub mod statelite;
 
 pub use error::SnError;
 pub use image::{plan_images, prepare, ImagePlan, Prepared};
-pub use push::render_exports;
+pub use push::{exports_plan, render_exports};
 pub use sn::{deployed_exports, Conn};
 pub use state::{PlacementLock, StateDir, StateLock};
 
@@ -225,19 +226,6 @@ impl Controller {
     /// Dials an SN's agent and does the handshake (see `sn::connect`).
     pub async fn connect(&self, sn: &ServiceNode) -> Result<Conn, SnError> {
         sn::connect(self, sn).await
-    }
-
-    /// The images selected by name (all when `names` is empty); unknown names are bad input.
-    pub fn select(&self, names: &[String]) -> Result<Vec<model::Image>, String> {
-        if names.is_empty() {
-            return Ok(self.cluster.images().to_vec());
-        }
-        names
-            .iter()
-            .map(|n| {
-                self.cluster.image(n).cloned().ok_or_else(|| format!("no image named `{n}` in the cluster config"))
-            })
-            .collect()
     }
 
     /// One-shot sync of `images`: scan, plan, send to every SN concurrently, verify digests, write

@@ -3,10 +3,11 @@
 //! and the write (issue #10: a daemon pushing exports from the placement it loaded at start undid
 //! every `migrate`).
 
-use crate::state::PlacementLock;
+use crate::state::{PlacementLock, StateDir};
 use crate::{Controller, ExportsReport};
 use anyhow::{anyhow, Result};
 use model::Cluster;
+use std::collections::BTreeMap;
 
 /// Renders the exports of every SN of `cluster`, in its dialect (Linux file, AIX managed block).
 pub fn render_exports(cluster: &Cluster) -> Result<Vec<(String, String)>> {
@@ -42,4 +43,21 @@ async fn write_exports(ctl: &Controller, sn: &str, text: String) -> Result<(Expo
     let sent = c.bytes_out - before;
     c.bye().await;
     Ok((ExportsReport { sn: sn.to_string(), reloaded, output }, sent))
+}
+
+/// `hanfs plan`'s exports: each SN's rendering from `cluster`, and its diff against what hanfs last
+/// wrote there (recorded by sync), so an admin sees what a sync would change.
+pub fn exports_plan(cluster: &Cluster) -> Result<(BTreeMap<String, String>, BTreeMap<String, String>)> {
+    let exports: BTreeMap<String, String> = render_exports(cluster)?.into_iter().collect();
+    let state = StateDir::of(cluster);
+    let diffs = cluster
+        .sns()
+        .iter()
+        .filter_map(|sn| {
+            let wanted = exports.get(&sn.name)?;
+            let deployed = state.deployed_exports(&sn.name);
+            Some((sn.name.clone(), exports::plan_text(sn.dialect, deployed.as_deref(), wanted)))
+        })
+        .collect();
+    Ok((exports, diffs))
 }

@@ -100,7 +100,7 @@ fn the_export_is_the_installdir_with_the_pair() {
 fn commands_run_xcats_steps_in_xcats_order() {
     let c = cluster();
     let ex = exports::build(&c, "aixsn1").unwrap();
-    let script = exports::aix::setuphanfs_commands(&ex, "aixsn1", c.domain.as_deref());
+    let script = exports::aix::setuphanfs_commands(&ex, "aixsn1", c.domain());
     // hanfs's own statelite exports follow xCAT's steps.
     let tail = [
         "rmnfsexp -d /nodedata/aixcn01 -I",
@@ -119,7 +119,7 @@ fn commands_run_xcats_steps_in_xcats_order() {
 fn a_failed_step_is_named_and_the_rest_still_run() {
     let c = cluster();
     let ex = exports::build(&c, "aixsn1").unwrap();
-    let script = exports::aix::setuphanfs_commands(&ex, "aixsn1", c.domain.as_deref());
+    let script = exports::aix::setuphanfs_commands(&ex, "aixsn1", c.domain());
     let fresh = cases().into_iter().next().unwrap();
     // As in xCAT (each failure counted in $error, the next step run), chnfs failing does not stop
     // the export; the script names it and exits 1.

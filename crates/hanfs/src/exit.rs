@@ -19,9 +19,7 @@ impl From<Status> for ExitCode {
 }
 
 /// Marks an error as the user's input being wrong (exit 2) rather than an operation failing (exit 1).
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct BadInput(pub String);
+pub use controller::BadInput;
 
 pub fn bad_input(msg: impl Into<String>) -> anyhow::Error {
     anyhow::Error::new(BadInput(msg.into()))

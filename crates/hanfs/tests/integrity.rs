@@ -136,8 +136,8 @@ fn every_kind_of_drift_is_repaired_by_the_next_sync() {
 fn a_second_agent_on_the_same_state_dir_exits_2_naming_it() {
     let rig = Rig::new(1, false);
     let conf = std::fs::read_to_string(&rig.agents[0].conf).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let other = conf.replace(&format!("127.0.0.1:{}", rig.agents[0].port), &format!("127.0.0.1:{port}"));
+    // Its own listener (port 0): only the state dir is shared.
+    let other = conf.replace(&format!("127.0.0.1:{}", rig.agents[0].port), "127.0.0.1:0");
     let p = rig.path().join("second.toml");
     std::fs::write(&p, other).unwrap();
     let mut second = Command::new(hanfs_bin())

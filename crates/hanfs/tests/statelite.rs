@@ -28,22 +28,7 @@ fn restart_with_statelite(rig: &mut Rig, i: usize) {
         conf = format!("statelite_roots = [\"/nodedata\"]\nstatelite_prefix = {:?}\n{conf}", prefix.to_str().unwrap());
         std::fs::write(&a.conf, conf).unwrap();
     }
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(&a.log).unwrap();
-    let child = Command::new(hanfs_bin())
-        .args(["--config", a.conf.to_str().unwrap(), "agent"])
-        .env("HANFS_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let port = a.port;
-    rig.agents[i].child = Some(child);
-    let t = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(t.elapsed() < Duration::from_secs(10), "agent {i} did not start: {}", rig.log(i));
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    rig.start(i);
 }
 
 fn setup(fence: &[&str]) -> Rig {
@@ -296,7 +281,7 @@ fn daemon_copies_statelite_on_its_clock() {
 /// sync after the move put cn001's rw export back on sn1 (no `refer=`) and took it from sn2.
 #[test]
 fn daemon_keeps_a_move_made_while_it_runs() {
-    let rig = setup("[\"true\"]");
+    let rig = setup(&["true"]);
     net::fill(&rig.source(), 5);
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let log = std::fs::File::create(rig.path().join("daemon.log")).unwrap();

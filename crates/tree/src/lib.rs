@@ -136,3 +136,15 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub(crate) fn io_err(path: &std::path::Path, e: std::io::Error) -> Error {
     Error::Io { path: path.display().to_string(), source: e }
 }
+
+impl Error {
+    /// Whether the caller's input is at fault (malformed, hostile or wrong-flavour data, or an
+    /// input file that does not exist) rather than the operation failing.
+    pub fn is_bad_input(&self) -> bool {
+        match self {
+            Error::Delta { .. } | Error::Hostile(_) => true,
+            Error::Io { source, .. } => source.kind() == std::io::ErrorKind::NotFound,
+            _ => false,
+        }
+    }
+}

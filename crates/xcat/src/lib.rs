@@ -30,6 +30,45 @@ pub struct Imported {
     pub cluster: model::Cluster,
 }
 
+impl Imported {
+    /// The report as an administrator reads it: every error and warning, the skipped rows only up
+    /// to `skipped_shown` (then one line counting the rest; `--json` has them all).
+    pub fn report_lines(&self, skipped_shown: usize) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut skipped = 0;
+        for issue in &self.import.report {
+            if issue.severity == Severity::Skipped {
+                skipped += 1;
+                if skipped > skipped_shown {
+                    continue;
+                }
+            }
+            out.push(format!("hanfs: xcat import: {issue}"));
+        }
+        if skipped > skipped_shown {
+            out.push(format!(
+                "hanfs: xcat import: ... and {} more skipped rows (--json lists them all)",
+                skipped - skipped_shown
+            ));
+        }
+        out
+    }
+
+    /// One line: what was imported from where (and where it was written).
+    pub fn summary(&self, output: Option<&std::path::Path>) -> String {
+        let c = &self.import.config;
+        format!(
+            "hanfs: xcat import: {} SNs, {} nodes, {} images, {} statelite areas from {}{}",
+            c.sn.len(),
+            c.node.len(),
+            c.image.len(),
+            c.statelite.len(),
+            self.import.source,
+            output.map(|p| format!(" -> {}", p.display())).unwrap_or_default()
+        )
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ImportError {
     #[error(transparent)]

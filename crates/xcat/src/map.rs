@@ -7,6 +7,8 @@
 use crate::db::{AttrError, Db};
 use crate::rules;
 use crate::table::Tables;
+use model::config::{sp, Clients, ClusterSection, ConfigFile, ImageSection, NodeSection, SnSection, StateliteSection};
+use model::{Dialect, TlsFiles};
 use serde::Serialize;
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet};
@@ -44,81 +46,11 @@ impl std::fmt::Display for Issue {
     }
 }
 
-// ---------------------------------------------------------------------------------------------
-// The config as written (contract.md); serialised with serde/toml.
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Config {
-    pub cluster: ClusterOut,
-    pub tls: TlsOut,
-    pub sn: Vec<SnOut>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub image: Vec<ImageOut>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub statelite: Vec<StateliteOut>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub node: Vec<NodeOut>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ClusterOut {
-    pub source_root: String,
-    pub state_dir: String,
-    pub backups: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub domain: Option<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct TlsOut {
-    pub ca: String,
-    pub cert: String,
-    pub key: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct SnOut {
-    pub name: String,
-    /// What the nodes use (replicas=/refer=): the SN's interface facing them.
-    pub address: String,
-    /// Where the MN reaches the agent: the SN's name as in noderes.servicenode, which the MN resolves.
-    pub agent: String,
-    pub dialect: String,
-    pub backups: Vec<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ImageOut {
-    pub name: String,
-    pub path: String,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub exclude: Vec<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub sns: Option<Vec<String>>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct StateliteOut {
-    pub name: String,
-    pub path: String,
-    pub clients: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct NodeOut {
-    pub name: String,
-    pub sns: Vec<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub served_by: Option<String>,
-    /// The statelite areas holding its data, when not all of them.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub statelite: Option<Vec<String>>,
-}
-
 /// What an import produced.
 #[derive(Debug, Clone)]
 pub struct Import {
-    pub config: Config,
+    /// The config as written, in model's schema.
+    pub config: ConfigFile,
     pub report: Vec<Issue>,
     /// Where the tables came from.
     pub source: String,
@@ -127,7 +59,7 @@ pub struct Import {
 impl Import {
     /// The config as TOML, with a header comment naming the source and summing up the report.
     pub fn to_toml(&self) -> Result<String, toml::ser::Error> {
-        let body = toml::to_string(&self.config)?;
+        let body = self.config.to_toml()?;
         let count = |s: Severity| self.report.iter().filter(|i| i.severity == s).count();
         Ok(format!(
             "# hanfs cluster config, written by `hanfs xcat import` from {}.\n\
@@ -149,6 +81,11 @@ impl Import {
             body
         ))
     }
+}
+
+/// A list of names as the schema holds them (no place in a file).
+fn texts(v: Vec<String>) -> Vec<model::config::Text> {
+    v.into_iter().map(sp).collect()
 }
 
 /// Names compared with their digit runs as numbers: cn2 < cn10.
@@ -402,13 +339,13 @@ struct Os {
 /// The images mapped so far; paths are unique.
 #[derive(Default)]
 struct Images {
-    list: Vec<ImageOut>,
+    list: Vec<ImageSection>,
     by_path: BTreeMap<String, String>,
 }
 
 /// The statelite areas and who keeps data where.
 struct StateliteMap {
-    areas: Vec<StateliteOut>,
+    areas: Vec<StateliteSection>,
     /// Directory -> area name.
     area_name: BTreeMap<String, String>,
     /// Nodes whose data is on an SN other than their primary.
@@ -806,7 +743,7 @@ impl Mapper<'_, '_> {
     /// address, agent endpoint (the name the MN uses, `noderes.servicenode`), backups (the SN its
     /// nodes list second, most common first). An AIX SN is never written as Linux: one that cannot be
     /// written as AIX (no IP, no `site.domain`) is left out, reported.
-    fn sn_entries(&mut self, topo: &Topology, addr: &Addressing, os: &Os, site: &Site) -> Vec<SnOut> {
+    fn sn_entries(&mut self, topo: &Topology, addr: &Addressing, os: &Os, site: &Site) -> Vec<(SnSection, Dialect)> {
         let mut sn_out = Vec::new();
         for s in &topo.sn_names {
             let served: Vec<&N> = topo.nodes.iter().filter(|n| &n.sns[0] == s).collect();
@@ -814,7 +751,7 @@ impl Mapper<'_, '_> {
                 .chain(served.iter().map(|n| n.name.as_str()))
                 .any(|n| os.node_aix.contains(n));
             let address = addr.addresses.get(s).cloned().unwrap_or_else(|| s.clone());
-            let dialect = if aix { "aix" } else { "linux" };
+            let dialect = if aix { Dialect::Aix } else { Dialect::Linux };
             if aix && !is_ip(&address) {
                 self.issue(Severity::Error, "noderes", s.clone(), format!("AIX service node address `{address}` is not an IP (AIX replica lists take IPs) and does not resolve; the SN is left out, its nodes lose it"));
                 continue;
@@ -848,20 +785,20 @@ impl Mapper<'_, '_> {
                 );
             }
             let agent = format!("{s}:{}", model::cluster::DEFAULT_AGENT_PORT);
-            sn_out.push(SnOut { name: s.clone(), address, agent, dialect: dialect.to_string(), backups });
+            sn_out.push((SnSection::new(s.clone(), address).agent(agent).dialect(dialect).backups(backups), dialect));
         }
         sn_out
     }
 
     /// Add an image unless its name is unusable or its path is already an image.
-    fn add_image(&mut self, images: &mut Images, img: ImageOut, table: &str, row: &str) {
+    fn add_image(&mut self, images: &mut Images, img: ImageSection, table: &str, row: &str) {
         // The name becomes a directory in hanfs' state: one safe path component, or the row is not mapped.
-        if let Err(e) = model::check_name(&img.name) {
+        if let Err(e) = model::check_name(img.name.get_ref()) {
             self.issue(Severity::Error, table, row.to_string(), format!("image name: {e}"));
             return;
         }
-        if let Some(other) = images.by_path.get(&img.path) {
-            if other != &img.name {
+        if let Some(other) = images.by_path.get(img.path.get_ref()) {
+            if other != img.name.get_ref() {
                 self.issue(
                     Severity::Skipped,
                     table,
@@ -871,7 +808,7 @@ impl Mapper<'_, '_> {
             }
             return;
         }
-        images.by_path.insert(img.path.clone(), img.name.clone());
+        images.by_path.insert(img.path.get_ref().clone(), img.name.get_ref().clone());
         images.list.push(img);
     }
 
@@ -921,12 +858,9 @@ impl Mapper<'_, '_> {
                 );
                 continue;
             }
-            let img = ImageOut {
-                name: v.to_string(),
-                path: format!("nim/{col}/{v}"),
-                exclude: vec!["**/.client_data".to_string()],
-                sns: sns.clone(),
-            };
+            let mut img = ImageSection::new(v, format!("nim/{col}/{v}"));
+            img.exclude = vec!["**/.client_data".to_string()];
+            img.sns = sns.clone().map(texts);
             self.add_image(images, img, "nimimage", &row);
         }
         for col in NIM_NEVER {
@@ -1035,7 +969,8 @@ impl Mapper<'_, '_> {
             );
             return;
         };
-        let img = ImageOut { name: name.to_string(), path: rel.to_string(), exclude: Vec::new(), sns };
+        let mut img = ImageSection::new(name, rel);
+        img.sns = sns.map(texts);
         self.add_image(images, img, "linuximage", rowname);
     }
 
@@ -1118,8 +1053,8 @@ impl Mapper<'_, '_> {
                     )
                 };
                 let dir = dir.trim_end_matches('/').to_string();
-                let Some(image) = images.list.iter().find(|i| &i.name == img) else { continue };
-                let replicated = format!("{}{}", site.prefix, image.path);
+                let Some(image) = images.list.iter().find(|i| i.name.get_ref() == img) else { continue };
+                let replicated = format!("{}{}", site.prefix, image.path.get_ref());
                 if dir != replicated {
                     self.issue(
                         Severity::Error,
@@ -1144,7 +1079,11 @@ impl Mapper<'_, '_> {
         }
         let installdir = &site.installdir;
         for img in &mut images.list {
-            let want: Vec<String> = img.sns.clone().unwrap_or_else(|| written.to_vec());
+            let want: Vec<String> = img
+                .sns
+                .as_ref()
+                .map(|l| l.iter().map(|s| s.get_ref().clone()).collect())
+                .unwrap_or_else(|| written.to_vec());
             let Some(first) = want.first().cloned() else { continue };
             if want.len() > 1 {
                 self.issue(
@@ -1158,7 +1097,7 @@ impl Mapper<'_, '_> {
                     ),
                 );
             }
-            img.sns = if written.len() == 1 { None } else { Some(vec![first]) };
+            img.sns = if written.len() == 1 { None } else { Some(vec![sp(first)]) };
         }
     }
 
@@ -1377,7 +1316,11 @@ impl Mapper<'_, '_> {
                 );
                 continue;
             };
-            if let Some(img) = images.list.iter().find(|i| rel == i.path || rel.starts_with(&format!("{}/", i.path))) {
+            if let Some(img) = images
+                .list
+                .iter()
+                .find(|i| rel == *i.path.get_ref() || rel.starts_with(&format!("{}/", i.path.get_ref())))
+            {
                 self.issue(Severity::Skipped, "litetree", row, format!("`{path}` is inside image {}", img.name));
                 continue;
             }
@@ -1385,7 +1328,7 @@ impl Mapper<'_, '_> {
                 self.issue(Severity::Error, "litetree", row, format!("directory `{path}` is not a usable path"));
                 continue;
             }
-            let img = ImageOut { name: format!("litetree-{prio}"), path: rel, exclude: Vec::new(), sns: None };
+            let img = ImageSection::new(format!("litetree-{prio}"), rel);
             self.add_image(images, img, "litetree", &row);
         }
     }
@@ -1414,13 +1357,15 @@ impl Mapper<'_, '_> {
         &mut self,
         topo: &Topology,
         sl: &StateliteMap,
-        sn_out: &mut [SnOut],
+        sn_out: &mut [SnSection],
         written: &[String],
-    ) -> Vec<NodeOut> {
+    ) -> Vec<NodeSection> {
         for s in sn_out.iter_mut() {
-            s.backups.retain(|b| written.contains(b));
+            if let Some(b) = &mut s.backups {
+                b.get_mut().retain(|b| written.contains(b.get_ref()));
+            }
         }
-        let mut node_out: Vec<NodeOut> = Vec::new();
+        let mut node_out: Vec<NodeSection> = Vec::new();
         for n in &topo.nodes {
             let sns: Vec<String> = n.sns.iter().filter(|s| written.contains(s)).cloned().collect();
             if sns.is_empty() {
@@ -1435,7 +1380,10 @@ impl Mapper<'_, '_> {
                 .map(|ds| ds.iter().filter_map(|d| sl.area_name.get(d).cloned()).collect())
                 .unwrap_or_default();
             let statelite = (areas.len() != sl.areas.len()).then_some(areas);
-            node_out.push(NodeOut { name: n.name.clone(), sns, served_by: served, statelite });
+            let mut node = NodeSection::new(n.name.clone(), sns);
+            node.served_by = served.map(sp);
+            node.statelite = statelite.map(texts);
+            node_out.push(node);
         }
         if node_out.is_empty() {
             self.issue(Severity::Error, "noderes", "*", "no node has a service node: nothing for hanfs to serve");
@@ -1460,7 +1408,7 @@ fn image_row_applies(image: &str, imgs: &[String], groups: &BTreeMap<String, Str
 }
 
 /// One statelite area per directory, named after its last component (made unique).
-fn area_names<'d>(dirs: impl Iterator<Item = &'d String>) -> (Vec<StateliteOut>, BTreeMap<String, String>) {
+fn area_names<'d>(dirs: impl Iterator<Item = &'d String>) -> (Vec<StateliteSection>, BTreeMap<String, String>) {
     let mut statelite = Vec::new();
     let mut used = BTreeSet::new();
     let mut area_name: BTreeMap<String, String> = BTreeMap::new();
@@ -1479,7 +1427,7 @@ fn area_names<'d>(dirs: impl Iterator<Item = &'d String>) -> (Vec<StateliteOut>,
             k += 1;
         }
         area_name.insert(dir.clone(), name.clone());
-        statelite.push(StateliteOut { name, path: dir.clone(), clients: "*".into() });
+        statelite.push(StateliteSection::new(name, dir.clone()).clients(Clients::One("*".into())));
     }
     (statelite, area_name)
 }
@@ -1535,16 +1483,19 @@ pub fn import_with(tables: &Tables, resolver: Resolver<'_>) -> Import {
     let addr = m.resolve_addresses(tables, &topo);
     m.check_nfsservers(&topo, &addr);
     let os = m.node_osimages(tables, &topo);
-    let mut sn_out = m.sn_entries(&topo, &addr, &os, &site);
-    let by_dialect =
-        |d: &str| -> Vec<String> { sn_out.iter().filter(|s| s.dialect == d).map(|s| s.name.clone()).collect() };
+    let sn_dialects = m.sn_entries(&topo, &addr, &os, &site);
+    let by_dialect = |d: Dialect| -> Vec<String> {
+        sn_dialects.iter().filter(|(_, x)| *x == d).map(|(s, _)| s.name.get_ref().clone()).collect()
+    };
+    let (aix_sns, linux_sns) = (by_dialect(Dialect::Aix), by_dialect(Dialect::Linux));
+    let mut sn_out: Vec<SnSection> = sn_dialects.into_iter().map(|(s, _)| s).collect();
     let ctx = ImageCtx {
         site: &site,
         topo: &topo,
         os: &os,
-        aix_sns: by_dialect("aix"),
-        linux_sns: by_dialect("linux"),
-        written: sn_out.iter().map(|s| s.name.clone()).collect(),
+        aix_sns,
+        linux_sns,
+        written: sn_out.iter().map(|s| s.name.get_ref().clone()).collect(),
     };
     let (mut images, osimage_names) = m.map_images(tables, &ctx);
     m.shared_install(&site, &mut images, &ctx.written);
@@ -1554,23 +1505,20 @@ pub fn import_with(tables: &Tables, resolver: Resolver<'_>) -> Import {
     m.check_litefile(tables, &osimage_names);
     let written = ctx.written.clone();
     let node_out = m.node_entries(&topo, &sl, &mut sn_out, &written);
-    let config = Config {
-        cluster: ClusterOut {
-            source_root: site.installdir,
-            state_dir: "/var/lib/hanfs".into(),
-            backups: "none".into(),
-            domain: site.domain,
-        },
-        tls: TlsOut {
-            ca: "/etc/hanfs/ca.pem".into(),
-            cert: "/etc/hanfs/mn.pem".into(),
-            key: "/etc/hanfs/mn.key".into(),
-        },
-        sn: sn_out,
-        image: images.list,
-        statelite: sl.areas,
-        node: node_out,
-    };
+    let mut cluster = ClusterSection::new(site.installdir);
+    cluster.state_dir = Some(sp("/var/lib/hanfs".into()));
+    cluster.backups = Some(sp(model::BackupPolicy::None.as_str().into()));
+    cluster.domain = site.domain.map(sp);
+    let mut config = ConfigFile::new(cluster);
+    config.tls = Some(TlsFiles {
+        ca: "/etc/hanfs/ca.pem".into(),
+        cert: "/etc/hanfs/mn.pem".into(),
+        key: "/etc/hanfs/mn.key".into(),
+    });
+    config.sn = sn_out;
+    config.image = images.list;
+    config.statelite = sl.areas;
+    config.node = node_out;
     let mut report = m.report;
     report.sort_by(|a, b| {
         b.severity.cmp(&a.severity).then_with(|| a.table.cmp(&b.table)).then_with(|| natural_cmp(&a.row, &b.row))

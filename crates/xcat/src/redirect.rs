@@ -78,6 +78,14 @@ impl Templates {
         }
         Ok(t)
     }
+
+    /// Templates from the TOML file `path`, or xCAT's own commands when none is given.
+    pub fn load(path: Option<&Path>) -> Result<Templates, String> {
+        let Some(f) = path else { return Ok(Templates::default()) };
+        let text =
+            std::fs::read_to_string(f).map_err(|e| format!("{}: cannot read the templates: {e}", f.display()))?;
+        Templates::from_toml(&f.display().to_string(), &text)
+    }
 }
 
 /// One attribute a node gets.
@@ -118,6 +126,22 @@ pub struct Plan {
 pub struct Command {
     pub argv: Vec<String>,
     pub why: String,
+}
+
+impl Command {
+    /// The command as a shell line an administrator can paste.
+    pub fn shell_line(&self) -> String {
+        self.argv.iter().map(|a| shell_quote(a)).collect::<Vec<_>>().join(" ")
+    }
+}
+
+/// `s` quoted for a POSIX shell (left as is when it needs no quoting).
+pub fn shell_quote(s: &str) -> String {
+    if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=,:@+%".contains(c)) {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -429,11 +453,6 @@ fn log_line(log: &Path, v: &serde_json::Value) -> Result<(), RedirectError> {
     f.sync_data().map_err(err)
 }
 
-/// Where `--apply` records what ran: `<state_dir>/xcat-redirect.log`.
-pub fn default_log(state_dir: &Path) -> PathBuf {
-    state_dir.join("xcat-redirect.log")
-}
-
 /// A bare command name that PATH does not hold, but /opt/xcat/bin or /opt/xcat/sbin does, is run
 /// from there (xCAT installs its commands there; a systemd unit's PATH lacks them).
 pub fn xcat_program(prog: &str, path: Option<&std::ffi::OsStr>) -> PathBuf {
@@ -511,4 +530,68 @@ pub fn redirect(
     let tables = source.read()?;
     let p = plan(&tables, moves)?;
     execute(p, templates, mode)
+}
+
+/// What repointing moved nodes in xCAT did, as `hanfs migrate`/`failover` report it.
+#[derive(Debug, Clone)]
+pub struct Repointed {
+    pub ok: bool,
+    /// One line per command (run, or to run) or per problem.
+    pub steps: Vec<String>,
+    pub outcome: Option<Outcome>,
+}
+
+/// Repoints `moves` (node, new SN) in xCAT after the data moved: the tables from `source`, the
+/// templates from `templates` (a TOML file; default: xCAT's own commands), run and logged to `log`
+/// when given, else only printed. Never fails: a problem is a step with `ok == false`.
+pub fn repoint(
+    source: &SourceSpec,
+    templates: Option<&Path>,
+    moves: &[(String, String)],
+    log: Option<PathBuf>,
+) -> Repointed {
+    let failed = |step: String| Repointed { ok: false, steps: vec![step], outcome: None };
+    let templates = match Templates::load(templates) {
+        Ok(t) => t,
+        Err(e) => return failed(format!("xCAT: templates: {e}")),
+    };
+    let mode = match log {
+        Some(log) => Mode::Apply { log },
+        None => Mode::DryRun,
+    };
+    let nm: Vec<NodeMove> =
+        moves.iter().map(|(n, t)| NodeMove { node: n.clone(), to: t.clone(), address: None }).collect();
+    match redirect(source, &nm, &templates, &mode) {
+        Ok(o) => {
+            let verb = if matches!(mode, Mode::Apply { .. }) { "ran" } else { "to run" };
+            let steps = o.commands.iter().map(|c| format!("xCAT ({verb}): {}", c.shell_line())).collect();
+            Repointed { ok: true, steps, outcome: Some(o) }
+        }
+        Err(e) => failed(format!("xCAT repoint FAILED: {e}")),
+    }
+}
+
+impl Outcome {
+    /// What `hanfs xcat redirect` tells the administrator besides the commands themselves (stderr).
+    pub fn summary(&self, mode: &Mode) -> Vec<String> {
+        let mut out: Vec<String> = self.notes.iter().map(|n| format!("hanfs: note: {n}")).collect();
+        out.push(if self.commands.is_empty() {
+            "hanfs: xcat redirect: nothing to change".to_string()
+        } else if !self.applied {
+            format!("hanfs: xcat redirect: dry run; add --apply to run these {} commands", self.commands.len())
+        } else if let Mode::Apply { log } = mode {
+            format!("hanfs: xcat redirect: ran {} commands; recorded in {}", self.ran.len(), log.display())
+        } else {
+            String::new()
+        });
+        out
+    }
+}
+
+/// The hint when `migrate`/`failover` were given no xCAT tables to repoint the moved nodes in.
+pub fn no_source_hint(moves: &[(String, String)]) -> Vec<String> {
+    moves
+        .iter()
+        .map(|(node, to)| format!("xCAT not repointed (no --tabdump/--sqlite/--cfgloc given): run `hanfs xcat redirect --cfgloc /etc/xcat/cfgloc --node {node} --to {to} --apply`"))
+        .collect()
 }

@@ -226,7 +226,7 @@ fn lite_rows_by_image_or_image_group() {
     assert!(!imp.import.report.iter().any(|i| i.table == "litefile"), "{:?}", imp.import.report);
     has(&imp, Severity::Skipped, "litetree", "2.0", "no node hanfs serves boots that image");
     let base = xcat::import(&SourceSpec::Tabdump(set("linux-pools"))).unwrap();
-    let find = |imp: &xcat::Imported, p: &str| imp.cluster.images.iter().any(|i| i.path.as_str() == p);
+    let find = |imp: &xcat::Imported, p: &str| imp.cluster.images().iter().any(|i| i.path.as_str() == p);
     // Row 3.0 is mapped like row 1.0 (same server, the nodes' SN or not), for the group's nodes only.
     assert_eq!(find(&imp, "litetree/group"), find(&base, "litetree/base"));
     assert!(!find(&imp, "litetree/other"));

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub fn run(g: &Global, a: DaemonArgs) -> Result<Status> {
-    let ctl = super::controller(g)?;
+    let ctl = super::controller(g, None)?;
     if ctl.cluster.images().is_empty() {
         return Err(bad_input(format!("{}: no [[image]] to watch", g.config.display())));
     }

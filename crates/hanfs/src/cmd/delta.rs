@@ -37,11 +37,7 @@ fn atomically(out: &Path, f: impl FnOnce(&Path) -> tree::Result<()>) -> Result<S
     match tree::fsops::replace_file(out, |tmp| f(tmp).map_err(Failed::Tree)) {
         Ok(()) => Ok(Status::Ok),
         Err(Failed::Io(e)) => Err(anyhow::anyhow!("{}: {e}", out.display())),
-        Err(Failed::Tree(e)) => Err(match &e {
-            // Malformed, hostile or wrong-flavour input, or a missing input file: the user's input.
-            tree::Error::Delta { .. } | tree::Error::Hostile(_) => bad_input(e.to_string()),
-            tree::Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => bad_input(e.to_string()),
-            _ => anyhow::Error::new(e),
-        }),
+        Err(Failed::Tree(e)) if e.is_bad_input() => Err(bad_input(e.to_string())),
+        Err(Failed::Tree(e)) => Err(anyhow::Error::new(e)),
     }
 }

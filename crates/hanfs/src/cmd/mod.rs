@@ -3,6 +3,7 @@
 use crate::cli::{Cli, Command, Global};
 use crate::exit::{bad_input, Status};
 use anyhow::{Context, Result};
+use std::sync::Arc;
 
 mod agent;
 mod ca;
@@ -45,12 +46,13 @@ pub(crate) const WITHOUT_XCAT: &str =
 /// Read and validate the cluster config named by `--config`, as the file says (moves recorded in
 /// the state dir not applied). Any problem is bad input (exit 2) and names the file, line and field.
 pub fn load_config(g: &Global) -> Result<model::Cluster> {
-    let path = &g.config;
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| bad_input(format!("{}: cannot read the cluster config: {e}", path.display())))?;
-    model::Cluster::from_toml(&path.display().to_string(), &text)
-        .map_err(anyhow::Error::new)
-        .context("invalid cluster config")
+    let text = read_config(&g.config, "cluster config")?;
+    model::Cluster::from_toml(&g.config.display().to_string(), &text).context("invalid cluster config")
+}
+
+/// A config file's text; an unreadable one is bad input naming it.
+pub fn read_config(path: &std::path::Path, what: &str) -> Result<String> {
+    std::fs::read_to_string(path).map_err(|e| bad_input(format!("{}: cannot read the {what}: {e}", path.display())))
 }
 
 /// The cluster as served now: the config with the moves made by `migrate`/`failover` applied.
@@ -64,16 +66,22 @@ pub fn load_cluster(g: &Global) -> Result<model::Cluster> {
 }
 
 /// A controller for the config (TLS material loaded); a config it cannot use is bad input.
-pub fn controller(g: &Global) -> Result<std::sync::Arc<controller::Controller>> {
-    let c = controller::Controller::new(load_config(g)?)
+pub fn controller(g: &Global, progress: Option<controller::progress::Hook>) -> Result<Arc<controller::Controller>> {
+    let mut c = controller::Controller::new(load_config(g)?)
         .map_err(|e| bad_input(format!("{}: {e:#}", g.config.display())))?;
-    Ok(std::sync::Arc::new(c))
+    c.progress = progress;
+    Ok(Arc::new(c))
 }
 
 /// The async runtime of the network commands (two shared cores are the common case; CPU and disk
 /// work runs on blocking threads, so a few workers keep every SN's task moving).
 pub fn runtime() -> Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(4).enable_all().build()?)
+}
+
+/// The images named on the command line (all when none); an unknown name is bad input.
+pub fn select(g: &Global, c: &model::Cluster, names: &[String]) -> Result<Vec<model::Image>> {
+    c.select_images(names).map_err(|e| bad_input(format!("{}: {e}", g.config.display())))
 }
 
 /// Print a value as pretty JSON on stdout.

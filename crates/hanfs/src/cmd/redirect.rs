@@ -23,50 +23,11 @@ fn step(g: &Global) -> impl FnMut(&str) + '_ {
 #[cfg(feature = "xcat")]
 fn repoint(x: &XcatRepoint, log: &Path, moves: &[(String, String)], dry: bool) -> Repointed {
     let Ok(source) = super::xcat::spec(&x.source) else {
-        let steps = moves
-            .iter()
-            .map(|(node, to)| format!("xCAT not repointed (no --tabdump/--sqlite/--cfgloc given): run `hanfs xcat redirect --cfgloc /etc/xcat/cfgloc --node {node} --to {to} --apply`"))
-            .collect();
-        return Repointed { ok: true, steps, xcat: None };
+        return Repointed { ok: true, steps: xcat::redirect::no_source_hint(moves), xcat: None };
     };
-    let templates = match &x.templates {
-        Some(f) => match std::fs::read_to_string(f)
-            .map_err(|e| e.to_string())
-            .and_then(|t| xcat::redirect::Templates::from_toml(&f.display().to_string(), &t).map_err(|e| e.to_string()))
-        {
-            Ok(t) => t,
-            Err(e) => {
-                return Repointed {
-                    ok: false,
-                    steps: vec![format!("xCAT: templates {}: {e}", f.display())],
-                    xcat: None,
-                }
-            }
-        },
-        None => xcat::redirect::Templates::default(),
-    };
-    let mode = if x.apply_xcat && !dry {
-        xcat::redirect::Mode::Apply { log: log.to_path_buf() }
-    } else {
-        xcat::redirect::Mode::DryRun
-    };
-    let nm: Vec<xcat::redirect::NodeMove> =
-        moves.iter().map(|(n, t)| xcat::redirect::NodeMove { node: n.clone(), to: t.clone(), address: None }).collect();
-    match xcat::redirect::redirect(&source, &nm, &templates, &mode) {
-        Ok(o) => {
-            let verb = if matches!(mode, xcat::redirect::Mode::Apply { .. }) { "ran" } else { "to run" };
-            let steps = o
-                .commands
-                .iter()
-                .map(|c| {
-                    let line = c.argv.iter().map(|a| super::xcat::shell_quote(a)).collect::<Vec<_>>().join(" ");
-                    format!("xCAT ({verb}): {line}")
-                })
-                .collect();
-            Repointed { ok: true, steps, xcat: serde_json::to_value(&o).ok() }
-        }
-        Err(e) => Repointed { ok: false, steps: vec![format!("xCAT repoint FAILED: {e}")], xcat: None },
-    }
+    let log = (x.apply_xcat && !dry).then(|| log.to_path_buf());
+    let r = xcat::redirect::repoint(&source, x.templates.as_deref(), moves, log);
+    Repointed { ok: r.ok, steps: r.steps, xcat: r.outcome.and_then(|o| serde_json::to_value(&o).ok()) }
 }
 
 /// Without the `xcat` feature: with no xCAT source given, the same hint as the full build; with one,
@@ -77,7 +38,9 @@ fn repoint(x: &XcatRepoint, _log: &Path, moves: &[(String, String)], _dry: bool)
     if s.tabdump.is_none() && s.sqlite.is_none() && s.cfgloc.is_none() {
         let steps = moves
             .iter()
-            .map(|(node, to)| format!("xCAT not repointed (no --tabdump/--sqlite/--cfgloc given): run `hanfs xcat redirect --cfgloc /etc/xcat/cfgloc --node {node} --to {to} --apply`"))
+            .map(|(n, to)| {
+                format!("xCAT not repointed: run `hanfs xcat redirect --node {n} --to {to} --apply` on the MN")
+            })
             .collect();
         return Repointed { ok: true, steps, xcat: None };
     }
@@ -105,7 +68,7 @@ fn finish(g: &Global, what: &str, r: Result<MoveReport>) -> Result<Status> {
 }
 
 pub fn migrate(g: &Global, a: MigrateArgs) -> Result<Status> {
-    let ctl = super::controller(g)?;
+    let ctl = super::controller(g, None)?;
     let log = ctl.state.xcat_log();
     let mut step = step(g);
     let mut repoint = |m: &[(String, String)], dry: bool| repoint(&a.xcat, &log, m, dry);
@@ -115,7 +78,7 @@ pub fn migrate(g: &Global, a: MigrateArgs) -> Result<Status> {
 }
 
 pub fn failover(g: &Global, a: FailoverArgs) -> Result<Status> {
-    let ctl = super::controller(g)?;
+    let ctl = super::controller(g, None)?;
     let log = ctl.state.xcat_log();
     let mut step = step(g);
     let mut repoint = |m: &[(String, String)], dry: bool| repoint(&a.xcat, &log, m, dry);

@@ -1,12 +1,12 @@
 //! `hanfs plan`, `sync`, `status`, `verify`: the controller against live agents.
 
-use super::{load_cluster, print_json};
+use super::{load_cluster, print_json, select};
 use crate::cli::{Global, ImageFilter, SyncArgs};
-use crate::exit::{bad_input, Status};
+use crate::exit::Status;
 use anyhow::Result;
 use controller::progress::{Event, Hook};
 use controller::statelite::StateliteReport;
-use controller::{Controller, SyncReport};
+use controller::SyncReport;
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::sync::{Arc, Mutex};
@@ -40,53 +40,16 @@ fn bars(g: &Global) -> Option<Hook> {
     }))
 }
 
-fn controller(g: &Global) -> Result<Arc<Controller>> {
-    let mut c =
-        Controller::new(super::load_config(g)?).map_err(|e| bad_input(format!("{}: {e:#}", g.config.display())))?;
-    c.progress = bars(g);
-    Ok(Arc::new(c))
-}
-
-fn images(g: &Global, c: &model::Cluster, f: &ImageFilter) -> Result<Vec<model::Image>> {
-    if f.images.is_empty() {
-        return Ok(c.images().to_vec());
-    }
-    f.images
-        .iter()
-        .map(|n| c.image(n).cloned().ok_or_else(|| bad_input(format!("{}: no image named `{n}`", g.config.display()))))
-        .collect()
-}
-
 pub fn plan(g: &Global, a: SyncArgs) -> Result<Status> {
     let cluster = load_cluster(g)?;
-    let imgs = images(g, &cluster, &a.filter)?;
+    let imgs = select(g, &cluster, &a.filter.images)?;
     let plans = controller::plan_images(&cluster, &imgs)?;
-    let exports: BTreeMap<String, String> = controller::render_exports(&cluster)?.into_iter().collect();
-    // Against what hanfs last wrote to each SN (recorded by sync), so an admin sees what will change.
-    let diffs: BTreeMap<String, String> = cluster
-        .sns()
-        .iter()
-        .filter_map(|sn| {
-            let wanted = exports.get(&sn.name)?;
-            let deployed = controller::StateDir::of(&cluster).deployed_exports(&sn.name);
-            Some((sn.name.clone(), exports::plan_text(sn.dialect, deployed.as_deref(), wanted)))
-        })
-        .collect();
+    let (exports, diffs) = controller::exports_plan(&cluster)?;
     if g.json {
         print_json(&serde_json::json!({ "images": plans, "exports": exports, "exports_diff": diffs }))?;
     } else {
         for p in &plans {
-            match p.from_generation {
-                Some(f) if f == p.generation => println!("image {}: unchanged at generation {}", p.name, f),
-                Some(f) => println!(
-                    "image {}: generation {f} -> {}: {} added, {} changed, {} removed ({} moved, {} copied locally); {} files, {} bytes to send",
-                    p.name, p.generation, p.added, p.changed, p.removed, p.moved, p.copied, p.files_to_send, p.delta_bytes
-                ),
-                None => println!(
-                    "image {}: first sync: {} entries, {} files, {} bytes to send whole",
-                    p.name, p.added, p.files_to_send, p.delta_bytes
-                ),
-            }
+            println!("{}", controller::report::plan_line(p));
         }
         for (sn, diff) in &diffs {
             println!("\n# exports for {sn}\n{diff}");
@@ -96,89 +59,31 @@ pub fn plan(g: &Global, a: SyncArgs) -> Result<Status> {
 }
 
 fn print_report(g: &Global, what: &str, r: &SyncReport, statelite: &[StateliteReport]) -> Result<Status> {
-    let statelite_ok = statelite.iter().all(|s| s.ok);
+    let ok = r.ok && statelite.iter().all(|s| s.ok);
     if g.json {
         let mut v = serde_json::to_value(r)?;
         if let Some(o) = v.as_object_mut() {
             o.insert("statelite".into(), serde_json::to_value(statelite)?);
-            o.insert("ok".into(), serde_json::Value::Bool(r.ok && statelite_ok));
+            o.insert("ok".into(), serde_json::Value::Bool(ok));
         }
         print_json(&v)?;
     } else {
-        for x in &r.replicas {
-            let state = if x.matches { "ok" } else { "MISMATCH" };
-            println!(
-                "{:<10} {:<24} gen {:<4} {} {:<8} {} bytes sent{}",
-                x.sn,
-                x.image,
-                x.generation,
-                x.digest.get(..16).unwrap_or(&x.digest),
-                state,
-                x.bytes_sent,
-                x.error.as_deref().map(|e| format!("  ({e})")).unwrap_or_default()
-            );
+        for l in controller::report::sync_lines(what, r, statelite) {
+            println!("{l}");
         }
-        for x in r.replicas.iter().filter(|x| x.drifted_from.is_some()) {
-            println!(
-                "{:<10} {:<24} drift found (the replica had changed since digest {}): {}",
-                x.sn,
-                x.image,
-                x.drifted_from.as_deref().map(|d| d.get(..16).unwrap_or(d)).unwrap_or(""),
-                if x.repaired { "repaired" } else { "NOT repaired" }
-            );
-        }
-        for e in &r.exports {
-            println!("{:<10} exports written, reload {}", e.sn, if e.reloaded { "ok" } else { "FAILED" });
-        }
-        for s in statelite {
-            println!(
-                "{:<10} statelite {}/{} from {}: {} gen {} {} files, {} bytes{}",
-                s.to,
-                s.area,
-                s.node,
-                s.from,
-                if s.ok { "ok" } else { "FAILED" },
-                s.generation,
-                s.files_sent,
-                s.bytes_sent,
-                s.error.as_deref().map(|e| format!("  ({e})")).unwrap_or_default()
-            );
-        }
-        println!("{what}: {} bytes sent in all", r.bytes_sent);
     }
-    for s in statelite.iter().filter(|s| !s.ok) {
-        eprintln!(
-            "hanfs {what}: statelite {}/{} not copied from {} to {}: {}",
-            s.area,
-            s.node,
-            s.from,
-            s.to,
-            s.error.as_deref().unwrap_or("")
-        );
+    for l in controller::report::failures(what, r, statelite) {
+        eprintln!("{l}");
     }
-    if !statelite_ok && r.ok {
-        return Ok(Status::Failed);
-    }
-    if r.ok {
-        Ok(Status::Ok)
-    } else {
-        let mut names: Vec<String> = r.failed.iter().map(|f| format!("{} ({})", f.sn, f.reason)).collect();
-        for x in r.replicas.iter().filter(|x| !x.matches) {
-            if !r.failed.iter().any(|f| f.sn == x.sn) {
-                names.push(format!("{} (image {} does not match)", x.sn, x.image));
-            }
-        }
-        eprintln!("hanfs {what}: failed on {}", names.join("; "));
-        Ok(Status::Failed)
-    }
+    Ok(if ok { Status::Ok } else { Status::Failed })
 }
 
 pub fn sync(g: &Global, a: SyncArgs) -> Result<Status> {
     if a.dry_run {
         return plan(g, a);
     }
-    let c = controller(g)?;
-    let imgs = images(g, &c.cluster, &a.filter)?;
+    let c = super::controller(g, bars(g))?;
+    let imgs = select(g, &c.cluster, &a.filter.images)?;
     let rt = super::runtime()?;
     let r = rt.block_on(c.sync(&imgs))?;
     // Statelite data is copied on a full sync (no --image filter): serving SN -> each backup,
@@ -192,7 +97,7 @@ pub fn sync(g: &Global, a: SyncArgs) -> Result<Status> {
 }
 
 pub fn status(g: &Global) -> Result<Status> {
-    let c = controller(g)?;
+    let c = super::controller(g, bars(g))?;
     let r = super::runtime()?.block_on(c.status())?;
     let lags = controller::statelite::lags(&c.state, &load_cluster(g)?);
     if g.json {
@@ -202,30 +107,16 @@ pub fn status(g: &Global) -> Result<Status> {
         }
         print_json(&v)?;
     } else {
-        for s in &r.sns {
-            if !s.reachable {
-                println!("{:<10} UNREACHABLE {}", s.name, s.error.as_deref().unwrap_or(""));
-                continue;
-            }
-            println!("{:<10} reachable", s.name);
-            for i in &s.images {
-                println!("  {:<24} gen {:<4} lag {:<3} {}", i.name, i.generation, i.lag, i.digest);
-            }
-        }
-        for l in &lags {
-            let lag = match l.lag_seconds {
-                Some(s) => format!("{s} s ago (generation {})", l.generation.unwrap_or(0)),
-                None => "never synced".into(),
-            };
-            println!("statelite {}/{} on {} -> backup {}: last sync {lag}", l.area, l.node, l.served_by, l.backup);
+        for l in controller::report::status_lines(&r, &lags) {
+            println!("{l}");
         }
     }
     Ok(if r.sns.iter().all(|s| s.reachable) { Status::Ok } else { Status::Failed })
 }
 
 pub fn verify(g: &Global, a: ImageFilter) -> Result<Status> {
-    let c = controller(g)?;
-    let imgs = images(g, &c.cluster, &a)?;
+    let c = super::controller(g, bars(g))?;
+    let imgs = select(g, &c.cluster, &a.images)?;
     let r = super::runtime()?.block_on(c.verify(&imgs))?;
     print_report(g, "verify", &r, &[])
 }

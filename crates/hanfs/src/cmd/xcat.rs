@@ -4,7 +4,6 @@ use super::print_json;
 use crate::cli::{Global, XcatCommand, XcatImportArgs, XcatRedirectArgs, XcatSource};
 use crate::exit::{bad_input, Status};
 use anyhow::{Context, Result};
-use std::path::Path;
 use xcat::redirect::{Mode, RedirectError};
 use xcat::{ImportError, NodeMove, SourceSpec, Templates};
 
@@ -33,23 +32,12 @@ fn import(g: &Global, a: XcatImportArgs) -> Result<Status> {
         Err(e) => return Err(anyhow::Error::new(e)),
     };
     let report = &imported.import.report;
-    // Every error and warning; the skipped rows only up to a point (--json has them all).
-    const SKIPPED_SHOWN: usize = 20;
-    let mut skipped = 0;
-    for issue in report {
-        if issue.severity == xcat::Severity::Skipped {
-            skipped += 1;
-            if skipped > SKIPPED_SHOWN {
-                continue;
-            }
-        }
-        eprintln!("hanfs: xcat import: {issue}");
-    }
-    if skipped > SKIPPED_SHOWN {
-        eprintln!("hanfs: xcat import: ... and {} more skipped rows (--json lists them all)", skipped - SKIPPED_SHOWN);
+    for l in imported.report_lines(20) {
+        eprintln!("{l}");
     }
     if let Some(out) = &a.output {
-        write_atomically(out, &imported.toml).with_context(|| format!("{}: cannot write the config", out.display()))?;
+        tree::fsops::write_atomic(out, imported.toml.as_bytes())
+            .with_context(|| format!("{}: cannot write the config", out.display()))?;
     }
     let c = &imported.import.config;
     if g.json {
@@ -67,49 +55,24 @@ fn import(g: &Global, a: XcatImportArgs) -> Result<Status> {
         print!("{}", imported.toml);
     }
     if !g.quiet {
-        eprintln!(
-            "hanfs: xcat import: {} SNs, {} nodes, {} images, {} statelite areas from {}{}",
-            c.sn.len(),
-            c.node.len(),
-            c.image.len(),
-            c.statelite.len(),
-            imported.import.source,
-            a.output.as_ref().map(|p| format!(" -> {}", p.display())).unwrap_or_default()
-        );
+        eprintln!("{}", imported.summary(a.output.as_deref()));
     }
     Ok(Status::Ok)
 }
 
-fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
-    tree::fsops::write_atomic(path, text.as_bytes())
-}
-
 fn redirect(g: &Global, a: XcatRedirectArgs) -> Result<Status> {
     let source = spec(&a.source)?;
-    let templates = match &a.templates {
-        Some(f) => {
-            let text = std::fs::read_to_string(f)
-                .map_err(|e| bad_input(format!("{}: cannot read the templates: {e}", f.display())))?;
-            Templates::from_toml(&f.display().to_string(), &text).map_err(bad_input)?
-        }
-        None => Templates::default(),
-    };
-    let mode = if a.apply {
-        let log = match a.log {
-            Some(l) => l,
-            None => {
-                let state = std::fs::read_to_string(&g.config)
-                    .ok()
-                    .and_then(|t| model::Cluster::from_toml(&g.config.display().to_string(), &t).ok());
-                match state {
-                    Some(c) => controller::StateDir::of(&c).xcat_log(),
-                    None => xcat::redirect::default_log(Path::new("/var/lib/hanfs")),
-                }
-            }
-        };
-        Mode::Apply { log }
-    } else {
-        Mode::DryRun
+    let templates = Templates::load(a.templates.as_deref()).map_err(bad_input)?;
+    let mode = match (a.apply, a.log) {
+        (false, _) => Mode::DryRun,
+        (true, Some(log)) => Mode::Apply { log },
+        // The cluster's state dir keeps the log, as for `migrate --apply-xcat` (default state dir
+        // when there is no readable config).
+        (true, None) => Mode::Apply {
+            log: super::load_config(g)
+                .map(|c| controller::StateDir::of(&c).xcat_log())
+                .unwrap_or_else(|_| "/var/lib/hanfs/xcat-redirect.log".into()),
+        },
     };
     let moves: Vec<NodeMove> =
         a.nodes.iter().map(|n| NodeMove { node: n.clone(), to: a.to.clone(), address: a.address.clone() }).collect();
@@ -122,26 +85,11 @@ fn redirect(g: &Global, a: XcatRedirectArgs) -> Result<Status> {
         print_json(&outcome)?;
     } else {
         for c in &outcome.commands {
-            println!("{}", c.argv.iter().map(|a| shell_quote(a)).collect::<Vec<_>>().join(" "));
+            println!("{}", c.shell_line());
         }
-        for n in &outcome.notes {
-            eprintln!("hanfs: note: {n}");
-        }
-        if outcome.commands.is_empty() {
-            eprintln!("hanfs: xcat redirect: nothing to change");
-        } else if !outcome.applied {
-            eprintln!("hanfs: xcat redirect: dry run; add --apply to run these {} commands", outcome.commands.len());
-        } else if let Mode::Apply { log } = &mode {
-            eprintln!("hanfs: xcat redirect: ran {} commands; recorded in {}", outcome.ran.len(), log.display());
+        for l in outcome.summary(&mode) {
+            eprintln!("{l}");
         }
     }
     Ok(Status::Ok)
-}
-
-pub(crate) fn shell_quote(s: &str) -> String {
-    if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=,:@+%".contains(c)) {
-        s.to_string()
-    } else {
-        format!("'{}'", s.replace('\'', "'\\''"))
-    }
 }

@@ -36,10 +36,6 @@ pub struct Rig {
     pub tls: bool,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 fn run_ok(args: &[&str]) {
     let o = Command::new(hanfs_bin()).args(args).output().unwrap();
     assert!(o.status.success(), "hanfs {args:?}: {}", String::from_utf8_lossy(&o.stderr));
@@ -73,10 +69,9 @@ impl Rig {
             let name = format!("sn{i}");
             let sd = d.join(&name);
             std::fs::create_dir_all(&sd).unwrap();
-            let port = free_port();
             let root = sd.join("root");
             let mut conf = format!(
-                "listen = \"127.0.0.1:{port}\"\nroot = \"{}\"\nstate_dir = \"{}\"\nexports_file = \"{}\"\nreload = [\"true\"]\n",
+                "listen = \"127.0.0.1:0\"\nroot = \"{}\"\nstate_dir = \"{}\"\nexports_file = \"{}\"\nreload = [\"true\"]\n",
                 root.display(),
                 sd.join("state").display(),
                 sd.join("exports").display()
@@ -93,18 +88,22 @@ impl Rig {
             }
             let cpath = sd.join("agent.toml");
             std::fs::write(&cpath, conf).unwrap();
-            cluster.sn.push(
-                SnSection::new(name.clone(), "127.0.0.1").agent(format!("127.0.0.1:{port}")).root(s(root.clone())),
-            );
-            agents.push(AgentProc { name, port, conf: cpath, log: sd.join("agent.log"), root, child: None });
+            agents.push(AgentProc { name, port: 0, conf: cpath, log: sd.join("agent.log"), root, child: None });
         }
         cluster.image.push(ImageSection::new("compute", IMAGE_PATH).clients(Clients::One("*".into())));
         let cpath = d.join("cluster.toml");
-        std::fs::write(&cpath, cluster.to_toml().unwrap()).unwrap();
         let mut rig = Rig { dir, agents, cluster: cpath, tls };
+        // Each agent binds port 0 and says which port it got; the cluster config names those.
         for i in 0..n {
             rig.start(i);
+            let a = &rig.agents[i];
+            cluster.sn.push(
+                SnSection::new(a.name.clone(), "127.0.0.1")
+                    .agent(format!("127.0.0.1:{}", a.port))
+                    .root(s(a.root.clone())),
+            );
         }
+        std::fs::write(&rig.cluster, cluster.to_toml().unwrap()).unwrap();
         rig
     }
 
@@ -151,13 +150,13 @@ impl Rig {
     }
 
     /// Starts agent `i` with the command `cmd` makes from its config path, and waits until that
-    /// process says it listens. Ports come from binding port 0 and letting it go, so another test
-    /// may take one before the agent binds it: then the agent exits, and it is started again on a
-    /// fresh port (its config and the cluster config rewritten), rather than the test talking to
-    /// someone else's listener.
+    /// process says which address it listens on (`hanfs agent: listening on ADDR`). The first start
+    /// binds port 0; the port the kernel gave is then written into the agent's config (so a restart
+    /// keeps it) and into the cluster config. A restart whose port another process took meanwhile
+    /// binds port 0 again, rather than the test talking to someone else's listener.
     pub fn start_with(&mut self, i: usize, cmd: impl Fn(&Path) -> Command) {
-        for _attempt in 0..5 {
-            let before = self.log(i).matches("agent listening").count();
+        for _attempt in 0..3 {
+            let before = self.log(i).matches("hanfs agent: listening on").count();
             let a = &mut self.agents[i];
             let log = std::fs::OpenOptions::new().create(true).append(true).open(&a.log).unwrap();
             let mut child = cmd(&a.conf)
@@ -168,40 +167,61 @@ impl Rig {
                 .spawn()
                 .unwrap();
             let t = Instant::now();
-            let up = loop {
-                if self.log(i).matches("agent listening").count() > before {
-                    break true;
+            let bound = loop {
+                let log = self.log(i);
+                if log.matches("hanfs agent: listening on").count() > before {
+                    let line = log.lines().rev().find(|l| l.contains("hanfs agent: listening on")).unwrap();
+                    let addr: std::net::SocketAddr = line.rsplit(' ').next().unwrap().trim().parse().unwrap();
+                    break Some(addr.port());
                 }
                 if child.try_wait().unwrap().is_some() {
-                    break false;
+                    break None;
                 }
                 assert!(t.elapsed() < Duration::from_secs(20), "agent {i} did not start: {}", self.log(i));
                 std::thread::sleep(Duration::from_millis(20));
             };
-            if up {
-                self.agents[i].child = Some(child);
-                return;
+            let old = self.agents[i].port;
+            let Some(port) = bound else {
+                if old == 0 || !self.log(i).contains("binding") {
+                    panic!("agent {i} exited: {}", self.log(i));
+                }
+                // Its port was taken while it was down: bind port 0 again.
+                self.set_port(i, 0);
+                continue;
+            };
+            self.agents[i].child = Some(child);
+            if port != old {
+                self.set_port(i, port);
             }
-            if !self.log(i).contains("binding") {
-                panic!("agent {i} exited: {}", self.log(i));
-            }
-            // Its port was taken in the meantime: move it to a fresh one.
-            let (old, new) = (self.agents[i].port, free_port());
-            let conf = std::fs::read_to_string(&self.agents[i].conf).unwrap();
-            std::fs::write(
-                &self.agents[i].conf,
-                conf.replace(&format!("127.0.0.1:{old}"), &format!("127.0.0.1:{new}")),
-            )
-            .unwrap();
-            let text = std::fs::read_to_string(&self.cluster).unwrap();
-            std::fs::write(
-                &self.cluster,
-                text.replace(&format!("agent = \"127.0.0.1:{old}\""), &format!("agent = \"127.0.0.1:{new}\"")),
-            )
-            .unwrap();
-            self.agents[i].port = new;
+            return;
         }
         panic!("agent {i} could not get a port: {}", self.log(i));
+    }
+
+    /// Writes agent `i`'s listen port into its config and, for a real port, into the cluster
+    /// config (when that exists and named the old one).
+    fn set_port(&mut self, i: usize, port: u16) {
+        let conf = std::fs::read_to_string(&self.agents[i].conf).unwrap();
+        let conf: String =
+            conf.lines()
+                .map(|l| {
+                    if l.starts_with("listen = ") {
+                        format!("listen = \"127.0.0.1:{port}\"\n")
+                    } else {
+                        format!("{l}\n")
+                    }
+                })
+                .collect();
+        std::fs::write(&self.agents[i].conf, conf).unwrap();
+        if port == 0 {
+            return;
+        }
+        let old = self.agents[i].port;
+        if let Ok(text) = std::fs::read_to_string(&self.cluster) {
+            let text = text.replace(&format!("agent = \"127.0.0.1:{old}\""), &format!("agent = \"127.0.0.1:{port}\""));
+            std::fs::write(&self.cluster, text).unwrap();
+        }
+        self.agents[i].port = port;
     }
 
     /// SIGKILL, no chance to clean up.

@@ -1,0 +1,117 @@
+//! The human-readable form of the controller's reports (the CLI prints these lines; `--json`
+//! prints the report types themselves). Kept beside the types so the wording has one owner.
+
+use crate::statelite::{Lag, StateliteReport};
+use crate::{ImagePlan, StatusReport, SyncReport};
+
+/// One line per image of `hanfs plan`.
+pub fn plan_line(p: &ImagePlan) -> String {
+    match p.from_generation {
+        Some(f) if f == p.generation => format!("image {}: unchanged at generation {f}", p.name),
+        Some(f) => format!(
+            "image {}: generation {f} -> {}: {} added, {} changed, {} removed ({} moved, {} copied locally); {} files, {} bytes to send",
+            p.name, p.generation, p.added, p.changed, p.removed, p.moved, p.copied, p.files_to_send, p.delta_bytes
+        ),
+        None => format!(
+            "image {}: first sync: {} entries, {} files, {} bytes to send whole",
+            p.name, p.added, p.files_to_send, p.delta_bytes
+        ),
+    }
+}
+
+/// The lines of a `sync`/`verify` report (`what` names the command in the total line).
+pub fn sync_lines(what: &str, r: &SyncReport, statelite: &[StateliteReport]) -> Vec<String> {
+    let mut out = Vec::new();
+    for x in &r.replicas {
+        out.push(format!(
+            "{:<10} {:<24} gen {:<4} {} {:<8} {} bytes sent{}",
+            x.sn,
+            x.image,
+            x.generation,
+            x.digest.get(..16).unwrap_or(&x.digest),
+            if x.matches { "ok" } else { "MISMATCH" },
+            x.bytes_sent,
+            x.error.as_deref().map(|e| format!("  ({e})")).unwrap_or_default()
+        ));
+    }
+    for x in r.replicas.iter().filter(|x| x.drifted_from.is_some()) {
+        out.push(format!(
+            "{:<10} {:<24} drift found (the replica had changed since digest {}): {}",
+            x.sn,
+            x.image,
+            x.drifted_from.as_deref().map(|d| d.get(..16).unwrap_or(d)).unwrap_or(""),
+            if x.repaired { "repaired" } else { "NOT repaired" }
+        ));
+    }
+    for e in &r.exports {
+        out.push(format!("{:<10} exports written, reload {}", e.sn, if e.reloaded { "ok" } else { "FAILED" }));
+    }
+    for s in statelite {
+        out.push(format!(
+            "{:<10} statelite {}/{} from {}: {} gen {} {} files, {} bytes{}",
+            s.to,
+            s.area,
+            s.node,
+            s.from,
+            if s.ok { "ok" } else { "FAILED" },
+            s.generation,
+            s.files_sent,
+            s.bytes_sent,
+            s.error.as_deref().map(|e| format!("  ({e})")).unwrap_or_default()
+        ));
+    }
+    out.push(format!("{what}: {} bytes sent in all", r.bytes_sent));
+    out
+}
+
+/// What failed in a `sync`/`verify` run, one message per problem (empty: nothing failed). The
+/// statelite copies come first, then the SNs that failed or do not match.
+pub fn failures(what: &str, r: &SyncReport, statelite: &[StateliteReport]) -> Vec<String> {
+    let mut out: Vec<String> = statelite
+        .iter()
+        .filter(|s| !s.ok)
+        .map(|s| {
+            format!(
+                "hanfs {what}: statelite {}/{} not copied from {} to {}: {}",
+                s.area,
+                s.node,
+                s.from,
+                s.to,
+                s.error.as_deref().unwrap_or("")
+            )
+        })
+        .collect();
+    if !r.ok {
+        let mut names: Vec<String> = r.failed.iter().map(|f| format!("{} ({})", f.sn, f.reason)).collect();
+        for x in r.replicas.iter().filter(|x| !x.matches) {
+            if !r.failed.iter().any(|f| f.sn == x.sn) {
+                names.push(format!("{} (image {} does not match)", x.sn, x.image));
+            }
+        }
+        out.push(format!("hanfs {what}: failed on {}", names.join("; ")));
+    }
+    out
+}
+
+/// The lines of `hanfs status`.
+pub fn status_lines(r: &StatusReport, lags: &[Lag]) -> Vec<String> {
+    let mut out = Vec::new();
+    for s in &r.sns {
+        if !s.reachable {
+            out.push(format!("{:<10} UNREACHABLE {}", s.name, s.error.as_deref().unwrap_or("")));
+            continue;
+        }
+        out.push(format!("{:<10} reachable", s.name));
+        for i in &s.images {
+            out.push(format!("  {:<24} gen {:<4} lag {:<3} {}", i.name, i.generation, i.lag, i.digest));
+        }
+    }
+    for l in lags {
+        let lag = match l.lag_seconds {
+            Some(s) => format!("{s} s ago (generation {})", l.generation.unwrap_or(0)),
+            None => "never synced".into(),
+        };
+        out.push(format!("statelite {}/{} on {} -> backup {}: last sync {lag}", l.area, l.node, l.served_by, l.backup));
+    }
+    out
+}
