@@ -367,9 +367,13 @@ async fn promote_and_claim(ctl: &Arc<Controller>, service: &str, to: &str) -> Re
         return Ok(None);
     };
     let address = addr.to_string();
-    let (ok, detail) = match crate::address::claim(ctl, to, &address).await {
+    let claimed = match ctl.cluster.sn(to) {
+        Some(sn) => crate::address::claim(ctl, sn, &address).await.map_err(|e| format!("{e:#}")),
+        None => Err(format!("no SN named `{to}`")),
+    };
+    let (ok, detail) = match claimed {
         Ok(r) => (true, format!("{r:?}")),
-        Err(e) => (false, format!("{e:#}")),
+        Err(e) => (false, e),
     };
     if ok {
         tracing::warn!(sn = %service, to = %to, address = %address, detail = %detail, "service address taken over");
