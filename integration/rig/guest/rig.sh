@@ -404,6 +404,7 @@ takeover() {
     return 0
 }
 
+# (dash has no local variables: these functions use names sn_kill and ha_round do not)
 # --- the daemon driver (RIG_HA_DRIVER=daemon): `hanfs daemon` in netns mn decides and takes over -------
 # One daemon per round, with that round's roles: DEAD carries the service address, BACKUP is its
 # backup.  A fresh daemon per round stands in for the operator's release of the repaired SN (the
@@ -456,11 +457,11 @@ ha_daemon_start() {
         /share/hanfs/hanfs --config "$c" daemon < /dev/null > /dev/null 2> $HA_MN/daemon-$3.log &
     HA_DAEMON=$! i=0
     while [ $i -lt 400 ]; do   # 40 s
-        n=0
+        hd_n=0
         if [ -e "$st/health.json" ]; then
-            n=$(grep -o '"last_good_probe": *[0-9]' "$st/health.json" | grep -c .)
+            hd_n=$(grep -o '"last_good_probe": *[0-9]' "$st/health.json" | grep -c .)
         fi
-        [ "$n" -ge 2 ] && { rig_log "sn-kill: daemon up, both SNs probed ($3)"; return 0; }
+        [ "$hd_n" -ge 2 ] && { rig_log "sn-kill: daemon up, both SNs probed ($3)"; return 0; }
         kill -0 $HA_DAEMON 2> /dev/null || break
         sleep 0.1; i=$((i + 1))
     done
@@ -496,9 +497,9 @@ takeover_daemon() {
         ha_holds "$2" && break
         sleep 0.1; i=$((i + 1))
     done
-    ok=0; ha_holds "$2" || { fail "(i) $3: $2 does not hold $HA_SVC 30 s after the kill: $(grep -iE 'warn|error' $HA_MN/daemon-$3.log | tail -2)"; ok=1; }
-    [ $ok = 0 ] && [ "${RIG_HA_ARP:-1}" = 0 ] && note "RIG_HA_ARP=0 has no effect with the daemon driver"
-    return $ok
+    ha_holds "$2" || { fail "(i) $3: $2 does not hold $HA_SVC 30 s after the kill: $(grep -iE 'warn|error' $HA_MN/daemon-$3.log | tail -2)"; return 1; }
+    [ "${RIG_HA_ARP:-1}" = 1 ] || note "RIG_HA_ARP=0 has no effect with the daemon driver"
+    return 0
 }
 
 # ha_daemon_stop ROUND DEAD BACKUP: stop the round's daemon, append its decisions to the events
@@ -557,16 +558,16 @@ ha_kill() {
 ha_round() {  # ha_round DEAD BACKUP NAME power|nfs [FENCE_FAILS]
     if [ "$HA_DRIVER" = daemon ]; then
         echo "$3" > /run/ha/round
-        f=${5:-0}; [ "${RIG_HA_BREAK:-}" = nofence ] && f=1000   # nofence: the fence never works
-        echo "$f" > /run/ha/fence-fails
+        hr_f=${5:-0}; [ "${RIG_HA_BREAK:-}" = nofence ] && hr_f=1000   # nofence: the fence never works
+        echo "$hr_f" > /run/ha/fence-fails
         ha_daemon_start "$1" "$2" "$3" || return 1
         sleep 0.3
         ha_kill "$1" "$3" "$4"
-        takeover_daemon "$1" "$2" "$3"; r=$?
-        [ $r != 0 ] || ha_wait_progress "$3" || r=1
+        takeover_daemon "$1" "$2" "$3"; hr_rc=$?
+        [ $hr_rc != 0 ] || ha_wait_progress "$3" || hr_rc=1
         ha_daemon_stop "$3" "$1" "$2"
-        [ $r = 0 ] && rig_log "sn-kill: $3 ($1 -> $2) done (hanfs daemon)"
-        return $r
+        [ $hr_rc = 0 ] && rig_log "sn-kill: $3 ($1 -> $2) done (hanfs daemon)"
+        return $hr_rc
     fi
     sleep 0.3
     ha_kill "$1" "$3" "$4"
