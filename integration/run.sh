@@ -19,7 +19,7 @@
 # env: HANFS=path/to/hanfs  HANFS_RIG_DIR=/tmp/hanfs-rig (cache + run directories)
 #      HANFS_RIG_TIMEOUT=180 (s)  HANFS_RIG_DEBUG=1 (daemon logs)  HANFS_RIG_PCAP=1 (nfs.pcap)
 #      HANFS_RIG_HA_ROUNDS=1  HANFS_RIG_HA_OPTS=<mount options>  HANFS_RIG_HA_ARP=1  HANFS_RIG_HA_DETECT=0 (s)
-#      HANFS_RIG_HA_BREAK=noaddr|nofence|early  HANFS_RIG_HA_DRIVER=script|daemon  HANFS_RIG_HA_LOG=info
+#      HANFS_RIG_HA_BREAK=noaddr|nofence|early  HANFS_RIG_HA_DRIVER=daemon|script  HANFS_RIG_HA_LOG=info
 #      (check (i), the sn-kill scenario: see README)
 set -uo pipefail
 T0=$(date +%s.%N)
@@ -137,7 +137,7 @@ if [ -n "$HANFS_BIN" ]; then
     echo "rig: NFSv3 failover scenario with $HANFS_BIN agent"
     # check (i) driven by `hanfs daemon` (HANFS_RIG_HA_DRIVER=daemon): the daemon in netns mn talks to
     # the agents over the rig's LAN, so mutual TLS: a CA and certificates for mn, sn1 and sn2
-    if [ "${HANFS_RIG_HA_DRIVER:-script}" = daemon ]; then
+    if [ "${HANFS_RIG_HA_DRIVER:-daemon}" = daemon ]; then
         t=$SHARE/hanfs/tls
         if "$HANFS_BIN" ca init "$t" > "$SHARE/ca.log" 2>&1 &&
             ( for n in mn sn1 sn2; do "$HANFS_BIN" ca issue "$t" --name "$n" >> "$SHARE/ca.log" 2>&1 || exit 1; done ); then

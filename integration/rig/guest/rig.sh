@@ -315,9 +315,9 @@ nfs3_failover() {
 # runs workload.py.  Then sn1 is killed and the hook `takeover sn1 sn2` moves the address (later
 # rounds alternate: the dead SN, repaired, is the next round's backup).
 #
-# RIG_HA_DRIVER=daemon: `hanfs daemon` in netns mn detects, fences (ha-fence.sh) and has the
+# RIG_HA_DRIVER=daemon (the default): `hanfs daemon` in netns mn detects, fences (ha-fence.sh) and has the
 # backup's agent claim the address; the hook only waits (see "the daemon driver" below).
-# RIG_HA_DRIVER=script (the default), SCRIPTED STAND-INS:
+# RIG_HA_DRIVER=script, SCRIPTED STAND-INS:
 #   - detection: the script knows when it killed sn1 (no health probe runs);
 #   - the fence: ha_fence takes sn1's link down and kills its agent, as `rpower sn1 off` would,
 #     and checks both (the fence-fails round makes its first attempt fail);
@@ -326,7 +326,7 @@ nfs3_failover() {
 #     no IPv6 here, and the guest has no ndisc6;
 #   - the backup's agent listens on 0.0.0.0, so it serves the address as soon as it is there;
 #   - ha_repair stands in for a repaired SN booting again as the spare.
-HA_NET=10.0.1 HA_SVC=10.0.1.101 HA_PORT=2050 HA_DRIVER=${RIG_HA_DRIVER:-script}
+HA_NET=10.0.1 HA_SVC=10.0.1.101 HA_PORT=2050 HA_DRIVER=${RIG_HA_DRIVER:-daemon}
 HA_LOG=/run/ha/log HA_EV=/run/ha/events
 ha_ev() { read -r up rest < /proc/uptime; echo "$1 $(( ${up%.*}${up#*.} * 10 )) $2" >> $HA_EV; }
 
