@@ -35,7 +35,7 @@ case $WHAT in
         if [ "${n:-0}" -gt 0 ]; then
             echo $((n - 1)) > /run/ha/fence-fails
             ev fence-failed
-            echo "$SN: fence attempt failed on purpose (fence-fails round)" >&2
+            echo "$SN: fence attempt failed on purpose (the fence-fails round, or HANFS_RIG_HA_BREAK=nofence)" >&2
             exit 1
         fi
         ip -n "$SN" link set "ha-$SN" down || exit 1
