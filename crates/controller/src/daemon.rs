@@ -185,7 +185,9 @@ impl Metrics {
                 self.sn_state.get_or_create(&SnState { sn: s.name.clone(), state: st.as_str() }).set(v);
             }
             if let Some(t) = s.last_good_probe {
-                self.last_good_probe.get_or_create(&SnLabel { sn: s.name.clone() }).set(i64::try_from(t).unwrap_or(i64::MAX));
+                self.last_good_probe
+                    .get_or_create(&SnLabel { sn: s.name.clone() })
+                    .set(i64::try_from(t).unwrap_or(i64::MAX));
             }
         }
     }

@@ -89,11 +89,9 @@ pub fn agent_check(e: &SnError) -> Check {
     match e {
         SnError::Connect { source, .. } => match source {
             transport::Error::Io(io) => match io.kind() {
-                K::ConnectionRefused
-                | K::ConnectionReset
-                | K::ConnectionAborted
-                | K::BrokenPipe
-                | K::UnexpectedEof => Check::Refused(why),
+                K::ConnectionRefused | K::ConnectionReset | K::ConnectionAborted | K::BrokenPipe | K::UnexpectedEof => {
+                    Check::Refused(why)
+                }
                 _ => Check::Silent(why),
             },
             transport::Error::Timeout(..) => Check::Silent(why),
@@ -212,9 +210,11 @@ impl Monitor {
                 let nfs = async {
                     let ip = match (&sn.address, cfg.service_address.get(&sn.name)) {
                         (_, Some(ip)) | (model::Address::Ip(ip), None) => Some(*ip),
-                        (model::Address::Name(n), None) => {
-                            tokio::net::lookup_host((n.as_str(), 0)).await.ok().and_then(|mut a| a.next()).map(|a| a.ip())
-                        }
+                        (model::Address::Name(n), None) => tokio::net::lookup_host((n.as_str(), 0))
+                            .await
+                            .ok()
+                            .and_then(|mut a| a.next())
+                            .map(|a| a.ip()),
                     };
                     match ip {
                         Some(ip) => health::probe::probe_nfs(&cfg.nfs_target(&sn.name, ip)).await.check(),
@@ -244,8 +244,12 @@ impl Monitor {
                 let result = if outcome.fenced() { "fenced" } else { "failed" };
                 self.metrics.record_fence(&outcome.sn, result);
                 match &outcome.result {
-                    Ok(()) => tracing::warn!(sn = %outcome.sn, state = "fenced", attempts = outcome.attempts.len(), "fence succeeded"),
-                    Err(reason) => tracing::error!(sn = %outcome.sn, state = "down", reason = %reason, attempts = outcome.attempts.len(), "fence FAILED: nothing promoted; will retry"),
+                    Ok(()) => {
+                        tracing::warn!(sn = %outcome.sn, state = "fenced", attempts = outcome.attempts.len(), "fence succeeded")
+                    }
+                    Err(reason) => {
+                        tracing::error!(sn = %outcome.sn, state = "down", reason = %reason, attempts = outcome.attempts.len(), "fence FAILED: nothing promoted; will retry")
+                    }
                 }
                 self.det.fence_done(&outcome.sn, outcome.result, now)
             }
@@ -347,7 +351,9 @@ async fn promote_and_claim(ctl: &Arc<Controller>, service: &str, to: &str) -> Re
         ok: true,
         steps: moves
             .iter()
-            .map(|(n, s)| format!("xCAT not repointed by the daemon for {n} -> {s} (the service address moves instead)"))
+            .map(|(n, s)| {
+                format!("xCAT not repointed by the daemon for {n} -> {s} (the service address moves instead)")
+            })
             .collect(),
         xcat: None,
     };
@@ -367,13 +373,12 @@ async fn promote_and_claim(ctl: &Arc<Controller>, service: &str, to: &str) -> Re
         return Ok(None);
     };
     let address = addr.to_string();
-    let claimed = match ctl.cluster.sn(to) {
-        Some(sn) => crate::address::claim(ctl, sn, &address).await.map_err(|e| format!("{e:#}")),
-        None => Err(format!("no SN named `{to}`")),
-    };
-    let (ok, detail) = match claimed {
-        Ok(r) => (true, format!("{r:?}")),
-        Err(e) => (false, e),
+    let (ok, detail) = match ctl.cluster.sn(to) {
+        None => (false, format!("no SN named `{to}`")),
+        Some(sn) => match crate::address::claim(ctl, sn, &address).await {
+            Ok(r) => (true, format!("{} (announced: {}) {}", r.change, r.announced, r.detail)),
+            Err(e) => (false, e.to_string()),
+        },
     };
     if ok {
         tracing::warn!(sn = %service, to = %to, address = %address, detail = %detail, "service address taken over");

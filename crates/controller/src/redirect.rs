@@ -307,7 +307,9 @@ pub async fn failover(
                     .push(NodeFailure { node: n.name.clone(), reason: format!("{} not fenced: {output}", sn.name) });
             }
             if run.rep.failed.is_empty() {
-                run.rep.failed.push(NodeFailure { node: "-".into(), reason: format!("{} not fenced: {output}", sn.name) });
+                run.rep
+                    .failed
+                    .push(NodeFailure { node: "-".into(), reason: format!("{} not fenced: {output}", sn.name) });
             }
             return Ok(run.finish());
         }

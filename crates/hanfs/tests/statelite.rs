@@ -447,14 +447,20 @@ fn daemon_fences_then_promotes_a_dead_sn() {
     assert_eq!(sn_health(&rig, "sn2")["serving_for"][0], "sn1", "{v}");
     // The takeover of sn1's service address was tried on sn2 and reported failed, not fatal.
     let t = &v["takeovers"][0];
-    assert_eq!((t["service"].as_str(), t["to"].as_str(), t["address"].as_str()), (Some("sn1"), Some("sn2"), Some("127.0.0.11/8")), "{v}");
+    assert_eq!(
+        (t["service"].as_str(), t["to"].as_str(), t["address"].as_str()),
+        (Some("sn1"), Some("sn2"), Some("127.0.0.11/8")),
+        "{v}"
+    );
     assert_eq!(t["ok"], false, "{v}");
     assert!(d.0.try_wait().unwrap().is_none(), "the daemon exited:\n{}", daemon_log(&rig));
     let e = exports_of(&rig, 1);
     let line = e.lines().find(|l| l.starts_with("/nodedata/cn001")).unwrap_or_default();
     assert!(line.contains("(rw,"), "{e}");
     let m = net::scrape(port).unwrap_or_default();
-    for want in ["hanfs_fence_runs_total{sn=\"sn1\",result=\"fenced\"} 1", "hanfs_sn_state{sn=\"sn1\",state=\"fenced\"} 1"] {
+    for want in
+        ["hanfs_fence_runs_total{sn=\"sn1\",result=\"fenced\"} 1", "hanfs_sn_state{sn=\"sn1\",state=\"fenced\"} 1"]
+    {
         assert!(m.contains(want), "{want} not in:\n{m}");
     }
     assert!(m.contains("hanfs_sn_last_good_probe_timestamp_seconds{sn=\"sn2\"}"), "{m}");

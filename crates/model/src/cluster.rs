@@ -1126,7 +1126,10 @@ served_by = "sn1"
                  dead_after_secs = 1\nfence_verify = [\"rpower\", \"{sn}\", \"stat\"]\nfence_verify_expect = \"off\"\n\
                  notify = [\"logger\", \"{reason}\"]\nnfs_port = 2050\nportmap_port = 2050\nnfs_versions = [3]\n",
             )
-            .replace("agent = \"127.0.0.1:7001\"\n", "agent = \"127.0.0.1:7001\"\nservice_address = \"10.0.1.101/24\"\n");
+            .replace(
+                "agent = \"127.0.0.1:7001\"\n",
+                "agent = \"127.0.0.1:7001\"\nservice_address = \"10.0.1.101/24\"\n",
+            );
         let c = Cluster::from_toml("c.toml", &text).unwrap();
         let h = c.health();
         assert_eq!(h.failover, crate::Failover::Auto);
@@ -1163,7 +1166,10 @@ served_by = "sn1"
             (OK.replace("[cluster]\n", "[cluster]\nnfs_versions = [3, 5]\n"), "cluster.nfs_versions:"),
             (OK.replace("[cluster]\n", "[cluster]\nfence_verify_expect = \" \"\n"), "cluster.fence_verify_expect:"),
             (
-                OK.replace("agent = \"127.0.0.1:7002\"\n", "agent = \"127.0.0.1:7002\"\nservice_address = \"10.0.1.102\"\n"),
+                OK.replace(
+                    "agent = \"127.0.0.1:7002\"\n",
+                    "agent = \"127.0.0.1:7002\"\nservice_address = \"10.0.1.102\"\n",
+                ),
                 "sn[1].service_address: `10.0.1.102`: expected ADDRESS/PREFIX",
             ),
         ];

@@ -83,7 +83,11 @@ fn secs(sink: &mut Sink<'_>, v: &Option<Spanned<Seconds>>, field: &str) -> Optio
     match Duration::try_from_secs_f64(x).ok().filter(|d| !d.is_zero() && x <= MAX_SECS) {
         Some(d) => Some(d),
         None => {
-            sink.at(v.span(), format!("cluster.{field}"), format!("{x} is not a duration above 0 and up to 86400 seconds"));
+            sink.at(
+                v.span(),
+                format!("cluster.{field}"),
+                format!("{x} is not a duration above 0 and up to 86400 seconds"),
+            );
             None
         }
     }
@@ -148,10 +152,7 @@ pub(crate) fn section(c: &ClusterSection, sink: &mut Sink<'_>) -> Health {
         }
     });
     let fence_retry = c.fence_retry_secs.as_ref().map(|v| {
-        v.get_ref()
-            .iter()
-            .filter_map(|x| secs(sink, &Some(Spanned::new(v.span(), *x)), "fence_retry_secs"))
-            .collect()
+        v.get_ref().iter().filter_map(|x| secs(sink, &Some(Spanned::new(v.span(), *x)), "fence_retry_secs")).collect()
     });
     Health {
         failover,
