@@ -19,7 +19,7 @@
 # env: HANFS=path/to/hanfs  HANFS_RIG_DIR=/tmp/hanfs-rig (cache + run directories)
 #      HANFS_RIG_TIMEOUT=180 (s)  HANFS_RIG_DEBUG=1 (daemon logs)  HANFS_RIG_PCAP=1 (nfs.pcap)
 #      HANFS_RIG_HA_ROUNDS=1  HANFS_RIG_HA_OPTS=<mount options>  HANFS_RIG_HA_ARP=1  HANFS_RIG_HA_DETECT=0 (s)
-#      HANFS_RIG_HA_BREAK=noaddr|nofence|early
+#      HANFS_RIG_HA_BREAK=noaddr|nofence|early  HANFS_RIG_HA_DRIVER=daemon|script  HANFS_RIG_HA_LOG=info
 #      (check (i), the sn-kill scenario: see README)
 set -uo pipefail
 T0=$(date +%s.%N)
@@ -135,6 +135,17 @@ if [ -n "$HANFS_BIN" ]; then
     ln -f "$HANFS_BIN" "$SHARE/hanfs/hanfs" 2> /dev/null || cp "$HANFS_BIN" "$SHARE/hanfs/hanfs"
     ldd "$HANFS_BIN" 2>/dev/null | grep -o '/[^ ]*\.so[^ ]*' | grep -v ld-linux | xargs -r cp -L -t "$SHARE/hanfs/lib"
     echo "rig: NFSv3 failover scenario with $HANFS_BIN agent"
+    # check (i) driven by `hanfs daemon` (HANFS_RIG_HA_DRIVER=daemon): the daemon in netns mn talks to
+    # the agents over the rig's LAN, so mutual TLS: a CA and certificates for mn, sn1 and sn2
+    if [ "${HANFS_RIG_HA_DRIVER:-daemon}" = daemon ]; then
+        t=$SHARE/hanfs/tls
+        if "$HANFS_BIN" ca init "$t" > "$SHARE/ca.log" 2>&1 &&
+            ( for n in mn sn1 sn2; do "$HANFS_BIN" ca issue "$t" --name "$n" >> "$SHARE/ca.log" 2>&1 || exit 1; done ); then
+            echo "rig: sn-kill driven by $HANFS_BIN daemon (TLS material in $t)"
+        else
+            bad "sn-kill: hanfs ca init/issue failed: $(tail -2 "$SHARE/ca.log")"
+        fi
+    fi
 else
     bad "nfs3-failover: no hanfs binary to run the agent's NFSv3 server (cargo build -p hanfs, or set HANFS)"
 fi

@@ -10,8 +10,11 @@
 //! - A protocol violation (malformed, oversized or unexpected frame, bad path) ends the session with a
 //!   logged reason; what was staged is discarded by the engine, what was spooled is kept for a resume.
 //! - Memory is bounded: bulk data goes to the spool on disk chunk by chunk before the next frame is read.
+//! - A floating service address is claimed or released only on `takeover_interface` and only inside
+//!   `takeover_allowed`; without `takeover_interface` every `Claim`/`Release` is refused with the reason.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
+mod address;
 mod error;
 mod session;
 mod spool;
@@ -46,6 +49,8 @@ pub struct Agent {
     _state_lock: std::fs::File,
     /// Image commits go through it, so NFSv3 clients see each as one step (no server: a no-op).
     nfs3: nfs3::Switch,
+    /// Floating service addresses (`Claim`/`Release`), opened on the first of them.
+    takeover: tokio::sync::OnceCell<takeover::Takeover>,
 }
 
 /// Takes the exclusive lock on the state directory, refusing when another agent holds it: two
@@ -98,8 +103,15 @@ impl Agent {
                 .into())
             }
         };
-        let agent =
-            Agent { cfg, name, tls, locks: Default::default(), _state_lock: state_lock, nfs3: Default::default() };
+        let agent = Agent {
+            cfg,
+            name,
+            tls,
+            locks: Default::default(),
+            _state_lock: state_lock,
+            nfs3: Default::default(),
+            takeover: Default::default(),
+        };
         session::recover_all(&agent);
         statelite::recover_all(&agent);
         Ok(agent)

@@ -153,6 +153,15 @@ pub async fn run(agent: &Agent, mut c: Conn) -> Result<()> {
             ToAgent::StateliteScan(req::StateliteScan { root, node }) => {
                 next = crate::statelite::serve(agent, &mut c, root.as_str(), &node).await?
             }
+            // A refused claim or release is answered with the reason; the session goes on.
+            ToAgent::Claim(req::Claim { address }) => match crate::address::claim(agent, &address).await {
+                Ok(r) => c.request(&FromAgent::Claimed(r)).await?,
+                Err(reason) => c.error(reason).await?,
+            },
+            ToAgent::Release(req::Release { address }) => match crate::address::release(agent, &address).await {
+                Ok(r) => c.request(&FromAgent::Released(r)).await?,
+                Err(reason) => c.error(reason).await?,
+            },
             other => return Err(unexpected(&mut c, "a request outside an image session", &other).await),
         }
     }

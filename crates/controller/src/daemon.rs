@@ -39,8 +39,50 @@ struct Replica {
     image: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SnState {
+    sn: String,
+    state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SnLabel {
+    sn: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SnResult {
+    sn: String,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SnPart {
+    sn: String,
+    part: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SnKind {
+    sn: String,
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Promotion {
+    service: String,
+    to: String,
+    result: &'static str,
+}
+
 /// The daemon's metrics (names are part of the contract).
 pub struct Metrics {
+    sn_state: Family<SnState, Gauge>,
+    last_good_probe: Family<SnLabel, Gauge>,
+    fence_runs: Family<SnResult, Counter>,
+    probe_failures: Family<SnPart, Counter>,
+    alerts: Family<SnKind, Counter>,
+    promotions: Family<Promotion, Counter>,
     registry: Registry,
     runs: Family<Outcome, Counter>,
     bytes_sent: Counter,
@@ -62,8 +104,23 @@ impl Default for Metrics {
             last_success: Gauge::default(),
             generation: Family::default(),
             matches: Family::default(),
+            sn_state: Family::default(),
+            last_good_probe: Family::default(),
+            fence_runs: Family::default(),
+            probe_failures: Family::default(),
+            alerts: Family::default(),
+            promotions: Family::default(),
             registry: Registry::default(),
         };
+        use health::report::metrics as hm;
+        // prometheus-client appends `_total` to counters itself.
+        let counter = |n: &'static str| n.strip_suffix("_total").unwrap_or(n);
+        registry.register(hm::SN_STATE, "1 for each SN's health state, 0 for the others", m.sn_state.clone());
+        registry.register(hm::SN_LAST_GOOD_PROBE, "Unix time of each SN's last good probe", m.last_good_probe.clone());
+        registry.register(counter(hm::FENCE_RUNS), "Fence runs by SN and result", m.fence_runs.clone());
+        registry.register(counter(hm::SN_PROBE_FAILURES), "Failed probes by SN and part", m.probe_failures.clone());
+        registry.register(counter(hm::ALERTS), "Health alerts by SN and kind", m.alerts.clone());
+        registry.register(counter(hm::PROMOTIONS), "Promotions by service, backup and result", m.promotions.clone());
         registry.register("hanfs_sync_runs", "Sync runs by outcome", m.runs.clone());
         registry.register("hanfs_bytes_sent", "Bytes sent to agents", m.bytes_sent.clone());
         registry.register(
@@ -120,6 +177,40 @@ impl Metrics {
         Self::count(&self.statelite, false, failed);
     }
 
+    /// The health report: state gauges (1 for the current state) and last good probes.
+    pub fn record_health(&self, r: &health::HealthReport) {
+        for s in &r.sns {
+            for st in health::HealthState::ALL {
+                let v = i64::from(st == s.state);
+                self.sn_state.get_or_create(&SnState { sn: s.name.clone(), state: st.as_str() }).set(v);
+            }
+            if let Some(t) = s.last_good_probe {
+                self.last_good_probe
+                    .get_or_create(&SnLabel { sn: s.name.clone() })
+                    .set(i64::try_from(t).unwrap_or(i64::MAX));
+            }
+        }
+    }
+
+    /// A fence run ended: `result` is `fenced` or `failed`.
+    pub fn record_fence(&self, sn: &str, result: &'static str) {
+        self.fence_runs.get_or_create(&SnResult { sn: sn.to_string(), result }).inc();
+    }
+
+    /// A failed probe part (`agent`, `nfs`).
+    pub fn record_probe_failure(&self, sn: &str, part: &'static str) {
+        self.probe_failures.get_or_create(&SnPart { sn: sn.to_string(), part }).inc();
+    }
+
+    pub fn record_alert(&self, sn: &str, kind: &'static str) {
+        self.alerts.get_or_create(&SnKind { sn: sn.to_string(), kind }).inc();
+    }
+
+    pub fn record_promotion(&self, service: &str, to: &str, ok: bool) {
+        let result = if ok { "ok" } else { "failed" };
+        self.promotions.get_or_create(&Promotion { service: service.to_string(), to: to.to_string(), result }).inc();
+    }
+
     /// The text exposition (OpenMetrics) of every metric.
     pub fn render(&self) -> String {
         let mut s = String::new();
@@ -152,8 +243,11 @@ impl Metrics {
     }
 }
 
-/// Runs the daemon: never returns but with an error of the watcher.
-pub fn run(rt: &tokio::runtime::Runtime, ctl: Arc<Controller>, opts: &Options, metrics: &Metrics) -> Result<()> {
+/// Runs the daemon: never returns but with an error of the watcher (or, at start, bad health
+/// settings). The health monitor ([`crate::monitor`]) runs beside the sync loop on `rt`.
+pub fn run(rt: &tokio::runtime::Runtime, ctl: Arc<Controller>, opts: &Options, metrics: &Arc<Metrics>) -> Result<()> {
+    let monitor = crate::monitor::Monitor::new(Arc::clone(&ctl), Arc::clone(metrics))
+        .map_err(|e| crate::BadInput(format!("cluster.{e}")))?;
     let targets: Vec<watch::Target> = ctl
         .cluster
         .images()
@@ -171,6 +265,7 @@ pub fn run(rt: &tokio::runtime::Runtime, ctl: Arc<Controller>, opts: &Options, m
     let all: Vec<String> = ctl.cluster.images().iter().map(|i| i.name.clone()).collect();
     let mut pending = all.clone();
     let mut failed = false;
+    rt.spawn(monitor.run());
     loop {
         if !pending.is_empty() {
             failed = !rt.block_on(sync_once(&ctl, &pending, metrics));
@@ -262,6 +357,20 @@ mod tests {
         };
         m.record_sync(&r, 0.5);
         m.record_statelite(2, 1);
+        m.record_health(&health::HealthReport {
+            sns: vec![health::SnHealth {
+                name: "sn1".into(),
+                state: health::HealthState::Fenced,
+                last_good_probe: Some(1_700_000_000),
+                failing_since: None,
+                reason: None,
+                fence: None,
+                serving_for: Vec::new(),
+                served_by: Some("sn2".into()),
+            }],
+            waiting_for_backup: Vec::new(),
+        });
+        m.record_fence("sn1", "fenced");
         let t = m.render();
         for want in [
             "hanfs_sync_runs_total{result=\"ok\"} 1",
@@ -273,6 +382,10 @@ mod tests {
             "hanfs_replica_generation{sn=\"sn1\",image=\"compute\"} 3",
             "hanfs_replica_matches{sn=\"sn1\",image=\"compute\"} 1",
             "# TYPE hanfs_last_success_timestamp_seconds gauge",
+            "hanfs_sn_state{sn=\"sn1\",state=\"fenced\"} 1",
+            "hanfs_sn_state{sn=\"sn1\",state=\"up\"} 0",
+            "hanfs_sn_last_good_probe_timestamp_seconds{sn=\"sn1\"} 1700000000",
+            "hanfs_fence_runs_total{sn=\"sn1\",result=\"fenced\"} 1",
         ] {
             assert!(t.contains(want), "{want} not in:\n{t}");
         }

@@ -16,10 +16,12 @@
 //!   work runs on blocking threads, never on the async workers.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod address;
 pub mod daemon;
 pub mod demo;
 mod error;
 mod image;
+pub mod monitor;
 pub mod progress;
 mod push;
 pub mod redirect;

@@ -235,19 +235,6 @@ pub async fn migrate(
     Ok(run.finish())
 }
 
-/// Runs the fence template with `{sn}`/`{address}` substituted: (ok, output).
-fn fence(cmd: &[String]) -> (bool, String) {
-    let Some((prog, args)) = cmd.split_first() else { return (false, "no fence command".into()) };
-    match std::process::Command::new(prog).args(args).stdin(std::process::Stdio::null()).output() {
-        Ok(o) => {
-            let mut out = String::from_utf8_lossy(&o.stdout).into_owned();
-            out.push_str(&String::from_utf8_lossy(&o.stderr));
-            (o.status.success(), if o.status.success() { out } else { format!("{} ({out})", o.status) })
-        }
-        Err(e) => (false, format!("`{prog}`: {e}")),
-    }
-}
-
 /// How old the promoted copy is: what the node loses is what it wrote since (the oldest area counts).
 fn copy_age(ctl: &Controller, cluster: &Cluster, node: &str, sn: &str) -> String {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
@@ -259,8 +246,34 @@ fn copy_age(ctl: &Controller, cluster: &Cluster, node: &str, sn: &str) -> String
     }
 }
 
-/// `failover`: fence the dead SN (unless `force`), promote each of its nodes' first reachable
-/// backup that holds the synced copy, re-export on every live SN, repoint xCAT.
+/// The fence of `hanfs failover` and of the daemon: the cluster's fence command, its verification
+/// (timeout, retries, notify) through [`health::fence::fence`].
+pub async fn fence(cluster: &Cluster, sn: &model::ServiceNode) -> health::fence::FenceOutcome {
+    let cfg = match crate::monitor::health_config(cluster) {
+        Ok(c) => c.fence_config(),
+        // Settings that do not fit together still fence with what is set (the daemon refuses
+        // to start on them; the operator's `failover` should not).
+        Err(_) => crate::monitor::fence_config_unchecked(cluster),
+    };
+    health::fence::fence(&cfg, &sn.name, &sn.address.to_string()).await
+}
+
+/// What a fence outcome shows in a [`MoveReport`].
+pub fn fence_row(cluster: &Cluster, sn: &model::ServiceNode, out: &health::fence::FenceOutcome) -> FenceRow {
+    let vars = [("sn", sn.name.as_str()), ("address", &sn.address.to_string())];
+    let command = health::fence::substitute(cluster.fence(), &vars);
+    let output = match &out.result {
+        Ok(()) => out
+            .attempts
+            .last()
+            .map(|a| format!("{}{}", a.fence.stdout, a.fence.stderr).trim().to_string())
+            .unwrap_or_default(),
+        Err(e) => e.clone(),
+    };
+    FenceRow { command, ok: out.fenced(), output }
+}
+
+/// `failover`: fence the dead SN (unless `force`), then [`promote`].
 pub async fn failover(
     ctl: &Arc<Controller>,
     dead: &str,
@@ -268,46 +281,56 @@ pub async fn failover(
     dry: bool,
     hooks: &mut Hooks<'_>,
 ) -> Result<MoveReport> {
+    let (placed, _) = ctl.placed()?;
+    let Some(sn) = placed.sn(dead).cloned() else {
+        return Err(BadInput(format!("no SN named `{dead}`")).into());
+    };
+    let mut run = Run { rep: MoveReport { dry_run: dry, ..Default::default() }, hooks };
+    if dry {
+        let cmd = health::fence::substitute(placed.fence(), &[("sn", &sn.name), ("address", &sn.address.to_string())]);
+        run.step(format!(
+            "would fence {}: {}",
+            sn.name,
+            if cmd.is_empty() { "(no fence command configured)".into() } else { cmd.join(" ") }
+        ));
+    } else {
+        let out = fence(&placed, &sn).await;
+        let row = fence_row(&placed, &sn, &out);
+        let (ok, output) = (row.ok, row.output.clone());
+        run.step(format!("fence {}: {}", sn.name, if ok { "ok".to_string() } else { format!("FAILED: {output}") }));
+        run.rep.fence = Some(row);
+        if !ok && !force {
+            run.step("nothing promoted: fencing failed (--force promotes anyway, at the risk of split brain)".into());
+            for n in placed.nodes().iter().filter(|n| placed.serving(&n.name) == Some(sn.name.as_str())) {
+                run.rep
+                    .failed
+                    .push(NodeFailure { node: n.name.clone(), reason: format!("{} not fenced: {output}", sn.name) });
+            }
+            if run.rep.failed.is_empty() {
+                run.rep
+                    .failed
+                    .push(NodeFailure { node: "-".into(), reason: format!("{} not fenced: {output}", sn.name) });
+            }
+            return Ok(run.finish());
+        }
+    }
+    let fence = run.rep.fence.take();
+    let steps = std::mem::take(&mut run.rep.steps);
+    let mut rep = promote(ctl, dead, dry, run.hooks).await?;
+    rep.fence = fence;
+    rep.steps.splice(0..0, steps);
+    Ok(rep)
+}
+
+/// The promote step of a failover, for an SN already fenced (by `failover`, or by the daemon
+/// through its health detector): each of its nodes' first reachable backup that holds the synced
+/// copy is promoted, every live SN re-exported, xCAT repointed. Never fences.
+pub async fn promote(ctl: &Arc<Controller>, dead: &str, dry: bool, hooks: &mut Hooks<'_>) -> Result<MoveReport> {
     let (lock, placed) = locked(ctl, dry).await?;
     let Some(dead) = placed.sn(dead).cloned() else {
         return Err(BadInput(format!("no SN named `{dead}`")).into());
     };
     let mut run = Run { rep: MoveReport { dry_run: dry, ..Default::default() }, hooks };
-    let cmd: Vec<String> = placed
-        .fence()
-        .iter()
-        .map(|t| t.replace("{sn}", &dead.name).replace("{address}", &dead.address.to_string()))
-        .collect();
-    if dry {
-        run.step(format!(
-            "would fence {}: {}",
-            dead.name,
-            if cmd.is_empty() { "(no fence command configured)".into() } else { cmd.join(" ") }
-        ));
-    } else {
-        let (ok, output) = if cmd.is_empty() {
-            (false, "no fence command configured (cluster.fence)".to_string())
-        } else {
-            let c = cmd.clone();
-            tokio::task::spawn_blocking(move || fence(&c)).await?
-        };
-        run.step(format!("fence {}: {}", dead.name, if ok { "ok".to_string() } else { format!("FAILED: {output}") }));
-        run.rep.fence = Some(FenceRow { command: cmd, ok, output: output.clone() });
-        if !ok && !force {
-            run.step("nothing promoted: fencing failed (--force promotes anyway, at the risk of split brain)".into());
-            for n in placed.nodes().iter().filter(|n| placed.serving(&n.name) == Some(dead.name.as_str())) {
-                run.rep
-                    .failed
-                    .push(NodeFailure { node: n.name.clone(), reason: format!("{} not fenced: {output}", dead.name) });
-            }
-            if run.rep.failed.is_empty() {
-                run.rep
-                    .failed
-                    .push(NodeFailure { node: "-".into(), reason: format!("{} not fenced: {output}", dead.name) });
-            }
-            return Ok(run.finish());
-        }
-    }
     let mut moves = Vec::new();
     for n in placed.nodes().iter().filter(|n| placed.serving(&n.name) == Some(dead.name.as_str())) {
         let mut why = Vec::new();

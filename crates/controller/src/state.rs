@@ -136,6 +136,26 @@ impl StateDir {
         write(&self.deployed_exports_file(sn)?, text.as_bytes())
     }
 
+    /// The daemon's health report (`hanfs status --json` shows it).
+    pub fn health_file(&self) -> PathBuf {
+        self.root.join("health.json")
+    }
+
+    /// Replaces the health report (atomically: a reader sees the old one or the new one).
+    pub fn record_health(&self, report: &crate::monitor::HealthFile) -> Result<()> {
+        write(&self.health_file(), &serde_json::to_vec_pretty(report)?)
+    }
+
+    /// The last health report a daemon wrote (None: none yet).
+    pub fn load_health(&self) -> Result<Option<crate::monitor::HealthFile>> {
+        let f = self.health_file();
+        match std::fs::read(&f) {
+            Ok(b) => Ok(Some(serde_json::from_slice(&b).with_context(|| format!("reading {}", f.display()))?)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("reading {}", f.display())),
+        }
+    }
+
     /// Where `--apply-xcat` logs the commands it ran.
     pub fn xcat_log(&self) -> PathBuf {
         self.root.join("xcat-redirect.log")

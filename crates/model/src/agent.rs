@@ -29,10 +29,29 @@ pub struct AgentConfig {
     /// Statelite data of a root `R` is kept under `statelite_prefix/R` instead of `R`, so several
     /// agents on one host (tests, demos) keep their statelite trees apart. None: at `R` itself.
     pub statelite_prefix: Option<AbsPath>,
+    /// The interface floating service addresses are claimed on (`Claim`); None: the agent refuses
+    /// claims.
+    pub takeover_interface: Option<String>,
+    /// The networks a claimed address must lie in; None: any address.
+    pub takeover_allowed: Option<Vec<ipnet::IpNet>>,
 }
 
 /// The name `hanfs ca issue DIR --name mn` puts in the MN's certificate.
 pub const DEFAULT_CONTROLLER: &str = "mn";
+
+/// The longest interface name Linux takes (IFNAMSIZ 16 with its NUL).
+pub const MAX_INTERFACE: usize = 15;
+
+/// Why `n` cannot be a Linux interface name, if it cannot.
+fn interface_problem(n: &str) -> Option<String> {
+    if n.is_empty() || n.len() > MAX_INTERFACE {
+        return Some(format!("an interface name is 1-{MAX_INTERFACE} bytes, `{n}` is {}", n.len()));
+    }
+    if n == "." || n == ".." || n.chars().any(|c| c == '/' || c == ':' || c == '\0' || c.is_whitespace()) {
+        return Some(format!("`{n}` is not an interface name (no `/`, `:`, whitespace; not `.` or `..`)"));
+    }
+    None
+}
 
 /// A DNS name as certificates carry it: 1-253 characters of letters, digits, `-` and `.`.
 fn valid_name(n: &str) -> bool {
@@ -59,6 +78,8 @@ struct Raw {
     #[serde(default)]
     plaintext_loopback: bool,
     statelite_prefix: Option<Spanned<String>>,
+    takeover_interface: Option<Spanned<String>>,
+    takeover_allowed: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 impl AgentConfig {
@@ -119,6 +140,34 @@ impl AgentConfig {
                 Err(m) => sink.at(s.span(), format!("statelite_roots[{i}]"), m),
             }
         }
+        let takeover_interface = raw.takeover_interface.as_ref().and_then(|i| match interface_problem(i.get_ref()) {
+            Some(m) => {
+                sink.at(i.span(), "takeover_interface", m);
+                None
+            }
+            None => Some(i.get_ref().clone()),
+        });
+        let takeover_allowed = raw.takeover_allowed.as_ref().map(|list| {
+            if list.get_ref().is_empty() {
+                sink.at(list.span(), "takeover_allowed", "an empty list allows no address: leave it out to allow any");
+            }
+            let mut nets = Vec::new();
+            for (i, s) in list.get_ref().iter().enumerate() {
+                let field = format!("takeover_allowed[{i}]");
+                match s.get_ref().parse::<ipnet::IpNet>() {
+                    Ok(n) if n.trunc() != n => {
+                        sink.at(s.span(), field, format!("`{n}` has host bits set: the network is `{}`", n.trunc()))
+                    }
+                    Ok(n) => nets.push(n),
+                    Err(_) => sink.at(
+                        s.span(),
+                        field,
+                        format!("`{}` is not a network with a prefix length (10.0.1.0/24, fd00::/64)", s.get_ref()),
+                    ),
+                }
+            }
+            nets
+        });
         if let (Some(r), Some(raw_root)) = (&root, &raw.root) {
             if r.is_root() {
                 sink.at(raw_root.span(), "root", "the replica root cannot be `/`");
@@ -167,6 +216,8 @@ impl AgentConfig {
                 tls,
                 plaintext_loopback: raw.plaintext_loopback,
                 statelite_prefix,
+                takeover_interface,
+                takeover_allowed,
             }),
             _ => Err(Diagnostics(Vec::new())),
         }
@@ -207,6 +258,36 @@ mod tests {
         assert_eq!(p.statelite_prefix.map(|p| p.as_str().to_string()), Some("/srv/sn1".to_string()));
         let e = AgentConfig::from_toml("a.toml", &format!("{base}statelite_prefix = \"rel\"\n")).unwrap_err();
         assert!(e.to_string().starts_with("a.toml:3:20: statelite_prefix:"), "{e}");
+    }
+
+    #[test]
+    fn takeover_settings_are_checked_with_their_line() {
+        let base = "plaintext_loopback = true\nlisten = \"127.0.0.1:1\"\n";
+        let a = AgentConfig::from_toml("a.toml", base).unwrap();
+        assert_eq!((a.takeover_interface, a.takeover_allowed), (None, None));
+        let a = AgentConfig::from_toml(
+            "a.toml",
+            &format!("{base}takeover_interface = \"eth1\"\ntakeover_allowed = [\"10.0.1.0/24\", \"fd00::/64\"]\n"),
+        )
+        .unwrap();
+        assert_eq!(a.takeover_interface.as_deref(), Some("eth1"));
+        let nets: Vec<String> = a.takeover_allowed.unwrap().iter().map(|n| n.to_string()).collect();
+        assert_eq!(nets, ["10.0.1.0/24", "fd00::/64"]);
+        for (line, at) in [
+            ("takeover_interface = \"eth 1\"", "a.toml:3:22: takeover_interface:"),
+            ("takeover_interface = \"0123456789abcdef\"", "a.toml:3:22: takeover_interface:"),
+            ("takeover_interface = \"\"", "a.toml:3:22: takeover_interface:"),
+            ("takeover_allowed = [\"10.0.1.0\"]", "a.toml:3:21: takeover_allowed[0]:"),
+            ("takeover_allowed = [\"10.0.1.0/24\", \"10.0.2.7/24\"]", "a.toml:3:36: takeover_allowed[1]:"),
+            ("takeover_allowed = []", "a.toml:3:20: takeover_allowed:"),
+        ] {
+            let e = AgentConfig::from_toml("a.toml", &format!("{base}{line}\n")).unwrap_err().to_string();
+            assert!(e.starts_with(at), "{line}: {e}");
+        }
+        let e = AgentConfig::from_toml("a.toml", &format!("{base}takeover_allowed = [\"10.0.2.7/24\"]\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("the network is `10.0.2.0/24`"), "{e}");
     }
 
     #[test]

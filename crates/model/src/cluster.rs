@@ -109,6 +109,9 @@ pub struct ServiceNode {
     /// AIX only: export the whole `root` once, read-write with `replicas=` self and its one backup,
     /// as xCAT's `mkdsklsnode -S` (setuphanfs) does, instead of one read-only export per image.
     pub setuphanfs: bool,
+    /// The floating address its nodes mount from (taken over by a backup on failover).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_address: Option<crate::health::ServiceAddress>,
 }
 
 /// A member of an external HA-NFS domain: a backup server that is not an SN (design arch. 2).
@@ -174,6 +177,7 @@ pub struct Cluster {
     fence: Vec<String>,
     sn_timeout_secs: u64,
     zstd_level: i32,
+    health: crate::health::Health,
     sns: Vec<ServiceNode>,
     externals: Vec<ExternalServer>,
     images: Vec<Image>,
@@ -252,6 +256,11 @@ impl Cluster {
     /// zstd level of the payloads sent to agents (0 sends them uncompressed; default 1).
     pub fn zstd_level(&self) -> i32 {
         self.zstd_level
+    }
+
+    /// The health settings (`[cluster] failover`, probe timings, fence verification, ...).
+    pub fn health(&self) -> &crate::health::Health {
+        &self.health
     }
 
     pub fn sns(&self) -> &[ServiceNode] {
@@ -412,6 +421,7 @@ fn validate(raw: &ConfigFile, sink: &mut Sink<'_>) -> Option<Cluster> {
         fence: raw.cluster.fence.clone(),
         sn_timeout_secs: section.sn_timeout_secs,
         zstd_level: section.zstd_level,
+        health: crate::health::section(&raw.cluster, sink),
         sns,
         externals,
         images,
@@ -548,6 +558,7 @@ fn service_nodes(
             None => policy_backups(backup_policy.unwrap_or(BackupPolicy::None), &sn_names, i),
         };
         let setuphanfs = s.setuphanfs.as_ref().is_some_and(|v| *v.get_ref());
+        let service_address = crate::health::service_address(sink, &s.service_address, f("service_address"));
         if let (true, Some(d), Some(v)) = (setuphanfs, dialect, &s.setuphanfs) {
             if d != Dialect::Aix {
                 sink.at(
@@ -576,6 +587,7 @@ fn service_nodes(
                 backups,
                 root,
                 setuphanfs,
+                service_address,
             });
         }
     }
@@ -1103,6 +1115,33 @@ served_by = "sn1"
     }
 
     #[test]
+    fn health_settings_read_as_written() {
+        let c = Cluster::from_toml("c.toml", OK).unwrap();
+        assert_eq!(c.health(), &crate::Health::default());
+        assert_eq!(c.sn("sn1").unwrap().service_address, None);
+        let text = OK
+            .replace(
+                "[cluster]\n",
+                "[cluster]\nfailover = \"auto\"\nfence = [\"rpower\", \"{sn}\", \"off\"]\nprobe_interval_secs = 0.2\n\
+                 dead_after_secs = 1\nfence_verify = [\"rpower\", \"{sn}\", \"stat\"]\nfence_verify_expect = \"off\"\n\
+                 notify = [\"logger\", \"{reason}\"]\nnfs_port = 2050\nportmap_port = 2050\nnfs_versions = [3]\n",
+            )
+            .replace(
+                "agent = \"127.0.0.1:7001\"\n",
+                "agent = \"127.0.0.1:7001\"\nservice_address = \"10.0.1.101/24\"\n",
+            );
+        let c = Cluster::from_toml("c.toml", &text).unwrap();
+        let h = c.health();
+        assert_eq!(h.failover, crate::Failover::Auto);
+        assert_eq!(h.probe_interval, Some(std::time::Duration::from_millis(200)));
+        assert_eq!(h.dead_after, Some(std::time::Duration::from_secs(1)));
+        assert_eq!((h.nfs_port, h.portmap_port, h.mount_port), (Some(2050), Some(2050), None));
+        assert_eq!(h.fence_verify_expect.as_deref(), Some("off"));
+        assert_eq!(h.nfs_versions, Some(vec![3]));
+        assert_eq!(c.sn("sn1").unwrap().service_address.unwrap().to_string(), "10.0.1.101/24");
+    }
+
+    #[test]
     fn every_error_carries_line_column_and_field() {
         let nested = format!("{OK}\n[[image]]\nname = \"inner\"\npath = \"netboot/rh8/x86_64/compute/rootimg/sub\"\n");
         let cases: Vec<(String, &str)> = vec![
@@ -1119,6 +1158,20 @@ served_by = "sn1"
             ),
             (OK.replace("[cluster]\n", "[cluster]\nzstd_level = 20\n"), "cluster.zstd_level: must be 0"),
             (OK.replace("[cluster]\n", "[cluster]\nzstd_level = -1\n"), "cluster.zstd_level: must be 0"),
+            (OK.replace("[cluster]\n", "[cluster]\nfailover = \"auto\"\n"), "cluster.failover: \"auto\" needs a fence"),
+            (OK.replace("[cluster]\n", "[cluster]\nfailover = \"sometimes\"\n"), "cluster.failover: `sometimes`"),
+            (OK.replace("[cluster]\n", "[cluster]\ndead_after_secs = 0\n"), "cluster.dead_after_secs: 0 is not"),
+            (OK.replace("[cluster]\n", "[cluster]\nprobe_interval_secs = -1.5\n"), "cluster.probe_interval_secs:"),
+            (OK.replace("[cluster]\n", "[cluster]\nnfs_port = 70000\n"), "cluster.nfs_port: must be a port"),
+            (OK.replace("[cluster]\n", "[cluster]\nnfs_versions = [3, 5]\n"), "cluster.nfs_versions:"),
+            (OK.replace("[cluster]\n", "[cluster]\nfence_verify_expect = \" \"\n"), "cluster.fence_verify_expect:"),
+            (
+                OK.replace(
+                    "agent = \"127.0.0.1:7002\"\n",
+                    "agent = \"127.0.0.1:7002\"\nservice_address = \"10.0.1.102\"\n",
+                ),
+                "sn[1].service_address: `10.0.1.102`: expected ADDRESS/PREFIX",
+            ),
         ];
         for (text, want) in cases {
             let d = Cluster::from_toml("c.toml", &text).unwrap_err();

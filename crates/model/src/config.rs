@@ -89,7 +89,50 @@ pub struct ClusterSection {
     pub sn_timeout_secs: Option<Spanned<i64>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub zstd_level: Option<Spanned<i64>>,
+    /// `manual` (default) or `auto`: whether `hanfs daemon` fences and promotes a dead SN itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failover: Option<Text>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe_interval_secs: Option<Spanned<Seconds>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe_timeout_secs: Option<Spanned<Seconds>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_after_secs: Option<Spanned<Seconds>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold_down_secs: Option<Spanned<Seconds>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fence_timeout_secs: Option<Spanned<Seconds>>,
+    /// Waits before the 2nd, 3rd, ... attempt of one fence run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fence_retry_secs: Option<Spanned<Vec<Seconds>>>,
+    /// Wait after a failed fence run before the next run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fence_rerun_after_secs: Option<Spanned<Seconds>>,
+    /// argv run after the fence; it must exit 0 and print `fence_verify_expect`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fence_verify: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fence_verify_expect: Option<Text>,
+    /// argv run when a fence fails (and on other health alerts).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notify: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nfs_port: Option<Spanned<i64>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mount_port: Option<Spanned<i64>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub portmap_port: Option<Spanned<i64>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nfs_versions: Option<Spanned<Vec<i64>>>,
 }
+
+/// A number of seconds as written (integer or fractional). `Eq` compares the written values, which
+/// are never NaN once validated; configs are compared only in tests.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Seconds(pub f64);
+
+impl Eq for Seconds {}
 
 impl ClusterSection {
     pub fn new(source_root: impl Into<String>) -> ClusterSection {
@@ -102,6 +145,21 @@ impl ClusterSection {
             fence: Vec::new(),
             sn_timeout_secs: None,
             zstd_level: None,
+            failover: None,
+            probe_interval_secs: None,
+            probe_timeout_secs: None,
+            dead_after_secs: None,
+            hold_down_secs: None,
+            fence_timeout_secs: None,
+            fence_retry_secs: None,
+            fence_rerun_after_secs: None,
+            fence_verify: Vec::new(),
+            fence_verify_expect: None,
+            notify: Vec::new(),
+            nfs_port: None,
+            mount_port: None,
+            portmap_port: None,
+            nfs_versions: None,
         }
     }
 }
@@ -124,6 +182,10 @@ pub struct SnSection {
     /// AIX `mkdsklsnode -S`: one read-write export of the SN's root (see `ServiceNode::setuphanfs`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub setuphanfs: Option<Spanned<bool>>,
+    /// The floating address its nodes mount from, with its prefix (`10.0.1.101/24`): probed by the
+    /// daemon and taken over by a backup on failover.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_address: Option<Text>,
 }
 
 impl SnSection {
@@ -136,6 +198,7 @@ impl SnSection {
             backups: None,
             root: None,
             setuphanfs: None,
+            service_address: None,
         }
     }
 

@@ -9,6 +9,7 @@ pub mod agent;
 pub mod cluster;
 pub mod config;
 pub mod error;
+pub mod health;
 pub mod name;
 pub mod path;
 pub mod placement;
@@ -20,6 +21,7 @@ pub use cluster::{
 };
 pub use config::ConfigFile;
 pub use error::{Diagnostic, Diagnostics};
+pub use health::{Failover, Health, ServiceAddress};
 pub use name::{check_name, Name, MAX_NAME};
 pub use path::{AbsPath, RelPath};
 pub use placement::{MoveError, Placement};

@@ -138,6 +138,23 @@ pub mod req {
         #[serde(with = "serde_bytes")]
         pub path: Vec<u8>,
     }
+
+    /// Put the floating service address `address` (`10.0.1.101/24`, `fd00::65/64`: an address with
+    /// its prefix length, checked while decoding) on the agent's `takeover_interface` and announce
+    /// it (gratuitous ARP / unsolicited NA). Idempotent.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct Claim {
+        #[serde(deserialize_with = "crate::wire::address")]
+        pub address: String,
+    }
+
+    /// Take the floating service address `address` off the agent's `takeover_interface`.
+    /// Idempotent.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct Release {
+        #[serde(deserialize_with = "crate::wire::address")]
+        pub address: String,
+    }
 }
 
 /// Replies (agent → controller).
@@ -205,6 +222,22 @@ pub mod reply {
     pub struct Content {
         pub len: u64,
     }
+
+    /// The address is on the interface. `change`: `added` or `already present`; `announced`:
+    /// the first gratuitous ARP / NA went out (false when the link cannot carry them: `detail`
+    /// says why, and also what else the controller should know, e.g. an `nfs3` bound elsewhere).
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct Claimed {
+        pub change: String,
+        pub announced: bool,
+        pub detail: String,
+    }
+
+    /// The address is off the interface. `change`: `removed` or `absent`.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct Released {
+        pub change: String,
+    }
 }
 
 /// Controller → agent. Variant order is the wire format (postcard writes the index): append only.
@@ -237,6 +270,9 @@ pub enum ToAgent {
     StateliteOpen(req::StateliteOpen),
     StateliteScan(req::StateliteScan),
     StateliteRead(req::StateliteRead),
+    // Service-address takeover (appended).
+    Claim(req::Claim),
+    Release(req::Release),
 }
 
 /// Agent → controller. Variant order is the wire format: append only.
@@ -264,6 +300,9 @@ pub enum FromAgent {
         path: String,
         reason: String,
     },
+    // Service-address takeover (appended).
+    Claimed(reply::Claimed),
+    Released(reply::Released),
 }
 
 /// One direction's message type.
@@ -294,6 +333,8 @@ impl Message for ToAgent {
             ToAgent::StateliteOpen(_) => "StateliteOpen",
             ToAgent::StateliteScan(_) => "StateliteScan",
             ToAgent::StateliteRead(_) => "StateliteRead",
+            ToAgent::Claim(_) => "Claim",
+            ToAgent::Release(_) => "Release",
         }
     }
 }
@@ -315,6 +356,8 @@ impl Message for FromAgent {
             FromAgent::Error { .. } => "Error",
             FromAgent::Content(_) => "Content",
             FromAgent::NoSpace { .. } => "NoSpace",
+            FromAgent::Claimed(_) => "Claimed",
+            FromAgent::Released(_) => "Released",
         }
     }
 }
@@ -390,6 +433,8 @@ reply!(reply::Committed, "Committed", FromAgent::Committed(r) => r);
 reply!(reply::Verified, "Verified", FromAgent::Verified(r) => r);
 reply!(reply::ExportsDone, "ExportsDone", FromAgent::ExportsDone(r) => r);
 reply!(reply::Content, "Content", FromAgent::Content(r) => r);
+reply!(reply::Claimed, "Claimed", FromAgent::Claimed(r) => r);
+reply!(reply::Released, "Released", FromAgent::Released(r) => r);
 
 macro_rules! request {
     ($t:ty => $reply:ty, $v:ident) => {
@@ -426,6 +471,8 @@ request!(req::Exports => reply::ExportsDone, Exports);
 request!(req::StateliteOpen => reply::Opened, StateliteOpen);
 request!(req::StateliteScan => reply::Manifest, StateliteScan);
 request!(req::StateliteRead => reply::Content, StateliteRead);
+request!(req::Claim => reply::Claimed, Claim);
+request!(req::Release => reply::Released, Release);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -144,3 +144,36 @@ fn each_request_pairs_with_one_reply_and_remote_errors_are_typed() {
     assert!(take(req::Ping, FromAgent::Pong).is_ok());
     assert!(take(req::Ping, FromAgent::Chunk(vec![0; 10])).unwrap_err().is_violation());
 }
+
+#[test]
+fn takeover_requests_are_appended_and_their_address_checked() {
+    let claim = ToAgent::Claim(req::Claim { address: "10.0.1.101/24".into() });
+    let f = encode(&claim).unwrap();
+    assert_eq!(f[HEADER], 16, "Claim comes after StateliteRead");
+    assert_eq!(decode::<ToAgent>(&f[HEADER..]).unwrap(), claim);
+    let release = ToAgent::Release(req::Release { address: "fd00::65/64".into() });
+    let f = encode(&release).unwrap();
+    assert_eq!(f[HEADER], 17);
+    assert_eq!(decode::<ToAgent>(&f[HEADER..]).unwrap(), release);
+    for bad in ["10.0.1.101", "10.0.1.101/33", "eth0", "", "fd00::65/129"] {
+        let f = encode(&ToAgent::Claim(req::Claim { address: bad.into() })).unwrap();
+        match decode::<ToAgent>(&f[HEADER..]) {
+            Err(Error::Malformed(m)) => assert!(m.contains("address refused"), "{bad:?}: {m}"),
+            other => panic!("{bad:?} decoded: {other:?}"),
+        }
+        let f = encode(&ToAgent::Release(req::Release { address: bad.into() })).unwrap();
+        assert!(matches!(decode::<ToAgent>(&f[HEADER..]), Err(Error::Malformed(_))), "{bad:?}");
+    }
+    let long = "1".repeat(1000);
+    let f = encode(&ToAgent::Claim(req::Claim { address: long })).unwrap();
+    let Err(Error::Malformed(m)) = decode::<ToAgent>(&f[HEADER..]) else { panic!("a long address decoded") };
+    assert!(m.len() < 200, "{m}");
+    let m = FromAgent::Claimed(reply::Claimed { change: "added".into(), announced: true, detail: String::new() });
+    assert_eq!(encode(&m).unwrap()[HEADER], 13);
+    assert_eq!(encode(&FromAgent::Released(reply::Released { change: "removed".into() })).unwrap()[HEADER], 14);
+    // Each request is answered by its own reply; another kind is a violation.
+    let r = <reply::Claimed as Reply>::from_msg(FromAgent::Released(reply::Released { change: "absent".into() }));
+    assert!(matches!(r, Err(Error::Unexpected { expected: "Claimed", got: "Released" })));
+    let r = <reply::Released as Reply>::from_msg(FromAgent::Error { reason: "no interface".into() });
+    assert!(matches!(r, Err(Error::Remote(m)) if m == "no interface"));
+}

@@ -41,3 +41,13 @@ pub(crate) fn rel_path<'de, D: Deserializer<'de>>(d: D) -> Result<model::RelPath
 pub(crate) fn abs_path<'de, D: Deserializer<'de>>(d: D) -> Result<model::AbsPath, D::Error> {
     checked(d, "path", model::AbsPath::parse)
 }
+
+/// A service address with its prefix length (`10.0.1.101/24`, `fd00::65/64`), kept as sent.
+pub(crate) fn address<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    checked(d, "address", |s| match s.parse::<ipnet::IpNet>() {
+        Ok(_) => Ok(s.to_string()),
+        // Not echoed when long: a hostile peer's megabyte stays out of the logs.
+        Err(_) if s.len() > 64 => Err(format!("{} bytes are not an IP address with a prefix length", s.len())),
+        Err(_) => Err(format!("`{s}` is not an IP address with a prefix length (10.0.1.101/24, fd00::65/64)")),
+    })
+}

@@ -307,7 +307,7 @@ nfs3_failover() {
 # --- sn-kill (check (i)): an SN dies under a running node, its backup takes the address over ------
 # Issue #12 points 4 and 5.  On a LAN of its own (10.0.1.0/24: a dummy device with one macvlan per
 # party, bridge mode, so ARP works as on a switch, and a gratuitous ARP really matters):
-#   root netns = the node (client, 10.0.1.254)   netns mn: 10.0.1.250 (idle; `hanfs daemon` later)
+#   root netns = the node (client, 10.0.1.254)   netns mn: 10.0.1.250 (`hanfs daemon`: driver daemon)
 #   netns sn1: 10.0.1.1 + the service address 10.0.1.101   netns sn2: 10.0.1.2 (sn1's backup)
 # sn1 and sn2 run `hanfs agent` serving the same image replica (cp -a: other inodes) over NFSv3 at
 # the same root path, so their handles are the same; their kernel nfsd serves the node's
@@ -315,7 +315,9 @@ nfs3_failover() {
 # runs workload.py.  Then sn1 is killed and the hook `takeover sn1 sn2` moves the address (later
 # rounds alternate: the dead SN, repaired, is the next round's backup).
 #
-# SCRIPTED STAND-INS TODAY (to be replaced by waiting for `hanfs daemon` in netns mn):
+# RIG_HA_DRIVER=daemon (the default): `hanfs daemon` in netns mn detects, fences (ha-fence.sh) and has the
+# backup's agent claim the address; the hook only waits (see "the daemon driver" below).
+# RIG_HA_DRIVER=script, SCRIPTED STAND-INS:
 #   - detection: the script knows when it killed sn1 (no health probe runs);
 #   - the fence: ha_fence takes sn1's link down and kills its agent, as `rpower sn1 off` would,
 #     and checks both (the fence-fails round makes its first attempt fail);
@@ -324,7 +326,7 @@ nfs3_failover() {
 #     no IPv6 here, and the guest has no ndisc6;
 #   - the backup's agent listens on 0.0.0.0, so it serves the address as soon as it is there;
 #   - ha_repair stands in for a repaired SN booting again as the spare.
-HA_NET=10.0.1 HA_SVC=10.0.1.101 HA_PORT=2050
+HA_NET=10.0.1 HA_SVC=10.0.1.101 HA_PORT=2050 HA_DRIVER=${RIG_HA_DRIVER:-daemon}
 HA_LOG=/run/ha/log HA_EV=/run/ha/events
 ha_ev() { read -r up rest < /proc/uptime; echo "$1 $(( ${up%.*}${up#*.} * 10 )) $2" >> $HA_EV; }
 
@@ -332,9 +334,21 @@ ha_ev() { read -r up rest < /proc/uptime; echo "$1 $(( ${up%.*}${up#*.} * 10 )) 
 ha_agent_start() {
     s=/run/sn/$1/ha-agent
     mkdir -p "$s"
-    printf '%s\n' 'listen = "127.0.0.1:7468"' 'plaintext_loopback = true' 'root = "/ha/image"' \
-        "state_dir = \"$s\"" 'dialect = "linux"' "exports_file = \"$s/hanfs.exports\"" 'reload = ["true"]' \
-        "nfs3 = \"0.0.0.0:$HA_PORT\"" > "$s/agent.toml"
+    if [ "$HA_DRIVER" = daemon ]; then
+        # driven by `hanfs daemon` in netns mn: mutual TLS on the LAN, and the LAN interface as the
+        # one a claimed service address goes on (HANFS_RIG_HA_BREAK=noaddr: none, claims are refused)
+        t=/share/hanfs/tls
+        printf '%s\n' 'listen = "0.0.0.0:7468"' 'controller = "mn"' 'root = "/ha/image"' \
+            "state_dir = \"$s\"" 'dialect = "linux"' "exports_file = \"$s/hanfs.exports\"" 'reload = ["true"]' \
+            "nfs3 = \"0.0.0.0:$HA_PORT\"" > "$s/agent.toml"
+        [ "${RIG_HA_BREAK:-}" = noaddr ] ||
+            printf '%s\n' "takeover_interface = \"ha-$1\"" "takeover_allowed = [\"$HA_NET.0/24\"]" >> "$s/agent.toml"
+        printf '%s\n' '[tls]' "ca = \"$t/ca.pem\"" "cert = \"$t/$1.pem\"" "key = \"$t/$1.key\"" >> "$s/agent.toml"
+    else
+        printf '%s\n' 'listen = "127.0.0.1:7468"' 'plaintext_loopback = true' 'root = "/ha/image"' \
+            "state_dir = \"$s\"" 'dialect = "linux"' "exports_file = \"$s/hanfs.exports\"" 'reload = ["true"]' \
+            "nfs3 = \"0.0.0.0:$HA_PORT\"" > "$s/agent.toml"
+    fi
     read -r snpid < "/run/sn/$1/pid"
     # nsenter execs (no fork without -p), env execs: $! is the agent itself
     nsenter -t "$snpid" -n -m -u -- env LD_LIBRARY_PATH=/share/hanfs/lib /share/hanfs/hanfs agent \
@@ -390,6 +404,111 @@ takeover() {
     return 0
 }
 
+# (dash has no local variables: these functions use names sn_kill and ha_round do not)
+# --- the daemon driver (RIG_HA_DRIVER=daemon): `hanfs daemon` in netns mn decides and takes over -------
+# One daemon per round, with that round's roles: DEAD carries the service address, BACKUP is its
+# backup.  A fresh daemon per round stands in for the operator's release of the repaired SN (the
+# detector keeps a fenced SN fenced until released, and the daemon has no release command yet).
+# The daemon probes both SNs (TLS handshake with the agent, RPC NULL to NFSv3 and MOUNT on
+# $HA_PORT at the service address, else at the SN's address), declares DEAD down after
+# dead_after_secs, fences it with ha-fence.sh (ha_fence's steps, as `rpower off` and `rpower stat`),
+# promotes BACKUP and asks BACKUP's agent to claim the address (takeover_interface, netlink, and a
+# gratuitous ARP).  The hook only waits, and the times of the fence and of the claim come from the
+# daemon's log (workload.py daemon-events).
+HA_MN=/run/ha/mn
+# ha_daemon_start DEAD BACKUP ROUND: write the round's cluster.toml, start the daemon, wait until it
+# has had a good probe of both SNs (the detector needs the backup reachable to trust a Down)
+ha_daemon_start() {
+    c=$HA_MN/cluster-$3.toml st=$HA_MN/state-$3 t=/share/hanfs/tls
+    mkdir -p "$st" $HA_MN/src/img
+    [ -e $HA_MN/src/img/README ] || echo "the daemon watches this; the image is served from the SNs' copies" > $HA_MN/src/img/README
+    {
+        echo '[cluster]'
+        echo "source_root = \"$HA_MN/src\""
+        echo "state_dir = \"$st\""
+        echo 'backups = "none"'
+        echo 'failover = "auto"'
+        echo 'fence = ["/usr/bin/dash", "/rig/ha-fence.sh", "{sn}", "off"]'
+        echo 'fence_verify = ["/usr/bin/dash", "/rig/ha-fence.sh", "{sn}", "stat"]'
+        echo 'fence_verify_expect = "off"'
+        echo 'fence_timeout_secs = 10'
+        # detection within the 15 s budget: Down 3-4 s after a kill; a probe (TLS handshake with
+        # a debug agent under UML, at load) gets 2 s before it counts as failed
+        echo "probe_interval_secs = ${RIG_HA_INTERVAL:-1}"
+        echo "probe_timeout_secs = ${RIG_HA_PROBE_TIMEOUT:-2}"
+        echo "dead_after_secs = ${RIG_HA_DEAD_AFTER:-3}"
+        echo 'hold_down_secs = 30'
+        echo "nfs_port = $HA_PORT"
+        echo "mount_port = $HA_PORT"
+        echo "portmap_port = $HA_PORT"
+        echo 'nfs_versions = [3]'
+        printf '[tls]\nca = "%s/ca.pem"\ncert = "%s/mn.pem"\nkey = "%s/mn.key"\n' $t $t $t
+        for s in sn1 sn2; do
+            o=sn2; [ $s = sn2 ] && o=sn1
+            printf '[[sn]]\nname = "%s"\naddress = "%s"\nagent = "%s:7468"\ndialect = "linux"\nbackups = ["%s"]\n' \
+                $s $HA_NET.${s#sn} $HA_NET.${s#sn} $o
+            [ $s = "$1" ] && echo "service_address = \"$HA_SVC/24\""
+        done
+        # the daemon wants an image to watch; this one goes to no SN (sns = []): the image the
+        # node mounts is the SNs' own copies
+        printf '[[image]]\nname = "ha-image"\npath = "img"\nclients = "*"\nsns = []\n'
+    } > "$c"
+    ip netns exec mn env NO_COLOR=1 HANFS_LOG="${RIG_HA_LOG:-info}" LD_LIBRARY_PATH=/share/hanfs/lib \
+        /share/hanfs/hanfs --config "$c" daemon < /dev/null > /dev/null 2> $HA_MN/daemon-$3.log &
+    HA_DAEMON=$! i=0
+    while [ $i -lt 400 ]; do   # 40 s
+        hd_n=0
+        if [ -e "$st/health.json" ]; then
+            hd_n=$(grep -o '"last_good_probe": *[0-9]' "$st/health.json" | grep -c .)
+        fi
+        [ "$hd_n" -ge 2 ] && { rig_log "sn-kill: daemon up, both SNs probed ($3)"; return 0; }
+        kill -0 $HA_DAEMON 2> /dev/null || break
+        sleep 0.1; i=$((i + 1))
+    done
+    fail "(i) $3: hanfs daemon did not report a good probe of both SNs: $(tail -3 $HA_MN/daemon-$3.log)"
+    kill $HA_DAEMON 2> /dev/null; wait $HA_DAEMON 2> /dev/null
+    return 1
+}
+
+# ha_holds SN: SN's network namespace has the service address (a local /32 in its fib_trie; read
+# with the shell's read, as an `ip` exec per poll is slow under UML)
+ha_holds() {
+    read -r p < "/run/sn/$1/pid"; prev=
+    while read -r a b c; do
+        [ "$prev" = "|-- $HA_SVC" ] && [ "$a $b $c" = "/32 host LOCAL" ] && return 0
+        prev="$a $b"
+    done < "/proc/$p/net/fib_trie"
+    return 1
+}
+
+# takeover_daemon DEAD BACKUP ROUND: wait (30 s at most) until the daemon's takeover put the service
+# address on BACKUP; when the fence command failed on purpose (fence-fails), BACKUP must not hold
+# it at that moment.  Then stop the daemon and turn its log into the round's events.
+takeover_daemon() {
+    i=0 seen=
+    while [ $i -lt 300 ]; do
+        if [ -z "$seen" ]; then
+            while read -r e ms r; do [ "$e $r" = "fence-failed $3" ] && seen=$ms; done < $HA_EV
+            if [ -n "$seen" ]; then
+                if ha_holds "$2"; then fail "(i) $3: the fence failed, yet $2 holds $HA_SVC"
+                else pass "(i) $3: the fence failed, $2 does not hold $HA_SVC"; fi
+            fi
+        fi
+        ha_holds "$2" && break
+        sleep 0.1; i=$((i + 1))
+    done
+    ha_holds "$2" || { fail "(i) $3: $2 does not hold $HA_SVC 30 s after the kill: $(grep -iE 'warn|error' $HA_MN/daemon-$3.log | tail -2)"; return 1; }
+    [ "${RIG_HA_ARP:-1}" = 1 ] || note "RIG_HA_ARP=0 has no effect with the daemon driver"
+    return 0
+}
+
+# ha_daemon_stop ROUND DEAD BACKUP: stop the round's daemon, append its decisions to the events
+ha_daemon_stop() {
+    kill $HA_DAEMON 2> /dev/null; wait $HA_DAEMON 2> /dev/null
+    python3 -S -B /rig/workload.py daemon-events $HA_MN/daemon-$1.log "$1" "$2" "$3" >> $HA_EV ||
+        fail "(i) $1: reading the daemon's log"
+}
+
 # ha_repair SN: STAND-IN for a repaired SN booting again: on the LAN, its agent up, without the
 # service address (that stays with the backup until `hanfs migrate --back`, not tested here)
 ha_repair() {
@@ -437,6 +556,19 @@ ha_kill() {
 }
 
 ha_round() {  # ha_round DEAD BACKUP NAME power|nfs [FENCE_FAILS]
+    if [ "$HA_DRIVER" = daemon ]; then
+        echo "$3" > /run/ha/round
+        hr_f=${5:-0}; [ "${RIG_HA_BREAK:-}" = nofence ] && hr_f=1000   # nofence: the fence never works
+        echo "$hr_f" > /run/ha/fence-fails
+        ha_daemon_start "$1" "$2" "$3" || return 1
+        sleep 0.3
+        ha_kill "$1" "$3" "$4"
+        takeover_daemon "$1" "$2" "$3"; hr_rc=$?
+        [ $hr_rc != 0 ] || ha_wait_progress "$3" || hr_rc=1
+        ha_daemon_stop "$3" "$1" "$2"
+        [ $hr_rc = 0 ] && rig_log "sn-kill: $3 ($1 -> $2) done (hanfs daemon)"
+        return $hr_rc
+    fi
     sleep 0.3
     ha_kill "$1" "$3" "$4"
     # RIG_HA_DETECT=S: S seconds before the hook, the time `hanfs daemon` will need to declare the
@@ -532,7 +664,7 @@ EOT
         read -r ap < $HA_LOG/appender.pid; kill -9 $wl $ap 2> /dev/null
     fi
     python3 -S -B /rig/workload.py report $HA_LOG $HA_EV /run/sn/$to/root/ha-lite/cn001/node.log "$SCEN" || RIG_RC=1
-    mkdir -p /share/sn-kill; cp $HA_EV $HA_LOG/*.log /run/sn/*/ha-agent.log /share/sn-kill/ 2> /dev/null
+    mkdir -p /share/sn-kill; cp $HA_EV $HA_LOG/*.log /run/sn/*/ha-agent.log $HA_MN/*.log $HA_MN/*.toml /share/sn-kill/ 2> /dev/null
     dmesg | grep -E 'nfs|rpc' > /share/sn-kill/dmesg
     [ ! -s $HA_LOG/workload.out ] || note "workload: $(tail -3 $HA_LOG/workload.out)"
     umount -f -l /mnt/ha/image /mnt/ha/lite 2> /dev/null

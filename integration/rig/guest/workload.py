@@ -16,9 +16,13 @@
       EVENTS: "NAME MS [ROUND]" lines from the guest script (kill, fence, fence-failed, addr,
       back).  COPY: the statelite file as the node sees it after the last takeover.  Prints the
       PASS:/FAIL: lines of check (i) and "  note:" lines with the figures; exit 1 on a failure.
+  workload.py daemon-events DAEMONLOG ROUND DEAD BACKUP
+      The round's down, fence and addr events from `hanfs daemon`'s log (HANFS_RIG_HA_DRIVER=daemon),
+      as EVENTS lines on stdout.
 """
 import errno
 import os
+import re
 import sys
 import time
 
@@ -220,7 +224,9 @@ def report(logdir, events_file, copy, label):
                 what, sum(o[4] == "ok" for o in la), sum(o[4] != "ok" for o in la),
                 "; first ok at +%d ms" % (f_ok[3] - kill) if f_ok else "",
                 "; first failure at +%d ms: %s" % (f_err[3] - kill, f_err[5]) if f_err else ""))
-        print("rig-figure: %s stall_ms=%d takeover_ms=%s" % (rnd, stall, r["addr"] - kill if "addr" in r else "?"))
+        print("rig-figure: %s stall_ms=%d takeover_ms=%s%s" % (
+            rnd, stall, r["addr"] - kill if "addr" in r else "?",
+            " down_ms=%d" % (r["down"] - kill) if "down" in r else ""))
     # statelite: appends acknowledged (fsync returned) but absent from the copy the node sees now
     acked = [o for o in appends if o[4] == "ok"]
     errs = [o for o in appends if o[4] != "ok"]
@@ -243,11 +249,78 @@ def report(logdir, events_file, copy, label):
     return 1 if failed else 0
 
 
+def civil_to_days(y, m, d):
+    """Days since 1970-01-01 of a proleptic Gregorian date (no datetime module in the guest)."""
+    y -= m <= 2
+    era = (y if y >= 0 else y - 399) // 400
+    yoe = y - era * 400
+    doy = (153 * (m + (-3 if m > 2 else 9)) + 2) // 5 + d - 1
+    doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
+    return era * 146097 + doe - 719468
+
+
+def log_epoch(ts):
+    """Seconds since the epoch of a tracing timestamp such as 2026-12-02T06:41:14.123456Z."""
+    m = re.match(r"(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(\.\d+)?Z$", ts)
+    if not m:
+        return None
+    y, mo, d, h, mi, s = (int(x) for x in m.groups()[:6])
+    return civil_to_days(y, mo, d) * 86400 + h * 3600 + mi * 60 + s + float(m.group(7) or 0)
+
+
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+FIELD = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S+)')
+
+
+def daemon_events(log, rnd, dead, backup):
+    """The round's events from `hanfs daemon`'s log: when it declared DEAD down, when DEAD's fence
+    succeeded (fence), when BACKUP claimed the service address (addr), as EVENTS lines in ms of
+    CLOCK_BOOTTIME.  The log's times are wall-clock (UTC): they are shifted by the difference of
+    the two clocks, read here at one instant (in the rig both tick with the host's clock)."""
+    shift = time.time() - time.clock_gettime(time.CLOCK_BOOTTIME)
+    found = {}
+    with open(log, errors="replace") as f:
+        for line in f:
+            line = ANSI.sub("", line).strip()
+            parts = line.split(None, 2)
+            if len(parts) < 3:
+                continue
+            t = log_epoch(parts[0])
+            if t is None:
+                continue
+            text = parts[2]
+            fields = {k: v.strip('"') for k, v in FIELD.findall(text)}
+            msg = FIELD.sub("", text).lower()
+            for name in classify(msg, fields, dead, backup):
+                found.setdefault(name, int((t - shift) * 1000))
+    for name in ("down", "fence", "addr"):
+        if name in found:
+            print("%s %d %s" % (name, found[name], rnd))
+    return 0
+
+
+def classify(msg, fields, dead, backup):
+    """Which of the round's events one structured line of the daemon is: the daemon logs every
+    decision with the SN (`sn`, the service's SN for a takeover) and the backup (`to`)."""
+    sn = fields.get("sn", "")
+    out = []
+    failed = "fail" in msg or "not " in msg or "refused" in msg
+    if sn == dead and " down" in msg:
+        out.append("down")
+    if sn == dead and "fence" in msg and not failed and ("fenced" in msg or "succeeded" in msg):
+        out.append("fence")
+    if ("taken over" in msg or "claimed" in msg) and not failed and fields.get("to") == backup:
+        out.append("addr")
+    return out
+
+
 if __name__ == "__main__":
     a = sys.argv[1:]
     if len(a) == 5 and a[0] == "run":
         run(*a[1:])
     elif len(a) == 5 and a[0] == "report":
         sys.exit(report(*a[1:]))
+    elif len(a) == 5 and a[0] == "daemon-events":
+        sys.exit(daemon_events(*a[1:]))
     else:
         sys.exit(__doc__)
