@@ -1,6 +1,7 @@
 //! The human-readable form of the controller's reports (the CLI prints these lines; `--json`
 //! prints the report types themselves). Kept beside the types so the wording has one owner.
 
+use crate::monitor::HealthFile;
 use crate::statelite::{Lag, StateliteReport};
 use crate::{ImagePlan, StatusReport, SyncReport};
 
@@ -114,4 +115,49 @@ pub fn status_lines(r: &StatusReport, lags: &[Lag]) -> Vec<String> {
         out.push(format!("statelite {}/{} on {} -> backup {}: last sync {lag}", l.area, l.node, l.served_by, l.backup));
     }
     out
+}
+
+/// The lines of `hanfs status` from what the daemon's health monitor last recorded.
+pub fn health_lines(h: &HealthFile) -> Vec<String> {
+    let mut out = Vec::new();
+    for s in &h.report.sns {
+        let mut line = format!("health {:<10} {}", s.name, s.state.as_str());
+        if let Some(f) = &s.fence {
+            line.push_str(&format!(" (fence {f})"));
+        }
+        if let Some(b) = &s.served_by {
+            line.push_str(&format!(" served by {b}"));
+        }
+        if !s.serving_for.is_empty() {
+            line.push_str(&format!(" serving for {}", s.serving_for.join(", ")));
+        }
+        if let Some(r) = &s.reason {
+            line.push_str(&format!(": {r}"));
+        }
+        out.push(line);
+    }
+    for t in &h.takeovers {
+        let how = if t.ok { "taken over".to_string() } else { format!("NOT taken over: {}", t.detail) };
+        out.push(format!("service address {} of {} on {}: {how}", t.address, t.service, t.to));
+    }
+    out
+}
+
+/// `hanfs status --json`: the status report, each statelite copy's lag, and what the daemon's health
+/// monitor last recorded (`health`, `health_updated`, `takeovers`; absent when no daemon has run).
+pub fn status_json(
+    r: &StatusReport,
+    lags: &[Lag],
+    health: Option<&HealthFile>,
+) -> serde_json::Result<serde_json::Value> {
+    let mut v = serde_json::to_value(r)?;
+    if let Some(o) = v.as_object_mut() {
+        o.insert("statelite".into(), serde_json::to_value(lags)?);
+        if let Some(h) = health {
+            o.insert("health".into(), serde_json::to_value(&h.report.sns)?);
+            o.insert("health_updated".into(), h.updated.into());
+            o.insert("takeovers".into(), serde_json::to_value(&h.takeovers)?);
+        }
+    }
+    Ok(v)
 }

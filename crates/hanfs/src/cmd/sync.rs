@@ -100,47 +100,16 @@ pub fn status(g: &Global) -> Result<Status> {
     let c = super::controller(g, bars(g))?;
     let r = super::runtime()?.block_on(c.status())?;
     let lags = controller::statelite::lags(&c.state, &load_cluster(g)?);
-    // What the daemon's health monitor last reported (absent: no daemon has run).
     let health = c.state.load_health().unwrap_or_else(|e| {
         tracing::warn!("{e:#}");
         None
     });
     if g.json {
-        let mut v = serde_json::to_value(&r)?;
-        if let Some(o) = v.as_object_mut() {
-            o.insert("statelite".into(), serde_json::to_value(&lags)?);
-            if let Some(h) = &health {
-                o.insert("health".into(), serde_json::to_value(&h.report.sns)?);
-                o.insert("health_updated".into(), h.updated.into());
-                o.insert("takeovers".into(), serde_json::to_value(&h.takeovers)?);
-            }
-        }
-        print_json(&v)?;
+        print_json(&controller::report::status_json(&r, &lags, health.as_ref())?)?;
     } else {
-        for l in controller::report::status_lines(&r, &lags) {
+        let lines = controller::report::status_lines(&r, &lags).into_iter();
+        for l in lines.chain(health.as_ref().map(controller::report::health_lines).unwrap_or_default()) {
             println!("{l}");
-        }
-        if let Some(h) = &health {
-            for s in &h.report.sns {
-                let mut line = format!("health {:<10} {}", s.name, s.state.as_str());
-                if let Some(f) = &s.fence {
-                    line.push_str(&format!(" (fence {f})"));
-                }
-                if let Some(b) = &s.served_by {
-                    line.push_str(&format!(" served by {b}"));
-                }
-                if !s.serving_for.is_empty() {
-                    line.push_str(&format!(" serving for {}", s.serving_for.join(", ")));
-                }
-                if let Some(r) = &s.reason {
-                    line.push_str(&format!(": {r}"));
-                }
-                println!("{line}");
-            }
-            for t in &h.takeovers {
-                let how = if t.ok { "taken over".to_string() } else { format!("NOT taken over: {}", t.detail) };
-                println!("service address {} of {} on {}: {how}", t.address, t.service, t.to);
-            }
         }
     }
     Ok(if r.sns.iter().all(|s| s.reachable) { Status::Ok } else { Status::Failed })
