@@ -6,8 +6,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
 
-/// A path relative to the tree root: `/`-separated bytes, no leading `/`; the root itself is empty.
-pub type RelPath = Vec<u8>;
+/// An entry's path relative to the tree root: `/`-separated bytes (file names in an image need not
+/// be UTF-8, unlike the config's and the wire's `model::RelPath`), no leading `/`; the root itself
+/// is empty. Checked by [`check_path`].
+pub type EntryPath = Vec<u8>;
 
 /// The name of the control directory at a replica root; never scanned, never replicated.
 pub const CONTROL_DIR: &[u8] = b".hanfs";
@@ -20,7 +22,7 @@ pub const CONTROL_DIR: &[u8] = b".hanfs";
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Manifest {
     /// Entries by path; parents sort before their children.
-    pub entries: BTreeMap<RelPath, Entry>,
+    pub entries: BTreeMap<EntryPath, Entry>,
     /// Sockets met while scanning (not replicated).
     pub skipped_sockets: u64,
 }
@@ -69,7 +71,7 @@ impl<'de> Deserialize<'de> for Manifest {
                     // The older layout: `first` was the entry count, (path, entry) pairs follow.
                     let mut m = BTreeMap::new();
                     for _ in 0..first {
-                        let (p, e): (RelPath, LegacyEntry) = a.next_element()?.ok_or_else(short)?;
+                        let (p, e): (EntryPath, LegacyEntry) = a.next_element()?.ok_or_else(short)?;
                         let entry = Entry {
                             kind: e.kind,
                             mode: e.mode,
@@ -135,7 +137,7 @@ pub enum Kind {
     /// Another name of the leader's inode.
     HardLink {
         /// The group leader's path.
-        leader: RelPath,
+        leader: EntryPath,
     },
     /// A character device.
     Char {

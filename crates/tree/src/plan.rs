@@ -4,7 +4,7 @@ use std::collections::{HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::manifest::{Entry, Kind, Manifest, RelPath};
+use crate::manifest::{Entry, Kind, Manifest, EntryPath};
 
 /// Where a replica gets the content of a new or changed regular file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -13,17 +13,17 @@ pub enum Source {
     /// or the whole file.
     Send {
         /// Old-tree file the delta is computed against, with its content hash.
-        base: Option<(RelPath, [u8; 32])>,
+        base: Option<(EntryPath, [u8; 32])>,
     },
     /// Copy from this old-tree file, which has the same content and stays.
     Copy {
         /// Old-tree path.
-        from: RelPath,
+        from: EntryPath,
     },
     /// Move (hard-link into the stage, then drop the old name): the old file is removed.
     Move {
         /// Old-tree path.
-        from: RelPath,
+        from: EntryPath,
     },
 }
 
@@ -31,7 +31,7 @@ pub enum Source {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Content {
     /// New-tree path.
-    pub path: RelPath,
+    pub path: EntryPath,
     /// Size in bytes.
     pub size: u64,
     /// BLAKE3 the staged file must have.

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::fault::point;
 use crate::fsops::{lstat_at, remove_at, write_atomic, Root, StageWriter};
-use crate::manifest::{show, split, Kind, Manifest, RelPath};
+use crate::manifest::{show, split, Kind, Manifest, EntryPath};
 use crate::plan::{layout, layout_with, Content, Plan, Source};
 use crate::scan::{ScanOptions, Scanner};
 use crate::{io_err, Error, Result};
@@ -52,7 +52,7 @@ struct Journal {
     old: Manifest,
     new: Manifest,
     /// Paths replaced because their inodes drifted (the layout treats them as not kept).
-    drift: Vec<RelPath>,
+    drift: Vec<EntryPath>,
 }
 
 /// What [`Replica::recover`] did.
@@ -256,7 +256,7 @@ impl Replica {
         // what it says on disk. They are never modified or linked, only replaced.
         let mut probe = Probe::new(&self.root, old);
         let lay0 = layout(old, new);
-        let mut drift: Vec<RelPath> = Vec::new();
+        let mut drift: Vec<EntryPath> = Vec::new();
         for p in new.entries.keys() {
             if !p.is_empty() && lay0.kept.contains(p.as_slice()) && probe.get(p)? != OnDisk::Fine {
                 drift.push(p.clone());
@@ -264,7 +264,7 @@ impl Replica {
         }
         let drift_set: HashSet<&[u8]> = drift.iter().map(Vec::as_slice).collect();
         let lay = layout_with(old, new, &drift_set);
-        let index: HashMap<RelPath, usize> = new.entries.keys().enumerate().map(|(i, p)| (p.clone(), i)).collect();
+        let index: HashMap<EntryPath, usize> = new.entries.keys().enumerate().map(|(i, p)| (p.clone(), i)).collect();
         let old_groups = crate::plan::link_groups(old);
         let mut by_hash: HashMap<&[u8; 32], Vec<&[u8]>> = HashMap::new();
         for (q, o) in &old.entries {
@@ -672,8 +672,8 @@ struct Probe<'a> {
     old: &'a Manifest,
     /// Path -> link count the manifest implies (hard-link groups).
     nlink: HashMap<&'a [u8], u64>,
-    seen: HashMap<RelPath, OnDisk>,
-    hashed: HashMap<RelPath, [u8; 32]>,
+    seen: HashMap<EntryPath, OnDisk>,
+    hashed: HashMap<EntryPath, [u8; 32]>,
 }
 
 impl<'a> Probe<'a> {
@@ -947,7 +947,7 @@ fn to_trash(root: &Root, trash: std::os::fd::BorrowedFd<'_>, rel: &[u8], name: &
 
 #[derive(Debug)]
 struct Staged {
-    path: RelPath,
+    path: EntryPath,
     idx: usize,
     size: u64,
     hash: [u8; 32],
@@ -960,11 +960,11 @@ struct Staged {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Needed {
     /// New-tree path.
-    pub path: RelPath,
+    pub path: EntryPath,
     /// Size.
     pub size: u64,
     /// Old file the delta must be computed against (by its content hash), if any.
-    pub base: Option<(RelPath, [u8; 32])>,
+    pub base: Option<(EntryPath, [u8; 32])>,
 }
 
 /// An open stage for one plan. Feed it the files it [`needs`](Staging::needed) with
@@ -977,11 +977,11 @@ pub struct Staging<'a> {
     stage: OwnedFd,
     contents: Vec<Staged>,
     /// Path -> position in `contents`, for files the controller sends.
-    sent: HashMap<RelPath, usize>,
+    sent: HashMap<EntryPath, usize>,
     /// New-tree paths whose inodes are replaced because they drifted (see [`OnDisk`]).
-    drift: Vec<RelPath>,
+    drift: Vec<EntryPath>,
     /// Delta bases read through a private copy (their inode is shared with unknown names).
-    snapshot: HashSet<RelPath>,
+    snapshot: HashSet<EntryPath>,
 }
 
 /// A file being staged frame by frame; see [`Staging::file_writer`].

@@ -11,7 +11,7 @@ use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::manifest::{Entry, Kind, Manifest, RelPath, CONTROL_DIR};
+use crate::manifest::{Entry, Kind, Manifest, EntryPath, CONTROL_DIR};
 use crate::{io_err, Error, Result};
 
 /// Scan settings.
@@ -49,7 +49,7 @@ pub struct Scanner {
 }
 
 struct Raw {
-    rel: RelPath,
+    rel: EntryPath,
     md: Metadata,
 }
 
@@ -115,7 +115,7 @@ pub type Extents = Option<Vec<(u64, u64)>>;
 
 /// What the parallel pass yields per entry: path, entry, inode key, a fresh cache record,
 /// nlink, is-directory.
-type Scanned = (RelPath, Entry, (u64, u64), Option<Cached>, u64, bool);
+type Scanned = (EntryPath, Entry, (u64, u64), Option<Cached>, u64, bool);
 
 /// BLAKE3 of a file's content read with a bounded buffer (no mmap: a file truncated under us
 /// must give an error, not SIGBUS), plus its sparse extents.
@@ -330,7 +330,7 @@ impl Scanner {
         let mut cache = cache;
         let mut dirty = false;
         let mut entries = BTreeMap::new();
-        let mut inodes: HashMap<(u64, u64), Vec<RelPath>> = HashMap::new();
+        let mut inodes: HashMap<(u64, u64), Vec<EntryPath>> = HashMap::new();
         let mut live = std::collections::HashSet::with_capacity(results.len());
         for (rel, e, key, fresh, nlink, is_dir) in results {
             live.insert(key);
