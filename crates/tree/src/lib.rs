@@ -49,7 +49,7 @@ pub mod replica;
 pub mod scan;
 pub mod sigstore;
 
-pub use manifest::{digest, Entry, Kind, Manifest, EntryPath};
+pub use manifest::{digest, Entry, EntryPath, Kind, Manifest};
 pub use plan::{diff, Content, Plan, Source, Summary};
 pub use replica::{FileWriter, Needed, Recovery, Replica, ReplicaOptions, Staging};
 pub use scan::{scan, ScanOptions, Scanner};

@@ -4,7 +4,7 @@ use std::collections::{HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::manifest::{Entry, Kind, Manifest, EntryPath};
+use crate::manifest::{Entry, EntryPath, Kind, Manifest};
 
 /// Where a replica gets the content of a new or changed regular file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::fault::point;
 use crate::fsops::{lstat_at, remove_at, write_atomic, Root, StageWriter};
-use crate::manifest::{show, split, Kind, Manifest, EntryPath};
+use crate::manifest::{show, split, EntryPath, Kind, Manifest};
 use crate::plan::{layout, layout_with, Content, Plan, Source};
 use crate::scan::{ScanOptions, Scanner};
 use crate::{io_err, Error, Result};

@@ -11,7 +11,7 @@ use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::manifest::{Entry, Kind, Manifest, EntryPath, CONTROL_DIR};
+use crate::manifest::{Entry, EntryPath, Kind, Manifest, CONTROL_DIR};
 use crate::{io_err, Error, Result};
 
 /// Scan settings.
