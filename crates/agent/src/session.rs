@@ -696,24 +696,10 @@ async fn write_exports(agent: &Agent, text: &str) -> anyhow::Result<(bool, Strin
     }
 }
 
+/// The exports file, whole or not at all, through the one atomic-write helper (tmp, fsync,
+/// rename, directory fsync; a symlink planted at the temporary name is not followed).
 fn write_atomic(file: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
     let dir = file.parent().ok_or_else(|| anyhow!("{}: no parent directory", file.display()))?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let tmp = dir
-        .join(format!(".{}.hanfs-tmp", file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()));
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o644)
-        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-        .open(&tmp)
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    f.write_all(bytes).and_then(|_| f.sync_all()).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, file).with_context(|| format!("renaming onto {}", file.display()))?;
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
+    tree::fsops::write_atomic(file, bytes).with_context(|| format!("writing {}", file.display()))
 }
