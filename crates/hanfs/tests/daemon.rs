@@ -4,9 +4,8 @@
 
 mod net;
 
-use net::{assert_same_tree, fill, hanfs_bin, Rig};
+use net::{assert_same_tree, fill, Rig};
 use std::io::{Read, Write};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn scrape(port: u16) -> Option<String> {
@@ -31,32 +30,12 @@ fn wait_for(port: u16, what: &[&str], limit: Duration) -> String {
     }
 }
 
-struct Killed(std::process::Child);
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn syncs_on_start_and_after_a_quiet_change() {
     let rig = Rig::new(2, false);
     fill(&rig.source(), 50);
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let log = std::fs::File::create(rig.path().join("daemon.log")).unwrap();
-    let _d = Killed(
-        Command::new(hanfs_bin())
-            .arg("--config")
-            .arg(&rig.cluster)
-            .args(["daemon", "--quiet-secs", "1", "--metrics", &format!("127.0.0.1:{port}")])
-            .env("HANFS_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
-    );
+    let _d = rig.daemon(&["--quiet-secs", "1", "--metrics", &format!("127.0.0.1:{port}")]);
     let m = wait_for(
         port,
         &[

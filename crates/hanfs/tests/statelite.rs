@@ -9,7 +9,7 @@ mod net;
 use model::config::{Clients, NodeSection, StateliteSection};
 use net::{assert_same_tree, hanfs_bin, Rig};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// `<prefix of agent i>/nodedata/<node>`.
@@ -235,26 +235,7 @@ fn migrate_repoints_xcat() {
 fn daemon_copies_statelite_on_its_clock() {
     let rig = setup(&["true"]);
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let log = std::fs::File::create(rig.path().join("daemon.log")).unwrap();
-    struct Killed(std::process::Child);
-    impl Drop for Killed {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let d = Killed(
-        Command::new(hanfs_bin())
-            .arg("--config")
-            .arg(&rig.cluster)
-            .args(["daemon", "--quiet-secs", "1", "--statelite-secs", "1", "--metrics", &format!("127.0.0.1:{port}")])
-            .env("HANFS_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
-    );
+    let d = rig.daemon(&["--quiet-secs", "1", "--statelite-secs", "1", "--metrics", &format!("127.0.0.1:{port}")]);
     let backup = data(&rig, 1, "cn001");
     let wait_for = |what: &dyn Fn() -> bool, why: &str| {
         let t = Instant::now();
@@ -284,26 +265,7 @@ fn daemon_keeps_a_move_made_while_it_runs() {
     let rig = setup(&["true"]);
     net::fill(&rig.source(), 5);
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let log = std::fs::File::create(rig.path().join("daemon.log")).unwrap();
-    struct Killed(std::process::Child);
-    impl Drop for Killed {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let _d = Killed(
-        Command::new(hanfs_bin())
-            .arg("--config")
-            .arg(&rig.cluster)
-            .args(["daemon", "--quiet-secs", "1", "--statelite-secs", "0", "--metrics", &format!("127.0.0.1:{port}")])
-            .env("HANFS_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
-    );
+    let _d = rig.daemon(&["--quiet-secs", "1", "--statelite-secs", "0", "--metrics", &format!("127.0.0.1:{port}")]);
     let daemon_log = || std::fs::read_to_string(rig.path().join("daemon.log")).unwrap_or_default();
     let generation = |g: u64| {
         let t = Instant::now();
@@ -339,7 +301,7 @@ fn daemon_keeps_a_move_made_while_it_runs() {
 /// server) on their own loopback service addresses, short health timings, the given `failover`
 /// mode and fence script, and a running daemon. Returns the rig, the daemon, its metrics port
 /// and the fence marker file (one line per fence run).
-fn failover_rig(failover: &str, fence_script: &str) -> (Rig, Daemon, u16, PathBuf) {
+fn failover_rig(failover: &str, fence_script: &str) -> (Rig, net::DaemonProc, u16, PathBuf) {
     let marker = std::env::temp_dir().join(format!("hanfs-fence-{}-{failover}", std::process::id()));
     let _ = std::fs::remove_file(&marker);
     let script = fence_script.replace("MARKER", marker.to_str().unwrap());
@@ -362,19 +324,7 @@ fn failover_rig(failover: &str, fence_script: &str) -> (Rig, Daemon, u16, PathBu
          fence_retry_secs = [0.2]\nfence_rerun_after_secs = 1\nfence_timeout_secs = 5"
     ));
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let log = std::fs::File::create(rig.path().join("daemon.log")).unwrap();
-    let d = Daemon(
-        Command::new(hanfs_bin())
-            .arg("--config")
-            .arg(&rig.cluster)
-            .args(["daemon", "--quiet-secs", "1", "--statelite-secs", "1", "--metrics", &format!("127.0.0.1:{port}")])
-            .env("HANFS_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
-    );
+    let d = rig.daemon(&["--quiet-secs", "1", "--statelite-secs", "1", "--metrics", &format!("127.0.0.1:{port}")]);
     // Every SN up, and cn001's copy on its backup (the promotion needs it).
     let backup = data(&rig, 1, "cn001");
     wait_until(&rig, "every SN up and cn001 copied to sn2", || {
@@ -383,15 +333,6 @@ fn failover_rig(failover: &str, fence_script: &str) -> (Rig, Daemon, u16, PathBu
             && h.as_array().is_some_and(|a| a.len() == 3 && a.iter().all(|s| s["state"] == "up"))
     });
     (rig, d, port, marker)
-}
-
-struct Daemon(std::process::Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 fn daemon_log(rig: &Rig) -> String {

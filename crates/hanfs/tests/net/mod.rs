@@ -434,3 +434,34 @@ pub fn scrape(port: u16) -> Option<String> {
     s.read_to_string(&mut out).ok()?;
     Some(out)
 }
+
+/// A `hanfs daemon` process of a test; killed (and reaped) when dropped.
+pub struct DaemonProc(pub Child);
+
+impl Drop for DaemonProc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Rig {
+    /// Starts `hanfs daemon ARGS` on the rig's cluster config, logging (HANFS_LOG=info) to
+    /// `daemon.log` in the rig's directory.
+    pub fn daemon(&self, args: &[&str]) -> DaemonProc {
+        let log = std::fs::File::create(self.path().join("daemon.log")).unwrap();
+        DaemonProc(
+            Command::new(hanfs_bin())
+                .arg("--config")
+                .arg(&self.cluster)
+                .arg("daemon")
+                .args(args)
+                .env("HANFS_LOG", "info")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+        )
+    }
+}
