@@ -16,6 +16,8 @@
 
 mod address;
 mod error;
+mod mounts;
+mod owner;
 mod session;
 mod spool;
 mod statelite;
@@ -114,6 +116,7 @@ impl Agent {
         };
         session::recover_all(&agent);
         statelite::recover_all(&agent);
+        mounts::at_start(&agent);
         Ok(agent)
     }
 

@@ -284,6 +284,7 @@ async fn image_session(
 ) -> Result<Option<ToAgent>> {
     let sd = agent.image_state_dir(image);
     let opened = blocking(|| -> anyhow::Result<(Replica, Option<Digest>)> {
+        crate::owner::claim(agent)?;
         let root = make_beneath(Path::new(agent.cfg.root.as_str()), path)?;
         std::fs::create_dir_all(&sd).with_context(|| format!("creating {}", sd.display()))?;
         let pf = sd.join("path");
@@ -678,20 +679,41 @@ async fn write_exports(agent: &Agent, text: &str) -> anyhow::Result<(bool, Strin
             exports::splice_aix(&existing, text).map_err(|e| anyhow!("{}: {e}", file.display()))?
         }
     };
+    // Node directories become mount points before nfsd reads the exports that nest them.
+    let mounts = blocking(|| crate::mounts::prepare(agent, text));
+    if !mounts.made.is_empty() {
+        tracing::info!(dirs = ?mounts.made, "statelite node directories made mount points");
+    }
     blocking(|| write_atomic(&file, content.as_bytes()))?;
+    let (ok, out) = reload(agent).await;
+    if mounts.failed.is_empty() {
+        return Ok((ok, out));
+    }
+    // Exports are written and reloaded all the same (a node mounting its own directory directly is
+    // served), but a nested node's own export, and its `refer=`, is not reached through the area's.
+    let failed = mounts.failed.join("; ");
+    tracing::error!("statelite mounts failed: {failed}");
+    Ok((
+        false,
+        format!("statelite node directories not made mount points (their refer= would be hidden): {failed}\n{out}"),
+    ))
+}
+
+/// Runs the reload command. Returns (it succeeded, its output).
+async fn reload(agent: &Agent) -> (bool, String) {
     let cmd = &agent.cfg.reload;
-    let Some((prog, args)) = cmd.split_first() else { return Ok((true, String::new())) };
+    let Some((prog, args)) = cmd.split_first() else { return (true, String::new()) };
     let run = tokio::process::Command::new(prog).args(args).kill_on_drop(true).output();
     match tokio::time::timeout(Duration::from_secs(120), run).await {
-        Err(_) => Ok((false, format!("`{}` timed out", cmd.join(" ")))),
-        Ok(Err(e)) => Ok((false, format!("`{}`: {e}", cmd.join(" ")))),
+        Err(_) => (false, format!("`{}` timed out", cmd.join(" "))),
+        Ok(Err(e)) => (false, format!("`{}`: {e}", cmd.join(" "))),
         Ok(Ok(o)) => {
             let mut out = String::from_utf8_lossy(&o.stdout).into_owned();
             out.push_str(&String::from_utf8_lossy(&o.stderr));
             if !o.status.success() {
                 out = format!("`{}` failed ({}): {out}", cmd.join(" "), o.status);
             }
-            Ok((o.status.success(), out))
+            (o.status.success(), out)
         }
     }
 }

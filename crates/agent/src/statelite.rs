@@ -23,7 +23,7 @@ use tree::{Replica, ReplicaOptions};
 
 /// Checks `area` (absolute) and `node`, and returns (the statelite root it lies in, the path of
 /// `<area>/<node>` relative to that root).
-fn locate(agent: &Agent, area: &str, node: &str) -> Result<(PathBuf, RelPath), String> {
+pub(crate) fn locate(agent: &Agent, area: &str, node: &str) -> Result<(PathBuf, RelPath), String> {
     Name::parse(node)?;
     let rel_area = area.strip_prefix('/').ok_or_else(|| format!("statelite path `{area}` is not absolute"))?;
     for r in &agent.cfg.statelite_roots {

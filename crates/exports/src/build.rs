@@ -17,7 +17,8 @@ const LINUX_STATELITE: &[&str] = &["rw", "no_root_squash", "sync", "no_subtree_c
 /// Linux; `replicas=` = the SN then its backups that hold the image (none if it is alone). Statelite
 /// (areas in config order, nodes by name): `<area>/<node>` read-write where the placement serves the node from this SN
 /// (plus `insecure` on Linux when the node was moved here, for clients that follow the referral);
-/// `refer=` to the serving SN where this SN is a migrated node's home (`sns[0]`).
+/// `refer=` to the serving SN where this SN is a migrated node's home (`sns[0]`); on Linux, first the
+/// area directory itself, read-write with `insecure` (xCAT's setupStatemnt), where the SN has any of them.
 pub fn build(cluster: &Cluster, sn: &str) -> Result<Exports, ExportError> {
     let sn = cluster.sn(sn).ok_or_else(|| ExportError::UnknownSn(sn.to_string()))?;
     let mut entries = Vec::new();
@@ -63,12 +64,6 @@ pub fn build(cluster: &Cluster, sn: &str) -> Result<Exports, ExportError> {
     for area in cluster.statelite() {
         let mut nodes: Vec<_> = cluster.nodes().iter().filter(|n| n.uses_area(&area.name)).collect();
         nodes.sort_by(|a, b| a.name.cmp(&b.name));
-        // Not exported here: the area directory itself (xCAT's SvrUtils.pm setupStatemnt exports it on
-        // the SN, and xcatroot/aixlitesetup mount it, make `<node>`, then remount). The kernel rig
-        // showed that with the area exported, nfsd keeps `<area>/<node>` inside the area's export (the
-        // same file system, not a mount point), so a moved node's `refer=` is never seen and a mounted
-        // client goes stale. The area export needs each node directory to be its own mount (a bind
-        // mount made by the agent) first; until then the area export is left to xCAT's own setup.
         if sn.setuphanfs
             && sn.dialect == Dialect::Aix
             && within(area.path.as_str(), sn.root.as_str())
@@ -84,6 +79,7 @@ pub fn build(cluster: &Cluster, sn: &str) -> Result<Exports, ExportError> {
                 ),
             });
         }
+        let mut area_entries = Vec::new();
         for node in nodes {
             let path = format!("{}/{}", area.path, node.name);
             let placement = cluster.placement();
@@ -104,8 +100,29 @@ pub fn build(cluster: &Cluster, sn: &str) -> Result<Exports, ExportError> {
             // from an unprivileged port (Linux 6.1, NFSv4 migration recovery), and `secure` nfsd
             // answers it NFS4ERR_PERM: so the moved node's export here admits any source port.
             let admit_moved = moved && serving == sn.name;
-            statelite_entries(sn, &path, &area.clients, locations, admit_moved, &mut entries)?;
+            statelite_entries(sn, &path, &area.clients, locations, admit_moved, &mut area_entries)?;
         }
+        // The area directory itself, read-write, on a Linux SN with any node of it (served or
+        // referred): xCAT's initrd mounts the parent, makes `<node>`, then remounts `<area>/<node>`
+        // (xcat-core 7733d16f, xCAT-server/share/xcat/netboot/rh/dracut_033/xcatroot lines 219, 237,
+        // 257), and exports it with xCAT's own options, `insecure` included (SvrUtils.pm
+        // setupStatemnt, lines 1742 and 1751). nfsd reaches `<area>/<node>`'s own export (and its
+        // `refer=`) through this one only where the node directory is a mount point of its own
+        // (fs/nfsd/vfs.c nfsd_cross_mnt), which the agent makes (`statelite_mounts`). Not on AIX:
+        // it exports no directory inside another of the same file system (exports(4)).
+        if sn.dialect == Dialect::Linux && !area_entries.is_empty() {
+            let mut options = strings(LINUX_STATELITE);
+            options.push("insecure".to_string());
+            for client in dedup(&area.clients) {
+                entries.push(Entry {
+                    path: area.path.to_string(),
+                    client: Some(client.clone()),
+                    options: options.clone(),
+                    locations: None,
+                });
+            }
+        }
+        entries.append(&mut area_entries);
     }
 
     if sn.dialect == Dialect::Linux {

@@ -140,7 +140,7 @@ mod tests {
             std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../exports/mixed/cluster.toml")).unwrap();
         let c = model::Cluster::from_toml("mixed", &text).unwrap();
         let wanted = crate::render_sn(&c, "sn1").unwrap();
-        assert!(plan_for(&c, "sn1", Some(&wanted)).unwrap().contains("(no change: 4 exports as deployed)"));
+        assert!(plan_for(&c, "sn1", Some(&wanted)).unwrap().contains("(no change: 5 exports as deployed)"));
         // Before the migration sn1 exported cn001 read-write: the plan shows the one new option.
         let before = wanted.replace(",refer=/nodedata/cn001@[fd00:10::2]", "");
         let plan = plan_for(&c, "sn1", Some(&before)).unwrap();

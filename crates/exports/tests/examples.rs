@@ -120,7 +120,11 @@ fn paths_and_referrals_for_the_agent() {
     let cfg = examples_dir().join("mixed/cluster.toml");
     let cluster = Cluster::from_toml("c", &std::fs::read_to_string(cfg).unwrap()).unwrap();
     let ex = exports::build(&cluster, "sn1").unwrap();
-    assert_eq!(ex.paths(), vec!["/install/netboot/rh9/x86_64/compute/rootimg", "/nodedata/cn001", "/nodedata/cn002"]);
+    // The area itself too: xCAT's clients mount it, make <node>, then remount (SvrUtils setupStatemnt).
+    assert_eq!(
+        ex.paths(),
+        vec!["/install/netboot/rh9/x86_64/compute/rootimg", "/nodedata", "/nodedata/cn001", "/nodedata/cn002"]
+    );
     assert_eq!(ex.referrals(), vec!["/nodedata/cn001"]);
     assert!(exports::build(&cluster, "sn2").unwrap().referrals().is_empty());
 }

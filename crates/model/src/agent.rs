@@ -34,6 +34,10 @@ pub struct AgentConfig {
     pub takeover_interface: Option<String>,
     /// The networks a claimed address must lie in; None: any address.
     pub takeover_allowed: Option<Vec<ipnet::IpNet>>,
+    /// Make each exported statelite node directory inside an exported area its own mount point
+    /// (a bind mount onto itself), so kernel nfsd crosses from the area's export into the node's own
+    /// (and its `refer=`). Default: on for Linux without `statelite_prefix`.
+    pub statelite_mounts: bool,
 }
 
 /// The name `hanfs ca issue DIR --name mn` puts in the MN's certificate.
@@ -80,6 +84,7 @@ struct Raw {
     statelite_prefix: Option<Spanned<String>>,
     takeover_interface: Option<Spanned<String>>,
     takeover_allowed: Option<Spanned<Vec<Spanned<String>>>>,
+    statelite_mounts: Option<Spanned<bool>>,
 }
 
 impl AgentConfig {
@@ -193,6 +198,21 @@ impl AgentConfig {
                 }
             }
         }
+        if let (Some(Dialect::Aix), Some(m)) = (dialect, &raw.statelite_mounts) {
+            if *m.get_ref() {
+                sink.at(
+                    m.span(),
+                    "statelite_mounts",
+                    "only for Linux kernel nfsd (AIX exports no directory inside another)",
+                );
+            }
+        }
+        // Off with a prefix: the exported paths are then not the directories on disk (tests, demos).
+        let statelite_mounts = raw
+            .statelite_mounts
+            .as_ref()
+            .map(|b| *b.get_ref())
+            .unwrap_or(dialect == Some(Dialect::Linux) && statelite_prefix.is_none());
         sink.finish()?;
         match (listen, root, state_dir, controller, dialect, exports_file, nfs3) {
             (
@@ -218,6 +238,7 @@ impl AgentConfig {
                 statelite_prefix,
                 takeover_interface,
                 takeover_allowed,
+                statelite_mounts,
             }),
             _ => Err(Diagnostics(Vec::new())),
         }
@@ -253,9 +274,14 @@ mod tests {
         assert!(e.to_string().contains("cannot be `/`"));
         assert!(e.to_string().starts_with("a.toml:3:8: root:"), "{e}");
         assert_eq!(a.statelite_prefix, None);
+        assert!(a.statelite_mounts, "on by default for Linux");
         let base = "plaintext_loopback = true\nlisten = \"127.0.0.1:1\"\n";
         let p = AgentConfig::from_toml("a.toml", &format!("{base}statelite_prefix = \"/srv/sn1\"\n")).unwrap();
+        assert!(!p.statelite_mounts, "off with a prefix: the exported paths are not the directories on disk");
         assert_eq!(p.statelite_prefix.map(|p| p.as_str().to_string()), Some("/srv/sn1".to_string()));
+        let e = AgentConfig::from_toml("a.toml", &format!("{base}dialect = \"aix\"\nstatelite_mounts = true\n"))
+            .unwrap_err();
+        assert!(e.to_string().starts_with("a.toml:4:20: statelite_mounts:"), "{e}");
         let e = AgentConfig::from_toml("a.toml", &format!("{base}statelite_prefix = \"rel\"\n")).unwrap_err();
         assert!(e.to_string().starts_with("a.toml:3:20: statelite_prefix:"), "{e}");
     }

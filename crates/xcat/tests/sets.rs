@@ -84,14 +84,15 @@ fn linux_pools_with_external_nfs() {
     }
     has(&imp, Severity::Error, "statelite", "poolB", "not a service node");
     has(&imp, Severity::Skipped, "statelite", "poolB", "c013 boots stateless image rh86-stateless");
-    // What sn1 exports: its nodes' own directories, read-write. The area directory itself is left to
-    // xCAT's own setup for now (SvrUtils.pm setupStatemnt exports it; with it exported by hanfs, the
-    // kernel rig showed a moved node's refer= is never seen: see crates/exports/src/build.rs).
+    // What sn1 exports: each area itself read-write with the options xCAT's SvrUtils.pm setupStatemnt
+    // gives it (xcat-core 7733d16f, line 1742: `rw,no_root_squash,sync,no_subtree_check,insecure`;
+    // xCAT's clients mount it, mkdir <node>, remount), then its nodes' own directories.
     let ex = exports::render_sn(c, "sn1").unwrap();
     let lines: Vec<&str> = ex.lines().filter(|l| l.starts_with("/gpudata") || l.starts_with("/nodedata")).collect();
-    assert_eq!(lines.len(), 2 + 6, "{ex}");
-    assert!(lines.iter().all(|l| !l.starts_with("/gpudata ") && !l.starts_with("/nodedata ")), "{ex}");
-    assert!(lines[0].starts_with("/gpudata/c007 *(rw,no_root_squash,sync,no_subtree_check,fsid="), "{ex}");
+    assert_eq!(lines.len(), 1 + 2 + 1 + 6, "{ex}");
+    assert!(lines[0].starts_with("/gpudata *(rw,no_root_squash,sync,no_subtree_check,insecure,fsid="), "{ex}");
+    assert!(lines[1].starts_with("/gpudata/c007 *(rw,no_root_squash,sync,no_subtree_check,fsid="), "{ex}");
+    assert!(lines[3].starts_with("/nodedata *(rw,no_root_squash,sync,no_subtree_check,insecure,fsid="), "{ex}");
     assert!(!ex.contains("/gpudata/c001") && !ex.contains("/nodedata/c007"), "{ex}");
 }
 

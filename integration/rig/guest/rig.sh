@@ -94,6 +94,62 @@ sn_dirs() {
     for p in "$@"; do echo "$s:$p" > "$root$p/rig-marker"; done
 }
 
+# sn_lite_mounts SN ROOT...: `hanfs agent` with statelite_roots ROOT..., started in SN's namespaces
+# (where its mountd resolves export paths) over the SN's exports file: at start it makes every
+# statelite node directory exported inside an exported area a mount point of its own, as on a real
+# SN after a boot and before each reload (crates/agent/src/mounts.rs); stopped once it listens.
+# RIG_LITE_MOUNTS=0 leaves them plain directories (the break run: nfsd then keeps the node
+# directories inside the area's export, and the referral checks fail).
+sn_lite_mounts() {
+    s=$1; shift
+    [ "${RIG_LITE_MOUNTS:-1}" = 1 ] || { note "$s: statelite node directories left plain (RIG_LITE_MOUNTS=0)"; return; }
+    [ -x /share/hanfs/hanfs ] || { fail "$s: no hanfs binary to make the statelite mounts"; return; }
+    a=/run/sn/$s/agent roots=
+    for r in "$@"; do roots="$roots\"$r\", "; done
+    mkdir -p "$a"
+    printf '%s\n' 'listen = "127.0.0.1:7468"' 'plaintext_loopback = true' 'root = "/self/agent/root"' \
+        'state_dir = "/self/agent/state"' 'dialect = "linux"' 'exports_file = "/etc/exports.d/hanfs.exports"' \
+        'reload = ["true"]' "statelite_roots = [${roots%, }]" > "$a/agent.toml"
+    : > "$a/agent.log"
+    sn "$s" env LD_LIBRARY_PATH=/share/hanfs/lib /share/hanfs/hanfs agent --config /self/agent/agent.toml \
+        < /dev/null > /dev/null 2>> "$a/agent.log" &
+    pid=$! i=0 up=
+    while [ -z "$up" ] && [ $i -lt 300 ]; do
+        while read -r line; do case $line in *"listening on"*) up=1 ;; esac; done < "$a/agent.log"
+        [ -n "$up" ] || { kill -0 "$pid" 2> /dev/null || break; sleep 0.1; }
+        i=$((i + 1))
+    done
+    kill "$pid" 2> /dev/null; wait "$pid" 2> /dev/null
+    [ -n "$up" ] || fail "$s: the agent making the statelite mounts did not start: $(tail -3 "$a/agent.log")"
+    read -r snpid < "/run/sn/$s/pid"
+    n=0
+    while read -r id parent dev root mp rest; do
+        for r in "$@"; do case $mp in "$r"/*) n=$((n + 1)) ;; esac; done
+    done < "/proc/$snpid/mountinfo"
+    rig_log "$s: $n statelite node directories are mount points"
+}
+
+# check_xcat_lite SN IP AREA NODE TO_SN TO_IP: (j) the statelite mount of xCAT's initrd
+# (xcat-core 7733d16f, xCAT-server/share/xcat/netboot/rh/dracut_033/xcatroot lines 219-257): mount
+# SN:AREA, mkdir -p NODE in it, unmount, mount SN:AREA/NODE and write.  The node's data must be
+# TO_SN's (SN itself, or the SN a refer= on SN's node export sends it to): /proc/mounts shows
+# TO_IP:AREA/NODE and the file lands on TO_SN's disk.
+check_xcat_lite() {
+    what="(j) xCAT's statelite mount $1:$3, mkdir $4, remount $1:$3/$4"
+    if ! nfs_mount "$2:$3"; then fail "$what: mounting the area failed: $out"; return; fi
+    out=$(mkdir -p "$M/$4" 2>&1) || { fail "$what: mkdir -p: $out"; umount "$M"; return; }
+    umount "$M" || { fail "$what: umount"; return; }
+    if ! nfs_mount "$2:$3/$4"; then fail "$what: mounting the node's directory failed: $out"; return; fi
+    msg="xcat-lite via $1:$3/$4" got=
+    echo "$msg" > "$M/rig-xcat" 2> /dev/null
+    read -r got < "/run/sn/$5/root$3/$4/rig-xcat" 2> /dev/null
+    if [ "$DEV" = "$6:$3/$4" ] && [ "$got" = "$msg" ]; then
+        pass "$what: /proc/mounts shows $DEV, the file lands on $5's disk"
+    else
+        fail "$what: /proc/mounts shows '$DEV', on $5's disk: '$got'"
+    fi
+}
+
 sn_reload() {
     out=$(sn "$1" exportfs -ra 2>&1) || fail "exportfs -ra on $1: $out"
     [ -z "$out" ] || note "exportfs -ra on $1: $out"
@@ -177,6 +233,8 @@ check_mounted_migrate() {
     cd "$M/sub" || { fail "$what: cd $M/sub"; exec 4<&-; return; }
     marks=$(dmesg | grep -c .)
     for f in "$7"/*.exports; do s=${f##*/}; sn_exports "${s%.exports}" "$f"; done
+    # the agent makes the node directories of the new exports mount points before the reload
+    for f in "$7"/*.exports; do s=${f##*/}; sn_lite_mounts "${s%.exports}" $RIG_LITE_ROOTS; done
     sn_reload "$4"; sn_reload "$1"   # rw on the target first, then the referral (as migrate does)
     echo 3 > /proc/sys/vm/drop_caches
     # timeout: a hung call is a failure, not a hung rig (soft mounts give up after about 40 s)
