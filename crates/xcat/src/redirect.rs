@@ -126,13 +126,22 @@ pub struct Plan {
 pub struct Command {
     pub argv: Vec<String>,
     pub why: String,
+    /// The xCAT commands that take it back once it ran (never run by hanfs: printed when a later
+    /// command fails): the old attribute values per node, the old `statemnt` (or deleting the node
+    /// row that was added), and `makeconservercf`/`nodeset` again once the tables are back.
+    pub undo: Vec<Vec<String>>,
 }
 
 impl Command {
     /// The command as a shell line an administrator can paste.
     pub fn shell_line(&self) -> String {
-        self.argv.iter().map(|a| shell_quote(a)).collect::<Vec<_>>().join(" ")
+        shell_words(&self.argv)
     }
+}
+
+/// `argv` as a shell line.
+pub fn shell_words(argv: &[String]) -> String {
+    argv.iter().map(|a| shell_quote(a)).collect::<Vec<_>>().join(" ")
 }
 
 /// `s` quoted for a POSIX shell (left as is when it needs no quoting).
@@ -152,8 +161,6 @@ pub enum RedirectError {
     Input(String),
     #[error("{log}: cannot record what ran: {message}")]
     Log { log: String, message: String },
-    #[error("`{}` failed ({status}){}; commands before it ran, later ones did not (log: {log})", argv.join(" "), if stderr.is_empty() { String::new() } else { format!(": {stderr}") })]
-    Failed { argv: Vec<String>, status: String, stderr: String, log: String },
 }
 
 /// Work out what changes, from the tables as xCAT reads them. Pure.
@@ -355,27 +362,52 @@ impl Plan {
             let names: Vec<&str> = nodes.iter().map(|n| n.node.as_str()).collect();
             let list = names.join(",");
             let (sn, old) = (nodes[0].new_sn.as_str(), nodes[0].old_sn.as_str());
-            let mut argv = Vec::new();
-            for a in &t.chdef {
-                if a == "{attrs}" {
-                    argv.extend(key.iter().map(|(k, v)| format!("{k}={v}")));
-                } else {
-                    argv.push(fill(a, &[("node", &list), ("sn", sn), ("old_sn", old)]));
+            let chdef = |node: &str, attrs: Vec<String>| {
+                let mut argv = Vec::new();
+                for a in &t.chdef {
+                    if a == "{attrs}" {
+                        argv.extend(attrs.iter().cloned());
+                    } else {
+                        argv.push(fill(a, &[("node", node), ("sn", sn), ("old_sn", old)]));
+                    }
                 }
-            }
-            out.push(Command { argv, why: format!("repoint {list} from {old} to {sn}") });
+                argv
+            };
+            let argv = chdef(&list, key.iter().map(|(k, v)| format!("{k}={v}")).collect());
+            // Old values differ per node (the group shares only the new ones); unset was unset.
+            let undo = nodes
+                .iter()
+                .map(|n| {
+                    chdef(
+                        &n.node,
+                        n.chdef.iter().map(|c| format!("{}={}", c.attr, c.old.as_deref().unwrap_or(""))).collect(),
+                    )
+                })
+                .collect();
+            out.push(Command { argv, why: format!("repoint {list} from {old} to {sn}"), undo });
         }
         for n in &self.nodes {
             if let Some(c) = &n.statemnt {
-                let argv = t
-                    .chtab
-                    .iter()
-                    .map(|a| {
-                        fill(a, &[("node", &n.node), ("statemnt", &c.new), ("sn", &n.new_sn), ("old_sn", &n.old_sn)])
-                    })
-                    .collect();
+                let chtab = |statemnt: &str| -> Vec<String> {
+                    t.chtab
+                        .iter()
+                        .map(|a| {
+                            fill(
+                                a,
+                                &[("node", &n.node), ("statemnt", statemnt), ("sn", &n.new_sn), ("old_sn", &n.old_sn)],
+                            )
+                        })
+                        .collect()
+                };
+                let argv = chtab(&c.new);
+                // No old value: the node row is new (the old one came from a group row), so it goes.
+                let undo = vec![match &c.old {
+                    Some(old) => chtab(old),
+                    None => ["chtab", "-d", &format!("node={}", n.node), "statelite"].map(String::from).to_vec(),
+                }];
                 out.push(Command {
                     argv,
+                    undo,
                     why: format!(
                         "{}'s persistent data now on {} (was `{}`)",
                         n.node,
@@ -389,8 +421,9 @@ impl Plan {
         let cons: Vec<&str> = self.nodes.iter().filter(|n| n.conserver).map(|n| n.node.as_str()).collect();
         if !cons.is_empty() {
             let list = cons.join(",");
-            let argv = t.makeconservercf.iter().map(|a| fill(a, &[("node", &list)])).collect();
-            out.push(Command { argv, why: format!("console server of {list} moved") });
+            let argv: Vec<String> = t.makeconservercf.iter().map(|a| fill(a, &[("node", &list)])).collect();
+            let undo = vec![argv.clone()];
+            out.push(Command { argv, why: format!("console server of {list} moved"), undo });
         }
         let mut by_image: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
         for n in &self.nodes {
@@ -400,8 +433,9 @@ impl Plan {
         }
         for (img, nodes) in by_image {
             let list = nodes.join(",");
-            let argv = t.nodeset.iter().map(|a| fill(a, &[("node", &list), ("osimage", img)])).collect();
-            out.push(Command { argv, why: format!("boot configuration of {list} names the new server") });
+            let argv: Vec<String> = t.nodeset.iter().map(|a| fill(a, &[("node", &list), ("osimage", img)])).collect();
+            let undo = vec![argv.clone()];
+            out.push(Command { argv, why: format!("boot configuration of {list} names the new server"), undo });
         }
         out
     }
@@ -429,6 +463,20 @@ pub struct Ran {
     pub stderr: String,
 }
 
+/// Where one command stands after [`execute`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    /// Dry run: printed only.
+    ToRun,
+    /// Ran and exited 0.
+    Done,
+    /// Ran and failed (or could not be started): the run stopped here.
+    Failed,
+    /// Not run: an earlier command failed.
+    NotRun,
+}
+
 /// What [`redirect`] / [`execute`] did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Outcome {
@@ -437,6 +485,19 @@ pub struct Outcome {
     pub commands: Vec<Command>,
     pub notes: Vec<String>,
     pub ran: Vec<Ran>,
+    /// One per command, in order: what became of it.
+    pub states: Vec<State>,
+    /// The failure that stopped the run (`argv`, how it ended, its stderr), if one did.
+    pub failed: Option<Failure>,
+}
+
+/// The command that stopped an applied redirect.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Failure {
+    pub argv: Vec<String>,
+    pub status: String,
+    pub stderr: String,
+    pub log: String,
 }
 
 fn now() -> u64 {
@@ -477,15 +538,20 @@ pub fn xcat_program_in(prog: &str, path: Option<&std::ffi::OsStr>, dirs: &[&Path
 }
 
 /// Print (dry run) or run the plan's commands. Each run is recorded in the log (JSON lines:
-/// time, argv, exit status, output) before the next starts; the first failure stops the rest.
+/// time, argv, exit status, output) before the next starts; the first failure stops the rest and is
+/// the outcome's `failed`, with every command's [`State`] (and the undo of those done) to report.
 pub fn execute(plan: Plan, templates: &Templates, mode: &Mode) -> Result<Outcome, RedirectError> {
     let commands = plan.commands(templates);
     let notes = plan.notes();
     let mut ran = Vec::new();
+    let mut failed = None;
+    let mut states =
+        vec![if matches!(mode, Mode::Apply { .. }) { State::NotRun } else { State::ToRun }; commands.len()];
     if let Mode::Apply { log } = mode {
         let logs = log.display().to_string();
         log_line(log, &serde_json::json!({"time": now(), "event": "redirect", "commands": commands.len()}))?;
-        for c in &commands {
+        for (i, c) in commands.iter().enumerate() {
+            states[i] = State::Done;
             let Some((prog, args)) = c.argv.split_first() else { continue };
             let prog = xcat_program(prog, std::env::var_os("PATH").as_deref());
             let out = std::process::Command::new(&prog).args(args).stdin(std::process::Stdio::null()).output();
@@ -507,16 +573,15 @@ pub fn execute(plan: Plan, templates: &Templates, mode: &Mode) -> Result<Outcome
             )?;
             ran.push(Ran { argv: c.argv.clone(), status, stdout, stderr: stderr.clone() });
             if let Some(d) = desc {
-                return Err(RedirectError::Failed {
-                    argv: c.argv.clone(),
-                    status: d,
-                    stderr: stderr.trim().to_string(),
-                    log: logs,
-                });
+                failed =
+                    Some(Failure { argv: c.argv.clone(), status: d, stderr: stderr.trim().to_string(), log: logs });
+                states[i] = State::Failed;
+                break;
             }
         }
     }
-    Ok(Outcome { applied: matches!(mode, Mode::Apply { .. }), plan, commands, notes, ran })
+    let applied = matches!(mode, Mode::Apply { .. });
+    Ok(Outcome { applied, plan, commands, notes, ran, states, failed })
 }
 
 /// Repoint nodes in xCAT: read the tables from `source`, plan as snmove would, then print or run
@@ -563,18 +628,62 @@ pub fn repoint(
         moves.iter().map(|(n, t)| NodeMove { node: n.clone(), to: t.clone(), address: None }).collect();
     match redirect(source, &nm, &templates, &mode) {
         Ok(o) => {
-            let verb = if matches!(mode, Mode::Apply { .. }) { "ran" } else { "to run" };
-            let steps = o.commands.iter().map(|c| format!("xCAT ({verb}): {}", c.shell_line())).collect();
-            Repointed { ok: true, steps, outcome: Some(o) }
+            let steps = o.step_lines("xCAT ");
+            Repointed { ok: o.failed.is_none(), steps, outcome: Some(o) }
         }
         Err(e) => failed(format!("xCAT repoint FAILED: {e}")),
     }
 }
 
 impl Outcome {
+    /// One line per command: what became of it (`prefix(ran)`, `prefix(to run)`, `prefix(FAILED ...)`,
+    /// `prefix(not run)`); after a failure, the undo of what ran, last first.
+    pub fn step_lines(&self, prefix: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        for (c, st) in self.commands.iter().zip(&self.states) {
+            let what = match st {
+                State::ToRun => "to run".to_string(),
+                State::Done => "ran".to_string(),
+                State::NotRun => "not run".to_string(),
+                State::Failed => match &self.failed {
+                    Some(f) if !f.stderr.is_empty() => format!("FAILED, {}: {}", f.status, f.stderr),
+                    Some(f) => format!("FAILED, {}", f.status),
+                    None => "FAILED".to_string(),
+                },
+            };
+            out.push(format!("{prefix}({what}): {}", c.shell_line()));
+        }
+        if let Some(f) = &self.failed {
+            let done: Vec<&Command> =
+                self.commands.iter().zip(&self.states).filter(|(_, s)| **s == State::Done).map(|(c, _)| c).collect();
+            if done.is_empty() {
+                out.push(format!("{prefix}nothing was changed (log: {})", f.log));
+            } else {
+                out.push(format!("{prefix}to take back what ran (log: {}), run in this order:", f.log));
+                for c in done.iter().rev() {
+                    for u in &c.undo {
+                        out.push(format!("{prefix}  undo: {}", shell_words(u)));
+                    }
+                }
+            }
+        }
+        out
+    }
+
     /// What `hanfs xcat redirect` tells the administrator besides the commands themselves (stderr).
     pub fn summary(&self, mode: &Mode) -> Vec<String> {
         let mut out: Vec<String> = self.notes.iter().map(|n| format!("hanfs: note: {n}")).collect();
+        if let Some(f) = &self.failed {
+            out.extend(self.step_lines("hanfs: "));
+            out.push(format!(
+                "hanfs: xcat redirect: `{}` failed ({}); {} of {} commands ran before it, the rest did not run",
+                f.argv.join(" "),
+                f.status,
+                self.ran.len().saturating_sub(1),
+                self.commands.len()
+            ));
+            return out;
+        }
         out.push(if self.commands.is_empty() {
             "hanfs: xcat redirect: nothing to change".to_string()
         } else if !self.applied {

@@ -8,7 +8,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::Path;
 use xcat::db::Db;
-use xcat::redirect::{self, Mode, NodeMove, RedirectError, Templates};
+use xcat::redirect::{self, Mode, NodeMove, State, Templates};
 use xcat::table::Tables;
 use xcat::SourceSpec;
 
@@ -200,24 +200,46 @@ fn apply_runs_checks_and_records() {
     assert_eq!(lines.len(), 4, "{text}");
     assert_eq!(lines[2]["argv"][1], "chtab");
     assert_eq!(lines[2]["status"], 0);
-    // A failing command stops the rest and is recorded.
-    let failing = Templates { chdef: vec!["false".into()], ..echo.clone() };
-    match redirect::redirect(&src, &[mv("cn030", "sn2")], &failing, &Mode::Apply { log: log.clone() }) {
-        Err(RedirectError::Failed { argv, log: l, .. }) => {
-            assert_eq!(argv, ["false"]);
-            assert_eq!(l, log.display().to_string());
-        }
-        other => panic!("{other:?}"),
-    }
+    // A failing command stops the rest and is recorded; every command's state is reported, with the
+    // undo of what ran: the values the tables hold now (xCAT's getAttribs, as truth.rs checks it).
+    let failing = Templates { chtab: vec!["false".into()], ..echo.clone() };
+    let out = redirect::redirect(&src, &[mv("cn030", "sn2")], &failing, &Mode::Apply { log: log.clone() }).unwrap();
+    let f = out.failed.as_ref().expect("the chtab failed");
+    assert_eq!(f.argv, ["false"]);
+    assert_eq!(f.log, log.display().to_string());
+    assert_eq!(out.states, [State::Done, State::Failed, State::NotRun]);
+    let t = SourceSpec::Tabdump(d.path().to_path_buf()).read().unwrap();
+    let db = Db::new(&t);
+    let old = |a: &str| format!("{a}={}", db.attr("noderes", "cn030", a).unwrap().unwrap_or_default());
+    assert_eq!(
+        out.commands[0].undo,
+        [vec!["echo".into(), "chdef".into(), "-o".into(), "cn030".into(), old("servicenode"), old("xcatmaster")]]
+    );
+    let lines = out.step_lines("");
+    assert!(lines[0].starts_with("(ran): echo chdef -o cn030 servicenode=sn2"), "{lines:?}");
+    assert!(lines[1].starts_with("(FAILED, exit status: 1): false"), "{lines:?}");
+    assert!(lines[2].starts_with("(not run): echo nodeset cn030"), "{lines:?}");
+    assert_eq!(
+        lines[4],
+        format!("  undo: echo chdef -o cn030 {} {}", old("servicenode"), old("xcatmaster")),
+        "{lines:?}"
+    );
     let text = std::fs::read_to_string(&log).unwrap();
     let last: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
     assert_eq!(last["argv"][0], "false");
     assert_eq!(last["status"], 1);
-    assert_eq!(text.lines().count(), 6, "the chtab and nodeset after the failed chdef did not run");
+    assert_eq!(text.lines().count(), 7, "the nodeset after the failed chtab did not run");
+    // The first command failing: nothing changed.
+    let first = Templates { chdef: vec!["false".into()], ..echo.clone() };
+    let out = redirect::redirect(&src, &[mv("cn030", "sn2")], &first, &Mode::Apply { log: log.clone() }).unwrap();
+    assert_eq!(out.states, [State::Failed, State::NotRun, State::NotRun]);
+    assert!(out.step_lines("").last().unwrap().starts_with("nothing was changed"), "{:?}", out.step_lines(""));
+    assert_eq!(std::fs::read_to_string(&log).unwrap().lines().count(), 9);
     // Dry run: nothing runs, nothing is logged.
     let out = redirect::redirect(&src, &[mv("cn030", "sn2")], &failing, &Mode::DryRun).unwrap();
-    assert!(out.ran.is_empty() && !out.applied && out.commands.len() == 3);
-    assert_eq!(std::fs::read_to_string(&log).unwrap().lines().count(), 6);
+    assert!(out.ran.is_empty() && !out.applied && out.commands.len() == 3 && out.failed.is_none());
+    assert_eq!(out.states, [State::ToRun; 3]);
+    assert_eq!(std::fs::read_to_string(&log).unwrap().lines().count(), 9);
     // Templates from TOML.
     let t = Templates::from_toml(
         "t.toml",

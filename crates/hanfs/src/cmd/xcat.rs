@@ -91,5 +91,5 @@ fn redirect(g: &Global, a: XcatRedirectArgs) -> Result<Status> {
             eprintln!("{l}");
         }
     }
-    Ok(Status::Ok)
+    Ok(if outcome.failed.is_some() { Status::Failed } else { Status::Ok })
 }
