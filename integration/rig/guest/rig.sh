@@ -98,7 +98,7 @@ sn_dirs() {
 # (where its mountd resolves export paths) over the SN's exports file: at start it makes every
 # statelite node directory exported inside an exported area a mount point of its own, as on a real
 # SN after a boot and before each reload (crates/agent/src/mounts.rs); stopped once it listens.
-# RIG_LITE_MOUNTS=0 leaves them plain directories (the break run: nfsd then keeps the node
+# HANFS_RIG_LITE_MOUNTS=0 leaves them plain directories (the break run: nfsd then keeps the node
 # directories inside the area's export, and the referral checks fail).
 sn_lite_mounts() {
     s=$1; shift
@@ -111,8 +111,10 @@ sn_lite_mounts() {
         'state_dir = "/self/agent/state"' 'dialect = "linux"' 'exports_file = "/etc/exports.d/hanfs.exports"' \
         'reload = ["true"]' "statelite_roots = [${roots%, }]" > "$a/agent.toml"
     : > "$a/agent.log"
-    sn "$s" env LD_LIBRARY_PATH=/share/hanfs/lib /share/hanfs/hanfs agent --config /self/agent/agent.toml \
-        < /dev/null > /dev/null 2>> "$a/agent.log" &
+    # nsenter itself, not the `sn` function: $! must be the agent (nsenter and env exec it), not a subshell
+    read -r snpid < "/run/sn/$s/pid"
+    nsenter -t "$snpid" -n -m -u -- env LD_LIBRARY_PATH=/share/hanfs/lib /share/hanfs/hanfs agent \
+        --config /self/agent/agent.toml < /dev/null > /dev/null 2>> "$a/agent.log" &
     pid=$! i=0 up=
     while [ -z "$up" ] && [ $i -lt 300 ]; do
         while read -r line; do case $line in *"listening on"*) up=1 ;; esac; done < "$a/agent.log"
@@ -121,7 +123,6 @@ sn_lite_mounts() {
     done
     kill "$pid" 2> /dev/null; wait "$pid" 2> /dev/null
     [ -n "$up" ] || fail "$s: the agent making the statelite mounts did not start: $(tail -3 "$a/agent.log")"
-    read -r snpid < "/run/sn/$s/pid"
     n=0
     while read -r id parent dev root mp rest; do
         for r in "$@"; do case $mp in "$r"/*) n=$((n + 1)) ;; esac; done
