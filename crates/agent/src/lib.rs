@@ -6,6 +6,10 @@
 //!   `state_dir` (replica state, spool) and `exports_file`. Image paths from the wire are checked before
 //!   use (they arrive as `model::Name`/`model::RelPath`, checked while decoding); the engine refuses
 //!   hostile manifests and deltas.
+//! - The only mounts it makes are statelite node directories (within `statelite_roots`) bind-mounted
+//!   onto themselves (`statelite_mounts`, so kernel nfsd crosses into their own exports).
+//! - One agent per replica root: the first to apply records itself in `root/.hanfs/agent`, another is
+//!   refused (xCAT `site.sharedinstall=sns`: one shared installdir on every SN).
 //! - One session at a time per image (a lock per image name); a replica is always at a whole generation.
 //! - A protocol violation (malformed, oversized or unexpected frame, bad path) ends the session with a
 //!   logged reason; what was staged is discarded by the engine, what was spooled is kept for a resume.

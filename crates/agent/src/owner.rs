@@ -1,8 +1,9 @@
 //! One writer per replica root. With xCAT's `site.sharedinstall=sns` the SNs mount one shared
 //! installdir (snmove.pm treats it as one tree for all SNs); two agents applying into it would
 //! each journal, stage and commit under the other's feet from their own state dirs. So the first
-//! agent that applies into a root leaves its identity in `<root>/.hanfs/agent` (agent name, host,
-//! state dir), and any other agent refuses to apply there, naming the owner and the file.
+//! agent that applies into a root leaves its identity in `<root>/.hanfs/agent` (host and state dir,
+//! and its name for the message), and any other agent refuses to apply there, naming the owner and
+//! the file.
 //!
 //! The marker appears whole or not at all: written to a temporary name, then hard-linked to its
 //! name, which fails if it exists (atomic on local file systems and NFS alike), so of two agents
@@ -49,7 +50,11 @@ pub(crate) fn claim(agent: &Agent) -> anyhow::Result<()> {
         }
         Err(e) => return Err(e).with_context(|| format!("reading {}", file.display())),
     };
-    if owner == me {
+    // The same agent is the same host and state dir (the state dir's lock admits one agent at a
+    // time); its name is recorded for the message only (a plain-TCP agent's name is its listen
+    // address, which may change between restarts).
+    let key = |t: &str| t.lines().filter(|l| !l.starts_with("agent ")).map(str::to_string).collect::<Vec<_>>();
+    if key(&owner) == key(&me) {
         return Ok(());
     }
     let who = owner.lines().collect::<Vec<_>>().join(", ");
