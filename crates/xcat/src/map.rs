@@ -1091,7 +1091,7 @@ impl Mapper<'_, '_> {
                     "site",
                     "sharedinstall",
                     format!(
-                        "sns: one shared {installdir} on the SNs: image {} is replicated once, to {first}; {} see it in the shared tree and keep their own exports of it",
+                        "sns: one shared {installdir} on the SNs: image {} is replicated once, to {first}; {} see it in the shared tree and keep their own exports of it (an agent refuses to apply into a root another agent applies into: root/.hanfs/agent)",
                         img.name,
                         want[1..].join(",")
                     ),
