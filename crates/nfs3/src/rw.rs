@@ -12,7 +12,8 @@
 //! fsynced and only then linked into its directory, so no file is ever visible without its
 //! id), there is no second structure a crash could leave disagreeing with the tree, and the
 //! tree engine already copies xattrs, so a resync by deltas carries the ids along. The cost is
-//! a file system with user xattrs (ext4, xfs, btrfs; tmpfs since Linux 6.6): [`AreaFs::open`]
+//! a file system with user xattrs (ext4, xfs, btrfs; tmpfs since Linux 6.6; elsewhere, as root,
+//! the `trusted.` namespace is used instead, e.g. tmpfs before 6.6): [`AreaFs::open`]
 //! refuses one without, by name. Symlinks cannot carry user xattrs on Linux: theirs is
 //! derived from the directory id and name they were made under ([`symlink_id`]), so it is the
 //! same on every replica but changes on RENAME (clients hold symlink handles only to read
@@ -67,6 +68,10 @@ use crate::oplog::{Attrs, Op, SetTime};
 pub const ID_XATTR: &str = "user.hanfs.id";
 /// The xattr holding an EXCLUSIVE create's verifier (8 bytes).
 pub const VERF_XATTR: &str = "user.hanfs.createverf";
+/// Where the file system has no user xattrs but root may use trusted ones (tmpfs before Linux
+/// 6.6): the same values in the `trusted.` namespace (the tree engine copies both).
+pub const TRUSTED_ID_XATTR: &str = "trusted.hanfs.id";
+pub const TRUSTED_VERF_XATTR: &str = "trusted.hanfs.createverf";
 /// Minimum time between two walks triggered by unknown handles.
 const REWALK_GAP: Duration = Duration::from_secs(5);
 /// Directory entries stat'ed ahead per READDIRPLUS batch.
@@ -146,6 +151,9 @@ impl IdGen {
 
 pub(crate) struct AreaInner {
     root: OwnedFd,
+    /// [`ID_XATTR`]/[`VERF_XATTR`] or their `trusted.` twins, whichever the file system takes.
+    id_xattr: &'static str,
+    verf_xattr: &'static str,
     fsid: u64,
     token: Option<Vec<u8>>,
     ids: RwLock<Ids>,
@@ -181,9 +189,9 @@ fn proc_path(fd: &OwnedFd) -> String {
 }
 
 /// The id in an object's xattr (through an `O_PATH` descriptor: nothing is opened for I/O).
-fn read_id(fd: &OwnedFd) -> Result<Option<Fh>, Errno> {
+fn read_id(fd: &OwnedFd, xattr: &str) -> Result<Option<Fh>, Errno> {
     let mut b = [0u8; 16];
-    match rustix::fs::getxattr(proc_path(fd).as_str(), ID_XATTR, &mut b[..]) {
+    match rustix::fs::getxattr(proc_path(fd).as_str(), xattr, &mut b[..]) {
         Ok(16) => Ok(Some(Fh(b))),
         // A malformed value is no id: the object gets a new one.
         Ok(_) | Err(Errno::NODATA) | Err(Errno::RANGE) => Ok(None),
@@ -268,17 +276,25 @@ impl AreaFs {
     ) -> std::io::Result<AreaFs> {
         let canon = std::fs::canonicalize(root)?;
         let fd = rustix::fs::open(&canon, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
-        let probe = rustix::fs::getxattr(proc_path(&fd).as_str(), ID_XATTR, &mut [0u8; 16][..]);
-        if probe == Err(Errno::OPNOTSUPP) {
+        // The root's id is a constant; writing it tells which namespace the file system takes.
+        let ns = [(ID_XATTR, VERF_XATTR), (TRUSTED_ID_XATTR, TRUSTED_VERF_XATTR)]
+            .into_iter()
+            .find(|(id, _)| write_xattr(&fd, id, &root_id().0, XattrFlags::empty()).is_ok());
+        let Some((id_xattr, verf_xattr)) = ns else {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::Unsupported,
-                format!("{}: the file system has no user xattrs (needed for file ids)", canon.display()),
+                format!(
+                    "{}: the file system takes neither user xattrs nor (as root) trusted ones, needed for file ids",
+                    canon.display()
+                ),
             ));
-        }
+        };
         let mut key = [0u8; 32];
         std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut key)?;
         let inner = AreaInner {
             root: fd,
+            id_xattr,
+            verf_xattr,
             fsid,
             token,
             ids: RwLock::default(),
@@ -309,6 +325,11 @@ impl AreaFs {
             id = self.0.lookup(&id, c)?;
         }
         Ok(id)
+    }
+
+    /// The xattr file ids are kept in on this file system.
+    pub fn id_xattr(&self) -> &'static str {
+        self.0.id_xattr
     }
 
     /// Ids known in memory.
@@ -378,14 +399,14 @@ impl AreaInner {
         )?;
         let st = rustix::fs::fstat(&fd)?;
         let id = if has_xattrs(FileType::from_raw_mode(st.st_mode)) {
-            match read_id(&fd)? {
+            match read_id(&fd, self.id_xattr)? {
                 Some(id) => id,
                 None => {
                     let fresh = self.idgen.lock().map_err(|_| Errno::IO)?.next();
-                    match write_xattr(&fd, ID_XATTR, &fresh.0, XattrFlags::CREATE) {
+                    match write_xattr(&fd, self.id_xattr, &fresh.0, XattrFlags::CREATE) {
                         Ok(()) => fresh,
                         // Given one meanwhile.
-                        Err(Errno::EXIST) => read_id(&fd)?.ok_or(Errno::IO)?,
+                        Err(Errno::EXIST) => read_id(&fd, self.id_xattr)?.ok_or(Errno::IO)?,
                         Err(e) => return Err(e),
                     }
                 }
@@ -431,13 +452,13 @@ impl AreaInner {
                 };
                 let ft = FileType::from_raw_mode(st.st_mode);
                 if has_xattrs(ft) {
-                    if let Ok(Some(id)) = read_id(&fd) {
+                    if let Ok(Some(id)) = read_id(&fd, self.id_xattr) {
                         match seen.get(&id) {
                             Some(&ino) if ino != (st.st_dev, st.st_ino) => {
                                 // A copy carrying another file's id: it gets its own.
                                 if let Ok(mut g) = self.idgen.lock() {
                                     let fresh = g.next();
-                                    let _ = write_xattr(&fd, ID_XATTR, &fresh.0, XattrFlags::empty());
+                                    let _ = write_xattr(&fd, self.id_xattr, &fresh.0, XattrFlags::empty());
                                 }
                             }
                             _ => {
@@ -557,9 +578,9 @@ impl AreaInner {
                 .map_err(errno_rw)?;
                 // O_TMPFILE applies the umask: set the mode asked for.
                 rustix::fs::fchmod(&tmp, Mode::from_raw_mode(mode & 0o7777)).map_err(errno_rw)?;
-                rustix::fs::fsetxattr(&tmp, ID_XATTR, &id.0, XattrFlags::CREATE).map_err(errno_rw)?;
+                rustix::fs::fsetxattr(&tmp, self.id_xattr, &id.0, XattrFlags::CREATE).map_err(errno_rw)?;
                 if let Some(v) = verf {
-                    rustix::fs::fsetxattr(&tmp, VERF_XATTR, v, XattrFlags::CREATE).map_err(errno_rw)?;
+                    rustix::fs::fsetxattr(&tmp, self.verf_xattr, v, XattrFlags::CREATE).map_err(errno_rw)?;
                 }
                 rustix::fs::fsync(&tmp).map_err(errno_rw)?;
                 rustix::fs::linkat(rustix::fs::CWD, proc_path(&tmp).as_str(), &dfd, n, AtFlags::SYMLINK_FOLLOW)
@@ -582,7 +603,7 @@ impl AreaInner {
                 rustix::fs::fchmod(&made, Mode::from_raw_mode(mode & 0o7777)).map_err(errno_rw)?;
                 // A crash before this leaves a directory without id: it gets one when seen, and
                 // no client was told of this one.
-                rustix::fs::fsetxattr(&made, ID_XATTR, &id.0, XattrFlags::empty()).map_err(errno_rw)?;
+                rustix::fs::fsetxattr(&made, self.id_xattr, &id.0, XattrFlags::empty()).map_err(errno_rw)?;
                 rustix::fs::fsync(&made).map_err(errno_rw)?;
                 rustix::fs::fsync(&dfd_rw(&dfd)?).map_err(errno_rw)?;
                 self.record(*id, *dir, name);
@@ -746,7 +767,7 @@ impl AreaInner {
                         // A retry of the CREATE that made it: the same verifier is stored there.
                         let fd = self.open_id(&existing, OFlags::PATH)?;
                         let mut got = [0u8; 8];
-                        match rustix::fs::getxattr(proc_path(&fd).as_str(), VERF_XATTR, &mut got[..]) {
+                        match rustix::fs::getxattr(proc_path(&fd).as_str(), self.verf_xattr, &mut got[..]) {
                             Ok(8) if got == v => Ok(existing),
                             _ => Err(nfsstat3::NFS3ERR_EXIST),
                         }
