@@ -569,22 +569,30 @@ impl AreaInner {
             Op::Create { dir, name, id, mode, verf } => {
                 let n = name_ok(name)?;
                 let dfd = self.open_dir(dir)?;
-                let tmp = rustix::fs::openat(
-                    &dfd,
-                    ".",
-                    OFlags::TMPFILE | OFlags::WRONLY | OFlags::CLOEXEC,
-                    Mode::from_raw_mode(mode & 0o7777),
-                )
-                .map_err(errno_rw)?;
-                // O_TMPFILE applies the umask: set the mode asked for.
-                rustix::fs::fchmod(&tmp, Mode::from_raw_mode(mode & 0o7777)).map_err(errno_rw)?;
-                rustix::fs::fsetxattr(&tmp, self.id_xattr, &id.0, XattrFlags::CREATE).map_err(errno_rw)?;
-                if let Some(v) = verf {
-                    rustix::fs::fsetxattr(&tmp, self.verf_xattr, v, XattrFlags::CREATE).map_err(errno_rw)?;
+                let m = Mode::from_raw_mode(mode & 0o7777);
+                match rustix::fs::openat(&dfd, ".", OFlags::TMPFILE | OFlags::WRONLY | OFlags::CLOEXEC, m) {
+                    Ok(tmp) => {
+                        // O_TMPFILE applies the umask: set the mode asked for.
+                        rustix::fs::fchmod(&tmp, m).map_err(errno_rw)?;
+                        self.label(&tmp, id, verf.as_ref())?;
+                        rustix::fs::linkat(rustix::fs::CWD, proc_path(&tmp).as_str(), &dfd, n, AtFlags::SYMLINK_FOLLOW)
+                            .map_err(errno_rw)?;
+                    }
+                    // No O_TMPFILE here: create in place; a crash before the id is set leaves a
+                    // file without one (it gets one when seen; no client was answered for it).
+                    Err(Errno::OPNOTSUPP | Errno::ISDIR | Errno::INVAL) => {
+                        let f = rustix::fs::openat(
+                            &dfd,
+                            n,
+                            OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                            m,
+                        )
+                        .map_err(errno_rw)?;
+                        rustix::fs::fchmod(&f, m).map_err(errno_rw)?;
+                        self.label(&f, id, verf.as_ref())?;
+                    }
+                    Err(e) => return Err(errno_rw(e)),
                 }
-                rustix::fs::fsync(&tmp).map_err(errno_rw)?;
-                rustix::fs::linkat(rustix::fs::CWD, proc_path(&tmp).as_str(), &dfd, n, AtFlags::SYMLINK_FOLLOW)
-                    .map_err(errno_rw)?;
                 rustix::fs::fsync(&dfd_rw(&dfd)?).map_err(errno_rw)?;
                 self.record(*id, *dir, name);
                 Ok(Some(*id))
@@ -692,6 +700,15 @@ impl AreaInner {
                 Ok(Some(*id))
             }
         }
+    }
+
+    /// Gives a new file its id (and EXCLUSIVE verifier), durably, before it is linked in.
+    fn label(&self, f: &OwnedFd, id: &Fh, verf: Option<&[u8; 8]>) -> Result<(), nfsstat3> {
+        rustix::fs::fsetxattr(f, self.id_xattr, &id.0, XattrFlags::CREATE).map_err(errno_rw)?;
+        if let Some(v) = verf {
+            rustix::fs::fsetxattr(f, self.verf_xattr, v, XattrFlags::CREATE).map_err(errno_rw)?;
+        }
+        rustix::fs::fsync(f).map_err(errno_rw)
     }
 
     fn record(&self, id: Fh, dir: Fh, name: &[u8]) {
