@@ -78,6 +78,27 @@ statelite_rw() {
         [ "$(readlink $d/a/var/current)" = messages ] && [ ! -e $d/a/gone ] && [ ! -e $d/a/var/tmp ]; then
         pass "(k) create, write+fsync, symlink, mkdir/rmdir, unlink through the kernel client land in the area"
     else fail "(k) the area after the client's changes: ok=$ok messages='$l' $(ls -la $d/a/var 2>&1 | tr '\n' ' ')"; fi
+    # A figure, not a check: small files created, written, fsynced and renamed by one client.
+    python3 -S -B -c '
+import os, sys, time
+d = sys.argv[1]
+os.mkdir(d)
+n, lat = 200, []
+t0 = time.monotonic()
+for i in range(n):
+    t = time.monotonic()
+    p = os.path.join(d, "f%d.tmp" % i)
+    fd = os.open(p, os.O_CREAT | os.O_WRONLY | os.O_EXCL, 0o644)
+    os.write(fd, b"x" * 512)
+    os.fsync(fd)
+    os.close(fd)
+    os.rename(p, os.path.join(d, "f%d" % i))
+    lat.append(time.monotonic() - t)
+el = time.monotonic() - t0
+lat.sort()
+print("rig-figure: statelite-rw create+write+fsync+rename one client: %d files %.0f/s p50 %.1f ms p99 %.1f ms"
+      % (n, n / el, lat[n // 2] * 1e3, lat[n * 99 // 100] * 1e3))
+' $m/bench || note "(k) the small-file figure failed"
     # Log rotation under an open descriptor: rename, then append through the old descriptor.
     exec 4>> $m/var/messages
     mv $m/var/messages $m/var/messages.1
