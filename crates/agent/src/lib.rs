@@ -160,7 +160,23 @@ impl Agent {
             }
             None => None,
         };
-        Ok(Listening { agent: self, listener: l, addr, _nfs3: nfs3 })
+        // Read-write statelite areas (issue 13), each on its own port, exported under the area's
+        // cluster-wide path (so the handle generation and fsid are the same on its backup).
+        let mut rw = Vec::new();
+        for a in &self.cfg.statelite_rw {
+            let dir = match &self.cfg.statelite_prefix {
+                Some(pre) => std::path::PathBuf::from(pre.as_str()).join(a.area.as_str().trim_start_matches('/')),
+                None => std::path::PathBuf::from(a.area.as_str()),
+            };
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            let opts = nfs3::RwOptions { export_name: Some(a.area.as_str().to_string()), insecure: false };
+            let srv = nfs3::serve_rw(&dir, a.listen, opts, None)
+                .await
+                .with_context(|| format!("serving statelite area {} read-write on {}", a.area.as_str(), a.listen))?;
+            tracing::info!(area = a.area.as_str(), listen = %srv.local_addr(), dir = %dir.display(), "serving statelite area read-write over NFSv3");
+            rw.push(srv);
+        }
+        Ok(Listening { agent: self, listener: l, addr, _nfs3: nfs3, _rw: rw })
     }
 
     /// Serves controller sessions on `l` until the process ends.
@@ -203,6 +219,7 @@ pub struct Listening {
     listener: TcpListener,
     addr: std::net::SocketAddr,
     _nfs3: Option<nfs3::Nfs3Server>,
+    _rw: Vec<nfs3::RwServer>,
 }
 
 impl Listening {
@@ -213,7 +230,7 @@ impl Listening {
 
     /// Serves until the process ends.
     pub async fn serve(self) -> Result<()> {
-        let Listening { agent, listener, _nfs3, .. } = self;
+        let Listening { agent, listener, _nfs3, _rw, .. } = self;
         agent.serve(listener).await
     }
 

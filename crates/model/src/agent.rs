@@ -38,6 +38,24 @@ pub struct AgentConfig {
     /// (a bind mount onto itself), so kernel nfsd crosses from the area's export into the node's own
     /// (and its `refer=`). Default: on for Linux without `statelite_prefix`.
     pub statelite_mounts: bool,
+    /// Statelite areas served read-write by the embedded NFSv3 server (`[[statelite_rw]]`).
+    pub statelite_rw: Vec<StateliteRw>,
+}
+
+/// One statelite area served read-write over NFSv3 (issue 13): `area` is a path as the cluster
+/// names it, equal to or beneath one of `statelite_roots` (kept under `statelite_prefix` like
+/// the rest of the statelite data); clients mount `area` itself on `listen`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateliteRw {
+    pub area: AbsPath,
+    pub listen: SocketAddr,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRw {
+    area: Spanned<String>,
+    listen: Spanned<String>,
 }
 
 /// The name `hanfs ca issue DIR --name mn` puts in the MN's certificate.
@@ -85,6 +103,8 @@ struct Raw {
     takeover_interface: Option<Spanned<String>>,
     takeover_allowed: Option<Spanned<Vec<Spanned<String>>>>,
     statelite_mounts: Option<Spanned<bool>>,
+    #[serde(default)]
+    statelite_rw: Vec<RawRw>,
 }
 
 impl AgentConfig {
@@ -173,6 +193,47 @@ impl AgentConfig {
             }
             nets
         });
+        let mut statelite_rw: Vec<StateliteRw> = Vec::new();
+        for (i, rw) in raw.statelite_rw.iter().enumerate() {
+            let area = match AbsPath::parse(rw.area.get_ref()) {
+                Ok(a) => {
+                    let within = statelite_roots.iter().any(|r| {
+                        let r = r.as_str().trim_end_matches('/');
+                        let a = a.as_str().trim_end_matches('/');
+                        a == r || a.strip_prefix(r).is_some_and(|x| x.starts_with('/'))
+                    });
+                    if !within {
+                        sink.at(
+                            rw.area.span(),
+                            format!("statelite_rw[{i}].area"),
+                            format!("`{}` is not within statelite_roots", a.as_str()),
+                        );
+                    }
+                    if statelite_rw.iter().any(|o| o.area == a) {
+                        sink.at(rw.area.span(), format!("statelite_rw[{i}].area"), "this area is listed twice");
+                    }
+                    Some(a)
+                }
+                Err(m) => {
+                    sink.at(rw.area.span(), format!("statelite_rw[{i}].area"), m);
+                    None
+                }
+            };
+            let listen = match rw.listen.get_ref().parse::<SocketAddr>() {
+                Ok(l) => Some(l),
+                Err(_) => {
+                    sink.at(
+                        rw.listen.span(),
+                        format!("statelite_rw[{i}].listen"),
+                        format!("`{}` is not an ip:port socket address", rw.listen.get_ref()),
+                    );
+                    None
+                }
+            };
+            if let (Some(area), Some(listen)) = (area, listen) {
+                statelite_rw.push(StateliteRw { area, listen });
+            }
+        }
         if let (Some(r), Some(raw_root)) = (&root, &raw.root) {
             if r.is_root() {
                 sink.at(raw_root.span(), "root", "the replica root cannot be `/`");
@@ -239,6 +300,7 @@ impl AgentConfig {
                 takeover_interface,
                 takeover_allowed,
                 statelite_mounts,
+                statelite_rw,
             }),
             _ => Err(Diagnostics(Vec::new())),
         }
@@ -248,6 +310,23 @@ impl AgentConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn statelite_rw_areas_must_lie_within_statelite_roots() {
+        let base = "listen = \"127.0.0.1:7001\"\nplaintext_loopback = true\nstatelite_roots = [\"/nodedata\"]\n";
+        let ok = format!("{base}[[statelite_rw]]\narea = \"/nodedata\"\nlisten = \"0.0.0.0:2050\"\n");
+        let a = AgentConfig::from_toml("a.toml", &ok).unwrap();
+        assert_eq!(a.statelite_rw.len(), 1);
+        assert_eq!(a.statelite_rw[0].area.as_str(), "/nodedata");
+        assert_eq!(a.statelite_rw[0].listen.port(), 2050);
+        let outside = format!("{base}[[statelite_rw]]\narea = \"/nodedatax\"\nlisten = \"0.0.0.0:2050\"\n");
+        let e = AgentConfig::from_toml("a.toml", &outside).unwrap_err().to_string();
+        assert!(e.contains("a.toml:5") && e.contains("statelite_rw[0].area") && e.contains("not within"), "{e}");
+        let bad = format!("{base}[[statelite_rw]]\narea = \"/nodedata/x\"\nlisten = \"2050\"\n");
+        let e = AgentConfig::from_toml("a.toml", &bad).unwrap_err().to_string();
+        assert!(e.contains("a.toml:6") && e.contains("statelite_rw[0].listen"), "{e}");
+        assert!(AgentConfig::from_toml("a.toml", base).unwrap().statelite_rw.is_empty());
+    }
 
     #[test]
     fn defaults_and_errors() {

@@ -59,7 +59,7 @@ pub(crate) struct Inner {
 #[derive(Clone)]
 pub struct ReplicaFs(pub(crate) Arc<Inner>);
 
-fn errno_stat(e: Errno) -> nfsstat3 {
+pub(crate) fn errno_stat(e: Errno) -> nfsstat3 {
     match e {
         Errno::NOENT | Errno::LOOP => nfsstat3::NFS3ERR_NOENT,
         Errno::NOTDIR => nfsstat3::NFS3ERR_NOTDIR,
@@ -70,14 +70,14 @@ fn errno_stat(e: Errno) -> nfsstat3 {
 }
 
 /// For operations on an object named by a handle: a vanished path is a stale handle.
-fn errno_stale(e: Errno) -> nfsstat3 {
+pub(crate) fn errno_stale(e: Errno) -> nfsstat3 {
     match errno_stat(e) {
         nfsstat3::NFS3ERR_NOENT | nfsstat3::NFS3ERR_NOTDIR => nfsstat3::NFS3ERR_STALE,
         s => s,
     }
 }
 
-fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
+pub(crate) fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
     if dir.is_empty() {
         return name.to_vec();
     }
@@ -96,7 +96,7 @@ fn parent(rel: &[u8]) -> &[u8] {
 }
 
 /// A name a client may look up: one component, not `.`/`..` (handled apart), not hidden.
-fn valid_name(name: &[u8]) -> bool {
+pub(crate) fn valid_name(name: &[u8]) -> bool {
     !name.is_empty()
         && name != b"."
         && name != b".."
@@ -105,11 +105,13 @@ fn valid_name(name: &[u8]) -> bool {
         && !name.contains(&0)
 }
 
-fn time(sec: i64, nsec: u64) -> nfstime3 {
+pub(crate) fn time(sec: i64, nsec: u64) -> nfstime3 {
     nfstime3 { seconds: u32::try_from(sec.max(0)).unwrap_or(u32::MAX), nseconds: u32::try_from(nsec).unwrap_or(0) }
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, nfsstat3> + Send + 'static) -> Result<T, nfsstat3> {
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, nfsstat3> + Send + 'static,
+) -> Result<T, nfsstat3> {
     tokio::task::spawn_blocking(f).await.unwrap_or(Err(nfsstat3::NFS3ERR_SERVERFAULT))
 }
 
@@ -120,6 +122,84 @@ impl Inner {
     /// Enters the gate: the operation then sees one generation of the tree throughout.
     fn enter(&self) -> Result<ReadGuard, nfsstat3> {
         self.gate.read().map_err(|_| nfsstat3::NFS3ERR_JUKEBOX)
+    }
+}
+
+/// Opens `rel` beneath the root without following any symlink (a symlink as the last
+/// component is opened itself when `oflags` has `O_PATH`).
+pub(crate) fn open_beneath(root: &OwnedFd, rel: &[u8], oflags: OFlags) -> Result<OwnedFd, Errno> {
+    let p: &[u8] = if rel.is_empty() { b"." } else { rel };
+    let flags = oflags | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let resolve = ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
+    for _ in 0..4 {
+        match rustix::fs::openat2(root, OsStr::from_bytes(p), flags, Mode::empty(), resolve) {
+            // A concurrent rename under the root: retry, then take the slow path.
+            Err(Errno::AGAIN) => continue,
+            Err(Errno::NOSYS) => break,
+            r => return r,
+        }
+    }
+    open_walk(root, rel, flags)
+}
+
+/// `open_beneath` without `openat2`: one `openat(O_NOFOLLOW)` per component.
+fn open_walk(root: &OwnedFd, rel: &[u8], flags: OFlags) -> Result<OwnedFd, Errno> {
+    let dirflags = OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let mut cur = rustix::fs::openat(root, ".", dirflags, Mode::empty())?;
+    if rel.is_empty() {
+        return rustix::fs::openat(&cur, ".", flags & !OFlags::NOFOLLOW, Mode::empty());
+    }
+    let comps: Vec<&[u8]> = rel.split(|&b| b == b'/').collect();
+    for (i, c) in comps.iter().enumerate() {
+        if c.is_empty() || *c == b"." || *c == b".." {
+            return Err(Errno::XDEV);
+        }
+        let last = i + 1 == comps.len();
+        cur = rustix::fs::openat(&cur, OsStr::from_bytes(c), if last { flags } else { dirflags }, Mode::empty())?;
+    }
+    Ok(cur)
+}
+
+pub(crate) fn fattr(st: &Stat, fileid: u64, fsid: u64, stable_ctime: bool, hidden_subdir: bool) -> fattr3 {
+    let ft = FileType::from_raw_mode(st.st_mode);
+    let type_ = match ft {
+        FileType::RegularFile => ftype3::NF3REG,
+        FileType::Directory => ftype3::NF3DIR,
+        FileType::Symlink => ftype3::NF3LNK,
+        FileType::BlockDevice => ftype3::NF3BLK,
+        FileType::CharacterDevice => ftype3::NF3CHR,
+        FileType::Socket => ftype3::NF3SOCK,
+        FileType::Fifo => ftype3::NF3FIFO,
+        FileType::Unknown => ftype3::NF3REG,
+    };
+    let rdev = if matches!(ft, FileType::BlockDevice | FileType::CharacterDevice) {
+        specdata3 { specdata1: rustix::fs::major(st.st_rdev), specdata2: rustix::fs::minor(st.st_rdev) }
+    } else {
+        specdata3::default()
+    };
+    let mut nlink = u32::try_from(st.st_nlink).unwrap_or(u32::MAX);
+    if hidden_subdir {
+        nlink = nlink.saturating_sub(1);
+    }
+    // Directory sizes depend on the local file system's layout, not on the tree: report a
+    // constant so every replica shows the same attributes.
+    let size = if ft == FileType::Directory { 4096 } else { u64::try_from(st.st_size).unwrap_or(0) };
+    let mtime = time(st.st_mtime, st.st_mtime_nsec);
+    let ctime = if stable_ctime { mtime } else { time(st.st_ctime, st.st_ctime_nsec) };
+    fattr3 {
+        type_,
+        mode: st.st_mode & 0o7777,
+        nlink,
+        uid: st.st_uid,
+        gid: st.st_gid,
+        size,
+        used: u64::try_from(st.st_blocks).unwrap_or(0).saturating_mul(512),
+        rdev,
+        fsid,
+        fileid,
+        atime: time(st.st_atime, st.st_atime_nsec),
+        mtime,
+        ctime,
     }
 }
 
@@ -198,39 +278,8 @@ impl ReplicaFs {
 }
 
 impl Inner {
-    /// Opens `rel` beneath the root without following any symlink (a symlink as the last
-    /// component is opened itself when `oflags` has `O_PATH`).
     fn open_beneath(&self, rel: &[u8], oflags: OFlags) -> Result<OwnedFd, Errno> {
-        let p: &[u8] = if rel.is_empty() { b"." } else { rel };
-        let flags = oflags | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-        let resolve = ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
-        for _ in 0..4 {
-            match rustix::fs::openat2(&self.root, OsStr::from_bytes(p), flags, Mode::empty(), resolve) {
-                // A concurrent rename under the root: retry, then take the slow path.
-                Err(Errno::AGAIN) => continue,
-                Err(Errno::NOSYS) => break,
-                r => return r,
-            }
-        }
-        self.open_walk(rel, flags)
-    }
-
-    /// `open_beneath` without `openat2`: one `openat(O_NOFOLLOW)` per component.
-    fn open_walk(&self, rel: &[u8], flags: OFlags) -> Result<OwnedFd, Errno> {
-        let dirflags = OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-        let mut cur = rustix::fs::openat(&self.root, ".", dirflags, Mode::empty())?;
-        if rel.is_empty() {
-            return rustix::fs::openat(&cur, ".", flags & !OFlags::NOFOLLOW, Mode::empty());
-        }
-        let comps: Vec<&[u8]> = rel.split(|&b| b == b'/').collect();
-        for (i, c) in comps.iter().enumerate() {
-            if c.is_empty() || *c == b"." || *c == b".." {
-                return Err(Errno::XDEV);
-            }
-            let last = i + 1 == comps.len();
-            cur = rustix::fs::openat(&cur, OsStr::from_bytes(c), if last { flags } else { dirflags }, Mode::empty())?;
-        }
-        Ok(cur)
+        open_beneath(&self.root, rel, oflags)
     }
 
     /// The path of a handle: from the index, or after a (rate-limited) walk of the tree.
@@ -268,46 +317,7 @@ impl Inner {
     }
 
     fn attr(&self, st: &Stat, fh: &Fh, hidden_subdir: bool) -> fattr3 {
-        let ft = FileType::from_raw_mode(st.st_mode);
-        let type_ = match ft {
-            FileType::RegularFile => ftype3::NF3REG,
-            FileType::Directory => ftype3::NF3DIR,
-            FileType::Symlink => ftype3::NF3LNK,
-            FileType::BlockDevice => ftype3::NF3BLK,
-            FileType::CharacterDevice => ftype3::NF3CHR,
-            FileType::Socket => ftype3::NF3SOCK,
-            FileType::Fifo => ftype3::NF3FIFO,
-            FileType::Unknown => ftype3::NF3REG,
-        };
-        let rdev = if matches!(ft, FileType::BlockDevice | FileType::CharacterDevice) {
-            specdata3 { specdata1: rustix::fs::major(st.st_rdev), specdata2: rustix::fs::minor(st.st_rdev) }
-        } else {
-            specdata3::default()
-        };
-        let mut nlink = u32::try_from(st.st_nlink).unwrap_or(u32::MAX);
-        if hidden_subdir {
-            nlink = nlink.saturating_sub(1);
-        }
-        // Directory sizes depend on the local file system's layout, not on the tree: report a
-        // constant so every replica shows the same attributes.
-        let size = if ft == FileType::Directory { 4096 } else { u64::try_from(st.st_size).unwrap_or(0) };
-        let mtime = time(st.st_mtime, st.st_mtime_nsec);
-        let ctime = if self.stable_ctime { mtime } else { time(st.st_ctime, st.st_ctime_nsec) };
-        fattr3 {
-            type_,
-            mode: st.st_mode & 0o7777,
-            nlink,
-            uid: st.st_uid,
-            gid: st.st_gid,
-            size,
-            used: u64::try_from(st.st_blocks).unwrap_or(0).saturating_mul(512),
-            rdev,
-            fsid: self.fsid,
-            fileid: fh.fileid(),
-            atime: time(st.st_atime, st.st_atime_nsec),
-            mtime,
-            ctime,
-        }
+        fattr(st, fh.fileid(), self.fsid, self.stable_ctime, hidden_subdir)
     }
 
     /// Attributes of an open (`O_PATH`) object.
@@ -465,7 +475,7 @@ struct Listing {
 }
 
 /// Entries of a directory except `.`, `..` and the private directory.
-fn read_names(fd: &OwnedFd) -> Result<Vec<(Vec<u8>, FileType)>, Errno> {
+pub(crate) fn read_names(fd: &OwnedFd) -> Result<Vec<(Vec<u8>, FileType)>, Errno> {
     let mut out = Vec::new();
     let mut dir = rustix::fs::Dir::read_from(fd.as_fd())?;
     while let Some(ent) = dir.read() {

@@ -27,7 +27,8 @@ use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-/// Largest record accepted from a client (calls are small: the biggest, a WRITE, is refused).
+/// Largest record accepted from a client (the biggest call, a WRITE to a read-write area, is at
+/// most `wtmax`, 1 MiB, plus headers).
 const MAX_CALL: usize = 4 << 20;
 /// Largest record accepted from the NFS layer (a 1 MiB READ plus headers).
 const MAX_REPLY: usize = 8 << 20;
@@ -59,6 +60,24 @@ pub(crate) struct Policy {
     pub stop: tokio::sync::watch::Receiver<bool>,
     pub public_port: u16,
     pub internal_port: u16,
+    /// Serving a read-write area: this server instance's write verifier (see [`Rw`]).
+    pub rw: Option<Rw>,
+}
+
+/// What the guard adds in front of a read-write area.
+///
+/// - The write verifier (RFC 1813 §3.3.7): `nfs3_server` answers the handle generation, which
+///   must be the same on every replica (it is part of every handle) and so cannot tell a client
+///   that the server changed. The guard puts this instance's own verifier, new at every start,
+///   in every WRITE and COMMIT reply (the last 8 bytes of their `resok`), so after a restart or
+///   a takeover the client sees a new one and resends what it had not committed.
+/// - Write permissions: the NFS layer does not show the file system who calls, so changes
+///   (SETATTR, WRITE, CREATE, MKDIR, SYMLINK, MKNOD, REMOVE, RMDIR, RENAME, LINK) are served for
+///   uid 0 only and refused with `NFS3ERR_ACCES` for everyone else, and ACCESS grants
+///   MODIFY/EXTEND/DELETE to root alone. Statelite data is written by the node's root.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Rw {
+    pub verf: [u8; 8],
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,6 +97,46 @@ struct Pending {
     prog: u32,
     proc_: u32,
     cred: Cred,
+    /// Sent on as a NULL call and answered `NFS3ERR_ACCES` (a change by a non-root caller).
+    refused: bool,
+}
+
+const NFS_SETATTR: u32 = 2;
+const NFS_WRITE: u32 = 7;
+const NFS_LINK: u32 = 15;
+const NFS_RENAME: u32 = 14;
+const NFS_COMMIT: u32 = 21;
+const ACCESS3_MODIFY: u32 = 0x4;
+const ACCESS3_EXTEND: u32 = 0x8;
+const ACCESS3_DELETE: u32 = 0x10;
+
+/// The procedures that change the tree.
+fn changes(prog: u32, proc_: u32) -> bool {
+    prog == PROG_NFS && (proc_ == NFS_SETATTR || (NFS_WRITE..=NFS_LINK).contains(&proc_))
+}
+
+/// The `resfail` after the status of a refused change: every optional attribute absent.
+fn refused_body(proc_: u32) -> Vec<u8> {
+    let zeros = match proc_ {
+        NFS_RENAME => 16,
+        NFS_LINK => 12,
+        _ => 8,
+    };
+    let mut v = NFS3ERR_ACCES.to_be_bytes().to_vec();
+    v.resize(4 + zeros, 0);
+    v
+}
+
+/// `call` (as [`rewrite_call`] made it) turned into a NULL call of the same program: the
+/// arguments dropped, procedure 0. `None` if it does not parse.
+fn null_call(call: &[u8]) -> Option<Vec<u8>> {
+    let clen = usize::try_from(be32(call, 28)?).ok()?;
+    let verf = 32 + pad4(clen);
+    let vlen = usize::try_from(be32(call, verf + 4)?).ok()?;
+    let end = verf + 8 + pad4(vlen);
+    let mut out = call.get(..end)?.to_vec();
+    out[20..24].copy_from_slice(&0u32.to_be_bytes());
+    Some(out)
 }
 
 fn be32(b: &[u8], off: usize) -> Option<u32> {
@@ -212,6 +271,10 @@ fn check_body(prog: u32, proc_: u32, cred: &Cred, body: &[u8], policy: &Policy) 
                 None if cred.uid == 0 => granted,
                 None => 0,
             };
+            let allowed = match policy.rw {
+                Some(_) if cred.uid == 0 => allowed | ACCESS3_MODIFY | ACCESS3_EXTEND | ACCESS3_DELETE,
+                _ => allowed,
+            };
             let mut out = body.to_vec();
             out[off..off + 4].copy_from_slice(&(granted & allowed).to_be_bytes());
             Some(out)
@@ -245,6 +308,14 @@ fn check_body(prog: u32, proc_: u32, cred: &Cred, body: &[u8], policy: &Policy) 
             };
             (!ok).then(|| denied(dattr))
         }
+        NFS_WRITE | NFS_COMMIT => {
+            let verf = policy.rw?.verf;
+            // WRITE3resok and COMMIT3resok end with the verifier.
+            let mut out = body.to_vec();
+            let at = out.len().checked_sub(8)?;
+            out[at..].copy_from_slice(&verf);
+            Some(out)
+        }
         _ => None,
     }
 }
@@ -254,8 +325,9 @@ fn check_body(prog: u32, proc_: u32, cred: &Cred, body: &[u8], policy: &Policy) 
 fn rewrite_reply(rec: Vec<u8>, pending: &Mutex<HashMap<u32, Pending>>, policy: &Policy) -> Option<Vec<u8>> {
     let xid = be32(&rec, 0)?;
     let p = pending.lock().ok()?.remove(&xid)?;
-    let checked =
-        matches!((p.prog, p.proc_), (PROG_NFS, NFS_ACCESS | NFS_READ | NFS_LOOKUP | NFS_READDIR | NFS_READDIRPLUS));
+    let checked = p.refused
+        || matches!((p.prog, p.proc_), (PROG_NFS, NFS_ACCESS | NFS_READ | NFS_LOOKUP | NFS_READDIR | NFS_READDIRPLUS))
+        || (policy.rw.is_some() && matches!((p.prog, p.proc_), (PROG_NFS, NFS_WRITE | NFS_COMMIT)));
     // reply: xid, REPLY, MSG_ACCEPTED, verf{flavor, len, body}, accept_stat, results
     let parsed = (|| {
         if be32(&rec, 4)? != 1 || be32(&rec, 8)? != 0 {
@@ -267,6 +339,9 @@ fn rewrite_reply(rec: Vec<u8>, pending: &Mutex<HashMap<u32, Pending>>, policy: &
             return Some(None);
         }
         let body = rec.get(off + 4..)?;
+        if p.refused {
+            return Some(Some((off + 4, refused_body(p.proc_))));
+        }
         Some(check_body(p.prog, p.proc_, &p.cred, body, policy).map(|b| (off + 4, b)))
     })();
     match parsed {
@@ -331,6 +406,14 @@ async fn connection(client: TcpStream, internal: SocketAddr, policy: Arc<Policy>
                     // Not a call we understand: do not forward it unstamped.
                     break;
                 };
+                let refused = policy.rw.is_some() && cred.uid != 0 && changes(prog, proc_);
+                let out = match refused {
+                    true => match null_call(&out) {
+                        Some(c) => c,
+                        None => break,
+                    },
+                    false => out,
+                };
                 {
                     let Ok(mut p) = pending.lock() else {
                         break;
@@ -339,7 +422,7 @@ async fn connection(client: TcpStream, internal: SocketAddr, policy: Arc<Policy>
                     if p.len() >= MAX_PENDING {
                         break;
                     }
-                    p.insert(xid, Pending { prog, proc_, cred });
+                    p.insert(xid, Pending { prog, proc_, cred, refused });
                 }
                 write_record(&mut sw, &out).await?;
             }

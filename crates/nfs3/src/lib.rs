@@ -40,6 +40,8 @@ pub mod fs;
 pub mod gate;
 mod guard;
 pub mod index;
+pub mod oplog;
+pub mod rw;
 
 use std::io;
 use std::net::SocketAddr;
@@ -49,6 +51,7 @@ use nfs3_server::tcp::{NFSTcp, NFSTcpListener};
 
 pub use fs::ReplicaFs;
 pub use index::Fh;
+pub use rw::AreaFs;
 
 /// Server settings. `Default` is what the agent wants.
 #[derive(Debug, Clone)]
@@ -252,6 +255,7 @@ pub async fn serve(root: &Path, addr: SocketAddr, opts: Options) -> io::Result<N
                 stop: stop_rx,
                 public_port: local.port(),
                 internal_port: nfs_local.port(),
+                rw: None,
             });
             tasks.push(tokio::spawn(guard::run(public, nfs_local, policy)));
             local
@@ -259,6 +263,105 @@ pub async fn serve(root: &Path, addr: SocketAddr, opts: Options) -> io::Result<N
     };
     tracing::info!(root = %root.display(), export = %export_name, %local_addr, "nfs3: serving read-only");
     Ok(Nfs3Server { local_addr, backend_addr: nfs_local, export_name, root: root.to_path_buf(), fs, tasks, stop })
+}
+
+/// Settings of a read-write area's server ([`serve_rw`]).
+#[derive(Debug, Clone, Default)]
+pub struct RwOptions {
+    /// The path clients mount, e.g. `/statelite`; default: the root's own path. It must be the
+    /// same on the primary and its backup (it seeds the fsid and the handle generation).
+    pub export_name: Option<String>,
+    /// Accept clients from unprivileged ports (nfsd's `insecure`). Default: false.
+    pub insecure: bool,
+}
+
+/// A running read-write server. Dropping it stops it and closes its connections.
+pub struct RwServer {
+    local_addr: SocketAddr,
+    export_name: String,
+    fs: AreaFs,
+    verf: [u8; 8],
+    tasks: Vec<tokio::task::JoinHandle<io::Result<()>>>,
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+impl RwServer {
+    /// The bound address (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The export path clients mount.
+    pub fn export_name(&self) -> &str {
+        &self.export_name
+    }
+
+    /// The area's file system (the replica side applies the change log through it).
+    pub fn fs(&self) -> &AreaFs {
+        &self.fs
+    }
+
+    /// This instance's write verifier (RFC 1813 §3.3.7), new at every start.
+    pub fn write_verifier(&self) -> [u8; 8] {
+        self.verf
+    }
+}
+
+impl Drop for RwServer {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        let _ = self.stop.send(true);
+    }
+}
+
+/// Serves the statelite area `root` read-write over NFSv3 on `addr` (see [`rw`]): handles are
+/// file ids kept with the files, the same on a replica fed by the same change log; every change
+/// is handed to `replicate` before the client is answered. Always behind the RPC guard (it puts
+/// this instance's write verifier in WRITE and COMMIT replies and serves changes to root only).
+pub async fn serve_rw(
+    root: &Path,
+    addr: SocketAddr,
+    opts: RwOptions,
+    replicate: Option<std::sync::Arc<dyn rw::Replicate>>,
+) -> io::Result<RwServer> {
+    let export_name =
+        normalize_export(&opts.export_name.clone().unwrap_or_else(|| root.to_string_lossy().into_owned()));
+    let token = token()?;
+    let fs = {
+        let (dir, token, fsid) = (root.to_path_buf(), token.clone(), fsid_of(&export_name));
+        tokio::task::spawn_blocking(move || AreaFs::open(&dir, fsid, Some(token), replicate))
+            .await
+            .map_err(io::Error::other)?
+            .map_err(|e| io::Error::new(e.kind(), format!("nfs3: {}: {e}", root.display())))?
+    };
+    let verf = {
+        // From the per-start secret (hex digits): differs on every start, on every server.
+        let h = blake3::hash(&token);
+        let mut v = [0u8; 8];
+        v.copy_from_slice(&h.as_bytes()[..8]);
+        v
+    };
+    let mut listener =
+        NFSTcpListener::bind_with_generation("127.0.0.1:0", fs.clone(), generation_of(&export_name)).await?;
+    listener.with_export_name(&export_name);
+    let nfs_local = SocketAddr::new(listener.get_listen_ip(), listener.get_listen_port());
+    let mut tasks = vec![tokio::spawn(async move { listener.handle_forever().await })];
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let public = tokio::net::TcpListener::bind(addr).await?;
+    let local_addr = public.local_addr()?;
+    let policy = std::sync::Arc::new(guard::Policy {
+        token,
+        insecure: opts.insecure,
+        stop: stop_rx,
+        public_port: local_addr.port(),
+        internal_port: nfs_local.port(),
+        rw: Some(guard::Rw { verf }),
+    });
+    tasks.push(tokio::spawn(guard::run(public, nfs_local, policy)));
+    tracing::info!(root = %root.display(), export = %export_name, %local_addr, "nfs3: serving read-write");
+    Ok(RwServer { local_addr, export_name, fs, verf, tasks, stop })
 }
 
 #[cfg(test)]

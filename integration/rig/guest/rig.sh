@@ -20,6 +20,7 @@ CLIENT=10.0.0.254
 rig_log() { read -r up rest < /proc/uptime; echo "[rig ${up}s] $*"; }
 pass() { echo "PASS: $SCEN $*"; }
 fail() { echo "FAIL: $SCEN $*"; RIG_RC=1; }
+. /rig/statelite-rw.sh
 note() { echo "  note: $*"; }
 
 # start every SN in /share/sns ("name ip" lines) at once; return when all nfsds run
@@ -746,7 +747,7 @@ rig_main() {
         fi
     done
     check_owners
-    if [ -x /share/hanfs/hanfs ]; then nfs3_failover; sn_kill; fi
+    if [ -x /share/hanfs/hanfs ]; then nfs3_failover; sn_kill; statelite_rw; fi
     if [ "${RIG_DEBUG:-0}" = 1 ] || [ $RIG_RC != 0 ]; then
         for f in /run/sn/*/*.log; do [ -s "$f" ] && sed "s|^|  $f: |" "$f" | tail -15; done
         dmesg | grep -iE 'nfs|rpc|grace' | tail -15 | sed 's/^/  dmesg: /'
