@@ -73,7 +73,13 @@ pub fn migrate(g: &Global, a: MigrateArgs) -> Result<Status> {
     let mut step = step(g);
     let mut repoint = |m: &[(String, String)], dry: bool| repoint(&a.xcat, &log, m, dry);
     let mut hooks = rd::Hooks { step: &mut step, repoint: &mut repoint };
-    let r = super::runtime()?.block_on(rd::migrate(&ctl, &a.nodes, &a.to, a.dry_run, &mut hooks));
+    let rt = super::runtime()?;
+    let r = match (&a.sn, &a.to) {
+        (Some(sn), _) if a.back => rt.block_on(rd::back(&ctl, sn, a.dry_run, &mut hooks)),
+        (_, Some(to)) => rt.block_on(rd::migrate(&ctl, &a.nodes, to, a.dry_run, &mut hooks)),
+        // clap requires --to or --back --sn.
+        _ => return Err(bad_input("migrate: --node NODE --to SN, or --back --sn SN")),
+    };
     finish(g, "migrate", r)
 }
 
