@@ -60,8 +60,7 @@ pub enum Command {
     Verify(ImageFilter),
     /// Print the rendered exports for one SN (or all), in its dialect.
     Exports(ExportsArgs),
-    /// Planned move of nodes' writable statelite data to another SN; with --back --sn SN, return
-    /// a failed-over SN's nodes and service address to it.
+    /// Planned move of nodes' writable statelite data to another SN (--back SN: after a failover).
     Migrate(MigrateArgs),
     /// Unplanned: fence a dead SN, promote its backups' copies, repoint xCAT, re-export.
     Failover(FailoverArgs),
@@ -127,20 +126,14 @@ pub struct ExportsArgs {
 #[derive(Debug, Args)]
 pub struct MigrateArgs {
     /// Node to move (repeatable).
-    #[arg(long = "node", value_name = "NODE", required_unless_present = "back", conflicts_with = "back")]
+    #[arg(long = "node", value_name = "NODE", required_unless_present = "back")]
     pub nodes: Vec<String>,
     /// The SN that will serve them.
-    #[arg(long, value_name = "SN", required_unless_present = "back", conflicts_with = "back")]
+    #[arg(long, value_name = "SN", required_unless_present = "back")]
     pub to: Option<String>,
-    /// Give a failed-over SN (--sn) its services back once it is healthy again: its nodes'
-    /// statelite data copied back, its service address released on the backup, then claimed on
-    /// it, placements and exports moved back, a running daemon told (refused unless it was failed
-    /// over and its agent and NFS answer).
-    #[arg(long, requires = "sn")]
-    pub back: bool,
-    /// With --back: the SN to return.
-    #[arg(long, value_name = "SN", requires = "back")]
-    pub sn: Option<String>,
+    /// Give the failed-over SN, healthy again, its nodes, data and service address back.
+    #[arg(long, value_name = "SN", conflicts_with_all = ["to", "nodes"])]
+    pub back: Option<String>,
     /// Show the steps, change nothing.
     #[arg(long)]
     pub dry_run: bool,

@@ -1,4 +1,4 @@
-//! Returning a failed-over SN (`hanfs migrate --back --sn SN`, issue 12 point 3) under a running
+//! Returning a failed-over SN (`hanfs migrate --back SN`, issue 12 point 3) under a running
 //! `hanfs daemon`, with real agents on loopback (each serving NFSv3 on its own address, which the
 //! daemon probes): the daemon fences and promotes a killed SN; `--back` refuses while the SN is
 //! dead or for an SN that was never failed over; once the SN's agent is back it copies the node's
@@ -158,10 +158,10 @@ fn a_failed_over_sn_gets_its_node_back_and_the_running_daemon_probes_it_as_up() 
     std::fs::write(data(&rig, 1, "cn001").join("var/log/after-failover"), "written on sn2\n").unwrap();
 
     // Refused, nothing changed: sn1 still dead; sn2 never failed over.
-    let (rc, v, err) = json(&rig, &["migrate", "--back", "--sn", "sn1"]);
+    let (rc, v, err) = json(&rig, &["migrate", "--back", "sn1"]);
     assert_eq!(rc, 1, "{v} {err}");
     assert!(v["failed"][0]["reason"].as_str().unwrap().contains("sn1 is not healthy"), "{v}");
-    let (rc, v, _) = json(&rig, &["migrate", "--back", "--sn", "sn2"]);
+    let (rc, v, _) = json(&rig, &["migrate", "--back", "sn2"]);
     assert_eq!(rc, 1, "{v}");
     assert!(v["failed"][0]["reason"].as_str().unwrap().contains("sn2 was not failed over"), "{v}");
     assert!(moves(&rig).contains("cn001 sn2"));
@@ -169,7 +169,7 @@ fn a_failed_over_sn_gets_its_node_back_and_the_running_daemon_probes_it_as_up() 
 
     // sn1 is repaired: its agent answers again (same port).
     rig.start(0);
-    let (rc, v, err) = json(&rig, &["migrate", "--back", "--sn", "sn1", "--dry-run"]);
+    let (rc, v, err) = json(&rig, &["migrate", "--back", "sn1", "--dry-run"]);
     assert_eq!(rc, 0, "{v} {err}");
     assert_eq!(v["dry_run"], true);
     let steps = v["steps"].to_string();
@@ -177,7 +177,7 @@ fn a_failed_over_sn_gets_its_node_back_and_the_running_daemon_probes_it_as_up() 
     assert!(moves(&rig).contains("cn001 sn2"), "a dry run changes nothing");
     assert!(file(&data(&rig, 0, "cn001").join("var/log/after-failover")).is_none());
 
-    let (rc, v, err) = json(&rig, &["migrate", "--back", "--sn", "sn1"]);
+    let (rc, v, err) = json(&rig, &["migrate", "--back", "sn1"]);
     assert_eq!(rc, 0, "{v} {err}");
     assert_eq!(v["ok"], true, "{v}");
     assert_eq!(v["moved"][0]["node"], "cn001");

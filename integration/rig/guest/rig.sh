@@ -536,14 +536,14 @@ ha_repair() {
 }
 
 # ha_back DEAD BACKUP ROUND: the repaired DEAD gets its service address back from BACKUP through
-# `hanfs migrate --back --sn DEAD` (netns mn, the round's config) while the round's daemon runs:
+# `hanfs migrate --back DEAD` (netns mn, the round's config) while the round's daemon runs:
 # afterwards DEAD holds the address and BACKUP does not, the node keeps reading from its image,
 # and the running daemon probes DEAD as up again (health.json) without fencing it a second time.
 ha_back() {
     c=$HA_MN/cluster-$3.toml st=$HA_MN/state-$3
     if ! ip netns exec mn env NO_COLOR=1 HANFS_LOG=info LD_LIBRARY_PATH=/share/hanfs/lib /share/hanfs/hanfs \
-            --config "$c" --json migrate --back --sn "$1" < /dev/null > $HA_MN/back-$3.json 2> $HA_MN/back-$3.log; then
-        fail "(i) $3: hanfs migrate --back --sn $1 failed: $(grep -v '^ ' $HA_MN/back-$3.log | tail -3)"; return 1
+            --config "$c" --json migrate --back "$1" < /dev/null > $HA_MN/back-$3.json 2> $HA_MN/back-$3.log; then
+        fail "(i) $3: hanfs migrate --back $1 failed: $(grep -v '^ ' $HA_MN/back-$3.log | tail -3)"; return 1
     fi
     ha_ev back "$3"
     if ha_holds "$1" && ! ha_holds "$2"; then
