@@ -21,6 +21,8 @@
 #      HANFS_RIG_HA_ROUNDS=1  HANFS_RIG_HA_OPTS=<mount options>  HANFS_RIG_HA_ARP=1  HANFS_RIG_HA_DETECT=0 (s)
 #      HANFS_RIG_HA_BREAK=noaddr|nofence|early  HANFS_RIG_HA_DRIVER=daemon|script  HANFS_RIG_HA_LOG=info
 #      (check (i), the sn-kill scenario: see README)
+#      HANFS_RIG_SOAK_SECS=S: only the soak-failover scenario, S seconds (`make soak-failover`)
+#      HANFS_RIG_SOAK_NETEM=tc netem arguments, `_` for spaces
 set -uo pipefail
 T0=$(date +%s.%N)
 INT=$(cd "$(dirname "$0")" && pwd)

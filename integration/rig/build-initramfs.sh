@@ -23,11 +23,11 @@ mkdir -p "$DIR"
 KV=$(ls /usr/lib/uml/modules | sort -V | tail -1)
 KBASE=$DIR/uml-modules
 mkdir -p "$KBASE/lib/modules"; ln -sfn "/usr/lib/uml/modules/$KV" "$KBASE/lib/modules/$KV"
-MODULES="nfsd nfsv4 nfsv3 veth dummy macvlan"   # nfsv3: the client side of the nfs3-failover scenario; dummy, macvlan: the sn-kill LAN
+MODULES="nfsd nfsv4 nfsv3 veth dummy macvlan sch_netem"   # nfsv3: the client side of the nfs3-failover scenario; dummy, macvlan: the sn-kill LAN; sch_netem: the soak
 
 # (mount, also for NFS, umount, nsenter and the small tools come from busybox: it is static, so
 # it starts quickly; each dynamic program's start costs many page faults under UML)
-PROGS="/usr/bin/dash /usr/bin/busybox /usr/bin/kmod /usr/sbin/ip
+PROGS="/usr/bin/dash /usr/bin/busybox /usr/bin/kmod /usr/sbin/ip /usr/sbin/tc
        /usr/sbin/rpc.nfsd /usr/sbin/rpc.mountd /usr/sbin/exportfs /usr/sbin/nfsdcld /usr/bin/python3"
 [ "$PCAP" = 1 ] && [ -x /usr/bin/tcpdump ] && PROGS="$PROGS /usr/bin/tcpdump"
 ETC="/etc/netconfig /etc/protocols /etc/services"

@@ -55,6 +55,8 @@ pub struct Agent {
     _state_lock: std::fs::File,
     /// Image commits go through it, so NFSv3 clients see each as one step (no server: a no-op).
     nfs3: nfs3::Switch,
+    /// Ends the embedded server's connections to a released service address.
+    nfs3_closer: nfs3::Closer,
     /// Floating service addresses (`Claim`/`Release`), opened on the first of them.
     takeover: tokio::sync::OnceCell<takeover::Takeover>,
 }
@@ -116,6 +118,7 @@ impl Agent {
             locks: Default::default(),
             _state_lock: state_lock,
             nfs3: Default::default(),
+            nfs3_closer: Default::default(),
             takeover: Default::default(),
         };
         session::recover_all(&agent);
@@ -156,6 +159,7 @@ impl Agent {
                     .with_context(|| format!("serving NFSv3 on {addr}"))?;
                 tracing::info!(%addr, root = %root.display(), "serving replicas over NFSv3");
                 self.nfs3 = srv.switcher();
+                self.nfs3_closer = srv.closer();
                 Some(srv)
             }
             None => None,

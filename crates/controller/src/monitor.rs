@@ -58,6 +58,11 @@ fn build(cluster: &Cluster) -> HealthConfig {
     }
 }
 
+/// The probe settings of the cluster, unchecked (`hanfs migrate --back` probes with them).
+pub fn probe_config(cluster: &Cluster) -> HealthConfig {
+    build(cluster)
+}
+
 /// The cluster's health settings, checked together (the model checked each one with its line).
 pub fn health_config(cluster: &Cluster) -> Result<HealthConfig, health::ConfigError> {
     let c = build(cluster);
@@ -159,6 +164,8 @@ pub struct Monitor {
     rx: mpsc::UnboundedReceiver<Event>,
     last: Option<HealthReport>,
     takeovers: Vec<Takeover>,
+    /// The generation of `returns.json` already acted on.
+    returns_seen: u64,
 }
 
 impl Monitor {
@@ -167,7 +174,9 @@ impl Monitor {
         let cfg = health_config(&ctl.cluster)?;
         let det = Detector::new(cfg.detector(), sn_specs(&ctl.cluster));
         let (tx, rx) = mpsc::unbounded_channel();
-        Ok(Monitor { ctl, cfg, det, metrics, tx, rx, last: None, takeovers: Vec::new() })
+        // Returns recorded before this daemon started concern SNs it starts with as Up anyway.
+        let returns_seen = ctl.state.load_returns().map(|r| r.generation).unwrap_or(0);
+        Ok(Monitor { ctl, cfg, det, metrics, tx, rx, last: None, takeovers: Vec::new(), returns_seen })
     }
 
     /// Probes, decides and acts until the runtime stops.
@@ -183,6 +192,7 @@ impl Monitor {
         loop {
             tokio::select! {
                 _ = every.tick() => {
+                    self.poll_returns();
                     self.probe_all();
                     let d = self.det.tick(Instant::now());
                     self.execute(d);
@@ -195,37 +205,41 @@ impl Monitor {
 
     /// One probe of every SN, each in its own task, results sent back with the instant it was sent.
     fn probe_all(&self) {
-        let timeout = Duration::try_from_secs_f64(self.cfg.probe_timeout_secs).unwrap_or(Duration::from_secs(4));
         for sn in self.ctl.cluster.sns() {
             let (ctl, sn, tx, cfg) = (Arc::clone(&self.ctl), sn.clone(), self.tx.clone(), self.cfg.clone());
             tokio::spawn(async move {
                 let started = Instant::now();
-                let agent = async {
-                    match tokio::time::timeout(timeout, ctl.connect(&sn)).await {
-                        Ok(Ok(_conn)) => Check::Ok,
-                        Ok(Err(e)) => agent_check(&e),
-                        Err(_) => Check::Silent(format!("agent: no handshake within {timeout:?}")),
-                    }
-                };
-                let nfs = async {
-                    let ip = match (&sn.address, cfg.service_address.get(&sn.name)) {
-                        (_, Some(ip)) | (model::Address::Ip(ip), None) => Some(*ip),
-                        (model::Address::Name(n), None) => tokio::net::lookup_host((n.as_str(), 0))
-                            .await
-                            .ok()
-                            .and_then(|mut a| a.next())
-                            .map(|a| a.ip()),
-                    };
-                    match ip {
-                        Some(ip) => health::probe::probe_nfs(&cfg.nfs_target(&sn.name, ip)).await.check(),
-                        // The MN's resolver, not the SN: no evidence either way.
-                        None => Check::Local(format!("nfs: cannot resolve {}", sn.address)),
-                    }
-                };
-                let (agent, nfs) = tokio::join!(agent, nfs);
-                let _ = tx.send(Event::Probed { sn: sn.name.clone(), started, probe: Probe { agent, nfs } });
+                let probe = probe(&ctl, &sn, &cfg).await;
+                let _ = tx.send(Event::Probed { sn: sn.name.clone(), started, probe });
             });
         }
+    }
+
+    /// Acts on the returns `hanfs migrate --back` recorded since the last look (the StateDir's
+    /// `returns.json`, polled each interval): the SN is Up again in the detector, serving itself,
+    /// with its hold-down, and its takeover is no longer reported.
+    fn poll_returns(&mut self) {
+        let returns = match self.ctl.state.load_returns() {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "reading the returns file");
+                return;
+            }
+        };
+        let now = Instant::now();
+        for (sn, r) in returns.since(self.returns_seen) {
+            match self.det.returned(sn, now) {
+                Ok(()) => {
+                    self.takeovers.retain(|t| t.service != sn);
+                    tracing::warn!(sn = %sn, state = "up", generation = r.generation, hold_down_secs = self.cfg.hold_down_secs,
+                        "SN returned to service (migrate --back): probed as up, not failed over again within the hold-down");
+                }
+                // Fencing right now: looked at again next interval (the generation is not taken).
+                Err(health::DetectorError::Fencing(_)) => return,
+                Err(e) => tracing::error!(sn = %sn, error = %e, "return of an SN"),
+            }
+        }
+        self.returns_seen = returns.generation;
     }
 
     fn handle(&mut self, ev: Event) {
@@ -340,6 +354,35 @@ impl Monitor {
         }
         self.last = Some(report);
     }
+}
+
+/// One probe of `sn`: the agent's handshake and RPC NULL to NFS and MOUNT on the address its nodes
+/// mount from (its service address, else its address), each within the probe timeout. The daemon's
+/// probe, and the health check of `hanfs migrate --back`.
+pub async fn probe(ctl: &Controller, sn: &model::ServiceNode, cfg: &HealthConfig) -> Probe {
+    let timeout = Duration::try_from_secs_f64(cfg.probe_timeout_secs).unwrap_or(Duration::from_secs(4));
+    let agent = async {
+        match tokio::time::timeout(timeout, ctl.connect(sn)).await {
+            Ok(Ok(_conn)) => Check::Ok,
+            Ok(Err(e)) => agent_check(&e),
+            Err(_) => Check::Silent(format!("agent: no handshake within {timeout:?}")),
+        }
+    };
+    let nfs = async {
+        let ip = match (&sn.address, cfg.service_address.get(&sn.name)) {
+            (_, Some(ip)) | (model::Address::Ip(ip), None) => Some(*ip),
+            (model::Address::Name(n), None) => {
+                tokio::net::lookup_host((n.as_str(), 0)).await.ok().and_then(|mut a| a.next()).map(|a| a.ip())
+            }
+        };
+        match ip {
+            Some(ip) => health::probe::probe_nfs(&cfg.nfs_target(&sn.name, ip)).await.check(),
+            // The MN's resolver, not the SN: no evidence either way.
+            None => Check::Local(format!("nfs: cannot resolve {}", sn.address)),
+        }
+    };
+    let (agent, nfs) = tokio::join!(agent, nfs);
+    Probe { agent, nfs }
 }
 
 /// Promotes the fenced `service`'s nodes (no fence: the detector saw it fenced), then claims its

@@ -30,7 +30,24 @@ pub struct MoveReport {
     pub fence: Option<FenceRow>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub xcat: Option<serde_json::Value>,
+    /// `migrate --back`: the service address moved back to its SN.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub address: Option<AddressRow>,
+    /// `migrate --back`: the generation of `returns.json` that records the return.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub returned: Option<u64>,
     pub steps: Vec<String>,
+}
+
+/// The service address of `migrate --back`: released on `from` (each checked gone), claimed on `to`.
+#[derive(Debug, Serialize)]
+pub struct AddressRow {
+    pub address: String,
+    pub from: Vec<String>,
+    pub to: String,
+    pub released: bool,
+    pub claimed: bool,
+    pub detail: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -185,6 +202,23 @@ pub async fn migrate(
         .into());
     }
     let mut run = Run { rep: MoveReport { dry_run: dry, ..Default::default() }, hooks };
+    let (moves, affected) = final_copies(&mut run, ctl, &placed, nodes, to, dry).await;
+    if !moves.is_empty() {
+        run.conclude(ctl, lock.as_ref(), &placed, &moves, &affected).await?;
+    }
+    Ok(run.finish())
+}
+
+/// The final copy of each node's statelite data from the SN serving it to `to` (a dry run says
+/// it would): the nodes whose every area made it, as moves, and the SNs whose exports change.
+async fn final_copies(
+    run: &mut Run<'_, '_>,
+    ctl: &Arc<Controller>,
+    placed: &Cluster,
+    nodes: &[String],
+    to: &str,
+    dry: bool,
+) -> (Vec<(String, String)>, BTreeSet<String>) {
     let mut moves = Vec::new();
     let mut affected = BTreeSet::from([to.to_string()]);
     for n in nodes {
@@ -229,10 +263,7 @@ pub async fn migrate(
             }
         }
     }
-    if !moves.is_empty() {
-        run.conclude(ctl, lock.as_ref(), &placed, &moves, &affected).await?;
-    }
-    Ok(run.finish())
+    (moves, affected)
 }
 
 /// How old the promoted copy is: what the node loses is what it wrote since (the oldest area counts).
@@ -376,4 +407,211 @@ pub async fn promote(ctl: &Arc<Controller>, dead: &str, dry: bool, hooks: &mut H
     let live: BTreeSet<String> = placed.sns().iter().map(|s| s.name.clone()).filter(|s| *s != dead.name).collect();
     run.conclude(ctl, lock.as_ref(), &placed, &moves, &live).await?;
     Ok(run.finish())
+}
+
+/// `migrate --back`: gives `name` its services back after a failover, once it is healthy again.
+///
+/// Refused (nothing changed) unless `name` was failed over (fenced in the daemon's health report,
+/// its service address taken over, or nodes of it served elsewhere) and answers now (agent
+/// handshake and NFS on its own address: its service address is still the backup's). Then, under
+/// the placement lock: the final copy of each moved node's statelite data back to `name` (all or
+/// nothing), the service address released on the backup holding it and checked gone there
+/// (released again: `absent`), and only then claimed on `name` (never two holders; a failed claim
+/// gives it back to the backup); the placements moved back and the exports pushed; xCAT
+/// repointed; the return recorded in `returns.json` (a running daemon probes `name` as up from
+/// then on, with its hold-down) and in `health.json`.
+pub async fn back(ctl: &Arc<Controller>, name: &str, dry: bool, hooks: &mut Hooks<'_>) -> Result<MoveReport> {
+    let (placed, _) = ctl.placed()?;
+    let Some(sn) = placed.sn(name).cloned() else {
+        return Err(BadInput(format!("no SN named `{name}`")).into());
+    };
+    let mut run = Run { rep: MoveReport { dry_run: dry, ..Default::default() }, hooks };
+    // Was it failed over? The daemon's report, and the recorded placement.
+    let health = ctl.state.load_health()?;
+    let state = health.as_ref().and_then(|h| h.report.sns.iter().find(|s| s.name == name)).map(|s| s.state);
+    let takeover = health.as_ref().and_then(|h| h.takeovers.iter().find(|t| t.service == name && t.ok)).cloned();
+    let moved: Vec<String> = placed
+        .nodes()
+        .iter()
+        .filter(|n| ctl.cluster.placement().configured(&n.name) == Some(name) && placed.serving(&n.name) != Some(name))
+        .map(|n| n.name.clone())
+        .collect();
+    if state != Some(health::HealthState::Fenced) && takeover.is_none() && moved.is_empty() {
+        let st = state.map_or("no health report", |s| s.as_str());
+        return refuse(run, name, format!("{name} was not failed over (health: {st}; no node of it served elsewhere)"));
+    }
+    // Healthy again? Its NFS is probed on its own address: the service address is the backup's.
+    let mut cfg = crate::monitor::probe_config(&placed);
+    cfg.service_address.remove(name);
+    let probe = crate::monitor::probe(ctl, &sn, &cfg).await;
+    let bad: Vec<String> = [("agent", &probe.agent), ("nfs", &probe.nfs)]
+        .into_iter()
+        .filter_map(|(part, c)| match c {
+            health::Check::Ok => None,
+            health::Check::Refused(r) | health::Check::Silent(r) | health::Check::Local(r) => {
+                Some(format!("{part}: {r}"))
+            }
+        })
+        .collect();
+    if !bad.is_empty() {
+        return refuse(run, name, format!("{name} is not healthy: {}", bad.join("; ")));
+    }
+    run.step(format!("{name} is healthy: agent handshake and NFS/MOUNT NULL on {} answered", sn.address));
+    let (lock, placed) = locked(ctl, dry).await?;
+    let (moves, mut affected) = final_copies(&mut run, ctl, &placed, &moved, name, dry).await;
+    if !run.rep.failed.is_empty() {
+        // All or nothing: a node left on the backup must keep reaching it at the service address.
+        run.rep.moved.clear();
+        run.step("nothing returned: a final copy failed (the copies made are kept; the backup still serves)".into());
+        return Ok(run.finish());
+    }
+    if let Some(addr) = sn.service_address {
+        let holders: Vec<String> = match &takeover {
+            Some(t) => vec![t.to.clone()],
+            // No takeover recorded (`hanfs failover`, another daemon): any backup may hold it.
+            None => sn.backups.iter().filter(|b| placed.sn(b).is_some() && *b != name).cloned().collect(),
+        };
+        affected.extend(holders.iter().cloned());
+        let row = move_address(&mut run, ctl, &placed, &addr.to_string(), &holders, &sn, dry).await;
+        let ok = row.claimed || dry;
+        run.rep.address = Some(row);
+        if !ok {
+            run.rep.moved.clear();
+            run.rep
+                .failed
+                .push(NodeFailure { node: name.to_string(), reason: "service address not moved back".into() });
+            return Ok(run.finish());
+        }
+    } else {
+        run.step(format!("{name} has no service_address: no address to move back"));
+    }
+    run.conclude(ctl, lock.as_ref(), &placed, &moves, &affected).await?;
+    match &lock {
+        None => run.step(format!("would record {name}'s return in {}", ctl.state.returns_file().display())),
+        Some(l) => {
+            let now = unix_now();
+            let generation = l.record_return(name, now)?;
+            mark_returned(ctl, name, now)?;
+            run.rep.returned = Some(generation);
+            run.step(format!(
+                "recorded {name}'s return in {} (generation {generation}): health up, a running daemon probes it as up",
+                ctl.state.returns_file().display()
+            ));
+        }
+    }
+    Ok(run.finish())
+}
+
+/// A refused `migrate --back`: nothing changed.
+fn refuse(mut run: Run<'_, '_>, name: &str, reason: String) -> Result<MoveReport> {
+    run.step(format!("nothing returned: {reason}"));
+    run.rep.failed.push(NodeFailure { node: name.to_string(), reason });
+    Ok(run.finish())
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// Releases `address` on each of `holders`, checks it is gone there (a second release must find
+/// it `absent`), then claims it on `sn`. Any failure before the claim leaves it where it was; a
+/// failed claim gives it back to the first holder.
+async fn move_address(
+    run: &mut Run<'_, '_>,
+    ctl: &Controller,
+    placed: &Cluster,
+    address: &str,
+    holders: &[String],
+    sn: &model::ServiceNode,
+    dry: bool,
+) -> AddressRow {
+    let mut row = AddressRow {
+        address: address.to_string(),
+        from: holders.to_vec(),
+        to: sn.name.clone(),
+        released: false,
+        claimed: false,
+        detail: String::new(),
+    };
+    if dry {
+        for h in holders {
+            run.step(format!("would release {address} on {h} and check it is gone there"));
+        }
+        run.step(format!("would claim {address} on {}", sn.name));
+        return row;
+    }
+    let mut released = Vec::new();
+    for h in holders {
+        let Some(hsn) = placed.sn(h) else { continue };
+        let gone = match crate::address::release(ctl, hsn, address).await {
+            Ok(r) => {
+                run.step(format!("released {address} on {h}: {}", r.change));
+                crate::address::release(ctl, hsn, address).await.map(|again| again.change)
+            }
+            Err(e) => Err(e),
+        };
+        match gone {
+            Ok(c) if c == "absent" => released.push(hsn),
+            Ok(c) => {
+                row.detail = format!("{address} still on {h} after its release (second release: {c})");
+                break;
+            }
+            Err(e) => {
+                row.detail = format!("release of {address} on {h} failed: {e}");
+                break;
+            }
+        }
+    }
+    if released.len() != holders.len() {
+        run.step(format!("{address} NOT moved back: {}", row.detail));
+        return row;
+    }
+    row.released = true;
+    run.step(format!(
+        "{address} is gone from {}",
+        if holders.is_empty() { "every backup".into() } else { holders.join(", ") }
+    ));
+    match crate::address::claim(ctl, sn, address).await {
+        Ok(r) => {
+            row.claimed = true;
+            row.detail = format!("{} (announced: {}) {}", r.change, r.announced, r.detail);
+            run.step(format!("claimed {address} on {}: {}", sn.name, row.detail));
+        }
+        Err(e) => {
+            row.detail = format!("claim of {address} on {} failed: {e}", sn.name);
+            run.step(format!("{address} NOT moved back: {}", row.detail));
+            if let Some(h) = released.first() {
+                let back = crate::address::claim(ctl, h, address).await;
+                run.step(match back {
+                    Ok(_) => format!("{address} claimed again on {}: it serves as before", h.name),
+                    Err(e) => format!("{address} could NOT be claimed again on {}: {e} (no SN holds it now)", h.name),
+                });
+            }
+        }
+    }
+    row
+}
+
+/// `health.json` after a return: `name` up and serving itself, nobody serving for it, its
+/// takeover gone (a running daemon rewrites the file from its own detector, which says the same
+/// once it has read `returns.json`).
+fn mark_returned(ctl: &Controller, name: &str, now: u64) -> Result<()> {
+    let Some(mut h) = ctl.state.load_health()? else { return Ok(()) };
+    for s in &mut h.report.sns {
+        if s.name == name {
+            s.state = health::HealthState::Up;
+            s.fence = None;
+            s.failing_since = None;
+            s.reason = None;
+            s.served_by = None;
+        }
+        s.serving_for.retain(|x| x != name);
+        if s.state == health::HealthState::ServingFor && s.serving_for.is_empty() {
+            s.state = health::HealthState::Up;
+        }
+    }
+    h.report.waiting_for_backup.retain(|x| x != name);
+    h.takeovers.retain(|t| t.service != name);
+    h.updated = now;
+    ctl.state.record_health(&h)
 }

@@ -10,6 +10,9 @@
 //! - `images/<name>/`: `last` (the last synced generation), the scan's hash cache, signatures.
 //! - `statelite/<area>/<node>/<sn>`: the last successful sync of that backup copy.
 //! - `exports/<sn>`: what hanfs last wrote to that SN's exports.
+//! - `health.json`: the daemon's health report; `returns.json`: SNs given their services back by
+//!   `hanfs migrate --back` (a generation counter a running daemon polls), written under the
+//!   placement lock.
 //! - `xcat-redirect.log`: what `--apply-xcat` ran.
 //!
 //! Every whole-file write goes through `tree::fsops::write_atomic` (tmp, fsync, rename, dir fsync).
@@ -156,9 +159,47 @@ impl StateDir {
         }
     }
 
+    /// SNs given their services back (`hanfs migrate --back`).
+    pub fn returns_file(&self) -> PathBuf {
+        self.root.join("returns.json")
+    }
+
+    /// The returns recorded so far (absent: none).
+    pub fn load_returns(&self) -> Result<Returns> {
+        let f = self.returns_file();
+        match std::fs::read(&f) {
+            Ok(b) => serde_json::from_slice(&b).with_context(|| format!("reading {}", f.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Returns::default()),
+            Err(e) => Err(e).with_context(|| format!("reading {}", f.display())),
+        }
+    }
+
     /// Where `--apply-xcat` logs the commands it ran.
     pub fn xcat_log(&self) -> PathBuf {
         self.root.join("xcat-redirect.log")
+    }
+}
+
+/// `returns.json`: each SN's latest return to service, numbered by one counter that only grows, so
+/// a reader (the daemon's monitor) acts on each return once: those with a generation above the
+/// last it saw.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Returns {
+    pub generation: u64,
+    pub sns: BTreeMap<String, Return>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Return {
+    pub generation: u64,
+    /// Unix seconds.
+    pub at: u64,
+}
+
+impl Returns {
+    /// The returns recorded after generation `seen`.
+    pub fn since(&self, seen: u64) -> impl Iterator<Item = (&str, &Return)> {
+        self.sns.iter().filter(move |(_, r)| r.generation > seen).map(|(n, r)| (n.as_str(), r))
     }
 }
 
@@ -166,6 +207,17 @@ impl PlacementLock {
     /// The state directory this lock is on.
     pub fn dir(&self) -> &StateDir {
         &self.dir
+    }
+
+    /// Records that `sn` was given its services back (its name checked by the model); returns the
+    /// new generation.
+    pub fn record_return(&self, sn: &str, at: u64) -> Result<u64> {
+        model::check_name(sn).map_err(anyhow::Error::msg)?;
+        let mut r = self.dir.load_returns()?;
+        r.generation += 1;
+        r.sns.insert(sn.to_string(), Return { generation: r.generation, at });
+        write(&self.dir.returns_file(), &serde_json::to_vec_pretty(&r)?)?;
+        Ok(r.generation)
     }
 
     /// Records moves (node -> new serving SN) in the overlay, checked first by the model against
@@ -274,6 +326,24 @@ mod tests {
         assert_eq!(warn.len(), 2, "{warn:?}");
         std::fs::write(sd.moves_file(), "cn001\n").unwrap();
         assert!(sd.placed(&base).is_err());
+    }
+
+    #[test]
+    fn each_return_gets_a_new_generation_and_a_reader_sees_only_newer_ones() {
+        let d = tempfile::tempdir().unwrap();
+        let sd = StateDir::of(&cluster(d.path()));
+        assert_eq!(sd.load_returns().unwrap(), Returns::default());
+        let l = sd.lock_placement().unwrap();
+        assert_eq!(l.record_return("sn1", 100).unwrap(), 1);
+        assert_eq!(l.record_return("sn2", 101).unwrap(), 2);
+        assert_eq!(l.record_return("sn1", 102).unwrap(), 3);
+        assert!(l.record_return("../sn1", 103).is_err());
+        drop(l);
+        let r = sd.load_returns().unwrap();
+        assert_eq!(r.generation, 3);
+        let newer: Vec<(&str, u64)> = r.since(1).map(|(n, x)| (n, x.at)).collect();
+        assert_eq!(newer, [("sn1", 102), ("sn2", 101)]);
+        assert_eq!(r.since(3).count(), 0);
     }
 
     #[test]

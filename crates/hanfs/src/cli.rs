@@ -60,7 +60,7 @@ pub enum Command {
     Verify(ImageFilter),
     /// Print the rendered exports for one SN (or all), in its dialect.
     Exports(ExportsArgs),
-    /// Planned move of nodes' writable statelite data to another SN.
+    /// Planned move of nodes' writable statelite data to another SN (--back SN: after a failover).
     Migrate(MigrateArgs),
     /// Unplanned: fence a dead SN, promote its backups' copies, repoint xCAT, re-export.
     Failover(FailoverArgs),
@@ -126,11 +126,14 @@ pub struct ExportsArgs {
 #[derive(Debug, Args)]
 pub struct MigrateArgs {
     /// Node to move (repeatable).
-    #[arg(long = "node", value_name = "NODE", required = true)]
+    #[arg(long = "node", value_name = "NODE", required_unless_present = "back")]
     pub nodes: Vec<String>,
     /// The SN that will serve them.
-    #[arg(long, value_name = "SN")]
-    pub to: String,
+    #[arg(long, value_name = "SN", required_unless_present = "back")]
+    pub to: Option<String>,
+    /// Give the failed-over SN, healthy again, its nodes, data and service address back.
+    #[arg(long, value_name = "SN", conflicts_with_all = ["to", "nodes"])]
+    pub back: Option<String>,
     /// Show the steps, change nothing.
     #[arg(long)]
     pub dry_run: bool,

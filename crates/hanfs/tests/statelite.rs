@@ -379,10 +379,13 @@ fn daemon_fences_then_promotes_a_dead_sn() {
     wait_until(&rig, "cn001 promoted on sn2", || served_by(&rig).contains("cn001 sn2"));
     let took = killed.elapsed();
     assert_eq!(std::fs::read_to_string(&marker).unwrap().trim(), "sn1 127.0.0.1", "fenced once, before the move");
-    wait_until(&rig, "sn1 reported fenced", || sn_health(&rig, "sn1")["state"] == "fenced");
+    // Fenced comes first, the promotion's report (served_by, the takeover) when it is done.
+    wait_until(&rig, "sn1 reported fenced and served by sn2", || {
+        let h = sn_health(&rig, "sn1");
+        h["state"] == "fenced" && h["served_by"] == "sn2"
+    });
     let (_, v) = rig.hanfs_json(&["status"]);
     let h = sn_health(&rig, "sn1");
-    assert_eq!(h["served_by"], "sn2", "{v}");
     assert!(h["last_good_probe"].is_u64(), "{v}");
     assert_eq!(sn_health(&rig, "sn2")["state"], "serving-for", "{v}");
     assert_eq!(sn_health(&rig, "sn2")["serving_for"][0], "sn1", "{v}");

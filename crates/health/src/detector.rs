@@ -175,6 +175,8 @@ struct Sn {
     reason: Option<String>,
     no_quorum_alerted: bool,
     alive_alerted: bool,
+    /// Returned to service ([`Detector::returned`]): not declared Down again before this.
+    hold_until: Option<Instant>,
 }
 
 /// A call named an SN the detector was not built with.
@@ -184,6 +186,8 @@ pub enum DetectorError {
     UnknownSn(String),
     #[error("SN `{0}` is not fenced: only a fenced SN can be released")]
     NotFenced(String),
+    #[error("SN `{0}` is being fenced: it cannot return before the fence has ended")]
+    Fencing(String),
 }
 
 #[derive(Debug, Clone)]
@@ -225,6 +229,7 @@ impl Detector {
                     reason: None,
                     no_quorum_alerted: false,
                     alive_alerted: false,
+                    hold_until: None,
                 },
             );
         }
@@ -333,7 +338,7 @@ impl Detector {
         match s.st {
             St::Live => {
                 let (Some(f), Some(last)) = (s.failing_since, s.last_failed_start) else { return out };
-                if now.saturating_duration_since(f) < self.cfg.dead_after {
+                if now.saturating_duration_since(f) < self.cfg.dead_after || s.hold_until.is_some_and(|h| now < h) {
                     return out;
                 }
                 let (reached, of) = self.quorum(sn, last);
@@ -465,6 +470,30 @@ impl Detector {
         }
         s.st = St::Down { since: now, fence: FenceState::Released };
         s.good_since = None;
+        Ok(())
+    }
+
+    /// `sn` was given its services back (`hanfs migrate --back`: its statelite data copied back,
+    /// its service address moved back from the backup, its nodes' placements moved back), after
+    /// a fence or a release: it is Up and serves itself again, and it is not declared Down before
+    /// `hold_down` has passed (so a flapping SN is not failed over again at once; its failures
+    /// still show as Suspect). A Down SN whose fence is running cannot return.
+    pub fn returned(&mut self, sn: &str, now: Instant) -> Result<(), DetectorError> {
+        let hold = self.cfg.hold_down;
+        let s = self.sns.get_mut(sn).ok_or_else(|| DetectorError::UnknownSn(sn.to_string()))?;
+        if matches!(s.st, St::Down { fence: FenceState::Running, .. }) {
+            return Err(DetectorError::Fencing(sn.to_string()));
+        }
+        s.st = St::Live;
+        s.failing_since = None;
+        s.last_failed_start = None;
+        s.good_since = None;
+        s.reachable_since = None;
+        s.no_quorum_alerted = false;
+        s.alive_alerted = false;
+        s.hold_until = now.checked_add(hold);
+        self.host.insert(sn.to_string(), sn.to_string());
+        self.waiting.remove(sn);
         Ok(())
     }
 

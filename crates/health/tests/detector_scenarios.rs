@@ -265,3 +265,36 @@ fn a_manual_failover_is_recorded_without_promotions() {
     assert_eq!(rep.sns[0].served_by.as_deref(), Some("c"));
     assert!(r.det.mark_fenced("zz", r.at(1)).is_err());
 }
+
+#[test]
+fn a_returned_sn_is_up_serves_itself_and_is_not_failed_over_again_within_hold_down() {
+    let mut r = rig(FailoverMode::Auto);
+    r.round(0, &Probe::good(), 5);
+    let mut d = Vec::new();
+    for s in 1..=6 {
+        d.extend(r.round(s, &silent(), 3000));
+    }
+    assert!(d.contains(&Decision::Fence { sn: "a".into() }), "{d:?}");
+    assert_eq!(r.det.returned("a", r.at(9500)), Err(health::DetectorError::Fencing("a".into())));
+    r.det.fence_done("a", Ok(()), r.at(10_000)).unwrap();
+    r.det.served("a", "b").unwrap();
+    // migrate --back at 20 s: up at once, serving itself, b serving nothing but itself.
+    r.det.returned("a", r.at(20_000)).unwrap();
+    assert_eq!(r.det.state("a"), Some(State::Up));
+    assert_eq!(r.det.host("a"), Some("a"));
+    let rep = r.det.report(r.at(20_000), 1_000_000);
+    let json = serde_json::to_value(&rep).unwrap();
+    assert_eq!(json["sns"][0]["state"], "up", "{json}");
+    assert_eq!(json["sns"][1]["state"], "up", "b serves for nobody: {json}");
+    assert!(json["waiting_for_backup"].as_array().unwrap().is_empty());
+    // It dies again at once: failures show (Suspect), but no fence before 30 s of hold-down.
+    let mut d = Vec::new();
+    for s in 21..=49 {
+        d.extend(r.round(s, &silent(), 900));
+        assert!(matches!(r.det.state("a"), Some(State::Suspect { .. })), "at {s}: {:?}", r.det.state("a"));
+    }
+    assert!(!d.iter().any(|x| matches!(x, Decision::Fence { .. })), "{d:?}");
+    // Past the hold-down, the failures (already longer than dead_after) make it Down and fenced.
+    let d = r.round(50, &silent(), 900);
+    assert_eq!(d, [Decision::Fence { sn: "a".into() }]);
+}

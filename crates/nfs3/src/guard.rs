@@ -58,6 +58,8 @@ pub(crate) struct Policy {
     pub insecure: bool,
     /// Becomes true when the server stops: every guarded connection is then closed.
     pub stop: tokio::sync::watch::Receiver<bool>,
+    /// Per local address, how many times its connections were ended ([`crate::Closer`]).
+    pub released: tokio::sync::watch::Receiver<HashMap<std::net::IpAddr, u64>>,
     pub public_port: u16,
     pub internal_port: u16,
     /// Serving a read-write area: this server instance's write verifier (see [`Rw`]).
@@ -392,6 +394,13 @@ async fn write_record<W: AsyncWrite + Unpin>(w: &mut W, rec: &[u8]) -> io::Resul
 }
 
 async fn connection(client: TcpStream, internal: SocketAddr, policy: Arc<Policy>) -> io::Result<()> {
+    // The address the client reached (a floating service address, maybe) and how often its
+    // connections were ended before this one began; a copy of the descriptor to reset the
+    // connection with when they are ended again.
+    let local = client.local_addr().ok().map(|a| a.ip().to_canonical());
+    let mut released = policy.released.clone();
+    let seen = local.and_then(|ip| released.borrow().get(&ip).copied()).unwrap_or(0);
+    let fd = rustix::io::dup(&client)?;
     let server = TcpStream::connect(internal).await?;
     let _ = client.set_nodelay(true);
     let _ = server.set_nodelay(true);
@@ -447,6 +456,14 @@ async fn connection(client: TcpStream, internal: SocketAddr, policy: Arc<Policy>
     let r = tokio::select! {
         r = down => r,
         _ = stop.wait_for(|s| *s) => Ok(()),
+        _ = released.wait_for(|m| local.is_some_and(|ip| m.get(&ip).copied().unwrap_or(0) > seen)) => {
+            // Its address was released: a reset, not a FIN, so no orphaned socket keeps this
+            // 4-tuple (the client's retransmissions would meet it, not a RST, when the address
+            // comes back here, and the client would hang).
+            let _ = rustix::net::sockopt::set_socket_linger(&fd, Some(std::time::Duration::ZERO));
+            tracing::info!(local = ?local, "nfs3: connection ended: its address was released");
+            Ok(())
+        }
     };
     up.abort();
     r

@@ -136,6 +136,23 @@ pub struct Nfs3Server {
     fs: ReplicaFs,
     tasks: Vec<tokio::task::JoinHandle<io::Result<()>>>,
     stop: tokio::sync::watch::Sender<bool>,
+    released: Closer,
+}
+
+/// Ends the guarded connections clients made to one local address: the agent calls it once it
+/// has released a floating service address, so no connection of the address's former life is
+/// left here (when the address comes back, the clients' packets meet no stale socket). Cheap to
+/// clone; `Closer::default()` (no server, or no guard) ends nothing.
+#[derive(Clone, Default)]
+pub struct Closer(Option<std::sync::Arc<tokio::sync::watch::Sender<std::collections::HashMap<std::net::IpAddr, u64>>>>);
+
+impl Closer {
+    /// Ends (resets) every guarded connection whose local address is `ip`.
+    pub fn close_connections_to(&self, ip: std::net::IpAddr) {
+        if let Some(tx) = &self.0 {
+            tx.send_modify(|m| *m.entry(ip.to_canonical()).or_default() += 1);
+        }
+    }
 }
 
 impl Nfs3Server {
@@ -169,6 +186,11 @@ impl Nfs3Server {
     /// What the tree engine's caller commits through, so the commit is one step for clients.
     pub fn switcher(&self) -> Switch {
         Switch(Some(self.fs.clone()))
+    }
+
+    /// What ends the connections to one local address (see [`Closer`]).
+    pub fn closer(&self) -> Closer {
+        self.released.clone()
     }
 
     /// Stops accepting connections.
@@ -244,6 +266,8 @@ pub async fn serve(root: &Path, addr: SocketAddr, opts: Options) -> io::Result<N
     let nfs_local = SocketAddr::new(listener.get_listen_ip(), listener.get_listen_port());
     let mut tasks = vec![tokio::spawn(async move { listener.handle_forever().await })];
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let (released_tx, released_rx) = tokio::sync::watch::channel(std::collections::HashMap::new());
+    let mut released = Closer::default();
     let local_addr = match token {
         None => nfs_local,
         Some(token) => {
@@ -253,16 +277,27 @@ pub async fn serve(root: &Path, addr: SocketAddr, opts: Options) -> io::Result<N
                 token,
                 insecure: opts.insecure,
                 stop: stop_rx,
+                released: released_rx,
                 public_port: local.port(),
                 internal_port: nfs_local.port(),
                 rw: None,
             });
             tasks.push(tokio::spawn(guard::run(public, nfs_local, policy)));
+            released = Closer(Some(std::sync::Arc::new(released_tx)));
             local
         }
     };
     tracing::info!(root = %root.display(), export = %export_name, %local_addr, "nfs3: serving read-only");
-    Ok(Nfs3Server { local_addr, backend_addr: nfs_local, export_name, root: root.to_path_buf(), fs, tasks, stop })
+    Ok(Nfs3Server {
+        local_addr,
+        backend_addr: nfs_local,
+        export_name,
+        root: root.to_path_buf(),
+        fs,
+        tasks,
+        stop,
+        released,
+    })
 }
 
 /// Settings of a read-write area's server ([`serve_rw`]).

@@ -494,10 +494,13 @@ ha_daemon_start() {
         echo 'fence_timeout_secs = 10'
         # detection within the 15 s budget: Down 3-4 s after a kill; a probe (TLS handshake with
         # a debug agent under UML, at load) gets 2 s before it counts as failed
-        echo "probe_interval_secs = ${RIG_HA_INTERVAL:-1}"
-        echo "probe_timeout_secs = ${RIG_HA_PROBE_TIMEOUT:-2}"
-        echo "dead_after_secs = ${RIG_HA_DEAD_AFTER:-3}"
-        echo 'hold_down_secs = 30'
+        # (the soak: hanfs' defaults, none of these lines)
+        if [ "$3" != soak ]; then
+            echo "probe_interval_secs = ${RIG_HA_INTERVAL:-1}"
+            echo "probe_timeout_secs = ${RIG_HA_PROBE_TIMEOUT:-2}"
+            echo "dead_after_secs = ${RIG_HA_DEAD_AFTER:-3}"
+            echo 'hold_down_secs = 30'
+        fi
         echo "nfs_port = $HA_PORT"
         echo "mount_port = $HA_PORT"
         echo "portmap_port = $HA_PORT"
@@ -592,6 +595,39 @@ ha_repair() {
     ha_agent_start "$1" || { fail "(i) $1's agent did not restart: $(tail -2 "/run/sn/$1/ha-agent.log")"; return 1; }
 }
 
+# ha_back DEAD BACKUP ROUND: the repaired DEAD gets its service address back from BACKUP through
+# `hanfs migrate --back DEAD` (netns mn, the round's config) while the round's daemon runs:
+# afterwards DEAD holds the address and BACKUP does not, the node keeps reading from its image,
+# and the running daemon probes DEAD as up again (health.json) without fencing it a second time.
+ha_back() {
+    c=$HA_MN/cluster-$3.toml st=$HA_MN/state-$3
+    if ! ip netns exec mn env NO_COLOR=1 HANFS_LOG=info LD_LIBRARY_PATH=/share/hanfs/lib /share/hanfs/hanfs \
+            --config "$c" --json migrate --back "$1" < /dev/null > $HA_MN/back-$3.json 2> $HA_MN/back-$3.log; then
+        fail "(i) $3: hanfs migrate --back $1 failed: $(grep -v '^ ' $HA_MN/back-$3.log | tail -3)"; return 1
+    fi
+    ha_ev back "$3"
+    if ha_holds "$1" && ! ha_holds "$2"; then
+        pass "(i) $3: migrate --back: $1 holds $HA_SVC again, $2 no longer (released, checked gone, then claimed)"
+    else
+        fail "(i) $3: after migrate --back: $1 holds $HA_SVC: $(ha_holds "$1" && echo yes || echo no), $2: $(ha_holds "$2" && echo yes || echo no)"
+        return 1
+    fi
+    ha_wait_progress "$3 back" || return 1
+    # the running daemon reads returns.json each probe interval; 5 s later it must still call DEAD up
+    i=0
+    while [ $i -lt 50 ] && ! grep -q 'SN returned to service' $HA_MN/daemon-$3.log; do sleep 0.1; i=$((i + 1)); done
+    sleep 5
+    hb=$(python3 -S -B -c 'import json, sys
+h = json.load(open(sys.argv[1]))
+print(" ".join("%s=%s" % (s["name"], s["state"]) for s in h["sns"]))' "$st/health.json" 2>&1)
+    fences=$(grep -c 'SN is down: fencing' $HA_MN/daemon-$3.log)
+    case " $hb " in
+        *" $1=up "*) [ "$fences" = 1 ] && { pass "(i) $3: the running daemon probes $1 as up after its return ($hb), no second fence"; return 0; } ;;
+    esac
+    fail "(i) $3: after migrate --back the daemon reports $hb, fenced $fences times: $(grep -iE 'returned|error' $HA_MN/daemon-$3.log | tail -2)"
+    return 1
+}
+
 # ha_wait_progress WHAT: wait (20 s at most) until the node's reader completes a good op after now
 ha_wait_progress() {
     read -r up rest < /proc/uptime; since=$(( ${up%.*}${up#*.} * 10 )) i=0
@@ -615,7 +651,7 @@ ha_kill() {
     wait "$p" 2> /dev/null
 }
 
-ha_round() {  # ha_round DEAD BACKUP NAME power|nfs [FENCE_FAILS]
+ha_round() {  # ha_round DEAD BACKUP NAME power|nfs [FENCE_FAILS [back]]
     if [ "$HA_DRIVER" = daemon ]; then
         echo "$3" > /run/ha/round
         hr_f=${5:-0}; [ "${RIG_HA_BREAK:-}" = nofence ] && hr_f=1000   # nofence: the fence never works
@@ -625,6 +661,8 @@ ha_round() {  # ha_round DEAD BACKUP NAME power|nfs [FENCE_FAILS]
         ha_kill "$1" "$3" "$4"
         takeover_daemon "$1" "$2" "$3"; hr_rc=$?
         [ $hr_rc != 0 ] || ha_wait_progress "$3" || hr_rc=1
+        # back: DEAD repaired and given its address back under the same daemon
+        if [ $hr_rc = 0 ] && [ "${6:-}" = back ]; then { ha_repair "$1" && ha_back "$1" "$2" "$3"; } || hr_rc=1; fi
         ha_daemon_stop "$3" "$1" "$2"
         [ $hr_rc = 0 ] && rig_log "sn-kill: $3 ($1 -> $2) done (hanfs daemon)"
         return $hr_rc
@@ -646,11 +684,10 @@ ha_round() {  # ha_round DEAD BACKUP NAME power|nfs [FENCE_FAILS]
     ha_wait_progress "$3" && rig_log "sn-kill: $3 ($1 -> $2) done"
 }
 
-sn_kill() {
-    SCEN=sn-kill
-    rig_log "scenario $SCEN"
+# ha_setup: the LAN, both agents, the node's mounts and its workload (sn-kill and the soak)
+ha_setup() {
     sn1=$(grep -c '^sn[12] ' /share/sns)
-    [ "$sn1" = 2 ] || { fail "(i) needs SNs sn1 and sn2 in the rig"; return; }
+    [ "$sn1" = 2 ] || { fail "(i) needs SNs sn1 and sn2 in the rig"; return 1; }
     mkdir -p /run/ha/src/bin /run/ha/src/data $HA_LOG /ha/image /ha-lite /mnt/ha/image /mnt/ha/lite
     : > $HA_EV
     cp /usr/bin/busybox /run/ha/src/bin/
@@ -685,7 +722,7 @@ EOT
     printf 'address add %s/24 dev ha-sn2\nlink set ha-sn2 up\n' $HA_NET.2 | ip -n sn2 -batch -
     printf 'address add %s/24 dev ha-mn\nlink set ha-mn up\n' $HA_NET.250 | ip -n mn -batch -
     for s in sn1 sn2; do
-        ha_agent_start $s || { fail "(i) $s's agent did not start: $(tail -3 /run/sn/$s/ha-agent.log)"; return; }
+        ha_agent_start $s || { fail "(i) $s's agent did not start: $(tail -3 /run/sn/$s/ha-agent.log)"; return 1; }
     done
     # xCAT's statelite initrd mounts the image and the node's persistent directory with
     # "nolock,rsize=32768,tcp,nfsvers=3,timeo=14": hard, 1.4 s per try (README, check (i)).
@@ -694,20 +731,31 @@ EOT
     xcat=${RIG_HA_OPTS:-nolock,rsize=32768,tcp,nfsvers=3,timeo=14}
     if ! out=$(mount -t nfs -o "$xcat,port=$HA_PORT,mountport=$HA_PORT,mountproto=tcp,noacl,addr=$HA_SVC" \
                $HA_SVC:/ha/image /mnt/ha/image 2>&1); then
-        fail "(i) NFSv3 mount of $HA_SVC:/ha/image: $out"; return
+        fail "(i) NFSv3 mount of $HA_SVC:/ha/image: $out"; return 1
     fi
     lite=${xcat%%nfsvers=3*}vers=4.0${xcat#*nfsvers=3}
     if ! out=$(mount -t nfs4 -o "$lite,addr=$HA_SVC,clientaddr=$HA_NET.254" $HA_SVC:/ha-lite/cn001 /mnt/ha/lite 2>&1); then
-        fail "(i) NFSv4 mount of the statelite directory $HA_SVC:/ha-lite/cn001: $out"; return
+        fail "(i) NFSv4 mount of the statelite directory $HA_SVC:/ha-lite/cn001: $out"; return 1
     fi
     rig_log "sn-kill: mounted with $xcat; workload starts"
     python3 -S -B /rig/workload.py run /mnt/ha/image /run/ha/src /mnt/ha/lite/node.log $HA_LOG \
         < /dev/null > $HA_LOG/workload.out 2>&1 &
     wl=$!
-    ha_wait_progress start || { kill -9 $wl; return; }
+    ha_wait_progress start || { kill -9 $wl; return 1; }
+}
+
+sn_kill() {
+    SCEN=sn-kill
+    rig_log "scenario $SCEN"
+    ha_setup || return
     # the rounds alternate between the two SNs: each takeover leaves the dead SN repaired as
     # the spare, so no move back (a second client switch) is needed between rounds
+    # (daemon driver) the first round ends with `hanfs migrate --back`: the address returns to
+    # sn1, repaired, and the next round kills sn1 again
     n=0 ok=1 from=sn1 to=sn2
+    if [ "$HA_DRIVER" = daemon ]; then
+        ha_round $from $to power-loss-back power 0 back || ok=0
+    fi
     while [ $n -lt "${RIG_HA_ROUNDS:-1}" ] && [ $ok = 1 ]; do
         n=$((n + 1)); r=power-loss; [ $n = 1 ] || r=power-loss-$n
         { ha_round $from $to $r power && ha_repair $from; } || ok=0
@@ -731,6 +779,57 @@ EOT
     rig_log "scenario $SCEN done"
 }
 
+# --- soak-failover (`make soak-failover`): no false failover on a bad but live network ----------
+# Issue #12's goal: 0 failovers in RIG_SOAK_SECS (600) with one SN's network delayed and lossy but
+# alive.  The sn-kill LAN and node; `hanfs daemon` in netns mn with hanfs' default health settings
+# (probe every 1 s, 4 s timeout, down after 5 s, hold-down 30 s) and failover = "auto"; sch_netem
+# on sn1's interface (egress: every reply from sn1, the NFS traffic to the node included; the node
+# gets few reads through it, and each must be right):
+# RIG_SOAK_NETEM (tc's netem arguments, `_` for spaces: "delay_200ms_100ms_loss_5%").  Passes when the daemon
+# fenced nothing, reports sn1 up at the end, and the node's image reads all succeeded.
+soak_failover() {
+    SCEN=soak-failover
+    rig_log "scenario $SCEN (${RIG_SOAK_SECS} s)"
+    ha_setup || return
+    echo soak > /run/ha/round; echo 0 > /run/ha/fence-fails
+    ha_daemon_start sn1 sn2 soak || return
+    # (underscores for spaces: it comes on the kernel command line)
+    netem=$(echo "${RIG_SOAK_NETEM:-delay_200ms_100ms_loss_5%}" | tr _ ' ')
+    # shellcheck disable=SC2086
+    if ! out=$(ip netns exec sn1 tc qdisc add dev ha-sn1 root netem $netem 2>&1); then
+        fail "(soak) tc qdisc add dev ha-sn1 root netem $netem: $out"; kill $HA_DAEMON; return
+    fi
+    rig_log "soak: netem on sn1's link: $(ip netns exec sn1 tc qdisc show dev ha-sn1 | head -1)"
+    sk_end=$(( $(cut -d. -f1 /proc/uptime) + RIG_SOAK_SECS )) sk_n=0
+    while [ "$(cut -d. -f1 /proc/uptime)" -lt $sk_end ]; do
+        sleep 30; sk_n=$((sk_n + 30))
+        rig_log "soak: ${sk_n} s: $(grep -c 'SN is down: fencing' $HA_MN/daemon-soak.log) fences, $(grep -c 'health alert' $HA_MN/daemon-soak.log) alerts"
+    done
+    stats=$(ip netns exec sn1 tc -s qdisc show dev ha-sn1 | grep -m1 -o 'Sent.*')
+    ip netns exec sn1 tc qdisc del dev ha-sn1 root
+    : > $HA_LOG/stop
+    i=0; while kill -0 $wl 2> /dev/null && [ $i -lt 30 ]; do sleep 0.1; i=$((i + 1)); done
+    kill -9 $wl 2> /dev/null
+    hs=$(python3 -S -B -c 'import json, sys
+h = json.load(open(sys.argv[1]))
+print(" ".join("%s=%s" % (s["name"], s["state"]) for s in h["sns"]))' "$HA_MN/state-soak/health.json" 2>&1)
+    kill $HA_DAEMON 2> /dev/null; wait $HA_DAEMON 2> /dev/null
+    fences=$(grep -c 'SN is down: fencing' $HA_MN/daemon-soak.log)
+    takeovers=$(grep -c 'service address taken over' $HA_MN/daemon-soak.log)
+    alerts=$(grep -c 'health alert' $HA_MN/daemon-soak.log)
+    reads=$(grep -c ' ok' $HA_LOG/reader.log) badr=$(grep -vc ' ok' $HA_LOG/reader.log)
+    mkdir -p /share/soak; cp $HA_MN/daemon-soak.log $HA_MN/cluster-soak.toml $HA_LOG/*.log /share/soak/ 2> /dev/null
+    echo "rig-figure: soak secs=$RIG_SOAK_SECS netem=\"$netem\" fences=$fences takeovers=$takeovers alerts=$alerts reads_ok=$reads reads_failed=$badr sn1_qdisc=\"$stats\""
+    if [ "$fences" = 0 ] && [ "$takeovers" = 0 ] && [ "$badr" = 0 ] && [ "$reads" -gt 0 ]; then
+        case " $hs " in *" sn1=up "*|*" sn1=suspect "*)
+            pass "(soak) ${RIG_SOAK_SECS} s with sn1's network delayed and lossy ($netem): 0 failovers, $alerts alerts, $reads image reads ok, 0 failed ($hs)"
+            umount -f -l /mnt/ha/image /mnt/ha/lite 2> /dev/null; return ;;
+        esac
+    fi
+    fail "(soak) ${RIG_SOAK_SECS} s, netem $netem: $fences fences, $takeovers takeovers, $badr failed reads of $((reads + badr)), health $hs"
+    umount -f -l /mnt/ha/image /mnt/ha/lite 2> /dev/null
+}
+
 rig_main() {
     RIG_RC=0
     rig_log "guest ready"
@@ -739,6 +838,10 @@ rig_main() {
         pcap=$!
     fi
     sns_start
+    if [ "${RIG_SOAK_SECS:-0}" != 0 ]; then   # make soak-failover: the soak alone
+        soak_failover
+        return $RIG_RC
+    fi
     for s in /share/scenarios/*/steps.sh; do
         if [ "${RIG_DEBUG:-0}" = 1 ]; then  # trace each step with the time it starts
             while read -r step; do rig_log "+ $step"; eval "$step"; done < "$s"

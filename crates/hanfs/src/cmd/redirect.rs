@@ -10,12 +10,9 @@ use std::path::Path;
 
 /// Prints a step as it happens (stderr under --json, whose stdout is the report).
 fn step(g: &Global) -> impl FnMut(&str) + '_ {
-    move |s| {
-        if g.json {
-            eprintln!("hanfs: {s}");
-        } else if !g.quiet {
-            println!("{s}");
-        }
+    move |s| match (g.json, g.quiet) {
+        (true, _) => eprintln!("hanfs: {s}"),
+        (false, quiet) => _ = (!quiet).then(|| println!("{s}")),
     }
 }
 
@@ -48,13 +45,10 @@ fn repoint(x: &XcatRepoint, _log: &Path, moves: &[(String, String)], _dry: bool)
 }
 
 fn finish(g: &Global, what: &str, r: Result<MoveReport>) -> Result<Status> {
-    let rep = match r {
-        Ok(r) => r,
-        Err(e) => match e.downcast_ref::<controller::BadInput>() {
-            Some(b) => return Err(bad_input(format!("{}: {b}", g.config.display()))),
-            None => return Err(e),
-        },
-    };
+    let rep = r.map_err(|e| match e.downcast_ref::<controller::BadInput>() {
+        Some(b) => bad_input(format!("{}: {b}", g.config.display())),
+        None => e,
+    })?;
     if g.json {
         print_json(&rep)?;
     }
@@ -73,7 +67,11 @@ pub fn migrate(g: &Global, a: MigrateArgs) -> Result<Status> {
     let mut step = step(g);
     let mut repoint = |m: &[(String, String)], dry: bool| repoint(&a.xcat, &log, m, dry);
     let mut hooks = rd::Hooks { step: &mut step, repoint: &mut repoint };
-    let r = super::runtime()?.block_on(rd::migrate(&ctl, &a.nodes, &a.to, a.dry_run, &mut hooks));
+    let (rt, to) = (super::runtime()?, a.to.as_deref().unwrap_or_default());
+    let r = match &a.back {
+        Some(sn) => rt.block_on(rd::back(&ctl, sn, a.dry_run, &mut hooks)),
+        None => rt.block_on(rd::migrate(&ctl, &a.nodes, to, a.dry_run, &mut hooks)),
+    };
     finish(g, "migrate", r)
 }
 
@@ -83,6 +81,5 @@ pub fn failover(g: &Global, a: FailoverArgs) -> Result<Status> {
     let mut step = step(g);
     let mut repoint = |m: &[(String, String)], dry: bool| repoint(&a.xcat, &log, m, dry);
     let mut hooks = rd::Hooks { step: &mut step, repoint: &mut repoint };
-    let r = super::runtime()?.block_on(rd::failover(&ctl, &a.sn, a.force, a.dry_run, &mut hooks));
-    finish(g, "failover", r)
+    finish(g, "failover", super::runtime()?.block_on(rd::failover(&ctl, &a.sn, a.force, a.dry_run, &mut hooks)))
 }
