@@ -318,12 +318,18 @@ pub struct RwServer {
     verf: [u8; 8],
     tasks: Vec<tokio::task::JoinHandle<io::Result<()>>>,
     stop: tokio::sync::watch::Sender<bool>,
+    closer: Closer,
 }
 
 impl RwServer {
     /// The bound address (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Resets this server's connections to a released address, as [`Nfs3Server::closer`] does.
+    pub fn closer(&self) -> Closer {
+        self.closer.clone()
     }
 
     /// The export path clients mount.
@@ -384,19 +390,29 @@ pub async fn serve_rw(
     let nfs_local = SocketAddr::new(listener.get_listen_ip(), listener.get_listen_port());
     let mut tasks = vec![tokio::spawn(async move { listener.handle_forever().await })];
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let (released_tx, released_rx) = tokio::sync::watch::channel(std::collections::HashMap::new());
     let public = tokio::net::TcpListener::bind(addr).await?;
     let local_addr = public.local_addr()?;
     let policy = std::sync::Arc::new(guard::Policy {
         token,
         insecure: opts.insecure,
         stop: stop_rx,
+        released: released_rx,
         public_port: local_addr.port(),
         internal_port: nfs_local.port(),
         rw: Some(guard::Rw { verf }),
     });
     tasks.push(tokio::spawn(guard::run(public, nfs_local, policy)));
     tracing::info!(root = %root.display(), export = %export_name, %local_addr, "nfs3: serving read-write");
-    Ok(RwServer { local_addr, export_name, fs, verf, tasks, stop })
+    Ok(RwServer {
+        local_addr,
+        export_name,
+        fs,
+        verf,
+        tasks,
+        stop,
+        closer: Closer(Some(std::sync::Arc::new(released_tx))),
+    })
 }
 
 #[cfg(test)]
