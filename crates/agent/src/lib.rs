@@ -147,7 +147,7 @@ impl Agent {
                 let srv = nfs3::serve(root, addr, nfs3::Options::default())
                     .await
                     .with_context(|| format!("serving NFSv3 on {addr}"))?;
-                tracing::info!(%addr, root = %root.display(), "serving replicas over NFSv3");
+                tracing::info!(addr = %srv.local_addr(), root = %root.display(), "serving replicas over NFSv3");
                 self.nfs3 = srv.switcher();
                 Some(srv)
             }
@@ -202,6 +202,12 @@ impl Listening {
     /// The address really bound (the port the kernel chose for port 0).
     pub fn local_addr(&self) -> std::net::SocketAddr {
         self.addr
+    }
+
+    /// The address the embedded NFSv3 server really bound (`nfs3` may give port 0); `None`
+    /// without `nfs3`.
+    pub fn nfs3_addr(&self) -> Option<std::net::SocketAddr> {
+        self._nfs3.as_ref().map(nfs3::Nfs3Server::local_addr)
     }
 
     /// Serves until the process ends.
