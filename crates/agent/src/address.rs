@@ -100,7 +100,9 @@ pub(crate) async fn release(agent: &Agent, address: &str) -> Result<reply::Relea
     };
     // Its connections go with it: a stale socket of this address's clients would swallow their
     // packets (no reset) when the address is claimed here again.
-    agent.nfs3_closer.close_connections_to(net.addr());
+    for c in &agent.nfs3_closers {
+        c.close_connections_to(net.addr());
+    }
     tracing::info!(address, iface, change, "service address released");
     Ok(reply::Released { change: change.into() })
 }

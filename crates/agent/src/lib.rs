@@ -55,8 +55,9 @@ pub struct Agent {
     _state_lock: std::fs::File,
     /// Image commits go through it, so NFSv3 clients see each as one step (no server: a no-op).
     nfs3: nfs3::Switch,
-    /// Ends the embedded server's connections to a released service address.
-    nfs3_closer: nfs3::Closer,
+    /// End the embedded servers' (read-only and read-write) connections to a released service
+    /// address.
+    nfs3_closers: Vec<nfs3::Closer>,
     /// Floating service addresses (`Claim`/`Release`), opened on the first of them.
     takeover: tokio::sync::OnceCell<takeover::Takeover>,
 }
@@ -118,7 +119,7 @@ impl Agent {
             locks: Default::default(),
             _state_lock: state_lock,
             nfs3: Default::default(),
-            nfs3_closer: Default::default(),
+            nfs3_closers: Vec::new(),
             takeover: Default::default(),
         };
         session::recover_all(&agent);
@@ -157,9 +158,9 @@ impl Agent {
                 let srv = nfs3::serve(root, addr, nfs3::Options::default())
                     .await
                     .with_context(|| format!("serving NFSv3 on {addr}"))?;
-                tracing::info!(%addr, root = %root.display(), "serving replicas over NFSv3");
+                tracing::info!(addr = %srv.local_addr(), root = %root.display(), "serving replicas over NFSv3");
                 self.nfs3 = srv.switcher();
-                self.nfs3_closer = srv.closer();
+                self.nfs3_closers.push(srv.closer());
                 Some(srv)
             }
             None => None,
@@ -178,6 +179,7 @@ impl Agent {
                 .await
                 .with_context(|| format!("serving statelite area {} read-write on {}", a.area.as_str(), a.listen))?;
             tracing::info!(area = a.area.as_str(), listen = %srv.local_addr(), dir = %dir.display(), "serving statelite area read-write over NFSv3");
+            self.nfs3_closers.push(srv.closer());
             rw.push(srv);
         }
         Ok(Listening { agent: self, listener: l, addr, _nfs3: nfs3, _rw: rw })
@@ -230,6 +232,12 @@ impl Listening {
     /// The address really bound (the port the kernel chose for port 0).
     pub fn local_addr(&self) -> std::net::SocketAddr {
         self.addr
+    }
+
+    /// The address the embedded NFSv3 server really bound (`nfs3` may give port 0); `None`
+    /// without `nfs3`.
+    pub fn nfs3_addr(&self) -> Option<std::net::SocketAddr> {
+        self._nfs3.as_ref().map(nfs3::Nfs3Server::local_addr)
     }
 
     /// Serves until the process ends.

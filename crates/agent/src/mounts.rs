@@ -48,9 +48,9 @@ pub(crate) struct Outcome {
 /// Makes every nested export of `text` that lies in the agent's statelite roots its own mount point
 /// (creating the directory, beneath its root, when it does not exist yet); nested exports elsewhere
 /// are left alone. Nothing when `statelite_mounts` is off.
-pub(crate) fn prepare(agent: &Agent, text: &str) -> Outcome {
+pub(crate) fn prepare(cfg: &model::AgentConfig, text: &str) -> Outcome {
     let mut out = Outcome::default();
-    if !agent.cfg.statelite_mounts {
+    if !cfg.statelite_mounts {
         return out;
     }
     let dirs = match nested(text) {
@@ -62,12 +62,12 @@ pub(crate) fn prepare(agent: &Agent, text: &str) -> Outcome {
     };
     for dir in dirs {
         // Not a statelite directory of this agent's (where it writes nothing): not its business.
-        if !agent.cfg.statelite_roots.iter().any(|r| strictly_within(&dir, r.as_str())) {
+        if !cfg.statelite_roots.iter().any(|r| strictly_within(&dir, r.as_str())) {
             tracing::warn!("{dir}: exported inside another export but not within statelite_roots; left as it is");
             continue;
         }
         let Some((area, node)) = dir.rsplit_once('/') else { continue };
-        let r = crate::statelite::locate(agent, area, node)
+        let r = crate::statelite::locate(cfg, area, node)
             .map_err(anyhow::Error::msg)
             .and_then(|(base, rel)| own_mount(&base, rel.as_str()));
         match r {
@@ -94,7 +94,7 @@ pub(crate) fn at_start(agent: &Agent) {
             return;
         }
     };
-    let o = prepare(agent, &text);
+    let o = prepare(&agent.cfg, &text);
     for f in &o.failed {
         tracing::error!("statelite mount: {f}");
     }

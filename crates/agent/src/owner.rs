@@ -19,17 +19,15 @@ pub(crate) fn marker(root: &Path) -> PathBuf {
 }
 
 /// This agent's identity as the marker holds it.
-fn identity(agent: &Agent) -> String {
+pub(crate) fn identity(agent: &Agent) -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
     format!("agent {}\nhost {}\nstate_dir {}\n", agent.name, host.trim(), agent.cfg.state_dir.as_str())
 }
 
 /// Claims the replica root for this agent, or refuses (the error says who owns it and how to
-/// release it) when another agent already applies into it.
-pub(crate) fn claim(agent: &Agent) -> anyhow::Result<()> {
-    let root = Path::new(agent.cfg.root.as_str());
+/// release it) when another agent already applies into it. `me` is [`identity`]'s.
+pub(crate) fn claim(root: &Path, me: &str) -> anyhow::Result<()> {
     let file = marker(root);
-    let me = identity(agent);
     let read = || std::fs::read_to_string(&file);
     let owner = match read() {
         Ok(o) => o,
@@ -54,7 +52,7 @@ pub(crate) fn claim(agent: &Agent) -> anyhow::Result<()> {
     // time); its name is recorded for the message only (a plain-TCP agent's name is its listen
     // address, which may change between restarts).
     let key = |t: &str| t.lines().filter(|l| !l.starts_with("agent ")).map(str::to_string).collect::<Vec<_>>();
-    if key(&owner) == key(&me) {
+    if key(&owner) == key(me) {
         return Ok(());
     }
     let who = owner.lines().collect::<Vec<_>>().join(", ");

@@ -6,9 +6,10 @@ use crate::{Agent, IDLE_TIMEOUT};
 use anyhow::{anyhow, bail, Context};
 use proto::{reply, req, Digest, Encoding, FromAgent, ImageState, Message, Name, RelPath, ToAgent, CHUNK};
 use std::collections::{HashMap, HashSet};
-use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
 /// The agent end of a session.
 pub(crate) type Conn = transport::Conn<proto::Agent>;
 use tree::{Plan, Replica, ReplicaOptions, Source};
@@ -60,18 +61,38 @@ pub(crate) fn decode_plan(z: &[u8]) -> Result<Vec<u8>, String> {
     }
 }
 
-/// The engine's file work is blocking; it runs on this worker without stalling the other sessions.
-pub(crate) fn blocking<T>(f: impl FnOnce() -> T) -> T {
-    tokio::task::block_in_place(f)
+/// The engine's file and CPU work is blocking: it runs on tokio's blocking pool, so no runtime
+/// worker stalls and the other sessions (and the NFSv3 server) go on; the caller waits for it.
+/// A panic in `f` is an error here, not the agent's end.
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+) -> anyhow::Result<T> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| anyhow!("blocking task: {e}"))?
 }
 
-/// Answers `GetManifest` with the replica's recorded manifest, chunked.
-pub(crate) async fn send_manifest(c: &mut Conn, replica: &Replica) -> Result<()> {
-    let bytes = match replica.manifest().map(|m| m.to_bytes()) {
+/// Runs `f` on `replica` on the blocking pool and gives the replica back: moved there and back,
+/// so the session keeps exclusive use of it while it waits.
+pub(crate) async fn with_replica<T: Send + 'static>(
+    mut replica: Replica,
+    f: impl FnOnce(&mut Replica) -> T + Send + 'static,
+) -> anyhow::Result<(Replica, T)> {
+    blocking(move || {
+        let t = f(&mut replica);
+        Ok((replica, t))
+    })
+    .await
+}
+
+/// Answers `GetManifest` with the replica's recorded manifest, chunked (encoded on the blocking
+/// pool: a large image's manifest is many MB); gives the replica back.
+pub(crate) async fn send_manifest(c: &mut Conn, replica: Replica) -> Result<Replica> {
+    let (replica, bytes) = with_replica(replica, |r| r.manifest().map(|m| m.to_bytes())).await?;
+    let bytes = match bytes {
         Some(Ok(b)) => b,
         _ => return Err(refuse(c, "no recorded manifest").await),
     };
-    send_bulk_reply(c, FromAgent::Manifest(reply::Manifest { len: bytes.len() as u64 }), &bytes).await
+    send_bulk_reply(c, FromAgent::Manifest(reply::Manifest { len: bytes.len() as u64 }), &bytes).await?;
+    Ok(replica)
 }
 
 /// A reply announcing bulk data, then the data.
@@ -129,7 +150,12 @@ pub async fn run(agent: &Agent, mut c: Conn) -> Result<()> {
         match msg {
             ToAgent::Ping => c.request(&FromAgent::Pong).await?,
             ToAgent::Status => {
-                let images = blocking(|| status(agent));
+                let (state_dir, root) =
+                    (PathBuf::from(agent.cfg.state_dir.as_str()), PathBuf::from(agent.cfg.root.as_str()));
+                let images = blocking(move || Ok(status(&state_dir, &root))).await.unwrap_or_else(|e| {
+                    tracing::warn!("status: {e:#}");
+                    Vec::new()
+                });
                 c.request(&FromAgent::Status(reply::Status { images })).await?
             }
             ToAgent::Open(req::Open { image, path }) => {
@@ -167,18 +193,18 @@ pub async fn run(agent: &Agent, mut c: Conn) -> Result<()> {
     }
 }
 
-/// Every image this agent holds, as recorded by the engine.
-fn status(agent: &Agent) -> Vec<ImageState> {
+/// Every image this agent holds, as recorded by the engine (under `state_dir`, replicas under `root`).
+fn status(state_dir: &Path, root: &Path) -> Vec<ImageState> {
     let mut out = Vec::new();
-    let Ok(rd) = std::fs::read_dir(Path::new(agent.cfg.state_dir.as_str()).join("images")) else { return out };
+    let Ok(rd) = std::fs::read_dir(state_dir.join("images")) else { return out };
     let mut names: Vec<String> = rd.flatten().filter_map(|e| e.file_name().into_string().ok()).collect();
     names.sort();
     for name in names {
         let Ok(name) = Name::parse(&name) else { continue };
-        let sd = agent.image_state_dir(&name);
+        let sd = state_dir.join("images").join(name.as_str());
         let Ok(path) = std::fs::read_to_string(sd.join("path")) else { continue };
         let Ok(path) = RelPath::parse(&path) else { continue };
-        let root = Path::new(agent.cfg.root.as_str()).join(path.as_str());
+        let root = root.join(path.as_str());
         if let Ok(r) = Replica::open(&root, &sd.join("replica"), opts()) {
             if let Ok(state) = current(&r, &name) {
                 out.push(state);
@@ -283,9 +309,17 @@ async fn image_session(
     held: tokio::sync::OwnedMutexGuard<()>,
 ) -> Result<Option<ToAgent>> {
     let sd = agent.image_state_dir(image);
-    let opened = blocking(|| -> anyhow::Result<(Replica, Option<Digest>)> {
-        crate::owner::claim(agent)?;
-        let root = make_beneath(Path::new(agent.cfg.root.as_str()), path)?;
+    let (root_dir, rel, name, state_dir, me) = (
+        PathBuf::from(agent.cfg.root.as_str()),
+        path.clone(),
+        image.clone(),
+        sd.clone(),
+        crate::owner::identity(agent),
+    );
+    let opened = blocking(move || -> anyhow::Result<(Replica, Option<Digest>)> {
+        let (sd, path, image) = (state_dir, &rel, &name);
+        crate::owner::claim(&root_dir, &me)?;
+        let root = make_beneath(&root_dir, path)?;
         std::fs::create_dir_all(&sd).with_context(|| format!("creating {}", sd.display()))?;
         let pf = sd.join("path");
         let path = path.as_str();
@@ -319,7 +353,8 @@ async fn image_session(
             }
         };
         Ok((r, drifted))
-    });
+    })
+    .await;
     let (mut replica, drifted) = match opened {
         Ok(r) => r,
         Err(e) => return Err(refuse(c, format!("image {image}: {e:#}")).await),
@@ -339,14 +374,15 @@ async fn image_session(
             return Ok(Some(ToAgent::Bye));
         };
         match msg {
-            ToAgent::GetManifest => {
-                send_manifest(c, &replica).await?;
-            }
+            ToAgent::GetManifest => replica = send_manifest(c, replica).await?,
             ToAgent::Verify => {
-                let scanned = blocking(|| -> anyhow::Result<_> {
-                    let actual = digest(&replica.scan()?.digest())?;
-                    Ok((current(&replica, image)?, actual))
-                });
+                let name = image.clone();
+                let (r, scanned) = with_replica(replica, move |r| -> anyhow::Result<_> {
+                    let actual = digest(&r.scan()?.digest())?;
+                    Ok((current(r, &name)?, actual))
+                })
+                .await?;
+                replica = r;
                 match scanned {
                     Ok((recorded, actual)) => {
                         c.request(&FromAgent::Verified(reply::Verified { recorded, actual })).await?
@@ -355,7 +391,9 @@ async fn image_session(
                 }
             }
             ToAgent::Plan(req::Plan { len, zstd }) => {
-                committed |= update(c, &mut replica, &spool, (image, image), len, zstd, &agent.nfs3).await?
+                let (r, done) = update(c, replica, &spool, (image, image), len, zstd, &agent.nfs3).await?;
+                replica = r;
+                committed |= done;
             }
             other => {
                 if committed {
@@ -382,34 +420,50 @@ pub(crate) fn digest(s: &str) -> anyhow::Result<Digest> {
 type Want = (Vec<u8>, [u8; 32], u64, Option<[u8; 32]>);
 
 /// Receives a plan and its blobs, stages them, commits. Replies `Committed` or `Error` and returns
-/// whether it committed; returns an error (ending the session) only for protocol violations and
-/// hostile input.
+/// the replica and whether it committed; returns an error (ending the session) only for protocol
+/// violations and hostile input. The stage lives on a blocking thread that owns the replica until
+/// the update ends ([`stage_worker`]); this task receives frames and hands it one job at a time.
 pub(crate) async fn update(
     c: &mut Conn,
-    replica: &mut Replica,
+    replica: Replica,
     spool: &Spool,
     (name, image): (&Name, &str),
     len: u64,
     zstd: bool,
     nfs3: &nfs3::Switch,
-) -> Result<bool> {
-    let mut buf = match c.recv_bulk("plan", len, MAX_PLAN).await {
+) -> Result<(Replica, bool)> {
+    let buf = match c.recv_bulk("plan", len, MAX_PLAN).await {
         Ok(b) => b,
         Err(e) => return Err(fail(c, e).await),
     };
-    if zstd {
-        match blocking(|| decode_plan(&buf)) {
-            Ok(out) => buf = out,
-            Err(e) => return Err(refuse(c, e).await),
-        }
-    }
-    let plan = match Plan::from_bytes(&buf) {
-        Ok(p) => p,
-        Err(e) => return Err(refuse(c, format!("plan: {e}")).await),
+    let (plan, contents) = match blocking(move || Ok(read_plan(buf, zstd))).await? {
+        Ok(x) => x,
+        Err(e) => return Err(refuse(c, e).await),
     };
-    drop(buf);
-    // (path, hash, size, delta base hash) per content index, kept before the plan moves into the stage.
-    let contents: Vec<Want> = plan
+    let target = match digest(&plan.to_digest) {
+        Ok(d) => ImageState { name: name.clone(), generation: plan.generation, digest: d },
+        Err(e) => return Err(refuse(c, format!("plan: {e:#}")).await),
+    };
+    let contents = Arc::new(contents);
+    let (jobs, jobs_rx) = mpsc::channel(1);
+    let (begun, begun_rx) = oneshot::channel();
+    let worker = {
+        let (contents, spool, nfs3) = (Arc::clone(&contents), spool.clone(), nfs3.clone());
+        tokio::task::spawn_blocking(move || stage_worker(replica, plan, &contents, &spool, &nfs3, begun, jobs_rx))
+    };
+    let r = feed(c, &jobs, begun_rx, &contents, spool, image, &target).await;
+    // The worker ends (aborting a stage not committed) before the replica is used again.
+    drop(jobs);
+    let replica = worker.await.map_err(|e| anyhow!("image {image}: stage: {e}"))?;
+    Ok((replica, r?))
+}
+
+/// The plan (zstd-decoded when `zstd`) and, per content index, what the blob loop needs; an error
+/// is the reason the plan is refused.
+fn read_plan(buf: Vec<u8>, zstd: bool) -> Result<(Plan, Vec<Want>), String> {
+    let buf = if zstd { decode_plan(&buf)? } else { buf };
+    let plan = Plan::from_bytes(&buf).map_err(|e| format!("plan: {e}"))?;
+    let contents = plan
         .contents
         .iter()
         .map(|ct| {
@@ -420,17 +474,41 @@ pub(crate) async fn update(
             (ct.path.clone(), ct.hash, ct.size, base)
         })
         .collect();
-    let target = match digest(&plan.to_digest) {
-        Ok(d) => ImageState { name: name.clone(), generation: plan.generation, digest: d },
-        Err(e) => return Err(refuse(c, format!("plan: {e:#}")).await),
-    };
-    let begun = blocking(|| replica.begin(plan));
-    let mut staging = match begun {
+    Ok((plan, contents))
+}
+
+/// A payload for the stage: received whole in memory, or a complete spool file.
+enum Payload {
+    Memory(Vec<u8>),
+    Spooled(PathBuf),
+}
+
+/// What the session asks of [`stage_worker`]; each job answers on its `done`.
+enum Job {
+    Stage { index: usize, delta: bool, zstd: bool, payload: Payload, done: oneshot::Sender<anyhow::Result<()>> },
+    Commit { done: oneshot::Sender<tree::Result<(u64, String)>> },
+    Abort { done: oneshot::Sender<()> },
+}
+
+/// The blocking side of one update: owns the replica while it stages `plan` (the session waits for
+/// every job, so it keeps exclusive use of the replica and memory stays at one blob). Begins the
+/// stage, feeds it what the spool already holds (a resume), answers `begun` with the indexes still
+/// needed and how many were resumed, then runs jobs until a commit, an abort or the session's end
+/// (then the stage is aborted). Gives the replica back.
+fn stage_worker(
+    mut replica: Replica,
+    plan: Plan,
+    contents: &[Want],
+    spool: &Spool,
+    nfs3: &nfs3::Switch,
+    begun: oneshot::Sender<tree::Result<(Vec<u32>, u32)>>,
+    mut jobs: mpsc::Receiver<Job>,
+) -> Replica {
+    let mut staging = match replica.begin(plan) {
         Ok(s) => s,
-        Err(e @ tree::Error::Hostile(_)) => return Err(refuse(c, format!("image {image}: {e}")).await),
         Err(e) => {
-            c.error(format!("image {image}: {e}")).await?;
-            return Ok(false);
+            let _ = begun.send(Err(e));
+            return replica;
         }
     };
     let index: HashMap<&[u8], usize> = contents.iter().enumerate().map(|(i, ct)| (ct.0.as_slice(), i)).collect();
@@ -443,18 +521,92 @@ pub(crate) async fn update(
         let spooled = [(None, false), (None, true), (base.as_ref(), false), (base.as_ref(), true)]
             .into_iter()
             .find_map(|(b, z)| spool.get(&spool::name(hash, b, z)).map(|p| (p, b.is_some(), z)));
-        let fed = blocking(|| -> anyhow::Result<bool> {
+        let fed = (|| -> anyhow::Result<bool> {
             let Some((p, delta, z)) = spooled else { return Ok(false) };
             let f = std::io::BufReader::new(std::fs::File::open(p)?);
             stage_payload(&mut staging, path, delta, z, *size, f)?;
             Ok(true)
-        });
+        })();
         if matches!(fed, Ok(true)) {
             resumed += 1;
         } else {
             need.push(i as u32);
         }
     }
+    if begun.send(Ok((need, resumed))).is_err() {
+        let _ = staging.abort();
+        return replica;
+    }
+    loop {
+        match jobs.blocking_recv() {
+            Some(Job::Stage { index, delta, zstd, payload, done }) => {
+                let r = match contents.get(index) {
+                    None => Err(anyhow!("content {index} is not in the plan")),
+                    Some((path, _, size, _)) => match payload {
+                        Payload::Memory(data) => stage_payload(&mut staging, path, delta, zstd, *size, &data[..]),
+                        Payload::Spooled(p) => {
+                            let r = std::fs::File::open(&p).map_err(anyhow::Error::from).and_then(|f| {
+                                stage_payload(&mut staging, path, delta, zstd, *size, std::io::BufReader::new(f))
+                            });
+                            // A payload that cannot be staged is not resumed from.
+                            if r.is_err() {
+                                let _ = std::fs::remove_file(&p);
+                            }
+                            r
+                        }
+                    },
+                };
+                let _ = done.send(r);
+            }
+            Some(Job::Commit { done }) => {
+                let r = nfs3.switch(|| staging.commit());
+                if r.is_ok() {
+                    spool.clear();
+                }
+                let _ = done.send(r);
+                break;
+            }
+            Some(Job::Abort { done }) => {
+                let _ = staging.abort();
+                let _ = done.send(());
+                break;
+            }
+            None => {
+                let _ = staging.abort();
+                break;
+            }
+        }
+    }
+    replica
+}
+
+/// Sends `job` (made with its answer channel) to the stage worker and waits for the answer.
+async fn ask<T>(jobs: &mpsc::Sender<Job>, job: impl FnOnce(oneshot::Sender<T>) -> Job) -> anyhow::Result<T> {
+    let (done, answer) = oneshot::channel();
+    jobs.send(job(done)).await.map_err(|_| anyhow!("the stage ended"))?;
+    answer.await.map_err(|_| anyhow!("the stage ended"))
+}
+
+/// The session side of [`update`]: tells the controller what is needed, receives the blobs,
+/// has them staged, commits. Returns whether it committed.
+async fn feed(
+    c: &mut Conn,
+    jobs: &mpsc::Sender<Job>,
+    begun: oneshot::Receiver<tree::Result<(Vec<u32>, u32)>>,
+    contents: &[Want],
+    spool: &Spool,
+    image: &str,
+    target: &ImageState,
+) -> Result<bool> {
+    let (need, resumed) = match begun.await {
+        Ok(Ok(x)) => x,
+        Ok(Err(e @ tree::Error::Hostile(_))) => return Err(refuse(c, format!("image {image}: {e}")).await),
+        Ok(Err(e)) => {
+            c.error(format!("image {image}: {e}")).await?;
+            return Ok(false);
+        }
+        Err(_) => return Err(anyhow!("image {image}: the stage ended before it began").into()),
+    };
     if resumed > 0 {
         tracing::info!("image {image}: {resumed} files resumed from the spool");
     }
@@ -471,7 +623,7 @@ pub(crate) async fn update(
                 if !pending.remove(&index) {
                     return Err(refuse(c, format!("blob {index} was not asked for")).await);
                 }
-                let Some((path, hash, size, base)) = contents.get(index as usize) else {
+                let Some((_, hash, size, base)) = contents.get(index as usize) else {
                     return Err(refuse(c, format!("blob {index} is not in the plan")).await);
                 };
                 let base = match encoding {
@@ -501,43 +653,25 @@ pub(crate) async fn update(
                         .await)
                     }
                 };
-                let r = if len <= CHUNK as u64 {
+                let index = index as usize;
+                let payload = if len <= CHUNK as u64 {
                     // Small: assembled in memory and staged directly, no spool.
                     let mut data = Vec::with_capacity(len as usize);
                     recv_blob(c, &mut bulk, |d| data.extend_from_slice(d)).await?;
-                    blocking(|| stage_payload(&mut staging, path, delta, zstd, *size, &data[..]))
-                        .map_err(|e| format!("{e:#}"))
+                    Payload::Memory(data)
                 } else {
                     let name = spool::name(hash, base, zstd);
                     let part = spool.partial(&name);
-                    // A write error (a full disk) does not end the session mid-stream: the rest of
-                    // the blob is read and dropped, so the controller gets the reason, not a reset.
-                    let mut f = std::fs::File::create(&part).map_err(|e| (part.clone(), e));
-                    recv_blob(c, &mut bulk, |d| {
-                        if let Ok(w) = &mut f {
-                            if let Err(e) = blocking(|| w.write_all(d)) {
-                                f = Err((part.clone(), e));
-                            }
-                        }
-                    })
-                    .await?;
-                    if let Err((p, e)) = f {
-                        let _ = std::fs::remove_file(&part);
+                    if let Err((p, e)) = recv_blob_to_file(c, &mut bulk, &part).await? {
+                        let _ = tokio::fs::remove_file(&part).await;
                         return Err(spool_failed(c, &p, e).await);
                     }
-                    drop(f);
-                    let p = spool.finish(&name)?;
-                    let r = blocking(|| -> anyhow::Result<()> {
-                        let f = std::io::BufReader::new(std::fs::File::open(&p)?);
-                        stage_payload(&mut staging, path, delta, zstd, *size, f)
-                    });
-                    if r.is_err() {
-                        let _ = std::fs::remove_file(&p);
-                    }
-                    r.map_err(|e| format!("{e:#}"))
+                    let spool = spool.clone();
+                    Payload::Spooled(blocking(move || spool.finish(&name)).await?)
                 };
+                let r = ask(jobs, |done| Job::Stage { index, delta, zstd, payload, done }).await?;
                 if let Err(e) = r {
-                    failure.get_or_insert(e);
+                    failure.get_or_insert(format!("{e:#}"));
                 }
             }
             ToAgent::Commit => break,
@@ -548,16 +682,14 @@ pub(crate) async fn update(
         failure = Some(format!("{} files were never sent", pending.len()));
     }
     if let Some(f) = failure {
-        let _ = blocking(|| staging.abort());
+        ask(jobs, |done| Job::Abort { done }).await?;
         c.error(format!("image {image}: {f}")).await?;
         return Ok(false);
     }
-    let committed = blocking(|| nfs3.switch(|| staging.commit()));
-    match committed {
+    match ask(jobs, |done| Job::Commit { done }).await? {
         Ok((generation, d)) => {
-            spool.clear();
             tracing::info!("image {image}: now at generation {generation} digest {d}");
-            let state = ImageState { name: name.clone(), generation, digest: digest(&d)? };
+            let state = ImageState { name: target.name.clone(), generation, digest: digest(&d)? };
             debug_assert_eq!(state.digest, target.digest);
             c.request(&FromAgent::Committed(reply::Committed { state })).await?;
             Ok(true)
@@ -664,27 +796,68 @@ async fn recv_blob(c: &mut Conn, bulk: &mut transport::Bulk, mut sink: impl FnMu
     }
 }
 
+/// Reads the chunks of one blob into the spool file `part` (through tokio's file, so the writes
+/// run on the blocking pool), then its `BlobEnd`. A write error (a full disk) does not end the
+/// session mid-stream: the rest of the blob is read and dropped and the error returned inside, so
+/// the controller gets the reason, not a reset.
+async fn recv_blob_to_file(
+    c: &mut Conn,
+    bulk: &mut transport::Bulk,
+    part: &Path,
+) -> Result<std::result::Result<(), (PathBuf, std::io::Error)>> {
+    use tokio::io::AsyncWriteExt;
+    let mut f = tokio::fs::File::create(part).await.map_err(|e| (part.to_path_buf(), e));
+    loop {
+        match c.next_chunk(bulk).await {
+            Ok(Some(d)) => {
+                if let Ok(w) = &mut f {
+                    if let Err(e) = w.write_all(d).await {
+                        f = Err((part.to_path_buf(), e));
+                    }
+                }
+            }
+            Ok(None) => break,
+            Err(e) => return Err(fail(c, e).await),
+        }
+    }
+    // tokio's writes complete in the background: the flush waits for the last and reports its error.
+    if let Ok(w) = &mut f {
+        if let Err(e) = w.flush().await {
+            f = Err((part.to_path_buf(), e));
+        }
+    }
+    match c.recv().await {
+        Ok(ToAgent::BlobEnd) => Ok(f.map(drop)),
+        Ok(other) => Err(unexpected(c, "BlobEnd", &other).await),
+        Err(e) => Err(fail(c, e).await),
+    }
+}
+
 /// Writes the exports atomically (Linux: the whole file; AIX: our block spliced into /etc/exports,
 /// every other line kept), then runs the reload command. Returns (reload succeeded, its output).
 async fn write_exports(agent: &Agent, text: &str) -> anyhow::Result<(bool, String)> {
-    let file = PathBuf::from(agent.cfg.exports_file.as_str());
-    let content = match agent.cfg.dialect {
-        model::Dialect::Linux => text.to_string(),
-        model::Dialect::Aix => {
-            let existing = match std::fs::read_to_string(&file) {
-                Ok(s) => s,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-                Err(e) => return Err(e).with_context(|| format!("reading {}", file.display())),
-            };
-            exports::splice_aix(&existing, text).map_err(|e| anyhow!("{}: {e}", file.display()))?
-        }
-    };
-    // Node directories become mount points before nfsd reads the exports that nest them.
-    let mounts = blocking(|| crate::mounts::prepare(agent, text));
+    let (file, text, cfg) = (PathBuf::from(agent.cfg.exports_file.as_str()), text.to_string(), agent.cfg.clone());
+    let mounts = blocking(move || {
+        let content = match cfg.dialect {
+            model::Dialect::Linux => text.clone(),
+            model::Dialect::Aix => {
+                let existing = match std::fs::read_to_string(&file) {
+                    Ok(s) => s,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+                    Err(e) => return Err(e).with_context(|| format!("reading {}", file.display())),
+                };
+                exports::splice_aix(&existing, &text).map_err(|e| anyhow!("{}: {e}", file.display()))?
+            }
+        };
+        // Node directories become mount points before nfsd reads the exports that nest them.
+        let mounts = crate::mounts::prepare(&cfg, &text);
+        write_atomic(&file, content.as_bytes())?;
+        Ok(mounts)
+    })
+    .await?;
     if !mounts.made.is_empty() {
         tracing::info!(dirs = ?mounts.made, "statelite node directories made mount points");
     }
-    blocking(|| write_atomic(&file, content.as_bytes()))?;
     let (ok, out) = reload(agent).await;
     if mounts.failed.is_empty() {
         return Ok((ok, out));

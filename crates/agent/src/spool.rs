@@ -5,6 +5,7 @@
 use anyhow::{Context, Result};
 use std::path::PathBuf;
 
+#[derive(Clone)]
 pub struct Spool {
     dir: PathBuf,
 }

@@ -11,22 +11,23 @@
 
 use crate::error::Result;
 use crate::session::{
-    blocking, current, digest, make_beneath, next_request, refuse, send_bulk_reply, send_manifest, update, Conn,
+    blocking, current, digest, make_beneath, next_request, refuse, send_bulk_reply, send_manifest, update,
+    with_replica, Conn,
 };
 use crate::spool::Spool;
 use crate::Agent;
 use anyhow::{bail, Context};
 use proto::{reply, req, Digest, FromAgent, Name, RelPath, ToAgent, CHUNK};
-use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use tree::{Replica, ReplicaOptions};
 
 /// Checks `area` (absolute) and `node`, and returns (the statelite root it lies in, the path of
 /// `<area>/<node>` relative to that root).
-pub(crate) fn locate(agent: &Agent, area: &str, node: &str) -> Result<(PathBuf, RelPath), String> {
+pub(crate) fn locate(cfg: &model::AgentConfig, area: &str, node: &str) -> Result<(PathBuf, RelPath), String> {
     Name::parse(node)?;
     let rel_area = area.strip_prefix('/').ok_or_else(|| format!("statelite path `{area}` is not absolute"))?;
-    for r in &agent.cfg.statelite_roots {
+    for r in &cfg.statelite_roots {
         let r = r.as_str().trim_end_matches('/');
         let rest = if area.trim_end_matches('/') == r {
             Some("")
@@ -43,7 +44,7 @@ pub(crate) fn locate(agent: &Agent, area: &str, node: &str) -> Result<(PathBuf, 
         }
         // Several agents on one host (tests, demos) keep their statelite trees apart under a prefix
         // (`statelite_prefix`); the check above is on the cluster-wide path, as configured.
-        let base = match &agent.cfg.statelite_prefix {
+        let base = match &cfg.statelite_prefix {
             Some(pre) => PathBuf::from(pre.as_str()).join(r.trim_start_matches('/')),
             None => PathBuf::from(r),
         };
@@ -87,7 +88,7 @@ pub(crate) fn recover_all(agent: &Agent) {
             let Ok(text) = std::fs::read_to_string(sd.join("path")) else { continue };
             let mut lines = text.lines();
             let (Some(a), Some(node)) = (lines.next(), lines.next()) else { continue };
-            let Ok((sroot, rel)) = locate(agent, a, node) else {
+            let Ok((sroot, rel)) = locate(&agent.cfg, a, node) else {
                 tracing::error!("statelite {a}/{node}: no longer within statelite_roots; not recovered");
                 continue;
             };
@@ -107,14 +108,16 @@ pub(crate) fn recover_all(agent: &Agent) {
 
 /// Backup side: opens (recovers, adopts) the copy and serves manifest/plan/blob/commit requests.
 pub async fn backup(agent: &Agent, c: &mut Conn, area: &str, node: &str) -> Result<Option<ToAgent>> {
-    let (sroot, rel) = match locate(agent, area, node) {
+    let (sroot, rel) = match locate(&agent.cfg, area, node) {
         Ok(x) => x,
         Err(e) => return Err(refuse(c, e).await),
     };
     let sd = state_dir(agent, area, node);
     let label = format!("statelite {area}/{node}");
     let held = agent.lock(&format!("statelite:{}", sd.display())).lock_owned().await;
-    let opened = blocking(|| -> anyhow::Result<(Replica, Option<Digest>)> {
+    let (state, area_name, node_name) = (sd.clone(), area.to_string(), node.to_string());
+    let opened = blocking(move || -> anyhow::Result<(Replica, Option<Digest>)> {
+        let (sd, area, node) = (state, area_name, node_name);
         let dir = make_beneath(&sroot, &rel)?;
         std::fs::create_dir_all(&sd).with_context(|| format!("creating {}", sd.display()))?;
         std::fs::write(sd.join("path"), format!("{area}\n{node}\n"))?;
@@ -138,7 +141,8 @@ pub async fn backup(agent: &Agent, c: &mut Conn, area: &str, node: &str) -> Resu
             }
         };
         Ok((r, drifted))
-    });
+    })
+    .await;
     let (mut replica, drifted) = match opened {
         Ok(r) => r,
         Err(e) => return Err(refuse(c, format!("{label}: {e:#}")).await),
@@ -153,18 +157,18 @@ pub async fn backup(agent: &Agent, c: &mut Conn, area: &str, node: &str) -> Resu
     let next = loop {
         let Some(msg) = next_request(c).await? else { break Some(ToAgent::Bye) };
         match msg {
-            ToAgent::GetManifest => {
-                send_manifest(c, &replica).await?;
-            }
+            ToAgent::GetManifest => replica = send_manifest(c, replica).await?,
             ToAgent::Plan(req::Plan { len, zstd }) => {
-                update(c, &mut replica, &spool, (&node, &label), len, zstd, &nfs3::Switch::default()).await?;
+                replica = update(c, replica, &spool, (&node, &label), len, zstd, &nfs3::Switch::default()).await?.0;
             }
             other => break Some(other),
         }
     };
     // Statelite trees are small: the old generation's leftovers go now, under the lock.
-    if let Err(e) = blocking(|| replica.cleanup()) {
-        tracing::warn!("{label}: cleanup: {e}");
+    match with_replica(replica, |r| r.cleanup()).await {
+        Ok((_, Ok(()))) => {}
+        Ok((_, Err(e))) => tracing::warn!("{label}: cleanup: {e}"),
+        Err(e) => tracing::warn!("{label}: cleanup: {e:#}"),
     }
     drop(held);
     Ok(next)
@@ -172,26 +176,27 @@ pub async fn backup(agent: &Agent, c: &mut Conn, area: &str, node: &str) -> Resu
 
 /// Serving side: scans the live data, sends the manifest, then file contents on request.
 pub async fn serve(agent: &Agent, c: &mut Conn, area: &str, node: &str) -> Result<Option<ToAgent>> {
-    let (sroot, rel) = match locate(agent, area, node) {
+    let (sroot, rel) = match locate(&agent.cfg, area, node) {
         Ok(x) => x,
         Err(e) => return Err(refuse(c, e).await),
     };
     // A missing directory is an error, not an empty tree: syncing "nothing" would empty the backup.
-    let scanned = blocking(|| -> anyhow::Result<(PathBuf, tree::Manifest)> {
+    let scanned = blocking(move || -> anyhow::Result<(tree::fsops::Root, tree::Manifest, Vec<u8>)> {
         let dir = existing_beneath(&sroot, &rel)?;
         let m = tree::scan(&dir, &[])?;
-        Ok((dir, m))
-    });
-    let (dir, manifest) = match scanned {
+        let bytes = m.to_bytes()?;
+        Ok((tree::fsops::Root::open(&dir)?, m, bytes))
+    })
+    .await;
+    let (root, manifest, bytes) = match scanned {
         Ok(x) => x,
         Err(e) => {
             c.error(format!("statelite {area}/{node}: {e:#}")).await?;
             return Ok(None);
         }
     };
-    let bytes = manifest.to_bytes()?;
     send_bulk_reply(c, FromAgent::Manifest(reply::Manifest { len: bytes.len() as u64 }), &bytes).await?;
-    let root = tree::fsops::Root::open(&dir)?;
+    let root = Arc::new(root);
     loop {
         let Some(msg) = next_request(c).await? else { return Ok(Some(ToAgent::Bye)) };
         let path = match msg {
@@ -203,12 +208,14 @@ pub async fn serve(agent: &Agent, c: &mut Conn, area: &str, node: &str) -> Resul
         if !listed {
             return Err(refuse(c, format!("{} is not a file of the scan", tree::manifest::show(&path))).await);
         }
-        let opened = blocking(|| -> anyhow::Result<(std::fs::File, u64)> {
-            let f = root.open_file(&path)?;
+        let (root, file) = (Arc::clone(&root), path.clone());
+        let opened = blocking(move || -> anyhow::Result<(std::fs::File, u64)> {
+            let f = root.open_file(&file)?;
             let len = f.metadata()?.len();
             Ok((f, len))
-        });
-        let (mut f, len) = match opened {
+        })
+        .await;
+        let (f, len) = match opened {
             Ok(x) => x,
             Err(e) => {
                 c.error(format!("{}: {e:#}", tree::manifest::show(&path))).await?;
@@ -216,13 +223,16 @@ pub async fn serve(agent: &Agent, c: &mut Conn, area: &str, node: &str) -> Resul
             }
         };
         c.send(&FromAgent::Content(reply::Content { len })).await?;
+        // Read through tokio's file: each read runs on the blocking pool.
+        let mut f = tokio::fs::File::from_std(f);
         let mut left = len;
         let mut buf = vec![0u8; CHUNK.min(len as usize)];
         while left > 0 {
             let n = left.min(CHUNK as u64) as usize;
             // A file truncated meanwhile cannot deliver what was announced: the session ends and
             // the controller retries the node later.
-            blocking(|| f.read_exact(&mut buf[..n]))
+            tokio::io::AsyncReadExt::read_exact(&mut f, &mut buf[..n])
+                .await
                 .with_context(|| format!("{}: changed while being read", tree::manifest::show(&path)))?;
             c.send_chunk(&buf[..n]).await?;
             left -= n as u64;
@@ -254,8 +264,8 @@ mod tests {
         let state = tempfile::tempdir().unwrap();
         let a = agent(state.path());
         let rel = |s: &str| RelPath::parse(s).unwrap();
-        assert_eq!(locate(&a, "/nodedata", "cn001").unwrap(), (PathBuf::from("/nodedata"), rel("cn001")));
-        assert_eq!(locate(&a, "/srv/lite/x", "cn001").unwrap(), (PathBuf::from("/srv/lite"), rel("x/cn001")));
+        assert_eq!(locate(&a.cfg, "/nodedata", "cn001").unwrap(), (PathBuf::from("/nodedata"), rel("cn001")));
+        assert_eq!(locate(&a.cfg, "/srv/lite/x", "cn001").unwrap(), (PathBuf::from("/srv/lite"), rel("x/cn001")));
         for (area, node) in [
             ("/etc", "cn001"),
             ("/nodedatax", "cn001"),
@@ -267,7 +277,7 @@ mod tests {
             ("/nodedata", "a/b"),
             ("/nodedata", ""),
         ] {
-            assert!(locate(&a, area, node).is_err(), "{area} {node}");
+            assert!(locate(&a.cfg, area, node).is_err(), "{area} {node}");
         }
     }
 
@@ -276,14 +286,14 @@ mod tests {
         let state = tempfile::tempdir().unwrap();
         let a = agent_with(state.path(), "statelite_prefix = \"/srv/sn1\"\n");
         assert_eq!(
-            locate(&a, "/nodedata", "cn001").unwrap(),
+            locate(&a.cfg, "/nodedata", "cn001").unwrap(),
             (PathBuf::from("/srv/sn1/nodedata"), proto::RelPath::parse("cn001").unwrap())
         );
         assert_eq!(
-            locate(&a, "/srv/lite/x", "cn001").unwrap(),
+            locate(&a.cfg, "/srv/lite/x", "cn001").unwrap(),
             (PathBuf::from("/srv/sn1/srv/lite"), proto::RelPath::parse("x/cn001").unwrap())
         );
         // The area is still checked as the cluster names it.
-        assert!(locate(&a, "/srv/sn1/nodedata", "cn001").is_err());
+        assert!(locate(&a.cfg, "/srv/sn1/nodedata", "cn001").is_err());
     }
 }

@@ -105,10 +105,9 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_bad_address_is_refused_before_the_sn_is_dialled() {
         let dir = tempfile::tempdir().unwrap();
-        // Nothing listens there: a dial would be a Connect error.
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = l.local_addr().unwrap();
-        drop(l);
+        // Nothing listens there (bound, never listening, held): a dial would be a Connect error.
+        let (_held, port) = testkit::refusing_port();
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
         let ctl = controller(dir.path(), addr);
         let sn = ctl.cluster.sns()[0].clone();
         for bad in ["10.0.1.101", "eth1", "10.0.1.101/40"] {

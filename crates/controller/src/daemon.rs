@@ -220,9 +220,11 @@ impl Metrics {
         s
     }
 
-    /// Serves the metrics over HTTP on `addr` from a thread of its own (every path answers).
-    pub fn serve(self: &Arc<Self>, addr: &str) -> Result<(), String> {
+    /// Serves the metrics over HTTP on `addr` from a thread of its own (every path answers);
+    /// returns the address really bound (`addr` may give port 0).
+    pub fn serve(self: &Arc<Self>, addr: &str) -> Result<std::net::SocketAddr, String> {
         let server = tiny_http::Server::http(addr).map_err(|e| e.to_string())?;
+        let bound = server.server_addr().to_ip().ok_or_else(|| format!("{addr}: not an IP address"))?;
         let m = Arc::clone(self);
         std::thread::spawn(move || {
             for req in server.incoming_requests() {
@@ -239,7 +241,7 @@ impl Metrics {
                 }
             }
         });
-        Ok(())
+        Ok(bound)
     }
 }
 

@@ -105,8 +105,26 @@ fn edit_image(root: &Path) -> Result<()> {
     Ok(())
 }
 
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+/// Waits until the agent logging to `log` says which ports it bound (`hanfs agent: serving NFSv3
+/// on ADDR`, then `listening on ADDR`): its control port and its NFSv3 port. Binding port 0 in the
+/// agent itself, rather than picking a free port here, leaves no window for another process.
+fn bound_ports(log: &Path, child: &mut Child) -> Result<(u16, u16)> {
+    let port_after = |text: &str, prefix: &str| {
+        text.lines().find_map(|l| l.strip_prefix(prefix)?.trim().parse::<std::net::SocketAddr>().ok()).map(|a| a.port())
+    };
+    let t = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if let Some(port) = port_after(&text, "hanfs agent: listening on ") {
+            let nfs3 = port_after(&text, "hanfs agent: serving NFSv3 on ")
+                .with_context(|| format!("the agent did not say its NFSv3 port: {text}"))?;
+            return Ok((port, nfs3));
+        }
+        if child.try_wait()?.is_some() || t.elapsed() > Duration::from_secs(15) {
+            bail!("the agent did not start: {text}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 fn spawn_agent(exe: &Path, conf: &Path, log: &Path) -> Result<Child> {
@@ -212,21 +230,22 @@ fn demo(a: &Options, out: &dyn Fn(String)) -> Result<(bool, serde_json::Map<Stri
         transport::ca::issue(&ca, &name, &["127.0.0.1".into()])?;
         let sd = dir.join(&name);
         std::fs::create_dir_all(&sd)?;
-        let port = free_port()?;
-        let nfs3_port = free_port()?;
         let conf = sd.join("agent.toml");
         std::fs::write(
             &conf,
             format!(
-                "listen = \"127.0.0.1:{port}\"\nnfs3 = \"127.0.0.1:{nfs3_port}\"\nroot = \"{r}\"\nstate_dir = \"{s}\"\nexports_file = \"{e}\"\n# no NFS server is reloaded in the demo\nreload = []\n\n[tls]\nca = \"{c}/ca.pem\"\ncert = \"{c}/{name}.pem\"\nkey = \"{c}/{name}.key\"\n",
+                "listen = \"127.0.0.1:0\"\nnfs3 = \"127.0.0.1:0\"\nroot = \"{r}\"\nstate_dir = \"{s}\"\nexports_file = \"{e}\"\n# no NFS server is reloaded in the demo\nreload = []\n\n[tls]\nca = \"{c}/ca.pem\"\ncert = \"{c}/{name}.pem\"\nkey = \"{c}/{name}.key\"\n",
                 r = sd.join("install").display(),
                 s = sd.join("state").display(),
                 e = sd.join("hanfs.exports").display(),
                 c = ca.display()
             ),
         )?;
-        let child = spawn_agent(&a.agent_exe, &conf, &sd.join("agent.log"))?;
+        let log = sd.join("agent.log");
+        let mut child = spawn_agent(&a.agent_exe, &conf, &log)?;
+        let started = bound_ports(&log, &mut child);
         children.0.lock().unwrap_or_else(|p| p.into_inner()).push(child);
+        let (port, nfs3_port) = started.with_context(|| format!("agent {name}"))?;
         cluster += &format!(
             "\n[[sn]]\nname = \"{name}\"\naddress = \"127.0.0.1\"\nagent = \"127.0.0.1:{port}\"\nroot = \"{}\"\n",
             sd.join("install").display()
@@ -237,16 +256,6 @@ fn demo(a: &Options, out: &dyn Fn(String)) -> Result<(bool, serde_json::Map<Stri
     cluster += &format!("\n[[image]]\nname = \"demo-compute\"\npath = \"{IMAGE}\"\nclients = \"*\"\n");
     let cfg_path = dir.join("hanfs.toml");
     std::fs::write(&cfg_path, &cluster)?;
-    for (i, p) in ports.iter().enumerate() {
-        let t = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", *p)).is_err() {
-            if t.elapsed() > Duration::from_secs(15) {
-                let log = std::fs::read_to_string(dir.join(format!("sn{}/agent.log", i + 1))).unwrap_or_default();
-                bail!("agent sn{} did not start: {log}", i + 1);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
     out(format!("  CA in {}, {} agents on 127.0.0.1 ports {:?} (mutual TLS)", ca.display(), a.sns, ports));
 
     let model = model::Cluster::from_toml(&cfg_path.display().to_string(), &cluster).map_err(anyhow::Error::new)?;

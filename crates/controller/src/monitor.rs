@@ -55,6 +55,12 @@ fn build(cluster: &Cluster) -> HealthConfig {
             .iter()
             .filter_map(|sn| sn.service_address.map(|a| (sn.name.clone(), a.ip)))
             .collect(),
+        sn_ports: cluster
+            .sns()
+            .iter()
+            .filter(|sn| sn.nfs_port.is_some() || sn.mount_port.is_some())
+            .map(|sn| (sn.name.clone(), health::SnPorts { nfs: sn.nfs_port, mount: sn.mount_port }))
+            .collect(),
     }
 }
 

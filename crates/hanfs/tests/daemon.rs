@@ -34,8 +34,7 @@ fn wait_for(port: u16, what: &[&str], limit: Duration) -> String {
 fn syncs_on_start_and_after_a_quiet_change() {
     let rig = Rig::new(2, false);
     fill(&rig.source(), 50);
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let _d = rig.daemon(&["--quiet-secs", "1", "--metrics", &format!("127.0.0.1:{port}")]);
+    let (_d, port) = rig.daemon_with_metrics(&["--quiet-secs", "1"]);
     let m = wait_for(
         port,
         &[

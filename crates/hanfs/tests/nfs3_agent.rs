@@ -16,12 +16,13 @@ fn agent_serves_synced_replica_over_nfs3() {
     let mut rig = Rig::new(1, false);
     fill(&rig.source(), 20);
     std::fs::write(rig.source().join("etc/motd"), b"served by hanfs over NFSv3\n").unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     rig.kill(0);
     let conf = rig.agents[0].conf.clone();
     let text = std::fs::read_to_string(&conf).unwrap();
-    std::fs::write(&conf, format!("nfs3 = \"127.0.0.1:{port}\"\n{text}")).unwrap();
+    // Port 0: the agent prints the port its NFSv3 server got.
+    std::fs::write(&conf, format!("nfs3 = \"127.0.0.1:0\"\n{text}")).unwrap();
     rig.start(0);
+    let port = rig.agents[0].nfs3_port.expect("hanfs agent: serving NFSv3 on ADDR");
 
     let (rc, v) = rig.hanfs_json(&["sync"]);
     assert_eq!(rc, 0, "{v}");

@@ -234,8 +234,7 @@ fn migrate_repoints_xcat() {
 #[test]
 fn daemon_copies_statelite_on_its_clock() {
     let rig = setup(&["true"]);
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let d = rig.daemon(&["--quiet-secs", "1", "--statelite-secs", "1", "--metrics", &format!("127.0.0.1:{port}")]);
+    let (d, _port) = rig.daemon_with_metrics(&["--quiet-secs", "1", "--statelite-secs", "1"]);
     let backup = data(&rig, 1, "cn001");
     let wait_for = |what: &dyn Fn() -> bool, why: &str| {
         let t = Instant::now();
@@ -264,8 +263,7 @@ fn daemon_copies_statelite_on_its_clock() {
 fn daemon_keeps_a_move_made_while_it_runs() {
     let rig = setup(&["true"]);
     net::fill(&rig.source(), 5);
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let _d = rig.daemon(&["--quiet-secs", "1", "--statelite-secs", "0", "--metrics", &format!("127.0.0.1:{port}")]);
+    let (_d, port) = rig.daemon_with_metrics(&["--quiet-secs", "1", "--statelite-secs", "0"]);
     let daemon_log = || std::fs::read_to_string(rig.path().join("daemon.log")).unwrap_or_default();
     let generation = |g: u64| {
         let t = Instant::now();
@@ -306,25 +304,28 @@ fn failover_rig(failover: &str, fence_script: &str) -> (Rig, net::DaemonProc, u1
     let _ = std::fs::remove_file(&marker);
     let script = fence_script.replace("MARKER", marker.to_str().unwrap());
     let mut rig = setup(&["sh", "-c", &script]);
-    let nfs = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    // Each agent's NFSv3 server binds port 0 on its own address; the cluster config then names
+    // the ports they got, per SN (the embedded server answers MOUNT on its NFS port).
     for i in 0..3 {
         let conf = &rig.agents[i].conf;
         let text = std::fs::read_to_string(conf).unwrap();
-        std::fs::write(conf, format!("nfs3 = \"127.0.0.{}:{nfs}\"\n{text}", 11 + i)).unwrap();
+        std::fs::write(conf, format!("nfs3 = \"127.0.0.{}:0\"\n{text}", 11 + i)).unwrap();
         restart_with_statelite(&mut rig, i);
     }
+    let nfs: Vec<u16> = rig.agents.iter().map(|a| a.nfs3_port.expect("the agent printed its NFSv3 port")).collect();
     rig.edit_config(|c| {
         for (i, sn) in c.sn.iter_mut().enumerate() {
             sn.service_address = Some(model::config::sp(format!("127.0.0.{}/8", 11 + i)));
+            sn.nfs_port = Some(model::config::sp(i64::from(nfs[i])));
+            sn.mount_port = Some(model::config::sp(i64::from(nfs[i])));
         }
     });
     rig.cluster_option(&format!(
         "failover = \"{failover}\"\nprobe_interval_secs = 0.2\nprobe_timeout_secs = 0.5\ndead_after_secs = 1\n\
-         hold_down_secs = 5\nnfs_port = {nfs}\nportmap_port = {nfs}\nnfs_versions = [3]\n\
+         hold_down_secs = 5\nnfs_versions = [3]\n\
          fence_retry_secs = [0.2]\nfence_rerun_after_secs = 1\nfence_timeout_secs = 5"
     ));
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let d = rig.daemon(&["--quiet-secs", "1", "--statelite-secs", "1", "--metrics", &format!("127.0.0.1:{port}")]);
+    let (d, port) = rig.daemon_with_metrics(&["--quiet-secs", "1", "--statelite-secs", "1"]);
     // Every SN up, and cn001's copy on its backup (the promotion needs it).
     let backup = data(&rig, 1, "cn001");
     wait_until(&rig, "every SN up and cn001 copied to sn2", || {

@@ -146,7 +146,7 @@ fn missing_table_exits_2_naming_it() {
 #[test]
 fn unreachable_database_exits_2_naming_the_connection() {
     let tmp = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let (_held, port) = testkit::refusing_port(); // nothing listens there
     let cfgloc = tmp.path().join("cfgloc");
     std::fs::write(&cfgloc, format!("Pg:dbname=xcatdb;host=127.0.0.1;port={port}|xcatadm|secretpw\n")).unwrap();
     hanfs()

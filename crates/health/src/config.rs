@@ -66,6 +66,17 @@ pub struct HealthConfig {
     /// Per SN (by name): the floating address its nodes mount from, probed instead of the SN's
     /// management address (`[[sn]] service_address`).
     pub service_address: BTreeMap<String, IpAddr>,
+    /// Per SN (by name): its own NFS and MOUNT ports (`[[sn]] nfs_port`, `mount_port`), over
+    /// `nfs_port` and `mount_port` (SNs of one cluster may serve on different ports).
+    pub sn_ports: BTreeMap<String, SnPorts>,
+}
+
+/// One SN's own probe ports; `None`: the cluster-wide setting.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SnPorts {
+    pub nfs: Option<u16>,
+    pub mount: Option<u16>,
 }
 
 impl Default for HealthConfig {
@@ -89,6 +100,7 @@ impl Default for HealthConfig {
             fence_rerun_after_secs: 30.0,
             notify: Vec::new(),
             service_address: BTreeMap::new(),
+            sn_ports: BTreeMap::new(),
         }
     }
 }
@@ -168,12 +180,14 @@ impl HealthConfig {
     }
 
     /// The NFS probe of an SN whose management address is `address` (its service address wins).
+    /// The SN's own ports (`sn_ports`) win over the cluster-wide ones.
     pub fn nfs_target(&self, sn: &str, address: IpAddr) -> NfsTarget {
+        let own = self.sn_ports.get(sn).copied().unwrap_or_default();
         NfsTarget {
             address: self.service_address.get(sn).copied().unwrap_or(address),
-            nfs_port: self.nfs_port,
+            nfs_port: own.nfs.unwrap_or(self.nfs_port),
             nfs_versions: self.nfs_versions.clone(),
-            mount: match self.mount_port {
+            mount: match own.mount.or(self.mount_port) {
                 Some(p) => MountPort::Fixed(p),
                 None => MountPort::Portmap(self.portmap_port),
             },
@@ -240,5 +254,16 @@ mod tests {
         c.service_address.insert("sn1".into(), "10.0.0.100".parse().unwrap());
         assert_eq!(c.nfs_target("sn1", "10.0.0.1".parse().unwrap()).address.to_string(), "10.0.0.100");
         assert_eq!(c.nfs_target("sn2", "10.0.0.2".parse().unwrap()).address.to_string(), "10.0.0.2");
+    }
+
+    #[test]
+    fn an_sns_own_ports_win() {
+        let mut c = HealthConfig { nfs_port: 2049, mount_port: None, portmap_port: 111, ..HealthConfig::default() };
+        c.sn_ports.insert("sn2".into(), SnPorts { nfs: Some(3049), mount: Some(3050) });
+        c.sn_ports.insert("sn3".into(), SnPorts { nfs: Some(4049), mount: None });
+        let t = |sn: &str| c.nfs_target(sn, "10.0.0.1".parse().unwrap());
+        assert_eq!((t("sn1").nfs_port, t("sn1").mount), (2049, MountPort::Portmap(111)));
+        assert_eq!((t("sn2").nfs_port, t("sn2").mount), (3049, MountPort::Fixed(3050)));
+        assert_eq!((t("sn3").nfs_port, t("sn3").mount), (4049, MountPort::Portmap(111)));
     }
 }

@@ -88,6 +88,6 @@ pub mod fence;
 pub mod probe;
 pub mod report;
 
-pub use config::{ConfigError, FailoverMode, HealthConfig};
+pub use config::{ConfigError, FailoverMode, HealthConfig, SnPorts};
 pub use detector::{Alert, Check, Decision, Detector, DetectorConfig, DetectorError, FenceState, Probe, SnSpec, State};
 pub use report::{HealthReport, HealthState, SnHealth};

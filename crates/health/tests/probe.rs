@@ -1,4 +1,5 @@
-//! NFS probes against the real embedded server, a closed port and a listener that never answers.
+//! NFS probes against the real embedded server, a closed port (bound, never listening, held for the
+//! test) and a listener that never answers.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::{IpAddr, Ipv4Addr};
@@ -85,7 +86,7 @@ async fn nfs_v4_is_refused_by_the_v3_only_server() {
 
 #[tokio::test]
 async fn a_closed_port_is_refused_at_once() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let (_held, port) = testkit::refusing_port();
     let began = Instant::now();
     let p = probe_nfs(&target(port, &[3], SourcePort::Any)).await;
     assert_eq!(p.failure().map(|f| f.1.clone()), Some(RpcError::Refused), "{p:?}");
@@ -152,7 +153,7 @@ async fn a_fixed_mount_port_is_called_directly() {
     assert!(p.ok(), "{p:?}");
     assert_eq!(p.calls.len(), 2);
     // MOUNT pointed at a dead port: the NFS call passed, the probe fails on MOUNT.
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let (_held, dead) = testkit::refusing_port();
     t.mount = MountPort::Fixed(dead);
     let p = probe_nfs(&t).await;
     assert!(p.calls[0].result.is_ok());

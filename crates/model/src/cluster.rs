@@ -112,6 +112,11 @@ pub struct ServiceNode {
     /// The floating address its nodes mount from (taken over by a backup on failover).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_address: Option<crate::health::ServiceAddress>,
+    /// Its NFS and MOUNT ports for the health probe when they differ from `[cluster]`'s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nfs_port: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mount_port: Option<u16>,
 }
 
 /// A member of an external HA-NFS domain: a backup server that is not an SN (design arch. 2).
@@ -559,6 +564,8 @@ fn service_nodes(
         };
         let setuphanfs = s.setuphanfs.as_ref().is_some_and(|v| *v.get_ref());
         let service_address = crate::health::service_address(sink, &s.service_address, f("service_address"));
+        let nfs_port = crate::health::sn_port(sink, &s.nfs_port, f("nfs_port"));
+        let mount_port = crate::health::sn_port(sink, &s.mount_port, f("mount_port"));
         if let (true, Some(d), Some(v)) = (setuphanfs, dialect, &s.setuphanfs) {
             if d != Dialect::Aix {
                 sink.at(
@@ -588,6 +595,8 @@ fn service_nodes(
                 root,
                 setuphanfs,
                 service_address,
+                nfs_port,
+                mount_port,
             });
         }
     }
@@ -1142,6 +1151,21 @@ served_by = "sn1"
     }
 
     #[test]
+    fn an_sn_may_have_its_own_nfs_and_mount_ports() {
+        let text = OK.replace(
+            "agent = \"127.0.0.1:7002\"\n",
+            "agent = \"127.0.0.1:7002\"\nnfs_port = 2050\nmount_port = 2051\n",
+        );
+        let c = Cluster::from_toml("c.toml", &text).unwrap();
+        let (a, b) = (c.sn("sn1").unwrap(), c.sn("sn2").unwrap());
+        assert_eq!((a.nfs_port, a.mount_port), (None, None));
+        assert_eq!((b.nfs_port, b.mount_port), (Some(2050), Some(2051)));
+        // Written back through the schema, read the same.
+        let again = ConfigFile::parse("c.toml", &text).unwrap().to_toml().unwrap();
+        assert_eq!(Cluster::from_toml("c.toml", &again).unwrap().sn("sn2"), Some(b));
+    }
+
+    #[test]
     fn every_error_carries_line_column_and_field() {
         let nested = format!("{OK}\n[[image]]\nname = \"inner\"\npath = \"netboot/rh8/x86_64/compute/rootimg/sub\"\n");
         let cases: Vec<(String, &str)> = vec![
@@ -1171,6 +1195,14 @@ served_by = "sn1"
                     "agent = \"127.0.0.1:7002\"\nservice_address = \"10.0.1.102\"\n",
                 ),
                 "sn[1].service_address: `10.0.1.102`: expected ADDRESS/PREFIX",
+            ),
+            (
+                OK.replace("agent = \"127.0.0.1:7002\"\n", "agent = \"127.0.0.1:7002\"\nnfs_port = 0\n"),
+                "sn[1].nfs_port: must be a port",
+            ),
+            (
+                OK.replace("agent = \"127.0.0.1:7002\"\n", "agent = \"127.0.0.1:7002\"\nmount_port = 65536\n"),
+                "sn[1].mount_port: must be a port",
             ),
         ];
         for (text, want) in cases {

@@ -186,6 +186,13 @@ pub struct SnSection {
     /// daemon and taken over by a backup on failover.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_address: Option<Text>,
+    /// This SN's NFS port for the health probe, over `[cluster] nfs_port` (SNs of one cluster may
+    /// run their servers on different ports).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nfs_port: Option<Spanned<i64>>,
+    /// This SN's MOUNT port, over `[cluster] mount_port` (set: called directly, no portmap query).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mount_port: Option<Spanned<i64>>,
 }
 
 impl SnSection {
@@ -199,6 +206,8 @@ impl SnSection {
             root: None,
             setuphanfs: None,
             service_address: None,
+            nfs_port: None,
+            mount_port: None,
         }
     }
 
@@ -219,6 +228,17 @@ impl SnSection {
 
     pub fn root(mut self, root: impl Into<String>) -> SnSection {
         self.root = Some(text(root));
+        self
+    }
+
+    /// The port its NFS server answers on, when not `[cluster] nfs_port`.
+    pub fn nfs_port(mut self, port: u16) -> SnSection {
+        self.nfs_port = Some(sp(i64::from(port)));
+        self
+    }
+
+    pub fn mount_port(mut self, port: u16) -> SnSection {
+        self.mount_port = Some(sp(i64::from(port)));
         self
     }
 }

@@ -94,11 +94,16 @@ fn secs(sink: &mut Sink<'_>, v: &Option<Spanned<Seconds>>, field: &str) -> Optio
 }
 
 fn port(sink: &mut Sink<'_>, v: &Option<Spanned<i64>>, field: &str) -> Option<u16> {
+    sn_port(sink, v, format!("cluster.{field}"))
+}
+
+/// A port field (`cluster.nfs_port`, `sn[i].nfs_port`, ...), checked; `field` is the dotted name.
+pub(crate) fn sn_port(sink: &mut Sink<'_>, v: &Option<Spanned<i64>>, field: String) -> Option<u16> {
     let v = v.as_ref()?;
     match u16::try_from(*v.get_ref()).ok().filter(|p| *p > 0) {
         Some(p) => Some(p),
         None => {
-            sink.at(v.span(), format!("cluster.{field}"), "must be a port, 1 to 65535");
+            sink.at(v.span(), field, "must be a port, 1 to 65535");
             None
         }
     }

@@ -8,6 +8,8 @@
 //! let Some(exportfs) = testkit::require_program("exportfs", "nfs-kernel-server") else { return };
 //! ```
 
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
 use std::fmt::Display;
 use std::path::{Path, PathBuf};
 
@@ -73,9 +75,34 @@ pub fn program(prog: &str, package: &str) -> PathBuf {
     }
 }
 
+/// A TCP port on 127.0.0.1 where nothing listens, and no one else can take it while the returned
+/// socket lives: bound (port 0, so the kernel picks) but never listening, so a connect to it is
+/// refused. Asking for a free port and closing it would let another process take it meanwhile.
+#[track_caller]
+pub fn refusing_port() -> (std::os::fd::OwnedFd, u16) {
+    use rustix::net::{bind, getsockname, socket, AddressFamily, SocketAddrAny, SocketType};
+    let bound = socket(AddressFamily::INET, SocketType::STREAM, None).and_then(|s| {
+        bind(&s, &std::net::SocketAddr::from(([127, 0, 0, 1], 0)))?;
+        let a: SocketAddrAny = getsockname(&s)?;
+        Ok((s, std::net::SocketAddr::try_from(a).map_err(|_| rustix::io::Errno::AFNOSUPPORT)?))
+    });
+    match bound {
+        Ok((s, addr)) => (s, addr.port()),
+        Err(e) => panic!("binding a TCP socket on 127.0.0.1: {e}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refusing_port_refuses_and_stays_taken() {
+        let (_held, port) = refusing_port();
+        let e = std::net::TcpStream::connect(("127.0.0.1", port)).map(drop).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused);
+        assert!(std::net::TcpListener::bind(("127.0.0.1", port)).is_err(), "another socket took port {port}");
+    }
 
     #[test]
     fn programs_are_found_on_path_or_sbin() {

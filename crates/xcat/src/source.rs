@@ -333,6 +333,10 @@ impl Cfgloc {
         };
         let at = match (&self.socket, &self.host, self.port) {
             (Some(s), _, _) => format!("socket {s}"),
+            // libpq's (and DBD::Pg's) `host=/dir`: the socket `.s.PGSQL.<port>` in that directory.
+            (None, Some(d), p) if d.starts_with('/') && self.kind == DbKind::Postgres => {
+                format!("socket {}/.s.PGSQL.{}", d.trim_end_matches('/'), p.unwrap_or(PG_DEFAULT_PORT))
+            }
             (None, Some(h), Some(p)) => format!("{h}:{p}"),
             (None, Some(h), None) => h.clone(),
             (None, None, Some(p)) => format!("localhost:{p}"),
@@ -354,6 +358,9 @@ pub struct CfglocDb {
     rt: tokio::runtime::Runtime,
     conn: Conn,
 }
+
+/// PostgreSQL's port when cfgloc names none; with `host=/dir` it names the socket file too.
+const PG_DEFAULT_PORT: u16 = 5432;
 
 /// How long a connection attempt may take before the database counts as unreachable.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -567,6 +574,10 @@ mod tests {
         assert!(!format!("{c:?}").contains("cret"), "password stays out of debug output");
         let c = Cfgloc::parse("mysql:dbname=xcatdb;host=mn;port=3307|xcat|pw").unwrap();
         assert_eq!((c.kind, c.port), (DbKind::Mysql, Some(3307)));
+        let c = Cfgloc::parse("Pg:dbname=xcatdb;host=/run/postgresql|u|p").unwrap();
+        assert_eq!(c.describe(), "PostgreSQL database xcatdb at socket /run/postgresql/.s.PGSQL.5432 as u");
+        let c = Cfgloc::parse("Pg:dbname=xcatdb;host=/run/pg/;port=5433|u|p").unwrap();
+        assert_eq!(c.describe(), "PostgreSQL database xcatdb at socket /run/pg/.s.PGSQL.5433 as u");
         let c = Cfgloc::parse("mysql:dbname=x;mysql_socket=/run/m.sock|u|p").unwrap();
         assert_eq!(c.socket.as_deref(), Some("/run/m.sock"));
         assert!(Cfgloc::parse("Pg:host=h|u|p").unwrap_err().contains("dbname"));

@@ -1,7 +1,7 @@
 //! Import from a real PostgreSQL and a real MariaDB, each started by its test from Debian's packages
 //! (`postgresql`, `mariadb-server`; `make deps` installs them) in a
-//! temporary directory, listening on 127.0.0.1 at a free port and on a unix socket, as an
-//! unprivileged user (nobody) when the tests run as root. The tables get xCAT's layout and the
+//! temporary directory, listening on a unix socket only (no TCP port, so nothing can take or
+//! collide with one), as an unprivileged user (nobody) when the tests run as root. The tables get xCAT's layout and the
 //! generated cluster; the import must equal the tabdump one and the committed expected config.
 //! A server that is missing or cannot start makes its test skip with the reason (`testkit::skip`),
 //! which is a failure under CI.
@@ -10,6 +10,7 @@
 mod common;
 
 use sqlx::Connection;
+use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -61,10 +62,6 @@ fn db_tmp() -> PathBuf {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 fn pg_bin(name: &str) -> Option<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
         .ok()?
@@ -92,7 +89,7 @@ fn ensure_packages() -> Result<(), String> {
 struct Server {
     child: Child,
     signal: &'static str,
-    port: u16,
+    /// PostgreSQL: the socket directory (`-k`); MariaDB: the socket itself.
     sock: PathBuf,
     dir: tempfile::TempDir,
 }
@@ -175,23 +172,23 @@ fn start_postgres() -> Result<Server, String> {
         "initdb",
         &dir.path().join("initdb.log"),
     )?;
-    let port = free_port();
     let log = dir.path().join("postgres.log");
+    // No TCP (listen_addresses empty): the socket `.s.PGSQL.5432` in `sock`, the port naming it.
     let child = as_db_user(&postgres)
         .arg("-D")
         .arg(&data)
         .arg("-k")
         .arg(&sock)
-        .args(["-c", "listen_addresses=127.0.0.1", "-p", &port.to_string(), "-c", "fsync=off"])
+        .args(["-c", "listen_addresses=", "-p", "5432", "-c", "fsync=off"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .map_err(|e| format!("postgres: {e}"))?;
-    let mut s = Server { child, signal: "-INT", port, sock, dir };
+    let mut s = Server { child, signal: "-INT", sock: sock.clone(), dir };
     let opts = sqlx::postgres::PgConnectOptions::new_without_pgpass()
-        .host("127.0.0.1")
-        .port(port)
+        .socket(&sock)
+        .port(5432)
         .username("xcatadm")
         .password(PASSWORD);
     rt().block_on(async {
@@ -231,31 +228,29 @@ fn start_mariadb() -> Result<Server, String> {
         "mariadb-install-db",
         &dir.path().join("install.log"),
     )?;
-    let port = free_port();
     let sock = dir.path().join("mysqld.sock");
     let log = dir.path().join("mariadbd.log");
     let child = as_db_user(&mariadbd)
         .arg("--no-defaults")
         .arg(format!("--datadir={}", data.display()))
         .arg(format!("--socket={}", sock.display()))
-        .arg(format!("--port={port}"))
         .arg(format!("--pid-file={}", dir.path().join("pid").display()))
         .arg(format!("--log-error={}", log.display()))
-        .args(["--bind-address=127.0.0.1", "--skip-log-bin", "--innodb-buffer-pool-size=32M", "--skip-name-resolve"])
+        // The unix socket only: no TCP port at all.
+        .args(["--skip-networking", "--skip-log-bin", "--innodb-buffer-pool-size=32M", "--skip-name-resolve"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .map_err(|e| format!("mariadbd: {e}"))?;
-    let mut s = Server { child, signal: "-TERM", port, sock: sock.clone(), dir };
+    let mut s = Server { child, signal: "-TERM", sock: sock.clone(), dir };
     rt().block_on(async {
         let root = sqlx::mysql::MySqlConnectOptions::new().socket(&sock).username("root");
         let mut c = wait_for(|| sqlx::MySqlConnection::connect_with(&root), &mut s.child, &log).await?;
         for q in [
             "CREATE DATABASE xcatdb".to_string(),
-            format!("CREATE USER 'xcatadm'@'%' IDENTIFIED BY '{PASSWORD}'"),
+            // A unix-socket client is 'user'@'localhost'.
             format!("CREATE USER 'xcatadm'@'localhost' IDENTIFIED BY '{PASSWORD}'"),
-            "GRANT ALL ON xcatdb.* TO 'xcatadm'@'%'".to_string(),
             "GRANT ALL ON xcatdb.* TO 'xcatadm'@'localhost'".to_string(),
         ] {
             sqlx::query(&q).execute(&mut c).await.map_err(|e| format!("{q}: {e}"))?;
@@ -264,7 +259,7 @@ fn start_mariadb() -> Result<Server, String> {
             sqlx::MySqlConnection::connect_with(&root.clone().database("xcatdb")).await.map_err(|e| e.to_string())?;
         common::cluster().load_mysql(&mut c).await;
         for (db, dir) in sets() {
-            for q in [format!("CREATE DATABASE {db}"), format!("GRANT ALL ON {db}.* TO 'xcatadm'@'%'")] {
+            for q in [format!("CREATE DATABASE {db}"), format!("GRANT ALL ON {db}.* TO 'xcatadm'@'localhost'")] {
                 sqlx::query(&q).execute(&mut c).await.map_err(|e| format!("{q}: {e}"))?;
             }
             let mut c =
@@ -323,32 +318,38 @@ fn postgresql_import_matches_tabdump() {
     };
     eprintln!("PostgreSQL up and loaded in {:?}", t.elapsed());
     let d = server.dir.path();
+    let sock = server.sock.display().to_string();
+    // The server made the socket that the description names (`.s.PGSQL.<port>`, PostgreSQL's name).
+    let file = server.sock.join(".s.PGSQL.5432");
+    assert!(std::fs::symlink_metadata(&file).is_ok_and(|m| m.file_type().is_socket()), "{}", file.display());
     let reference = tabdump_import();
+    // DBD::Pg hands libpq `host=/dir` as a socket directory; the port (default 5432) names the file.
     for (name, text) in [
-        ("tcp", format!("Pg:dbname=xcatdb;host=127.0.0.1;port={}|xcatadm|{PASSWORD}", server.port)),
-        ("socket", format!("Pg:dbname=xcatdb;host={};port={}|xcatadm|{PASSWORD}", server.sock.display(), server.port)),
+        ("socket-dir", format!("Pg:dbname=xcatdb;host={sock}|xcatadm|{PASSWORD}")),
+        ("socket-dir-port", format!("Pg:dbname=xcatdb;host={sock}/;port=5432|xcatadm|{PASSWORD}")),
     ] {
         let f = cfgloc(d, &format!("cfgloc-{name}"), &text);
         let imp = xcat::import(&SourceSpec::Cfgloc(f)).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(body(&imp.toml), expected(), "{name}: PostgreSQL import differs from expected.toml");
         assert_eq!(imp.cluster, reference.cluster);
         assert_eq!(imp.import.report.len(), reference.import.report.len());
-        assert!(imp.import.source.starts_with("PostgreSQL database xcatdb at"), "{}", imp.import.source);
+        let want = format!("PostgreSQL database xcatdb at socket {} as xcatadm", file.display());
+        assert!(imp.import.source.starts_with(&want), "{}", imp.import.source);
     }
-    check_sets("PostgreSQL", d, |db| format!("Pg:dbname={db};host=127.0.0.1;port={}|xcatadm|{PASSWORD}", server.port));
+    check_sets("PostgreSQL", d, |db| format!("Pg:dbname={db};host={sock}|xcatadm|{PASSWORD}"));
     // A wrong password is a connection error that names the database.
-    let f = cfgloc(d, "cfgloc-badpw", &format!("Pg:dbname=xcatdb;host=127.0.0.1;port={}|xcatadm|wrong", server.port));
+    let f = cfgloc(d, "cfgloc-badpw", &format!("Pg:dbname=xcatdb;host={sock}|xcatadm|wrong"));
     match xcat::import(&SourceSpec::Cfgloc(f)) {
         Err(xcat::ImportError::Source(e @ SourceError::Connect { .. })) => {
             let m = e.to_string();
-            assert!(m.contains(&format!("PostgreSQL database xcatdb at 127.0.0.1:{} as xcatadm", server.port)), "{m}");
+            assert!(m.contains(&format!("PostgreSQL database xcatdb at socket {} as xcatadm", file.display())), "{m}");
             assert!(!m.contains("wrong"), "the password must not be printed: {m}");
         }
         other => panic!("{other:?}"),
     }
     // A redirect plan from the database equals the one from tabdump.
     let mv = [xcat::NodeMove { node: "cn020".into(), to: "sn2".into(), address: None }];
-    let f = cfgloc(d, "cfgloc-r", &format!("Pg:dbname=xcatdb;host=127.0.0.1;port={}|xcatadm|{PASSWORD}", server.port));
+    let f = cfgloc(d, "cfgloc-r", &format!("Pg:dbname=xcatdb;host={sock}|xcatadm|{PASSWORD}"));
     let a = xcat::redirect::redirect(
         &SourceSpec::Cfgloc(f),
         &mv,
@@ -382,10 +383,12 @@ fn mariadb_import_matches_tabdump() {
     };
     eprintln!("MariaDB up and loaded in {:?}", t.elapsed());
     let d = server.dir.path();
+    let sock = server.sock.display().to_string();
     let reference = tabdump_import();
+    // DBD::mysql: `mysql_socket=`, with or without `host=localhost` (which means the socket too).
     for (name, text) in [
-        ("tcp", format!("mysql:dbname=xcatdb;host=127.0.0.1;port={}|xcatadm|{PASSWORD}", server.port)),
-        ("socket", format!("mysql:dbname=xcatdb;mysql_socket={}|xcatadm|{PASSWORD}", server.sock.display())),
+        ("socket", format!("mysql:dbname=xcatdb;mysql_socket={sock}|xcatadm|{PASSWORD}")),
+        ("localhost-socket", format!("mysql:dbname=xcatdb;host=localhost;mysql_socket={sock}|xcatadm|{PASSWORD}")),
     ] {
         let f = cfgloc(d, &format!("cfgloc-{name}"), &text);
         let imp = xcat::import(&SourceSpec::Cfgloc(f)).unwrap_or_else(|e| panic!("{name}: {e}"));
@@ -393,18 +396,14 @@ fn mariadb_import_matches_tabdump() {
         assert_eq!(imp.cluster, reference.cluster);
         assert_eq!(imp.import.report.len(), reference.import.report.len());
     }
-    check_sets("MariaDB", d, |db| format!("mysql:dbname={db};host=127.0.0.1;port={}|xcatadm|{PASSWORD}", server.port));
+    check_sets("MariaDB", d, |db| format!("mysql:dbname={db};mysql_socket={sock}|xcatadm|{PASSWORD}"));
     // A database without the required tables.
     rt().block_on(async {
         let root = sqlx::mysql::MySqlConnectOptions::new().socket(&server.sock).username("root").database("xcatdb");
         let mut c = sqlx::MySqlConnection::connect_with(&root).await.unwrap();
         sqlx::query("DROP TABLE noderes").execute(&mut c).await.unwrap();
     });
-    let f = cfgloc(
-        d,
-        "cfgloc-missing",
-        &format!("mysql:dbname=xcatdb;host=127.0.0.1;port={}|xcatadm|{PASSWORD}", server.port),
-    );
+    let f = cfgloc(d, "cfgloc-missing", &format!("mysql:dbname=xcatdb;mysql_socket={sock}|xcatadm|{PASSWORD}"));
     let e = xcat::import(&SourceSpec::Cfgloc(f)).unwrap_err().to_string();
     assert!(e.contains("MySQL database xcatdb") && e.contains("`noderes` is missing"), "{e}");
     drop(server);
@@ -414,7 +413,9 @@ fn mariadb_import_matches_tabdump() {
 #[test]
 fn unreachable_database_names_the_connection() {
     let tmp = tempfile::tempdir().unwrap();
-    let port = free_port(); // nothing listens there now
+    // Bound but never listening, held for the test: connects are refused, no one else takes it.
+    let (_held, port) = testkit::refusing_port();
+    let none = tmp.path().join("none");
     for (text, want) in [
         (
             format!("Pg:dbname=xcatdb;host=127.0.0.1;port={port}|xcatadm|pw"),
@@ -423,6 +424,14 @@ fn unreachable_database_names_the_connection() {
         (
             format!("mysql:dbname=xcatdb;host=127.0.0.1;port={port}|xcatadm|pw"),
             format!("MySQL database xcatdb at 127.0.0.1:{port}"),
+        ),
+        (
+            format!("Pg:dbname=xcatdb;host={}|xcatadm|pw", none.display()),
+            format!("PostgreSQL database xcatdb at socket {}/.s.PGSQL.5432", none.display()),
+        ),
+        (
+            format!("mysql:dbname=xcatdb;mysql_socket={}|xcatadm|pw", none.join("m.sock").display()),
+            format!("MySQL database xcatdb at socket {}", none.join("m.sock").display()),
         ),
     ] {
         let f = cfgloc(tmp.path(), "cfgloc", &text);

@@ -14,8 +14,8 @@ pub fn run(g: &Global, a: DaemonArgs) -> Result<Status> {
     }
     let metrics = Arc::new(Metrics::default());
     if let Some(addr) = &a.metrics {
-        metrics.serve(addr).map_err(|e| bad_input(format!("--metrics {addr}: {e}")))?;
-        tracing::info!(%addr, "serving metrics");
+        let bound = metrics.serve(addr).map_err(|e| bad_input(format!("--metrics {addr}: {e}")))?;
+        eprintln!("hanfs daemon: metrics on {bound}"); // the port really bound (ADDR may say port 0)
     }
     let opts = Options {
         quiet: Duration::from_secs(a.quiet_secs),

@@ -15,6 +15,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 pub const IMAGE_PATH: &str = "netboot/test/x86_64/compute/rootimg";
+/// What `hanfs agent` prints once its embedded NFSv3 server is bound, before the address.
+const NFS3_LINE: &str = "hanfs agent: serving NFSv3 on ";
 
 pub fn hanfs_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_hanfs"))
@@ -23,6 +25,8 @@ pub fn hanfs_bin() -> PathBuf {
 pub struct AgentProc {
     pub name: String,
     pub port: u16,
+    /// The embedded NFSv3 server's port, as the last start printed it (`nfs3` in its config).
+    pub nfs3_port: Option<u16>,
     pub conf: PathBuf,
     pub log: PathBuf,
     pub root: PathBuf,
@@ -88,7 +92,15 @@ impl Rig {
             }
             let cpath = sd.join("agent.toml");
             std::fs::write(&cpath, conf).unwrap();
-            agents.push(AgentProc { name, port: 0, conf: cpath, log: sd.join("agent.log"), root, child: None });
+            agents.push(AgentProc {
+                name,
+                port: 0,
+                nfs3_port: None,
+                conf: cpath,
+                log: sd.join("agent.log"),
+                root,
+                child: None,
+            });
         }
         cluster.image.push(ImageSection::new("compute", IMAGE_PATH).clients(Clients::One("*".into())));
         let cpath = d.join("cluster.toml");
@@ -150,13 +162,15 @@ impl Rig {
     }
 
     /// Starts agent `i` with the command `cmd` makes from its config path, and waits until that
-    /// process says which address it listens on (`hanfs agent: listening on ADDR`). The first start
+    /// process says which address it listens on (`hanfs agent: listening on ADDR`; with `nfs3`
+    /// configured, `hanfs agent: serving NFSv3 on ADDR` before it gives `nfs3_port`). The first start
     /// binds port 0; the port the kernel gave is then written into the agent's config (so a restart
     /// keeps it) and into the cluster config. A restart whose port another process took meanwhile
     /// binds port 0 again, rather than the test talking to someone else's listener.
     pub fn start_with(&mut self, i: usize, cmd: impl Fn(&Path) -> Command) {
         for _attempt in 0..3 {
             let before = self.log(i).matches("hanfs agent: listening on").count();
+            let nfs3_before = self.log(i).matches(NFS3_LINE).count();
             let a = &mut self.agents[i];
             let log = std::fs::OpenOptions::new().create(true).append(true).open(&a.log).unwrap();
             let mut child = cmd(&a.conf)
@@ -190,6 +204,11 @@ impl Rig {
                 continue;
             };
             self.agents[i].child = Some(child);
+            let log = self.log(i);
+            self.agents[i].nfs3_port = (log.matches(NFS3_LINE).count() > nfs3_before)
+                .then(|| log.lines().rev().find_map(|l| l.split(NFS3_LINE).nth(1)))
+                .flatten()
+                .map(|a| a.trim().parse::<std::net::SocketAddr>().unwrap().port());
             if port != old {
                 self.set_port(i, port);
             }
@@ -446,6 +465,25 @@ impl Drop for DaemonProc {
 }
 
 impl Rig {
+    /// [`Rig::daemon`] with `--metrics 127.0.0.1:0`; waits for `hanfs daemon: metrics on ADDR`
+    /// and returns the port the daemon got.
+    pub fn daemon_with_metrics(&self, args: &[&str]) -> (DaemonProc, u16) {
+        let mut a = args.to_vec();
+        a.extend(["--metrics", "127.0.0.1:0"]);
+        let mut d = self.daemon(&a);
+        let t = Instant::now();
+        loop {
+            let log = std::fs::read_to_string(self.path().join("daemon.log")).unwrap_or_default();
+            if let Some(addr) = log.lines().find_map(|l| l.strip_prefix("hanfs daemon: metrics on ")) {
+                let port = addr.trim().parse::<std::net::SocketAddr>().unwrap().port();
+                return (d, port);
+            }
+            assert!(d.0.try_wait().unwrap().is_none(), "the daemon exited:\n{log}");
+            assert!(t.elapsed() < Duration::from_secs(20), "the daemon never served metrics:\n{log}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Starts `hanfs daemon ARGS` on the rig's cluster config, logging (HANFS_LOG=info) to
     /// `daemon.log` in the rig's directory.
     pub fn daemon(&self, args: &[&str]) -> DaemonProc {
