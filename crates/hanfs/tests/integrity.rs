@@ -200,5 +200,10 @@ fn a_full_spool_is_reported_as_enospc_and_the_partial_file_removed() {
     let left: Vec<_> = std::fs::read_dir(&inside).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert!(left.is_empty(), "left in the spool: {left:?}");
     assert!(std::net::TcpStream::connect(("127.0.0.1", rig.agents[0].port)).is_ok(), "the agent went down");
+    // The agent logs the refusal after replying it, so the line may land a moment after the sync ends.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !rig.log(0).contains("ENOSPC") && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     assert!(rig.log(0).contains("ENOSPC"), "{}", rig.log(0));
 }
