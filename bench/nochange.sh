@@ -32,7 +32,7 @@ port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); 
 cpu() { local t=0 p; for p in "$@"; do t=$((t + $(awk '{print $14+$15+$16+$17}' "/proc/$p/stat"))); done; echo "$t"; }
 # Changes one file of the source (the same path each time, new content each run).
 touch_one() { python3 -c 'import os,sys; open(sys.argv[1],"wb").write(os.urandom(4096))' "$1/$2"; }
-ONE=$(cd "$IMAGE" && find . -type f -size -8k -size +2k -links 1 | sort | head -1)
+ONE=$(cd "$IMAGE" && find . -type f -size -8k -size +2k -links 1 | sort | sed -n 1p)
 
 printf '%-6s %-3s %-8s %-3s %8s %8s %8s\n' tool sns phase run wall mn_cpu rcv_cpu
 ROWS="$WORK/rows"
