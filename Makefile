@@ -8,7 +8,7 @@ DEB_PACKAGES := rdiff nfs-kernel-server user-mode-linux busybox-static kmod cpio
 	libnfs-utils postgresql mariadb-server rsync attr acl util-linux rpm python3 e2fsprogs
 HANFS ?= $(or $(CARGO_TARGET_DIR),target)/debug/hanfs
 
-.PHONY: all build deps test unit lint deny integration soak-failover package demo bench bench-sync fuzz fuzz-seeds clean
+.PHONY: all build deps test unit lint deny integration soak-failover package demo bench bench-sync bench-nochange fuzz fuzz-seeds clean
 
 all: build
 
@@ -103,6 +103,12 @@ bench-sync:
 	$(CARGO) build --release --locked -p hanfs
 	bench/make-images.sh
 	HANFS=$${CARGO_TARGET_DIR:-target}/release/hanfs bench/run.sh
+
+# No-change and one-file-change syncs of a generated 24k-entry image to 8 receivers, hanfs against
+# rsync daemons (use chroot = yes) in the same run, medians of 5 (needs root; see bench/README.md).
+bench-nochange:
+	$(CARGO) build --release --locked -p hanfs
+	HANFS=$${CARGO_TARGET_DIR:-target}/release/hanfs bench/nochange.sh
 
 # cargo-fuzz targets for every parser of outside input (fuzz/, not a workspace member). Each runs
 # for a fixed count, seeded from fuzz/seeds (rewrite them with `make fuzz-seeds`); the corpus grows

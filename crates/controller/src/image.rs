@@ -9,13 +9,38 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tree::{Manifest, Payload, Plan, ScanOptions, Scanner, SigStore};
 
-/// The generation last synced to at least one replica.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// The generation last synced to at least one replica: `state_dir/images/<name>/last`, postcard of
+/// (generation, digest, manifest). The manifest, nearly all of the file, is decoded only when a plan
+/// needs it ([`Last::manifest`]): a run with nothing changed reads the generation and digest only.
 pub struct Last {
     pub generation: u64,
     /// Stored as its hex string, as before the type existed.
     pub digest: proto::Digest,
-    pub manifest: Manifest,
+    path: PathBuf,
+    bytes: Vec<u8>,
+}
+
+/// The file's first two fields.
+#[derive(Deserialize)]
+struct LastHead {
+    generation: u64,
+    digest: proto::Digest,
+}
+
+/// The whole file, as read for a plan.
+#[derive(Deserialize)]
+struct LastFull {
+    _generation: u64,
+    _digest: proto::Digest,
+    manifest: Manifest,
+}
+
+/// The whole file, as written (the manifest borrowed, not copied).
+#[derive(Serialize)]
+struct LastOut<'a> {
+    generation: u64,
+    digest: proto::Digest,
+    manifest: &'a Manifest,
 }
 
 fn image_dir(cluster: &Cluster, name: &str) -> PathBuf {
@@ -26,10 +51,21 @@ impl Last {
     pub fn load(cluster: &Cluster, name: &str) -> Result<Option<Last>> {
         let p = image_dir(cluster, name).join("last");
         match std::fs::read(&p) {
-            Ok(b) => Ok(Some(postcard::from_bytes(&b).with_context(|| format!("{}: corrupt", p.display()))?)),
+            Ok(bytes) => {
+                let (h, _) = postcard::take_from_bytes::<LastHead>(&bytes)
+                    .with_context(|| format!("{}: corrupt", p.display()))?;
+                Ok(Some(Last { generation: h.generation, digest: h.digest, path: p, bytes }))
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e).with_context(|| format!("reading {}", p.display())),
         }
+    }
+
+    /// The manifest of that generation (decoded now; a corrupt file fails here).
+    pub fn manifest(&self) -> Result<Manifest> {
+        let full: LastFull =
+            postcard::from_bytes(&self.bytes).with_context(|| format!("{}: corrupt", self.path.display()))?;
+        Ok(full.manifest)
     }
 }
 
@@ -144,7 +180,7 @@ pub fn prepare(cluster: &Cluster, image: &Image) -> Result<Prepared> {
     let pack = Pack::new(out.clone(), cluster.zstd_level());
     let shared = match &last {
         Some(l) if l.digest != digest => {
-            let mut plan = tree::diff(&l.manifest, &manifest);
+            let mut plan = tree::diff(&l.manifest()?, &manifest);
             plan.generation = generation;
             // Every payload of the shared plan, in parallel, before any SN needs one.
             let mut keys: Vec<(MemoKey, &tree::Content)> = plan.to_send().map(|c| (memo_key(c), c)).collect();
@@ -451,7 +487,13 @@ impl Prepared {
     /// plan is numbered after every replica's.
     pub fn save(&self, generation: u64) -> Result<()> {
         let generation = generation.max(self.generation);
-        let last = Last { generation, digest: self.digest, manifest: self.manifest.clone() };
+        // Nothing changed since `last` was written (its digest and generation are these, and its
+        // save pruned the signatures to this manifest): rewriting and fsyncing the whole manifest
+        // and listing every signature would be most of a no-change run's cost.
+        if self.last.as_ref().is_some_and(|l| l.digest == self.digest && l.generation == generation) {
+            return Ok(());
+        }
+        let last = LastOut { generation, digest: self.digest, manifest: &self.manifest };
         let b = postcard::to_stdvec(&last)?;
         let p = self.state_dir.join("last");
         tree::fsops::write_atomic(&p, &b).with_context(|| format!("writing {}", p.display()))?;
@@ -488,5 +530,63 @@ mod tests {
         assert_eq!(z(0), (len, false));
         let (stored, zstd) = z(1);
         assert!(zstd && stored < len / 10, "{stored} of {len}");
+    }
+}
+
+#[cfg(test)]
+mod last_tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    fn cluster(d: &Path) -> Cluster {
+        let toml = format!(
+            "[cluster]\nsource_root = \"{0}/src\"\nstate_dir = \"{0}/state\"\nplaintext_loopback = true\n\
+             [[sn]]\nname = \"sn1\"\naddress = \"127.0.0.1\"\nagent = \"127.0.0.1:1\"\n\
+             [[image]]\nname = \"img\"\npath = \"img\"\nclients = \"*\"\n",
+            d.display()
+        );
+        Cluster::from_toml("t.toml", &toml).unwrap()
+    }
+
+    /// `last` as written is read back whole: generation, digest and the manifest a plan diffs
+    /// against; a run with nothing new leaves the file as it was (same inode), one with a change
+    /// replaces it; a file cut short fails the run that needs its manifest, by name.
+    #[test]
+    fn last_is_read_lazily_and_rewritten_only_when_something_changed() {
+        let t = tempfile::tempdir().unwrap();
+        let c = cluster(t.path());
+        let img = t.path().join("src/img");
+        std::fs::create_dir_all(&img).unwrap();
+        std::fs::write(img.join("a"), b"one").unwrap();
+        let image = &c.images()[0];
+        let p = prepare(&c, image).unwrap();
+        p.save(1).unwrap();
+        let last = Last::load(&c, "img").unwrap().unwrap();
+        assert_eq!((last.generation, last.digest), (1, p.digest));
+        assert_eq!(last.manifest().unwrap().digest(), p.manifest.digest());
+        let file = image_dir(&c, "img").join("last");
+        let ino = std::fs::metadata(&file).unwrap().ino();
+
+        let p = prepare(&c, image).unwrap();
+        assert!(p.shared.is_none() && p.generation == 1);
+        p.save(1).unwrap();
+        assert_eq!(std::fs::metadata(&file).unwrap().ino(), ino, "a no-change run rewrote last");
+        // A replica numbered past ours is recorded even with the same digest.
+        p.save(3).unwrap();
+        assert_eq!(Last::load(&c, "img").unwrap().unwrap().generation, 3);
+
+        std::fs::write(img.join("a"), b"two").unwrap();
+        let p = prepare(&c, image).unwrap();
+        let plan = &p.shared.as_ref().unwrap().plan;
+        assert_eq!((p.generation, plan.summary.content_changed), (4, 1));
+        p.save(4).unwrap();
+        assert_eq!(Last::load(&c, "img").unwrap().unwrap().digest, p.digest);
+
+        let b = std::fs::read(&file).unwrap();
+        std::fs::write(&file, &b[..b.len() - 10]).unwrap();
+        std::fs::write(img.join("a"), b"three").unwrap();
+        let e = prepare(&c, image).err().unwrap();
+        assert!(format!("{e:#}").contains("corrupt"), "{e:#}");
     }
 }

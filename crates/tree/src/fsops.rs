@@ -406,7 +406,10 @@ const PIECE: usize = 64 << 10;
 impl StageWriter {
     /// Wraps a freshly created file; writing past `limit` bytes fails.
     pub fn new(file: File, sparse: bool, limit: u64) -> StageWriter {
-        StageWriter { file, hasher: blake3::Hasher::new(), sparse, pos: 0, buf: Vec::with_capacity(1 << 20), limit }
+        // Sized to the file (one 64 KiB piece at least, 1 MiB at most): most staged files are a
+        // few KiB, and an image update stages thousands of them.
+        let cap = usize::try_from(limit).unwrap_or(usize::MAX).clamp(PIECE, 1 << 20);
+        StageWriter { file, hasher: blake3::Hasher::new(), sparse, pos: 0, buf: Vec::with_capacity(cap), limit }
     }
 
     fn flush_buf(&mut self) -> std::io::Result<()> {

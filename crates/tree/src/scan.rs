@@ -359,6 +359,11 @@ impl Scanner {
             // Drop inodes that are gone so the cache does not grow without bound.
             cache.retain(|k, _| live.contains(k));
             if let Some(p) = &self.cache_file {
+                // The cache is only a speed-up (a failed write costs the next scan its rehash),
+                // but its directory may not exist yet.
+                if let Some(d) = p.parent() {
+                    let _ = std::fs::create_dir_all(d);
+                }
                 if let Ok(b) = postcard::to_stdvec(&cache) {
                     let _ = crate::fsops::write_atomic(p, &b);
                     // The cache of the older format, never read again.

@@ -162,6 +162,26 @@ fn cache_is_persistent_and_sees_same_size_rewrites() {
     }
 }
 
+/// The MN keeps its cache in `images/<name>/scan`, which nothing else creates: the scanner makes
+/// the directory, so the next run's scan reuses the hashes (it silently rehashed every file of
+/// the image on every sync when the write failed), and still sees a rewrite with mtime put back.
+#[test]
+fn cache_directory_is_created_on_first_save() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("r");
+    let state = t.path().join("state/images/img/scan");
+    fs::create_dir_all(&root).unwrap();
+    fs::write(root.join("f"), b"aaaa").unwrap();
+    let opts = ScanOptions { excludes: vec![], state_dir: Some(state.clone()) };
+    let m1 = Scanner::new(&root, &opts).unwrap().scan().unwrap();
+    assert!(state.join("hashcache2").exists(), "no cache written under a new state dir");
+    let mt = fs::metadata(root.join("f")).unwrap().modified().unwrap();
+    fs::write(root.join("f"), b"bbbb").unwrap();
+    fs::File::options().write(true).open(root.join("f")).unwrap().set_modified(mt).unwrap();
+    let m2 = Scanner::new(&root, &opts).unwrap().scan().unwrap();
+    assert_ne!(m1.digest(), m2.digest());
+}
+
 #[test]
 fn sparse_files_are_recorded_and_recreated_sparse() {
     let t = tempfile::tempdir().unwrap();
