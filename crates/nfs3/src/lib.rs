@@ -41,6 +41,7 @@ pub mod gate;
 mod guard;
 pub mod index;
 pub mod oplog;
+pub mod replica;
 pub mod rw;
 
 use std::io;
