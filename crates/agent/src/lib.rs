@@ -201,7 +201,7 @@ impl Agent {
                 let rs = nfs3::replica::serve_replica(r.listen, tls, a.area.as_str().to_string(), srv.fs().clone())
                     .await
                     .with_context(|| format!("accepting the replication of {} on {}", a.area.as_str(), r.listen))?;
-                replicas.push(rs);
+                replicas.push((a.area.as_str().to_string(), rs));
             }
             rw.push(srv);
         }
@@ -249,7 +249,7 @@ pub struct Listening {
     addr: std::net::SocketAddr,
     _nfs3: Option<nfs3::Nfs3Server>,
     _rw: Vec<nfs3::RwServer>,
-    _replicas: Vec<nfs3::replica::ReplicaServer>,
+    _replicas: Vec<(String, nfs3::replica::ReplicaServer)>,
     /// The areas this agent is the primary of, with their stream to the backup.
     streams: Vec<(String, Arc<nfs3::replica::Replicator>)>,
 }
@@ -265,6 +265,16 @@ impl Listening {
     /// `peer_timeout_ms`; no resync is built, see `nfs3::replica`).
     pub fn statelite_rw_unprotected(&self) -> Vec<(String, bool)> {
         self.streams.iter().map(|(a, r)| (a.clone(), r.unprotected())).collect()
+    }
+
+    /// The address the read-write server of `area` is bound to.
+    pub fn statelite_rw_addr(&self, area: &str) -> Option<std::net::SocketAddr> {
+        self._rw.iter().find(|s| s.export_name() == area).map(|s| s.local_addr())
+    }
+
+    /// The address the replication listener of `area` (this agent its backup) is bound to.
+    pub fn statelite_rw_replica_addr(&self, area: &str) -> Option<std::net::SocketAddr> {
+        self._replicas.iter().find(|(a, _)| a == area).map(|(_, r)| r.local_addr())
     }
 
     /// Serves until the process ends.
