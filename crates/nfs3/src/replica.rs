@@ -373,3 +373,28 @@ impl Ctx {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::index::Fh;
+
+    #[tokio::test]
+    async fn frames_round_trip_and_an_oversized_announcement_is_refused_before_reading_it() {
+        let (mut a, mut b) = tokio::io::duplex(1 << 16);
+        let m = Msg::Entry { seq: 7, op: Op::Commit { id: Fh([3; 16]) } };
+        send(&mut a, &m).await.unwrap();
+        assert_eq!(recv(&mut b).await.unwrap(), m);
+        let too_big = u32::try_from(MAX_FRAME + 1).unwrap().to_be_bytes();
+        a.write_all(&too_big).await.unwrap();
+        let e = recv(&mut b).await.unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidData);
+        assert!(e.to_string().contains("over the"), "{e}");
+        // A largest WRITE fits in one frame.
+        let data = vec![0u8; crate::fs::MAX_READ as usize];
+        let big = Msg::Entry { seq: 8, op: Op::Write { id: Fh([1; 16]), offset: 0, data, sync: true } };
+        let (mut a, mut b) = tokio::io::duplex(8 << 20);
+        send(&mut a, &big).await.unwrap();
+        assert_eq!(recv(&mut b).await.unwrap(), big);
+    }
+}
