@@ -168,6 +168,14 @@ impl Agent {
         // Read-write statelite areas (issue 13), each on its own port, exported under the area's
         // cluster-wide path (so the handle generation and fsid are the same on its backup).
         let mut rw = Vec::new();
+        let mut replicas = Vec::new();
+        let mut streams = Vec::new();
+        let identity = match &self.cfg.tls {
+            Some(f) if self.cfg.statelite_rw.iter().any(|a| a.peer.is_some() || a.replica.is_some()) => {
+                Some(transport::Identity::from_files(f)?)
+            }
+            _ => None,
+        };
         for a in &self.cfg.statelite_rw {
             let dir = match &self.cfg.statelite_prefix {
                 Some(pre) => std::path::PathBuf::from(pre.as_str()).join(a.area.as_str().trim_start_matches('/')),
@@ -175,14 +183,42 @@ impl Agent {
             };
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
             let opts = nfs3::RwOptions { export_name: Some(a.area.as_str().to_string()), insecure: false };
-            let srv = nfs3::serve_rw(&dir, a.listen, opts, None)
+            // Primary: every change goes to the backup before the client is answered.
+            let replicator = match (&a.peer, &identity) {
+                (Some(p), Some(id)) => {
+                    let peer = nfs3::replica::Peer {
+                        addr: p.addr.clone(),
+                        name: p.name.clone(),
+                        area: a.area.as_str().to_string(),
+                        timeout: Duration::from_millis(p.timeout_ms),
+                        tls: id.client_config()?,
+                    };
+                    Some(nfs3::replica::Replicator::new(peer, tokio::runtime::Handle::current()))
+                }
+                _ => None,
+            };
+            let rep = replicator.clone().map(|r| r as Arc<dyn nfs3::rw::Replicate>);
+            let srv = nfs3::serve_rw(&dir, a.listen, opts, rep)
                 .await
                 .with_context(|| format!("serving statelite area {} read-write on {}", a.area.as_str(), a.listen))?;
             tracing::info!(area = a.area.as_str(), listen = %srv.local_addr(), dir = %dir.display(), "serving statelite area read-write over NFSv3");
             self.nfs3_closers.push(srv.closer());
+            if let Some(r) = replicator {
+                tracing::info!(area = a.area.as_str(), peer = %r.peer().addr, peer_name = %r.peer().name, "statelite area replicated synchronously to its backup");
+                streams.push((a.area.as_str().to_string(), r));
+            }
+            // Backup: the primary's stream, on a listener of its own (the control port keeps
+            // accepting the controller only), applied to the area this agent serves.
+            if let (Some(r), Some(id)) = (&a.replica, &identity) {
+                let tls = id.server_config(&r.primary)?;
+                let rs = nfs3::replica::serve_replica(r.listen, tls, a.area.as_str().to_string(), srv.fs().clone())
+                    .await
+                    .with_context(|| format!("accepting the replication of {} on {}", a.area.as_str(), r.listen))?;
+                replicas.push((a.area.as_str().to_string(), rs));
+            }
             rw.push(srv);
         }
-        Ok(Listening { agent: self, listener: l, addr, _nfs3: nfs3, _rw: rw })
+        Ok(Listening { agent: self, listener: l, addr, _nfs3: nfs3, _rw: rw, _replicas: replicas, streams })
     }
 
     /// Serves controller sessions on `l` until the process ends.
@@ -226,6 +262,9 @@ pub struct Listening {
     addr: std::net::SocketAddr,
     _nfs3: Option<nfs3::Nfs3Server>,
     _rw: Vec<nfs3::RwServer>,
+    _replicas: Vec<(String, nfs3::replica::ReplicaServer)>,
+    /// The areas this agent is the primary of, with their stream to the backup.
+    streams: Vec<(String, Arc<nfs3::replica::Replicator>)>,
 }
 
 impl Listening {
@@ -240,9 +279,26 @@ impl Listening {
         self._nfs3.as_ref().map(nfs3::Nfs3Server::local_addr)
     }
 
+    /// The read-write areas this agent replicates to a backup, and whether each is unprotected
+    /// (the backup missed a change: it was unreachable, refused the stream or did not answer in
+    /// `peer_timeout_ms`; no resync is built, see `nfs3::replica`).
+    pub fn statelite_rw_unprotected(&self) -> Vec<(String, bool)> {
+        self.streams.iter().map(|(a, r)| (a.clone(), r.unprotected())).collect()
+    }
+
+    /// The address the read-write server of `area` is bound to.
+    pub fn statelite_rw_addr(&self, area: &str) -> Option<std::net::SocketAddr> {
+        self._rw.iter().find(|s| s.export_name() == area).map(|s| s.local_addr())
+    }
+
+    /// The address the replication listener of `area` (this agent its backup) is bound to.
+    pub fn statelite_rw_replica_addr(&self, area: &str) -> Option<std::net::SocketAddr> {
+        self._replicas.iter().find(|(a, _)| a == area).map(|(_, r)| r.local_addr())
+    }
+
     /// Serves until the process ends.
     pub async fn serve(self) -> Result<()> {
-        let Listening { agent, listener, _nfs3, _rw, .. } = self;
+        let Listening { agent, listener, _nfs3, _rw, _replicas, .. } = self;
         agent.serve(listener).await
     }
 

@@ -49,13 +49,61 @@ pub struct AgentConfig {
 pub struct StateliteRw {
     pub area: AbsPath,
     pub listen: SocketAddr,
+    /// On the primary: the backup agent's replication listener (`host:port`) every change is
+    /// sent to before the client is answered, and the name its certificate must carry.
+    pub peer: Option<RwPeer>,
+    /// On the backup: where the primary's replication stream is accepted, and the only
+    /// certificate name (the primary SN's) it is accepted from.
+    pub replica: Option<RwReplica>,
 }
+
+/// `peer`, `peer_name`, `peer_timeout_ms` of a `[[statelite_rw]]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RwPeer {
+    pub addr: String,
+    pub name: String,
+    /// How long the primary waits for the backup before it serves without it (unprotected).
+    pub timeout_ms: u64,
+}
+
+/// `replica_listen`, `primary` of a `[[statelite_rw]]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RwReplica {
+    pub listen: SocketAddr,
+    pub primary: String,
+}
+
+/// `peer_timeout_ms`'s default and its bounds.
+pub const DEFAULT_PEER_TIMEOUT_MS: u64 = 2000;
+pub const MAX_PEER_TIMEOUT_MS: u64 = 600_000;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawRw {
     area: Spanned<String>,
     listen: Spanned<String>,
+    peer: Option<Spanned<String>>,
+    peer_name: Option<Spanned<String>>,
+    peer_timeout_ms: Option<Spanned<i64>>,
+    replica_listen: Option<Spanned<String>>,
+    primary: Option<Spanned<String>>,
+}
+
+/// Why `s` is not a `host:port` (a host name or IP address, then a port 1-65535), if it is not.
+fn host_port_problem(s: &str) -> Option<String> {
+    if s.parse::<SocketAddr>().is_ok() {
+        return None;
+    }
+    let Some((host, port)) = s.rsplit_once(':') else {
+        return Some(format!("`{s}` is not host:port"));
+    };
+    if port.parse::<u16>().ok().filter(|&p| p > 0).is_none() {
+        return Some(format!("`{s}`: `{port}` is not a port (1-65535)"));
+    }
+    if !valid_name(host) || host.contains('_') {
+        return Some(format!("`{s}`: `{host}` is not a host name or IP address (IPv6: `[addr]:port`)"));
+    }
+    None
 }
 
 /// The name `hanfs ca issue DIR --name mn` puts in the MN's certificate.
@@ -230,8 +278,95 @@ impl AgentConfig {
                     None
                 }
             };
-            if let (Some(area), Some(listen)) = (area, listen) {
-                statelite_rw.push(StateliteRw { area, listen });
+            let field = |f: &str| format!("statelite_rw[{i}].{f}");
+            let cert_name = |sink: &mut Sink<'_>, v: &Spanned<String>, f: &str| {
+                if valid_name(v.get_ref()) {
+                    Some(v.get_ref().clone())
+                } else {
+                    sink.at(v.span(), field(f), format!("`{}` is not a certificate DNS name", v.get_ref()));
+                    None
+                }
+            };
+            let mut ok = true;
+            let timeout_ms = match &rw.peer_timeout_ms {
+                Some(t) if (1..=MAX_PEER_TIMEOUT_MS as i64).contains(t.get_ref()) => *t.get_ref() as u64,
+                Some(t) => {
+                    sink.at(
+                        t.span(),
+                        field("peer_timeout_ms"),
+                        format!("{} is not in 1..={MAX_PEER_TIMEOUT_MS}", t.get_ref()),
+                    );
+                    ok = false;
+                    DEFAULT_PEER_TIMEOUT_MS
+                }
+                None => DEFAULT_PEER_TIMEOUT_MS,
+            };
+            let peer = match (&rw.peer, &rw.peer_name) {
+                (Some(p), Some(n)) => {
+                    if let Some(m) = host_port_problem(p.get_ref()) {
+                        sink.at(p.span(), field("peer"), m);
+                        ok = false;
+                    }
+                    let name = cert_name(&mut sink, n, "peer_name");
+                    name.map(|name| RwPeer { addr: p.get_ref().clone(), name, timeout_ms })
+                }
+                (Some(p), None) => {
+                    sink.at(p.span(), field("peer"), "needs `peer_name`, the backup SN's certificate name");
+                    None
+                }
+                (None, Some(n)) => {
+                    sink.at(n.span(), field("peer_name"), "without `peer` there is no backup to name");
+                    None
+                }
+                (None, None) => {
+                    if let Some(t) = &rw.peer_timeout_ms {
+                        sink.at(t.span(), field("peer_timeout_ms"), "without `peer` there is no backup to wait for");
+                    }
+                    None
+                }
+            };
+            let replica = match (&rw.replica_listen, &rw.primary) {
+                (Some(l), Some(p)) => {
+                    let listen = match l.get_ref().parse::<SocketAddr>() {
+                        Ok(a) => Some(a),
+                        Err(_) => {
+                            sink.at(
+                                l.span(),
+                                field("replica_listen"),
+                                format!("`{}` is not an ip:port socket address", l.get_ref()),
+                            );
+                            None
+                        }
+                    };
+                    let primary = cert_name(&mut sink, p, "primary");
+                    match (listen, primary) {
+                        (Some(listen), Some(primary)) => Some(RwReplica { listen, primary }),
+                        _ => None,
+                    }
+                }
+                (Some(l), None) => {
+                    sink.at(l.span(), field("replica_listen"), "needs `primary`, the primary SN's certificate name");
+                    None
+                }
+                (None, Some(p)) => {
+                    sink.at(p.span(), field("primary"), "needs `replica_listen`, where the primary's stream arrives");
+                    None
+                }
+                (None, None) => None,
+            };
+            if raw.tls.is_none() {
+                for (v, f) in [(&rw.peer, "peer"), (&rw.replica_listen, "replica_listen")] {
+                    if let Some(v) = v {
+                        sink.at(
+                            v.span(),
+                            field(f),
+                            "replication runs over the cluster's mutual TLS: a [tls] section is required",
+                        );
+                    }
+                }
+            }
+            if let (Some(area), Some(listen), true) = (area, listen, ok) {
+                statelite_rw.push(StateliteRw { area, listen, peer, replica });
             }
         }
         if let (Some(r), Some(raw_root)) = (&root, &raw.root) {
@@ -326,6 +461,41 @@ mod tests {
         let e = AgentConfig::from_toml("a.toml", &bad).unwrap_err().to_string();
         assert!(e.contains("a.toml:6") && e.contains("statelite_rw[0].listen"), "{e}");
         assert!(AgentConfig::from_toml("a.toml", base).unwrap().statelite_rw.is_empty());
+    }
+
+    #[test]
+    fn statelite_rw_replication_settings_are_checked_with_their_line() {
+        let base = "listen = \"127.0.0.1:7001\"\nstatelite_roots = [\"/nodedata\"]\n[tls]\nca = \"/c\"\ncert = \"/c\"\nkey = \"/k\"\n[[statelite_rw]]\narea = \"/nodedata\"\nlisten = \"0.0.0.0:2050\"\n";
+        let a = AgentConfig::from_toml("a.toml", &format!("{base}peer = \"sn2:7470\"\npeer_name = \"sn2\"\n")).unwrap();
+        let p = a.statelite_rw[0].peer.clone().unwrap();
+        assert_eq!((p.addr.as_str(), p.name.as_str(), p.timeout_ms), ("sn2:7470", "sn2", DEFAULT_PEER_TIMEOUT_MS));
+        assert_eq!(a.statelite_rw[0].replica, None);
+        let a =
+            AgentConfig::from_toml("a.toml", &format!("{base}replica_listen = \"0.0.0.0:7470\"\nprimary = \"sn1\"\n"))
+                .unwrap();
+        let r = a.statelite_rw[0].replica.clone().unwrap();
+        assert_eq!((r.listen.port(), r.primary.as_str()), (7470, "sn1"));
+        for (extra, at) in [
+            ("peer = \"sn2:7470\"", "a.toml:10:8: statelite_rw[0].peer: needs `peer_name`"),
+            ("peer_name = \"sn2\"", "a.toml:10:13: statelite_rw[0].peer_name:"),
+            ("peer = \"sn2\"\npeer_name = \"sn2\"", "a.toml:10:8: statelite_rw[0].peer:"),
+            ("peer = \"sn2:0\"\npeer_name = \"sn2\"", "a.toml:10:8: statelite_rw[0].peer:"),
+            ("peer = \"sn2:1\"\npeer_name = \"s n\"", "a.toml:11:13: statelite_rw[0].peer_name:"),
+            (
+                "peer = \"sn2:1\"\npeer_name = \"sn2\"\npeer_timeout_ms = 0",
+                "a.toml:12:19: statelite_rw[0].peer_timeout_ms:",
+            ),
+            ("peer_timeout_ms = 10", "a.toml:10:19: statelite_rw[0].peer_timeout_ms:"),
+            ("replica_listen = \"0.0.0.0:7470\"", "a.toml:10:18: statelite_rw[0].replica_listen: needs `primary`"),
+            ("primary = \"sn1\"", "a.toml:10:11: statelite_rw[0].primary:"),
+            ("replica_listen = \"x:1\"\nprimary = \"sn1\"", "a.toml:10:18: statelite_rw[0].replica_listen:"),
+        ] {
+            let e = AgentConfig::from_toml("a.toml", &format!("{base}{extra}\n")).unwrap_err().to_string();
+            assert!(e.starts_with(at), "{extra}: {e}");
+        }
+        let plain = "listen = \"127.0.0.1:7001\"\nplaintext_loopback = true\nstatelite_roots = [\"/nodedata\"]\n[[statelite_rw]]\narea = \"/nodedata\"\nlisten = \"0.0.0.0:2050\"\npeer = \"127.0.0.1:7470\"\npeer_name = \"sn2\"\n";
+        let e = AgentConfig::from_toml("a.toml", plain).unwrap_err().to_string();
+        assert!(e.starts_with("a.toml:7:8: statelite_rw[0].peer:") && e.contains("[tls]"), "{e}");
     }
 
     #[test]

@@ -22,7 +22,7 @@ use nfs3_server::vfs::FileHandle;
 const FH_DOMAIN: &[u8] = b"hanfs-nfs3-fh-v1\0";
 
 /// A file handle: 16 bytes of the path's BLAKE3 hash.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Fh(pub [u8; 16]);
 
 impl Fh {

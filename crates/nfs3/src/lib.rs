@@ -41,6 +41,7 @@ pub mod gate;
 mod guard;
 pub mod index;
 pub mod oplog;
+pub mod replica;
 pub mod rw;
 
 use std::io;
@@ -205,8 +206,8 @@ pub struct Switch(Option<ReplicaFs>);
 
 impl Switch {
     /// Runs `commit` with no NFS operation in progress; operations arriving meanwhile wait for
-    /// it. Blocks the calling thread: call it from a blocking context (`block_in_place`,
-    /// `spawn_blocking`, a plain thread).
+    /// it. Blocks the calling thread: call it from a blocking context (`spawn_blocking`, as the
+    /// agent does, or a plain thread), never on a runtime worker.
     pub fn switch<T>(&self, commit: impl FnOnce() -> T) -> T {
         match &self.0 {
             Some(fs) => fs.switch(commit),

@@ -9,10 +9,11 @@
 //! is in the entry, so applying it twice the same way gives the same tree.
 
 use crate::index::Fh;
+use serde::{Deserialize, Serialize};
 
 /// A time to set: leave it, or this instant (`SET_TO_SERVER_TIME` resolved by the primary,
 /// so the replica sets the same value).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub enum SetTime {
     #[default]
     Keep,
@@ -23,7 +24,7 @@ pub enum SetTime {
 }
 
 /// SETATTR's changes (RFC 1813 §3.3.2 `sattr3`), times resolved.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Attrs {
     pub mode: Option<u32>,
     pub uid: Option<u32>,
@@ -41,7 +42,7 @@ impl Attrs {
 }
 
 /// One change to an area.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Op {
     /// A new regular file `name` in directory `dir`, with file id `id`. `verf`: the
     /// EXCLUSIVE create verifier (RFC 1813 §3.3.8), kept with the file so a retried CREATE

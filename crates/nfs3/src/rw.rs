@@ -84,7 +84,9 @@ const MKDIR_MODE: u32 = 0o755;
 
 /// Where a log entry goes once it is applied here (the replication stream to the backup).
 /// Called in log order, under the area's change lock; an error is the client's reply (the
-/// primary answers only what the backup holds).
+/// primary answers only what the backup holds). [`crate::replica::Replicator`] is the stream
+/// to the backup agent: it answers Ok once the backup acknowledged, or once it gave the backup
+/// up (degraded mode).
 pub trait Replicate: Send + Sync {
     fn replicate(&self, op: &Op) -> Result<(), nfsstat3>;
 }
