@@ -88,6 +88,44 @@ pub(crate) fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
     p
 }
 
+/// READ's reply for a regular file of `size` bytes open as `fd`: at most `count` (capped at
+/// [`MAX_READ`]) bytes from `offset`, and whether they reach the end. Shared by both servers.
+pub(crate) fn read_at(fd: &OwnedFd, size: u64, offset: u64, count: u32) -> Result<(Vec<u8>, bool), nfsstat3> {
+    if offset >= size {
+        return Ok((Vec::new(), true));
+    }
+    let want = usize::try_from((size - offset).min(u64::from(count.min(MAX_READ)))).unwrap_or(0);
+    let mut buf = vec![0u8; want];
+    let mut got = 0;
+    while got < want {
+        match rustix::io::pread(fd, &mut buf[got..], offset + got as u64) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(Errno::INTR) => continue,
+            Err(e) => return Err(errno_stat(e)),
+        }
+    }
+    buf.truncate(got);
+    Ok((buf, offset + got as u64 >= size))
+}
+
+/// READLINK of the `O_PATH` descriptor `fd` whose stat is `st`: `NFS3ERR_INVAL` unless a symlink.
+pub(crate) fn symlink_target(fd: &OwnedFd, st: &Stat) -> Result<Vec<u8>, nfsstat3> {
+    if FileType::from_raw_mode(st.st_mode) != FileType::Symlink {
+        return Err(nfsstat3::NFS3ERR_INVAL);
+    }
+    rustix::fs::readlinkat(fd, "", Vec::new()).map(|t| t.into_bytes()).map_err(errno_stat)
+}
+
+/// Whether a call carries the guard's stamp (its secret as the AUTH_UNIX machine name); every call
+/// passes when there is no guard (`token` None).
+pub(crate) fn stamped(token: Option<&[u8]>, auth: Option<&auth_unix>) -> bool {
+    match token {
+        None => true,
+        Some(t) => auth.is_some_and(|a| a.machinename.as_ref() == t),
+    }
+}
+
 fn parent(rel: &[u8]) -> &[u8] {
     match rel.iter().rposition(|&b| b == b'/') {
         Some(i) => &rel[..i],
@@ -382,34 +420,14 @@ impl Inner {
         if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
             return Err(nfsstat3::NFS3ERR_INVAL);
         }
-        let size = u64::try_from(st.st_size).unwrap_or(0);
-        if offset >= size {
-            return Ok((Vec::new(), true));
-        }
-        let want = usize::try_from((size - offset).min(u64::from(count.min(MAX_READ)))).unwrap_or(0);
-        let mut buf = vec![0u8; want];
-        let mut got = 0;
-        while got < want {
-            match rustix::io::pread(&fd, &mut buf[got..], offset + got as u64) {
-                Ok(0) => break,
-                Ok(n) => got += n,
-                Err(Errno::INTR) => continue,
-                Err(e) => return Err(errno_stat(e)),
-            }
-        }
-        buf.truncate(got);
-        Ok((buf, offset + got as u64 >= size))
+        read_at(&fd, u64::try_from(st.st_size).unwrap_or(0), offset, count)
     }
 
     fn readlink(&self, fh: &Fh) -> Result<Vec<u8>, nfsstat3> {
         let rel = self.path_of(fh)?;
         let fd = self.open_beneath(&rel, OFlags::PATH).map_err(errno_stale)?;
         let st = rustix::fs::fstat(&fd).map_err(errno_stale)?;
-        if FileType::from_raw_mode(st.st_mode) != FileType::Symlink {
-            return Err(nfsstat3::NFS3ERR_INVAL);
-        }
-        let t = rustix::fs::readlinkat(&fd, "", Vec::new()).map_err(errno_stat)?;
-        Ok(t.into_bytes())
+        symlink_target(&fd, &st)
     }
 
     /// The iterator holds `gate` until the reply is built: its later batches read the tree too.
@@ -549,10 +567,7 @@ impl NfsReadFileSystem for ReplicaFs {
     }
 
     fn authorize(&self, auth: Option<&auth_unix>) -> bool {
-        match &self.0.token {
-            None => true,
-            Some(t) => auth.is_some_and(|a| a.machinename.as_ref() == t.as_slice()),
-        }
+        stamped(self.0.token.as_deref(), auth)
     }
 
     async fn lookup(&self, dirid: &Fh, filename: &filename3<'_>) -> Result<Fh, nfsstat3> {

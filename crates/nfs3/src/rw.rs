@@ -60,7 +60,9 @@ use nfs3_server::vfs::{
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat, Timespec, Timestamps, XattrFlags};
 use rustix::io::Errno;
 
-use crate::fs::{blocking, errno_stat, fattr, join, open_beneath, read_names, valid_name, MAX_READ};
+use crate::fs::{
+    blocking, errno_stat, fattr, join, open_beneath, read_at, read_names, stamped, symlink_target, valid_name, MAX_READ,
+};
 use crate::index::Fh;
 use crate::oplog::{Attrs, Op, SetTime};
 
@@ -513,22 +515,7 @@ impl AreaInner {
     fn read(&self, id: &Fh, offset: u64, count: u32) -> Result<(Vec<u8>, bool), nfsstat3> {
         let fd = self.open_reg(id, OFlags::RDONLY, false)?;
         let size = rustix::fs::fstat(&fd).map(|s| u64::try_from(s.st_size).unwrap_or(0)).map_err(errno_stat)?;
-        if offset >= size {
-            return Ok((Vec::new(), true));
-        }
-        let want = usize::try_from((size - offset).min(u64::from(count.min(MAX_READ)))).unwrap_or(0);
-        let mut buf = vec![0u8; want];
-        let mut got = 0;
-        while got < want {
-            match rustix::io::pread(&fd, &mut buf[got..], offset + got as u64) {
-                Ok(0) => break,
-                Ok(n) => got += n,
-                Err(Errno::INTR) => continue,
-                Err(e) => return Err(errno_stat(e)),
-            }
-        }
-        buf.truncate(got);
-        Ok((buf, offset + got as u64 >= size))
+        read_at(&fd, size, offset, count)
     }
 
     /// Opens the regular file `id` for I/O: exactly the inode whose type was checked (through
@@ -551,10 +538,7 @@ impl AreaInner {
     fn readlink(&self, id: &Fh) -> Result<Vec<u8>, nfsstat3> {
         let fd = self.open_id(id, OFlags::PATH)?;
         let st = rustix::fs::fstat(&fd).map_err(errno_stat)?;
-        if FileType::from_raw_mode(st.st_mode) != FileType::Symlink {
-            return Err(nfsstat3::NFS3ERR_INVAL);
-        }
-        rustix::fs::readlinkat(&fd, "", Vec::new()).map(|t| t.into_bytes()).map_err(errno_stat)
+        symlink_target(&fd, &st)
     }
 
     /// Applies a change (the change lock held), then hands it to the replication stream.
@@ -915,10 +899,7 @@ impl NfsReadFileSystem for AreaFs {
     }
 
     fn authorize(&self, auth: Option<&auth_unix>) -> bool {
-        match &self.0.token {
-            None => true,
-            Some(t) => auth.is_some_and(|a| a.machinename.as_ref() == t.as_slice()),
-        }
+        stamped(self.0.token.as_deref(), auth)
     }
 
     async fn lookup(&self, dirid: &Fh, filename: &filename3<'_>) -> Result<Fh, nfsstat3> {
