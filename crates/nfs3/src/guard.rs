@@ -96,6 +96,8 @@ impl Cred {
 }
 
 struct Pending {
+    /// The client's own xid (the call went on under one of the guard's, see [`Xids`]).
+    xid: u32,
     prog: u32,
     proc_: u32,
     cred: Cred,
@@ -113,6 +115,39 @@ const ACCESS3_EXTEND: u32 = 0x8;
 const ACCESS3_DELETE: u32 = 0x10;
 
 /// The procedures that change the tree.
+/// The xids calls go on to the NFS layer under. `nfs3_server` drops every call whose xid it saw
+/// on the connection in the last 60 s, even one it has answered, where kernel nfsd runs it again
+/// (or replays it from its reply cache). The Linux client retransmits on the same connection with
+/// the same xid after `timeo` and discards the part of a reply it had read, so a slow reply
+/// (a lossy or reordering link) would cost it a minute per call; the rig's netem soak showed a
+/// node's reads stopping that way. So every call goes on under a fresh xid and is run again,
+/// except a retransmitted change (CREATE, REMOVE, ...: not idempotent), which reuses the xid of
+/// its first transmission and stays at most once, as before.
+#[derive(Default)]
+struct Xids {
+    next: u32,
+    /// Client xid -> guard xid of recent changes; cleared when it grows past [`MAX_PENDING`].
+    changes: HashMap<u32, u32>,
+}
+
+impl Xids {
+    fn assign(&mut self, xid: u32, change: bool) -> u32 {
+        if change {
+            if let Some(&x) = self.changes.get(&xid) {
+                return x;
+            }
+        }
+        self.next = self.next.wrapping_add(1);
+        if change {
+            if self.changes.len() >= MAX_PENDING {
+                self.changes.clear();
+            }
+            self.changes.insert(xid, self.next);
+        }
+        self.next
+    }
+}
+
 fn changes(prog: u32, proc_: u32) -> bool {
     prog == PROG_NFS && (proc_ == NFS_SETATTR || (NFS_WRITE..=NFS_LINK).contains(&proc_))
 }
@@ -325,8 +360,10 @@ fn check_body(prog: u32, proc_: u32, cred: &Cred, body: &[u8], policy: &Policy) 
 /// Applies the policy to a reply record. `None` (close the connection) for a reply to no call
 /// of ours, or one that answers a call needing a check and does not parse: fail closed.
 fn rewrite_reply(rec: Vec<u8>, pending: &Mutex<HashMap<u32, Pending>>, policy: &Policy) -> Option<Vec<u8>> {
-    let xid = be32(&rec, 0)?;
-    let p = pending.lock().ok()?.remove(&xid)?;
+    let mut rec = rec;
+    let guard_xid = be32(&rec, 0)?;
+    let p = pending.lock().ok()?.remove(&guard_xid)?;
+    rec.get_mut(0..4)?.copy_from_slice(&p.xid.to_be_bytes());
     let checked = p.refused
         || matches!((p.prog, p.proc_), (PROG_NFS, NFS_ACCESS | NFS_READ | NFS_LOOKUP | NFS_READDIR | NFS_READDIRPLUS))
         || (policy.rw.is_some() && matches!((p.prog, p.proc_), (PROG_NFS, NFS_WRITE | NFS_COMMIT)));
@@ -410,19 +447,25 @@ async fn connection(client: TcpStream, internal: SocketAddr, policy: Arc<Policy>
     let up = {
         let (pending, policy) = (Arc::clone(&pending), Arc::clone(&policy));
         tokio::spawn(async move {
+            let mut xids = Xids::default();
             while let Some(rec) = read_record(&mut cr, MAX_CALL).await? {
                 let Some((xid, prog, proc_, cred, out)) = rewrite_call(&rec, &policy.token) else {
                     // Not a call we understand: do not forward it unstamped.
                     break;
                 };
                 let refused = policy.rw.is_some() && cred.uid != 0 && changes(prog, proc_);
-                let out = match refused {
+                let mut out = match refused {
                     true => match null_call(&out) {
                         Some(c) => c,
                         None => break,
                     },
                     false => out,
                 };
+                let guard_xid = xids.assign(xid, changes(prog, proc_));
+                let Some(head) = out.get_mut(0..4) else {
+                    break;
+                };
+                head.copy_from_slice(&guard_xid.to_be_bytes());
                 {
                     let Ok(mut p) = pending.lock() else {
                         break;
@@ -431,7 +474,7 @@ async fn connection(client: TcpStream, internal: SocketAddr, policy: Arc<Policy>
                     if p.len() >= MAX_PENDING {
                         break;
                     }
-                    p.insert(xid, Pending { prog, proc_, cred, refused });
+                    p.insert(guard_xid, Pending { xid, prog, proc_, cred, refused });
                 }
                 write_record(&mut sw, &out).await?;
             }
