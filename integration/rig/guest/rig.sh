@@ -411,7 +411,7 @@ ha_agent_start() {
     fi
     read -r snpid < "/run/sn/$1/pid"
     # nsenter execs (no fork without -p), env execs: $! is the agent itself
-    nsenter -t "$snpid" -n -m -u -- env LD_LIBRARY_PATH=/share/hanfs/lib /share/hanfs/hanfs agent \
+    nsenter -t "$snpid" -n -m -u -- env HANFS_LOG="${RIG_HA_AGENT_LOG:-info}" LD_LIBRARY_PATH=/share/hanfs/lib /share/hanfs/hanfs agent \
         --config "$s/agent.toml" < /dev/null > /dev/null 2>> "/run/sn/$1/ha-agent.log" &
     echo $! > "$s/pid"
     a=$! i=0 want=$(printf '00000000:%04X' $HA_PORT)
@@ -800,12 +800,21 @@ soak_failover() {
         fail "(soak) tc qdisc add dev ha-sn1 root netem $netem: $out"; kill $HA_DAEMON; return
     fi
     rig_log "soak: netem on sn1's link: $(ip netns exec sn1 tc qdisc show dev ha-sn1 | head -1)"
+    sk_t0=$(awk '{ printf "%d", $1 * 1000 }' /proc/uptime)
     sk_end=$(( $(cut -d. -f1 /proc/uptime) + RIG_SOAK_SECS )) sk_n=0
     while [ "$(cut -d. -f1 /proc/uptime)" -lt $sk_end ]; do
         sleep 30; sk_n=$((sk_n + 30))
-        rig_log "soak: ${sk_n} s: $(grep -c 'SN is down: fencing' $HA_MN/daemon-soak.log) fences, $(grep -c 'health alert' $HA_MN/daemon-soak.log) alerts"
+        rig_log "soak: ${sk_n} s: $(grep -c 'SN is down: fencing' $HA_MN/daemon-soak.log) fences, $(grep -c 'health alert' $HA_MN/daemon-soak.log) alerts, $(grep -c ' ok' $HA_LOG/reader.log) reads ok, $(grep -c ' ok' $HA_LOG/appender.log) appends ok"
     done
     stats=$(ip netns exec sn1 tc -s qdisc show dev ha-sn1 | grep -m1 -o 'Sent.*')
+    # what the node's mounts and the TCP connections look like while netem is still on (is a call
+    # outstanding, was it retransmitted, how often did the client reconnect, what is queued where)
+    mkdir -p /share/soak
+    cat /proc/self/mountstats > /share/soak/mountstats 2>&1
+    read -r snpid < /run/sn/sn1/pid
+    { echo "# the node (root netns)"; cat /proc/net/tcp; echo "# sn1"; cat /proc/$snpid/net/tcp; } > /share/soak/proc-net-tcp 2>&1
+    ip netns exec sn1 tc -s qdisc show dev ha-sn1 > /share/soak/sn1-qdisc 2>&1
+    dmesg | grep -E 'nfs|rpc|NFS' > /share/soak/dmesg
     ip netns exec sn1 tc qdisc del dev ha-sn1 root
     : > $HA_LOG/stop
     i=0; while kill -0 $wl 2> /dev/null && [ $i -lt 30 ]; do sleep 0.1; i=$((i + 1)); done
@@ -819,6 +828,9 @@ print(" ".join("%s=%s" % (s["name"], s["state"]) for s in h["sns"]))' "$HA_MN/st
     alerts=$(grep -c 'health alert' $HA_MN/daemon-soak.log)
     reads=$(grep -c ' ok' $HA_LOG/reader.log) badr=$(grep -vc ' ok' $HA_LOG/reader.log)
     mkdir -p /share/soak; cp $HA_MN/daemon-soak.log $HA_MN/cluster-soak.toml $HA_LOG/*.log /share/soak/ 2> /dev/null
+    for s in sn1 sn2; do cp /run/sn/$s/ha-agent.log /share/soak/$s-agent.log 2> /dev/null; done
+    # when each kind of the node's I/O last completed, in ms after netem went on
+    rig_log "soak: last image read ok $(awk -v t0=$sk_t0 '/ ok/ { l = $4 } END { print l - t0 }' $HA_LOG/reader.log) ms and last append ok $(awk -v t0=$sk_t0 '/ ok/ { l = $4 } END { print l - t0 }' $HA_LOG/appender.log) ms after netem"
     echo "rig-figure: soak secs=$RIG_SOAK_SECS netem=\"$netem\" fences=$fences takeovers=$takeovers alerts=$alerts reads_ok=$reads reads_failed=$badr sn1_qdisc=\"$stats\""
     if [ "$fences" = 0 ] && [ "$takeovers" = 0 ] && [ "$badr" = 0 ] && [ "$reads" -gt 0 ]; then
         case " $hs " in *" sn1=up "*|*" sn1=suspect "*)
