@@ -2,6 +2,8 @@
 //! NFSv3 client.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod area;
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{Seek, SeekFrom, Write};
