@@ -8,7 +8,7 @@ DEB_PACKAGES := rdiff nfs-kernel-server user-mode-linux busybox-static kmod cpio
 	libnfs-utils postgresql mariadb-server rsync attr acl util-linux rpm python3 e2fsprogs
 HANFS ?= $(or $(CARGO_TARGET_DIR),target)/debug/hanfs
 
-.PHONY: all build deps test unit lint deny integration soak-failover package demo bench bench-sync bench-nochange fuzz fuzz-seeds clean
+.PHONY: all build deps test unit lint deny integration soak-failover package demo bench bench-sync bench-nochange bench-statelite fuzz fuzz-seeds clean
 
 all: build
 
@@ -109,6 +109,13 @@ bench-sync:
 bench-nochange:
 	$(CARGO) build --release --locked -p hanfs
 	HANFS=$${CARGO_TARGET_DIR:-target}/release/hanfs bench/nochange.sh
+
+# Issue #13's small-file benchmark in the UML rig: the kernel client against kernel nfsd (sync
+# export), hanfs' replicated read-write area and an unreplicated one, 1 and CLIENTS (100) clients,
+# medians of ROUNDS (3) rounds (bench/statelite.sh; BENCHMARKS.md says what limits the figures).
+bench-statelite:
+	$(CARGO) build --release --locked -p hanfs
+	HANFS=$${CARGO_TARGET_DIR:-target}/release/hanfs bench/statelite.sh
 
 # cargo-fuzz targets for every parser of outside input (fuzz/, not a workspace member). Each runs
 # for a fixed count, seeded from fuzz/seeds (rewrite them with `make fuzz-seeds`); the corpus grows

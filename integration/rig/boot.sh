@@ -14,6 +14,7 @@
 #      HANFS_RIG_HA_AGENT_LOG (the sn-kill and soak agents' HANFS_LOG, info; e.g. info,nfs3=debug)
 #      HANFS_RIG_LITE_MOUNTS=0 (statelite node directories left plain: the break run of (a), (b), (h), (j))
 #      HANFS_RIG_SOAK_SECS (0; else only the soak-failover scenario, that long), HANFS_RIG_SOAK_NETEM
+#      HANFS_RIG_BENCH=statelite (only the statelite benchmark), HANFS_RIG_BENCH_CLIENTS (100), HANFS_RIG_BENCH_ROUNDS (3)
 #      HANFS_RIG_SHIM=0 (no XSAVE shim)  HANFS_RIG_PCAP=1 (guest captures NFS traffic to SHAREDIR/nfs.pcap; needs tcpdump in the initramfs)
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -59,4 +60,5 @@ LD_PRELOAD=$PRELOAD exec $PIN linux.uml mem="${MEM}M" initrd="$INITRD" rdinit=/i
     RIG_HA_OPTS="${HANFS_RIG_HA_OPTS:-}" RIG_HA_ARP="${HANFS_RIG_HA_ARP:-1}" RIG_HA_BREAK="${HANFS_RIG_HA_BREAK:-}" \
     RIG_HA_DETECT="${HANFS_RIG_HA_DETECT:-0}" RIG_HA_DRIVER="${HANFS_RIG_HA_DRIVER:-daemon}" \
     RIG_HA_LOG="${HANFS_RIG_HA_LOG:-info}" RIG_HA_AGENT_LOG="${HANFS_RIG_HA_AGENT_LOG:-info}" RIG_LITE_MOUNTS="${HANFS_RIG_LITE_MOUNTS:-1}" RIG_SOAK_SECS="${HANFS_RIG_SOAK_SECS:-0}" \
-    RIG_SOAK_NETEM="${HANFS_RIG_SOAK_NETEM:-delay_200ms_100ms_loss_5%}" < /dev/null
+    RIG_SOAK_NETEM="${HANFS_RIG_SOAK_NETEM:-delay_200ms_100ms_loss_5%}" RIG_BENCH="${HANFS_RIG_BENCH:-}" \
+    RIG_BENCH_CLIENTS="${HANFS_RIG_BENCH_CLIENTS:-100}" RIG_BENCH_ROUNDS="${HANFS_RIG_BENCH_ROUNDS:-3}" < /dev/null

@@ -21,6 +21,7 @@ rig_log() { read -r up rest < /proc/uptime; echo "[rig ${up}s] $*"; }
 pass() { echo "PASS: $SCEN $*"; }
 fail() { echo "FAIL: $SCEN $*"; RIG_RC=1; }
 . /rig/statelite-rw.sh
+. /rig/statelite-bench.sh
 note() { echo "  note: $*"; }
 
 # start every SN in /share/sns ("name ip" lines) at once; return when all nfsds run
@@ -852,6 +853,10 @@ rig_main() {
     sns_start
     if [ "${RIG_SOAK_SECS:-0}" != 0 ]; then   # make soak-failover: the soak alone
         soak_failover
+        return $RIG_RC
+    fi
+    if [ "${RIG_BENCH:-}" = statelite ]; then   # make bench-statelite: the benchmark alone
+        statelite_bench
         return $RIG_RC
     fi
     for s in /share/scenarios/*/steps.sh; do
