@@ -135,6 +135,12 @@ impl Run<'_, '_> {
             }
             _ => {}
         }
+        // An AIX node mounts its statelite area itself: no export can send it on (exports::aix_unreferred).
+        for (n, to) in moves {
+            if let Some(l) = placed.serving(n).and_then(|from| exports::aix_unreferred(placed, n, from, to)) {
+                self.step(l);
+            }
+        }
         for sn in sns {
             let Some(l) = lock else {
                 let text = exports::render_sn(&after, sn).map_err(|e| anyhow::anyhow!("exports of {sn}: {e}"))?;

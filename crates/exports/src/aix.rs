@@ -16,7 +16,7 @@ pub const END_MARKER: &str = "# END hanfs managed block";
 const BLOCK_NOTE: &str = "\
 # Written by hanfs; lines outside this block are yours and are kept as they are.
 # Images: -vers=4,ro with replicas= (this server first, then its backups; needs chnfs -R on).
-# Statelite: per-node rw exports; refer= sends a moved node's clients to its new SN.
+# Statelite: each area itself rw (xCAT's AIX nodes mount it and make <node> in it); no refer=.
 ";
 
 /// The managed block, markers included, ending in a newline.
@@ -222,7 +222,7 @@ fn entry_commands(e: &Entry, out: &mut String) {
 }
 
 /// The one export of an SN in setuphanfs mode, as `mkdsklsnode -S` makes it
-/// (xCAT-server/lib/xcat/plugins/aixinstall.pm:12676, xCAT 7733d16f):
+/// (xCAT-server/lib/xcat/plugins/aixinstall.pm:12673, xCAT 7733d16f):
 /// `mknfsexp -d $install_dir -B -v 4 -g $install_dir@$localip:$install_dir@$remoteip -x -t rw -r '*'`,
 /// i.e. the SN's root (xCAT: `site.installdir`), NFSv4, `noauto` (`-x`), read-write, root access for
 /// every client, `replicas=` this SN first, then its partner. hanfs keeps the options in that

@@ -14,11 +14,13 @@ const LINUX_STATELITE: &[&str] = &["rw", "no_root_squash", "sync", "no_subtree_c
 /// The exports SN `sn` serves, in render order, checked against every limit of its dialect.
 ///
 /// Images (sorted by export path): `<sn.root>/<image.path>`, read-only, one entry per client spec on
-/// Linux; `replicas=` = the SN then its backups that hold the image (none if it is alone). Statelite
-/// (areas in config order, nodes by name): `<area>/<node>` read-write where the placement serves the node from this SN
-/// (plus `insecure` on Linux when the node was moved here, for clients that follow the referral);
-/// `refer=` to the serving SN where this SN is a migrated node's home (`sns[0]`); on Linux, first the
-/// area directory itself, read-write with `insecure` (xCAT's setupStatemnt), where the SN has any of them.
+/// Linux; `replicas=` = the SN then its backups that hold the image (none if it is alone).
+/// Statelite (areas in config order), Linux: the area directory itself first, read-write with
+/// `insecure` (xCAT's setupStatemnt), where the SN has any node of it; then per node (by name)
+/// `<area>/<node>` read-write where the placement serves the node from this SN (plus `insecure` when
+/// the node was moved here, for clients that follow the referral), `refer=` to the serving SN where
+/// this SN is a migrated node's home (`sns[0]`). AIX: the area directory alone, read-write, where
+/// the SN has any node of it (xCAT's AIX nodes mount the area itself; see `aix_area`).
 pub fn build(cluster: &Cluster, sn: &str) -> Result<Exports, ExportError> {
     let sn = cluster.sn(sn).ok_or_else(|| ExportError::UnknownSn(sn.to_string()))?;
     let mut entries = Vec::new();
@@ -64,20 +66,9 @@ pub fn build(cluster: &Cluster, sn: &str) -> Result<Exports, ExportError> {
     for area in cluster.statelite() {
         let mut nodes: Vec<_> = cluster.nodes().iter().filter(|n| n.uses_area(&area.name)).collect();
         nodes.sort_by(|a, b| a.name.cmp(&b.name));
-        if sn.setuphanfs
-            && sn.dialect == Dialect::Aix
-            && within(area.path.as_str(), sn.root.as_str())
-            && !nodes.is_empty()
-        {
-            // AIX exports no directory inside another of the same file system (exports(4)), and the
-            // setuphanfs export of the whole root is read-write already.
-            return Err(ExportError::Unrepresentable {
-                export: area.path.to_string(),
-                why: format!(
-                    "statelite area inside {}, which SN `{}` exports whole (setuphanfs); move the area out of it",
-                    sn.root, sn.name
-                ),
-            });
+        if sn.dialect == Dialect::Aix {
+            aix_area(cluster, sn, area, &nodes, &mut entries)?;
+            continue;
         }
         let mut area_entries = Vec::new();
         for node in nodes {
@@ -100,7 +91,18 @@ pub fn build(cluster: &Cluster, sn: &str) -> Result<Exports, ExportError> {
             // from an unprivileged port (Linux 6.1, NFSv4 migration recovery), and `secure` nfsd
             // answers it NFS4ERR_PERM: so the moved node's export here admits any source port.
             let admit_moved = moved && serving == sn.name;
-            statelite_entries(sn, &path, &area.clients, locations, admit_moved, &mut area_entries)?;
+            let mut options = strings(LINUX_STATELITE);
+            if admit_moved {
+                options.push("insecure".to_string());
+            }
+            for client in dedup(&area.clients) {
+                area_entries.push(Entry {
+                    path: path.clone(),
+                    client: Some(client.clone()),
+                    options: options.clone(),
+                    locations: locations.clone(),
+                });
+            }
         }
         // The area directory itself, read-write, on a Linux SN with any node of it (served or
         // referred): xCAT's initrd mounts the parent, makes `<node>`, then remounts `<area>/<node>`
@@ -108,9 +110,8 @@ pub fn build(cluster: &Cluster, sn: &str) -> Result<Exports, ExportError> {
         // 257), and exports it with xCAT's own options, `insecure` included (SvrUtils.pm
         // setupStatemnt, lines 1742 and 1751). nfsd reaches `<area>/<node>`'s own export (and its
         // `refer=`) through this one only where the node directory is a mount point of its own
-        // (fs/nfsd/vfs.c nfsd_cross_mnt), which the agent makes (`statelite_mounts`). Not on AIX:
-        // it exports no directory inside another of the same file system (exports(4)).
-        if sn.dialect == Dialect::Linux && !area_entries.is_empty() {
+        // (fs/nfsd/vfs.c nfsd_cross_mnt), which the agent makes (`statelite_mounts`).
+        if !area_entries.is_empty() {
             let mut options = strings(LINUX_STATELITE);
             options.push("insecure".to_string());
             for client in dedup(&area.clients) {
@@ -158,43 +159,90 @@ pub fn build(cluster: &Cluster, sn: &str) -> Result<Exports, ExportError> {
     Ok(ex)
 }
 
-fn statelite_entries(
+/// AIX statelite: the area directory itself, once, read-write, where the SN has any node of it
+/// (served here, or moved away from here, whose running client may still have it mounted).
+///
+/// xCAT's AIX nodes mount only the area and make `<node>` inside it, as root (xcat-core 7733d16f,
+/// xCAT/postscripts/aixlitesetup:53-80: `mount -o llock [-o <statelite.mntopts>] SERVER:<area>`,
+/// then `mkdir -m 755 -p <mnt>/<node>`); the boot script xCAT patches into the SPOT mounts the same
+/// area (xCAT-server/lib/xcat/plugins/aixinstall.pm:7603, 7625, `$::MOUNT SERVER:<area>`), with
+/// `mount -o vers=4` under `site.useNFSv4onAIX` and plain `mount` otherwise (:147, :170-177). So the
+/// export admits NFS versions 3 (AIX mount's default, aixlitesetup) and 4 (`vers=3:4`), gives root
+/// to its clients (`root=`; root makes the node directories) and is never per node: AIX exports no
+/// directory inside another export of the same file system (exports(4)), and no client would ever
+/// walk into a `refer=` at `<area>/<node>` (see [`aix_unreferred`]). xCAT itself exports the area
+/// only on Linux (SvrUtils.pm setupStatemnt, called from anaconda.pm:699, sles.pm:529,
+/// debian.pm:1520); on AIX it is left to the admin, which is what this export is.
+fn aix_area(
+    cluster: &Cluster,
     sn: &ServiceNode,
-    path: &str,
-    clients: &[String],
-    locations: Option<Locations>,
-    insecure: bool,
-    out: &mut Vec<Entry>,
+    area: &model::Statelite,
+    nodes: &[&model::Node],
+    entries: &mut Vec<Entry>,
 ) -> Result<(), ExportError> {
-    match sn.dialect {
-        Dialect::Linux => {
-            let mut options = strings(LINUX_STATELITE);
-            if insecure {
-                options.push("insecure".to_string());
-            }
-            for client in dedup(clients) {
-                out.push(Entry {
-                    path: path.to_string(),
-                    client: Some(client.clone()),
-                    options: options.clone(),
-                    locations: locations.clone(),
-                });
-            }
-        }
-        Dialect::Aix => {
-            let access = aix_clients(path, clients)?;
-            let mut options = strings(&["vers=4", "rw"]);
-            if let Some(a) = &access {
-                options.push(format!("access={a}"));
-            }
-            // A referral object serves no data: only who is sent on matters.
-            if locations.is_none() {
-                options.push(format!("root={}", access.as_deref().unwrap_or("*")));
-            }
-            out.push(Entry { path: path.to_string(), client: None, options, locations });
-        }
+    let placement = cluster.placement();
+    let here = nodes.iter().any(|n| {
+        placement.serving(&n.name) == Some(sn.name.as_str())
+            || (placement.is_moved(&n.name) && placement.home(&n.name) == Some(sn.name.as_str()))
+    });
+    if !here {
+        return Ok(());
     }
+    let path = area.path.as_str();
+    if let Some(e) = entries.iter().find(|e| within(path, &e.path) || within(&e.path, path)) {
+        let why = if sn.setuphanfs && e.path == sn.root.as_str() {
+            format!(
+                "statelite area inside {}, which SN `{}` exports whole (setuphanfs); move the area out of it",
+                sn.root, sn.name
+            )
+        } else {
+            format!(
+                "statelite area and export {} nest, and AIX exports no directory inside another of one file \
+                 system (exports(4)); move the area out of it",
+                e.path
+            )
+        };
+        return Err(ExportError::Unrepresentable { export: path.to_string(), why });
+    }
+    let access = aix_clients(path, &area.clients)?;
+    let mut options = strings(&["vers=3:4", "rw"]);
+    if let Some(a) = &access {
+        options.push(format!("access={a}"));
+    }
+    options.push(format!("root={}", access.as_deref().unwrap_or("*")));
+    entries.push(Entry { path: path.to_string(), client: None, options, locations: None });
     Ok(())
+}
+
+/// Why no export sends node `node` from AIX SN `from` to `to`, or `None` when one does (`from` is
+/// not AIX, or the node keeps no statelite data). An AIX node mounts the statelite area itself
+/// (see [`build`]), so it reaches `to` only when it mounts again: after it boots from `to` (xCAT
+/// repointed, as snmove does for AIX: the data copied, then the node rebooted) or through `from`'s
+/// service address moving to `to` (failover). `hanfs migrate` and `hanfs exports` print this line.
+pub fn aix_unreferred(cluster: &Cluster, node: &str, from: &str, to: &str) -> Option<String> {
+    cluster.sn(from).filter(|s| s.dialect == Dialect::Aix)?;
+    let n = cluster.node(node)?;
+    let areas: Vec<&str> =
+        cluster.statelite().iter().filter(|a| n.uses_area(&a.name)).map(|a| a.path.as_str()).collect();
+    if areas.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "{node}: no refer= from AIX SN {from}: AIX nodes mount {} itself (xCAT's aixlitesetup), so {node} uses \
+         {to} only after it boots from it (xCAT repointed) or once {from}'s service address moves there; what it \
+         writes to {from} meanwhile is not on {to}: stop {node} before a planned move, boot it after",
+        areas.join(" and "),
+    ))
+}
+
+/// [`aix_unreferred`] for every node moved away from AIX SN `sn`, its first SN (where a Linux SN
+/// would export `refer=`), in name order.
+pub fn aix_moves(cluster: &Cluster, sn: &str) -> Vec<String> {
+    let p = cluster.placement();
+    let mut nodes: Vec<&model::Node> =
+        cluster.nodes().iter().filter(|n| p.is_moved(&n.name) && p.home(&n.name) == Some(sn)).collect();
+    nodes.sort_by(|a, b| a.name.cmp(&b.name));
+    nodes.iter().filter_map(|n| aix_unreferred(cluster, &n.name, sn, p.serving(&n.name)?)).collect()
 }
 
 fn strings(s: &[&str]) -> Vec<String> {

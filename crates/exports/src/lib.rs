@@ -29,7 +29,9 @@
 //! of the read-write export it replaces (`rw,no_root_squash,sync,no_subtree_check,fsid=N`) plus
 //! `refer=<path>/<node>@<new SN>`. nfsd answers every operation under it with NFS4ERR_MOVED, so the
 //! options grant nothing; keeping them identical keeps the fsid and makes the plan diff a one-option
-//! change. On AIX the referral object serves nothing, so its line is `-vers=4,rw[,access=..],refer=..`.
+//! change. AIX gets none: its nodes mount the statelite area itself, never `<area>/<node>`
+//! (xCAT's aixlitesetup), so the area is one read-write export and a moved AIX node reaches its new
+//! SN when it mounts again ([`aix_unreferred`] says so wherever such a move shows).
 //!
 //! **Moved nodes on their new SN (Linux).** The read-write export of a node moved to this SN carries
 //! `insecure` as well: a Linux client that had the directory mounted from the old SN follows the
@@ -51,7 +53,7 @@ pub mod linux;
 mod types;
 
 pub use aix::{aix_commands, splice_aix, BEGIN_MARKER, END_MARKER};
-pub use build::{build, render_sn};
+pub use build::{aix_moves, aix_unreferred, build, render_sn};
 pub use diff::{diff, plan_for, plan_text, render_changes, Change};
 pub use error::{ExportError, ParseError, SpliceError};
 pub use model::{Dialect, ServiceNode};

@@ -53,7 +53,10 @@ fn options(dialect: Dialect) -> impl Strategy<Value = Vec<String>> {
         .boxed(),
         Dialect::Aix => prop_oneof![
             Just("vers=4".to_string()),
+            Just("vers=3:4".to_string()),
             Just("ro".to_string()),
+            Just("rw".to_string()),
+            Just("noauto".to_string()),
             Just("root=*".to_string()),
             "[a-z0-9]{1,5}(:[a-z0-9]{1,5}){0,2}".prop_map(|l| format!("access={l}")),
         ]

@@ -83,10 +83,11 @@ fn the_export_is_the_installdir_with_the_pair() {
     for (sn, own, other) in [("aixsn1", "10.2.0.1", "10.2.0.2"), ("aixsn2", "10.2.0.2", "10.2.0.1")] {
         let text = exports::render_sn(&c, sn).unwrap();
         let lines: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
-        // mknfsexp -d /install -v 4 -g <self>:<partner> -x -t rw -r '*' (aixinstall.pm:12676); no
+        // mknfsexp -d /install -v 4 -g <self>:<partner> -x -t rw -r '*' (aixinstall.pm:12673); no
         // per-image export inside it (AIX exports no directory inside another of one file system).
         assert_eq!(lines[0], format!("/install -vers=4,noauto,rw,root=*,replicas=/install@{own}:/install@{other}"));
-        assert!(lines[1..].iter().all(|l| l.starts_with("/nodedata/")), "{text}");
+        // The statelite area itself, as xCAT's AIX nodes mount it (tests/aix_statelite.rs).
+        assert_eq!(lines[1..], ["/nodedata -vers=3:4,rw,access=@10.2.0.0/16,root=@10.2.0.0/16"], "{text}");
         assert!(!text.contains("/install/nim"), "{text}");
         // It parses back, and splices into an /etc/exports keeping the admin's lines.
         let ex = exports::build(&c, sn).unwrap();
@@ -103,8 +104,8 @@ fn commands_run_xcats_steps_in_xcats_order() {
     let script = exports::aix::setuphanfs_commands(&ex, "aixsn1", c.domain());
     // hanfs's own statelite exports follow xCAT's steps.
     let tail = [
-        "rmnfsexp -d /nodedata/aixcn01 -I",
-        "mknfsexp -d /nodedata/aixcn01 -v 4 -t rw -c @10.2.0.0/16 -r @10.2.0.0/16 -I",
+        "rmnfsexp -d /nodedata -I",
+        "mknfsexp -d /nodedata -v 3,4 -t rw -c @10.2.0.0/16 -r @10.2.0.0/16 -I",
         "exportfs -va",
     ];
     for case in cases() {

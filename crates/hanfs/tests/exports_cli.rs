@@ -197,3 +197,41 @@ fn setuphanfs_commands_are_xcats_steps() {
     }
     assert!(!text.contains("/install/nim"), "{text}");
 }
+
+/// An AIX node mounts its statelite area itself (xCAT's aixlitesetup), so no export can send it to
+/// a new SN: `hanfs exports` and `hanfs migrate` say so per node, and nothing renders a `refer=`.
+#[test]
+fn a_moved_aix_node_is_named_not_referred() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "[cluster]\nsource_root = \"/install\"\nstate_dir = \"{}\"\ndomain = \"aix.example\"\nplaintext_loopback = true\n\n\
+         [[sn]]\nname = \"aixsn1\"\naddress = \"127.0.0.1\"\nagent = \"127.0.0.1:7001\"\ndialect = \"aix\"\nbackups = [\"aixsn2\"]\n\n\
+         [[sn]]\nname = \"aixsn2\"\naddress = \"127.0.0.2\"\nagent = \"127.0.0.1:7002\"\ndialect = \"aix\"\nbackups = [\"aixsn1\"]\n\n\
+         [[statelite]]\nname = \"nodedata\"\npath = \"/nodedata\"\n\n\
+         [[node]]\nname = \"aixcn01\"\nsns = [\"aixsn1\", \"aixsn2\"]\n",
+        dir.path().join("state").display()
+    );
+    let cfg = dir.path().join("cluster.toml");
+    std::fs::write(&cfg, &text).unwrap();
+    let line = "aixcn01: no refer= from AIX SN aixsn1";
+    let args = ["--node", "aixcn01", "--to", "aixsn2", "--dry-run"];
+    let out = hanfs().args(["migrate", "--config"]).arg(&cfg).args(args).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains(line) && stdout.contains("/nodedata -vers=3:4,rw,root=*"), "{stdout}");
+    let referral = |t: &str| t.lines().any(|l| l.starts_with('/') && l.contains("refer="));
+    assert!(!referral(&stdout), "{stdout}");
+    // Once moved (here by the config), `hanfs exports` names it on stderr; the file has no refer=.
+    let moved = cfg.with_file_name("moved.toml");
+    std::fs::write(
+        &moved,
+        text.replace("sns = [\"aixsn1\", \"aixsn2\"]", "sns = [\"aixsn1\", \"aixsn2\"]\nserved_by = \"aixsn2\""),
+    )
+    .unwrap();
+    let out = hanfs().args(["exports", "--config"]).arg(&moved).args(["--sn", "aixsn1"]).output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains(line), "{out:?}");
+    assert!(!referral(&String::from_utf8_lossy(&out.stdout)), "{out:?}");
+    let out = hanfs().args(["exports", "--config"]).arg(&moved).args(["--sn", "aixsn2"]).output().unwrap();
+    assert!(out.stderr.is_empty(), "{out:?}");
+}

@@ -131,9 +131,9 @@ fn aix_setuphanfs_pair() {
     assert_eq!(c.statelite().len(), 1);
     assert_eq!(c.serving("aixcn05"), Some("aixsn2"));
     assert_eq!(c.serving("aixcn01"), Some("aixsn1"));
+    // The area itself, as aixlitesetup mounts it (xCAT/postscripts/aixlitesetup:53-80); never per node.
     let ex = exports::render_sn(c, "aixsn1").unwrap();
-    assert!(ex.contains("\n/nodedata/aixcn01 -vers=4,rw,root=*\n") && !ex.contains("\n/nodedata -vers"), "{ex}");
-    assert!(!ex.contains("/nodedata/aixcn05"), "{ex}");
+    assert!(ex.contains("\n/nodedata -vers=3:4,rw,root=*\n") && !ex.contains("/nodedata/"), "{ex}");
 }
 
 #[test]
@@ -231,4 +231,132 @@ fn lite_rows_by_image_or_image_group() {
     // Row 3.0 is mapped like row 1.0 (same server, the nodes' SN or not), for the group's nodes only.
     assert_eq!(find(&imp, "litetree/group"), find(&base, "litetree/base"));
     assert!(!find(&imp, "litetree/other"));
+}
+
+/// Acceptance (issue 8): `hanfs exports` for the AIX pair, with the admin's `setuphanfs = true`,
+/// spliced into an `/etc/exports` that has a line of the site's own, gives line for line what
+/// `mkdsklsnode -S` leaves there plus the statelite area xCAT's AIX nodes mount, as derived from
+/// xCAT's code in tests/fixtures/sets/aix-hanfs/etc-exports.txt (commit and lines there).
+#[test]
+fn aix_pair_etc_exports_is_what_mkdsklsnode_s_leaves() {
+    let imp = import("aix-hanfs");
+    let mut table: toml::Table = imp.toml.parse().unwrap();
+    let Some(toml::Value::Array(sns)) = table.get_mut("sn") else { panic!("no [[sn]] in\n{}", imp.toml) };
+    for sn in sns.iter_mut() {
+        sn.as_table_mut().unwrap().insert("setuphanfs".into(), toml::Value::Boolean(true));
+    }
+    let c = model::Cluster::from_toml("setuphanfs.toml", &toml::to_string(&table).unwrap()).unwrap();
+    let text = std::fs::read_to_string(set("aix-hanfs").join("etc-exports.txt")).unwrap();
+    // (path, options as a set): AIX's exportfs reads an entry's options in any order.
+    let entry = |l: &str| {
+        let (path, opts) = l.split_once(' ').unwrap_or((l, ""));
+        let mut o: Vec<String> = opts.trim_start_matches('-').split(',').map(str::to_string).collect();
+        o.sort();
+        (path.to_string(), o)
+    };
+    let mut seen = 0;
+    for block in text.split("\n== ").skip(1) {
+        let mut lines = block.lines();
+        let sn = lines.next().unwrap().trim();
+        let want: Vec<_> = lines.filter(|l| !l.trim().is_empty()).map(entry).collect();
+        let before = "/export/home -vers=3,rw\n";
+        let after = exports::splice_aix(before, &exports::render_sn(&c, sn).unwrap()).unwrap();
+        let got: Vec<_> = after.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()).map(entry).collect();
+        assert_eq!(got, want, "{sn}:\n{after}");
+        seen += 1;
+    }
+    assert_eq!(seen, 2);
+}
+
+/// Acceptance (issue 8): nothing in the tables is dropped without a report line naming table, row
+/// and reason. For every table set, every row of the tables that decide what hanfs serves (disabled
+/// rows too) either shows in the config (a node, an SN or a group of them; an image built from it)
+/// or has a report line with its table and its key.
+#[test]
+fn every_row_is_mapped_or_reported() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let mut dirs = vec![root.join("cluster")];
+    dirs.extend(["linux-pools", "aix-hanfs", "sharedinstall-sns"].map(set));
+    for dir in dirs {
+        let imp = xcat::import(&SourceSpec::Tabdump(dir.clone())).unwrap();
+        let c = &imp.cluster;
+        let t = SourceSpec::Tabdump(dir.clone()).read().unwrap();
+        // Which groups each node is in (nodelist.groups), to tell a group row that reaches a
+        // mapped node from one that reaches none.
+        let nl = t.get("nodelist").unwrap();
+        let mut members: Vec<(String, Vec<String>)> = Vec::new();
+        for r in nl.enabled_rows() {
+            let n = nl.get(r, "node").unwrap().to_string();
+            let g = nl.get(r, "groups").unwrap_or_default().split(',').map(str::to_string).collect();
+            members.push((n, g));
+        }
+        let mapped_node = |n: &str| c.node(n).is_some() || c.sn(n).is_some();
+        let reaches =
+            |key: &str| mapped_node(key) || members.iter().any(|(n, g)| mapped_node(n) && g.iter().any(|g| g == key));
+        let image = |name: &str| c.image(name).is_some();
+        // An osimage shows only if a mapped node boots it (nodetype.provmethod, node or group row).
+        let nt = t.get("nodetype").unwrap();
+        let booted = |img: &str| {
+            nt.enabled_rows().any(|r| {
+                let key = nt.get(r, "node").unwrap_or_default();
+                nt.get(r, "provmethod") == Some(img)
+                    && (c.node(key).is_some()
+                        || members.iter().any(|(n, g)| c.node(n).is_some() && g.iter().any(|g| g == key)))
+            })
+        };
+        // An AIX osimage shows as the NIM trees its nimimage row names.
+        let nim_shown: Vec<String> = t
+            .get("nimimage")
+            .map(|n| {
+                n.enabled_rows()
+                    .filter(|r| r.values.iter().flatten().any(|v| image(v)))
+                    .filter_map(|r| n.get(r, "imagename").map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut unaccounted = Vec::new();
+        let mut rows = 0;
+        for (table, key) in [
+            ("nodelist", "node"),
+            ("noderes", "node"),
+            ("nodetype", "node"),
+            ("servicenode", "node"),
+            ("statelite", "node"),
+            ("osimage", "imagename"),
+            ("linuximage", "imagename"),
+            ("nimimage", "imagename"),
+            ("litetree", "priority"),
+        ] {
+            let Some(tab) = t.get(table) else { continue };
+            for r in &tab.rows {
+                rows += 1;
+                let k = tab.get(r, key).unwrap_or_default();
+                // A node's row may be reported under the table that decided it (the MN: noderes).
+                let reported = imp.import.report.iter().any(|i| {
+                    (i.table == table || table == "nodelist" || (i.table == "osimage" && key == "imagename"))
+                        && i.row.split([' ', ',', '(']).any(|w| w == k)
+                });
+                let enabled = !xcat::table::is_disabled(tab.get(r, "disable"));
+                let shown = enabled
+                    && match table {
+                        "osimage" | "linuximage" => booted(k) && (image(k) || nim_shown.iter().any(|n| n == k)),
+                        // A NIM image shows as the resource trees it names.
+                        "nimimage" => booted(k) && r.values.iter().flatten().any(|v| image(v)),
+                        "litetree" => image(&format!("litetree-{k}")),
+                        _ => reaches(k),
+                    };
+                if !shown && !reported {
+                    unaccounted.push(format!("{table} {k} ({})", r.location));
+                }
+            }
+        }
+        assert!(rows > 5, "{}", dir.display());
+        assert!(
+            unaccounted.is_empty(),
+            "{}: rows neither mapped nor reported:\n{}\nreport:\n{}",
+            dir.display(),
+            unaccounted.join("\n"),
+            imp.import.report.iter().map(|i| i.to_string()).collect::<Vec<_>>().join("\n")
+        );
+    }
 }

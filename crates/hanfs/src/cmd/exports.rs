@@ -14,11 +14,6 @@ struct SnExports {
     text: String,
 }
 
-#[derive(Serialize)]
-struct Output {
-    sns: BTreeMap<String, SnExports>,
-}
-
 pub fn run(g: &Global, a: ExportsArgs) -> Result<Status> {
     let cluster = load_cluster(g)?;
     let sns: Vec<&ServiceNode> = match &a.sn {
@@ -33,11 +28,11 @@ pub fn run(g: &Global, a: ExportsArgs) -> Result<Status> {
         texts.push((*sn, text_for(g, &cluster, sn, a.commands)?));
     }
     if g.json {
-        let sns = texts
+        let sns: BTreeMap<_, _> = texts
             .into_iter()
             .map(|(sn, text)| (sn.name.clone(), SnExports { dialect: sn.dialect.as_str(), text }))
             .collect();
-        print_json(&Output { sns })?;
+        print_json(&serde_json::json!({ "sns": sns }))?;
     } else if a.sn.is_some() {
         // Exactly the file's bytes, so `hanfs exports --sn X > file` reproduces it.
         for (_, text) in texts {
@@ -58,5 +53,7 @@ pub fn run(g: &Global, a: ExportsArgs) -> Result<Status> {
 fn text_for(g: &Global, cluster: &Cluster, sn: &ServiceNode, commands: bool) -> Result<String> {
     let ex = exports::build(cluster, &sn.name)
         .map_err(|e| bad_input(format!("{}: SN `{}`: {e}", g.config.display(), sn.name)))?;
+    // No export can tell a moved AIX node where to go (exports::aix_unreferred): say it beside the text.
+    exports::aix_moves(cluster, &sn.name).iter().for_each(|l| eprintln!("hanfs exports: {l}"));
     Ok(if commands { exports::commands(&ex, sn, cluster.domain()) } else { exports::render(&ex) })
 }
