@@ -154,6 +154,8 @@ impl Xids {
     }
 }
 
+/// The procedures that change the tree (sent on to the NFS layer only for a read-only export,
+/// which answers them `NFS3ERR_ROFS`; kept at most once all the same).
 fn changes(prog: u32, proc_: u32) -> bool {
     prog == PROG_NFS && (proc_ == NFS_SETATTR || (NFS_WRITE..=NFS_LINK).contains(&proc_))
 }
@@ -476,7 +478,8 @@ async fn rw_change(
     };
     let permit = Arc::clone(slots).acquire_owned().await.map_err(io::Error::other)?;
     let (calls, cw) = (Arc::clone(&rw.calls), Arc::clone(cw));
-    let caller = crate::rw::Caller { uid: cred.uid, gid: cred.gid, gids: cred.gids };
+    let uid = cred.uid;
+    let caller = crate::rw::Caller { uid, gid: cred.gid, gids: cred.gids };
     tokio::spawn(async move {
         let c = Arc::clone(&calls);
         let body = tokio::task::spawn_blocking(move || c.answer(proc_, &caller, &args)).await;
@@ -485,6 +488,7 @@ async fn rw_change(
             Ok(None) => reply(xid, ACCEPT_GARBAGE_ARGS, &[]),
             Err(_) => reply(xid, ACCEPT_SYSTEM_ERR, &[]),
         });
+        tracing::debug!(%peer, proc_, uid, status = be32(&rec, 24).unwrap_or(u32::MAX), "nfs3: change answered");
         calls.done(key, Arc::clone(&rec));
         // The client may be gone; the change is made and its reply cached for a retransmission.
         let _ = send(&cw, &rec).await;
