@@ -12,6 +12,10 @@
 //!   it), LOOKUP unless it may search the directory, READDIR(PLUS) unless it may read it;
 //! - answers portmap GETPORT with the public port;
 //! - accepts only clients on privileged source ports unless told otherwise (nfsd's `secure`);
+//! - answers an NFS call of another version than 3 itself with `PROG_MISMATCH` (3..3), and
+//!   logs it once per connection: a client asking for NFSv4 gets a clear "not here";
+//! - on a read-write area, answers every change itself ([`crate::rwcall`]) with the caller's
+//!   ids, and trims ACCESS's MODIFY/EXTEND/DELETE to what the mode bits give;
 //! - stamps every call with a per-server secret in the AUTH_UNIX machine name, and the NFS layer
 //!   refuses calls without it, so the loopback port cannot be used to get around the guard.
 //!
@@ -68,18 +72,18 @@ pub(crate) struct Policy {
 
 /// What the guard adds in front of a read-write area.
 ///
+/// - The changes (SETATTR, WRITE, CREATE, MKDIR, SYMLINK, MKNOD, REMOVE, RMDIR, RENAME, LINK,
+///   COMMIT) are answered by the guard itself through `calls` ([`crate::rwcall`]): the NFS layer
+///   does not show the file system who calls and has no LINK or MKNOD. Statelite files are
+///   written by the node's daemons, root or not, so the caller's ids decide, as with nfsd.
 /// - The write verifier (RFC 1813 §3.3.7): `nfs3_server` answers the handle generation, which
 ///   must be the same on every replica (it is part of every handle) and so cannot tell a client
-///   that the server changed. The guard puts this instance's own verifier, new at every start,
-///   in every WRITE and COMMIT reply (the last 8 bytes of their `resok`), so after a restart or
-///   a takeover the client sees a new one and resends what it had not committed.
-/// - Write permissions: the NFS layer does not show the file system who calls, so changes
-///   (SETATTR, WRITE, CREATE, MKDIR, SYMLINK, MKNOD, REMOVE, RMDIR, RENAME, LINK) are served for
-///   uid 0 only and refused with `NFS3ERR_ACCES` for everyone else, and ACCESS grants
-///   MODIFY/EXTEND/DELETE to root alone. Statelite data is written by the node's root.
-#[derive(Debug, Clone, Copy)]
+///   that the server changed. WRITE and COMMIT replies carry this instance's own verifier, new
+///   at every start, so after a restart or a takeover the client sees a new one and resends
+///   what it had not committed.
+#[derive(Clone)]
 pub(crate) struct Rw {
-    pub verf: [u8; 8],
+    pub calls: Arc<crate::rwcall::Calls>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,20 +105,22 @@ struct Pending {
     prog: u32,
     proc_: u32,
     cred: Cred,
-    /// Sent on as a NULL call and answered `NFS3ERR_ACCES` (a change by a non-root caller).
-    refused: bool,
 }
 
 const NFS_SETATTR: u32 = 2;
 const NFS_WRITE: u32 = 7;
 const NFS_LINK: u32 = 15;
-const NFS_RENAME: u32 = 14;
-const NFS_COMMIT: u32 = 21;
 const ACCESS3_MODIFY: u32 = 0x4;
 const ACCESS3_EXTEND: u32 = 0x8;
 const ACCESS3_DELETE: u32 = 0x10;
+const NFS_V3: u32 = 3;
+const ACCEPT_PROG_MISMATCH: u32 = 2;
+const ACCEPT_GARBAGE_ARGS: u32 = 4;
+const ACCEPT_SYSTEM_ERR: u32 = 5;
+/// Changes to a read-write area being answered on one connection at a time; more wait (the
+/// guard stops reading the connection), so a client cannot pile up work.
+const MAX_RW_CALLS: usize = 256;
 
-/// The procedures that change the tree.
 /// The xids calls go on to the NFS layer under. `nfs3_server` drops every call whose xid it saw
 /// on the connection in the last 60 s, even one it has answered, where kernel nfsd runs it again
 /// (or replays it from its reply cache). The Linux client retransmits on the same connection with
@@ -148,32 +154,32 @@ impl Xids {
     }
 }
 
+/// The procedures that change the tree (sent on to the NFS layer only for a read-only export,
+/// which answers them `NFS3ERR_ROFS`; kept at most once all the same).
 fn changes(prog: u32, proc_: u32) -> bool {
     prog == PROG_NFS && (proc_ == NFS_SETATTR || (NFS_WRITE..=NFS_LINK).contains(&proc_))
 }
 
-/// The `resfail` after the status of a refused change: every optional attribute absent.
-fn refused_body(proc_: u32) -> Vec<u8> {
-    let zeros = match proc_ {
-        NFS_RENAME => 16,
-        NFS_LINK => 12,
-        _ => 8,
-    };
-    let mut v = NFS3ERR_ACCES.to_be_bytes().to_vec();
-    v.resize(4 + zeros, 0);
-    v
-}
-
-/// `call` (as [`rewrite_call`] made it) turned into a NULL call of the same program: the
-/// arguments dropped, procedure 0. `None` if it does not parse.
-fn null_call(call: &[u8]) -> Option<Vec<u8>> {
+/// Where a call's arguments begin (after its credential and verifier). `None` if it does not
+/// parse.
+fn args_at(call: &[u8]) -> Option<usize> {
     let clen = usize::try_from(be32(call, 28)?).ok()?;
     let verf = 32 + pad4(clen);
     let vlen = usize::try_from(be32(call, verf + 4)?).ok()?;
     let end = verf + 8 + pad4(vlen);
-    let mut out = call.get(..end)?.to_vec();
-    out[20..24].copy_from_slice(&0u32.to_be_bytes());
-    Some(out)
+    call.get(..end)?;
+    Some(end)
+}
+
+/// A reply record of the guard's own (RFC 5531 §9): accepted, AUTH_NULL verifier, `stat`,
+/// then `body`.
+fn reply(xid: u32, stat: u32, body: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(24 + body.len());
+    for w in [xid, 1, 0, 0, 0, stat] {
+        v.extend_from_slice(&w.to_be_bytes());
+    }
+    v.extend_from_slice(body);
+    v
 }
 
 fn be32(b: &[u8], off: usize) -> Option<u32> {
@@ -251,6 +257,23 @@ pub(crate) fn may(cred: &Cred, attr: &[u8]) -> Option<(bool, bool)> {
     Some((bits & 4 != 0, bits & 1 != 0))
 }
 
+/// Whether `cred` may write an object of these attributes (its one class's `w` bit; root may).
+fn may_write(cred: &Cred, attr: &[u8]) -> Option<bool> {
+    let mode = be32(attr, 4)?;
+    let (uid, gid) = (be32(attr, 12)?, be32(attr, 16)?);
+    if cred.uid == 0 {
+        return Some(true);
+    }
+    let bits = if cred.uid == uid {
+        mode >> 6
+    } else if cred.gid == gid || cred.gids.contains(&gid) {
+        mode >> 3
+    } else {
+        mode
+    } & 7;
+    Some(bits & 2 != 0)
+}
+
 /// The attributes in a `post_op_attr` at `off`, and the offset after it.
 fn post_op_attr(b: &[u8], off: usize) -> Option<(Option<&[u8]>, usize)> {
     match be32(b, off)? {
@@ -308,8 +331,18 @@ fn check_body(prog: u32, proc_: u32, cred: &Cred, body: &[u8], policy: &Policy) 
                 None if cred.uid == 0 => granted,
                 None => 0,
             };
-            let allowed = match policy.rw {
-                Some(_) if cred.uid == 0 => allowed | ACCESS3_MODIFY | ACCESS3_EXTEND | ACCESS3_DELETE,
+            // A read-write area: MODIFY and EXTEND where the mode lets the caller write,
+            // DELETE (of a directory's entries) where it may also search the directory.
+            let allowed = match (&policy.rw, attr) {
+                (Some(_), Some(a)) => {
+                    let dir = be32(a, 0) == Some(NF3DIR);
+                    let w = may_write(cred, a).unwrap_or(false);
+                    let x = may(cred, a).is_some_and(|(_, x)| x);
+                    allowed
+                        | (if w { ACCESS3_MODIFY | ACCESS3_EXTEND } else { 0 })
+                        | (if w && x && dir { ACCESS3_DELETE } else { 0 })
+                }
+                (Some(_), None) if cred.uid == 0 => allowed | ACCESS3_MODIFY | ACCESS3_EXTEND | ACCESS3_DELETE,
                 _ => allowed,
             };
             let mut out = body.to_vec();
@@ -345,14 +378,6 @@ fn check_body(prog: u32, proc_: u32, cred: &Cred, body: &[u8], policy: &Policy) 
             };
             (!ok).then(|| denied(dattr))
         }
-        NFS_WRITE | NFS_COMMIT => {
-            let verf = policy.rw?.verf;
-            // WRITE3resok and COMMIT3resok end with the verifier.
-            let mut out = body.to_vec();
-            let at = out.len().checked_sub(8)?;
-            out[at..].copy_from_slice(&verf);
-            Some(out)
-        }
         _ => None,
     }
 }
@@ -364,9 +389,8 @@ fn rewrite_reply(rec: Vec<u8>, pending: &Mutex<HashMap<u32, Pending>>, policy: &
     let guard_xid = be32(&rec, 0)?;
     let p = pending.lock().ok()?.remove(&guard_xid)?;
     rec.get_mut(0..4)?.copy_from_slice(&p.xid.to_be_bytes());
-    let checked = p.refused
-        || matches!((p.prog, p.proc_), (PROG_NFS, NFS_ACCESS | NFS_READ | NFS_LOOKUP | NFS_READDIR | NFS_READDIRPLUS))
-        || (policy.rw.is_some() && matches!((p.prog, p.proc_), (PROG_NFS, NFS_WRITE | NFS_COMMIT)));
+    let checked =
+        matches!((p.prog, p.proc_), (PROG_NFS, NFS_ACCESS | NFS_READ | NFS_LOOKUP | NFS_READDIR | NFS_READDIRPLUS));
     // reply: xid, REPLY, MSG_ACCEPTED, verf{flavor, len, body}, accept_stat, results
     let parsed = (|| {
         if be32(&rec, 4)? != 1 || be32(&rec, 8)? != 0 {
@@ -378,9 +402,6 @@ fn rewrite_reply(rec: Vec<u8>, pending: &Mutex<HashMap<u32, Pending>>, policy: &
             return Some(None);
         }
         let body = rec.get(off + 4..)?;
-        if p.refused {
-            return Some(Some((off + 4, refused_body(p.proc_))));
-        }
         Some(check_body(p.prog, p.proc_, &p.cred, body, policy).map(|b| (off + 4, b)))
     })();
     match parsed {
@@ -430,7 +451,53 @@ async fn write_record<W: AsyncWrite + Unpin>(w: &mut W, rec: &[u8]) -> io::Resul
     w.write_all_buf(&mut buf).await
 }
 
-async fn connection(client: TcpStream, internal: SocketAddr, policy: Arc<Policy>) -> io::Result<()> {
+type ClientWriter = Arc<tokio::sync::Mutex<tokio::net::tcp::OwnedWriteHalf>>;
+
+async fn send(cw: &ClientWriter, rec: &[u8]) -> io::Result<()> {
+    write_record(&mut *cw.lock().await, rec).await
+}
+
+/// A change to a read-write area, answered here (see [`crate::rwcall`]). `Err` ends the
+/// connection.
+async fn rw_change(
+    rw: &Rw,
+    cw: &ClientWriter,
+    slots: &Arc<tokio::sync::Semaphore>,
+    peer: SocketAddr,
+    (xid, proc_, cred): (u32, u32, Cred),
+    mut rec: Vec<u8>,
+) -> io::Result<()> {
+    let Some(at) = args_at(&rec) else {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "nfs3: malformed call"));
+    };
+    let args = rec.split_off(at);
+    let key = match rw.calls.seen(peer.ip(), xid, proc_, &args) {
+        crate::rwcall::Seen::Running => return Ok(()),
+        crate::rwcall::Seen::Done(r) => return send(cw, &r).await,
+        crate::rwcall::Seen::New(key) => key,
+    };
+    let permit = Arc::clone(slots).acquire_owned().await.map_err(io::Error::other)?;
+    let (calls, cw) = (Arc::clone(&rw.calls), Arc::clone(cw));
+    let uid = cred.uid;
+    let caller = crate::rw::Caller { uid, gid: cred.gid, gids: cred.gids };
+    tokio::spawn(async move {
+        let c = Arc::clone(&calls);
+        let body = tokio::task::spawn_blocking(move || c.answer(proc_, &caller, &args)).await;
+        let rec = Arc::new(match body {
+            Ok(Some(b)) => reply(xid, 0, &b),
+            Ok(None) => reply(xid, ACCEPT_GARBAGE_ARGS, &[]),
+            Err(_) => reply(xid, ACCEPT_SYSTEM_ERR, &[]),
+        });
+        tracing::debug!(%peer, proc_, uid, status = be32(&rec, 24).unwrap_or(u32::MAX), "nfs3: change answered");
+        calls.done(key, Arc::clone(&rec));
+        // The client may be gone; the change is made and its reply cached for a retransmission.
+        let _ = send(&cw, &rec).await;
+        drop(permit);
+    });
+    Ok(())
+}
+
+async fn connection(client: TcpStream, peer: SocketAddr, internal: SocketAddr, policy: Arc<Policy>) -> io::Result<()> {
     // The address the client reached (a floating service address, maybe) and how often its
     // connections were ended before this one began; a copy of the descriptor to reset the
     // connection with when they are ended again.
@@ -441,26 +508,41 @@ async fn connection(client: TcpStream, internal: SocketAddr, policy: Arc<Policy>
     let server = TcpStream::connect(internal).await?;
     let _ = client.set_nodelay(true);
     let _ = server.set_nodelay(true);
-    let (mut cr, mut cw) = client.into_split();
+    let (mut cr, cw) = client.into_split();
+    let cw: ClientWriter = Arc::new(tokio::sync::Mutex::new(cw));
     let (mut sr, mut sw) = server.into_split();
     let pending: Arc<Mutex<HashMap<u32, Pending>>> = Arc::default();
     let up = {
-        let (pending, policy) = (Arc::clone(&pending), Arc::clone(&policy));
+        let (pending, policy, cw) = (Arc::clone(&pending), Arc::clone(&policy), Arc::clone(&cw));
         tokio::spawn(async move {
             let mut xids = Xids::default();
+            let slots = Arc::new(tokio::sync::Semaphore::new(MAX_RW_CALLS));
+            let mut told = false;
             while let Some(rec) = read_record(&mut cr, MAX_CALL).await? {
                 let Some((xid, prog, proc_, cred, out)) = rewrite_call(&rec, &policy.token) else {
                     // Not a call we understand: do not forward it unstamped.
                     break;
                 };
-                let refused = policy.rw.is_some() && cred.uid != 0 && changes(prog, proc_);
-                let mut out = match refused {
-                    true => match null_call(&out) {
-                        Some(c) => c,
-                        None => break,
-                    },
-                    false => out,
-                };
+                let vers = be32(&rec, 16).unwrap_or(0);
+                if prog == PROG_NFS && vers != NFS_V3 {
+                    // NFSv4 (or v2): RFC 5531 §9's PROG_MISMATCH with the one version served,
+                    // which the Linux client reports as "Protocol not supported" (and a mount
+                    // without vers= takes as the cue to fall back to v3).
+                    if !told {
+                        told = true;
+                        tracing::warn!(%peer, vers, "nfs3: refused an NFSv{vers} call (PROG_MISMATCH, 3..3): this port serves NFSv3 only, mount with vers=3");
+                    }
+                    let mut body = NFS_V3.to_be_bytes().to_vec();
+                    body.extend_from_slice(&NFS_V3.to_be_bytes());
+                    send(&cw, &reply(xid, ACCEPT_PROG_MISMATCH, &body)).await?;
+                    continue;
+                }
+                if let Some(rw) = policy.rw.as_ref().filter(|_| prog == PROG_NFS && crate::rwcall::serves(proc_)) {
+                    drop(out);
+                    rw_change(rw, &cw, &slots, peer, (xid, proc_, cred), rec).await?;
+                    continue;
+                }
+                let mut out = out;
                 let guard_xid = xids.assign(xid, changes(prog, proc_));
                 let Some(head) = out.get_mut(0..4) else {
                     break;
@@ -474,7 +556,7 @@ async fn connection(client: TcpStream, internal: SocketAddr, policy: Arc<Policy>
                     if p.len() >= MAX_PENDING {
                         break;
                     }
-                    p.insert(guard_xid, Pending { xid, prog, proc_, cred, refused });
+                    p.insert(guard_xid, Pending { xid, prog, proc_, cred });
                 }
                 write_record(&mut sw, &out).await?;
             }
@@ -488,9 +570,9 @@ async fn connection(client: TcpStream, internal: SocketAddr, policy: Arc<Policy>
                 let Some(out) = rewrite_reply(rec, &pending, &policy) else {
                     break;
                 };
-                write_record(&mut cw, &out).await?;
+                send(&cw, &out).await?;
             }
-            cw.shutdown().await
+            cw.lock().await.shutdown().await
         }
     };
     // The client closing its side ends `up`; the NFS layer then answers what is pending and
@@ -531,7 +613,7 @@ pub(crate) async fn run(listener: TcpListener, internal: SocketAddr, policy: Arc
         }
         let policy = Arc::clone(&policy);
         tokio::spawn(async move {
-            if let Err(e) = connection(sock, internal, policy).await {
+            if let Err(e) = connection(sock, peer, internal, policy).await {
                 tracing::debug!(%peer, "nfs3: connection ended: {e}");
             }
         });

@@ -43,6 +43,7 @@ pub mod index;
 pub mod oplog;
 pub mod replica;
 pub mod rw;
+mod rwcall;
 
 use std::io;
 use std::net::SocketAddr;
@@ -360,8 +361,9 @@ impl Drop for RwServer {
 
 /// Serves the statelite area `root` read-write over NFSv3 on `addr` (see [`rw`]): handles are
 /// file ids kept with the files, the same on a replica fed by the same change log; every change
-/// is handed to `replicate` before the client is answered. Always behind the RPC guard (it puts
-/// this instance's write verifier in WRITE and COMMIT replies and serves changes to root only).
+/// is handed to `replicate` before the client is answered. Always behind the RPC guard, which
+/// answers the changes itself with the caller's ids (see `rwcall`) and this instance's write
+/// verifier.
 pub async fn serve_rw(
     root: &Path,
     addr: SocketAddr,
@@ -401,7 +403,9 @@ pub async fn serve_rw(
         released: released_rx,
         public_port: local_addr.port(),
         internal_port: nfs_local.port(),
-        rw: Some(guard::Rw { verf }),
+        rw: Some(guard::Rw {
+            calls: std::sync::Arc::new(rwcall::Calls::new(fs.clone(), generation_of(&export_name), verf)),
+        }),
     });
     tasks.push(tokio::spawn(guard::run(public, nfs_local, policy)));
     tracing::info!(root = %root.display(), export = %export_name, %local_addr, "nfs3: serving read-write");

@@ -93,6 +93,53 @@ pub enum Op {
     Commit {
         id: Fh,
     },
+    // Appended: postcard numbers variants by position, so the ones above never move.
+    /// LINK (RFC 1813 §3.3.15): a further name `name` in directory `dir` for the non-directory
+    /// `id`. A regular file counts the links this server made (see [`crate::rw::LINKS_XATTR`]),
+    /// so it stays writable where a link planted behind the server's back does not.
+    Link {
+        id: Fh,
+        dir: Fh,
+        name: Vec<u8>,
+    },
+    /// MKNOD (RFC 1813 §3.3.11) of a FIFO or socket, owned by `uid`/`gid`. Like a symlink it
+    /// carries no xattr: its id is derived from where it was made ([`crate::rw::symlink_id`]).
+    Mknod {
+        dir: Fh,
+        name: Vec<u8>,
+        kind: NodeKind,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+    },
+    /// CREATE by a caller other than the server itself (RFC 1813 §3.3.8): [`Op::Create`] with
+    /// the owner set before the file is linked in, so it is never visible owned by root.
+    CreateOwned {
+        dir: Fh,
+        name: Vec<u8>,
+        id: Fh,
+        mode: u32,
+        verf: Option<[u8; 8]>,
+        uid: u32,
+        gid: u32,
+    },
+    /// MKDIR (RFC 1813 §3.3.9) with the client's mode and the caller as owner.
+    MkdirOwned {
+        dir: Fh,
+        name: Vec<u8>,
+        id: Fh,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+    },
+}
+
+/// The special files MKNOD makes on a read-write area. Character and block devices are not
+/// among them (refused before anything is logged; see `rw::ops`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NodeKind {
+    Fifo,
+    Socket,
 }
 
 impl Op {
@@ -126,5 +173,22 @@ mod tests {
         assert!(Op::SetAttr { id, attrs: Attrs::default() }.synchronous());
         assert!(Attrs::default().is_empty());
         assert!(!Attrs { mode: Some(0o600), ..Attrs::default() }.is_empty());
+        assert!(Op::Link { id, dir: id, name: b"l".to_vec() }.synchronous());
+        assert!(
+            Op::Mknod { dir: id, name: b"p".to_vec(), kind: NodeKind::Fifo, mode: 0o600, uid: 1, gid: 1 }.synchronous()
+        );
+    }
+
+    #[test]
+    fn variant_numbers_of_the_first_entries_never_move() {
+        // postcard writes the variant index first: Create is 0, Commit 7, the appended ones after.
+        let id = Fh([1; 16]);
+        let first = |op: &Op| postcard::to_allocvec(op).unwrap()[0];
+        assert_eq!(first(&Op::Create { dir: id, name: vec![], id, mode: 0, verf: None }), 0);
+        assert_eq!(first(&Op::Commit { id }), 7);
+        assert_eq!(first(&Op::Link { id, dir: id, name: vec![] }), 8);
+        assert_eq!(first(&Op::Mknod { dir: id, name: vec![], kind: NodeKind::Socket, mode: 0, uid: 0, gid: 0 }), 9);
+        assert_eq!(first(&Op::CreateOwned { dir: id, name: vec![], id, mode: 0, verf: None, uid: 0, gid: 0 }), 10);
+        assert_eq!(first(&Op::MkdirOwned { dir: id, name: vec![], id, mode: 0, uid: 0, gid: 0 }), 11);
     }
 }

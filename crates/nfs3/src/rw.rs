@@ -28,9 +28,9 @@
 //! `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)` ([`crate::fs::open_beneath`]), every
 //! change is made relative to a directory descriptor so obtained, on a name that is one
 //! component, never `.`/`..`/`.hanfs`. Content and attributes are changed through a
-//! descriptor of the very inode whose type was checked. A regular file with more than one
-//! link is never written or truncated: this server makes no hard links (the NFS layer has no
-//! LINK), so such a file was planted, possibly linked to something outside the area.
+//! descriptor of the very inode whose type was checked. A regular file with more links than
+//! this server made through LINK (counted with the file, [`LINKS_XATTR`]) is never written or
+//! truncated: the extra link was planted, possibly to something outside the area.
 //!
 //! **Durability** follows RFC 1813: FILE_SYNC and DATA_SYNC writes are fsynced (fdatasync)
 //! before the reply, UNSTABLE ones are left to the page cache and COMMIT fsyncs; namespace
@@ -65,6 +65,9 @@ use crate::fs::{
 };
 use crate::index::Fh;
 use crate::oplog::{Attrs, Op, SetTime};
+
+mod ops;
+pub use ops::{attrs_from, Caller, How, Node, LINKS_XATTR, TRUSTED_LINKS_XATTR};
 
 /// The xattr holding a file's id (16 bytes).
 pub const ID_XATTR: &str = "user.hanfs.id";
@@ -109,31 +112,75 @@ pub fn symlink_id(dir: &Fh, name: &[u8]) -> Fh {
     Fh(b)
 }
 
+/// A directory entry: (directory id, name).
+type Entry = (Fh, Box<[u8]>);
+
 #[derive(Default)]
 struct Ids {
     node: HashMap<Fh, (Fh, Box<[u8]>)>,
     child: HashMap<(Fh, Box<[u8]>), Fh>,
+    /// Every name of a file that has had more than one (LINK): `node` holds one of them.
+    names: HashMap<Fh, Vec<Entry>>,
 }
 
 impl Ids {
+    /// `id` is now at `parent`/`name` (made or renamed there): its previous name is dropped,
+    /// unless it has several (hard links), whatever held the name before forgotten.
     fn insert(&mut self, id: Fh, parent: Fh, name: &[u8]) {
-        let name: Box<[u8]> = name.into();
-        if let Some(old) = self.node.insert(id, (parent, name.clone())) {
-            if self.child.get(&old).is_some_and(|c| *c == id) {
+        let key: (Fh, Box<[u8]>) = (parent, name.into());
+        if self.child.get(&key).is_some_and(|c| *c != id) {
+            self.remove_entry(parent, name);
+        }
+        if let Some(old) = self.node.insert(id, key.clone()) {
+            if !self.names.contains_key(&id) && self.child.get(&old).is_some_and(|c| *c == id) {
                 self.child.remove(&old);
             }
         }
-        if let Some(prev) = self.child.insert((parent, name), id) {
-            if prev != id {
-                self.node.remove(&prev);
+        if let Some(all) = self.names.get_mut(&id) {
+            if !all.contains(&key) {
+                all.push(key.clone());
             }
         }
+        self.child.insert(key, id);
+    }
+
+    /// A further name of `id` (LINK, or a second link found on a walk).
+    fn link(&mut self, id: Fh, parent: Fh, name: &[u8]) {
+        let key: (Fh, Box<[u8]>) = (parent, name.into());
+        if self.child.get(&key).is_some_and(|c| *c != id) {
+            self.remove_entry(parent, name);
+        }
+        let first = self.node.get(&id).cloned();
+        let all = self.names.entry(id).or_insert_with(|| first.into_iter().collect());
+        if !all.contains(&key) {
+            all.push(key.clone());
+        }
+        self.node.entry(id).or_insert_with(|| key.clone());
+        self.child.insert(key, id);
     }
 
     fn remove_entry(&mut self, parent: Fh, name: &[u8]) -> Option<Fh> {
-        let id = self.child.remove(&(parent, name.into()))?;
-        if self.node.get(&id).is_some_and(|(p, n)| *p == parent && &**n == name) {
-            self.node.remove(&id);
+        let key: (Fh, Box<[u8]>) = (parent, name.into());
+        let id = self.child.remove(&key)?;
+        let at_node = self.node.get(&id).is_some_and(|k| *k == key);
+        match self.names.get_mut(&id) {
+            Some(all) => {
+                all.retain(|k| *k != key);
+                let other = all.first().cloned();
+                if all.is_empty() {
+                    self.names.remove(&id);
+                }
+                if at_node {
+                    match other {
+                        Some(k) => self.node.insert(id, k),
+                        None => self.node.remove(&id),
+                    };
+                }
+            }
+            None if at_node => {
+                self.node.remove(&id);
+            }
+            None => {}
         }
         Some(id)
     }
@@ -419,7 +466,13 @@ impl AreaInner {
             symlink_id(dir, name)
         };
         if let Ok(mut ids) = self.ids.write() {
-            ids.insert(id, *dir, name);
+            // A file of several links keeps its other names (a rename behind the server's back
+            // leaves one link: the old name is dropped).
+            if st.st_nlink > 1 && has_xattrs(FileType::from_raw_mode(st.st_mode)) {
+                ids.link(id, *dir, name);
+            } else {
+                ids.insert(id, *dir, name);
+            }
         }
         Ok(id)
     }
@@ -519,7 +572,7 @@ impl AreaInner {
     }
 
     /// Opens the regular file `id` for I/O: exactly the inode whose type was checked (through
-    /// its `O_PATH` descriptor), refused for writing when it has more than one link.
+    /// its `O_PATH` descriptor), refused for writing when it has a link this server did not make.
     fn open_reg(&self, id: &Fh, flags: OFlags, writing: bool) -> Result<OwnedFd, nfsstat3> {
         let pfd = self.open_id(id, OFlags::PATH)?;
         let st = rustix::fs::fstat(&pfd).map_err(errno_stat)?;
@@ -528,7 +581,7 @@ impl AreaInner {
             FileType::Directory => return Err(nfsstat3::NFS3ERR_ISDIR),
             _ => return Err(nfsstat3::NFS3ERR_INVAL),
         }
-        if writing && st.st_nlink > 1 {
+        if writing && !self.links_are_own(&pfd, &st) {
             return Err(nfsstat3::NFS3ERR_ACCES);
         }
         rustix::fs::open(proc_path(&pfd).as_str(), flags | OFlags::CLOEXEC | OFlags::NOCTTY, Mode::empty())
@@ -552,57 +605,8 @@ impl AreaInner {
 
     fn apply_local(&self, op: &Op) -> Result<Option<Fh>, nfsstat3> {
         match op {
-            Op::Create { dir, name, id, mode, verf } => {
-                let n = name_ok(name)?;
-                let dfd = self.open_dir(dir)?;
-                let m = Mode::from_raw_mode(mode & 0o7777);
-                match rustix::fs::openat(&dfd, ".", OFlags::TMPFILE | OFlags::WRONLY | OFlags::CLOEXEC, m) {
-                    Ok(tmp) => {
-                        // O_TMPFILE applies the umask: set the mode asked for.
-                        rustix::fs::fchmod(&tmp, m).map_err(errno_rw)?;
-                        self.label(&tmp, id, verf.as_ref())?;
-                        rustix::fs::linkat(rustix::fs::CWD, proc_path(&tmp).as_str(), &dfd, n, AtFlags::SYMLINK_FOLLOW)
-                            .map_err(errno_rw)?;
-                    }
-                    // No O_TMPFILE here: create in place; a crash before the id is set leaves a
-                    // file without one (it gets one when seen; no client was answered for it).
-                    Err(Errno::OPNOTSUPP | Errno::ISDIR | Errno::INVAL) => {
-                        let f = rustix::fs::openat(
-                            &dfd,
-                            n,
-                            OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                            m,
-                        )
-                        .map_err(errno_rw)?;
-                        rustix::fs::fchmod(&f, m).map_err(errno_rw)?;
-                        self.label(&f, id, verf.as_ref())?;
-                    }
-                    Err(e) => return Err(errno_rw(e)),
-                }
-                rustix::fs::fsync(&dfd_rw(&dfd)?).map_err(errno_rw)?;
-                self.record(*id, *dir, name);
-                Ok(Some(*id))
-            }
-            Op::Mkdir { dir, name, id, mode } => {
-                let n = name_ok(name)?;
-                let dfd = self.open_dir(dir)?;
-                rustix::fs::mkdirat(&dfd, n, Mode::from_raw_mode(mode & 0o7777)).map_err(errno_rw)?;
-                let made = rustix::fs::openat(
-                    &dfd,
-                    n,
-                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                    Mode::empty(),
-                )
-                .map_err(errno_rw)?;
-                rustix::fs::fchmod(&made, Mode::from_raw_mode(mode & 0o7777)).map_err(errno_rw)?;
-                // A crash before this leaves a directory without id: it gets one when seen, and
-                // no client was told of this one.
-                rustix::fs::fsetxattr(&made, self.id_xattr, &id.0, XattrFlags::empty()).map_err(errno_rw)?;
-                rustix::fs::fsync(&made).map_err(errno_rw)?;
-                rustix::fs::fsync(&dfd_rw(&dfd)?).map_err(errno_rw)?;
-                self.record(*id, *dir, name);
-                Ok(Some(*id))
-            }
+            Op::Create { dir, name, id, mode, verf } => self.create_local(dir, name, id, *mode, verf.as_ref(), None),
+            Op::Mkdir { dir, name, id, mode } => self.mkdir_local(dir, name, id, *mode, None),
             Op::Symlink { dir, name, target } => {
                 let n = name_ok(name)?;
                 if target.is_empty() || target.contains(&0) || target.len() > 4095 {
@@ -624,6 +628,7 @@ impl AreaInner {
                 } else {
                     AtFlags::empty()
                 };
+                self.unlinking(&dfd, n, &st)?;
                 rustix::fs::unlinkat(&dfd, n, flags).map_err(errno_rw)?;
                 rustix::fs::fsync(&dfd_rw(&dfd)?).map_err(errno_rw)?;
                 if let Ok(mut ids) = self.ids.write() {
@@ -646,6 +651,7 @@ impl AreaInner {
                     if sd != td {
                         return Err(if td { nfsstat3::NFS3ERR_ISDIR } else { nfsstat3::NFS3ERR_NOTDIR });
                     }
+                    self.unlinking(&tdfd, tname, &tst)?;
                 }
                 rustix::fs::renameat(&fdfd, fname, &tdfd, tname).map_err(errno_rw)?;
                 rustix::fs::fsync(&dfd_rw(&tdfd)?).map_err(errno_rw)?;
@@ -684,6 +690,14 @@ impl AreaInner {
                 let fd = self.open_reg(id, OFlags::RDONLY, false)?;
                 rustix::fs::fsync(&fd).map_err(errno_rw)?;
                 Ok(Some(*id))
+            }
+            Op::Link { id, dir, name } => self.link_local(id, dir, name),
+            Op::Mknod { dir, name, kind, mode, uid, gid } => self.mknod_local(dir, name, *kind, *mode, (*uid, *gid)),
+            Op::CreateOwned { dir, name, id, mode, verf, uid, gid } => {
+                self.create_local(dir, name, id, *mode, verf.as_ref(), Some((*uid, *gid)))
+            }
+            Op::MkdirOwned { dir, name, id, mode, uid, gid } => {
+                self.mkdir_local(dir, name, id, *mode, Some((*uid, *gid)))
             }
         }
     }

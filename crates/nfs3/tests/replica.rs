@@ -265,3 +265,88 @@ fn the_backup_refuses_a_stream_from_another_sns_certificate() {
         assert!(!b2.join("y").exists());
     });
 }
+
+/// [`walk`] plus what LINK, MKNOD and other users' changes must carry: owner, link count, the
+/// links-made count, FIFOs and sockets (never opened).
+fn walk_owned(root: &Path) -> BTreeMap<PathBuf, String> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    fn go(root: &Path, dir: &Path, out: &mut BTreeMap<PathBuf, String>) {
+        for e in fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            let rel = p.strip_prefix(root).unwrap().to_path_buf();
+            let md = fs::symlink_metadata(&p).unwrap();
+            let (mode, ft) = (md.permissions().mode() & 0o7777, md.file_type());
+            let mut l = [0u8; 8];
+            let links = rustix::fs::lgetxattr(&p, nfs3::rw::LINKS_XATTR, &mut l[..]).map(|n| l[..n].to_vec()).ok();
+            let who = format!("{}:{} nlink {} links {links:?}", md.uid(), md.gid(), md.nlink());
+            let v = if ft.is_symlink() {
+                format!("symlink {who} -> {}", fs::read_link(&p).unwrap().display())
+            } else if md.is_dir() {
+                format!("dir {mode:o} {}:{} id {:?}", md.uid(), md.gid(), xattr_id(&p))
+            } else if ft.is_fifo() || ft.is_socket() {
+                format!("{} {mode:o} {who}", if ft.is_fifo() { "fifo" } else { "socket" })
+            } else {
+                format!(
+                    "file {mode:o} {who} id {:?} {:?}",
+                    xattr_id(&p),
+                    String::from_utf8_lossy(&fs::read(&p).unwrap())
+                )
+            };
+            out.insert(rel, v);
+            if md.is_dir() {
+                go(root, &p, out);
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    go(root, root, &mut out);
+    out
+}
+
+#[test]
+fn links_special_files_modes_and_other_users_files_replicate_with_the_same_ids() {
+    use nfs3_client::nfs3_types::nfs3::mknoddata3;
+    use std::os::unix::fs::MetadataExt;
+    let pki = Pki::new();
+    let (_t1, proot) = area();
+    let (_t2, broot) = area();
+    common::run(async {
+        let (bsrv, rs) = backup(&pki, &broot, "sn1").await;
+        let (psrv, rep) = primary(&pki, &proot, "sn1", rs.local_addr().to_string(), Duration::from_secs(5)).await;
+        let mut c = root_conn(&psrv).await;
+        let top = c.root_nfs_fh3();
+        let ssh = mkdir_mode(&mut c, &top, b"ssh", 0o700).await.unwrap();
+        let key = create(&mut c, &ssh, b"host_key", createhow3::GUARDED(mode(0o600))).await.unwrap();
+        write(&mut c, &key, 0, b"KEY", stable_how::FILE_SYNC).await.unwrap();
+        // A lock taken the NFS-safe way: link(2) of a unique file to the lock name.
+        link(&mut c, &key, &top, b"host_key.lock").await.unwrap();
+        assert_eq!(fs::metadata(broot.join("host_key.lock")).unwrap().nlink(), 2, "on the backup before the reply");
+        mknod(&mut c, &top, b"initctl", mknoddata3::NF3FIFO(mode(0o600))).await.unwrap();
+        mknod(&mut c, &top, b"log.sock", mknoddata3::NF3SOCK(mode(0o666))).await.unwrap();
+        let tmp = mkdir_mode(&mut c, &top, b"tmp", 0o1777).await.unwrap();
+        if common::is_root() {
+            let mut u = common::connect_as(psrv.local_addr().port(), EXPORT, 1000, 1000, &[]).await.unwrap();
+            let f = create(&mut u, &tmp, b"daemon.state", createhow3::UNCHECKED(mode(0o640))).await.unwrap();
+            write(&mut u, &f, 0, b"state", stable_how::FILE_SYNC).await.unwrap();
+            mkdir_mode(&mut u, &tmp, b"spool", 0o750).await.unwrap();
+            assert_eq!(fs::metadata(broot.join("tmp/daemon.state")).unwrap().uid(), 1000);
+        }
+        // The planted-link defence holds on the backup too: a second link through the server
+        // after one was removed keeps the count right on both sides.
+        remove(&mut c, &top, b"host_key.lock").await.unwrap();
+        link(&mut c, &key, &tmp, b"again").await.unwrap();
+        write(&mut c, &key, 3, b"!", stable_how::FILE_SYNC).await.unwrap();
+        assert!(!rep.unprotected(), "{:?}", rep.unprotected_since());
+        let (p, b) = (walk_owned(&proot), walk_owned(&broot));
+        assert_eq!(p, b);
+        assert!(p[Path::new("ssh")].starts_with("dir 700"), "{p:?}");
+        assert!(p[Path::new("initctl")].starts_with("fifo 600"), "{p:?}");
+        // The backup's server answers the primary's handle through the second name.
+        let mut bc = root_conn(&bsrv).await;
+        let (again, _) = lookup(&mut bc, &tmp, b"again").await.unwrap();
+        assert_eq!(fh(&again), fh(&key));
+        assert_eq!(read_all(&mut bc, &key).await.unwrap(), b"KEY!");
+        drop(c);
+        drop(psrv);
+    });
+}

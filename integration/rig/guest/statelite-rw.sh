@@ -78,6 +78,58 @@ statelite_rw() {
         [ "$(readlink $d/a/var/current)" = messages ] && [ ! -e $d/a/gone ] && [ ! -e $d/a/var/tmp ]; then
         pass "(k) create, write+fsync, symlink, mkdir/rmdir, unlink through the kernel client land in the area"
     else fail "(k) the area after the client's changes: ok=$ok messages='$l' $(ls -la $d/a/var 2>&1 | tr '\n' ' ')"; fi
+    # LINK, MKNOD, MKDIR's mode and a writer other than root (issue 13), judged by A's directory.
+    ok=1
+    ln $m/var/messages $m/var/messages.lnk || ok=0
+    mkfifo -m 640 $m/var/fifo || ok=0
+    mkdir -m 700 $m/private || ok=0
+    mkdir $m/tmp && chmod 1777 $m/tmp || ok=0
+    as1000='import os, sys
+os.setgroups([]); os.setgid(1000); os.setuid(1000)
+try:
+    fd = os.open(sys.argv[1], os.O_CREAT | os.O_WRONLY | os.O_EXCL, 0o640)
+    os.write(fd, b"user\n"); os.fsync(fd); os.close(fd); print("ok")
+except OSError as e:
+    print(os.strerror(e.errno))'
+    # The guest's / is 0700: let uid 1000 reach the mount for these two calls.
+    rootmode=$(stat -c %a /); chmod 755 /
+    u1=$(python3 -S -B -c "$as1000" $m/tmp/user.txt 2>&1)
+    u2=$(python3 -S -B -c "$as1000" $m/private/denied.txt 2>&1)
+    chmod "$rootmode" /
+    l1=$(stat -c '%i %h' $d/a/var/messages 2> /dev/null) l2=$(stat -c '%i %h' $d/a/var/messages.lnk 2> /dev/null)
+    fm=$(stat -c '%F %a' $d/a/var/fifo 2> /dev/null) pm=$(stat -c %a $d/a/private 2> /dev/null)
+    um=$(stat -c '%u:%g %a' $d/a/tmp/user.txt 2> /dev/null)
+    if [ $ok = 1 ] && [ -n "$l1" ] && [ "$l1" = "$l2" ] && [ "${l1#* }" = 2 ] && [ "$fm" = "fifo 640" ] &&
+        [ "$pm" = 700 ] && [ "$u1" = ok ] && [ "$um" = "1000:1000 640" ] && [ "$u2" = "Permission denied" ] &&
+        [ ! -e $d/a/private/denied.txt ]; then
+        pass "(k) ln (one inode, 2 links), mkfifo -m 640, mkdir -m 700, and uid 1000 writing its own 0640 file in a 1777 directory (refused in root's 0700 one)"
+    else fail "(k) link/mknod/mode/uid 1000: ok=$ok links '$l1'/'$l2' fifo '$fm' private '$pm' uid 1000 '$u1' '$um', in 0700 '$u2'"; fi
+    rm $m/var/messages.lnk $m/var/fifo
+    # NFSv4 on the area's port: refused, as the kernel client reports it.
+    mkdir -p $m.v4
+    for v in 4.0 4.1 4.2; do
+        if out=$(timeout 60 mount -t nfs4 -o "vers=$v,port=$RW_PORT,soft,timeo=30,retrans=1,addr=127.0.0.1,clientaddr=127.0.0.1" 127.0.0.1:/run/rw/area $m.v4 2>&1); then
+            umount -l $m.v4; fail "(k) an NFSv$v mount of the rw area succeeded"
+        else case $out in
+            *"not supported"*) pass "(k) NFSv$v on the rw port is refused: $out" ;;
+            *) fail "(k) NFSv$v mount of the rw port: '$out'" ;;
+        esac; fi
+    done
+    grep -q "refused an NFSv4 call" $d/server.log && pass "(k) the server logged the NFSv4 refusal" ||
+        fail "(k) no NFSv4 refusal in the server log: $(tail -2 $d/server.log)"
+    # Without nolock (the rig runs no rpcbind or statd, as an initrd need not): what a lock does.
+    mkdir -p $m.lk
+    if out=$(mount -t nfs -o "vers=3,proto=tcp,port=$RW_PORT,mountport=$RW_PORT,mountproto=tcp,mountvers=3,noacl,soft,timeo=30,retrans=2,addr=127.0.0.1" 127.0.0.1:/run/rw/area $m.lk 2>&1); then
+        r=$(timeout 60 python3 -S -B -c 'import fcntl, os, sys
+fd = os.open(sys.argv[1], os.O_RDWR)
+try:
+    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB); print("locked")
+except OSError as e:
+    print("errno %d (%s)" % (e.errno, os.strerror(e.errno)))' $m.lk/var/messages 2>&1)
+        rig_log "rig-figure: statelite-rw mount without nolock: lockf -> ${r:-timed out}"
+        echo "rig-figure: statelite-rw mount without nolock: lockf -> ${r:-timed out}"
+        umount -l $m.lk
+    else echo "rig-figure: statelite-rw mount without nolock: mount failed: $out"; fi
     # A figure, not a check: small files created, written, fsynced and renamed by one client.
     python3 -S -B -c '
 import os, sys, time

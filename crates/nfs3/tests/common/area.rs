@@ -143,3 +143,47 @@ pub fn area() -> (tempfile::TempDir, std::path::PathBuf) {
     fs::create_dir(&root).unwrap();
     (tmp, root)
 }
+
+pub async fn mkdir_mode(c: &mut Conn, dir: &nfs_fh3, n: &[u8], m: u32) -> Result<nfs_fh3, nfsstat3> {
+    match c.mkdir(&MKDIR3args { where_: where_(dir, n), attributes: mode(m) }).await.unwrap() {
+        Nfs3Result::Ok(ok) => match ok.obj {
+            nfs3_client::nfs3_types::nfs3::Nfs3Option::Some(h) => Ok(h),
+            nfs3_client::nfs3_types::nfs3::Nfs3Option::None => panic!("mkdir without handle"),
+        },
+        Nfs3Result::Err((e, _)) => Err(e),
+    }
+}
+
+/// LINK (RFC 1813 §3.3.15); the file's attributes after it (nlink one more).
+pub async fn link(
+    c: &mut Conn,
+    file: &nfs_fh3,
+    dir: &nfs_fh3,
+    n: &[u8],
+) -> Result<nfs3_client::nfs3_types::nfs3::fattr3, nfsstat3> {
+    use nfs3_client::nfs3_types::nfs3::{LINK3args, Nfs3Option};
+    match c.link(&LINK3args { file: file.clone(), link: where_(dir, n) }).await.unwrap() {
+        Nfs3Result::Ok(ok) => match ok.file_attributes {
+            Nfs3Option::Some(a) => Ok(a),
+            Nfs3Option::None => panic!("LINK without the file's attributes"),
+        },
+        Nfs3Result::Err((e, _)) => Err(e),
+    }
+}
+
+/// MKNOD (RFC 1813 §3.3.11).
+pub async fn mknod(
+    c: &mut Conn,
+    dir: &nfs_fh3,
+    n: &[u8],
+    what: nfs3_client::nfs3_types::nfs3::mknoddata3,
+) -> Result<nfs_fh3, nfsstat3> {
+    use nfs3_client::nfs3_types::nfs3::{MKNOD3args, Nfs3Option};
+    match c.mknod(&MKNOD3args { where_: where_(dir, n), what }).await.unwrap() {
+        Nfs3Result::Ok(ok) => match ok.obj {
+            Nfs3Option::Some(h) => Ok(h),
+            Nfs3Option::None => panic!("mknod without handle"),
+        },
+        Nfs3Result::Err((e, _)) => Err(e),
+    }
+}
