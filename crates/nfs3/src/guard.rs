@@ -247,14 +247,20 @@ pub(crate) fn may(cred: &Cred, attr: &[u8]) -> Option<(bool, bool)> {
     if cred.uid == 0 {
         return Some((true, dir || mode & 0o111 != 0));
     }
-    let bits = if cred.uid == uid {
+    let bits = class_bits(mode, cred.uid == uid, cred.gid == gid || cred.gids.contains(&gid));
+    Some((bits & 4 != 0, bits & 1 != 0))
+}
+
+/// The rwx bits of `mode` for the one class a caller falls in: owner, else group, else others
+/// (never their union, as the kernel decides); the guard and the read-write area both ask here.
+pub(crate) fn class_bits(mode: u32, owner: bool, in_group: bool) -> u32 {
+    (if owner {
         mode >> 6
-    } else if cred.gid == gid || cred.gids.contains(&gid) {
+    } else if in_group {
         mode >> 3
     } else {
         mode
-    } & 7;
-    Some((bits & 4 != 0, bits & 1 != 0))
+    }) & 7
 }
 
 /// Whether `cred` may write an object of these attributes (its one class's `w` bit; root may).
@@ -264,13 +270,7 @@ fn may_write(cred: &Cred, attr: &[u8]) -> Option<bool> {
     if cred.uid == 0 {
         return Some(true);
     }
-    let bits = if cred.uid == uid {
-        mode >> 6
-    } else if cred.gid == gid || cred.gids.contains(&gid) {
-        mode >> 3
-    } else {
-        mode
-    } & 7;
+    let bits = class_bits(mode, cred.uid == uid, cred.gid == gid || cred.gids.contains(&gid));
     Some(bits & 2 != 0)
 }
 

@@ -95,13 +95,7 @@ pub(crate) fn permits(c: &Caller, st: &Stat, want: u32) -> bool {
         let dir = FileType::from_raw_mode(mode) == FileType::Directory;
         return want & MAY_EXEC == 0 || dir || mode & 0o111 != 0;
     }
-    let bits = if c.uid == st.st_uid {
-        mode >> 6
-    } else if c.in_group(st.st_gid) {
-        mode >> 3
-    } else {
-        mode
-    } & 7;
+    let bits = crate::guard::class_bits(mode, c.uid == st.st_uid, c.in_group(st.st_gid));
     bits & want == want
 }
 
