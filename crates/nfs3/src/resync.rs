@@ -392,7 +392,7 @@ enum Incoming {
     Literal {
         tmp: Vec<u8>,
         fd: OwnedFd,
-        hasher: blake3::Hasher,
+        hasher: Box<blake3::Hasher>,
         path: Vec<u8>,
         entry: Entry,
     },
@@ -629,7 +629,7 @@ impl Applier<'_> {
                 Ok(Some(Incoming::Literal {
                     tmp,
                     fd,
-                    hasher: blake3::Hasher::new(),
+                    hasher: Box::new(blake3::Hasher::new()),
                     path: path.to_vec(),
                     entry: e.clone(),
                 }))
