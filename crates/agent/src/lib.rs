@@ -60,6 +60,24 @@ pub struct Agent {
     nfs3_closers: Vec<nfs3::Closer>,
     /// Floating service addresses (`Claim`/`Release`), opened on the first of them.
     takeover: tokio::sync::OnceCell<takeover::Takeover>,
+    /// The replication of each read-write statelite area (`StateliteRwStatus`), set by `bind`.
+    statelite_rw: Vec<(model::AbsPath, RwArea)>,
+}
+
+/// One end of a read-write area's replication stream.
+#[derive(Clone)]
+pub(crate) enum RwArea {
+    Primary(Arc<nfs3::replica::Replicator>),
+    Backup(Arc<nfs3::replica::BackupState>),
+}
+
+impl RwArea {
+    pub(crate) fn status(&self) -> nfs3::replica::AreaStatus {
+        match self {
+            RwArea::Primary(r) => r.status(),
+            RwArea::Backup(b) => b.status(),
+        }
+    }
 }
 
 /// Takes the exclusive lock on the state directory, refusing when another agent holds it: two
@@ -121,6 +139,7 @@ impl Agent {
             nfs3: Default::default(),
             nfs3_closers: Vec::new(),
             takeover: Default::default(),
+            statelite_rw: Vec::new(),
         };
         session::recover_all(&agent);
         statelite::recover_all(&agent);
@@ -205,7 +224,14 @@ impl Agent {
             self.nfs3_closers.push(srv.closer());
             if let Some(r) = replicator {
                 tracing::info!(area = a.area.as_str(), peer = %r.peer().addr, peer_name = %r.peer().name, "statelite area replicated synchronously to its backup");
-                streams.push((a.area.as_str().to_string(), r));
+                // Reconciles the backup before clients are served changes (bounded by the
+                // peer timeout when the backup is away; then retried in the background).
+                let first = r.start(srv.fs()).await.with_context(|| format!("replicating {}", a.area.as_str()))?;
+                if let Err(e) = &first.result {
+                    tracing::warn!(area = a.area.as_str(), "statelite area starts unprotected: {e}");
+                }
+                streams.push((a.area.as_str().to_string(), r.clone()));
+                self.statelite_rw.push((a.area.clone(), RwArea::Primary(r)));
             }
             // Backup: the primary's stream, on a listener of its own (the control port keeps
             // accepting the controller only), applied to the area this agent serves.
@@ -214,6 +240,7 @@ impl Agent {
                 let rs = nfs3::replica::serve_replica(r.listen, tls, a.area.as_str().to_string(), srv.fs().clone())
                     .await
                     .with_context(|| format!("accepting the replication of {} on {}", a.area.as_str(), r.listen))?;
+                self.statelite_rw.push((a.area.clone(), RwArea::Backup(rs.state())));
                 replicas.push((a.area.as_str().to_string(), rs));
             }
             rw.push(srv);
@@ -280,10 +307,16 @@ impl Listening {
     }
 
     /// The read-write areas this agent replicates to a backup, and whether each is unprotected
-    /// (the backup missed a change: it was unreachable, refused the stream or did not answer in
-    /// `peer_timeout_ms`; no resync is built, see `nfs3::replica`).
+    /// (not reconciled yet, or the backup missed a change: it was unreachable, refused the
+    /// stream or did not answer in `peer_timeout_ms`; reconciled again when it is back, see
+    /// `nfs3::replica`).
     pub fn statelite_rw_unprotected(&self) -> Vec<(String, bool)> {
         self.streams.iter().map(|(a, r)| (a.clone(), r.unprotected())).collect()
+    }
+
+    /// The primary's stream of `area`, if this agent is its primary.
+    pub fn statelite_rw_replicator(&self, area: &str) -> Option<Arc<nfs3::replica::Replicator>> {
+        self.streams.iter().find(|(a, _)| a == area).map(|(_, r)| r.clone())
     }
 
     /// The address the read-write server of `area` is bound to.

@@ -169,6 +169,10 @@ pub async fn run(agent: &Agent, mut c: Conn) -> Result<()> {
                 };
                 c.request(&FromAgent::ExportsDone(reply::ExportsDone { reloaded, output })).await?
             }
+            ToAgent::StateliteRwStatus => {
+                let areas = agent.statelite_rw.iter().map(|(area, r)| rw_area(area, &r.status())).collect();
+                c.request(&FromAgent::StateliteRw(reply::StateliteRw { areas })).await?
+            }
             ToAgent::Bye => {
                 c.shutdown().await;
                 return Ok(());
@@ -194,6 +198,29 @@ pub async fn run(agent: &Agent, mut c: Conn) -> Result<()> {
 }
 
 /// Every image this agent holds, as recorded by the engine (under `state_dir`, replicas under `root`).
+/// A read-write area's replication on the wire.
+fn rw_area(area: &model::AbsPath, s: &nfs3::replica::AreaStatus) -> reply::RwArea {
+    let unix = |t: std::time::SystemTime| {
+        t.duration_since(std::time::UNIX_EPOCH).map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX)).unwrap_or(0)
+    };
+    let last = s.last_reconcile.as_ref();
+    reply::RwArea {
+        area: area.clone(),
+        role: s.role.as_str().into(),
+        protected: s.protected,
+        reason: s.reason.clone(),
+        lag_ms: (s.lag.seconds * 1000.0) as u64,
+        lag_bytes: s.lag.bytes,
+        last_reconcile: last.map(|l| unix(l.at)),
+        last_reconcile_ok: last.map(|l| l.result.is_ok()),
+        last_reconcile_result: last.map(|l| match &l.result {
+            Ok(r) if s.role == nfs3::replica::Role::Backup => format!("pass applied, digest {}", r.digest),
+            Ok(r) => r.summary(),
+            Err(e) => e.clone(),
+        }),
+    }
+}
+
 fn status(state_dir: &Path, root: &Path) -> Vec<ImageState> {
     let mut out = Vec::new();
     let Ok(rd) = std::fs::read_dir(state_dir.join("images")) else { return out };

@@ -40,6 +40,13 @@ struct Replica {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RwLabel {
+    sn: String,
+    area: String,
+    role: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SnState {
     sn: String,
     state: &'static str,
@@ -91,6 +98,10 @@ pub struct Metrics {
     last_success: Gauge,
     generation: Family<Replica, Gauge>,
     matches: Family<Replica, Gauge>,
+    rw_protected: Family<RwLabel, Gauge>,
+    rw_lag_seconds: Family<RwLabel, Gauge<f64, AtomicU64>>,
+    rw_lag_bytes: Family<RwLabel, Gauge>,
+    rw_last_reconcile: Family<RwLabel, Gauge>,
 }
 
 impl Default for Metrics {
@@ -110,6 +121,10 @@ impl Default for Metrics {
             probe_failures: Family::default(),
             alerts: Family::default(),
             promotions: Family::default(),
+            rw_protected: Family::default(),
+            rw_lag_seconds: Family::default(),
+            rw_lag_bytes: Family::default(),
+            rw_last_reconcile: Family::default(),
             registry: Registry::default(),
         };
         use health::report::metrics as hm;
@@ -136,6 +151,26 @@ impl Default for Metrics {
         );
         registry.register("hanfs_replica_generation", "Generation each replica holds", m.generation.clone());
         registry.register("hanfs_replica_matches", "1 if the replica's digest equals the source's", m.matches.clone());
+        registry.register(
+            "hanfs_statelite_rw_protected",
+            "1 if the read-write statelite area is protected (its changes are on the backup before clients are answered)",
+            m.rw_protected.clone(),
+        );
+        registry.register(
+            "hanfs_statelite_rw_lag_seconds",
+            "Age of the oldest change of the read-write area not on its backup (0: in sync)",
+            m.rw_lag_seconds.clone(),
+        );
+        registry.register(
+            "hanfs_statelite_rw_lag_bytes",
+            "Bytes of file data of the read-write area not on its backup",
+            m.rw_lag_bytes.clone(),
+        );
+        registry.register(
+            "hanfs_statelite_rw_last_reconcile_timestamp_seconds",
+            "Unix time the last reconciliation of the read-write area with its backup ended",
+            m.rw_last_reconcile.clone(),
+        );
         for r in ["ok", "failed"] {
             // Both outcomes are shown from the start, at 0.
             let _ = m.runs.get_or_create(&Outcome { result: r });
@@ -175,6 +210,19 @@ impl Metrics {
     pub fn record_statelite(&self, ok: u64, failed: u64) {
         Self::count(&self.statelite, true, ok);
         Self::count(&self.statelite, false, failed);
+    }
+
+    /// The read-write statelite areas one SN reported.
+    pub fn record_statelite_rw(&self, sn: &str, areas: &[crate::RwAreaStatus]) {
+        for a in areas {
+            let l = RwLabel { sn: sn.to_string(), area: a.area.clone(), role: a.role.clone() };
+            self.rw_protected.get_or_create(&l).set(i64::from(a.protected));
+            self.rw_lag_seconds.get_or_create(&l).set(a.lag_seconds);
+            self.rw_lag_bytes.get_or_create(&l).set(i64::try_from(a.lag_bytes).unwrap_or(i64::MAX));
+            if let Some(t) = a.last_reconcile {
+                self.rw_last_reconcile.get_or_create(&l).set(t);
+            }
+        }
     }
 
     /// The health report: state gauges (1 for the current state) and last good probes.
@@ -268,6 +316,7 @@ pub fn run(rt: &tokio::runtime::Runtime, ctl: Arc<Controller>, opts: &Options, m
     let mut pending = all.clone();
     let mut failed = false;
     rt.spawn(monitor.run());
+    rt.spawn(statelite_rw_loop(Arc::clone(&ctl), Arc::clone(metrics)));
     loop {
         if !pending.is_empty() {
             failed = !rt.block_on(sync_once(&ctl, &pending, metrics));
@@ -294,6 +343,19 @@ pub fn run(rt: &tokio::runtime::Runtime, ctl: Arc<Controller>, opts: &Options, m
             None if failed => all.clone(),
             None => Vec::new(),
         };
+    }
+}
+
+/// How often the daemon asks every SN how its read-write statelite areas stand (metrics).
+pub const STATELITE_RW_EVERY: Duration = Duration::from_secs(10);
+
+/// The read-write statelite areas' replication, asked of every SN on its own clock.
+pub async fn statelite_rw_loop(ctl: Arc<Controller>, m: Arc<Metrics>) {
+    loop {
+        for (sn, areas) in ctl.statelite_rw_status().await {
+            m.record_statelite_rw(&sn, &areas);
+        }
+        tokio::time::sleep(STATELITE_RW_EVERY).await;
     }
 }
 
@@ -391,5 +453,69 @@ mod tests {
         ] {
             assert!(t.contains(want), "{want} not in:\n{t}");
         }
+    }
+
+    fn rw(protected: bool) -> crate::RwAreaStatus {
+        // What an agent's `StateliteRw` reply becomes.
+        crate::RwAreaStatus::from(proto::reply::RwArea {
+            area: proto::AbsPath::parse("/nodedata").unwrap(),
+            role: "primary".into(),
+            protected,
+            reason: (!protected).then(|| "dialling the backup: connection refused".into()),
+            lag_ms: if protected { 0 } else { 2500 },
+            lag_bytes: if protected { 0 } else { 4096 },
+            last_reconcile: Some(1_700_000_000),
+            last_reconcile_ok: Some(protected),
+            last_reconcile_result: Some(if protected { "1 pass(es)".into() } else { "refused".into() }),
+        })
+    }
+
+    #[test]
+    fn read_write_areas_show_unprotected_then_protected_in_metrics_status_and_json() {
+        let m = Metrics::default();
+        let sn = |a: crate::RwAreaStatus| crate::SnStatus {
+            name: "sn1".into(),
+            reachable: true,
+            images: Vec::new(),
+            statelite_rw: vec![a],
+            error: None,
+        };
+        let label = "{sn=\"sn1\",area=\"/nodedata\",role=\"primary\"}";
+        m.record_statelite_rw("sn1", &[rw(false)]);
+        let t = m.render();
+        for want in [
+            format!("hanfs_statelite_rw_protected{label} 0"),
+            format!("hanfs_statelite_rw_lag_seconds{label} 2.5"),
+            format!("hanfs_statelite_rw_lag_bytes{label} 4096"),
+            format!("hanfs_statelite_rw_last_reconcile_timestamp_seconds{label} 1700000000"),
+        ] {
+            assert!(t.contains(&want), "{want} not in:\n{t}");
+        }
+        let r = crate::StatusReport { sns: vec![sn(rw(false))] };
+        let j = crate::report::status_json(&r, &[], None).unwrap();
+        let a = &j["sns"][0]["statelite_rw"][0];
+        assert_eq!(a["area"], "/nodedata");
+        assert_eq!(a["role"], "primary");
+        assert_eq!(a["protected"], false);
+        assert_eq!(a["reason"], "dialling the backup: connection refused");
+        assert_eq!(a["lag_seconds"], 2.5);
+        assert_eq!(a["lag_bytes"], 4096);
+        assert_eq!(a["last_reconcile_ok"], false);
+        let lines = crate::report::status_lines(&r, &[]);
+        assert!(lines.iter().any(|l| l.contains("statelite rw /nodedata primary: UNPROTECTED (dialling")), "{lines:?}");
+
+        m.record_statelite_rw("sn1", &[rw(true)]);
+        let t = m.render();
+        assert!(t.contains(&format!("hanfs_statelite_rw_protected{label} 1")), "{t}");
+        assert!(t.contains(&format!("hanfs_statelite_rw_lag_seconds{label} 0.0")), "{t}");
+        let r = crate::StatusReport { sns: vec![sn(rw(true))] };
+        let j = crate::report::status_json(&r, &[], None).unwrap();
+        assert_eq!(j["sns"][0]["statelite_rw"][0]["protected"], true);
+        assert!(j["sns"][0]["statelite_rw"][0].get("reason").is_none());
+        let lines = crate::report::status_lines(&r, &[]);
+        assert!(
+            lines.iter().any(|l| l.contains("primary: protected, lag 0.0 s 0 bytes; last reconcile ok")),
+            "{lines:?}"
+        );
     }
 }

@@ -150,8 +150,48 @@ pub struct SnStatus {
     pub name: String,
     pub reachable: bool,
     pub images: Vec<ImageStatus>,
+    /// The read-write statelite areas this SN serves or backs up (issue 13).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub statelite_rw: Vec<RwAreaStatus>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+/// One read-write statelite area's replication as its SN reports it.
+#[derive(Debug, Clone, Serialize)]
+pub struct RwAreaStatus {
+    pub area: String,
+    /// `primary` or `backup`.
+    pub role: String,
+    /// Primary: every change is on the backup before the client's reply; backup: the
+    /// primary's stream is connected and its last pass applied.
+    pub protected: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Age of the oldest change not on the backup (0: in sync).
+    pub lag_seconds: f64,
+    /// Bytes of file data not on the backup.
+    pub lag_bytes: u64,
+    /// Unix time the last reconciliation ended, whether it worked, and its summary or error.
+    pub last_reconcile: Option<i64>,
+    pub last_reconcile_ok: Option<bool>,
+    pub last_reconcile_result: Option<String>,
+}
+
+impl From<proto::reply::RwArea> for RwAreaStatus {
+    fn from(a: proto::reply::RwArea) -> RwAreaStatus {
+        RwAreaStatus {
+            area: a.area.as_str().to_string(),
+            role: a.role,
+            protected: a.protected,
+            reason: a.reason,
+            lag_seconds: a.lag_ms as f64 / 1000.0,
+            lag_bytes: a.lag_bytes,
+            last_reconcile: a.last_reconcile,
+            last_reconcile_ok: a.last_reconcile_ok,
+            last_reconcile_result: a.last_reconcile_result,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -389,6 +429,25 @@ impl Controller {
             tasks.spawn(async move { (i, sn::status_sn(&ctl, sn, &lasts).await) });
         }
         Ok(StatusReport { sns: join_ordered(tasks).await? })
+    }
+
+    /// Per SN: its read-write statelite areas (SNs that cannot be asked are left out).
+    pub async fn statelite_rw_status(self: &Arc<Self>) -> Vec<(String, Vec<RwAreaStatus>)> {
+        let mut tasks = JoinSet::new();
+        for (i, sn) in self.cluster.sns().iter().enumerate() {
+            let (ctl, sn) = (Arc::clone(self), sn.clone());
+            tasks.spawn(async move { (i, (sn.name.clone(), sn::statelite_rw_sn(&ctl, &sn).await)) });
+        }
+        let all = join_ordered(tasks).await.unwrap_or_default();
+        all.into_iter()
+            .filter_map(|(sn, r)| match r {
+                Ok(a) => Some((sn, a)),
+                Err(e) => {
+                    tracing::debug!(sn = %sn, "statelite rw status: {e:#}");
+                    None
+                }
+            })
+            .collect()
     }
 
     /// After an SN's images synced: its exports, rendered under the placement lock from the

@@ -106,6 +106,9 @@ pub fn status_lines(r: &StatusReport, lags: &[Lag]) -> Vec<String> {
         for i in &s.images {
             out.push(format!("  {:<24} gen {:<4} lag {:<3} {}", i.name, i.generation, i.lag, i.digest));
         }
+        for a in &s.statelite_rw {
+            out.push(rw_line(a));
+        }
     }
     for l in lags {
         let lag = match l.lag_seconds {
@@ -115,6 +118,27 @@ pub fn status_lines(r: &StatusReport, lags: &[Lag]) -> Vec<String> {
         out.push(format!("statelite {}/{} on {} -> backup {}: last sync {lag}", l.area, l.node, l.served_by, l.backup));
     }
     out
+}
+
+/// One read-write statelite area of an SN in `hanfs status`.
+pub fn rw_line(a: &crate::RwAreaStatus) -> String {
+    let mut l = format!(
+        "  statelite rw {} {}: {}",
+        a.area,
+        a.role,
+        if a.protected {
+            "protected".to_string()
+        } else {
+            format!("UNPROTECTED ({})", a.reason.as_deref().unwrap_or(""))
+        }
+    );
+    if a.role == "primary" {
+        l.push_str(&format!(", lag {:.1} s {} bytes", a.lag_seconds, a.lag_bytes));
+    }
+    if let (Some(ok), Some(r)) = (a.last_reconcile_ok, &a.last_reconcile_result) {
+        l.push_str(&format!("; last reconcile {}: {r}", if ok { "ok" } else { "failed" }));
+    }
+    l
 }
 
 /// The lines of `hanfs status` from what the daemon's health monitor last recorded.

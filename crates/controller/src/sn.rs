@@ -5,7 +5,7 @@
 use crate::error::SnError;
 use crate::image::{PayloadFile, Prepared};
 use crate::progress::ProgressBar;
-use crate::{Controller, ExportsReport, ImageStatus, ReplicaReport, SnStatus};
+use crate::{Controller, ExportsReport, ImageStatus, ReplicaReport, RwAreaStatus, SnStatus};
 use model::ServiceNode;
 use proto::{req, Digest, ImageState, Name, ToAgent, CHUNK};
 use std::io::Read;
@@ -391,12 +391,14 @@ pub async fn status_sn(ctl: &Controller, sn: ServiceNode, lasts: &[(String, u64)
     let r = tokio::time::timeout(ctl.timeouts.frame, async {
         let mut c = connect(ctl, &sn).await?;
         let s = c.call(req::Status).await?;
+        // Last: an agent older than this request ends the session at it.
+        let rw = c.call(req::StateliteRwStatus).await.map(|r| r.areas).unwrap_or_default();
         c.bye().await;
-        Ok::<_, SnError>(s.images)
+        Ok::<_, SnError>((s.images, rw))
     })
     .await;
     match r {
-        Ok(Ok(images)) => SnStatus {
+        Ok(Ok((images, rw))) => SnStatus {
             name: sn.name.clone(),
             reachable: true,
             images: images
@@ -410,15 +412,37 @@ pub async fn status_sn(ctl: &Controller, sn: ServiceNode, lasts: &[(String, u64)
                     ImageStatus { name: i.name.into(), generation: i.generation, digest: i.digest.to_string(), lag }
                 })
                 .collect(),
+            statelite_rw: rw.into_iter().map(RwAreaStatus::from).collect(),
             error: None,
         },
-        Ok(Err(e)) => {
-            SnStatus { name: sn.name.clone(), reachable: false, images: Vec::new(), error: Some(format!("{e:#}")) }
-        }
-        Err(_) => {
-            SnStatus { name: sn.name.clone(), reachable: false, images: Vec::new(), error: Some("timed out".into()) }
-        }
+        Ok(Err(e)) => SnStatus {
+            name: sn.name.clone(),
+            reachable: false,
+            images: Vec::new(),
+            statelite_rw: Vec::new(),
+            error: Some(format!("{e:#}")),
+        },
+        Err(_) => SnStatus {
+            name: sn.name.clone(),
+            reachable: false,
+            images: Vec::new(),
+            statelite_rw: Vec::new(),
+            error: Some("timed out".into()),
+        },
     }
+}
+
+/// The read-write statelite areas of one SN (the daemon's metrics).
+pub async fn statelite_rw_sn(ctl: &Controller, sn: &ServiceNode) -> Result<Vec<RwAreaStatus>> {
+    let rw = tokio::time::timeout(ctl.timeouts.frame, async {
+        let mut c = connect(ctl, sn).await?;
+        let rw = c.call(req::StateliteRwStatus).await?;
+        c.bye().await;
+        Ok::<_, SnError>(rw.areas)
+    })
+    .await
+    .map_err(|_| SnError::Timeout(ctl.timeouts.frame))??;
+    Ok(rw.into_iter().map(RwAreaStatus::from).collect())
 }
 
 fn deployed_exports_path(cluster: &model::Cluster, sn: &str) -> std::path::PathBuf {

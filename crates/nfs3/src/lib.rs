@@ -42,6 +42,7 @@ mod guard;
 pub mod index;
 pub mod oplog;
 pub mod replica;
+pub mod resync;
 pub mod rw;
 mod rwcall;
 

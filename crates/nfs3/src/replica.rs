@@ -1,5 +1,5 @@
-//! Synchronous replication of a read-write area to its backup (issue 13, point 2; degraded mode,
-//! point 3).
+//! Synchronous replication of a read-write area to its backup (issue 13, point 2; degraded mode
+//! and resynchronisation, point 3).
 //!
 //! **One ordered stream per area**, primary → backup agent, over the cluster's mutual TLS: the
 //! primary dials the backup's replication listener (a port of its own, never the agent's
@@ -12,25 +12,31 @@
 //! The stream has its own small message set ([`Msg`]), not the controller↔agent protocol: a
 //! frame is a big-endian `u32` length and one postcard message, at most [`MAX_FRAME`] bytes
 //! (checked before allocating). After `Hello`/`Welcome` (version and area path must match),
-//! the primary sends every [`Op`] of the change log with a sequence number, in the order it
-//! applied them; the backup applies each through [`AreaFs::apply`] (the same steps, the same
-//! ids, hence the same NFS handles) and, for every entry that is [`Op::synchronous`], answers
-//! `Ack` once it is durable there (`apply` fsyncs what the primary fsyncs). The primary's
-//! [`Replicator::replicate`] waits for that `Ack` before the client is answered; UNSTABLE
-//! writes are sent without waiting (the write verifier covers them, RFC 1813 §3.3.7) and are
-//! made durable on the backup by the COMMIT that follows them in the stream.
+//! the primary reconciles the backup's tree with its own ([`crate::resync`]: the tree engine's
+//! manifests and librsync deltas), then sends every [`Op`] of the change log with a sequence
+//! number, in the order it applied them; the backup applies each through [`AreaFs::apply`] (the
+//! same steps, the same ids, hence the same NFS handles) and, for every entry that is
+//! [`Op::synchronous`], answers `Ack` once it is durable there (`apply` fsyncs what the primary
+//! fsyncs). The primary's [`Replicator::replicate`] waits for that `Ack` before the client is
+//! answered; UNSTABLE writes are sent without waiting (the write verifier covers them, RFC 1813
+//! §3.3.7) and are made durable on the backup by the COMMIT that follows them in the stream.
 //!
 //! **Degraded mode.** When the backup cannot be reached, refuses the stream, fails to apply an
 //! entry, or does not answer within `timeout`, the primary keeps serving: `replicate` returns
 //! Ok, the area is marked unprotected ([`Replicator::unprotected`], a `warn` log line with the
-//! area, peer and reason) and nothing more is sent. Resynchronisation is not built: from then
-//! on the backup catches up only through the controller's periodic statelite copy, and the
-//! primary agent must be restarted (after such a copy) to protect the area again.
+//! area, peer and reason) and nothing more is sent; what is not on the backup is counted
+//! ([`Replicator::lag`]). A task started by [`Replicator::start`] then dials the backup again
+//! (1 s, doubling to 5 s between attempts) and reconciles ([`Replicator::reconcile`]): passes
+//! while clients keep writing, then a final one with the area's change lock held (no change is
+//! applied meanwhile, and the final pass is bounded by `timeout`, so no client waits longer),
+//! after which the digests of both trees are equal and synchronous replication resumes on that
+//! connection. The same happens when the primary starts.
 
 use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant, SystemTime};
 
 use nfs3_server::nfs3_types::nfs3::nfsstat3;
 use serde::{Deserialize, Serialize};
@@ -39,16 +45,27 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::rustls;
 
 use crate::oplog::Op;
-use crate::rw::{AreaFs, Replicate};
+use crate::resync::{self, PutContent, Report};
+use crate::rw::{AreaFs, AreaInner, Replicate};
 
-/// Version of the stream's messages, checked in `Hello`.
-pub const VERSION: u32 = 1;
+/// Version of the stream's messages, checked in `Hello` (2: resynchronisation).
+pub const VERSION: u32 = 2;
 /// Largest frame: a WRITE of the largest size the server takes, and room for the rest.
 pub const MAX_FRAME: usize = crate::fs::MAX_READ as usize + 64 * 1024;
 /// `peer_timeout_ms`'s default.
 pub const DEFAULT_PEER_TIMEOUT: Duration = Duration::from_millis(2000);
 /// How long the backup waits for a primary's TLS handshake and `Hello`.
 const HANDSHAKE: Duration = Duration::from_secs(10);
+/// First wait before dialling an unprotected area's backup again, and the longest.
+pub const RETRY_MIN: Duration = Duration::from_secs(1);
+pub const RETRY_MAX: Duration = Duration::from_secs(5);
+/// Passes while clients keep writing before the final one (each sends what changed during the
+/// previous one), and how small a pass must be to stop early.
+const LIVE_PASSES: u32 = 4;
+const SMALL_PASS_FILES: u64 = 64;
+const SMALL_PASS_BYTES: u64 = 4 << 20;
+/// Longest pass while serving (a large first copy).
+const LIVE_PASS_LIMIT: Duration = Duration::from_secs(3600);
 
 /// The replication stream's messages (append only: postcard numbers variants by position).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -65,9 +82,32 @@ pub enum Msg {
     Ack { seq: u64 },
     /// Backup → primary: entry `seq` could not be applied (the trees differ); the stream ends.
     Failed { seq: u64, reason: String },
+    // Resynchronisation (appended; see `crate::resync`).
+    /// Primary → backup: a pass begins: scan the area, send the manifest.
+    Scan,
+    /// Backup → primary: a piece of its manifest (postcard `tree::Manifest`); `last` ends it.
+    ManifestPart { data: Vec<u8>, last: bool },
+    /// Primary → backup: the librsync signature of the file at `path`, please.
+    SigRequest { path: Vec<u8> },
+    /// Backup → primary: a piece of it; one empty last piece: no such regular file.
+    SigPart { data: Vec<u8>, last: bool },
+    /// Primary → backup: make `path` this entry; for `Literal`/`Delta` content, `Data` frames
+    /// follow, closed by `PutEnd`.
+    Put { path: Vec<u8>, entry: tree::Entry, content: PutContent },
+    /// Primary → backup: a piece of a file's content or delta.
+    Data { data: Vec<u8> },
+    /// Primary → backup: the file's content is complete and has this BLAKE3.
+    PutEnd { hash: [u8; 32] },
+    /// Primary → backup: remove `path` (with everything beneath it).
+    Delete { path: Vec<u8> },
+    /// Primary → backup: the pass is over.
+    PassEnd,
+    /// Backup → primary: the pass is applied, durable, and its tree now has `digest`;
+    /// `failed`: the first step it could not apply.
+    PassDone { digest: String, failed: Option<String> },
 }
 
-fn invalid(msg: impl Into<String>) -> std::io::Error {
+pub(crate) fn invalid(msg: impl Into<String>) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidData, msg.into())
 }
 
@@ -107,8 +147,8 @@ pub struct Peer {
     pub name: String,
     /// The area's path as the cluster names it (both ends must agree on it).
     pub area: String,
-    /// How long the primary waits for the backup (connecting, sending, the ack) before it goes
-    /// on without it.
+    /// How long the primary waits for the backup (connecting, sending, the ack, the final pass
+    /// of a reconciliation) before it goes on without it.
     pub timeout: Duration,
     /// Client side of the cluster's mutual TLS (CA roots and this SN's certificate).
     pub tls: Arc<rustls::ClientConfig>,
@@ -121,38 +161,209 @@ struct Link {
     seq: u64,
 }
 
-/// The primary's end of an area's stream: a [`Replicate`] for [`crate::serve_rw`].
+/// What has not reached the backup yet: entries and bytes of file data queued (not sent, or
+/// sent and not acknowledged), and since when. Shared by every way an area is replicated.
+#[derive(Default)]
+pub struct LagMeter(Mutex<Pending>);
+
+#[derive(Default)]
+struct Pending {
+    entries: u64,
+    bytes: u64,
+    oldest: Option<Instant>,
+}
+
+/// [`LagMeter::lag`]: 0 when in sync.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Lag {
+    /// Seconds since the oldest change not on the backup.
+    pub seconds: f64,
+    /// Bytes of file data not on the backup.
+    pub bytes: u64,
+    /// Changes not on the backup.
+    pub entries: u64,
+}
+
+impl LagMeter {
+    /// One change of `bytes` bytes of data is queued.
+    pub fn queued(&self, bytes: u64) {
+        if let Ok(mut p) = self.0.lock() {
+            p.entries += 1;
+            p.bytes += bytes;
+            p.oldest.get_or_insert_with(Instant::now);
+        }
+    }
+
+    /// Everything queued so far is on the backup.
+    pub fn caught_up(&self) {
+        if let Ok(mut p) = self.0.lock() {
+            *p = Pending::default();
+        }
+    }
+
+    /// Now.
+    pub fn lag(&self) -> Lag {
+        self.0
+            .lock()
+            .map(|p| Lag {
+                seconds: p.oldest.map(|t| t.elapsed().as_secs_f64()).unwrap_or(0.0),
+                bytes: p.bytes,
+                entries: p.entries,
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// The outcome of the last reconciliation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reconciled {
+    /// When it ended.
+    pub at: SystemTime,
+    /// What it did, or why it failed.
+    pub result: Result<Report, String>,
+}
+
+/// Which end of an area's stream this agent is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Primary,
+    Backup,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Primary => "primary",
+            Role::Backup => "backup",
+        }
+    }
+}
+
+/// An area's replication as `hanfs status` shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AreaStatus {
+    pub role: Role,
+    /// Primary: every change is on the backup before clients are answered. Backup: the
+    /// primary's stream is connected and its last pass applied.
+    pub protected: bool,
+    /// Why not.
+    pub reason: Option<String>,
+    pub lag: Lag,
+    pub last_reconcile: Option<Reconciled>,
+}
+
+/// What a reconciliation works on: the area (weakly: the server owns it) and a scanner of its
+/// own descriptor (its hash cache makes the next scans cheap).
+struct Attached {
+    fs: Weak<AreaInner>,
+    root: OwnedFd,
+    scanner: tree::Scanner,
+}
+
+/// The primary's end of an area's stream: a [`Replicate`] for [`crate::serve_rw`], then
+/// [`Replicator::start`] with the served area.
 pub struct Replicator {
     peer: Peer,
     rt: tokio::runtime::Handle,
     link: Mutex<Link>,
-    unprotected: AtomicBool,
+    protected: AtomicBool,
     since: Mutex<Option<(Instant, String)>>,
+    lag: LagMeter,
+    attached: Mutex<Option<Attached>>,
+    last: Mutex<Option<Reconciled>>,
+    wake: tokio::sync::Notify,
+    one: tokio::sync::Mutex<()>,
 }
 
 impl Replicator {
     /// `rt`: a multi-thread runtime's handle; [`Replicate::replicate`] is called on its blocking
-    /// threads (as the server does) and drives the stream there. Nothing is dialed before the
-    /// first change.
+    /// threads (as the server does) and drives the stream there. Until [`Replicator::start`]
+    /// reconciled the backup, the area is unprotected and nothing is sent.
     pub fn new(peer: Peer, rt: tokio::runtime::Handle) -> Arc<Replicator> {
         Arc::new(Replicator {
             peer,
             rt,
             link: Mutex::new(Link { conn: None, seq: 0 }),
-            unprotected: AtomicBool::new(false),
-            since: Mutex::new(None),
+            protected: AtomicBool::new(false),
+            since: Mutex::new(Some((Instant::now(), "not reconciled with the backup yet".into()))),
+            lag: LagMeter::default(),
+            attached: Mutex::new(None),
+            last: Mutex::new(None),
+            wake: tokio::sync::Notify::new(),
+            one: tokio::sync::Mutex::new(()),
         })
     }
 
-    /// Whether the area is unprotected: the backup missed a change, and nothing is sent to it
-    /// any more (no resync is built; see the module documentation).
+    /// Attaches the served area (`fs`: the server's, [`crate::RwServer::fs`]), reconciles the
+    /// backup once (the primary's start) and returns that outcome; a task keeps reconciling
+    /// whenever the area is unprotected (every 1-5 s) until the area is no longer served.
+    pub async fn start(self: &Arc<Self>, fs: &AreaFs) -> std::io::Result<Reconciled> {
+        let (root, scanner) = resync::scanner(fs.root_fd())?;
+        if let Ok(mut a) = self.attached.lock() {
+            *a = Some(Attached { fs: Arc::downgrade(&fs.0), root, scanner });
+        }
+        let _ = self.reconcile().await;
+        let me = self.clone();
+        tokio::spawn(async move { me.supervise().await });
+        Ok(self.last_reconcile().unwrap_or(Reconciled { at: SystemTime::now(), result: Err("not run".into()) }))
+    }
+
+    async fn supervise(self: Arc<Self>) {
+        let mut wait = RETRY_MIN;
+        loop {
+            let gone =
+                self.attached.lock().map(|a| a.as_ref().is_none_or(|a| a.fs.strong_count() == 0)).unwrap_or(true);
+            if gone {
+                return;
+            }
+            if self.protected() {
+                self.wake.notified().await;
+                wait = RETRY_MIN;
+                continue;
+            }
+            tokio::time::sleep(wait).await;
+            wait = match self.reconcile().await {
+                Ok(_) => RETRY_MIN,
+                Err(_) => (wait * 2).min(RETRY_MAX),
+            };
+        }
+    }
+
+    /// Whether every change reaches the backup before clients are answered.
+    pub fn protected(&self) -> bool {
+        self.protected.load(Ordering::SeqCst)
+    }
+
+    /// Whether the area is unprotected: not reconciled yet, or the backup missed a change and
+    /// nothing is sent to it until a reconciliation succeeds.
     pub fn unprotected(&self) -> bool {
-        self.unprotected.load(Ordering::SeqCst)
+        !self.protected()
     }
 
     /// When and why the area became unprotected.
     pub fn unprotected_since(&self) -> Option<(Instant, String)> {
         self.since.lock().ok().and_then(|s| s.clone())
+    }
+
+    /// What is not on the backup yet; 0 when in sync.
+    pub fn lag(&self) -> Lag {
+        self.lag.lag()
+    }
+
+    /// The last reconciliation's outcome.
+    pub fn last_reconcile(&self) -> Option<Reconciled> {
+        self.last.lock().ok().and_then(|l| l.clone())
+    }
+
+    /// Everything `hanfs status` shows of this area.
+    pub fn status(&self) -> AreaStatus {
+        AreaStatus {
+            role: Role::Primary,
+            protected: self.protected(),
+            reason: if self.protected() { None } else { self.unprotected_since().map(|(_, r)| r) },
+            lag: self.lag(),
+            last_reconcile: self.last_reconcile(),
+        }
     }
 
     /// The peer this stream goes to.
@@ -161,17 +372,18 @@ impl Replicator {
     }
 
     fn degrade(&self, reason: String) {
-        if !self.unprotected.swap(true, Ordering::SeqCst) {
+        if self.protected.swap(false, Ordering::SeqCst) {
             tracing::warn!(
                 area = %self.peer.area,
                 peer = %self.peer.addr,
                 peer_name = %self.peer.name,
                 reason = %reason,
-                "statelite rw: area unprotected, serving without its backup; replication stopped until a resync"
+                "statelite rw: area unprotected, serving without its backup until it is reconciled"
             );
             if let Ok(mut s) = self.since.lock() {
                 *s = Some((Instant::now(), reason));
             }
+            self.wake.notify_one();
         }
     }
 
@@ -185,17 +397,11 @@ impl Replicator {
         match recv(&mut s).await? {
             Msg::Welcome => Ok(s),
             Msg::Refused { reason } => Err(std::io::Error::other(format!("the backup refused the stream: {reason}"))),
-            m => Err(invalid(format!("expected Welcome, got {m:?}"))),
+            m => Err(invalid(format!("expected Welcome, got {}", resync::kind(&m)))),
         }
     }
 
-    async fn ship(peer: &Peer, link: &mut Link, op: &Op) -> std::io::Result<()> {
-        let conn = match &mut link.conn {
-            Some(c) => c,
-            None => link.conn.insert(Self::dial(peer).await?),
-        };
-        link.seq += 1;
-        let seq = link.seq;
+    async fn ship(conn: &mut ClientStream, seq: u64, op: &Op) -> std::io::Result<()> {
         send(conn, &Msg::Entry { seq, op: op.clone() }).await?;
         if !op.synchronous() {
             return Ok(());
@@ -205,27 +411,181 @@ impl Replicator {
             Msg::Failed { seq, reason } => {
                 Err(std::io::Error::other(format!("the backup could not apply entry {seq}: {reason}")))
             }
-            m => Err(invalid(format!("expected Ack of entry {seq}, got {m:?}"))),
+            m => Err(invalid(format!("expected Ack of entry {seq}, got {}", resync::kind(&m)))),
         }
+    }
+
+    /// Makes the backup's tree equal to the primary's, ids included, then resumes synchronous
+    /// replication on that connection: passes while clients keep writing, then a final pass
+    /// with the area's changes held (at most `peer.timeout`). On demand while protected, the
+    /// area is unprotected while it runs. One at a time; the outcome is kept
+    /// ([`Replicator::last_reconcile`]).
+    pub async fn reconcile(self: &Arc<Self>) -> Result<Report, String> {
+        let _one = self.one.lock().await;
+        if self.protected() {
+            self.degrade("reconciliation requested".into());
+        }
+        let me = self.clone();
+        let r = tokio::task::spawn_blocking(move || me.reconcile_blocking())
+            .await
+            .unwrap_or_else(|e| Err(format!("the reconciliation task: {e}")));
+        let prev = self.last_reconcile();
+        match &r {
+            Ok(rep) => {
+                tracing::info!(area = %self.peer.area, peer_name = %self.peer.name, "statelite rw: backup reconciled, area protected: {}", rep.summary())
+            }
+            // Retried every few seconds: logged when the reason changes.
+            Err(e) if prev.is_some_and(|p| p.result.as_ref().err() == Some(e)) => {
+                tracing::debug!(area = %self.peer.area, "statelite rw: reconciliation failed again: {e}")
+            }
+            Err(e) => {
+                tracing::warn!(area = %self.peer.area, peer = %self.peer.addr, "statelite rw: reconciliation failed: {e}")
+            }
+        }
+        if let Ok(mut l) = self.last.lock() {
+            *l = Some(Reconciled { at: SystemTime::now(), result: r.clone() });
+        }
+        if let (Err(e), Ok(mut s)) = (&r, self.since.lock()) {
+            if let Some((_, why)) = s.as_mut() {
+                if !why.contains("reconciliation failed") {
+                    *why = format!("{why}; reconciliation failed: {e}");
+                } else if let Some(i) = why.find("; reconciliation failed: ") {
+                    why.truncate(i);
+                    why.push_str(&format!("; reconciliation failed: {e}"));
+                }
+            }
+        }
+        r
+    }
+
+    fn reconcile_blocking(&self) -> Result<Report, String> {
+        let t0 = Instant::now();
+        let mut att = self.attached.lock().map_err(|_| "poisoned".to_string())?;
+        let att = att.as_mut().ok_or("not started")?;
+        let fs = AreaFs(att.fs.upgrade().ok_or("the area is no longer served")?);
+        let t = self.peer.timeout;
+        let mut s = match self.rt.block_on(tokio::time::timeout(t, Self::dial(&self.peer))) {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Err(format!("dialling the backup {}: {e}", self.peer.addr)),
+            Err(_) => {
+                return Err(format!("dialling the backup {}: no answer within {} ms", self.peer.addr, t.as_millis()))
+            }
+        };
+        let mut report = Report::default();
+        let add = |r: &mut Report, p: &resync::Pass| {
+            r.passes += 1;
+            r.entries += p.entries;
+            r.files_sent += p.files_sent;
+            r.deltas += p.deltas;
+            r.bytes_sent += p.bytes_sent;
+            r.deleted += p.deleted;
+        };
+        for _ in 0..LIVE_PASSES {
+            let p = self
+                .rt
+                .block_on(tokio::time::timeout(
+                    LIVE_PASS_LIMIT,
+                    resync::primary_pass(&mut s, &att.root, &mut att.scanner),
+                ))
+                .map_err(|_| "a pass took over an hour".to_string())?
+                .map_err(|e| format!("pass: {e}"))?;
+            add(&mut report, &p);
+            if p.equal || (p.files_sent + p.deleted <= SMALL_PASS_FILES && p.bytes_sent <= SMALL_PASS_BYTES) {
+                break;
+            }
+        }
+        // The final pass: no change is applied (nor handed to `replicate`) while it runs.
+        let held = fs.hold_changes().map_err(|e| format!("holding changes: {e:?}"))?;
+        let h0 = Instant::now();
+        let p = self.rt.block_on(tokio::time::timeout(t, resync::primary_pass(&mut s, &att.root, &mut att.scanner)));
+        let p = match p {
+            Ok(Ok(p)) => p,
+            Ok(Err(e)) => return Err(format!("final pass: {e}")),
+            Err(_) => {
+                return Err(format!("the final pass took over {} ms (clients were held that long)", t.as_millis()))
+            }
+        };
+        add(&mut report, &p);
+        if !p.equal {
+            return Err(match p.failed {
+                Some(f) => format!("the backup could not apply the final pass: {f}"),
+                None => format!("the trees differ after the final pass (backup at {})", p.digest),
+            });
+        }
+        {
+            let mut link = self.link.lock().map_err(|_| "poisoned".to_string())?;
+            link.conn = Some(s);
+            link.seq = 0;
+        }
+        self.lag.caught_up();
+        if let Ok(mut w) = self.since.lock() {
+            *w = None;
+        }
+        self.protected.store(true, Ordering::SeqCst);
+        report.held = h0.elapsed();
+        drop(held);
+        report.digest = p.digest;
+        report.duration = t0.elapsed();
+        Ok(report)
     }
 }
 
 impl Replicate for Replicator {
     fn replicate(&self, op: &Op) -> Result<(), nfsstat3> {
-        if self.unprotected() {
+        self.lag.queued(op.data_len() as u64);
+        if !self.protected() {
             return Ok(());
         }
         let mut link = self.link.lock().map_err(|_| nfsstat3::NFS3ERR_SERVERFAULT)?;
         let t = self.peer.timeout;
-        let r = self.rt.block_on(tokio::time::timeout(t, Self::ship(&self.peer, &mut link, op)));
-        let reason = match r {
-            Ok(Ok(())) => return Ok(()),
-            Ok(Err(e)) => e.to_string(),
-            Err(_) => format!("no answer within {} ms", t.as_millis()),
+        link.seq += 1;
+        let seq = link.seq;
+        let r = match link.conn.as_mut() {
+            Some(conn) => match self.rt.block_on(tokio::time::timeout(t, Self::ship(conn, seq, op))) {
+                Ok(Ok(())) => {
+                    if op.synchronous() {
+                        // Acknowledged: everything before it in the stream is applied too.
+                        self.lag.caught_up();
+                    }
+                    return Ok(());
+                }
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => format!("no answer within {} ms", t.as_millis()),
+            },
+            None => "no connection".to_string(),
         };
         link.conn = None;
-        self.degrade(reason);
+        drop(link);
+        self.degrade(r);
         Ok(())
+    }
+}
+
+/// The backup's side of an area, as `hanfs status` shows it.
+#[derive(Default)]
+pub struct BackupState {
+    /// The stream now connected (0: none).
+    live: AtomicU64,
+    last: Mutex<Option<Reconciled>>,
+}
+
+impl BackupState {
+    pub fn status(&self) -> AreaStatus {
+        let last = self.last.lock().ok().and_then(|l| l.clone());
+        let live = self.live.load(Ordering::SeqCst) != 0;
+        let reason = match (&last, live) {
+            (_, false) => Some("no stream from the primary".to_string()),
+            (None, true) => Some("not reconciled by the primary yet".to_string()),
+            (Some(Reconciled { result: Err(e), .. }), true) => Some(format!("the last pass failed: {e}")),
+            (Some(_), true) => None,
+        };
+        AreaStatus {
+            role: Role::Backup,
+            protected: reason.is_none(),
+            reason,
+            lag: Lag::default(),
+            last_reconcile: last,
+        }
     }
 }
 
@@ -235,6 +595,7 @@ pub struct ReplicaServer {
     local_addr: SocketAddr,
     task: tokio::task::JoinHandle<()>,
     applied: Arc<AtomicU64>,
+    state: Arc<BackupState>,
 }
 
 impl ReplicaServer {
@@ -246,6 +607,11 @@ impl ReplicaServer {
     /// Entries applied so far (all streams).
     pub fn applied(&self) -> u64 {
         self.applied.load(Ordering::SeqCst)
+    }
+
+    /// The backup's status, shared (it outlives nothing: read it while the server runs).
+    pub fn state(&self) -> Arc<BackupState> {
+        self.state.clone()
     }
 }
 
@@ -268,12 +634,17 @@ pub async fn serve_replica(
     let l = TcpListener::bind(addr).await?;
     let local_addr = l.local_addr()?;
     let applied = Arc::new(AtomicU64::new(0));
+    let state = Arc::new(BackupState::default());
+    let scanner = resync::scanner(fs.root_fd())?;
     let ctx = Arc::new(Ctx {
         acceptor: tokio_rustls::TlsAcceptor::from(tls),
         area,
         fs,
         current: AtomicU64::new(0),
         applied: applied.clone(),
+        state: state.clone(),
+        scanner: Mutex::new(Some(scanner)),
+        serial: tokio::sync::Mutex::new(()),
     });
     tracing::info!(area = %ctx.area, listen = %local_addr, "statelite rw: accepting the primary's replication stream");
     let task = tokio::spawn(async move {
@@ -300,8 +671,10 @@ pub async fn serve_replica(
             }
         }
     });
-    Ok(ReplicaServer { local_addr, task, applied })
+    Ok(ReplicaServer { local_addr, task, applied, state })
 }
+
+type Scanner = (OwnedFd, tree::Scanner);
 
 struct Ctx {
     acceptor: tokio_rustls::TlsAcceptor,
@@ -309,6 +682,9 @@ struct Ctx {
     fs: AreaFs,
     current: AtomicU64,
     applied: Arc<AtomicU64>,
+    state: Arc<BackupState>,
+    scanner: Mutex<Option<Scanner>>,
+    serial: tokio::sync::Mutex<()>,
 }
 
 impl Ctx {
@@ -332,10 +708,17 @@ impl Ctx {
                 let _ = send(&mut s, &Msg::Refused { reason: reason.clone() }).await;
                 return Err(std::io::Error::other(reason));
             }
-            m => return Err(invalid(format!("expected Hello, got {m:?}"))),
+            m => return Err(invalid(format!("expected Hello, got {}", resync::kind(&m)))),
         }
         let me = self.current.fetch_add(1, Ordering::SeqCst) + 1;
+        self.state.live.store(me, Ordering::SeqCst);
         tracing::info!(area = %self.area, "statelite rw: replication stream accepted");
+        let r = self.entries(s, me).await;
+        let _ = self.state.live.compare_exchange(me, 0, Ordering::SeqCst, Ordering::SeqCst);
+        r
+    }
+
+    async fn entries(&self, mut s: tokio_rustls::server::TlsStream<TcpStream>, me: u64) -> std::io::Result<()> {
         let mut last = 0u64;
         loop {
             let m = match recv(&mut s).await {
@@ -343,11 +726,19 @@ impl Ctx {
                 Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
                 Err(e) => return Err(e),
             };
+            // One stream at a time changes the tree: an entry of an older stream still in
+            // flight is applied before a newer stream's pass starts, or not at all.
+            let _one = self.serial.lock().await;
             if self.current.load(Ordering::SeqCst) != me {
                 return Err(std::io::Error::other("superseded by a newer stream"));
             }
-            let Msg::Entry { seq, op } = m else {
-                return Err(invalid(format!("expected an Entry, got {m:?}")));
+            let (seq, op) = match m {
+                Msg::Entry { seq, op } => (seq, op),
+                Msg::Scan => {
+                    s = self.pass(s).await?;
+                    continue;
+                }
+                m => return Err(invalid(format!("expected an Entry, got {}", resync::kind(&m)))),
             };
             if seq != last + 1 {
                 return Err(invalid(format!("entry {seq} after entry {last}: the stream is out of order")));
@@ -371,6 +762,39 @@ impl Ctx {
                 }
             }
         }
+    }
+
+    /// One resynchronisation pass ([`resync::backup_pass`]) on a blocking thread, then the id
+    /// map re-read so the entries that follow find the files it made.
+    async fn pass<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(&self, mut s: S) -> std::io::Result<S> {
+        let mut sc = self
+            .scanner
+            .lock()
+            .ok()
+            .and_then(|mut g| g.take())
+            .ok_or_else(|| std::io::Error::other("a pass is already running"))?;
+        let (fs, rt) = (self.fs.clone(), tokio::runtime::Handle::current());
+        let (s, sc, r) = tokio::task::spawn_blocking(move || {
+            let r = rt.block_on(resync::backup_pass(&mut s, &sc.0, &mut sc.1));
+            fs.rewalk();
+            (s, sc, r)
+        })
+        .await
+        .map_err(std::io::Error::other)?;
+        if let Ok(mut g) = self.scanner.lock() {
+            *g = Some(sc);
+        }
+        let outcome = match &r {
+            Ok(o) => o.clone(),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Ok(mut l) = self.state.last.lock() {
+            *l = Some(Reconciled {
+                at: SystemTime::now(),
+                result: outcome.map(|digest| Report { digest, ..Report::default() }),
+            });
+        }
+        r.map(|_| s)
     }
 }
 

@@ -387,6 +387,22 @@ impl AreaFs {
     pub fn ids_len(&self) -> usize {
         self.0.ids.read().map(|i| i.node.len()).unwrap_or(0)
     }
+
+    /// Holds the change lock: no change is applied or handed on while the guard lives (the
+    /// final pass of a resynchronisation, [`crate::resync`]).
+    pub(crate) fn hold_changes(&self) -> Result<std::sync::MutexGuard<'_, ()>, nfsstat3> {
+        self.0.change.lock().map_err(|_| nfsstat3::NFS3ERR_SERVERFAULT)
+    }
+
+    /// Walks the tree into the id map again (a resynchronisation rewrote it beneath the server).
+    pub(crate) fn rewalk(&self) {
+        self.0.walk();
+    }
+
+    /// The area's root directory (`O_PATH`).
+    pub(crate) fn root_fd(&self) -> &OwnedFd {
+        &self.0.root
+    }
 }
 
 impl AreaInner {

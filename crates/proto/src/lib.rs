@@ -76,6 +76,12 @@ pub mod req {
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
     pub struct Status;
 
+    /// The replication of every read-write statelite area the agent serves (appended; an agent
+    /// older than it ends the session at this request, which the controller reports as not
+    /// known).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct StateliteRwStatus;
+
     /// Open (recover, or adopt at generation 0 if new) the replica of `image` at `path` under the
     /// agent's root.
     #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -173,6 +179,33 @@ pub mod reply {
     #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
     pub struct Status {
         pub images: Vec<ImageState>,
+    }
+
+    /// One read-write statelite area's replication (issue 13), as the agent sees it.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct RwArea {
+        pub area: AbsPath,
+        /// `primary` or `backup`.
+        pub role: String,
+        /// Primary: every change is on the backup before the client's reply. Backup: the
+        /// primary's stream is connected and its last pass applied.
+        pub protected: bool,
+        /// Why not.
+        pub reason: Option<String>,
+        /// Age of the oldest change not on the backup, milliseconds (0: in sync).
+        pub lag_ms: u64,
+        /// Bytes of file data not on the backup.
+        pub lag_bytes: u64,
+        /// When the last reconciliation ended (Unix seconds), whether it succeeded, and its
+        /// summary or error.
+        pub last_reconcile: Option<i64>,
+        pub last_reconcile_ok: Option<bool>,
+        pub last_reconcile_result: Option<String>,
+    }
+
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct StateliteRw {
+        pub areas: Vec<RwArea>,
     }
 
     /// `state` is where the replica stands now: on every `Open` the agent rescans it, and when the
@@ -273,6 +306,8 @@ pub enum ToAgent {
     // Service-address takeover (appended).
     Claim(req::Claim),
     Release(req::Release),
+    // Read-write statelite replication status (appended).
+    StateliteRwStatus,
 }
 
 /// Agent → controller. Variant order is the wire format: append only.
@@ -303,6 +338,8 @@ pub enum FromAgent {
     // Service-address takeover (appended).
     Claimed(reply::Claimed),
     Released(reply::Released),
+    // Read-write statelite replication status (appended).
+    StateliteRw(reply::StateliteRw),
 }
 
 /// One direction's message type.
@@ -335,6 +372,7 @@ impl Message for ToAgent {
             ToAgent::StateliteRead(_) => "StateliteRead",
             ToAgent::Claim(_) => "Claim",
             ToAgent::Release(_) => "Release",
+            ToAgent::StateliteRwStatus => "StateliteRwStatus",
         }
     }
 }
@@ -358,6 +396,7 @@ impl Message for FromAgent {
             FromAgent::NoSpace { .. } => "NoSpace",
             FromAgent::Claimed(_) => "Claimed",
             FromAgent::Released(_) => "Released",
+            FromAgent::StateliteRw(_) => "StateliteRw",
         }
     }
 }
@@ -435,6 +474,7 @@ reply!(reply::ExportsDone, "ExportsDone", FromAgent::ExportsDone(r) => r);
 reply!(reply::Content, "Content", FromAgent::Content(r) => r);
 reply!(reply::Claimed, "Claimed", FromAgent::Claimed(r) => r);
 reply!(reply::Released, "Released", FromAgent::Released(r) => r);
+reply!(reply::StateliteRw, "StateliteRw", FromAgent::StateliteRw(r) => r);
 
 macro_rules! request {
     ($t:ty => $reply:ty, $v:ident) => {
@@ -473,6 +513,7 @@ request!(req::StateliteScan => reply::Manifest, StateliteScan);
 request!(req::StateliteRead => reply::Content, StateliteRead);
 request!(req::Claim => reply::Claimed, Claim);
 request!(req::Release => reply::Released, Release);
+request!(unit req::StateliteRwStatus => reply::StateliteRw, StateliteRwStatus);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

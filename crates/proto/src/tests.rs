@@ -72,6 +72,23 @@ fn variant_numbers_never_move() {
     assert_eq!(encode(&m).unwrap()[HEADER], 12);
     let m = FromAgent::Opened(reply::Opened { state: state(), drifted: None });
     assert_eq!(encode(&m).unwrap()[HEADER], 3);
+    // The read-write areas' status, appended after the takeover's.
+    assert_eq!(encode(&ToAgent::StateliteRwStatus).unwrap()[HEADER], 18);
+    let a = reply::RwArea {
+        area: AbsPath::parse("/nodedata").unwrap(),
+        role: "primary".into(),
+        protected: false,
+        reason: Some("backup away".into()),
+        lag_ms: 1500,
+        lag_bytes: 4096,
+        last_reconcile: None,
+        last_reconcile_ok: None,
+        last_reconcile_result: None,
+    };
+    let m = FromAgent::StateliteRw(reply::StateliteRw { areas: vec![a] });
+    let f = encode(&m).unwrap();
+    assert_eq!(f[HEADER], 15);
+    assert_eq!(decode::<FromAgent>(&f[HEADER..]).unwrap(), m);
 }
 
 #[test]
