@@ -322,6 +322,11 @@ impl Ctx {
             .await
             .map_err(|_| std::io::Error::other("no Hello in time"))??;
         match hello {
+            Msg::Hello { version: VERSION, ref area } if *area == self.area && !self.fs.accepts_stream() => {
+                let reason = format!("`{area}` was taken over here (promoted): the old primary's stream is refused");
+                let _ = send(&mut s, &Msg::Refused { reason: reason.clone() }).await;
+                return Err(std::io::Error::other(reason));
+            }
             Msg::Hello { version: VERSION, area } if area == self.area => send(&mut s, &Msg::Welcome).await?,
             Msg::Hello { version, area } => {
                 let reason = if version != VERSION {
@@ -356,7 +361,7 @@ impl Ctx {
             let sync = op.synchronous();
             let fs = self.fs.clone();
             let r =
-                tokio::task::spawn_blocking(move || fs.apply(&op)).await.unwrap_or(Err(nfsstat3::NFS3ERR_SERVERFAULT));
+                tokio::task::spawn_blocking(move || fs.apply_from_primary(&op)).await.unwrap_or(Err(nfsstat3::NFS3ERR_SERVERFAULT));
             match r {
                 Ok(_) => {
                     self.applied.fetch_add(1, Ordering::SeqCst);
