@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use nfs3_client::nfs3_types::nfs3::{
-    createhow3, nfs_fh3, sattr3, stable_how, CREATE3args, Nfs3Option, Nfs3Result, WRITE3args,
+    createhow3, diropargs3, nfs_fh3, sattr3, stable_how, CREATE3args, Nfs3Option, Nfs3Result, WRITE3args,
 };
 use nfs3_client::nfs3_types::xdr_codec::Opaque;
 use nfs3_client::tokio::{TokioConnector, TokioIo};
