@@ -200,11 +200,8 @@ impl Agent {
                 Some(net) => self.holds(net.addr()).await,
                 None => a.replica.is_none(),
             };
-            let opts = nfs3::RwOptions {
-                export_name: Some(a.area.as_str().to_string()),
-                insecure: false,
-                standby: !held,
-            };
+            let opts =
+                nfs3::RwOptions { export_name: Some(a.area.as_str().to_string()), insecure: false, standby: !held };
             // Primary: every change goes to the backup before the client is answered.
             let replicator = match (&a.peer, &identity) {
                 (Some(p), Some(id)) => {

@@ -384,7 +384,11 @@ impl AgentConfig {
                 }
                 if let Some(allowed) = &takeover_allowed {
                     if !allowed.iter().any(|n| n.contains(&net.addr())) {
-                        sink.at(a.span(), f, format!("`{net}` is not within takeover_allowed: it could never be claimed"));
+                        sink.at(
+                            a.span(),
+                            f,
+                            format!("`{net}` is not within takeover_allowed: it could never be claimed"),
+                        );
                         return None;
                     }
                 }
@@ -499,11 +503,23 @@ mod tests {
         let ok = format!("{base}{iface}{area}service_address = \"10.0.1.101/24\"\n");
         let a = AgentConfig::from_toml("a.toml", &ok).unwrap();
         assert_eq!(a.statelite_rw[0].service_address, Some("10.0.1.101/24".parse().unwrap()));
-        assert_eq!(AgentConfig::from_toml("a.toml", &format!("{base}{area}")).unwrap().statelite_rw[0].service_address, None);
+        assert_eq!(
+            AgentConfig::from_toml("a.toml", &format!("{base}{area}")).unwrap().statelite_rw[0].service_address,
+            None
+        );
         for (cfg, want) in [
-            (format!("{base}{iface}{area}service_address = \"10.0.1.101\"\n"), "a.toml:9:19: statelite_rw[0].service_address: `10.0.1.101` is not an address/prefix"),
-            (format!("{base}{area}service_address = \"10.0.1.101/24\"\n"), "a.toml:7:19: statelite_rw[0].service_address: needs `takeover_interface`"),
-            (format!("{base}{iface}{area}service_address = \"10.0.2.101/24\"\n"), "a.toml:9:19: statelite_rw[0].service_address: `10.0.2.101/24` is not within takeover_allowed"),
+            (
+                format!("{base}{iface}{area}service_address = \"10.0.1.101\"\n"),
+                "a.toml:9:19: statelite_rw[0].service_address: `10.0.1.101` is not an address/prefix",
+            ),
+            (
+                format!("{base}{area}service_address = \"10.0.1.101/24\"\n"),
+                "a.toml:7:19: statelite_rw[0].service_address: needs `takeover_interface`",
+            ),
+            (
+                format!("{base}{iface}{area}service_address = \"10.0.2.101/24\"\n"),
+                "a.toml:9:19: statelite_rw[0].service_address: `10.0.2.101/24` is not within takeover_allowed",
+            ),
         ] {
             let e = AgentConfig::from_toml("a.toml", &cfg).unwrap_err().to_string();
             assert!(e.contains(want), "{want}\n{e}");

@@ -360,8 +360,9 @@ impl Ctx {
             last = seq;
             let sync = op.synchronous();
             let fs = self.fs.clone();
-            let r =
-                tokio::task::spawn_blocking(move || fs.apply_from_primary(&op)).await.unwrap_or(Err(nfsstat3::NFS3ERR_SERVERFAULT));
+            let r = tokio::task::spawn_blocking(move || fs.apply_from_primary(&op))
+                .await
+                .unwrap_or(Err(nfsstat3::NFS3ERR_SERVERFAULT));
             match r {
                 Ok(_) => {
                     self.applied.fetch_add(1, Ordering::SeqCst);
