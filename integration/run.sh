@@ -19,7 +19,8 @@
 # env: HANFS=path/to/hanfs  HANFS_RIG_DIR=/tmp/hanfs-rig (cache + run directories)
 #      HANFS_RIG_TIMEOUT=180 (s)  HANFS_RIG_DEBUG=1 (daemon logs)  HANFS_RIG_PCAP=1 (nfs.pcap)
 #      HANFS_RIG_HA_ROUNDS=1  HANFS_RIG_HA_OPTS=<mount options>  HANFS_RIG_HA_ARP=1  HANFS_RIG_HA_DETECT=0 (s)
-#      HANFS_RIG_HA_BREAK=noaddr|nofence|early  HANFS_RIG_HA_DRIVER=daemon|script  HANFS_RIG_HA_LOG=info
+#      HANFS_RIG_HA_BREAK=noaddr|nofence|early|norepl  HANFS_RIG_HA_DRIVER=daemon|script  HANFS_RIG_HA_LOG=info
+#      HANFS_RIG_ONLY=sn-kill (check (i) alone)  HANFS_RIG_HA_RW=1 (its statelite area on hanfs' rw server; 0: kernel nfsd)
 #      HANFS_RIG_HA_AGENT_LOG=info (the sn-kill/soak agents' HANFS_LOG)
 #      (check (i), the sn-kill scenario: see README)
 #      HANFS_RIG_SOAK_SECS=S: only the soak-failover scenario, S seconds (`make soak-failover`)

@@ -60,14 +60,44 @@ fn nfs3_note(nfs3: Option<SocketAddr>, addr: IpAddr) -> String {
     }
 }
 
+/// Promotes (or demotes) the read-write areas that follow `addr`; returns the areas whose role
+/// changed, with the role each had.
+async fn follow(agent: &Agent, addr: IpAddr, promote: bool) -> Result<Vec<(String, nfs3::rw::Role)>, String> {
+    let mut changed = Vec::new();
+    for f in agent.rw_follow.iter().filter(|f| f.address.addr() == addr) {
+        let r = if promote { f.server.promote().await } else { f.server.demote().await };
+        match r {
+            Ok(was) if was.serves() != promote => changed.push((f.area.clone(), was)),
+            Ok(_) => {}
+            Err(e) => return Err(format!("statelite area {}: {e}", f.area)),
+        }
+    }
+    Ok(changed)
+}
+
 pub(crate) async fn claim(agent: &Agent, address: &str) -> Result<reply::Claimed, String> {
     let (iface, net) = checked(agent, "claim of", address).inspect_err(|e| tracing::warn!(address, "{e}"))?;
     let t = takeover(agent).await.inspect_err(|e| tracing::warn!(address, iface, "{e}"))?;
-    let claimed = t.claim(iface, net, &Announce::default()).await.map_err(|e| {
-        let e = format!("claim of {address} on {iface} failed: {e}");
-        tracing::warn!(address, iface, "{e}");
-        e
-    })?;
+    // The areas that follow the address are served before it is here, so the clients' first
+    // packets to it find them serving (the controller claims only after fencing the old holder).
+    let promoted = follow(agent, net.addr(), true).await.inspect_err(|e| tracing::warn!(address, "{e}"))?;
+    for (area, was) in &promoted {
+        tracing::info!(address, area = %area, from = was.as_str(), to = "promoted", "statelite area promoted: served read-write here, the primary's stream refused");
+    }
+    let claimed = match t.claim(iface, net, &Announce::default()).await {
+        Ok(c) => c,
+        Err(e) => {
+            let e = format!("claim of {address} on {iface} failed: {e}");
+            tracing::warn!(address, iface, "{e}");
+            // Not here after all: back to standby what this claim promoted.
+            for (area, _) in &promoted {
+                if let Some(f) = agent.rw_follow.iter().find(|f| f.area == *area) {
+                    let _ = f.server.demote().await;
+                }
+            }
+            return Err(e);
+        }
+    };
     let change = match claimed.change {
         Change::Added => "added",
         Change::AlreadyPresent => "already present",
@@ -79,7 +109,12 @@ pub(crate) async fn claim(agent: &Agent, address: &str) -> Result<reply::Claimed
         Announcement::Disabled => (false, "not announced (disabled)".to_string()),
         Announcement::Skipped(why) => (false, format!("not announced: {why}")),
     };
-    let detail = format!("{how}; {}", nfs3_note(agent.cfg.nfs3, net.addr()));
+    let mut detail = format!("{how}; {}", nfs3_note(agent.cfg.nfs3, net.addr()));
+    let following: Vec<&str> =
+        agent.rw_follow.iter().filter(|f| f.address.addr() == net.addr()).map(|f| f.area.as_str()).collect();
+    if !following.is_empty() {
+        detail.push_str(&format!("; statelite areas served read-write here: {}", following.join(", ")));
+    }
     tracing::info!(address, iface, change, announced, %detail, "service address claimed");
     // Dropped, not awaited: the repeated announcements go on on their task.
     drop(claimed);
@@ -102,6 +137,12 @@ pub(crate) async fn release(agent: &Agent, address: &str) -> Result<reply::Relea
     // packets (no reset) when the address is claimed here again.
     for c in &agent.nfs3_closers {
         c.close_connections_to(net.addr());
+    }
+    // Its areas go back to standby once the change being applied is done; the reply (and with
+    // it the claim on the next holder) waits for that.
+    let demoted = follow(agent, net.addr(), false).await.inspect_err(|e| tracing::warn!(address, "{e}"))?;
+    for (area, was) in &demoted {
+        tracing::info!(address, area = %area, from = was.as_str(), to = "standby", "statelite area in standby: no client served, the primary's stream accepted");
     }
     tracing::info!(address, iface, change, "service address released");
     Ok(reply::Released { change: change.into() })

@@ -62,6 +62,9 @@ pub struct Agent {
     takeover: tokio::sync::OnceCell<takeover::Takeover>,
     /// The replication of each read-write statelite area (`StateliteRwStatus`), set by `bind`.
     statelite_rw: Vec<(model::AbsPath, RwArea)>,
+    /// Read-write areas that follow a service address: promoted when it is claimed here, back
+    /// in standby when it is released.
+    rw_follow: Vec<RwFollow>,
 }
 
 /// One end of a read-write area's replication stream.
@@ -78,6 +81,14 @@ impl RwArea {
             RwArea::Backup(b) => b.status(),
         }
     }
+}
+
+/// A read-write area served only while this agent holds `address` (`[[statelite_rw]]
+/// service_address`).
+pub(crate) struct RwFollow {
+    pub area: String,
+    pub address: takeover::ipnet::IpNet,
+    pub server: Arc<nfs3::RwServer>,
 }
 
 /// Takes the exclusive lock on the state directory, refusing when another agent holds it: two
@@ -140,6 +151,7 @@ impl Agent {
             nfs3_closers: Vec::new(),
             takeover: Default::default(),
             statelite_rw: Vec::new(),
+            rw_follow: Vec::new(),
         };
         session::recover_all(&agent);
         statelite::recover_all(&agent);
@@ -201,7 +213,14 @@ impl Agent {
                 None => std::path::PathBuf::from(a.area.as_str()),
             };
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-            let opts = nfs3::RwOptions { export_name: Some(a.area.as_str().to_string()), insecure: false };
+            // Who serves it: the holder of its service address; without one, the primary (a
+            // backup never serves while the primary does: issue 13 point 3).
+            let held = match &a.service_address {
+                Some(net) => self.holds(net.addr()).await,
+                None => a.replica.is_none(),
+            };
+            let opts =
+                nfs3::RwOptions { export_name: Some(a.area.as_str().to_string()), insecure: false, standby: !held };
             // Primary: every change goes to the backup before the client is answered.
             let replicator = match (&a.peer, &identity) {
                 (Some(p), Some(id)) => {
@@ -220,7 +239,23 @@ impl Agent {
             let srv = nfs3::serve_rw(&dir, a.listen, opts, rep)
                 .await
                 .with_context(|| format!("serving statelite area {} read-write on {}", a.area.as_str(), a.listen))?;
-            tracing::info!(area = a.area.as_str(), listen = %srv.local_addr(), dir = %dir.display(), "serving statelite area read-write over NFSv3");
+            if held && a.service_address.is_some() {
+                // It holds the address already (a restart while promoted): the primary's stream,
+                // if any is still sent, is refused as after a claim.
+                srv.promote().await.with_context(|| format!("promoting statelite area {}", a.area.as_str()))?;
+            }
+            let srv = Arc::new(srv);
+            tracing::info!(
+                area = a.area.as_str(),
+                listen = %srv.local_addr(),
+                dir = %dir.display(),
+                role = srv.role().as_str(),
+                service_address = %a.service_address.map_or_else(|| "-".to_string(), |n| n.to_string()),
+                "statelite area read-write over NFSv3"
+            );
+            if let Some(address) = a.service_address {
+                self.rw_follow.push(RwFollow { area: a.area.as_str().to_string(), address, server: srv.clone() });
+            }
             self.nfs3_closers.push(srv.closer());
             if let Some(r) = replicator {
                 tracing::info!(area = a.area.as_str(), peer = %r.peer().addr, peer_name = %r.peer().name, "statelite area replicated synchronously to its backup");
@@ -246,6 +281,25 @@ impl Agent {
             rw.push(srv);
         }
         Ok(Listening { agent: self, listener: l, addr, _nfs3: nfs3, _rw: rw, _replicas: replicas, streams })
+    }
+
+    /// Whether this host holds `addr` now (on any interface of the agent's namespace); a failure
+    /// to ask counts as no (the area stays in standby, and a claim promotes it).
+    async fn holds(&self, addr: std::net::IpAddr) -> bool {
+        let t = match self.takeover.get_or_try_init(|| async { takeover::Takeover::new() }).await {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(%addr, "cannot tell whether this host holds {addr} ({e}): its areas start in standby");
+                return false;
+            }
+        };
+        match t.holds(addr).await {
+            Ok(h) => h.is_some(),
+            Err(e) => {
+                tracing::warn!(%addr, "cannot tell whether this host holds {addr} ({e}): its areas start in standby");
+                false
+            }
+        }
     }
 
     /// Serves controller sessions on `l` until the process ends.
@@ -288,7 +342,7 @@ pub struct Listening {
     listener: TcpListener,
     addr: std::net::SocketAddr,
     _nfs3: Option<nfs3::Nfs3Server>,
-    _rw: Vec<nfs3::RwServer>,
+    _rw: Vec<Arc<nfs3::RwServer>>,
     _replicas: Vec<(String, nfs3::replica::ReplicaServer)>,
     /// The areas this agent is the primary of, with their stream to the backup.
     streams: Vec<(String, Arc<nfs3::replica::Replicator>)>,
@@ -317,6 +371,11 @@ impl Listening {
     /// The primary's stream of `area`, if this agent is its primary.
     pub fn statelite_rw_replicator(&self, area: &str) -> Option<Arc<nfs3::replica::Replicator>> {
         self.streams.iter().find(|(a, _)| a == area).map(|(_, r)| r.clone())
+    }
+
+    /// The role of `area`'s read-write server now (served, standby, promoted).
+    pub fn statelite_rw_role(&self, area: &str) -> Option<nfs3::rw::Role> {
+        self._rw.iter().find(|s| s.export_name() == area).map(|s| s.role())
     }
 
     /// The address the read-write server of `area` is bound to.

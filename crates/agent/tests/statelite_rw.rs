@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use nfs3_client::nfs3_types::nfs3::{
-    createhow3, diropargs3, nfs_fh3, sattr3, stable_how, CREATE3args, LOOKUP3args, Nfs3Option, Nfs3Result, WRITE3args,
+    createhow3, diropargs3, nfs_fh3, sattr3, stable_how, CREATE3args, Nfs3Option, Nfs3Result, WRITE3args,
 };
 use nfs3_client::nfs3_types::xdr_codec::Opaque;
 use nfs3_client::tokio::{TokioConnector, TokioIo};
@@ -116,22 +116,29 @@ fn a_primary_agent_replicates_to_its_backup_agent_and_goes_on_without_it() {
             assert_eq!(std::fs::read(&bf).unwrap(), b"persistent\n");
             assert!(id_of(&pf).is_some());
             assert_eq!(id_of(&pf), id_of(&bf));
-            // The backup's own server knows the file by the primary's handle.
-            let mut bc = client(backup.statelite_rw_addr(AREA).unwrap().port()).await;
-            let l = LOOKUP3args {
-                what: diropargs3 {
-                    dir: top.clone(),
-                    name: nfs3_client::nfs3_types::nfs3::filename3(Opaque::borrowed(b"state")),
-                },
+            // The backup (no service_address to follow) never serves while the primary does: in
+            // standby, its server refuses every client.
+            assert_eq!(backup.statelite_rw_role(AREA), Some(nfs3::rw::Role::Standby));
+            assert_eq!(primary.statelite_rw_role(AREA), Some(nfs3::rw::Role::Serving));
+            let root = nfs3_client::nfs3_types::rpc::auth_unix {
+                stamp: 1,
+                machinename: Opaque::borrowed(b"node1"),
+                uid: 0,
+                gid: 0,
+                gids: Vec::new(),
             };
-            match bc.lookup(&l).await.unwrap() {
-                Nfs3Result::Ok(ok) => assert_eq!(ok.object.data.to_vec(), f.data.to_vec()),
-                Nfs3Result::Err(e) => panic!("{e:?}"),
-            }
+            let bport = backup.statelite_rw_addr(AREA).unwrap().port();
+            let refused = Nfs3ConnectionBuilder::new(TokioConnector, "127.0.0.1", AREA)
+                .credential(nfs3_client::nfs3_types::rpc::opaque_auth::auth_unix(&root))
+                .mount_port(bport)
+                .nfs3_port(bport)
+                .connect_from_privileged_port(true)
+                .mount()
+                .await;
+            assert!(refused.is_err(), "the standby backup served a client");
             assert_eq!(primary.statelite_rw_unprotected(), vec![(AREA.to_string(), false)]);
 
             // The backup agent stops: the primary answers within peer_timeout_ms, unprotected.
-            drop(bc);
             drop(backup);
             let t0 = Instant::now();
             write(&mut c, &f, 11, b"more\n").await;

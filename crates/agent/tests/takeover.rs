@@ -140,3 +140,72 @@ fn claim_puts_the_address_on_the_interface_and_release_takes_it_off() {
 fn address_prefix(a: &str) -> u32 {
     a.rsplit('/').next().unwrap().parse().unwrap()
 }
+
+/// Whether a root client (privileged port) can mount `area` on `port` and read its root.
+async fn rw_reachable(port: u16, area: &str) -> bool {
+    use nfs3_client::nfs3_types::xdr_codec::Opaque;
+    let root = nfs3_client::nfs3_types::rpc::auth_unix {
+        stamp: 1,
+        machinename: Opaque::borrowed(b"node1"),
+        uid: 0,
+        gid: 0,
+        gids: Vec::new(),
+    };
+    let c = nfs3_client::Nfs3ConnectionBuilder::new(nfs3_client::tokio::TokioConnector, "127.0.0.1", area)
+        .credential(nfs3_client::nfs3_types::rpc::opaque_auth::auth_unix(&root))
+        .mount_port(port)
+        .nfs3_port(port)
+        .connect_from_privileged_port(true)
+        .mount()
+        .await;
+    match c {
+        Ok(mut c) => c.null().await.is_ok(),
+        Err(_) => false,
+    }
+}
+
+/// A read-write area that follows a service address (`[[statelite_rw]] service_address`): in
+/// standby while the agent does not hold it (no client served), served once it is claimed, back
+/// in standby when it is released; other addresses leave it alone.
+#[test]
+fn a_statelite_area_is_served_only_while_its_service_address_is_claimed_here() {
+    if !testkit::require_root("a privileged client port for the read-write area") {
+        return;
+    }
+    in_private_netns(|| {
+        Box::pin(async {
+            if !links().await {
+                return;
+            }
+            let dir = tempfile::tempdir().unwrap();
+            let d = dir.path().display();
+            let extra = format!(
+                "takeover_interface = \"{IF_A}\"\ntakeover_allowed = [\"10.0.1.0/24\"]\nstatelite_roots = [\"/nodedata\"]\nstatelite_prefix = \"{d}/data\"\n[[statelite_rw]]\narea = \"/nodedata\"\nlisten = \"127.0.0.1:0\"\nservice_address = \"10.0.1.101/24\"\n"
+            );
+            let cfg = agent::testing::config(dir.path(), &extra).unwrap();
+            let bound = agent::Agent::new(cfg).unwrap().bind().await.unwrap();
+            assert_eq!(bound.statelite_rw_role("/nodedata"), Some(nfs3::rw::Role::Standby));
+            let port = bound.statelite_rw_addr("/nodedata").unwrap().port();
+            let addr = bound.local_addr();
+            let task = tokio::spawn(async move { bound.serve().await });
+            let mut c = transport::connect(&addr.to_string(), "agent", None, T).await.unwrap();
+            c.call(req::Hello { version: proto::VERSION, controller: "test".into() }).await.unwrap();
+            assert!(!rw_reachable(port, "/nodedata").await, "served before its address was claimed");
+            // Another address: nothing changes.
+            let r = c.call(req::Claim { address: "10.0.1.102/24".into() }).await.unwrap();
+            assert!(!r.detail.contains("statelite"), "{}", r.detail);
+            assert!(!rw_reachable(port, "/nodedata").await, "served after another address's claim");
+            let r = c.call(req::Claim { address: "10.0.1.101/24".into() }).await.unwrap();
+            assert_eq!(r.change, "added");
+            assert!(r.detail.contains("statelite areas served read-write here: /nodedata"), "{}", r.detail);
+            assert!(rw_reachable(port, "/nodedata").await, "not served after the claim");
+            let r = c.call(req::Release { address: "10.0.1.101/24".into() }).await.unwrap();
+            assert_eq!(r.change, "removed");
+            assert!(!rw_reachable(port, "/nodedata").await, "served after the release");
+            // Claimed again: served again (a second takeover to this SN).
+            c.call(req::Claim { address: "10.0.1.101/24".into() }).await.unwrap();
+            assert!(rw_reachable(port, "/nodedata").await, "not served after the second claim");
+            task.abort();
+        })
+    });
+}

@@ -55,6 +55,12 @@ pub struct StateliteRw {
     /// On the backup: where the primary's replication stream is accepted, and the only
     /// certificate name (the primary SN's) it is accepted from.
     pub replica: Option<RwReplica>,
+    /// The service address (address/prefix) whose holder serves the area: the area is served
+    /// read-write only while this agent holds it (found on `takeover_interface` at start, then
+    /// a `Claim` of it promotes the area and a `Release` puts it back in standby). None: a
+    /// primary (no `replica_listen`) serves always, a backup never (issue 13: the backup never
+    /// serves an area read-write while the primary does).
+    pub service_address: Option<ipnet::IpNet>,
 }
 
 /// `peer`, `peer_name`, `peer_timeout_ms` of a `[[statelite_rw]]`.
@@ -87,6 +93,7 @@ struct RawRw {
     peer_timeout_ms: Option<Spanned<i64>>,
     replica_listen: Option<Spanned<String>>,
     primary: Option<Spanned<String>>,
+    service_address: Option<Spanned<String>>,
 }
 
 /// Why `s` is not a `host:port` (a host name or IP address, then a port 1-65535), if it is not.
@@ -365,8 +372,33 @@ impl AgentConfig {
                     }
                 }
             }
+            let service_address = rw.service_address.as_ref().and_then(|a| {
+                let f = field("service_address");
+                let Ok(net) = a.get_ref().parse::<ipnet::IpNet>() else {
+                    sink.at(a.span(), f, format!("`{}` is not an address/prefix (10.0.1.101/24)", a.get_ref()));
+                    return None;
+                };
+                if takeover_interface.is_none() {
+                    sink.at(a.span(), f, "needs `takeover_interface`: the address is claimed there, or never");
+                    return None;
+                }
+                if let Some(allowed) = &takeover_allowed {
+                    if !allowed.iter().any(|n| n.contains(&net.addr())) {
+                        sink.at(
+                            a.span(),
+                            f,
+                            format!("`{net}` is not within takeover_allowed: it could never be claimed"),
+                        );
+                        return None;
+                    }
+                }
+                Some(net)
+            });
+            if rw.service_address.is_some() && service_address.is_none() {
+                ok = false;
+            }
             if let (Some(area), Some(listen), true) = (area, listen, ok) {
-                statelite_rw.push(StateliteRw { area, listen, peer, replica });
+                statelite_rw.push(StateliteRw { area, listen, peer, replica, service_address });
             }
         }
         if let (Some(r), Some(raw_root)) = (&root, &raw.root) {
@@ -461,6 +493,37 @@ mod tests {
         let e = AgentConfig::from_toml("a.toml", &bad).unwrap_err().to_string();
         assert!(e.contains("a.toml:6") && e.contains("statelite_rw[0].listen"), "{e}");
         assert!(AgentConfig::from_toml("a.toml", base).unwrap().statelite_rw.is_empty());
+    }
+
+    #[test]
+    fn statelite_rw_service_address_is_checked_with_its_line() {
+        let base = "listen = \"127.0.0.1:7001\"\nplaintext_loopback = true\nstatelite_roots = [\"/nodedata\"]\n";
+        let area = "[[statelite_rw]]\narea = \"/nodedata\"\nlisten = \"0.0.0.0:2051\"\n";
+        let iface = "takeover_interface = \"eth0\"\ntakeover_allowed = [\"10.0.1.0/24\"]\n";
+        let ok = format!("{base}{iface}{area}service_address = \"10.0.1.101/24\"\n");
+        let a = AgentConfig::from_toml("a.toml", &ok).unwrap();
+        assert_eq!(a.statelite_rw[0].service_address, Some("10.0.1.101/24".parse().unwrap()));
+        assert_eq!(
+            AgentConfig::from_toml("a.toml", &format!("{base}{area}")).unwrap().statelite_rw[0].service_address,
+            None
+        );
+        for (cfg, want) in [
+            (
+                format!("{base}{iface}{area}service_address = \"10.0.1.101\"\n"),
+                "a.toml:9:19: statelite_rw[0].service_address: `10.0.1.101` is not an address/prefix",
+            ),
+            (
+                format!("{base}{area}service_address = \"10.0.1.101/24\"\n"),
+                "a.toml:7:19: statelite_rw[0].service_address: needs `takeover_interface`",
+            ),
+            (
+                format!("{base}{iface}{area}service_address = \"10.0.2.101/24\"\n"),
+                "a.toml:9:19: statelite_rw[0].service_address: `10.0.2.101/24` is not within takeover_allowed",
+            ),
+        ] {
+            let e = AgentConfig::from_toml("a.toml", &cfg).unwrap_err().to_string();
+            assert!(e.contains(want), "{want}\n{e}");
+        }
     }
 
     #[test]

@@ -68,6 +68,21 @@ pub(crate) struct Policy {
     pub internal_port: u16,
     /// Serving a read-write area: this server instance's write verifier (see [`Rw`]).
     pub rw: Option<Rw>,
+    /// A read-write area's "clients are served" ([`crate::rw::Role`]): while false no
+    /// connection is accepted (reset at once) and every open one is reset; None: always served.
+    pub serving: Option<tokio::sync::watch::Receiver<bool>>,
+}
+
+impl Policy {
+    fn serving(&self) -> bool {
+        self.serving.as_ref().is_none_or(|s| *s.borrow())
+    }
+}
+
+/// Ends a connection with a reset (linger 0), not a FIN: no orphaned socket keeps its 4-tuple,
+/// and a client's reconnect is answered at once.
+fn reset(fd: &impl std::os::fd::AsFd) {
+    let _ = rustix::net::sockopt::set_socket_linger(fd, Some(std::time::Duration::ZERO));
 }
 
 /// What the guard adds in front of a read-write area.
@@ -519,6 +534,10 @@ async fn connection(client: TcpStream, peer: SocketAddr, internal: SocketAddr, p
             let slots = Arc::new(tokio::sync::Semaphore::new(MAX_RW_CALLS));
             let mut told = false;
             while let Some(rec) = read_record(&mut cr, MAX_CALL).await? {
+                // In standby no call goes on (the connection is being reset).
+                if !policy.serving() {
+                    break;
+                }
                 let Some((xid, prog, proc_, cred, out)) = rewrite_call(&rec, &policy.token) else {
                     // Not a call we understand: do not forward it unstamped.
                     break;
@@ -578,14 +597,28 @@ async fn connection(client: TcpStream, peer: SocketAddr, internal: SocketAddr, p
     // The client closing its side ends `up`; the NFS layer then answers what is pending and
     // closes, which ends `down`. The NFS layer going away ends `down` and with it the client.
     let mut stop = policy.stop.clone();
+    let mut serving = policy.serving.clone();
+    let standby = async {
+        match &mut serving {
+            Some(s) => {
+                let _ = s.wait_for(|on| !*on).await;
+            }
+            None => std::future::pending().await,
+        }
+    };
     let r = tokio::select! {
         r = down => r,
         _ = stop.wait_for(|s| *s) => Ok(()),
+        _ = standby => {
+            reset(&fd);
+            tracing::info!(local = ?local, "nfs3: connection reset: the read-write area is in standby");
+            Ok(())
+        }
         _ = released.wait_for(|m| local.is_some_and(|ip| m.get(&ip).copied().unwrap_or(0) > seen)) => {
             // Its address was released: a reset, not a FIN, so no orphaned socket keeps this
             // 4-tuple (the client's retransmissions would meet it, not a RST, when the address
             // comes back here, and the client would hang).
-            let _ = rustix::net::sockopt::set_socket_linger(&fd, Some(std::time::Duration::ZERO));
+            reset(&fd);
             tracing::info!(local = ?local, "nfs3: connection ended: its address was released");
             Ok(())
         }
@@ -608,6 +641,14 @@ pub(crate) async fn run(listener: TcpListener, internal: SocketAddr, policy: Arc
         };
         if !policy.insecure && peer.port() >= 1024 {
             tracing::debug!(%peer, "nfs3: refusing a client on an unprivileged port (see Options::insecure)");
+            drop(sock);
+            continue;
+        }
+        if !policy.serving() {
+            // A standby area: nobody is served here; the reset makes the client try again (at
+            // the address it mounted, which the serving SN holds).
+            tracing::debug!(%peer, "nfs3: refusing a client: the read-write area is in standby");
+            reset(&sock);
             drop(sock);
             continue;
         }

@@ -284,6 +284,7 @@ pub async fn serve(root: &Path, addr: SocketAddr, opts: Options) -> io::Result<N
                 public_port: local.port(),
                 internal_port: nfs_local.port(),
                 rw: None,
+                serving: None,
             });
             tasks.push(tokio::spawn(guard::run(public, nfs_local, policy)));
             released = Closer(Some(std::sync::Arc::new(released_tx)));
@@ -311,6 +312,9 @@ pub struct RwOptions {
     pub export_name: Option<String>,
     /// Accept clients from unprivileged ports (nfsd's `insecure`). Default: false.
     pub insecure: bool,
+    /// Start in [`rw::Role::Standby`]: no client is served until [`RwServer::promote`] (a
+    /// backup, or a primary that does not hold its service address). Default: false (served).
+    pub standby: bool,
 }
 
 /// A running read-write server. Dropping it stops it and closes its connections.
@@ -349,6 +353,47 @@ impl RwServer {
     pub fn write_verifier(&self) -> [u8; 8] {
         self.verf
     }
+
+    /// Whom the area is served to now.
+    pub fn role(&self) -> rw::Role {
+        self.fs.role()
+    }
+
+    /// Serves the area to clients and refuses the primary's stream from now on (the agent calls
+    /// it when it claims the service address the area follows, after the controller fenced the
+    /// primary). Waits for an entry being applied; leaving standby re-reads the tree's ids.
+    pub async fn promote(&self) -> io::Result<rw::Role> {
+        self.transition(rw::Role::Promoted).await
+    }
+
+    /// Back to standby (the address was released): waits for the change being applied, then no
+    /// client is served (their connections are reset, new ones refused) and the primary's stream
+    /// is accepted again.
+    pub async fn demote(&self) -> io::Result<rw::Role> {
+        self.transition(rw::Role::Standby).await
+    }
+
+    async fn transition(&self, to: rw::Role) -> io::Result<rw::Role> {
+        let fs = self.fs.clone();
+        let t = std::time::Instant::now();
+        let was = tokio::task::spawn_blocking(move || fs.set_role(to))
+            .await
+            .map_err(io::Error::other)?
+            .map_err(|e| io::Error::other(format!("nfs3: {}: changing the role: {e:?}", self.export_name)))?;
+        if was != to {
+            tracing::info!(
+                export = %self.export_name,
+                local_addr = %self.local_addr,
+                from = was.as_str(),
+                to = to.as_str(),
+                ids = self.fs.ids_len(),
+                took_ms = t.elapsed().as_millis() as u64,
+                "nfs3: read-write area {}",
+                if to.serves() { "served to clients" } else { "in standby: no client served" }
+            );
+        }
+        Ok(was)
+    }
 }
 
 impl Drop for RwServer {
@@ -381,6 +426,13 @@ pub async fn serve_rw(
             .map_err(io::Error::other)?
             .map_err(|e| io::Error::new(e.kind(), format!("nfs3: {}: {e}", root.display())))?
     };
+    if opts.standby {
+        let f = fs.clone();
+        tokio::task::spawn_blocking(move || f.set_role(rw::Role::Standby))
+            .await
+            .map_err(io::Error::other)?
+            .map_err(|e| io::Error::other(format!("nfs3: {}: standby: {e:?}", root.display())))?;
+    }
     let verf = {
         // From the per-start secret (hex digits): differs on every start, on every server.
         let h = blake3::hash(&token);
@@ -407,9 +459,10 @@ pub async fn serve_rw(
         rw: Some(guard::Rw {
             calls: std::sync::Arc::new(rwcall::Calls::new(fs.clone(), generation_of(&export_name), verf)),
         }),
+        serving: Some(fs.serving_watch()),
     });
     tasks.push(tokio::spawn(guard::run(public, nfs_local, policy)));
-    tracing::info!(root = %root.display(), export = %export_name, %local_addr, "nfs3: serving read-write");
+    tracing::info!(root = %root.display(), export = %export_name, %local_addr, role = fs.role().as_str(), "nfs3: serving read-write");
     Ok(RwServer {
         local_addr,
         export_name,

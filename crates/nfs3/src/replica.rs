@@ -698,6 +698,11 @@ impl Ctx {
             .await
             .map_err(|_| std::io::Error::other("no Hello in time"))??;
         match hello {
+            Msg::Hello { version: VERSION, ref area } if *area == self.area && !self.fs.accepts_stream() => {
+                let reason = format!("`{area}` was taken over here (promoted): the old primary's stream is refused");
+                let _ = send(&mut s, &Msg::Refused { reason: reason.clone() }).await;
+                return Err(std::io::Error::other(reason));
+            }
             Msg::Hello { version: VERSION, area } if area == self.area => send(&mut s, &Msg::Welcome).await?,
             Msg::Hello { version, area } => {
                 let reason = if version != VERSION {
@@ -746,8 +751,9 @@ impl Ctx {
             last = seq;
             let sync = op.synchronous();
             let fs = self.fs.clone();
-            let r =
-                tokio::task::spawn_blocking(move || fs.apply(&op)).await.unwrap_or(Err(nfsstat3::NFS3ERR_SERVERFAULT));
+            let r = tokio::task::spawn_blocking(move || fs.apply_from_primary(&op))
+                .await
+                .unwrap_or(Err(nfsstat3::NFS3ERR_SERVERFAULT));
             match r {
                 Ok(_) => {
                     self.applied.fetch_add(1, Ordering::SeqCst);

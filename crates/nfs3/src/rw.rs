@@ -87,6 +87,38 @@ const MAX_DEPTH: usize = 2048;
 /// mode is not known here (it can chmod afterwards).
 const MKDIR_MODE: u32 = 0o755;
 
+/// Whom an area is served to (issue 13 point 3: the backup never serves an area read-write
+/// while the primary does; fencing, then the claim of the service address, decides).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Served to clients; a primary's stream is applied too. What a server started without a
+    /// role is (an area with no service address to follow).
+    Serving,
+    /// No client is served: the RPC guard resets their connections and a change that got past
+    /// it meanwhile is answered `NFS3ERR_JUKEBOX` (retry later), never applied; the primary's
+    /// stream is applied. A backup's role, and a returned primary's until it claims its
+    /// address again.
+    Standby,
+    /// Taken over: served to clients, and the old primary's stream refused (a fenced primary
+    /// that comes back must never overwrite what clients wrote here since).
+    Promoted,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Serving => "serving",
+            Role::Standby => "standby",
+            Role::Promoted => "promoted",
+        }
+    }
+
+    /// Whether clients are served in this role.
+    pub fn serves(self) -> bool {
+        self != Role::Standby
+    }
+}
+
 /// Where a log entry goes once it is applied here (the replication stream to the backup).
 /// Called in log order, under the area's change lock; an error is the client's reply (the
 /// primary answers only what the backup holds). [`crate::replica::Replicator`] is the stream
@@ -213,6 +245,11 @@ pub(crate) struct AreaInner {
     idgen: Mutex<IdGen>,
     replicate: Option<Arc<dyn Replicate>>,
     walked: Mutex<Option<Instant>>,
+    /// Changed only with `change` held, so no change is half applied across a transition.
+    role: Mutex<Role>,
+    /// Whether clients are served now, for the RPC guard: it resets their connections and
+    /// accepts none while this is false.
+    serving: tokio::sync::watch::Sender<bool>,
 }
 
 /// The read-write NFSv3 file system of one area. Cheap to clone.
@@ -353,17 +390,62 @@ impl AreaFs {
             idgen: Mutex::new(IdGen { key, n: 0 }),
             replicate,
             walked: Mutex::new(None),
+            role: Mutex::new(Role::Serving),
+            serving: tokio::sync::watch::Sender::new(true),
         };
         let fs = AreaFs(Arc::new(inner));
         fs.0.walk();
         Ok(fs)
     }
 
-    /// Applies one log entry (a replica's side of the stream; the NFS operations go through
-    /// the same function). Returns the id of the object made or changed, if any.
+    /// Applies one log entry (the NFS operations go through the same function) and hands it
+    /// on to `replicate`. Returns the id of the object made or changed, if any.
     pub fn apply(&self, op: &Op) -> Result<Option<Fh>, nfsstat3> {
         let _g = self.0.change.lock().map_err(|_| nfsstat3::NFS3ERR_SERVERFAULT)?;
         self.0.apply(op)
+    }
+
+    /// Applies one entry of the primary's stream (the backup's side): here only, never handed
+    /// on, and refused with `NFS3ERR_ROFS` once the area is [`Role::Promoted`] (the primary was
+    /// fenced and this copy took over: its stream must not overwrite what clients wrote since).
+    pub fn apply_from_primary(&self, op: &Op) -> Result<Option<Fh>, nfsstat3> {
+        let _g = self.0.change.lock().map_err(|_| nfsstat3::NFS3ERR_SERVERFAULT)?;
+        if self.role() == Role::Promoted {
+            return Err(nfsstat3::NFS3ERR_ROFS);
+        }
+        self.0.apply_local(op)
+    }
+
+    /// The area's role now.
+    pub fn role(&self) -> Role {
+        self.0.role.lock().map(|r| *r).unwrap_or(Role::Standby)
+    }
+
+    /// Whether the primary's stream is accepted now (not once promoted).
+    pub fn accepts_stream(&self) -> bool {
+        self.role() != Role::Promoted
+    }
+
+    /// Changes the role; returns the previous one. Blocks until a change being applied (a
+    /// client's or the stream's) is done, so none straddles the transition: call it from a
+    /// blocking context. Leaving standby walks the tree again first (another writer, such as
+    /// the controller's copy back to a returned primary, may have changed it beneath the id
+    /// map); entering it makes the guard reset every client connection.
+    pub fn set_role(&self, role: Role) -> Result<Role, nfsstat3> {
+        let _g = self.0.change.lock().map_err(|_| nfsstat3::NFS3ERR_SERVERFAULT)?;
+        let mut r = self.0.role.lock().map_err(|_| nfsstat3::NFS3ERR_SERVERFAULT)?;
+        let was = *r;
+        if was == Role::Standby && role != Role::Standby {
+            self.0.walk();
+        }
+        *r = role;
+        self.0.serving.send_replace(role.serves());
+        Ok(was)
+    }
+
+    /// Follows [`Self::role`]'s "clients are served" for the RPC guard.
+    pub(crate) fn serving_watch(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.0.serving.subscribe()
     }
 
     /// The id of the object at `rel` (a path inside the area), for tests and tools.
@@ -782,6 +864,7 @@ impl AreaInner {
     fn create(&self, dir: &Fh, name: &[u8], how: Create) -> Result<Fh, nfsstat3> {
         let n = name_ok(name)?;
         let _g = self.change.lock().map_err(|_| nfsstat3::NFS3ERR_SERVERFAULT)?;
+        self.served()?;
         let dfd = self.open_dir(dir)?;
         match rustix::fs::statat(&dfd, n, AtFlags::SYMLINK_NOFOLLOW) {
             Ok(st) => {
@@ -827,7 +910,18 @@ impl AreaInner {
 
     fn change(&self, op: Op) -> Result<Option<Fh>, nfsstat3> {
         let _g = self.change.lock().map_err(|_| nfsstat3::NFS3ERR_SERVERFAULT)?;
+        self.served()?;
         self.apply(&op)
+    }
+
+    /// A client's change is made only while clients are served (checked with `change` held): one
+    /// that reached a standby area in the instant its connection was being reset is answered
+    /// "retry later", and the retry goes to whoever serves the area then.
+    fn served(&self) -> Result<(), nfsstat3> {
+        match self.role.lock().map(|r| r.serves()) {
+            Ok(true) => Ok(()),
+            _ => Err(nfsstat3::NFS3ERR_JUKEBOX),
+        }
     }
 
     fn fresh_id(&self) -> Result<Fh, nfsstat3> {
@@ -1073,6 +1167,7 @@ impl NfsFileSystem for AreaFs {
         let attrs = Attrs { mode: None, size: None, ..attrs_of(attr) };
         blocking(move || {
             let _g = fs.change.lock().map_err(|_| nfsstat3::NFS3ERR_SERVERFAULT)?;
+            fs.served()?;
             let id = fs.apply(&Op::Symlink { dir, name, target })?.ok_or(nfsstat3::NFS3ERR_SERVERFAULT)?;
             if !attrs.is_empty() {
                 fs.apply(&Op::SetAttr { id, attrs })?;

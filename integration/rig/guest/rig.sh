@@ -388,6 +388,13 @@ nfs3_failover() {
 #   - the backup's agent listens on 0.0.0.0, so it serves the address as soon as it is there;
 #   - ha_repair stands in for a repaired SN booting again as the spare.
 HA_NET=10.0.1 HA_SVC=10.0.1.101 HA_PORT=2050 HA_DRIVER=${RIG_HA_DRIVER:-daemon}
+# The node's statelite directory (issue 13), with the daemon driver: on hanfs' read-write server
+# (`[[statelite_rw]]`, port $HA_RW_PORT): sn1's agent the primary of the area /ha-lite, sn2's its
+# synchronous backup (the stream on $HA_RW_REPL, mutual TLS), both following the service address
+# (standby until it is claimed).  HANFS_RIG_HA_RW=0, or the script driver: kernel nfsd (NFSv4.0)
+# on both SNs, with nothing copied between them, as before.
+HA_RW_PORT=2051 HA_RW_REPL=7470 HA_RW=${RIG_HA_RW:-1}
+[ "$HA_DRIVER" = daemon ] || HA_RW=0
 HA_LOG=/run/ha/log HA_EV=/run/ha/events
 ha_ev() { read -r up rest < /proc/uptime; echo "$1 $(( ${up%.*}${up#*.} * 10 )) $2" >> $HA_EV; }
 
@@ -404,7 +411,20 @@ ha_agent_start() {
             "nfs3 = \"0.0.0.0:$HA_PORT\"" > "$s/agent.toml"
         [ "${RIG_HA_BREAK:-}" = noaddr ] ||
             printf '%s\n' "takeover_interface = \"ha-$1\"" "takeover_allowed = [\"$HA_NET.0/24\"]" >> "$s/agent.toml"
+        [ "$HA_RW" = 1 ] && printf '%s\n' 'statelite_roots = ["/ha-lite"]' 'statelite_mounts = false' >> "$s/agent.toml"
         printf '%s\n' '[tls]' "ca = \"$t/ca.pem\"" "cert = \"$t/$1.pem\"" "key = \"$t/$1.key\"" >> "$s/agent.toml"
+        if [ "$HA_RW" = 1 ]; then
+            # the rounds always kill sn1: sn1 the primary, sn2 the backup, both follow $HA_SVC
+            # (HANFS_RIG_HA_BREAK=norepl: no stream, the break run of the zero-loss checks)
+            printf '%s\n' '[[statelite_rw]]' 'area = "/ha-lite"' "listen = \"0.0.0.0:$HA_RW_PORT\"" >> "$s/agent.toml"
+            [ "${RIG_HA_BREAK:-}" = noaddr ] || echo "service_address = \"$HA_SVC/24\"" >> "$s/agent.toml"
+            if [ "$1" = sn1 ]; then
+                [ "${RIG_HA_BREAK:-}" = norepl ] ||
+                    printf '%s\n' "peer = \"$HA_NET.2:$HA_RW_REPL\"" 'peer_name = "sn2"' >> "$s/agent.toml"
+            else
+                printf '%s\n' "replica_listen = \"0.0.0.0:$HA_RW_REPL\"" 'primary = "sn1"' >> "$s/agent.toml"
+            fi
+        fi
     else
         printf '%s\n' 'listen = "127.0.0.1:7468"' 'plaintext_loopback = true' 'root = "/ha/image"' \
             "state_dir = \"$s\"" 'dialect = "linux"' "exports_file = \"$s/hanfs.exports\"" 'reload = ["true"]' \
@@ -415,11 +435,15 @@ ha_agent_start() {
     nsenter -t "$snpid" -n -m -u -- env HANFS_LOG="${RIG_HA_AGENT_LOG:-info}" LD_LIBRARY_PATH=/share/hanfs/lib /share/hanfs/hanfs agent \
         --config "$s/agent.toml" < /dev/null > /dev/null 2>> "/run/sn/$1/ha-agent.log" &
     echo $! > "$s/pid"
-    a=$! i=0 want=$(printf '00000000:%04X' $HA_PORT)
-    while [ $i -lt 300 ]; do   # its netns' /proc/net/tcp lists 0.0.0.0:2050 in LISTEN (0A)
+    a=$! i=0 want=$(printf '00000000:%04X' $HA_PORT) want_rw=$(printf '00000000:%04X' $HA_RW_PORT)
+    [ "$HA_RW" = 1 ] && [ "$HA_DRIVER" = daemon ] || want_rw=
+    while [ $i -lt 300 ]; do   # its netns' /proc/net/tcp lists 0.0.0.0:2050 (and 2051) in LISTEN (0A)
+        up= up_rw=
         while read -r sl local remote st rest; do
-            [ "$local" = "$want" ] && [ "$st" = 0A ] && return 0
+            [ "$local" = "$want" ] && [ "$st" = 0A ] && up=1
+            [ "$local" = "$want_rw" ] && [ "$st" = 0A ] && up_rw=1
         done < "/proc/$a/net/tcp"
+        [ -n "$up" ] && { [ -z "$want_rw" ] || [ -n "$up_rw" ]; } && return 0
         kill -0 "$a" 2> /dev/null || return 1
         sleep 0.1; i=$((i + 1))
     done
@@ -593,7 +617,42 @@ ha_repair() {
     [ -z "$left" ] || fail "(i) $1: connections of its former life left (TCP states$left)"
     ip -n "$1" addr del $HA_SVC/24 dev "ha-$1" 2> /dev/null
     ip -n "$1" link set "ha-$1" up
+    [ "$HA_RW" != 1 ] || [ -z "${2:-}" ] || ha_rw_copy_back "$1" "$2" || return 1
     ha_agent_start "$1" || { fail "(i) $1's agent did not restart: $(tail -2 "/run/sn/$1/ha-agent.log")"; return 1; }
+}
+
+# ha_rw_after_takeover DEAD BACKUP ROUND: the acceptance of issue 13 on the node's statelite file:
+# every append acknowledged so far is on BACKUP's disk, and (first round) the descriptor the
+# holder opened before renaming its file works on BACKUP: its uncommitted UNSTABLE write and a
+# new append are under the new name on BACKUP's disk.
+ha_rw_after_takeover() {
+    python3 -S -B /rig/workload.py lost $HA_LOG /run/sn/$2/root/ha-lite/cn001/node.log "$SCEN (i) $3" || RIG_RC=1
+    [ -e $HA_LOG/hold.ready ] && [ ! -e $HA_LOG/hold.go ] || return 0
+    : > $HA_LOG/hold.go
+    i=0; while [ ! -s $HA_LOG/hold.result ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i + 1)); done
+    res=$(cat $HA_LOG/hold.result 2> /dev/null)
+    d=/run/sn/$2/root/ha-lite/cn001
+    want=$(printf '1 before the rename\n2 after the rename\n3 unstable, uncommitted at the kill\n4 after the takeover')
+    if [ "$res" = ok ] && [ "$(cat $d/rot.log.1 2> /dev/null)" = "$want" ] && [ ! -e $d/rot.log ]; then
+        pass "(i) $3: a file renamed while open, then the takeover: its descriptor writes on (the uncommitted UNSTABLE write resent after the new verifier, then fsync), the bytes under the new name on $2's disk"
+    else
+        fail "(i) $3: the descriptor held across the rename and the takeover: ${res:-no result} / $2 has: $(cat $d/rot.log.1 2>&1 | tr '\n' '|')"
+    fi
+    grep -q 'statelite area promoted' /run/sn/$2/ha-agent.log || fail "(i) $3: $2's agent logged no promotion of the area"
+}
+
+# ha_rw_copy_back DEAD BACKUP: STAND-IN for the resync of a returned primary: with the node's
+# appends paused (so nothing is written meanwhile), BACKUP's area is copied onto DEAD's disk with
+# its xattrs (the file ids, as the tree engine's copy carries them) before DEAD's agent starts (in
+# standby: it does not hold the address).  migrate --back then demotes BACKUP and promotes DEAD.
+ha_rw_copy_back() {
+    : > $HA_LOG/pause
+    i=0; while [ ! -e $HA_LOG/paused ] && [ $i -lt 200 ]; do sleep 0.1; i=$((i + 1)); done
+    [ -e $HA_LOG/paused ] || { fail "(i) the node's appender did not pause"; return 1; }
+    # (its contents: the directory itself is bind-mounted on /ha-lite in DEAD's namespace)
+    rm -rf /run/sn/$1/root/ha-lite/* /run/sn/$1/root/ha-lite/.[!.]* &&
+        rw_copy /run/sn/$2/root/ha-lite /run/sn/$1/root/ha-lite 1 ||
+        { fail "(i) copying $2's statelite area back to $1"; return 1; }
 }
 
 # ha_back DEAD BACKUP ROUND: the repaired DEAD gets its service address back from BACKUP through
@@ -621,11 +680,11 @@ ha_back() {
     hb=$(python3 -S -B -c 'import json, sys
 h = json.load(open(sys.argv[1]))
 print(" ".join("%s=%s" % (s["name"], s["state"]) for s in h["sns"]))' "$st/health.json" 2>&1)
-    fences=$(grep -c 'SN is down: fencing' $HA_MN/daemon-$3.log)
+    fences=$(awk '/SN returned to service/ { r = 1 } r && /SN is down: fencing/ { n++ } END { print n + 0 }' $HA_MN/daemon-$3.log)
     case " $hb " in
-        *" $1=up "*) [ "$fences" = 1 ] && { pass "(i) $3: the running daemon probes $1 as up after its return ($hb), no second fence"; return 0; } ;;
+        *" $1=up "*) [ "$fences" = 0 ] && { pass "(i) $3: the running daemon probes $1 as up after its return ($hb), no second fence"; return 0; } ;;
     esac
-    fail "(i) $3: after migrate --back the daemon reports $hb, fenced $fences times: $(grep -iE 'returned|error' $HA_MN/daemon-$3.log | tail -2)"
+    fail "(i) $3: after migrate --back the daemon reports $hb, fenced $fences times after the return: $(grep -iE 'returned|error' $HA_MN/daemon-$3.log | tail -2)"
     return 1
 }
 
@@ -662,8 +721,10 @@ ha_round() {  # ha_round DEAD BACKUP NAME power|nfs [FENCE_FAILS [back]]
         ha_kill "$1" "$3" "$4"
         takeover_daemon "$1" "$2" "$3"; hr_rc=$?
         [ $hr_rc != 0 ] || ha_wait_progress "$3" || hr_rc=1
+        [ $hr_rc != 0 ] || [ "$HA_RW" != 1 ] || ha_rw_after_takeover "$1" "$2" "$3" || hr_rc=1
         # back: DEAD repaired and given its address back under the same daemon
-        if [ $hr_rc = 0 ] && [ "${6:-}" = back ]; then { ha_repair "$1" && ha_back "$1" "$2" "$3"; } || hr_rc=1; fi
+        if [ $hr_rc = 0 ] && [ "${6:-}" = back ]; then { ha_repair "$1" "$2" && ha_back "$1" "$2" "$3"; } || hr_rc=1; fi
+        rm -f $HA_LOG/pause   # (ha_repair paused the node's appends for the copy back)
         ha_daemon_stop "$3" "$1" "$2"
         [ $hr_rc = 0 ] && rig_log "sn-kill: $3 ($1 -> $2) done (hanfs daemon)"
         return $hr_rc
@@ -695,15 +756,20 @@ ha_setup() {
     dd if=/dev/urandom of=/run/ha/src/data/a bs=64k count=1 2> /dev/null
     dd if=/dev/urandom of=/run/ha/src/data/b bs=64k count=4 2> /dev/null
     echo "a small file of the image" > /run/ha/src/data/c
+    : > $HA_LOG/appender.log
+    rm -f $HA_LOG/pause $HA_LOG/paused $HA_LOG/hold.*
     for s in sn1 sn2; do
-        mkdir -p /run/sn/$s/root/ha-lite/cn001
+        # (rw: the node makes cn001 through the primary, so both SNs hold it with one file id)
+        if [ "$HA_RW" = 1 ]; then mkdir -p /run/sn/$s/root/ha-lite; else mkdir -p /run/sn/$s/root/ha-lite/cn001; fi
         cp -a /run/ha/src /run/sn/$s/root/ha-image   # the replica: same bytes, other inodes
         sn $s dash -c "mount --bind /run/sn/$s/root/ha-image /ha/image && mount --bind /run/sn/$s/root/ha-lite /ha-lite &&
                        echo 1 > /proc/sys/net/ipv4/tcp_orphan_retries" ||
             fail "(i) bind mounts on $s"
-        # the statelite area, kernel nfsd as today (hand-written here, not rendered by hanfs)
-        echo "/ha-lite 10.0.1.0/24(rw,no_root_squash,sync,no_subtree_check,insecure,fsid=1011)" > /run/sn/$s/exports.d/ha.exports
-        sn_reload $s
+        # kernel nfsd mode: the statelite area exported by nfsd (hand-written here, not rendered by hanfs)
+        if [ "$HA_RW" != 1 ]; then
+            echo "/ha-lite 10.0.1.0/24(rw,no_root_squash,sync,no_subtree_check,insecure,fsid=1011)" > /run/sn/$s/exports.d/ha.exports
+            sn_reload $s
+        fi
     done
     ip netns add mn
     ip -batch - <<EOT || fail "(i) network"
@@ -734,14 +800,29 @@ EOT
                $HA_SVC:/ha/image /mnt/ha/image 2>&1); then
         fail "(i) NFSv3 mount of $HA_SVC:/ha/image: $out"; return 1
     fi
-    lite=${xcat%%nfsvers=3*}vers=4.0${xcat#*nfsvers=3}
-    if ! out=$(mount -t nfs4 -o "$lite,addr=$HA_SVC,clientaddr=$HA_NET.254" $HA_SVC:/ha-lite/cn001 /mnt/ha/lite 2>&1); then
-        fail "(i) NFSv4 mount of the statelite directory $HA_SVC:/ha-lite/cn001: $out"; return 1
+    if [ "$HA_RW" = 1 ]; then
+        # as xCAT's statelite initrd does (rh/dracut_033/xcatroot 219-257): mount SN:/area, make the
+        # node's directory, unmount, mount SN:/area/node; NFSv3 with xCAT's options, hanfs' rw port
+        rwo="$xcat,port=$HA_RW_PORT,mountport=$HA_RW_PORT,mountproto=tcp,noacl,addr=$HA_SVC"
+        if ! out=$({ mount -t nfs -o "$rwo" $HA_SVC:/ha-lite /mnt/ha/lite && mkdir -p /mnt/ha/lite/cn001 &&
+                     umount /mnt/ha/lite && mount -t nfs -o "$rwo" $HA_SVC:/ha-lite/cn001 /mnt/ha/lite; } 2>&1); then
+            fail "(i) NFSv3 mount of the statelite directory $HA_SVC:/ha-lite/cn001 (hanfs' read-write server): $out"; return 1
+        fi
+    else
+        lite=${xcat%%nfsvers=3*}vers=4.0${xcat#*nfsvers=3}
+        if ! out=$(mount -t nfs4 -o "$lite,addr=$HA_SVC,clientaddr=$HA_NET.254" $HA_SVC:/ha-lite/cn001 /mnt/ha/lite 2>&1); then
+            fail "(i) NFSv4 mount of the statelite directory $HA_SVC:/ha-lite/cn001: $out"; return 1
+        fi
     fi
     rig_log "sn-kill: mounted with $xcat; workload starts"
     python3 -S -B /rig/workload.py run /mnt/ha/image /run/ha/src /mnt/ha/lite/node.log $HA_LOG \
         < /dev/null > $HA_LOG/workload.out 2>&1 &
     wl=$!
+    if [ "$HA_RW" = 1 ]; then
+        python3 -S -B /rig/workload.py hold /mnt/ha/lite $HA_LOG < /dev/null > $HA_LOG/hold.out 2>&1 &
+        i=0; while [ ! -e $HA_LOG/hold.ready ] && [ ! -s $HA_LOG/hold.result ] && [ $i -lt 200 ]; do sleep 0.1; i=$((i + 1)); done
+        [ -e $HA_LOG/hold.ready ] || fail "(i) the descriptor holder did not get ready: $(cat $HA_LOG/hold.result $HA_LOG/hold.out 2> /dev/null)"
+    fi
     ha_wait_progress start || { kill -9 $wl; return 1; }
 }
 
@@ -757,14 +838,27 @@ sn_kill() {
     if [ "$HA_DRIVER" = daemon ]; then
         ha_round $from $to power-loss-back power 0 back || ok=0
     fi
+    if [ "$HA_RW" = 1 ]; then
+        # the read-write area: every round kills the primary sn1 and ends with its return
+        # (`migrate --back`), so each starts with sn1 serving and sn2 its synchronous backup
+        while [ $n -lt "${RIG_HA_ROUNDS:-1}" ] && [ $ok = 1 ]; do
+            n=$((n + 1)); r=power-loss; [ $n = 1 ] || r=power-loss-$n
+            ha_round sn1 sn2 $r power 0 back || ok=0
+        done
+        [ $ok = 0 ] || ha_round sn1 sn2 fence-fails power 1 back || ok=0
+        [ $ok = 0 ] || ha_round sn1 sn2 nfs-dies nfs 0 back || ok=0
+        n=1000000 to=sn1
+    fi
     while [ $n -lt "${RIG_HA_ROUNDS:-1}" ] && [ $ok = 1 ]; do
         n=$((n + 1)); r=power-loss; [ $n = 1 ] || r=power-loss-$n
         { ha_round $from $to $r power && ha_repair $from; } || ok=0
         x=$from from=$to to=$x
     done
-    [ $ok = 0 ] || { ha_round $from $to fence-fails power 1 && ha_repair $from; } || ok=0
-    x=$from from=$to to=$x
-    [ $ok = 0 ] || ha_round $from $to nfs-dies nfs || ok=0
+    if [ "$HA_RW" != 1 ]; then
+        [ $ok = 0 ] || { ha_round $from $to fence-fails power 1 && ha_repair $from; } || ok=0
+        x=$from from=$to to=$x
+        [ $ok = 0 ] || ha_round $from $to nfs-dies nfs || ok=0
+    fi
     sleep 0.5
     : > $HA_LOG/stop
     i=0; while kill -0 $wl 2> /dev/null && [ $i -lt 30 ]; do sleep 0.1; i=$((i + 1)); done
@@ -772,7 +866,13 @@ sn_kill() {
         note "sn-kill: the workload hangs (hard mount); killed"
         read -r ap < $HA_LOG/appender.pid; kill -9 $wl $ap 2> /dev/null
     fi
-    python3 -S -B /rig/workload.py report $HA_LOG $HA_EV /run/sn/$to/root/ha-lite/cn001/node.log "$SCEN" || RIG_RC=1
+    rw=; [ "$HA_RW" = 1 ] && rw=rw
+    python3 -S -B /rig/workload.py report $HA_LOG $HA_EV /run/sn/$to/root/ha-lite/cn001/node.log "$SCEN" $rw || RIG_RC=1
+    if [ "$HA_RW" = 1 ]; then
+        if cmp -s /run/sn/sn1/root/ha-lite/cn001/node.log /run/sn/sn2/root/ha-lite/cn001/node.log; then
+            pass "(i) the backup sn2 holds the node's file byte for byte as the primary sn1 (replicated since the last return)"
+        else fail "(i) sn2's copy of the node's file differs from sn1's: $(wc -c /run/sn/sn[12]/root/ha-lite/cn001/node.log | tr '\n' ' ')"; fi
+    fi
     mkdir -p /share/sn-kill; cp $HA_EV $HA_LOG/*.log /run/sn/*/ha-agent.log $HA_MN/*.log $HA_MN/*.toml /share/sn-kill/ 2> /dev/null
     dmesg | grep -E 'nfs|rpc' > /share/sn-kill/dmesg
     [ ! -s $HA_LOG/workload.out ] || note "workload: $(tail -3 $HA_LOG/workload.out)"
@@ -857,6 +957,11 @@ rig_main() {
     fi
     if [ "${RIG_BENCH:-}" = statelite ]; then   # make bench-statelite: the benchmark alone
         statelite_bench
+        return $RIG_RC
+    fi
+    if [ "${RIG_ONLY:-}" = sn-kill ]; then   # HANFS_RIG_ONLY=sn-kill: check (i) alone
+        [ -x /share/hanfs/hanfs ] && sn_kill
+        for f in /run/sn/*/*.log; do [ $RIG_RC = 0 ] || { [ -s "$f" ] && sed "s|^|  $f: |" "$f" | tail -15; }; done
         return $RIG_RC
     fi
     for s in /share/scenarios/*/steps.sh; do

@@ -7,15 +7,30 @@
                   to the server, not the page cache) and compares it byte for byte with SRC's copy;
                   then drops the caches and execs IMAGE/bin/busybox (page faults over NFS) and
                   checks its output.  Each op -> LOGDIR/reader.log
-        appender: appends a numbered line to LITEFILE with write + fsync, as a node's log does.
-                  Each op -> LOGDIR/appender.log
+        appender: appends a numbered line to LITEFILE with write + fsync, as a node's log does,
+                  through one descriptor opened once (reopened only after an error, which counts
+                  as a failure).  Each op -> LOGDIR/appender.log.  While LOGDIR/pause exists it
+                  appends nothing and says so in LOGDIR/paused.
       A log line is "KIND NAME T0 T1 RESULT [detail]": times in ms of CLOCK_BOOTTIME (the clock
       of /proc/uptime, which the guest script uses for its events), RESULT ok, bad (wrong bytes)
       or err (an errno).  LOGDIR/progress holds the T1 of the reader's last good op.
-  workload.py report LOGDIR EVENTS COPY LABEL
+  workload.py report LOGDIR EVENTS COPY LABEL [rw]
       EVENTS: "NAME MS [ROUND]" lines from the guest script (kill, fence, fence-failed, addr,
       back).  COPY: the statelite file as the node sees it after the last takeover.  Prints the
       PASS:/FAIL: lines of check (i) and "  note:" lines with the figures; exit 1 on a failure.
+      rw (the statelite area on hanfs' read-write server): an acknowledged append missing from
+      COPY, or a failed one, is a FAIL (with kernel nfsd it is a figure).
+  workload.py lost LOGDIR COPY LABEL
+      Right after a takeover: every append acknowledged so far must be in COPY (the file on the
+      SN that took over).  Prints a PASS:/FAIL: line and a figure; exit 1 on a failure.
+  workload.py hold DIR LOGDIR
+      The open descriptor across a rename and a takeover: opens DIR/rot.log, appends and fsyncs,
+      renames it to rot.log.1 (through NFS), appends and fsyncs through the same descriptor,
+      then appends once more WITHOUT fsync and pushes that write to the server as an UNSTABLE
+      WRITE (fadvise DONTNEED starts writeback, no COMMIT); LOGDIR/hold.ready.  Once
+      LOGDIR/hold.go exists (after the takeover): fsync (the COMMIT meets the new server's
+      write verifier, so the client must resend), one more append + fsync, and a read back with
+      O_DIRECT; the outcome in LOGDIR/hold.result ("ok" or "err ...").
   workload.py daemon-events DAEMONLOG ROUND DEAD BACKUP
       The round's down, fence and addr events from `hanfs daemon`'s log (HANFS_RIG_HA_DRIVER=daemon),
       as EVENTS lines on stdout.
@@ -110,8 +125,16 @@ def reader(image, src, logdir):
 def appender(litefile, logdir):
     log = Log(os.path.join(logdir, "appender.log"))
     stop = os.path.join(logdir, "stop")
+    pause, paused = os.path.join(logdir, "pause"), os.path.join(logdir, "paused")
     fd, seq = None, 0
     while not os.path.exists(stop):
+        if os.path.exists(pause):
+            if not os.path.exists(paused):
+                open(paused, "w").close()
+            time.sleep(0.05)
+            continue
+        if os.path.exists(paused):
+            os.unlink(paused)
         seq += 1
         t0 = now_ms()
         try:
@@ -158,7 +181,80 @@ def load(path):
     return ops
 
 
-def report(logdir, events_file, copy, label):
+HOLD_LINES = [b"1 before the rename\n", b"2 after the rename\n", b"3 unstable, uncommitted at the kill\n",
+              b"4 after the takeover\n"]
+
+
+def hold(d, logdir):
+    result = os.path.join(logdir, "hold.result")
+    try:
+        fd = os.open(os.path.join(d, "rot.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        os.write(fd, HOLD_LINES[0])
+        os.fsync(fd)
+        os.rename(os.path.join(d, "rot.log"), os.path.join(d, "rot.log.1"))
+        os.write(fd, HOLD_LINES[1])
+        os.fsync(fd)
+        os.write(fd, HOLD_LINES[2])
+        # writeback without waiting (WB_SYNC_NONE): an UNSTABLE WRITE, and no COMMIT
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    except OSError as e:
+        with open(result, "w") as f:
+            f.write("err before the takeover: %s\n" % why(e))
+        return 1
+    open(os.path.join(logdir, "hold.ready"), "w").close()
+    go = os.path.join(logdir, "hold.go")
+    while not os.path.exists(go):
+        time.sleep(0.05)
+    try:
+        os.fsync(fd)
+        os.write(fd, HOLD_LINES[3])
+        os.fsync(fd)
+        os.close(fd)
+        rfd = os.open(os.path.join(d, "rot.log.1"), os.O_RDONLY | os.O_DIRECT)
+        got = b""
+        while True:
+            b = os.read(rfd, 1 << 20)
+            if not b:
+                break
+            got += b
+        os.close(rfd)
+    except OSError as e:
+        with open(result, "w") as f:
+            f.write("err after the takeover: %s\n" % why(e))
+        return 1
+    with open(result, "w") as f:
+        f.write("ok\n" if got == b"".join(HOLD_LINES) else "err read back %r\n" % got[:200])
+    return 0
+
+
+def lines_of(copy):
+    have = set()
+    with open(copy) as f:
+        for line in f:
+            p = line.split()
+            if p:
+                have.add(p[0])
+    return have
+
+
+def lost(logdir, copy, label):
+    # the log first: every append it shows acknowledged was acknowledged before COPY is read
+    acked = [o for o in load(os.path.join(logdir, "appender.log")) if o[4] == "ok"]
+    try:
+        have = lines_of(copy)
+    except OSError as e:
+        print("FAIL: %s statelite: %s: %s" % (label, copy, e.strerror))
+        return 1
+    missing = [o for o in acked if o[1] not in have]
+    ok = not missing and len(acked) > 0
+    print("%s: %s statelite right after the takeover: %d appends acknowledged so far, %d missing on the SN that took over%s"
+          % ("PASS" if ok else "FAIL", label, len(acked), len(missing),
+             "; first missing: seq %s acked at %d ms" % (missing[0][1], missing[0][3]) if missing else ""))
+    print("rig-figure: %s statelite-takeover acked=%d missing=%d" % (label.split()[-1], len(acked), len(missing)))
+    return 0 if ok else 1
+
+
+def report(logdir, events_file, copy, label, rw=""):
     failed = False
 
     def check(ok, msg):
@@ -241,6 +337,10 @@ def report(logdir, events_file, copy, label):
         note("statelite: the node's file on the SN serving it now: %s (nothing copies statelite data in the rig yet)" % e.strerror)
     missing = [o for o in acked if o[1] not in have]
     kinds = sorted({o[5].split(":")[0] for o in errs})
+    if rw == "rw":
+        check(not missing and not errs and len(acked) > 0,
+              "(i) statelite on the read-write server: %d appends acknowledged through one open descriptor, "
+              "%d missing from the copy served now, %d failed (%s)" % (len(acked), len(missing), len(errs), ",".join(kinds) or "none"))
     note("statelite appends: %d acknowledged, %d of them missing from the copy now served, %d failed (%s)"
          % (len(acked), len(missing), len(errs), ",".join(kinds) or "none"))
     if errs:
@@ -318,8 +418,12 @@ if __name__ == "__main__":
     a = sys.argv[1:]
     if len(a) == 5 and a[0] == "run":
         run(*a[1:])
-    elif len(a) == 5 and a[0] == "report":
+    elif len(a) in (5, 6) and a[0] == "report":
         sys.exit(report(*a[1:]))
+    elif len(a) == 4 and a[0] == "lost":
+        sys.exit(lost(*a[1:]))
+    elif len(a) == 3 and a[0] == "hold":
+        sys.exit(hold(*a[1:]))
     elif len(a) == 5 and a[0] == "daemon-events":
         sys.exit(daemon_events(*a[1:]))
     else:

@@ -16,7 +16,7 @@ use nfs3_client::nfs3_types::xdr_codec::Opaque;
 pub const EXPORT: &str = "/statelite";
 
 pub async fn start(root: &Path, rep: Option<Arc<dyn nfs3::rw::Replicate>>) -> nfs3::RwServer {
-    let opts = nfs3::RwOptions { export_name: Some(EXPORT.into()), insecure: true };
+    let opts = nfs3::RwOptions { export_name: Some(EXPORT.into()), insecure: true, ..Default::default() };
     nfs3::serve_rw(root, "127.0.0.1:0".parse().unwrap(), opts, rep).await.unwrap()
 }
 
