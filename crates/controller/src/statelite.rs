@@ -336,14 +336,20 @@ pub async fn sync_all(ctl: &Arc<Controller>, pairs: &[Pair]) -> Vec<StateliteRep
 
 /// One statelite round: under the placement lock and with the placement as recorded now (a
 /// `migrate` may have moved nodes since this controller was made), copy every node's data from
-/// its serving SN to each of its backups.
+/// its serving SN to each of its backups. Areas copied continuously agent to agent
+/// (`continuous = true`) are left out: a copy through the MN would commit the serving SN's tree
+/// as it was at its scan over newer changes the stream already applied, which the stream, that
+/// believes the backup has them, would not send again.
 pub async fn round(ctl: &Arc<Controller>) -> Result<Vec<StateliteReport>> {
     let _lock = ctl.state.lock_placement_async().await?;
     let (placed, warnings) = ctl.placed()?;
     for w in warnings {
         tracing::warn!("{w}");
     }
-    Ok(sync_all(ctl, &pairs(&placed, None)).await)
+    let continuous: Vec<&str> = placed.statelite().iter().filter(|a| a.continuous).map(|a| a.name.as_str()).collect();
+    let periodic: Vec<Pair> =
+        pairs(&placed, None).into_iter().filter(|p| !continuous.contains(&p.area.as_str())).collect();
+    Ok(sync_all(ctl, &periodic).await)
 }
 
 /// True when `sn` answers and holds a recovered copy of every area of `node` that was synced at

@@ -235,6 +235,14 @@ pub struct ReplicaServer {
     local_addr: SocketAddr,
     task: tokio::task::JoinHandle<()>,
     applied: Arc<AtomicU64>,
+    marked: Arc<Mutex<Option<std::time::SystemTime>>>,
+}
+
+/// The primary's in-sync mark: an empty SETATTR of the area's root, which changes nothing. A
+/// primary that replicates by watching its tree (kernel nfsd areas) sends one whenever every
+/// change it saw is acknowledged, so the backup knows how old its copy is at a failover.
+pub fn in_sync_mark() -> Op {
+    Op::SetAttr { id: crate::rw::root_id(), attrs: crate::oplog::Attrs::default() }
 }
 
 impl ReplicaServer {
@@ -246,6 +254,12 @@ impl ReplicaServer {
     /// Entries applied so far (all streams).
     pub fn applied(&self) -> u64 {
         self.applied.load(Ordering::SeqCst)
+    }
+
+    /// When the last [`in_sync_mark`] was applied here: the copy held everything the primary
+    /// had seen then.
+    pub fn in_sync_at(&self) -> Option<std::time::SystemTime> {
+        self.marked.lock().ok().and_then(|m| *m)
     }
 }
 
@@ -268,12 +282,14 @@ pub async fn serve_replica(
     let l = TcpListener::bind(addr).await?;
     let local_addr = l.local_addr()?;
     let applied = Arc::new(AtomicU64::new(0));
+    let marked = Arc::new(Mutex::new(None));
     let ctx = Arc::new(Ctx {
         acceptor: tokio_rustls::TlsAcceptor::from(tls),
         area,
         fs,
         current: AtomicU64::new(0),
         applied: applied.clone(),
+        marked: marked.clone(),
     });
     tracing::info!(area = %ctx.area, listen = %local_addr, "statelite rw: accepting the primary's replication stream");
     let task = tokio::spawn(async move {
@@ -300,7 +316,7 @@ pub async fn serve_replica(
             }
         }
     });
-    Ok(ReplicaServer { local_addr, task, applied })
+    Ok(ReplicaServer { local_addr, task, applied, marked })
 }
 
 struct Ctx {
@@ -309,6 +325,7 @@ struct Ctx {
     fs: AreaFs,
     current: AtomicU64,
     applied: Arc<AtomicU64>,
+    marked: Arc<Mutex<Option<std::time::SystemTime>>>,
 }
 
 impl Ctx {
@@ -354,12 +371,18 @@ impl Ctx {
             }
             last = seq;
             let sync = op.synchronous();
+            let mark = op == in_sync_mark();
             let fs = self.fs.clone();
             let r =
                 tokio::task::spawn_blocking(move || fs.apply(&op)).await.unwrap_or(Err(nfsstat3::NFS3ERR_SERVERFAULT));
             match r {
                 Ok(_) => {
                     self.applied.fetch_add(1, Ordering::SeqCst);
+                    if mark {
+                        if let Ok(mut m) = self.marked.lock() {
+                            *m = Some(std::time::SystemTime::now());
+                        }
+                    }
                     if sync {
                         send(&mut s, &Msg::Ack { seq }).await?;
                     }

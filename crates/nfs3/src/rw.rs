@@ -130,6 +130,25 @@ impl Ids {
         }
     }
 
+    /// Path ids ([`AreaFs::open_path_ids`]): directory `old` is now `new`, so every id beneath
+    /// it, derived from its parent's, is derived again.
+    fn rekey(&mut self, old: Fh, new: Fh) {
+        let mut under: HashMap<Fh, Vec<(Fh, Box<[u8]>)>> = HashMap::new();
+        for (id, (p, n)) in &self.node {
+            under.entry(*p).or_default().push((*id, n.clone()));
+        }
+        let mut stack = vec![(old, new)];
+        while let Some((o, n)) = stack.pop() {
+            for (cid, name) in under.remove(&o).unwrap_or_default() {
+                let fresh = symlink_id(&n, &name);
+                self.node.remove(&cid);
+                self.child.remove(&(o, name.clone()));
+                self.insert(fresh, n, &name);
+                stack.push((cid, fresh));
+            }
+        }
+    }
+
     fn remove_entry(&mut self, parent: Fh, name: &[u8]) -> Option<Fh> {
         let id = self.child.remove(&(parent, name.into()))?;
         if self.node.get(&id).is_some_and(|(p, n)| *p == parent && &**n == name) {
@@ -166,7 +185,15 @@ pub(crate) struct AreaInner {
     idgen: Mutex<IdGen>,
     replicate: Option<Arc<dyn Replicate>>,
     walked: Mutex<Option<Instant>>,
+    /// [`AreaFs::open_path_ids`]: every id is derived from the parent's id and the name.
+    path_ids: bool,
+    /// [`AreaFs::open_path_ids`]: top-level directories no entry may change (true: refused).
+    fenced: Option<Fence>,
 }
+
+/// Which top-level directories of a path-id copy are off limits to the stream (the node
+/// directories the backup serves itself).
+pub type Fence = Arc<dyn Fn(&[u8]) -> bool + Send + Sync>;
 
 /// The read-write NFSv3 file system of one area. Cheap to clone.
 #[derive(Clone)]
@@ -306,6 +333,42 @@ impl AreaFs {
             idgen: Mutex::new(IdGen { key, n: 0 }),
             replicate,
             walked: Mutex::new(None),
+            path_ids: false,
+            fenced: None,
+        };
+        let fs = AreaFs(Arc::new(inner));
+        fs.0.walk();
+        Ok(fs)
+    }
+
+    /// The backup's copy of an area served by kernel nfsd on its primary (issue 13 point 4),
+    /// for [`crate::replica::serve_replica`] only (no NFS server on it): files carry no ids
+    /// (kernel nfsd's handles differ per server anyway, and the copy stays a plain tree the
+    /// backup's nfsd and the tree engine can take over). Every id is [`symlink_id`] of its
+    /// parent's id and its name, i.e. a function of the path, which the primary computes the
+    /// same way without asking; a RENAME derives the moved subtree's ids again. Entries are
+    /// applied so that replaying what the backup may already hold is harmless (the primary
+    /// resends everything after a reconnect): CREATE/MKDIR of an existing file/directory keep
+    /// it, SYMLINK replaces one, REMOVE of a missing name succeeds. An entry that would change
+    /// anything beneath a top-level directory `fenced` names is skipped (not applied): the
+    /// node directories this SN serves itself (after a failover, a returning old primary must
+    /// not write its stale tree over the promoted copy).
+    pub fn open_path_ids(root: &Path, fenced: Option<Fence>) -> std::io::Result<AreaFs> {
+        let canon = std::fs::canonicalize(root)?;
+        let fd = rustix::fs::open(&canon, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
+        let inner = AreaInner {
+            root: fd,
+            id_xattr: ID_XATTR,
+            verf_xattr: VERF_XATTR,
+            fsid: 0,
+            token: None,
+            ids: RwLock::default(),
+            change: Mutex::new(()),
+            idgen: Mutex::new(IdGen { key: [0; 32], n: 0 }),
+            replicate: None,
+            walked: Mutex::new(None),
+            path_ids: true,
+            fenced,
         };
         let fs = AreaFs(Arc::new(inner));
         fs.0.walk();
@@ -402,7 +465,7 @@ impl AreaInner {
             Mode::empty(),
         )?;
         let st = rustix::fs::fstat(&fd)?;
-        let id = if has_xattrs(FileType::from_raw_mode(st.st_mode)) {
+        let id = if !self.path_ids && has_xattrs(FileType::from_raw_mode(st.st_mode)) {
             match read_id(&fd, self.id_xattr)? {
                 Some(id) => id,
                 None => {
@@ -455,7 +518,7 @@ impl AreaInner {
                     continue;
                 };
                 let ft = FileType::from_raw_mode(st.st_mode);
-                if has_xattrs(ft) {
+                if !self.path_ids && has_xattrs(ft) {
                     if let Ok(Some(id)) = read_id(&fd, self.id_xattr) {
                         match seen.get(&id) {
                             Some(&ino) if ino != (st.st_dev, st.st_ino) => {
@@ -550,12 +613,46 @@ impl AreaInner {
         Ok(r)
     }
 
+    /// Whether `op` changes something beneath a fenced top-level directory.
+    fn fenced(&self, op: &Op) -> bool {
+        let Some(f) = &self.fenced else { return false };
+        let top = |base: &Fh, name: Option<&[u8]>| -> Option<Vec<u8>> {
+            let p = self.try_path(base)?;
+            match p.split(|&b| b == b'/').next().filter(|c| !c.is_empty()) {
+                Some(c) => Some(c.to_vec()),
+                None => name.map(<[u8]>::to_vec),
+            }
+        };
+        let tops = match op {
+            Op::Create { dir, name, .. } | Op::Mkdir { dir, name, .. } | Op::Symlink { dir, name, .. } => {
+                vec![top(dir, Some(name))]
+            }
+            Op::Remove { dir, name } => vec![top(dir, Some(name))],
+            Op::Rename { from_dir, from, to_dir, to } => vec![top(from_dir, Some(from)), top(to_dir, Some(to))],
+            Op::SetAttr { id, .. } | Op::Write { id, .. } | Op::Commit { id } => vec![top(id, None)],
+        };
+        tops.into_iter().flatten().any(|t| f(&t))
+    }
+
     fn apply_local(&self, op: &Op) -> Result<Option<Fh>, nfsstat3> {
+        if self.fenced(op) {
+            // Skipped, not failed: the stream goes on for the other node directories.
+            return Ok(None);
+        }
         match op {
             Op::Create { dir, name, id, mode, verf } => {
                 let n = name_ok(name)?;
                 let dfd = self.open_dir(dir)?;
                 let m = Mode::from_raw_mode(mode & 0o7777);
+                if self.path_ids {
+                    if let Ok(st) = rustix::fs::statat(&dfd, n, AtFlags::SYMLINK_NOFOLLOW) {
+                        if FileType::from_raw_mode(st.st_mode) == FileType::RegularFile {
+                            let id = symlink_id(dir, name);
+                            self.record(id, *dir, name);
+                            return Ok(Some(id));
+                        }
+                    }
+                }
                 match rustix::fs::openat(&dfd, ".", OFlags::TMPFILE | OFlags::WRONLY | OFlags::CLOEXEC, m) {
                     Ok(tmp) => {
                         // O_TMPFILE applies the umask: set the mode asked for.
@@ -580,13 +677,18 @@ impl AreaInner {
                     Err(e) => return Err(errno_rw(e)),
                 }
                 rustix::fs::fsync(&dfd_rw(&dfd)?).map_err(errno_rw)?;
-                self.record(*id, *dir, name);
-                Ok(Some(*id))
+                let id = if self.path_ids { symlink_id(dir, name) } else { *id };
+                self.record(id, *dir, name);
+                Ok(Some(id))
             }
             Op::Mkdir { dir, name, id, mode } => {
                 let n = name_ok(name)?;
                 let dfd = self.open_dir(dir)?;
-                rustix::fs::mkdirat(&dfd, n, Mode::from_raw_mode(mode & 0o7777)).map_err(errno_rw)?;
+                match rustix::fs::mkdirat(&dfd, n, Mode::from_raw_mode(mode & 0o7777)) {
+                    Ok(()) => {}
+                    Err(Errno::EXIST) if self.path_ids => {}
+                    Err(e) => return Err(errno_rw(e)),
+                }
                 let made = rustix::fs::openat(
                     &dfd,
                     n,
@@ -597,11 +699,16 @@ impl AreaInner {
                 rustix::fs::fchmod(&made, Mode::from_raw_mode(mode & 0o7777)).map_err(errno_rw)?;
                 // A crash before this leaves a directory without id: it gets one when seen, and
                 // no client was told of this one.
-                rustix::fs::fsetxattr(&made, self.id_xattr, &id.0, XattrFlags::empty()).map_err(errno_rw)?;
+                let id = if self.path_ids {
+                    symlink_id(dir, name)
+                } else {
+                    rustix::fs::fsetxattr(&made, self.id_xattr, &id.0, XattrFlags::empty()).map_err(errno_rw)?;
+                    *id
+                };
                 rustix::fs::fsync(&made).map_err(errno_rw)?;
                 rustix::fs::fsync(&dfd_rw(&dfd)?).map_err(errno_rw)?;
-                self.record(*id, *dir, name);
-                Ok(Some(*id))
+                self.record(id, *dir, name);
+                Ok(Some(id))
             }
             Op::Symlink { dir, name, target } => {
                 let n = name_ok(name)?;
@@ -609,6 +716,13 @@ impl AreaInner {
                     return Err(nfsstat3::NFS3ERR_INVAL);
                 }
                 let dfd = self.open_dir(dir)?;
+                if self.path_ids {
+                    if let Ok(st) = rustix::fs::statat(&dfd, n, AtFlags::SYMLINK_NOFOLLOW) {
+                        if FileType::from_raw_mode(st.st_mode) == FileType::Symlink {
+                            rustix::fs::unlinkat(&dfd, n, AtFlags::empty()).map_err(errno_rw)?;
+                        }
+                    }
+                }
                 rustix::fs::symlinkat(OsStr::from_bytes(target), &dfd, n).map_err(errno_rw)?;
                 rustix::fs::fsync(&dfd_rw(&dfd)?).map_err(errno_rw)?;
                 let id = symlink_id(dir, name);
@@ -618,7 +732,11 @@ impl AreaInner {
             Op::Remove { dir, name } => {
                 let n = name_ok(name)?;
                 let dfd = self.open_dir(dir)?;
-                let st = rustix::fs::statat(&dfd, n, AtFlags::SYMLINK_NOFOLLOW).map_err(errno_rw)?;
+                let st = match rustix::fs::statat(&dfd, n, AtFlags::SYMLINK_NOFOLLOW) {
+                    Ok(st) => st,
+                    Err(Errno::NOENT) if self.path_ids => return Ok(None),
+                    Err(e) => return Err(errno_rw(e)),
+                };
                 let flags = if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
                     AtFlags::REMOVEDIR
                 } else {
@@ -652,11 +770,15 @@ impl AreaInner {
                 if from_dir != to_dir {
                     rustix::fs::fsync(&dfd_rw(&fdfd)?).map_err(errno_rw)?;
                 }
-                let new = if has_xattrs(FileType::from_raw_mode(st.st_mode)) { id } else { symlink_id(to_dir, to) };
+                let keeps = !self.path_ids && has_xattrs(FileType::from_raw_mode(st.st_mode));
+                let new = if keeps { id } else { symlink_id(to_dir, to) };
                 if let Ok(mut ids) = self.ids.write() {
                     ids.remove_entry(*from_dir, from);
                     ids.remove_entry(*to_dir, to);
                     ids.insert(new, *to_dir, to);
+                    if self.path_ids && is_dir(&st) {
+                        ids.rekey(id, new);
+                    }
                 }
                 Ok(Some(new))
             }
@@ -690,6 +812,9 @@ impl AreaInner {
 
     /// Gives a new file its id (and EXCLUSIVE verifier), durably, before it is linked in.
     fn label(&self, f: &OwnedFd, id: &Fh, verf: Option<&[u8; 8]>) -> Result<(), nfsstat3> {
+        if self.path_ids {
+            return rustix::fs::fsync(f).map_err(errno_rw);
+        }
         rustix::fs::fsetxattr(f, self.id_xattr, &id.0, XattrFlags::CREATE).map_err(errno_rw)?;
         if let Some(v) = verf {
             rustix::fs::fsetxattr(f, self.verf_xattr, v, XattrFlags::CREATE).map_err(errno_rw)?;
