@@ -579,14 +579,12 @@ impl Worker {
             .collect();
         if ready.is_empty() && self.renames.is_empty() {
             let due = self.last_mark.is_none_or(|t| t.elapsed() >= MARK_EVERY);
-            if self.dirty.is_empty() && (self.unmarked || due) {
-                if self.send(&nfs3::replica::in_sync_mark()).is_ok() {
-                    self.unmarked = false;
-                    self.last_mark = Some(Instant::now());
-                    self.backoff = Duration::from_millis(200);
-                    if let Ok(mut m) = self.shared.in_sync_at.lock() {
-                        *m = Some(SystemTime::now());
-                    }
+            if self.dirty.is_empty() && (self.unmarked || due) && self.send(&nfs3::replica::in_sync_mark()).is_ok() {
+                self.unmarked = false;
+                self.last_mark = Some(Instant::now());
+                self.backoff = Duration::from_millis(200);
+                if let Ok(mut m) = self.shared.in_sync_at.lock() {
+                    *m = Some(SystemTime::now());
                 }
             }
             return;
@@ -696,7 +694,7 @@ impl Worker {
         let (parent, name) = parent_name(rel);
         if !parent.is_empty() && !matches!(self.sent.get(parent), Some(Sent::Dir { .. })) {
             // The parent first (its event may have been lost or not be due yet).
-            self.sync_path(&parent.to_vec())?;
+            self.sync_path(parent)?;
             if !matches!(self.sent.get(parent), Some(Sent::Dir { .. })) {
                 // Gone on the primary too: nothing to do beneath it.
                 return Ok(());

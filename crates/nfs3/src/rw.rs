@@ -133,7 +133,8 @@ impl Ids {
     /// Path ids ([`AreaFs::open_path_ids`]): directory `old` is now `new`, so every id beneath
     /// it, derived from its parent's, is derived again.
     fn rekey(&mut self, old: Fh, new: Fh) {
-        let mut under: HashMap<Fh, Vec<(Fh, Box<[u8]>)>> = HashMap::new();
+        type Children = Vec<(Fh, Box<[u8]>)>;
+        let mut under: HashMap<Fh, Children> = HashMap::new();
         for (id, (p, n)) in &self.node {
             under.entry(*p).or_default().push((*id, n.clone()));
         }
