@@ -83,6 +83,8 @@ pub struct KernelLag {
     pub torn: u64,
     /// Full comparisons after an inotify overflow or a watch error.
     pub overflows: u64,
+    /// Times the stream was given up (then dialled again and everything sent again).
+    pub lost_streams: u64,
 }
 
 /// Knobs for the tests (lost events, a write during a read); inert unless set.
@@ -105,6 +107,7 @@ struct Shared {
     connected: AtomicBool,
     torn: AtomicU64,
     overflows: AtomicU64,
+    lost_streams: AtomicU64,
     stop: AtomicBool,
     hooks: Hooks,
 }
@@ -133,6 +136,7 @@ impl KernelWatch {
             connected: s.connected.load(Ordering::SeqCst),
             torn: s.torn.load(Ordering::SeqCst),
             overflows: s.overflows.load(Ordering::SeqCst),
+            lost_streams: s.lost_streams.load(Ordering::SeqCst),
         }
     }
 
@@ -192,6 +196,7 @@ pub fn start(setup: Setup, rt: tokio::runtime::Handle) -> anyhow::Result<KernelW
         connected: AtomicBool::new(false),
         torn: AtomicU64::new(0),
         overflows: AtomicU64::new(0),
+        lost_streams: AtomicU64::new(0),
         stop: AtomicBool::new(false),
         hooks: Hooks::default(),
     });
@@ -620,6 +625,7 @@ impl Worker {
             let why = rep.unprotected_since().map(|(_, r)| r).unwrap_or_default();
             tracing::warn!(area = %self.shared.area, peer = %self.peer.addr, "statelite kernel area: stream to the backup lost ({why}); dialling again in {} ms, then sending everything", self.backoff.as_millis());
             self.rep = None;
+            self.shared.lost_streams.fetch_add(1, Ordering::SeqCst);
             self.next_dial = Instant::now() + self.backoff;
             self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
             // The backup's state is unknown now: everything is compared and sent again.
