@@ -346,10 +346,13 @@ pub async fn round(ctl: &Arc<Controller>) -> Result<Vec<StateliteReport>> {
     for w in warnings {
         tracing::warn!("{w}");
     }
-    let continuous: Vec<&str> = placed.statelite().iter().filter(|a| a.continuous).map(|a| a.name.as_str()).collect();
-    let periodic: Vec<Pair> =
-        pairs(&placed, None).into_iter().filter(|p| !continuous.contains(&p.area.as_str())).collect();
-    Ok(sync_all(ctl, &periodic).await)
+    Ok(sync_all(ctl, &periodic_pairs(&placed)).await)
+}
+
+/// The copies of a round: every pair but those of `continuous` areas.
+pub fn periodic_pairs(cluster: &Cluster) -> Vec<Pair> {
+    let continuous: Vec<&str> = cluster.statelite().iter().filter(|a| a.continuous).map(|a| a.name.as_str()).collect();
+    pairs(cluster, None).into_iter().filter(|p| !continuous.contains(&p.area.as_str())).collect()
 }
 
 /// True when `sn` answers and holds a recovered copy of every area of `node` that was synced at
@@ -370,4 +373,24 @@ pub async fn holds_copy(ctl: &Controller, sn: &str, node: &str) -> Result<()> {
     }
     c.bye().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn rounds_leave_continuous_areas_to_the_agents() {
+        let toml = "[cluster]\nsource_root = \"/s\"\nstate_dir = \"/st\"\nplaintext_loopback = true\n\
+             [[sn]]\nname = \"sn1\"\naddress = \"127.0.0.1\"\nagent = \"127.0.0.1:1\"\n\
+             [[sn]]\nname = \"sn2\"\naddress = \"127.0.0.2\"\nagent = \"127.0.0.2:1\"\n\
+             [[statelite]]\nname = \"nodedata\"\npath = \"/nodedata\"\ncontinuous = true\n\
+             [[statelite]]\nname = \"scratch\"\npath = \"/scratch\"\n\
+             [[node]]\nname = \"cn001\"\nsns = [\"sn1\", \"sn2\"]\n";
+        let c = Cluster::from_toml("t.toml", toml).unwrap();
+        assert_eq!(pairs(&c, None).len(), 2);
+        let p = periodic_pairs(&c);
+        assert_eq!(p.iter().map(|p| (p.area.as_str(), p.to.as_str())).collect::<Vec<_>>(), vec![("scratch", "sn2")]);
+    }
 }
