@@ -20,6 +20,7 @@
 
 mod address;
 mod error;
+pub mod kwatch;
 mod mounts;
 mod owner;
 mod session;
@@ -202,16 +203,16 @@ impl Agent {
         let mut replicas = Vec::new();
         let mut streams = Vec::new();
         let identity = match &self.cfg.tls {
-            Some(f) if self.cfg.statelite_rw.iter().any(|a| a.peer.is_some() || a.replica.is_some()) => {
+            Some(f)
+                if self.cfg.statelite_rw.iter().any(|a| a.peer.is_some() || a.replica.is_some())
+                    || !self.cfg.statelite_kernel.is_empty() =>
+            {
                 Some(transport::Identity::from_files(f)?)
             }
             _ => None,
         };
         for a in &self.cfg.statelite_rw {
-            let dir = match &self.cfg.statelite_prefix {
-                Some(pre) => std::path::PathBuf::from(pre.as_str()).join(a.area.as_str().trim_start_matches('/')),
-                None => std::path::PathBuf::from(a.area.as_str()),
-            };
+            let dir = self.area_dir(&a.area);
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
             // Who serves it: the holder of its service address; without one, the primary (a
             // backup never serves while the primary does: issue 13 point 3).
@@ -280,7 +281,68 @@ impl Agent {
             }
             rw.push(srv);
         }
-        Ok(Listening { agent: self, listener: l, addr, _nfs3: nfs3, _rw: rw, _replicas: replicas, streams })
+        // Areas kernel nfsd serves (issue 13 point 4): watched and copied as they change.
+        let mut kernel = Vec::new();
+        let mut kernel_replicas = Vec::new();
+        for k in &self.cfg.statelite_kernel {
+            let area = k.area.as_str().to_string();
+            let dir = self.area_dir(&k.area);
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            let Some(id) = &identity else { continue };
+            if let Some(r) = &k.replica {
+                let d = dir.clone();
+                let fence = kwatch::fence(PathBuf::from(self.cfg.exports_file.as_str()), self.cfg.dialect, &area);
+                let fs = tokio::task::spawn_blocking(move || nfs3::AreaFs::open_path_ids(&d, Some(fence)))
+                    .await
+                    .map_err(|e| anyhow::anyhow!("opening {}: {e}", dir.display()))?
+                    .with_context(|| format!("opening {}", dir.display()))?;
+                let tls = id.server_config(&r.primary)?;
+                let rs = nfs3::replica::serve_replica(r.listen, tls, area.clone(), fs)
+                    .await
+                    .with_context(|| format!("accepting the copy of {area} on {}", r.listen))?;
+                kernel_replicas.push((area.clone(), rs));
+            }
+            if let Some(p) = &k.peer {
+                let peer = nfs3::replica::Peer {
+                    addr: p.addr.clone(),
+                    name: p.name.clone(),
+                    area: area.clone(),
+                    timeout: Duration::from_millis(p.timeout_ms),
+                    tls: id.client_config()?,
+                };
+                let setup = kwatch::Setup {
+                    area: area.clone(),
+                    dir,
+                    exports_file: PathBuf::from(self.cfg.exports_file.as_str()),
+                    dialect: self.cfg.dialect,
+                    peer,
+                    debounce: Duration::from_millis(p.debounce_ms),
+                    reconcile: Duration::from_secs(p.reconcile_secs),
+                };
+                let w = kwatch::start(setup, tokio::runtime::Handle::current())
+                    .with_context(|| format!("watching statelite area {area}"))?;
+                kernel.push(w);
+            }
+        }
+        Ok(Listening {
+            agent: self,
+            listener: l,
+            addr,
+            _nfs3: nfs3,
+            _rw: rw,
+            _replicas: replicas,
+            streams,
+            kernel,
+            kernel_replicas,
+        })
+    }
+
+    /// Where a statelite area's data lives on this SN (under `statelite_prefix` when set).
+    fn area_dir(&self, area: &model::AbsPath) -> PathBuf {
+        match &self.cfg.statelite_prefix {
+            Some(pre) => PathBuf::from(pre.as_str()).join(area.as_str().trim_start_matches('/')),
+            None => PathBuf::from(area.as_str()),
+        }
     }
 
     /// Whether this host holds `addr` now (on any interface of the agent's namespace); a failure
@@ -346,6 +408,10 @@ pub struct Listening {
     _replicas: Vec<(String, nfs3::replica::ReplicaServer)>,
     /// The areas this agent is the primary of, with their stream to the backup.
     streams: Vec<(String, Arc<nfs3::replica::Replicator>)>,
+    /// Kernel-nfsd areas this agent copies to their backup as they change.
+    kernel: Vec<kwatch::KernelWatch>,
+    /// Kernel-nfsd areas this agent holds the copy of.
+    kernel_replicas: Vec<(String, nfs3::replica::ReplicaServer)>,
 }
 
 impl Listening {
@@ -378,6 +444,28 @@ impl Listening {
         self._rw.iter().find(|s| s.export_name() == area).map(|s| s.role())
     }
 
+    /// Replication lag of each kernel-nfsd area this agent is the primary of.
+    pub fn statelite_kernel_lag(&self) -> Vec<kwatch::KernelLag> {
+        self.kernel.iter().map(kwatch::KernelWatch::lag).collect()
+    }
+
+    /// The watcher of kernel-nfsd area `area` (tests: its hooks, an injected overflow).
+    #[cfg(feature = "test-support")]
+    pub fn statelite_kernel_watch(&self, area: &str) -> Option<&kwatch::KernelWatch> {
+        self.kernel.iter().find(|k| k.lag().area == area)
+    }
+
+    /// Where the copy of kernel-nfsd area `area` (this agent its backup) is accepted.
+    pub fn statelite_kernel_replica_addr(&self, area: &str) -> Option<std::net::SocketAddr> {
+        self.kernel_replicas.iter().find(|(a, _)| a == area).map(|(_, r)| r.local_addr())
+    }
+
+    /// This agent holds the copy of `area`: when it was last known equal to the primary's
+    /// (the primary's last in-sync mark), the data age a failover report gives.
+    pub fn statelite_kernel_in_sync(&self, area: &str) -> Option<std::time::SystemTime> {
+        self.kernel_replicas.iter().find(|(a, _)| a == area).and_then(|(_, r)| r.in_sync_at())
+    }
+
     /// The address the read-write server of `area` is bound to.
     pub fn statelite_rw_addr(&self, area: &str) -> Option<std::net::SocketAddr> {
         self._rw.iter().find(|s| s.export_name() == area).map(|s| s.local_addr())
@@ -390,7 +478,7 @@ impl Listening {
 
     /// Serves until the process ends.
     pub async fn serve(self) -> Result<()> {
-        let Listening { agent, listener, _nfs3, _rw, _replicas, .. } = self;
+        let Listening { agent, listener, _nfs3, _rw, _replicas, kernel: _kernel, kernel_replicas: _kr, .. } = self;
         agent.serve(listener).await
     }
 

@@ -94,6 +94,16 @@ pub fn failures(what: &str, r: &SyncReport, statelite: &[StateliteReport]) -> Ve
     out
 }
 
+/// How old a promoted copy's data is, for the failover report: `age` is the time between the
+/// backup's last in-sync mark from its primary (a kernel-nfsd area copied continuously,
+/// `agent::Listening::statelite_kernel_in_sync`) and the failure; `None`: no mark was ever seen.
+pub fn data_age_line(node: &str, age: Option<std::time::Duration>) -> String {
+    match age {
+        Some(a) => format!("{node}: data as of {:.1} s before the failure", a.as_secs_f64()),
+        None => format!("{node}: data age unknown (the backup never saw its primary in sync)"),
+    }
+}
+
 /// The lines of `hanfs status`.
 pub fn status_lines(r: &StatusReport, lags: &[Lag]) -> Vec<String> {
     let mut out = Vec::new();
@@ -184,4 +194,16 @@ pub fn status_json(
         }
     }
     Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_data_age_of_a_promoted_copy_is_worded_per_node() {
+        let l = data_age_line("cn001", Some(std::time::Duration::from_millis(340)));
+        assert_eq!(l, "cn001: data as of 0.3 s before the failure");
+        assert!(data_age_line("cn002", None).starts_with("cn002: data age unknown"));
+    }
 }

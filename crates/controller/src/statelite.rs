@@ -336,14 +336,23 @@ pub async fn sync_all(ctl: &Arc<Controller>, pairs: &[Pair]) -> Vec<StateliteRep
 
 /// One statelite round: under the placement lock and with the placement as recorded now (a
 /// `migrate` may have moved nodes since this controller was made), copy every node's data from
-/// its serving SN to each of its backups.
+/// its serving SN to each of its backups. Areas copied continuously agent to agent
+/// (`continuous = true`) are left out: a copy through the MN would commit the serving SN's tree
+/// as it was at its scan over newer changes the stream already applied, which the stream, that
+/// believes the backup has them, would not send again.
 pub async fn round(ctl: &Arc<Controller>) -> Result<Vec<StateliteReport>> {
     let _lock = ctl.state.lock_placement_async().await?;
     let (placed, warnings) = ctl.placed()?;
     for w in warnings {
         tracing::warn!("{w}");
     }
-    Ok(sync_all(ctl, &pairs(&placed, None)).await)
+    Ok(sync_all(ctl, &periodic_pairs(&placed)).await)
+}
+
+/// The copies of a round: every pair but those of `continuous` areas.
+pub fn periodic_pairs(cluster: &Cluster) -> Vec<Pair> {
+    let continuous: Vec<&str> = cluster.statelite().iter().filter(|a| a.continuous).map(|a| a.name.as_str()).collect();
+    pairs(cluster, None).into_iter().filter(|p| !continuous.contains(&p.area.as_str())).collect()
 }
 
 /// True when `sn` answers and holds a recovered copy of every area of `node` that was synced at
@@ -364,4 +373,24 @@ pub async fn holds_copy(ctl: &Controller, sn: &str, node: &str) -> Result<()> {
     }
     c.bye().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn rounds_leave_continuous_areas_to_the_agents() {
+        let toml = "[cluster]\nsource_root = \"/s\"\nstate_dir = \"/st\"\nplaintext_loopback = true\n\
+             [[sn]]\nname = \"sn1\"\naddress = \"127.0.0.1\"\nagent = \"127.0.0.1:1\"\n\
+             [[sn]]\nname = \"sn2\"\naddress = \"127.0.0.2\"\nagent = \"127.0.0.2:1\"\n\
+             [[statelite]]\nname = \"nodedata\"\npath = \"/nodedata\"\ncontinuous = true\n\
+             [[statelite]]\nname = \"scratch\"\npath = \"/scratch\"\n\
+             [[node]]\nname = \"cn001\"\nsns = [\"sn1\", \"sn2\"]\n";
+        let c = Cluster::from_toml("t.toml", toml).unwrap();
+        assert_eq!(pairs(&c, None).len(), 2);
+        let p = periodic_pairs(&c);
+        assert_eq!(p.iter().map(|p| (p.area.as_str(), p.to.as_str())).collect::<Vec<_>>(), vec![("scratch", "sn2")]);
+    }
 }

@@ -40,7 +40,43 @@ pub struct AgentConfig {
     pub statelite_mounts: bool,
     /// Statelite areas served read-write by the embedded NFSv3 server (`[[statelite_rw]]`).
     pub statelite_rw: Vec<StateliteRw>,
+    /// Statelite areas served by kernel nfsd, copied continuously to their backup agent
+    /// (`[[statelite_kernel]]`, issue 13 point 4).
+    pub statelite_kernel: Vec<StateliteKernel>,
 }
+
+/// One statelite area served by kernel nfsd (not by this agent) whose node directories are
+/// copied to the backup agent as they change (inotify), instead of only by the controller's
+/// periodic copy. `area` lies within `statelite_roots` (under `statelite_prefix` like the rest).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateliteKernel {
+    pub area: AbsPath,
+    /// On the primary: where the changes go and how they are batched.
+    pub peer: Option<KernelPeer>,
+    /// On the backup: where the primary's stream is accepted, and from whom.
+    pub replica: Option<RwReplica>,
+}
+
+/// `peer`, `peer_name`, `peer_timeout_ms`, `debounce_ms`, `reconcile_secs` of a `[[statelite_kernel]]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KernelPeer {
+    pub addr: String,
+    pub name: String,
+    /// How long one entry may wait for the backup before the stream is given up (and redialled).
+    pub timeout_ms: u64,
+    /// Quiet time after a change before the changed files are read and sent.
+    pub debounce_ms: u64,
+    /// Every this many seconds the whole area is compared with what was sent (repairs lost events).
+    pub reconcile_secs: u64,
+}
+
+/// `debounce_ms`'s default and bounds: short enough for sub-second lag, long enough that a file
+/// written in several calls is read once.
+pub const DEFAULT_DEBOUNCE_MS: u64 = 100;
+pub const MAX_DEBOUNCE_MS: u64 = 60_000;
+/// `reconcile_secs`'s default and bounds.
+pub const DEFAULT_RECONCILE_SECS: u64 = 300;
+pub const MAX_RECONCILE_SECS: u64 = 86_400;
 
 /// One statelite area served read-write over NFSv3 (issue 13): `area` is a path as the cluster
 /// names it, equal to or beneath one of `statelite_roots` (kept under `statelite_prefix` like
@@ -82,6 +118,19 @@ pub struct RwReplica {
 /// `peer_timeout_ms`'s default and its bounds.
 pub const DEFAULT_PEER_TIMEOUT_MS: u64 = 2000;
 pub const MAX_PEER_TIMEOUT_MS: u64 = 600_000;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKernel {
+    area: Spanned<String>,
+    peer: Option<Spanned<String>>,
+    peer_name: Option<Spanned<String>>,
+    peer_timeout_ms: Option<Spanned<i64>>,
+    debounce_ms: Option<Spanned<i64>>,
+    reconcile_secs: Option<Spanned<i64>>,
+    replica_listen: Option<Spanned<String>>,
+    primary: Option<Spanned<String>>,
+}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -160,6 +209,8 @@ struct Raw {
     statelite_mounts: Option<Spanned<bool>>,
     #[serde(default)]
     statelite_rw: Vec<RawRw>,
+    #[serde(default)]
+    statelite_kernel: Vec<RawKernel>,
 }
 
 impl AgentConfig {
@@ -401,6 +452,8 @@ impl AgentConfig {
                 statelite_rw.push(StateliteRw { area, listen, peer, replica, service_address });
             }
         }
+        let statelite_kernel =
+            kernel_areas(&mut sink, &raw.statelite_kernel, &statelite_roots, &statelite_rw, raw.tls.is_some());
         if let (Some(r), Some(raw_root)) = (&root, &raw.root) {
             if r.is_root() {
                 sink.at(raw_root.span(), "root", "the replica root cannot be `/`");
@@ -468,15 +521,236 @@ impl AgentConfig {
                 takeover_allowed,
                 statelite_mounts,
                 statelite_rw,
+                statelite_kernel,
             }),
             _ => Err(Diagnostics(Vec::new())),
         }
     }
 }
 
+/// A number in `lo..=hi` with its line, `default` when absent.
+fn bounded(
+    sink: &mut Sink<'_>,
+    v: &Option<Spanned<i64>>,
+    field: String,
+    lo: u64,
+    hi: u64,
+    default: u64,
+) -> Option<u64> {
+    match v {
+        Some(t) if (lo as i64..=hi as i64).contains(t.get_ref()) => Some(*t.get_ref() as u64),
+        Some(t) => {
+            sink.at(t.span(), field, format!("{} is not in {lo}..={hi}", t.get_ref()));
+            None
+        }
+        None => Some(default),
+    }
+}
+
+fn within_roots(a: &AbsPath, roots: &[AbsPath]) -> bool {
+    roots.iter().any(|r| {
+        let r = r.as_str().trim_end_matches('/');
+        let a = a.as_str().trim_end_matches('/');
+        a == r || a.strip_prefix(r).is_some_and(|x| x.starts_with('/'))
+    })
+}
+
+/// `[[statelite_kernel]]`: each value checked with its line, as `[[statelite_rw]]`'s are.
+fn kernel_areas(
+    sink: &mut Sink<'_>,
+    raw: &[RawKernel],
+    roots: &[AbsPath],
+    rw: &[StateliteRw],
+    tls: bool,
+) -> Vec<StateliteKernel> {
+    let mut out: Vec<StateliteKernel> = Vec::new();
+    for (i, k) in raw.iter().enumerate() {
+        let field = |f: &str| format!("statelite_kernel[{i}].{f}");
+        let mut ok = true;
+        let area = match AbsPath::parse(k.area.get_ref()) {
+            Ok(a) => {
+                if !within_roots(&a, roots) {
+                    sink.at(k.area.span(), field("area"), format!("`{}` is not within statelite_roots", a.as_str()));
+                } else if out.iter().any(|o| o.area == a) {
+                    sink.at(k.area.span(), field("area"), "this area is listed twice");
+                } else if rw.iter().any(|o| o.area == a) {
+                    sink.at(
+                        k.area.span(),
+                        field("area"),
+                        "this area is served read-write by the agent (`[[statelite_rw]]`), not by kernel nfsd",
+                    );
+                }
+                Some(a)
+            }
+            Err(m) => {
+                sink.at(k.area.span(), field("area"), m);
+                None
+            }
+        };
+        let cert_name = |sink: &mut Sink<'_>, v: &Spanned<String>, f: &str| {
+            if valid_name(v.get_ref()) {
+                Some(v.get_ref().clone())
+            } else {
+                sink.at(v.span(), field(f), format!("`{}` is not a certificate DNS name", v.get_ref()));
+                None
+            }
+        };
+        let timeout_ms = bounded(
+            sink,
+            &k.peer_timeout_ms,
+            field("peer_timeout_ms"),
+            1,
+            MAX_PEER_TIMEOUT_MS,
+            DEFAULT_PEER_TIMEOUT_MS,
+        );
+        let debounce_ms = bounded(sink, &k.debounce_ms, field("debounce_ms"), 1, MAX_DEBOUNCE_MS, DEFAULT_DEBOUNCE_MS);
+        let reconcile_secs =
+            bounded(sink, &k.reconcile_secs, field("reconcile_secs"), 1, MAX_RECONCILE_SECS, DEFAULT_RECONCILE_SECS);
+        let peer = match (&k.peer, &k.peer_name) {
+            (Some(p), Some(n)) => {
+                if let Some(m) = host_port_problem(p.get_ref()) {
+                    sink.at(p.span(), field("peer"), m);
+                    ok = false;
+                }
+                let name = cert_name(sink, n, "peer_name");
+                match (name, timeout_ms, debounce_ms, reconcile_secs) {
+                    (Some(name), Some(timeout_ms), Some(debounce_ms), Some(reconcile_secs)) => {
+                        Some(KernelPeer { addr: p.get_ref().clone(), name, timeout_ms, debounce_ms, reconcile_secs })
+                    }
+                    _ => None,
+                }
+            }
+            (Some(p), None) => {
+                sink.at(p.span(), field("peer"), "needs `peer_name`, the backup SN's certificate name");
+                None
+            }
+            (None, Some(n)) => {
+                sink.at(n.span(), field("peer_name"), "without `peer` there is no backup to name");
+                None
+            }
+            (None, None) => {
+                for (v, f) in [
+                    (&k.peer_timeout_ms, "peer_timeout_ms"),
+                    (&k.debounce_ms, "debounce_ms"),
+                    (&k.reconcile_secs, "reconcile_secs"),
+                ] {
+                    if let Some(t) = v {
+                        sink.at(t.span(), field(f), "without `peer` nothing is sent from here");
+                    }
+                }
+                None
+            }
+        };
+        let replica = match (&k.replica_listen, &k.primary) {
+            (Some(l), Some(p)) => {
+                let listen = match l.get_ref().parse::<SocketAddr>() {
+                    Ok(a) => Some(a),
+                    Err(_) => {
+                        sink.at(
+                            l.span(),
+                            field("replica_listen"),
+                            format!("`{}` is not an ip:port socket address", l.get_ref()),
+                        );
+                        None
+                    }
+                };
+                let primary = cert_name(sink, p, "primary");
+                match (listen, primary) {
+                    (Some(listen), Some(primary)) => Some(RwReplica { listen, primary }),
+                    _ => None,
+                }
+            }
+            (Some(l), None) => {
+                sink.at(l.span(), field("replica_listen"), "needs `primary`, the primary SN's certificate name");
+                None
+            }
+            (None, Some(p)) => {
+                sink.at(p.span(), field("primary"), "needs `replica_listen`, where the primary's stream arrives");
+                None
+            }
+            (None, None) => {
+                if k.peer.is_none() {
+                    sink.at(
+                        k.area.span(),
+                        field("area"),
+                        "needs `peer` (this SN is the primary) or `replica_listen` (its backup), or both",
+                    );
+                }
+                None
+            }
+        };
+        if !tls {
+            for (v, f) in [(&k.peer, "peer"), (&k.replica_listen, "replica_listen")] {
+                if let Some(v) = v {
+                    sink.at(
+                        v.span(),
+                        field(f),
+                        "replication runs over the cluster's mutual TLS: a [tls] section is required",
+                    );
+                }
+            }
+        }
+        if let (Some(area), true) = (area, ok) {
+            out.push(StateliteKernel { area, peer, replica });
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn statelite_kernel_settings_are_checked_with_their_line() {
+        let base = "listen = \"127.0.0.1:7001\"\nstatelite_roots = [\"/nodedata\"]\n[tls]\nca = \"/c\"\ncert = \"/c\"\nkey = \"/k\"\n[[statelite_kernel]]\narea = \"/nodedata\"\n";
+        let a = AgentConfig::from_toml("a.toml", &format!("{base}peer = \"sn2:7471\"\npeer_name = \"sn2\"\n")).unwrap();
+        let p = a.statelite_kernel[0].peer.clone().unwrap();
+        assert_eq!((p.addr.as_str(), p.name.as_str()), ("sn2:7471", "sn2"));
+        assert_eq!(
+            (p.timeout_ms, p.debounce_ms, p.reconcile_secs),
+            (DEFAULT_PEER_TIMEOUT_MS, DEFAULT_DEBOUNCE_MS, DEFAULT_RECONCILE_SECS)
+        );
+        let a = AgentConfig::from_toml(
+            "a.toml",
+            &format!("{base}peer = \"sn2:7471\"\npeer_name = \"sn2\"\ndebounce_ms = 50\nreconcile_secs = 30\nreplica_listen = \"0.0.0.0:7471\"\nprimary = \"sn3\"\n"),
+        )
+        .unwrap();
+        let k = &a.statelite_kernel[0];
+        assert_eq!(k.peer.as_ref().map(|p| (p.debounce_ms, p.reconcile_secs)), Some((50, 30)));
+        assert_eq!(k.replica.as_ref().map(|r| r.primary.as_str()), Some("sn3"));
+        for (extra, at) in [
+            ("", "a.toml:8:8: statelite_kernel[0].area: needs `peer`"),
+            ("peer = \"sn2:7471\"", "a.toml:9:8: statelite_kernel[0].peer: needs `peer_name`"),
+            ("peer = \"sn2\"\npeer_name = \"sn2\"", "a.toml:9:8: statelite_kernel[0].peer:"),
+            (
+                "peer = \"sn2:1\"\npeer_name = \"sn2\"\ndebounce_ms = 0",
+                "a.toml:11:15: statelite_kernel[0].debounce_ms:",
+            ),
+            (
+                "peer = \"sn2:1\"\npeer_name = \"sn2\"\nreconcile_secs = 100000",
+                "a.toml:11:18: statelite_kernel[0].reconcile_secs:",
+            ),
+            (
+                "replica_listen = \"0.0.0.0:1\"\nprimary = \"sn1\"\ndebounce_ms = 50",
+                "a.toml:11:15: statelite_kernel[0].debounce_ms: without `peer`",
+            ),
+            ("replica_listen = \"x:1\"\nprimary = \"sn1\"", "a.toml:9:18: statelite_kernel[0].replica_listen:"),
+            ("primary = \"sn1\"", "a.toml:9:11: statelite_kernel[0].primary:"),
+        ] {
+            let e = AgentConfig::from_toml("a.toml", &format!("{base}{extra}\n")).unwrap_err().to_string();
+            assert!(e.starts_with(at), "{extra}: {e}");
+        }
+        let outside = base.replace("area = \"/nodedata\"", "area = \"/srv\"\npeer = \"sn2:1\"\npeer_name = \"sn2\"");
+        let e = AgentConfig::from_toml("a.toml", &outside).unwrap_err().to_string();
+        assert!(e.starts_with("a.toml:8:8: statelite_kernel[0].area:") && e.contains("not within"), "{e}");
+        let both = format!("{base}peer = \"sn2:1\"\npeer_name = \"sn2\"\n[[statelite_rw]]\narea = \"/nodedata\"\nlisten = \"0.0.0.0:2050\"\n");
+        let e = AgentConfig::from_toml("a.toml", &both).unwrap_err().to_string();
+        assert!(e.starts_with("a.toml:8:8: statelite_kernel[0].area:") && e.contains("read-write"), "{e}");
+        let plain = "listen = \"127.0.0.1:7001\"\nplaintext_loopback = true\nstatelite_roots = [\"/nodedata\"]\n[[statelite_kernel]]\narea = \"/nodedata\"\npeer = \"127.0.0.1:7471\"\npeer_name = \"sn2\"\n";
+        let e = AgentConfig::from_toml("a.toml", plain).unwrap_err().to_string();
+        assert!(e.starts_with("a.toml:6:8: statelite_kernel[0].peer:") && e.contains("[tls]"), "{e}");
+    }
 
     #[test]
     fn statelite_rw_areas_must_lie_within_statelite_roots() {

@@ -148,6 +148,9 @@ pub struct Statelite {
     pub name: String,
     pub path: AbsPath,
     pub clients: Vec<String>,
+    /// Copied continuously agent to agent (`continuous = true`): not by the periodic rounds.
+    #[serde(default)]
+    pub continuous: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -751,7 +754,8 @@ fn statelite_areas(raw: &ConfigFile, sink: &mut Sink<'_>) -> Vec<Statelite> {
         }
         let clients = clients(sink, st.clients.as_ref(), &f("clients"), "*");
         if let (Some(path), true) = (path.filter(|p| !p.is_root()), name_ok) {
-            statelite.push(Statelite { name: st.name.get_ref().clone(), path, clients });
+            let continuous = st.continuous.unwrap_or(false);
+            statelite.push(Statelite { name: st.name.get_ref().clone(), path, clients, continuous });
         }
     }
 

@@ -299,11 +299,15 @@ pub struct StateliteSection {
     pub path: Text,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clients: Option<Spanned<Clients>>,
+    /// Served by kernel nfsd and copied agent to agent as it changes (`[[statelite_kernel]]` in
+    /// the agents' configs): the controller's periodic copy leaves it alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub continuous: Option<bool>,
 }
 
 impl StateliteSection {
     pub fn new(name: impl Into<String>, path: impl Into<String>) -> StateliteSection {
-        StateliteSection { name: text(name), path: text(path), clients: None }
+        StateliteSection { name: text(name), path: text(path), clients: None, continuous: None }
     }
 
     pub fn clients(mut self, clients: Clients) -> StateliteSection {

@@ -401,6 +401,28 @@ impl Replicator {
         }
     }
 
+    /// Connects to the backup and marks the area protected without reconciling: for a primary
+    /// that makes the backup equal by itself (a kernel-nfsd area's watcher compares and sends
+    /// everything again after each connection). Blocks; not from inside the runtime.
+    pub fn connect_unreconciled(&self) -> Result<(), String> {
+        let t = self.peer.timeout;
+        let s = match self.rt.block_on(tokio::time::timeout(t, Self::dial(&self.peer))) {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Err(format!("dialling the backup {}: {e}", self.peer.addr)),
+            Err(_) => {
+                return Err(format!("dialling the backup {}: no answer within {} ms", self.peer.addr, t.as_millis()))
+            }
+        };
+        let mut link = self.link.lock().map_err(|_| "poisoned".to_string())?;
+        link.conn = Some(s);
+        link.seq = 0;
+        if let Ok(mut w) = self.since.lock() {
+            *w = None;
+        }
+        self.protected.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+
     async fn ship(conn: &mut ClientStream, seq: u64, op: &Op) -> std::io::Result<()> {
         send(conn, &Msg::Entry { seq, op: op.clone() }).await?;
         if !op.synchronous() {
@@ -596,6 +618,14 @@ pub struct ReplicaServer {
     task: tokio::task::JoinHandle<()>,
     applied: Arc<AtomicU64>,
     state: Arc<BackupState>,
+    marked: Arc<Mutex<Option<std::time::SystemTime>>>,
+}
+
+/// The primary's in-sync mark: an empty SETATTR of the area's root, which changes nothing. A
+/// primary that replicates by watching its tree (kernel nfsd areas) sends one whenever every
+/// change it saw is acknowledged, so the backup knows how old its copy is at a failover.
+pub fn in_sync_mark() -> Op {
+    Op::SetAttr { id: crate::rw::root_id(), attrs: crate::oplog::Attrs::default() }
 }
 
 impl ReplicaServer {
@@ -612,6 +642,12 @@ impl ReplicaServer {
     /// The backup's status, shared (it outlives nothing: read it while the server runs).
     pub fn state(&self) -> Arc<BackupState> {
         self.state.clone()
+    }
+
+    /// When the last [`in_sync_mark`] was applied here: the copy held everything the primary
+    /// had seen then.
+    pub fn in_sync_at(&self) -> Option<std::time::SystemTime> {
+        self.marked.lock().ok().and_then(|m| *m)
     }
 }
 
@@ -636,6 +672,7 @@ pub async fn serve_replica(
     let applied = Arc::new(AtomicU64::new(0));
     let state = Arc::new(BackupState::default());
     let scanner = resync::scanner(fs.root_fd())?;
+    let marked = Arc::new(Mutex::new(None));
     let ctx = Arc::new(Ctx {
         acceptor: tokio_rustls::TlsAcceptor::from(tls),
         area,
@@ -645,6 +682,7 @@ pub async fn serve_replica(
         state: state.clone(),
         scanner: Mutex::new(Some(scanner)),
         serial: tokio::sync::Mutex::new(()),
+        marked: marked.clone(),
     });
     tracing::info!(area = %ctx.area, listen = %local_addr, "statelite rw: accepting the primary's replication stream");
     let task = tokio::spawn(async move {
@@ -671,7 +709,7 @@ pub async fn serve_replica(
             }
         }
     });
-    Ok(ReplicaServer { local_addr, task, applied, state })
+    Ok(ReplicaServer { local_addr, task, applied, state, marked })
 }
 
 type Scanner = (OwnedFd, tree::Scanner);
@@ -685,6 +723,7 @@ struct Ctx {
     state: Arc<BackupState>,
     scanner: Mutex<Option<Scanner>>,
     serial: tokio::sync::Mutex<()>,
+    marked: Arc<Mutex<Option<std::time::SystemTime>>>,
 }
 
 impl Ctx {
@@ -750,6 +789,7 @@ impl Ctx {
             }
             last = seq;
             let sync = op.synchronous();
+            let mark = op == in_sync_mark();
             let fs = self.fs.clone();
             let r = tokio::task::spawn_blocking(move || fs.apply_from_primary(&op))
                 .await
@@ -757,6 +797,11 @@ impl Ctx {
             match r {
                 Ok(_) => {
                     self.applied.fetch_add(1, Ordering::SeqCst);
+                    if mark {
+                        if let Ok(mut m) = self.marked.lock() {
+                            *m = Some(std::time::SystemTime::now());
+                        }
+                    }
                     if sync {
                         send(&mut s, &Msg::Ack { seq }).await?;
                     }

@@ -191,6 +191,26 @@ impl Ids {
         self.child.insert(key, id);
     }
 
+    /// Path ids ([`AreaFs::open_path_ids`]): directory `old` is now `new`, so every id beneath
+    /// it, derived from its parent's, is derived again.
+    fn rekey(&mut self, old: Fh, new: Fh) {
+        type Children = Vec<(Fh, Box<[u8]>)>;
+        let mut under: HashMap<Fh, Children> = HashMap::new();
+        for (id, (p, n)) in &self.node {
+            under.entry(*p).or_default().push((*id, n.clone()));
+        }
+        let mut stack = vec![(old, new)];
+        while let Some((o, n)) = stack.pop() {
+            for (cid, name) in under.remove(&o).unwrap_or_default() {
+                let fresh = symlink_id(&n, &name);
+                self.node.remove(&cid);
+                self.child.remove(&(o, name.clone()));
+                self.insert(fresh, n, &name);
+                stack.push((cid, fresh));
+            }
+        }
+    }
+
     fn remove_entry(&mut self, parent: Fh, name: &[u8]) -> Option<Fh> {
         let key: (Fh, Box<[u8]>) = (parent, name.into());
         let id = self.child.remove(&key)?;
@@ -250,7 +270,15 @@ pub(crate) struct AreaInner {
     /// Whether clients are served now, for the RPC guard: it resets their connections and
     /// accepts none while this is false.
     serving: tokio::sync::watch::Sender<bool>,
+    /// [`AreaFs::open_path_ids`]: every id is derived from the parent's id and the name.
+    path_ids: bool,
+    /// [`AreaFs::open_path_ids`]: top-level directories no entry may change (true: refused).
+    fenced: Option<Fence>,
 }
+
+/// Which top-level directories of a path-id copy are off limits to the stream (the node
+/// directories the backup serves itself).
+pub type Fence = Arc<dyn Fn(&[u8]) -> bool + Send + Sync>;
 
 /// The read-write NFSv3 file system of one area. Cheap to clone.
 #[derive(Clone)]
@@ -392,6 +420,44 @@ impl AreaFs {
             walked: Mutex::new(None),
             role: Mutex::new(Role::Serving),
             serving: tokio::sync::watch::Sender::new(true),
+            path_ids: false,
+            fenced: None,
+        };
+        let fs = AreaFs(Arc::new(inner));
+        fs.0.walk();
+        Ok(fs)
+    }
+
+    /// The backup's copy of an area served by kernel nfsd on its primary (issue 13 point 4),
+    /// for [`crate::replica::serve_replica`] only (no NFS server on it): files carry no ids
+    /// (kernel nfsd's handles differ per server anyway, and the copy stays a plain tree the
+    /// backup's nfsd and the tree engine can take over). Every id is [`symlink_id`] of its
+    /// parent's id and its name, i.e. a function of the path, which the primary computes the
+    /// same way without asking; a RENAME derives the moved subtree's ids again. Entries are
+    /// applied so that replaying what the backup may already hold is harmless (the primary
+    /// resends everything after a reconnect): CREATE/MKDIR of an existing file/directory keep
+    /// it, SYMLINK replaces one, REMOVE of a missing name succeeds. An entry that would change
+    /// anything beneath a top-level directory `fenced` names is skipped (not applied): the
+    /// node directories this SN serves itself (after a failover, a returning old primary must
+    /// not write its stale tree over the promoted copy).
+    pub fn open_path_ids(root: &Path, fenced: Option<Fence>) -> std::io::Result<AreaFs> {
+        let canon = std::fs::canonicalize(root)?;
+        let fd = rustix::fs::open(&canon, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
+        let inner = AreaInner {
+            root: fd,
+            id_xattr: ID_XATTR,
+            verf_xattr: VERF_XATTR,
+            fsid: 0,
+            token: None,
+            ids: RwLock::default(),
+            change: Mutex::new(()),
+            idgen: Mutex::new(IdGen { key: [0; 32], n: 0 }),
+            replicate: None,
+            walked: Mutex::new(None),
+            role: Mutex::new(Role::Serving),
+            serving: tokio::sync::watch::Sender::new(true),
+            path_ids: true,
+            fenced,
         };
         let fs = AreaFs(Arc::new(inner));
         fs.0.walk();
@@ -547,7 +613,7 @@ impl AreaInner {
             Mode::empty(),
         )?;
         let st = rustix::fs::fstat(&fd)?;
-        let id = if has_xattrs(FileType::from_raw_mode(st.st_mode)) {
+        let id = if !self.path_ids && has_xattrs(FileType::from_raw_mode(st.st_mode)) {
             match read_id(&fd, self.id_xattr)? {
                 Some(id) => id,
                 None => {
@@ -606,7 +672,7 @@ impl AreaInner {
                     continue;
                 };
                 let ft = FileType::from_raw_mode(st.st_mode);
-                if has_xattrs(ft) {
+                if !self.path_ids && has_xattrs(ft) {
                     if let Ok(Some(id)) = read_id(&fd, self.id_xattr) {
                         match seen.get(&id) {
                             Some(&ino) if ino != (st.st_dev, st.st_ino) => {
@@ -701,7 +767,37 @@ impl AreaInner {
         Ok(r)
     }
 
+    /// Whether `op` changes something beneath a fenced top-level directory.
+    fn fenced(&self, op: &Op) -> bool {
+        let Some(f) = &self.fenced else { return false };
+        let top = |base: &Fh, name: Option<&[u8]>| -> Option<Vec<u8>> {
+            let p = self.try_path(base)?;
+            match p.split(|&b| b == b'/').next().filter(|c| !c.is_empty()) {
+                Some(c) => Some(c.to_vec()),
+                None => name.map(<[u8]>::to_vec),
+            }
+        };
+        let tops = match op {
+            Op::Create { dir, name, .. }
+            | Op::Mkdir { dir, name, .. }
+            | Op::Symlink { dir, name, .. }
+            | Op::Mknod { dir, name, .. }
+            | Op::CreateOwned { dir, name, .. }
+            | Op::MkdirOwned { dir, name, .. } => vec![top(dir, Some(name))],
+            // The new name and the file it names (its link count changes).
+            Op::Link { id, dir, name } => vec![top(dir, Some(name)), top(id, None)],
+            Op::Remove { dir, name } => vec![top(dir, Some(name))],
+            Op::Rename { from_dir, from, to_dir, to } => vec![top(from_dir, Some(from)), top(to_dir, Some(to))],
+            Op::SetAttr { id, .. } | Op::Write { id, .. } | Op::Commit { id } => vec![top(id, None)],
+        };
+        tops.into_iter().flatten().any(|t| f(&t))
+    }
+
     fn apply_local(&self, op: &Op) -> Result<Option<Fh>, nfsstat3> {
+        if self.fenced(op) {
+            // Skipped, not failed: the stream goes on for the other node directories.
+            return Ok(None);
+        }
         match op {
             Op::Create { dir, name, id, mode, verf } => self.create_local(dir, name, id, *mode, verf.as_ref(), None),
             Op::Mkdir { dir, name, id, mode } => self.mkdir_local(dir, name, id, *mode, None),
@@ -711,6 +807,13 @@ impl AreaInner {
                     return Err(nfsstat3::NFS3ERR_INVAL);
                 }
                 let dfd = self.open_dir(dir)?;
+                if self.path_ids {
+                    if let Ok(st) = rustix::fs::statat(&dfd, n, AtFlags::SYMLINK_NOFOLLOW) {
+                        if FileType::from_raw_mode(st.st_mode) == FileType::Symlink {
+                            rustix::fs::unlinkat(&dfd, n, AtFlags::empty()).map_err(errno_rw)?;
+                        }
+                    }
+                }
                 rustix::fs::symlinkat(OsStr::from_bytes(target), &dfd, n).map_err(errno_rw)?;
                 rustix::fs::fsync(&dfd_rw(&dfd)?).map_err(errno_rw)?;
                 let id = symlink_id(dir, name);
@@ -720,7 +823,11 @@ impl AreaInner {
             Op::Remove { dir, name } => {
                 let n = name_ok(name)?;
                 let dfd = self.open_dir(dir)?;
-                let st = rustix::fs::statat(&dfd, n, AtFlags::SYMLINK_NOFOLLOW).map_err(errno_rw)?;
+                let st = match rustix::fs::statat(&dfd, n, AtFlags::SYMLINK_NOFOLLOW) {
+                    Ok(st) => st,
+                    Err(Errno::NOENT) if self.path_ids => return Ok(None),
+                    Err(e) => return Err(errno_rw(e)),
+                };
                 let flags = if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
                     AtFlags::REMOVEDIR
                 } else {
@@ -756,11 +863,15 @@ impl AreaInner {
                 if from_dir != to_dir {
                     rustix::fs::fsync(&dfd_rw(&fdfd)?).map_err(errno_rw)?;
                 }
-                let new = if has_xattrs(FileType::from_raw_mode(st.st_mode)) { id } else { symlink_id(to_dir, to) };
+                let keeps = !self.path_ids && has_xattrs(FileType::from_raw_mode(st.st_mode));
+                let new = if keeps { id } else { symlink_id(to_dir, to) };
                 if let Ok(mut ids) = self.ids.write() {
                     ids.remove_entry(*from_dir, from);
                     ids.remove_entry(*to_dir, to);
                     ids.insert(new, *to_dir, to);
+                    if self.path_ids && is_dir(&st) {
+                        ids.rekey(id, new);
+                    }
                 }
                 Ok(Some(new))
             }
@@ -802,6 +913,9 @@ impl AreaInner {
 
     /// Gives a new file its id (and EXCLUSIVE verifier), durably, before it is linked in.
     fn label(&self, f: &OwnedFd, id: &Fh, verf: Option<&[u8; 8]>) -> Result<(), nfsstat3> {
+        if self.path_ids {
+            return rustix::fs::fsync(f).map_err(errno_rw);
+        }
         rustix::fs::fsetxattr(f, self.id_xattr, &id.0, XattrFlags::CREATE).map_err(errno_rw)?;
         if let Some(v) = verf {
             rustix::fs::fsetxattr(f, self.verf_xattr, v, XattrFlags::CREATE).map_err(errno_rw)?;

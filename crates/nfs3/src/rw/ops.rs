@@ -201,6 +201,17 @@ impl AreaInner {
         let n = name_ok(name)?;
         let dfd = self.open_dir(dir)?;
         let m = Mode::from_raw_mode(mode & 0o7777);
+        // A path-id copy (kernel nfsd area) may be sent a create again after a reconnect: the
+        // file it holds is kept.
+        if self.path_ids {
+            if let Ok(st) = rustix::fs::statat(&dfd, n, AtFlags::SYMLINK_NOFOLLOW) {
+                if FileType::from_raw_mode(st.st_mode) == FileType::RegularFile {
+                    let id = symlink_id(dir, name);
+                    self.record(id, *dir, name);
+                    return Ok(Some(id));
+                }
+            }
+        }
         let own = |f: &OwnedFd| -> Result<(), nfsstat3> {
             if let Some((uid, gid)) = owner {
                 let (u, g) = (rustix::fs::Uid::from_raw(uid), rustix::fs::Gid::from_raw(gid));
@@ -232,8 +243,9 @@ impl AreaInner {
             Err(e) => return Err(errno_rw(e)),
         }
         rustix::fs::fsync(&dfd_rw(&dfd)?).map_err(errno_rw)?;
-        self.record(*id, *dir, name);
-        Ok(Some(*id))
+        let id = if self.path_ids { symlink_id(dir, name) } else { *id };
+        self.record(id, *dir, name);
+        Ok(Some(id))
     }
 
     /// [`Op::Mkdir`]/[`Op::MkdirOwned`].
@@ -248,7 +260,12 @@ impl AreaInner {
         let n = name_ok(name)?;
         let dfd = self.open_dir(dir)?;
         let m = Mode::from_raw_mode(mode & 0o7777);
-        rustix::fs::mkdirat(&dfd, n, m).map_err(errno_rw)?;
+        match rustix::fs::mkdirat(&dfd, n, m) {
+            Ok(()) => {}
+            // A path-id copy keeps what it holds (replays after a reconnect).
+            Err(Errno::EXIST) if self.path_ids => {}
+            Err(e) => return Err(errno_rw(e)),
+        }
         let made = rustix::fs::openat(
             &dfd,
             n,
@@ -264,11 +281,16 @@ impl AreaInner {
         rustix::fs::fchmod(&made, m).map_err(errno_rw)?;
         // A crash before this leaves a directory without id: it gets one when seen, and no
         // client was told of this one.
-        rustix::fs::fsetxattr(&made, self.id_xattr, &id.0, XattrFlags::empty()).map_err(errno_rw)?;
+        let id = if self.path_ids {
+            symlink_id(dir, name)
+        } else {
+            rustix::fs::fsetxattr(&made, self.id_xattr, &id.0, XattrFlags::empty()).map_err(errno_rw)?;
+            *id
+        };
         rustix::fs::fsync(&made).map_err(errno_rw)?;
         rustix::fs::fsync(&dfd_rw(&dfd)?).map_err(errno_rw)?;
-        self.record(*id, *dir, name);
-        Ok(Some(*id))
+        self.record(id, *dir, name);
+        Ok(Some(id))
     }
 
     /// [`Op::Mknod`]: a FIFO or socket (mknod(2) of `S_IFSOCK` makes a socket inode no
