@@ -94,8 +94,15 @@ fn truth(set: &str) -> Vec<serde_json::Value> {
 /// instead), the default route (snmove.pm:1180-1300), /etc/xcatinfo (snmove.pm:1130-1170), the AIX
 /// bootlist (snmove.pm:1370-1430) and the AIX statelite rsync between SNs (snmove.pm:700-730; hanfs
 /// replicates statelite data itself).
-const NOT_DONE_BY_HANFS: &[&str] =
-    &["/sbin/ip addr", "/usr/sbin/ifconfig -a", "route add default gw", "XCATSERVER=", "netstat -", "/usr/bin/bootlist", "/usr/bin/rsync"];
+const NOT_DONE_BY_HANFS: &[&str] = &[
+    "/sbin/ip addr",
+    "/usr/sbin/ifconfig -a",
+    "route add default gw",
+    "XCATSERVER=",
+    "netstat -",
+    "/usr/bin/bootlist",
+    "/usr/bin/rsync",
+];
 
 #[test]
 fn plan_equals_snmove() {
@@ -167,7 +174,10 @@ fn plan_equals_snmove() {
                 let a: Vec<&str> = r["arg"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
                 if cmd == "xdsh" {
                     let line = a.join(" ");
-                    assert!(NOT_DONE_BY_HANFS.iter().any(|k| line.contains(k)), "{what}: an xdsh hanfs does not know: {line}");
+                    assert!(
+                        NOT_DONE_BY_HANFS.iter().any(|k| line.contains(k)),
+                        "{what}: an xdsh hanfs does not know: {line}"
+                    );
                     continue;
                 }
                 let mut v = vec![cmd.to_string(), nodes.join(",")];
