@@ -201,9 +201,18 @@ pub fn plan(tables: &Tables, moves: &[NodeMove]) -> Result<Plan, RedirectError> 
         // The new SN's interface in this node's network first (snmove.pm:394-422), then the SN's
         // address as most of its nodes see it.
         let facing = || map::sn_interface_for(tables, node, &mv.to, &map::system_resolver);
+        let mut fallback = None;
         let new_xm = match (&mv.address, sn_cfg) {
             (Some(a), _) => a.clone(),
-            (None, Some(s)) => facing().unwrap_or_else(|| s.address.get_ref().clone()),
+            (None, Some(s)) => facing().unwrap_or_else(|| {
+                let a = s.address.get_ref().clone();
+                fallback = Some(format!(
+                    "no interface of {} is in {node}'s network (networks, hosts.ip, hosts.otherinterfaces): snmove would stop here \
+                     (snmove.pm:424-430); xcatmaster {a} is {}'s address as its own nodes see it (give the address to choose another)",
+                    mv.to, mv.to
+                ));
+                a
+            }),
             (None, None) => {
                 return Err(RedirectError::Input(format!(
                     "`{}` is not a service node in xCAT's tables; give its address explicitly",
@@ -212,7 +221,7 @@ pub fn plan(tables: &Tables, moves: &[NodeMove]) -> Result<Plan, RedirectError> 
             }
         };
         let mut chdef: Vec<Change> = Vec::new();
-        let mut notes: Vec<String> = Vec::new();
+        let mut notes: Vec<String> = fallback.into_iter().collect();
         let mut statemnt: Option<Change> = None;
         let mut change = |attr: &str, old: Option<String>, new: String| {
             if old.as_deref() != Some(new.as_str()) {

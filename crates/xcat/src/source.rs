@@ -293,7 +293,7 @@ impl Cfgloc {
         let mut parts = line.split('|');
         let dsn = parts.next().unwrap_or("");
         let dsn = dsn.strip_prefix("dbi:").unwrap_or(dsn);
-        let user = parts.next().ok_or("no `|user|password` after the data source")?.to_string();
+        let user = parts.next();
         let password = parts.next().unwrap_or("").to_string();
         let (driver, params) = dsn.split_once(':').ok_or_else(|| format!("`{dsn}` is not `Pg:...` or `mysql:...`"))?;
         let kind = match driver.to_ascii_lowercase().as_str() {
@@ -308,6 +308,7 @@ impl Cfgloc {
             "csv" => return Err("xCAT's CSV back end is not supported: use `--tabdump DIR` on the CSV files".into()),
             _ => return Err(format!("unknown database driver `{driver}`; expected Pg or mysql")),
         };
+        let user = user.ok_or("no `|user|password` after the data source")?.to_string();
         let mut c = Cfgloc { kind, dbname: String::new(), host: None, port: None, socket: None, user, password };
         for kv in params.split(';').map(str::trim).filter(|s| !s.is_empty()) {
             let (k, v) = kv.split_once('=').ok_or_else(|| format!("`{kv}` is not key=value"))?;
@@ -535,7 +536,10 @@ impl SourceSpec {
         if let Some(v) = xcatcfg.filter(|v| !v.is_empty()) {
             return SourceSpec::Xcatcfg(v);
         }
-        if cfgloc.exists() {
+        // Table.pm:820-828 takes cfgloc only when readable, and its chomped first line only
+        // when not empty; otherwise it goes on to the SQLite directories.
+        let first_line = std::fs::read_to_string(cfgloc).ok().map(|t| t.split('\n').next().unwrap_or("").to_string());
+        if first_line.is_some_and(|l| !l.is_empty()) {
             SourceSpec::Cfgloc(cfgloc.to_path_buf())
         } else if opt_cfg.is_dir() {
             SourceSpec::Sqlite(opt_cfg.to_path_buf())
