@@ -5,7 +5,7 @@ CARGO ?= cargo
 # rig, libnfs' nfs-cat, PostgreSQL and MariaDB for the xCAT import, rsync for the benchmarks, rpm
 # to check the package `make package` builds.
 DEB_PACKAGES := rdiff nfs-kernel-server user-mode-linux busybox-static kmod cpio iproute2 dash \
-	libnfs-utils postgresql mariadb-server rsync attr acl util-linux rpm python3 e2fsprogs
+	libnfs-utils postgresql mariadb-server rsync attr acl util-linux rpm python3 e2fsprogs openssl
 HANFS ?= $(or $(CARGO_TARGET_DIR),target)/debug/hanfs
 
 .PHONY: all build deps test unit lint deny integration soak-failover package demo bench bench-sync bench-nochange bench-statelite bench-lag fuzz fuzz-seeds clean
