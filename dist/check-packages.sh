@@ -26,6 +26,17 @@ LAYOUT="/usr/bin/hanfs $BIN 755
 /usr/share/doc/hanfs/README.md $DIST/../README.md 644"
 
 T=$(mktemp -d); trap 'rm -rf "$T"' EXIT
+# The service-node package (hanfs-agent) leaves out the MN's prescript (dist/xcat/hanfs-sync syncs on
+# the MN only): not in its layout, and it must not be listed.
+ONLY_MN=/usr/share/hanfs/xcat/hanfs-sync
+if [ "$(dpkg-deb -f "$DEB" Package 2>/dev/null)" = hanfs-agent ]; then
+    AGENT=1; LAYOUT=$(grep -v "^$ONLY_MN " <<< "$LAYOUT")
+else AGENT=0; fi
+absent() {  # KIND LIST_FILE
+    [ "$AGENT" = 1 ] || return 0
+    if grep -qx "$ONLY_MN" "$2"; then fail "$1: $ONLY_MN (the MN's prescript) is in the SN package"
+    else pass "$1: $ONLY_MN (the MN's prescript) left out of the SN package"; fi
+}
 check() {  # KIND LIST_FILE TREE
     while read -r path src mode; do
         if ! grep -qx "$path" "$2"; then fail "$1: $path not in the package's file list"; continue; fi
@@ -45,6 +56,7 @@ if dpkg-deb -c "$DEB" > "$T/deb.c"; then
     awk '{ print $NF }' "$T/deb.c" | sed 's|^\.||; s|/$||' > "$T/deb.list"
     dpkg-deb -x "$DEB" "$T/deb"
     check deb "$T/deb.list" "$T/deb"
+    absent deb "$T/deb.list"
     dpkg-deb -f "$DEB" Package Version Architecture | tr '\n' ' ' | sed 's/^/  deb: /; s/$/\n/'
 else fail "dpkg-deb -c $DEB"; fi
 
@@ -55,6 +67,7 @@ elif rpm -qlp "$RPM" > "$T/rpm.list" 2> "$T/rpm.err"; then
     mkdir "$T/rpm"
     (cd "$T/rpm" && rpm2cpio "$RPM" | cpio -idm --quiet)
     check rpm "$T/rpm.list" "$T/rpm"
+    absent rpm "$T/rpm.list"
     rpm -qp --qf '  rpm: %{NAME} %{VERSION}-%{RELEASE} %{ARCH}\n' "$RPM"
     [ -z "$(rpm -qp --configfiles "$RPM")" ] || fail "rpm: config files listed, none expected (examples only)"
 else fail "rpm -qlp $RPM: $(cat "$T/rpm.err")"; fi
