@@ -337,14 +337,6 @@ impl AgentConfig {
                 }
             };
             let field = |f: &str| format!("statelite_rw[{i}].{f}");
-            let cert_name = |sink: &mut Sink<'_>, v: &Spanned<String>, f: &str| {
-                if valid_name(v.get_ref()) {
-                    Some(v.get_ref().clone())
-                } else {
-                    sink.at(v.span(), field(f), format!("`{}` is not a certificate DNS name", v.get_ref()));
-                    None
-                }
-            };
             let mut ok = true;
             let timeout_ms = match &rw.peer_timeout_ms {
                 Some(t) if (1..=MAX_PEER_TIMEOUT_MS as i64).contains(t.get_ref()) => *t.get_ref() as u64,
@@ -365,7 +357,7 @@ impl AgentConfig {
                         sink.at(p.span(), field("peer"), m);
                         ok = false;
                     }
-                    let name = cert_name(&mut sink, n, "peer_name");
+                    let name = cert_name(&mut sink, n, &field("peer_name"));
                     name.map(|name| RwPeer { addr: p.get_ref().clone(), name, timeout_ms })
                 }
                 (Some(p), None) => {
@@ -383,46 +375,13 @@ impl AgentConfig {
                     None
                 }
             };
-            let replica = match (&rw.replica_listen, &rw.primary) {
-                (Some(l), Some(p)) => {
-                    let listen = match l.get_ref().parse::<SocketAddr>() {
-                        Ok(a) => Some(a),
-                        Err(_) => {
-                            sink.at(
-                                l.span(),
-                                field("replica_listen"),
-                                format!("`{}` is not an ip:port socket address", l.get_ref()),
-                            );
-                            None
-                        }
-                    };
-                    let primary = cert_name(&mut sink, p, "primary");
-                    match (listen, primary) {
-                        (Some(listen), Some(primary)) => Some(RwReplica { listen, primary }),
-                        _ => None,
-                    }
-                }
-                (Some(l), None) => {
-                    sink.at(l.span(), field("replica_listen"), "needs `primary`, the primary SN's certificate name");
-                    None
-                }
-                (None, Some(p)) => {
-                    sink.at(p.span(), field("primary"), "needs `replica_listen`, where the primary's stream arrives");
-                    None
-                }
-                (None, None) => None,
-            };
-            if raw.tls.is_none() {
-                for (v, f) in [(&rw.peer, "peer"), (&rw.replica_listen, "replica_listen")] {
-                    if let Some(v) = v {
-                        sink.at(
-                            v.span(),
-                            field(f),
-                            "replication runs over the cluster's mutual TLS: a [tls] section is required",
-                        );
-                    }
-                }
-            }
+            let replica = replica_side(&mut sink, &rw.replica_listen, &rw.primary, &field);
+            require_tls(
+                &mut sink,
+                raw.tls.is_some(),
+                [(&rw.peer, "peer"), (&rw.replica_listen, "replica_listen")],
+                &field,
+            );
             let service_address = rw.service_address.as_ref().and_then(|a| {
                 let f = field("service_address");
                 let Ok(net) = a.get_ref().parse::<ipnet::IpNet>() else {
@@ -556,6 +515,65 @@ fn within_roots(a: &AbsPath, roots: &[AbsPath]) -> bool {
 }
 
 /// `[[statelite_kernel]]`: each value checked with its line, as `[[statelite_rw]]`'s are.
+/// A certificate DNS name (`peer_name`, `primary`), else an error at its line.
+fn cert_name(sink: &mut Sink<'_>, v: &Spanned<String>, field: &str) -> Option<String> {
+    if valid_name(v.get_ref()) {
+        Some(v.get_ref().clone())
+    } else {
+        sink.at(v.span(), field, format!("`{}` is not a certificate DNS name", v.get_ref()));
+        None
+    }
+}
+
+/// A backup's side of a replicated area: `replica_listen` and `primary`, both or neither.
+fn replica_side(
+    sink: &mut Sink<'_>,
+    listen: &Option<Spanned<String>>,
+    primary: &Option<Spanned<String>>,
+    field: &dyn Fn(&str) -> String,
+) -> Option<RwReplica> {
+    match (listen, primary) {
+        (Some(l), Some(p)) => {
+            let listen = l.get_ref().parse::<SocketAddr>().ok();
+            if listen.is_none() {
+                sink.at(
+                    l.span(),
+                    field("replica_listen"),
+                    format!("`{}` is not an ip:port socket address", l.get_ref()),
+                );
+            }
+            let primary = cert_name(sink, p, &field("primary"));
+            Some(RwReplica { listen: listen?, primary: primary? })
+        }
+        (Some(l), None) => {
+            sink.at(l.span(), field("replica_listen"), "needs `primary`, the primary SN's certificate name");
+            None
+        }
+        (None, Some(p)) => {
+            sink.at(p.span(), field("primary"), "needs `replica_listen`, where the primary's stream arrives");
+            None
+        }
+        (None, None) => None,
+    }
+}
+
+/// Replication runs over the cluster's mutual TLS: each of `given` set without `[tls]` is an error.
+fn require_tls<const N: usize>(
+    sink: &mut Sink<'_>,
+    tls: bool,
+    given: [(&Option<Spanned<String>>, &str); N],
+    field: &dyn Fn(&str) -> String,
+) {
+    if tls {
+        return;
+    }
+    for (v, f) in given {
+        if let Some(v) = v {
+            sink.at(v.span(), field(f), "replication runs over the cluster's mutual TLS: a [tls] section is required");
+        }
+    }
+}
+
 fn kernel_areas(
     sink: &mut Sink<'_>,
     raw: &[RawKernel],
@@ -587,14 +605,6 @@ fn kernel_areas(
                 None
             }
         };
-        let cert_name = |sink: &mut Sink<'_>, v: &Spanned<String>, f: &str| {
-            if valid_name(v.get_ref()) {
-                Some(v.get_ref().clone())
-            } else {
-                sink.at(v.span(), field(f), format!("`{}` is not a certificate DNS name", v.get_ref()));
-                None
-            }
-        };
         let timeout_ms = bounded(
             sink,
             &k.peer_timeout_ms,
@@ -612,7 +622,7 @@ fn kernel_areas(
                     sink.at(p.span(), field("peer"), m);
                     ok = false;
                 }
-                let name = cert_name(sink, n, "peer_name");
+                let name = cert_name(sink, n, &field("peer_name"));
                 match (name, timeout_ms, debounce_ms, reconcile_secs) {
                     (Some(name), Some(timeout_ms), Some(debounce_ms), Some(reconcile_secs)) => {
                         Some(KernelPeer { addr: p.get_ref().clone(), name, timeout_ms, debounce_ms, reconcile_secs })
@@ -641,55 +651,15 @@ fn kernel_areas(
                 None
             }
         };
-        let replica = match (&k.replica_listen, &k.primary) {
-            (Some(l), Some(p)) => {
-                let listen = match l.get_ref().parse::<SocketAddr>() {
-                    Ok(a) => Some(a),
-                    Err(_) => {
-                        sink.at(
-                            l.span(),
-                            field("replica_listen"),
-                            format!("`{}` is not an ip:port socket address", l.get_ref()),
-                        );
-                        None
-                    }
-                };
-                let primary = cert_name(sink, p, "primary");
-                match (listen, primary) {
-                    (Some(listen), Some(primary)) => Some(RwReplica { listen, primary }),
-                    _ => None,
-                }
-            }
-            (Some(l), None) => {
-                sink.at(l.span(), field("replica_listen"), "needs `primary`, the primary SN's certificate name");
-                None
-            }
-            (None, Some(p)) => {
-                sink.at(p.span(), field("primary"), "needs `replica_listen`, where the primary's stream arrives");
-                None
-            }
-            (None, None) => {
-                if k.peer.is_none() {
-                    sink.at(
-                        k.area.span(),
-                        field("area"),
-                        "needs `peer` (this SN is the primary) or `replica_listen` (its backup), or both",
-                    );
-                }
-                None
-            }
-        };
-        if !tls {
-            for (v, f) in [(&k.peer, "peer"), (&k.replica_listen, "replica_listen")] {
-                if let Some(v) = v {
-                    sink.at(
-                        v.span(),
-                        field(f),
-                        "replication runs over the cluster's mutual TLS: a [tls] section is required",
-                    );
-                }
-            }
+        let replica = replica_side(sink, &k.replica_listen, &k.primary, &field);
+        if k.peer.is_none() && k.replica_listen.is_none() && k.primary.is_none() {
+            sink.at(
+                k.area.span(),
+                field("area"),
+                "needs `peer` (this SN is the primary) or `replica_listen` (its backup), or both",
+            );
         }
+        require_tls(sink, tls, [(&k.peer, "peer"), (&k.replica_listen, "replica_listen")], &field);
         if let (Some(area), true) = (area, ok) {
             out.push(StateliteKernel { area, peer, replica });
         }
