@@ -8,7 +8,7 @@ DEB_PACKAGES := rdiff nfs-kernel-server user-mode-linux busybox-static kmod cpio
 	libnfs-utils postgresql mariadb-server rsync attr acl util-linux rpm python3 e2fsprogs
 HANFS ?= $(or $(CARGO_TARGET_DIR),target)/debug/hanfs
 
-.PHONY: all build deps test unit lint deny integration soak-failover package demo bench bench-sync bench-nochange bench-statelite fuzz fuzz-seeds clean
+.PHONY: all build deps test unit lint deny integration soak-failover package demo bench bench-sync bench-nochange bench-statelite bench-scale fuzz fuzz-seeds clean
 
 all: build
 
@@ -116,6 +116,14 @@ bench-nochange:
 bench-statelite:
 	$(CARGO) build --release --locked -p hanfs
 	HANFS=$${CARGO_TARGET_DIR:-target}/release/hanfs bench/statelite.sh
+
+# Issue #11's scale rig: the MN, N SNs and a bridge in their own network namespaces, links shaped
+# by tc (1 Gbit/s MN uplink and per SN), a generated image update to N = 1, 4, 16, 64 by hanfs star,
+# hanfs relay and parallel rsync (prsync's way), every replica checked by an independent walk;
+# medians of ROUNDS (3) as a Markdown table (needs root; bench/scale.sh says what it measures).
+bench-scale:
+	$(CARGO) build --release --locked -p hanfs
+	HANFS=$${CARGO_TARGET_DIR:-target}/release/hanfs bench/scale.sh
 
 # cargo-fuzz targets for every parser of outside input (fuzz/, not a workspace member). Each runs
 # for a fixed count, seeded from fuzz/seeds (rewrite them with `make fuzz-seeds`); the corpus grows
