@@ -52,14 +52,23 @@ fi
 
 TAG=hsc$$                                  # namespace names: unique to this run
 WORK=$(mktemp -d /var/tmp/hanfs-scale.XXXXXX)
+# MAXN replicas of v2 at once, plus room for staging: refuse early rather than fill the disk.
+need=$(( $(du -sm "$IMAGES/v2" | cut -f1) * MAXN * 3 / 2 ))
+have=$(( $(df -Pk "$WORK" | awk 'NR == 2 {print $4}') / 1024 ))
+[ "$have" -ge "$need" ] || { rmdir "$WORK"; echo "scale.sh: $MAXN replicas need ~$need MB in $(dirname "$WORK"), $have MB free" >&2; exit 1; }
 PIDS=()
 NSES=()
 cleanup() {
   local p ns
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  # Whatever else still runs in this run's namespaces (a sync cut short, rsync's per-client children).
+  for ns in "${NSES[@]}"; do for p in $(ip netns pids "$ns" 2>/dev/null); do kill "$p" 2>/dev/null || true; done; done
   wait 2>/dev/null || true
-  for ns in "${NSES[@]}"; do ip netns del "$ns" 2>/dev/null || true; done
-  rm -rf "$WORK"
+  for ns in "${NSES[@]}"; do
+    for _ in 1 2 3 4 5; do [ -z "$(ip netns pids "$ns" 2>/dev/null)" ] && break; sleep 0.2; done
+    ip netns del "$ns" 2>/dev/null || true
+  done
+  rm -rf "$WORK" || { sleep 1; rm -rf "$WORK"; } || true
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -245,17 +254,22 @@ v2n=$(find "$IMAGES/v2" | wc -l)
     "MN link $MN_RATE, each SN $SN_RATE, latency $([ "$NETEM" = 1 ] && echo "${LATENCY_MS} ms one way per link" || echo "none (no sch_netem)")," \
     "medians of $ROUNDS rounds, every replica verified. hanfs: $("$HANFS" --version 2>/dev/null | head -1)."
   echo
-  python3 - "$ROWS" <<'EOS'
-import statistics, sys
+  python3 - "$ROWS" "$MN_RATE" <<'EOS'
+import re, statistics, sys
 rows = [l.split() for l in open(sys.argv[1])]
+# tc's units: "bit" suffixes are bits per second, "bps" ones bytes per second.
+num, unit = re.fullmatch(r"([0-9.]+)([a-z]*)", sys.argv[2].lower()).groups()
+mult = {"": 1, "bit": 1, "kbit": 1e3, "mbit": 1e6, "gbit": 1e9, "tbit": 1e12,
+        "bps": 8, "kbps": 8e3, "mbps": 8e6, "gbps": 8e9, "tbps": 8e12}[unit]
+link_bytes_per_s = float(num) * mult / 8
 med = {}
 for n, mode, rnd, wall, b, cpu in rows:
     med.setdefault((int(n), mode), []).append((float(wall), int(b), float(cpu)))
 m = {k: [statistics.median(x[i] for x in v) for i in range(3)] for k, v in med.items()}
 ns = sorted({k[0] for k in m})
 modes = [x for x in ("star", "relay", "rsync") if any(k[1] == x for k in m)]
-print("| SNs | mode | wall (s) | MN bytes sent | MN CPU (s) | wall / 1-SN wall | bytes / 1-SN bytes | bytes / rsync's |")
-print("|---:|---|---:|---:|---:|---:|---:|---:|")
+print("| SNs | mode | wall (s) | MN bytes sent | MN link busy | MN CPU (s) | wall / 1-SN wall | bytes / 1-SN bytes | bytes / rsync's |")
+print("|---:|---|---:|---:|---:|---:|---:|---:|---:|")
 for n in ns:
     for mode in modes:
         if (n, mode) not in m:
@@ -264,7 +278,10 @@ for n in ns:
         one = m.get((min(ns), mode))
         rs = m.get((n, "rsync"))
         rel = lambda x, y: f"{x / y:.2f}x" if y else "-"
-        print(f"| {n} | {mode} | {w:.2f} | {b / 1e6:.1f} MB | {c:.2f} | "
+        # The share of the wall the MN's link needed at its shaped rate for those bytes: near 100%,
+        # the link is what limits the figure; far below, CPU or round trips are.
+        busy = b / link_bytes_per_s / w if w else 0
+        print(f"| {n} | {mode} | {w:.2f} | {b / 1e6:.1f} MB | {busy:.0%} | {c:.2f} | "
               f"{rel(w, one[0]) if min(ns) == 1 else '-'} | {rel(b, one[1]) if min(ns) == 1 else '-'} | "
               f"{rel(b, rs[1]) if rs else '-'} |")
 EOS
