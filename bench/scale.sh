@@ -11,7 +11,9 @@
 #   - wall: from the start of `hanfs sync` (which returns once every replica's agent has verified its
 #     digest) or of the N rsyncs to the end of the last one;
 #   - MN bytes: tx_bytes of the MN's veth (every frame the MN sent: payload, TLS, TCP/IP headers);
-#   - MN CPU: user+sys of the `hanfs sync` process, or of all the rsync senders (wait4, /usr/bin/time).
+#   - MN CPU: user+sys of the `hanfs sync` process, or of all the rsync senders (wait4, /usr/bin/time);
+#   - all SNs' CPU: the agents', or the rsync daemons' and their per-client children's (/proc/PID/stat).
+#     All of it shares this machine's cores, which is what the walls at large N mostly measure.
 # Then every replica is walked and compared with v2 (bench/scale-verify.py); any difference fails.
 # Prints a Markdown table of the medians of ROUNDS rounds.
 # Usage: bench/scale.sh   (root; `make bench-scale`)
@@ -144,8 +146,8 @@ fi
 # ---- one timed update ----
 ROWS=$WORK/rows
 NOTES=()
-# record N MODE ROUND WALL BYTES CPU
-record() { echo "$*" >> "$ROWS"; printf '%-4s %-6s round %s: %8.2f s  %12d B  %7.2f s CPU\n' "$@" >&2; }
+# record N MODE ROUND WALL BYTES MN_CPU SNS_CPU
+record() { echo "$*" >> "$ROWS"; printf '%-4s %-6s round %s: %8.2f s  %12d B  MN CPU %7.2f s  SNs CPU %7.2f s\n' "$@" >&2; }
 
 start_agents() {  # N: fresh agents, one per SN namespace, each on its own address
   local n=$1 i d
@@ -168,16 +170,23 @@ stop_agents() {
   for p in "${APIDS[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
 }
 
-# timed N MODE ROUND COMMAND...: runs COMMAND in the MN's namespace, records wall, bytes, CPU.
+TCK=$(getconf CLK_TCK)
+# CPU ticks of PIDS and of their reaped children (utime stime cutime cstime).
+ticks() { local t=0 p; for p in "$@"; do t=$((t + $(awk '{print $14+$15+$16+$17}' "/proc/$p/stat"))); done; echo "$t"; }
+# timed N MODE ROUND COMMAND...: runs COMMAND in the MN's namespace, records wall, bytes, the MN's
+# CPU and the receivers' (APIDS: the agents, or the rsync daemons with their reaped children).
 timed() {
   local n=$1 mode=$2 round=$3; shift 3
-  local b0 b1 t0 t1 u s
-  sync; b0=$(tx_bytes); t0=$(date +%s.%N)
+  local b0 b1 t0 t1 u s c0 c1
+  sync; c0=$(ticks "${APIDS[@]}"); b0=$(tx_bytes); t0=$(date +%s.%N)
   in_ns "$MN" /usr/bin/time -o "$WORK/time" -f '%U %S' "$@" > "$WORK/out" 2> "$WORK/err" \
     || { echo "$mode at $n SNs failed:" >&2; cat "$WORK/out" "$WORK/err" >&2; exit 1; }
   t1=$(date +%s.%N); b1=$(tx_bytes)
+  sleep 0.5  # lets rsyncd reap its per-client children, whose CPU it then carries
+  c1=$(ticks "${APIDS[@]}")
   read -r u s < <(tail -1 "$WORK/time")
-  record "$n" "$mode" "$round" "$(python3 -c "print($t1 - $t0)")" $((b1 - b0)) "$(python3 -c "print($u + $s)")"
+  record "$n" "$mode" "$round" "$(python3 -c "print($t1 - $t0)")" $((b1 - b0)) "$(python3 -c "print($u + $s)")" \
+    "$(python3 -c "print(($c1 - $c0) / $TCK)")"
 }
 
 verify() {  # N ROOT_PATTERN [--ignore NAME]: every replica (@ in the pattern: the SN's number) against v2
@@ -263,25 +272,25 @@ mult = {"": 1, "bit": 1, "kbit": 1e3, "mbit": 1e6, "gbit": 1e9, "tbit": 1e12,
         "bps": 8, "kbps": 8e3, "mbps": 8e6, "gbps": 8e9, "tbps": 8e12}[unit]
 link_bytes_per_s = float(num) * mult / 8
 med = {}
-for n, mode, rnd, wall, b, cpu in rows:
-    med.setdefault((int(n), mode), []).append((float(wall), int(b), float(cpu)))
-m = {k: [statistics.median(x[i] for x in v) for i in range(3)] for k, v in med.items()}
+for n, mode, rnd, wall, b, cpu, sncpu in rows:
+    med.setdefault((int(n), mode), []).append((float(wall), int(b), float(cpu), float(sncpu)))
+m = {k: [statistics.median(x[i] for x in v) for i in range(4)] for k, v in med.items()}
 ns = sorted({k[0] for k in m})
 modes = [x for x in ("star", "relay", "rsync") if any(k[1] == x for k in m)]
-print("| SNs | mode | wall (s) | MN bytes sent | MN link busy | MN CPU (s) | wall / 1-SN wall | bytes / 1-SN bytes | bytes / rsync's |")
-print("|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+print("| SNs | mode | wall (s) | MN bytes sent | MN link busy | MN CPU (s) | all SNs' CPU (s) | wall / 1-SN wall | bytes / 1-SN bytes | bytes / rsync's |")
+print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
 for n in ns:
     for mode in modes:
         if (n, mode) not in m:
             continue
-        w, b, c = m[(n, mode)]
+        w, b, c, sc = m[(n, mode)]
         one = m.get((min(ns), mode))
         rs = m.get((n, "rsync"))
         rel = lambda x, y: f"{x / y:.2f}x" if y else "-"
         # The share of the wall the MN's link needed at its shaped rate for those bytes: near 100%,
         # the link is what limits the figure; far below, CPU or round trips are.
         busy = b / link_bytes_per_s / w if w else 0
-        print(f"| {n} | {mode} | {w:.2f} | {b / 1e6:.1f} MB | {busy:.0%} | {c:.2f} | "
+        print(f"| {n} | {mode} | {w:.2f} | {b / 1e6:.1f} MB | {busy:.0%} | {c:.2f} | {sc:.2f} | "
               f"{rel(w, one[0]) if min(ns) == 1 else '-'} | {rel(b, one[1]) if min(ns) == 1 else '-'} | "
               f"{rel(b, rs[1]) if rs else '-'} |")
 EOS
