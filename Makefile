@@ -8,7 +8,7 @@ DEB_PACKAGES := rdiff nfs-kernel-server user-mode-linux busybox-static kmod cpio
 	libnfs-utils postgresql mariadb-server rsync attr acl util-linux rpm python3 e2fsprogs openssl
 HANFS ?= $(or $(CARGO_TARGET_DIR),target)/debug/hanfs
 
-.PHONY: all build deps test unit lint deny integration soak-failover package demo bench bench-sync bench-nochange bench-statelite bench-lag fuzz fuzz-seeds clean
+.PHONY: all build deps test unit lint deny integration soak-failover package demo bench bench-sync bench-nochange bench-statelite bench-lag bench-scale bench-memory fuzz fuzz-seeds clean
 
 all: build
 
@@ -121,6 +121,20 @@ bench-statelite:
 # at 100 small writes per second over 100 node directories for 60 s (SECS, RATE, NODES to change it).
 bench-lag:
 	bench/lag.sh
+
+# Issue #11's scale rig: the MN, N SNs and a bridge in their own network namespaces, links shaped
+# by tc (1 Gbit/s MN uplink and per SN), a generated image update to N = 1, 4, 16, 64 by hanfs star,
+# hanfs relay and parallel rsync (prsync's way), every replica checked by an independent walk;
+# medians of ROUNDS (3) as a Markdown table (needs root; bench/scale.sh says what it measures).
+bench-scale:
+	$(CARGO) build --release --locked -p hanfs
+	HANFS=$${CARGO_TARGET_DIR:-target}/release/hanfs bench/scale.sh
+
+# Issue #11 point 6: peak RSS of the agent and the controller syncing a generated 1M-entry image
+# (ENTRIES, MB to change it), then a no-change sync; the replica walked against the source.
+bench-memory:
+	$(CARGO) build --release --locked -p hanfs
+	HANFS=$${CARGO_TARGET_DIR:-target}/release/hanfs bench/memory.sh
 
 # cargo-fuzz targets for every parser of outside input (fuzz/, not a workspace member). Each runs
 # for a fixed count, seeded from fuzz/seeds (rewrite them with `make fuzz-seeds`); the corpus grows

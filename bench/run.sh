@@ -7,8 +7,12 @@
 # Both start with every receiver at v1 (sent the same way, timed as "initial") and the source at v2.
 # Bytes on the wire: hanfs' frame bytes (its JSON `bytes_sent`); rsync's "Total bytes sent" plus
 # "received" (its receivers send block checksums back over the same link).
+# After the update every replica of both tools is walked and compared with the source
+# (bench/scale-verify.py); a difference fails the run. The rsync daemons run with `use chroot = yes`:
+# without it rsyncd rewrites absolute symlinks (issue #11 point 7).
 # Usage: bench/run.sh [CACHE_DIR]   (needs root, a release build: cargo build --release -p hanfs)
 set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
 CACHE=${1:-${HANFS_BENCH_CACHE:-/var/cache/hanfs-bench}}
 HANFS=${HANFS:-$(cd "$(dirname "$0")/.." && pwd)/target/release/hanfs}
 SNS=${SNS:-"1 2 4"}
@@ -57,13 +61,15 @@ for n in $SNS; do
     result hanfs "$n" $phase "$(python3 -c "print($t1 - $t0)")" "$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["bytes_sent"])' "$d/$phase.json")"
   done
   "$HANFS" --config "$d/cluster.toml" verify >/dev/null || { echo "hanfs verify failed" >&2; exit 1; }
+  reps=(); for i in $(seq 1 "$n"); do reps+=("$d/sn$i/root/$IMG"); done
+  "$HERE/scale-verify.py" --ignore .hanfs "$d/src/$IMG" "${reps[@]}" >&2
 
   # ---- rsync ----
   r="$WORK/rsync$n"; mkdir -p "$r/src"
   ports=()
   for i in $(seq 1 "$n"); do
     p=$(port); mkdir -p "$r/sn$i"; ports+=("$p")
-    printf 'pid file = %s/sn%s.pid\nuse chroot = false\n[img]\npath = %s/sn%s\nread only = false\nuid = root\ngid = root\n' "$r" "$i" "$r" "$i" > "$r/sn$i.conf"
+    printf 'pid file = %s/sn%s.pid\nuse chroot = yes\n[img]\npath = %s/sn%s\nread only = false\nuid = root\ngid = root\n' "$r" "$i" "$r" "$i" > "$r/sn$i.conf"
     rsync --daemon --no-detach --address=127.0.0.1 --port="$p" --config="$r/sn$i.conf" & PIDS+=($!)
   done
   sleep 0.5
@@ -81,4 +87,6 @@ for n in $SNS; do
     bytes=$(cat "$r"/$phase.*.stats | awk -F': ' '/^Total bytes (sent|received)/ {gsub(",","",$2); s+=$2} END {print s}')
     result rsync "$n" $phase "$(python3 -c "print($t1 - $t0)")" "$bytes"
   done
+  reps=(); for i in $(seq 1 "$n"); do reps+=("$r/sn$i"); done
+  "$HERE/scale-verify.py" "$r/src" "${reps[@]}" >&2
 done
