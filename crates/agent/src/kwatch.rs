@@ -157,14 +157,14 @@ impl KernelWatch {
 
 fn lag_of(s: &Shared) -> KernelLag {
     KernelLag {
-            area: s.area.clone(),
-            seconds: s.oldest.lock().ok().and_then(|o| *o).map_or(0.0, |t| t.elapsed().as_secs_f64()),
-            bytes: s.bytes.load(Ordering::SeqCst),
-            in_sync_at: s.in_sync_at.lock().ok().and_then(|m| *m),
-            connected: s.connected.load(Ordering::SeqCst),
-            torn: s.torn.load(Ordering::SeqCst),
-            overflows: s.overflows.load(Ordering::SeqCst),
-            lost_streams: s.lost_streams.load(Ordering::SeqCst),
+        area: s.area.clone(),
+        seconds: s.oldest.lock().ok().and_then(|o| *o).map_or(0.0, |t| t.elapsed().as_secs_f64()),
+        bytes: s.bytes.load(Ordering::SeqCst),
+        in_sync_at: s.in_sync_at.lock().ok().and_then(|m| *m),
+        connected: s.connected.load(Ordering::SeqCst),
+        torn: s.torn.load(Ordering::SeqCst),
+        overflows: s.overflows.load(Ordering::SeqCst),
+        lost_streams: s.lost_streams.load(Ordering::SeqCst),
     }
 }
 
