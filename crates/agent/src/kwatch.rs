@@ -936,31 +936,6 @@ pub(crate) fn fence(exports_file: PathBuf, dialect: model::Dialect, area: &str) 
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ids_are_the_backups_path_ids() {
-        assert_eq!(id_of(b""), nfs3::rw::root_id());
-        let a = nfs3::rw::symlink_id(&nfs3::rw::root_id(), b"cn001");
-        assert_eq!(id_of(b"cn001"), a);
-        assert_eq!(id_of(b"cn001/etc"), nfs3::rw::symlink_id(&a, b"etc"));
-        assert_ne!(id_of(b"cn001/etc"), id_of(b"cn002/etc"));
-    }
-
-    #[test]
-    fn only_nodes_exported_here_without_refer_are_served() {
-        let text = "/nodedata *(rw,no_root_squash,sync,fsid=1)\n/nodedata/cn001 *(rw,no_root_squash,sync,fsid=2)\n/nodedata/cn002 *(rw,no_root_squash,sync,fsid=3,refer=/nodedata/cn002@10.0.0.2)\n/other/cn003 *(rw,fsid=4)\n/nodedata/x/y *(rw,fsid=5)\n";
-        let ex = exports::parse(model::Dialect::Linux, text).unwrap();
-        let s = served_nodes(&ex, "/nodedata");
-        assert_eq!(s.into_iter().collect::<Vec<_>>(), vec![b"cn001".to_vec()]);
-        assert!(within(b"a/b", b"a") && !within(b"ab", b"a") && !within(b"a", b"a"));
-        assert_eq!(parent_name(b"a/b/c"), (&b"a/b"[..], &b"c"[..]));
-        assert_eq!(parent_name(b"a"), (&b""[..], &b"a"[..]));
-    }
-}
-
 /// The `StateliteKernel` reply: each kernel-nfsd area's copy state, with the node directories
 /// it holds (the lag is the area's, one stream for all of them).
 pub(crate) fn status(agent: &crate::Agent) -> Vec<proto::reply::KernelArea> {
@@ -1008,4 +983,29 @@ pub(crate) fn status(agent: &crate::Agent) -> Vec<proto::reply::KernelArea> {
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_the_backups_path_ids() {
+        assert_eq!(id_of(b""), nfs3::rw::root_id());
+        let a = nfs3::rw::symlink_id(&nfs3::rw::root_id(), b"cn001");
+        assert_eq!(id_of(b"cn001"), a);
+        assert_eq!(id_of(b"cn001/etc"), nfs3::rw::symlink_id(&a, b"etc"));
+        assert_ne!(id_of(b"cn001/etc"), id_of(b"cn002/etc"));
+    }
+
+    #[test]
+    fn only_nodes_exported_here_without_refer_are_served() {
+        let text = "/nodedata *(rw,no_root_squash,sync,fsid=1)\n/nodedata/cn001 *(rw,no_root_squash,sync,fsid=2)\n/nodedata/cn002 *(rw,no_root_squash,sync,fsid=3,refer=/nodedata/cn002@10.0.0.2)\n/other/cn003 *(rw,fsid=4)\n/nodedata/x/y *(rw,fsid=5)\n";
+        let ex = exports::parse(model::Dialect::Linux, text).unwrap();
+        let s = served_nodes(&ex, "/nodedata");
+        assert_eq!(s.into_iter().collect::<Vec<_>>(), vec![b"cn001".to_vec()]);
+        assert!(within(b"a/b", b"a") && !within(b"ab", b"a") && !within(b"a", b"a"));
+        assert_eq!(parent_name(b"a/b/c"), (&b"a/b"[..], &b"c"[..]));
+        assert_eq!(parent_name(b"a"), (&b""[..], &b"a"[..]));
+    }
 }
