@@ -125,19 +125,24 @@ pub struct KernelWatch {
     _watcher: notify::RecommendedWatcher,
 }
 
+/// A handle on a watcher's lag: the session answering
+/// `StateliteKernelStatus` holds it while the watcher itself stays in `Listening`.
+#[derive(Clone)]
+pub struct LagProbe(Arc<Shared>);
+
+impl LagProbe {
+    pub fn lag(&self) -> KernelLag {
+        lag_of(&self.0)
+    }
+}
+
 impl KernelWatch {
     pub fn lag(&self) -> KernelLag {
-        let s = &self.shared;
-        KernelLag {
-            area: s.area.clone(),
-            seconds: s.oldest.lock().ok().and_then(|o| *o).map_or(0.0, |t| t.elapsed().as_secs_f64()),
-            bytes: s.bytes.load(Ordering::SeqCst),
-            in_sync_at: s.in_sync_at.lock().ok().and_then(|m| *m),
-            connected: s.connected.load(Ordering::SeqCst),
-            torn: s.torn.load(Ordering::SeqCst),
-            overflows: s.overflows.load(Ordering::SeqCst),
-            lost_streams: s.lost_streams.load(Ordering::SeqCst),
-        }
+        lag_of(&self.shared)
+    }
+
+    pub fn probe(&self) -> LagProbe {
+        LagProbe(self.shared.clone())
     }
 
     pub fn hooks(&self) -> &Hooks {
@@ -147,6 +152,19 @@ impl KernelWatch {
     /// As if the inotify queue had overflowed.
     pub fn inject_overflow(&self) {
         let _ = self.tx.send(Input::Overflow);
+    }
+}
+
+fn lag_of(s: &Shared) -> KernelLag {
+    KernelLag {
+        area: s.area.clone(),
+        seconds: s.oldest.lock().ok().and_then(|o| *o).map_or(0.0, |t| t.elapsed().as_secs_f64()),
+        bytes: s.bytes.load(Ordering::SeqCst),
+        in_sync_at: s.in_sync_at.lock().ok().and_then(|m| *m),
+        connected: s.connected.load(Ordering::SeqCst),
+        torn: s.torn.load(Ordering::SeqCst),
+        overflows: s.overflows.load(Ordering::SeqCst),
+        lost_streams: s.lost_streams.load(Ordering::SeqCst),
     }
 }
 
@@ -916,6 +934,55 @@ pub(crate) fn fence(exports_file: PathBuf, dialect: model::Dialect, area: &str) 
         }
         refused
     })
+}
+
+/// The `StateliteKernel` reply: each kernel-nfsd area's copy state, with the node directories
+/// it holds (the lag is the area's, one stream for all of them).
+pub(crate) fn status(agent: &crate::Agent) -> Vec<proto::reply::KernelArea> {
+    let ms = |t: SystemTime| {
+        t.duration_since(std::time::UNIX_EPOCH).map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)).unwrap_or(0)
+    };
+    agent
+        .statelite_kernel
+        .iter()
+        .map(|(area, end)| {
+            let mut nodes: Vec<String> = std::fs::read_dir(agent.area_dir(area))
+                .map(|rd| {
+                    rd.flatten()
+                        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                        .filter_map(|e| e.file_name().into_string().ok())
+                        .collect()
+                })
+                .unwrap_or_default();
+            nodes.sort();
+            match end {
+                crate::KernelEnd::Primary(p) => {
+                    let l = p.lag();
+                    proto::reply::KernelArea {
+                        area: area.clone(),
+                        role: "primary".into(),
+                        connected: l.connected,
+                        lag_ms: (l.seconds * 1000.0) as u64,
+                        lag_bytes: l.bytes,
+                        in_sync_at_ms: l.in_sync_at.map(ms),
+                        nodes,
+                    }
+                }
+                crate::KernelEnd::Backup(m) => {
+                    let at = m.at();
+                    proto::reply::KernelArea {
+                        area: area.clone(),
+                        role: "backup".into(),
+                        connected: at.is_some(),
+                        lag_ms: 0,
+                        lag_bytes: 0,
+                        in_sync_at_ms: at.map(ms),
+                        nodes,
+                    }
+                }
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]

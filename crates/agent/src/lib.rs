@@ -66,6 +66,15 @@ pub struct Agent {
     /// Read-write areas that follow a service address: promoted when it is claimed here, back
     /// in standby when it is released.
     rw_follow: Vec<RwFollow>,
+    /// The kernel-nfsd areas (`StateliteKernelStatus`), set by `bind`.
+    statelite_kernel: Vec<(model::AbsPath, KernelEnd)>,
+}
+
+/// One end of a kernel-nfsd area's continuous copy.
+#[derive(Clone)]
+pub(crate) enum KernelEnd {
+    Primary(kwatch::LagProbe),
+    Backup(nfs3::replica::InSyncMarks),
 }
 
 /// One end of a read-write area's replication stream.
@@ -153,6 +162,7 @@ impl Agent {
             takeover: Default::default(),
             statelite_rw: Vec::new(),
             rw_follow: Vec::new(),
+            statelite_kernel: Vec::new(),
         };
         session::recover_all(&agent);
         statelite::recover_all(&agent);
@@ -300,6 +310,7 @@ impl Agent {
                 let rs = nfs3::replica::serve_replica(r.listen, tls, area.clone(), fs)
                     .await
                     .with_context(|| format!("accepting the copy of {area} on {}", r.listen))?;
+                self.statelite_kernel.push((k.area.clone(), KernelEnd::Backup(rs.marks())));
                 kernel_replicas.push((area.clone(), rs));
             }
             if let Some(p) = &k.peer {
@@ -321,6 +332,7 @@ impl Agent {
                 };
                 let w = kwatch::start(setup, tokio::runtime::Handle::current())
                     .with_context(|| format!("watching statelite area {area}"))?;
+                self.statelite_kernel.push((k.area.clone(), KernelEnd::Primary(w.probe())));
                 kernel.push(w);
             }
         }

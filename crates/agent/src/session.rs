@@ -173,6 +173,10 @@ pub async fn run(agent: &Agent, mut c: Conn) -> Result<()> {
                 let areas = agent.statelite_rw.iter().map(|(area, r)| rw_area(area, &r.status())).collect();
                 c.request(&FromAgent::StateliteRw(reply::StateliteRw { areas })).await?
             }
+            ToAgent::StateliteKernelStatus => {
+                let areas = crate::kwatch::status(agent);
+                c.request(&FromAgent::StateliteKernel(reply::StateliteKernel { areas })).await?
+            }
             ToAgent::Bye => {
                 c.shutdown().await;
                 return Ok(());

@@ -322,3 +322,68 @@ fn the_stream_never_writes_a_node_directory_the_backup_serves_itself() {
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(std::fs::read(p.bdata.join("cn002/x")).unwrap(), b"live on the backup\n");
 }
+
+async fn kernel_status(addr: &str, ca: &Path, name: &str) -> Vec<proto::reply::KernelArea> {
+    let id = transport::Identity::load(&ca.join("ca.pem"), &ca.join("mn.pem"), &ca.join("mn.key")).unwrap();
+    let mut c =
+        transport::connect(addr, name, Some(id.client_config().unwrap()), Duration::from_secs(5)).await.unwrap();
+    c.call(proto::req::Hello { version: proto::VERSION, controller: "mn".into() }).await.unwrap();
+    let r = c.call(proto::req::StateliteKernelStatus).await.unwrap();
+    c.bye().await;
+    r.areas
+}
+
+fn unix_ms_now() -> i64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_millis() as i64
+}
+
+#[test]
+fn the_controller_sees_each_ends_lag_and_in_sync_mark_and_the_lag_of_a_dead_backup() {
+    let p = Pair::new();
+    let backup = p.backup();
+    let primary = p.primary();
+    burst(&p.pdata);
+    converged(&p.pdata, &p.bdata, &["cn001", "cn002"], Duration::from_secs(15)).unwrap();
+    let (pa, ba) = (primary.local_addr().to_string(), backup.local_addr().to_string());
+    let _p = p.rt.spawn(primary.serve());
+    let b = p.rt.spawn(backup.serve());
+    let ca = p.ca.clone();
+    // Converged and quiet: the primary has nothing waiting and an acknowledged mark; the backup
+    // applied that mark (its data age is the time since).
+    let (ps, bs) = p.rt.block_on(async {
+        let t0 = Instant::now();
+        loop {
+            let ps = kernel_status(&pa, &ca, "sn1").await;
+            let bs = kernel_status(&ba, &ca, "sn2").await;
+            let quiet = ps[0].lag_ms == 0 && ps[0].in_sync_at_ms.is_some() && bs[0].in_sync_at_ms.is_some();
+            if quiet || t0.elapsed() > Duration::from_secs(5) {
+                break (ps, bs);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    assert_eq!(ps.len(), 1);
+    assert_eq!((ps[0].area.as_str(), ps[0].role.as_str(), ps[0].connected), (AREA, "primary", true), "{ps:?}");
+    assert_eq!((ps[0].lag_ms, ps[0].lag_bytes), (0, 0), "{ps:?}");
+    assert_eq!(ps[0].nodes, ["cn001", "cn002", "cn003"]);
+    assert_eq!((bs[0].role.as_str(), bs[0].connected), ("backup", true), "{bs:?}");
+    let age = unix_ms_now() - bs[0].in_sync_at_ms.unwrap();
+    assert!((0..3000).contains(&age), "backup's data age {age} ms");
+    assert_eq!(bs[0].nodes, ["cn001", "cn002"], "only what was sent is on the backup");
+
+    // The backup dies; a change waits: the primary reports its age and size.
+    b.abort();
+    p.rt.block_on(async { tokio::time::sleep(Duration::from_millis(300)).await });
+    std::fs::write(p.pdata.join("cn002/after"), vec![1u8; 5000]).unwrap();
+    let ps = p.rt.block_on(async {
+        let t0 = Instant::now();
+        loop {
+            let ps = kernel_status(&pa, &ca, "sn1").await;
+            if ps[0].lag_bytes >= 5000 && ps[0].lag_ms >= 500 || t0.elapsed() > Duration::from_secs(10) {
+                break ps;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    assert!(ps[0].lag_bytes >= 5000 && ps[0].lag_ms >= 500, "{ps:?}");
+}

@@ -102,6 +102,7 @@ pub struct Metrics {
     rw_lag_seconds: Family<RwLabel, Gauge<f64, AtomicU64>>,
     rw_lag_bytes: Family<RwLabel, Gauge>,
     rw_last_reconcile: Family<RwLabel, Gauge>,
+    kernel_in_sync: Family<RwLabel, Gauge<f64, AtomicU64>>,
 }
 
 impl Default for Metrics {
@@ -125,6 +126,7 @@ impl Default for Metrics {
             rw_lag_seconds: Family::default(),
             rw_lag_bytes: Family::default(),
             rw_last_reconcile: Family::default(),
+            kernel_in_sync: Family::default(),
             registry: Registry::default(),
         };
         use health::report::metrics as hm;
@@ -170,6 +172,13 @@ impl Default for Metrics {
             "hanfs_statelite_rw_last_reconcile_timestamp_seconds",
             "Unix time the last reconciliation of the read-write area with its backup ended",
             m.rw_last_reconcile.clone(),
+        );
+        // Kernel-nfsd areas share the `hanfs_statelite_rw_*` protected (stream up) and lag
+        // gauges under their own area label; their backup's data age comes from this one.
+        registry.register(
+            "hanfs_statelite_kernel_in_sync_timestamp_seconds",
+            "Unix time of the last in-sync mark of a kernel-nfsd statelite area (acknowledged by its backup, or applied on it)",
+            m.kernel_in_sync.clone(),
         );
         for r in ["ok", "failed"] {
             // Both outcomes are shown from the start, at 0.
@@ -221,6 +230,9 @@ impl Metrics {
             self.rw_lag_bytes.get_or_create(&l).set(i64::try_from(a.lag_bytes).unwrap_or(i64::MAX));
             if let Some(t) = a.last_reconcile {
                 self.rw_last_reconcile.get_or_create(&l).set(t);
+            }
+            if let Some(t) = a.in_sync_at {
+                self.kernel_in_sync.get_or_create(&l).set(t);
             }
         }
     }
@@ -517,5 +529,56 @@ mod tests {
             lines.iter().any(|l| l.contains("primary: protected, lag 0.0 s 0 bytes; last reconcile ok")),
             "{lines:?}"
         );
+    }
+
+    #[test]
+    fn kernel_areas_show_lag_nodes_and_data_age_in_metrics_status_and_json() {
+        let k = |role: &str, connected: bool| {
+            crate::RwAreaStatus::from(proto::reply::KernelArea {
+                area: proto::AbsPath::parse("/kdata").unwrap(),
+                role: role.into(),
+                connected,
+                lag_ms: if connected { 0 } else { 1500 },
+                lag_bytes: if connected { 0 } else { 5000 },
+                in_sync_at_ms: Some(1_700_000_000_500),
+                nodes: vec!["cn001".into(), "cn002".into()],
+            })
+        };
+        let m = Metrics::default();
+        m.record_statelite_rw("sn1", &[k("primary", false)]);
+        let t = m.render();
+        let label = "{sn=\"sn1\",area=\"/kdata\",role=\"primary\"}";
+        for want in [
+            format!("hanfs_statelite_rw_protected{label} 0"),
+            format!("hanfs_statelite_rw_lag_seconds{label} 1.5"),
+            format!("hanfs_statelite_rw_lag_bytes{label} 5000"),
+            format!("hanfs_statelite_kernel_in_sync_timestamp_seconds{label} 1700000000.5"),
+        ] {
+            assert!(t.contains(&want), "{want} not in:\n{t}");
+        }
+        let l = crate::report::kernel_line(&k("primary", false), 1_700_000_010.5);
+        assert_eq!(
+            l,
+            "  statelite kernel /kdata primary: NOT CONNECTED (no stream to the backup), lag 1.5 s 5000 bytes; in sync 10.0 s ago; nodes cn001 cn002"
+        );
+        let l = crate::report::kernel_line(&k("backup", true), 1_700_000_002.0);
+        assert_eq!(l, "  statelite kernel /kdata backup: connected; in sync 1.5 s ago; nodes cn001 cn002");
+        let r = crate::StatusReport {
+            sns: vec![crate::SnStatus {
+                name: "sn1".into(),
+                reachable: true,
+                images: Vec::new(),
+                statelite_rw: vec![k("primary", false)],
+                error: None,
+            }],
+        };
+        let j = crate::report::status_json(&r, &[], None).unwrap();
+        let a = &j["sns"][0]["statelite_rw"][0];
+        assert_eq!(
+            (a["kind"].as_str(), a["lag_seconds"].as_f64(), a["lag_bytes"].as_u64()),
+            (Some("kernel"), Some(1.5), Some(5000))
+        );
+        assert_eq!(a["in_sync_at"].as_f64(), Some(1_700_000_000.5));
+        assert_eq!(a["nodes"][1], "cn002");
     }
 }

@@ -176,6 +176,48 @@ pub struct RwAreaStatus {
     pub last_reconcile: Option<i64>,
     pub last_reconcile_ok: Option<bool>,
     pub last_reconcile_result: Option<String>,
+    /// `rw` (the embedded read-write server, replicated synchronously) or `kernel` (kernel nfsd,
+    /// copied continuously as it changes).
+    pub kind: &'static str,
+    /// Kernel areas: Unix time (seconds, fractional) of the last in-sync mark, acknowledged by
+    /// the backup (primary) or applied (backup): the copy held everything seen until then.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub in_sync_at: Option<f64>,
+    /// Kernel areas: the node directories the area holds on this SN (the lag is for each).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<String>,
+}
+
+impl RwAreaStatus {
+    /// A kernel area's backup: how old its copy is at `now` (Unix seconds), from the last
+    /// in-sync mark; `None` when it never saw one.
+    pub fn data_age(&self, now: f64) -> Option<f64> {
+        self.in_sync_at.map(|t| (now - t).max(0.0))
+    }
+}
+
+impl From<proto::reply::KernelArea> for RwAreaStatus {
+    fn from(a: proto::reply::KernelArea) -> RwAreaStatus {
+        let reason = match (a.connected, a.role.as_str()) {
+            (true, _) => None,
+            (false, "primary") => Some("no stream to the backup".to_string()),
+            (false, _) => Some("no in-sync mark from the primary yet".to_string()),
+        };
+        RwAreaStatus {
+            area: a.area.as_str().to_string(),
+            role: a.role,
+            protected: a.connected,
+            reason,
+            lag_seconds: a.lag_ms as f64 / 1000.0,
+            lag_bytes: a.lag_bytes,
+            last_reconcile: None,
+            last_reconcile_ok: None,
+            last_reconcile_result: None,
+            kind: "kernel",
+            in_sync_at: a.in_sync_at_ms.map(|t| t as f64 / 1000.0),
+            nodes: a.nodes,
+        }
+    }
 }
 
 impl From<proto::reply::RwArea> for RwAreaStatus {
@@ -190,6 +232,9 @@ impl From<proto::reply::RwArea> for RwAreaStatus {
             last_reconcile: a.last_reconcile,
             last_reconcile_ok: a.last_reconcile_ok,
             last_reconcile_result: a.last_reconcile_result,
+            kind: "rw",
+            in_sync_at: None,
+            nodes: Vec::new(),
         }
     }
 }

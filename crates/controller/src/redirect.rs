@@ -33,6 +33,10 @@ pub struct MoveReport {
     /// `migrate --back`: the service address moved back to its SN.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub address: Option<AddressRow>,
+    /// Failover: how old each moved node's copy is on its new SN (kernel-nfsd areas, from the
+    /// backup's last in-sync mark).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub data_age: Vec<DataAge>,
     /// `migrate --back`: the generation of `returns.json` that records the return.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub returned: Option<u64>,
@@ -55,6 +59,29 @@ pub struct Moved {
     pub node: String,
     pub from: String,
     pub to: String,
+}
+
+/// One moved node's data age in a kernel-nfsd area on the SN it moved to.
+#[derive(Debug, Serialize)]
+pub struct DataAge {
+    pub node: String,
+    pub sn: String,
+    pub area: String,
+    /// Seconds between the backup's last in-sync mark and the report; `None`: never marked.
+    pub seconds: Option<f64>,
+}
+
+/// The data age of each moved node held in a kernel-nfsd area on its new SN, from `areas`
+/// (what each new SN reported), at `now` (Unix seconds).
+pub fn data_ages(moves: &[(String, String)], areas: &[(String, Vec<crate::RwAreaStatus>)], now: f64) -> Vec<DataAge> {
+    let mut out = Vec::new();
+    for (node, sn) in moves {
+        let Some((_, list)) = areas.iter().find(|(s, _)| s == sn) else { continue };
+        for a in list.iter().filter(|a| a.kind == "kernel" && a.role == "backup" && a.nodes.contains(node)) {
+            out.push(DataAge { node: node.clone(), sn: sn.clone(), area: a.area.clone(), seconds: a.data_age(now) });
+        }
+    }
+    out
 }
 
 #[derive(Debug, Serialize)]
@@ -409,6 +436,24 @@ pub async fn promote(ctl: &Arc<Controller>, dead: &str, dry: bool, hooks: &mut H
             }
         }
     }
+    if !dry {
+        let mut areas = Vec::new();
+        for sn in moves.iter().map(|(_, b)| b.clone()).collect::<BTreeSet<_>>() {
+            if let Some(s) = placed.sn(&sn) {
+                match crate::sn::statelite_rw_sn(ctl, s).await {
+                    Ok(a) => areas.push((sn, a)),
+                    Err(e) => run.step(format!("data age on {sn} unknown: {e:#}")),
+                }
+            }
+        }
+        let now =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
+        for d in data_ages(&moves, &areas, now) {
+            let line = crate::report::data_age_line(&d.node, d.seconds.map(std::time::Duration::from_secs_f64));
+            run.step(format!("{line} ({} on {})", d.area, d.sn));
+            run.rep.data_age.push(d);
+        }
+    }
     // Re-export on every live SN (all but the fenced one), from the new placement.
     let live: BTreeSet<String> = placed.sns().iter().map(|s| s.name.clone()).filter(|s| *s != dead.name).collect();
     run.conclude(ctl, lock.as_ref(), &placed, &moves, &live).await?;
@@ -620,4 +665,45 @@ fn mark_returned(ctl: &Controller, name: &str, now: u64) -> Result<()> {
     h.takeovers.retain(|t| t.service != name);
     h.updated = now;
     ctl.state.record_health(&h)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn kernel(role: &str, nodes: &[&str], at: Option<i64>) -> crate::RwAreaStatus {
+        crate::RwAreaStatus::from(proto::reply::KernelArea {
+            area: proto::AbsPath::parse("/kdata").unwrap(),
+            role: role.into(),
+            connected: at.is_some(),
+            lag_ms: 0,
+            lag_bytes: 0,
+            in_sync_at_ms: at,
+            nodes: nodes.iter().map(|n| n.to_string()).collect(),
+        })
+    }
+
+    #[test]
+    fn each_moved_node_gets_the_data_age_of_the_backup_copy_it_moved_to() {
+        let moves = vec![("cn001".to_string(), "sn2".to_string()), ("cn002".to_string(), "sn3".to_string())];
+        let areas = vec![
+            // sn2 is also the primary of another area: only its backup copies count.
+            (
+                "sn2".to_string(),
+                vec![kernel("primary", &["cn001"], Some(1_000)), kernel("backup", &["cn001"], Some(1_700_000_000_000))],
+            ),
+            ("sn3".to_string(), vec![kernel("backup", &["cn002", "cn003"], None)]),
+        ];
+        let d = data_ages(&moves, &areas, 1_700_000_002.5);
+        assert_eq!(d.len(), 2, "{d:?}");
+        assert_eq!((d[0].node.as_str(), d[0].sn.as_str(), d[0].seconds), ("cn001", "sn2", Some(2.5)));
+        assert_eq!((d[1].node.as_str(), d[1].seconds), ("cn002", None));
+        let j = serde_json::to_value(MoveReport { data_age: d, ..Default::default() }).unwrap();
+        assert_eq!(j["data_age"][0]["area"], "/kdata");
+        assert_eq!(j["data_age"][0]["seconds"], 2.5);
+        assert!(j["data_age"][1]["seconds"].is_null());
+        // A node not in any kernel area of its new SN has no row.
+        assert!(data_ages(&[("cn009".into(), "sn2".into())], &areas, 0.0).is_empty());
+    }
 }

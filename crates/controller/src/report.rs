@@ -132,6 +132,9 @@ pub fn status_lines(r: &StatusReport, lags: &[Lag]) -> Vec<String> {
 
 /// One read-write statelite area of an SN in `hanfs status`.
 pub fn rw_line(a: &crate::RwAreaStatus) -> String {
+    if a.kind == "kernel" {
+        return kernel_line(a, unix_now());
+    }
     let mut l = format!(
         "  statelite rw {} {}: {}",
         a.area,
@@ -147,6 +150,32 @@ pub fn rw_line(a: &crate::RwAreaStatus) -> String {
     }
     if let (Some(ok), Some(r)) = (a.last_reconcile_ok, &a.last_reconcile_result) {
         l.push_str(&format!("; last reconcile {}: {r}", if ok { "ok" } else { "failed" }));
+    }
+    l
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+}
+
+/// One kernel-nfsd area of an SN in `hanfs status` at `now` (Unix seconds): the primary's lag,
+/// the backup's data age, and the nodes they are for.
+pub fn kernel_line(a: &crate::RwAreaStatus, now: f64) -> String {
+    let state = if a.protected {
+        "connected".to_string()
+    } else {
+        format!("NOT CONNECTED ({})", a.reason.as_deref().unwrap_or(""))
+    };
+    let mut l = format!("  statelite kernel {} {}: {state}", a.area, a.role);
+    if a.role == "primary" {
+        l.push_str(&format!(", lag {:.1} s {} bytes", a.lag_seconds, a.lag_bytes));
+    }
+    match a.data_age(now) {
+        Some(age) => l.push_str(&format!("; in sync {age:.1} s ago")),
+        None => l.push_str("; never in sync"),
+    }
+    if !a.nodes.is_empty() {
+        l.push_str(&format!("; nodes {}", a.nodes.join(" ")));
     }
     l
 }

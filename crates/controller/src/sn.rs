@@ -392,7 +392,15 @@ pub async fn status_sn(ctl: &Controller, sn: ServiceNode, lasts: &[(String, u64)
         let mut c = connect(ctl, &sn).await?;
         let s = c.call(req::Status).await?;
         // Last: an agent older than this request ends the session at it.
-        let rw = c.call(req::StateliteRwStatus).await.map(|r| r.areas).unwrap_or_default();
+        let mut rw: Vec<RwAreaStatus> = c
+            .call(req::StateliteRwStatus)
+            .await
+            .map(|r| r.areas)
+            .unwrap_or_default()
+            .into_iter()
+            .map(Into::into)
+            .collect();
+        rw.extend(kernel_areas(&mut c).await);
         c.bye().await;
         Ok::<_, SnError>((s.images, rw))
     })
@@ -412,7 +420,7 @@ pub async fn status_sn(ctl: &Controller, sn: ServiceNode, lasts: &[(String, u64)
                     ImageStatus { name: i.name.into(), generation: i.generation, digest: i.digest.to_string(), lag }
                 })
                 .collect(),
-            statelite_rw: rw.into_iter().map(RwAreaStatus::from).collect(),
+            statelite_rw: rw,
             error: None,
         },
         Ok(Err(e)) => SnStatus {
@@ -437,12 +445,20 @@ pub async fn statelite_rw_sn(ctl: &Controller, sn: &ServiceNode) -> Result<Vec<R
     let rw = tokio::time::timeout(ctl.timeouts.frame, async {
         let mut c = connect(ctl, sn).await?;
         let rw = c.call(req::StateliteRwStatus).await?;
+        let mut rw: Vec<RwAreaStatus> = rw.areas.into_iter().map(Into::into).collect();
+        rw.extend(kernel_areas(&mut c).await);
         c.bye().await;
-        Ok::<_, SnError>(rw.areas)
+        Ok::<_, SnError>(rw)
     })
     .await
     .map_err(|_| SnError::Timeout(ctl.timeouts.frame))??;
-    Ok(rw.into_iter().map(RwAreaStatus::from).collect())
+    Ok(rw)
+}
+
+/// The kernel-nfsd areas' copy state; none from an agent older than the request (it ends the
+/// session there, so ask last).
+async fn kernel_areas(c: &mut Conn) -> Vec<RwAreaStatus> {
+    c.call(req::StateliteKernelStatus).await.map(|r| r.areas).unwrap_or_default().into_iter().map(Into::into).collect()
 }
 
 fn deployed_exports_path(cluster: &model::Cluster, sn: &str) -> std::path::PathBuf {

@@ -649,6 +649,21 @@ impl ReplicaServer {
     pub fn in_sync_at(&self) -> Option<std::time::SystemTime> {
         self.marked.lock().ok().and_then(|m| *m)
     }
+
+    /// A handle on [`Self::in_sync_at`] for whoever reports it (the agent's status session).
+    pub fn marks(&self) -> InSyncMarks {
+        InSyncMarks(self.marked.clone())
+    }
+}
+
+/// When a backup last applied an in-sync mark ([`ReplicaServer::marks`]).
+#[derive(Clone)]
+pub struct InSyncMarks(Arc<Mutex<Option<std::time::SystemTime>>>);
+
+impl InSyncMarks {
+    pub fn at(&self) -> Option<std::time::SystemTime> {
+        self.0.lock().ok().and_then(|m| *m)
+    }
 }
 
 impl Drop for ReplicaServer {

@@ -82,6 +82,11 @@ pub mod req {
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
     pub struct StateliteRwStatus;
 
+    /// The copy state of every kernel-nfsd statelite area of the agent (appended, like
+    /// `StateliteRwStatus`).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct StateliteKernelStatus;
+
     /// Open (recover, or adopt at generation 0 if new) the replica of `image` at `path` under the
     /// agent's root.
     #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -208,6 +213,31 @@ pub mod reply {
         pub areas: Vec<RwArea>,
     }
 
+    /// One statelite area kernel nfsd serves, copied continuously to its backup (issue 13
+    /// point 4), as the agent sees it.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct KernelArea {
+        pub area: AbsPath,
+        /// `primary` (this agent copies the area) or `backup` (it holds the copy).
+        pub role: String,
+        /// Primary: the stream to the backup is up. Backup: an in-sync mark was applied.
+        pub connected: bool,
+        /// Primary: age of the oldest change the backup has not acknowledged, milliseconds.
+        pub lag_ms: u64,
+        /// Primary: bytes of the files waiting to be sent.
+        pub lag_bytes: u64,
+        /// Unix milliseconds of the last in-sync mark: acknowledged by the backup (primary) or
+        /// applied here (backup). The copy held everything the primary had seen then.
+        pub in_sync_at_ms: Option<i64>,
+        /// The node directories in the area (the nodes this lag is for).
+        pub nodes: Vec<String>,
+    }
+
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct StateliteKernel {
+        pub areas: Vec<KernelArea>,
+    }
+
     /// `state` is where the replica stands now: on every `Open` the agent rescans it, and when the
     /// tree on disk no longer has the recorded digest it takes the tree as it is as its base
     /// (`drifted` then holds the digest it had recorded), so the next plan, made from the agent's
@@ -308,6 +338,8 @@ pub enum ToAgent {
     Release(req::Release),
     // Read-write statelite replication status (appended).
     StateliteRwStatus,
+    // Kernel-nfsd statelite copy status (appended).
+    StateliteKernelStatus,
 }
 
 /// Agent → controller. Variant order is the wire format: append only.
@@ -340,6 +372,8 @@ pub enum FromAgent {
     Released(reply::Released),
     // Read-write statelite replication status (appended).
     StateliteRw(reply::StateliteRw),
+    // Kernel-nfsd statelite copy status (appended).
+    StateliteKernel(reply::StateliteKernel),
 }
 
 /// One direction's message type.
@@ -373,6 +407,7 @@ impl Message for ToAgent {
             ToAgent::Claim(_) => "Claim",
             ToAgent::Release(_) => "Release",
             ToAgent::StateliteRwStatus => "StateliteRwStatus",
+            ToAgent::StateliteKernelStatus => "StateliteKernelStatus",
         }
     }
 }
@@ -397,6 +432,7 @@ impl Message for FromAgent {
             FromAgent::Claimed(_) => "Claimed",
             FromAgent::Released(_) => "Released",
             FromAgent::StateliteRw(_) => "StateliteRw",
+            FromAgent::StateliteKernel(_) => "StateliteKernel",
         }
     }
 }
@@ -475,6 +511,7 @@ reply!(reply::Content, "Content", FromAgent::Content(r) => r);
 reply!(reply::Claimed, "Claimed", FromAgent::Claimed(r) => r);
 reply!(reply::Released, "Released", FromAgent::Released(r) => r);
 reply!(reply::StateliteRw, "StateliteRw", FromAgent::StateliteRw(r) => r);
+reply!(reply::StateliteKernel, "StateliteKernel", FromAgent::StateliteKernel(r) => r);
 
 macro_rules! request {
     ($t:ty => $reply:ty, $v:ident) => {
@@ -514,6 +551,7 @@ request!(req::StateliteRead => reply::Content, StateliteRead);
 request!(req::Claim => reply::Claimed, Claim);
 request!(req::Release => reply::Released, Release);
 request!(unit req::StateliteRwStatus => reply::StateliteRw, StateliteRwStatus);
+request!(unit req::StateliteKernelStatus => reply::StateliteKernel, StateliteKernelStatus);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

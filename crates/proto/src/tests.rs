@@ -89,6 +89,21 @@ fn variant_numbers_never_move() {
     let f = encode(&m).unwrap();
     assert_eq!(f[HEADER], 15);
     assert_eq!(decode::<FromAgent>(&f[HEADER..]).unwrap(), m);
+    // The kernel-nfsd areas' copy state, appended after it.
+    assert_eq!(encode(&ToAgent::StateliteKernelStatus).unwrap()[HEADER], 19);
+    let k = reply::KernelArea {
+        area: AbsPath::parse("/nodedata").unwrap(),
+        role: "backup".into(),
+        connected: true,
+        lag_ms: 0,
+        lag_bytes: 0,
+        in_sync_at_ms: Some(1_700_000_000_250),
+        nodes: vec!["cn001".into()],
+    };
+    let m = FromAgent::StateliteKernel(reply::StateliteKernel { areas: vec![k] });
+    let f = encode(&m).unwrap();
+    assert_eq!(f[HEADER], 16);
+    assert_eq!(decode::<FromAgent>(&f[HEADER..]).unwrap(), m);
 }
 
 #[test]
