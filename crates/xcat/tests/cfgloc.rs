@@ -7,6 +7,8 @@
 //! made again first.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use xcat::source::{DbKind, XcatCfg};
 use xcat::SourceSpec;
@@ -108,12 +110,7 @@ fn run_perl(src: &Path, c: &Case) -> serde_json::Value {
 
 fn truth() -> serde_json::Value {
     if let Some(src) = std::env::var_os("XCAT_SRC").map(PathBuf::from) {
-        let commit = std::process::Command::new("git").arg("-C").arg(&src).args(["rev-parse", "HEAD"]).output().ok();
-        let commit = commit
-            .filter(|o| o.status.success())
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-            .or_else(|| std::env::var("XCAT_COMMIT").ok())
-            .expect("XCAT_SRC is no git checkout: set XCAT_COMMIT to the xCAT commit it holds");
+        let commit = common::xcat_commit(&src);
         let mut cases = serde_json::Map::new();
         for c in CASES {
             cases.insert(c.name.to_string(), run_perl(&src, c));

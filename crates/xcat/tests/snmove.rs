@@ -45,12 +45,7 @@ fn regenerate(set: &str, node: &str, args: &[&str], src: &Path) -> serde_json::V
     let tmp = tempfile::tempdir().unwrap();
     let db = tmp.path().join("db");
     common::Fixture::from_tabdump(&set_dir(set)).write_sqlite(&db);
-    let commit = std::process::Command::new("git").arg("-C").arg(src).args(["rev-parse", "HEAD"]).output().ok();
-    let commit = commit
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .or_else(|| std::env::var("XCAT_COMMIT").ok())
-        .expect("XCAT_SRC is no git checkout: set XCAT_COMMIT to the xCAT commit it holds");
+    let commit = common::xcat_commit(src);
     let harness = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/perl/snmove-truth.pl");
     for d in ["upper", "work"] {
         std::fs::create_dir(tmp.path().join(d)).unwrap();

@@ -25,12 +25,7 @@ pub fn sets() -> Vec<PathBuf> {
 fn regenerate(set: &Path, src: &Path) {
     let tmp = tempfile::tempdir().unwrap();
     common::Fixture::from_tabdump(set).write_sqlite(tmp.path());
-    let commit = std::process::Command::new("git").arg("-C").arg(src).args(["rev-parse", "HEAD"]).output().ok();
-    let commit = commit
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .or_else(|| std::env::var("XCAT_COMMIT").ok())
-        .expect("XCAT_SRC is no git checkout: set XCAT_COMMIT to the xCAT commit it holds");
+    let commit = common::xcat_commit(src);
     let harness = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/perl/xcat-truth.pl");
     let out = std::process::Command::new("perl")
         .arg(&harness)

@@ -388,3 +388,13 @@ pub fn cluster() -> Fixture {
     f.add("litefile", &[("image", s("gone-image")), ("file", s("/etc/motd")), ("options", s("ro"))]);
     f
 }
+
+/// The xCAT commit the checkout at `src` holds (`git rev-parse HEAD`, else `$XCAT_COMMIT`): recorded
+/// with every expected value produced by running xCAT's own Perl from it.
+pub fn xcat_commit(src: &Path) -> String {
+    let out = std::process::Command::new("git").arg("-C").arg(src).args(["rev-parse", "HEAD"]).output().ok();
+    out.filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .or_else(|| std::env::var("XCAT_COMMIT").ok())
+        .expect("XCAT_SRC is no git checkout: set XCAT_COMMIT to the xCAT commit it holds")
+}
