@@ -373,8 +373,8 @@ async fn image_session(
             // plan from this manifest repairs it (the scan's hash cache keyed on ctime keeps this
             // to a stat walk when nothing changed).
             Some((g, recorded)) => {
-                let now = r.scan()?.digest();
-                if now == recorded {
+                let (same, now) = r.rescan()?;
+                if same {
                     None
                 } else {
                     tracing::warn!("image {image}: replica drifted from generation {g} ({recorded}) to {now}: adopted as it is for repair");

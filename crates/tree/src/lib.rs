@@ -49,6 +49,11 @@ pub mod replica;
 pub mod scan;
 pub mod sigstore;
 
+/// Maps and sets of paths and hashes, which live only inside this process: foldhash (seeded per
+/// process) rather than SipHash, which took a tenth of a one-file commit's CPU on a 24k-entry image.
+pub(crate) type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+pub(crate) type HashSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
+
 pub use manifest::{digest, Entry, EntryPath, Kind, Manifest};
 pub use plan::{diff, Content, Plan, Source, Summary};
 pub use replica::{FileWriter, Needed, Recovery, Replica, ReplicaOptions, Staging};

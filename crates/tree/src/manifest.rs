@@ -1,6 +1,7 @@
 //! The manifest: what a tree holds, its validation and its digest.
 
-use std::collections::{BTreeMap, HashMap};
+use crate::HashMap;
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -384,7 +385,7 @@ type Children<'a> = HashMap<&'a [u8], Vec<(&'a [u8], &'a [u8])>>;
 /// node's hex. Sparse extents, atime, ctime, inode numbers and nlink are not included, so the same
 /// tree gives the same digest on any machine.
 pub fn digest(m: &Manifest) -> String {
-    let mut children: Children<'_> = HashMap::new();
+    let mut children: Children<'_> = HashMap::default();
     for p in m.entries.keys() {
         if let Some((parent, name)) = split(p) {
             children.entry(parent).or_default().push((name, p.as_slice()));

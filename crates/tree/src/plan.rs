@@ -1,6 +1,6 @@
 //! Comparing two manifests: the change plan the controller sends to every replica.
 
-use std::collections::{HashMap, HashSet};
+use crate::{HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -105,7 +105,7 @@ impl Plan {
 
 /// Hard-link groups: leader -> sorted list of all paths (leader first).
 pub(crate) fn link_groups(m: &Manifest) -> HashMap<&[u8], Vec<&[u8]>> {
-    let mut g: HashMap<&[u8], Vec<&[u8]>> = HashMap::new();
+    let mut g: HashMap<&[u8], Vec<&[u8]>> = HashMap::default();
     for (p, e) in &m.entries {
         if let Kind::HardLink { leader } = &e.kind {
             g.entry(leader.as_slice()).or_insert_with(|| vec![leader.as_slice()]).push(p);
@@ -142,7 +142,7 @@ pub(crate) struct Layout<'a> {
 }
 
 pub(crate) fn layout<'a>(old: &'a Manifest, new: &'a Manifest) -> Layout<'a> {
-    layout_with(old, new, &HashSet::new())
+    layout_with(old, new, &HashSet::default())
 }
 
 /// [`layout`] on a replica where the inodes at `drift` (new-tree paths) are not what the old
@@ -151,14 +151,27 @@ pub(crate) fn layout<'a>(old: &'a Manifest, new: &'a Manifest) -> Layout<'a> {
 pub(crate) fn layout_with<'a>(old: &'a Manifest, new: &'a Manifest, drift: &HashSet<&[u8]>) -> Layout<'a> {
     let go = link_groups(old);
     let gn = link_groups(new);
-    let mut kept = HashSet::new();
+    // Both maps are in path order: one merge pairs each new entry with its old self and finds the
+    // removed ones, rather than a tree lookup per entry (most of a small commit's CPU on a big image).
+    let mut pairs: Vec<(&'a [u8], &'a Entry, Option<&'a Entry>)> = Vec::with_capacity(new.entries.len());
+    let mut removed = Vec::new();
+    let mut olds = old.entries.iter().peekable();
+    for (p, e) in &new.entries {
+        while let Some((q, _)) = olds.next_if(|(q, _)| q.as_slice() < p.as_slice()) {
+            removed.push(q.as_slice());
+        }
+        let o = olds.next_if(|(q, _)| *q == p).map(|(_, o)| o);
+        pairs.push((p.as_slice(), e, o));
+    }
+    removed.extend(olds.map(|(q, _)| q.as_slice()));
+    let mut kept = HashSet::with_capacity_and_hasher(pairs.len(), Default::default());
+    let mut keeps = Vec::with_capacity(pairs.len());
     let mut staged = Vec::new();
     let mut links = Vec::new();
     let mut touched = Vec::new();
     // Leaders first so that members can look at whether their leader is kept.
-    for (p, e) in &new.entries {
-        let o = old.entries.get(p);
-        let same_group = go.get(p.as_slice()) == gn.get(p.as_slice());
+    for &(p, e, o) in &pairs {
+        let same_group = go.get(p) == gn.get(p);
         let keep = match (&e.kind, o.map(|o| &o.kind)) {
             (Kind::Dir, Some(Kind::Dir)) => true,
             (Kind::HardLink { .. }, _) | (Kind::Dir, _) => false,
@@ -167,32 +180,30 @@ pub(crate) fn layout_with<'a>(old: &'a Manifest, new: &'a Manifest, drift: &Hash
             }
             (k, Some(ok)) => k == ok && same_group,
             (_, None) => false,
-        } && !drift.contains(p.as_slice());
+        } && !drift.contains(p);
         if keep {
-            kept.insert(p.as_slice());
+            kept.insert(p);
         } else if !matches!(e.kind, Kind::Dir | Kind::HardLink { .. }) {
-            staged.push(p.as_slice());
+            staged.push(p);
         }
+        keeps.push(keep);
     }
-    for (p, e) in &new.entries {
+    for (&(p, e, o), keep) in pairs.iter().zip(keeps) {
         if let Kind::HardLink { leader } = &e.kind {
-            let o = old.entries.get(p);
             let ok = matches!(o.map(|o| &o.kind), Some(Kind::HardLink { leader: l2 }) if l2 == leader)
                 && kept.contains(leader.as_slice())
-                && !drift.contains(p.as_slice());
+                && !drift.contains(p);
             if ok {
-                kept.insert(p.as_slice());
+                kept.insert(p);
             } else {
-                links.push(p.as_slice());
+                links.push(p);
             }
             continue;
         }
-        let meta_same = old.entries.get(p).is_some_and(|o| same_meta(o, e));
-        if !(kept.contains(p.as_slice()) && meta_same) {
-            touched.push(p.as_slice());
+        if !(keep && o.is_some_and(|o| same_meta(o, e))) {
+            touched.push(p);
         }
     }
-    let removed = old.entries.keys().filter(|p| !new.entries.contains_key(*p)).map(Vec::as_slice).collect();
     Layout { kept, staged, links, touched, removed }
 }
 
@@ -203,13 +214,13 @@ pub fn diff(old: &Manifest, new: &Manifest) -> Plan {
     let lay = layout(old, new);
     let go = link_groups(old);
     // Old file leaders by content hash.
-    let mut by_hash: HashMap<&[u8; 32], Vec<&[u8]>> = HashMap::new();
+    let mut by_hash: HashMap<&[u8; 32], Vec<&[u8]>> = HashMap::default();
     for (p, e) in &old.entries {
         if let Kind::File { hash, .. } = &e.kind {
             by_hash.entry(hash).or_default().push(p);
         }
     }
-    let mut moved_from: HashSet<&[u8]> = HashSet::new();
+    let mut moved_from: HashSet<&[u8]> = HashSet::default();
     let mut s = Summary::default();
     let mut contents = Vec::new();
     for p in &lay.staged {

@@ -10,7 +10,7 @@
 //! commit is idempotent and derived from (old, new) alone, so recovery replays it to the end:
 //! the tree digest is always the old or the new generation's once recovery has run.
 
-use std::collections::{HashMap, HashSet};
+use crate::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{Read, Write};
@@ -76,6 +76,9 @@ pub struct Replica {
     state_dir: PathBuf,
     opts: ReplicaOptions,
     state: Option<State>,
+    /// The generation a [`Replica::rescan`] just found whole on disk (digest equal to the record),
+    /// taken by the next [`Replica::begin`]: it then probes only the kept inodes the plan acts on.
+    checked: Option<u64>,
 }
 
 const STAGE: &[u8] = b".hanfs/stage";
@@ -133,7 +136,7 @@ impl Replica {
         // definition (mtime as nanoseconds), not of the manifest as read now.
         let state =
             read_state::<State>(&state_dir.join("current"))?.map(|st| State { digest: st.manifest.digest(), ..st });
-        Ok(Replica { root: r, state_dir: state_dir.to_path_buf(), opts, state })
+        Ok(Replica { root: r, state_dir: state_dir.to_path_buf(), opts, state, checked: None })
     }
 
     /// Generation and digest the replica holds, if it has one.
@@ -157,6 +160,17 @@ impl Replica {
             .scan()
     }
 
+    /// Scans the replica and tells whether it still has the digest of the current generation (the
+    /// digest found is returned). When it has, the next [`Replica::begin`] relies on this scan for
+    /// the inodes the plan leaves alone (their types and link counts are in the digest) and probes
+    /// again only those it will modify, link or read; what drifts in between is left as it is and
+    /// found by the next scan (the agent rescans at every `Open`), never written through.
+    pub fn rescan(&mut self) -> Result<(bool, String)> {
+        let (same, d) = self.verify()?;
+        self.checked = if same { self.state.as_ref().map(|s| s.generation) } else { None };
+        Ok((same, d))
+    }
+
     /// Re-reads the tree and tells whether it still has the digest of the current generation
     /// (false also when there is no generation yet). Returns the digest found.
     pub fn verify(&self) -> Result<(bool, String)> {
@@ -172,6 +186,7 @@ impl Replica {
         let st = State { generation, digest: m.digest(), manifest: m };
         self.save_state(&st)?;
         self.state = Some(st);
+        self.checked = None;
         Ok((generation, self.current().map(|c| c.1).unwrap_or_default()))
     }
 
@@ -256,25 +271,41 @@ impl Replica {
         // what it says on disk. They are never modified or linked, only replaced.
         let mut probe = Probe::new(&self.root, old);
         let lay0 = layout(old, new);
+        // Just rescanned whole: only the kept inodes the commit sets metadata on or links to need
+        // a look (sources are probed below); else every kept one.
+        let checked = self.checked.take() == Some(st.generation);
+        let acted: HashSet<&[u8]> = if checked {
+            let leaders = lay0.links.iter().filter_map(|p| match new.entries.get(*p).map(|e| &e.kind) {
+                Some(Kind::HardLink { leader }) => Some(leader.as_slice()),
+                _ => None,
+            });
+            lay0.touched.iter().copied().chain(leaders).collect()
+        } else {
+            HashSet::default()
+        };
         let mut drift: Vec<EntryPath> = Vec::new();
         for p in new.entries.keys() {
-            if !p.is_empty() && lay0.kept.contains(p.as_slice()) && probe.get(p)? != OnDisk::Fine {
-                drift.push(p.clone());
+            let p = p.as_slice();
+            if p.is_empty() || !lay0.kept.contains(p) || (checked && !acted.contains(p)) {
+                continue;
+            }
+            if probe.get(p)? != OnDisk::Fine {
+                drift.push(p.to_vec());
             }
         }
         let drift_set: HashSet<&[u8]> = drift.iter().map(Vec::as_slice).collect();
         let lay = layout_with(old, new, &drift_set);
         let index: HashMap<EntryPath, usize> = new.entries.keys().enumerate().map(|(i, p)| (p.clone(), i)).collect();
         let old_groups = crate::plan::link_groups(old);
-        let mut by_hash: HashMap<&[u8; 32], Vec<&[u8]>> = HashMap::new();
+        let mut by_hash: HashMap<&[u8; 32], Vec<&[u8]>> = HashMap::default();
         for (q, o) in &old.entries {
             if let Kind::File { hash, .. } = &o.kind {
                 by_hash.entry(hash).or_default().push(q);
             }
         }
-        let mut moved = std::collections::HashSet::new();
+        let mut moved = HashSet::default();
         let mut contents = Vec::new();
-        let mut snapshot = HashSet::new();
+        let mut snapshot = HashSet::default();
         let mut lost = Vec::new();
         for p in &lay.staged {
             let Some(e) = new.entries.get(*p) else { continue };
@@ -388,6 +419,7 @@ impl Replica {
             let st = State { generation, digest: m.digest(), manifest: m };
             self.save_state(&st)?;
             self.state = Some(st);
+            self.checked = None;
             return Err(Error::Drift { paths: lost });
         }
         let generation = plan.generation;
@@ -554,6 +586,7 @@ impl Replica {
                 Err(e) => return Err(io_err(&np, e)),
             }
             self.state = Some(st);
+            self.checked = None;
             tm.lap("state saved (the switch is complete)");
         }
         point("commit-unjournal");
@@ -583,7 +616,7 @@ impl Replica {
         let bs = v.f_frsize.max(v.f_bsize).max(512);
         let drift: HashSet<&[u8]> = j.drift.iter().map(Vec::as_slice).collect();
         let lay = layout_with(&j.old, &j.new, &drift);
-        let mut per_dir: HashMap<Vec<u8>, u64> = HashMap::new();
+        let mut per_dir: HashMap<Vec<u8>, u64> = HashMap::default();
         let mut names = 0u64;
         let mut add = |p: &[u8]| {
             if let Some((parent, name)) = split(p) {
@@ -633,6 +666,7 @@ impl Replica {
         self.save_state(&st)?;
         let _ = std::fs::remove_file(self.state_dir.join(NEXT));
         self.state = Some(st);
+        self.checked = None;
         let jp = self.state_dir.join("journal");
         match std::fs::remove_file(&jp) {
             Ok(()) => {}
@@ -678,14 +712,14 @@ struct Probe<'a> {
 
 impl<'a> Probe<'a> {
     fn new(root: &'a Root, old: &'a Manifest) -> Probe<'a> {
-        let mut nlink = HashMap::new();
+        let mut nlink = HashMap::default();
         for (leader, paths) in crate::plan::link_groups(old) {
             for p in &paths {
                 nlink.insert(*p, paths.len() as u64);
             }
             nlink.insert(leader, paths.len() as u64);
         }
-        Probe { root, old, nlink, seen: HashMap::new(), hashed: HashMap::new() }
+        Probe { root, old, nlink, seen: HashMap::default(), hashed: HashMap::default() }
     }
 
     fn get(&mut self, p: &[u8]) -> Result<OnDisk> {

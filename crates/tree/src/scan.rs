@@ -1,6 +1,7 @@
 //! Scanning a tree into a [`Manifest`], with a persistent hash cache.
 
-use std::collections::{BTreeMap, HashMap};
+use crate::HashMap;
+use std::collections::BTreeMap;
 use std::fs::{File, Metadata};
 use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
@@ -330,8 +331,8 @@ impl Scanner {
         let mut cache = cache;
         let mut dirty = false;
         let mut entries = BTreeMap::new();
-        let mut inodes: HashMap<(u64, u64), Vec<EntryPath>> = HashMap::new();
-        let mut live = std::collections::HashSet::with_capacity(results.len());
+        let mut inodes: HashMap<(u64, u64), Vec<EntryPath>> = HashMap::default();
+        let mut live = crate::HashSet::with_capacity_and_hasher(results.len(), Default::default());
         for (rel, e, key, fresh, nlink, is_dir) in results {
             live.insert(key);
             if let Some(c) = fresh {

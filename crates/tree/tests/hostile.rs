@@ -287,6 +287,8 @@ fn apply_repairing(src: &Source, r: &mut Replica) -> tree::Result<(u64, String)>
 enum When {
     Before,
     DuringCommit,
+    /// After a `rescan` found the tree whole, so `begin` probes only the inodes it acts on.
+    AfterRescan,
 }
 
 /// Applies with the link planted after `begin` (the engine checked the tree already); on
@@ -352,6 +354,10 @@ fn planted_hard_link(victim_content: &[u8], when: When) {
     if when == When::Before {
         plant();
         apply_repairing(&src, &mut r).unwrap();
+    } else if when == When::AfterRescan {
+        assert!(r.rescan().unwrap().0, "the copy is whole before the plant");
+        plant();
+        apply_repairing(&src, &mut r).unwrap();
     } else {
         apply_planting(&src, &mut r, &plant).unwrap();
     }
@@ -386,6 +392,53 @@ fn hard_link_planted_during_the_commit_with_other_content() {
     let mut g: Vec<u8> = (0..20_000u32).map(|i| (i * 7 % 251) as u8).collect();
     g[5000..5010].copy_from_slice(b"OUTSIDE!!!");
     planted_hard_link(&g, When::DuringCommit);
+}
+
+#[test]
+fn hard_link_planted_after_a_rescan_on_a_file_the_commit_touches() {
+    let g: Vec<u8> = (0..20_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    planted_hard_link(&g, When::AfterRescan);
+}
+
+/// After a rescan found the tree whole, `begin` leaves the inodes the plan does not act on
+/// unprobed: a link planted on one of those in between is never written through, the commit
+/// goes on, and the next rescan reports the drift, which the plan made from it repairs.
+#[test]
+fn hard_link_planted_after_a_rescan_on_an_untouched_file_is_found_by_the_next_rescan() {
+    let t = tempfile::tempdir().unwrap();
+    let (old, new) = (t.path().join("old"), t.path().join("new"));
+    fs::create_dir_all(old.join("d")).unwrap();
+    fs::write(old.join("keep"), b"kept as it is").unwrap();
+    fs::write(old.join("d/x"), b"x").unwrap();
+    copy_tree(&old, &new);
+    fs::write(new.join("d/x"), b"x, changed").unwrap();
+    let victim = t.path().join("victim");
+    fs::write(&victim, b"outside, other content").unwrap();
+    let before = fs::read(&victim).unwrap();
+    let src = Source::new(&old, &new, &t.path().join("mn"));
+    let rep = t.path().join("rep");
+    let mut r = replica_copy(&old, &rep, &t.path().join("sn"));
+    assert!(r.rescan().unwrap().0);
+    fs::remove_file(rep.join("keep")).unwrap();
+    fs::hard_link(&victim, rep.join("keep")).unwrap();
+    apply(&src, &mut r, src.plan(2)).unwrap();
+    r.cleanup().unwrap();
+    assert_eq!(fs::read(&victim).unwrap(), before, "the outside file was written through the planted link");
+    assert_eq!(fs::read(rep.join("d/x")).unwrap(), b"x, changed");
+    let (same, _) = r.rescan().unwrap();
+    assert!(!same, "the next rescan must see the planted link");
+    // Without a fresh rescan, begin probes every kept inode and repairs it (as `Open` does:
+    // the replica is adopted as it is and planned from).
+    r.adopt(2).unwrap();
+    let mut plan = tree::diff(r.manifest().unwrap(), &src.new);
+    plan.generation = 3;
+    src.store.update(r.root(), r.manifest().unwrap()).unwrap();
+    apply(&src, &mut r, plan).unwrap();
+    r.cleanup().unwrap();
+    assert_eq!(fs::read(&victim).unwrap(), before);
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(fs::metadata(&victim).unwrap().nlink(), 1, "the planted link is still in the replica");
+    assert_eq!(walk(&rep), walk(&new), "replica differs from the new tree");
 }
 
 /// A symlink planted where a directory is expected: every file of that directory must be there
