@@ -932,6 +932,57 @@ mod tests {
         })
     }
 
+    fn rw(area: &str, role: &str, protected: bool, reason: Option<&str>) -> crate::RwAreaStatus {
+        crate::RwAreaStatus::from(proto::reply::RwArea {
+            area: proto::AbsPath::parse(area).unwrap(),
+            role: role.into(),
+            protected,
+            reason: reason.map(str::to_string),
+            lag_ms: 0,
+            lag_bytes: 0,
+            last_reconcile: None,
+            last_reconcile_ok: None,
+            last_reconcile_result: None,
+        })
+    }
+
+    #[test]
+    fn only_areas_served_on_the_source_and_in_standby_on_the_target_move_with_the_address() {
+        let from = vec![
+            rw("/nodedata", "primary", true, None),
+            rw("/gpudata", "backup", true, None),
+            rw("/scratch", "primary", true, None),
+            kernel("primary", &["cn001"], Some(1)),
+        ];
+        let to = vec![
+            rw("/nodedata", "backup", true, None),
+            // Served on both (split brain): no pair to move.
+            rw("/gpudata", "primary", true, None),
+            kernel("backup", &["cn001"], Some(1)),
+        ];
+        assert_eq!(rw_pairs(&from, &to), vec!["/nodedata".to_string()]);
+        assert!(rw_pairs(&to, &from).contains(&"/gpudata".to_string()));
+        assert!(rw_pairs(&from, &[]).is_empty());
+    }
+
+    #[test]
+    fn a_pair_is_in_sync_only_when_both_ends_are_protected_and_the_reason_says_which_is_not() {
+        let areas = vec!["/nodedata".to_string()];
+        let f = vec![rw("/nodedata", "primary", true, None)];
+        let t = vec![rw("/nodedata", "backup", true, None)];
+        assert_eq!(rw_in_sync(&areas, &f, &t), Ok(()));
+        let t_down = vec![rw("/nodedata", "backup", false, Some("no stream from the primary"))];
+        let e = rw_in_sync(&areas, &f, &t_down).unwrap_err();
+        assert_eq!(e, "/nodedata: target unprotected (no stream from the primary)");
+        let f_down = vec![rw("/nodedata", "primary", false, Some("dialling the backup: refused"))];
+        let e = rw_in_sync(&areas, &f_down, &t).unwrap_err();
+        assert_eq!(e, "/nodedata: source unprotected (dialling the backup: refused)");
+        // The roles turned (a takeover meanwhile): not in sync for this move.
+        let e = rw_in_sync(&areas, &t, &f).unwrap_err();
+        assert!(e.contains("roles are now backup and primary"), "{e}");
+        assert!(rw_in_sync(&areas, &f, &[]).unwrap_err().contains("no longer reported"));
+    }
+
     #[test]
     fn each_moved_node_gets_the_data_age_of_the_backup_copy_it_moved_to() {
         let moves = vec![("cn001".to_string(), "sn2".to_string()), ("cn002".to_string(), "sn3".to_string())];
