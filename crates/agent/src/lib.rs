@@ -93,7 +93,9 @@ impl RwArea {
             RwArea::Primary(r) => r.status(),
             RwArea::Backup(b) => b.status(),
             RwArea::Pair(r, _, srv) if srv.role().serves() => r.status(),
-            RwArea::Pair(_, b, _) => b.status(),
+            // In standby, the lag is what this side served that its peer has not acknowledged:
+            // 0 after a release whose flush succeeded (the controller checks it before the claim).
+            RwArea::Pair(r, b, _) => nfs3::replica::AreaStatus { lag: r.lag(), ..b.status() },
         }
     }
 }

@@ -313,6 +313,28 @@ pub fn rw_in_sync(areas: &[String], from: &[crate::RwAreaStatus], to: &[crate::R
     }
 }
 
+/// `Ok` when the released side of each of `areas` (in standby now) reports no lag: every change it
+/// served is acknowledged by its peer (the release's flush succeeded).
+pub fn unflushed(areas: &[String], released: &[crate::RwAreaStatus]) -> Result<(), String> {
+    let mut why = Vec::new();
+    for area in areas {
+        match released.iter().find(|a| a.kind == "rw" && a.area == *area) {
+            Some(a) if a.role == "backup" && a.lag_seconds == 0.0 && a.lag_bytes == 0 => {}
+            Some(a) if a.role != "backup" => why.push(format!("{area} is still served there (role {})", a.role)),
+            Some(a) => why.push(format!(
+                "{area}: changes served there for {:.1} s ({} bytes) are not on its peer (the release's flush failed)",
+                a.lag_seconds, a.lag_bytes
+            )),
+            None => why.push(format!("{area}: not reported after the release")),
+        }
+    }
+    if why.is_empty() {
+        Ok(())
+    } else {
+        Err(why.join("; "))
+    }
+}
+
 /// Asks both SNs until `areas` are in sync ([`rw_in_sync`]) or `within` passed.
 async fn wait_rw_in_sync(
     ctl: &Controller,
@@ -443,7 +465,8 @@ async fn by_address(
         }
     }
     affected.insert(from.name.clone());
-    let row = move_address(&mut run, ctl, placed, &address, std::slice::from_ref(&from.name), &to, dry).await;
+    let check = Some((&from, areas.as_slice()));
+    let row = move_address(&mut run, ctl, placed, &address, std::slice::from_ref(&from.name), &to, check, dry).await;
     let ok = row.claimed || dry;
     run.rep.address = Some(row);
     if !ok {
@@ -771,7 +794,8 @@ pub async fn back(ctl: &Arc<Controller>, name: &str, dry: bool, hooks: &mut Hook
     }
     if let Some(addr) = sn.service_address {
         affected.extend(holders.iter().cloned());
-        let row = move_address(&mut run, ctl, &placed, &addr.to_string(), &holders, &sn, dry).await;
+        let check = pair.as_ref().map(|p| (&p.from, p.areas.as_slice()));
+        let row = move_address(&mut run, ctl, &placed, &addr.to_string(), &holders, &sn, check, dry).await;
         let ok = row.claimed || dry;
         run.rep.address = Some(row);
         if !ok {
@@ -814,7 +838,11 @@ fn unix_now() -> u64 {
 
 /// Releases `address` on each of `holders`, checks it is gone there (a second release must find
 /// it `absent`), then claims it on `sn`. Any failure before the claim leaves it where it was; a
-/// failed claim gives it back to the first holder.
+/// failed claim gives it back to the first holder. `flushed`: read-write areas that move with
+/// the address, and the holder that served them: after the release, its status must show that
+/// nothing it served is missing on `sn` (the release's flush succeeded), else the address goes
+/// back to it.
+#[allow(clippy::too_many_arguments)]
 async fn move_address(
     run: &mut Run<'_, '_>,
     ctl: &Controller,
@@ -822,6 +850,7 @@ async fn move_address(
     address: &str,
     holders: &[String],
     sn: &model::ServiceNode,
+    flushed: Option<(&model::ServiceNode, &[String])>,
     dry: bool,
 ) -> AddressRow {
     let mut row = AddressRow {
@@ -870,6 +899,26 @@ async fn move_address(
         "{address} is gone from {}",
         if holders.is_empty() { "every backup".into() } else { holders.join(", ") }
     ));
+    if let Some((src, areas)) = flushed {
+        let missing = match crate::sn::statelite_rw_sn(ctl, src).await {
+            Ok(st) => unflushed(areas, &st),
+            Err(e) => Err(format!("status of {}: {e:#}", src.name)),
+        };
+        match missing {
+            Ok(()) => run.step(format!("{} flushed: {} has everything {} served", are(areas), sn.name, src.name)),
+            Err(e) => {
+                row.claimed = false;
+                row.detail = format!("not claimed on {}: {e}", sn.name);
+                run.step(format!("{address} NOT moved: {}", row.detail));
+                let back = crate::address::claim(ctl, src, address).await;
+                run.step(match back {
+                    Ok(_) => format!("{address} claimed again on {}: it serves as before", src.name),
+                    Err(e) => format!("{address} could NOT be claimed again on {}: {e} (no SN holds it now)", src.name),
+                });
+                return row;
+            }
+        }
+    }
     match crate::address::claim(ctl, sn, address).await {
         Ok(r) => {
             row.claimed = true;
@@ -981,6 +1030,19 @@ mod tests {
         let e = rw_in_sync(&areas, &t, &f).unwrap_err();
         assert!(e.contains("roles are now backup and primary"), "{e}");
         assert!(rw_in_sync(&areas, &f, &[]).unwrap_err().contains("no longer reported"));
+    }
+
+    #[test]
+    fn the_claim_waits_for_a_released_side_with_nothing_unacknowledged() {
+        let areas = vec!["/nodedata".to_string()];
+        assert_eq!(unflushed(&areas, &[rw("/nodedata", "backup", false, Some("no stream"))]), Ok(()));
+        let mut lagging = rw("/nodedata", "backup", false, None);
+        lagging.lag_seconds = 0.5;
+        lagging.lag_bytes = 4096;
+        let e = unflushed(&areas, &[lagging]).unwrap_err();
+        assert!(e.contains("0.5 s (4096 bytes) are not on its peer"), "{e}");
+        assert!(unflushed(&areas, &[rw("/nodedata", "primary", true, None)]).unwrap_err().contains("still served"));
+        assert!(unflushed(&areas, &[]).unwrap_err().contains("not reported"));
     }
 
     #[test]
