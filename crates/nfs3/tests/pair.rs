@@ -272,3 +272,27 @@ fn two_sides_in_standby_send_nothing_and_two_in_service_refuse_each_others_strea
         drop((ca, cb));
     });
 }
+
+#[test]
+fn a_change_reaching_a_standby_area_is_answered_retry_later_and_not_made() {
+    // Through the caller procedures the RPC layer uses (checked with the change lock held, so a
+    // change that waited for the lock while the area went to standby is refused the same way).
+    let (_t, root) = area();
+    let fs = nfs3::AreaFs::open(&root, 1, None, None).unwrap();
+    let me = nfs3::rw::Caller::root();
+    let top = nfs3::rw::root_id();
+    let f = fs.create_as(&me, &top, b"log", nfs3::rw::How::Unchecked(nfs3::oplog::Attrs::default())).unwrap();
+    fs.write_as(&me, &f, 0, b"served\n".to_vec(), true).unwrap();
+    assert_eq!(fs.set_role(Role::Standby).unwrap(), Role::Serving);
+    use nfs3_client::nfs3_types::nfs3::nfsstat3::NFS3ERR_JUKEBOX;
+    assert_eq!(fs.write_as(&me, &f, 7, b"standby\n".to_vec(), true), Err(NFS3ERR_JUKEBOX));
+    assert_eq!(fs.commit_as(&me, &f), Err(NFS3ERR_JUKEBOX));
+    let made = fs.create_as(&me, &top, b"new", nfs3::rw::How::Unchecked(nfs3::oplog::Attrs::default()));
+    assert_eq!(made.err(), Some(NFS3ERR_JUKEBOX));
+    assert_eq!(fs.remove_as(&me, &top, b"log", false), Err(NFS3ERR_JUKEBOX));
+    assert_eq!(fs::read(root.join("log")).unwrap(), b"served\n");
+    assert!(!root.join("new").exists());
+    fs.set_role(Role::Promoted).unwrap();
+    fs.write_as(&me, &f, 7, b"promoted\n".to_vec(), true).unwrap();
+    assert_eq!(fs::read(root.join("log")).unwrap(), b"served\npromoted\n");
+}
