@@ -218,7 +218,7 @@ fn migrate_moves_a_read_write_area_by_its_service_address_and_back_losing_nothin
                  [[sn]]\nname = \"sn2\"\naddress = \"127.0.0.1\"\nagent = \"127.0.0.1:{c2}\"\nbackups = [\"sn1\"]\n\
                  nfs_port = {3}\nmount_port = {3}\n\
                  [[statelite]]\nname = \"nodedata\"\npath = \"{AREA}\"\nclients = \"*\"\n\
-                 [[node]]\nname = \"cn001\"\nsns = [\"sn1\", \"sn2\"]\n",
+                 [[node]]\nname = \"cn001\"\nsns = [\"sn1\", \"sn2\"]\n[[node]]\nname = \"cn002\"\nsns = [\"sn1\", \"sn2\"]\n",
                 d.display(),
                 pki.display(),
                 sn1.nfs_port,
@@ -235,20 +235,25 @@ fn migrate_moves_a_read_write_area_by_its_service_address_and_back_losing_nothin
             let f = create(&mut c, &top, b"cn001.log").await;
             write(&mut c, &f, 0, b"on sn1\n").await;
 
-            // A dry run says what would happen and changes nothing.
+            // The address carries every node sn1 serves: one alone is refused, naming the other.
             let mut h = controller::redirect::Hooks { step: &mut log_step, repoint: &mut repointed };
-            let rep = controller::redirect::migrate(&ctl, &["cn001".into()], "sn2", true, &mut h).await.unwrap();
+            let e = controller::redirect::migrate(&ctl, &["cn001".into()], "sn2", false, &mut h).await.unwrap_err();
+            assert!(e.downcast_ref::<controller::BadInput>().is_some(), "{e:#}");
+            assert!(e.to_string().contains("name cn002 too"), "{e:#}");
+            let nodes = ["cn001".to_string(), "cn002".to_string()];
+            // A dry run says what would happen and changes nothing.
+            let rep = controller::redirect::migrate(&ctl, &nodes, "sn2", true, &mut h).await.unwrap();
             assert_eq!(rep.via, Some("service_address"), "{:?}", rep.steps);
             assert!(rep.steps.iter().any(|s| s.contains("would claim 10.77.0.101/24 on sn2")), "{:?}", rep.steps);
             let mut c = client(sn1.rw.port()).await;
             write(&mut c, &f, 7, b"still on sn1\n").await;
 
-            let rep = controller::redirect::migrate(&ctl, &["cn001".into()], "sn2", false, &mut h).await.unwrap();
+            let rep = controller::redirect::migrate(&ctl, &nodes, "sn2", false, &mut h).await.unwrap();
             assert!(rep.ok, "{:?} {:?}", rep.failed, rep.steps);
             assert_eq!((rep.via, rep.rw_areas.clone()), (Some("service_address"), vec![AREA.to_string()]));
             let row = rep.address.as_ref().unwrap();
             assert!(row.released && row.claimed, "{row:?}");
-            assert_eq!((rep.moved.len(), rep.moved[0].to.as_str()), (1, "sn2"));
+            assert_eq!((rep.moved.len(), rep.moved[0].to.as_str()), (2, "sn2"));
             // sn1 serves no client now; sn2 answers the handle sn1 gave, with every write.
             let mut c = client(sn2.rw.port()).await;
             assert_eq!(read(&mut c, &f).await, b"on sn1\nstill on sn1\n");
@@ -269,6 +274,7 @@ fn migrate_moves_a_read_write_area_by_its_service_address_and_back_losing_nothin
             assert!(rep.ok, "{:?} {:?}", rep.failed, rep.steps);
             assert_eq!(rep.via, Some("service_address"), "{:?}", rep.steps);
             assert!(rep.address.as_ref().is_some_and(|a| a.claimed), "{:?}", rep.address);
+            assert_eq!(rep.moved.len(), 2, "{:?}", rep.moved);
             let mut c = client(sn1.rw.port()).await;
             assert_eq!(read(&mut c, &f).await, b"on sn1\nstill on sn1\non sn2\n");
             write(&mut c, &f, 27, b"home again\n").await;
