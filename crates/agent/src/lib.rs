@@ -82,6 +82,9 @@ pub(crate) enum KernelEnd {
 pub(crate) enum RwArea {
     Primary(Arc<nfs3::replica::Replicator>),
     Backup(Arc<nfs3::replica::BackupState>),
+    /// Both ends (a symmetric pair following a service address): the primary's while the area
+    /// is served here, the backup's in standby.
+    Pair(Arc<nfs3::replica::Replicator>, Arc<nfs3::replica::BackupState>, Arc<nfs3::RwServer>),
 }
 
 impl RwArea {
@@ -89,6 +92,10 @@ impl RwArea {
         match self {
             RwArea::Primary(r) => r.status(),
             RwArea::Backup(b) => b.status(),
+            RwArea::Pair(r, _, srv) if srv.role().serves() => r.status(),
+            // In standby, the lag is what this side served that its peer has not acknowledged:
+            // 0 after a release whose flush succeeded (the controller checks it before the claim).
+            RwArea::Pair(r, b, _) => nfs3::replica::AreaStatus { lag: r.lag(), ..b.status() },
         }
     }
 }
@@ -268,16 +275,23 @@ impl Agent {
                 self.rw_follow.push(RwFollow { area: a.area.as_str().to_string(), address, server: srv.clone() });
             }
             self.nfs3_closers.push(srv.closer());
+            let mut primary = None;
             if let Some(r) = replicator {
                 tracing::info!(area = a.area.as_str(), peer = %r.peer().addr, peer_name = %r.peer().name, "statelite area replicated synchronously to its backup");
                 // Reconciles the backup before clients are served changes (bounded by the
-                // peer timeout when the backup is away; then retried in the background).
+                // peer timeout when the backup is away; then retried in the background). In
+                // standby (a symmetric pair's side without the address) nothing is sent until
+                // a claim puts the area in service.
                 let first = r.start(srv.fs()).await.with_context(|| format!("replicating {}", a.area.as_str()))?;
-                if let Err(e) = &first.result {
-                    tracing::warn!(area = a.area.as_str(), "statelite area starts unprotected: {e}");
+                match &first.result {
+                    Err(e) if !r.serving() => {
+                        tracing::info!(area = a.area.as_str(), "statelite area sends nothing: {e}")
+                    }
+                    Err(e) => tracing::warn!(area = a.area.as_str(), "statelite area starts unprotected: {e}"),
+                    Ok(_) => {}
                 }
                 streams.push((a.area.as_str().to_string(), r.clone()));
-                self.statelite_rw.push((a.area.clone(), RwArea::Primary(r)));
+                primary = Some(r);
             }
             // Backup: the primary's stream, on a listener of its own (the control port keeps
             // accepting the controller only), applied to the area this agent serves.
@@ -286,8 +300,15 @@ impl Agent {
                 let rs = nfs3::replica::serve_replica(r.listen, tls, a.area.as_str().to_string(), srv.fs().clone())
                     .await
                     .with_context(|| format!("accepting the replication of {} on {}", a.area.as_str(), r.listen))?;
-                self.statelite_rw.push((a.area.clone(), RwArea::Backup(rs.state())));
+                let end = match primary.take() {
+                    Some(p) => RwArea::Pair(p, rs.state(), srv.clone()),
+                    None => RwArea::Backup(rs.state()),
+                };
+                self.statelite_rw.push((a.area.clone(), end));
                 replicas.push((a.area.as_str().to_string(), rs));
+            }
+            if let Some(p) = primary {
+                self.statelite_rw.push((a.area.clone(), RwArea::Primary(p)));
             }
             rw.push(srv);
         }
@@ -441,7 +462,7 @@ impl Listening {
     /// The read-write areas this agent replicates to a backup, and whether each is unprotected
     /// (not reconciled yet, or the backup missed a change: it was unreachable, refused the
     /// stream or did not answer in `peer_timeout_ms`; reconciled again when it is back, see
-    /// `nfs3::replica`).
+    /// `nfs3::replica`). A symmetric pair's side in standby sends nothing: unprotected here.
     pub fn statelite_rw_unprotected(&self) -> Vec<(String, bool)> {
         self.streams.iter().map(|(a, r)| (a.clone(), r.unprotected())).collect()
     }

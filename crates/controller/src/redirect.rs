@@ -40,6 +40,15 @@ pub struct MoveReport {
     /// `migrate --back`: the generation of `returns.json` that records the return.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub returned: Option<u64>,
+    /// `migrate` and `migrate --back`: how the nodes' data moved. `copy`: the MN's final copy
+    /// of each area, then `refer=`; `service_address`: read-write areas on the embedded server
+    /// (symmetric pairs) were in sync on the target, and the serving SN's service address moved
+    /// there (released, checked gone, claimed), other areas copied by the MN first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub via: Option<&'static str>,
+    /// `via = service_address`: the read-write areas that moved with the address.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub rw_areas: Vec<String>,
     pub steps: Vec<String>,
 }
 
@@ -235,10 +244,237 @@ pub async fn migrate(
         .into());
     }
     let mut run = Run { rep: MoveReport { dry_run: dry, ..Default::default() }, hooks };
-    let (moves, affected) = final_copies(&mut run, ctl, &placed, nodes, to, dry).await;
+    // One SN serving them all, with a service address: its read-write areas may follow it.
+    let from: BTreeSet<&str> = nodes.iter().filter_map(|n| placed.serving(n)).collect();
+    let from = match from.into_iter().collect::<Vec<_>>()[..] {
+        [f] => placed.sn(f).filter(|f| f.service_address.is_some()).cloned(),
+        _ => None,
+    };
+    if let (Some(from), Some(to_sn)) = (from, placed.sn(to).cloned()) {
+        let address = from.service_address.map(|a| a.to_string()).unwrap_or_default();
+        if let Some(pair) = rw_pair(&mut run, ctl, from, to_sn, address).await {
+            return by_address(run, ctl, lock, &placed, nodes, pair, dry).await;
+        }
+    }
+    run.rep.via = Some("copy");
+    let (moves, affected) = final_copies(&mut run, ctl, &placed, nodes, to, dry, &BTreeSet::new()).await;
     if !moves.is_empty() {
         run.conclude(ctl, lock.as_ref(), &placed, &moves, &affected).await?;
     }
+    Ok(run.finish())
+}
+
+/// How long a move by service address waits for its read-write areas to be in sync on the
+/// target (the primary's stream reconciles an unprotected backup every 1-5 s).
+pub const RW_SYNC_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The read-write areas that move with a service address from the SN reporting `from` to the
+/// one reporting `to`: embedded-server areas `from` serves (`primary`) and `to` holds in
+/// standby (`backup`, the other end of a symmetric pair), by area path.
+pub fn rw_pairs(from: &[crate::RwAreaStatus], to: &[crate::RwAreaStatus]) -> Vec<String> {
+    from.iter()
+        .filter(|a| a.kind == "rw" && a.role == "primary")
+        .filter(|a| to.iter().any(|b| b.kind == "rw" && b.role == "backup" && b.area == a.area))
+        .map(|a| a.area.clone())
+        .collect()
+}
+
+/// `Ok` when each of `areas` is in sync: protected on `from` (every change on `to` before its
+/// reply) and on `to` (`from`'s stream connected, its last pass applied); else why not.
+pub fn rw_in_sync(areas: &[String], from: &[crate::RwAreaStatus], to: &[crate::RwAreaStatus]) -> Result<(), String> {
+    let mut why = Vec::new();
+    for area in areas {
+        let f = from.iter().find(|a| a.kind == "rw" && a.area == *area);
+        let t = to.iter().find(|a| a.kind == "rw" && a.area == *area);
+        match (f, t) {
+            (Some(f), Some(t)) if f.role == "primary" && t.role == "backup" && f.protected && t.protected => {}
+            (Some(f), Some(t)) if f.role != "primary" || t.role != "backup" => {
+                why.push(format!("{area}: roles are now {} and {} (not primary and backup)", f.role, t.role))
+            }
+            (Some(f), Some(t)) => why.push(format!(
+                "{area}: {}",
+                [(f, "source"), (t, "target")]
+                    .iter()
+                    .filter(|(a, _)| !a.protected)
+                    .map(|(a, side)| format!(
+                        "{side} unprotected ({})",
+                        a.reason.as_deref().unwrap_or("no reason given")
+                    ))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+            _ => why.push(format!("{area}: no longer reported by both SNs")),
+        }
+    }
+    if why.is_empty() {
+        Ok(())
+    } else {
+        Err(why.join("; "))
+    }
+}
+
+/// `Ok` when the released side of each of `areas` (in standby now) reports no lag: every change it
+/// served is acknowledged by its peer (the release's flush succeeded).
+pub fn unflushed(areas: &[String], released: &[crate::RwAreaStatus]) -> Result<(), String> {
+    let mut why = Vec::new();
+    for area in areas {
+        match released.iter().find(|a| a.kind == "rw" && a.area == *area) {
+            Some(a) if a.role == "backup" && a.lag_seconds == 0.0 && a.lag_bytes == 0 => {}
+            Some(a) if a.role != "backup" => why.push(format!("{area} is still served there (role {})", a.role)),
+            Some(a) => why.push(format!(
+                "{area}: changes served there for {:.1} s ({} bytes) are not on its peer (the release's flush failed)",
+                a.lag_seconds, a.lag_bytes
+            )),
+            None => why.push(format!("{area}: not reported after the release")),
+        }
+    }
+    if why.is_empty() {
+        Ok(())
+    } else {
+        Err(why.join("; "))
+    }
+}
+
+/// Asks both SNs until `areas` are in sync ([`rw_in_sync`]) or `within` passed.
+async fn wait_rw_in_sync(
+    ctl: &Controller,
+    from: &model::ServiceNode,
+    to: &model::ServiceNode,
+    areas: &[String],
+    within: std::time::Duration,
+) -> Result<(), String> {
+    let t0 = std::time::Instant::now();
+    loop {
+        let r = match (crate::sn::statelite_rw_sn(ctl, from).await, crate::sn::statelite_rw_sn(ctl, to).await) {
+            (Ok(f), Ok(t)) => rw_in_sync(areas, &f, &t),
+            (Err(e), _) => Err(format!("status of {}: {e:#}", from.name)),
+            (_, Err(e)) => Err(format!("status of {}: {e:#}", to.name)),
+        };
+        match r {
+            Ok(()) => return Ok(()),
+            Err(e) if t0.elapsed() >= within => return Err(format!("not in sync within {} s: {e}", within.as_secs())),
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(250)).await,
+        }
+    }
+}
+
+/// `a is` / `a, b are`.
+fn are(areas: &[String]) -> String {
+    format!("{} {}", areas.join(", "), if areas.len() == 1 { "is" } else { "are" })
+}
+
+/// A move by service address: `from` (serving the nodes) has a service address and read-write
+/// areas whose other end is in standby on `to`.
+struct RwPair {
+    from: model::ServiceNode,
+    to: model::ServiceNode,
+    address: String,
+    areas: Vec<String>,
+}
+
+/// Whether the data served by `from` moves to `to` with `address` (decided by what both agents
+/// report, `StateliteRwStatus`: the MN's config does not say which areas an agent serves
+/// itself). `None`: the MN's copy and `refer=`, as for kernel nfsd.
+async fn rw_pair(
+    run: &mut Run<'_, '_>,
+    ctl: &Controller,
+    from: model::ServiceNode,
+    to: model::ServiceNode,
+    address: String,
+) -> Option<RwPair> {
+    let (f, t) = match (crate::sn::statelite_rw_sn(ctl, &from).await, crate::sn::statelite_rw_sn(ctl, &to).await) {
+        (Ok(f), Ok(t)) => (f, t),
+        (Err(e), _) | (_, Err(e)) => {
+            run.step(format!("read-write areas of {} and {} unknown ({e:#}): moving by copy", from.name, to.name));
+            return None;
+        }
+    };
+    let areas = rw_pairs(&f, &t);
+    if areas.is_empty() {
+        return None;
+    }
+    Some(RwPair { from, to, address, areas })
+}
+
+/// `migrate` of the nodes of an SN whose read-write areas are replicated to `to`: the other
+/// areas copied by the MN (all or nothing), the read-write ones checked in sync on `to`, then
+/// the service address released on the SN (its areas demoted: the stream flushed, no client
+/// served), checked gone, and claimed on `to` (promoted: served with the same handles, its own
+/// write verifier making clients resend what they had not committed); the move recorded and
+/// exported as by copy.
+async fn by_address(
+    mut run: Run<'_, '_>,
+    ctl: &Arc<Controller>,
+    lock: Option<crate::PlacementLock>,
+    placed: &Cluster,
+    nodes: &[String],
+    pair: RwPair,
+    dry: bool,
+) -> Result<MoveReport> {
+    let RwPair { from, to, address, areas } = pair;
+    // The address carries every node that mounts from it: all of them move, or none.
+    let all: Vec<String> = placed
+        .nodes()
+        .iter()
+        .filter(|n| placed.serving(&n.name) == Some(from.name.as_str()))
+        .map(|n| n.name.clone())
+        .collect();
+    let left: Vec<&String> = all.iter().filter(|n| !nodes.contains(n)).collect();
+    if !left.is_empty() {
+        return Err(BadInput(format!(
+            "{}'s read-write area{} {} follow{} its service address {address}: moving it moves every node {} serves; \
+             name {} too",
+            from.name,
+            if areas.len() == 1 { "" } else { "s" },
+            areas.join(", "),
+            if areas.len() == 1 { "s" } else { "" },
+            from.name,
+            left.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+        ))
+        .into());
+    }
+    run.rep.via = Some("service_address");
+    run.rep.rw_areas = areas.clone();
+    run.step(format!(
+        "{} on the embedded read-write server of {} follow{} its service address {address}: {} by moving the address to {} (no copy by the MN for {})",
+        areas.join(", "),
+        from.name,
+        if areas.len() == 1 { "s" } else { "" },
+        if dry { "would move" } else { "moving" },
+        to.name,
+        if areas.len() == 1 { "it" } else { "them" },
+    ));
+    let skip: BTreeSet<String> = areas.iter().cloned().collect();
+    let (moves, mut affected) = final_copies(&mut run, ctl, placed, nodes, &to.name, dry, &skip).await;
+    if !run.rep.failed.is_empty() {
+        run.rep.moved.clear();
+        run.step("nothing moved: a final copy failed (the address stays; the SN serves as before)".into());
+        return Ok(run.finish());
+    }
+    if dry {
+        run.step(format!("would wait until {} in sync on {} (protected on both ends)", are(&areas), to.name));
+    } else {
+        match wait_rw_in_sync(ctl, &from, &to, &areas, RW_SYNC_WAIT).await {
+            Ok(()) => run.step(format!("{} in sync on {}: every change there before its reply", are(&areas), to.name)),
+            Err(e) => {
+                run.rep.moved.clear();
+                run.step(format!("nothing moved: {e}"));
+                run.rep.failed.push(NodeFailure { node: show(&moves), reason: e });
+                return Ok(run.finish());
+            }
+        }
+    }
+    affected.insert(from.name.clone());
+    let check = Some((&from, areas.as_slice()));
+    let row = move_address(&mut run, ctl, placed, &address, std::slice::from_ref(&from.name), &to, check, dry).await;
+    let ok = row.claimed || dry;
+    run.rep.address = Some(row);
+    if !ok {
+        run.rep.moved.clear();
+        run.rep.failed.push(NodeFailure { node: show(&moves), reason: format!("service address {address} not moved") });
+        return Ok(run.finish());
+    }
+    run.conclude(ctl, lock.as_ref(), placed, &moves, &affected).await?;
     Ok(run.finish())
 }
 
@@ -251,13 +487,15 @@ async fn final_copies(
     nodes: &[String],
     to: &str,
     dry: bool,
+    skip: &BTreeSet<String>,
 ) -> (Vec<(String, String)>, BTreeSet<String>) {
     let mut moves = Vec::new();
     let mut affected = BTreeSet::from([to.to_string()]);
     for n in nodes {
         let (Some(node), Some(from)) = (placed.node(n), placed.serving(n)) else { continue };
         let mut failed = None;
-        for area in placed.statelite() {
+        // Read-write areas replicated by their agents move with the service address instead.
+        for area in placed.statelite().iter().filter(|a| !skip.contains(a.path.as_str())) {
             let p = sl::Pair {
                 area: area.name.clone(),
                 path: area.path.as_str().to_string(),
@@ -509,21 +747,55 @@ pub async fn back(ctl: &Arc<Controller>, name: &str, dry: bool, hooks: &mut Hook
     }
     run.step(format!("{name} is healthy: agent handshake and NFS/MOUNT NULL on {} answered", sn.address));
     let (lock, placed) = locked(ctl, dry).await?;
-    let (moves, mut affected) = final_copies(&mut run, ctl, &placed, &moved, name, dry).await;
+    let holders: Vec<String> = match &takeover {
+        Some(t) => vec![t.to.clone()],
+        // No takeover recorded (`hanfs failover`, another daemon): any backup may hold it.
+        None => sn.backups.iter().filter(|b| placed.sn(b).is_some() && *b != name).cloned().collect(),
+    };
+    // Read-write areas the holder serves and `name` holds in standby (a symmetric pair: the
+    // holder reconciled `name` when it came back and streams to it) come back with the address.
+    let mut pair = None;
+    if let Some(addr) = sn.service_address {
+        for h in holders.iter().filter_map(|h| placed.sn(h)).cloned().collect::<Vec<_>>() {
+            pair = rw_pair(&mut run, ctl, h, sn.clone(), addr.to_string()).await;
+            if pair.is_some() {
+                break;
+            }
+        }
+    }
+    let skip: BTreeSet<String> = pair.iter().flat_map(|p| p.areas.iter().cloned()).collect();
+    run.rep.via = Some(if pair.is_some() { "service_address" } else { "copy" });
+    if let Some(p) = &pair {
+        run.rep.rw_areas = p.areas.clone();
+        run.step(format!(
+            "{} on the embedded read-write server: copied back to {name} by {}'s own stream (no copy by the MN)",
+            p.areas.join(", "),
+            p.from.name
+        ));
+    }
+    let (moves, mut affected) = final_copies(&mut run, ctl, &placed, &moved, name, dry, &skip).await;
     if !run.rep.failed.is_empty() {
         // All or nothing: a node left on the backup must keep reaching it at the service address.
         run.rep.moved.clear();
         run.step("nothing returned: a final copy failed (the copies made are kept; the backup still serves)".into());
         return Ok(run.finish());
     }
+    if let Some(p) = &pair {
+        if dry {
+            run.step(format!("would wait until {} in sync on {name} (protected on both ends)", are(&p.areas)));
+        } else if let Err(e) = wait_rw_in_sync(ctl, &p.from, &p.to, &p.areas, RW_SYNC_WAIT).await {
+            run.rep.moved.clear();
+            run.step(format!("nothing returned: {e} (the backup still serves)"));
+            run.rep.failed.push(NodeFailure { node: name.to_string(), reason: e });
+            return Ok(run.finish());
+        } else {
+            run.step(format!("{} in sync on {name}: every change there before its reply", are(&p.areas)));
+        }
+    }
     if let Some(addr) = sn.service_address {
-        let holders: Vec<String> = match &takeover {
-            Some(t) => vec![t.to.clone()],
-            // No takeover recorded (`hanfs failover`, another daemon): any backup may hold it.
-            None => sn.backups.iter().filter(|b| placed.sn(b).is_some() && *b != name).cloned().collect(),
-        };
         affected.extend(holders.iter().cloned());
-        let row = move_address(&mut run, ctl, &placed, &addr.to_string(), &holders, &sn, dry).await;
+        let check = pair.as_ref().map(|p| (&p.from, p.areas.as_slice()));
+        let row = move_address(&mut run, ctl, &placed, &addr.to_string(), &holders, &sn, check, dry).await;
         let ok = row.claimed || dry;
         run.rep.address = Some(row);
         if !ok {
@@ -566,7 +838,11 @@ fn unix_now() -> u64 {
 
 /// Releases `address` on each of `holders`, checks it is gone there (a second release must find
 /// it `absent`), then claims it on `sn`. Any failure before the claim leaves it where it was; a
-/// failed claim gives it back to the first holder.
+/// failed claim gives it back to the first holder. `flushed`: read-write areas that move with
+/// the address, and the holder that served them: after the release, its status must show that
+/// nothing it served is missing on `sn` (the release's flush succeeded), else the address goes
+/// back to it.
+#[allow(clippy::too_many_arguments)]
 async fn move_address(
     run: &mut Run<'_, '_>,
     ctl: &Controller,
@@ -574,6 +850,7 @@ async fn move_address(
     address: &str,
     holders: &[String],
     sn: &model::ServiceNode,
+    flushed: Option<(&model::ServiceNode, &[String])>,
     dry: bool,
 ) -> AddressRow {
     let mut row = AddressRow {
@@ -622,6 +899,26 @@ async fn move_address(
         "{address} is gone from {}",
         if holders.is_empty() { "every backup".into() } else { holders.join(", ") }
     ));
+    if let Some((src, areas)) = flushed {
+        let missing = match crate::sn::statelite_rw_sn(ctl, src).await {
+            Ok(st) => unflushed(areas, &st),
+            Err(e) => Err(format!("status of {}: {e:#}", src.name)),
+        };
+        match missing {
+            Ok(()) => run.step(format!("{} flushed: {} has everything {} served", are(areas), sn.name, src.name)),
+            Err(e) => {
+                row.claimed = false;
+                row.detail = format!("not claimed on {}: {e}", sn.name);
+                run.step(format!("{address} NOT moved: {}", row.detail));
+                let back = crate::address::claim(ctl, src, address).await;
+                run.step(match back {
+                    Ok(_) => format!("{address} claimed again on {}: it serves as before", src.name),
+                    Err(e) => format!("{address} could NOT be claimed again on {}: {e} (no SN holds it now)", src.name),
+                });
+                return row;
+            }
+        }
+    }
     match crate::address::claim(ctl, sn, address).await {
         Ok(r) => {
             row.claimed = true;
@@ -682,6 +979,70 @@ mod tests {
             in_sync_at_ms: at,
             nodes: nodes.iter().map(|n| n.to_string()).collect(),
         })
+    }
+
+    fn rw(area: &str, role: &str, protected: bool, reason: Option<&str>) -> crate::RwAreaStatus {
+        crate::RwAreaStatus::from(proto::reply::RwArea {
+            area: proto::AbsPath::parse(area).unwrap(),
+            role: role.into(),
+            protected,
+            reason: reason.map(str::to_string),
+            lag_ms: 0,
+            lag_bytes: 0,
+            last_reconcile: None,
+            last_reconcile_ok: None,
+            last_reconcile_result: None,
+        })
+    }
+
+    #[test]
+    fn only_areas_served_on_the_source_and_in_standby_on_the_target_move_with_the_address() {
+        let from = vec![
+            rw("/nodedata", "primary", true, None),
+            rw("/gpudata", "backup", true, None),
+            rw("/scratch", "primary", true, None),
+            kernel("primary", &["cn001"], Some(1)),
+        ];
+        let to = vec![
+            rw("/nodedata", "backup", true, None),
+            // Served on both (split brain): no pair to move.
+            rw("/gpudata", "primary", true, None),
+            kernel("backup", &["cn001"], Some(1)),
+        ];
+        assert_eq!(rw_pairs(&from, &to), vec!["/nodedata".to_string()]);
+        assert!(rw_pairs(&to, &from).contains(&"/gpudata".to_string()));
+        assert!(rw_pairs(&from, &[]).is_empty());
+    }
+
+    #[test]
+    fn a_pair_is_in_sync_only_when_both_ends_are_protected_and_the_reason_says_which_is_not() {
+        let areas = vec!["/nodedata".to_string()];
+        let f = vec![rw("/nodedata", "primary", true, None)];
+        let t = vec![rw("/nodedata", "backup", true, None)];
+        assert_eq!(rw_in_sync(&areas, &f, &t), Ok(()));
+        let t_down = vec![rw("/nodedata", "backup", false, Some("no stream from the primary"))];
+        let e = rw_in_sync(&areas, &f, &t_down).unwrap_err();
+        assert_eq!(e, "/nodedata: target unprotected (no stream from the primary)");
+        let f_down = vec![rw("/nodedata", "primary", false, Some("dialling the backup: refused"))];
+        let e = rw_in_sync(&areas, &f_down, &t).unwrap_err();
+        assert_eq!(e, "/nodedata: source unprotected (dialling the backup: refused)");
+        // The roles turned (a takeover meanwhile): not in sync for this move.
+        let e = rw_in_sync(&areas, &t, &f).unwrap_err();
+        assert!(e.contains("roles are now backup and primary"), "{e}");
+        assert!(rw_in_sync(&areas, &f, &[]).unwrap_err().contains("no longer reported"));
+    }
+
+    #[test]
+    fn the_claim_waits_for_a_released_side_with_nothing_unacknowledged() {
+        let areas = vec!["/nodedata".to_string()];
+        assert_eq!(unflushed(&areas, &[rw("/nodedata", "backup", false, Some("no stream"))]), Ok(()));
+        let mut lagging = rw("/nodedata", "backup", false, None);
+        lagging.lag_seconds = 0.5;
+        lagging.lag_bytes = 4096;
+        let e = unflushed(&areas, &[lagging]).unwrap_err();
+        assert!(e.contains("0.5 s (4096 bytes) are not on its peer"), "{e}");
+        assert!(unflushed(&areas, &[rw("/nodedata", "primary", true, None)]).unwrap_err().contains("still served"));
+        assert!(unflushed(&areas, &[]).unwrap_err().contains("not reported"));
     }
 
     #[test]

@@ -89,7 +89,10 @@ pub struct StateliteRw {
     /// sent to before the client is answered, and the name its certificate must carry.
     pub peer: Option<RwPeer>,
     /// On the backup: where the primary's replication stream is accepted, and the only
-    /// certificate name (the primary SN's) it is accepted from.
+    /// certificate name (the primary SN's) it is accepted from. Both `peer` and `replica` (each
+    /// naming the other SN) make a symmetric pair, which needs `service_address`: the side
+    /// holding it serves and sends, the other is in standby and applies (so a promoted backup
+    /// copies back to its returned primary, and the area moves by moving the address).
     pub replica: Option<RwReplica>,
     /// The service address (address/prefix) whose holder serves the area: the area is served
     /// read-write only while this agent holds it (found on `takeover_interface` at start, then
@@ -405,6 +408,16 @@ impl AgentConfig {
                 Some(net)
             });
             if rw.service_address.is_some() && service_address.is_none() {
+                ok = false;
+            }
+            // Both ends on one agent (a symmetric pair): whoever holds the address serves and
+            // sends, the other applies. Without an address to decide, it would never serve.
+            if let (Some(p), Some(_), None) = (&rw.peer, &rw.replica_listen, &rw.service_address) {
+                sink.at(
+                    p.span(),
+                    field("peer"),
+                    "with `replica_listen` too (a symmetric pair) needs `service_address`: its holder serves and replicates to the other",
+                );
                 ok = false;
             }
             if let (Some(area), Some(listen), true) = (area, listen, ok) {
@@ -800,6 +813,16 @@ mod tests {
             let e = AgentConfig::from_toml("a.toml", &format!("{base}{extra}\n")).unwrap_err().to_string();
             assert!(e.starts_with(at), "{extra}: {e}");
         }
+        // A symmetric pair: both ends, decided by the service address; without one it is refused.
+        let pair = "peer = \"sn2:7470\"\npeer_name = \"sn2\"\nreplica_listen = \"0.0.0.0:7470\"\nprimary = \"sn2\"\n";
+        let e = AgentConfig::from_toml("a.toml", &format!("{base}{pair}")).unwrap_err().to_string();
+        assert!(e.starts_with("a.toml:10:8: statelite_rw[0].peer:") && e.contains("needs `service_address`"), "{e}");
+        let with_addr = format!("takeover_interface = \"eth0\"\n{base}{pair}service_address = \"10.0.1.101/24\"\n");
+        let a = AgentConfig::from_toml("a.toml", &with_addr).unwrap();
+        let rw = &a.statelite_rw[0];
+        assert_eq!(rw.peer.as_ref().map(|p| p.name.as_str()), Some("sn2"));
+        assert_eq!(rw.replica.as_ref().map(|r| r.primary.as_str()), Some("sn2"));
+        assert_eq!(rw.service_address, Some("10.0.1.101/24".parse().unwrap()));
         let plain = "listen = \"127.0.0.1:7001\"\nplaintext_loopback = true\nstatelite_roots = [\"/nodedata\"]\n[[statelite_rw]]\narea = \"/nodedata\"\nlisten = \"0.0.0.0:2050\"\npeer = \"127.0.0.1:7470\"\npeer_name = \"sn2\"\n";
         let e = AgentConfig::from_toml("a.toml", plain).unwrap_err().to_string();
         assert!(e.starts_with("a.toml:7:8: statelite_rw[0].peer:") && e.contains("[tls]"), "{e}");

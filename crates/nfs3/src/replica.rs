@@ -31,6 +31,19 @@
 //! applied meanwhile, and the final pass is bounded by `timeout`, so no client waits longer),
 //! after which the digests of both trees are equal and synchronous replication resumes on that
 //! connection. The same happens when the primary starts.
+//!
+//! **Symmetric pairs** (an area with a service address whose two agents each name the other as
+//! `peer` and as `primary`): each side has a [`Replicator`] and a [`serve_replica`] listener,
+//! and the area's role decides which one works. Only a side that serves ([`Role::serves`]:
+//! it holds the address) sends; a standby side sends nothing (its `reconcile` refuses, its
+//! stream is closed) and applies the other's stream. Leaving service flushes the stream (an
+//! acknowledged in-sync mark after everything sent) before closing it, so a planned move finds
+//! every change on the peer; entering service reconciles the peer at once, which is how a
+//! promoted backup copies back to a returned old primary (that one boots in standby: it does
+//! not hold the address) before `migrate --back`. A promoted side refuses streams, so two
+//! serving sides never apply each other's.
+//!
+//! [`Role::serves`]: crate::rw::Role::serves
 
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
@@ -273,7 +286,15 @@ pub struct Replicator {
     last: Mutex<Option<Reconciled>>,
     wake: tokio::sync::Notify,
     one: tokio::sync::Mutex<()>,
+    /// Whether the area is served here ([`crate::rw::Role::serves`]): only then is anything
+    /// sent (a standby never sends; it applies its peer's stream).
+    serving: AtomicBool,
+    /// The area was just put in service: reconcile at once, not after the retry wait.
+    kick: AtomicBool,
 }
+
+/// Why a standby's stream sends nothing.
+const STANDBY: &str = "standby: the area is served by its peer (this side applies the peer's stream, sends nothing)";
 
 impl Replicator {
     /// `rt`: a multi-thread runtime's handle; [`Replicate::replicate`] is called on its blocking
@@ -291,21 +312,35 @@ impl Replicator {
             last: Mutex::new(None),
             wake: tokio::sync::Notify::new(),
             one: tokio::sync::Mutex::new(()),
+            serving: AtomicBool::new(true),
+            kick: AtomicBool::new(false),
         })
     }
 
     /// Attaches the served area (`fs`: the server's, [`crate::RwServer::fs`]), reconciles the
     /// backup once (the primary's start) and returns that outcome; a task keeps reconciling
     /// whenever the area is unprotected (every 1-5 s) until the area is no longer served.
+    /// An area in standby sends nothing: its start returns that reason, and the task
+    /// reconciles the peer as soon as the area is put in service ([`Replicate::role_changed`]:
+    /// a symmetric pair, where the holder of the service address replicates to the other).
     pub async fn start(self: &Arc<Self>, fs: &AreaFs) -> std::io::Result<Reconciled> {
         let (root, scanner) = resync::scanner(fs.root_fd())?;
         if let Ok(mut a) = self.attached.lock() {
             *a = Some(Attached { fs: Arc::downgrade(&fs.0), root, scanner });
         }
-        let _ = self.reconcile().await;
+        self.serving.store(fs.role().serves(), Ordering::SeqCst);
+        let first = self.reconcile().await;
         let me = self.clone();
         tokio::spawn(async move { me.supervise().await });
-        Ok(self.last_reconcile().unwrap_or(Reconciled { at: SystemTime::now(), result: Err("not run".into()) }))
+        Ok(match first {
+            Err(e) if !self.serving() => Reconciled { at: SystemTime::now(), result: Err(e) },
+            _ => self.last_reconcile().unwrap_or(Reconciled { at: SystemTime::now(), result: Err("not run".into()) }),
+        })
+    }
+
+    /// Whether the area is served here, so this stream sends (see [`Replicate::role_changed`]).
+    pub fn serving(&self) -> bool {
+        self.serving.load(Ordering::SeqCst)
     }
 
     async fn supervise(self: Arc<Self>) {
@@ -316,12 +351,14 @@ impl Replicator {
             if gone {
                 return;
             }
-            if self.protected() {
+            if self.protected() || !self.serving() {
                 self.wake.notified().await;
                 wait = RETRY_MIN;
                 continue;
             }
-            tokio::time::sleep(wait).await;
+            if !self.kick.swap(false, Ordering::SeqCst) {
+                tokio::time::sleep(wait).await;
+            }
             wait = match self.reconcile().await {
                 Ok(_) => RETRY_MIN,
                 Err(_) => (wait * 2).min(RETRY_MAX),
@@ -444,6 +481,9 @@ impl Replicator {
     /// ([`Replicator::last_reconcile`]).
     pub async fn reconcile(self: &Arc<Self>) -> Result<Report, String> {
         let _one = self.one.lock().await;
+        if !self.serving() {
+            return Err(STANDBY.into());
+        }
         if self.protected() {
             self.degrade("reconciliation requested".into());
         }
@@ -518,6 +558,11 @@ impl Replicator {
         }
         // The final pass: no change is applied (nor handed to `replicate`) while it runs.
         let held = fs.hold_changes().map_err(|e| format!("holding changes: {e:?}"))?;
+        // The role changes only under that lock: a demotion during the live passes is seen here,
+        // and a standby never resumes the stream.
+        if !fs.role().serves() {
+            return Err(STANDBY.into());
+        }
         let h0 = Instant::now();
         let p = self.rt.block_on(tokio::time::timeout(t, resync::primary_pass(&mut s, &att.root, &mut att.scanner)));
         let p = match p {
@@ -555,7 +600,7 @@ impl Replicator {
 impl Replicate for Replicator {
     fn replicate(&self, op: &Op) -> Result<(), nfsstat3> {
         self.lag.queued(op.data_len() as u64);
-        if !self.protected() {
+        if !self.protected() || !self.serving() {
             return Ok(());
         }
         let mut link = self.link.lock().map_err(|_| nfsstat3::NFS3ERR_SERVERFAULT)?;
@@ -580,6 +625,55 @@ impl Replicate for Replicator {
         drop(link);
         self.degrade(r);
         Ok(())
+    }
+
+    fn role_changed(&self, was: crate::rw::Role, now: crate::rw::Role) {
+        match (was.serves(), now.serves()) {
+            (true, false) => self.stop_sending(now),
+            (false, true) => {
+                // Reconcile the peer at once (it must be in standby to accept: a promoted peer
+                // refuses, so two serving sides never apply each other's streams).
+                self.serving.store(true, Ordering::SeqCst);
+                self.kick.store(true, Ordering::SeqCst);
+                self.wake.notify_one();
+            }
+            _ => {}
+        }
+    }
+}
+
+impl Replicator {
+    /// Leaving service (a release of the service address): everything sent is made applied and
+    /// durable on the peer (a synchronous in-sync mark after it, acknowledged), then the stream
+    /// is closed and nothing more is sent. Called under the area's change lock.
+    fn stop_sending(&self, now: crate::rw::Role) {
+        self.serving.store(false, Ordering::SeqCst);
+        let Ok(mut guard) = self.link.lock() else { return };
+        let link = &mut *guard;
+        let t = self.peer.timeout;
+        if let (true, Some(conn)) = (self.protected(), link.conn.as_mut()) {
+            link.seq += 1;
+            let seq = link.seq;
+            let mark = in_sync_mark();
+            match self.rt.block_on(tokio::time::timeout(t, Self::ship(conn, seq, &mark))) {
+                Ok(Ok(())) => {
+                    self.lag.caught_up();
+                    tracing::info!(area = %self.peer.area, peer_name = %self.peer.name, role = now.as_str(),
+                        "statelite rw: stream flushed (every change applied on the peer) and closed");
+                }
+                Ok(Err(e)) => tracing::warn!(area = %self.peer.area, peer_name = %self.peer.name,
+                    "statelite rw: flushing the stream before standby: {e}"),
+                Err(_) => tracing::warn!(area = %self.peer.area, peer_name = %self.peer.name,
+                    "statelite rw: flushing the stream before standby: no answer within {} ms", t.as_millis()),
+            }
+        }
+        link.conn = None;
+        drop(guard);
+        self.protected.store(false, Ordering::SeqCst);
+        if let Ok(mut s) = self.since.lock() {
+            *s = Some((Instant::now(), STANDBY.into()));
+        }
+        self.wake.notify_one();
     }
 }
 

@@ -126,6 +126,11 @@ impl Role {
 /// up (degraded mode).
 pub trait Replicate: Send + Sync {
     fn replicate(&self, op: &Op) -> Result<(), nfsstat3>;
+
+    /// The area's role changed from `was` to `now` (called with the change lock held, after the
+    /// change): a stream sends only while the area serves (a standby never sends, issue 13
+    /// point 3), so leaving service flushes and closes it, and entering service starts it.
+    fn role_changed(&self, _was: Role, _now: Role) {}
 }
 
 /// The root's id: the read-only server's handle of the root, a constant.
@@ -505,7 +510,13 @@ impl AreaFs {
             self.0.walk();
         }
         *r = role;
+        drop(r);
         self.0.serving.send_replace(role.serves());
+        if was != role {
+            if let Some(rep) = &self.0.replicate {
+                rep.role_changed(was, role);
+            }
+        }
         Ok(was)
     }
 

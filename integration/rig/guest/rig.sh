@@ -414,15 +414,19 @@ ha_agent_start() {
         [ "$HA_RW" = 1 ] && printf '%s\n' 'statelite_roots = ["/ha-lite"]' 'statelite_mounts = false' >> "$s/agent.toml"
         printf '%s\n' '[tls]' "ca = \"$t/ca.pem\"" "cert = \"$t/$1.pem\"" "key = \"$t/$1.key\"" >> "$s/agent.toml"
         if [ "$HA_RW" = 1 ]; then
-            # the rounds always kill sn1: sn1 the primary, sn2 the backup, both follow $HA_SVC
-            # (HANFS_RIG_HA_BREAK=norepl: no stream, the break run of the zero-loss checks)
+            # the rounds always kill sn1; both follow $HA_SVC as a symmetric pair: each streams to
+            # the other while it holds the address (sn1 at first; sn2 after the takeover, which
+            # copies back to the returned sn1 and streams to it until `migrate --back`) and applies
+            # the other's stream in standby.  HANFS_RIG_HA_BREAK=norepl: sn1 sends nothing, sn2
+            # only applies (no copy back either), the break run of the zero-loss checks.
             printf '%s\n' '[[statelite_rw]]' 'area = "/ha-lite"' "listen = \"0.0.0.0:$HA_RW_PORT\"" >> "$s/agent.toml"
             [ "${RIG_HA_BREAK:-}" = noaddr ] || echo "service_address = \"$HA_SVC/24\"" >> "$s/agent.toml"
-            if [ "$1" = sn1 ]; then
-                [ "${RIG_HA_BREAK:-}" = norepl ] ||
-                    printf '%s\n' "peer = \"$HA_NET.2:$HA_RW_REPL\"" 'peer_name = "sn2"' >> "$s/agent.toml"
-            else
-                printf '%s\n' "replica_listen = \"0.0.0.0:$HA_RW_REPL\"" 'primary = "sn1"' >> "$s/agent.toml"
+            if [ "$1" = sn1 ]; then o=sn2 on=$HA_NET.2; else o=sn1 on=$HA_NET.1; fi
+            if [ "${RIG_HA_BREAK:-}" != norepl ] && [ "${RIG_HA_BREAK:-}" != noaddr ]; then
+                printf '%s\n' "peer = \"$on:$HA_RW_REPL\"" "peer_name = \"$o\"" >> "$s/agent.toml"
+            fi
+            if [ "$1" = sn2 ] || { [ "${RIG_HA_BREAK:-}" != norepl ] && [ "${RIG_HA_BREAK:-}" != noaddr ]; }; then
+                printf '%s\n' "replica_listen = \"0.0.0.0:$HA_RW_REPL\"" "primary = \"$o\"" >> "$s/agent.toml"
             fi
         fi
     else
@@ -617,8 +621,10 @@ ha_repair() {
     [ -z "$left" ] || fail "(i) $1: connections of its former life left (TCP states$left)"
     ip -n "$1" addr del $HA_SVC/24 dev "ha-$1" 2> /dev/null
     ip -n "$1" link set "ha-$1" up
-    [ "$HA_RW" != 1 ] || [ -z "${2:-}" ] || ha_rw_copy_back "$1" "$2" || return 1
     ha_agent_start "$1" || { fail "(i) $1's agent did not restart: $(tail -2 "/run/sn/$1/ha-agent.log")"; return 1; }
+    # (read-write area: no copy back here; BACKUP, holding the address, reconciles the returned
+    # DEAD, in standby, and streams to it while the node keeps appending; migrate --back waits
+    # for that)
 }
 
 # ha_rw_after_takeover DEAD BACKUP ROUND: the acceptance of issue 13 on the node's statelite file:
@@ -641,18 +647,19 @@ ha_rw_after_takeover() {
     grep -q 'statelite area promoted' /run/sn/$2/ha-agent.log || fail "(i) $3: $2's agent logged no promotion of the area"
 }
 
-# ha_rw_copy_back DEAD BACKUP: STAND-IN for the resync of a returned primary: with the node's
-# appends paused (so nothing is written meanwhile), BACKUP's area is copied onto DEAD's disk with
-# its xattrs (the file ids, as the tree engine's copy carries them) before DEAD's agent starts (in
-# standby: it does not hold the address).  migrate --back then demotes BACKUP and promotes DEAD.
-ha_rw_copy_back() {
-    : > $HA_LOG/pause
-    i=0; while [ ! -e $HA_LOG/paused ] && [ $i -lt 200 ]; do sleep 0.1; i=$((i + 1)); done
-    [ -e $HA_LOG/paused ] || { fail "(i) the node's appender did not pause"; return 1; }
-    # (its contents: the directory itself is bind-mounted on /ha-lite in DEAD's namespace)
-    rm -rf /run/sn/$1/root/ha-lite/* /run/sn/$1/root/ha-lite/.[!.]* &&
-        rw_copy /run/sn/$2/root/ha-lite /run/sn/$1/root/ha-lite 1 ||
-        { fail "(i) copying $2's statelite area back to $1"; return 1; }
+# ha_rw_back_checks DEAD BACKUP ROUND: after `migrate --back` of the read-write area (a symmetric
+# pair): it moved by the service address (the report's `via`), BACKUP had reconciled the returned
+# DEAD (its agent's log), and every append the node had acknowledged is on DEAD's disk, which
+# serves it again.
+ha_rw_back_checks() {
+    via=$(python3 -S -B -c 'import json, sys; print(json.load(open(sys.argv[1])).get("via"))' $HA_MN/back-$3.json 2>&1)
+    if [ "$via" = service_address ]; then
+        pass "(i) $3: migrate --back moved the read-write area by its service address (no copy by the MN)"
+    else fail "(i) $3: migrate --back went by '$via', not by the service address"; fi
+    if grep -q 'backup reconciled, area protected' /run/sn/$2/ha-agent.log; then
+        pass "(i) $3: $2 (promoted) reconciled the returned $1 (standby) before the move back"
+    else fail "(i) $3: $2's agent logged no reconciliation of $1"; fi
+    python3 -S -B /rig/workload.py lost $HA_LOG /run/sn/$1/root/ha-lite/cn001/node.log "$SCEN (i) $3 back on $1" || RIG_RC=1
 }
 
 # ha_back DEAD BACKUP ROUND: the repaired DEAD gets its service address back from BACKUP through
@@ -673,6 +680,7 @@ ha_back() {
         return 1
     fi
     ha_wait_progress "$3 back" || return 1
+    [ "$HA_RW" != 1 ] || [ "${RIG_HA_BREAK:-}" = norepl ] || ha_rw_back_checks "$1" "$2" "$3"
     # the running daemon reads returns.json each probe interval; 5 s later it must still call DEAD up
     i=0
     while [ $i -lt 50 ] && ! grep -q 'SN returned to service' $HA_MN/daemon-$3.log; do sleep 0.1; i=$((i + 1)); done
@@ -724,7 +732,6 @@ ha_round() {  # ha_round DEAD BACKUP NAME power|nfs [FENCE_FAILS [back]]
         [ $hr_rc != 0 ] || [ "$HA_RW" != 1 ] || ha_rw_after_takeover "$1" "$2" "$3" || hr_rc=1
         # back: DEAD repaired and given its address back under the same daemon
         if [ $hr_rc = 0 ] && [ "${6:-}" = back ]; then { ha_repair "$1" "$2" && ha_back "$1" "$2" "$3"; } || hr_rc=1; fi
-        rm -f $HA_LOG/pause   # (ha_repair paused the node's appends for the copy back)
         ha_daemon_stop "$3" "$1" "$2"
         [ $hr_rc = 0 ] && rig_log "sn-kill: $3 ($1 -> $2) done (hanfs daemon)"
         return $hr_rc

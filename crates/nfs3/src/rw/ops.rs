@@ -458,8 +458,14 @@ impl AreaFs {
         self.0.getattr(id)
     }
 
+    /// The change lock, for a client's change: refused (`NFS3ERR_JUKEBOX`, retry later) unless
+    /// the area serves, checked with the lock held — a change that waited for it while the area
+    /// went to standby must not be made here (nor acknowledged: the area's peer, which serves
+    /// next, would never get it).
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, ()>, nfsstat3> {
-        self.0.change.lock().map_err(|_| nfsstat3::NFS3ERR_SERVERFAULT)
+        let g = self.0.change.lock().map_err(|_| nfsstat3::NFS3ERR_SERVERFAULT)?;
+        self.0.served()?;
+        Ok(g)
     }
 
     /// SETATTR (RFC 1813 §3.3.2). `client_times`: a time given as SET_TO_CLIENT_TIME (only the
