@@ -10,11 +10,9 @@ use serde::{Deserialize, Serialize};
 /// Child → relay.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ToRelay {
-    /// First frame: who asks (with TLS its certificate must name `child` too), the token the
-    /// controller gave both ends for this run, and which run.
+    /// First frame: the token the controller gave both ends for this run (it names the child;
+    /// with TLS the child's certificate must name that child too), and which run.
     Hello {
-        #[serde(deserialize_with = "crate::wire::name")]
-        child: Name,
         token: [u8; 32],
         #[serde(deserialize_with = "crate::wire::name")]
         image: Name,
@@ -111,14 +109,13 @@ mod tests {
     #[test]
     fn a_hostile_name_in_hello_is_refused_while_decoding() {
         let m = ToRelay::Hello {
-            child: Name::parse("sn2").unwrap(),
             token: [7; 32],
             image: Name::parse("img").unwrap(),
             generation: 3,
         };
         let f = crate::encode(&m).unwrap();
         assert_eq!(crate::decode::<ToRelay>(&f[crate::HEADER..]).unwrap(), m);
-        let bad = crate::encode(&(0u8, "../x", [7u8; 32], "img", 3u64)).unwrap();
+        let bad = crate::encode(&(0u8, [7u8; 32], "../x", 3u64)).unwrap();
         let e = crate::decode::<ToRelay>(&bad[crate::HEADER..]).unwrap_err();
         assert!(e.to_string().contains("name refused"), "{e}");
     }
