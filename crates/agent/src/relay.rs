@@ -144,11 +144,12 @@ impl Relays {
             let _ = tokio::time::timeout(RUN_MAX, rx.wait_for(|s| s.ended)).await;
             tokio::time::sleep(GRACE).await;
             let Some(me) = me.upgrade() else { return };
-            let mut runs = me.runs();
-            if runs.get(&key).is_some_and(|r| Arc::ptr_eq(r, &run)) {
-                runs.remove(&key);
+            {
+                let mut runs = me.runs();
+                if runs.get(&key).is_some_and(|r| Arc::ptr_eq(r, &run)) {
+                    runs.remove(&key);
+                }
             }
-            drop(runs);
             let dir = run.dir.clone();
             let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
         });
@@ -275,7 +276,11 @@ async fn refuse(c: &mut Conn, reason: String) -> anyhow::Error {
     anyhow!("refused: {reason}")
 }
 
-async fn serve_child(relays: &Relays, tcp: tokio::net::TcpStream, tls: Option<&tokio_rustls::TlsAcceptor>) -> anyhow::Result<()> {
+async fn serve_child(
+    relays: &Relays,
+    tcp: tokio::net::TcpStream,
+    tls: Option<&tokio_rustls::TlsAcceptor>,
+) -> anyhow::Result<()> {
     let mut c: Conn = transport::accept_as(tcp, tls, crate::FRAME_TIMEOUT).await?;
     let (token, image, generation) = match c.recv_within(HELLO_WITHIN).await {
         Ok(ToRelay::Hello { token, image, generation }) => (token, image, generation),
@@ -295,7 +300,9 @@ async fn serve_child(relays: &Relays, tcp: tokio::net::TcpStream, tls: Option<&t
         match c.recv_within(crate::IDLE_TIMEOUT).await {
             Ok(ToRelay::Get { index }) => serve_one(relays, &mut c, &run, index).await?,
             Ok(ToRelay::Bye) | Err(transport::Error::Closed) => return Ok(()),
-            Ok(other) => return Err(refuse(&mut c, format!("expected Get, got {}", proto::Message::kind(&other))).await),
+            Ok(other) => {
+                return Err(refuse(&mut c, format!("expected Get, got {}", proto::Message::kind(&other))).await)
+            }
             Err(e) => return Err(e.into()),
         }
     }

@@ -470,6 +470,7 @@ type Want = (Vec<u8>, [u8; 32], u64, Option<[u8; 32]>);
 /// the replica and whether it committed; returns an error (ending the session) only for protocol
 /// violations and hostile input. The stage lives on a blocking thread that owns the replica until
 /// the update ends ([`stage_worker`]); this task receives frames and hands it one job at a time.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn update(
     c: &mut Conn,
     replica: Replica,
@@ -655,6 +656,7 @@ async fn ask<T>(jobs: &mpsc::Sender<Job>, job: impl FnOnce(oneshot::Sender<T>) -
 
 /// The session side of [`update`]: tells the controller what is needed, receives the blobs,
 /// has them staged, commits. Returns whether it committed.
+#[allow(clippy::too_many_arguments)]
 async fn feed(
     c: &mut Conn,
     jobs: &mpsc::Sender<Job>,
@@ -722,7 +724,11 @@ async fn feed(
             ToAgent::Fetch(f) => {
                 let (missing, bytes) = fetch(&f, target, &mut pending, contents, spool, jobs, fan).await?;
                 if !missing.is_empty() {
-                    tracing::info!("image {image}: {} payloads not had from {}: the controller sends them", missing.len(), f.parent);
+                    tracing::info!(
+                        "image {image}: {} payloads not had from {}: the controller sends them",
+                        missing.len(),
+                        f.parent
+                    );
                 }
                 c.request(&FromAgent::Fetched(reply::Fetched { missing, bytes })).await?;
             }

@@ -165,7 +165,9 @@ async fn a_stalled_parent_leaves_the_rest_missing_and_the_controller_sends_it() 
     // The controller sends the rest (the first one again would be refused: it is staged).
     for &i in &got.missing {
         let d = data(i);
-        c.send(&ToAgent::Blob { index: i, encoding: Encoding::Literal, len: d.len() as u64, zstd: false }).await.unwrap();
+        c.send(&ToAgent::Blob { index: i, encoding: Encoding::Literal, len: d.len() as u64, zstd: false })
+            .await
+            .unwrap();
         c.send_bulk(&d).await.unwrap();
         c.send(&ToAgent::BlobEnd).await.unwrap();
     }

@@ -287,7 +287,11 @@ async fn sync_image_from(
         // does not relay this run); its end dropped (it failed) is the same as none.
         match offer.await {
             Ok(Some(o)) => indexes = fetch(c, o, indexes, row).await?,
-            _ => tracing::info!("{}: image {}: parent {parent} relays nothing: payloads from the MN", row.sn, p.image.name),
+            _ => tracing::info!(
+                "{}: image {}: parent {parent} relays nothing: payloads from the MN",
+                row.sn,
+                p.image.name
+            ),
         }
     }
     for &i in &indexes {
@@ -362,7 +366,13 @@ async fn fetch(c: &mut Conn, o: Offer, indexes: Vec<u32>, row: &mut ReplicaRepor
     row.relayed_bytes = r.bytes;
     row.via = if rest.is_empty() { o.parent } else { format!("{}+mn", o.parent) };
     if !rest.is_empty() {
-        tracing::info!("{}: {} of {} payloads not had from {}: sent by the MN", row.sn, rest.len(), indexes.len(), row.via);
+        tracing::info!(
+            "{}: {} of {} payloads not had from {}: sent by the MN",
+            row.sn,
+            rest.len(),
+            indexes.len(),
+            row.via
+        );
     }
     Ok(rest)
 }

@@ -1193,10 +1193,9 @@ served_by = "sn1"
         let c = Cluster::from_toml("c.toml", OK).unwrap();
         assert_eq!(c.fanout(), 0, "star by default");
         assert_eq!(c.sn("sn1").unwrap().rack, None);
-        let text = OK.replace("[cluster]\n", "[cluster]\nfanout = 3\n").replace(
-            "agent = \"127.0.0.1:7002\"\n",
-            "agent = \"127.0.0.1:7002\"\nrack = \"r12\"\n",
-        );
+        let text = OK
+            .replace("[cluster]\n", "[cluster]\nfanout = 3\n")
+            .replace("agent = \"127.0.0.1:7002\"\n", "agent = \"127.0.0.1:7002\"\nrack = \"r12\"\n");
         let c = Cluster::from_toml("c.toml", &text).unwrap();
         assert_eq!(c.fanout(), 3);
         assert_eq!(c.sn("sn2").unwrap().rack.as_deref(), Some("r12"));

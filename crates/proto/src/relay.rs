@@ -20,7 +20,9 @@ pub enum ToRelay {
     },
     /// The payload of `plan.contents[index]`: answered `Blob` + chunks + `BlobEnd` once the relay
     /// has it whole, or `Missing` when its own session ended without it.
-    Get { index: u32 },
+    Get {
+        index: u32,
+    },
     /// Never sent by a child (the chunk tag of this direction; a relay refuses it).
     Chunk(#[serde(with = "serde_bytes")] Vec<u8>),
     Bye,
@@ -32,16 +34,25 @@ pub enum FromRelay {
     /// The child and its token are expected for this run.
     Ready,
     /// The payload as the relay received it: `len` bytes in chunks, then `BlobEnd`.
-    Blob { index: u32, encoding: Encoding, len: u64, zstd: bool },
+    Blob {
+        index: u32,
+        encoding: Encoding,
+        len: u64,
+        zstd: bool,
+    },
     Chunk(#[serde(with = "serde_bytes")] Vec<u8>),
     BlobEnd,
     /// The relay's own session ended without this payload.
-    Missing { index: u32 },
+    Missing {
+        index: u32,
+    },
     /// Still waiting for `Get`'s payload while the relay's own transfer makes progress (so a
     /// child tells a slow upstream from a stalled relay).
     Waiting,
     /// Refused (unexpected child, wrong token, unknown run); the relay closes after it.
-    Error { reason: String },
+    Error {
+        reason: String,
+    },
 }
 
 impl Message for ToRelay {
@@ -108,11 +119,7 @@ mod tests {
 
     #[test]
     fn a_hostile_name_in_hello_is_refused_while_decoding() {
-        let m = ToRelay::Hello {
-            token: [7; 32],
-            image: Name::parse("img").unwrap(),
-            generation: 3,
-        };
+        let m = ToRelay::Hello { token: [7; 32], image: Name::parse("img").unwrap(), generation: 3 };
         let f = crate::encode(&m).unwrap();
         assert_eq!(crate::decode::<ToRelay>(&f[crate::HEADER..]).unwrap(), m);
         let bad = crate::encode(&(0u8, [7u8; 32], "../x", 3u64)).unwrap();
