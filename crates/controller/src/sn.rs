@@ -284,9 +284,10 @@ async fn sync_image_from(
     let mut indexes = need.indexes;
     if let (true, Some((parent, offer))) = (shared && !indexes.is_empty(), link.parent.take()) {
         // The parent's task answers once its agent said where its relay listens (or that it
-        // does not relay this run); its end dropped (it failed) is the same as none.
-        match offer.await {
-            Ok(Some(o)) => indexes = fetch(c, o, indexes, row).await?,
+        // does not relay this run); its end dropped (it failed) is the same as none, and so is a
+        // parent not ready within a frame's timeout (a hung one must not hold its children).
+        match tokio::time::timeout(ctl.timeouts.frame, offer).await {
+            Ok(Ok(Some(o))) => indexes = fetch(c, o, indexes, row).await?,
             _ => tracing::info!(
                 "{}: image {}: parent {parent} relays nothing: payloads from the MN",
                 row.sn,
