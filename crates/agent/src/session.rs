@@ -971,9 +971,22 @@ async fn fetch(
         }
     };
     let (mut missing, mut bytes) = (Vec::new(), 0u64);
-    let mut rest = want.into_iter();
+    // Asked ahead (the relay answers in order), so small payloads do not each cost a round trip.
+    let mut asked = 0;
+    let mut rest = want.clone().into_iter();
     while let Some(i) = rest.next() {
-        let got = match fetch_one(&mut c, i, contents, spool, stall, fan.run.as_deref()).await {
+        let ask_ahead = async {
+            while asked < want.len() && asked < (want.len() - rest.len()) + FETCH_AHEAD {
+                c.send(&ToRelay::Get { index: want[asked] }).await?;
+                asked += 1;
+            }
+            c.flush().await
+        };
+        let got = match ask_ahead.await {
+            Ok(()) => fetch_one(&mut c, i, contents, spool, stall, fan.run.as_deref()).await,
+            Err(e) => Err(e.into()),
+        };
+        let got = match got {
             Ok(g) => g,
             Err(e) => {
                 tracing::warn!("image {}: relay {parent}: payload {i}: {e:#}", target.name);
@@ -1006,6 +1019,9 @@ async fn fetch(
 
 type RelayConn = transport::Conn<proto::relay::Child>;
 
+/// How many payloads a child asks its parent for ahead of the one it is receiving.
+const FETCH_AHEAD: usize = 32;
+
 /// Dials the parent's relay (its certificate must name `parent`) and presents the run's token.
 async fn open_parent(
     addr: &str,
@@ -1024,8 +1040,8 @@ async fn open_parent(
     }
 }
 
-/// One payload from the parent: `Some` with how it came, `None` when the parent does not have
-/// it; an error ends the fetch (the connection is no longer usable).
+/// One payload from the parent (already asked for): `Some` with how it came, `None` when the
+/// parent does not have it; an error ends the fetch (the connection is no longer usable).
 async fn fetch_one(
     c: &mut RelayConn,
     index: u32,
@@ -1034,7 +1050,6 @@ async fn fetch_one(
     stall: Duration,
     run: Option<&relay::Run>,
 ) -> anyhow::Result<Option<(Payload, bool, relay::Meta)>> {
-    c.request(&ToRelay::Get { index }).await?;
     loop {
         match c.recv_within(stall).await? {
             FromRelay::Waiting => continue,
