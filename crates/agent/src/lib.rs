@@ -164,7 +164,11 @@ impl Agent {
         };
         let relays = match cfg.relay_listen {
             Some(_) => Some(Arc::new(relay::Relays::new(std::path::Path::new(cfg.state_dir.as_str()))?)),
-            None => None,
+            None => {
+                // No longer a relay: what an earlier process kept for its children goes.
+                let _ = std::fs::remove_dir_all(std::path::Path::new(cfg.state_dir.as_str()).join("relay"));
+                None
+            }
         };
         let agent = Agent {
             relays,
