@@ -156,6 +156,8 @@ start_agents() {  # N: fresh agents, one per SN namespace, each on its own addre
     d=$WORK/sn$i; rm -rf "$d"; mkdir -p "$d"
     printf 'listen = "%s:7468"\nroot = "%s/root"\nstate_dir = "%s/state"\nexports_file = "%s/exports"\nreload = []\n' \
       "$(snaddr "$i")" "$d" "$d" "$d" > "$d/agent.toml"
+    # Every agent may relay (only `fanout` > 0 makes the MN ask it to).
+    if [ "$RELAY" = 1 ]; then printf 'relay_listen = "%s:7469"\n' "$(snaddr "$i")" >> "$d/agent.toml"; fi
     printf '[tls]\nca = "%s/ca/ca.pem"\ncert = "%s/ca/sn%s.pem"\nkey = "%s/ca/sn%s.key"\n' "$WORK" "$WORK" "$i" "$WORK" "$i" >> "$d/agent.toml"
     # ip netns exec, not in_ns: a function in the background is a subshell, and $! must be the agent.
     ip netns exec "$TAG-s$i" "$HANFS" --config "$d/agent.toml" agent 2>"$d/log" & PIDS+=($!); APIDS+=($!)

@@ -23,6 +23,7 @@ mod error;
 pub mod kwatch;
 mod mounts;
 mod owner;
+mod relay;
 mod session;
 mod spool;
 mod statelite;
@@ -68,6 +69,11 @@ pub struct Agent {
     rw_follow: Vec<RwFollow>,
     /// The kernel-nfsd areas (`StateliteKernelStatus`), set by `bind`.
     statelite_kernel: Vec<(model::AbsPath, KernelEnd)>,
+    /// Relay fan-out: the runs this agent relays (`relay_listen` set), and its client identity
+    /// for fetching from a parent relay (None on plain TCP).
+    relays: Option<Arc<relay::Relays>>,
+    relay_client: Option<Arc<tokio_rustls::rustls::ClientConfig>>,
+    relay_tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 /// One end of a kernel-nfsd area's continuous copy.
@@ -144,10 +150,15 @@ impl Agent {
     /// left in every replica, so nothing is listened on or served before each is at a whole generation.
     pub fn new(cfg: AgentConfig) -> Result<Agent> {
         let state_lock = lock_state_dir(std::path::Path::new(cfg.state_dir.as_str()))?;
+        let (mut relay_client, mut relay_tls) = (None, None);
         let (tls, name) = match &cfg.tls {
             Some(f) => {
                 let id = transport::Identity::from_files(f)?;
                 let acc = tokio_rustls::TlsAcceptor::from(id.server_config(&cfg.controller)?);
+                relay_client = Some(id.client_config()?);
+                if cfg.relay_listen.is_some() {
+                    relay_tls = Some(tokio_rustls::TlsAcceptor::from(id.relay_server_config()?));
+                }
                 (Some(acc), id.name)
             }
             None if cfg.plaintext_loopback && cfg.listen.ip().is_loopback() => (None, format!("agent@{}", cfg.listen)),
@@ -158,7 +169,18 @@ impl Agent {
                 .into())
             }
         };
+        let relays = match cfg.relay_listen {
+            Some(_) => Some(Arc::new(relay::Relays::new(std::path::Path::new(cfg.state_dir.as_str()))?)),
+            None => {
+                // No longer a relay: what an earlier process kept for its children goes.
+                let _ = std::fs::remove_dir_all(std::path::Path::new(cfg.state_dir.as_str()).join("relay"));
+                None
+            }
+        };
         let agent = Agent {
+            relays,
+            relay_client,
+            relay_tls,
             cfg,
             name,
             tls,
@@ -199,6 +221,17 @@ impl Agent {
     pub async fn bind(mut self) -> Result<Listening> {
         let l = TcpListener::bind(self.cfg.listen).await.with_context(|| format!("binding {}", self.cfg.listen))?;
         let addr = l.local_addr().with_context(|| format!("binding {}", self.cfg.listen))?;
+        // The relay's own listener (image fan-out): children fetch payloads there, never commands.
+        let relay = match (&self.relays, self.cfg.relay_listen) {
+            (Some(r), Some(at)) => {
+                let rl = TcpListener::bind(at).await.with_context(|| format!("binding relay_listen {at}"))?;
+                let port = rl.local_addr().with_context(|| format!("binding relay_listen {at}"))?.port();
+                r.set_port(port);
+                tracing::info!(relay = %at, port, "relaying image payloads to the children the controller names");
+                Some(Aborting(tokio::spawn(relay::serve(r.clone(), rl, self.relay_tls.clone()))))
+            }
+            _ => None,
+        };
         // Kept alive for the agent's lifetime: dropping the handle stops the NFSv3 server.
         let nfs3 = match self.cfg.nfs3 {
             Some(addr) => {
@@ -361,6 +394,7 @@ impl Agent {
             agent: self,
             listener: l,
             addr,
+            _relay: relay,
             _nfs3: nfs3,
             _rw: rw,
             _replicas: replicas,
@@ -431,11 +465,21 @@ impl Agent {
     }
 }
 
+/// A task stopped when this is dropped (the relay listener goes with its agent).
+struct Aborting(tokio::task::JoinHandle<()>);
+
+impl Drop for Aborting {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// An agent bound to its address, not yet serving controllers.
 pub struct Listening {
     agent: Agent,
     listener: TcpListener,
     addr: std::net::SocketAddr,
+    _relay: Option<Aborting>,
     _nfs3: Option<nfs3::Nfs3Server>,
     _rw: Vec<Arc<nfs3::RwServer>>,
     _replicas: Vec<(String, nfs3::replica::ReplicaServer)>,
@@ -511,7 +555,8 @@ impl Listening {
 
     /// Serves until the process ends.
     pub async fn serve(self) -> Result<()> {
-        let Listening { agent, listener, _nfs3, _rw, _replicas, kernel: _kernel, kernel_replicas: _kr, .. } = self;
+        let Listening { agent, listener, _nfs3, _rw, _replicas, kernel: _kernel, kernel_replicas: _kr, _relay, .. } =
+            self;
         agent.serve(listener).await
     }
 

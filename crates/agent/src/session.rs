@@ -2,8 +2,9 @@
 
 use crate::error::{Error, Result};
 use crate::spool::{self, Spool};
-use crate::{Agent, IDLE_TIMEOUT};
+use crate::{relay, Agent, IDLE_TIMEOUT};
 use anyhow::{anyhow, bail, Context};
+use proto::relay::{FromRelay, ToRelay};
 use proto::{reply, req, Digest, Encoding, FromAgent, ImageState, Message, Name, RelPath, ToAgent, CHUNK};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -181,6 +182,7 @@ pub async fn run(agent: &Agent, mut c: Conn) -> Result<()> {
                 c.shutdown().await;
                 return Ok(());
             }
+            ToAgent::ExpectRelay(e) => expect_relay(agent, &mut c, &e).await?,
             ToAgent::StateliteOpen(req::StateliteOpen { root, node }) => {
                 next = crate::statelite::backup(agent, &mut c, root.as_str(), &node).await?
             }
@@ -199,6 +201,18 @@ pub async fn run(agent: &Agent, mut c: Conn) -> Result<()> {
             other => return Err(unexpected(&mut c, "a request outside an image session", &other).await),
         }
     }
+}
+
+/// `ExpectRelay`: the relay's port, or why this agent is no relay (the session goes on).
+async fn expect_relay(agent: &Agent, c: &mut Conn, e: &req::ExpectRelay) -> Result<()> {
+    match &agent.relays {
+        Some(r) => {
+            let port = r.expect(&e.image, e.generation, &e.child, e.token);
+            c.request(&FromAgent::RelayReady(reply::RelayReady { port })).await?
+        }
+        None => c.error("not a relay: relay_listen unset").await?,
+    }
+    Ok(())
 }
 
 /// Every image this agent holds, as recorded by the engine (under `state_dir`, replicas under `root`).
@@ -406,6 +420,7 @@ async fn image_session(
         };
         match msg {
             ToAgent::GetManifest => replica = send_manifest(c, replica).await?,
+            ToAgent::ExpectRelay(e) => expect_relay(agent, c, &e).await?,
             ToAgent::Verify => {
                 let name = image.clone();
                 let (r, scanned) = with_replica(replica, move |r| -> anyhow::Result<_> {
@@ -422,7 +437,8 @@ async fn image_session(
                 }
             }
             ToAgent::Plan(req::Plan { len, zstd }) => {
-                let (r, done) = update(c, replica, &spool, (image, image), len, zstd, &agent.nfs3).await?;
+                let fan = Fanout { relays: agent.relays.as_ref(), tls: agent.relay_client.as_ref() };
+                let (r, done) = update(c, replica, &spool, (image, image), len, zstd, &agent.nfs3, fan).await?;
                 replica = r;
                 committed |= done;
             }
@@ -454,6 +470,7 @@ type Want = (Vec<u8>, [u8; 32], u64, Option<[u8; 32]>);
 /// the replica and whether it committed; returns an error (ending the session) only for protocol
 /// violations and hostile input. The stage lives on a blocking thread that owns the replica until
 /// the update ends ([`stage_worker`]); this task receives frames and hands it one job at a time.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn update(
     c: &mut Conn,
     replica: Replica,
@@ -462,6 +479,7 @@ pub(crate) async fn update(
     len: u64,
     zstd: bool,
     nfs3: &nfs3::Switch,
+    fan: Fanout<'_>,
 ) -> Result<(Replica, bool)> {
     let buf = match c.recv_bulk("plan", len, MAX_PLAN).await {
         Ok(b) => b,
@@ -475,6 +493,10 @@ pub(crate) async fn update(
         Ok(d) => ImageState { name: name.clone(), generation: plan.generation, digest: d },
         Err(e) => return Err(refuse(c, format!("plan: {e:#}")).await),
     };
+    // Children expected for this run get what this update receives, as it arrives.
+    let run = fan.relays.and_then(|r| r.session(name.as_str(), plan.generation));
+    let _ending = relay::Ending(run.clone());
+    let fan = Fed { run, tls: fan.tls };
     let contents = Arc::new(contents);
     let (jobs, jobs_rx) = mpsc::channel(1);
     let (begun, begun_rx) = oneshot::channel();
@@ -482,11 +504,25 @@ pub(crate) async fn update(
         let (contents, spool, nfs3) = (Arc::clone(&contents), spool.clone(), nfs3.clone());
         tokio::task::spawn_blocking(move || stage_worker(replica, plan, &contents, &spool, &nfs3, begun, jobs_rx))
     };
-    let r = feed(c, &jobs, begun_rx, &contents, spool, image, &target).await;
+    let r = feed(c, &jobs, begun_rx, &contents, spool, image, &target, &fan).await;
     // The worker ends (aborting a stage not committed) before the replica is used again.
     drop(jobs);
     let replica = worker.await.map_err(|e| anyhow!("image {image}: stage: {e}"))?;
     Ok((replica, r?))
+}
+
+/// What an update may relay and fetch: the agent's relay runs (`relay_listen` set) and its client
+/// identity for dialing a parent's relay (None on plain TCP).
+#[derive(Clone, Copy, Default)]
+pub(crate) struct Fanout<'a> {
+    pub relays: Option<&'a Arc<relay::Relays>>,
+    pub tls: Option<&'a Arc<tokio_rustls::rustls::ClientConfig>>,
+}
+
+/// The relay side of one update: the run it feeds, if a child is expected.
+struct Fed<'a> {
+    run: Option<Arc<relay::Run>>,
+    tls: Option<&'a Arc<tokio_rustls::rustls::ClientConfig>>,
 }
 
 /// The plan (zstd-decoded when `zstd`) and, per content index, what the blob loop needs; an error
@@ -620,6 +656,7 @@ async fn ask<T>(jobs: &mpsc::Sender<Job>, job: impl FnOnce(oneshot::Sender<T>) -
 
 /// The session side of [`update`]: tells the controller what is needed, receives the blobs,
 /// has them staged, commits. Returns whether it committed.
+#[allow(clippy::too_many_arguments)]
 async fn feed(
     c: &mut Conn,
     jobs: &mpsc::Sender<Job>,
@@ -628,6 +665,7 @@ async fn feed(
     spool: &Spool,
     image: &str,
     target: &ImageState,
+    fan: &Fed<'_>,
 ) -> Result<bool> {
     let (need, resumed) = match begun.await {
         Ok(Ok(x)) => x,
@@ -654,56 +692,45 @@ async fn feed(
                 if !pending.remove(&index) {
                     return Err(refuse(c, format!("blob {index} was not asked for")).await);
                 }
-                let Some((_, hash, size, base)) = contents.get(index as usize) else {
-                    return Err(refuse(c, format!("blob {index} is not in the plan")).await);
+                let (delta, most) = match check_blob(contents, index, encoding, len, zstd) {
+                    Ok(x) => x,
+                    Err(reason) => return Err(refuse(c, reason).await),
                 };
-                let base = match encoding {
-                    Encoding::Literal if !zstd && len != *size => {
-                        return Err(
-                            refuse(c, format!("literal blob {index} of {len} bytes for a {size}-byte file")).await
-                        )
-                    }
-                    Encoding::Literal => None,
-                    Encoding::Delta => match base {
-                        Some(b) => Some(b),
-                        None => return Err(refuse(c, format!("delta blob {index} for a file without base")).await),
-                    },
-                };
-                let delta = base.is_some();
-                // Announced lengths are checked against what this file can need (the stage reads
-                // no more than that either), so a peer cannot fill the spool's disk with one blob.
-                let most = payload_limit(delta, *size);
-                let most = if zstd { zstd::zstd_safe::compress_bound(most as usize) as u64 } else { most };
                 let mut bulk = match c.bulk("blob", len, most) {
                     Ok(b) => b,
                     Err(_) => {
+                        let size = contents.get(index as usize).map_or(0, |ct| ct.2);
                         return Err(refuse(
                             c,
                             format!("blob {index} of {len} bytes is more than a {size}-byte file can need ({most})"),
                         )
-                        .await)
+                        .await);
                     }
                 };
+                let name = spool_name(contents, index, delta, zstd);
+                let end = |m: &ToAgent| matches!(m, ToAgent::BlobEnd);
+                let payload = match recv_payload(c, &mut bulk, len, spool, name, end, fan.run.as_deref()).await {
+                    Ok(Ok(p)) => p,
+                    Ok(Err((p, e))) => return Err(spool_failed(c, &p, e).await),
+                    Err(e) => return Err(fail(c, e).await),
+                };
+                keep(fan.run.as_ref(), index, relay::Meta { encoding, len, zstd }, &payload).await;
                 let index = index as usize;
-                let payload = if len <= CHUNK as u64 {
-                    // Small: assembled in memory and staged directly, no spool.
-                    let mut data = Vec::with_capacity(len as usize);
-                    recv_blob(c, &mut bulk, |d| data.extend_from_slice(d)).await?;
-                    Payload::Memory(data)
-                } else {
-                    let name = spool::name(hash, base, zstd);
-                    let part = spool.partial(&name);
-                    if let Err((p, e)) = recv_blob_to_file(c, &mut bulk, &part).await? {
-                        let _ = tokio::fs::remove_file(&part).await;
-                        return Err(spool_failed(c, &p, e).await);
-                    }
-                    let spool = spool.clone();
-                    Payload::Spooled(blocking(move || spool.finish(&name)).await?)
-                };
                 let r = ask(jobs, |done| Job::Stage { index, delta, zstd, payload, done }).await?;
                 if let Err(e) = r {
                     failure.get_or_insert(format!("{e:#}"));
                 }
+            }
+            ToAgent::Fetch(f) => {
+                let (missing, bytes) = fetch(&f, target, &mut pending, contents, spool, jobs, fan).await?;
+                if !missing.is_empty() {
+                    tracing::info!(
+                        "image {image}: {} payloads not had from {}: the controller sends them",
+                        missing.len(),
+                        f.parent
+                    );
+                }
+                c.request(&FromAgent::Fetched(reply::Fetched { missing, bytes })).await?;
             }
             ToAgent::Commit => break,
             other => return Err(unexpected(c, "a blob or Commit", &other).await),
@@ -810,57 +837,236 @@ pub(crate) async fn fail(c: &mut Conn, e: transport::Error) -> Error {
     }
 }
 
-/// Reads the chunks of one blob, handing each to `sink` (from the receive buffer: no copy), then
-/// its `BlobEnd`; exactly the announced length or the session ends.
-async fn recv_blob(c: &mut Conn, bulk: &mut transport::Bulk, mut sink: impl FnMut(&[u8])) -> Result<()> {
-    loop {
-        match c.next_chunk(bulk).await {
-            Ok(Some(d)) => sink(d),
-            Ok(None) => break,
-            Err(e) => return Err(fail(c, e).await),
+/// Checks a blob's header against its plan content: whether it is a delta, and the most bytes
+/// it may announce (what this file can need: the stage reads no more than that either, so a peer
+/// cannot fill the spool's disk with one blob); an error is the refusal.
+fn check_blob(contents: &[Want], index: u32, encoding: Encoding, len: u64, zstd: bool) -> Result<(bool, u64), String> {
+    let Some((_, _, size, base)) = contents.get(index as usize) else {
+        return Err(format!("blob {index} is not in the plan"));
+    };
+    let delta = match encoding {
+        Encoding::Literal if !zstd && len != *size => {
+            return Err(format!("literal blob {index} of {len} bytes for a {size}-byte file"))
         }
-    }
-    match c.recv().await {
-        Ok(ToAgent::BlobEnd) => Ok(()),
-        Ok(other) => Err(unexpected(c, "BlobEnd", &other).await),
-        Err(e) => Err(fail(c, e).await),
+        Encoding::Literal => false,
+        Encoding::Delta if base.is_some() => true,
+        Encoding::Delta => return Err(format!("delta blob {index} for a file without base")),
+    };
+    let most = payload_limit(delta, *size);
+    let most = if zstd { zstd::zstd_safe::compress_bound(most as usize) as u64 } else { most };
+    Ok((delta, most))
+}
+
+/// The spool name of payload `index` (checked by [`check_blob`]).
+fn spool_name(contents: &[Want], index: u32, delta: bool, zstd: bool) -> String {
+    match contents.get(index as usize) {
+        Some((_, hash, _, base)) => spool::name(hash, if delta { base.as_ref() } else { None }, zstd),
+        None => format!("invalid-{index}"),
     }
 }
 
-/// Reads the chunks of one blob into the spool file `part` (through tokio's file, so the writes
-/// run on the blocking pool), then its `BlobEnd`. A write error (a full disk) does not end the
-/// session mid-stream: the rest of the blob is read and dropped and the error returned inside, so
-/// the controller gets the reason, not a reset.
-async fn recv_blob_to_file(
-    c: &mut Conn,
+/// Reads the chunks of one blob (from the controller or a parent relay) and then its end (`end`
+/// says which message that is): up to one chunk assembled in memory, a larger one written to the
+/// spool through tokio's file (writes on the blocking pool), flushed and renamed whole. A write
+/// error (a full disk) does not end the session mid-stream: the rest of the blob is read and
+/// dropped, the partial file removed and the error returned inside, so the sender gets the
+/// reason, not a reset. `run`: a relay run counting the bytes (its waiting children).
+async fn recv_payload<R: proto::Role>(
+    c: &mut transport::Conn<R>,
     bulk: &mut transport::Bulk,
-    part: &Path,
-) -> Result<std::result::Result<(), (PathBuf, std::io::Error)>> {
+    len: u64,
+    spool: &Spool,
+    name: String,
+    end: impl Fn(&R::In) -> bool,
+    run: Option<&relay::Run>,
+) -> std::result::Result<std::result::Result<Payload, (PathBuf, std::io::Error)>, transport::Error> {
     use tokio::io::AsyncWriteExt;
-    let mut f = tokio::fs::File::create(part).await.map_err(|e| (part.to_path_buf(), e));
-    loop {
-        match c.next_chunk(bulk).await {
-            Ok(Some(d)) => {
-                if let Ok(w) = &mut f {
-                    if let Err(e) = w.write_all(d).await {
-                        f = Err((part.to_path_buf(), e));
-                    }
-                }
+    let count = |n: usize| {
+        if let Some(r) = run {
+            r.progress(n as u64)
+        }
+    };
+    if len <= CHUNK as u64 {
+        // Small: assembled in memory and staged directly, no spool.
+        let mut data = Vec::with_capacity(len as usize);
+        while let Some(d) = c.next_chunk(bulk).await? {
+            data.extend_from_slice(d);
+            count(d.len());
+        }
+        let m = c.recv().await?;
+        if !end(&m) {
+            return Err(proto::Error::Unexpected { expected: "BlobEnd", got: m.kind() }.into());
+        }
+        return Ok(Ok(Payload::Memory(data)));
+    }
+    let part = spool.partial(&name);
+    let mut f = tokio::fs::File::create(&part).await.map_err(|e| (part.clone(), e));
+    while let Some(d) = c.next_chunk(bulk).await? {
+        count(d.len());
+        if let Ok(w) = &mut f {
+            if let Err(e) = w.write_all(d).await {
+                f = Err((part.clone(), e));
             }
-            Ok(None) => break,
-            Err(e) => return Err(fail(c, e).await),
         }
     }
     // tokio's writes complete in the background: the flush waits for the last and reports its error.
     if let Ok(w) = &mut f {
         if let Err(e) = w.flush().await {
-            f = Err((part.to_path_buf(), e));
+            f = Err((part.clone(), e));
         }
     }
-    match c.recv().await {
-        Ok(ToAgent::BlobEnd) => Ok(f.map(drop)),
-        Ok(other) => Err(unexpected(c, "BlobEnd", &other).await),
-        Err(e) => Err(fail(c, e).await),
+    let m = c.recv().await?;
+    if !end(&m) {
+        return Err(proto::Error::Unexpected { expected: "BlobEnd", got: m.kind() }.into());
+    }
+    if let Err(e) = f {
+        let _ = tokio::fs::remove_file(&part).await;
+        return Ok(Err(e));
+    }
+    let sp = spool.clone();
+    match tokio::task::spawn_blocking(move || sp.finish(&name)).await {
+        Ok(Ok(p)) => Ok(Ok(Payload::Spooled(p))),
+        Ok(Err(e)) => Ok(Err((part, std::io::Error::other(format!("{e:#}"))))),
+        Err(e) => Ok(Err((part, std::io::Error::other(e.to_string())))),
+    }
+}
+
+/// Keeps a payload for the children of this relay run, if any.
+async fn keep(run: Option<&Arc<relay::Run>>, index: u32, meta: relay::Meta, payload: &Payload) {
+    let Some(run) = run else { return };
+    let source = match payload {
+        Payload::Memory(d) => relay::Source::Bytes(d),
+        Payload::Spooled(p) => relay::Source::File(p),
+    };
+    run.put(index, meta, source).await;
+}
+
+/// `Fetch`: the payloads `f.indexes` (those still pending) from the parent's relay, staged as if
+/// the controller had sent them (and kept for this agent's own children). Returns what could
+/// not be had (the parent unreachable, refusing, reset, `stall_ms` without a frame, a payload
+/// missing there or not staging) and the payload bytes received. Only a dead stage is an error.
+async fn fetch(
+    f: &req::Fetch,
+    target: &ImageState,
+    pending: &mut HashSet<u32>,
+    contents: &[Want],
+    spool: &Spool,
+    jobs: &mpsc::Sender<Job>,
+    fan: &Fed<'_>,
+) -> Result<(Vec<u32>, u64)> {
+    let mut seen = HashSet::new();
+    let want: Vec<u32> = f.indexes.iter().copied().filter(|i| pending.contains(i) && seen.insert(*i)).collect();
+    let stall = Duration::from_millis(f.stall_ms.clamp(100, 3_600_000));
+    let addr = if f.addr.contains(':') && !f.addr.starts_with('[') {
+        format!("[{}]:{}", f.addr, f.port)
+    } else {
+        format!("{}:{}", f.addr, f.port)
+    };
+    let parent = f.parent.as_str();
+    let mut c = match open_parent(&addr, parent, f.token, target, fan.tls, stall).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!("image {}: relay {parent} at {addr}: {e:#}", target.name);
+            return Ok((want, 0));
+        }
+    };
+    let (mut missing, mut bytes) = (Vec::new(), 0u64);
+    // Asked ahead (the relay answers in order), so small payloads do not each cost a round trip.
+    let mut asked = 0;
+    let mut rest = want.clone().into_iter();
+    while let Some(i) = rest.next() {
+        let ask_ahead = async {
+            while asked < want.len() && asked < (want.len() - rest.len()) + FETCH_AHEAD {
+                c.send(&ToRelay::Get { index: want[asked] }).await?;
+                asked += 1;
+            }
+            c.flush().await
+        };
+        let got = match ask_ahead.await {
+            Ok(()) => fetch_one(&mut c, i, contents, spool, stall, fan.run.as_deref()).await,
+            Err(e) => Err(e.into()),
+        };
+        let got = match got {
+            Ok(g) => g,
+            Err(e) => {
+                tracing::warn!("image {}: relay {parent}: payload {i}: {e:#}", target.name);
+                missing.push(i);
+                missing.extend(rest);
+                break;
+            }
+        };
+        let Some((payload, delta, meta)) = got else {
+            missing.push(i);
+            continue;
+        };
+        bytes += meta.len;
+        keep(fan.run.as_ref(), i, meta, &payload).await;
+        let zstd = meta.zstd;
+        match ask(jobs, |done| Job::Stage { index: i as usize, delta, zstd, payload, done }).await? {
+            Ok(()) => {
+                pending.remove(&i);
+            }
+            Err(e) => {
+                tracing::warn!("image {}: payload {i} from relay {parent} did not stage: {e:#}", target.name);
+                missing.push(i);
+            }
+        }
+    }
+    let _ = c.request(&ToRelay::Bye).await;
+    c.shutdown().await;
+    Ok((missing, bytes))
+}
+
+type RelayConn = transport::Conn<proto::relay::Child>;
+
+/// How many payloads a child asks its parent for ahead of the one it is receiving.
+const FETCH_AHEAD: usize = 32;
+
+/// Dials the parent's relay (its certificate must name `parent`) and presents the run's token.
+async fn open_parent(
+    addr: &str,
+    parent: &str,
+    token: [u8; 32],
+    target: &ImageState,
+    tls: Option<&Arc<tokio_rustls::rustls::ClientConfig>>,
+    stall: Duration,
+) -> anyhow::Result<RelayConn> {
+    let mut c: RelayConn = transport::dial(addr, parent, tls.cloned(), stall).await?;
+    c.request(&ToRelay::Hello { token, image: target.name.clone(), generation: target.generation }).await?;
+    match c.recv_within(stall).await? {
+        FromRelay::Ready => Ok(c),
+        FromRelay::Error { reason } => bail!("refused: {reason}"),
+        other => bail!("expected Ready, got {}", other.kind()),
+    }
+}
+
+/// One payload from the parent (already asked for): `Some` with how it came, `None` when the
+/// parent does not have it; an error ends the fetch (the connection is no longer usable).
+async fn fetch_one(
+    c: &mut RelayConn,
+    index: u32,
+    contents: &[Want],
+    spool: &Spool,
+    stall: Duration,
+    run: Option<&relay::Run>,
+) -> anyhow::Result<Option<(Payload, bool, relay::Meta)>> {
+    loop {
+        match c.recv_within(stall).await? {
+            FromRelay::Waiting => continue,
+            FromRelay::Missing { index: i } if i == index => return Ok(None),
+            FromRelay::Blob { index: i, encoding, len, zstd } if i == index => {
+                let (delta, most) = check_blob(contents, index, encoding, len, zstd).map_err(|e| anyhow!(e))?;
+                let mut bulk = c.bulk("blob", len, most)?;
+                let name = spool_name(contents, index, delta, zstd);
+                let end = |m: &FromRelay| matches!(m, FromRelay::BlobEnd);
+                let payload = recv_payload(c, &mut bulk, len, spool, name, end, run)
+                    .await?
+                    .map_err(|(p, e)| anyhow!("writing {}: {e}", p.display()))?;
+                return Ok(Some((payload, delta, relay::Meta { encoding, len, zstd })));
+            }
+            FromRelay::Error { reason } => bail!("refused: {reason}"),
+            other => bail!("expected payload {index}, got {}", other.kind()),
+        }
     }
 }
 

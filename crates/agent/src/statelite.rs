@@ -159,7 +159,18 @@ pub async fn backup(agent: &Agent, c: &mut Conn, area: &str, node: &str) -> Resu
         match msg {
             ToAgent::GetManifest => replica = send_manifest(c, replica).await?,
             ToAgent::Plan(req::Plan { len, zstd }) => {
-                replica = update(c, replica, &spool, (&node, &label), len, zstd, &nfs3::Switch::default()).await?.0;
+                replica = update(
+                    c,
+                    replica,
+                    &spool,
+                    (&node, &label),
+                    len,
+                    zstd,
+                    &nfs3::Switch::default(),
+                    Default::default(),
+                )
+                .await?
+                .0;
             }
             other => break Some(other),
         }

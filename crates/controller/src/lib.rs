@@ -20,6 +20,7 @@ pub mod address;
 pub mod daemon;
 pub mod demo;
 mod error;
+mod fanout;
 mod image;
 pub mod monitor;
 pub mod progress;
@@ -90,8 +91,14 @@ pub struct ReplicaReport {
     pub digest: String,
     pub matches: bool,
     pub bytes_sent: u64,
-    /// Files sent (as delta or whole); files the agent resumed from its spool.
+    /// Files sent by the MN (as delta or whole); files the agent resumed from its spool.
     pub files_sent: u64,
+    /// Where its payloads came from: `mn`, its parent relay's SN name, or `<parent>+mn` when the
+    /// MN sent what the parent could not (relay fan-out, `[cluster] fanout`).
+    pub via: String,
+    /// Payloads (files) and their bytes fetched from the parent relay; `bytes_sent` is the MN's.
+    pub relayed_files: u64,
+    pub relayed_bytes: u64,
     pub resumed: u32,
     /// The agent's rescan at `Open` found the replica changed behind its back (the digest it had
     /// recorded, in `drifted_from`), and this run brought it back to the source (`matches`).
@@ -113,6 +120,9 @@ impl ReplicaReport {
             matches: false,
             bytes_sent: 0,
             files_sent: 0,
+            via: "mn".into(),
+            relayed_files: 0,
+            relayed_bytes: 0,
             resumed: 0,
             repaired: false,
             drifted_from: None,
@@ -345,14 +355,19 @@ impl Controller {
         // Exports that do not render fail the run before any SN is touched; each SN's are rendered
         // again, from the placement of that moment, right before they are pushed.
         render_exports(&self.placed()?.0)?;
+        let mut links = fanout::links(&self.cluster, &prepared);
         let mut tasks = JoinSet::new();
         for (i, sn) in self.cluster.sns().iter().enumerate() {
             let mine: Vec<Arc<Prepared>> =
                 prepared.iter().filter(|p| p.image.sns.iter().any(|s| s == &sn.name)).cloned().collect();
+            let mine_links: Vec<fanout::Links> = mine
+                .iter()
+                .map(|p| links.remove(&(p.image.name.clone(), sn.name.clone())).unwrap_or_default())
+                .collect();
             let bar = self.progress.as_ref().map(|h| progress::ProgressBar::new(&sn.name, h.clone()));
             let (ctl, sn) = (Arc::clone(self), sn.clone());
             tasks.spawn(async move {
-                let mut o = sn::sync_sn(&ctl, sn.clone(), mine, None, bar).await;
+                let mut o = sn::sync_sn(&ctl, sn.clone(), mine, mine_links, None, bar).await;
                 if o.error.is_none() {
                     ctl.exports_after_sync(&sn, &mut o).await;
                 }

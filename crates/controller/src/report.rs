@@ -25,13 +25,18 @@ pub fn sync_lines(what: &str, r: &SyncReport, statelite: &[StateliteReport]) -> 
     let mut out = Vec::new();
     for x in &r.replicas {
         out.push(format!(
-            "{:<10} {:<24} gen {:<4} {} {:<8} {} bytes sent{}",
+            "{:<10} {:<24} gen {:<4} {} {:<8} {} bytes sent{}{}",
             x.sn,
             x.image,
             x.generation,
             x.digest.get(..16).unwrap_or(&x.digest),
             if x.matches { "ok" } else { "MISMATCH" },
             x.bytes_sent,
+            if x.via == "mn" {
+                String::new()
+            } else {
+                format!(", {} files ({} bytes) via {}", x.relayed_files, x.relayed_bytes, x.via)
+            },
             x.error.as_deref().map(|e| format!("  ({e})")).unwrap_or_default()
         ));
     }

@@ -3,6 +3,7 @@
 //! typed error ([`SnError`]), bulk data is received only up to a cap.
 
 use crate::error::SnError;
+use crate::fanout::{self, Links, Offer};
 use crate::image::{PayloadFile, Prepared};
 use crate::progress::ProgressBar;
 use crate::{Controller, ExportsReport, ImageStatus, ReplicaReport, RwAreaStatus, SnStatus};
@@ -74,18 +75,20 @@ fn row(sn: &str, p: &Prepared) -> ReplicaReport {
     ReplicaReport::new(sn, &p.image.name)
 }
 
+/// One SN's part of a sync. `links`: its place in each image's relay tree (same order as
+/// `images`; missing or default: the MN sends it everything and it relays nothing).
 pub async fn sync_sn(
     ctl: &Controller,
     sn: ServiceNode,
     images: Vec<Arc<Prepared>>,
+    links: Vec<Links>,
     exports: Option<String>,
     bar: Option<ProgressBar>,
 ) -> SnOutcome {
     let mut out = SnOutcome::new(&sn.name, images.iter().map(|p| row(&sn.name, p)).collect());
     let mut failed = Vec::new();
-    let r =
-        tokio::time::timeout(ctl.timeouts.sn, run_sn(ctl, &sn, &images, exports, &mut out, &mut failed, bar.as_ref()))
-            .await;
+    let run = run_sn(ctl, &sn, &images, links, exports, &mut out, &mut failed, bar.as_ref());
+    let r = tokio::time::timeout(ctl.timeouts.sn, run).await;
     let err = match r {
         Ok(Ok(())) => None,
         Ok(Err(e)) => Some((format!("{e:#}"), e)),
@@ -112,19 +115,25 @@ pub async fn sync_sn(
     out
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn run_sn(
     ctl: &Controller,
     sn: &ServiceNode,
     images: &[Arc<Prepared>],
+    links: Vec<Links>,
     exports: Option<String>,
     out: &mut SnOutcome,
     failed: &mut Vec<(String, SnError)>,
     bar: Option<&ProgressBar>,
 ) -> Result<()> {
+    // Dropped unused (this SN unreachable, an image failed before its turn): the children of
+    // each image are then served by the MN.
+    let mut links = links.into_iter();
     let mut c = connect(ctl, sn).await?;
     for (i, p) in images.iter().enumerate() {
         let before = c.bytes_out;
-        let res = sync_image(ctl, &mut c, p, &mut out.replicas[i], bar).await;
+        let link = links.next().unwrap_or_default();
+        let res = sync_image(ctl, &mut c, p, &mut out.replicas[i], bar, sn, link).await;
         out.replicas[i].bytes_sent = c.bytes_out - before;
         if let Err(e) = res {
             let msg = format!("image {}: {e:#}", p.image.name);
@@ -193,6 +202,8 @@ async fn sync_image(
     p: &Arc<Prepared>,
     row: &mut ReplicaReport,
     bar: Option<&ProgressBar>,
+    sn: &ServiceNode,
+    link: Links,
 ) -> Result<()> {
     let (state, drifted) = open(c, &p.image).await?;
     if let Some(was) = &drifted {
@@ -204,12 +215,13 @@ async fn sync_image(
         );
     }
     row.drifted_from = drifted.map(|d| d.to_string());
-    let r = sync_image_from(ctl, c, p, row, bar, state).await;
+    let r = sync_image_from(ctl, c, p, row, bar, state, sn, link).await;
     // Repaired: drift was found, and the replica now has the source's digest, computed now.
     row.repaired = row.drifted_from.is_some() && row.matches;
     r
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn sync_image_from(
     ctl: &Controller,
     c: &mut Conn,
@@ -217,6 +229,8 @@ async fn sync_image_from(
     row: &mut ReplicaReport,
     bar: Option<&ProgressBar>,
     state: ImageState,
+    sn: &ServiceNode,
+    mut link: Links,
 ) -> Result<()> {
     if state.digest == p.digest {
         row.generation = state.generation;
@@ -226,10 +240,12 @@ async fn sync_image_from(
     }
     // The shared plan when the replica is at the last generation; else one from its own manifest.
     let own;
+    let mut shared = false;
     let (plan, bytes) = match (&p.shared, &p.last) {
         // (A replica numbered past this MN's generations, e.g. after the MN's state was lost,
         // gets its own plan numbered after its own generation.)
         (Some(s), Some(l)) if l.digest == state.digest && s.plan.generation > state.generation => {
+            shared = true;
             (&s.plan, s.bytes.clone())
         }
         _ => {
@@ -253,13 +269,33 @@ async fn sync_image_from(
             (&own, b)
         }
     };
+    // Only the shared plan's payloads are relayed (an SN on its own plan relays nothing: its
+    // children's senders are dropped here, and they get theirs from the MN).
+    let children = std::mem::take(&mut link.children);
+    if shared {
+        offer_relay(c, p, plan.generation, sn, children).await?;
+    }
     let need = c.call_with_bulk(req::Plan { len: bytes.len() as u64, zstd: true }, &bytes).await?;
     row.resumed = need.resumed;
     if let Some(b) = bar {
         b.set_length(need.indexes.iter().filter_map(|&i| plan.contents.get(i as usize)).map(|c| c.size).sum());
         b.set_message(p.image.name.clone());
     }
-    for &i in &need.indexes {
+    let mut indexes = need.indexes;
+    if let (true, Some((parent, offer))) = (shared && !indexes.is_empty(), link.parent.take()) {
+        // The parent's task answers once its agent said where its relay listens (or that it
+        // does not relay this run); its end dropped (it failed) is the same as none, and so is a
+        // parent not ready within a frame's timeout (a hung one must not hold its children).
+        match tokio::time::timeout(ctl.timeouts.frame, offer).await {
+            Ok(Ok(Some(o))) => indexes = fetch(c, o, indexes, row).await?,
+            _ => tracing::info!(
+                "{}: image {}: parent {parent} relays nothing: payloads from the MN",
+                row.sn,
+                p.image.name
+            ),
+        }
+    }
+    for &i in &indexes {
         let asked = || SnError::Protocol(format!("agent asked for content {i}, which the plan does not send"));
         let content = plan.contents.get(i as usize).ok_or_else(asked)?;
         let payload = p.payload(content).await?.ok_or_else(asked)?;
@@ -279,6 +315,67 @@ async fn sync_image_from(
         return Err(SnError::DigestMismatch { got: done.state.digest, want: p.digest });
     }
     Ok(())
+}
+
+/// Tells this SN's agent which children will fetch the shared plan's payloads from it (a token
+/// each, for this run only) and hands each child's task its relay address; a refusal ("not a
+/// relay") leaves that child to the MN.
+async fn offer_relay(
+    c: &mut Conn,
+    p: &Prepared,
+    generation: u64,
+    sn: &ServiceNode,
+    children: Vec<(String, tokio::sync::oneshot::Sender<Option<Offer>>)>,
+) -> Result<()> {
+    for (child, tx) in children {
+        let token = fanout::token().map_err(SnError::Local)?;
+        let child_name = Name::parse(&child).map_err(|e| SnError::Local(anyhow::anyhow!("SN name: {e}")))?;
+        let q = req::ExpectRelay { token, child: child_name, image: name(&p.image)?, generation };
+        match c.call(q).await {
+            Ok(r) => {
+                let o = Offer { parent: sn.name.clone(), addr: sn.agent.host.to_string(), port: r.port, token };
+                let _ = tx.send(Some(o));
+            }
+            Err(transport::Error::Proto(proto::Error::Remote(reason))) => {
+                tracing::info!("{}: does not relay image {} to {child}: {reason}", sn.name, p.image.name);
+                let _ = tx.send(None);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// Has the agent fetch `indexes` from its parent's relay; returns what the MN must still send
+/// (the parent died, stalled or did not have them: re-parented to the MN).
+async fn fetch(c: &mut Conn, o: Offer, indexes: Vec<u32>, row: &mut ReplicaReport) -> Result<Vec<u32>> {
+    let parent = Name::parse(&o.parent).map_err(|e| SnError::Local(anyhow::anyhow!("SN name: {e}")))?;
+    let q = req::Fetch {
+        parent,
+        addr: o.addr,
+        port: o.port,
+        token: o.token,
+        indexes: indexes.clone(),
+        stall_ms: fanout::STALL_MS,
+    };
+    // As long as the parent's transfer goes on: bounded by this SN's own deadline.
+    let r = c.call_within(q, std::time::Duration::from_secs(7 * 24 * 3600)).await?;
+    // Only what was asked for, each once, in the plan's order.
+    let missing: std::collections::HashSet<u32> = r.missing.into_iter().collect();
+    let rest: Vec<u32> = indexes.iter().copied().filter(|i| missing.contains(i)).collect();
+    row.relayed_files = (indexes.len() - rest.len()) as u64;
+    row.relayed_bytes = r.bytes;
+    row.via = if rest.is_empty() { o.parent } else { format!("{}+mn", o.parent) };
+    if !rest.is_empty() {
+        tracing::info!(
+            "{}: {} of {} payloads not had from {}: sent by the MN",
+            row.sn,
+            rest.len(),
+            indexes.len(),
+            row.via
+        );
+    }
+    Ok(rest)
 }
 
 /// Streams one payload in chunks; the file is read a chunk at a time on the blocking pool
@@ -519,7 +616,7 @@ mod tests {
 
     async fn sync(s: &Setup) -> SnOutcome {
         let sn = s.ctl.cluster.sns()[0].clone();
-        sync_sn(&s.ctl, sn, vec![s.image.clone()], None, None).await
+        sync_sn(&s.ctl, sn, vec![s.image.clone()], Vec::new(), None, None).await
     }
 
     /// A peer that answers the handshake, then runs `script` on the session.

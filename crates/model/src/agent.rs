@@ -23,6 +23,9 @@ pub struct AgentConfig {
     pub exports_file: AbsPath,
     pub reload: Vec<String>,
     pub nfs3: Option<SocketAddr>,
+    /// The relay listener of image fan-out (`relay_listen`): children the controller names fetch
+    /// this agent's payloads there. None: never a relay.
+    pub relay_listen: Option<SocketAddr>,
     pub tls: Option<TlsFiles>,
     /// Accept plain TCP (only honoured when `listen` is loopback).
     pub plaintext_loopback: bool,
@@ -203,6 +206,7 @@ struct Raw {
     exports_file: Option<Spanned<String>>,
     reload: Option<Vec<String>>,
     nfs3: Option<Spanned<String>>,
+    relay_listen: Option<Spanned<String>>,
     tls: Option<TlsFiles>,
     #[serde(default)]
     plaintext_loopback: bool,
@@ -235,6 +239,7 @@ impl AgentConfig {
             };
         let listen = sock(&raw.listen, "listen", Some("0.0.0.0:7468")).flatten();
         let nfs3 = sock(&raw.nfs3, "nfs3", None);
+        let relay_listen = sock(&raw.relay_listen, "relay_listen", None);
         fn abs(sink: &mut Sink<'_>, v: &Option<Spanned<String>>, field: &str, default: &str) -> Option<AbsPath> {
             match v {
                 Some(s) => AbsPath::parse(s.get_ref()).map_err(|m| sink.at(s.span(), field, m)).ok(),
@@ -436,6 +441,16 @@ impl AgentConfig {
             _ => vec!["exportfs".into(), "-ra".into()],
         });
         let tls = raw.tls;
+        // A relay hands out image payloads: TLS like the control port, plain TCP only on loopback.
+        if let (Some(Some(l)), Some(r)) = (relay_listen, &raw.relay_listen) {
+            if tls.is_none() && !(l.ip().is_loopback() && raw.plaintext_loopback) {
+                sink.at(
+                    r.span(),
+                    "relay_listen",
+                    "a [tls] section is required unless relay_listen is a loopback address and plaintext_loopback = true",
+                );
+            }
+        }
         if let Some(l) = listen {
             if tls.is_none() && !(l.ip().is_loopback() && raw.plaintext_loopback) {
                 match &raw.listen {
@@ -467,7 +482,7 @@ impl AgentConfig {
             .map(|b| *b.get_ref())
             .unwrap_or(dialect == Some(Dialect::Linux) && statelite_prefix.is_none());
         sink.finish()?;
-        match (listen, root, state_dir, controller, dialect, exports_file, nfs3) {
+        match (listen, root, state_dir, controller, dialect, exports_file, nfs3, relay_listen) {
             (
                 Some(listen),
                 Some(root),
@@ -476,6 +491,7 @@ impl AgentConfig {
                 Some(dialect),
                 Some(exports_file),
                 Some(nfs3),
+                Some(relay_listen),
             ) => Ok(AgentConfig {
                 listen,
                 root,
@@ -486,6 +502,7 @@ impl AgentConfig {
                 exports_file,
                 reload,
                 nfs3,
+                relay_listen,
                 tls,
                 plaintext_loopback: raw.plaintext_loopback,
                 statelite_prefix,
@@ -863,6 +880,19 @@ mod tests {
         assert!(e.to_string().starts_with("a.toml:4:20: statelite_mounts:"), "{e}");
         let e = AgentConfig::from_toml("a.toml", &format!("{base}statelite_prefix = \"rel\"\n")).unwrap_err();
         assert!(e.to_string().starts_with("a.toml:3:20: statelite_prefix:"), "{e}");
+    }
+
+    #[test]
+    fn relay_listen_is_checked_with_its_line() {
+        let base = "plaintext_loopback = true\nlisten = \"127.0.0.1:1\"\n";
+        assert_eq!(AgentConfig::from_toml("a.toml", base).unwrap().relay_listen, None);
+        let a = AgentConfig::from_toml("a.toml", &format!("{base}relay_listen = \"127.0.0.1:7469\"\n")).unwrap();
+        assert_eq!(a.relay_listen, Some("127.0.0.1:7469".parse().unwrap()));
+        let e = AgentConfig::from_toml("a.toml", &format!("{base}relay_listen = \"x\"\n")).unwrap_err();
+        assert!(e.to_string().starts_with("a.toml:3:16: relay_listen: `x` is not an ip:port"), "{e}");
+        // Off loopback a relay needs TLS, like the control port.
+        let e = AgentConfig::from_toml("a.toml", &format!("{base}relay_listen = \"0.0.0.0:7469\"\n")).unwrap_err();
+        assert!(e.to_string().starts_with("a.toml:3:16: relay_listen:") && e.to_string().contains("[tls]"), "{e}");
     }
 
     #[test]

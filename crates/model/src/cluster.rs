@@ -117,6 +117,9 @@ pub struct ServiceNode {
     pub nfs_port: Option<u16>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mount_port: Option<u16>,
+    /// Its rack (`[[sn]] rack`): relay children come from their parent's rack first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rack: Option<String>,
 }
 
 /// A member of an external HA-NFS domain: a backup server that is not an SN (design arch. 2).
@@ -185,6 +188,7 @@ pub struct Cluster {
     fence: Vec<String>,
     sn_timeout_secs: u64,
     zstd_level: i32,
+    fanout: usize,
     health: crate::health::Health,
     sns: Vec<ServiceNode>,
     externals: Vec<ExternalServer>,
@@ -264,6 +268,12 @@ impl Cluster {
     /// zstd level of the payloads sent to agents (0 sends them uncompressed; default 1).
     pub fn zstd_level(&self) -> i32 {
         self.zstd_level
+    }
+
+    /// Relay fan-out of image payloads (`[cluster] fanout`): 0 is star (the MN sends to every
+    /// SN), k > 0 a tree of SNs where each forwards to at most k (see [`crate::relay::tree`]).
+    pub fn fanout(&self) -> usize {
+        self.fanout
     }
 
     /// The health settings (`[cluster] failover`, probe timings, fence verification, ...).
@@ -402,6 +412,12 @@ pub const DEFAULT_SN_TIMEOUT_SECS: u64 = 3600;
 
 /// Default of `cluster.zstd_level`: fast, and most of what compression can save on image files.
 pub const DEFAULT_ZSTD_LEVEL: i32 = 1;
+/// Default of `cluster.fanout`: star (the MN sends every SN its copy) until relays are measured
+/// the better default on real links.
+pub const DEFAULT_FANOUT: usize = 0;
+/// Highest `cluster.fanout` (an SN forwarding to more than this is a star of its own).
+pub const MAX_FANOUT: usize = 64;
+
 /// Highest `cluster.zstd_level`: zstd's levels above 19 need a larger window on the agents too.
 pub const MAX_ZSTD_LEVEL: i32 = 19;
 
@@ -429,6 +445,7 @@ fn validate(raw: &ConfigFile, sink: &mut Sink<'_>) -> Option<Cluster> {
         fence: raw.cluster.fence.clone(),
         sn_timeout_secs: section.sn_timeout_secs,
         zstd_level: section.zstd_level,
+        fanout: section.fanout,
         health: crate::health::section(&raw.cluster, sink),
         sns,
         externals,
@@ -446,6 +463,7 @@ struct Section {
     backup_policy: Option<BackupPolicy>,
     sn_timeout_secs: u64,
     zstd_level: i32,
+    fanout: usize,
     domain: Option<String>,
 }
 
@@ -475,6 +493,14 @@ fn cluster_section(c: &crate::config::ClusterSection, sink: &mut Sink<'_>) -> Se
         }
         None => DEFAULT_ZSTD_LEVEL,
     };
+    let fanout = match &c.fanout {
+        Some(k) if (0..=MAX_FANOUT as i64).contains(k.get_ref()) => *k.get_ref() as usize,
+        Some(k) => {
+            sink.at(k.span(), "cluster.fanout", format!("must be 0 (star) to {MAX_FANOUT} children per SN"));
+            DEFAULT_FANOUT
+        }
+        None => DEFAULT_FANOUT,
+    };
     let domain = c.domain.as_ref().and_then(|d| {
         let v = d.get_ref();
         if crate::addr::is_hostname(v) {
@@ -485,7 +511,7 @@ fn cluster_section(c: &crate::config::ClusterSection, sink: &mut Sink<'_>) -> Se
         }
     });
 
-    Section { source_root, state_dir, backup_policy, sn_timeout_secs, zstd_level, domain }
+    Section { source_root, state_dir, backup_policy, sn_timeout_secs, zstd_level, fanout, domain }
 }
 
 /// Server names (SNs and external servers) and where each was defined. Names are shared by SNs and
@@ -569,6 +595,13 @@ fn service_nodes(
         let service_address = crate::health::service_address(sink, &s.service_address, f("service_address"));
         let nfs_port = crate::health::sn_port(sink, &s.nfs_port, f("nfs_port"));
         let mount_port = crate::health::sn_port(sink, &s.mount_port, f("mount_port"));
+        let rack = s.rack.as_ref().and_then(|r| match check_name(r.get_ref()) {
+            Ok(()) => Some(r.get_ref().clone()),
+            Err(m) => {
+                sink.at(r.span(), f("rack"), m);
+                None
+            }
+        });
         if let (true, Some(d), Some(v)) = (setuphanfs, dialect, &s.setuphanfs) {
             if d != Dialect::Aix {
                 sink.at(
@@ -600,6 +633,7 @@ fn service_nodes(
                 service_address,
                 nfs_port,
                 mount_port,
+                rack,
             });
         }
     }
@@ -1152,6 +1186,24 @@ served_by = "sn1"
         assert_eq!(h.fence_verify_expect.as_deref(), Some("off"));
         assert_eq!(h.nfs_versions, Some(vec![3]));
         assert_eq!(c.sn("sn1").unwrap().service_address.unwrap().to_string(), "10.0.1.101/24");
+    }
+
+    #[test]
+    fn fanout_and_racks_are_checked_with_their_line() {
+        let c = Cluster::from_toml("c.toml", OK).unwrap();
+        assert_eq!(c.fanout(), 0, "star by default");
+        assert_eq!(c.sn("sn1").unwrap().rack, None);
+        let text = OK
+            .replace("[cluster]\n", "[cluster]\nfanout = 3\n")
+            .replace("agent = \"127.0.0.1:7002\"\n", "agent = \"127.0.0.1:7002\"\nrack = \"r12\"\n");
+        let c = Cluster::from_toml("c.toml", &text).unwrap();
+        assert_eq!(c.fanout(), 3);
+        assert_eq!(c.sn("sn2").unwrap().rack.as_deref(), Some("r12"));
+        let e = Cluster::from_toml("c.toml", &OK.replace("[cluster]\n", "[cluster]\nfanout = 65\n")).unwrap_err();
+        assert!(e.to_string().starts_with("c.toml:3:10: cluster.fanout: must be 0 (star) to 64"), "{e}");
+        let bad = OK.replace("agent = \"127.0.0.1:7002\"\n", "agent = \"127.0.0.1:7002\"\nrack = \"../r\"\n");
+        let e = Cluster::from_toml("c.toml", &bad).unwrap_err();
+        assert!(e.to_string().contains("sn[1].rack:"), "{e}");
     }
 
     #[test]

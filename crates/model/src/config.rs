@@ -124,6 +124,10 @@ pub struct ClusterSection {
     pub portmap_port: Option<Spanned<i64>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nfs_versions: Option<Spanned<Vec<i64>>>,
+    /// Relay fan-out of image payloads: each SN forwards to at most this many others (0: star,
+    /// the MN sends to every SN itself).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fanout: Option<Spanned<i64>>,
 }
 
 /// A number of seconds as written (integer or fractional). `Eq` compares the written values, which
@@ -160,6 +164,7 @@ impl ClusterSection {
             mount_port: None,
             portmap_port: None,
             nfs_versions: None,
+            fanout: None,
         }
     }
 }
@@ -193,6 +198,10 @@ pub struct SnSection {
     /// This SN's MOUNT port, over `[cluster] mount_port` (set: called directly, no portmap query).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mount_port: Option<Spanned<i64>>,
+    /// Where it sits in the network (a rack, a switch): relay children are taken from their
+    /// parent's rack first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rack: Option<Text>,
 }
 
 impl SnSection {
@@ -208,6 +217,7 @@ impl SnSection {
             service_address: None,
             nfs_port: None,
             mount_port: None,
+            rack: None,
         }
     }
 

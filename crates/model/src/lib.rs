@@ -13,6 +13,7 @@ pub mod health;
 pub mod name;
 pub mod path;
 pub mod placement;
+pub mod relay;
 
 pub use addr::{Address, Endpoint};
 pub use agent::AgentConfig;

@@ -21,6 +21,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 mod digest;
+pub mod relay;
 mod wire;
 
 pub use digest::Digest;
@@ -166,6 +167,35 @@ pub mod req {
         #[serde(deserialize_with = "crate::wire::address")]
         pub address: String,
     }
+
+    /// Relay fan-out: this agent will be asked by SN `child` (its certificate must name it) for
+    /// the payloads of `image` at `generation` (the shared plan of this run) it receives; `token`
+    /// authorises that child for this run only. Sent before the image's `Open` or inside its
+    /// session before the `Plan`. Answered with the relay port, or an error ("not a relay").
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct ExpectRelay {
+        pub token: [u8; 32],
+        #[serde(deserialize_with = "crate::wire::name")]
+        pub child: Name,
+        #[serde(deserialize_with = "crate::wire::name")]
+        pub image: Name,
+        pub generation: u64,
+    }
+
+    /// Inside an update, after `Need`: fetch the payloads `indexes` of the plan from the relay of
+    /// SN `parent` at `addr:port` (its server certificate must name `parent`), each staged exactly
+    /// as if the controller had sent it; one that cannot be had (parent gone, `stall_ms` without a
+    /// byte, missing there) is listed in the reply for the controller to send.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct Fetch {
+        #[serde(deserialize_with = "crate::wire::name")]
+        pub parent: Name,
+        pub addr: String,
+        pub port: u16,
+        pub token: [u8; 32],
+        pub indexes: Vec<u32>,
+        pub stall_ms: u64,
+    }
 }
 
 /// Replies (agent → controller).
@@ -301,6 +331,20 @@ pub mod reply {
     pub struct Released {
         pub change: String,
     }
+
+    /// The relay listens on `port` (on the agent's own address) for the expected child.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct RelayReady {
+        pub port: u16,
+    }
+
+    /// What a `Fetch` could not get (the controller sends those itself) and the payload bytes it
+    /// received from the parent.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct Fetched {
+        pub missing: Vec<u32>,
+        pub bytes: u64,
+    }
 }
 
 /// Controller → agent. Variant order is the wire format (postcard writes the index): append only.
@@ -340,6 +384,9 @@ pub enum ToAgent {
     StateliteRwStatus,
     // Kernel-nfsd statelite copy status (appended).
     StateliteKernelStatus,
+    // Relay fan-out (appended).
+    ExpectRelay(req::ExpectRelay),
+    Fetch(req::Fetch),
 }
 
 /// Agent → controller. Variant order is the wire format: append only.
@@ -374,6 +421,9 @@ pub enum FromAgent {
     StateliteRw(reply::StateliteRw),
     // Kernel-nfsd statelite copy status (appended).
     StateliteKernel(reply::StateliteKernel),
+    // Relay fan-out (appended).
+    RelayReady(reply::RelayReady),
+    Fetched(reply::Fetched),
 }
 
 /// One direction's message type.
@@ -408,6 +458,8 @@ impl Message for ToAgent {
             ToAgent::Release(_) => "Release",
             ToAgent::StateliteRwStatus => "StateliteRwStatus",
             ToAgent::StateliteKernelStatus => "StateliteKernelStatus",
+            ToAgent::ExpectRelay(_) => "ExpectRelay",
+            ToAgent::Fetch(_) => "Fetch",
         }
     }
 }
@@ -433,6 +485,8 @@ impl Message for FromAgent {
             FromAgent::Released(_) => "Released",
             FromAgent::StateliteRw(_) => "StateliteRw",
             FromAgent::StateliteKernel(_) => "StateliteKernel",
+            FromAgent::RelayReady(_) => "RelayReady",
+            FromAgent::Fetched(_) => "Fetched",
         }
     }
 }
@@ -512,6 +566,8 @@ reply!(reply::Claimed, "Claimed", FromAgent::Claimed(r) => r);
 reply!(reply::Released, "Released", FromAgent::Released(r) => r);
 reply!(reply::StateliteRw, "StateliteRw", FromAgent::StateliteRw(r) => r);
 reply!(reply::StateliteKernel, "StateliteKernel", FromAgent::StateliteKernel(r) => r);
+reply!(reply::RelayReady, "RelayReady", FromAgent::RelayReady(r) => r);
+reply!(reply::Fetched, "Fetched", FromAgent::Fetched(r) => r);
 
 macro_rules! request {
     ($t:ty => $reply:ty, $v:ident) => {
@@ -552,6 +608,8 @@ request!(req::Claim => reply::Claimed, Claim);
 request!(req::Release => reply::Released, Release);
 request!(unit req::StateliteRwStatus => reply::StateliteRw, StateliteRwStatus);
 request!(unit req::StateliteKernelStatus => reply::StateliteKernel, StateliteKernelStatus);
+request!(req::ExpectRelay => reply::RelayReady, ExpectRelay);
+request!(req::Fetch => reply::Fetched, Fetch);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -104,6 +104,30 @@ fn variant_numbers_never_move() {
     let f = encode(&m).unwrap();
     assert_eq!(f[HEADER], 16);
     assert_eq!(decode::<FromAgent>(&f[HEADER..]).unwrap(), m);
+    // Relay fan-out, appended after them.
+    let m = ToAgent::ExpectRelay(req::ExpectRelay {
+        token: [1; 32],
+        child: Name::parse("sn2").unwrap(),
+        image: Name::parse("img").unwrap(),
+        generation: 4,
+    });
+    let f = encode(&m).unwrap();
+    assert_eq!(f[HEADER], 20);
+    assert_eq!(decode::<ToAgent>(&f[HEADER..]).unwrap(), m);
+    let m = ToAgent::Fetch(req::Fetch {
+        parent: Name::parse("sn1").unwrap(),
+        addr: "10.0.0.1".into(),
+        port: 7469,
+        token: [2; 32],
+        indexes: vec![0, 5],
+        stall_ms: 10_000,
+    });
+    let f = encode(&m).unwrap();
+    assert_eq!(f[HEADER], 21);
+    assert_eq!(decode::<ToAgent>(&f[HEADER..]).unwrap(), m);
+    assert_eq!(encode(&FromAgent::RelayReady(reply::RelayReady { port: 1 })).unwrap()[HEADER], 17);
+    let m = FromAgent::Fetched(reply::Fetched { missing: vec![3], bytes: 9 });
+    assert_eq!(encode(&m).unwrap()[HEADER], 18);
 }
 
 #[test]

@@ -18,6 +18,8 @@ pub struct Conn<R: Role> {
     io: BufStream<Box<dyn IoStream>>,
     /// Who is at the other end (certificate name, or the address for plain TCP).
     pub peer: String,
+    /// The name in the peer's TLS certificate (None on plain TCP).
+    pub peer_name: Option<String>,
     /// Limit for one frame read or write (and a flush).
     pub timeout: Duration,
     /// Bytes written so far (frames, before TLS), for `bytes_sent` reports.
@@ -56,6 +58,7 @@ impl<R: Role> Conn<R> {
         Conn {
             io: BufStream::with_capacity(256 << 10, 256 << 10, io),
             peer,
+            peer_name: None,
             timeout,
             bytes_out: 0,
             buf: Vec::new(),
@@ -247,6 +250,16 @@ pub async fn connect(
     tls: Option<std::sync::Arc<rustls::ClientConfig>>,
     timeout: Duration,
 ) -> Result<Conn<Controller>> {
+    dial(addr, name, tls, timeout).await
+}
+
+/// [`connect`] for any direction (the relay stream's child end).
+pub async fn dial<R: Role>(
+    addr: &str,
+    name: &str,
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    timeout: Duration,
+) -> Result<Conn<R>> {
     let tcp = tokio::time::timeout(timeout, TcpStream::connect(addr))
         .await
         .map_err(|_| Error::Timeout(timeout, "connecting"))??;
@@ -259,13 +272,24 @@ pub async fn connect(
                 .await
                 .map_err(|_| Error::Timeout(timeout, "TLS handshake"))?
                 .map_err(|e| Error::Tls(e.to_string()))?;
-            Ok(Conn::new(Box::new(s), name.to_string(), timeout))
+            let mut c = Conn::new(Box::new(s), name.to_string(), timeout);
+            c.peer_name = Some(name.to_string());
+            Ok(c)
         }
     }
 }
 
 /// Accepts one session on the agent side; with TLS, the peer's name comes from its certificate.
 pub async fn accept(tcp: TcpStream, tls: Option<&tokio_rustls::TlsAcceptor>, timeout: Duration) -> Result<Conn<Agent>> {
+    accept_as(tcp, tls, timeout).await
+}
+
+/// [`accept`] for any direction (the relay stream's parent end).
+pub async fn accept_as<R: Role>(
+    tcp: TcpStream,
+    tls: Option<&tokio_rustls::TlsAcceptor>,
+    timeout: Duration,
+) -> Result<Conn<R>> {
     keepalive(&tcp)?;
     let addr = tcp.peer_addr().map(|a| a.to_string()).unwrap_or_else(|_| "?".into());
     match tls {
@@ -275,15 +299,12 @@ pub async fn accept(tcp: TcpStream, tls: Option<&tokio_rustls::TlsAcceptor>, tim
                 .await
                 .map_err(|_| Error::Timeout(timeout, "TLS handshake"))?
                 .map_err(|e| Error::Tls(format!("{addr}: {e}")))?;
-            let name = s
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|c| c.first())
-                .map(crate::tls::cert_name)
-                .transpose()?
-                .unwrap_or_else(|| addr.clone());
-            Ok(Conn::new(Box::new(s), format!("{name} ({addr})"), timeout))
+            let cert_name =
+                s.get_ref().1.peer_certificates().and_then(|c| c.first()).map(crate::tls::cert_name).transpose()?;
+            let name = cert_name.clone().unwrap_or_else(|| addr.clone());
+            let mut c = Conn::new(Box::new(s), format!("{name} ({addr})"), timeout);
+            c.peer_name = cert_name;
+            Ok(c)
         }
     }
 }

@@ -15,7 +15,7 @@ pub mod ca;
 pub mod conn;
 pub mod tls;
 
-pub use conn::{accept, connect, pair, Bulk, Conn, IoStream};
+pub use conn::{accept, accept_as, connect, dial, pair, Bulk, Conn, IoStream};
 pub use tls::Identity;
 
 #[derive(Debug, thiserror::Error)]

@@ -71,6 +71,22 @@ impl Identity {
         Ok(Arc::new(cfg))
     }
 
+    /// A relay listener's side (image fan-out): any client certificate that chains to the CA is
+    /// let through the handshake; which SN may fetch what is decided per run by the relay (the
+    /// name must be a child the controller announced, with its token). Never the control port.
+    pub fn relay_server_config(&self) -> Result<Arc<ServerConfig>> {
+        let verifier = WebPkiClientVerifier::builder_with_provider(self.roots.clone(), provider())
+            .build()
+            .map_err(|e| Error::Tls(e.to_string()))?;
+        let cfg = ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| Error::Tls(e.to_string()))?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(self.chain.clone(), self.key.clone_key())
+            .map_err(|e| Error::Tls(e.to_string()))?;
+        Ok(Arc::new(cfg))
+    }
+
     /// The controller's side: the agent's certificate must chain to our CA and name the SN.
     pub fn client_config(&self) -> Result<Arc<ClientConfig>> {
         let cfg = ClientConfig::builder_with_provider(provider())
