@@ -11,6 +11,8 @@
 
 mod common;
 
+use common::Pki;
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -23,25 +25,6 @@ use common::{connect_as, lookup, read_all};
 use nfs3::replica::{serve_replica, Peer, ReplicaServer, Replicator};
 use nfs3::rw::Role;
 use nfs3_client::nfs3_types::nfs3::{createhow3, stable_how};
-
-struct Pki(tempfile::TempDir);
-
-impl Pki {
-    fn new() -> Pki {
-        let t = tempfile::tempdir().unwrap();
-        transport::ca::init(t.path()).unwrap();
-        for sn in ["sn1", "sn2"] {
-            transport::ca::issue(t.path(), sn, &[]).unwrap();
-        }
-        Pki(t)
-    }
-
-    fn id(&self, sn: &str) -> transport::Identity {
-        let d = self.0.path();
-        transport::Identity::load(&d.join("ca.pem"), &d.join(format!("{sn}.pem")), &d.join(format!("{sn}.key")))
-            .unwrap()
-    }
-}
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()

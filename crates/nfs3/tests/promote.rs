@@ -8,6 +8,8 @@
 
 mod common;
 
+use common::Pki;
+
 use std::fs;
 use std::path::Path;
 use std::sync::Arc;
@@ -28,25 +30,6 @@ async fn null(s: &mut tokio::net::TcpStream, xid: u32) {
     assert_eq!(&hdr[4..], &xid.to_be_bytes(), "reply to our xid");
     let mut rest = vec![0u8; (u32::from_be_bytes(hdr[..4].try_into().unwrap()) & 0x7fff_ffff) as usize - 4];
     s.read_exact(&mut rest).await.unwrap();
-}
-
-struct Pki(tempfile::TempDir);
-
-impl Pki {
-    fn new() -> Pki {
-        let t = tempfile::tempdir().unwrap();
-        transport::ca::init(t.path()).unwrap();
-        for sn in ["sn1", "sn2"] {
-            transport::ca::issue(t.path(), sn, &[]).unwrap();
-        }
-        Pki(t)
-    }
-
-    fn id(&self, sn: &str) -> transport::Identity {
-        let d = self.0.path();
-        transport::Identity::load(&d.join("ca.pem"), &d.join(format!("{sn}.pem")), &d.join(format!("{sn}.key")))
-            .unwrap()
-    }
 }
 
 async fn serve(root: &Path, standby: bool, rep: Option<Arc<dyn nfs3::rw::Replicate>>) -> nfs3::RwServer {

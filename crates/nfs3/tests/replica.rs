@@ -8,6 +8,8 @@
 
 mod common;
 
+use common::Pki;
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -19,26 +21,6 @@ use common::area::*;
 use common::{lookup, read_all};
 use nfs3::replica::{serve_replica, Peer, ReplicaServer, Replicator};
 use nfs3_client::nfs3_types::nfs3::{createhow3, nfsstat3, stable_how};
-
-/// The cluster CA with certificates for sn1 (primary), sn2 (backup) and sn3 (another SN).
-struct Pki(tempfile::TempDir);
-
-impl Pki {
-    fn new() -> Pki {
-        let t = tempfile::tempdir().unwrap();
-        transport::ca::init(t.path()).unwrap();
-        for sn in ["sn1", "sn2", "sn3"] {
-            transport::ca::issue(t.path(), sn, &[]).unwrap();
-        }
-        Pki(t)
-    }
-
-    fn id(&self, sn: &str) -> transport::Identity {
-        let d = self.0.path();
-        transport::Identity::load(&d.join("ca.pem"), &d.join(format!("{sn}.pem")), &d.join(format!("{sn}.key")))
-            .unwrap()
-    }
-}
 
 /// The backup's server and its replication listener, accepting only `primary`'s certificate.
 async fn backup(pki: &Pki, root: &Path, primary: &str) -> (nfs3::RwServer, ReplicaServer) {

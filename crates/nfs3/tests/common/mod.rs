@@ -265,3 +265,24 @@ pub fn null_call(xid: u32) -> Vec<u8> {
     }
     v
 }
+
+/// A cluster CA (transport::ca) with certificates for sn1, sn2 and sn3, for the replication
+/// tests' mutual TLS.
+pub struct Pki(pub tempfile::TempDir);
+
+impl Pki {
+    pub fn new() -> Pki {
+        let t = tempfile::tempdir().unwrap();
+        transport::ca::init(t.path()).unwrap();
+        for sn in ["sn1", "sn2", "sn3"] {
+            transport::ca::issue(t.path(), sn, &[]).unwrap();
+        }
+        Pki(t)
+    }
+
+    pub fn id(&self, sn: &str) -> transport::Identity {
+        let d = self.0.path();
+        transport::Identity::load(&d.join("ca.pem"), &d.join(format!("{sn}.pem")), &d.join(format!("{sn}.key")))
+            .unwrap()
+    }
+}
