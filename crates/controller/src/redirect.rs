@@ -910,11 +910,7 @@ async fn move_address(
                 row.claimed = false;
                 row.detail = format!("not claimed on {}: {e}", sn.name);
                 run.step(format!("{address} NOT moved: {}", row.detail));
-                let back = crate::address::claim(ctl, src, address).await;
-                run.step(match back {
-                    Ok(_) => format!("{address} claimed again on {}: it serves as before", src.name),
-                    Err(e) => format!("{address} could NOT be claimed again on {}: {e} (no SN holds it now)", src.name),
-                });
+                give_back(run, ctl, src, address).await;
                 return row;
             }
         }
@@ -929,15 +925,20 @@ async fn move_address(
             row.detail = format!("claim of {address} on {} failed: {e}", sn.name);
             run.step(format!("{address} NOT moved back: {}", row.detail));
             if let Some(h) = released.first() {
-                let back = crate::address::claim(ctl, h, address).await;
-                run.step(match back {
-                    Ok(_) => format!("{address} claimed again on {}: it serves as before", h.name),
-                    Err(e) => format!("{address} could NOT be claimed again on {}: {e} (no SN holds it now)", h.name),
-                });
+                give_back(run, ctl, h, address).await;
             }
         }
     }
     row
+}
+
+/// Claims `address` again on `sn`, which held it before a move that did not complete.
+async fn give_back(run: &mut Run<'_, '_>, ctl: &Controller, sn: &model::ServiceNode, address: &str) {
+    let back = crate::address::claim(ctl, sn, address).await;
+    run.step(match back {
+        Ok(_) => format!("{address} claimed again on {}: it serves as before", sn.name),
+        Err(e) => format!("{address} could NOT be claimed again on {}: {e} (no SN holds it now)", sn.name),
+    });
 }
 
 /// `health.json` after a return: `name` up and serving itself, nobody serving for it, its

@@ -294,7 +294,8 @@ impl Replica {
             }
         }
         let drift_set: HashSet<&[u8]> = drift.iter().map(Vec::as_slice).collect();
-        let lay = layout_with(old, new, &drift_set);
+        // Nothing drifted (the usual case): the layout is the one just made.
+        let lay = if drift.is_empty() { lay0 } else { layout_with(old, new, &drift_set) };
         let index: HashMap<EntryPath, usize> = new.entries.keys().enumerate().map(|(i, p)| (p.clone(), i)).collect();
         let old_groups = crate::plan::link_groups(old);
         let mut by_hash: HashMap<&[u8; 32], Vec<&[u8]>> = HashMap::default();
