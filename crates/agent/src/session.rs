@@ -957,12 +957,16 @@ async fn fetch(
     let mut seen = HashSet::new();
     let want: Vec<u32> = f.indexes.iter().copied().filter(|i| pending.contains(i) && seen.insert(*i)).collect();
     let stall = Duration::from_millis(f.stall_ms.clamp(100, 3_600_000));
-    let addr = if f.addr.contains(':') && !f.addr.starts_with('[') {
-        format!("[{}]:{}", f.addr, f.port)
-    } else {
-        format!("{}:{}", f.addr, f.port)
-    };
     let parent = f.parent.as_str();
+    // The parent's address as the model writes an endpoint (IPv6 bracketed); one that is no
+    // address at all leaves everything to the controller.
+    let addr = match model::Address::parse(&f.addr) {
+        Ok(host) => model::Endpoint { host, port: f.port }.to_string(),
+        Err(e) => {
+            tracing::warn!("image {}: relay {parent}: {e}", target.name);
+            return Ok((want, 0));
+        }
+    };
     let mut c = match open_parent(&addr, parent, f.token, target, fan.tls, stall).await {
         Ok(c) => c,
         Err(e) => {
