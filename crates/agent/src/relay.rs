@@ -9,7 +9,7 @@
 
 use anyhow::{anyhow, Context};
 use proto::relay::{FromRelay, Parent, ToRelay};
-use proto::{Encoding, Name, CHUNK};
+use proto::{Digest, Encoding, Name, CHUNK};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
@@ -27,6 +27,13 @@ const WAITING_EVERY: Duration = Duration::from_secs(1);
 const HELLO_WITHIN: Duration = Duration::from_secs(30);
 /// Test-only: delay before each payload a relay serves, so a test can kill it mid-transfer.
 const DELAY_ENV: &str = "HANFS_TEST_RELAY_DELAY_MS";
+/// Test-only: delay before the plan is served (a test kills the relay meanwhile).
+const PLAN_DELAY_ENV: &str = "HANFS_TEST_RELAY_PLAN_DELAY_MS";
+/// Test-only: `1` makes the relay serve its plan with one byte changed (a child must refuse it).
+const PLAN_CORRUPT_ENV: &str = "HANFS_TEST_RELAY_CORRUPT_PLAN";
+/// How long a relay holds a child's `GetPlan` for its own plan to arrive (the child gives up
+/// sooner, after its own stall bound, and then gets the plan from the controller).
+const PLAN_WAIT: Duration = Duration::from_secs(60);
 
 /// How a payload came, as the stage needs it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +46,8 @@ pub(crate) struct Meta {
 #[derive(Default)]
 struct State {
     have: HashMap<u32, Meta>,
+    /// The plan's bytes are kept (`dir/plan`): their BLAKE3 and length.
+    plan: Option<(Digest, u64)>,
     started: bool,
     ended: bool,
 }
@@ -60,6 +69,8 @@ pub(crate) struct Relays {
     runs: Mutex<HashMap<(String, u64), Arc<Run>>>,
     seq: AtomicU64,
     delay: Duration,
+    plan_delay: Duration,
+    corrupt_plan: bool,
 }
 
 fn same_token(a: &[u8; 32], b: &[u8; 32]) -> bool {
@@ -77,13 +88,15 @@ impl Relays {
             Err(e) => return Err(e).with_context(|| format!("removing {}", dir.display())),
         }
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let delay = std::env::var(DELAY_ENV).ok().and_then(|v| v.parse().ok()).map(Duration::from_millis);
+        let ms = |k: &str| std::env::var(k).ok().and_then(|v| v.parse().ok()).map(Duration::from_millis);
         Ok(Relays {
             dir,
             port: AtomicU16::new(0),
             runs: Mutex::new(HashMap::new()),
             seq: AtomicU64::new(0),
-            delay: delay.unwrap_or_default(),
+            delay: ms(DELAY_ENV).unwrap_or_default(),
+            plan_delay: ms(PLAN_DELAY_ENV).unwrap_or_default(),
+            corrupt_plan: std::env::var(PLAN_CORRUPT_ENV).is_ok_and(|v| v == "1"),
         })
     }
 
@@ -208,6 +221,24 @@ impl Run {
         }
     }
 
+    /// Keeps the plan's bytes as received (`dir/plan`, written to `.part` then renamed) for the
+    /// children, keyed by their BLAKE3. Failing to keep them is only logged: a child is then
+    /// told the plan is missing and gets it from the controller.
+    pub(crate) async fn put_plan(&self, bytes: Arc<Vec<u8>>) {
+        let (part, path) = (self.dir.join("plan.part"), self.dir.join("plan"));
+        let r = crate::session::blocking(move || {
+            let d = Digest::from_bytes(*blake3::hash(&bytes).as_bytes());
+            std::fs::write(&part, &bytes[..]).with_context(|| format!("writing {}", part.display()))?;
+            std::fs::rename(&part, &path).with_context(|| format!("renaming {}", part.display()))?;
+            Ok((d, bytes.len() as u64))
+        })
+        .await;
+        match r {
+            Ok(p) => self.state.send_modify(|s| s.plan = Some(p)),
+            Err(e) => tracing::warn!("relay: the plan not kept for the children: {e:#}"),
+        }
+    }
+
     /// The session feeding this run is over: what is not here by now is missing.
     pub(crate) fn end(&self) {
         self.state.send_modify(|s| s.ended = true);
@@ -299,6 +330,7 @@ async fn serve_child(
     loop {
         match c.recv_within(crate::IDLE_TIMEOUT).await {
             Ok(ToRelay::Get { index }) => serve_one(relays, &mut c, &run, index).await?,
+            Ok(ToRelay::GetPlan { blake3 }) => serve_plan(relays, &mut c, &run, &blake3).await?,
             Ok(ToRelay::Bye) | Err(transport::Error::Closed) => return Ok(()),
             Ok(other) => {
                 return Err(refuse(&mut c, format!("expected Get, got {}", proto::Message::kind(&other))).await)
@@ -355,6 +387,51 @@ async fn serve_one(relays: &Relays, c: &mut Conn, run: &Run, index: u32) -> anyh
         left -= n as u64;
     }
     c.request(&FromRelay::BlobEnd).await?;
+    Ok(())
+}
+
+/// Sends the run's plan once this relay holds it with digest `want` (its own session keeps it
+/// before staging), `PlanMissing` once the session ended without it, it holds another, or
+/// [`PLAN_WAIT`] passed.
+async fn serve_plan(relays: &Relays, c: &mut Conn, run: &Run, want: &Digest) -> anyhow::Result<()> {
+    let mut rx = run.state.subscribe();
+    // The watch's guard is not held past this statement (it is not `Send`).
+    let plan = match tokio::time::timeout(PLAN_WAIT, rx.wait_for(|s| s.plan.is_some() || s.ended)).await {
+        Ok(Ok(s)) => s.plan,
+        _ => None,
+    };
+    let len = match plan {
+        Some((d, len)) if d == *want => len,
+        other => {
+            if let Some((d, _)) = other {
+                tracing::warn!("relay: a child asked for plan {want}, this run's is {d}");
+            }
+            c.request(&FromRelay::PlanMissing).await?;
+            return Ok(());
+        }
+    };
+    if !relays.plan_delay.is_zero() {
+        tokio::time::sleep(relays.plan_delay).await;
+    }
+    // Streamed a chunk at a time (several children may be served at once).
+    use tokio::io::AsyncReadExt;
+    let path = run.dir.join("plan");
+    let mut f = tokio::fs::File::open(&path).await.with_context(|| format!("{}", path.display()))?;
+    c.send(&FromRelay::Plan { len }).await?;
+    let mut buf = vec![0u8; CHUNK.min(len as usize)];
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(CHUNK as u64) as usize;
+        f.read_exact(&mut buf[..n]).await.with_context(|| format!("{}", path.display()))?;
+        left -= n as u64;
+        if left == 0 && relays.corrupt_plan {
+            if let Some(b) = buf[..n].last_mut() {
+                *b ^= 1;
+            }
+        }
+        c.send_chunk(&buf[..n]).await?;
+    }
+    c.flush().await?;
     Ok(())
 }
 
