@@ -33,11 +33,11 @@ pub(crate) fn zstd_reader<R: std::io::BufRead>(r: R) -> std::io::Result<zstd::st
 }
 
 /// Decodes a zstd plan of `z.len()` bytes, bounded by the size its frame announces, by
-/// [`MAX_PLAN_RATIO`] times its own size and by [`MAX_PLAN`].
-pub(crate) fn decode_plan(z: &[u8]) -> Result<Vec<u8>, String> {
-    use std::io::Read;
+/// [`MAX_PLAN_RATIO`] times its own size and by [`MAX_PLAN`]. Streamed: the plan is decoded as
+/// zstd gives it, never held decompressed (the caller keeps the compressed bytes only for a relay child).
+pub(crate) fn decode_plan(z: &[u8]) -> Result<Plan, String> {
     let bound = MAX_PLAN.min((z.len() as u64).saturating_mul(MAX_PLAN_RATIO));
-    let announced = match zstd::zstd_safe::get_frame_content_size(z) {
+    let announced = match zstd::zstd_safe::get_frame_content_size(&z) {
         Ok(a) => a,
         Err(_) => return Err("plan: not a zstd frame".into()),
     };
@@ -50,15 +50,37 @@ pub(crate) fn decode_plan(z: &[u8]) -> Result<Vec<u8>, String> {
         }
     }
     let limit = announced.unwrap_or(bound);
-    let mut out = Vec::with_capacity(limit.min(8 << 20) as usize);
-    let r = zstd_reader(z).and_then(|d| d.take(limit + 1).read_to_end(&mut out));
-    match r {
-        Err(e) => Err(format!("plan: zstd: {e}")),
-        Ok(n) if n as u64 > limit => Err(format!("plan decompresses past {limit} bytes")),
-        Ok(n) if announced.is_some_and(|a| a != n as u64) => {
-            Err(format!("plan decompresses to {n} bytes, not the {} its frame announces", limit))
-        }
-        Ok(_) => Ok(out),
+    let d = zstd_reader(z).map_err(|e| format!("plan: zstd: {e}"))?;
+    let mut r = Counted { r: std::io::Read::take(d, limit + 1), n: 0 };
+    let plan = Plan::from_reader(&mut r);
+    // Whatever follows the plan counts against the limits too (as when it was decoded whole).
+    let rest = std::io::copy(&mut r, &mut std::io::sink());
+    let n = r.n;
+    drop(r);
+    if n > limit {
+        return Err(format!("plan decompresses past {limit} bytes"));
+    }
+    if let Err(e) = rest {
+        return Err(format!("plan: zstd: {e}"));
+    }
+    let plan = plan.map_err(|e| format!("plan: {e}"))?;
+    if announced.is_some_and(|a| a != n) {
+        return Err(format!("plan decompresses to {n} bytes, not the {limit} its frame announces"));
+    }
+    Ok(plan)
+}
+
+/// A reader that counts the bytes it gives.
+struct Counted<R> {
+    r: R,
+    n: u64,
+}
+
+impl<R: std::io::Read> std::io::Read for Counted<R> {
+    fn read(&mut self, b: &mut [u8]) -> std::io::Result<usize> {
+        let k = self.r.read(b)?;
+        self.n += k as u64;
+        Ok(k)
     }
 }
 
@@ -566,14 +588,7 @@ struct Fed<'a> {
 /// The plan (zstd-decoded when `zstd`) and, per content index, what the blob loop needs; an error
 /// is the reason the plan is refused.
 fn read_plan(buf: &[u8], zstd: bool) -> Result<(Plan, Vec<Want>), String> {
-    let decoded;
-    let buf = if zstd {
-        decoded = decode_plan(buf)?;
-        &decoded[..]
-    } else {
-        buf
-    };
-    let plan = Plan::from_bytes(buf).map_err(|e| format!("plan: {e}"))?;
+    let plan = if zstd { decode_plan(buf)? } else { Plan::from_bytes(buf).map_err(|e| format!("plan: {e}"))? };
     let contents = plan
         .contents
         .iter()

@@ -377,16 +377,24 @@ pub fn replace_file<E: From<std::io::Error>>(
 /// Writes `bytes` to `path` through [`replace_file`] (mode 0644; a symlink planted at the
 /// temporary name is not followed).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    write_atomic_with(path, |w| w.write_all(bytes))
+}
+
+/// [`write_atomic`] of what `fill` writes, through a 1 MiB buffer: a large state file is streamed
+/// to disk rather than encoded whole in memory first.
+pub fn write_atomic_with(path: &Path, fill: impl FnOnce(&mut dyn Write) -> std::io::Result<()>) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     replace_file(path, |tmp| {
-        let mut f = std::fs::OpenOptions::new()
+        let f = std::fs::OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(true)
             .mode(0o644)
             .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
             .open(tmp)?;
-        f.write_all(bytes)
+        let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
+        fill(&mut w)?;
+        w.flush()
     })
 }
 

@@ -55,7 +55,7 @@ pub(crate) type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::
 pub(crate) type HashSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
 
 pub use manifest::{digest, Entry, EntryPath, Kind, Manifest};
-pub use plan::{diff, Content, Plan, Source, Summary};
+pub use plan::{diff, diff_lean, Content, Plan, Source, Summary};
 pub use replica::{FileWriter, Needed, Recovery, Replica, ReplicaOptions, Staging};
 pub use scan::{scan, ScanOptions, Scanner};
 pub use sigstore::{Payload, SigStore};
@@ -150,6 +150,72 @@ impl Error {
             Error::Delta { .. } | Error::Hostile(_) => true,
             Error::Io { source, .. } => source.kind() == std::io::ErrorKind::NotFound,
             _ => false,
+        }
+    }
+}
+
+/// postcard streamed to and from files, so a large manifest is never held encoded and decoded
+/// at once. postcard reports a failing reader or writer only as "unexpected end" or "buffer
+/// full": the I/O error itself is kept aside and returned instead (an ENOSPC stays an ENOSPC).
+pub(crate) mod codec {
+    use std::io::{Read, Write};
+
+    /// Remembers the last I/O error of the stream it wraps.
+    struct Kept<S> {
+        inner: S,
+        err: Option<std::io::Error>,
+    }
+
+    impl<S: Write> Write for Kept<S> {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.inner.write(b).map_err(|e| self.keep(e))
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            self.inner.flush().map_err(|e| self.keep(e))
+        }
+    }
+
+    impl<S: Read> Read for Kept<S> {
+        fn read(&mut self, b: &mut [u8]) -> std::io::Result<usize> {
+            self.inner.read(b).map_err(|e| self.keep(e))
+        }
+    }
+
+    impl<S> Kept<S> {
+        fn keep(&mut self, e: std::io::Error) -> std::io::Error {
+            let kind = e.kind();
+            self.err = Some(e);
+            kind.into()
+        }
+    }
+
+    /// Writes `v` as postcard into `w`.
+    pub(crate) fn encode_into<T: serde::Serialize + ?Sized>(v: &T, w: &mut dyn Write) -> std::io::Result<()> {
+        let mut k = Kept { inner: w, err: None };
+        match postcard::to_io(v, &mut k) {
+            Ok(_) => Ok(()),
+            Err(e) => Err(k.err.take().unwrap_or_else(|| std::io::Error::other(e.to_string()))),
+        }
+    }
+
+    /// Why a decode failed: the stream, or what it held.
+    pub(crate) enum DecodeError {
+        Io(std::io::Error),
+        Format(String),
+    }
+
+    /// Reads one postcard `T` from `r` (buffered here; trailing bytes are left unread, as
+    /// `postcard::from_bytes` ignores them). Strings are read through a 4 KiB scratch buffer: the
+    /// only strings in hanfs' state are hex digests.
+    pub(crate) fn decode_from<T: serde::de::DeserializeOwned>(r: impl Read) -> Result<T, DecodeError> {
+        let mut scratch = [0u8; 4096];
+        let mut k = Kept { inner: std::io::BufReader::with_capacity(1 << 16, r), err: None };
+        match postcard::from_io::<T, _>((&mut k, &mut scratch)) {
+            Ok((t, _)) => Ok(t),
+            Err(e) => Err(match k.err.take() {
+                Some(io) => DecodeError::Io(io),
+                None => DecodeError::Format(e.to_string()),
+            }),
         }
     }
 }

@@ -101,6 +101,39 @@ impl Plan {
     pub fn from_bytes(b: &[u8]) -> crate::Result<Plan> {
         postcard::from_bytes(b).map_err(|e| crate::Error::Format(e.to_string()))
     }
+
+    /// Reads a postcard plan from a stream (what [`Plan::from_bytes`] reads, without holding its
+    /// encoding in memory); bytes after it are left unread.
+    pub fn from_reader(r: impl std::io::Read) -> crate::Result<Plan> {
+        crate::codec::decode_from(r).map_err(|e| match e {
+            crate::codec::DecodeError::Io(e) => crate::Error::Io { path: "plan".into(), source: e },
+            crate::codec::DecodeError::Format(e) => crate::Error::Format(e),
+        })
+    }
+
+    /// Writes the postcard encoding of this plan with `manifest` as its new tree (the bytes
+    /// [`Plan::to_bytes`] gives for the plan holding it), streamed into `w`: with
+    /// [`diff_lean`] the controller never copies the new manifest nor holds the plan encoded.
+    pub fn write_with(&self, manifest: &Manifest, w: &mut dyn std::io::Write) -> std::io::Result<()> {
+        #[derive(Serialize)]
+        struct Out<'a> {
+            generation: u64,
+            from_digest: &'a str,
+            to_digest: &'a str,
+            manifest: &'a Manifest,
+            contents: &'a [Content],
+            summary: &'a Summary,
+        }
+        let out = Out {
+            generation: self.generation,
+            from_digest: &self.from_digest,
+            to_digest: &self.to_digest,
+            manifest,
+            contents: &self.contents,
+            summary: &self.summary,
+        };
+        crate::codec::encode_into(&out, w)
+    }
 }
 
 /// Hard-link groups: leader -> sorted list of all paths (leader first).
@@ -211,6 +244,12 @@ pub(crate) fn layout_with<'a>(old: &'a Manifest, new: &'a Manifest, drift: &Hash
 /// controller to set). Content already in the old tree is copied or moved on the replica, not
 /// sent; a changed file in place is sent as a delta against its old self.
 pub fn diff(old: &Manifest, new: &Manifest) -> Plan {
+    Plan { manifest: new.clone(), ..diff_lean(old, new) }
+}
+
+/// [`diff`] without the copy of `new` in the plan (its `manifest` is left empty): for a caller
+/// that holds `new` anyway and encodes the plan with [`Plan::write_with`].
+pub fn diff_lean(old: &Manifest, new: &Manifest) -> Plan {
     let lay = layout(old, new);
     let go = link_groups(old);
     // Old file leaders by content hash.
@@ -261,7 +300,7 @@ pub fn diff(old: &Manifest, new: &Manifest) -> Plan {
         generation: 0,
         from_digest: old.digest(),
         to_digest: new.digest(),
-        manifest: new.clone(),
+        manifest: Manifest::default(),
         contents,
         summary: s,
     }

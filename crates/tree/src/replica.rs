@@ -23,7 +23,7 @@ use rustix::io::Errno;
 use serde::{Deserialize, Serialize};
 
 use crate::fault::point;
-use crate::fsops::{lstat_at, remove_at, write_atomic, Root, StageWriter};
+use crate::fsops::{lstat_at, remove_at, write_atomic_with, Root, StageWriter};
 use crate::manifest::{show, split, EntryPath, Kind, Manifest};
 use crate::plan::{layout, layout_with, Content, Plan, Source};
 use crate::scan::{ScanOptions, Scanner};
@@ -45,6 +45,14 @@ struct State {
     manifest: Manifest,
 }
 
+/// [`State`] as written: borrowed, so saving a state copies no manifest (same encoding).
+#[derive(Serialize)]
+struct StateOut<'a> {
+    generation: u64,
+    digest: &'a str,
+    manifest: &'a Manifest,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Journal {
     generation: u64,
@@ -53,6 +61,16 @@ struct Journal {
     new: Manifest,
     /// Paths replaced because their inodes drifted (the layout treats them as not kept).
     drift: Vec<EntryPath>,
+}
+
+/// [`Journal`] as written, borrowed (same encoding).
+#[derive(Serialize)]
+struct JournalOut<'a> {
+    generation: u64,
+    digest: &'a str,
+    old: &'a Manifest,
+    new: &'a Manifest,
+    drift: &'a [EntryPath],
 }
 
 /// What [`Replica::recover`] did.
@@ -91,27 +109,32 @@ fn sname(prefix: char, idx: usize) -> Vec<u8> {
     format!("{prefix}{idx}").into_bytes()
 }
 
-fn read_state<T: for<'de> Deserialize<'de>>(p: &Path) -> Result<Option<T>> {
-    match std::fs::read(p) {
-        Ok(b) => postcard::from_bytes(&b).map(Some).map_err(|e| Error::Format(format!("{}: {e}", p.display()))),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(io_err(p, e)),
+/// Reads a postcard state file streamed (never the file and its manifest in memory at once).
+fn read_state<T: serde::de::DeserializeOwned>(p: &Path) -> Result<Option<T>> {
+    let f = match File::open(p) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_err(p, e)),
+    };
+    match crate::codec::decode_from(f) {
+        Ok(t) => Ok(Some(t)),
+        Err(crate::codec::DecodeError::Io(e)) => Err(io_err(p, e)),
+        Err(crate::codec::DecodeError::Format(e)) => Err(Error::Format(format!("{}: {e}", p.display()))),
     }
 }
 
 fn read_journal(p: &Path) -> Result<Option<Journal>> {
-    let b = match std::fs::read(p) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(io_err(p, e)),
-    };
-    let j = match postcard::from_bytes::<Journal>(&b) {
-        Ok(j) => j,
+    let j = match read_state::<Journal>(p) {
+        Ok(None) => return Ok(None),
+        Ok(Some(j)) => j,
         // A journal of an older hanfs: (generation, digest, old, new), no drifted paths.
-        Err(e) => match postcard::from_bytes::<(u64, String, Manifest, Manifest)>(&b) {
-            Ok((generation, _, old, new)) => Journal { generation, digest: String::new(), old, new, drift: Vec::new() },
-            Err(_) => return Err(Error::Format(format!("{}: {e}", p.display()))),
+        Err(e @ Error::Format(_)) => match read_state::<(u64, String, Manifest, Manifest)>(p) {
+            Ok(Some((generation, _, old, new))) => {
+                Journal { generation, digest: String::new(), old, new, drift: Vec::new() }
+            }
+            _ => return Err(e),
         },
+        Err(e) => return Err(e),
     };
     // As for the state: the digest of the manifest as read now.
     Ok(Some(Journal { digest: j.new.digest(), ..j }))
@@ -191,9 +214,8 @@ impl Replica {
     }
 
     fn save_state(&self, st: &State) -> Result<()> {
-        let b = postcard::to_stdvec(st).map_err(|e| Error::Format(e.to_string()))?;
         let p = self.state_dir.join("current");
-        write_atomic(&p, &b).map_err(|e| io_err(&p, e))
+        write_state(&p, st.generation, &st.digest, &st.manifest)
     }
 
     /// Finishes whatever a crash left: rolls a committed journal forward to the end, or discards
@@ -206,10 +228,10 @@ impl Replica {
     fn recover_inner(&mut self) -> Result<Recovery> {
         let jp = self.state_dir.join("journal");
         let _ = std::fs::remove_file(self.state_dir.join("journal.tmp"));
-        if let Some(j) = read_journal(&jp)? {
+        if let Some(mut j) = read_journal(&jp)? {
             let g = j.generation;
-            if self.replay(&j, true)?.is_some() {
-                self.abandon(&j)?;
+            if self.replay(&mut j, true)?.is_some() {
+                self.abandon(g)?;
                 return Ok(Recovery::Abandoned(g));
             }
             return Ok(Recovery::RolledForward(g));
@@ -443,7 +465,8 @@ impl Replica {
 
     /// Replays a committed journal to the end (idempotent); `cleanup` also deletes the stage.
     /// Returns the paths whose staged content is lost when the replay can never finish.
-    fn replay(&mut self, j: &Journal, cleanup: bool) -> Result<Option<Vec<String>>> {
+    /// On success the replica's state takes `j.new` over (left empty in `j`).
+    fn replay(&mut self, j: &mut Journal, cleanup: bool) -> Result<Option<Vec<String>>> {
         let root = &self.root;
         let (old, new) = (&j.old, &j.new);
         let done = self.state.as_ref().is_some_and(|s| s.generation == j.generation && s.digest == j.digest);
@@ -574,7 +597,6 @@ impl Replica {
             tm.lap("directory mtimes");
             point("commit-syncfs");
             rustix::fs::syncfs(root.fd()).map_err(|e| io_err(root.path(), e.into()))?;
-            let st = State { generation: j.generation, digest: j.digest.clone(), manifest: new.clone() };
             tm.lap("syncfs");
             point("commit-state");
             let np = self.state_dir.join(NEXT);
@@ -583,10 +605,17 @@ impl Replica {
                     File::open(&self.state_dir).and_then(|f| f.sync_all()).map_err(|e| io_err(&self.state_dir, e))?
                 }
                 // Renamed by an earlier replay that stopped before the journal went.
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => self.save_state(&st)?,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    write_state(&self.state_dir.join("current"), j.generation, &j.digest, new)?
+                }
                 Err(e) => return Err(io_err(&np, e)),
             }
-            self.state = Some(st);
+            drop(lay);
+            drop(index);
+            drop(drift);
+            drop(nlink);
+            let manifest = std::mem::take(&mut j.new);
+            self.state = Some(State { generation: j.generation, digest: j.digest.clone(), manifest });
             self.checked = None;
             tm.lap("state saved (the switch is complete)");
         }
@@ -612,11 +641,10 @@ impl Replica {
     /// the switch allocates: directory entries for every rename (new names and the trash),
     /// the new directories (an inode and a block each) and xattrs too big for the inode. An
     /// upper bound, so that a full disk stops the apply before the tree changes.
-    fn check_space(&self, j: &Journal) -> Result<()> {
+    fn check_space(&self, generation: u64, old: &Manifest, new: &Manifest, drift: &HashSet<&[u8]>) -> Result<()> {
         let Ok(v) = rustix::fs::fstatvfs(self.root.fd()) else { return Ok(()) };
         let bs = v.f_frsize.max(v.f_bsize).max(512);
-        let drift: HashSet<&[u8]> = j.drift.iter().map(Vec::as_slice).collect();
-        let lay = layout_with(&j.old, &j.new, &drift);
+        let lay = layout_with(old, new, drift);
         let mut per_dir: HashMap<Vec<u8>, u64> = HashMap::default();
         let mut names = 0u64;
         let mut add = |p: &[u8]| {
@@ -627,9 +655,8 @@ impl Replica {
         };
         lay.staged.iter().chain(&lay.links).for_each(|p| add(p));
         let mut new_dirs = 0u64;
-        for (p, e) in &j.new.entries {
-            if e.kind == Kind::Dir && !p.is_empty() && !matches!(j.old.entries.get(p).map(|o| &o.kind), Some(Kind::Dir))
-            {
+        for (p, e) in &new.entries {
+            if e.kind == Kind::Dir && !p.is_empty() && !matches!(old.entries.get(p).map(|o| &o.kind), Some(Kind::Dir)) {
                 add(p);
                 new_dirs += 1;
             }
@@ -639,7 +666,7 @@ impl Replica {
         let xattr_blocks = lay
             .touched
             .iter()
-            .filter_map(|p| j.new.entries.get(*p))
+            .filter_map(|p| new.entries.get(*p))
             .filter(|e| e.xattrs.iter().map(|(k, v)| k.len() + v.len() + 16).sum::<usize>() > 96)
             .count() as u64;
         let blocks = per_dir.values().map(|b| b.div_ceil(bs) + 1).sum::<u64>() + new_dirs + xattr_blocks + 16;
@@ -650,7 +677,7 @@ impl Replica {
             return Err(Error::NoSpace {
                 path: format!(
                     "the commit of generation {} (it needs about {need} bytes and {inodes} inodes free)",
-                    j.generation
+                    generation
                 ),
                 fs: describe_fs(self.root.path()),
             });
@@ -661,9 +688,9 @@ impl Replica {
     /// Gives up a committed journal that can never finish (its staged content is gone): the
     /// tree is recorded as it is now, at the journal's generation, so that the next plan, made
     /// from [`Replica::manifest`], repairs it.
-    fn abandon(&mut self, j: &Journal) -> Result<()> {
+    fn abandon(&mut self, generation: u64) -> Result<()> {
         let m = self.scan()?;
-        let st = State { generation: j.generation, digest: m.digest(), manifest: m };
+        let st = State { generation, digest: m.digest(), manifest: m };
         self.save_state(&st)?;
         let _ = std::fs::remove_file(self.state_dir.join(NEXT));
         self.state = Some(st);
@@ -676,7 +703,7 @@ impl Replica {
         }
         File::open(&self.state_dir).and_then(|f| f.sync_all()).map_err(|e| io_err(&self.state_dir, e))?;
         let sd = self.root.dir(STAGE)?;
-        discard(sd.as_fd(), j.generation.to_string().as_bytes())
+        discard(sd.as_fd(), generation.to_string().as_bytes())
     }
 
     /// Deletes what the last commit left in `.hanfs/stage` (the old versions of replaced and
@@ -810,11 +837,17 @@ impl Timer {
 /// The state of the generation being committed, written before the commit point.
 const NEXT: &str = "current.next";
 
-/// Writes and fsyncs a file (not yet renamed into place).
-fn write_file_synced(p: &Path, b: &[u8]) -> std::io::Result<()> {
-    let mut f = File::create(p)?;
-    f.write_all(b)?;
-    f.sync_all()
+/// Writes a state file (`current`, `current.next`) atomically, streamed from the manifest.
+fn write_state(p: &Path, generation: u64, digest: &str, manifest: &Manifest) -> Result<()> {
+    let st = StateOut { generation, digest, manifest };
+    write_atomic_with(p, |w| crate::codec::encode_into(&st, w)).map_err(|e| io_err(p, e))
+}
+
+/// Writes and fsyncs the postcard of `v` (not yet renamed into place), streamed.
+fn write_file_synced(p: &Path, v: &impl Serialize) -> std::io::Result<()> {
+    let mut w = std::io::BufWriter::with_capacity(1 << 20, File::create(p)?);
+    crate::codec::encode_into(v, &mut w)?;
+    w.into_inner().map_err(|e| e.into_error())?.sync_all()
 }
 
 fn is_full(e: &std::io::Error) -> bool {
@@ -1215,10 +1248,12 @@ impl<'a> Staging<'a> {
         }
         tm.lap("local copies and moves staged");
         // Special files (symlinks, devices, fifos) are staged too, so installing is a rename.
-        let old = self.replica.state.as_ref().map(|s| s.manifest.clone()).unwrap_or_default();
+        // The old manifest is the replica's own, borrowed: no copy of either tree is made here.
+        let none = Manifest::default();
+        let old = self.replica.state.as_ref().map_or(&none, |s| &s.manifest);
         let new = &self.plan.manifest;
         let drift: HashSet<&[u8]> = self.drift.iter().map(Vec::as_slice).collect();
-        let lay = layout_with(&old, new, &drift);
+        let lay = layout_with(old, new, &drift);
         let index: HashMap<&[u8], usize> = new.entries.keys().enumerate().map(|(i, p)| (p.as_slice(), i)).collect();
         for p in &lay.staged {
             let Some(e) = new.entries.get(*p) else { continue };
@@ -1246,37 +1281,42 @@ impl<'a> Staging<'a> {
         rustix::fs::syncfs(&self.stage).map_err(|e| io_err(Path::new(".hanfs/stage"), e.into()))?;
         point("stage-synced");
         tm.lap("special files staged, stage synced");
-        let j = Journal {
-            generation: self.plan.generation,
-            digest: self.plan.to_digest.clone(),
-            old,
-            new: self.plan.manifest.clone(),
-            drift: self.drift.clone(),
-        };
+        let (generation, digest) = (self.plan.generation, self.plan.to_digest.clone());
+        let jo = JournalOut { generation, digest: &digest, old, new, drift: &self.drift };
         // Everything the switch writes is allocated before the commit point, so that a full
         // disk stops the apply here, with the tree untouched: the next state is written now
         // (the switch renames it into place), and the space the renames, new directories and
         // xattrs take is checked against what is free once the journal is on disk too.
-        let st = State { generation: j.generation, digest: j.digest.clone(), manifest: j.new.clone() };
-        let b = postcard::to_stdvec(&st).map_err(|e| Error::Format(e.to_string()))?;
         let np = self.replica.state_dir.join(NEXT);
-        write_atomic(&np, &b).map_err(|e| io_err(&np, e))?;
-        let b = postcard::to_stdvec(&j).map_err(|e| Error::Format(e.to_string()))?;
+        write_state(&np, generation, &digest, new)?;
         let jp = self.replica.state_dir.join("journal");
         let jt = self.replica.state_dir.join("journal.tmp");
-        write_file_synced(&jt, &b).map_err(|e| io_err(&jt, e))?;
+        write_file_synced(&jt, &jo).map_err(|e| io_err(&jt, e))?;
         point("journal-written");
-        self.replica.check_space(&j)?;
+        self.replica.check_space(generation, old, new, &drift)?;
+        drop(lay);
+        drop(drift);
         std::fs::rename(&jt, &jp).map_err(|e| io_err(&jp, e))?;
         File::open(&self.replica.state_dir)
             .and_then(|f| f.sync_all())
             .map_err(|e| io_err(&self.replica.state_dir, e))?;
         point("committed");
         tm.lap("journal written (commit point)");
-        if let Some(lost) = self.replica.replay(&j, false)? {
+        // The journal in memory takes both trees over (the old one from the replica's state, which
+        // the replay replaces by the new one), rather than copies of them.
+        let old = self.replica.state.as_mut().map(|s| std::mem::take(&mut s.manifest)).unwrap_or_default();
+        let new = std::mem::take(&mut self.plan.manifest);
+        let mut j = Journal { generation, digest, old, new, drift: std::mem::take(&mut self.drift) };
+        let replayed = self.replica.replay(&mut j, false);
+        // Not switched (an error, or content lost): the replica's record is still the old
+        // generation in memory, as on disk until a recovery finishes the journal.
+        if let Some(s) = self.replica.state.as_mut().filter(|s| s.generation != generation) {
+            s.manifest = std::mem::take(&mut j.old);
+        }
+        if let Some(lost) = replayed? {
             // Content gone or changed behind the commit: record the tree as it is, so that the
             // next plan (from the replica's manifest) repairs it.
-            self.replica.abandon(&j)?;
+            self.replica.abandon(generation)?;
             return Err(Error::Drift { paths: lost });
         }
         Ok((j.generation, j.digest))

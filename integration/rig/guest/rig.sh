@@ -544,6 +544,8 @@ ha_daemon_start() {
         # the daemon wants an image to watch; this one goes to no SN (sns = []): the image the
         # node mounts is the SNs' own copies
         printf '[[image]]\nname = "ha-image"\npath = "img"\nclients = "*"\nsns = []\n'
+        # the planned round moves the node by name (`migrate --node`): it must be declared
+        [ "$3" != planned ] || printf '[[node]]\nname = "cn001"\nsns = ["sn1", "sn2"]\n'
     } > "$c"
     ip netns exec mn env NO_COLOR=1 HANFS_LOG="${RIG_HA_LOG:-info}" LD_LIBRARY_PATH=/share/hanfs/lib \
         /share/hanfs/hanfs --config "$c" daemon < /dev/null > /dev/null 2> $HA_MN/daemon-$3.log &
@@ -694,6 +696,41 @@ print(" ".join("%s=%s" % (s["name"], s["state"]) for s in h["sns"]))' "$st/healt
     esac
     fail "(i) $3: after migrate --back the daemon reports $hb, fenced $fences times after the return: $(grep -iE 'returned|error' $HA_MN/daemon-$3.log | tail -2)"
     return 1
+}
+
+# ha_planned FROM TO ROUND: issue 13 point 5, a planned move with the embedded server: `hanfs
+# migrate --node cn001 --to TO` under a running daemon while the node appends through its open
+# descriptor.  It must go by the service address (the report's `via`; no copy by the MN), TO then
+# holds the address and FROM not, the node's reads go on, and every append acknowledged so far is
+# on TO's disk; then `migrate --back FROM` returns it (ha_back's checks).
+ha_planned() {
+    echo "$3" > /run/ha/round; echo 0 > /run/ha/fence-fails
+    ha_daemon_start "$1" "$2" "$3" || return 1
+    c=$HA_MN/cluster-$3.toml hp_rc=0
+    if ! ip netns exec mn env NO_COLOR=1 HANFS_LOG=info LD_LIBRARY_PATH=/share/hanfs/lib /share/hanfs/hanfs \
+            --config "$c" --json migrate --node cn001 --to "$2" < /dev/null > $HA_MN/fwd-$3.json 2> $HA_MN/fwd-$3.log; then
+        fail "(i) $3: hanfs migrate --node cn001 --to $2 failed: $(grep -v '^ ' $HA_MN/fwd-$3.log | tail -3)"; hp_rc=1
+    fi
+    if [ $hp_rc = 0 ]; then
+        via=$(python3 -S -B -c 'import json, sys; print(json.load(open(sys.argv[1])).get("via"))' $HA_MN/fwd-$3.json 2>&1)
+        if [ "$via" = service_address ]; then
+            pass "(i) $3: migrate --node cn001 --to $2 moved the read-write area by its service address (no copy by the MN)"
+        else fail "(i) $3: migrate --node went by '$via', not by the service address"; hp_rc=1; fi
+        if ha_holds "$2" && ! ha_holds "$1"; then
+            pass "(i) $3: after the planned move $2 holds $HA_SVC, $1 no longer"
+        else
+            fail "(i) $3: after the planned move: $2 holds $HA_SVC: $(ha_holds "$2" && echo yes || echo no), $1: $(ha_holds "$1" && echo yes || echo no)"
+            hp_rc=1
+        fi
+    fi
+    if [ $hp_rc = 0 ]; then
+        ha_wait_progress "$3 moved" || hp_rc=1
+        python3 -S -B /rig/workload.py lost $HA_LOG /run/sn/$2/root/ha-lite/cn001/node.log "$SCEN (i) $3 on $2" || RIG_RC=1
+        ha_back "$1" "$2" "$3" || hp_rc=1
+    fi
+    ha_daemon_stop "$3" "$1" "$2"
+    [ $hp_rc = 0 ] && rig_log "sn-kill: $3 ($1 -> $2 -> $1, planned) done (hanfs daemon)"
+    return $hp_rc
 }
 
 # ha_wait_progress WHAT: wait (20 s at most) until the node's reader completes a good op after now
@@ -854,6 +891,7 @@ sn_kill() {
         done
         [ $ok = 0 ] || ha_round sn1 sn2 fence-fails power 1 back || ok=0
         [ $ok = 0 ] || ha_round sn1 sn2 nfs-dies nfs 0 back || ok=0
+        [ $ok = 0 ] || [ "${RIG_HA_BREAK:-}" = norepl ] || [ "${RIG_HA_BREAK:-}" = noaddr ] || ha_planned sn1 sn2 planned || ok=0
         n=1000000 to=sn1
     fi
     while [ $n -lt "${RIG_HA_ROUNDS:-1}" ] && [ $ok = 1 ]; do
