@@ -31,8 +31,8 @@ const DELAY_ENV: &str = "HANFS_TEST_RELAY_DELAY_MS";
 const PLAN_DELAY_ENV: &str = "HANFS_TEST_RELAY_PLAN_DELAY_MS";
 /// Test-only: `1` makes the relay serve its plan with one byte changed (a child must refuse it).
 const PLAN_CORRUPT_ENV: &str = "HANFS_TEST_RELAY_CORRUPT_PLAN";
-/// How long a relay holds a child's `GetPlan` for its own plan to arrive (the child gives up
-/// sooner, after its own stall bound, and then gets the plan from the controller).
+/// How long a relay holds a child's `GetPlan` for its own plan to arrive (the child may give up
+/// sooner, after the `wait_ms` the controller gave it, and then gets the plan from the controller).
 const PLAN_WAIT: Duration = Duration::from_secs(60);
 
 /// How a payload came, as the stage needs it.
@@ -391,14 +391,27 @@ async fn serve_one(relays: &Relays, c: &mut Conn, run: &Run, index: u32) -> anyh
 }
 
 /// Sends the run's plan once this relay holds it with digest `want` (its own session keeps it
-/// before staging), `PlanMissing` once the session ended without it, it holds another, or
-/// [`PLAN_WAIT`] passed.
+/// before staging; `Waiting` meanwhile), `PlanMissing` once the session ended without it, it
+/// holds another, or [`PLAN_WAIT`] passed.
 async fn serve_plan(relays: &Relays, c: &mut Conn, run: &Run, want: &Digest) -> anyhow::Result<()> {
     let mut rx = run.state.subscribe();
-    // The watch's guard is not held past this statement (it is not `Send`).
-    let plan = match tokio::time::timeout(PLAN_WAIT, rx.wait_for(|s| s.plan.is_some() || s.ended)).await {
-        Ok(Ok(s)) => s.plan,
-        _ => None,
+    let until = tokio::time::Instant::now() + PLAN_WAIT;
+    // `Waiting` every WAITING_EVERY meanwhile: the child's stall bound is per frame, and this
+    // relay's own plan may still be coming (from the MN, or from its own parent).
+    let plan = loop {
+        let (plan, ended) = {
+            let s = rx.borrow_and_update();
+            (s.plan, s.ended)
+        };
+        if plan.is_some() || ended || tokio::time::Instant::now() >= until {
+            break plan;
+        }
+        tokio::select! {
+            r = rx.changed() => if r.is_err() {
+                break None;
+            },
+            _ = tokio::time::sleep(WAITING_EVERY) => c.request(&FromRelay::Waiting).await?,
+        }
     };
     let len = match plan {
         Some((d, len)) if d == *want => len,
@@ -453,5 +466,54 @@ mod tests {
         // An SN not expected at all, even with a good token.
         let e = run.admits(Some("sn4"), &[2; 32]).unwrap_err();
         assert_eq!(e, "SN `sn4` is not expected by this relay for this run");
+    }
+
+    /// A relay whose own plan is late says `Waiting`: its child holds on past its stall bound
+    /// (1.5 s per frame) while the controller's `wait_ms` lasts, and gives up when it is over.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_child_waits_for_its_parents_late_plan_as_long_as_the_controller_said_and_no_longer() {
+        let dir = tempfile::tempdir().unwrap();
+        let relays = Arc::new(Relays::new(dir.path()).unwrap());
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        tokio::spawn(serve(relays.clone(), l, None));
+        let (late, never) = (Name::parse("late").unwrap(), Name::parse("never").unwrap());
+        let child = Name::parse("sn2").unwrap();
+        relays.expect(&late, 2, &child, [2; 32]);
+        relays.expect(&never, 2, &child, [2; 32]);
+        let (run, _never_run) = (relays.session("late", 2).unwrap(), relays.session("never", 2).unwrap());
+        let plan = b"the plan's bytes as the MN compressed them".to_vec();
+        let q = |wait_ms| proto::req::RelayedPlan {
+            len: plan.len() as u64,
+            blake3: Digest::from_bytes(*blake3::hash(&plan).as_bytes()),
+            zstd: true,
+            generation: 2,
+            parent: Name::parse("sn1").unwrap(),
+            addr: "127.0.0.1".into(),
+            port,
+            token: [2; 32],
+            stall_ms: 1500,
+            wait_ms,
+        };
+        let given = plan.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(3500)).await;
+            run.put_plan(Arc::new(given)).await;
+        });
+        let t = std::time::Instant::now();
+        let bound = Duration::from_secs(8);
+        let (q_late, q_never) = (q(10_000), q(2000));
+        let (got, gave_up) =
+            tokio::join!(tokio::time::timeout(bound, crate::session::relayed_plan(&q_late, &late, None)), async {
+                let r = tokio::time::timeout(bound, crate::session::relayed_plan(&q_never, &never, None)).await;
+                (r, t.elapsed())
+            });
+        assert_eq!(got.expect("the late plan never came").unwrap(), plan);
+        assert!(t.elapsed() >= Duration::from_millis(3500), "{:?}", t.elapsed());
+        let (r, at) = gave_up;
+        let e = r.expect("the child waited past wait_ms").unwrap_err();
+        assert!(e.contains("no plan within 2s"), "{e}");
+        // Given up at the first `Waiting` past 2 s: neither at the stall bound nor much later.
+        assert!(at >= Duration::from_secs(2) && at < Duration::from_millis(3400), "{at:?}");
     }
 }

@@ -37,7 +37,7 @@ pub(crate) fn zstd_reader<R: std::io::BufRead>(r: R) -> std::io::Result<zstd::st
 /// zstd gives it, never held decompressed (the caller keeps the compressed bytes only for a relay child).
 pub(crate) fn decode_plan(z: &[u8]) -> Result<Plan, String> {
     let bound = MAX_PLAN.min((z.len() as u64).saturating_mul(MAX_PLAN_RATIO));
-    let announced = match zstd::zstd_safe::get_frame_content_size(&z) {
+    let announced = match zstd::zstd_safe::get_frame_content_size(z) {
         Ok(a) => a,
         Err(_) => return Err("plan: not a zstd frame".into()),
     };
@@ -1126,8 +1126,8 @@ async fn open_parent(
 
 /// `RelayedPlan`: the plan's bytes from the parent's relay, taken only with the length and BLAKE3
 /// the controller gave (so a parent cannot hand out another plan); an error is why not, and the
-/// controller then sends the plan itself. Bounded: `stall_ms` per frame, the relay's own wait.
-async fn relayed_plan(
+/// controller then sends the plan itself. Bounded: `stall_ms` per frame, `wait_ms` to its start.
+pub(crate) async fn relayed_plan(
     q: &req::RelayedPlan,
     image: &Name,
     tls: Option<&Arc<tokio_rustls::rustls::ClientConfig>>,
@@ -1136,6 +1136,7 @@ async fn relayed_plan(
         return Err(format!("a plan of {} bytes is over the limit of {MAX_PLAN}", q.len));
     }
     let stall = Duration::from_millis(q.stall_ms.clamp(100, 3_600_000));
+    let wait = Duration::from_millis(q.wait_ms.min(3_600_000));
     let parent = q.parent.as_str();
     let addr = model::Address::parse(&q.addr)
         .map(|host| model::Endpoint { host, port: q.port }.to_string())
@@ -1144,11 +1145,18 @@ async fn relayed_plan(
     let got = async {
         let mut c = open_parent(&addr, parent, q.token, (image, q.generation), tls, stall).await?;
         c.request(&ToRelay::GetPlan { blake3: q.blake3 }).await?;
-        let len = match c.recv_within(stall).await? {
-            FromRelay::Plan { len } => len,
-            FromRelay::PlanMissing => bail!("the relay has no such plan"),
-            FromRelay::Error { reason } => bail!("refused: {reason}"),
-            other => bail!("expected Plan, got {}", other.kind()),
+        // `Waiting` while the parent's own plan is on its way: as long as `wait`, no longer
+        // (the parent's relay could say it for ever).
+        let t = tokio::time::Instant::now();
+        let len = loop {
+            match c.recv_within(stall).await? {
+                FromRelay::Plan { len } => break len,
+                FromRelay::Waiting if t.elapsed() < wait => continue,
+                FromRelay::Waiting => bail!("no plan within {wait:?}"),
+                FromRelay::PlanMissing => bail!("the relay has no such plan"),
+                FromRelay::Error { reason } => bail!("refused: {reason}"),
+                other => bail!("expected Plan, got {}", other.kind()),
+            }
         };
         if len != q.len {
             bail!("its plan is {len} bytes, the controller's {}", q.len);

@@ -293,7 +293,7 @@ async fn sync_image_from(
         }
     }
     let relayed = match (&offer, blake3) {
-        (Some(o), Some(d)) => relayed_plan(c, o, &bytes, d, plan.generation, row).await?,
+        (Some(o), Some(d)) => relayed_plan(c, o, &bytes, d, plan.generation, ctl.timeouts.frame, row).await?,
         _ => None,
     };
     let need = match relayed {
@@ -370,6 +370,7 @@ async fn relayed_plan(
     bytes: &[u8],
     blake3: Digest,
     generation: u64,
+    wait: std::time::Duration,
     row: &mut ReplicaReport,
 ) -> Result<Option<proto::reply::Need>> {
     let parent = Name::parse(&o.parent).map_err(|e| SnError::Local(anyhow::anyhow!("SN name: {e}")))?;
@@ -383,8 +384,10 @@ async fn relayed_plan(
         port: o.port,
         token: o.token,
         stall_ms: fanout::STALL_MS,
+        // A parent still getting its own plan says so (`Waiting`): as long as a frame's timeout.
+        wait_ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
     };
-    // Bounded on the agent (a stall bound per frame, the relay's own wait): this SN's deadline.
+    // Bounded on the agent (a stall bound per frame, `wait_ms` to the plan's start): this SN's deadline.
     match c.call_within(q, std::time::Duration::from_secs(7 * 24 * 3600)).await? {
         proto::reply::PlanRelayed::Need(need) => {
             row.plan_via = o.parent.clone();

@@ -201,7 +201,8 @@ pub mod req {
     /// `parent` at `addr:port` (as for `Fetch`) for the run of `generation`, check length and
     /// digest, and only then decode it. Answered as `Plan` is (`Need`, and the update goes on), or
     /// `PlanMissing` when the parent could not give it (dead, refusing, `stall_ms` without a
-    /// frame, another digest): the session is where it was, and the controller sends `Plan`.
+    /// frame, another digest, or not begun within `wait_ms` while the parent said `Waiting`):
+    /// the session is where it was, and the controller sends `Plan`.
     #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
     pub struct RelayedPlan {
         pub len: u64,
@@ -214,6 +215,7 @@ pub mod req {
         pub port: u16,
         pub token: [u8; 32],
         pub stall_ms: u64,
+        pub wait_ms: u64,
     }
 
     /// As `Fetch`, for every payload the update still needs (the `Need` list the agent sent,

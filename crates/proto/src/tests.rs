@@ -139,6 +139,7 @@ fn variant_numbers_never_move() {
         port: 7469,
         token: [2; 32],
         stall_ms: 10_000,
+        wait_ms: 60_000,
     });
     let f = encode(&m).unwrap();
     assert_eq!(f[HEADER], 22);
