@@ -108,10 +108,16 @@ impl Relays {
         self.runs.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// `ExpectRelay`: lets `child` fetch this run's payloads with `token`; the relay's port.
-    /// A run whose session already began (an earlier attempt at the same generation) is
+    /// `ExpectRelay`: lets `child` fetch this run's payloads with `token`; the relay's port and
+    /// the run. A run whose session already began (an earlier attempt at the same generation) is
     /// replaced: its payloads may be of another plan.
-    pub(crate) fn expect(self: &Arc<Self>, image: &Name, generation: u64, child: &Name, token: [u8; 32]) -> u16 {
+    pub(crate) fn expect(
+        self: &Arc<Self>,
+        image: &Name,
+        generation: u64,
+        child: &Name,
+        token: [u8; 32],
+    ) -> (u16, Arc<Run>) {
         let key = (image.as_str().to_string(), generation);
         let run = {
             let mut runs = self.runs();
@@ -128,7 +134,7 @@ impl Relays {
         };
         run.children.lock().unwrap_or_else(|p| p.into_inner()).insert(child.as_str().to_string(), token);
         tracing::info!(image = image.as_str(), generation, child = child.as_str(), "relay expects a child");
-        self.port.load(Ordering::Relaxed)
+        (self.port.load(Ordering::Relaxed), run)
     }
 
     /// The run the update of `image` to `generation` feeds, if a child is expected for it.
@@ -469,7 +475,8 @@ mod tests {
     }
 
     /// A relay whose own plan is late says `Waiting`: its child holds on past its stall bound
-    /// (1.5 s per frame) while the controller's `wait_ms` lasts, and gives up when it is over.
+    /// (1.5 s per frame) while the controller's `wait_ms` lasts, and gives up when it is over;
+    /// a relay whose session ended without the plan says so at once.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_child_waits_for_its_parents_late_plan_as_long_as_the_controller_said_and_no_longer() {
         let dir = tempfile::tempdir().unwrap();
@@ -477,10 +484,12 @@ mod tests {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = l.local_addr().unwrap().port();
         tokio::spawn(serve(relays.clone(), l, None));
-        let (late, never) = (Name::parse("late").unwrap(), Name::parse("never").unwrap());
-        let child = Name::parse("sn2").unwrap();
+        let image = |n: &str| Name::parse(n).unwrap();
+        let (late, never, gone) = (image("late"), image("never"), image("gone"));
+        let child = image("sn2");
         relays.expect(&late, 2, &child, [2; 32]);
         relays.expect(&never, 2, &child, [2; 32]);
+        let (_, gone_run) = relays.expect(&gone, 2, &child, [2; 32]);
         let (run, _never_run) = (relays.session("late", 2).unwrap(), relays.session("never", 2).unwrap());
         let plan = b"the plan's bytes as the MN compressed them".to_vec();
         let q = |wait_ms| proto::req::RelayedPlan {
@@ -500,20 +509,31 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(3500)).await;
             run.put_plan(Arc::new(given)).await;
         });
+        // The parent's session for `gone` ends (its guard dropped, as when it fails) with no plan.
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            drop(Ending(Some(gone_run)));
+        });
         let t = std::time::Instant::now();
         let bound = Duration::from_secs(8);
-        let (q_late, q_never) = (q(10_000), q(2000));
-        let (got, gave_up) =
-            tokio::join!(tokio::time::timeout(bound, crate::session::relayed_plan(&q_late, &late, None)), async {
-                let r = tokio::time::timeout(bound, crate::session::relayed_plan(&q_never, &never, None)).await;
-                (r, t.elapsed())
-            });
-        assert_eq!(got.expect("the late plan never came").unwrap(), plan);
-        assert!(t.elapsed() >= Duration::from_millis(3500), "{:?}", t.elapsed());
+        let (q_late, q_never, q_gone) = (q(10_000), q(2000), q(10_000));
+        let timed = |q, image| async move {
+            let r = tokio::time::timeout(bound, crate::session::relayed_plan(q, image, None)).await;
+            (r, t.elapsed())
+        };
+        let (got, gave_up, told) = tokio::join!(timed(&q_late, &late), timed(&q_never, &never), timed(&q_gone, &gone));
+        let (r, at) = got;
+        assert_eq!(r.expect("the late plan never came").unwrap(), plan);
+        assert!(at >= Duration::from_millis(3500), "{at:?}");
         let (r, at) = gave_up;
         let e = r.expect("the child waited past wait_ms").unwrap_err();
         assert!(e.contains("no plan within 2s"), "{e}");
         // Given up at the first `Waiting` past 2 s: neither at the stall bound nor much later.
         assert!(at >= Duration::from_secs(2) && at < Duration::from_millis(3400), "{at:?}");
+        // A session that ended without the plan: the child is told so at once, not at `wait_ms`.
+        let (r, at) = told;
+        let e = r.expect("the child waited for a session that had ended").unwrap_err();
+        assert!(e.contains("the relay has no such plan"), "{e}");
+        assert!(at < Duration::from_millis(1500), "{at:?}");
     }
 }

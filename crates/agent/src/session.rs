@@ -204,7 +204,8 @@ pub async fn run(agent: &Agent, mut c: Conn) -> Result<()> {
                 c.shutdown().await;
                 return Ok(());
             }
-            ToAgent::ExpectRelay(e) => expect_relay(agent, &mut c, &e).await?,
+            // Outside an image session: the run is left to the update that will feed it.
+            ToAgent::ExpectRelay(e) => expect_relay(agent, &mut c, &e).await?.0 = None,
             ToAgent::StateliteOpen(req::StateliteOpen { root, node }) => {
                 next = crate::statelite::backup(agent, &mut c, root.as_str(), &node).await?
             }
@@ -225,16 +226,20 @@ pub async fn run(agent: &Agent, mut c: Conn) -> Result<()> {
     }
 }
 
-/// `ExpectRelay`: the relay's port, or why this agent is no relay (the session goes on).
-async fn expect_relay(agent: &Agent, c: &mut Conn, e: &req::ExpectRelay) -> Result<()> {
+/// `ExpectRelay`: the relay's port, or why this agent is no relay (the session goes on); the
+/// run, which ends (its children told what is missing) when the caller drops it.
+async fn expect_relay(agent: &Agent, c: &mut Conn, e: &req::ExpectRelay) -> Result<relay::Ending> {
     match &agent.relays {
         Some(r) => {
-            let port = r.expect(&e.image, e.generation, &e.child, e.token);
-            c.request(&FromAgent::RelayReady(reply::RelayReady { port })).await?
+            let (port, run) = r.expect(&e.image, e.generation, &e.child, e.token);
+            c.request(&FromAgent::RelayReady(reply::RelayReady { port })).await?;
+            Ok(relay::Ending(Some(run)))
         }
-        None => c.error("not a relay: relay_listen unset").await?,
+        None => {
+            c.error("not a relay: relay_listen unset").await?;
+            Ok(relay::Ending(None))
+        }
     }
-    Ok(())
 }
 
 /// Every image this agent holds, as recorded by the engine (under `state_dir`, replicas under `root`).
@@ -433,6 +438,9 @@ async fn image_session(
     c.request(&FromAgent::Opened(reply::Opened { state, drifted })).await?;
     let spool = Spool::open(sd.join("spool"))?;
     let mut committed = false;
+    // The runs this session was asked to relay end with it, however it ends: a child waiting for
+    // the plan or a payload that this session will now never receive is told at once.
+    let mut _relayed = Vec::new();
     loop {
         let Some(msg) = next_request(c).await? else {
             if committed {
@@ -442,7 +450,7 @@ async fn image_session(
         };
         match msg {
             ToAgent::GetManifest => replica = send_manifest(c, replica).await?,
-            ToAgent::ExpectRelay(e) => expect_relay(agent, c, &e).await?,
+            ToAgent::ExpectRelay(e) => _relayed.push(expect_relay(agent, c, &e).await?),
             ToAgent::Verify => {
                 let name = image.clone();
                 let (r, scanned) = with_replica(replica, move |r| -> anyhow::Result<_> {
