@@ -281,9 +281,11 @@ async fn sync_image_from(
     // parent's relay. The parent's task answers once its agent said where its relay listens (or
     // that it does not relay this run); its end dropped (it failed) is the same as none, and so
     // is a parent not ready within a frame's timeout (a hung one must not hold its children).
+    // One frame's timeout in all, for the offer and then for the plan's start (`wait_ms`).
+    let until = tokio::time::Instant::now() + ctl.timeouts.frame;
     let mut offer = None;
     if let (true, Some((parent, rx))) = (shared, link.parent.take()) {
-        match tokio::time::timeout(ctl.timeouts.frame, rx).await {
+        match tokio::time::timeout_at(until, rx).await {
             Ok(Ok(Some(o))) => offer = Some(o),
             _ => tracing::info!(
                 "{}: image {}: parent {parent} relays nothing: plan and payloads from the MN",
@@ -293,7 +295,10 @@ async fn sync_image_from(
         }
     }
     let relayed = match (&offer, blake3) {
-        (Some(o), Some(d)) => relayed_plan(c, o, &bytes, d, plan.generation, ctl.timeouts.frame, row).await?,
+        (Some(o), Some(d)) => {
+            let wait = until.saturating_duration_since(tokio::time::Instant::now());
+            relayed_plan(c, o, &bytes, d, plan.generation, wait, row).await?
+        }
         _ => None,
     };
     let need = match relayed {
@@ -384,7 +389,7 @@ async fn relayed_plan(
         port: o.port,
         token: o.token,
         stall_ms: fanout::STALL_MS,
-        // A parent still getting its own plan says so (`Waiting`): as long as a frame's timeout.
+        // A parent still getting its own plan says so (`Waiting`): what is left of a frame's timeout.
         wait_ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
     };
     // Bounded on the agent (a stall bound per frame, `wait_ms` to the plan's start): this SN's deadline.
