@@ -21,6 +21,7 @@
 #      MN_RATE (1gbit) SN_RATE (1gbit) LATENCY_MS (0.2) ENTRIES (6000) MB (80) PERCENT (20)
 #      RELAY_FANOUT (8) IMAGES (/var/tmp/hanfs-bench-scale) OUT (file for the table, optional)
 #      RSYNC_OPTS ("-aHAX --numeric-ids --delete -z": prsync's -az plus what an image needs)
+#      JSON_DIR (keeps each timed hanfs sync's --json report there as MODE-N-ROUND.json, optional)
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 HANFS=${HANFS:-$HERE/../target/release/hanfs}
@@ -81,7 +82,9 @@ BR=$TAG-br
 mnaddr=10.201.0.1
 snaddr() { echo "10.201.1.$1"; }
 in_ns() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
-copy_into() { rsync -aHAX --numeric-ids --delete "$1"/ "$2"/; }  # local, untimed: sets a version
+# local, untimed: sets a version. --checksum: update-image.py may rewrite a file with its size
+# kept within the second its v1 was made, which rsync's size+mtime check would skip.
+copy_into() { rsync -aHAX --numeric-ids --delete --checksum "$1"/ "$2"/; }
 median() { python3 -c 'import statistics,sys; print(statistics.median(float(x) for x in sys.argv[1:]))' "$@"; }
 
 # ---- the network ----
@@ -208,6 +211,8 @@ run_hanfs() {  # N MODE ROUND
     || { echo "$mode: initial sync to $n SNs failed:" >&2; cat "$WORK/initial.out" >&2; exit 1; }
   copy_into "$IMAGES/v2" "$SRC/$IMG"
   timed "$n" "$mode" "$round" "$HANFS" --json --config "$WORK/cluster.toml" sync
+  # The sync's report (per SN: bytes sent, plan_via, via) kept when asked for.
+  if [ -n "${JSON_DIR:-}" ]; then mkdir -p "$JSON_DIR"; cp "$WORK/out" "$JSON_DIR/$mode-$n-$round.json"; fi
   python3 -c 'import json,sys; sys.exit(0 if json.load(open(sys.argv[1]))["ok"] else 1)' "$WORK/out" \
     || { echo "$mode: sync to $n SNs not ok:" >&2; cat "$WORK/out" >&2; exit 1; }
   # .hanfs: the agent's staging directory inside the replica root, not part of the image.

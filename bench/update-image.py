@@ -16,7 +16,19 @@ rnd = random.Random(12)
 files = sorted(os.path.join(dp, f) for dp, _, fs in os.walk(root) for f in fs
                if os.path.isfile(os.path.join(dp, f)) and not os.path.islink(os.path.join(dp, f)))
 dirs = sorted(dp for dp, _, _ in os.walk(root))
+
+
+def later(p, old_ns):
+    # A next version is written later: at least a second after the old one, so that a check by
+    # size and mtime in seconds (rsync's quick check) sees a rewrite that kept the size, as it would
+    # after a real upgrade, even when this runs within the second v1 was made.
+    st = os.stat(p)
+    if st.st_mtime_ns < old_ns + 1_000_000_000:
+        os.utime(p, ns=(st.st_atime_ns, old_ns + 1_000_000_000))
+
+
 for p in rnd.sample(files, len(files) * pct // 100):
+    old_ns = os.stat(p).st_mtime_ns
     with open(p, "rb") as f:
         b = f.read()
     if rnd.random() < 0.5 and len(b) > 64:
@@ -26,6 +38,7 @@ for p in rnd.sample(files, len(files) * pct // 100):
         b = rnd.randbytes(len(b))
     with open(p, "wb") as f:
         f.write(b)
+    later(p, old_ns)
 for i, p in enumerate(rnd.sample(files, len(files) * pct // 100)):
     with open(p, "rb") as f:
         b = f.read()

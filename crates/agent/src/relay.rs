@@ -9,7 +9,7 @@
 
 use anyhow::{anyhow, Context};
 use proto::relay::{FromRelay, Parent, ToRelay};
-use proto::{Encoding, Name, CHUNK};
+use proto::{Digest, Encoding, Name, CHUNK};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
@@ -27,6 +27,13 @@ const WAITING_EVERY: Duration = Duration::from_secs(1);
 const HELLO_WITHIN: Duration = Duration::from_secs(30);
 /// Test-only: delay before each payload a relay serves, so a test can kill it mid-transfer.
 const DELAY_ENV: &str = "HANFS_TEST_RELAY_DELAY_MS";
+/// Test-only: delay before the plan is served (a test kills the relay meanwhile).
+const PLAN_DELAY_ENV: &str = "HANFS_TEST_RELAY_PLAN_DELAY_MS";
+/// Test-only: `1` makes the relay serve its plan with one byte changed (a child must refuse it).
+const PLAN_CORRUPT_ENV: &str = "HANFS_TEST_RELAY_CORRUPT_PLAN";
+/// How long a relay holds a child's `GetPlan` for its own plan to arrive (the child may give up
+/// sooner, after the `wait_ms` the controller gave it, and then gets the plan from the controller).
+const PLAN_WAIT: Duration = Duration::from_secs(60);
 
 /// How a payload came, as the stage needs it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +46,8 @@ pub(crate) struct Meta {
 #[derive(Default)]
 struct State {
     have: HashMap<u32, Meta>,
+    /// The plan's bytes are kept (`dir/plan`): their BLAKE3 and length.
+    plan: Option<(Digest, u64)>,
     started: bool,
     ended: bool,
 }
@@ -60,6 +69,8 @@ pub(crate) struct Relays {
     runs: Mutex<HashMap<(String, u64), Arc<Run>>>,
     seq: AtomicU64,
     delay: Duration,
+    plan_delay: Duration,
+    corrupt_plan: bool,
 }
 
 fn same_token(a: &[u8; 32], b: &[u8; 32]) -> bool {
@@ -77,13 +88,15 @@ impl Relays {
             Err(e) => return Err(e).with_context(|| format!("removing {}", dir.display())),
         }
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let delay = std::env::var(DELAY_ENV).ok().and_then(|v| v.parse().ok()).map(Duration::from_millis);
+        let ms = |k: &str| std::env::var(k).ok().and_then(|v| v.parse().ok()).map(Duration::from_millis);
         Ok(Relays {
             dir,
             port: AtomicU16::new(0),
             runs: Mutex::new(HashMap::new()),
             seq: AtomicU64::new(0),
-            delay: delay.unwrap_or_default(),
+            delay: ms(DELAY_ENV).unwrap_or_default(),
+            plan_delay: ms(PLAN_DELAY_ENV).unwrap_or_default(),
+            corrupt_plan: std::env::var(PLAN_CORRUPT_ENV).is_ok_and(|v| v == "1"),
         })
     }
 
@@ -95,10 +108,16 @@ impl Relays {
         self.runs.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// `ExpectRelay`: lets `child` fetch this run's payloads with `token`; the relay's port.
-    /// A run whose session already began (an earlier attempt at the same generation) is
+    /// `ExpectRelay`: lets `child` fetch this run's payloads with `token`; the relay's port and
+    /// the run. A run whose session already began (an earlier attempt at the same generation) is
     /// replaced: its payloads may be of another plan.
-    pub(crate) fn expect(self: &Arc<Self>, image: &Name, generation: u64, child: &Name, token: [u8; 32]) -> u16 {
+    pub(crate) fn expect(
+        self: &Arc<Self>,
+        image: &Name,
+        generation: u64,
+        child: &Name,
+        token: [u8; 32],
+    ) -> (u16, Arc<Run>) {
         let key = (image.as_str().to_string(), generation);
         let run = {
             let mut runs = self.runs();
@@ -115,7 +134,7 @@ impl Relays {
         };
         run.children.lock().unwrap_or_else(|p| p.into_inner()).insert(child.as_str().to_string(), token);
         tracing::info!(image = image.as_str(), generation, child = child.as_str(), "relay expects a child");
-        self.port.load(Ordering::Relaxed)
+        (self.port.load(Ordering::Relaxed), run)
     }
 
     /// The run the update of `image` to `generation` feeds, if a child is expected for it.
@@ -205,6 +224,24 @@ impl Run {
                 s.have.insert(index, meta);
             }),
             Err(e) => tracing::warn!("relay: payload {index} not kept for the children: {e:#}"),
+        }
+    }
+
+    /// Keeps the plan's bytes as received (`dir/plan`, written to `.part` then renamed) for the
+    /// children, keyed by their BLAKE3. Failing to keep them is only logged: a child is then
+    /// told the plan is missing and gets it from the controller.
+    pub(crate) async fn put_plan(&self, bytes: Arc<Vec<u8>>) {
+        let (part, path) = (self.dir.join("plan.part"), self.dir.join("plan"));
+        let r = crate::session::blocking(move || {
+            let d = Digest::from_bytes(*blake3::hash(&bytes).as_bytes());
+            std::fs::write(&part, &bytes[..]).with_context(|| format!("writing {}", part.display()))?;
+            std::fs::rename(&part, &path).with_context(|| format!("renaming {}", part.display()))?;
+            Ok((d, bytes.len() as u64))
+        })
+        .await;
+        match r {
+            Ok(p) => self.state.send_modify(|s| s.plan = Some(p)),
+            Err(e) => tracing::warn!("relay: the plan not kept for the children: {e:#}"),
         }
     }
 
@@ -299,6 +336,7 @@ async fn serve_child(
     loop {
         match c.recv_within(crate::IDLE_TIMEOUT).await {
             Ok(ToRelay::Get { index }) => serve_one(relays, &mut c, &run, index).await?,
+            Ok(ToRelay::GetPlan { blake3 }) => serve_plan(relays, &mut c, &run, &blake3).await?,
             Ok(ToRelay::Bye) | Err(transport::Error::Closed) => return Ok(()),
             Ok(other) => {
                 return Err(refuse(&mut c, format!("expected Get, got {}", proto::Message::kind(&other))).await)
@@ -358,6 +396,64 @@ async fn serve_one(relays: &Relays, c: &mut Conn, run: &Run, index: u32) -> anyh
     Ok(())
 }
 
+/// Sends the run's plan once this relay holds it with digest `want` (its own session keeps it
+/// before staging; `Waiting` meanwhile), `PlanMissing` once the session ended without it, it
+/// holds another, or [`PLAN_WAIT`] passed.
+async fn serve_plan(relays: &Relays, c: &mut Conn, run: &Run, want: &Digest) -> anyhow::Result<()> {
+    let mut rx = run.state.subscribe();
+    let until = tokio::time::Instant::now() + PLAN_WAIT;
+    // `Waiting` every WAITING_EVERY meanwhile: the child's stall bound is per frame, and this
+    // relay's own plan may still be coming (from the MN, or from its own parent).
+    let plan = loop {
+        let (plan, ended) = {
+            let s = rx.borrow_and_update();
+            (s.plan, s.ended)
+        };
+        if plan.is_some() || ended || tokio::time::Instant::now() >= until {
+            break plan;
+        }
+        tokio::select! {
+            r = rx.changed() => if r.is_err() {
+                break None;
+            },
+            _ = tokio::time::sleep(WAITING_EVERY) => c.request(&FromRelay::Waiting).await?,
+        }
+    };
+    let len = match plan {
+        Some((d, len)) if d == *want => len,
+        other => {
+            if let Some((d, _)) = other {
+                tracing::warn!("relay: a child asked for plan {want}, this run's is {d}");
+            }
+            c.request(&FromRelay::PlanMissing).await?;
+            return Ok(());
+        }
+    };
+    if !relays.plan_delay.is_zero() {
+        tokio::time::sleep(relays.plan_delay).await;
+    }
+    // Streamed a chunk at a time (several children may be served at once).
+    use tokio::io::AsyncReadExt;
+    let path = run.dir.join("plan");
+    let mut f = tokio::fs::File::open(&path).await.with_context(|| format!("{}", path.display()))?;
+    c.send(&FromRelay::Plan { len }).await?;
+    let mut buf = vec![0u8; CHUNK.min(len as usize)];
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(CHUNK as u64) as usize;
+        f.read_exact(&mut buf[..n]).await.with_context(|| format!("{}", path.display()))?;
+        left -= n as u64;
+        if left == 0 && relays.corrupt_plan {
+            if let Some(b) = buf[..n].last_mut() {
+                *b ^= 1;
+            }
+        }
+        c.send_chunk(&buf[..n]).await?;
+    }
+    c.flush().await?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -376,5 +472,68 @@ mod tests {
         // An SN not expected at all, even with a good token.
         let e = run.admits(Some("sn4"), &[2; 32]).unwrap_err();
         assert_eq!(e, "SN `sn4` is not expected by this relay for this run");
+    }
+
+    /// A relay whose own plan is late says `Waiting`: its child holds on past its stall bound
+    /// (1.5 s per frame) while the controller's `wait_ms` lasts, and gives up when it is over;
+    /// a relay whose session ended without the plan says so at once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_child_waits_for_its_parents_late_plan_as_long_as_the_controller_said_and_no_longer() {
+        let dir = tempfile::tempdir().unwrap();
+        let relays = Arc::new(Relays::new(dir.path()).unwrap());
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        tokio::spawn(serve(relays.clone(), l, None));
+        let image = |n: &str| Name::parse(n).unwrap();
+        let (late, never, gone) = (image("late"), image("never"), image("gone"));
+        let child = image("sn2");
+        relays.expect(&late, 2, &child, [2; 32]);
+        relays.expect(&never, 2, &child, [2; 32]);
+        let (_, gone_run) = relays.expect(&gone, 2, &child, [2; 32]);
+        let (run, _never_run) = (relays.session("late", 2).unwrap(), relays.session("never", 2).unwrap());
+        let plan = b"the plan's bytes as the MN compressed them".to_vec();
+        let q = |wait_ms| proto::req::RelayedPlan {
+            len: plan.len() as u64,
+            blake3: Digest::from_bytes(*blake3::hash(&plan).as_bytes()),
+            zstd: true,
+            generation: 2,
+            parent: Name::parse("sn1").unwrap(),
+            addr: "127.0.0.1".into(),
+            port,
+            token: [2; 32],
+            stall_ms: 1500,
+            wait_ms,
+        };
+        let given = plan.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(3500)).await;
+            run.put_plan(Arc::new(given)).await;
+        });
+        // The parent's session for `gone` ends (its guard dropped, as when it fails) with no plan.
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            drop(Ending(Some(gone_run)));
+        });
+        let t = std::time::Instant::now();
+        let bound = Duration::from_secs(8);
+        let (q_late, q_never, q_gone) = (q(10_000), q(2000), q(10_000));
+        let timed = |q, image| async move {
+            let r = tokio::time::timeout(bound, crate::session::relayed_plan(q, image, None)).await;
+            (r, t.elapsed())
+        };
+        let (got, gave_up, told) = tokio::join!(timed(&q_late, &late), timed(&q_never, &never), timed(&q_gone, &gone));
+        let (r, at) = got;
+        assert_eq!(r.expect("the late plan never came").unwrap(), plan);
+        assert!(at >= Duration::from_millis(3500), "{at:?}");
+        let (r, at) = gave_up;
+        let e = r.expect("the child waited past wait_ms").unwrap_err();
+        assert!(e.contains("no plan within 2s"), "{e}");
+        // Given up at the first `Waiting` past 2 s: neither at the stall bound nor much later.
+        assert!(at >= Duration::from_secs(2) && at < Duration::from_millis(3400), "{at:?}");
+        // A session that ended without the plan: the child is told so at once, not at `wait_ms`.
+        let (r, at) = told;
+        let e = r.expect("the child waited for a session that had ended").unwrap_err();
+        assert!(e.contains("the relay has no such plan"), "{e}");
+        assert!(at < Duration::from_millis(1500), "{at:?}");
     }
 }

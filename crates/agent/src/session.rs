@@ -34,10 +34,10 @@ pub(crate) fn zstd_reader<R: std::io::BufRead>(r: R) -> std::io::Result<zstd::st
 
 /// Decodes a zstd plan of `z.len()` bytes, bounded by the size its frame announces, by
 /// [`MAX_PLAN_RATIO`] times its own size and by [`MAX_PLAN`]. Streamed: the plan is decoded as
-/// zstd gives it, never held decompressed, and the compressed bytes go as soon as it is read.
-pub(crate) fn decode_plan(z: Vec<u8>) -> Result<Plan, String> {
+/// zstd gives it, never held decompressed (the caller keeps the compressed bytes only for a relay child).
+pub(crate) fn decode_plan(z: &[u8]) -> Result<Plan, String> {
     let bound = MAX_PLAN.min((z.len() as u64).saturating_mul(MAX_PLAN_RATIO));
-    let announced = match zstd::zstd_safe::get_frame_content_size(&z) {
+    let announced = match zstd::zstd_safe::get_frame_content_size(z) {
         Ok(a) => a,
         Err(_) => return Err("plan: not a zstd frame".into()),
     };
@@ -50,14 +50,13 @@ pub(crate) fn decode_plan(z: Vec<u8>) -> Result<Plan, String> {
         }
     }
     let limit = announced.unwrap_or(bound);
-    let d = zstd_reader(&z[..]).map_err(|e| format!("plan: zstd: {e}"))?;
+    let d = zstd_reader(z).map_err(|e| format!("plan: zstd: {e}"))?;
     let mut r = Counted { r: std::io::Read::take(d, limit + 1), n: 0 };
     let plan = Plan::from_reader(&mut r);
     // Whatever follows the plan counts against the limits too (as when it was decoded whole).
     let rest = std::io::copy(&mut r, &mut std::io::sink());
     let n = r.n;
     drop(r);
-    drop(z);
     if n > limit {
         return Err(format!("plan decompresses past {limit} bytes"));
     }
@@ -205,7 +204,8 @@ pub async fn run(agent: &Agent, mut c: Conn) -> Result<()> {
                 c.shutdown().await;
                 return Ok(());
             }
-            ToAgent::ExpectRelay(e) => expect_relay(agent, &mut c, &e).await?,
+            // Outside an image session: the run is left to the update that will feed it.
+            ToAgent::ExpectRelay(e) => expect_relay(agent, &mut c, &e).await?.0 = None,
             ToAgent::StateliteOpen(req::StateliteOpen { root, node }) => {
                 next = crate::statelite::backup(agent, &mut c, root.as_str(), &node).await?
             }
@@ -226,16 +226,20 @@ pub async fn run(agent: &Agent, mut c: Conn) -> Result<()> {
     }
 }
 
-/// `ExpectRelay`: the relay's port, or why this agent is no relay (the session goes on).
-async fn expect_relay(agent: &Agent, c: &mut Conn, e: &req::ExpectRelay) -> Result<()> {
+/// `ExpectRelay`: the relay's port, or why this agent is no relay (the session goes on); the
+/// run, which ends (its children told what is missing) when the caller drops it.
+async fn expect_relay(agent: &Agent, c: &mut Conn, e: &req::ExpectRelay) -> Result<relay::Ending> {
     match &agent.relays {
         Some(r) => {
-            let port = r.expect(&e.image, e.generation, &e.child, e.token);
-            c.request(&FromAgent::RelayReady(reply::RelayReady { port })).await?
+            let (port, run) = r.expect(&e.image, e.generation, &e.child, e.token);
+            c.request(&FromAgent::RelayReady(reply::RelayReady { port })).await?;
+            Ok(relay::Ending(Some(run)))
         }
-        None => c.error("not a relay: relay_listen unset").await?,
+        None => {
+            c.error("not a relay: relay_listen unset").await?;
+            Ok(relay::Ending(None))
+        }
     }
-    Ok(())
 }
 
 /// Every image this agent holds, as recorded by the engine (under `state_dir`, replicas under `root`).
@@ -434,6 +438,9 @@ async fn image_session(
     c.request(&FromAgent::Opened(reply::Opened { state, drifted })).await?;
     let spool = Spool::open(sd.join("spool"))?;
     let mut committed = false;
+    // The runs this session was asked to relay end with it, however it ends: a child waiting for
+    // the plan or a payload that this session will now never receive is told at once.
+    let mut _relayed = Vec::new();
     loop {
         let Some(msg) = next_request(c).await? else {
             if committed {
@@ -443,7 +450,7 @@ async fn image_session(
         };
         match msg {
             ToAgent::GetManifest => replica = send_manifest(c, replica).await?,
-            ToAgent::ExpectRelay(e) => expect_relay(agent, c, &e).await?,
+            ToAgent::ExpectRelay(e) => _relayed.push(expect_relay(agent, c, &e).await?),
             ToAgent::Verify => {
                 let name = image.clone();
                 let (r, scanned) = with_replica(replica, move |r| -> anyhow::Result<_> {
@@ -464,6 +471,22 @@ async fn image_session(
                 let (r, done) = update(c, replica, &spool, (image, image), len, zstd, &agent.nfs3, fan).await?;
                 replica = r;
                 committed |= done;
+            }
+            ToAgent::RelayedPlan(q) => {
+                let fan = Fanout { relays: agent.relays.as_ref(), tls: agent.relay_client.as_ref() };
+                match relayed_plan(&q, image, fan.tls).await {
+                    Ok(buf) => {
+                        let (r, done) =
+                            update_with(c, replica, &spool, (image, image), buf, q.zstd, &agent.nfs3, fan).await?;
+                        replica = r;
+                        committed |= done;
+                    }
+                    // Nothing changed here: the controller sends the plan itself next.
+                    Err(reason) => {
+                        tracing::info!("image {image}: the plan not had from relay {}: {reason}", q.parent);
+                        c.request(&FromAgent::PlanMissing(reply::PlanMissing { reason })).await?
+                    }
+                }
             }
             other => {
                 if committed {
@@ -508,7 +531,23 @@ pub(crate) async fn update(
         Ok(b) => b,
         Err(e) => return Err(fail(c, e).await),
     };
-    let (plan, contents) = match blocking(move || Ok(read_plan(buf, zstd))).await? {
+    update_with(c, replica, spool, (name, image), buf, zstd, nfs3, fan).await
+}
+
+/// [`update`] of a plan already received (`buf`: from the controller, or from a parent relay
+/// and checked against the controller's BLAKE3).
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn update_with(
+    c: &mut Conn,
+    replica: Replica,
+    spool: &Spool,
+    (name, image): (&Name, &str),
+    buf: Vec<u8>,
+    zstd: bool,
+    nfs3: &nfs3::Switch,
+    fan: Fanout<'_>,
+) -> Result<(Replica, bool)> {
+    let (plan, contents, buf) = match blocking(move || Ok(read_plan(&buf, zstd).map(|(p, c)| (p, c, buf)))).await? {
         Ok(x) => x,
         Err(e) => return Err(refuse(c, e).await),
     };
@@ -516,9 +555,15 @@ pub(crate) async fn update(
         Ok(d) => ImageState { name: name.clone(), generation: plan.generation, digest: d },
         Err(e) => return Err(refuse(c, format!("plan: {e:#}")).await),
     };
-    // Children expected for this run get what this update receives, as it arrives.
+    // Children expected for this run get what this update receives, as it arrives: the plan's
+    // bytes first (a child asks for them before anything else).
     let run = fan.relays.and_then(|r| r.session(name.as_str(), plan.generation));
     let _ending = relay::Ending(run.clone());
+    if let Some(r) = &run {
+        r.put_plan(Arc::new(buf)).await;
+    } else {
+        drop(buf);
+    }
     let fan = Fed { run, tls: fan.tls };
     let contents = Arc::new(contents);
     let (jobs, jobs_rx) = mpsc::channel(1);
@@ -550,8 +595,8 @@ struct Fed<'a> {
 
 /// The plan (zstd-decoded when `zstd`) and, per content index, what the blob loop needs; an error
 /// is the reason the plan is refused.
-fn read_plan(buf: Vec<u8>, zstd: bool) -> Result<(Plan, Vec<Want>), String> {
-    let plan = if zstd { decode_plan(buf)? } else { Plan::from_bytes(&buf).map_err(|e| format!("plan: {e}"))? };
+fn read_plan(buf: &[u8], zstd: bool) -> Result<(Plan, Vec<Want>), String> {
+    let plan = if zstd { decode_plan(buf)? } else { Plan::from_bytes(buf).map_err(|e| format!("plan: {e}"))? };
     let contents = plan
         .contents
         .iter()
@@ -744,6 +789,27 @@ async fn feed(
                 }
             }
             ToAgent::Fetch(f) => {
+                let (missing, bytes) = fetch(&f, target, &mut pending, contents, spool, jobs, fan).await?;
+                if !missing.is_empty() {
+                    tracing::info!(
+                        "image {image}: {} payloads not had from {}: the controller sends them",
+                        missing.len(),
+                        f.parent
+                    );
+                }
+                c.request(&FromAgent::Fetched(reply::Fetched { missing, bytes })).await?;
+            }
+            ToAgent::FetchPending(f) => {
+                let mut indexes: Vec<u32> = pending.iter().copied().collect();
+                indexes.sort_unstable();
+                let f = req::Fetch {
+                    parent: f.parent,
+                    addr: f.addr,
+                    port: f.port,
+                    token: f.token,
+                    indexes,
+                    stall_ms: f.stall_ms,
+                };
                 let (missing, bytes) = fetch(&f, target, &mut pending, contents, spool, jobs, fan).await?;
                 if !missing.is_empty() {
                     tracing::info!(
@@ -989,7 +1055,7 @@ async fn fetch(
             return Ok((want, 0));
         }
     };
-    let mut c = match open_parent(&addr, parent, f.token, target, fan.tls, stall).await {
+    let mut c = match open_parent(&addr, parent, f.token, (&target.name, target.generation), fan.tls, stall).await {
         Ok(c) => c,
         Err(e) => {
             tracing::warn!("image {}: relay {parent} at {addr}: {e:#}", target.name);
@@ -1053,17 +1119,72 @@ async fn open_parent(
     addr: &str,
     parent: &str,
     token: [u8; 32],
-    target: &ImageState,
+    (image, generation): (&Name, u64),
     tls: Option<&Arc<tokio_rustls::rustls::ClientConfig>>,
     stall: Duration,
 ) -> anyhow::Result<RelayConn> {
     let mut c: RelayConn = transport::dial(addr, parent, tls.cloned(), stall).await?;
-    c.request(&ToRelay::Hello { token, image: target.name.clone(), generation: target.generation }).await?;
+    c.request(&ToRelay::Hello { token, image: image.clone(), generation }).await?;
     match c.recv_within(stall).await? {
         FromRelay::Ready => Ok(c),
         FromRelay::Error { reason } => bail!("refused: {reason}"),
         other => bail!("expected Ready, got {}", other.kind()),
     }
+}
+
+/// `RelayedPlan`: the plan's bytes from the parent's relay, taken only with the length and BLAKE3
+/// the controller gave (so a parent cannot hand out another plan); an error is why not, and the
+/// controller then sends the plan itself. Bounded: `stall_ms` per frame, `wait_ms` to its start.
+pub(crate) async fn relayed_plan(
+    q: &req::RelayedPlan,
+    image: &Name,
+    tls: Option<&Arc<tokio_rustls::rustls::ClientConfig>>,
+) -> std::result::Result<Vec<u8>, String> {
+    if q.len > MAX_PLAN {
+        return Err(format!("a plan of {} bytes is over the limit of {MAX_PLAN}", q.len));
+    }
+    let stall = Duration::from_millis(q.stall_ms.clamp(100, 3_600_000));
+    let wait = Duration::from_millis(q.wait_ms.min(3_600_000));
+    let parent = q.parent.as_str();
+    let addr = model::Address::parse(&q.addr)
+        .map(|host| model::Endpoint { host, port: q.port }.to_string())
+        .map_err(|e| format!("relay {parent}: {e}"))?;
+    tracing::info!("image {image}: asking relay {parent} at {addr} for plan {}", q.blake3);
+    let got = async {
+        let mut c = open_parent(&addr, parent, q.token, (image, q.generation), tls, stall).await?;
+        c.request(&ToRelay::GetPlan { blake3: q.blake3 }).await?;
+        // `Waiting` while the parent's own plan is on its way: as long as `wait`, no longer
+        // (the parent's relay could say it for ever).
+        let t = tokio::time::Instant::now();
+        let len = loop {
+            match c.recv_within(stall).await? {
+                FromRelay::Plan { len } => break len,
+                FromRelay::Waiting if t.elapsed() < wait => continue,
+                FromRelay::Waiting => bail!("no plan within {wait:?}"),
+                FromRelay::PlanMissing => bail!("the relay has no such plan"),
+                FromRelay::Error { reason } => bail!("refused: {reason}"),
+                other => bail!("expected Plan, got {}", other.kind()),
+            }
+        };
+        if len != q.len {
+            bail!("its plan is {len} bytes, the controller's {}", q.len);
+        }
+        let b = c.recv_bulk("plan", len, q.len).await?;
+        let _ = c.request(&ToRelay::Bye).await;
+        c.shutdown().await;
+        anyhow::Ok(b)
+    };
+    let b = got.await.map_err(|e| format!("relay {parent} at {addr}: {e:#}"))?;
+    let (b, d) = blocking(move || {
+        let d = Digest::from_bytes(*blake3::hash(&b).as_bytes());
+        Ok((b, d))
+    })
+    .await
+    .map_err(|e| format!("{e:#}"))?;
+    if d != q.blake3 {
+        return Err(format!("relay {parent} sent a plan of BLAKE3 {d}, not the controller's {}: refused", q.blake3));
+    }
+    Ok(b)
 }
 
 /// One payload from the parent (already asked for): `Some` with how it came, `None` when the

@@ -125,6 +125,8 @@ pub struct ImagePlan {
 pub struct Shared {
     pub plan: Plan,
     pub bytes: Vec<u8>,
+    /// BLAKE3 of `bytes`: what a child checks a plan relayed by its parent against.
+    pub blake3: proto::Digest,
     /// Bytes on the wire of every payload (for `plan`).
     pub payload_bytes: u64,
 }
@@ -201,7 +203,8 @@ pub fn prepare(cluster: &Cluster, image: &Image) -> Result<Prepared> {
             }
             // Sent zstd-compressed: paths and metadata compress several times over.
             let bytes = zstd::bulk::compress(&plan.to_bytes()?, 3)?;
-            Some(Shared { plan, bytes, payload_bytes })
+            let blake3 = proto::Digest::from_bytes(*blake3::hash(&bytes).as_bytes());
+            Some(Shared { plan, bytes, blake3, payload_bytes })
         }
         _ => None,
     };

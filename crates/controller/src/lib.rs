@@ -96,6 +96,9 @@ pub struct ReplicaReport {
     /// Where its payloads came from: `mn`, its parent relay's SN name, or `<parent>+mn` when the
     /// MN sent what the parent could not (relay fan-out, `[cluster] fanout`).
     pub via: String,
+    /// Where the plan came from: `mn`, or its parent relay's SN name (the shared plan relayed,
+    /// checked against the MN's BLAKE3).
+    pub plan_via: String,
     /// Payloads (files) and their bytes fetched from the parent relay; `bytes_sent` is the MN's.
     pub relayed_files: u64,
     pub relayed_bytes: u64,
@@ -121,6 +124,7 @@ impl ReplicaReport {
             bytes_sent: 0,
             files_sent: 0,
             via: "mn".into(),
+            plan_via: "mn".into(),
             relayed_files: 0,
             relayed_bytes: 0,
             resumed: 0,

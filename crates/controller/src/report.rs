@@ -25,7 +25,7 @@ pub fn sync_lines(what: &str, r: &SyncReport, statelite: &[StateliteReport]) -> 
     let mut out = Vec::new();
     for x in &r.replicas {
         out.push(format!(
-            "{:<10} {:<24} gen {:<4} {} {:<8} {} bytes sent{}{}",
+            "{:<10} {:<24} gen {:<4} {} {:<8} {} bytes sent{}{}{}",
             x.sn,
             x.image,
             x.generation,
@@ -37,6 +37,7 @@ pub fn sync_lines(what: &str, r: &SyncReport, statelite: &[StateliteReport]) -> 
             } else {
                 format!(", {} files ({} bytes) via {}", x.relayed_files, x.relayed_bytes, x.via)
             },
+            if x.plan_via == "mn" { String::new() } else { format!(", plan via {}", x.plan_via) },
             x.error.as_deref().map(|e| format!("  ({e})")).unwrap_or_default()
         ));
     }

@@ -241,11 +241,13 @@ async fn sync_image_from(
     // The shared plan when the replica is at the last generation; else one from its own manifest.
     let own;
     let mut shared = false;
+    let mut blake3 = None;
     let (plan, bytes) = match (&p.shared, &p.last) {
         // (A replica numbered past this MN's generations, e.g. after the MN's state was lost,
         // gets its own plan numbered after its own generation.)
         (Some(s), Some(l)) if l.digest == state.digest && s.plan.generation > state.generation => {
             shared = true;
+            blake3 = Some(s.blake3);
             (&s.plan, s.bytes.clone())
         }
         _ => {
@@ -275,25 +277,43 @@ async fn sync_image_from(
     if shared {
         offer_relay(c, p, plan.generation, sn, children).await?;
     }
-    let need = c.call_with_bulk(req::Plan { len: bytes.len() as u64, zstd: true }, &bytes).await?;
+    // An SN on the shared plan with a parent gets the plan, then the payloads, from that
+    // parent's relay. The parent's task answers once its agent said where its relay listens (or
+    // that it does not relay this run); its end dropped (it failed) is the same as none, and so
+    // is a parent not ready within a frame's timeout (a hung one must not hold its children).
+    // One frame's timeout in all, for the offer and then for the plan's start (`wait_ms`).
+    let until = tokio::time::Instant::now() + ctl.timeouts.frame;
+    let mut offer = None;
+    if let (true, Some((parent, rx))) = (shared, link.parent.take()) {
+        match tokio::time::timeout_at(until, rx).await {
+            Ok(Ok(Some(o))) => offer = Some(o),
+            _ => tracing::info!(
+                "{}: image {}: parent {parent} relays nothing: plan and payloads from the MN",
+                row.sn,
+                p.image.name
+            ),
+        }
+    }
+    let relayed = match (&offer, blake3) {
+        (Some(o), Some(d)) => {
+            let wait = until.saturating_duration_since(tokio::time::Instant::now());
+            relayed_plan(c, o, &bytes, d, plan.generation, wait, row).await?
+        }
+        _ => None,
+    };
+    let need = match relayed {
+        Some(need) => need,
+        None => c.call_with_bulk(req::Plan { len: bytes.len() as u64, zstd: true }, &bytes).await?,
+    };
+    drop(bytes);
     row.resumed = need.resumed;
     if let Some(b) = bar {
         b.set_length(need.indexes.iter().filter_map(|&i| plan.contents.get(i as usize)).map(|c| c.size).sum());
         b.set_message(p.image.name.clone());
     }
     let mut indexes = need.indexes;
-    if let (true, Some((parent, offer))) = (shared && !indexes.is_empty(), link.parent.take()) {
-        // The parent's task answers once its agent said where its relay listens (or that it
-        // does not relay this run); its end dropped (it failed) is the same as none, and so is a
-        // parent not ready within a frame's timeout (a hung one must not hold its children).
-        match tokio::time::timeout(ctl.timeouts.frame, offer).await {
-            Ok(Ok(Some(o))) => indexes = fetch(c, o, indexes, row).await?,
-            _ => tracing::info!(
-                "{}: image {}: parent {parent} relays nothing: payloads from the MN",
-                row.sn,
-                p.image.name
-            ),
-        }
+    if let (false, Some(o)) = (indexes.is_empty(), offer) {
+        indexes = fetch(c, o, indexes, row).await?;
     }
     for &i in &indexes {
         let asked = || SnError::Protocol(format!("agent asked for content {i}, which the plan does not send"));
@@ -346,18 +366,51 @@ async fn offer_relay(
     Ok(())
 }
 
-/// Has the agent fetch `indexes` from its parent's relay; returns what the MN must still send
-/// (the parent died, stalled or did not have them: re-parented to the MN).
-async fn fetch(c: &mut Conn, o: Offer, indexes: Vec<u32>, row: &mut ReplicaReport) -> Result<Vec<u32>> {
+/// Has the agent take the shared plan (`bytes`, BLAKE3 `blake3`) from its parent's relay: the
+/// agent's `Need`, or None when the parent could not give it (the caller then sends the plan;
+/// the session is where it was).
+async fn relayed_plan(
+    c: &mut Conn,
+    o: &Offer,
+    bytes: &[u8],
+    blake3: Digest,
+    generation: u64,
+    wait: std::time::Duration,
+    row: &mut ReplicaReport,
+) -> Result<Option<proto::reply::Need>> {
     let parent = Name::parse(&o.parent).map_err(|e| SnError::Local(anyhow::anyhow!("SN name: {e}")))?;
-    let q = req::Fetch {
+    let q = req::RelayedPlan {
+        len: bytes.len() as u64,
+        blake3,
+        zstd: true,
+        generation,
         parent,
-        addr: o.addr,
+        addr: o.addr.clone(),
         port: o.port,
         token: o.token,
-        indexes: indexes.clone(),
         stall_ms: fanout::STALL_MS,
+        // A parent still getting its own plan says so (`Waiting`): what is left of a frame's timeout.
+        wait_ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
     };
+    // Bounded on the agent (a stall bound per frame, `wait_ms` to the plan's start): this SN's deadline.
+    match c.call_within(q, std::time::Duration::from_secs(7 * 24 * 3600)).await? {
+        proto::reply::PlanRelayed::Need(need) => {
+            row.plan_via = o.parent.clone();
+            Ok(Some(need))
+        }
+        proto::reply::PlanRelayed::Missing(m) => {
+            tracing::info!("{}: the plan not had from {}: sent by the MN ({})", row.sn, o.parent, m.reason);
+            Ok(None)
+        }
+    }
+}
+
+/// Has the agent fetch `indexes` (what its `Need` listed: the agent keeps that list, so it is
+/// not sent back) from its parent's relay; returns what the MN must still send (the parent
+/// died, stalled or did not have them: re-parented to the MN).
+async fn fetch(c: &mut Conn, o: Offer, indexes: Vec<u32>, row: &mut ReplicaReport) -> Result<Vec<u32>> {
+    let parent = Name::parse(&o.parent).map_err(|e| SnError::Local(anyhow::anyhow!("SN name: {e}")))?;
+    let q = req::FetchPending { parent, addr: o.addr, port: o.port, token: o.token, stall_ms: fanout::STALL_MS };
     // As long as the parent's transfer goes on: bounded by this SN's own deadline.
     let r = c.call_within(q, std::time::Duration::from_secs(7 * 24 * 3600)).await?;
     // Only what was asked for, each once, in the plan's order.

@@ -196,6 +196,39 @@ pub mod req {
         pub indexes: Vec<u32>,
         pub stall_ms: u64,
     }
+    /// Relay fan-out, instead of `Plan` for an SN on the shared plan: fetch the plan's bytes
+    /// (`len` bytes, one zstd frame when `zstd`, BLAKE3 `blake3` over them) from the relay of SN
+    /// `parent` at `addr:port` (as for `Fetch`) for the run of `generation`, check length and
+    /// digest, and only then decode it. Answered as `Plan` is (`Need`, and the update goes on), or
+    /// `PlanMissing` when the parent could not give it (dead, refusing, `stall_ms` without a
+    /// frame, another digest, or not begun within `wait_ms` while the parent said `Waiting`):
+    /// the session is where it was, and the controller sends `Plan`.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct RelayedPlan {
+        pub len: u64,
+        pub blake3: Digest,
+        pub zstd: bool,
+        pub generation: u64,
+        #[serde(deserialize_with = "crate::wire::name")]
+        pub parent: Name,
+        pub addr: String,
+        pub port: u16,
+        pub token: [u8; 32],
+        pub stall_ms: u64,
+        pub wait_ms: u64,
+    }
+
+    /// As `Fetch`, for every payload the update still needs (the `Need` list the agent sent,
+    /// minus what arrived since): the controller does not send the list back.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct FetchPending {
+        #[serde(deserialize_with = "crate::wire::name")]
+        pub parent: Name,
+        pub addr: String,
+        pub port: u16,
+        pub token: [u8; 32],
+        pub stall_ms: u64,
+    }
 }
 
 /// Replies (agent → controller).
@@ -345,6 +378,20 @@ pub mod reply {
         pub missing: Vec<u32>,
         pub bytes: u64,
     }
+    /// `RelayedPlan` could not be had from the parent (`reason`); nothing changed on the agent.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct PlanMissing {
+        pub reason: String,
+    }
+
+    /// The answer to `RelayedPlan`.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub enum PlanRelayed {
+        /// The plan was had and checked: what `Plan` would have answered.
+        Need(Need),
+        /// Not had: send `Plan`.
+        Missing(PlanMissing),
+    }
 }
 
 /// Controller → agent. Variant order is the wire format (postcard writes the index): append only.
@@ -387,6 +434,9 @@ pub enum ToAgent {
     // Relay fan-out (appended).
     ExpectRelay(req::ExpectRelay),
     Fetch(req::Fetch),
+    // Relayed shared plan (appended).
+    RelayedPlan(req::RelayedPlan),
+    FetchPending(req::FetchPending),
 }
 
 /// Agent → controller. Variant order is the wire format: append only.
@@ -424,6 +474,8 @@ pub enum FromAgent {
     // Relay fan-out (appended).
     RelayReady(reply::RelayReady),
     Fetched(reply::Fetched),
+    // Relayed shared plan (appended).
+    PlanMissing(reply::PlanMissing),
 }
 
 /// One direction's message type.
@@ -460,6 +512,8 @@ impl Message for ToAgent {
             ToAgent::StateliteKernelStatus => "StateliteKernelStatus",
             ToAgent::ExpectRelay(_) => "ExpectRelay",
             ToAgent::Fetch(_) => "Fetch",
+            ToAgent::RelayedPlan(_) => "RelayedPlan",
+            ToAgent::FetchPending(_) => "FetchPending",
         }
     }
 }
@@ -487,6 +541,7 @@ impl Message for FromAgent {
             FromAgent::StateliteKernel(_) => "StateliteKernel",
             FromAgent::RelayReady(_) => "RelayReady",
             FromAgent::Fetched(_) => "Fetched",
+            FromAgent::PlanMissing(_) => "PlanMissing",
         }
     }
 }
@@ -569,6 +624,17 @@ reply!(reply::StateliteKernel, "StateliteKernel", FromAgent::StateliteKernel(r) 
 reply!(reply::RelayReady, "RelayReady", FromAgent::RelayReady(r) => r);
 reply!(reply::Fetched, "Fetched", FromAgent::Fetched(r) => r);
 
+impl Reply for reply::PlanRelayed {
+    const NAME: &'static str = "Need or PlanMissing";
+    fn from_msg(m: FromAgent) -> Result<Self, Error> {
+        match m {
+            FromAgent::Need(r) => Ok(reply::PlanRelayed::Need(r)),
+            FromAgent::PlanMissing(r) => Ok(reply::PlanRelayed::Missing(r)),
+            other => Err(remote(other, Self::NAME)),
+        }
+    }
+}
+
 macro_rules! request {
     ($t:ty => $reply:ty, $v:ident) => {
         impl From<$t> for ToAgent {
@@ -610,6 +676,8 @@ request!(unit req::StateliteRwStatus => reply::StateliteRw, StateliteRwStatus);
 request!(unit req::StateliteKernelStatus => reply::StateliteKernel, StateliteKernelStatus);
 request!(req::ExpectRelay => reply::RelayReady, ExpectRelay);
 request!(req::Fetch => reply::Fetched, Fetch);
+request!(req::RelayedPlan => reply::PlanRelayed, RelayedPlan);
+request!(req::FetchPending => reply::Fetched, FetchPending);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

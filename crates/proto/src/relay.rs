@@ -4,7 +4,7 @@
 //! sent it), it never drives the child. Same framing as the control protocol (u32 length +
 //! postcard, bulk in ≤ [`crate::CHUNK`] chunks). Variant order is the wire format: append only.
 
-use crate::{Encoding, Message, Name, Role};
+use crate::{Digest, Encoding, Message, Name, Role};
 use serde::{Deserialize, Serialize};
 
 /// Child → relay.
@@ -26,6 +26,12 @@ pub enum ToRelay {
     /// Never sent by a child (the chunk tag of this direction; a relay refuses it).
     Chunk(#[serde(with = "serde_bytes")] Vec<u8>),
     Bye,
+    // The relayed shared plan (appended).
+    /// The run's plan bytes, if the relay holds them with this BLAKE3: answered `Plan` + chunks
+    /// (once the relay has them, within its own bound) or `PlanMissing`.
+    GetPlan {
+        blake3: Digest,
+    },
 }
 
 /// Relay → child.
@@ -53,6 +59,14 @@ pub enum FromRelay {
     Error {
         reason: String,
     },
+    // The relayed shared plan (appended).
+    /// The plan's bytes as the relay received them: `len` bytes in chunks.
+    Plan {
+        len: u64,
+    },
+    /// The relay has no plan with that digest for this run (its own session ended without one,
+    /// or it did not come in time).
+    PlanMissing,
 }
 
 impl Message for ToRelay {
@@ -63,6 +77,7 @@ impl Message for ToRelay {
             ToRelay::Get { .. } => "Get",
             ToRelay::Chunk(_) => "Chunk",
             ToRelay::Bye => "Bye",
+            ToRelay::GetPlan { .. } => "GetPlan",
         }
     }
 }
@@ -78,6 +93,8 @@ impl Message for FromRelay {
             FromRelay::Missing { .. } => "Missing",
             FromRelay::Waiting => "Waiting",
             FromRelay::Error { .. } => "Error",
+            FromRelay::Plan { .. } => "Plan",
+            FromRelay::PlanMissing => "PlanMissing",
         }
     }
 }

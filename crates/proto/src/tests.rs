@@ -128,6 +128,57 @@ fn variant_numbers_never_move() {
     assert_eq!(encode(&FromAgent::RelayReady(reply::RelayReady { port: 1 })).unwrap()[HEADER], 17);
     let m = FromAgent::Fetched(reply::Fetched { missing: vec![3], bytes: 9 });
     assert_eq!(encode(&m).unwrap()[HEADER], 18);
+    // The relayed shared plan, appended after them.
+    let m = ToAgent::RelayedPlan(req::RelayedPlan {
+        len: 350_000,
+        blake3: digest(7),
+        zstd: true,
+        generation: 4,
+        parent: Name::parse("sn1").unwrap(),
+        addr: "10.0.0.1".into(),
+        port: 7469,
+        token: [2; 32],
+        stall_ms: 10_000,
+        wait_ms: 60_000,
+    });
+    let f = encode(&m).unwrap();
+    assert_eq!(f[HEADER], 22);
+    assert_eq!(decode::<ToAgent>(&f[HEADER..]).unwrap(), m);
+    let m = ToAgent::FetchPending(req::FetchPending {
+        parent: Name::parse("sn1").unwrap(),
+        addr: "10.0.0.1".into(),
+        port: 7469,
+        token: [2; 32],
+        stall_ms: 10_000,
+    });
+    let f = encode(&m).unwrap();
+    assert_eq!(f[HEADER], 23);
+    assert_eq!(decode::<ToAgent>(&f[HEADER..]).unwrap(), m);
+    let m = FromAgent::PlanMissing(reply::PlanMissing { reason: "parent gone".into() });
+    let f = encode(&m).unwrap();
+    assert_eq!(f[HEADER], 19);
+    assert_eq!(decode::<FromAgent>(&f[HEADER..]).unwrap(), m);
+    use crate::relay::{FromRelay, ToRelay};
+    let f = encode(&ToRelay::GetPlan { blake3: digest(7) }).unwrap();
+    assert_eq!(f[HEADER], 4);
+    assert_eq!(encode(&FromRelay::Plan { len: 3 }).unwrap()[HEADER], 7);
+    assert_eq!(encode(&FromRelay::PlanMissing).unwrap()[HEADER], 8);
+}
+
+#[test]
+fn a_relayed_plan_is_answered_by_need_or_plan_missing_and_nothing_else() {
+    let need = reply::Need { indexes: vec![1, 2], resumed: 0 };
+    let r = reply::PlanRelayed::from_msg(FromAgent::Need(need.clone())).unwrap();
+    assert_eq!(r, reply::PlanRelayed::Need(need));
+    let gone = reply::PlanMissing { reason: "gone".into() };
+    let r = reply::PlanRelayed::from_msg(FromAgent::PlanMissing(gone.clone())).unwrap();
+    assert_eq!(r, reply::PlanRelayed::Missing(gone));
+    let e = reply::PlanRelayed::from_msg(FromAgent::Pong).unwrap_err();
+    assert_eq!(e.to_string(), "protocol violation: expected Need or PlanMissing, got Pong");
+    let e = reply::PlanRelayed::from_msg(FromAgent::Error { reason: "no".into() }).unwrap_err();
+    assert!(matches!(e, Error::Remote(r) if r == "no"));
+    // Need is what a plain Plan still gets, and PlanMissing is no Need.
+    assert!(reply::Need::from_msg(FromAgent::PlanMissing(reply::PlanMissing { reason: String::new() })).is_err());
 }
 
 #[test]
