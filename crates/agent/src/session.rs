@@ -754,6 +754,22 @@ async fn feed(
             Ok(m) => m,
             Err(e) => return Err(fail(c, e).await),
         };
+        // FetchPending is a Fetch of whatever this update still waits for.
+        let msg = match msg {
+            ToAgent::FetchPending(f) => {
+                let mut indexes: Vec<u32> = pending.iter().copied().collect();
+                indexes.sort_unstable();
+                ToAgent::Fetch(req::Fetch {
+                    parent: f.parent,
+                    addr: f.addr,
+                    port: f.port,
+                    token: f.token,
+                    indexes,
+                    stall_ms: f.stall_ms,
+                })
+            }
+            m => m,
+        };
         match msg {
             ToAgent::Blob { index, encoding, len, zstd } => {
                 if !pending.remove(&index) {
@@ -789,27 +805,6 @@ async fn feed(
                 }
             }
             ToAgent::Fetch(f) => {
-                let (missing, bytes) = fetch(&f, target, &mut pending, contents, spool, jobs, fan).await?;
-                if !missing.is_empty() {
-                    tracing::info!(
-                        "image {image}: {} payloads not had from {}: the controller sends them",
-                        missing.len(),
-                        f.parent
-                    );
-                }
-                c.request(&FromAgent::Fetched(reply::Fetched { missing, bytes })).await?;
-            }
-            ToAgent::FetchPending(f) => {
-                let mut indexes: Vec<u32> = pending.iter().copied().collect();
-                indexes.sort_unstable();
-                let f = req::Fetch {
-                    parent: f.parent,
-                    addr: f.addr,
-                    port: f.port,
-                    token: f.token,
-                    indexes,
-                    stall_ms: f.stall_ms,
-                };
                 let (missing, bytes) = fetch(&f, target, &mut pending, contents, spool, jobs, fan).await?;
                 if !missing.is_empty() {
                     tracing::info!(

@@ -28,6 +28,18 @@ fn start_relaying_with(rig: &mut Rig, i: usize, env: &[(&str, &str)]) {
     });
 }
 
+/// `hanfs --json sync` of the rig's cluster, started in the background (the test acts meanwhile).
+fn spawn_sync(rig: &Rig) -> std::process::Child {
+    Command::new(hanfs_bin())
+        .arg("--config")
+        .arg(&rig.cluster)
+        .args(["--json", "sync"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 /// `n` agents, each a relay (agent `i` started with `env(i)`), the cluster a chain (`fanout = 1`),
 /// synced once to a first generation (relays carry the shared plan, which needs one).
 fn chain(n: usize, env: impl Fn(usize) -> Vec<(&'static str, &'static str)>) -> Rig {
@@ -102,14 +114,7 @@ fn a_relay_killed_mid_transfer_leaves_the_others_synced_and_its_subtree_re_paren
     }
 
     let t = Instant::now();
-    let sync = Command::new(hanfs_bin())
-        .arg("--config")
-        .arg(&rig.cluster)
-        .args(["--json", "sync"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let sync = spawn_sync(&rig);
     // Once sn3 holds a payload from sn2 (nothing else feeds it before the kill), sn2 is relaying
     // and mid-transfer itself (it gets each payload 50 ms late from sn1).
     let cache = rig.path().join("sn3/state/relay");
@@ -204,14 +209,7 @@ fn a_parent_killed_before_it_serves_the_plan_leaves_its_child_to_the_mn() {
     let mut rig = chain(3, |i| if i == 1 { vec![("HANFS_TEST_RELAY_PLAN_DELAY_MS", "20000")] } else { vec![] });
     change(&rig, 6);
     let t = Instant::now();
-    let sync = Command::new(hanfs_bin())
-        .arg("--config")
-        .arg(&rig.cluster)
-        .args(["--json", "sync"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let sync = spawn_sync(&rig);
     // sn3 asked sn2 for the plan: sn2 dies before it answers.
     while !rig.log(2).contains("asking relay sn2") {
         assert!(t.elapsed() < Duration::from_secs(30), "sn3 never asked sn2 for the plan: {}", rig.log(2));
