@@ -8,7 +8,7 @@ DEB_PACKAGES := rdiff nfs-kernel-server user-mode-linux busybox-static kmod cpio
 	libnfs-utils postgresql mariadb-server rsync attr acl util-linux rpm python3 e2fsprogs openssl
 HANFS ?= $(or $(CARGO_TARGET_DIR),target)/debug/hanfs
 
-.PHONY: all build deps test unit lint deny integration soak-failover package demo bench bench-sync bench-nochange bench-statelite bench-lag bench-scale bench-memory fuzz fuzz-seeds clean
+.PHONY: all build deps test unit lint deny integration soak-failover package demo bench bench-sync bench-nochange bench-statelite bench-lag bench-scale bench-memory bench-apply fuzz fuzz-seeds clean
 
 all: build
 
@@ -135,6 +135,13 @@ bench-scale:
 bench-memory:
 	$(CARGO) build --release --locked -p hanfs
 	HANFS=$${CARGO_TARGET_DIR:-target}/release/hanfs bench/memory.sh
+
+# Issue #11 point 3: one agent against one rsync daemon receiving the same generated update
+# forwards and backwards, RUNS (3) each; the receivers' CPU side by side. FS=ext4 (or xfs) puts both
+# receivers on a fresh loop-mounted filesystem with a journal, as an SN's would be.
+bench-apply:
+	$(CARGO) build --release --locked -p hanfs
+	HANFS=$${CARGO_TARGET_DIR:-target}/release/hanfs bench/apply.sh
 
 # cargo-fuzz targets for every parser of outside input (fuzz/, not a workspace member). Each runs
 # for a fixed count, seeded from fuzz/seeds (rewrite them with `make fuzz-seeds`); the corpus grows
