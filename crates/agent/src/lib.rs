@@ -19,6 +19,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 mod address;
+mod drift;
 mod error;
 pub mod kwatch;
 mod mounts;
@@ -52,6 +53,12 @@ pub struct Agent {
     pub name: String,
     tls: Option<tokio_rustls::TlsAcceptor>,
     locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// The drift watch of each image replica (`drift.rs`): while it saw nothing, `Open` needs no rescan.
+    drift: drift::Watches,
+    /// Full rescans at `Open` so far (tests tell a watched `Open` from a rescanned one).
+    rescans: Arc<std::sync::atomic::AtomicU64>,
+    /// Most inodes one image's drift watch may take (None: a share of the user's inotify limit).
+    watch_limit: Option<u64>,
     /// The exclusive lock on `state_dir`, held for the agent's lifetime (released by the kernel
     /// when the process ends, however it ends).
     _state_lock: std::fs::File,
@@ -185,6 +192,9 @@ impl Agent {
             name,
             tls,
             locks: Default::default(),
+            drift: Default::default(),
+            rescans: Default::default(),
+            watch_limit: None,
             _state_lock: state_lock,
             nfs3: Default::default(),
             nfs3_closers: Vec::new(),
