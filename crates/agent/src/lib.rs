@@ -11,6 +11,8 @@
 //! - One agent per replica root: the first to apply records itself in `root/.hanfs/agent`, another is
 //!   refused (xCAT `site.sharedinstall=sns`: one shared installdir on every SN).
 //! - One session at a time per image (a lock per image name); a replica is always at a whole generation.
+//! - A replica changed behind the agent's back is reported `drifted` at the next `Open`: rescanned then,
+//!   unless its drift watch (`drift.rs`, armed before the last rescan that found it whole) saw nothing.
 //! - A protocol violation (malformed, oversized or unexpected frame, bad path) ends the session with a
 //!   logged reason; what was staged is discarded by the engine, what was spooled is kept for a resume.
 //! - Memory is bounded: bulk data goes to the spool on disk chunk by chunk before the next frame is read.
