@@ -153,3 +153,51 @@ async fn a_replica_too_big_for_its_watch_is_rescanned_at_every_open() {
     assert_eq!(d, Some(had));
     assert_eq!(s.digest, digest_of(&img));
 }
+
+/// One whole update of `img` to the tree at `src` (every file sent whole), at `generation`.
+async fn push(a: &agent::testing::TestAgent, src: &Path, generation: u64) -> proto::reply::Committed {
+    use std::os::unix::ffi::OsStrExt;
+    let mut c = transport::connect(&a.addr.to_string(), "agent", None, T).await.unwrap();
+    c.call(req::Hello { version: proto::VERSION, controller: "test".into() }).await.unwrap();
+    let o = c.call(req::Open { image: Name::parse("img").unwrap(), path: RelPath::parse("img").unwrap() }).await;
+    assert_eq!(o.unwrap().drifted, None);
+    let m = c.call(req::GetManifest).await.unwrap();
+    let theirs = tree::Manifest::from_bytes(&c.recv_bulk("manifest", m.len, 1 << 30).await.unwrap()).unwrap();
+    let mut plan = tree::diff(&theirs, &tree::scan(src, &[]).unwrap());
+    plan.generation = generation;
+    let b = plan.to_bytes().unwrap();
+    let need = c.call_with_bulk(req::Plan { len: b.len() as u64, zstd: false }, &b).await.unwrap();
+    for i in need.indexes {
+        let data = std::fs::read(src.join(std::ffi::OsStr::from_bytes(&plan.contents[i as usize].path))).unwrap();
+        let blob =
+            proto::ToAgent::Blob { index: i, encoding: proto::Encoding::Literal, len: data.len() as u64, zstd: false };
+        c.send(&blob).await.unwrap();
+        c.send_bulk(&data).await.unwrap();
+        c.send(&proto::ToAgent::BlobEnd).await.unwrap();
+    }
+    let r = c.call(req::Commit).await.unwrap();
+    c.bye().await;
+    r
+}
+
+/// The commit's own changes fire the watch; it is armed again over the new generation (and the
+/// tree rescanned) after the commit, so the next `Open` needs no rescan, and a change after
+/// that is still reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_commit_the_watch_is_armed_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = agent::testing::spawn(&dir.path().join("a"), "").await.unwrap();
+    make_image(&a.root.join("img"));
+    watched(&a).await;
+    let src = dir.path().join("src");
+    make_image(&src);
+    std::fs::write(src.join("etc/motd"), b"new motd\n").unwrap();
+    std::fs::write(src.join("etc/added"), b"added\n").unwrap();
+    let done = push(&a, &src, 1).await;
+    assert_eq!(done.state.digest, digest_of(&src));
+    let before = a.rescans.load(Ordering::Relaxed);
+    let (s, d) = open(&a).await;
+    assert_eq!((s.generation, d), (1, None));
+    assert_eq!(a.rescans.load(Ordering::Relaxed), before, "watched again after the commit");
+    drifts(&a, "after a commit", |img| std::fs::write(img.join("etc/added"), b"edited\n").unwrap()).await;
+}
