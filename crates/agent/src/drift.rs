@@ -53,11 +53,22 @@ fn dir_mask() -> WatchMask {
         | WatchMask::DONT_FOLLOW
 }
 
+/// A replica of at most this many entries is kept open (its decoded state in memory) with its
+/// watch between sessions, so an unchanged one is not read and hashed again at every `Open`;
+/// a bigger one is opened again (its state is hundreds of MB in memory).
+const KEEP_ENTRIES: usize = 100_000;
+
 /// An armed watch over one replica at one generation.
 pub(crate) struct Watch {
+    /// The replica as the last session left it (its state as on disk: only this agent writes
+    /// it, under the image's lock), reused by the next `Open` while the watch saw nothing.
+    replica: Option<tree::Replica>,
     inotify: Inotify,
     root: PathBuf,
     root_wd: WatchDescriptor,
+    /// The root directory's (device, inode) when armed: a path that leads elsewhere since (an
+    /// ancestor renamed and replaced, which no watch here sees) is not the watched tree.
+    root_id: (u64, u64),
     /// The generation and digest it vouches for (set once a rescan found them on disk).
     whole: Option<(u64, String)>,
     armed: Instant,
@@ -79,6 +90,7 @@ impl Watch {
         if inodes > budget {
             return Err(format!("{inodes} inodes to watch, over this image's share of the inotify limit ({budget})"));
         }
+        let root_id = inode(root).ok_or_else(|| format!("{}: not a directory", root.display()))?;
         let inotify = Inotify::init().map_err(|e| format!("inotify: {e}"))?;
         let mut w = inotify.watches();
         let mut root_wd = None;
@@ -103,7 +115,16 @@ impl Watch {
             }
         }
         let root_wd = root_wd.ok_or("the manifest has no root entry")?;
-        Ok(Watch { inotify, root: root.to_path_buf(), root_wd, whole: None, armed: Instant::now(), stale: false })
+        Ok(Watch {
+            replica: None,
+            inotify,
+            root: root.to_path_buf(),
+            root_wd,
+            root_id,
+            whole: None,
+            armed: Instant::now(),
+            stale: false,
+        })
     }
 
     /// Records that the rescan that followed [`Watch::arm`] found this generation whole.
@@ -111,10 +132,26 @@ impl Watch {
         self.whole = Some((generation, digest));
     }
 
+    /// Keeps the session's replica for the next `Open` (unless it is too big to keep).
+    pub(crate) fn keep(&mut self, r: tree::Replica) {
+        if r.manifest().is_some_and(|m| m.entries.len() <= KEEP_ENTRIES) {
+            self.replica = Some(r);
+        }
+    }
+
+    /// The replica the last session left, if it is still known unchanged on disk (its control
+    /// directory included, which the watch does not cover and `Replica::open` would recreate).
+    pub(crate) fn reuse(&mut self, root: &Path) -> Option<tree::Replica> {
+        let r = self.replica.take()?;
+        let (g, d) = r.current()?;
+        let stage = std::fs::symlink_metadata(root.join(".hanfs/stage")).is_ok_and(|m| m.is_dir());
+        (stage && self.unchanged(root, g, &d)).then_some(r)
+    }
+
     /// Whether the replica at `root` is known to be at `generation` with `digest` unchanged:
     /// vouched for, young enough, and no event since it was armed.
     pub(crate) fn unchanged(&mut self, root: &Path, generation: u64, digest: &str) -> bool {
-        if self.root != root || self.armed.elapsed() >= MAX_AGE {
+        if self.root != root || self.armed.elapsed() >= MAX_AGE || inode(root) != Some(self.root_id) {
             return false;
         }
         if self.whole.as_ref().is_none_or(|(g, d)| *g != generation || d != digest) {
@@ -148,6 +185,12 @@ impl Watch {
             }
         }
     }
+}
+
+/// (device, inode) of the directory at `p` (no symlink followed).
+fn inode(p: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(p).ok().filter(|m| m.is_dir()).map(|m| (m.dev(), m.ino()))
 }
 
 /// `fs.inotify.max_user_watches` (8192, the oldest kernels' default, when it cannot be read).

@@ -373,7 +373,7 @@ fn cleanup_later(mut replica: Replica, held: tokio::sync::OwnedMutexGuard<()>, i
             tracing::warn!("image {image}: removing the old generation's leftovers: {e}");
         }
         match rescan_watched(&mut replica, &image, limit) {
-            Ok((true, _, w)) => put_watch(&watches, &image, w),
+            Ok((true, _, w)) => put_watch(&watches, &image, w, replica),
             // The next `Open` rescans again and reports it.
             Ok((false, now, _)) => tracing::warn!("image {image}: changed right after its commit (now {now})"),
             Err(e) => tracing::warn!("image {image}: rescanning after the commit: {e:#}"),
@@ -387,9 +387,11 @@ fn take_watch(watches: &Watches, image: &str) -> Option<Watch> {
     watches.lock().unwrap_or_else(|p| p.into_inner()).remove(image)
 }
 
-/// Puts a session's drift watch back for the next `Open` (none: that `Open` rescans).
-fn put_watch(watches: &Watches, image: &str, w: Option<Watch>) {
-    if let Some(w) = w {
+/// Puts a session's drift watch back for the next `Open` (none: that `Open` rescans), with the
+/// replica it leaves.
+fn put_watch(watches: &Watches, image: &str, w: Option<Watch>, replica: Replica) {
+    if let Some(mut w) = w {
+        w.keep(replica);
         watches.lock().unwrap_or_else(|p| p.into_inner()).insert(image.to_string(), w);
     }
 }
@@ -447,14 +449,18 @@ async fn image_session(
         if std::fs::read_to_string(&pf).ok().as_deref() != Some(path) {
             std::fs::write(&pf, path).with_context(|| format!("writing {}", pf.display()))?;
         }
-        let mut r = Replica::open(&root, &sd.join("replica"), opts())?;
+        let mut watch = watch;
+        let kept = watch.as_mut().and_then(|w| w.reuse(&root));
+        let mut r = match kept {
+            Some(r) => r,
+            None => Replica::open(&root, &sd.join("replica"), opts())?,
+        };
         let rec = r.recover()?;
         if rec != tree::Recovery::Clean {
             tracing::info!("image {image}: recovery {rec:?}");
         }
         // Unchanged since a rescan found it whole, as its drift watch tells (nothing recovered
         // since either): no rescan.
-        let mut watch = watch;
         let quiet = match (r.current(), watch.as_mut()) {
             (Some((g, recorded)), Some(w)) => rec == tree::Recovery::Clean && w.unchanged(r.root(), g, &recorded),
             _ => false,
@@ -508,7 +514,7 @@ async fn image_session(
             if committed {
                 cleanup_later(replica, held, image, agent);
             } else {
-                put_watch(&agent.drift, image, watch);
+                put_watch(&agent.drift, image, watch, replica);
             }
             return Ok(Some(ToAgent::Bye));
         };
@@ -556,7 +562,7 @@ async fn image_session(
                 if committed {
                     cleanup_later(replica, held, image, agent);
                 } else {
-                    put_watch(&agent.drift, image, watch);
+                    put_watch(&agent.drift, image, watch, replica);
                 }
                 return Ok(Some(other));
             }

@@ -14,9 +14,13 @@ use std::time::Duration;
 const T: Duration = Duration::from_secs(20);
 
 async fn open(a: &agent::testing::TestAgent) -> (proto::ImageState, Option<proto::Digest>) {
+    open_at(a, "img").await
+}
+
+async fn open_at(a: &agent::testing::TestAgent, path: &str) -> (proto::ImageState, Option<proto::Digest>) {
     let mut c = transport::connect(&a.addr.to_string(), "agent", None, T).await.unwrap();
     c.call(req::Hello { version: proto::VERSION, controller: "test".into() }).await.unwrap();
-    let o = c.call(req::Open { image: Name::parse("img").unwrap(), path: RelPath::parse("img").unwrap() }).await;
+    let o = c.call(req::Open { image: Name::parse("img").unwrap(), path: RelPath::parse(path).unwrap() }).await;
     let o = o.unwrap();
     let _ = c.send(&proto::ToAgent::Bye).await;
     let _ = c.flush().await;
@@ -200,4 +204,27 @@ async fn after_a_commit_the_watch_is_armed_again() {
     assert_eq!((s.generation, d), (1, None));
     assert_eq!(a.rescans.load(Ordering::Relaxed), before, "watched again after the commit");
     drifts(&a, "after a commit", |img| std::fs::write(img.join("etc/added"), b"edited\n").unwrap()).await;
+}
+
+/// An ancestor of the image's root renamed away and replaced by another tree: no watch of the
+/// old tree sees it, the root's inode at that path tells.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ancestor_replaced_behind_a_watched_replica_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = agent::testing::spawn(&dir.path().join("a"), "").await.unwrap();
+    let img = a.root.join("x/img");
+    make_image(&img);
+    for _ in 0..2 {
+        assert_eq!(open_at(&a, "x/img").await.1, None);
+    }
+    let before = a.rescans.load(Ordering::Relaxed);
+    assert_eq!(open_at(&a, "x/img").await.1, None);
+    assert_eq!(a.rescans.load(Ordering::Relaxed), before, "watched");
+    let had = digest_of(&img);
+    std::fs::rename(a.root.join("x"), a.root.join("x-old")).unwrap();
+    make_image(&img);
+    std::fs::write(img.join("etc/motd"), b"another tree\n").unwrap();
+    let (s, d) = open_at(&a, "x/img").await;
+    assert_eq!(d, Some(had));
+    assert_eq!(s.digest, digest_of(&img));
 }
