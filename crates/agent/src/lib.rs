@@ -11,6 +11,8 @@
 //! - One agent per replica root: the first to apply records itself in `root/.hanfs/agent`, another is
 //!   refused (xCAT `site.sharedinstall=sns`: one shared installdir on every SN).
 //! - One session at a time per image (a lock per image name); a replica is always at a whole generation.
+//! - A replica changed behind the agent's back is reported `drifted` at the next `Open`: rescanned then,
+//!   unless its drift watch (`drift.rs`, armed before the last rescan that found it whole) saw nothing.
 //! - A protocol violation (malformed, oversized or unexpected frame, bad path) ends the session with a
 //!   logged reason; what was staged is discarded by the engine, what was spooled is kept for a resume.
 //! - Memory is bounded: bulk data goes to the spool on disk chunk by chunk before the next frame is read.
@@ -19,6 +21,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 mod address;
+mod drift;
 mod error;
 pub mod kwatch;
 mod mounts;
@@ -52,6 +55,12 @@ pub struct Agent {
     pub name: String,
     tls: Option<tokio_rustls::TlsAcceptor>,
     locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// The drift watch of each image replica (`drift.rs`): while it saw nothing, `Open` needs no rescan.
+    drift: drift::Watches,
+    /// Full rescans at `Open` so far (tests tell a watched `Open` from a rescanned one).
+    rescans: Arc<std::sync::atomic::AtomicU64>,
+    /// Most inodes one image's drift watch may take (None: a share of the user's inotify limit).
+    watch_limit: Option<u64>,
     /// The exclusive lock on `state_dir`, held for the agent's lifetime (released by the kernel
     /// when the process ends, however it ends).
     _state_lock: std::fs::File,
@@ -185,6 +194,9 @@ impl Agent {
             name,
             tls,
             locks: Default::default(),
+            drift: Default::default(),
+            rescans: Default::default(),
+            watch_limit: None,
             _state_lock: state_lock,
             nfs3: Default::default(),
             nfs3_closers: Vec::new(),

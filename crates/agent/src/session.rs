@@ -1,5 +1,6 @@
 //! One controller session: handshake, then requests until `Bye`, a closed connection or a violation.
 
+use crate::drift::{Watch, Watches};
 use crate::error::{Error, Result};
 use crate::spool::{self, Spool};
 use crate::{relay, Agent, IDLE_TIMEOUT};
@@ -362,15 +363,63 @@ pub(crate) fn make_beneath(root: &Path, rel: &RelPath) -> anyhow::Result<PathBuf
 }
 
 /// After a commit, the old generation's leftovers (hundreds of unlinks, slow with online discard)
-/// are removed in the background, still under the image's lock, so the controller's session goes on.
-fn cleanup_later(mut replica: Replica, held: tokio::sync::OwnedMutexGuard<()>, image: &str) {
-    let image = image.to_string();
+/// are removed in the background, still under the image's lock, so the controller's session goes
+/// on; then the drift watch is armed over the new generation and the tree rescanned (the commit's
+/// own changes fired the old watch), so the next `Open` needs no rescan.
+fn cleanup_later(mut replica: Replica, held: tokio::sync::OwnedMutexGuard<()>, image: &str, agent: &Agent) {
+    let (image, watches, limit) = (image.to_string(), agent.drift.clone(), agent.watch_limit);
     tokio::task::spawn_blocking(move || {
         if let Err(e) = replica.cleanup() {
             tracing::warn!("image {image}: removing the old generation's leftovers: {e}");
         }
+        match rescan_watched(&mut replica, &image, limit) {
+            Ok((true, _, w)) => put_watch(&watches, &image, w, replica),
+            // The next `Open` rescans again and reports it.
+            Ok((false, now, _)) => tracing::warn!("image {image}: changed right after its commit (now {now})"),
+            Err(e) => tracing::warn!("image {image}: rescanning after the commit: {e:#}"),
+        }
         drop(held);
     });
+}
+
+/// The image's drift watch, taken out while its session holds the image's lock.
+fn take_watch(watches: &Watches, image: &str) -> Option<Watch> {
+    watches.lock().unwrap_or_else(|p| p.into_inner()).remove(image)
+}
+
+/// Puts a session's drift watch back for the next `Open` (none: that `Open` rescans), with the
+/// replica it leaves.
+fn put_watch(watches: &Watches, image: &str, w: Option<Watch>, replica: Replica) {
+    if let Some(mut w) = w {
+        w.keep(replica);
+        watches.lock().unwrap_or_else(|p| p.into_inner()).insert(image.to_string(), w);
+    }
+}
+
+/// [`Replica::rescan`] with a drift watch armed over the recorded generation first, so that a
+/// change after the scan read an inode fires the watch; returns the watch when the tree was found
+/// whole (vouched for that generation), or none when it drifted or could not be watched (logged:
+/// every `Open` then rescans).
+fn rescan_watched(r: &mut Replica, image: &str, limit: Option<u64>) -> anyhow::Result<(bool, String, Option<Watch>)> {
+    let watch = match r.manifest() {
+        Some(m) => match Watch::arm(r.root(), m, limit) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::info!("image {image}: no drift watch, every open rescans: {e}");
+                None
+            }
+        },
+        None => None,
+    };
+    let (same, now) = r.rescan()?;
+    let watch = match (same, watch, r.current()) {
+        (true, Some(mut w), Some((g, d))) => {
+            w.vouch(g, d);
+            Some(w)
+        }
+        _ => None,
+    };
+    Ok((same, now, watch))
 }
 
 async fn image_session(
@@ -388,7 +437,9 @@ async fn image_session(
         sd.clone(),
         crate::owner::identity(agent),
     );
-    let opened = blocking(move || -> anyhow::Result<(Replica, Option<Digest>)> {
+    let watch = take_watch(&agent.drift, image);
+    let (rescans, limit) = (agent.rescans.clone(), agent.watch_limit);
+    let opened = blocking(move || -> anyhow::Result<(Replica, Option<Digest>, Option<Watch>)> {
         let (sd, path, image) = (state_dir, &rel, &name);
         crate::owner::claim(&root_dir, &me)?;
         let root = make_beneath(&root_dir, path)?;
@@ -398,36 +449,53 @@ async fn image_session(
         if std::fs::read_to_string(&pf).ok().as_deref() != Some(path) {
             std::fs::write(&pf, path).with_context(|| format!("writing {}", pf.display()))?;
         }
-        let mut r = Replica::open(&root, &sd.join("replica"), opts())?;
+        let mut watch = watch;
+        let kept = watch.as_mut().and_then(|w| w.reuse(&root));
+        let mut r = match kept {
+            Some(r) => r,
+            None => Replica::open(&root, &sd.join("replica"), opts())?,
+        };
         let rec = r.recover()?;
         if rec != tree::Recovery::Clean {
             tracing::info!("image {image}: recovery {rec:?}");
         }
-        let drifted = match r.current() {
+        // Unchanged since a rescan found it whole, as its drift watch tells (nothing recovered
+        // since either): no rescan.
+        let quiet = match (r.current(), watch.as_mut()) {
+            (Some((g, recorded)), Some(w)) => rec == tree::Recovery::Clean && w.unchanged(r.root(), g, &recorded),
+            _ => false,
+        };
+        let (drifted, watch) = match r.current() {
             // A new replica (or a copy made by prsync): take what is there as generation 0.
             None => {
                 r.adopt(0)?;
-                None
+                (None, None)
+            }
+            Some(_) if quiet => {
+                r.known_whole();
+                (None, watch)
             }
             // What the controller is told must be the tree as it is now, not as last committed:
             // anything changed behind the agent's back is taken as the base, so the controller's
             // plan from this manifest repairs it (the scan's hash cache keyed on ctime keeps this
             // to a stat walk when nothing changed).
             Some((g, recorded)) => {
-                let (same, now) = r.rescan()?;
+                drop(watch);
+                rescans.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let (same, now, watch) = rescan_watched(&mut r, image, limit)?;
                 if same {
-                    None
+                    (None, watch)
                 } else {
                     tracing::warn!("image {image}: replica drifted from generation {g} ({recorded}) to {now}: adopted as it is for repair");
                     r.adopt(g)?;
-                    Some(digest(&recorded)?)
+                    (Some(digest(&recorded)?), None)
                 }
             }
         };
-        Ok((r, drifted))
+        Ok((r, drifted, watch))
     })
     .await;
-    let (mut replica, drifted) = match opened {
+    let (mut replica, drifted, watch) = match opened {
         Ok(r) => r,
         Err(e) => return Err(refuse(c, format!("image {image}: {e:#}")).await),
     };
@@ -444,7 +512,9 @@ async fn image_session(
     loop {
         let Some(msg) = next_request(c).await? else {
             if committed {
-                cleanup_later(replica, held, image);
+                cleanup_later(replica, held, image, agent);
+            } else {
+                put_watch(&agent.drift, image, watch, replica);
             }
             return Ok(Some(ToAgent::Bye));
         };
@@ -490,7 +560,9 @@ async fn image_session(
             }
             other => {
                 if committed {
-                    cleanup_later(replica, held, image);
+                    cleanup_later(replica, held, image, agent);
+                } else {
+                    put_watch(&agent.drift, image, watch, replica);
                 }
                 return Ok(Some(other));
             }

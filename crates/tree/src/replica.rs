@@ -194,6 +194,15 @@ impl Replica {
         Ok((same, d))
     }
 
+    /// Takes the current generation as known whole on disk without scanning, as a
+    /// [`Replica::rescan`] that found its digest would: the next [`Replica::begin`] then probes
+    /// only the kept inodes the plan acts on. The caller vouches for it: nothing in the tree may
+    /// have changed since a rescan of this generation found it whole (the agent's inotify watch,
+    /// armed before that rescan, saw no event). Does nothing when there is no generation.
+    pub fn known_whole(&mut self) {
+        self.checked = self.state.as_ref().map(|s| s.generation);
+    }
+
     /// Re-reads the tree and tells whether it still has the digest of the current generation
     /// (false also when there is no generation yet). Returns the digest found.
     pub fn verify(&self) -> Result<(bool, String)> {
