@@ -10,14 +10,14 @@ use std::sync::Arc;
 use tree::{Manifest, Payload, Plan, ScanOptions, Scanner, SigStore};
 
 /// The generation last synced to at least one replica: `state_dir/images/<name>/last`, postcard of
-/// (generation, digest, manifest). The manifest, nearly all of the file, is decoded only when a plan
-/// needs it ([`Last::manifest`]): a run with nothing changed reads the generation and digest only.
+/// (generation, digest, manifest). Only the first two fields are read at load; the manifest, nearly
+/// all of the file, is decoded from the file as a stream when a plan needs it ([`Last::manifest`])
+/// and dropped by the caller after the diff: a run with nothing changed never reads it.
 pub struct Last {
     pub generation: u64,
     /// Stored as its hex string, as before the type existed.
     pub digest: proto::Digest,
     path: PathBuf,
-    bytes: Vec<u8>,
 }
 
 /// The file's first two fields.
@@ -27,20 +27,21 @@ struct LastHead {
     digest: proto::Digest,
 }
 
-/// The whole file, as read for a plan.
-#[derive(Deserialize)]
-struct LastFull {
-    _generation: u64,
-    _digest: proto::Digest,
-    manifest: Manifest,
-}
-
-/// The whole file, as written (the manifest borrowed, not copied).
+/// The file's first two fields, as written; the manifest follows (postcard puts a struct's
+/// fields one after the other, so head then manifest is the (generation, digest, manifest) record).
 #[derive(Serialize)]
-struct LastOut<'a> {
+struct LastHeadOut {
     generation: u64,
     digest: proto::Digest,
-    manifest: &'a Manifest,
+}
+
+/// Reads the head of `last` from `r`, leaving it at the manifest.
+fn read_head(r: &mut impl std::io::Read, p: &Path) -> Result<LastHead> {
+    // The digest is a 64-byte hex string: the scratch buffer holds it.
+    let mut scratch = [0u8; 256];
+    let (h, _) = postcard::from_io::<LastHead, _>((r, &mut scratch[..]))
+        .map_err(|e| anyhow::anyhow!("{}: corrupt: {e}", p.display()))?;
+    Ok(h)
 }
 
 fn image_dir(cluster: &Cluster, name: &str) -> PathBuf {
@@ -50,22 +51,27 @@ fn image_dir(cluster: &Cluster, name: &str) -> PathBuf {
 impl Last {
     pub fn load(cluster: &Cluster, name: &str) -> Result<Option<Last>> {
         let p = image_dir(cluster, name).join("last");
-        match std::fs::read(&p) {
-            Ok(bytes) => {
-                let (h, _) = postcard::take_from_bytes::<LastHead>(&bytes)
-                    .with_context(|| format!("{}: corrupt", p.display()))?;
-                Ok(Some(Last { generation: h.generation, digest: h.digest, path: p, bytes }))
+        match std::fs::File::open(&p) {
+            Ok(f) => {
+                let h = read_head(&mut std::io::BufReader::with_capacity(4096, f), &p)?;
+                Ok(Some(Last { generation: h.generation, digest: h.digest, path: p }))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e).with_context(|| format!("reading {}", p.display())),
         }
     }
 
-    /// The manifest of that generation (decoded now; a corrupt file fails here).
+    /// The manifest of that generation, decoded now from the file as a stream (a corrupt file
+    /// fails here, by name; one rewritten since [`Last::load`] with another head too).
     pub fn manifest(&self) -> Result<Manifest> {
-        let full: LastFull =
-            postcard::from_bytes(&self.bytes).with_context(|| format!("{}: corrupt", self.path.display()))?;
-        Ok(full.manifest)
+        let p = &self.path;
+        let f = std::fs::File::open(p).with_context(|| format!("reading {}", p.display()))?;
+        let mut r = std::io::BufReader::with_capacity(1 << 16, f);
+        let h = read_head(&mut r, p)?;
+        if (h.generation, h.digest) != (self.generation, self.digest) {
+            anyhow::bail!("{}: changed while this run used it", p.display());
+        }
+        Manifest::from_reader(r, "manifest").map_err(|e| anyhow::anyhow!("{}: corrupt: {e}", p.display()))
     }
 }
 
@@ -123,7 +129,10 @@ pub struct ImagePlan {
 
 /// The plan from the last generation to now, with each file's payload computed once.
 pub struct Shared {
+    /// The plan without its manifest (`tree::diff_lean`): the new tree is [`Prepared::manifest`].
     pub plan: Plan,
+    /// What is sent: the plan with its manifest, postcard in one zstd frame ([`encode_plan`]),
+    /// held once for every SN on the shared plan.
     pub bytes: Vec<u8>,
     /// BLAKE3 of `bytes`: what a child checks a plan relayed by its parent against.
     pub blake3: proto::Digest,
@@ -182,7 +191,8 @@ pub fn prepare(cluster: &Cluster, image: &Image) -> Result<Prepared> {
     let pack = Pack::new(out.clone(), cluster.zstd_level());
     let shared = match &last {
         Some(l) if l.digest != digest => {
-            let mut plan = tree::diff(&l.manifest()?, &manifest);
+            // The old manifest lives only for the diff.
+            let mut plan = tree::diff_lean(&l.manifest()?, &manifest);
             plan.generation = generation;
             // Every payload of the shared plan, in parallel, before any SN needs one.
             let mut keys: Vec<(MemoKey, &tree::Content)> = plan.to_send().map(|c| (memo_key(c), c)).collect();
@@ -201,8 +211,7 @@ pub fn prepare(cluster: &Cluster, image: &Image) -> Result<Prepared> {
                     m.insert(k, Arc::new(tokio::sync::OnceCell::new_with(Some(p))));
                 }
             }
-            // Sent zstd-compressed: paths and metadata compress several times over.
-            let bytes = zstd::bulk::compress(&plan.to_bytes()?, 3)?;
+            let bytes = encode_plan(&plan, &manifest)?;
             let blake3 = proto::Digest::from_bytes(*blake3::hash(&bytes).as_bytes());
             Some(Shared { plan, bytes, blake3, payload_bytes })
         }
@@ -258,6 +267,39 @@ pub fn prepare(cluster: &Cluster, image: &Image) -> Result<Prepared> {
         memo,
         pack,
     })
+}
+
+/// The zstd level of plans.
+const PLAN_LEVEL: i32 = 3;
+
+/// `plan` with `manifest` as its new tree, as sent: the postcard of the plan holding `manifest`
+/// ([`Plan::to_bytes`]'s bytes) in one zstd frame that announces its decoded size (which the
+/// agent checks), streamed: neither the plan with its
+/// manifest nor its encoding is ever held, only the compressed frame. Sent zstd-compressed:
+/// paths and metadata compress several times over.
+pub fn encode_plan(plan: &Plan, manifest: &Manifest) -> Result<Vec<u8>> {
+    /// Counts what is written (the size the frame announces), keeping nothing.
+    struct Count(u64);
+    impl std::io::Write for Count {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0 += b.len() as u64;
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut n = Count(0);
+    plan.write_with(manifest, &mut n)?;
+    let mut z = zstd::stream::Encoder::new(Vec::new(), PLAN_LEVEL)?;
+    z.include_contentsize(true)?;
+    z.set_pledged_src_size(Some(n.0))?;
+    // postcard writes a few bytes at a time: buffered before the encoder. Never flushed (a flush
+    // would end a block early; `into_inner` only writes what is buffered).
+    let mut w = std::io::BufWriter::with_capacity(1 << 17, &mut z);
+    plan.write_with(manifest, &mut w)?;
+    w.into_inner().map_err(|e| e.into_error())?;
+    Ok(z.finish()?)
 }
 
 /// Payloads smaller than this go as they are: compressing would not pay for the frame.
@@ -496,10 +538,14 @@ impl Prepared {
         if self.last.as_ref().is_some_and(|l| l.digest == self.digest && l.generation == generation) {
             return Ok(());
         }
-        let last = LastOut { generation, digest: self.digest, manifest: &self.manifest };
-        let b = postcard::to_stdvec(&last)?;
+        let head = postcard::to_stdvec(&LastHeadOut { generation, digest: self.digest })?;
         let p = self.state_dir.join("last");
-        tree::fsops::write_atomic(&p, &b).with_context(|| format!("writing {}", p.display()))?;
+        // Streamed to disk: the manifest is never held encoded.
+        tree::fsops::write_atomic_with(&p, |w| {
+            w.write_all(&head)?;
+            self.manifest.write_into(w)
+        })
+        .with_context(|| format!("writing {}", p.display()))?;
         // After the run, so SNs still behind could use the old signatures during it.
         self.sigs.prune_except(&self.manifest, 64);
         Ok(())
@@ -585,6 +631,23 @@ mod last_tests {
         assert_eq!((p.generation, plan.summary.content_changed), (4, 1));
         p.save(4).unwrap();
         assert_eq!(Last::load(&c, "img").unwrap().unwrap().digest, p.digest);
+
+        // The plan sent is the plan with its manifest: one zstd frame of what `diff` and
+        // `to_bytes` give, its decoded size announced (as `zstd::bulk::compress` does).
+        std::fs::write(img.join("b"), b"new").unwrap();
+        let old = Last::load(&c, "img").unwrap().unwrap().manifest().unwrap();
+        let p = prepare(&c, image).unwrap();
+        let s = p.shared.as_ref().unwrap();
+        let mut whole = tree::diff(&old, &p.manifest);
+        whole.generation = p.generation;
+        let encoded = whole.to_bytes().unwrap();
+        // One frame (a stream of one frame decodes to exactly those bytes).
+        assert_eq!(zstd::zstd_safe::find_frame_compressed_size(&s.bytes).ok(), Some(s.bytes.len()));
+        assert_eq!(zstd::decode_all(&s.bytes[..]).unwrap(), encoded);
+        assert_eq!(zstd::zstd_safe::get_frame_content_size(&s.bytes).ok(), Some(Some(encoded.len() as u64)));
+        assert_eq!(tree::Plan::from_bytes(&zstd::decode_all(&s.bytes[..]).unwrap()).unwrap(), whole);
+        assert!(s.plan.manifest.entries.is_empty(), "the shared plan holds a copy of the manifest");
+        assert_eq!((whole.summary.added, whole.contents.len()), (1, 1));
 
         let b = std::fs::read(&file).unwrap();
         std::fs::write(&file, &b[..b.len() - 10]).unwrap();

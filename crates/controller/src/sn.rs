@@ -242,25 +242,31 @@ async fn sync_image_from(
     let own;
     let mut shared = false;
     let mut blake3 = None;
-    let (plan, bytes) = match (&p.shared, &p.last) {
+    let mut own_bytes = Vec::new();
+    let (plan, bytes): (&tree::Plan, &[u8]) = match (&p.shared, &p.last) {
         // (A replica numbered past this MN's generations, e.g. after the MN's state was lost,
         // gets its own plan numbered after its own generation.)
         (Some(s), Some(l)) if l.digest == state.digest && s.plan.generation > state.generation => {
             shared = true;
             blake3 = Some(s.blake3);
-            (&s.plan, s.bytes.clone())
+            // The shared plan's compressed bytes, borrowed: one copy for every SN on it.
+            (&s.plan, &s.bytes)
         }
         _ => {
             let theirs = manifest(c).await?;
             let (p2, generation) = (p.clone(), p.generation.max(state.generation + 1));
+            // Without a copy of the source's manifest: it is encoded from `p.manifest` straight
+            // into the zstd frame; the replica's manifest is dropped after the diff.
             let (pl, b) = blocking(move || -> anyhow::Result<(tree::Plan, Vec<u8>)> {
-                let mut pl = tree::diff(&theirs, &p2.manifest);
+                let mut pl = tree::diff_lean(&theirs, &p2.manifest);
+                drop(theirs);
                 pl.generation = generation;
-                let b = zstd::bulk::compress(&pl.to_bytes()?, 3)?;
+                let b = crate::image::encode_plan(&pl, &p2.manifest)?;
                 Ok((pl, b))
             })
             .await??;
             own = pl;
+            own_bytes = b;
             tracing::info!(
                 "{}: image {} is at generation {} ({}), not the last synced one: own plan",
                 row.sn,
@@ -268,7 +274,7 @@ async fn sync_image_from(
                 state.generation,
                 state.digest
             );
-            (&own, b)
+            (&own, &own_bytes)
         }
     };
     // Only the shared plan's payloads are relayed (an SN on its own plan relays nothing: its
@@ -297,15 +303,16 @@ async fn sync_image_from(
     let relayed = match (&offer, blake3) {
         (Some(o), Some(d)) => {
             let wait = until.saturating_duration_since(tokio::time::Instant::now());
-            relayed_plan(c, o, &bytes, d, plan.generation, wait, row).await?
+            relayed_plan(c, o, bytes, d, plan.generation, wait, row).await?
         }
         _ => None,
     };
     let need = match relayed {
         Some(need) => need,
-        None => c.call_with_bulk(req::Plan { len: bytes.len() as u64, zstd: true }, &bytes).await?,
+        None => c.call_with_bulk(req::Plan { len: bytes.len() as u64, zstd: true }, bytes).await?,
     };
-    drop(bytes);
+    // An own plan's bytes are not needed once sent.
+    drop(std::mem::take(&mut own_bytes));
     row.resumed = need.resumed;
     if let Some(b) = bar {
         b.set_length(need.indexes.iter().filter_map(|&i| plan.contents.get(i as usize)).map(|c| c.size).sum());

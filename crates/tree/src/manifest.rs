@@ -333,6 +333,21 @@ impl Manifest {
     pub fn from_bytes(b: &[u8]) -> Result<Manifest> {
         postcard::from_bytes(b).map_err(|e| Error::Format(e.to_string()))
     }
+
+    /// Writes the postcard encoding ([`Manifest::to_bytes`]'s bytes) into `w` as a stream, never
+    /// held whole in memory; `w`'s own I/O error is returned as it was (an ENOSPC stays one).
+    pub fn write_into(&self, w: &mut dyn std::io::Write) -> std::io::Result<()> {
+        crate::codec::encode_into(self, w)
+    }
+
+    /// Reads a postcard manifest from a stream (what [`Manifest::from_bytes`] reads, without
+    /// holding its encoding); bytes after it are left unread. `what` names the stream in errors.
+    pub fn from_reader(r: impl std::io::Read, what: &str) -> Result<Manifest> {
+        crate::codec::decode_from(r).map_err(|e| match e {
+            crate::codec::DecodeError::Io(e) => Error::Io { path: what.into(), source: e },
+            crate::codec::DecodeError::Format(e) => Error::Format(format!("{what}: {e}")),
+        })
+    }
 }
 
 fn put_bytes(h: &mut blake3::Hasher, b: &[u8]) {
@@ -414,5 +429,28 @@ pub fn digest(m: &Manifest) -> String {
     match m.entries.get(&b""[..]) {
         Some(root) => node(m, &children, b"", root).to_hex().to_string(),
         None => blake3::hash(b"hanfs-empty-v1").to_hex().to_string(),
+    }
+}
+
+#[cfg(test)]
+mod stream_tests {
+    use super::*;
+
+    /// A manifest written as a stream is `to_bytes`' encoding, and reads back equal from a
+    /// stream; a stream cut short is an error naming the stream, not a short manifest.
+    #[test]
+    fn streamed_manifest_is_the_postcard_encoding() {
+        let mut m = Manifest::default();
+        let e = |kind| Entry { kind, mode: 0o755, uid: 1, gid: 2, mtime_sec: -3, mtime_nsec: 4, xattrs: vec![] };
+        m.entries.insert(b"".to_vec(), e(Kind::Dir));
+        m.entries.insert(b"f".to_vec(), e(Kind::File { size: 3, hash: [7; 32], sparse: Some(vec![(0, 1)]) }));
+        m.entries.insert(b"l".to_vec(), e(Kind::Symlink { target: b"f".to_vec() }));
+        m.skipped_sockets = 2;
+        let mut w = Vec::new();
+        m.write_into(&mut w).unwrap();
+        assert_eq!(w, m.to_bytes().unwrap());
+        assert_eq!(Manifest::from_reader(&w[..], "m").unwrap(), m);
+        let e = Manifest::from_reader(&w[..w.len() - 1], "the file").err().unwrap().to_string();
+        assert!(e.contains("the file"), "{e}");
     }
 }

@@ -49,9 +49,44 @@ pub struct Scanner {
     cache: Option<CacheMap>,
 }
 
+/// One entry as the walk found it: its path and the part of its `lstat` the scan uses (a
+/// `Metadata` is twice this; a 1M-entry walk holds a million of them).
 struct Raw {
     rel: EntryPath,
-    md: Metadata,
+    st: Stat,
+}
+
+struct Stat {
+    ft: std::fs::FileType,
+    /// `st_mode & 0o7777`.
+    perm: u32,
+    uid: u32,
+    gid: u32,
+    dev: u64,
+    ino: u64,
+    size: u64,
+    nlink: u64,
+    rdev: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl Stat {
+    fn of(md: &Metadata) -> Stat {
+        Stat {
+            ft: md.file_type(),
+            perm: md.mode() & 0o7777,
+            uid: md.uid(),
+            gid: md.gid(),
+            dev: md.dev(),
+            ino: md.ino(),
+            size: md.len(),
+            nlink: md.nlink(),
+            rdev: md.rdev(),
+            mtime: mtime(md),
+            ctime: ctime(md),
+        }
+    }
 }
 
 /// Extended-attribute namespaces that are replicated.
@@ -116,7 +151,8 @@ pub type Extents = Option<Vec<(u64, u64)>>;
 
 /// What the parallel pass yields per entry: path, entry, inode key, a fresh cache record,
 /// nlink, is-directory.
-type Scanned = (EntryPath, Entry, (u64, u64), Option<Cached>, u64, bool);
+/// nlink, is-directory (the fresh record boxed: most entries of a rescan have none).
+type Scanned = (EntryPath, Entry, (u64, u64), Option<Box<Cached>>, u64, bool);
 
 /// BLAKE3 of a file's content read with a bounded buffer (no mmap: a file truncated under us
 /// must give an error, not SIGBUS), plus its sparse extents.
@@ -195,7 +231,9 @@ impl Scanner {
         !self.excludes.is_empty() && self.excludes.is_match(std::ffi::OsStr::from_bytes(rel))
     }
 
-    fn walk(&self, dir: &Path, rel: &[u8], sockets: &std::sync::atomic::AtomicU64) -> Result<Vec<Raw>> {
+    /// The entries under `dir`, one vector per directory: never concatenated, so no level of the
+    /// walk copies (and holds twice, while growing) the entries of the levels below it.
+    fn walk(&self, dir: &Path, rel: &[u8], sockets: &std::sync::atomic::AtomicU64) -> Result<Vec<Vec<Raw>>> {
         let mut out = Vec::new();
         let mut subdirs = Vec::new();
         let rd = std::fs::read_dir(dir).map_err(|e| io_err(dir, e))?;
@@ -225,22 +263,28 @@ impl Scanner {
             if ft.is_dir() {
                 subdirs.push(crel.clone());
             }
-            out.push(Raw { rel: crel, md });
+            out.push(Raw { rel: crel, st: Stat::of(&md) });
         }
-        let nested: Vec<Vec<Raw>> =
+        out.shrink_to_fit();
+        let nested: Vec<Vec<Vec<Raw>>> =
             subdirs.par_iter().map(|r| self.walk(&join(&self.root, r), r, sockets)).collect::<Result<_>>()?;
-        out.extend(nested.into_iter().flatten());
-        Ok(out)
+        let mut all = Vec::with_capacity(1 + nested.iter().map(Vec::len).sum::<usize>());
+        all.push(out);
+        for n in nested {
+            all.extend(n);
+        }
+        Ok(all)
     }
 
     fn load_cache(&mut self) -> CacheMap {
         if let Some(c) = self.cache.take() {
             return c;
         }
+        // Decoded from the file as a stream: its encoding is never held beside the map.
         self.cache_file
             .as_ref()
-            .and_then(|p| std::fs::read(p).ok())
-            .and_then(|b| postcard::from_bytes(&b).ok())
+            .and_then(|p| File::open(p).ok())
+            .and_then(|f| crate::codec::decode_from(f).ok())
             .unwrap_or_default()
     }
 
@@ -252,91 +296,25 @@ impl Scanner {
         }
         let sockets = std::sync::atomic::AtomicU64::new(0);
         let mut raws = self.walk(&self.root.clone(), b"", &sockets)?;
-        raws.push(Raw { rel: Vec::new(), md: root_md });
+        raws.push(vec![Raw { rel: Vec::new(), st: Stat::of(&root_md) }]);
         let cache = self.load_cache();
         let root = &self.root;
-        let results: Vec<Scanned> = raws
+        // Directory by directory (each one's raw entries freed as soon as it is done), its
+        // entries in parallel.
+        let results: Vec<Vec<Scanned>> = raws
             .into_par_iter()
-            .map(|r| -> Result<_> {
-                let md = &r.md;
-                let key = (md.dev(), md.ino());
-                let ft = md.file_type();
-                let (mt, ct) = (mtime(md), ctime(md));
-                let hit = cache.get(&key).filter(|c| c.size == md.len() && c.mtime == mt && c.ctime == ct);
-                // On a cache hit nothing is read but the lstat the walk already did.
-                let fresh = match hit {
-                    Some(c) if !ft.is_file() || c.hash.is_some() => None,
-                    _ => {
-                        let path = join(root, &r.rel);
-                        let xattrs = read_xattrs(&path)?;
-                        let target = if ft.is_symlink() {
-                            Some(
-                                std::fs::read_link(&path)
-                                    .map_err(|e| io_err(&path, e))?
-                                    .as_os_str()
-                                    .as_bytes()
-                                    .to_vec(),
-                            )
-                        } else {
-                            None
-                        };
-                        let (hash, sparse) = if ft.is_file() {
-                            let (h, n, s) = hash_file(&path)?;
-                            if n != md.len() {
-                                return Err(Error::Changed(format!(
-                                    "{} ({n} bytes read, {} expected)",
-                                    path.display(),
-                                    md.len()
-                                )));
-                            }
-                            (Some(h), s)
-                        } else {
-                            (None, None)
-                        };
-                        Some(Cached { size: md.len(), mtime: mt, ctime: ct, hash, sparse, target, xattrs })
-                    }
-                };
-                let Some(c) = fresh.as_ref().or(hit) else {
-                    return Err(Error::Format("scan cache lost an entry".into()));
-                };
-                let kind = if ft.is_dir() {
-                    Kind::Dir
-                } else if ft.is_file() {
-                    Kind::File { size: md.len(), hash: c.hash.unwrap_or_default(), sparse: c.sparse.clone() }
-                } else if ft.is_symlink() {
-                    Kind::Symlink { target: c.target.clone().unwrap_or_default() }
-                } else if ft.is_char_device() || ft.is_block_device() {
-                    let rdev = md.rdev();
-                    let (major, minor) = (rustix::fs::major(rdev), rustix::fs::minor(rdev));
-                    if ft.is_char_device() {
-                        Kind::Char { major, minor }
-                    } else {
-                        Kind::Block { major, minor }
-                    }
-                } else {
-                    Kind::Fifo
-                };
-                let e = Entry {
-                    kind,
-                    mode: md.mode() & 0o7777,
-                    uid: md.uid(),
-                    gid: md.gid(),
-                    mtime_sec: mt.0,
-                    mtime_nsec: u32::try_from(mt.1).unwrap_or(0),
-                    xattrs: c.xattrs.clone(),
-                };
-                Ok((r.rel, e, key, fresh, md.nlink(), ft.is_dir()))
-            })
+            .map(|dir| dir.into_par_iter().map(|r| self.entry(root, &cache, r)).collect::<Result<Vec<_>>>())
             .collect::<Result<_>>()?;
         let mut cache = cache;
         let mut dirty = false;
         let mut entries = BTreeMap::new();
         let mut inodes: HashMap<(u64, u64), Vec<EntryPath>> = HashMap::default();
-        let mut live = crate::HashSet::with_capacity_and_hasher(results.len(), Default::default());
-        for (rel, e, key, fresh, nlink, is_dir) in results {
+        let mut live = crate::HashSet::with_capacity_and_hasher(results.iter().map(Vec::len).sum(), Default::default());
+        // Each directory's results are freed once moved into the manifest.
+        for (rel, e, key, fresh, nlink, is_dir) in results.into_iter().flatten() {
             live.insert(key);
             if let Some(c) = fresh {
-                cache.insert(key, c);
+                cache.insert(key, *c);
                 dirty = true;
             }
             if nlink > 1 && !is_dir {
@@ -359,14 +337,15 @@ impl Scanner {
         if dirty {
             // Drop inodes that are gone so the cache does not grow without bound.
             cache.retain(|k, _| live.contains(k));
+            drop(live);
             if let Some(p) = &self.cache_file {
                 // The cache is only a speed-up (a failed write costs the next scan its rehash),
                 // but its directory may not exist yet.
                 if let Some(d) = p.parent() {
                     let _ = std::fs::create_dir_all(d);
                 }
-                if let Ok(b) = postcard::to_stdvec(&cache) {
-                    let _ = crate::fsops::write_atomic(p, &b);
+                // Streamed to disk, never held encoded.
+                if crate::fsops::write_atomic_with(p, |w| crate::codec::encode_into(&cache, w)).is_ok() {
                     // The cache of the older format, never read again.
                     let _ = std::fs::remove_file(p.with_file_name("hashcache"));
                 }
@@ -374,6 +353,73 @@ impl Scanner {
         }
         self.cache = Some(cache);
         Ok(Manifest { entries, skipped_sockets: sockets.into_inner() })
+    }
+
+    /// One entry of the walk: from the cache when (dev, ino, size, mtime, ctime) match, else read
+    /// (xattrs, link target, content hash) with a fresh cache record.
+    fn entry(&self, root: &Path, cache: &CacheMap, r: Raw) -> Result<Scanned> {
+        let md = &r.st;
+        let key = (md.dev, md.ino);
+        let ft = md.ft;
+        let (mt, ct) = (md.mtime, md.ctime);
+        let hit = cache.get(&key).filter(|c| c.size == md.size && c.mtime == mt && c.ctime == ct);
+        // On a cache hit nothing is read but the lstat the walk already did.
+        let fresh = match hit {
+            Some(c) if !ft.is_file() || c.hash.is_some() => None,
+            _ => {
+                let path = join(root, &r.rel);
+                let xattrs = read_xattrs(&path)?;
+                let target = if ft.is_symlink() {
+                    Some(std::fs::read_link(&path).map_err(|e| io_err(&path, e))?.as_os_str().as_bytes().to_vec())
+                } else {
+                    None
+                };
+                let (hash, sparse) = if ft.is_file() {
+                    let (h, n, s) = hash_file(&path)?;
+                    if n != md.size {
+                        return Err(Error::Changed(format!(
+                            "{} ({n} bytes read, {} expected)",
+                            path.display(),
+                            md.size
+                        )));
+                    }
+                    (Some(h), s)
+                } else {
+                    (None, None)
+                };
+                Some(Cached { size: md.size, mtime: mt, ctime: ct, hash, sparse, target, xattrs })
+            }
+        };
+        let Some(c) = fresh.as_ref().or(hit) else {
+            return Err(Error::Format("scan cache lost an entry".into()));
+        };
+        let kind = if ft.is_dir() {
+            Kind::Dir
+        } else if ft.is_file() {
+            Kind::File { size: md.size, hash: c.hash.unwrap_or_default(), sparse: c.sparse.clone() }
+        } else if ft.is_symlink() {
+            Kind::Symlink { target: c.target.clone().unwrap_or_default() }
+        } else if ft.is_char_device() || ft.is_block_device() {
+            let rdev = md.rdev;
+            let (major, minor) = (rustix::fs::major(rdev), rustix::fs::minor(rdev));
+            if ft.is_char_device() {
+                Kind::Char { major, minor }
+            } else {
+                Kind::Block { major, minor }
+            }
+        } else {
+            Kind::Fifo
+        };
+        let e = Entry {
+            kind,
+            mode: md.perm,
+            uid: md.uid,
+            gid: md.gid,
+            mtime_sec: mt.0,
+            mtime_nsec: u32::try_from(mt.1).unwrap_or(0),
+            xattrs: c.xattrs.clone(),
+        };
+        Ok((r.rel, e, key, fresh.map(Box::new), md.nlink, ft.is_dir()))
     }
 }
 
